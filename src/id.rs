@@ -1,0 +1,63 @@
+//! Router identities shared by every core: the full ID derived from a
+//! router's static key, the 16-bit short ID carried in data headers, and the
+//! human-readable name (a label only).
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A router's identity: the first 8 bytes (big-endian) of
+/// BLAKE2s("weft peer id" ‖ static public key). Ordered, so that "the lower ID"
+/// is well defined (rekey initiator, short-ID clashes).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PeerId(pub u64);
+
+impl PeerId {
+    /// Derives the ID from a static X25519 public key.
+    pub fn from_public_key(public_key: &[u8; 32]) -> Self {
+        use blake2::{Blake2s256, Digest};
+        let mut hasher = Blake2s256::new();
+        hasher.update(b"weft peer id");
+        hasher.update(public_key);
+        let digest = hasher.finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        Self(u64::from_be_bytes(first))
+    }
+}
+
+impl fmt::Debug for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// The 16-bit ID stamped into data headers (`src_short`, `dst_short`).
+/// Gossiped; on a clash the lower full ID keeps its value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ShortId(pub u16);
+
+impl ShortId {
+    /// The short ID a router proposes for itself before any clash is seen:
+    /// the low 16 bits of its full ID.
+    pub fn preferred(id: PeerId) -> Self {
+        Self(id.0 as u16)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_id_is_stable_and_key_dependent() {
+        let a = PeerId::from_public_key(&[1; 32]);
+        assert_eq!(a, PeerId::from_public_key(&[1; 32]));
+        assert_ne!(a, PeerId::from_public_key(&[2; 32]));
+    }
+}
