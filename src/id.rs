@@ -39,7 +39,9 @@ impl fmt::Display for PeerId {
 
 /// The 16-bit ID stamped into data headers (`src_short`, `dst_short`).
 /// Gossiped; on a clash the lower full ID keeps its value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct ShortId(pub u16);
 
 impl ShortId {

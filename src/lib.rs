@@ -13,9 +13,17 @@
 //! (`control`, `router`, `api`, `daemon`) are thin and own all I/O.
 //! See `docs/ARCHITECTURE.md` and `../shared/DESIGN.md` for the whole design.
 
+pub mod api;
+pub mod cidr;
+pub mod config;
+pub mod control;
 pub mod crypto;
+pub mod daemon;
 pub mod gossip;
 pub mod id;
 pub mod ipam;
+pub mod netlink;
 pub mod persist;
+pub mod router;
+pub mod status_text;
 pub mod wire;

@@ -1,6 +1,240 @@
-//! The `weft` command line.
+//! The `weft` command line: the router daemon and the operator commands.
+//! Every error is one line on stderr and a non-zero exit.
 
-fn main() {
-    eprintln!("weft: not built yet");
-    std::process::exit(2);
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use weft::api::client;
+use weft::api::proto::{Reply, Request, Status};
+use weft::cidr::Ipv4Cidr;
+use weft::config::{IpallocInit, RouterConfig, resolve_peer};
+
+/// weft: an encrypted mesh overlay network for Kubernetes.
+#[derive(Parser)]
+#[command(name = "weft", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the router (one per node).
+    Router(RouterArgs),
+    /// Show the router's peers, connections, IPAM and data-plane counters.
+    Status(StatusArgs),
+    /// Add a seed address to a running router.
+    Connect {
+        /// HOST:PORT of another router.
+        address: String,
+        /// The router's API socket.
+        #[arg(long, env = "WEFT_API", default_value = "/run/weft/weft.sock")]
+        api: PathBuf,
+    },
+    /// Remove a seed address from a running router.
+    Forget {
+        /// HOST:PORT given earlier.
+        address: String,
+        /// The router's API socket.
+        #[arg(long, env = "WEFT_API", default_value = "/run/weft/weft.sock")]
+        api: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct RouterArgs {
+    /// Router name (default: $NODE_NAME, else the hostname).
+    #[arg(long, env = "WEFT_NAME")]
+    name: Option<String>,
+    /// TCP control and UDP data address.
+    #[arg(long, env = "WEFT_LISTEN", default_value = "0.0.0.0:6783")]
+    listen: std::net::SocketAddr,
+    /// A seed router, HOST:PORT (repeatable; WEFT_PEERS is comma-separated).
+    #[arg(long = "peer", env = "WEFT_PEERS", value_delimiter = ',')]
+    peers: Vec<String>,
+    /// File holding the cluster secret (one or two lines of 32+ bytes).
+    #[arg(long, env = "WEFT_SECRET_FILE")]
+    secret_file: Option<PathBuf>,
+    /// Run without a secret: anyone can join. For experiments only.
+    #[arg(long, env = "WEFT_INSECURE")]
+    insecure: bool,
+    /// The pod address range.
+    #[arg(long, env = "WEFT_IPALLOC_RANGE", default_value = "10.32.0.0/12")]
+    ipalloc_range: String,
+    /// How the range is first split: seed=NAME1,NAME2,...
+    #[arg(long, env = "WEFT_IPALLOC_INIT")]
+    ipalloc_init: Option<String>,
+    /// Where the identity key and IPAM state live.
+    #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
+    state_dir: PathBuf,
+    /// The local API socket.
+    #[arg(long, env = "WEFT_API", default_value = "/run/weft/weft.sock")]
+    api: PathBuf,
+    /// Prometheus metrics address (not available in this version).
+    #[arg(long, env = "WEFT_METRICS_ADDR")]
+    metrics_addr: Option<String>,
+    /// The TUN device.
+    #[arg(long, env = "WEFT_IFACE", default_value = "weft0")]
+    iface: String,
+    /// Overlay MTU.
+    #[arg(long, env = "WEFT_MTU", default_value_t = 1420)]
+    mtu: u32,
+    /// Do not masquerade pod traffic leaving the range.
+    #[arg(long, env = "WEFT_NO_MASQ")]
+    no_masq: bool,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// peers, connections or ipam (default: a summary of all).
+    #[arg(value_parser = ["peers", "connections", "ipam"])]
+    section: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    /// The router's API socket.
+    #[arg(long, env = "WEFT_API", default_value = "/run/weft/weft.sock")]
+    api: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
+            e.exit()
+        }
+        Err(e) => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            let first = first.trim_start_matches("error: ");
+            eprintln!("weft: {first} (see weft --help)");
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Router(args) => {
+            init_logging();
+            weft::daemon::run(router_config(args)?)
+        }
+        Command::Status(args) => status(args),
+        Command::Connect { address, api } => {
+            print_reply(call(&api, &Request::Connect { address })?)
+        }
+        Command::Forget { address, api } => print_reply(call(&api, &Request::Forget { address })?),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn router_config(args: RouterArgs) -> anyhow::Result<RouterConfig> {
+    if args.metrics_addr.is_some() {
+        anyhow::bail!("--metrics-addr is not available in this version yet; remove it");
+    }
+    if args.secret_file.is_none() && !args.insecure {
+        anyhow::bail!(
+            "no cluster secret: pass --secret-file PATH (create one with: head -c 32 /dev/urandom | base64 > PATH), or --insecure for an experiment"
+        );
+    }
+    let range: Ipv4Cidr = args
+        .ipalloc_range
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--ipalloc-range: {e}"))?;
+    let name = match args.name {
+        Some(name) => name,
+        None => std::env::var("NODE_NAME").or_else(|_| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string())
+        })?,
+    };
+    let init = match args.ipalloc_init {
+        Some(text) => IpallocInit::parse(&text)?,
+        None => anyhow::bail!(
+            "pass --ipalloc-init seed=NAME1,NAME2,... naming every initial router (this one is {name:?})"
+        ),
+    };
+    let seeds = args
+        .peers
+        .iter()
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| resolve_peer(p.trim()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let rekey_after = std::env::var("WEFT_REKEY_INTERVAL_SECS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .map_or(weft::crypto::session::REKEY_AFTER, Duration::from_secs);
+    let workers = std::env::var("WEFT_WORKERS")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let _ = args.no_masq;
+    Ok(RouterConfig {
+        name,
+        listen: args.listen,
+        seeds,
+        secret_file: args.secret_file,
+        range,
+        init,
+        state_dir: args.state_dir,
+        api: args.api,
+        iface: args.iface,
+        mtu: args.mtu,
+        rekey_after,
+        workers,
+    })
+}
+
+fn call(api: &std::path::Path, request: &Request) -> anyhow::Result<Reply> {
+    Ok(client::call(api, request, Duration::from_secs(5))?)
+}
+
+fn print_reply(reply: Reply) -> anyhow::Result<()> {
+    if let Some(error) = reply.error {
+        anyhow::bail!("{}", error.message);
+    }
+    println!("{}", reply.result.unwrap_or_default());
+    Ok(())
+}
+
+fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let reply = call(&args.api, &Request::Status)?;
+    if let Some(error) = reply.error {
+        anyhow::bail!("{}", error.message);
+    }
+    let value = reply.result.unwrap_or_default();
+    if args.json {
+        let shown = match args.section.as_deref() {
+            Some(section) => value.get(section).cloned().unwrap_or_default(),
+            None => value,
+        };
+        println!("{}", serde_json::to_string_pretty(&shown)?);
+        return Ok(());
+    }
+    let status: Status = serde_json::from_value(value)?;
+    print!(
+        "{}",
+        weft::status_text::render(&status, args.section.as_deref())
+    );
+    Ok(())
 }

@@ -77,14 +77,29 @@ mod tests {
 
     #[test]
     fn old_decoder_ignores_fields_appended_by_a_newer_peer() {
-        let bytes = encode(&V2 { a: 7, b: "x".into(), c: 9 }).expect("encode");
+        let bytes = encode(&V2 {
+            a: 7,
+            b: "x".into(),
+            c: 9,
+        })
+        .expect("encode");
         let old: V1 = decode(&bytes).expect("decode");
-        assert_eq!(old, V1 { a: 7, b: "x".into() });
+        assert_eq!(
+            old,
+            V1 {
+                a: 7,
+                b: "x".into()
+            }
+        );
     }
 
     #[test]
     fn golden_bytes_of_the_pinned_config() {
-        let bytes = encode(&V1 { a: 300, b: "hi".into() }).expect("encode");
+        let bytes = encode(&V1 {
+            a: 300,
+            b: "hi".into(),
+        })
+        .expect("encode");
         assert_eq!(bytes, [251, 44, 1, 2, b'h', b'i']);
     }
 

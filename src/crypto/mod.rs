@@ -1,1 +1,30 @@
-//! Placeholder: filled in by its owner.
+//! Cryptography for weft (DESIGN.md "Keys and sessions", "The data header"). Sans-IO: no clock, no
+//! sockets, no threads; the drivers feed bytes and `now` in.
+//!
+//! - [`identity`]: the router's static X25519 key, persisted in the state dir, and its [`crate::id::PeerId`];
+//! - [`secret`]: the cluster secret file (one or two secrets) → Noise PSKs and their public IDs;
+//! - [`handshake`]: `Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s` over the TCP control connection, and the
+//!   derivation of four separate session keys from its raw split;
+//! - [`frame`]: the control channel's in-order record cipher;
+//! - [`data`]: the data plane's AEAD into caller buffers, nonce = lane ‖ counter;
+//! - [`replay`]: the per-lane replay window (check, decrypt, then mark);
+//! - [`session`]: the key schedule for one peer (next / current / previous, rekey and reject timers).
+//!
+//! Not here: rate limits and half-open caps on handshakes, the 10 s handshake deadline, choosing
+//! session indices, who starts a rekey, and the data header's layout: those belong to the drivers.
+
+pub mod data;
+pub mod frame;
+pub mod handshake;
+pub mod identity;
+pub mod replay;
+pub mod secret;
+pub mod session;
+
+pub use data::{BadTag, COUNTER_LIMIT, DataKey, TAG_LEN};
+pub use frame::{FrameError, FrameOpener, FrameSealer};
+pub use handshake::{Handshake, HandshakeError, MSG1_LEN, SessionKeys, prologue};
+pub use identity::{Identity, IdentityError};
+pub use replay::ReplayWindow;
+pub use secret::{ClusterSecrets, SecretError, SecretId};
+pub use session::{KeySchedule, KeyTimer, Keyset, PREVIOUS_GRACE, REJECT_AFTER, REKEY_AFTER};

@@ -1,0 +1,153 @@
+//! The router's configuration, parsed from flags and `WEFT_*` environment
+//! variables and validated up front, so that every mistake is one line that
+//! says what is wrong and how to fix it.
+
+use crate::cidr::Ipv4Cidr;
+use crate::control::ranges::{NamedRange, split_by_names};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The default port for TCP control and UDP data.
+pub const DEFAULT_PORT: u16 = 6783;
+
+/// How the address range is initialised.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IpallocInit {
+    /// `seed=NAME1,NAME2,...`: a static split by names.
+    Seed(Vec<String>),
+}
+
+impl IpallocInit {
+    /// Parses `--ipalloc-init`.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        if let Some(names) = text.strip_prefix("seed=") {
+            let names: Vec<String> = names
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(String::from)
+                .collect();
+            if names.is_empty() {
+                anyhow::bail!(
+                    "--ipalloc-init seed= needs at least one router name, e.g. seed=node-a,node-b"
+                );
+            }
+            return Ok(Self::Seed(names));
+        }
+        anyhow::bail!(
+            "--ipalloc-init {text:?} is not supported by this version: use seed=NAME1,NAME2,... naming every initial router"
+        )
+    }
+}
+
+/// Resolves `HOST:PORT` (or `HOST`, port 6783) to one socket address.
+pub fn resolve_peer(text: &str) -> anyhow::Result<SocketAddr> {
+    let with_port = if text.parse::<SocketAddr>().is_ok()
+        || text
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        text.to_string()
+    } else {
+        format!("{text}:{DEFAULT_PORT}")
+    };
+    with_port
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| {
+            anyhow::anyhow!("--peer {text:?} is not a reachable HOST:PORT (e.g. 192.0.2.10:6783)")
+        })
+}
+
+/// Everything `weft router` needs, validated.
+#[derive(Clone, Debug)]
+pub struct RouterConfig {
+    /// Router name.
+    pub name: String,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Seeds.
+    pub seeds: Vec<SocketAddr>,
+    /// Secret file, unless insecure.
+    pub secret_file: Option<PathBuf>,
+    /// The cluster range.
+    pub range: Ipv4Cidr,
+    /// How it is split.
+    pub init: IpallocInit,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// API socket path.
+    pub api: PathBuf,
+    /// TUN device name.
+    pub iface: String,
+    /// Overlay MTU.
+    pub mtu: u32,
+    /// Rekey interval.
+    pub rekey_after: Duration,
+    /// Data-plane workers.
+    pub workers: usize,
+}
+
+impl RouterConfig {
+    /// This router's share of the static split.
+    pub fn split(&self) -> Vec<NamedRange> {
+        match &self.init {
+            IpallocInit::Seed(names) => split_by_names(self.range, names),
+        }
+    }
+
+    /// Checks what can be checked before touching the system.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.name.is_empty() || self.name.len() > 253 {
+            anyhow::bail!("--name must be 1 to 253 characters");
+        }
+        let IpallocInit::Seed(names) = &self.init;
+        if !names.contains(&self.name) {
+            anyhow::bail!(
+                "--ipalloc-init seed={} does not name this router ({:?}): list every initial router, this one included",
+                names.join(","),
+                self.name
+            );
+        }
+        if !(576..=65_000).contains(&self.mtu) {
+            anyhow::bail!(
+                "--mtu {} is out of range: use 576 to 65000 (1420 suits a 1500-byte underlay)",
+                self.mtu
+            );
+        }
+        if self.iface.is_empty() || self.iface.len() > 15 {
+            anyhow::bail!("--iface {:?} must be 1 to 15 characters", self.iface);
+        }
+        if self.range.prefix() > 30 {
+            anyhow::bail!(
+                "--ipalloc-range {} is too small: use a /30 or larger (default 10.32.0.0/12)",
+                self.range
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipalloc_init_accepts_seed_lists_only() {
+        assert_eq!(
+            IpallocInit::parse("seed=a, b").expect("valid"),
+            IpallocInit::Seed(vec!["a".into(), "b".into()])
+        );
+        assert!(IpallocInit::parse("seed=").is_err());
+        assert!(IpallocInit::parse("consensus=3").is_err());
+    }
+
+    #[test]
+    fn peers_default_to_port_6783() {
+        assert_eq!(resolve_peer("192.0.2.1").expect("valid").port(), 6783);
+        assert_eq!(resolve_peer("192.0.2.1:7000").expect("valid").port(), 7000);
+        assert!(resolve_peer("192.0.2.1:notaport").is_err());
+    }
+}

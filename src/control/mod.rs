@@ -1,0 +1,887 @@
+//! The control task: the one tokio task that owns the router's changing
+//! state — peers, their key schedules, dialling, heartbeats, the ownership
+//! table — and publishes the forwarding snapshot the data plane reads.
+//!
+//! It waits on one `select!` over: connection events, data-plane worker
+//! events, heartbeats on the control lane, API calls, new TCP connections
+//! and a tick; after each input it republishes the snapshot if anything
+//! changed (DESIGN.md "Where tokio lives").
+
+pub mod connection;
+pub mod proto;
+pub mod ranges;
+
+use crate::api::proto::{
+    ConnectionStatus, DataplaneStatus, ErrorCode, IpamStatus, PeerStatus, RangeStatus, Reply,
+    Request, Status,
+};
+use crate::api::server::ApiCall;
+use crate::cidr::Ipv4Cidr;
+use crate::crypto::data::TAG_LEN;
+use crate::crypto::replay::ReplayWindow;
+use crate::crypto::session::{KeySchedule, Keyset};
+use crate::id::{PeerId, ShortId};
+use crate::router::Dataplane;
+use crate::router::packet::{CONTROL_LANE, DataHeader, HEADER_LEN, PacketType};
+use crate::router::snapshot::{Link, Liveness, OwnedRange, RecvSession, SendKeys, Snapshot};
+use crate::router::worker::WorkerEvent;
+use connection::{
+    ConnectionCommand, ConnectionContext, ConnectionEvent, ConnectionId, HandshakeFailure, NewKeys,
+};
+use proto::{ControlMessage, Hello};
+use ranges::NamedRange;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
+
+/// How often heartbeats go to each peer.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// A connection is established while an authenticated packet arrived
+/// within this long.
+const LIVENESS_TIMEOUT: Duration = Duration::from_secs(3);
+/// Handshakes accepted per source address per second.
+const HANDSHAKES_PER_SOURCE: u32 = 20;
+/// Connections accepted whose handshake has not completed yet.
+const MAX_HALF_OPEN: usize = 64;
+/// First retry delay for a seed.
+const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// Longest retry delay for a seed (seeds are retried forever).
+const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(8);
+
+/// What the control task needs from the command line.
+#[derive(Clone, Debug)]
+pub struct ControlConfig {
+    /// This router's name.
+    pub name: String,
+    /// Listen address (TCP control and UDP data).
+    pub listen: SocketAddr,
+    /// Seed addresses.
+    pub seeds: Vec<SocketAddr>,
+    /// The cluster range.
+    pub range: Ipv4Cidr,
+    /// The static split by names (`--ipalloc-init seed=...`).
+    pub split: Vec<NamedRange>,
+    /// Overlay MTU.
+    pub mtu: u32,
+    /// Rekey interval (120 s unless shortened for tests).
+    pub rekey_after: Duration,
+}
+
+struct Peer {
+    id: PeerId,
+    public_key: [u8; 32],
+    hello: Hello,
+    short: ShortId,
+    connection: ConnectionId,
+    commands: mpsc::UnboundedSender<ConnectionCommand>,
+    remote: SocketAddr,
+    outbound: bool,
+    endpoint: Option<SocketAddr>,
+    keys: KeySchedule,
+    liveness: Arc<Liveness>,
+    established: bool,
+    rtt: Option<Duration>,
+    last_heartbeat: Option<Instant>,
+    rekey_started: Option<Instant>,
+}
+
+#[derive(Default)]
+struct DialState {
+    in_flight: Option<ConnectionId>,
+    next_try: Option<Instant>,
+    backoff: Duration,
+    last_error: Option<String>,
+}
+
+/// The control task's state.
+pub struct Control {
+    config: ControlConfig,
+    me: PeerId,
+    short: ShortId,
+    context: Arc<ConnectionContext>,
+    dataplane: Dataplane,
+    udp: UdpSocket,
+    epoch: Instant,
+    peers: HashMap<PeerId, Peer>,
+    dials: HashMap<SocketAddr, DialState>,
+    self_addresses: HashSet<SocketAddr>,
+    half_open: HashMap<ConnectionId, SocketAddr>,
+    rate: HashMap<IpAddr, (Instant, u32)>,
+    next_connection: ConnectionId,
+    handshakes: BTreeMap<String, u64>,
+    heartbeat_counters: HashMap<u32, u64>,
+    heartbeat_windows: HashMap<u32, ReplayWindow>,
+    last_refusal_log: Option<Instant>,
+    dirty: bool,
+}
+
+/// The channels the control task reads.
+pub struct ControlInputs {
+    /// From connection tasks.
+    pub connections: mpsc::UnboundedReceiver<ConnectionEvent>,
+    /// From data-plane workers.
+    pub workers: mpsc::UnboundedReceiver<WorkerEvent>,
+    /// From the API server.
+    pub api: mpsc::Receiver<ApiCall>,
+}
+
+impl Control {
+    /// Builds the control state around a started data plane.
+    pub fn new(
+        config: ControlConfig,
+        context: Arc<ConnectionContext>,
+        dataplane: Dataplane,
+        udp: UdpSocket,
+        epoch: Instant,
+    ) -> Self {
+        let me = context.identity.id();
+        let short = ShortId(context.hello.short_id);
+        let mut self_addresses = HashSet::new();
+        self_addresses.insert(config.listen);
+        Self {
+            config,
+            me,
+            short,
+            context,
+            dataplane,
+            udp,
+            epoch,
+            peers: HashMap::new(),
+            dials: HashMap::new(),
+            self_addresses,
+            half_open: HashMap::new(),
+            rate: HashMap::new(),
+            next_connection: 1,
+            handshakes: BTreeMap::new(),
+            heartbeat_counters: HashMap::new(),
+            heartbeat_windows: HashMap::new(),
+            last_refusal_log: None,
+            dirty: true,
+        }
+    }
+
+    /// Runs until `shutdown` resolves; then stops the data plane.
+    pub async fn run(
+        mut self,
+        listener: TcpListener,
+        mut inputs: ControlInputs,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut datagram = vec![0u8; 65_536];
+        self.publish();
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tick.tick() => self.handle_tick(Instant::now()),
+                Some(event) = inputs.connections.recv() => self.handle_connection_event(event, Instant::now()),
+                Some(event) = inputs.workers.recv() => self.handle_worker_event(event, Instant::now()),
+                Some((request, reply)) = inputs.api.recv() => {
+                    let _ = reply.send(self.handle_api(request));
+                }
+                accepted = listener.accept() => {
+                    if let Ok((stream, remote)) = accepted {
+                        self.handle_accept(stream, remote, Instant::now());
+                    }
+                }
+                received = self.udp.recv_from(&mut datagram) => {
+                    if let Ok((len, from)) = received {
+                        let mut packet = std::mem::take(&mut datagram);
+                        self.handle_heartbeat(&mut packet[..len], from, Instant::now());
+                        datagram = packet;
+                    }
+                }
+            }
+            if self.dirty {
+                self.publish();
+            }
+        }
+        for peer in self.peers.values() {
+            let _ = peer
+                .commands
+                .send(ConnectionCommand::Close("router shutting down".into()));
+        }
+        self.dataplane.stop();
+    }
+
+    fn handle_accept(&mut self, stream: tokio::net::TcpStream, remote: SocketAddr, now: Instant) {
+        if self.half_open.len() >= MAX_HALF_OPEN {
+            self.count_handshake("half_open_cap");
+            return;
+        }
+        let entry = self.rate.entry(remote.ip()).or_insert((now, 0));
+        if now.duration_since(entry.0) > Duration::from_secs(1) {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+        if entry.1 > HANDSHAKES_PER_SOURCE {
+            self.count_handshake("rate_limited");
+            return;
+        }
+        if self.rate.len() > 4096 {
+            self.rate
+                .retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(1));
+        }
+        let id = self.next_id();
+        self.half_open.insert(id, remote);
+        tokio::spawn(connection::run_inbound(
+            self.context.clone(),
+            id,
+            stream,
+            remote,
+        ));
+    }
+
+    fn next_id(&mut self) -> ConnectionId {
+        let id = self.next_connection;
+        self.next_connection += 1;
+        id
+    }
+
+    fn count_handshake(&mut self, result: &str) {
+        *self.handshakes.entry(result.to_string()).or_default() += 1;
+    }
+
+    fn handle_tick(&mut self, now: Instant) {
+        self.dial_seeds(now);
+        let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+        for id in ids {
+            let Some(peer) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            let before = peer.keys.receive_keysets().count();
+            peer.keys.handle_timeout(now);
+            if peer.keys.receive_keysets().count() != before {
+                self.dirty = true;
+            }
+            let established = peer
+                .liveness
+                .last_rx()
+                .is_some_and(|t| now.saturating_duration_since(t) < LIVENESS_TIMEOUT);
+            if established != peer.established {
+                peer.established = established;
+                tracing::info!(peer = %peer.hello.name, established, "connection state changed");
+            }
+            if peer.keys.rekey_due(now)
+                && peer
+                    .rekey_started
+                    .is_none_or(|t| now.duration_since(t) > Duration::from_secs(10))
+            {
+                peer.rekey_started = Some(now);
+                if self.me < id {
+                    let _ = peer.commands.send(ConnectionCommand::Rekey);
+                } else {
+                    let _ = peer
+                        .commands
+                        .send(ConnectionCommand::Send(ControlMessage::RekeyRequest));
+                }
+            }
+            if peer
+                .last_heartbeat
+                .is_none_or(|t| now.duration_since(t) >= HEARTBEAT_INTERVAL)
+            {
+                peer.last_heartbeat = Some(now);
+                self.send_heartbeat(id, false, self.millis(now));
+            }
+        }
+    }
+
+    fn millis(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    fn dial_seeds(&mut self, now: Instant) {
+        let seeds = self.config.seeds.clone();
+        for seed in seeds {
+            if self.self_addresses.contains(&seed) {
+                continue;
+            }
+            let connected = self
+                .peers
+                .values()
+                .any(|p| p.hello.listen == seed || (p.outbound && p.remote == seed));
+            let state = self.dials.entry(seed).or_default();
+            if connected || state.in_flight.is_some() || state.next_try.is_some_and(|t| now < t) {
+                continue;
+            }
+            let id = self.next_connection;
+            self.next_connection += 1;
+            state.in_flight = Some(id);
+            tokio::spawn(connection::run_outbound(self.context.clone(), id, seed));
+        }
+    }
+
+    fn dial_finished(&mut self, id: ConnectionId, now: Instant, error: Option<String>) {
+        for state in self.dials.values_mut() {
+            if state.in_flight == Some(id) {
+                state.in_flight = None;
+                match error {
+                    Some(ref e) => {
+                        state.backoff =
+                            (state.backoff * 2).clamp(DIAL_BACKOFF_MIN, DIAL_BACKOFF_MAX);
+                        // Jitter: up to a quarter of the back-off, from the clock's low bits.
+                        let jitter = Duration::from_millis(
+                            u64::from(now.elapsed().subsec_nanos())
+                                % (state.backoff.as_millis() as u64 / 4 + 1),
+                        );
+                        state.next_try = Some(now + state.backoff + jitter);
+                        state.last_error = Some(e.clone());
+                    }
+                    None => {
+                        state.backoff = Duration::ZERO;
+                        state.next_try = None;
+                        state.last_error = None;
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle_connection_event(&mut self, event: ConnectionEvent, now: Instant) {
+        match event {
+            ConnectionEvent::Up {
+                id,
+                peer,
+                public_key,
+                hello,
+                remote,
+                outbound,
+                keys,
+                commands,
+            } => {
+                self.half_open.remove(&id);
+                self.dial_finished(id, now, None);
+                self.count_handshake("ok");
+                self.peer_up(
+                    id, peer, public_key, hello, remote, outbound, keys, commands, now,
+                );
+            }
+            ConnectionEvent::Rekeyed { id, keys } => {
+                let Some(peer) = self.peers.values_mut().find(|p| p.connection == id) else {
+                    return;
+                };
+                let remote_index = keys.remote_index;
+                peer.keys.install(keyset_of(keys, now), now);
+                peer.rekey_started = None;
+                tracing::debug!(peer = %peer.hello.name, "rekeyed");
+                // Publish first, then tell the peer it may send under the new keys.
+                self.publish();
+                if let Some(peer) = self.peers.values().find(|p| p.connection == id) {
+                    let _ =
+                        peer.commands
+                            .send(ConnectionCommand::Send(ControlMessage::KeyConfirm {
+                                session_index: remote_index,
+                            }));
+                }
+            }
+            ConnectionEvent::Message { id, message } => self.handle_message(id, message, now),
+            ConnectionEvent::HandshakeFailed {
+                id,
+                remote,
+                outbound,
+                reason,
+            } => {
+                self.half_open.remove(&id);
+                if reason == HandshakeFailure::SelfConnection {
+                    self.self_addresses.insert(remote);
+                }
+                self.count_handshake(reason.as_str());
+                if matches!(reason, HandshakeFailure::Refused) {
+                    self.log_refusal(remote);
+                } else {
+                    tracing::debug!(%remote, outbound, ?reason, "handshake failed");
+                }
+                if outbound {
+                    self.dial_finished(id, now, Some(format!("{reason:?}")));
+                }
+            }
+            ConnectionEvent::Down { id, reason } => {
+                let Some(peer_id) = self
+                    .peers
+                    .values()
+                    .find(|p| p.connection == id)
+                    .map(|p| p.id)
+                else {
+                    return;
+                };
+                if let Some(peer) = self.peers.remove(&peer_id) {
+                    tracing::info!(peer = %peer.hello.name, %reason, "connection down");
+                    for keyset in peer.keys.receive_keysets() {
+                        self.heartbeat_windows.remove(&keyset.local_index);
+                    }
+                }
+                // Redial soon: a restarted peer should be back within seconds.
+                for state in self.dials.values_mut() {
+                    state.next_try = Some(now + DIAL_BACKOFF_MIN);
+                }
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// Logs a refused handshake at most once a second (DESIGN.md invariant 4).
+    fn log_refusal(&mut self, remote: SocketAddr) {
+        let now = Instant::now();
+        if self
+            .last_refusal_log
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            self.last_refusal_log = Some(now);
+            tracing::warn!(%remote, refused = self.handshakes.get("refused").copied().unwrap_or(0),
+                "refused a handshake: the peer does not hold the cluster secret");
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn peer_up(
+        &mut self,
+        id: ConnectionId,
+        peer_id: PeerId,
+        public_key: [u8; 32],
+        hello: Hello,
+        remote: SocketAddr,
+        outbound: bool,
+        keys: NewKeys,
+        commands: mpsc::UnboundedSender<ConnectionCommand>,
+        now: Instant,
+    ) {
+        if let Some(existing) = self.peers.get(&peer_id) {
+            if existing.public_key != public_key {
+                let _ = commands.send(ConnectionCommand::Close("key mismatch".into()));
+                return;
+            }
+            let same_process = existing.hello.incarnation == hello.incarnation;
+            let dialler = |outbound: bool| if outbound { self.me } else { peer_id };
+            if same_process && dialler(existing.outbound) <= dialler(outbound) {
+                // A simultaneous dial: keep the connection the lower ID dialled.
+                let _ = commands.send(ConnectionCommand::Close("duplicate connection".into()));
+                return;
+            }
+            let _ = existing.commands.send(ConnectionCommand::Close(
+                "replaced by a newer connection".into(),
+            ));
+        }
+        if let Some(clash) = self
+            .peers
+            .values()
+            .find(|p| p.hello.name == hello.name && p.id != peer_id)
+        {
+            tracing::warn!(name = %hello.name, old = %clash.id, new = %peer_id, "a router with a known name but a new key connected");
+        }
+        tracing::info!(peer = %hello.name, id = %peer_id, %remote, outbound, "connection up");
+        let mut schedule = KeySchedule::new(self.config.rekey_after);
+        schedule.install(keyset_of(keys, now), now);
+        let endpoint = if outbound {
+            Some(remote)
+        } else {
+            Some(hello.listen)
+        };
+        let peer = Peer {
+            id: peer_id,
+            public_key,
+            short: ShortId(hello.short_id),
+            hello,
+            connection: id,
+            commands,
+            remote,
+            outbound,
+            endpoint,
+            keys: schedule,
+            liveness: Arc::new(Liveness::new(self.epoch)),
+            established: false,
+            rtt: None,
+            last_heartbeat: None,
+            rekey_started: None,
+        };
+        self.peers.insert(peer_id, peer);
+        self.dirty = true;
+        // The side that dialled sends the first UDP packet (NAT).
+        if outbound {
+            self.publish();
+            self.send_heartbeat(peer_id, false, self.millis(now));
+        }
+    }
+
+    fn handle_message(&mut self, id: ConnectionId, message: ControlMessage, now: Instant) {
+        let Some(peer) = self.peers.values_mut().find(|p| p.connection == id) else {
+            return;
+        };
+        match message {
+            ControlMessage::KeyConfirm { session_index } => {
+                if peer.keys.confirm(session_index, now) {
+                    self.dirty = true;
+                }
+            }
+            ControlMessage::RekeyRequest => {
+                if self.me < peer.id {
+                    let _ = peer.commands.send(ConnectionCommand::Rekey);
+                }
+            }
+            ControlMessage::Gossip { .. } => {
+                // The gossip channels attach here (topology, ring).
+            }
+            ControlMessage::Rekey { .. }
+            | ControlMessage::TcpKeySwitch
+            | ControlMessage::Close { .. } => {}
+        }
+    }
+
+    fn handle_worker_event(&mut self, event: WorkerEvent, now: Instant) {
+        match event {
+            WorkerEvent::KeysetConfirmed { local_index } => {
+                for peer in self.peers.values_mut() {
+                    if peer.keys.confirm(local_index, now) {
+                        self.dirty = true;
+                    }
+                }
+            }
+            WorkerEvent::EndpointMoved { peer, address } => {
+                if let Some(p) = self.peers.values_mut().find(|p| p.short == peer) {
+                    if p.endpoint != Some(address) {
+                        tracing::info!(peer = %p.hello.name, %address, "peer endpoint moved");
+                        p.endpoint = Some(address);
+                        self.dirty = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Seals and sends a heartbeat (a ping padded to the full overlay MTU, or
+    /// a short pong echoing the ping's timestamp) on the control lane.
+    fn send_heartbeat(&mut self, peer_id: PeerId, pong: bool, stamp: u64) {
+        let Some(peer) = self.peers.get(&peer_id) else {
+            return;
+        };
+        let (Some(keyset), Some(endpoint)) = (peer.keys.current(), peer.endpoint) else {
+            return;
+        };
+        let counter = self
+            .heartbeat_counters
+            .entry(keyset.remote_index)
+            .or_insert(0);
+        let header = DataHeader {
+            kind: PacketType::Heartbeat,
+            hop_limit: 1,
+            src: self.short,
+            dst: peer.short,
+            session: keyset.remote_index,
+            lane: CONTROL_LANE,
+            counter: *counter,
+        };
+        *counter += 1;
+        let body_len = if pong { 9 } else { self.config.mtu as usize };
+        let mut datagram = vec![0u8; HEADER_LEN + body_len + TAG_LEN];
+        let mut header_bytes = [0u8; HEADER_LEN];
+        header.emit(&mut header_bytes);
+        datagram[..HEADER_LEN].copy_from_slice(&header_bytes);
+        datagram[HEADER_LEN] = u8::from(pong);
+        datagram[HEADER_LEN + 1..HEADER_LEN + 9].copy_from_slice(&stamp.to_be_bytes());
+        let tag = keyset.send.seal_in_place(
+            CONTROL_LANE,
+            header.counter,
+            &header_bytes,
+            &mut datagram[HEADER_LEN..HEADER_LEN + body_len],
+        );
+        datagram[HEADER_LEN + body_len..].copy_from_slice(&tag);
+        let _ = self.udp.try_send_to(&datagram, endpoint);
+    }
+
+    fn handle_heartbeat(&mut self, datagram: &mut [u8], from: SocketAddr, now: Instant) {
+        let Ok(header) = DataHeader::parse(datagram) else {
+            return;
+        };
+        if header.kind != PacketType::Heartbeat || header.lane != CONTROL_LANE {
+            return;
+        }
+        let Some(peer_id) = self
+            .peers
+            .values()
+            .find(|p| {
+                p.keys
+                    .receive_keysets()
+                    .any(|k| k.local_index == header.session)
+            })
+            .map(|p| p.id)
+        else {
+            return;
+        };
+        let window = self.heartbeat_windows.entry(header.session).or_default();
+        if !window.would_accept(header.counter) {
+            return;
+        }
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
+        let Some(keyset) = peer
+            .keys
+            .receive_keysets()
+            .find(|k| k.local_index == header.session)
+        else {
+            return;
+        };
+        let len = datagram.len();
+        let mut tag = [0u8; TAG_LEN];
+        tag.copy_from_slice(&datagram[len - TAG_LEN..]);
+        let (head, body) = datagram.split_at_mut(HEADER_LEN);
+        let body = &mut body[..len - HEADER_LEN - TAG_LEN];
+        if keyset
+            .recv
+            .open_in_place(CONTROL_LANE, header.counter, head, body, &tag)
+            .is_err()
+        {
+            return;
+        }
+        if !window.mark(header.counter) {
+            return;
+        }
+        peer.liveness.touch(now);
+        if peer.endpoint != Some(from) {
+            peer.endpoint = Some(from);
+            self.dirty = true;
+        }
+        if peer.keys.confirm(header.session, now) {
+            self.dirty = true;
+        }
+        let Some(stamp) = body
+            .get(1..9)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+        else {
+            return;
+        };
+        if body[0] == 0 {
+            self.send_heartbeat(peer_id, true, stamp);
+        } else if let Some(peer) = self.peers.get_mut(&peer_id) {
+            let sent = self.epoch + Duration::from_millis(stamp);
+            peer.rtt = Some(now.saturating_duration_since(sent));
+        }
+    }
+
+    /// Rebuilds the forwarding snapshot from the peers and publishes it.
+    fn publish(&mut self) {
+        self.dirty = false;
+        let mut snapshot = Snapshot::new(self.short, self.config.mtu as usize);
+        let mut owners = Vec::new();
+        for range in &self.config.split {
+            let owner = if range.name == self.config.name {
+                Some(self.short)
+            } else {
+                self.peers
+                    .values()
+                    .find(|p| p.hello.name == range.name)
+                    .map(|p| p.short)
+            };
+            if let Some(owner) = owner {
+                owners.push(OwnedRange {
+                    start: range.start,
+                    end: range.end,
+                    owner,
+                });
+            }
+        }
+        let refused = snapshot.set_owners(owners);
+        if !refused.is_empty() {
+            tracing::warn!(?refused, "overlapping ranges refused");
+        }
+        for peer in self.peers.values() {
+            snapshot.set_next_hop(peer.short, peer.short);
+            let current = peer.keys.current();
+            snapshot.set_link(
+                peer.short,
+                Link {
+                    endpoint: peer.endpoint,
+                    send: current.map(|k| SendKeys {
+                        remote_index: k.remote_index,
+                        key: k.send.clone(),
+                    }),
+                    liveness: peer.liveness.clone(),
+                },
+            );
+            for keyset in peer.keys.receive_keysets() {
+                let awaiting = current.is_some_and(|c| {
+                    keyset.local_index != c.local_index && keyset.created >= c.created
+                });
+                snapshot.add_session(
+                    keyset.local_index,
+                    RecvSession {
+                        peer: peer.short,
+                        key: keyset.recv.clone(),
+                        awaiting_confirmation: awaiting,
+                    },
+                );
+            }
+        }
+        self.dataplane.publish(snapshot);
+    }
+
+    fn handle_api(&mut self, request: Request) -> Reply {
+        match request {
+            Request::Status => match serde_json::to_value(self.status(Instant::now())) {
+                Ok(value) => Reply::ok(value),
+                Err(e) => Reply::err(ErrorCode::Internal, e.to_string()),
+            },
+            Request::Connect { address } => match address.parse::<SocketAddr>() {
+                Ok(addr) => {
+                    if !self.config.seeds.contains(&addr) {
+                        self.config.seeds.push(addr);
+                    }
+                    Reply::ok(serde_json::json!({ "seeds": self.seed_strings() }))
+                }
+                Err(_) => Reply::err(
+                    ErrorCode::BadRequest,
+                    format!("{address:?} is not HOST:PORT (e.g. 192.0.2.10:6783)"),
+                ),
+            },
+            Request::Forget { address } => match address.parse::<SocketAddr>() {
+                Ok(addr) => {
+                    self.config.seeds.retain(|s| *s != addr);
+                    self.dials.remove(&addr);
+                    Reply::ok(serde_json::json!({ "seeds": self.seed_strings() }))
+                }
+                Err(_) => Reply::err(
+                    ErrorCode::BadRequest,
+                    format!("{address:?} is not HOST:PORT (e.g. 192.0.2.10:6783)"),
+                ),
+            },
+        }
+    }
+
+    fn seed_strings(&self) -> Vec<String> {
+        self.config.seeds.iter().map(ToString::to_string).collect()
+    }
+
+    /// The status object of DESIGN.md "Operator contract".
+    pub fn status(&self, now: Instant) -> Status {
+        let offload = if self.dataplane.multi_queue() {
+            "none (multi-queue)"
+        } else {
+            "none (single queue)"
+        };
+        let mut connections: Vec<ConnectionStatus> = self
+            .peers
+            .values()
+            .map(|p| {
+                let udp_ok = p
+                    .liveness
+                    .last_rx()
+                    .is_some_and(|t| now.saturating_duration_since(t) < LIVENESS_TIMEOUT);
+                ConnectionStatus {
+                    peer: p.hello.name.clone(),
+                    address: p.remote.to_string(),
+                    state: if p.established {
+                        "established"
+                    } else {
+                        "handshaking"
+                    }
+                    .into(),
+                    established: p.established,
+                    direction: if p.outbound { "outbound" } else { "inbound" }.into(),
+                    rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                    udp: if udp_ok {
+                        "ok"
+                    } else if p.liveness.last_rx().is_some() {
+                        "blocked"
+                    } else {
+                        "unverified"
+                    }
+                    .into(),
+                    path: "direct".into(),
+                    pmtu: if udp_ok { "ok" } else { "unverified" }.into(),
+                    offload: offload.into(),
+                    rekeys: p.keys.rekeys(),
+                    error: None,
+                }
+            })
+            .collect();
+        for (addr, state) in &self.dials {
+            let connected = self
+                .peers
+                .values()
+                .any(|p| p.hello.listen == *addr || p.remote == *addr);
+            if connected || self.self_addresses.contains(addr) {
+                continue;
+            }
+            let failed = state.last_error.is_some() && state.in_flight.is_none();
+            connections.push(ConnectionStatus {
+                peer: String::new(),
+                address: addr.to_string(),
+                state: if failed { "failed" } else { "connecting" }.into(),
+                established: false,
+                direction: "outbound".into(),
+                rtt_ms: None,
+                udp: "unverified".into(),
+                path: "direct".into(),
+                pmtu: "unverified".into(),
+                offload: offload.into(),
+                rekeys: 0,
+                error: state.last_error.clone(),
+            });
+        }
+        connections.sort_by(|a, b| (&a.peer, &a.address).cmp(&(&b.peer, &b.address)));
+        let mut peers: Vec<PeerStatus> = self
+            .peers
+            .values()
+            .map(|p| PeerStatus {
+                name: p.hello.name.clone(),
+                id: p.id.to_string(),
+                addresses: vec![p.hello.listen.to_string()],
+                connections: 1,
+            })
+            .collect();
+        peers.sort_by(|a, b| a.name.cmp(&b.name));
+        let owned: Vec<&NamedRange> = self
+            .config
+            .split
+            .iter()
+            .filter(|r| r.name == self.config.name)
+            .collect();
+        let owned_addresses: u64 = owned.iter().map(|r| u64::from(r.end - r.start) + 1).sum();
+        let allocated = u64::from(!owned.is_empty());
+        Status {
+            name: self.config.name.clone(),
+            id: self.me.to_string(),
+            short_id: self.short.0,
+            listen: self.config.listen.to_string(),
+            peers,
+            connections,
+            ipam: IpamStatus {
+                range: self.config.range.to_string(),
+                owned_ranges: owned
+                    .iter()
+                    .map(|r| RangeStatus {
+                        start: Ipv4Addr::from(r.start).to_string(),
+                        end: Ipv4Addr::from(r.end).to_string(),
+                    })
+                    .collect(),
+                owned_addresses,
+                allocated,
+                free: owned_addresses - allocated,
+                ring_peers: self.config.split.len(),
+                mode: "seed".into(),
+            },
+            dataplane: DataplaneStatus {
+                mtu: self.config.mtu,
+                offload: offload.into(),
+                workers: self.dataplane.lanes(),
+                totals: self.dataplane.totals(),
+            },
+            handshakes: self.handshakes.clone(),
+            rekeys: self.peers.values().map(|p| p.keys.rekeys()).sum(),
+        }
+    }
+}
+
+fn keyset_of(keys: NewKeys, now: Instant) -> Keyset {
+    Keyset {
+        local_index: keys.local_index,
+        remote_index: keys.remote_index,
+        send: keys.send,
+        recv: keys.recv,
+        created: now,
+    }
+}

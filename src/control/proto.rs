@@ -1,0 +1,230 @@
+//! What routers say to each other on the TCP control connection: the hello
+//! carried in the handshake payloads, the control messages carried in sealed
+//! records afterwards, and the length-prefixed framing.
+//!
+//! Wire rules (DESIGN.md): every message starts with a version; bodies are
+//! bincode 2 with the pinned config (`crate::wire`); new fields are appended
+//! only; a record is at most `MAX_RECORD` bytes and its length is checked
+//! before anything is allocated.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The control protocol version this router speaks.
+pub const CONTROL_VERSION: u8 = 1;
+/// Largest sealed record on the wire (64 KiB of plaintext plus the tag).
+pub const MAX_RECORD: usize = 64 * 1024 + 16;
+/// Largest handshake message 2 or 3.
+pub const MAX_HANDSHAKE_MESSAGE: usize = 4096;
+
+/// A `[min, max]` range of versions for one channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRange {
+    /// Oldest version spoken.
+    pub min: u8,
+    /// Newest version spoken.
+    pub max: u8,
+}
+
+impl VersionRange {
+    /// The highest version both ranges contain.
+    pub fn common(self, other: Self) -> Option<u8> {
+        let high = self.max.min(other.max);
+        (high >= self.min.max(other.min)).then_some(high)
+    }
+}
+
+/// Versions per channel, exchanged in the hello.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Versions {
+    /// The UDP data plane.
+    pub data: VersionRange,
+    /// Control records.
+    pub control: VersionRange,
+    /// Topology gossip.
+    pub topology: VersionRange,
+    /// The IPAM ring.
+    pub ring: VersionRange,
+}
+
+impl Versions {
+    /// What this build speaks.
+    pub const OURS: Self = Self {
+        data: VersionRange { min: 1, max: 1 },
+        control: VersionRange { min: 1, max: 1 },
+        topology: VersionRange { min: 1, max: 1 },
+        ring: VersionRange { min: 1, max: 1 },
+    };
+
+    /// The first channel with no version in common, if any.
+    pub fn incompatible_channel(&self, other: &Self) -> Option<&'static str> {
+        [
+            ("data", self.data, other.data),
+            ("control", self.control, other.control),
+            ("topology", self.topology, other.topology),
+            ("ring", self.ring, other.ring),
+        ]
+        .into_iter()
+        .find(|(_, a, b)| a.common(*b).is_none())
+        .map(|(name, _, _)| name)
+    }
+}
+
+/// Who a router is, sent in handshake message 2 (responder) and 3
+/// (initiator), so it is authenticated by the handshake.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Wire versions per channel.
+    pub versions: Versions,
+    /// The router's name (a label; the ID is its key).
+    pub name: String,
+    /// The short ID it uses in data headers.
+    pub short_id: u16,
+    /// The address its peers should dial and send UDP to.
+    pub listen: SocketAddr,
+    /// Its overlay MTU.
+    pub mtu: u32,
+    /// Random per process start: a new incarnation replaces an older
+    /// connection at once; the same one means a simultaneous dial.
+    pub incarnation: u64,
+    /// The receiver index the sender chose for the keyset of this handshake.
+    pub session_index: u32,
+    /// The cluster range, so a misconfigured router is refused clearly.
+    pub cluster_range: String,
+}
+
+/// The payload of a rekey handshake's messages 2 and 3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RekeyHello {
+    /// The receiver index the sender chose for the new keyset.
+    pub session_index: u32,
+}
+
+/// A message inside a sealed control record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlMessage {
+    /// A gossip payload for a channel (topology, ring, ...).
+    Gossip {
+        /// The channel.
+        channel: u8,
+        /// Opaque to the connection; decoded by the channel's core.
+        payload: Vec<u8>,
+    },
+    /// One message of a rekey handshake (1, 2 or 3).
+    Rekey {
+        /// Which message.
+        step: u8,
+        /// The Noise message.
+        message: Vec<u8>,
+    },
+    /// "I now send under the keyset you know as `session_index`": the
+    /// receiver may switch its own sending to it too.
+    KeyConfirm {
+        /// The receiver's own index of the confirmed keyset.
+        session_index: u32,
+    },
+    /// The last record under the old TCP key after a rekey.
+    TcpKeySwitch,
+    /// The higher-ID side asks the lower-ID side to rekey (its keys are old).
+    RekeyRequest,
+    /// Orderly close with a reason that the peer logs.
+    Close {
+        /// Human-readable reason.
+        reason: String,
+    },
+}
+
+/// Encodes a control message as record plaintext: `[version][body]`.
+pub fn encode_message(message: &ControlMessage) -> Vec<u8> {
+    let mut out = vec![CONTROL_VERSION];
+    // Encoding our own enum into a Vec cannot fail.
+    if let Ok(body) = crate::wire::encode(message) {
+        out.extend_from_slice(&body);
+    }
+    out
+}
+
+/// Decodes record plaintext.
+pub fn decode_message(bytes: &[u8]) -> Result<ControlMessage, crate::wire::DecodeError> {
+    let (&version, body) = bytes
+        .split_first()
+        .ok_or(crate::wire::DecodeError::Truncated)?;
+    if version != CONTROL_VERSION {
+        return Err(crate::wire::DecodeError::UnsupportedVersion(version));
+    }
+    crate::wire::decode(body)
+}
+
+/// Writes one length-prefixed frame (u32 big-endian length).
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    let len = u32::try_from(bytes.len()).map_err(|_| std::io::Error::other("frame too large"))?;
+    let mut out = Vec::with_capacity(4 + bytes.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(bytes);
+    writer.write_all(&out).await
+}
+
+/// Reads one length-prefixed frame of at most `max` bytes; a larger length
+/// is an error before anything is allocated.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    reader.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds the {max}-byte limit"),
+        ));
+    }
+    let mut buffer = vec![0u8; len];
+    reader.read_exact(&mut buffer).await?;
+    Ok(buffer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_ranges_pick_the_highest_common_version() {
+        let a = VersionRange { min: 1, max: 3 };
+        let b = VersionRange { min: 2, max: 5 };
+        assert_eq!(a.common(b), Some(3));
+        assert_eq!(a.common(VersionRange { min: 4, max: 5 }), None);
+    }
+
+    #[test]
+    fn control_messages_round_trip_and_garbage_is_refused() {
+        let message = ControlMessage::Gossip {
+            channel: 1,
+            payload: vec![1, 2, 3],
+        };
+        assert_eq!(
+            decode_message(&encode_message(&message)).ok(),
+            Some(message)
+        );
+        assert!(decode_message(&[]).is_err());
+        assert!(decode_message(&[9, 0]).is_err());
+        assert!(decode_message(&[CONTROL_VERSION, 200, 1]).is_err());
+    }
+
+    #[test]
+    fn golden_bytes_of_a_key_confirm() {
+        let bytes = encode_message(&ControlMessage::KeyConfirm { session_index: 300 });
+        assert_eq!(bytes, [1, 2, 251, 44, 1]);
+    }
+
+    #[tokio::test]
+    async fn oversized_frames_are_refused_before_allocation() {
+        let mut input: &[u8] = &[0xff, 0xff, 0xff, 0xff];
+        let err = read_frame(&mut input, 1024).await.expect_err("too large");
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    }
+}

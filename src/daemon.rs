@@ -1,0 +1,199 @@
+//! `weft router`: builds the cores from the configuration, starts the data
+//! plane and the drivers, and owns shutdown (SIGTERM or SIGINT: stop, keep
+//! identity and state; SIGTERM never means "leave").
+
+use crate::api;
+use crate::config::RouterConfig;
+use crate::control::connection::ConnectionContext;
+use crate::control::proto::{Hello, Versions};
+use crate::control::{Control, ControlConfig, ControlInputs};
+use crate::crypto::handshake;
+use crate::crypto::identity::Identity;
+use crate::crypto::secret::ClusterSecrets;
+use crate::id::ShortId;
+use crate::netlink::{self, InterfacePlan};
+use crate::router::snapshot::Snapshot;
+use crate::router::{Dataplane, DataplaneConfig};
+use arc_swap::ArcSwap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+/// Where `--insecure` routers get their pre-shared key from: a fixed,
+/// public value, so they can talk to each other and to nobody else.
+const INSECURE_SECRET: &[u8] = b"weft-insecure-cluster-secret-do-not-use-in-production";
+
+/// Runs the router until SIGTERM/SIGINT.
+pub fn run(config: RouterConfig) -> anyhow::Result<()> {
+    config.validate()?;
+    let secrets = match &config.secret_file {
+        Some(path) => ClusterSecrets::load(path)?,
+        None => ClusterSecrets::parse(INSECURE_SECRET)?,
+    };
+    crate::persist::ensure_private_dir(&config.state_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot create the state directory {}: {e} (pass a writable --state-dir)",
+            config.state_dir.display()
+        )
+    })?;
+    let (identity, created) = Identity::load_or_create(&config.state_dir)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(config, secrets, identity, created))
+}
+
+async fn serve(
+    config: RouterConfig,
+    secrets: ClusterSecrets,
+    identity: Identity,
+    created: bool,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {}: {e} (is another router running? pick another --listen)",
+                config.listen
+            )
+        })?;
+    let api_listener = api::server::bind(&config.api)?;
+    let split = config.split();
+    let own_range = split
+        .iter()
+        .find(|r| r.name == config.name)
+        .ok_or_else(|| anyhow::anyhow!("this router has no range in --ipalloc-init"))?;
+    let own_address = Ipv4Addr::from(own_range.start + 1);
+    let epoch = Instant::now();
+    let (worker_tx, worker_rx) = mpsc::unbounded_channel();
+    let short = ShortId::preferred(identity.id());
+    let (dataplane, control_socket) = Dataplane::start(
+        &DataplaneConfig {
+            iface: config.iface.clone(),
+            listen: config.listen,
+            workers: config.workers,
+        },
+        Snapshot::new(short, config.mtu as usize),
+        worker_tx,
+    )
+    .map_err(|e| match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => anyhow::anyhow!(
+            "no permission to create the TUN device {}: run weft router as root or with CAP_NET_ADMIN",
+            config.iface
+        ),
+        Some(libc::EADDRINUSE) => anyhow::anyhow!("UDP port {} is already in use: pick another --listen", config.listen),
+        _ => anyhow::anyhow!("cannot start the data plane on {} / {}: {e}", config.iface, config.listen),
+    })?;
+    netlink::configure(&InterfacePlan {
+        iface: config.iface.clone(),
+        mtu: config.mtu,
+        own_address,
+        range: config.range,
+        owned: vec![(own_range.start, own_range.end)],
+    })
+    .await?;
+    let advertised = advertised_address(config.listen, &config.seeds);
+    tracing::info!(
+        name = %config.name,
+        id = %identity.id(),
+        listen = %config.listen,
+        %advertised,
+        identity = if created { "created" } else { "loaded" },
+        workers = dataplane.lanes(),
+        "router starting"
+    );
+    if config.secret_file.is_none() {
+        tokio::spawn(async {
+            let mut every_minute = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                every_minute.tick().await;
+                tracing::warn!(
+                    "running with --insecure: any router can join this mesh; pass --secret-file"
+                );
+            }
+        });
+    }
+    let (connection_tx, connection_rx) = mpsc::unbounded_channel();
+    let context = Arc::new(ConnectionContext {
+        identity: Arc::new(identity),
+        secrets: Arc::new(ArcSwap::from_pointee(secrets)),
+        prologue: handshake::prologue(&config.range.to_string()),
+        hello: Hello {
+            versions: Versions::OURS,
+            name: config.name.clone(),
+            short_id: short.0,
+            listen: advertised,
+            mtu: config.mtu,
+            incarnation: rand::random(),
+            session_index: 0,
+            cluster_range: config.range.to_string(),
+        },
+        session_indices: AtomicU32::new(rand::random::<u32>() & 0x00ff_ffff),
+        events: connection_tx,
+    });
+    let (api_tx, api_rx) = mpsc::channel(64);
+    tokio::spawn(api::server::serve(api_listener, config.api.clone(), api_tx));
+    let control = Control::new(
+        ControlConfig {
+            name: config.name.clone(),
+            listen: advertised,
+            seeds: config.seeds.clone(),
+            range: config.range,
+            split,
+            mtu: config.mtu,
+            rekey_after: config.rekey_after,
+        },
+        context,
+        dataplane,
+        tokio::net::UdpSocket::from_std(control_socket)?,
+        epoch,
+    );
+    control
+        .run(
+            listener,
+            ControlInputs {
+                connections: connection_rx,
+                workers: worker_rx,
+                api: api_rx,
+            },
+            shutdown_signal(),
+        )
+        .await;
+    let _ = std::fs::remove_file(&config.api);
+    tracing::info!("router stopped");
+    Ok(())
+}
+
+/// The address peers should use: the listen address, or when it is
+/// unspecified, the local address the kernel would use toward the first seed
+/// (found with a connected UDP socket: nothing is sent).
+fn advertised_address(listen: SocketAddr, seeds: &[SocketAddr]) -> SocketAddr {
+    if !listen.ip().is_unspecified() {
+        return listen;
+    }
+    let local = seeds.first().and_then(|seed| {
+        let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+        socket.connect(seed).ok()?;
+        socket.local_addr().ok()
+    });
+    SocketAddr::new(
+        local.map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |l| l.ip()),
+        listen.port(),
+    )
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,138 @@
+//! Kernel configuration through rtnetlink: the TUN device's MTU and state,
+//! the node's own /32 on it, the cluster range routed into it, and an
+//! `unreachable` route per owned range so that a packet for an unallocated
+//! local address is answered with ICMP instead of looping through the TUN
+//! (DESIGN.md "No loops, no leaks"). Every call is idempotent (`replace`),
+//! so a restarted router reconciles instead of failing.
+
+use crate::cidr::Ipv4Cidr;
+use futures_util::TryStreamExt;
+use rtnetlink::packet_route::route::{RouteProtocol, RouteType};
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use std::net::{IpAddr, Ipv4Addr};
+
+/// The route protocol number that tags weft's routes (`ip route show proto 87`).
+pub const WEFT_ROUTE_PROTOCOL: u8 = 87;
+
+/// What the interface should look like.
+#[derive(Clone, Debug)]
+pub struct InterfacePlan {
+    /// Device name.
+    pub iface: String,
+    /// Overlay MTU.
+    pub mtu: u32,
+    /// The node's own overlay address (a /32 on the device).
+    pub own_address: Ipv4Addr,
+    /// The cluster range, routed to the device.
+    pub range: Ipv4Cidr,
+    /// Ranges this router owns (inclusive), made `unreachable`.
+    pub owned: Vec<(u32, u32)>,
+}
+
+/// Applies `plan`.
+pub async fn configure(plan: &InterfacePlan) -> anyhow::Result<()> {
+    let (connection, handle, _) = rtnetlink::new_connection()?;
+    tokio::spawn(connection);
+    let index = link_index(&handle, &plan.iface).await?;
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).mtu(plan.mtu).up().build())
+        .execute()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot bring {} up: {e}", plan.iface))?;
+    handle
+        .address()
+        .add(index, IpAddr::V4(plan.own_address), 32)
+        .replace()
+        .execute()
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("cannot add {}/32 to {}: {e}", plan.own_address, plan.iface)
+        })?;
+    let range = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(Ipv4Addr::from(plan.range.first()), plan.range.prefix())
+        .output_interface(index)
+        .pref_source(plan.own_address)
+        .protocol(RouteProtocol::Other(WEFT_ROUTE_PROTOCOL))
+        .build();
+    handle
+        .route()
+        .add(range)
+        .replace()
+        .execute()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot route {} to {}: {e}", plan.range, plan.iface))?;
+    for (start, end) in &plan.owned {
+        for (base, prefix) in cidr_blocks(*start, *end) {
+            let unreachable = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(Ipv4Addr::from(base), prefix)
+                .kind(RouteType::Unreachable)
+                .protocol(RouteProtocol::Other(WEFT_ROUTE_PROTOCOL))
+                .build();
+            handle
+                .route()
+                .add(unreachable)
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot add the unreachable route for {}/{prefix}: {e}",
+                        Ipv4Addr::from(base)
+                    )
+                })?;
+        }
+    }
+    Ok(())
+}
+
+async fn link_index(handle: &Handle, name: &str) -> anyhow::Result<u32> {
+    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(Some(link)) => Ok(link.header.index),
+        _ => anyhow::bail!("interface {name} does not exist"),
+    }
+}
+
+/// The smallest list of CIDR blocks covering `start..=end` exactly.
+pub fn cidr_blocks(start: u32, end: u32) -> Vec<(u32, u8)> {
+    let mut blocks = Vec::new();
+    let mut cursor = u64::from(start);
+    let end = u64::from(end);
+    while cursor <= end {
+        let align = if cursor == 0 {
+            32
+        } else {
+            cursor.trailing_zeros().min(32)
+        };
+        let mut size_bits = align;
+        while size_bits > 0 && cursor + (1u64 << size_bits) - 1 > end {
+            size_bits -= 1;
+        }
+        blocks.push((cursor as u32, (32 - size_bits) as u8));
+        cursor += 1u64 << size_bits;
+    }
+    blocks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_blocks_cover_a_range_exactly() {
+        assert_eq!(
+            cidr_blocks(0x0a20_0000, 0x0a2f_ffff),
+            vec![(0x0a20_0000, 12)]
+        );
+        let blocks = cidr_blocks(0x0a20_0000, 0x0a25_5554);
+        let covered: u64 = blocks.iter().map(|(_, p)| 1u64 << (32 - p)).sum();
+        assert_eq!(covered, 0x0a25_5554 - 0x0a20_0000 + 1);
+        for (base, prefix) in &blocks {
+            let size = 1u64 << (32 - prefix);
+            assert_eq!(u64::from(*base) % size, 0, "block aligned");
+        }
+        assert_eq!(cidr_blocks(5, 5), vec![(5, 32)]);
+        assert_eq!(cidr_blocks(0, u32::MAX), vec![(0, 0)]);
+    }
+}

@@ -1,0 +1,127 @@
+//! The data plane: TUN and UDP I/O on worker threads, the data header, the
+//! forwarding snapshot and the counters. The control task owns everything
+//! that changes; the data plane only reads the snapshot it publishes.
+
+pub mod packet;
+pub mod snapshot;
+pub mod stats;
+pub mod tun;
+pub mod udp;
+pub mod worker;
+
+mod sys;
+
+use arc_swap::ArcSwap;
+use snapshot::Snapshot;
+use stats::{DataplaneTotals, WorkerStats};
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use tokio::sync::mpsc::UnboundedSender;
+use worker::{Worker, WorkerEvent};
+
+/// How to start the data plane.
+#[derive(Clone, Debug)]
+pub struct DataplaneConfig {
+    /// TUN device name (`--iface`).
+    pub iface: String,
+    /// UDP listen address (the same port as the TCP control listener).
+    pub listen: SocketAddr,
+    /// Number of workers, which is also the number of lanes.
+    pub workers: usize,
+}
+
+/// The running data plane.
+pub struct Dataplane {
+    table: Arc<ArcSwap<Snapshot>>,
+    stats: Vec<Arc<WorkerStats>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    multi_queue: bool,
+    lanes: usize,
+}
+
+impl Dataplane {
+    /// Opens the TUN queues and the UDP group and starts the workers.
+    /// Returns the data plane and the control task's own UDP socket (the
+    /// last member of the reuseport group, which receives the control lane).
+    pub fn start(
+        config: &DataplaneConfig,
+        initial: Snapshot,
+        events: UnboundedSender<WorkerEvent>,
+    ) -> io::Result<(Self, UdpSocket)> {
+        let workers = config.workers.clamp(1, 64);
+        let queues = tun::open(&config.iface, workers)?;
+        let lanes = queues.queues.len();
+        let (sockets, control) = udp::bind_group(config.listen, lanes)?;
+        let table = Arc::new(ArcSwap::from_pointee(initial));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut stats = Vec::with_capacity(lanes);
+        let mut threads = Vec::with_capacity(lanes);
+        for (lane, (queue, socket)) in queues.queues.into_iter().zip(sockets).enumerate() {
+            let worker_stats = Arc::new(WorkerStats::default());
+            stats.push(worker_stats.clone());
+            let worker = Worker::new(
+                lane as u8,
+                queue,
+                socket,
+                table.clone(),
+                worker_stats,
+                events.clone(),
+                stop.clone(),
+            );
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("weft-worker-{lane}"))
+                    .spawn(move || worker.run())?,
+            );
+        }
+        Ok((
+            Self {
+                table,
+                stats,
+                stop,
+                threads,
+                multi_queue: queues.multi_queue,
+                lanes,
+            },
+            control,
+        ))
+    }
+
+    /// Publishes a new forwarding snapshot; workers pick it up on their next
+    /// batch.
+    pub fn publish(&self, snapshot: Snapshot) {
+        self.table.store(Arc::new(snapshot));
+    }
+
+    /// The snapshot in force.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.table.load_full()
+    }
+
+    /// Sums the workers' counters.
+    pub fn totals(&self) -> DataplaneTotals {
+        DataplaneTotals::sum(self.stats.iter().map(|s| s.as_ref()))
+    }
+
+    /// The number of lanes (workers).
+    pub fn lanes(&self) -> usize {
+        self.lanes
+    }
+
+    /// Whether the TUN is multi-queue.
+    pub fn multi_queue(&self) -> bool {
+        self.multi_queue
+    }
+
+    /// Stops the workers and waits for them (at most one poll interval).
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}

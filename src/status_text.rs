@@ -1,0 +1,95 @@
+//! The human form of `weft status`: one line per peer and per connection.
+
+use crate::api::proto::Status;
+use std::fmt::Write;
+
+/// Renders `status`, or one section of it (`peers`, `connections`, `ipam`).
+pub fn render(status: &Status, section: Option<&str>) -> String {
+    let mut out = String::new();
+    let all = section.is_none();
+    if all {
+        let established = status.connections.iter().filter(|c| c.established).count();
+        let _ = writeln!(
+            out,
+            "router {} ({}) listening on {}: {} peers, {}/{} connections established",
+            status.name,
+            status.id,
+            status.listen,
+            status.peers.len(),
+            established,
+            status.connections.len()
+        );
+    }
+    if all || section == Some("peers") {
+        let _ = writeln!(out, "peers:");
+        for p in &status.peers {
+            let _ = writeln!(out, "  {:<20} {}  {}", p.name, p.id, p.addresses.join(","));
+        }
+    }
+    if all || section == Some("connections") {
+        let _ = writeln!(out, "connections:");
+        for c in &status.connections {
+            let rtt = c.rtt_ms.map_or("-".to_string(), |r| format!("{r:.2}ms"));
+            let _ = writeln!(
+                out,
+                "  {:<20} {:<22} {:<12} {:<8} udp={:<10} rtt={:<9} path={} rekeys={}{}",
+                c.peer,
+                c.address,
+                c.state,
+                c.direction,
+                c.udp,
+                rtt,
+                c.path,
+                c.rekeys,
+                c.error
+                    .as_ref()
+                    .map(|e| format!(" error={e}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    if all || section == Some("ipam") {
+        let i = &status.ipam;
+        let ranges: Vec<String> = i
+            .owned_ranges
+            .iter()
+            .map(|r| format!("{}-{}", r.start, r.end))
+            .collect();
+        let _ = writeln!(
+            out,
+            "ipam: range {} ({}), owned {} addresses in {}, allocated {}, free {}",
+            i.range,
+            i.mode,
+            i.owned_addresses,
+            ranges.join(" "),
+            i.allocated,
+            i.free
+        );
+    }
+    if all {
+        let d = &status.dataplane;
+        let drops: Vec<String> = d
+            .totals
+            .dropped
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "dataplane: mtu {}, {} workers, offload {}, in {} pkts / {} B, out {} pkts / {} B, dropped: {}",
+            d.mtu,
+            d.workers,
+            d.offload,
+            d.totals.packets_in,
+            d.totals.bytes_in,
+            d.totals.packets_out,
+            d.totals.bytes_out,
+            if drops.is_empty() {
+                "none".to_string()
+            } else {
+                drops.join(" ")
+            }
+        );
+    }
+    out
+}
