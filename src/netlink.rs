@@ -34,6 +34,11 @@ pub async fn configure(plan: &InterfacePlan) -> anyhow::Result<()> {
     let (connection, handle, _) = rtnetlink::new_connection()?;
     tokio::spawn(connection);
     let index = link_index(&handle, &plan.iface).await?;
+    // The overlay is IPv4 for now: no link-local IPv6 chatter into the TUN.
+    let _ = std::fs::write(
+        format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", plan.iface),
+        "1",
+    );
     handle
         .link()
         .set(LinkUnspec::new_with_index(index).mtu(plan.mtu).up().build())

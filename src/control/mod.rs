@@ -266,12 +266,20 @@ impl Control {
                 peer.established = established;
                 tracing::info!(peer = %peer.hello.name, established, "connection state changed");
             }
-            if peer.keys.rekey_due(now)
-                && peer
-                    .rekey_started
-                    .is_none_or(|t| now.duration_since(t) > Duration::from_secs(10))
-            {
+            // Only the lower ID starts timer rekeys; the higher ID asks only
+            // when its keys are well past due (the lower side missed it), so
+            // the two never race into back-to-back rekeys.
+            let age = peer
+                .keys
+                .current()
+                .map(|k| now.saturating_duration_since(k.created));
+            let overdue = age.is_some_and(|a| a >= self.config.rekey_after * 3 / 2);
+            let retry_ok = peer
+                .rekey_started
+                .is_none_or(|t| now.duration_since(t) > Duration::from_secs(10));
+            if peer.keys.rekey_due(now) && retry_ok && (self.me < id || overdue) {
                 peer.rekey_started = Some(now);
+                peer.keys.rekey_started(now);
                 if self.me < id {
                     let _ = peer.commands.send(ConnectionCommand::Rekey);
                 } else {
@@ -517,7 +525,10 @@ impl Control {
                 }
             }
             ControlMessage::RekeyRequest => {
-                if self.me < peer.id {
+                let fresh = peer.keys.current().is_some_and(|k| {
+                    now.saturating_duration_since(k.created) < self.config.rekey_after / 2
+                });
+                if self.me < peer.id && !fresh && peer.keys.next().is_none() {
                     let _ = peer.commands.send(ConnectionCommand::Rekey);
                 }
             }
@@ -540,12 +551,12 @@ impl Control {
                 }
             }
             WorkerEvent::EndpointMoved { peer, address } => {
-                if let Some(p) = self.peers.values_mut().find(|p| p.short == peer) {
-                    if p.endpoint != Some(address) {
-                        tracing::info!(peer = %p.hello.name, %address, "peer endpoint moved");
-                        p.endpoint = Some(address);
-                        self.dirty = true;
-                    }
+                if let Some(p) = self.peers.values_mut().find(|p| p.short == peer)
+                    && p.endpoint != Some(address)
+                {
+                    tracing::info!(peer = %p.hello.name, %address, "peer endpoint moved");
+                    p.endpoint = Some(address);
+                    self.dirty = true;
                 }
             }
         }

@@ -1,15 +1,19 @@
 //! The UDP data plane's AEAD (DESIGN.md "Keys and sessions" → "Lanes", "The data header").
 //!
-//! ChaCha20-Poly1305 sealing and opening in caller buffers, with no allocation
-//! and no state: the nonce is `[lane, 0, 0, 0] ‖ counter (little-endian u64)`,
-//! where each lane's counter is owned by exactly one worker. The 16-byte data
-//! header is the associated data, so every header field is authenticated.
-//! Never reusing a (key, nonce) pair is the caller's job: one counter per lane,
-//! strictly increasing, never above [`COUNTER_LIMIT`], and a new key (rekey)
-//! well before it runs out.
+//! ChaCha20-Poly1305 (RFC 8439) sealing and opening in caller buffers, with
+//! no allocation and no state: the nonce is `[lane, 0, 0, 0] ‖ counter
+//! (little-endian u64)`, where each lane's counter is owned by exactly one
+//! worker. The 16-byte data header is the associated data, so every header
+//! field is authenticated. Never reusing a (key, nonce) pair is the caller's
+//! job: one counter per lane, strictly increasing, never above
+//! [`COUNTER_LIMIT`], and a new key (rekey) well before it runs out.
+//!
+//! The cipher is `ring`'s (already in the tree through snow): its assembly is
+//! about 2.5× faster than the pure-Rust `chacha20poly1305` crate on these
+//! machines (measured: 0.95 vs 0.34 GB/s for 1400-byte packets on a loaded
+//! core). A unit test checks it byte for byte against `chacha20poly1305`.
 
-use chacha20poly1305::aead::AeadInPlace;
-use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Nonce, Tag};
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};
 use std::fmt;
 
 /// Length of the Poly1305 tag that follows the ciphertext.
@@ -23,7 +27,7 @@ pub const COUNTER_LIMIT: u64 = (1 << 48) - 1;
 /// are handed to worker threads. `Debug` is redacted.
 #[derive(Clone)]
 pub struct DataKey {
-    cipher: ChaCha20Poly1305,
+    key: LessSafeKey,
 }
 
 impl fmt::Debug for DataKey {
@@ -33,23 +37,28 @@ impl fmt::Debug for DataKey {
 }
 
 /// The tag did not verify: wrong key, counter, lane, header or ciphertext.
-/// The buffer is left unchanged.
+/// The buffer's content is then unspecified (zeroed): drop the packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("data packet failed authentication")]
 pub struct BadTag;
 
-fn nonce(lane: u8, counter: u64) -> Nonce {
+fn nonce_bytes(lane: u8, counter: u64) -> [u8; 12] {
     let mut n = [0u8; 12];
     n[0] = lane;
     n[4..].copy_from_slice(&counter.to_le_bytes());
-    n.into()
+    n
 }
 
 impl DataKey {
     /// A key from raw bytes (handshake key derivation, tests, the simulator).
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        let key = match UnboundKey::new(&CHACHA20_POLY1305, &bytes) {
+            Ok(key) => key,
+            // ring only refuses a key of the wrong length, and ours is fixed.
+            Err(_) => unreachable!("ChaCha20-Poly1305 takes a 32-byte key"),
+        };
         Self {
-            cipher: ChaCha20Poly1305::new(&bytes.into()),
+            key: LessSafeKey::new(key),
         }
     }
 
@@ -73,11 +82,16 @@ impl DataKey {
             counter <= COUNTER_LIMIT,
             "data counter above the 48-bit limit"
         );
+        let nonce = Nonce::assume_unique_for_key(nonce_bytes(lane, counter));
         match self
-            .cipher
-            .encrypt_in_place_detached(&nonce(lane, counter), aad, buffer)
+            .key
+            .seal_in_place_separate_tag(nonce, Aad::from(aad), buffer)
         {
-            Ok(tag) => tag.into(),
+            Ok(tag) => {
+                let mut out = [0u8; TAG_LEN];
+                out.copy_from_slice(tag.as_ref());
+                out
+            }
             Err(_) => panic!(
                 "ChaCha20-Poly1305 buffer limit exceeded ({} bytes)",
                 buffer.len()
@@ -85,9 +99,9 @@ impl DataKey {
         }
     }
 
-    /// Verifies `tag` over `aad` and the ciphertext in `buffer`, then decrypts
-    /// `buffer` in place. On `Err(BadTag)` nothing changed; the caller drops
-    /// the packet (and must not mark the replay window).
+    /// Verifies `tag` over `aad` and the ciphertext in `buffer` and decrypts
+    /// `buffer` in place. On `Err(BadTag)` the buffer holds garbage (zeros);
+    /// the caller drops the packet and must not mark the replay window.
     pub fn open_in_place(
         &self,
         lane: u8,
@@ -96,8 +110,10 @@ impl DataKey {
         buffer: &mut [u8],
         tag: &[u8; TAG_LEN],
     ) -> Result<(), BadTag> {
-        self.cipher
-            .decrypt_in_place_detached(&nonce(lane, counter), aad, buffer, Tag::from_slice(tag))
+        let nonce = Nonce::assume_unique_for_key(nonce_bytes(lane, counter));
+        self.key
+            .open_in_place_separate_tag(nonce, Aad::from(aad), Tag::from(*tag), buffer, 0..)
+            .map(|_| ())
             .map_err(|_| BadTag)
     }
 }
@@ -125,7 +141,7 @@ mod tests {
     }
 
     #[test]
-    fn wrong_counter_lane_header_key_or_tag_fails_and_leaves_the_buffer_alone() {
+    fn wrong_counter_lane_header_key_or_tag_fails() {
         let key = DataKey::from_bytes([7; 32]);
         let (buf, tag) = sealed(&key, 3, 42);
         let mut other_header = HEADER;
@@ -133,7 +149,8 @@ mod tests {
         let mut bad_tag = tag;
         bad_tag[15] ^= 0x80;
         let other_key = DataKey::from_bytes([8; 32]);
-        let cases: [(&DataKey, u8, u64, &[u8], [u8; 16]); 6] = [
+        type Case<'a> = (&'a DataKey, u8, u64, &'a [u8], [u8; 16]);
+        let cases: [Case<'_>; 6] = [
             (&key, 3, 43, &HEADER, tag),
             (&key, 4, 42, &HEADER, tag),
             (&key, 3, 42, &other_header, tag),
@@ -147,7 +164,10 @@ mod tests {
                 k.open_in_place(lane, counter, aad, &mut copy, &t),
                 Err(BadTag)
             );
-            assert_eq!(copy, buf);
+            assert!(
+                copy.iter().all(|&b| b == 0),
+                "ring zeroes the buffer on failure"
+            );
         }
         let mut flipped = buf.clone();
         flipped[0] ^= 1;
@@ -159,9 +179,30 @@ mod tests {
 
     #[test]
     fn lane_and_counter_both_change_the_nonce() {
-        assert_ne!(nonce(1, 0), nonce(0, 1));
-        assert_ne!(nonce(0, 1 << 40), nonce(0, 1));
-        assert_eq!(nonce(5, 0x0102)[..], [5, 0, 0, 0, 2, 1, 0, 0, 0, 0, 0, 0]);
+        assert_ne!(nonce_bytes(1, 0), nonce_bytes(0, 1));
+        assert_ne!(nonce_bytes(0, 1 << 40), nonce_bytes(0, 1));
+        assert_eq!(nonce_bytes(5, 0x0102), [5, 0, 0, 0, 2, 1, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn output_matches_rfc8439_chacha20poly1305_byte_for_byte() {
+        use chacha20poly1305::aead::AeadInPlace;
+        use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
+        let bytes = [0x42; 32];
+        let reference = ChaCha20Poly1305::new(&bytes.into());
+        for len in [0usize, 1, 63, 64, 65, 1400] {
+            let plain: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut ours = plain.clone();
+            let tag =
+                DataKey::from_bytes(bytes).seal_in_place(7, 0x0123_4567_89ab, &HEADER, &mut ours);
+            let mut theirs = plain.clone();
+            let nonce = nonce_bytes(7, 0x0123_4567_89ab);
+            let their_tag = reference
+                .encrypt_in_place_detached(&nonce.into(), &HEADER, &mut theirs)
+                .unwrap();
+            assert_eq!(ours, theirs);
+            assert_eq!(tag[..], their_tag[..]);
+        }
     }
 
     #[test]
@@ -201,6 +242,25 @@ mod tests {
             "DataKey seal, 1400-byte buffers: {gbps:.2} GB/s ({:.0} packets/s) on one core [{acc}]",
             rounds as f64 / secs
         );
+        {
+            // Baseline in the same run: the pure-Rust crate used by the frame cipher.
+            use chacha20poly1305::aead::AeadInPlace;
+            use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
+            let reference = ChaCha20Poly1305::new(&[9; 32].into());
+            let start = std::time::Instant::now();
+            for counter in 0..rounds {
+                let nonce = nonce_bytes(0, counter);
+                let tag = reference
+                    .encrypt_in_place_detached(&nonce.into(), &HEADER, &mut buf)
+                    .unwrap();
+                acc ^= tag[0];
+            }
+            let base = (rounds * 1400) as f64 / start.elapsed().as_secs_f64() / 1e9;
+            println!(
+                "baseline chacha20poly1305 crate: {base:.2} GB/s; DataKey is {:.1}x [{acc}]",
+                gbps / base
+            );
+        }
         let start = std::time::Instant::now();
         let mut opened = 0u64;
         for counter in 0..rounds {

@@ -361,11 +361,11 @@ impl Worker {
             return;
         }
         match self.tun.write(inner) {
-            Ok(_) => {
+            Ok(written) if written == inner.len() => {
                 WorkerStats::add(&self.stats.packets_in, 1);
                 WorkerStats::add(&self.stats.bytes_in, len as u64);
             }
-            Err(_) => self.stats.count_drop(DropReason::IoError),
+            Ok(_) | Err(_) => self.stats.count_drop(DropReason::IoError),
         }
     }
 }

@@ -1,0 +1,752 @@
+//! Shared netns harness for weft's integration tests: uniquely named network
+//! namespaces deleted on drop (and leftovers of killed runs deleted at start),
+//! an underlay switch, nodes, pods plumbed as the CNI plugin would, real
+//! `weft router` processes, and traffic helpers.
+//!
+//! Network safety: every namespace is named `weft-t<pid>-<n>-<label>`; every
+//! address lives inside namespaces created here (underlay 192.0.2.0/24,
+//! overlay 10.32.0.0/12); nothing is added to the root namespace; every
+//! command has a timeout and every loop a bound.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    unreachable_pub
+)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+const PREFIX: &str = "weft-t";
+
+/// True when the test may run. Without root it prints a loud skip, unless
+/// WEFT_REQUIRE_ROOT_TESTS=1, which makes a skip a failure.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY-free: geteuid has no preconditions.
+    let root = unsafe_free_geteuid() == 0;
+    if root {
+        cleanup_leftovers();
+        return true;
+    }
+    if std::env::var("WEFT_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
+        panic!(
+            "{test}: integration tests need root (CAP_NET_ADMIN); WEFT_REQUIRE_ROOT_TESTS=1 makes a skip a failure"
+        );
+    }
+    eprintln!("\n!!!!! SKIPPED {test}: integration tests need root (CAP_NET_ADMIN) !!!!!\n");
+    false
+}
+
+fn unsafe_free_geteuid() -> u32 {
+    // /proc/self/status "Uid: real effective ..." avoids an unsafe libc call.
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|u| u.parse().ok())
+        .unwrap_or(u32::MAX)
+}
+
+/// Deletes namespaces of earlier test runs whose process is gone.
+pub fn cleanup_leftovers() {
+    let Ok(out) = run_timeout(Command::new("ip").args(["netns", "list"]), 10) else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(rest) = name.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let pid: u32 = rest
+            .split('-')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        if pid != 0 && !Path::new(&format!("/proc/{pid}")).exists() {
+            kill_pids_in(name);
+            let _ = run_timeout(Command::new("ip").args(["netns", "del", name]), 10);
+        }
+    }
+}
+
+fn kill_pids_in(ns: &str) {
+    if let Ok(out) = run_timeout(Command::new("ip").args(["netns", "pids", ns]), 10) {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
+    }
+}
+
+/// Runs a command with a timeout (seconds), capturing output.
+pub fn run_timeout(cmd: &mut Command, secs: u64) -> std::io::Result<Output> {
+    let program = cmd.get_program().to_owned();
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+    let mut wrapped = Command::new("timeout");
+    wrapped
+        .arg("-s")
+        .arg("KILL")
+        .arg(secs.to_string())
+        .arg(program)
+        .args(args);
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            wrapped.env(k, v);
+        }
+    }
+    wrapped.stdin(Stdio::null()).output()
+}
+
+/// Runs a command that must succeed.
+pub fn sh(args: &[&str]) -> String {
+    let out = run_timeout(Command::new(args[0]).args(&args[1..]), 20).expect("spawn");
+    assert!(
+        out.status.success(),
+        "command failed: {}\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A network namespace that is deleted (with every process in it) on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(label: &str) -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{PREFIX}{}-{n}-{label}", std::process::id());
+        sh(&["ip", "netns", "add", &name]);
+        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        Self { name }
+    }
+
+    /// Runs `args` inside the namespace.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).args(args);
+        run_timeout(&mut cmd, 30).expect("spawn")
+    }
+
+    /// Runs `args` inside the namespace; it must succeed.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.exec(args);
+        assert!(
+            out.status.success(),
+            "in {}: {} failed: {}",
+            self.name,
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ip -n NS ...`
+    pub fn ip(&self, args: &[&str]) {
+        let mut all = vec!["ip", "-n", &self.name];
+        all.extend_from_slice(args);
+        sh(&all);
+    }
+
+    pub fn sysctl(&self, key: &str, value: &str) {
+        self.ok(&["sysctl", "-qw", &format!("{key}={value}")]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        kill_pids_in(&self.name);
+        let _ = run_timeout(Command::new("ip").args(["netns", "del", &self.name]), 10);
+    }
+}
+
+/// A node: a namespace on the underlay switch, with forwarding on.
+pub struct Node {
+    pub ns: Netns,
+    pub underlay: Ipv4Addr,
+    pub name: String,
+}
+
+/// Nodes on one underlay switch (a bridge in its own namespace).
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    pub pods: Vec<Pod>,
+    switch: Netns,
+    pub dir: TempDir,
+}
+
+impl Cluster {
+    /// `count` nodes named n0, n1, ... at 192.0.2.10, .11, ...
+    pub fn new(count: usize) -> Self {
+        let switch = Netns::new("sw");
+        switch.ip(&["link", "add", "br0", "type", "bridge"]);
+        switch.ip(&["link", "set", "br0", "up"]);
+        let mut nodes = Vec::new();
+        for i in 0..count {
+            let name = format!("n{i}");
+            let ns = Netns::new(&name);
+            let underlay = Ipv4Addr::new(192, 0, 2, 10 + i as u8);
+            let port = format!("p{i}");
+            sh(&[
+                "ip",
+                "-n",
+                &switch.name,
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &ns.name,
+            ]);
+            switch.ip(&["link", "set", &port, "master", "br0", "up"]);
+            ns.ip(&["addr", "add", &format!("{underlay}/24"), "dev", "eth0"]);
+            ns.ip(&["link", "set", "eth0", "up"]);
+            ns.sysctl("net.ipv4.ip_forward", "1");
+            nodes.push(Node { ns, underlay, name });
+        }
+        Self {
+            nodes,
+            pods: Vec::new(),
+            switch,
+            dir: TempDir::new("cluster"),
+        }
+    }
+
+    /// Plugs a pod with `addr` into node `node` the way the CNI plugin does.
+    pub fn add_pod(&mut self, node: usize, addr: Ipv4Addr) -> usize {
+        let index = self.pods.len();
+        let ns = Netns::new(&format!("pod{index}"));
+        let host = format!("veth{index}");
+        let node_ns = &self.nodes[node].ns;
+        sh(&[
+            "ip",
+            "-n",
+            &node_ns.name,
+            "link",
+            "add",
+            &host,
+            "mtu",
+            "1420",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "mtu",
+            "1420",
+            "netns",
+            &ns.name,
+        ]);
+        ns.ip(&["addr", "add", &format!("{addr}/32"), "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        node_ns.ip(&["link", "set", &host, "up"]);
+        let link = sh(&["ip", "-n", &node_ns.name, "-o", "link", "show", &host]);
+        let mac = link
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .expect("host veth MAC")
+            .to_string();
+        ns.ip(&[
+            "route",
+            "add",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ]);
+        ns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+            "onlink",
+        ]);
+        ns.ip(&[
+            "neigh",
+            "replace",
+            "169.254.1.1",
+            "lladdr",
+            &mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ]);
+        node_ns.ip(&["route", "add", &format!("{addr}/32"), "dev", &host]);
+        node_ns.sysctl(&format!("net.ipv4.conf.{host}.proxy_arp"), "1");
+        self.pods.push(Pod { ns, addr, node });
+        index
+    }
+
+    /// Drops (in both directions) UDP between nodes `a` and `b` with an
+    /// nftables table in `a`'s namespace, or lifts the block.
+    pub fn block_udp(&self, a: usize, b: usize, blocked: bool) {
+        let ns = &self.nodes[a].ns;
+        let _ = ns.exec(&["nft", "delete", "table", "inet", "wefttest"]);
+        if blocked {
+            let peer = self.nodes[b].underlay.to_string();
+            let rules = format!(
+                "table inet wefttest {{ chain in {{ type filter hook input priority 0; ip saddr {peer} udp dport 6783 drop; }} chain out {{ type filter hook output priority 0; ip daddr {peer} udp dport 6783 drop; }} }}"
+            );
+            ns.ok(&["nft", &rules]);
+        }
+    }
+}
+
+/// A pod namespace plumbed into a node.
+pub struct Pod {
+    pub ns: Netns,
+    pub addr: Ipv4Addr,
+    pub node: usize,
+}
+
+impl Pod {
+    /// Pings `to`; true if all `count` replies came back.
+    pub fn ping(&self, to: Ipv4Addr, count: u32) -> bool {
+        self.exec_ok(&[
+            "ping",
+            "-c",
+            &count.to_string(),
+            "-W",
+            "1",
+            "-i",
+            "0.2",
+            &to.to_string(),
+        ])
+    }
+
+    /// Keeps pinging once until a reply comes back or `timeout` passes.
+    pub fn wait_ping(&self, to: Ipv4Addr, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.exec_ok(&["ping", "-c", "1", "-W", "1", &to.to_string()]) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    fn exec_ok(&self, args: &[&str]) -> bool {
+        self.ns.exec(args).status.success()
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir {
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(label: &str) -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("weft-test-{}-{n}-{label}", std::process::id()));
+        fs::create_dir_all(&path).expect("temp dir");
+        Self { path }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Writes a secret file (44 base64-ish characters of random bytes).
+pub fn write_secret(path: &Path) {
+    let mut bytes = [0u8; 32];
+    fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut bytes)
+        .unwrap();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    fs::write(path, format!("{hex}\n")).unwrap();
+}
+
+/// A real `weft router` process in a node's namespace.
+pub struct Router {
+    pub bin: PathBuf,
+    pub name: String,
+    pub ns_name: String,
+    pub dir: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Router {
+    /// Prepares (does not start) a router for `node` with `peers` and the
+    /// static split over `names`. Its files live under `dir/<name>`.
+    pub fn new(bin: &Path, node: &Node, dir: &Path, peers: &[Ipv4Addr], names: &[&str]) -> Self {
+        let own = dir.join(&node.name);
+        fs::create_dir_all(&own).unwrap();
+        if !own.join("secret").exists() {
+            let shared = dir.join("secret");
+            if !shared.exists() {
+                write_secret(&shared);
+            }
+            fs::copy(&shared, own.join("secret")).unwrap();
+        }
+        let mut args = vec![
+            "router".to_string(),
+            "--name".into(),
+            node.name.clone(),
+            "--listen".into(),
+            format!("{}:6783", node.underlay),
+            "--secret-file".into(),
+            own.join("secret").display().to_string(),
+            "--state-dir".into(),
+            own.join("state").display().to_string(),
+            "--api".into(),
+            own.join("weft.sock").display().to_string(),
+            "--ipalloc-init".into(),
+            format!("seed={}", names.join(",")),
+        ];
+        for p in peers {
+            args.push("--peer".into());
+            args.push(format!("{p}:6783"));
+        }
+        Self {
+            bin: bin.to_path_buf(),
+            name: node.name.clone(),
+            ns_name: node.ns.name.clone(),
+            dir: own,
+            args,
+            env: Vec::new(),
+            child: None,
+            starts: 0,
+        }
+    }
+
+    pub fn api(&self) -> PathBuf {
+        self.dir.join("weft.sock")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("router.log")
+    }
+
+    pub fn start(&mut self) {
+        self.starts += 1;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns_name])
+            .arg(&self.bin)
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("start weft router"));
+        let started = wait_until(Duration::from_secs(10), || self.status().is_some());
+        assert!(
+            started,
+            "router {} did not start:\n{}",
+            self.name,
+            self.log_tail()
+        );
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `weft status --json`, or None when the router does not answer.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let out = run_timeout(
+            Command::new(&self.bin)
+                .args(["status", "--json", "--api"])
+                .arg(self.api()),
+            10,
+        )
+        .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// The first owned range's start.
+    pub fn range_start(&self) -> Ipv4Addr {
+        let status = self.status().expect("status");
+        status["ipam"]["owned_ranges"][0]["start"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    pub fn established_peers(&self) -> usize {
+        self.status()
+            .map(|s| {
+                s["connections"]
+                    .as_array()
+                    .map(|c| c.iter().filter(|c| c["established"] == true).count())
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0)
+    }
+
+    pub fn dropped(&self, reason: &str) -> u64 {
+        self.status()
+            .and_then(|s| s["dataplane"]["dropped"][reason].as_u64())
+            .unwrap_or(0)
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- log of router {} ----\n{}", self.name, self.log_tail());
+        }
+        self.kill9();
+    }
+}
+
+/// Polls `check` every 100 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs `f` on a thread that has entered namespace `ns` (setns moves only
+/// the calling thread, so the test's other threads stay where they are).
+pub fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = fs::File::open(&path).expect("open netns");
+        nix_setns(&file);
+        f()
+    })
+}
+
+fn nix_setns(file: &fs::File) {
+    use std::os::fd::AsRawFd;
+    #[allow(unsafe_code)]
+    // SAFETY: setns on a valid namespace descriptor affects only this thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns failed: {}", std::io::Error::last_os_error());
+}
+
+/// The stream both ends of a transfer agree on: a marker that a capture can
+/// look for, and a cheap generator.
+pub const PLAINTEXT_MARKER: &[u8] = b"WEFT-PLAINTEXT-MARKER-";
+
+fn fill(block: &mut [u8], seed: u64) {
+    let mut x = seed | 1;
+    for chunk in block.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let bytes = x.to_le_bytes();
+        chunk.copy_from_slice(&bytes[..chunk.len()]);
+    }
+    block[..PLAINTEXT_MARKER.len()].copy_from_slice(PLAINTEXT_MARKER);
+}
+
+/// Result of a checksummed transfer.
+#[derive(Debug)]
+pub struct Transfer {
+    pub sent: u64,
+    pub received: u64,
+    pub sent_sum: [u8; 32],
+    pub received_sum: [u8; 32],
+    pub elapsed: Duration,
+}
+
+/// Sends `bytes` (or as much as fits in `max_time`, if given) from pod
+/// `from` to pod `to` over TCP, hashing both ends with BLAKE2s.
+pub fn transfer(from: &Pod, to: &Pod, bytes: u64, max_time: Option<Duration>) -> Transfer {
+    use blake2::{Blake2s256, Digest};
+    let port = 5201 + (COUNTER.fetch_add(1, Ordering::Relaxed) % 100) as u16;
+    let listen = SocketAddr::from((to.addr, port));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = in_netns(&to.ns.name, move || {
+        let listener = TcpListener::bind(listen).expect("bind");
+        ready_tx.send(()).unwrap();
+        let (mut stream, _) = listener.accept().expect("accept");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut hasher = Blake2s256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0u64;
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    hasher.update(&buf[..n]);
+                    total += n as u64;
+                }
+                Err(e) => panic!("receiver: {e} after {total} bytes"),
+            }
+        }
+        (total, <[u8; 32]>::from(hasher.finalize()))
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("listener ready");
+    let client = in_netns(&from.ns.name, move || {
+        let start = Instant::now();
+        let mut stream =
+            TcpStream::connect_timeout(&listen, Duration::from_secs(5)).expect("connect");
+        stream
+            .set_write_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut hasher = Blake2s256::new();
+        let mut block = vec![0u8; 64 * 1024];
+        let mut sent = 0u64;
+        let mut seed = 1u64;
+        while sent < bytes && max_time.is_none_or(|t| start.elapsed() < t) {
+            fill(&mut block, seed);
+            seed += 1;
+            let n = block.len().min((bytes - sent) as usize);
+            stream.write_all(&block[..n]).expect("send");
+            hasher.update(&block[..n]);
+            sent += n as u64;
+        }
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        (sent, <[u8; 32]>::from(hasher.finalize()), start)
+    });
+    let (sent, sent_sum, start) = client.join().expect("sender thread");
+    let (received, received_sum) = server.join().expect("receiver thread");
+    Transfer {
+        sent,
+        received,
+        sent_sum,
+        received_sum,
+        elapsed: start.elapsed(),
+    }
+}
+
+/// A bounded tcpdump in a namespace writing a pcap file.
+pub struct Capture {
+    child: Child,
+    pub path: PathBuf,
+}
+
+impl Capture {
+    pub fn start(ns: &Netns, iface: &str, filter: &str, path: PathBuf, max_packets: u32) -> Self {
+        let child = Command::new("ip")
+            .args([
+                "netns", "exec", &ns.name, "timeout", "120", "tcpdump", "-U", "-n", "-s", "0",
+                "-i", iface, "-c",
+            ])
+            .arg(max_packets.to_string())
+            .arg("-w")
+            .arg(&path)
+            .arg(filter)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tcpdump");
+        std::thread::sleep(Duration::from_millis(700));
+        Self { child, path }
+    }
+
+    /// Stops the capture and returns the UDP payloads (Ethernet/IPv4 only).
+    pub fn finish(mut self) -> Vec<Vec<u8>> {
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let data = fs::read(&self.path).unwrap_or_default();
+        udp_payloads(&data)
+    }
+}
+
+/// Parses a pcap (link type Ethernet) into UDP payloads.
+pub fn udp_payloads(pcap: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    if pcap.len() < 24 {
+        return out;
+    }
+    let mut at = 24;
+    while at + 16 <= pcap.len() {
+        let incl = u32::from_le_bytes(pcap[at + 8..at + 12].try_into().unwrap()) as usize;
+        let start = at + 16;
+        let end = start + incl;
+        if end > pcap.len() {
+            break;
+        }
+        let frame = &pcap[start..end];
+        if frame.len() > 14 + 20 + 8 && frame[12..14] == [0x08, 0x00] && frame[14 + 9] == 17 {
+            let ihl = usize::from(frame[14] & 0x0f) * 4;
+            let udp = 14 + ihl;
+            if frame.len() >= udp + 8 {
+                out.push(frame[udp + 8..].to_vec());
+            }
+        }
+        at = end;
+    }
+    out
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Status numbers by key path, for readable asserts.
+pub fn counters(status: &serde_json::Value) -> BTreeMap<String, u64> {
+    let mut map = BTreeMap::new();
+    if let Some(d) = status["dataplane"]["dropped"].as_object() {
+        for (k, v) in d {
+            map.insert(format!("dropped.{k}"), v.as_u64().unwrap_or(0));
+        }
+    }
+    for key in ["packets_in", "packets_out", "bytes_in", "bytes_out"] {
+        map.insert(key.into(), status["dataplane"][key].as_u64().unwrap_or(0));
+    }
+    map
+}
