@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::needless_range_loop)]
 //! Two routers carry pod traffic over the authenticated, encrypted UDP
 //! tunnel: real `weft` processes in network namespaces, real packets.
 

@@ -1,0 +1,379 @@
+#!/usr/bin/env bash
+# bench/tunnel.sh: pod-to-pod throughput, latency and CPU cost of weft, printed as ratios
+# to baselines measured in the same run (DESIGN.md "Layout": bench/ prints ratios).
+#
+# Topology (all in network namespaces named weft-b-<pid>-*, deleted on exit):
+#
+#   pod ns ══veth══ node0 ns ══ eth0 192.0.2.10 ──veth── 192.0.2.11 eth0 ══ node1 ns ══veth══ pod ns
+#
+# One pod pair per mode, all plumbed like weft's CNI plugin does it (/32 on eth0, default
+# via 169.254.1.1 onlink, permanent neighbour, /32 host route, MTU 1420):
+#   raw           pods 10.44.{0,1}.10, nodes route the other pod's /32 via the underlay (no tunnel)
+#   vxlan         pods 10.45.{0,1}.10, kernel VXLAN vx0 (VNI 42, unencrypted) between the nodes
+#   wireguard-go  pods 10.46.{0,1}.10, userspace WireGuard (if installed), configured with wg
+#   wg-kernel     pods 10.47.{0,1}.10, kernel WireGuard (if the kernel has it)
+#   weft          pods from each router's owned range (start+10), routers on 10.32.0.0/13
+#
+# Per round and mode (modes interleaved, R rounds): ping RTT idle, iperf3 TCP with 1 and 4
+# streams, ping RTT during the 4-stream run, CPU seconds per GB of the tunnel's own
+# processes (utime+stime from /proc/PID/stat) and of the whole machine (/proc/stat), RSS.
+# Prints medians. Needs root, iproute2, iperf3, jq, ping.
+#
+# Usage: bench/tunnel.sh [-r ROUNDS] [-t SECONDS] [-m "raw vxlan wireguard-go wg-kernel weft"]
+#        WEFT_BIN=path/to/weft (default target/release/weft)
+set -euo pipefail
+
+ROUNDS=${BENCH_ROUNDS:-3}
+DURATION=${BENCH_DURATION:-5}
+MODES=${BENCH_MODES:-"raw vxlan wireguard-go wg-kernel weft"}
+WEFT_BIN=${WEFT_BIN:-target/release/weft}
+WEFT_RANGE=${BENCH_WEFT_RANGE:-10.32.0.0/13}
+WEFT_INIT=${BENCH_WEFT_INIT:-}          # e.g. "seed=node0,node1"; empty = the router's default
+MTU=1420
+
+while getopts "r:t:m:h" opt; do
+  case $opt in
+    r) ROUNDS=$OPTARG ;;
+    t) DURATION=$OPTARG ;;
+    m) MODES=$OPTARG ;;
+    *) sed -n '2,25p' "$0"; exit 2 ;;
+  esac
+done
+[[ $ROUNDS =~ ^[0-9]+$ && $ROUNDS -ge 1 && $ROUNDS -le 50 ]] || { echo "rounds must be 1..50" >&2; exit 2; }
+[[ $DURATION =~ ^[0-9]+$ && $DURATION -ge 2 && $DURATION -le 120 ]] || { echo "duration must be 2..120 s" >&2; exit 2; }
+
+PFX="weft-b-$$"
+N0="$PFX-n0"
+N1="$PFX-n1"
+CMD_TIMEOUT=20
+CLK_TCK=$(getconf CLK_TCK)
+PIDS=()
+WG_SOCKETS=()
+TMP=$(mktemp -d "/tmp/${PFX}-XXXX")
+RESULTS="$TMP/results"
+: >"$RESULTS"
+
+log() { echo "[bench] $*" >&2; }
+die() { echo "[bench] error: $*" >&2; exit 1; }
+t() { timeout "$CMD_TIMEOUT" "$@"; }
+nsx() { local ns=$1; shift; timeout "$CMD_TIMEOUT" ip netns exec "$ns" "$@"; }
+
+# Kill what we started (by PID), then every process still inside our namespaces, then the
+# namespaces themselves. Never touches anything else.
+kill_ns_procs() {
+  local ns=$1 i p
+  for i in 1 2 3; do
+    p=$(t ip netns pids "$ns" 2>/dev/null || true)
+    [[ -z $p ]] && return 0
+    # shellcheck disable=SC2086
+    kill -9 $p 2>/dev/null || true
+    sleep 0.1
+  done
+}
+cleanup() {
+  set +e
+  local pid ns s
+  for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
+  for s in "${WG_SOCKETS[@]}"; do rm -f "$s"; done
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^${PFX}-"); do
+    kill_ns_procs "$ns"
+    t ip netns del "$ns"
+  done
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Leftovers of killed runs: weft-b-<pid>-* whose pid is gone.
+cleanup_stale() {
+  local ns pid
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^weft-b-[0-9]+-' || true); do
+    pid=${ns#weft-b-}; pid=${pid%%-*}
+    [[ -d /proc/$pid ]] && continue
+    log "removing stale namespace $ns"
+    kill_ns_procs "$ns"
+    t ip netns del "$ns" || true
+  done
+  for d in /tmp/weft-b-*; do
+    [[ -d $d ]] || continue
+    pid=${d#/tmp/weft-b-}; pid=${pid%%-*}
+    [[ $pid =~ ^[0-9]+$ && ! -d /proc/$pid ]] && rm -rf "$d"
+  done
+  return 0
+}
+
+[[ $(id -u) -eq 0 ]] || die "needs root (network namespaces)"
+for tool in ip iperf3 jq ping getconf; do
+  command -v "$tool" >/dev/null || die "$tool is missing (apt-get install iproute2 iperf3 jq iputils-ping)"
+done
+cleanup_stale
+
+# ---------------------------------------------------------------- topology
+mkns() { t ip netns add "$1"; t ip -n "$1" link set lo up; }
+
+mkns "$N0"; mkns "$N1"
+t ip -n "$N0" link add eth0 type veth peer name eth0 netns "$N1"
+t ip -n "$N0" addr add 192.0.2.10/24 dev eth0
+t ip -n "$N1" addr add 192.0.2.11/24 dev eth0
+for n in "$N0" "$N1"; do
+  t ip -n "$n" link set eth0 up
+  nsx "$n" sysctl -qw net.ipv4.ip_forward=1
+done
+
+VETH_N=0
+# add_pod NODE_NS POD_LABEL ADDR: a pod namespace plumbed like weft-cni does it.
+add_pod() {
+  local node=$1 pod="$PFX-$2" addr=$3 hv mac
+  hv="vb$$x$VETH_N"; hv=${hv:0:15}; VETH_N=$((VETH_N + 1))
+  mkns "$pod"
+  t ip -n "$pod" link add eth0 mtu "$MTU" type veth peer name "$hv" netns "$node"
+  t ip -n "$node" link set "$hv" mtu "$MTU" up
+  nsx "$node" sysctl -qw "net.ipv4.conf.$hv.proxy_arp=1" "net.ipv4.neigh.$hv.proxy_delay=0"
+  t ip -n "$node" route add "$addr/32" dev "$hv"
+  mac=$(t ip -n "$node" -o link show dev "$hv" | sed -n 's/.*link\/ether \([0-9a-f:]*\).*/\1/p')
+  t ip -n "$pod" addr add "$addr/32" dev eth0
+  t ip -n "$pod" link set eth0 up
+  t ip -n "$pod" neigh replace 169.254.1.1 lladdr "$mac" dev eth0 nud permanent
+  t ip -n "$pod" route add default via 169.254.1.1 dev eth0 onlink
+}
+
+# Mode state: pod namespaces, destination address, and PIDs whose CPU/RSS we account.
+declare -A SRC DSTNS DST PROCS SKIP
+start_iperf_server() { # MODE
+  local mode=$1
+  ip netns exec "${DSTNS[$mode]}" iperf3 -s -B "${DST[$mode]}" >"$TMP/iperf-$mode.log" 2>&1 &
+  PIDS+=($!)
+}
+
+setup_raw() {
+  add_pod "$N0" raw-a 10.44.0.10; add_pod "$N1" raw-b 10.44.1.10
+  t ip -n "$N0" route add 10.44.1.10/32 via 192.0.2.11
+  t ip -n "$N1" route add 10.44.0.10/32 via 192.0.2.10
+  SRC[raw]="$PFX-raw-a"; DSTNS[raw]="$PFX-raw-b"; DST[raw]=10.44.1.10; PROCS[raw]=""
+}
+
+setup_vxlan() {
+  local i n local_ip remote_ip
+  for i in 0 1; do
+    n=$([[ $i == 0 ]] && echo "$N0" || echo "$N1")
+    local_ip=192.0.2.1$i; remote_ip=192.0.2.1$((1 - i))
+    t ip -n "$n" link add vx0 type vxlan id 42 local "$local_ip" remote "$remote_ip" dstport 4789 dev eth0
+    t ip -n "$n" addr add "10.45.255.$((i + 1))/24" dev vx0
+    t ip -n "$n" link set vx0 up
+  done
+  add_pod "$N0" vx-a 10.45.0.10; add_pod "$N1" vx-b 10.45.1.10
+  t ip -n "$N0" route add 10.45.1.10/32 via 10.45.255.2 dev vx0
+  t ip -n "$N1" route add 10.45.0.10/32 via 10.45.255.1 dev vx0
+  SRC[vxlan]="$PFX-vx-a"; DSTNS[vxlan]="$PFX-vx-b"; DST[vxlan]=10.45.1.10; PROCS[vxlan]=""
+}
+
+KERNEL_WG=no
+if t ip -n "$N0" link add wgprobe type wireguard 2>/dev/null; then
+  KERNEL_WG=yes; t ip -n "$N0" link del wgprobe
+fi
+WG_GO_CANDIDATE=$(timeout 20 apt-cache policy wireguard-go 2>/dev/null | awk '/Candidate:/ {print $2}' || true)
+WG_GO=$(command -v wireguard-go >/dev/null && command -v wg >/dev/null && echo yes || echo no)
+
+setup_wg() { # KIND: go|kernel. Each kind has its own interface, port and pod subnet.
+  local kind=$1 mode dev port net i n pids="" k0 k1 p0 p1 peer
+  # wireguard-go's control socket is /var/run/wireguard/<dev>.sock, shared by all
+  # namespaces: the device name carries our PID and the node index to stay unique.
+  if [[ $kind == go ]]; then mode=wireguard-go dev=wg$$g port=51820 net=46
+  else mode=wg-kernel dev=wg$$k port=51821 net=47; fi
+  k0=$(wg genkey); k1=$(wg genkey); p0=$(wg pubkey <<<"$k0"); p1=$(wg pubkey <<<"$k1")
+  (umask 077; echo "$k0" >"$TMP/$dev-0.key"; echo "$k1" >"$TMP/$dev-1.key")
+  for i in 0 1; do
+    n=$([[ $i == 0 ]] && echo "$N0" || echo "$N1")
+    if [[ $kind == go ]]; then
+      WG_SOCKETS+=("/var/run/wireguard/$dev$i.sock")
+      ip netns exec "$n" env WG_PROCESS_FOREGROUND=1 WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1 \
+        wireguard-go -f "$dev$i" >"$TMP/wireguard-go-$i.log" 2>&1 &
+      PIDS+=($!); pids="$pids $!"
+      for _ in $(seq 50); do [[ -S /var/run/wireguard/$dev$i.sock ]] && break; sleep 0.1; done
+    else
+      t ip -n "$n" link add "$dev$i" type wireguard
+    fi
+    peer=$([[ $i == 0 ]] && echo "$p1" || echo "$p0")
+    nsx "$n" wg set "$dev$i" private-key "$TMP/$dev-$i.key" listen-port "$port" \
+      peer "$peer" endpoint "192.0.2.1$((1 - i)):$port" allowed-ips "10.$net.$((1 - i)).0/24"
+    t ip -n "$n" link set "$dev$i" mtu "$MTU" up
+    t ip -n "$n" route add "10.$net.$((1 - i)).10/32" dev "$dev$i"
+  done
+  add_pod "$N0" "$mode-a" "10.$net.0.10"; add_pod "$N1" "$mode-b" "10.$net.1.10"
+  SRC[$mode]="$PFX-$mode-a"; DSTNS[$mode]="$PFX-$mode-b"; DST[$mode]="10.$net.1.10"; PROCS[$mode]=$pids
+}
+
+ip_plus() { # ADDR N
+  local a b c d
+  IFS=. read -r a b c d <<<"$1"
+  local v=$(((a << 24 | b << 16 | c << 8 | d) + $2))
+  echo "$((v >> 24 & 255)).$((v >> 16 & 255)).$((v >> 8 & 255)).$((v & 255))"
+}
+
+weft_status() { # I
+  env $(env | sed -n 's/^\(WEFT_[A-Za-z0-9_]*\)=.*/-u \1/p') timeout 5 "$WEFT_BIN" status --json --api "$TMP/weft$1/api.sock" 2>/dev/null
+}
+
+setup_weft() {
+  if [[ ! -x $WEFT_BIN ]]; then
+    SKIP[weft]="binary $WEFT_BIN missing (build with cargo build --release)"; return 1
+  fi
+  local secret i n pids="" start0="" start1="" args
+  secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  for i in 0 1; do
+    n=$([[ $i == 0 ]] && echo "$N0" || echo "$N1")
+    mkdir -p "$TMP/weft$i/state"
+    (umask 077; echo "$secret" >"$TMP/weft$i/secret")
+    args=(router --name "node$i" --listen "192.0.2.1$i:6783" --peer 192.0.2.10:6783 --peer 192.0.2.11:6783
+      --secret-file "$TMP/weft$i/secret" --state-dir "$TMP/weft$i/state" --api "$TMP/weft$i/api.sock"
+      --ipalloc-range "$WEFT_RANGE" --iface weft0)
+    [[ -n $WEFT_INIT ]] && args+=(--ipalloc-init "$WEFT_INIT")
+    # shellcheck disable=SC2046
+    ip netns exec "$n" env $(env | sed -n 's/^\(WEFT_[A-Za-z0-9_]*\)=.*/-u \1/p') RUST_LOG=${RUST_LOG:-info} \
+      "$WEFT_BIN" "${args[@]}" >"$TMP/weft$i/log" 2>&1 &
+    PIDS+=($!); pids="$pids $!"
+  done
+  PROCS[weft]=$pids
+  for _ in $(seq 60); do
+    start0=$(weft_status 0 | jq -r '.ipam.owned_ranges[0].start // empty' 2>/dev/null || true)
+    start1=$(weft_status 1 | jq -r '.ipam.owned_ranges[0].start // empty' 2>/dev/null || true)
+    [[ -n $start0 && -n $start1 ]] && break
+    for p in $pids; do [[ -d /proc/$p ]] || break 2; done
+    sleep 0.5
+  done
+  if [[ -z $start0 || -z $start1 ]]; then
+    SKIP[weft]="routers exited or did not report owned ranges within 30 s (log tails above)"
+    for i in 0 1; do log "--- weft node$i log (tail)"; tail -n 15 "$TMP/weft$i/log" >&2 || true; done
+    for p in $pids; do kill -9 "$p" 2>/dev/null || true; done
+    return 1
+  fi
+  add_pod "$N0" weft-a "$(ip_plus "$start0" 10)"; add_pod "$N1" weft-b "$(ip_plus "$start1" 10)"
+  SRC[weft]="$PFX-weft-a"; DSTNS[weft]="$PFX-weft-b"; DST[weft]=$(ip_plus "$start1" 10)
+  return 0
+}
+
+# Wait (bounded) until the pod pair of MODE can ping; else mark the mode skipped.
+check_path() {
+  local mode=$1
+  for _ in $(seq 30); do
+    nsx "${SRC[$mode]}" ping -n -q -c 1 -W 1 "${DST[$mode]}" >/dev/null 2>&1 && return 0
+  done
+  SKIP[$mode]="pod ${SRC[$mode]} cannot reach ${DST[$mode]} within 30 s"
+  # shellcheck disable=SC2086
+  [[ -n ${PROCS[$mode]} ]] && kill -9 ${PROCS[$mode]} 2>/dev/null
+  return 1
+}
+
+log "kernel WireGuard in this kernel: $KERNEL_WG; wireguard-go: installed=$WG_GO, Debian candidate=${WG_GO_CANDIDATE:-none}"
+ACTIVE=()
+for mode in $MODES; do
+  case $mode in
+    raw) setup_raw ;;
+    vxlan) setup_vxlan ;;
+    wireguard-go)
+      if [[ $WG_GO == yes ]]; then setup_wg go
+      else SKIP[$mode]="not installed (apt-get install --no-install-recommends wireguard-go wireguard-tools; candidate ${WG_GO_CANDIDATE:-none})"; continue; fi ;;
+    wg-kernel)
+      if [[ $KERNEL_WG == yes ]] && command -v wg >/dev/null; then setup_wg kernel
+      else SKIP[$mode]="this kernel has no WireGuard module (ip link add type wireguard fails)"; continue; fi ;;
+    weft) setup_weft || continue ;;
+    *) die "unknown mode $mode" ;;
+  esac
+  check_path "$mode" || continue
+  start_iperf_server "$mode"
+  ACTIVE+=("$mode")
+done
+sleep 0.5
+
+# ---------------------------------------------------------------- measurement
+proc_ticks() { # PIDS...: utime+stime in clock ticks
+  local sum=0 p f
+  for p in "$@"; do
+    [[ -r /proc/$p/stat ]] || continue
+    f=$(sed 's/.*) //' "/proc/$p/stat")
+    # after "pid (comm) ": state is field 1, utime field 12, stime field 13
+    sum=$((sum + $(awk '{print $12 + $13}' <<<"$f")))
+  done
+  echo "$sum"
+}
+machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+rss_mb() { # PIDS...: summed VmRSS in MB
+  local kb=0 p v
+  for p in "$@"; do
+    v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || true)
+    kb=$((kb + ${v:-0}))
+  done
+  awk -v k="$kb" 'BEGIN {printf "%.1f", k / 1024}'
+}
+ping_avg() { sed -n 's/^rtt min\/avg\/max\/mdev = [^/]*\/\([^/]*\)\/.*/\1/p' "$1"; }
+record() { echo "$1 $2 $3" >>"$RESULTS"; }
+
+iperf() { # MODE STREAMS -> prints "bits_per_second bytes"
+  local mode=$1 streams=$2 out="$TMP/iperf-client.json"
+  timeout $((DURATION + 20)) ip netns exec "${SRC[$mode]}" iperf3 -c "${DST[$mode]}" -t "$DURATION" -P "$streams" \
+    --connect-timeout 3000 -J >"$out" 2>/dev/null || true
+  jq -r '"\(.end.sum_received.bits_per_second // 0) \(.end.sum_received.bytes // 0)"' "$out" 2>/dev/null || echo "0 0"
+}
+
+measure() { # MODE
+  local mode=$1 p0 p1 m0 m1 bytes=0 bps b ping_pid pcount
+  # shellcheck disable=SC2086
+  local procs=(${PROCS[$mode]})
+  nsx "${SRC[$mode]}" ping -n -q -c 20 -i 0.05 -W 1 "${DST[$mode]}" >"$TMP/ping-idle" 2>&1 || true
+  record "$mode" rtt_idle "$(ping_avg "$TMP/ping-idle")"
+  p0=$(proc_ticks "${procs[@]}"); m0=$(machine_ticks)
+  read -r bps b < <(iperf "$mode" 1)
+  record "$mode" tcp1 "$(awk -v v="$bps" 'BEGIN {printf "%.0f", v / 1e6}')"
+  bytes=$(awk -v a="$bytes" -v b="$b" 'BEGIN {printf "%.0f", a + b}')
+  pcount=$(((DURATION - 1) * 5))
+  timeout $((DURATION + 10)) ip netns exec "${SRC[$mode]}" ping -n -q -c "$pcount" -i 0.2 -W 1 "${DST[$mode]}" \
+    >"$TMP/ping-load" 2>&1 &
+  ping_pid=$!; PIDS+=("$ping_pid")
+  read -r bps b < <(iperf "$mode" 4)
+  wait "$ping_pid" || true
+  record "$mode" tcp4 "$(awk -v v="$bps" 'BEGIN {printf "%.0f", v / 1e6}')"
+  record "$mode" rtt_load "$(ping_avg "$TMP/ping-load")"
+  bytes=$(awk -v a="$bytes" -v b="$b" 'BEGIN {printf "%.0f", a + b}')
+  p1=$(proc_ticks "${procs[@]}"); m1=$(machine_ticks)
+  if [[ $bytes != 0 ]]; then
+    record "$mode" cpu_machine "$(awk -v d=$((m1 - m0)) -v hz="$CLK_TCK" -v by="$bytes" 'BEGIN {printf "%.2f", d / hz / (by / 1e9)}')"
+    if ((${#procs[@]})); then
+      record "$mode" cpu_proc "$(awk -v d=$((p1 - p0)) -v hz="$CLK_TCK" -v by="$bytes" 'BEGIN {printf "%.2f", d / hz / (by / 1e9)}')"
+      record "$mode" rss "$(rss_mb "${procs[@]}")"
+    fi
+  fi
+}
+
+log "modes: ${ACTIVE[*]:-none}; $ROUNDS rounds of ${DURATION}s iperf3 runs (interleaved)"
+for ((r = 1; r <= ROUNDS; r++)); do
+  for mode in "${ACTIVE[@]}"; do
+    log "round $r/$ROUNDS: $mode"
+    measure "$mode"
+  done
+done
+
+# ---------------------------------------------------------------- report
+median() { # MODE METRIC
+  awk -v m="$1" -v k="$2" '$1 == m && $2 == k && $3 != "" {print $3}' "$RESULTS" | sort -g |
+    awk '{v[NR] = $1} END {if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2}'
+}
+ratio() { # VALUE BASE
+  awk -v v="$1" -v b="$2" 'BEGIN {if (v == "-" || b == "-" || b + 0 == 0) print "-"; else printf "%.2fx", v / b}'
+}
+
+echo
+echo "weft tunnel bench: $(uname -r), $(nproc) CPUs, ${ROUNDS} rounds x ${DURATION}s, pod MTU $MTU, medians"
+echo "kernel WireGuard: $KERNEL_WG   wireguard-go: installed=$WG_GO (Debian candidate ${WG_GO_CANDIDATE:-none})"
+printf '%-13s %10s %7s %10s %7s %9s %9s %8s %10s %10s %8s\n' \
+  mode "tcp1 Mb/s" "x raw" "tcp4 Mb/s" "x raw" "rtt ms" "load ms" "x raw" "cpu s/GB" "mach s/GB" "rss MB"
+base1=$(median raw tcp1); base4=$(median raw tcp4); basel=$(median raw rtt_load)
+for mode in "${ACTIVE[@]}"; do
+  t1=$(median "$mode" tcp1); t4=$(median "$mode" tcp4); rl=$(median "$mode" rtt_load)
+  printf '%-13s %10s %7s %10s %7s %9s %9s %8s %10s %10s %8s\n' "$mode" \
+    "$t1" "$(ratio "$t1" "$base1")" "$t4" "$(ratio "$t4" "$base4")" \
+    "$(median "$mode" rtt_idle)" "$rl" "$(ratio "$rl" "$basel")" \
+    "$(median "$mode" cpu_proc)" "$(median "$mode" cpu_machine)" "$(median "$mode" rss)"
+done
+for mode in "${!SKIP[@]}"; do echo "skipped $mode: ${SKIP[$mode]}"; done
+echo "cpu s/GB: user+sys of the tunnel's own processes per GB received (weft routers, wireguard-go);"
+echo "mach s/GB: all CPU time of the machine per GB (includes iperf3, softirq and anything else running)."

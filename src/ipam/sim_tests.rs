@@ -1,0 +1,571 @@
+//! A seeded, sans-IO simulation of many IPAM cores (DESIGN.md "Sans-IO
+//! cores", invariant 1): random joins, kills, restarts with and without
+//! state, partitions, allocations, releases, donations and reclaims over a
+//! network with delay and loss. After every step it checks that no address
+//! is allocatable by two live routers (their own views, quarantine
+//! excluded) and that no address is allocated twice to live pods; any
+//! rejected honest message or alarm fails the run too.
+//!
+//! `WEFT_SIM_SEED=N` replays one seed; `WEFT_SIM_STEPS=N` changes the step count
+//! (default 10,000). Debug builds run seed 1, release builds seeds 1 to 4.
+//!
+//! Operating conditions the simulator respects, as an operator must
+//! (documented in DESIGN.md "Reclaim" terms): `rmpeer` only for a router
+//! dead for a convergence bound, with the network whole for a bound; no
+//! partition starts while a quarantine is running or a router is still
+//! learning the ring; a restart without state only while the network is
+//! whole. A killed process's in-flight messages die with its connections.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::*;
+use crate::id::PeerId;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+const BOUND: Duration = Duration::from_secs(3);
+const MAX_LIVE: usize = 12;
+
+/// `(deliver at, sequence, from, from's incarnation, to, bytes)`.
+type InFlight = (Instant, u64, PeerId, u64, PeerId, Vec<u8>);
+
+struct SimNode {
+    ipam: Allocator<MemStore>,
+    incarnation: u64,
+    pods: BTreeMap<String, IpAddr>,
+    node_addr: Option<IpAddr>,
+}
+
+#[derive(Default, Debug)]
+struct Stats {
+    allocated: u64,
+    try_again: u64,
+    released: u64,
+    joins: u64,
+    kills: u64,
+    restarts: u64,
+    stateless: u64,
+    partitions: u64,
+    reclaims: u64,
+    donations: u64,
+    messages: u64,
+}
+
+struct Sim {
+    seed: u64,
+    step: u64,
+    rng: StdRng,
+    now: Instant,
+    range: AddrRange,
+    voters: BTreeSet<PeerId>,
+    nodes: BTreeMap<PeerId, SimNode>,
+    dead: BTreeMap<PeerId, Instant>,
+    next_id: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<InFlight>>,
+    partition: Option<BTreeSet<PeerId>>,
+    whole_since: Instant,
+    pod_counter: u64,
+    stats: Stats,
+}
+
+impl Sim {
+    fn new(seed: u64) -> Self {
+        let mut sim = Self {
+            seed,
+            step: 0,
+            rng: StdRng::seed_from_u64(seed),
+            now: Instant::now(),
+            range: AddrRange::parse("10.32.0.0/22").unwrap(),
+            voters: (1..=3).map(PeerId).collect(),
+            nodes: BTreeMap::new(),
+            dead: BTreeMap::new(),
+            next_id: 1,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            partition: None,
+            whole_since: Instant::now(),
+            pod_counter: 0,
+            stats: Stats::default(),
+        };
+        for _ in 0..3 {
+            sim.join();
+        }
+        sim
+    }
+
+    fn fail(&self, what: impl std::fmt::Display) -> ! {
+        panic!(
+            "ipam sim: seed={} step={}: {what}\n  replay with WEFT_SIM_SEED={}",
+            self.seed, self.step, self.seed
+        )
+    }
+
+    fn config(&self, id: PeerId) -> Config {
+        let mut cfg = Config::new(id, self.range, Init::Voters(self.voters.clone()));
+        cfg.gossip_interval = Duration::from_secs(1);
+        cfg.convergence_bound = BOUND;
+        cfg.request_timeout = Duration::from_secs(1);
+        cfg
+    }
+
+    fn connected(&self, a: PeerId, b: PeerId) -> bool {
+        self.nodes.contains_key(&a)
+            && self.nodes.contains_key(&b)
+            && self
+                .partition
+                .as_ref()
+                .is_none_or(|g| g.contains(&a) == g.contains(&b))
+    }
+
+    fn refresh_reachability(&mut self) {
+        let ids: Vec<PeerId> = self.nodes.keys().copied().collect();
+        for id in &ids {
+            let reach: BTreeSet<PeerId> = ids
+                .iter()
+                .copied()
+                .filter(|o| o != id && self.connected(*id, *o))
+                .collect();
+            if let Some(n) = self.nodes.get_mut(id) {
+                n.ipam.set_reachable(reach);
+            }
+        }
+    }
+
+    /// Moves a node's outputs into the network and checks its events.
+    fn drain(&mut self, id: PeerId) {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        let inc = node.incarnation;
+        let mut out = Vec::new();
+        while let Some(t) = node.ipam.poll_transmit() {
+            out.push(t);
+        }
+        let mut events = Vec::new();
+        while let Some(e) = node.ipam.poll_event() {
+            events.push(e);
+        }
+        for e in events {
+            match e {
+                Event::Alarm(a) => self.fail(format!("{id}: alarm {a:?}")),
+                Event::RangeDonated { .. } => self.stats.donations += 1,
+                _ => {}
+            }
+        }
+        let others: Vec<PeerId> = self.nodes.keys().copied().filter(|p| *p != id).collect();
+        for (to, bytes) in out {
+            let targets = match to {
+                Destination::Peer(p) => vec![p],
+                Destination::Broadcast => others.clone(),
+            };
+            for t in targets {
+                if self.rng.gen_bool(0.01) {
+                    continue;
+                }
+                let at = self.now + Duration::from_millis(self.rng.gen_range(1..100));
+                self.seq += 1;
+                self.queue
+                    .push(Reverse((at, self.seq, id, inc, t, bytes.clone())));
+            }
+        }
+    }
+
+    fn deliver(&mut self, from: PeerId, inc: u64, to: PeerId, bytes: &[u8]) {
+        if !self.connected(from, to) || self.nodes.get(&from).is_none_or(|n| n.incarnation != inc) {
+            return;
+        }
+        self.stats.messages += 1;
+        let now = self.now;
+        let Some(node) = self.nodes.get_mut(&to) else {
+            return;
+        };
+        if let Err(e) = node.ipam.handle_message(from, bytes, now) {
+            self.fail(format!("{to} refused an honest message from {from}: {e}"));
+        }
+        self.drain(to);
+    }
+
+    /// Runs the network and timers for `dt` of virtual time.
+    fn run_for(&mut self, dt: Duration) {
+        let end = self.now + dt;
+        loop {
+            let msg_at = self.queue.peek().map(|Reverse(m)| m.0);
+            let timer_at = self
+                .nodes
+                .values()
+                .filter_map(|n| n.ipam.poll_timeout())
+                .map(|t| t.0)
+                .min();
+            let next = match (msg_at, timer_at) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => a.or(b).unwrap_or(end),
+            };
+            if next > end {
+                break;
+            }
+            self.now = self.now.max(next);
+            if msg_at == Some(next) {
+                let Reverse((_, _, from, inc, to, bytes)) = self.queue.pop().unwrap();
+                self.deliver(from, inc, to, &bytes);
+            } else {
+                let due: Vec<PeerId> = self
+                    .nodes
+                    .iter()
+                    .filter(|(_, n)| n.ipam.poll_timeout().is_some_and(|t| t.0 <= self.now))
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in due {
+                    let now = self.now;
+                    if let Err(e) = self.nodes.get_mut(&id).unwrap().ipam.handle_timeout(now) {
+                        self.fail(format!("{id} timeout: {e}"));
+                    }
+                    self.drain(id);
+                }
+            }
+        }
+        self.now = end;
+    }
+
+    fn pick_live(&mut self) -> Option<PeerId> {
+        let ids: Vec<PeerId> = self.nodes.keys().copied().collect();
+        (!ids.is_empty()).then(|| ids[self.rng.gen_range(0..ids.len())])
+    }
+
+    fn join(&mut self) {
+        let id = PeerId(self.next_id);
+        self.next_id += 1;
+        let ipam = Allocator::new(self.config(id), MemStore::default(), &[], self.now).unwrap();
+        self.nodes.insert(
+            id,
+            SimNode {
+                ipam,
+                incarnation: 0,
+                pods: BTreeMap::new(),
+                node_addr: None,
+            },
+        );
+        let coin = self.rng.gen_bool(0.5);
+        if let Some(g) = self.partition.as_mut()
+            && coin
+        {
+            g.insert(id);
+        }
+        self.refresh_reachability();
+        let now = self.now;
+        let peers: Vec<PeerId> = self.nodes.keys().copied().filter(|p| *p != id).collect();
+        for p in peers {
+            if self.connected(id, p) {
+                self.nodes.get_mut(&p).unwrap().ipam.handle_peer_up(id, now);
+                self.nodes.get_mut(&id).unwrap().ipam.handle_peer_up(p, now);
+                self.drain(p);
+            }
+        }
+        self.drain(id);
+        self.stats.joins += 1;
+    }
+
+    fn restart(&mut self, id: PeerId, keep_state: bool) {
+        let node = self.nodes.remove(&id).unwrap();
+        let mut in_use: Vec<InUse> = node
+            .pods
+            .iter()
+            .map(|(cid, a)| InUse {
+                addr: *a,
+                key: Some(AllocKey::pod(cid, "eth0").unwrap()),
+            })
+            .collect();
+        if let Some(a) = node.node_addr {
+            in_use.push(InUse {
+                addr: a,
+                key: Some(AllocKey::Node),
+            });
+        }
+        let store = if keep_state {
+            node.ipam.into_store()
+        } else {
+            MemStore::default()
+        };
+        let ipam = match Allocator::new(self.config(id), store, &in_use, self.now) {
+            Ok(a) => a,
+            Err(e) => self.fail(format!("restart of {id}: {e}")),
+        };
+        self.nodes.insert(
+            id,
+            SimNode {
+                ipam,
+                incarnation: node.incarnation + 1,
+                pods: node.pods,
+                node_addr: node.node_addr,
+            },
+        );
+        self.refresh_reachability();
+        let now = self.now;
+        let peers: Vec<PeerId> = self.nodes.keys().copied().filter(|p| *p != id).collect();
+        for p in peers {
+            if self.connected(id, p) {
+                self.nodes.get_mut(&p).unwrap().ipam.handle_peer_up(id, now);
+                self.drain(p);
+            }
+        }
+        self.drain(id);
+    }
+
+    fn allocate(&mut self) {
+        let Some(id) = self.pick_live() else { return };
+        let now = self.now;
+        let node = self.nodes.get_mut(&id).unwrap();
+        if node.node_addr.is_none()
+            && node.ipam.is_ready()
+            && let Ok(a) = node.ipam.allocate_node(now)
+        {
+            node.node_addr = Some(a);
+            self.check_fresh(id, a);
+        }
+        self.pod_counter += 1;
+        let cid = format!("pod-{}", self.pod_counter);
+        let node = self.nodes.get_mut(&id).unwrap();
+        match node.ipam.allocate(&cid, "eth0", now) {
+            Ok(a) => {
+                node.pods.insert(cid, a);
+                self.stats.allocated += 1;
+                self.check_fresh(id, a);
+            }
+            Err(AllocError::TryAgain(_)) => self.stats.try_again += 1,
+            Err(e) => self.fail(format!("allocate on {id}: {e}")),
+        }
+        self.drain(id);
+    }
+
+    /// A newly handed-out address must not be held by any other live pod.
+    fn check_fresh(&self, id: PeerId, a: IpAddr) {
+        for (other, n) in &self.nodes {
+            let held =
+                n.pods.values().filter(|p| **p == a).count() + usize::from(n.node_addr == Some(a));
+            if held > usize::from(*other == id) {
+                self.fail(format!(
+                    "{a} handed out by {id} is already in use on {other}"
+                ));
+            }
+        }
+    }
+
+    fn release(&mut self, retry_instead: bool) {
+        let Some(id) = self.pick_live() else { return };
+        let now = self.now;
+        let node = self.nodes.get_mut(&id).unwrap();
+        let Some((cid, addr)) = node.pods.iter().next().map(|(c, a)| (c.clone(), *a)) else {
+            return;
+        };
+        let result = if retry_instead {
+            node.ipam.allocate(&cid, "eth0", now)
+        } else {
+            node.pods.remove(&cid);
+            node.ipam.release(&cid, "eth0", now)
+        };
+        match result {
+            Ok(a) if a == addr => {}
+            other => self.fail(format!("{id} {cid}: expected {addr}, got {other:?}")),
+        }
+        if !retry_instead {
+            self.stats.released += 1;
+        }
+        self.drain(id);
+    }
+
+    fn quarantine_or_learning(&self) -> bool {
+        self.nodes
+            .values()
+            .any(|n| !n.ipam.is_ready() || n.ipam.quarantined_until(self.now).is_some())
+    }
+
+    fn rmpeer(&mut self) {
+        if self.partition.is_some() || self.now < self.whole_since + BOUND * 2 {
+            return;
+        }
+        let Some((&dead, _)) = self
+            .dead
+            .iter()
+            .find(|(_, at)| self.now >= **at + BOUND * 2)
+        else {
+            return;
+        };
+        let ready: Vec<PeerId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.ipam.is_ready())
+            .map(|(i, _)| *i)
+            .collect();
+        if ready.is_empty() {
+            return;
+        }
+        let reclaimers = if ready.len() > 1 && self.rng.gen_bool(0.3) {
+            2
+        } else {
+            1
+        };
+        for k in 0..reclaimers {
+            let by = ready[(self.rng.gen_range(0..ready.len()) + k) % ready.len()];
+            let now = self.now;
+            if let Err(e) = self
+                .nodes
+                .get_mut(&by)
+                .unwrap()
+                .ipam
+                .rmpeer(dead, false, now)
+            {
+                self.fail(format!("rmpeer {dead} by {by}: {e}"));
+            }
+            self.drain(by);
+        }
+        self.dead.remove(&dead);
+        self.stats.reclaims += 1;
+    }
+
+    fn one_step(&mut self) {
+        let roll = self.rng.gen_range(0..100);
+        match roll {
+            0..=39 => {
+                let dt = Duration::from_millis(self.rng.gen_range(0..300));
+                self.run_for(dt);
+            }
+            40..=61 => self.allocate(),
+            62..=69 => self.release(false),
+            70..=74 => self.release(true),
+            75..=77 if self.nodes.len() < MAX_LIVE => self.join(),
+            78 if self.nodes.len() > 3 => {
+                let id = self.pick_live().unwrap();
+                self.nodes.remove(&id);
+                self.dead.insert(id, self.now);
+                if let Some(g) = self.partition.as_mut() {
+                    g.remove(&id);
+                }
+                self.refresh_reachability();
+                self.stats.kills += 1;
+            }
+            79..=81 => {
+                let id = self.pick_live().unwrap();
+                self.restart(id, true);
+                self.stats.restarts += 1;
+            }
+            82 if self.partition.is_none() => {
+                let id = self.pick_live().unwrap();
+                self.restart(id, false);
+                self.stats.stateless += 1;
+            }
+            83 if self.partition.is_none()
+                && !self.quarantine_or_learning()
+                && self.nodes.len() > 1 =>
+            {
+                let ids: Vec<PeerId> = self.nodes.keys().copied().collect();
+                let cut = self.rng.gen_range(1..ids.len());
+                self.partition = Some(ids[..cut].iter().copied().collect());
+                self.refresh_reachability();
+                self.stats.partitions += 1;
+            }
+            84..=86 if self.partition.is_some() => {
+                self.partition = None;
+                self.whole_since = self.now;
+                self.refresh_reachability();
+                let ids: Vec<PeerId> = self.nodes.keys().copied().collect();
+                let now = self.now;
+                for a in &ids {
+                    for b in &ids {
+                        if a != b {
+                            self.nodes.get_mut(a).unwrap().ipam.handle_peer_up(*b, now);
+                        }
+                    }
+                    self.drain(*a);
+                }
+            }
+            87..=89 => self.rmpeer(),
+            _ => self.run_for(Duration::from_millis(50)),
+        }
+    }
+
+    /// Invariant 1, from every live router's own view.
+    fn check(&self) {
+        let mut owned: Vec<(u128, u128, PeerId)> = Vec::new();
+        for (id, n) in &self.nodes {
+            for (a, b) in n.ipam.allocatable_ranges(self.now) {
+                let lo = self.range.offset(a).unwrap();
+                let hi = self.range.offset(b).unwrap();
+                owned.push((lo, hi, *id));
+            }
+        }
+        owned.sort();
+        for w in owned.windows(2) {
+            if w[1].0 <= w[0].1 {
+                self.fail(format!(
+                    "offsets {}..={} of {} overlap {}..={} of {}",
+                    w[0].0, w[0].1, w[0].2, w[1].0, w[1].1, w[1].2
+                ));
+            }
+        }
+        let mut seen: BTreeMap<IpAddr, PeerId> = BTreeMap::new();
+        for (id, n) in &self.nodes {
+            for (_, a) in n.ipam.allocations() {
+                if let Some(other) = seen.insert(a, *id) {
+                    self.fail(format!("{a} allocated by {other} and {id}"));
+                }
+            }
+            for (cid, a) in &n.pods {
+                if n.ipam.lookup(cid, "eth0") != Some(*a) {
+                    self.fail(format!("{id} lost pod {cid} at {a}"));
+                }
+            }
+        }
+    }
+}
+
+fn run(seed: u64, steps: u64) -> Stats {
+    let mut sim = Sim::new(seed);
+    for step in 0..steps {
+        sim.step = step;
+        sim.one_step();
+        sim.check();
+    }
+    // Heal and settle: everyone converges on one ring.
+    sim.partition = None;
+    sim.refresh_reachability();
+    sim.run_for(BOUND * 4);
+    sim.check();
+    let rings: Vec<_> = sim
+        .nodes
+        .values()
+        .filter_map(|n| n.ipam.ring().map(|r| r.entries().clone()))
+        .collect();
+    if rings.windows(2).any(|w| w[0] != w[1]) {
+        sim.fail("rings did not converge after healing");
+    }
+    sim.stats
+}
+
+#[test]
+fn random_joins_leaves_restarts_partitions_donations_and_reclaims_never_double_allocate() {
+    let steps: u64 = std::env::var("WEFT_SIM_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+    let seeds: Vec<u64> = match std::env::var("WEFT_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        Some(seed) => vec![seed],
+        // A debug build runs one seed (about two minutes); `cargo test --release` runs four.
+        None if cfg!(debug_assertions) => vec![1],
+        None => vec![1, 2, 3, 4],
+    };
+    for seed in seeds {
+        eprintln!("ipam sim: seed={seed} steps={steps} (replay with WEFT_SIM_SEED={seed})");
+        let stats = run(seed, steps);
+        eprintln!("ipam sim: seed={seed} ok: {stats:?}");
+        assert!(
+            stats.allocated > 100 && stats.donations > 0 && stats.reclaims > 0,
+            "{stats:?}"
+        );
+    }
+}

@@ -1,0 +1,266 @@
+//! Where the allocator keeps its state: the [`Store`] trait (two records,
+//! the ring and the allocation table, each written whole and atomically),
+//! an in-memory [`MemStore`] for tests and the simulator, and a
+//! [`FileStore`] on `crate::persist::write_atomic` (fsync, rename).
+//!
+//! The on-disk format is versioned: a 4-byte magic, then a bincode body that
+//! starts with a format number (DESIGN.md "Wire rules": the state-dir format
+//! is versioned too). Two records rather than one so that an allocation
+//! rewrites only the small table, not the ring.
+
+use super::ring::RingWire;
+use super::space::AllocKey;
+use crate::id::PeerId;
+use serde::{Deserialize, Serialize};
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// The on-disk format written by this version.
+pub const STATE_FORMAT: u16 = 1;
+const RING_MAGIC: &[u8; 4] = b"WFRG";
+const ALLOC_MAGIC: &[u8; 4] = b"WFAL";
+
+/// Durable storage for the allocator. `save_*` returns only once the bytes
+/// are durable (fsynced): the allocator relies on it for "persist, then send"
+/// and "persist, then answer" (DESIGN.md invariant 5).
+pub trait Store {
+    /// Both records, if present.
+    fn load(&mut self) -> io::Result<Stored>;
+    /// Replaces the ring record.
+    fn save_ring(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// Replaces the allocation record.
+    fn save_allocations(&mut self, bytes: &[u8]) -> io::Result<()>;
+}
+
+/// The raw records read from a store.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stored {
+    /// The ring record.
+    pub ring: Option<Vec<u8>>,
+    /// The allocation record.
+    pub allocations: Option<Vec<u8>>,
+}
+
+/// The ring record: the ring plus the offsets still quarantined (their
+/// quarantine restarts in full after a restart, which errs on the safe side).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PersistedRing {
+    /// [`STATE_FORMAT`].
+    pub format: u16,
+    /// The router this state belongs to.
+    pub me: PeerId,
+    /// The ring.
+    pub ring: RingWire,
+    /// Quarantined `(start, end)` offsets.
+    pub quarantined: Vec<(u128, u128)>,
+}
+
+/// The allocation record.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PersistedAllocations {
+    /// [`STATE_FORMAT`].
+    pub format: u16,
+    /// The router this state belongs to.
+    pub me: PeerId,
+    /// Who holds which offset.
+    pub allocations: Vec<(AllocKey, u128)>,
+}
+
+/// A state record that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Not a weft IPAM record.
+    #[error("not a weft ipam state file (bad magic)")]
+    Magic,
+    /// Written by a newer weft.
+    #[error("state format {0} is newer than this weft understands ({STATE_FORMAT})")]
+    Format(u16),
+    /// Written under another router ID.
+    #[error("state belongs to router {found}, this router is {me}; run `weft reset --state`")]
+    OtherRouter {
+        /// Our ID.
+        me: PeerId,
+        /// The ID in the file.
+        found: PeerId,
+    },
+    /// Corrupt body.
+    #[error("corrupt state: {0}")]
+    Corrupt(String),
+}
+
+fn encode_record<T: Serialize>(magic: &[u8; 4], value: &T) -> Vec<u8> {
+    let mut out = magic.to_vec();
+    out.extend(crate::wire::encode(value).unwrap_or_default());
+    out
+}
+
+fn decode_record<T: serde::de::DeserializeOwned>(
+    magic: &[u8; 4],
+    bytes: &[u8],
+) -> Result<T, StateError> {
+    let body = bytes
+        .strip_prefix(magic.as_slice())
+        .ok_or(StateError::Magic)?;
+    crate::wire::decode(body).map_err(|e| StateError::Corrupt(e.to_string()))
+}
+
+fn check(format: u16, me: PeerId, found: PeerId) -> Result<(), StateError> {
+    if format > STATE_FORMAT {
+        return Err(StateError::Format(format));
+    }
+    if me != found {
+        return Err(StateError::OtherRouter { me, found });
+    }
+    Ok(())
+}
+
+impl PersistedRing {
+    /// Encodes with magic and format.
+    pub fn encode(&self) -> Vec<u8> {
+        encode_record(RING_MAGIC, self)
+    }
+
+    /// Decodes and checks the format and the owner ID.
+    pub fn decode(bytes: &[u8], me: PeerId) -> Result<Self, StateError> {
+        let record: Self = decode_record(RING_MAGIC, bytes)?;
+        check(record.format, me, record.me)?;
+        Ok(record)
+    }
+}
+
+impl PersistedAllocations {
+    /// Encodes with magic and format.
+    pub fn encode(&self) -> Vec<u8> {
+        encode_record(ALLOC_MAGIC, self)
+    }
+
+    /// Decodes and checks the format and the owner ID.
+    pub fn decode(bytes: &[u8], me: PeerId) -> Result<Self, StateError> {
+        let record: Self = decode_record(ALLOC_MAGIC, bytes)?;
+        check(record.format, me, record.me)?;
+        Ok(record)
+    }
+}
+
+/// An in-memory store. `fail` makes every save fail (to test that a failed
+/// persist changes nothing and sends nothing).
+#[derive(Clone, Debug, Default)]
+pub struct MemStore {
+    /// The records as last saved.
+    pub stored: Stored,
+    /// When true, saves fail with an I/O error.
+    pub fail: bool,
+    /// Number of successful saves.
+    pub saves: u64,
+}
+
+impl Store for MemStore {
+    fn load(&mut self) -> io::Result<Stored> {
+        Ok(self.stored.clone())
+    }
+
+    fn save_ring(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.fail {
+            return Err(io::Error::other("injected failure"));
+        }
+        self.saves += 1;
+        self.stored.ring = Some(bytes.to_vec());
+        Ok(())
+    }
+
+    fn save_allocations(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.fail {
+            return Err(io::Error::other("injected failure"));
+        }
+        self.saves += 1;
+        self.stored.allocations = Some(bytes.to_vec());
+        Ok(())
+    }
+}
+
+/// Files `ipam-ring` and `ipam-allocations` (mode 0600) in the state dir.
+#[derive(Clone, Debug)]
+pub struct FileStore {
+    dir: PathBuf,
+}
+
+impl FileStore {
+    /// A store in `dir`, created (mode 0700) if missing.
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        crate::persist::ensure_private_dir(dir)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn read(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
+        match std::fs::read(self.dir.join(name)) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Store for FileStore {
+    fn load(&mut self) -> io::Result<Stored> {
+        Ok(Stored {
+            ring: self.read("ipam-ring")?,
+            allocations: self.read("ipam-allocations")?,
+        })
+    }
+
+    fn save_ring(&mut self, bytes: &[u8]) -> io::Result<()> {
+        crate::persist::write_atomic(&self.dir.join("ipam-ring"), bytes, 0o600)
+    }
+
+    fn save_allocations(&mut self, bytes: &[u8]) -> io::Result<()> {
+        crate::persist::write_atomic(&self.dir.join("ipam-allocations"), bytes, 0o600)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn file_store_round_trips_both_records() {
+        let dir = std::env::temp_dir().join(format!("weft-ipam-store-{}", std::process::id()));
+        let mut store = FileStore::open(&dir).unwrap();
+        assert_eq!(store.load().unwrap(), Stored::default());
+        store.save_ring(b"ring").unwrap();
+        store.save_allocations(b"allocs").unwrap();
+        let loaded = FileStore::open(&dir).unwrap().load().unwrap();
+        assert_eq!(loaded.ring.as_deref(), Some(&b"ring"[..]));
+        assert_eq!(loaded.allocations.as_deref(), Some(&b"allocs"[..]));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn records_of_another_router_or_a_newer_format_are_refused() {
+        let rec = PersistedAllocations {
+            format: STATE_FORMAT,
+            me: PeerId(1),
+            allocations: vec![],
+        };
+        let bytes = rec.encode();
+        assert!(PersistedAllocations::decode(&bytes, PeerId(1)).is_ok());
+        assert!(matches!(
+            PersistedAllocations::decode(&bytes, PeerId(2)),
+            Err(StateError::OtherRouter { .. })
+        ));
+        let newer = PersistedAllocations {
+            format: STATE_FORMAT + 1,
+            ..rec
+        };
+        assert!(matches!(
+            PersistedAllocations::decode(&newer.encode(), PeerId(1)),
+            Err(StateError::Format(_))
+        ));
+        assert!(matches!(
+            PersistedAllocations::decode(b"junk", PeerId(1)),
+            Err(StateError::Magic)
+        ));
+    }
+}
