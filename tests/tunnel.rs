@@ -13,8 +13,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_weft");
 
 /// Two nodes, a router each, one pod each, mesh established.
 struct Pair {
-    cluster: Cluster,
+    // Routers drop first (printing their logs on failure), then the cluster.
     routers: Vec<Router>,
+    cluster: Cluster,
 }
 
 fn offset(base: Ipv4Addr, n: u32) -> Ipv4Addr {
@@ -57,7 +58,7 @@ fn pair(env: &[(&str, &str)]) -> Pair {
         routers[0].log_tail(),
         routers[1].log_tail()
     );
-    Pair { cluster, routers }
+    Pair { routers, cluster }
 }
 
 #[test]

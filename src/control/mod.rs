@@ -373,9 +373,9 @@ impl Control {
                     return;
                 };
                 let remote_index = keys.remote_index;
+                tracing::debug!(peer = %peer.hello.name, local = keys.local_index, remote = keys.remote_index, initiator = keys.initiator, "rekeyed");
                 peer.keys.install(keyset_of(keys, now), now);
                 peer.rekey_started = None;
-                tracing::debug!(peer = %peer.hello.name, "rekeyed");
                 // Publish first, then tell the peer it may send under the new keys.
                 self.publish();
                 if let Some(peer) = self.peers.values().find(|p| p.connection == id) {
@@ -472,6 +472,13 @@ impl Control {
             let _ = existing.commands.send(ConnectionCommand::Close(
                 "replaced by a newer connection".into(),
             ));
+            if same_process {
+                // The same process dialled twice: move the peer onto the new
+                // connection and treat its keys as a rekey, so packets still
+                // in flight under the old keys are accepted (no drops).
+                self.adopt_connection(peer_id, id, remote, outbound, keys, commands, now);
+                return;
+            }
         }
         if let Some(clash) = self
             .peers
@@ -480,7 +487,7 @@ impl Control {
         {
             tracing::warn!(name = %hello.name, old = %clash.id, new = %peer_id, "a router with a known name but a new key connected");
         }
-        tracing::info!(peer = %hello.name, id = %peer_id, %remote, outbound, "connection up");
+        tracing::info!(peer = %hello.name, id = %peer_id, %remote, outbound, local = keys.local_index, remote_index = keys.remote_index, "connection up");
         let mut schedule = KeySchedule::new(self.config.rekey_after);
         schedule.install(keyset_of(keys, now), now);
         let endpoint = if outbound {
@@ -514,12 +521,45 @@ impl Control {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
+    fn adopt_connection(
+        &mut self,
+        peer_id: PeerId,
+        id: ConnectionId,
+        remote: SocketAddr,
+        outbound: bool,
+        keys: NewKeys,
+        commands: mpsc::UnboundedSender<ConnectionCommand>,
+        now: Instant,
+    ) {
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
+        tracing::debug!(peer = %peer.hello.name, %remote, outbound, "duplicate connection adopted");
+        let remote_index = keys.remote_index;
+        peer.connection = id;
+        peer.commands = commands;
+        peer.remote = remote;
+        peer.outbound = outbound;
+        peer.rekey_started = None;
+        peer.keys.install(keyset_of(keys, now), now);
+        self.publish();
+        if let Some(peer) = self.peers.get(&peer_id) {
+            let _ = peer
+                .commands
+                .send(ConnectionCommand::Send(ControlMessage::KeyConfirm {
+                    session_index: remote_index,
+                }));
+        }
+    }
+
     fn handle_message(&mut self, id: ConnectionId, message: ControlMessage, now: Instant) {
         let Some(peer) = self.peers.values_mut().find(|p| p.connection == id) else {
             return;
         };
         match message {
             ControlMessage::KeyConfirm { session_index } => {
+                tracing::debug!(peer = %peer.hello.name, session_index, "key confirm received");
                 if peer.keys.confirm(session_index, now) {
                     self.dirty = true;
                 }
@@ -544,6 +584,7 @@ impl Control {
     fn handle_worker_event(&mut self, event: WorkerEvent, now: Instant) {
         match event {
             WorkerEvent::KeysetConfirmed { local_index } => {
+                tracing::debug!(local_index, "keyset confirmed by a data packet");
                 for peer in self.peers.values_mut() {
                     if peer.keys.confirm(local_index, now) {
                         self.dirty = true;

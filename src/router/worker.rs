@@ -69,6 +69,27 @@ pub struct Worker {
     reported_endpoints: HashMap<ShortId, SocketAddr>,
     reported_confirmations: HashMap<u32, ()>,
     last_table: usize,
+    log_limit: LogLimit,
+}
+
+/// Lets one log line through per second (DESIGN.md invariant 4: logged at
+/// most once a second).
+#[derive(Default)]
+struct LogLimit {
+    last: Option<Instant>,
+}
+
+impl LogLimit {
+    fn allow(&mut self, now: Instant) -> bool {
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(1))
+        {
+            return false;
+        }
+        self.last = Some(now);
+        true
+    }
 }
 
 impl Worker {
@@ -96,6 +117,7 @@ impl Worker {
             reported_endpoints: HashMap::new(),
             reported_confirmations: HashMap::new(),
             last_table: 0,
+            log_limit: LogLimit::default(),
         }
     }
 
@@ -266,8 +288,19 @@ impl Worker {
             self.stats.count_drop(DropReason::BadHeader);
             return;
         }
+        let fresh;
+        let mut table = table;
+        if table.session(header.session).is_none() {
+            // The control task may have installed this keyset since the
+            // batch began: look once more at the latest table.
+            fresh = self.table.load_full();
+            table = &fresh;
+        }
         let Some(session) = table.session(header.session) else {
             self.stats.count_drop(DropReason::UnknownSession);
+            if self.log_limit.allow(Instant::now()) {
+                tracing::debug!(lane = self.lane, session = header.session, %from, "dropped a packet for an unknown session");
+            }
             return;
         };
         let window = self
