@@ -19,11 +19,14 @@ pub mod config;
 pub mod control;
 pub mod crypto;
 pub mod daemon;
+pub mod demo;
 pub mod gossip;
 pub mod id;
 pub mod ipam;
 pub mod netlink;
 pub mod persist;
 pub mod router;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 pub mod status_text;
 pub mod wire;

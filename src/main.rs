@@ -32,6 +32,18 @@ enum Command {
         #[arg(long, env = "WEFT_API", default_value = "/run/weft/weft.sock")]
         api: PathBuf,
     },
+    /// Run a whole mesh in network namespaces on this machine (needs root).
+    Demo {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        /// Leave it running and print how to explore it.
+        #[arg(long)]
+        keep: bool,
+        /// Remove everything earlier demos left (also after --keep).
+        #[arg(long)]
+        clean: bool,
+    },
     /// Remove a seed address from a running router.
     Forget {
         /// HOST:PORT given earlier.
@@ -133,6 +145,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             weft::daemon::run(router_config(args)?)
         }
         Command::Status(args) => status(args),
+        Command::Demo { clean: true, .. } => {
+            weft::demo::remove_all();
+            Ok(())
+        }
+        Command::Demo { nodes, keep, .. } => weft::demo::run(nodes, keep),
         Command::Connect { address, api } => {
             print_reply(call(&api, &Request::Connect { address })?)
         }

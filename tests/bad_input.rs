@@ -18,10 +18,20 @@ fn weft(args: &[&str]) -> Output {
 /// word of `mentions`; returns the line.
 fn one_line_failure(out: &Output, mentions: &[&str]) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
-    assert!(!out.status.success(), "expected failure, got success; stderr: {stderr}");
-    assert_eq!(stderr.lines().count(), 1, "expected one line, got:\n{stderr}");
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {stderr}"
+    );
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "expected one line, got:\n{stderr}"
+    );
     for word in mentions {
-        assert!(stderr.contains(word), "{stderr:?} does not mention {word:?}");
+        assert!(
+            stderr.contains(word),
+            "{stderr:?} does not mention {word:?}"
+        );
     }
     stderr
 }
@@ -58,7 +68,10 @@ fn a_missing_secret_says_how_to_create_one() {
     let out = run_args(&base_args(&dir.path));
     one_line_failure(&out, &["--secret-file", "head -c 32 /dev/urandom"]);
     let missing = dir.path.join("absent");
-    let out = run_args(&with(base_args(&dir.path), &["--secret-file", missing.to_str().unwrap()]));
+    let out = run_args(&with(
+        base_args(&dir.path),
+        &["--secret-file", missing.to_str().unwrap()],
+    ));
     one_line_failure(&out, &["absent"]);
 }
 
@@ -67,7 +80,10 @@ fn a_short_secret_is_refused_with_its_minimum_length() {
     let dir = TempDir::new("shortsecret");
     let secret = dir.path.join("secret");
     std::fs::write(&secret, "too-short\n").unwrap();
-    let out = run_args(&with(base_args(&dir.path), &["--secret-file", secret.to_str().unwrap()]));
+    let out = run_args(&with(
+        base_args(&dir.path),
+        &["--secret-file", secret.to_str().unwrap()],
+    ));
     one_line_failure(&out, &["32"]);
 }
 
@@ -76,7 +92,10 @@ fn a_bad_cidr_names_the_range_and_a_fix() {
     let dir = TempDir::new("badcidr");
     let secret = dir.path.join("secret");
     write_secret(&secret);
-    let args = with(base_args(&dir.path), &["--secret-file", secret.to_str().unwrap()]);
+    let args = with(
+        base_args(&dir.path),
+        &["--secret-file", secret.to_str().unwrap()],
+    );
     let out = run_args(&with(args.clone(), &["--ipalloc-range", "10.32.0.0/33"]));
     one_line_failure(&out, &["--ipalloc-range", "10.32.0.0/33"]);
     let out = run_args(&with(args, &["--ipalloc-range", "10.32.1.0/12"]));
@@ -144,7 +163,11 @@ fn no_permission_for_the_tun_device_says_to_run_as_root() {
     let cluster = Cluster::new(1);
     let dir = TempDir::new("nobody");
     // The unprivileged user must be able to read the secret and write state.
-    std::fs::set_permissions(&dir.path, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(
+        &dir.path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
     let secret = dir.path.join("secret");
     write_secret(&secret);
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();

@@ -1,1 +1,24 @@
-//! Placeholder: filled in by its owner.
+//! Gossip: peer identity and topology (a CRDT merged by version), gossip
+//! messages, the connection maker (who to dial, back-off) and shortest-path
+//! routes. All sans-IO (DESIGN.md "Sans-IO cores"); the tokio driver for the
+//! TCP control connections lives beside these cores and owns all I/O.
+//!
+//! - [`message`]: the frame envelope `[version][channel][type]` and the
+//!   topology channel's messages; the channel byte lets the driver route the
+//!   IPAM ring's frames to the ring core.
+//! - [`topology`]: entries, their checks, the table and its summary hash.
+//! - [`core`]: [`Gossip`], the topology core.
+//! - [`routes`]: next hop per destination over established connections.
+//! - [`connection_maker`]: [`ConnectionMaker`], dialling and back-off.
+
+pub mod connection_maker;
+pub mod core;
+pub mod message;
+pub mod routes;
+pub mod topology;
+
+pub use self::connection_maker::{ConnectionMaker, ConnectionMakerConfig};
+pub use self::core::{Gossip, GossipConfig, GossipError, GossipEvent, GossipTimer, PeerInfo};
+pub use self::message::{Channel, Frame};
+pub use self::routes::{Route, Routes};
+pub use self::topology::{ConnectionInfo, RefusedReason, TopologyEntry};

@@ -1,0 +1,470 @@
+//! `weft demo`: a whole mesh in network namespaces on this machine. Nodes
+//! share an underlay bridge (192.0.2.0/24), run one real `weft router` each,
+//! get one pod each plumbed as the CNI plugin would, then the demo pings every
+//! pod from every other, measures throughput and prints `weft status`.
+//!
+//! Everything it creates is named `weft-demo-<pid>-*` and removed at the end
+//! (and leftovers of killed runs at the start), unless `--keep`.
+
+use crate::api::client;
+use crate::api::proto::{Request, Status};
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PREFIX: &str = "weft-demo-";
+
+/// Runs the demo with `nodes` nodes.
+pub fn run(nodes: usize, keep: bool) -> anyhow::Result<()> {
+    if !(2..=8).contains(&nodes) {
+        anyhow::bail!("--nodes must be 2 to 8");
+    }
+    if std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        != Some("0")
+    {
+        anyhow::bail!("weft demo creates network namespaces: run it as root (sudo)");
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        anyhow::bail!("weft demo needs iproute2: apt-get install -y iproute2");
+    }
+    remove_leftovers();
+    let mut demo = Demo::new()?;
+    let result = demo.build_and_show(nodes);
+    if keep && result.is_ok() {
+        demo.keep();
+        return Ok(());
+    }
+    println!("\ncleaning up…");
+    drop(demo);
+    println!("done: no namespace, interface or process left behind.");
+    result
+}
+
+struct Demo {
+    tag: String,
+    dir: PathBuf,
+    namespaces: Vec<String>,
+    routers: Vec<(String, Child)>,
+    kept: bool,
+}
+
+impl Demo {
+    fn new() -> anyhow::Result<Self> {
+        let tag = format!("{PREFIX}{}", std::process::id());
+        let dir = std::env::temp_dir().join(&tag);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self {
+            tag,
+            dir,
+            namespaces: Vec::new(),
+            routers: Vec::new(),
+            kept: false,
+        })
+    }
+
+    fn netns(&mut self, label: &str) -> anyhow::Result<String> {
+        let name = format!("{}-{label}", self.tag);
+        ip(&["netns", "add", &name])?;
+        self.namespaces.push(name.clone());
+        ip(&["-n", &name, "link", "set", "lo", "up"])?;
+        Ok(name)
+    }
+
+    fn build_and_show(&mut self, count: usize) -> anyhow::Result<()> {
+        let exe = std::env::current_exe()?;
+        let secret = self.dir.join("secret");
+        let mut bytes = [0u8; 32];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut bytes);
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        crate::persist::write_atomic(&secret, format!("{hex}\n").as_bytes(), 0o600)?;
+
+        println!("building {count} nodes on an underlay bridge (192.0.2.0/24)…");
+        let switch = self.netns("sw")?;
+        ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &switch, "link", "set", "br0", "up"])?;
+        let names: Vec<String> = (0..count).map(|i| format!("node{i}")).collect();
+        let mut node_ns = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let ns = self.netns(name)?;
+            let port = format!("p{i}");
+            ip(&[
+                "-n", &switch, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
+                "netns", &ns,
+            ])?;
+            ip(&["-n", &switch, "link", "set", &port, "master", "br0", "up"])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("192.0.2.{}/24", 10 + i),
+                "dev",
+                "eth0",
+            ])?;
+            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            sysctl(&ns, "net.ipv4.ip_forward=1")?;
+            node_ns.push(ns);
+        }
+        println!("starting one weft router per node (seed list: node0, node1)…");
+        let seeds: Vec<String> = (0..count.min(2))
+            .map(|i| format!("192.0.2.{}:6783", 10 + i))
+            .collect();
+        for (i, name) in names.iter().enumerate() {
+            let own = self.dir.join(name);
+            std::fs::create_dir_all(&own)?;
+            let log = std::fs::File::create(own.join("router.log"))?;
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", &node_ns[i]])
+                .arg(&exe)
+                .args([
+                    "router",
+                    "--name",
+                    name,
+                    "--listen",
+                    &format!("192.0.2.{}:6783", 10 + i),
+                ])
+                .arg("--secret-file")
+                .arg(&secret)
+                .arg("--state-dir")
+                .arg(own.join("state"))
+                .arg("--api")
+                .arg(own.join("weft.sock"))
+                .arg("--ipalloc-init")
+                .arg(format!("seed={}", names.join(",")));
+            for seed in &seeds {
+                cmd.args(["--peer", seed]);
+            }
+            let child = cmd
+                .env_remove("WEFT_PEERS")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()?;
+            self.routers.push((name.clone(), child));
+        }
+        let statuses = self.wait_for_mesh(count)?;
+
+        println!("plugging one pod into each node…");
+        let mut pods = Vec::new();
+        for (i, status) in statuses.iter().enumerate() {
+            let start: Ipv4Addr = status
+                .ipam
+                .owned_ranges
+                .first()
+                .map(|r| r.start.parse())
+                .transpose()?
+                .ok_or_else(|| anyhow::anyhow!("{} owns no range", status.name))?;
+            let addr = Ipv4Addr::from(u32::from(start) + 10);
+            let pod = self.netns(&format!("pod{i}"))?;
+            plumb_pod(&node_ns[i], &pod, &format!("veth{i}"), addr)?;
+            pods.push((pod, addr));
+        }
+
+        println!("\nping matrix (from row to column, through the encrypted mesh):");
+        print!("{:>14}", "");
+        for (_, addr) in &pods {
+            print!("{:>14}", addr.to_string());
+        }
+        println!();
+        let mut failures = 0;
+        for (from, from_addr) in &pods {
+            print!("{:>14}", from_addr.to_string());
+            for (_, to) in &pods {
+                let ok = from_addr == to || ping(from, *to);
+                failures += usize::from(!ok);
+                print!("{:>14}", if ok { "ok" } else { "FAIL" });
+            }
+            println!();
+        }
+        if failures > 0 {
+            anyhow::bail!(
+                "{failures} pod pairs could not reach each other; router logs are in {}",
+                self.dir.display()
+            );
+        }
+        self.throughput(&pods[0], &pods[1]);
+        println!("\n$ weft status   (on {})", names[0]);
+        let status = self.status(&names[0])?;
+        print!("{}", crate::status_text::render(&status, None));
+        Ok(())
+    }
+
+    fn wait_for_mesh(&self, count: usize) -> anyhow::Result<Vec<Status>> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let statuses: Vec<Option<Status>> = self
+                .routers
+                .iter()
+                .map(|(name, _)| self.status(name).ok())
+                .collect();
+            let established: usize = statuses
+                .iter()
+                .flatten()
+                .map(|s| s.connections.iter().filter(|c| c.established).count())
+                .sum();
+            let wanted = count * (count - 1);
+            print!("\r  mesh forming: {established}/{wanted} connections established ");
+            let _ = std::io::stdout().flush();
+            if established == wanted && statuses.iter().all(Option::is_some) {
+                println!();
+                return Ok(statuses.into_iter().flatten().collect());
+            }
+            if Instant::now() > deadline {
+                println!();
+                anyhow::bail!(
+                    "the mesh did not form within 20 s; router logs are in {}",
+                    self.dir.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn status(&self, name: &str) -> anyhow::Result<Status> {
+        let reply = client::call(
+            &self.dir.join(name).join("weft.sock"),
+            &Request::Status,
+            Duration::from_secs(3),
+        )?;
+        let value = reply.result.ok_or_else(|| anyhow::anyhow!("no status"))?;
+        Ok(serde_json::from_value(value)?)
+    }
+
+    fn throughput(&self, from: &(String, Ipv4Addr), to: &(String, Ipv4Addr)) {
+        if Command::new("iperf3").arg("--version").output().is_err() {
+            println!("\n(install iperf3 for a throughput figure: apt-get install -y iperf3)");
+            return;
+        }
+        println!(
+            "\nthroughput, {} → {} (iperf3, TCP, 3 s, encrypted):",
+            from.1, to.1
+        );
+        let server = Command::new("ip")
+            .args(["netns", "exec", &to.0, "iperf3", "-s", "-1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        std::thread::sleep(Duration::from_millis(500));
+        let out = Command::new("timeout")
+            .args([
+                "15",
+                "ip",
+                "netns",
+                "exec",
+                &from.0,
+                "iperf3",
+                "-c",
+                &to.1.to_string(),
+                "-t",
+                "3",
+            ])
+            .output();
+        if let Ok(out) = out {
+            for line in String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.contains("receiver"))
+            {
+                println!("  {}", line.trim());
+            }
+        }
+        if let Ok(mut server) = server {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+    }
+
+    fn keep(&mut self) {
+        self.kept = true;
+        println!("\nleft running (--keep). Explore with:");
+        for (name, _) in &self.routers {
+            println!(
+                "  weft status --api {}        # {name}",
+                self.dir.join(name).join("weft.sock").display()
+            );
+        }
+        println!("  ip netns list | grep {}", self.tag);
+        println!(
+            "  ip netns exec {}-pod0 ping 10.…   # any pod address above",
+            self.tag
+        );
+        println!("remove it all with: weft demo --clean");
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        for (_, child) in &mut self.routers {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Removes everything every earlier demo left, kept ones included.
+pub fn remove_all() {
+    remove(true);
+}
+
+/// Removes namespaces, processes and files of earlier demos whose process is
+/// gone.
+pub fn remove_leftovers() {
+    remove(false);
+}
+
+fn remove(all: bool) {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    let mut dirs = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(rest) = name.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let pid = rest.split('-').next().unwrap_or("");
+        if !all && Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if let Ok(pids) = Command::new("ip").args(["netns", "pids", name]).output() {
+            for p in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", p]).output();
+            }
+        }
+        let _ = Command::new("ip").args(["netns", "del", name]).output();
+        dirs.push(std::env::temp_dir().join(format!("{PREFIX}{pid}")));
+    }
+    for dir in dirs {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip").args(args).output()?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn sysctl(ns: &str, setting: &str) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "sysctl", "-qw", setting])
+        .output()?;
+    if !out.status.success() {
+        anyhow::bail!("sysctl {setting} in {ns} failed");
+    }
+    Ok(())
+}
+
+fn ping(ns: &str, to: Ipv4Addr) -> bool {
+    (0..3).any(|_| {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "ping",
+                "-c",
+                "1",
+                "-W",
+                "1",
+                &to.to_string(),
+            ])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// Plugs pod namespace `pod` into node `node` the way the CNI plugin will:
+/// a veth pair, the pod's /32, a default route via 169.254.1.1 with a
+/// permanent neighbour entry, and the host's /32 route to the pod.
+fn plumb_pod(node: &str, pod: &str, host: &str, addr: Ipv4Addr) -> anyhow::Result<()> {
+    ip(&[
+        "-n", node, "link", "add", host, "mtu", "1420", "type", "veth", "peer", "name", "eth0",
+        "mtu", "1420", "netns", pod,
+    ])?;
+    ip(&[
+        "-n",
+        pod,
+        "addr",
+        "add",
+        &format!("{addr}/32"),
+        "dev",
+        "eth0",
+    ])?;
+    ip(&["-n", pod, "link", "set", "eth0", "up"])?;
+    ip(&["-n", node, "link", "set", host, "up"])?;
+    let out = Command::new("ip")
+        .args(["-n", node, "-o", "link", "show", host])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mac = text
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .ok_or_else(|| anyhow::anyhow!("no MAC on {host}"))?
+        .to_string();
+    ip(&[
+        "-n",
+        pod,
+        "route",
+        "add",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+        "scope",
+        "link",
+    ])?;
+    ip(&[
+        "-n",
+        pod,
+        "route",
+        "add",
+        "default",
+        "via",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+        "onlink",
+    ])?;
+    ip(&[
+        "-n",
+        pod,
+        "neigh",
+        "replace",
+        "169.254.1.1",
+        "lladdr",
+        &mac,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ])?;
+    ip(&[
+        "-n",
+        node,
+        "route",
+        "add",
+        &format!("{addr}/32"),
+        "dev",
+        host,
+    ])?;
+    sysctl(node, &format!("net.ipv4.conf.{host}.proxy_arp=1"))
+}

@@ -1,0 +1,528 @@
+//! `ConnectionMaker`: who to dial and when (sans-IO).
+//!
+//! Targets are the seeds (`--peer`, `weft connect`) and every router learned
+//! from the topology (full mesh up to `max_connections`; multi-hop routes
+//! cover the rest, DESIGN.md "Wire rules"). Each target keeps its own retry
+//! interval, as in weaveworks/mesh `connection_maker.go`:
+//!
+//! - the first attempt at a learned router waits a random 0–`initial` so a
+//!   whole cluster learning of a new router does not dial it in one instant;
+//! - after a failure or a short-lived connection the interval doubles, with
+//!   ±25 % jitter, from `initial` (1 s) up to a cap: 6 min for learned
+//!   routers, as in mesh; 30 s for seeds, because a seed is how a cluster
+//!   forms at all (netns tests start routers in any order and must not wait
+//!   minutes for a seed that came up late);
+//! - a connection that stayed up `healthy_after` (1 min) resets the interval;
+//! - seeds are retried forever; a seed that is one of my own addresses is
+//!   recognised and never dialled.
+//!
+//! Use: feed `learn`/`unlearn` from gossip events, `connected`/`disconnected`
+//! /`dial_failed` from the driver, then call `poll_dial(now)` until `None` and
+//! sleep until `poll_timeout()`.
+
+use crate::id::PeerId;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Back-off and size knobs.
+#[derive(Clone, Debug)]
+pub struct ConnectionMakerConfig {
+    /// First retry interval.
+    pub initial: Duration,
+    /// Retry interval cap for learned routers.
+    pub max_interval: Duration,
+    /// Retry interval cap for seeds.
+    pub max_seed_interval: Duration,
+    /// A connection up this long resets the interval.
+    pub healthy_after: Duration,
+    /// A dial not reported within this time counts as failed.
+    pub dial_timeout: Duration,
+    /// Most connections (up or being dialled) this router makes.
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionMakerConfig {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_secs(1),
+            max_interval: Duration::from_secs(360),
+            max_seed_interval: Duration::from_secs(30),
+            healthy_after: Duration::from_secs(60),
+            dial_timeout: Duration::from_secs(15),
+            max_connections: 200,
+        }
+    }
+}
+
+/// What `connected`/`disconnected` refer to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// A router, known by id once the handshake is done.
+    Peer(PeerId),
+    /// An address that was dialled (or a seed).
+    Addr(SocketAddr),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum State {
+    /// `None`: due at the first poll (seeds given before any `now`).
+    Idle {
+        next_try: Option<Instant>,
+    },
+    Dialling {
+        since: Instant,
+        addr: SocketAddr,
+    },
+    Connected {
+        since: Instant,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct Target {
+    addresses: Vec<SocketAddr>,
+    next_address: usize,
+    seed: bool,
+    interval: Duration,
+    state: State,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Key {
+    Seed(SocketAddr),
+    Peer(PeerId),
+}
+
+/// The dialling plan. See the module docs.
+pub struct ConnectionMaker {
+    config: ConnectionMakerConfig,
+    own: HashSet<SocketAddr>,
+    targets: BTreeMap<Key, Target>,
+    /// Which router answered at a seed address (so it is not dialled twice).
+    seed_owner: HashMap<SocketAddr, PeerId>,
+    connected: HashSet<PeerId>,
+    rng: StdRng,
+    now_hint: Option<Instant>,
+}
+
+impl ConnectionMaker {
+    /// A plan with the default configuration.
+    pub fn new(own_addresses: Vec<SocketAddr>, seeds: Vec<SocketAddr>, seed: u64) -> Self {
+        Self::with_config(own_addresses, seeds, seed, ConnectionMakerConfig::default())
+    }
+
+    /// A plan with explicit knobs. Seeds are dialled at the first `poll_dial`.
+    pub fn with_config(
+        own_addresses: Vec<SocketAddr>,
+        seeds: Vec<SocketAddr>,
+        seed: u64,
+        config: ConnectionMakerConfig,
+    ) -> Self {
+        let mut maker = Self {
+            config,
+            own: own_addresses.into_iter().collect(),
+            targets: BTreeMap::new(),
+            seed_owner: HashMap::new(),
+            connected: HashSet::new(),
+            rng: StdRng::seed_from_u64(seed),
+            now_hint: None,
+        };
+        for s in seeds {
+            maker.add_seed_at(s, None);
+        }
+        maker
+    }
+
+    /// Adds a seed (`weft connect`), dialled at once. My own address is ignored.
+    pub fn add_seed(&mut self, addr: SocketAddr, now: Instant) {
+        self.add_seed_at(addr, Some(now));
+    }
+
+    fn add_seed_at(&mut self, addr: SocketAddr, now: Option<Instant>) {
+        if self.is_own(addr) {
+            return;
+        }
+        self.targets
+            .entry(Key::Seed(addr))
+            .or_insert_with(|| Target {
+                addresses: vec![addr],
+                next_address: 0,
+                seed: true,
+                interval: self.config.initial,
+                state: State::Idle { next_try: now },
+            });
+    }
+
+    /// Removes a seed (`weft forget`). A router learned at that address
+    /// from the topology is still dialled as a learned router.
+    pub fn forget(&mut self, addr: SocketAddr) {
+        self.targets.remove(&Key::Seed(addr));
+        self.seed_owner.remove(&addr);
+    }
+
+    /// The current seeds.
+    pub fn seeds(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.targets.keys().filter_map(|k| match k {
+            Key::Seed(a) => Some(*a),
+            Key::Peer(_) => None,
+        })
+    }
+
+    /// A router known from the topology, with its advertised addresses.
+    /// Its first dial waits a random part of `initial`.
+    pub fn learn(&mut self, peer: PeerId, addresses: &[SocketAddr], now: Instant) {
+        self.now_hint = Some(now);
+        let addresses: Vec<SocketAddr> = addresses
+            .iter()
+            .copied()
+            .filter(|a| !self.is_own(*a))
+            .take(16)
+            .collect();
+        if addresses.is_empty() {
+            self.targets.remove(&Key::Peer(peer));
+            return;
+        }
+        if let Some(t) = self.targets.get_mut(&Key::Peer(peer)) {
+            t.addresses = addresses;
+            return;
+        }
+        let delay = self.config.initial.mul_f64(self.rng.gen_range(0.0..1.0));
+        let state = if self.connected.contains(&peer) {
+            State::Connected { since: now }
+        } else {
+            State::Idle {
+                next_try: Some(now + delay),
+            }
+        };
+        let interval = self.config.initial;
+        self.targets.insert(
+            Key::Peer(peer),
+            Target {
+                addresses,
+                next_address: 0,
+                seed: false,
+                interval,
+                state,
+            },
+        );
+    }
+
+    /// A router left the topology: stop dialling it.
+    pub fn unlearn(&mut self, peer: PeerId) {
+        self.targets.remove(&Key::Peer(peer));
+    }
+
+    /// A connection came up. `Addr` for an outbound dial before the peer is
+    /// known; call with `Peer` too once the handshake names it (and pass the
+    /// dialled address in `dialled` so a seed maps to its router).
+    pub fn connected(&mut self, peer: PeerId, dialled: Option<SocketAddr>, now: Instant) {
+        self.connected.insert(peer);
+        if let Some(addr) = dialled {
+            if self.targets.contains_key(&Key::Seed(addr)) {
+                self.seed_owner.insert(addr, peer);
+            }
+            if let Some(t) = self.targets.get_mut(&Key::Seed(addr)) {
+                t.state = State::Connected { since: now };
+            }
+        }
+        for (addr, owner) in &self.seed_owner {
+            if *owner == peer
+                && let Some(t) = self.targets.get_mut(&Key::Seed(*addr))
+            {
+                t.state = State::Connected { since: now };
+            }
+        }
+        if let Some(t) = self.targets.get_mut(&Key::Peer(peer)) {
+            t.state = State::Connected { since: now };
+        }
+    }
+
+    /// The connection to `peer` went down: retry after the back-off (reset
+    /// first if the connection had been healthy).
+    pub fn disconnected(&mut self, peer: PeerId, now: Instant) {
+        self.connected.remove(&peer);
+        let mut keys = vec![Key::Peer(peer)];
+        keys.extend(
+            self.seed_owner
+                .iter()
+                .filter(|(_, o)| **o == peer)
+                .map(|(a, _)| Key::Seed(*a)),
+        );
+        for key in keys {
+            let Some(mut t) = self.targets.remove(&key) else {
+                continue;
+            };
+            if let State::Connected { since } = t.state
+                && now.saturating_duration_since(since) >= self.config.healthy_after
+            {
+                t.interval = self.config.initial;
+            }
+            self.schedule_retry(&mut t, now);
+            self.targets.insert(key, t);
+        }
+    }
+
+    /// A dial of `addr` failed (refused, timed out, handshake failed).
+    pub fn dial_failed(&mut self, addr: SocketAddr, now: Instant) {
+        let keys: Vec<Key> = self
+            .targets
+            .iter()
+            .filter(|(_, t)| matches!(t.state, State::Dialling { addr: a, .. } if a == addr))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in keys {
+            let Some(mut t) = self.targets.remove(&key) else {
+                continue;
+            };
+            t.next_address = (t.next_address + 1) % t.addresses.len().max(1);
+            self.schedule_retry(&mut t, now);
+            self.targets.insert(key, t);
+        }
+    }
+
+    /// The next address to dial now, if any; the target is then "dialling"
+    /// until `connected` or `dial_failed` (or `dial_timeout`).
+    pub fn poll_dial(&mut self, now: Instant) -> Option<SocketAddr> {
+        self.now_hint = Some(now);
+        self.expire_dials(now);
+        let busy = self
+            .targets
+            .values()
+            .filter(|t| matches!(t.state, State::Dialling { .. }))
+            .count()
+            + self.connected.len();
+        // The most overdue target first: learned routers get a random first
+        // delay, so a cluster does not all dial the same lowest ids.
+        let (_, key, addr) = self
+            .targets
+            .iter()
+            .filter_map(|(k, t)| {
+                let State::Idle { next_try } = t.state else {
+                    return None;
+                };
+                if next_try.is_some_and(|t| t > now) || self.blocked(k, busy) {
+                    return None;
+                }
+                let addr = *t.addresses.get(t.next_address % t.addresses.len().max(1))?;
+                Some((next_try, *k, addr))
+            })
+            .min_by_key(|(next_try, k, _)| (*next_try, *k))?;
+        if let Some(t) = self.targets.get_mut(&key) {
+            t.state = State::Dialling { since: now, addr };
+        }
+        Some(addr)
+    }
+
+    /// When `poll_dial` may next return something (a dial timeout counts).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let busy = self
+            .targets
+            .values()
+            .filter(|t| matches!(t.state, State::Dialling { .. }))
+            .count()
+            + self.connected.len();
+        self.targets
+            .iter()
+            .filter_map(|(k, t)| match t.state {
+                State::Idle { next_try } if !self.blocked(k, busy) => {
+                    Some(next_try.unwrap_or(self.now_hint?))
+                }
+                State::Dialling { since, .. } => Some(since + self.config.dial_timeout),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Number of live connections.
+    pub fn connection_count(&self) -> usize {
+        self.connected.len()
+    }
+
+    /// Whether an inbound connection should be accepted. The cap bounds
+    /// only the dials this router makes: refusing inbound would lock a new
+    /// router out of a cluster whose seeds are full, so inbound is limited
+    /// only by what one topology entry can list.
+    pub fn accepts_inbound(&self) -> bool {
+        self.connected.len() < super::topology::MAX_CONNECTIONS
+    }
+
+    fn blocked(&self, key: &Key, busy: usize) -> bool {
+        match key {
+            // A seed whose router we already reach some other way is not dialled.
+            Key::Seed(addr) => self
+                .seed_owner
+                .get(addr)
+                .is_some_and(|p| self.connected.contains(p)),
+            Key::Peer(p) => self.connected.contains(p) || busy >= self.config.max_connections,
+        }
+    }
+
+    fn expire_dials(&mut self, now: Instant) {
+        let stale: Vec<SocketAddr> = self
+            .targets
+            .values()
+            .filter_map(|t| match t.state {
+                State::Dialling { since, addr } if since + self.config.dial_timeout <= now => {
+                    Some(addr)
+                }
+                _ => None,
+            })
+            .collect();
+        for addr in stale {
+            self.dial_failed(addr, now);
+        }
+    }
+
+    fn schedule_retry(&mut self, t: &mut Target, now: Instant) {
+        let factor = self.rng.gen_range(0.75..1.25);
+        t.state = State::Idle {
+            next_try: Some(now + t.interval.mul_f64(factor)),
+        };
+        let cap = if t.seed {
+            self.config.max_seed_interval
+        } else {
+            self.config.max_interval
+        };
+        t.interval = (t.interval * 2).min(cap);
+    }
+
+    fn is_own(&self, addr: SocketAddr) -> bool {
+        self.own.contains(&addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn addr(i: u8) -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, i], 6783))
+    }
+
+    /// Fails every dial of `a` and returns the gaps between attempts.
+    fn retry_gaps(
+        maker: &mut ConnectionMaker,
+        a: SocketAddr,
+        mut now: Instant,
+        tries: usize,
+    ) -> Vec<Duration> {
+        let mut gaps = Vec::new();
+        let mut last = now;
+        for _ in 0..tries {
+            while maker.poll_dial(now) != Some(a) {
+                now = maker.poll_timeout().unwrap();
+            }
+            gaps.push(now - last);
+            last = now;
+            maker.dial_failed(a, now);
+        }
+        gaps
+    }
+
+    #[test]
+    fn my_own_address_in_the_seed_list_is_never_dialled() {
+        let now = Instant::now();
+        let mut m = ConnectionMaker::new(vec![addr(1)], vec![addr(1), addr(2)], 1);
+        assert_eq!(m.poll_dial(now), Some(addr(2)));
+        assert_eq!(m.poll_dial(now), None);
+        assert_eq!(m.seeds().collect::<Vec<_>>(), vec![addr(2)]);
+    }
+
+    #[test]
+    fn a_dead_seed_is_retried_forever_with_growing_capped_back_off() {
+        let now = Instant::now();
+        let mut m = ConnectionMaker::new(vec![], vec![addr(2)], 7);
+        let gaps = retry_gaps(&mut m, addr(2), now, 12);
+        // Early retries come within a few seconds.
+        assert!(gaps[1] <= Duration::from_millis(1250), "{gaps:?}");
+        assert!(gaps[2] <= Duration::from_millis(2500), "{gaps:?}");
+        assert!(gaps[3] > gaps[1]);
+        // Capped at 30 s (+25 % jitter) for seeds.
+        assert!(
+            gaps.iter().all(|g| *g <= Duration::from_millis(37_500)),
+            "{gaps:?}"
+        );
+        assert!(gaps[11] >= Duration::from_millis(22_500), "{gaps:?}");
+    }
+
+    #[test]
+    fn a_learned_router_backs_off_up_to_six_minutes() {
+        let now = Instant::now();
+        let mut m = ConnectionMaker::new(vec![], vec![], 7);
+        m.learn(PeerId(9), &[addr(9)], now);
+        let gaps = retry_gaps(&mut m, addr(9), now, 14);
+        assert!(gaps[13] > Duration::from_secs(200), "{gaps:?}");
+        assert!(
+            gaps.iter().all(|g| *g <= Duration::from_secs(450)),
+            "{gaps:?}"
+        );
+    }
+
+    #[test]
+    fn back_off_resets_after_a_minute_of_health_but_not_after_a_flap() {
+        let t0 = Instant::now();
+        let mut m = ConnectionMaker::new(vec![], vec![], 3);
+        m.learn(PeerId(9), &[addr(9)], t0);
+        let gaps = retry_gaps(&mut m, addr(9), t0, 8);
+        let mut now = t0 + gaps.iter().sum::<Duration>();
+        while m.poll_dial(now).is_none() {
+            now = m.poll_timeout().unwrap();
+        }
+        m.connected(PeerId(9), Some(addr(9)), now);
+        assert_eq!(m.poll_timeout(), None, "nothing to do while connected");
+        // A flap: retry stays slow.
+        m.disconnected(PeerId(9), now + Duration::from_secs(5));
+        let slow = m.poll_timeout().unwrap() - (now + Duration::from_secs(5));
+        assert!(slow > Duration::from_secs(60), "{slow:?}");
+        // Healthy for a minute: retry fast.
+        let now = m.poll_timeout().unwrap();
+        assert_eq!(m.poll_dial(now), Some(addr(9)));
+        m.connected(PeerId(9), Some(addr(9)), now);
+        m.disconnected(PeerId(9), now + Duration::from_secs(61));
+        let fast = m.poll_timeout().unwrap() - (now + Duration::from_secs(61));
+        assert!(fast <= Duration::from_millis(1250), "{fast:?}");
+    }
+
+    #[test]
+    fn forget_stops_dialling_a_seed_and_connect_adds_one() {
+        let now = Instant::now();
+        let mut m = ConnectionMaker::new(vec![], vec![addr(2)], 1);
+        m.forget(addr(2));
+        assert_eq!(m.poll_dial(now), None);
+        m.add_seed(addr(3), now);
+        assert_eq!(m.poll_dial(now), Some(addr(3)));
+    }
+
+    #[test]
+    fn a_seed_whose_router_is_already_connected_is_not_dialled_again() {
+        let now = Instant::now();
+        let mut m = ConnectionMaker::new(vec![], vec![addr(2)], 1);
+        assert_eq!(m.poll_dial(now), Some(addr(2)));
+        m.connected(PeerId(2), Some(addr(2)), now);
+        m.learn(PeerId(2), &[addr(2)], now);
+        assert_eq!(m.poll_dial(now + Duration::from_secs(5)), None);
+    }
+
+    #[test]
+    fn dials_stop_at_the_connection_cap() {
+        let now = Instant::now();
+        let config = ConnectionMakerConfig {
+            max_connections: 3,
+            ..ConnectionMakerConfig::default()
+        };
+        let mut m = ConnectionMaker::with_config(vec![], vec![], 1, config);
+        for i in 10..20 {
+            m.learn(PeerId(i), &[addr(i as u8)], now);
+        }
+        let later = now + Duration::from_secs(2);
+        let mut dialled = 0;
+        while m.poll_dial(later).is_some() {
+            dialled += 1;
+        }
+        assert_eq!(dialled, 3);
+    }
+}

@@ -1,0 +1,287 @@
+//! The topology CRDT: one versioned entry per router, merged by version.
+//!
+//! DESIGN.md "Identity": a router is its static key; its ID derives from the
+//! key and the name is a label. Each router is the only writer of its own
+//! entry; everyone else keeps the highest version seen (a last-writer-wins
+//! register per router, so merges commute). This module holds the table and
+//! the checks an entry from the network must pass; it does no I/O.
+
+use crate::id::{PeerId, ShortId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+/// Most connections one entry may list (an entry over the cap is refused).
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Most advertised addresses one entry may list.
+pub const MAX_ADDRESSES: usize = 16;
+/// Longest name, in bytes (a DNS name).
+pub const MAX_NAME: usize = 253;
+/// Smallest overlay MTU an entry may claim (the IPv4 minimum datagram).
+pub const MIN_MTU: u16 = 576;
+
+/// One router's gossiped description of itself. Field order is the wire
+/// order: append new fields only.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopologyEntry {
+    /// Derived from `public_key`; checked on receipt.
+    pub id: PeerId,
+    /// Bumped by the owner on every change; merges keep the highest.
+    pub version: u64,
+    /// A label (unique in the cluster, see [`RefusedReason::NameClash`]).
+    pub name: String,
+    /// The router's static X25519 public key.
+    pub public_key: [u8; 32],
+    /// Where the router accepts connections.
+    pub addresses: Vec<SocketAddr>,
+    /// The 16-bit ID stamped into data headers.
+    pub short_id: ShortId,
+    /// The router's overlay MTU; the cluster uses the minimum.
+    pub mtu: u16,
+    /// The router's connections, sorted by peer, without duplicates.
+    pub connections: Vec<ConnectionInfo>,
+}
+
+impl fmt::Debug for TopologyEntry {
+    // The public key is not secret, but a short form keeps logs readable.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TopologyEntry")
+            .field("id", &self.id)
+            .field("version", &self.version)
+            .field("name", &self.name)
+            .field("addresses", &self.addresses)
+            .field("short_id", &self.short_id)
+            .field("mtu", &self.mtu)
+            .field("connections", &self.connections.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One connection as its owner reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionInfo {
+    /// The router at the other end.
+    pub peer: PeerId,
+    /// Both TCP and UDP work (DESIGN.md "MTU": a full-size heartbeat got through).
+    pub established: bool,
+    /// This router dialled.
+    pub outbound: bool,
+}
+
+/// Why an entry from the network was refused. The table is unchanged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RefusedReason {
+    /// Another known router (`holder`) already has this name with another key.
+    NameClash {
+        /// The router that holds the name.
+        holder: PeerId,
+    },
+    /// The connections are not strictly sorted by peer, or list the owner itself.
+    ConnectionsNotCanonical,
+    /// The name is empty.
+    EmptyName,
+    /// The id does not derive from the public key.
+    IdMismatch,
+    /// The MTU is below [`MIN_MTU`].
+    MtuTooSmall(u16),
+    /// The name is longer than [`MAX_NAME`] bytes.
+    NameTooLong(usize),
+    /// More than [`MAX_ADDRESSES`] addresses.
+    TooManyAddresses(usize),
+    /// More than [`MAX_CONNECTIONS`] connections.
+    TooManyConnections(usize),
+}
+
+impl TopologyEntry {
+    /// Checks what an entry can get wrong on its own (not against the table).
+    pub fn validate(&self) -> Result<(), RefusedReason> {
+        if self.name.is_empty() {
+            return Err(RefusedReason::EmptyName);
+        }
+        if self.name.len() > MAX_NAME {
+            return Err(RefusedReason::NameTooLong(self.name.len()));
+        }
+        if self.addresses.len() > MAX_ADDRESSES {
+            return Err(RefusedReason::TooManyAddresses(self.addresses.len()));
+        }
+        if self.connections.len() > MAX_CONNECTIONS {
+            return Err(RefusedReason::TooManyConnections(self.connections.len()));
+        }
+        if self.mtu < MIN_MTU {
+            return Err(RefusedReason::MtuTooSmall(self.mtu));
+        }
+        let sorted = self.connections.windows(2).all(|w| w[0].peer < w[1].peer);
+        if !sorted || self.connections.iter().any(|c| c.peer == self.id) {
+            return Err(RefusedReason::ConnectionsNotCanonical);
+        }
+        // Last: it hashes.
+        if PeerId::from_public_key(&self.public_key) != self.id {
+            return Err(RefusedReason::IdMismatch);
+        }
+        Ok(())
+    }
+
+    /// The connection to `peer`, if this entry lists one.
+    pub fn connection(&self, peer: PeerId) -> Option<&ConnectionInfo> {
+        self.connections
+            .binary_search_by_key(&peer, |c| c.peer)
+            .ok()
+            .and_then(|i| self.connections.get(i))
+    }
+}
+
+/// The table of entries with an order-independent summary of its
+/// `(id, version)` pairs, maintained incrementally, so that anti-entropy can
+/// compare two tables in 12 bytes.
+#[derive(Clone, Debug, Default)]
+pub struct Table {
+    entries: BTreeMap<PeerId, TopologyEntry>,
+    hash: u64,
+}
+
+impl Table {
+    /// The entry for `id`.
+    pub fn get(&self, id: PeerId) -> Option<&TopologyEntry> {
+        self.entries.get(&id)
+    }
+
+    /// All entries, by id.
+    pub fn iter(&self) -> impl Iterator<Item = &TopologyEntry> {
+        self.entries.values()
+    }
+
+    /// Entries with ids in `[first, last]`.
+    pub fn range(&self, first: PeerId, last: PeerId) -> impl Iterator<Item = &TopologyEntry> {
+        self.entries.range(first..=last).map(|(_, e)| e)
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// `(count, hash)` over all `(id, version)` pairs.
+    pub fn summary(&self) -> (u32, u64) {
+        (
+            u32::try_from(self.entries.len()).unwrap_or(u32::MAX),
+            self.hash,
+        )
+    }
+
+    /// Inserts or replaces, keeping the summary right. Returns the old entry.
+    pub fn insert(&mut self, entry: TopologyEntry) -> Option<TopologyEntry> {
+        self.hash = self.hash.wrapping_add(pair_hash(entry.id, entry.version));
+        let old = self.entries.insert(entry.id, entry);
+        if let Some(old) = &old {
+            self.hash = self.hash.wrapping_sub(pair_hash(old.id, old.version));
+        }
+        old
+    }
+
+    /// Removes `id`'s entry.
+    pub fn remove(&mut self, id: PeerId) -> Option<TopologyEntry> {
+        let old = self.entries.remove(&id)?;
+        self.hash = self.hash.wrapping_sub(pair_hash(old.id, old.version));
+        Some(old)
+    }
+}
+
+/// The summary contribution of one `(id, version)` pair: summed (wrapping)
+/// over the table so that insertion order does not matter.
+pub fn pair_hash(id: PeerId, version: u64) -> u64 {
+    splitmix(id.0 ^ splitmix(version))
+}
+
+/// SplitMix64's finaliser: a cheap, well-mixed 64-bit permutation.
+pub(crate) fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn entry(key: u8, version: u64) -> TopologyEntry {
+        let public_key = [key; 32];
+        TopologyEntry {
+            id: PeerId::from_public_key(&public_key),
+            version,
+            name: format!("r{key}"),
+            public_key,
+            addresses: vec![],
+            short_id: ShortId(key.into()),
+            mtu: 1420,
+            connections: vec![],
+        }
+    }
+
+    #[test]
+    fn the_summary_does_not_depend_on_insertion_order() {
+        let mut a = Table::default();
+        let mut b = Table::default();
+        a.insert(entry(1, 1));
+        a.insert(entry(2, 1));
+        a.insert(entry(1, 2));
+        b.insert(entry(2, 1));
+        b.insert(entry(1, 2));
+        assert_eq!(a.summary(), b.summary());
+        b.remove(entry(2, 1).id);
+        assert_ne!(a.summary(), b.summary());
+    }
+
+    #[test]
+    fn an_entry_whose_id_is_not_its_keys_is_refused() {
+        let mut e = entry(1, 1);
+        e.id = PeerId(42);
+        assert_eq!(e.validate(), Err(RefusedReason::IdMismatch));
+    }
+
+    #[test]
+    fn oversized_entries_are_refused() {
+        let mut e = entry(1, 1);
+        e.name = "x".repeat(MAX_NAME + 1);
+        assert_eq!(e.validate(), Err(RefusedReason::NameTooLong(MAX_NAME + 1)));
+        let mut e = entry(1, 1);
+        e.addresses = vec!["192.0.2.1:1".parse().unwrap(); MAX_ADDRESSES + 1];
+        assert!(matches!(
+            e.validate(),
+            Err(RefusedReason::TooManyAddresses(_))
+        ));
+        let mut e = entry(1, 1);
+        e.connections = (0..=MAX_CONNECTIONS as u64)
+            .map(|i| ConnectionInfo {
+                peer: PeerId(i),
+                established: true,
+                outbound: true,
+            })
+            .collect();
+        assert!(matches!(
+            e.validate(),
+            Err(RefusedReason::TooManyConnections(_))
+        ));
+    }
+
+    #[test]
+    fn unsorted_connections_are_refused() {
+        let mut e = entry(1, 1);
+        let c = |p| ConnectionInfo {
+            peer: PeerId(p),
+            established: true,
+            outbound: true,
+        };
+        e.connections = vec![c(2), c(1)];
+        assert_eq!(e.validate(), Err(RefusedReason::ConnectionsNotCanonical));
+        e.connections = vec![c(1), c(1)];
+        assert_eq!(e.validate(), Err(RefusedReason::ConnectionsNotCanonical));
+    }
+}

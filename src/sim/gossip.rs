@@ -1,0 +1,586 @@
+//! N routers, each a [`Gossip`] core plus a [`ConnectionMaker`], over the
+//! emulated network. The harness plays the drivers: a dial that reaches a
+//! live router on the same side of every partition becomes a connection on
+//! both ends; `establish_delay` later (the UDP heartbeat) it is marked
+//! established unless UDP is blocked on that pair. Crashes and partitions
+//! take connections down on the surviving ends.
+//!
+//! After every step the invariants are checked for the router that stepped
+//! (when `check_invariants`): no router holds a version of another router's
+//! entry that the owner never produced, and honest frames always decode.
+
+use super::net::{NetConfig, Network};
+use crate::gossip::{
+    ConnectionMaker, ConnectionMakerConfig, Gossip, GossipConfig, GossipEvent, PeerInfo,
+};
+use crate::id::PeerId;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// What a simulation looks like.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Number of routers.
+    pub routers: usize,
+    /// The first `seeds` routers' addresses are every router's seed list.
+    pub seeds: usize,
+    /// Link behaviour.
+    pub net: NetConfig,
+    /// Gossip knobs.
+    pub gossip: GossipConfig,
+    /// Dialling knobs.
+    pub maker: ConnectionMakerConfig,
+    /// From connection up to established (the UDP heartbeat).
+    pub establish_delay: Duration,
+    /// Check invariants after every step.
+    pub check_invariants: bool,
+    /// Give up (panic, printing the seed) after this many steps.
+    pub max_steps: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            routers: 10,
+            seeds: 3,
+            net: NetConfig::default(),
+            gossip: GossipConfig::default(),
+            maker: ConnectionMakerConfig::default(),
+            establish_delay: Duration::from_millis(100),
+            check_invariants: true,
+            max_steps: 50_000_000,
+        }
+    }
+}
+
+/// Messages on the emulated network.
+#[derive(Clone, Debug)]
+pub enum Wire {
+    /// A topology frame.
+    Gossip(Vec<u8>),
+    /// The outcome of a dial made by the receiver (harness event).
+    Dial(SocketAddr),
+    /// The heartbeat with the other end got through (harness event).
+    Establish(usize),
+}
+
+/// Peer IDs are already hash outputs: the invariant check looks one up per
+/// entry per step, so skip SipHash.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// One simulated router.
+pub struct SimRouter {
+    /// Its identity.
+    pub info: PeerInfo,
+    /// `None` while crashed.
+    pub gossip: Option<Gossip>,
+    /// Its dialling plan.
+    pub maker: ConnectionMaker,
+    /// Entries it refused.
+    pub refused: u64,
+}
+
+/// The whole simulation.
+pub struct GossipSim {
+    /// Virtual time.
+    pub now: Instant,
+    /// When the simulation started.
+    pub start: Instant,
+    /// The network.
+    pub net: Network<Wire>,
+    /// The routers, by index.
+    pub routers: Vec<SimRouter>,
+    /// Frame bytes sent per router.
+    pub bytes_sent: Vec<u64>,
+    /// Steps taken.
+    pub steps: u64,
+    /// Frames that failed to decode at an honest receiver.
+    pub decode_errors: u64,
+    /// The seed (printed on failure).
+    pub seed: u64,
+    config: SimConfig,
+    links: HashSet<(usize, usize)>,
+    udp_blocked: HashSet<(usize, usize)>,
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    addr_of: HashMap<SocketAddr, usize>,
+    idx_of: HashMap<PeerId, usize, BuildHasherDefault<IdHasher>>,
+    max_version: Vec<u64>,
+    maker_deadline: Vec<Option<Instant>>,
+    seeds: Vec<SocketAddr>,
+    rng: StdRng,
+}
+
+impl GossipSim {
+    /// Builds `config.routers` routers with keys and names from `seed`; all
+    /// start at once.
+    pub fn new(config: SimConfig, seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let start = Instant::now();
+        let infos: Vec<PeerInfo> = (0..config.routers)
+            .map(|i| {
+                let public_key: [u8; 32] = rng.r#gen();
+                let addr = SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 6783));
+                PeerInfo {
+                    id: PeerId::from_public_key(&public_key),
+                    name: format!("router-{i}"),
+                    public_key,
+                    addresses: vec![addr],
+                }
+            })
+            .collect();
+        let seeds: Vec<SocketAddr> = infos
+            .iter()
+            .take(config.seeds)
+            .map(|i| i.addresses[0])
+            .collect();
+        let mut sim = Self {
+            now: start,
+            start,
+            net: Network::new(config.net.clone(), rng.r#gen()),
+            routers: Vec::new(),
+            bytes_sent: vec![0; config.routers],
+            steps: 0,
+            decode_errors: 0,
+            seed,
+            links: HashSet::new(),
+            udp_blocked: HashSet::new(),
+            timers: BinaryHeap::new(),
+            addr_of: infos
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.addresses[0], i))
+                .collect(),
+            idx_of: infos.iter().enumerate().map(|(i, p)| (p.id, i)).collect(),
+            max_version: vec![0; config.routers],
+            maker_deadline: vec![None; config.routers],
+            seeds,
+            rng,
+            config,
+        };
+        for info in infos {
+            let maker = ConnectionMaker::with_config(
+                info.addresses.clone(),
+                sim.seeds.clone(),
+                sim.rng.r#gen(),
+                sim.config.maker.clone(),
+            );
+            let gossip = Gossip::new(
+                info.clone(),
+                sim.config.gossip.clone(),
+                sim.rng.r#gen(),
+                start,
+            );
+            sim.routers.push(SimRouter {
+                info,
+                gossip: Some(gossip),
+                maker,
+                refused: 0,
+            });
+        }
+        for i in 0..sim.routers.len() {
+            sim.drain(i, true);
+        }
+        sim
+    }
+
+    /// Takes one step: the earliest delivery or timer. `false` when idle.
+    pub fn step(&mut self) -> bool {
+        self.steps += 1;
+        if self.steps > self.config.max_steps {
+            panic!(
+                "simulation exceeded {} steps (seed {})",
+                self.config.max_steps, self.seed
+            );
+        }
+        let net_t = self.net.next_time();
+        let timer_t = self.timers.peek().map(|Reverse((t, _))| *t);
+        match (net_t, timer_t) {
+            (None, None) => false,
+            (Some(n), t) if t.is_none_or(|t| n <= t) => {
+                if let Some(d) = self.net.pop() {
+                    self.now = self.now.max(d.at);
+                    self.deliver(d.from, d.to, d.msg);
+                }
+                true
+            }
+            _ => {
+                if let Some(Reverse((t, i))) = self.timers.pop() {
+                    self.now = self.now.max(t);
+                    self.fire(i, t);
+                }
+                true
+            }
+        }
+    }
+
+    /// Steps until `until` in virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.next_time().is_some_and(|t| t <= end) {
+            self.step();
+        }
+        self.now = self.now.max(end);
+    }
+
+    /// Steps until [`Self::converged`] (checked every `check` of virtual
+    /// time) or `limit` passes. Returns the time taken, or `None`.
+    pub fn run_until_converged(&mut self, limit: Duration, check: Duration) -> Option<Duration> {
+        let begin = self.now;
+        while self.now < begin + limit {
+            if self.converged() {
+                return Some(self.now - begin);
+            }
+            self.run_for(check);
+        }
+        self.converged().then(|| self.now - begin)
+    }
+
+    /// Every live router holds exactly the live routers of its side of the
+    /// partition, each at its owner's current version.
+    pub fn converged(&self) -> bool {
+        let mut expected: HashMap<u32, (u32, u64)> = HashMap::new();
+        let group = |i: usize| -> u32 {
+            (0..self.routers.len())
+                .find(|j| self.net.can_talk(i, *j))
+                .unwrap_or(0) as u32
+        };
+        let groups: Vec<u32> = (0..self.routers.len()).map(group).collect();
+        for (i, r) in self.routers.iter().enumerate() {
+            let Some(g) = &r.gossip else { continue };
+            let e = g.my_entry();
+            let slot = expected.entry(groups[i]).or_default();
+            slot.0 += 1;
+            slot.1 = slot
+                .1
+                .wrapping_add(crate::gossip::topology::pair_hash(e.id, e.version));
+        }
+        self.routers.iter().enumerate().all(|(i, r)| {
+            r.gossip.as_ref().is_none_or(|g| {
+                !g.has_pending_changes() && Some(&g.summary()) == expected.get(&groups[i])
+            })
+        })
+    }
+
+    /// Crashes router `i`: its connections go down at the other ends.
+    pub fn kill(&mut self, i: usize) {
+        self.routers[i].gossip = None;
+        self.net.drop_node(i);
+        let links: Vec<(usize, usize)> = self
+            .links
+            .iter()
+            .copied()
+            .filter(|(a, b)| *a == i || *b == i)
+            .collect();
+        for (a, b) in links {
+            self.link_down(a, b);
+        }
+    }
+
+    /// Restarts router `i` with the same identity and empty state.
+    pub fn restart(&mut self, i: usize) {
+        if self.routers[i].gossip.is_some() {
+            self.kill(i);
+        }
+        let info = self.routers[i].info.clone();
+        self.routers[i].maker = ConnectionMaker::with_config(
+            info.addresses.clone(),
+            self.seeds.clone(),
+            self.rng.r#gen(),
+            self.config.maker.clone(),
+        );
+        self.routers[i].gossip = Some(Gossip::new(
+            info,
+            self.config.gossip.clone(),
+            self.rng.r#gen(),
+            self.now,
+        ));
+        self.drain(i, true);
+    }
+
+    /// Splits the network; connections across the cut go down.
+    pub fn partition(&mut self, groups: &[Vec<usize>]) {
+        self.net.partition(groups);
+        let cut: Vec<(usize, usize)> = self
+            .links
+            .iter()
+            .copied()
+            .filter(|(a, b)| !self.net.can_talk(*a, *b))
+            .collect();
+        for (a, b) in cut {
+            self.link_down(a, b);
+        }
+    }
+
+    /// Heals every partition (the connection makers redial).
+    pub fn heal(&mut self) {
+        self.net.heal();
+    }
+
+    /// Blocks or unblocks UDP between `a` and `b`: the connection stays up
+    /// but is not established.
+    pub fn set_udp_blocked(&mut self, a: usize, b: usize, blocked: bool) {
+        let key = (a.min(b), a.max(b));
+        if blocked {
+            self.udp_blocked.insert(key);
+        } else {
+            self.udp_blocked.remove(&key);
+        }
+        if self.links.contains(&key) {
+            self.set_established(key.0, key.1, !blocked);
+        }
+    }
+
+    /// Router `i`'s gossip core (panics if crashed: a test bug).
+    pub fn gossip(&self, i: usize) -> &Gossip {
+        self.routers[i]
+            .gossip
+            .as_ref()
+            .unwrap_or_else(|| panic!("router {i} is down"))
+    }
+
+    /// Router `i`'s id.
+    pub fn id(&self, i: usize) -> PeerId {
+        self.routers[i].info.id
+    }
+
+    /// Number of live connections.
+    pub fn link_count(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Delivers raw bytes to router `to` as if from `from` (which must be
+    /// connected): for hostile-input tests.
+    pub fn inject(&mut self, from: usize, to: usize, bytes: &[u8]) {
+        let from_id = self.id(from);
+        if let Some(g) = self.routers[to].gossip.as_mut() {
+            let _ = g.handle_message(from_id, bytes, self.now);
+        }
+        self.drain(to, false);
+    }
+
+    fn next_time(&self) -> Option<Instant> {
+        let t = self.timers.peek().map(|Reverse((t, _))| *t);
+        match (self.net.next_time(), t) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn deliver(&mut self, from: usize, to: usize, msg: Wire) {
+        if self.routers[to].gossip.is_none() {
+            return;
+        }
+        match msg {
+            Wire::Gossip(bytes) => {
+                if !self.links.contains(&(from.min(to), from.max(to))) {
+                    return;
+                }
+                let from_id = self.id(from);
+                let now = self.now;
+                if let Some(g) = self.routers[to].gossip.as_mut()
+                    && g.handle_message(from_id, &bytes, now).is_err()
+                {
+                    self.decode_errors += 1;
+                }
+                self.drain(to, false);
+            }
+            Wire::Dial(addr) => self.dial_outcome(to, addr),
+            Wire::Establish(other) => {
+                let key = (to.min(other), to.max(other));
+                if self.links.contains(&key) && !self.udp_blocked.contains(&key) {
+                    self.set_established(key.0, key.1, true);
+                }
+            }
+        }
+    }
+
+    fn dial_outcome(&mut self, a: usize, addr: SocketAddr) {
+        let now = self.now;
+        let target = self.addr_of.get(&addr).copied();
+        let ok = target.filter(|b| {
+            *b != a
+                && self.routers[*b].gossip.is_some()
+                && self.net.can_talk(a, *b)
+                && self.routers[*b].maker.accepts_inbound()
+        });
+        let Some(b) = ok else {
+            self.routers[a].maker.dial_failed(addr, now);
+            self.drain(a, true);
+            return;
+        };
+        let key = (a.min(b), a.max(b));
+        let (ia, ib) = (self.routers[a].info.clone(), self.routers[b].info.clone());
+        self.routers[a].maker.connected(ib.id, Some(addr), now);
+        if self.links.insert(key) {
+            self.routers[b].maker.connected(ia.id, None, now);
+            if let Some(g) = self.routers[a].gossip.as_mut() {
+                g.connection_up(ib, true, now);
+            }
+            if let Some(g) = self.routers[b].gossip.as_mut() {
+                g.connection_up(ia, false, now);
+            }
+            let at = now + self.config.establish_delay;
+            self.net.schedule(at, b, a, Wire::Establish(b));
+            self.drain(b, true);
+        }
+        self.drain(a, true);
+    }
+
+    fn set_established(&mut self, a: usize, b: usize, established: bool) {
+        let now = self.now;
+        for (x, y) in [(a, b), (b, a)] {
+            let peer = self.id(y);
+            if let Some(g) = self.routers[x].gossip.as_mut() {
+                g.set_established(peer, established, now);
+            }
+            self.drain(x, false);
+        }
+    }
+
+    fn link_down(&mut self, a: usize, b: usize) {
+        self.links.remove(&(a.min(b), a.max(b)));
+        let now = self.now;
+        for (x, y) in [(a, b), (b, a)] {
+            let peer = self.id(y);
+            if let Some(g) = self.routers[x].gossip.as_mut() {
+                g.connection_down(peer, now);
+                self.routers[x].maker.disconnected(peer, now);
+                self.drain(x, true);
+            }
+        }
+    }
+
+    fn fire(&mut self, i: usize, t: Instant) {
+        // Lazily invalidated heap: skip entries later than nothing is due.
+        if self.deadline(i).is_none_or(|d| d > t) {
+            return;
+        }
+        let now = self.now;
+        if let Some(g) = self.routers[i].gossip.as_mut() {
+            g.handle_timeout(now);
+        }
+        self.drain(i, true);
+    }
+
+    fn deadline(&self, i: usize) -> Option<Instant> {
+        let r = &self.routers[i];
+        let g = r.gossip.as_ref()?.poll_timeout().map(|(t, _)| t);
+        match (g, self.maker_deadline[i]) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Drains router `i`'s outputs into the network, feeds its events to
+    /// its connection maker, starts its dials and re-arms its timer.
+    fn drain(&mut self, i: usize, maker_touched: bool) {
+        let now = self.now;
+        let Some(g) = self.routers[i].gossip.as_mut() else {
+            return;
+        };
+        let mut out = Vec::new();
+        while let Some(t) = g.poll_transmit() {
+            out.push(t);
+        }
+        let mut learned = Vec::new();
+        let mut refused = 0;
+        while let Some(e) = g.poll_event() {
+            match e {
+                GossipEvent::PeerAdded { id, .. } => {
+                    let addrs = g.entry(id).map(|e| e.addresses.clone()).unwrap_or_default();
+                    learned.push((id, Some(addrs)));
+                }
+                GossipEvent::PeerRemoved { id, .. } => learned.push((id, None)),
+                GossipEvent::EntryRefused { .. } => refused += 1,
+                GossipEvent::ShortIdChanged { .. } | GossipEvent::TopologyChanged => {}
+            }
+        }
+        let version = g.my_entry().version;
+        self.max_version[i] = self.max_version[i].max(version);
+        let learned_any = !learned.is_empty();
+        let r = &mut self.routers[i];
+        r.refused += refused;
+        for (id, addrs) in learned {
+            match addrs {
+                Some(a) => r.maker.learn(id, &a, now),
+                None => r.maker.unlearn(id),
+            }
+        }
+        let mut dials = Vec::new();
+        // `poll_dial` and `poll_timeout` scan every target: only after
+        // something the connection maker sees has changed.
+        if maker_touched || learned_any {
+            while let Some(addr) = r.maker.poll_dial(now) {
+                dials.push(addr);
+            }
+            self.maker_deadline[i] = r.maker.poll_timeout();
+        }
+        for (peer, bytes) in out {
+            let Some(&j) = self.idx_of.get(&peer) else {
+                continue;
+            };
+            self.bytes_sent[i] += bytes.len() as u64;
+            self.net.send(now, i, j, Wire::Gossip(bytes));
+        }
+        for addr in dials {
+            let at = now + 2 * self.net.delay();
+            self.net.schedule(at, i, i, Wire::Dial(addr));
+        }
+        if let Some(t) = self.deadline(i) {
+            // Progress is guaranteed: a deadline in the past fires next step.
+            self.timers.push(Reverse((t.max(now), i)));
+        }
+        if self.config.check_invariants {
+            self.check(i);
+        }
+    }
+
+    /// Invariants for router `i` (DESIGN.md "Identity": a router only ever
+    /// changes its own entry; an entry only moves to a newer version).
+    fn check(&self, i: usize) {
+        let Some(g) = &self.routers[i].gossip else {
+            return;
+        };
+        for e in g.peers() {
+            let Some(&owner) = self.idx_of.get(&e.id) else {
+                panic!(
+                    "router {i} holds an entry for unknown id {} (seed {})",
+                    e.id, self.seed
+                );
+            };
+            assert!(
+                e.version <= self.max_version[owner],
+                "router {i} holds {}@{} but its owner only reached {} (seed {})",
+                e.id,
+                e.version,
+                self.max_version[owner],
+                self.seed
+            );
+        }
+        assert_eq!(
+            self.decode_errors, 0,
+            "an honest frame failed to decode (seed {})",
+            self.seed
+        );
+    }
+}

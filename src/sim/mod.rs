@@ -1,0 +1,15 @@
+//! The deterministic simulator (DESIGN.md "Sans-IO cores"): hundreds of
+//! sans-IO cores in one process over a seeded network with delay, loss,
+//! duplication, partitions and restarts, on a virtual clock that jumps to the
+//! earliest deadline, with a bounded step count and invariant checks after
+//! every step. A failure names the seed so the run can be replayed.
+//!
+//! - [`net`]: the network emulator, generic over the message type (the IPAM
+//!   ring harness reuses it);
+//! - [`gossip`]: the topology harness ([`gossip::GossipSim`]).
+
+pub mod gossip;
+pub mod net;
+
+#[cfg(test)]
+mod tests;
