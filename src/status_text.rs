@@ -23,7 +23,14 @@ pub fn render(status: &Status, section: Option<&str>) -> String {
     if all || section == Some("peers") {
         let _ = writeln!(out, "peers:");
         for p in &status.peers {
-            let _ = writeln!(out, "  {:<20} {}  {}", p.name, p.id, p.addresses.join(","));
+            let _ = writeln!(
+                out,
+                "  {:<20} {}  {:<22} {}",
+                p.name,
+                p.id,
+                p.addresses.join(","),
+                p.path
+            );
         }
     }
     if all || section == Some("connections") {

@@ -120,6 +120,10 @@ pub struct PeerStatus {
     pub addresses: Vec<String>,
     /// Number of connections it has.
     pub connections: usize,
+    /// Whether a path of established connections leads to it.
+    pub reachable: bool,
+    /// `direct`, `via NAME` or `unreachable`.
+    pub path: String,
 }
 
 /// One connection.

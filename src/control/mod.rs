@@ -20,6 +20,7 @@ use crate::cidr::Ipv4Cidr;
 use crate::crypto::data::TAG_LEN;
 use crate::crypto::replay::ReplayWindow;
 use crate::crypto::session::{KeySchedule, Keyset};
+use crate::gossip::{Channel, ConnectionMaker, Frame, Gossip, GossipConfig, GossipEvent, PeerInfo};
 use crate::id::{PeerId, ShortId};
 use crate::router::Dataplane;
 use crate::router::packet::{CONTROL_LANE, DataHeader, HEADER_LEN, PacketType};
@@ -46,10 +47,6 @@ const LIVENESS_TIMEOUT: Duration = Duration::from_secs(3);
 const HANDSHAKES_PER_SOURCE: u32 = 20;
 /// Connections accepted whose handshake has not completed yet.
 const MAX_HALF_OPEN: usize = 64;
-/// First retry delay for a seed.
-const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(500);
-/// Longest retry delay for a seed (seeds are retried forever).
-const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(8);
 
 /// What the control task needs from the command line.
 #[derive(Clone, Debug)]
@@ -88,14 +85,6 @@ struct Peer {
     rekey_started: Option<Instant>,
 }
 
-#[derive(Default)]
-struct DialState {
-    in_flight: Option<ConnectionId>,
-    next_try: Option<Instant>,
-    backoff: Duration,
-    last_error: Option<String>,
-}
-
 /// The control task's state.
 pub struct Control {
     config: ControlConfig,
@@ -106,7 +95,11 @@ pub struct Control {
     udp: UdpSocket,
     epoch: Instant,
     peers: HashMap<PeerId, Peer>,
-    dials: HashMap<SocketAddr, DialState>,
+    gossip: Gossip,
+    maker: ConnectionMaker,
+    dialing: HashMap<ConnectionId, SocketAddr>,
+    dial_errors: HashMap<SocketAddr, String>,
+    last_gossip_log: Option<Instant>,
     self_addresses: HashSet<SocketAddr>,
     half_open: HashMap<ConnectionId, SocketAddr>,
     rate: HashMap<IpAddr, (Instant, u32)>,
@@ -138,9 +131,25 @@ impl Control {
         epoch: Instant,
     ) -> Self {
         let me = context.identity.id();
-        let short = ShortId(context.hello.short_id);
         let mut self_addresses = HashSet::new();
         self_addresses.insert(config.listen);
+        let now = Instant::now();
+        let gossip = Gossip::new(
+            PeerInfo {
+                id: me,
+                name: config.name.clone(),
+                public_key: context.identity.public_key(),
+                addresses: vec![config.listen],
+            },
+            GossipConfig {
+                mtu: u16::try_from(config.mtu).unwrap_or(u16::MAX),
+                ..GossipConfig::default()
+            },
+            rand::random(),
+            now,
+        );
+        let short = gossip.short_id();
+        let maker = ConnectionMaker::new(vec![config.listen], config.seeds.clone(), rand::random());
         Self {
             config,
             me,
@@ -150,7 +159,11 @@ impl Control {
             udp,
             epoch,
             peers: HashMap::new(),
-            dials: HashMap::new(),
+            gossip,
+            maker,
+            dialing: HashMap::new(),
+            dial_errors: HashMap::new(),
+            last_gossip_log: None,
             self_addresses,
             half_open: HashMap::new(),
             rate: HashMap::new(),
@@ -196,6 +209,9 @@ impl Control {
                     }
                 }
             }
+            let now = Instant::now();
+            self.drain_gossip(now);
+            self.drive_dials(now);
             if self.dirty {
                 self.publish();
             }
@@ -247,7 +263,7 @@ impl Control {
     }
 
     fn handle_tick(&mut self, now: Instant) {
-        self.dial_seeds(now);
+        self.gossip.handle_timeout(now);
         let ids: Vec<PeerId> = self.peers.keys().copied().collect();
         for id in ids {
             let Some(peer) = self.peers.get_mut(&id) else {
@@ -265,6 +281,8 @@ impl Control {
             if established != peer.established {
                 peer.established = established;
                 tracing::info!(peer = %peer.hello.name, established, "connection state changed");
+                self.gossip.set_established(id, established, now);
+                self.dirty = true;
             }
             // Only the lower ID starts timer rekeys; the higher ID asks only
             // when its keys are well past due (the lower side missed it), so
@@ -302,47 +320,65 @@ impl Control {
         now.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
-    fn dial_seeds(&mut self, now: Instant) {
-        let seeds = self.config.seeds.clone();
-        for seed in seeds {
-            if self.self_addresses.contains(&seed) {
+    /// Starts the dials the connection maker asks for.
+    fn drive_dials(&mut self, now: Instant) {
+        while let Some(addr) = self.maker.poll_dial(now) {
+            if self.self_addresses.contains(&addr) {
+                self.maker.forget(addr);
                 continue;
             }
-            let connected = self
-                .peers
-                .values()
-                .any(|p| p.hello.listen == seed || (p.outbound && p.remote == seed));
-            let state = self.dials.entry(seed).or_default();
-            if connected || state.in_flight.is_some() || state.next_try.is_some_and(|t| now < t) {
-                continue;
-            }
-            let id = self.next_connection;
-            self.next_connection += 1;
-            state.in_flight = Some(id);
-            tokio::spawn(connection::run_outbound(self.context.clone(), id, seed));
+            let id = self.next_id();
+            self.dialing.insert(id, addr);
+            tokio::spawn(connection::run_outbound(self.context.clone(), id, addr));
         }
     }
 
-    fn dial_finished(&mut self, id: ConnectionId, now: Instant, error: Option<String>) {
-        for state in self.dials.values_mut() {
-            if state.in_flight == Some(id) {
-                state.in_flight = None;
-                match error {
-                    Some(ref e) => {
-                        state.backoff =
-                            (state.backoff * 2).clamp(DIAL_BACKOFF_MIN, DIAL_BACKOFF_MAX);
-                        // Jitter: up to a quarter of the back-off, from the clock's low bits.
-                        let jitter = Duration::from_millis(
-                            u64::from(now.elapsed().subsec_nanos())
-                                % (state.backoff.as_millis() as u64 / 4 + 1),
-                        );
-                        state.next_try = Some(now + state.backoff + jitter);
-                        state.last_error = Some(e.clone());
+    /// Sends what the gossip core wants sent and acts on its events.
+    fn drain_gossip(&mut self, now: Instant) {
+        while let Some((peer, frame)) = self.gossip.poll_transmit() {
+            if let Some(p) = self.peers.get(&peer) {
+                let _ = p
+                    .commands
+                    .send(ConnectionCommand::Send(ControlMessage::Gossip {
+                        channel: Channel::Topology.to_byte(),
+                        payload: frame,
+                    }));
+            }
+        }
+        while let Some(event) = self.gossip.poll_event() {
+            match event {
+                GossipEvent::TopologyChanged => self.dirty = true,
+                GossipEvent::PeerAdded { id, name } => {
+                    tracing::info!(peer = %name, %id, "learned a router");
+                    if let Some(entry) = self.gossip.entry(id) {
+                        let addresses = entry.addresses.clone();
+                        self.maker.learn(id, &addresses, now);
                     }
-                    None => {
-                        state.backoff = Duration::ZERO;
-                        state.next_try = None;
-                        state.last_error = None;
+                    self.dirty = true;
+                }
+                GossipEvent::PeerRemoved { id, name } => {
+                    tracing::info!(peer = %name, %id, "forgot an unreachable router");
+                    self.maker.unlearn(id);
+                    self.dirty = true;
+                }
+                GossipEvent::ShortIdChanged { old, new } => {
+                    tracing::info!(old = old.0, new = new.0, "short ID changed after a clash");
+                    self.short = new;
+                    self.dirty = true;
+                }
+                GossipEvent::EntryRefused {
+                    from,
+                    id,
+                    name,
+                    reason,
+                } => {
+                    self.count_handshake("gossip_refused");
+                    if self
+                        .last_gossip_log
+                        .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+                    {
+                        self.last_gossip_log = Some(now);
+                        tracing::warn!(%from, %id, %name, ?reason, "refused a topology entry");
                     }
                 }
             }
@@ -362,7 +398,12 @@ impl Control {
                 commands,
             } => {
                 self.half_open.remove(&id);
-                self.dial_finished(id, now, None);
+                let dialled = self.dialing.remove(&id);
+                if let Some(addr) = dialled {
+                    self.dial_errors.remove(&addr);
+                }
+                self.maker
+                    .connected(peer, dialled.or(Some(hello.listen)), now);
                 self.count_handshake("ok");
                 self.peer_up(
                     id, peer, public_key, hello, remote, outbound, keys, commands, now,
@@ -403,8 +444,13 @@ impl Control {
                 } else {
                     tracing::debug!(%remote, outbound, ?reason, "handshake failed");
                 }
-                if outbound {
-                    self.dial_finished(id, now, Some(format!("{reason:?}")));
+                if let Some(addr) = self.dialing.remove(&id) {
+                    if reason == HandshakeFailure::SelfConnection {
+                        self.maker.forget(addr);
+                    } else {
+                        self.maker.dial_failed(addr, now);
+                        self.dial_errors.insert(addr, format!("{reason:?}"));
+                    }
                 }
             }
             ConnectionEvent::Down { id, reason } => {
@@ -422,10 +468,8 @@ impl Control {
                         self.heartbeat_windows.remove(&keyset.local_index);
                     }
                 }
-                // Redial soon: a restarted peer should be back within seconds.
-                for state in self.dials.values_mut() {
-                    state.next_try = Some(now + DIAL_BACKOFF_MIN);
-                }
+                self.maker.disconnected(peer_id, now);
+                self.gossip.connection_down(peer_id, now);
                 self.dirty = true;
             }
         }
@@ -512,7 +556,14 @@ impl Control {
             last_heartbeat: None,
             rekey_started: None,
         };
+        let info = PeerInfo {
+            id: peer_id,
+            name: peer.hello.name.clone(),
+            public_key,
+            addresses: vec![peer.hello.listen],
+        };
         self.peers.insert(peer_id, peer);
+        self.gossip.connection_up(info, outbound, now);
         self.dirty = true;
         // The side that dialled sends the first UDP packet (NAT).
         if outbound {
@@ -572,8 +623,22 @@ impl Control {
                     let _ = peer.commands.send(ConnectionCommand::Rekey);
                 }
             }
-            ControlMessage::Gossip { .. } => {
-                // The gossip channels attach here (topology, ring).
+            ControlMessage::Gossip { payload, .. } => {
+                let from = peer.id;
+                let channel = Frame::parse(&payload).map(|f| f.channel);
+                if matches!(channel, Ok(Channel::Topology))
+                    && let Err(e) = self.gossip.handle_message(from, &payload, now)
+                {
+                    self.count_handshake("gossip_refused");
+                    if self
+                        .last_gossip_log
+                        .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+                    {
+                        self.last_gossip_log = Some(now);
+                        tracing::warn!(%from, error = %e, "dropped a gossip frame");
+                    }
+                }
+                // The IPAM ring's channel attaches here.
             }
             ControlMessage::Rekey { .. }
             | ControlMessage::TcpKeySwitch
@@ -715,20 +780,47 @@ impl Control {
     }
 
     /// Rebuilds the forwarding snapshot from the peers and publishes it.
+    /// The short ID the data plane uses for `id`: the gossiped one (clashes
+    /// resolved), else what its hello said.
+    fn short_of(&self, id: PeerId) -> Option<ShortId> {
+        if id == self.me {
+            return Some(self.short);
+        }
+        self.gossip
+            .entry(id)
+            .map(|e| e.short_id)
+            .or_else(|| self.peers.get(&id).map(|p| p.short))
+    }
+
+    /// Rebuilds the forwarding snapshot from the peers, the topology and the
+    /// ownership table, and publishes it.
     fn publish(&mut self) {
         self.dirty = false;
+        self.short = self.gossip.short_id();
+        let shorts: Vec<(PeerId, ShortId)> = self
+            .peers
+            .keys()
+            .filter_map(|id| self.short_of(*id).map(|s| (*id, s)))
+            .collect();
+        for (id, short) in shorts {
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.short = short;
+            }
+        }
         let mut snapshot = Snapshot::new(self.short, self.config.mtu as usize);
         let mut owners = Vec::new();
         for range in &self.config.split {
-            let owner = if range.name == self.config.name {
-                Some(self.short)
+            let owner_id = if range.name == self.config.name {
+                Some(self.me)
             } else {
-                self.peers
-                    .values()
-                    .find(|p| p.hello.name == range.name)
-                    .map(|p| p.short)
+                self.gossip.name_holder(&range.name).or_else(|| {
+                    self.peers
+                        .values()
+                        .find(|p| p.hello.name == range.name)
+                        .map(|p| p.id)
+                })
             };
-            if let Some(owner) = owner {
+            if let Some(owner) = owner_id.and_then(|id| self.short_of(id)) {
                 owners.push(OwnedRange {
                     start: range.start,
                     end: range.end,
@@ -740,11 +832,27 @@ impl Control {
         if !refused.is_empty() {
             tracing::warn!(?refused, "overlapping ranges refused");
         }
+        // Multi-hop: shortest paths over established connections.
+        for (dst, route) in self.gossip.routes().iter() {
+            if let (Some(dst_short), Some(via)) =
+                (self.short_of(dst), self.short_of(route.next_hop))
+                && self.peers.contains_key(&route.next_hop)
+            {
+                snapshot.set_next_hop(dst_short, via);
+            }
+        }
         for peer in self.peers.values() {
-            snapshot.set_next_hop(peer.short, peer.short);
+            let Some(short) = self.short_of(peer.id) else {
+                continue;
+            };
+            // A connection not yet established (UDP unverified) is used
+            // directly only while the topology offers no other path.
+            if snapshot.next_hop(short).is_none() {
+                snapshot.set_next_hop(short, short);
+            }
             let current = peer.keys.current();
             snapshot.set_link(
-                peer.short,
+                short,
                 Link {
                     endpoint: peer.endpoint,
                     send: current.map(|k| SendKeys {
@@ -761,7 +869,7 @@ impl Control {
                 snapshot.add_session(
                     keyset.local_index,
                     RecvSession {
-                        peer: peer.short,
+                        peer: short,
                         key: keyset.recv.clone(),
                         awaiting_confirmation: awaiting,
                     },
@@ -782,6 +890,7 @@ impl Control {
                     if !self.config.seeds.contains(&addr) {
                         self.config.seeds.push(addr);
                     }
+                    self.maker.add_seed(addr, Instant::now());
                     Reply::ok(serde_json::json!({ "seeds": self.seed_strings() }))
                 }
                 Err(_) => Reply::err(
@@ -792,7 +901,7 @@ impl Control {
             Request::Forget { address } => match address.parse::<SocketAddr>() {
                 Ok(addr) => {
                     self.config.seeds.retain(|s| *s != addr);
-                    self.dials.remove(&addr);
+                    self.maker.forget(addr);
                     Reply::ok(serde_json::json!({ "seeds": self.seed_strings() }))
                 }
                 Err(_) => Reply::err(
@@ -800,6 +909,22 @@ impl Control {
                     format!("{address:?} is not HOST:PORT (e.g. 192.0.2.10:6783)"),
                 ),
             },
+        }
+    }
+
+    /// `direct`, `via NAME` or `unreachable`, from the topology's routes.
+    fn path_to(&self, id: PeerId) -> String {
+        match self.gossip.routes().route(id) {
+            Some(route) if route.next_hop == id => "direct".into(),
+            Some(route) => {
+                let via = self
+                    .gossip
+                    .entry(route.next_hop)
+                    .map_or_else(|| route.next_hop.to_string(), |e| e.name.clone());
+                format!("via {via}")
+            }
+            None if self.peers.contains_key(&id) => "direct".into(),
+            None => "unreachable".into(),
         }
     }
 
@@ -842,7 +967,7 @@ impl Control {
                         "unverified"
                     }
                     .into(),
-                    path: "direct".into(),
+                    path: self.path_to(p.id),
                     pmtu: if udp_ok { "ok" } else { "unverified" }.into(),
                     offload: offload.into(),
                     rekeys: p.keys.rekeys(),
@@ -850,19 +975,29 @@ impl Control {
                 }
             })
             .collect();
-        for (addr, state) in &self.dials {
+        let mut pending: Vec<(SocketAddr, bool)> =
+            self.dialing.values().map(|a| (*a, false)).collect();
+        pending.extend(self.dial_errors.keys().map(|a| (*a, true)));
+        pending.sort();
+        pending.dedup_by_key(|(a, _)| *a);
+        for (addr, failed) in pending {
             let connected = self
                 .peers
                 .values()
-                .any(|p| p.hello.listen == *addr || p.remote == *addr);
-            if connected || self.self_addresses.contains(addr) {
+                .any(|p| p.hello.listen == addr || p.remote == addr);
+            if connected || self.self_addresses.contains(&addr) {
                 continue;
             }
-            let failed = state.last_error.is_some() && state.in_flight.is_none();
+            let in_flight = self.dialing.values().any(|a| *a == addr);
             connections.push(ConnectionStatus {
                 peer: String::new(),
                 address: addr.to_string(),
-                state: if failed { "failed" } else { "connecting" }.into(),
+                state: if failed && !in_flight {
+                    "failed"
+                } else {
+                    "connecting"
+                }
+                .into(),
                 established: false,
                 direction: "outbound".into(),
                 rtt_ms: None,
@@ -871,18 +1006,22 @@ impl Control {
                 pmtu: "unverified".into(),
                 offload: offload.into(),
                 rekeys: 0,
-                error: state.last_error.clone(),
+                error: self.dial_errors.get(&addr).cloned(),
             });
         }
         connections.sort_by(|a, b| (&a.peer, &a.address).cmp(&(&b.peer, &b.address)));
+        let routes = self.gossip.routes();
         let mut peers: Vec<PeerStatus> = self
-            .peers
-            .values()
-            .map(|p| PeerStatus {
-                name: p.hello.name.clone(),
-                id: p.id.to_string(),
-                addresses: vec![p.hello.listen.to_string()],
-                connections: 1,
+            .gossip
+            .peers()
+            .filter(|e| e.id != self.me)
+            .map(|e| PeerStatus {
+                name: e.name.clone(),
+                id: e.id.to_string(),
+                addresses: e.addresses.iter().map(ToString::to_string).collect(),
+                connections: e.connections.len(),
+                reachable: routes.route(e.id).is_some() || self.peers.contains_key(&e.id),
+                path: self.path_to(e.id),
             })
             .collect();
         peers.sort_by(|a, b| a.name.cmp(&b.name));
