@@ -39,10 +39,11 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 
 /// How often heartbeats go to each peer.
-const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
 /// A connection is established while an authenticated packet arrived
-/// within this long.
-const LIVENESS_TIMEOUT: Duration = Duration::from_secs(3);
+/// within this long (three heartbeats and a margin), so a broken link is
+/// routed around in about two seconds.
+const LIVENESS_TIMEOUT: Duration = Duration::from_millis(1600);
 /// Handshakes accepted per source address per second.
 const HANDSHAKES_PER_SOURCE: u32 = 20;
 /// Connections accepted whose handshake has not completed yet.

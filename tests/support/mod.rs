@@ -305,9 +305,24 @@ impl Cluster {
         if blocked {
             let peer = self.nodes[b].underlay.to_string();
             let rules = format!(
-                "table inet wefttest {{ chain in {{ type filter hook input priority 0; ip saddr {peer} udp dport 6783 drop; }} chain out {{ type filter hook output priority 0; ip daddr {peer} udp dport 6783 drop; }} }}"
+                "table inet wefttest {{ chain in {{ type filter hook input priority 0; ip saddr {peer} udp dport 6783 drop; }}; chain out {{ type filter hook output priority 0; ip daddr {peer} udp dport 6783 drop; }}; }}"
             );
             ns.ok(&["nft", &rules]);
+        }
+    }
+}
+
+impl Cluster {
+    /// Drops every inbound underlay packet of node `i` that does not belong
+    /// to a flow the node started (a router behind NAT), or lifts that.
+    pub fn behind_nat(&self, i: usize, on: bool) {
+        let ns = &self.nodes[i].ns;
+        let _ = ns.exec(&["nft", "delete", "table", "inet", "wefttestnat"]);
+        if on {
+            ns.ok(&[
+                "nft",
+                "table inet wefttestnat { chain in { type filter hook input priority 0; iifname \"eth0\" ct state established,related accept; iifname \"eth0\" drop; }; }",
+            ]);
         }
     }
 }
