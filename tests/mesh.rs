@@ -241,7 +241,7 @@ fn weft_connect_and_forget_change_the_seed_list_of_a_running_router() {
     if !require_root("mesh_connect") {
         return;
     }
-    let mut m = mesh(2, |_| Vec::new());
+    let m = mesh(2, |_| Vec::new());
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(
         m.routers[0].established_peers(),
