@@ -1,7 +1,7 @@
 //! A peer that holds the cluster secret but lies in its gossip, and a client
 //! that never completes a handshake: the router refuses and counts, logs at
 //! most once a second, keeps its state and keeps serving its good peers.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::needless_range_loop)]
 
 mod support;
 
