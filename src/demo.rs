@@ -395,7 +395,7 @@ fn ping(ns: &str, to: Ipv4Addr) -> bool {
 /// Plugs pod namespace `pod` into node `node` the way the CNI plugin will:
 /// a veth pair, the pod's /32, a default route via 169.254.1.1 with a
 /// permanent neighbour entry, and the host's /32 route to the pod.
-fn plumb_pod(node: &str, pod: &str, host: &str, addr: Ipv4Addr) -> anyhow::Result<()> {
+pub fn plumb_pod(node: &str, pod: &str, host: &str, addr: Ipv4Addr) -> anyhow::Result<()> {
     ip(&[
         "-n", node, "link", "add", host, "mtu", "1420", "type", "veth", "peer", "name", "eth0",
         "mtu", "1420", "netns", pod,

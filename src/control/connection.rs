@@ -302,6 +302,7 @@ async fn run(
         recv: udp_recv,
         initiator: outbound,
     };
+    let public_key_copy = public_key;
     let _ = context.events.send(ConnectionEvent::Up {
         id,
         peer,
@@ -318,6 +319,7 @@ async fn run(
         id,
         me: context.identity.id(),
         peer,
+        peer_key: public_key_copy,
         reader: FrameReader::new(read),
         writer: write,
         sealer: tcp_send,
@@ -507,6 +509,7 @@ struct Link {
     id: ConnectionId,
     me: PeerId,
     peer: PeerId,
+    peer_key: [u8; 32],
     reader: FrameReader,
     writer: OwnedWriteHalf,
     sealer: FrameSealer,
@@ -635,10 +638,7 @@ impl Link {
                     return Ok(());
                 };
                 let local_index = self.context.next_session_index();
-                let payload = crate::wire::encode(&RekeyHello {
-                    session_index: local_index,
-                })
-                .unwrap_or_default();
+                let payload = rekey_hello_bytes(local_index);
                 let msg2 = handshake
                     .write_message(&payload)
                     .map_err(|e| format!("rekey: {e}"))?;
@@ -657,17 +657,9 @@ impl Link {
                 let Some(mut rekey) = self.rekey.take() else {
                     return Ok(());
                 };
-                let payload = rekey
-                    .handshake
-                    .read_message(message)
-                    .map_err(|e| format!("rekey: {e}"))?;
-                let theirs: RekeyHello =
-                    crate::wire::decode(&payload).map_err(|e| format!("rekey: {e}"))?;
+                let theirs = read_rekey_hello(&mut rekey.handshake, message)?;
                 rekey.local_index = self.context.next_session_index();
-                let ours = crate::wire::encode(&RekeyHello {
-                    session_index: rekey.local_index,
-                })
-                .unwrap_or_default();
+                let ours = rekey_hello_bytes(rekey.local_index);
                 let msg3 = rekey
                     .handshake
                     .write_message(&ours)
@@ -683,12 +675,7 @@ impl Link {
                 let Some(mut rekey) = self.rekey.take() else {
                     return Ok(());
                 };
-                let payload = rekey
-                    .handshake
-                    .read_message(message)
-                    .map_err(|e| format!("rekey: {e}"))?;
-                let theirs: RekeyHello =
-                    crate::wire::decode(&payload).map_err(|e| format!("rekey: {e}"))?;
+                let theirs = read_rekey_hello(&mut rekey.handshake, message)?;
                 self.complete_rekey(rekey, theirs.session_index, false)
                     .await
             }
@@ -707,6 +694,9 @@ impl Link {
     ) -> Result<(), String> {
         if remote_index == 0 || remote_index > 0x00ff_ffff {
             return Err("rekey with an invalid session index".into());
+        }
+        if rekey.handshake.remote_public_key() != Some(self.peer_key) {
+            return Err("rekey under another static key than the connection's".into());
         }
         let keys = rekey
             .handshake
@@ -733,4 +723,15 @@ impl Link {
         self.pending_opener = Some(tcp_recv);
         Ok(())
     }
+}
+
+fn rekey_hello_bytes(session_index: u32) -> Vec<u8> {
+    crate::wire::encode(&RekeyHello { session_index }).unwrap_or_default()
+}
+
+fn read_rekey_hello(handshake: &mut Handshake, message: &[u8]) -> Result<RekeyHello, String> {
+    let payload = handshake
+        .read_message(message)
+        .map_err(|e| format!("rekey: {e}"))?;
+    crate::wire::decode(&payload).map_err(|e| format!("rekey: {e}"))
 }

@@ -232,67 +232,7 @@ impl Cluster {
         let ns = Netns::new(&format!("pod{index}"));
         let host = format!("veth{index}");
         let node_ns = &self.nodes[node].ns;
-        sh(&[
-            "ip",
-            "-n",
-            &node_ns.name,
-            "link",
-            "add",
-            &host,
-            "mtu",
-            "1420",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "mtu",
-            "1420",
-            "netns",
-            &ns.name,
-        ]);
-        ns.ip(&["addr", "add", &format!("{addr}/32"), "dev", "eth0"]);
-        ns.ip(&["link", "set", "eth0", "up"]);
-        node_ns.ip(&["link", "set", &host, "up"]);
-        let link = sh(&["ip", "-n", &node_ns.name, "-o", "link", "show", &host]);
-        let mac = link
-            .split_whitespace()
-            .skip_while(|w| *w != "link/ether")
-            .nth(1)
-            .expect("host veth MAC")
-            .to_string();
-        ns.ip(&[
-            "route",
-            "add",
-            "169.254.1.1",
-            "dev",
-            "eth0",
-            "scope",
-            "link",
-        ]);
-        ns.ip(&[
-            "route",
-            "add",
-            "default",
-            "via",
-            "169.254.1.1",
-            "dev",
-            "eth0",
-            "onlink",
-        ]);
-        ns.ip(&[
-            "neigh",
-            "replace",
-            "169.254.1.1",
-            "lladdr",
-            &mac,
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ]);
-        node_ns.ip(&["route", "add", &format!("{addr}/32"), "dev", &host]);
-        node_ns.sysctl(&format!("net.ipv4.conf.{host}.proxy_arp"), "1");
+        weft::demo::plumb_pod(&node_ns.name, &ns.name, &host, addr).expect("plumb pod");
         self.pods.push(Pod { ns, addr, node });
         index
     }
