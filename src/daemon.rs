@@ -116,9 +116,13 @@ async fn serve(
         });
     }
     let (connection_tx, connection_rx) = mpsc::unbounded_channel();
+    let secrets = Arc::new(ArcSwap::from_pointee(secrets));
+    if let Some(path) = config.secret_file.clone() {
+        tokio::spawn(watch_secrets(path, secrets.clone()));
+    }
     let context = Arc::new(ConnectionContext {
         identity: Arc::new(identity),
-        secrets: Arc::new(ArcSwap::from_pointee(secrets)),
+        secrets,
         prologue: handshake::prologue(&config.range.to_string()),
         hello: Hello {
             versions: Versions::OURS,
@@ -164,6 +168,35 @@ async fn serve(
     let _ = std::fs::remove_file(&config.api);
     tracing::info!("router stopped");
     Ok(())
+}
+
+/// Reloads the secret file when its content changes (a Kubernetes Secret
+/// volume swaps a symlink, so the content is compared, not the inode). New
+/// handshakes and rekeys use the new secrets; live sessions move over at
+/// their next rekey (DESIGN.md "Secret rotation"). A bad file is refused
+/// with a warning and the old secrets stay.
+async fn watch_secrets(path: std::path::PathBuf, secrets: Arc<ArcSwap<ClusterSecrets>>) {
+    let mut last = std::fs::read(&path).ok();
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        let Ok(content) = std::fs::read(&path) else {
+            continue;
+        };
+        if last.as_ref() == Some(&content) {
+            continue;
+        }
+        last = Some(content.clone());
+        match ClusterSecrets::parse(&content) {
+            Ok(new) => {
+                tracing::info!(secrets = new.ids().count(), "cluster secrets reloaded");
+                secrets.store(Arc::new(new));
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "secret file changed but is invalid; keeping the old secrets")
+            }
+        }
+    }
 }
 
 /// The address peers should use: the listen address, or when it is

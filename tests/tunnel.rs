@@ -308,3 +308,49 @@ fn a_killed_router_restarts_with_the_same_identity_and_traffic_resumes_within_5_
         "identity changed across restart"
     );
 }
+
+#[test]
+fn the_cluster_secret_rotates_without_a_restart_and_the_old_one_stops_working() {
+    if !require_root("secret_rotation") {
+        return;
+    }
+    let mut p = pair(&[("WEFT_REKEY_INTERVAL_SECS", "2")]);
+    let old = std::fs::read_to_string(p.routers[0].dir.join("secret")).unwrap();
+    let new = "a-brand-new-cluster-secret-of-more-than-32-bytes";
+    let write_all = |p: &Pair, text: &str| {
+        for r in &p.routers {
+            std::fs::write(r.dir.join("secret"), text).unwrap();
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    };
+    // Add the new secret second, make it first, remove the old.
+    write_all(&p, &format!("{}\n{new}\n", old.trim()));
+    write_all(&p, &format!("{new}\n{}\n", old.trim()));
+    write_all(&p, &format!("{new}\n"));
+    let (a, b) = (&p.cluster.pods[0], &p.cluster.pods[1]);
+    assert!(a.ping(b.addr, 3), "traffic broke during the rotation");
+    assert!(p.routers[0].log_tail().contains("cluster secrets reloaded"));
+    // A restarted router that knows only the new secret gets back in.
+    p.routers[1].kill9();
+    p.routers[1].start();
+    let (a, b) = (&p.cluster.pods[0], &p.cluster.pods[1]);
+    assert!(
+        a.wait_ping(b.addr, Duration::from_secs(5)),
+        "the new secret does not connect"
+    );
+    // A router that still has only the old secret is refused.
+    std::fs::write(p.routers[1].dir.join("secret"), &old).unwrap();
+    let refused_before = p.routers[0].status().unwrap()["handshakes"]["refused"]
+        .as_u64()
+        .unwrap_or(0);
+    p.routers[1].kill9();
+    p.routers[1].start();
+    let refused = wait_until(Duration::from_secs(8), || {
+        p.routers[0].status().unwrap()["handshakes"]["refused"]
+            .as_u64()
+            .unwrap_or(0)
+            > refused_before
+    });
+    assert!(refused, "the old secret was still accepted");
+    assert_eq!(p.routers[0].established_peers(), 0);
+}
