@@ -88,6 +88,8 @@ pub struct RouterConfig {
     pub rekey_after: Duration,
     /// Data-plane workers.
     pub workers: usize,
+    /// Prometheus endpoint, if any.
+    pub metrics_addr: Option<String>,
 }
 
 impl RouterConfig {

@@ -60,6 +60,10 @@ async fn serve(
             )
         })?;
     let api_listener = api::server::bind(&config.api)?;
+    let metrics_listener = match &config.metrics_addr {
+        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        None => None,
+    };
     let split = config.split();
     let own_range = split
         .iter()
@@ -138,6 +142,9 @@ async fn serve(
         events: connection_tx,
     });
     let (api_tx, api_rx) = mpsc::channel(64);
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(crate::metrics::serve(listener, api_tx.clone()));
+    }
     tokio::spawn(api::server::serve(api_listener, config.api.clone(), api_tx));
     let control = Control::new(
         ControlConfig {

@@ -83,7 +83,7 @@ struct RouterArgs {
     /// The local API socket.
     #[arg(long, env = "WEFT_API", default_value = "/run/weft/weft.sock")]
     api: PathBuf,
-    /// Prometheus metrics address (not available in this version).
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (conventionally :6782).
     #[arg(long, env = "WEFT_METRICS_ADDR")]
     metrics_addr: Option<String>,
     /// The TUN device.
@@ -167,9 +167,6 @@ fn init_logging() {
 }
 
 fn router_config(args: RouterArgs) -> anyhow::Result<RouterConfig> {
-    if args.metrics_addr.is_some() {
-        anyhow::bail!("--metrics-addr is not available in this version yet; remove it");
-    }
     if args.secret_file.is_none() && !args.insecure {
         anyhow::bail!(
             "no cluster secret: pass --secret-file PATH (create one with: head -c 32 /dev/urandom | base64 > PATH), or --insecure for an experiment"
@@ -219,6 +216,13 @@ fn router_config(args: RouterArgs) -> anyhow::Result<RouterConfig> {
         mtu: args.mtu,
         rekey_after,
         workers,
+        metrics_addr: args.metrics_addr.map(|a| {
+            if a.starts_with(':') {
+                format!("0.0.0.0{a}")
+            } else {
+                a
+            }
+        }),
     })
 }
 

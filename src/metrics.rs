@@ -1,0 +1,180 @@
+//! Prometheus metrics on `--metrics-addr` (`GET /metrics`), built on each
+//! scrape from the same status object `weft status --json` prints, so the two
+//! never disagree. Encoded by `prometheus-client` (OpenMetrics text).
+//! Names are documented in the README.
+
+use crate::api::proto::{Request, Status};
+use crate::api::server::ApiCall;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+
+type Labels = Vec<(String, String)>;
+
+/// Renders `status` as OpenMetrics text.
+pub fn render(status: &Status) -> String {
+    let mut registry = Registry::with_prefix("weft");
+    let gauge = |registry: &mut Registry, name: &str, help: &str, value: u64| {
+        let g: Gauge = Gauge::default();
+        g.set(i64::try_from(value).unwrap_or(i64::MAX));
+        registry.register(name, help, g);
+    };
+    let counter = |registry: &mut Registry, name: &str, help: &str, value: u64| {
+        let c: Counter = Counter::default();
+        c.inc_by(value);
+        registry.register(name, help, c);
+    };
+    let family = |registry: &mut Registry,
+                  name: &str,
+                  help: &str,
+                  label: &str,
+                  values: Vec<(String, u64)>| {
+        let f = Family::<Labels, Counter>::default();
+        for (key, value) in values {
+            f.get_or_create(&vec![(label.to_string(), key)])
+                .inc_by(value);
+        }
+        registry.register(name, help, f);
+    };
+    gauge(
+        &mut registry,
+        "peers",
+        "Routers known from the topology",
+        status.peers.len() as u64,
+    );
+    let states = ["connecting", "handshaking", "established", "failed"];
+    let connections = Family::<Labels, Gauge>::default();
+    for state in states {
+        let n = status
+            .connections
+            .iter()
+            .filter(|c| c.state == state)
+            .count();
+        connections
+            .get_or_create(&vec![("state".into(), state.into())])
+            .set(n as i64);
+    }
+    registry.register("connections", "Control connections by state", connections);
+    family(
+        &mut registry,
+        "handshakes",
+        "Handshakes and refused gossip by result",
+        "result",
+        status
+            .handshakes
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect(),
+    );
+    counter(&mut registry, "rekeys", "Completed rekeys", status.rekeys);
+    let d = &status.dataplane.totals;
+    family(
+        &mut registry,
+        "packets",
+        "Data packets by direction",
+        "direction",
+        vec![("in".into(), d.packets_in), ("out".into(), d.packets_out)],
+    );
+    family(
+        &mut registry,
+        "bytes",
+        "Inner bytes by direction",
+        "direction",
+        vec![("in".into(), d.bytes_in), ("out".into(), d.bytes_out)],
+    );
+    counter(
+        &mut registry,
+        "forwarded_packets",
+        "Packets relayed for other routers",
+        d.forwarded,
+    );
+    family(
+        &mut registry,
+        "dropped_packets",
+        "Dropped packets by reason",
+        "reason",
+        d.dropped.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+    );
+    gauge(
+        &mut registry,
+        "ipam_owned_addresses",
+        "Addresses in ranges this router owns",
+        status.ipam.owned_addresses,
+    );
+    gauge(
+        &mut registry,
+        "ipam_allocated_addresses",
+        "Addresses handed out",
+        status.ipam.allocated,
+    );
+    gauge(
+        &mut registry,
+        "ipam_free_addresses",
+        "Owned addresses not handed out",
+        status.ipam.free,
+    );
+    gauge(
+        &mut registry,
+        "mtu",
+        "Overlay MTU",
+        u64::from(status.dataplane.mtu),
+    );
+    let mut out = String::new();
+    let _ = encode(&mut out, &registry);
+    out
+}
+
+/// Binds the metrics listener (so a busy port is one clear error at start).
+pub async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!("cannot serve metrics on {addr}: {e} (pick another --metrics-addr)")
+    })
+}
+
+/// Serves `GET /metrics` until the control task goes away.
+pub async fn serve(listener: TcpListener, calls: mpsc::Sender<ApiCall>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let calls = calls.clone();
+        tokio::spawn(async move {
+            let mut request = [0u8; 1024];
+            let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_secs(5), stream.read(&mut request)).await
+            else {
+                return;
+            };
+            let head = String::from_utf8_lossy(&request[..n]);
+            let response = if head.starts_with("GET /metrics ") || head.starts_with("GET /metrics?")
+            {
+                let (tx, rx) = oneshot::channel();
+                let body = match calls.send((Request::Status, tx)).await {
+                    Ok(()) => rx
+                        .await
+                        .ok()
+                        .and_then(|reply| reply.result)
+                        .and_then(|value| serde_json::from_value::<Status>(value).ok())
+                        .map(|status| render(&status)),
+                    Err(_) => None,
+                };
+                match body {
+                    Some(body) => format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    ),
+                    None => "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into(),
+                }
+            } else {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into()
+            };
+            let _ = stream.write_all(response.as_bytes()).await;
+        });
+    }
+}

@@ -1,0 +1,163 @@
+//! `/metrics` scraped during traffic parses as Prometheus text and its
+//! counters move; a busy metrics port is one clear line.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::needless_range_loop)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_weft");
+
+fn scrape(ns: &str) -> String {
+    in_netns(ns, || {
+        let mut s =
+            TcpStream::connect_timeout(&"192.0.2.10:6782".parse().unwrap(), Duration::from_secs(5))
+                .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    })
+    .join()
+    .unwrap()
+}
+
+/// Parses `name{labels} value` sample lines; comments must be # HELP, # TYPE,
+/// # UNIT or # EOF, and the text must end with # EOF.
+fn parse(response: &str) -> BTreeMap<String, f64> {
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("openmetrics-text"), "{head}");
+    assert_eq!(body.lines().last(), Some("# EOF"));
+    let mut samples = BTreeMap::new();
+    for line in body.lines() {
+        if let Some(comment) = line.strip_prefix("# ") {
+            assert!(
+                ["HELP ", "TYPE ", "UNIT ", "EOF"]
+                    .iter()
+                    .any(|p| comment.starts_with(p)),
+                "bad comment line {line:?}"
+            );
+            continue;
+        }
+        let (name, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad sample line {line:?}"));
+        assert!(name.starts_with("weft_"), "unprefixed metric {name}");
+        samples.insert(
+            name.to_string(),
+            value
+                .parse::<f64>()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+        );
+    }
+    samples
+}
+
+#[test]
+fn metrics_scraped_during_traffic_parse_and_their_counters_move() {
+    if !require_root("metrics") {
+        return;
+    }
+    let mut cluster = Cluster::new(2);
+    let names = ["n0", "n1"];
+    let dir = cluster.dir.path.clone();
+    let mut routers: Vec<Router> = (0..2)
+        .map(|i| {
+            Router::new(
+                Path::new(BIN),
+                &cluster.nodes[i],
+                &dir,
+                &[cluster.nodes[1 - i].underlay],
+                &names,
+            )
+        })
+        .collect();
+    routers[0]
+        .args
+        .extend(["--metrics-addr".to_string(), "192.0.2.10:6782".to_string()]);
+    for r in &mut routers {
+        r.start();
+    }
+    for i in 0..2 {
+        let start = routers[i].range_start();
+        cluster.add_pod(i, Ipv4Addr::from(u32::from(start) + 10));
+    }
+    assert!(wait_until(Duration::from_secs(10), || routers
+        .iter()
+        .all(|r| r.established_peers() == 1)));
+    let ns = cluster.nodes[0].ns.name.clone();
+    let before = parse(&scrape(&ns));
+    let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
+    assert!(a.wait_ping(b.addr, Duration::from_secs(5)));
+    assert!(a.ping(b.addr, 5));
+    let after = parse(&scrape(&ns));
+    let out = r#"weft_packets_total{direction="out"}"#;
+    let inn = r#"weft_packets_total{direction="in"}"#;
+    assert!(
+        after[out] >= before[out] + 5.0,
+        "out: {} → {}",
+        before[out],
+        after[out]
+    );
+    assert!(
+        after[inn] >= before[inn] + 5.0,
+        "in: {} → {}",
+        before[inn],
+        after[inn]
+    );
+    assert_eq!(after["weft_peers"], 1.0);
+    assert_eq!(after[r#"weft_connections{state="established"}"#], 1.0);
+    assert!(after[r#"weft_handshakes_total{result="ok"}"#] >= 1.0);
+    assert!(after["weft_ipam_owned_addresses"] > 0.0);
+
+    // A second router on the same metrics address: one clear line.
+    let other = TempDir::new("metrics2");
+    let secret = other.path.join("secret");
+    write_secret(&secret);
+    let out = run_timeout(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                BIN,
+                "router",
+                "--name",
+                "n0",
+                "--listen",
+                "192.0.2.10:6790",
+            ])
+            .args([
+                "--metrics-addr",
+                "192.0.2.10:6782",
+                "--iface",
+                "weft1",
+                "--ipalloc-init",
+                "seed=n0",
+                "--secret-file",
+                secret.to_str().unwrap(),
+                "--state-dir",
+                other.path.join("state").to_str().unwrap(),
+                "--api",
+                other.path.join("api.sock").to_str().unwrap(),
+            ]),
+        20,
+    )
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert!(!out.status.success());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("cannot serve metrics on 192.0.2.10:6782"),
+        "{stderr}"
+    );
+}
