@@ -44,6 +44,18 @@ enum Command {
         #[arg(long)]
         clean: bool,
     },
+    /// Remove weft0, weft's routes and (with --state) the state directory.
+    Reset {
+        /// Also delete the identity key and all state.
+        #[arg(long)]
+        state: bool,
+        /// The TUN device.
+        #[arg(long, env = "WEFT_IFACE", default_value = "weft0")]
+        iface: String,
+        /// Where the identity key and IPAM state live.
+        #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
+        state_dir: PathBuf,
+    },
     /// Remove a seed address from a running router.
     Forget {
         /// HOST:PORT given earlier.
@@ -150,6 +162,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo { nodes, keep, .. } => weft::demo::run(nodes, keep),
+        Command::Reset {
+            state,
+            iface,
+            state_dir,
+        } => reset(&iface, state.then_some(state_dir.as_path())),
         Command::Connect { address, api } => {
             print_reply(call(&api, &Request::Connect { address })?)
         }
@@ -224,6 +241,27 @@ fn router_config(args: RouterArgs) -> anyhow::Result<RouterConfig> {
             }
         }),
     })
+}
+
+fn reset(iface: &str, state_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let removed = runtime.block_on(weft::netlink::reset(iface))?;
+    for item in &removed {
+        println!("removed {item}");
+    }
+    if let Some(dir) = state_dir
+        && dir.exists()
+    {
+        std::fs::remove_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("cannot remove {}: {e}", dir.display()))?;
+        println!("removed state {}", dir.display());
+    }
+    if removed.is_empty() && state_dir.is_none() {
+        println!("nothing to remove");
+    }
+    Ok(())
 }
 
 fn call(api: &std::path::Path, request: &Request) -> anyhow::Result<Reply> {

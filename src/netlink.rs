@@ -91,6 +91,53 @@ pub async fn configure(plan: &InterfacePlan) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Removes what `configure` set up: the device (which takes its address and
+/// the routes through it along) and every route tagged with weft's protocol.
+/// Returns what was removed, for the operator. Idempotent.
+pub async fn reset(iface: &str) -> anyhow::Result<Vec<String>> {
+    let (connection, handle, _) = rtnetlink::new_connection()?;
+    tokio::spawn(connection);
+    let mut removed = Vec::new();
+    if let Ok(index) = link_index(&handle, iface).await {
+        handle
+            .link()
+            .del(index)
+            .execute()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot remove {iface}: {e}"))?;
+        removed.push(format!("interface {iface}"));
+    }
+    let mut routes = handle
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
+    let mut tagged = Vec::new();
+    while let Ok(Some(route)) = routes.try_next().await {
+        if route.header.protocol == RouteProtocol::Other(WEFT_ROUTE_PROTOCOL) {
+            tagged.push(route);
+        }
+    }
+    for route in tagged {
+        let label = format!(
+            "route {:?}/{}",
+            route
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    rtnetlink::packet_route::route::RouteAttribute::Destination(d) =>
+                        Some(format!("{d:?}")),
+                    _ => None,
+                })
+                .unwrap_or_default(),
+            route.header.destination_prefix_length
+        );
+        if handle.route().del(route).execute().await.is_ok() {
+            removed.push(label);
+        }
+    }
+    Ok(removed)
+}
+
 async fn link_index(handle: &Handle, name: &str) -> anyhow::Result<u32> {
     let mut links = handle.link().get().match_name(name.to_string()).execute();
     match links.try_next().await {

@@ -354,3 +354,46 @@ fn the_cluster_secret_rotates_without_a_restart_and_the_old_one_stops_working() 
     assert!(refused, "the old secret was still accepted");
     assert_eq!(p.routers[0].established_peers(), 0);
 }
+
+#[test]
+fn weft0_outlives_the_router_and_weft_reset_removes_it_and_its_routes() {
+    if !require_root("reset") {
+        return;
+    }
+    let mut p = pair(&[]);
+    let ns = p.cluster.nodes[0].ns.name.clone();
+    p.routers[0].kill9();
+    // Persistent device: pod routes through it survive a router restart.
+    assert!(sh(&["ip", "-n", &ns, "link", "show", "weft0"]).contains("weft0"));
+    assert!(
+        !sh(&["ip", "-n", &ns, "route", "show", "proto", "87"])
+            .trim()
+            .is_empty()
+    );
+    let state = p.routers[0].dir.join("state");
+    assert!(state.join("identity.key").exists());
+    let out = p.cluster.nodes[0].ns.exec(&[
+        BIN,
+        "reset",
+        "--state",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed interface weft0"));
+    let links = sh(&["ip", "-n", &ns, "link", "show"]);
+    assert!(!links.contains("weft0"), "weft0 still there:\n{links}");
+    assert!(
+        sh(&["ip", "-n", &ns, "route", "show", "proto", "87"])
+            .trim()
+            .is_empty()
+    );
+    assert!(!state.exists(), "state dir not removed");
+    // Idempotent.
+    let again = p.cluster.nodes[0].ns.exec(&[BIN, "reset"]);
+    assert!(again.status.success());
+}
