@@ -212,3 +212,24 @@ pub(crate) fn force_buffers(socket: BorrowedFd<'_>, bytes: i32) -> io::Result<()
     }
     Ok(())
 }
+
+/// Sets don't-fragment on an IPv4 UDP socket (IP_PMTUDISC_DO): a datagram
+/// larger than the path MTU is refused instead of fragmented, so full-size
+/// heartbeats prove the path carries full-size packets (DESIGN.md "MTU").
+pub(crate) fn set_dont_fragment(socket: BorrowedFd<'_>) -> io::Result<()> {
+    let value: libc::c_int = libc::IP_PMTUDISC_DO;
+    // SAFETY: the option value is a valid c_int for the call's duration.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            &value as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

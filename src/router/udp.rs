@@ -36,5 +36,8 @@ pub fn bind_group(listen: SocketAddr, workers: usize) -> io::Result<(Vec<UdpSock
     let control = sockets
         .pop()
         .ok_or_else(|| io::Error::other("no control socket"))?;
+    if listen.is_ipv4() {
+        sys::set_dont_fragment(control.as_fd())?;
+    }
     Ok((sockets, control))
 }
