@@ -25,10 +25,13 @@ fuzz_target!(|data: &[u8]| {
             // Honest record.
             1 => {
                 let plain = &chunk[..chunk.len().min(MAX_FRAME_PLAINTEXT)];
+                // A replayed honest record given as "hostile" bytes may have
+                // opened and moved the opener ahead of our sealer.
+                let in_sync = !failed && sealer.records() == opener.records();
                 let record = sealer.seal(plain);
                 assert_eq!(record.len(), plain.len() + FRAME_TAG_LEN);
                 let result = opener.open(&record);
-                if !failed {
+                if in_sync {
                     assert_eq!(result.as_deref().ok(), Some(plain));
                 }
                 result
