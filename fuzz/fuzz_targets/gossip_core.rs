@@ -65,7 +65,10 @@ fuzz_target!(|data: &[u8]| {
         let (t, _) = core.poll_timeout().expect("the core always has a timer");
         assert!(t >= start);
         assert_eq!(core.my_entry().id, me.id);
-        assert!(core.my_entry().validate().is_ok(), "my own entry is invalid");
+        assert!(
+            core.my_entry().validate().is_ok(),
+            "my own entry is invalid"
+        );
         for (dst, _route) in core.routes().iter() {
             assert_ne!(dst, me.id);
         }

@@ -50,7 +50,10 @@ fuzz_target!(|data: &[u8]| {
                 }
                 Err(_) => {
                     // Any failure is final.
-                    assert!(matches!(resp.read_message(rest), Err(HandshakeError::Failed)));
+                    assert!(matches!(
+                        resp.read_message(rest),
+                        Err(HandshakeError::Failed)
+                    ));
                     assert!(resp.finish().is_err());
                 }
             }
@@ -66,7 +69,10 @@ fuzz_target!(|data: &[u8]| {
                     let _ = init.write_message(b"");
                 }
                 Err(_) => {
-                    assert!(matches!(init.read_message(rest), Err(HandshakeError::Failed)));
+                    assert!(matches!(
+                        init.read_message(rest),
+                        Err(HandshakeError::Failed)
+                    ));
                 }
             }
         }

@@ -55,7 +55,11 @@ fuzz_target!(|data: &[u8]| {
             3 => {
                 let id = format!("c{}", input.u8() % 32);
                 if let Ok(addr) = alloc.allocate(&id, "eth0", now) {
-                    assert_eq!(alloc.owner_of(addr), Some(me), "allocated {addr} I do not own");
+                    assert_eq!(
+                        alloc.owner_of(addr),
+                        Some(me),
+                        "allocated {addr} I do not own"
+                    );
                 }
             }
             4 => {
@@ -64,7 +68,11 @@ fuzz_target!(|data: &[u8]| {
             }
             5 => {
                 if let Ok(addr) = alloc.allocate_node(now) {
-                    assert_eq!(alloc.owner_of(addr), Some(me), "allocated {addr} I do not own");
+                    assert_eq!(
+                        alloc.owner_of(addr),
+                        Some(me),
+                        "allocated {addr} I do not own"
+                    );
                 }
             }
             6 => alloc.handle_peer_up(from, now),
@@ -96,7 +104,11 @@ fuzz_target!(|data: &[u8]| {
         }
         let allocations = alloc.allocations();
         let distinct: BTreeSet<_> = allocations.iter().map(|(_, a)| *a).collect();
-        assert_eq!(distinct.len(), allocations.len(), "an address allocated twice");
+        assert_eq!(
+            distinct.len(),
+            allocations.len(),
+            "an address allocated twice"
+        );
         let _ = alloc.status(now);
         let _ = alloc.phase();
         let _ = alloc.poll_timeout();

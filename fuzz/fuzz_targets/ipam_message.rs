@@ -7,7 +7,8 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(message) = Message::decode(data) {
         if let Message::Ring(ring) = &message {
             // Decoding checked the structure; the invariants must hold.
-            ring.check_invariants().expect("a decoded ring satisfies its invariants");
+            ring.check_invariants()
+                .expect("a decoded ring satisfies its invariants");
             let _ = ring.owners();
             for owner in ring.owners() {
                 let _ = ring.ranges_of(owner);

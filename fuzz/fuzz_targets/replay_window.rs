@@ -41,7 +41,10 @@ impl Model {
 fuzz_target!(|data: &[u8]| {
     let mut input = common::Bytes::new(data);
     let mut window = ReplayWindow::new();
-    let mut model = Model { marked: BTreeSet::new(), highest: None };
+    let mut model = Model {
+        marked: BTreeSet::new(),
+        highest: None,
+    };
     while !input.is_empty() {
         let op = input.u8();
         let h = model.highest.unwrap_or(0);
@@ -50,11 +53,19 @@ fuzz_target!(|data: &[u8]| {
             1 => input.u64() & COUNTER_LIMIT,
             2 => h.saturating_add(u64::from(input.u16())),
             3 => h.saturating_sub(u64::from(input.u16())),
-            4 => h.saturating_sub(WINDOW).saturating_add(u64::from(input.u8())).saturating_sub(128),
+            4 => h
+                .saturating_sub(WINDOW)
+                .saturating_add(u64::from(input.u8()))
+                .saturating_sub(128),
             _ => (COUNTER_LIMIT - 64).saturating_add(u64::from(input.u8() % 128)),
         };
         let expected = model.fresh(counter);
-        assert_eq!(window.would_accept(counter), expected, "would_accept({counter}) highest {:?}", model.highest);
+        assert_eq!(
+            window.would_accept(counter),
+            expected,
+            "would_accept({counter}) highest {:?}",
+            model.highest
+        );
         if op & 0x80 == 0 {
             assert_eq!(window.mark(counter), expected, "mark({counter})");
             if expected {

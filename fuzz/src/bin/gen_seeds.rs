@@ -74,19 +74,40 @@ fn main() {
     datagram.extend_from_slice(&ipv4);
     datagram.extend_from_slice(&[0xee; 16]);
     write("data_header", "data", &datagram);
-    let heartbeat = DataHeader { kind: PacketType::Heartbeat, lane: 255, ..header };
+    let heartbeat = DataHeader {
+        kind: PacketType::Heartbeat,
+        lane: 255,
+        ..header
+    };
     heartbeat.emit(&mut h);
     write("data_header", "heartbeat", &[&h[..], &[0u8; 16]].concat());
     write("data_header", "ipv4", &ipv4);
 
     // control_message
     let messages = [
-        ("gossip", ControlMessage::Gossip { channel: 1, payload: vec![1, 1, 1, 2, 3] }),
-        ("rekey", ControlMessage::Rekey { step: 1, message: vec![7; 52] }),
+        (
+            "gossip",
+            ControlMessage::Gossip {
+                channel: 1,
+                payload: vec![1, 1, 1, 2, 3],
+            },
+        ),
+        (
+            "rekey",
+            ControlMessage::Rekey {
+                step: 1,
+                message: vec![7; 52],
+            },
+        ),
         ("confirm", ControlMessage::KeyConfirm { session_index: 300 }),
         ("switch", ControlMessage::TcpKeySwitch),
         ("request", ControlMessage::RekeyRequest),
-        ("close", ControlMessage::Close { reason: "bye".into() }),
+        (
+            "close",
+            ControlMessage::Close {
+                reason: "bye".into(),
+            },
+        ),
     ];
     for (name, m) in &messages {
         write("control_message", name, &encode_message(m));
@@ -103,13 +124,27 @@ fn main() {
         session_index: 77,
         cluster_range: "10.32.0.0/12".into(),
     };
-    write("hello", "hello", &weft::wire::encode(&hello).expect("encode"));
-    let v6 = Hello { listen: "[2001:db8::1]:6783".parse().expect("addr"), ..hello };
-    write("hello", "hello-v6", &weft::wire::encode(&v6).expect("encode"));
+    write(
+        "hello",
+        "hello",
+        &weft::wire::encode(&hello).expect("encode"),
+    );
+    let v6 = Hello {
+        listen: "[2001:db8::1]:6783".parse().expect("addr"),
+        ..hello
+    };
+    write(
+        "hello",
+        "hello-v6",
+        &weft::wire::encode(&v6).expect("encode"),
+    );
     write(
         "hello",
         "rekey",
-        &weft::wire::encode(&RekeyHello { session_index: 0x00ff_ffff }).expect("encode"),
+        &weft::wire::encode(&RekeyHello {
+            session_index: 0x00ff_ffff,
+        })
+        .expect("encode"),
     );
 
     // handshake: [mode][seed][bytes]
@@ -118,8 +153,16 @@ fn main() {
         let (mut init, msg1) =
             Handshake::initiator_seeded(&c.initiator, &c.secrets, &c.prologue, u64::from(seed))
                 .expect("initiator");
-        write("handshake", &format!("msg1-{seed}"), &[&[0, seed][..], &msg1].concat());
-        write("handshake", &format!("msg1-noise-{seed}"), &[&[1, seed][..], &msg1[4..]].concat());
+        write(
+            "handshake",
+            &format!("msg1-{seed}"),
+            &[&[0, seed][..], &msg1].concat(),
+        );
+        write(
+            "handshake",
+            &format!("msg1-noise-{seed}"),
+            &[&[1, seed][..], &msg1[4..]].concat(),
+        );
         let mut resp = Handshake::responder_seeded(
             &c.responder,
             &c.secrets,
@@ -129,11 +172,23 @@ fn main() {
         )
         .expect("responder");
         let msg2 = resp.write_message(b"hello").expect("msg2");
-        write("handshake", &format!("msg2-{seed}"), &[&[3, seed][..], &msg2].concat());
+        write(
+            "handshake",
+            &format!("msg2-{seed}"),
+            &[&[3, seed][..], &msg2].concat(),
+        );
         init.read_message(&msg2).expect("read msg2");
         let msg3 = init.write_message(b"hi there").expect("msg3");
-        write("handshake", &format!("msg3-{seed}"), &[&[2, seed][..], &msg3].concat());
-        write("handshake", &format!("full-{seed}"), &[&[4, seed][..], b"payload2payload3"].concat());
+        write(
+            "handshake",
+            &format!("msg3-{seed}"),
+            &[&[2, seed][..], &msg3].concat(),
+        );
+        write(
+            "handshake",
+            &format!("full-{seed}"),
+            &[&[4, seed][..], b"payload2payload3"].concat(),
+        );
     }
 
     // frame_open: honest, tampered, hostile.
@@ -152,7 +207,9 @@ fn main() {
     // replay_window: [op][args]
     let mut ops = vec![1];
     ops.extend_from_slice(&100u64.to_le_bytes());
-    ops.extend_from_slice(&[2, 5, 0, 3, 5, 0, 3, 5, 0, 0x83, 5, 0, 4, 128, 4, 129, 5, 127]);
+    ops.extend_from_slice(&[
+        2, 5, 0, 3, 5, 0, 3, 5, 0, 0x83, 5, 0, 4, 128, 4, 129, 5, 127,
+    ]);
     ops.extend_from_slice(&[2, 0xff, 0xff, 4, 128, 4, 127, 4, 129, 3, 0xc0, 0x1f]);
     write("replay_window", "ops", &ops);
 
@@ -161,7 +218,10 @@ fn main() {
         entries: vec![entry(2, 3, &[1, 3]), entry(3, 1, &[2])],
     });
     let gossip = [
-        ("summary", GossipMessage::Summary(Summary { count: 2, hash: 99 })),
+        (
+            "summary",
+            GossipMessage::Summary(Summary { count: 2, hash: 99 }),
+        ),
         (
             "digest",
             GossipMessage::Digest(Digest {
@@ -170,7 +230,12 @@ fn main() {
                 items: vec![(entry(2, 1, &[]).id, 2), (entry(3, 1, &[]).id, 1)],
             }),
         ),
-        ("request", GossipMessage::Request(Request { ids: vec![entry(1, 1, &[]).id] })),
+        (
+            "request",
+            GossipMessage::Request(Request {
+                ids: vec![entry(1, 1, &[]).id],
+            }),
+        ),
         ("update", update.clone()),
     ];
     for (name, m) in &gossip {
@@ -183,7 +248,14 @@ fn main() {
         op_chunk(&mut ops, 0x00, &m.encode());
     }
     ops.extend_from_slice(&[0x15, 1]); // connection_up peer 3
-    op_chunk(&mut ops, 0x10, &GossipMessage::Update(Update { entries: vec![entry(4, 2, &[3])] }).encode());
+    op_chunk(
+        &mut ops,
+        0x10,
+        &GossipMessage::Update(Update {
+            entries: vec![entry(4, 2, &[3])],
+        })
+        .encode(),
+    );
     ops.extend_from_slice(&[0x02, 0xff, 0x01]); // a timer
     ops.extend_from_slice(&[0x0d]); // established
     ops.extend_from_slice(&[0x04]); // peer 2 down
@@ -211,8 +283,19 @@ fn main() {
         ("ring", IpamMessage::Ring(ring.clone())),
         ("ring-donated", IpamMessage::Ring(donated.clone())),
         ("ring-reclaimed", IpamMessage::Ring(reclaimed.clone())),
-        ("propose", IpamMessage::Propose(Proposal { range, voters: voters.iter().copied().collect() })),
-        ("donate", IpamMessage::DonateRequest(DonateRequest { genesis: ring.genesis_id() })),
+        (
+            "propose",
+            IpamMessage::Propose(Proposal {
+                range,
+                voters: voters.iter().copied().collect(),
+            }),
+        ),
+        (
+            "donate",
+            IpamMessage::DonateRequest(DonateRequest {
+                genesis: ring.genesis_id(),
+            }),
+        ),
     ];
     for (name, m) in &ipam {
         write("ipam_message", name, &m.encode());
@@ -234,7 +317,14 @@ fn main() {
     let seeded = Ring::genesis(range, "seed", &[PeerId(1), PeerId(2)].into());
     let mut ops = vec![4, 0x03, 1, 0x05];
     op_chunk(&mut ops, 0x00, &IpamMessage::Ring(seeded.clone()).encode());
-    op_chunk(&mut ops, 0x00, &IpamMessage::DonateRequest(DonateRequest { genesis: seeded.genesis_id() }).encode());
+    op_chunk(
+        &mut ops,
+        0x00,
+        &IpamMessage::DonateRequest(DonateRequest {
+            genesis: seeded.genesis_id(),
+        })
+        .encode(),
+    );
     ops.extend_from_slice(&[0x02, 0x10, 0x00, 0x06, 0x08, 0x07, 0x00, 0x18]);
     write("ipam_allocator", "seed", &ops);
     // mode 8 = observer; learns a ring and asks for a donation.
@@ -244,17 +334,42 @@ fn main() {
     write("ipam_allocator", "observer", &ops);
 
     // secrets
-    write("secrets", "one", b"fuzzing-cluster-secret-0123456789abcdef\n");
-    write("secrets", "two", b"  new-secret-new-secret-new-secret-0001  \n\nold-secret-old-secret-old-secret-0002\n");
-    write("secrets", "crlf", b"fuzzing-cluster-secret-0123456789abcdef\r\n");
+    write(
+        "secrets",
+        "one",
+        b"fuzzing-cluster-secret-0123456789abcdef\n",
+    );
+    write(
+        "secrets",
+        "two",
+        b"  new-secret-new-secret-new-secret-0001  \n\nold-secret-old-secret-old-secret-0002\n",
+    );
+    write(
+        "secrets",
+        "crlf",
+        b"fuzzing-cluster-secret-0123456789abcdef\r\n",
+    );
 
     // cidr
-    for (name, text) in [("default", "10.32.0.0/12"), ("all", "0.0.0.0/0"), ("host", "192.0.2.7/32"), ("hostbits", "10.32.0.1/12")] {
+    for (name, text) in [
+        ("default", "10.32.0.0/12"),
+        ("all", "0.0.0.0/0"),
+        ("host", "192.0.2.7/32"),
+        ("hostbits", "10.32.0.1/12"),
+    ] {
         write("cidr", name, text.as_bytes());
     }
 
     // api_request
     write("api_request", "status", br#"{"op":"status"}"#);
-    write("api_request", "connect", br#"{"op":"connect","address":"192.0.2.1:6783"}"#);
-    write("api_request", "forget", br#"{"op":"forget","address":"node-b:6783"}"#);
+    write(
+        "api_request",
+        "connect",
+        br#"{"op":"connect","address":"192.0.2.1:6783"}"#,
+    );
+    write(
+        "api_request",
+        "forget",
+        br#"{"op":"forget","address":"node-b:6783"}"#,
+    );
 }
