@@ -1,0 +1,82 @@
+//! Shared helpers for the fuzz targets: a byte reader that turns the fuzzer's
+//! input into a sequence of operations without ever failing (short input just
+//! yields zeros / empty slices, and the target stops when it runs out).
+#![allow(dead_code)]
+
+/// Reads little pieces off the front of the fuzz input.
+pub struct Bytes<'a> {
+    data: &'a [u8],
+}
+
+impl<'a> Bytes<'a> {
+    pub fn new(data: &'a [u8]) -> Self {
+        Self { data }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    pub fn u8(&mut self) -> u8 {
+        match self.data.split_first() {
+            Some((&b, rest)) => {
+                self.data = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+
+    pub fn u16(&mut self) -> u16 {
+        u16::from_le_bytes([self.u8(), self.u8()])
+    }
+
+    pub fn u64(&mut self) -> u64 {
+        let mut out = [0u8; 8];
+        for b in &mut out {
+            *b = self.u8();
+        }
+        u64::from_le_bytes(out)
+    }
+
+    /// Up to `n` bytes.
+    pub fn take(&mut self, n: usize) -> &'a [u8] {
+        let n = n.min(self.data.len());
+        let (head, rest) = self.data.split_at(n);
+        self.data = rest;
+        head
+    }
+
+    /// A chunk whose length is a u16 prefix.
+    pub fn chunk(&mut self) -> &'a [u8] {
+        let n = self.u16() as usize;
+        self.take(n)
+    }
+
+    pub fn rest(&mut self) -> &'a [u8] {
+        self.take(usize::MAX)
+    }
+}
+
+use rand::SeedableRng;
+use weft::crypto::{ClusterSecrets, Identity};
+
+/// The fixed cluster the handshake target (and its seed generator) uses:
+/// two identities from fixed seeds, one secret, the default range's prologue.
+pub struct Cluster {
+    pub initiator: Identity,
+    pub responder: Identity,
+    pub secrets: ClusterSecrets,
+    pub prologue: Vec<u8>,
+}
+
+pub fn cluster() -> Cluster {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    Cluster {
+        initiator: Identity::generate(&mut rng),
+        responder: Identity::generate(&mut rng),
+        secrets: ClusterSecrets::parse(b"fuzzing-cluster-secret-0123456789abcdef\n")
+            .expect("a valid secret"),
+        prologue: weft::crypto::prologue("10.32.0.0/12"),
+    }
+}
