@@ -6,7 +6,7 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 use support::*;
@@ -95,26 +95,8 @@ fn lies_in_gossip_and_half_open_connections_are_refused_and_the_router_keeps_ser
         return;
     }
     let mut cluster = Cluster::new(3);
-    let names = ["n0", "n1"];
     let dir = cluster.dir.path.clone();
-    let mut routers: Vec<Router> = (0..2)
-        .map(|i| {
-            Router::new(
-                Path::new(BIN),
-                &cluster.nodes[i],
-                &dir,
-                &[cluster.nodes[1 - i].underlay],
-                &names,
-            )
-        })
-        .collect();
-    for r in &mut routers {
-        r.start();
-    }
-    for i in 0..2 {
-        let start = routers[i].range_start();
-        cluster.add_pod(i, Ipv4Addr::from(u32::from(start) + 10));
-    }
+    let routers = start_routers(Path::new(BIN), &mut cluster, 2, |i| vec![1 - i], |_, _| {});
     assert!(wait_until(Duration::from_secs(10), || routers
         .iter()
         .all(|r| r.established_peers() == 1)));

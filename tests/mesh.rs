@@ -18,33 +18,9 @@ struct Mesh {
 
 /// `count` nodes; node i is given only the seeds `seeds(i)`; one pod each.
 fn mesh(count: usize, seeds: impl Fn(usize) -> Vec<usize>) -> Mesh {
-    let cluster = Cluster::new(count);
-    let names: Vec<String> = (0..count).map(|i| format!("n{i}")).collect();
-    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let mut routers: Vec<Router> = (0..count)
-        .map(|i| {
-            let peers: Vec<Ipv4Addr> = seeds(i)
-                .into_iter()
-                .map(|s| cluster.nodes[s].underlay)
-                .collect();
-            Router::new(
-                Path::new(BIN),
-                &cluster.nodes[i],
-                &cluster.dir.path,
-                &peers,
-                &name_refs,
-            )
-        })
-        .collect();
-    for r in &mut routers {
-        r.start();
-    }
-    let mut m = Mesh { routers, cluster };
-    for i in 0..count {
-        let start = m.routers[i].range_start();
-        m.cluster.add_pod(i, Ipv4Addr::from(u32::from(start) + 10));
-    }
-    m
+    let mut cluster = Cluster::new(count);
+    let routers = start_routers(Path::new(BIN), &mut cluster, count, seeds, |_, _| {});
+    Mesh { routers, cluster }
 }
 
 fn peer_names(r: &Router, pred: impl Fn(&serde_json::Value) -> bool) -> Vec<String> {

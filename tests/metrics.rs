@@ -6,7 +6,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -68,29 +68,18 @@ fn metrics_scraped_during_traffic_parse_and_their_counters_move() {
         return;
     }
     let mut cluster = Cluster::new(2);
-    let names = ["n0", "n1"];
-    let dir = cluster.dir.path.clone();
-    let mut routers: Vec<Router> = (0..2)
-        .map(|i| {
-            Router::new(
-                Path::new(BIN),
-                &cluster.nodes[i],
-                &dir,
-                &[cluster.nodes[1 - i].underlay],
-                &names,
-            )
-        })
-        .collect();
-    routers[0]
-        .args
-        .extend(["--metrics-addr".to_string(), "192.0.2.10:6782".to_string()]);
-    for r in &mut routers {
-        r.start();
-    }
-    for i in 0..2 {
-        let start = routers[i].range_start();
-        cluster.add_pod(i, Ipv4Addr::from(u32::from(start) + 10));
-    }
+    let routers = start_routers(
+        Path::new(BIN),
+        &mut cluster,
+        2,
+        |i| vec![1 - i],
+        |i, r| {
+            if i == 0 {
+                r.args
+                    .extend(["--metrics-addr".to_string(), "192.0.2.10:6782".to_string()]);
+            }
+        },
+    );
     assert!(wait_until(Duration::from_secs(10), || routers
         .iter()
         .all(|r| r.established_peers() == 1)));

@@ -24,31 +24,18 @@ fn offset(base: Ipv4Addr, n: u32) -> Ipv4Addr {
 
 fn pair(env: &[(&str, &str)]) -> Pair {
     let mut cluster = Cluster::new(2);
-    let names = ["n0", "n1"];
-    let mut routers: Vec<Router> = (0..2)
-        .map(|i| {
-            let peer = cluster.nodes[1 - i].underlay;
-            let mut r = Router::new(
-                Path::new(BIN),
-                &cluster.nodes[i],
-                &cluster.dir.path,
-                &[peer],
-                &names,
-            );
+    let routers = start_routers(
+        Path::new(BIN),
+        &mut cluster,
+        2,
+        |i| vec![1 - i],
+        |_, r| {
             r.env = env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
-            r
-        })
-        .collect();
-    for r in &mut routers {
-        r.start();
-    }
-    for i in 0..2 {
-        let start = routers[i].range_start();
-        cluster.add_pod(i, offset(start, 10));
-    }
+        },
+    );
     let up = wait_until(Duration::from_secs(10), || {
         routers.iter().all(|r| r.established_peers() == 1)
     });

@@ -498,6 +498,46 @@ impl Drop for Router {
     }
 }
 
+/// Starts one router on each of nodes `0..count` (node i seeded with the
+/// nodes `seeds(i)`, the range split over n0..n{count-1}), letting `tweak`
+/// adjust each before it starts, then plugs one pod at its range start + 10
+/// into each node.
+pub fn start_routers(
+    bin: &Path,
+    cluster: &mut Cluster,
+    count: usize,
+    seeds: impl Fn(usize) -> Vec<usize>,
+    tweak: impl Fn(usize, &mut Router),
+) -> Vec<Router> {
+    let names: Vec<String> = (0..count).map(|i| format!("n{i}")).collect();
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut routers: Vec<Router> = (0..count)
+        .map(|i| {
+            let peers: Vec<Ipv4Addr> = seeds(i)
+                .into_iter()
+                .map(|s| cluster.nodes[s].underlay)
+                .collect();
+            let mut r = Router::new(
+                bin,
+                &cluster.nodes[i],
+                &cluster.dir.path,
+                &peers,
+                &name_refs,
+            );
+            tweak(i, &mut r);
+            r
+        })
+        .collect();
+    for r in &mut routers {
+        r.start();
+    }
+    for (i, r) in routers.iter().enumerate() {
+        let start = r.range_start();
+        cluster.add_pod(i, Ipv4Addr::from(u32::from(start) + 10));
+    }
+    routers
+}
+
 /// Polls `check` every 100 ms until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
