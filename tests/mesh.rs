@@ -256,3 +256,62 @@ fn weft_connect_and_forget_change_the_seed_list_of_a_running_router() {
     // The router stays known through gossip (a learned peer, not a seed).
     assert_eq!(m.routers[0].established_peers(), 1);
 }
+
+#[test]
+fn a_path_that_drops_full_size_packets_is_not_established_and_traffic_detours() {
+    if !require_root("mesh_pmtu") {
+        return;
+    }
+    let m = mesh(3, |i| (0..3).filter(|j| *j != i).collect());
+    assert!(wait_until(Duration::from_secs(10), || m
+        .routers
+        .iter()
+        .all(|r| r.established_peers() == 2)));
+    // n0 → n2: small datagrams pass, anything near the full overlay MTU is lost.
+    let ns = &m.cluster.nodes[0].ns;
+    ns.ok(&[
+        "nft",
+        "table inet wefttestmtu { chain out { type filter hook output priority 0; ip daddr 192.0.2.12 udp dport 6783 meta length > 1000 drop; }; }",
+    ]);
+    let detoured = wait_until(Duration::from_secs(8), || {
+        path_to(&m.routers[0], "n2") == "via n1"
+    });
+    assert!(
+        detoured,
+        "no detour: path is {:?}",
+        path_to(&m.routers[0], "n2")
+    );
+    let status = m.routers[0].status().unwrap();
+    let conn = status["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["peer"] == "n2")
+        .cloned()
+        .unwrap();
+    assert_eq!(conn["pmtu"], "pmtu too small", "{conn}");
+    assert_eq!(conn["udp"], "ok", "{conn}");
+    // Full-size pings between pods still arrive, over the detour.
+    let (a, c) = (&m.cluster.pods[0], &m.cluster.pods[2]);
+    assert!(
+        a.ns.exec(&[
+            "ping",
+            "-c",
+            "3",
+            "-W",
+            "1",
+            "-i",
+            "0.2",
+            "-s",
+            "1300",
+            &c.addr.to_string()
+        ])
+        .status
+        .success()
+    );
+    ns.ok(&["nft", "delete", "table", "inet", "wefttestmtu"]);
+    let back = wait_until(Duration::from_secs(8), || {
+        path_to(&m.routers[0], "n2") == "direct"
+    });
+    assert!(back, "did not return to the direct path");
+}

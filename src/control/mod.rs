@@ -44,6 +44,23 @@ const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
 /// within this long (three heartbeats and a margin), so a broken link is
 /// routed around in about two seconds.
 const LIVENESS_TIMEOUT: Duration = Duration::from_millis(1600);
+/// Every this many heartbeats, one is a full-size path-MTU probe.
+const PROBE_EVERY: u64 = 4;
+/// A connection stays established while a full-size probe was answered
+/// within this long (probes go every `PROBE_EVERY` × 500 ms = 2 s).
+const PMTU_TIMEOUT: Duration = Duration::from_millis(4500);
+/// Heartbeat body kinds (first byte of the sealed body).
+const HEARTBEAT_PING: u8 = 0;
+const HEARTBEAT_PONG: u8 = 1;
+const HEARTBEAT_PROBE: u8 = 2;
+
+/// What a heartbeat is.
+#[derive(Clone, Copy, Debug)]
+enum Heartbeat {
+    Ping { full: bool },
+    Pong { full: bool },
+}
+
 /// Handshakes accepted per source address per second.
 const HANDSHAKES_PER_SOURCE: u32 = 20;
 /// Connections accepted whose handshake has not completed yet.
@@ -83,6 +100,8 @@ struct Peer {
     established: bool,
     rtt: Option<Duration>,
     last_heartbeat: Option<Instant>,
+    heartbeats_sent: u64,
+    pmtu_ok_at: Option<Instant>,
     rekey_started: Option<Instant>,
 }
 
@@ -275,10 +294,16 @@ impl Control {
             if peer.keys.receive_keysets().count() != before {
                 self.dirty = true;
             }
+            // Established: authenticated UDP is arriving, and a full-size
+            // probe sent with don't-fragment was answered recently (DESIGN.md
+            // "MTU"), so the path carries full-size packets.
             let established = peer
                 .liveness
                 .last_rx()
-                .is_some_and(|t| now.saturating_duration_since(t) < LIVENESS_TIMEOUT);
+                .is_some_and(|t| now.saturating_duration_since(t) < LIVENESS_TIMEOUT)
+                && peer
+                    .pmtu_ok_at
+                    .is_some_and(|t| now.saturating_duration_since(t) < PMTU_TIMEOUT);
             if established != peer.established {
                 peer.established = established;
                 tracing::info!(peer = %peer.hello.name, established, "connection state changed");
@@ -312,7 +337,9 @@ impl Control {
                 .is_none_or(|t| now.duration_since(t) >= HEARTBEAT_INTERVAL)
             {
                 peer.last_heartbeat = Some(now);
-                self.send_heartbeat(id, false, self.millis(now));
+                let full = peer.heartbeats_sent % PROBE_EVERY == 0;
+                peer.heartbeats_sent += 1;
+                self.send_heartbeat(id, Heartbeat::Ping { full }, self.millis(now));
             }
         }
     }
@@ -555,6 +582,8 @@ impl Control {
             established: false,
             rtt: None,
             last_heartbeat: None,
+            heartbeats_sent: 0,
+            pmtu_ok_at: None,
             rekey_started: None,
         };
         let info = PeerInfo {
@@ -569,7 +598,7 @@ impl Control {
         // The side that dialled sends the first UDP packet (NAT).
         if outbound {
             self.publish();
-            self.send_heartbeat(peer_id, false, self.millis(now));
+            self.send_heartbeat(peer_id, Heartbeat::Ping { full: true }, self.millis(now));
         }
     }
 
@@ -669,9 +698,10 @@ impl Control {
         }
     }
 
-    /// Seals and sends a heartbeat (a ping padded to the full overlay MTU, or
-    /// a short pong echoing the ping's timestamp) on the control lane.
-    fn send_heartbeat(&mut self, peer_id: PeerId, pong: bool, stamp: u64) {
+    /// Seals and sends a heartbeat on the control lane: a ping (every
+    /// `PROBE_EVERY`th padded to the full overlay MTU as a path-MTU probe) or
+    /// a short pong echoing the ping's timestamp and whether it was full-size.
+    fn send_heartbeat(&mut self, peer_id: PeerId, heartbeat: Heartbeat, stamp: u64) {
         let Some(peer) = self.peers.get(&peer_id) else {
             return;
         };
@@ -692,12 +722,17 @@ impl Control {
             counter: *counter,
         };
         *counter += 1;
-        let body_len = if pong { 9 } else { self.config.mtu as usize };
+        let (kind, full, body_len) = match heartbeat {
+            Heartbeat::Ping { full: true } => (HEARTBEAT_PROBE, 1, self.config.mtu as usize),
+            Heartbeat::Ping { full: false } => (HEARTBEAT_PING, 0, 10),
+            Heartbeat::Pong { full } => (HEARTBEAT_PONG, u8::from(full), 10),
+        };
         let mut datagram = vec![0u8; HEADER_LEN + body_len + TAG_LEN];
         let mut header_bytes = [0u8; HEADER_LEN];
         header.emit(&mut header_bytes);
         datagram[..HEADER_LEN].copy_from_slice(&header_bytes);
-        datagram[HEADER_LEN] = u8::from(pong);
+        datagram[HEADER_LEN] = kind;
+        datagram[HEADER_LEN + 9] = full;
         datagram[HEADER_LEN + 1..HEADER_LEN + 9].copy_from_slice(&stamp.to_be_bytes());
         let tag = keyset.send.seal_in_place(
             CONTROL_LANE,
@@ -772,11 +807,19 @@ impl Control {
         else {
             return;
         };
-        if body[0] == 0 {
-            self.send_heartbeat(peer_id, true, stamp);
-        } else if let Some(peer) = self.peers.get_mut(&peer_id) {
-            let sent = self.epoch + Duration::from_millis(stamp);
-            peer.rtt = Some(now.saturating_duration_since(sent));
+        match body[0] {
+            HEARTBEAT_PING => self.send_heartbeat(peer_id, Heartbeat::Pong { full: false }, stamp),
+            HEARTBEAT_PROBE => self.send_heartbeat(peer_id, Heartbeat::Pong { full: true }, stamp),
+            HEARTBEAT_PONG => {
+                if let Some(peer) = self.peers.get_mut(&peer_id) {
+                    let sent = self.epoch + Duration::from_millis(stamp);
+                    peer.rtt = Some(now.saturating_duration_since(sent));
+                    if body.get(9) == Some(&1) {
+                        peer.pmtu_ok_at = Some(now);
+                    }
+                }
+            }
+            _ => {}
         }
     }
 
@@ -969,7 +1012,17 @@ impl Control {
                     }
                     .into(),
                     path: self.path_to(p.id),
-                    pmtu: if udp_ok { "ok" } else { "unverified" }.into(),
+                    pmtu: if p
+                        .pmtu_ok_at
+                        .is_some_and(|t| now.saturating_duration_since(t) < PMTU_TIMEOUT)
+                    {
+                        "ok"
+                    } else if udp_ok {
+                        "pmtu too small"
+                    } else {
+                        "unverified"
+                    }
+                    .into(),
                     offload: offload.into(),
                     rekeys: p.keys.rekeys(),
                     error: None,
