@@ -23,6 +23,20 @@ fn mesh(count: usize, seeds: impl Fn(usize) -> Vec<usize>) -> Mesh {
     Mesh { routers, cluster }
 }
 
+/// Three routers, each seeded with the other two, all connections established.
+fn full_mesh_of_three() -> Mesh {
+    let m = mesh(3, |i| (0..3).filter(|j| *j != i).collect());
+    let up = wait_until(Duration::from_secs(10), || {
+        m.routers.iter().all(|r| r.established_peers() == 2)
+    });
+    assert!(
+        up,
+        "the mesh of three did not form:\n{}",
+        m.routers[0].log_tail()
+    );
+    m
+}
+
 fn peer_names(r: &Router, pred: impl Fn(&serde_json::Value) -> bool) -> Vec<String> {
     let Some(status) = r.status() else {
         return Vec::new();
@@ -88,11 +102,7 @@ fn with_udp_blocked_between_two_routers_traffic_detours_through_a_third_and_retu
     if !require_root("mesh_detour") {
         return;
     }
-    let m = mesh(3, |i| (0..3).filter(|j| *j != i).collect());
-    assert!(wait_until(Duration::from_secs(10), || m
-        .routers
-        .iter()
-        .all(|r| r.established_peers() == 2)));
+    let m = full_mesh_of_three();
     let (a, c) = (&m.cluster.pods[0], &m.cluster.pods[2]);
     assert!(a.wait_ping(c.addr, Duration::from_secs(5)));
     assert_eq!(path_to(&m.routers[0], "n2"), "direct");
@@ -262,11 +272,7 @@ fn a_path_that_drops_full_size_packets_is_not_established_and_traffic_detours() 
     if !require_root("mesh_pmtu") {
         return;
     }
-    let m = mesh(3, |i| (0..3).filter(|j| *j != i).collect());
-    assert!(wait_until(Duration::from_secs(10), || m
-        .routers
-        .iter()
-        .all(|r| r.established_peers() == 2)));
+    let m = full_mesh_of_three();
     // n0 → n2: small datagrams pass, anything near the full overlay MTU is lost.
     let ns = &m.cluster.nodes[0].ns;
     ns.ok(&[

@@ -74,28 +74,32 @@ pub struct NewKeys {
     pub initiator: bool,
 }
 
+/// A connection whose first handshake completed.
+#[derive(Debug)]
+pub struct PeerUp {
+    /// Which connection.
+    pub id: ConnectionId,
+    /// The peer's ID (from its static key).
+    pub peer: PeerId,
+    /// The peer's static public key.
+    pub public_key: [u8; 32],
+    /// What the peer said about itself.
+    pub hello: Hello,
+    /// The address the connection came from or went to.
+    pub remote: SocketAddr,
+    /// Whether we dialled.
+    pub outbound: bool,
+    /// The UDP keys.
+    pub keys: NewKeys,
+    /// How to talk back to the task.
+    pub commands: mpsc::UnboundedSender<ConnectionCommand>,
+}
+
 /// Reported by a connection task to the control task.
 #[derive(Debug)]
 pub enum ConnectionEvent {
     /// The first handshake completed.
-    Up {
-        /// Which connection.
-        id: ConnectionId,
-        /// The peer's ID (from its static key).
-        peer: PeerId,
-        /// The peer's static public key.
-        public_key: [u8; 32],
-        /// What the peer said about itself.
-        hello: Hello,
-        /// The address the connection came from or went to.
-        remote: SocketAddr,
-        /// Whether we dialled.
-        outbound: bool,
-        /// The UDP keys.
-        keys: NewKeys,
-        /// How to talk back to the task.
-        commands: mpsc::UnboundedSender<ConnectionCommand>,
-    },
+    Up(PeerUp),
     /// A rekey handshake completed.
     Rekeyed {
         /// Which connection.
@@ -303,7 +307,7 @@ async fn run(
         initiator: outbound,
     };
     let public_key_copy = public_key;
-    let _ = context.events.send(ConnectionEvent::Up {
+    let _ = context.events.send(ConnectionEvent::Up(PeerUp {
         id,
         peer,
         public_key,
@@ -312,7 +316,7 @@ async fn run(
         outbound,
         keys: new_keys,
         commands: commands_tx,
-    });
+    }));
     let (read, write) = stream.into_split();
     let mut link = Link {
         context: context.clone(),

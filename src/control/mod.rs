@@ -28,6 +28,7 @@ use crate::router::snapshot::{Link, Liveness, OwnedRange, RecvSession, SendKeys,
 use crate::router::worker::WorkerEvent;
 use connection::{
     ConnectionCommand, ConnectionContext, ConnectionEvent, ConnectionId, HandshakeFailure, NewKeys,
+    PeerUp,
 };
 use proto::{ControlMessage, Hello};
 use ranges::NamedRange;
@@ -415,27 +416,16 @@ impl Control {
 
     fn handle_connection_event(&mut self, event: ConnectionEvent, now: Instant) {
         match event {
-            ConnectionEvent::Up {
-                id,
-                peer,
-                public_key,
-                hello,
-                remote,
-                outbound,
-                keys,
-                commands,
-            } => {
-                self.half_open.remove(&id);
-                let dialled = self.dialing.remove(&id);
+            ConnectionEvent::Up(up) => {
+                self.half_open.remove(&up.id);
+                let dialled = self.dialing.remove(&up.id);
                 if let Some(addr) = dialled {
                     self.dial_errors.remove(&addr);
                 }
                 self.maker
-                    .connected(peer, dialled.or(Some(hello.listen)), now);
+                    .connected(up.peer, dialled.or(Some(up.hello.listen)), now);
                 self.count_handshake("ok");
-                self.peer_up(
-                    id, peer, public_key, hello, remote, outbound, keys, commands, now,
-                );
+                self.peer_up(up, now);
             }
             ConnectionEvent::Rekeyed { id, keys } => {
                 let Some(peer) = self.peers.values_mut().find(|p| p.connection == id) else {
@@ -516,29 +506,22 @@ impl Control {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn peer_up(
-        &mut self,
-        id: ConnectionId,
-        peer_id: PeerId,
-        public_key: [u8; 32],
-        hello: Hello,
-        remote: SocketAddr,
-        outbound: bool,
-        keys: NewKeys,
-        commands: mpsc::UnboundedSender<ConnectionCommand>,
-        now: Instant,
-    ) {
+    fn peer_up(&mut self, up: PeerUp, now: Instant) {
+        let peer_id = up.peer;
         if let Some(existing) = self.peers.get(&peer_id) {
-            if existing.public_key != public_key {
-                let _ = commands.send(ConnectionCommand::Close("key mismatch".into()));
+            if existing.public_key != up.public_key {
+                let _ = up
+                    .commands
+                    .send(ConnectionCommand::Close("key mismatch".into()));
                 return;
             }
-            let same_process = existing.hello.incarnation == hello.incarnation;
+            let same_process = existing.hello.incarnation == up.hello.incarnation;
             let dialler = |outbound: bool| if outbound { self.me } else { peer_id };
-            if same_process && dialler(existing.outbound) <= dialler(outbound) {
+            if same_process && dialler(existing.outbound) <= dialler(up.outbound) {
                 // A simultaneous dial: keep the connection the lower ID dialled.
-                let _ = commands.send(ConnectionCommand::Close("duplicate connection".into()));
+                let _ = up
+                    .commands
+                    .send(ConnectionCommand::Close("duplicate connection".into()));
                 return;
             }
             let _ = existing.commands.send(ConnectionCommand::Close(
@@ -548,10 +531,20 @@ impl Control {
                 // The same process dialled twice: move the peer onto the new
                 // connection and treat its keys as a rekey, so packets still
                 // in flight under the old keys are accepted (no drops).
-                self.adopt_connection(peer_id, id, remote, outbound, keys, commands, now);
+                self.adopt_connection(up, now);
                 return;
             }
         }
+        let PeerUp {
+            id,
+            public_key,
+            hello,
+            remote,
+            outbound,
+            keys,
+            commands,
+            ..
+        } = up;
         if let Some(clash) = self
             .peers
             .values()
@@ -602,17 +595,16 @@ impl Control {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn adopt_connection(
-        &mut self,
-        peer_id: PeerId,
-        id: ConnectionId,
-        remote: SocketAddr,
-        outbound: bool,
-        keys: NewKeys,
-        commands: mpsc::UnboundedSender<ConnectionCommand>,
-        now: Instant,
-    ) {
+    fn adopt_connection(&mut self, up: PeerUp, now: Instant) {
+        let PeerUp {
+            id,
+            peer: peer_id,
+            remote,
+            outbound,
+            keys,
+            commands,
+            ..
+        } = up;
         let Some(peer) = self.peers.get_mut(&peer_id) else {
             return;
         };
