@@ -23,6 +23,118 @@ pub enum Request {
         /// `HOST:PORT`.
         address: String,
     },
+    /// Whether the router can serve CNI requests now (CNI STATUS):
+    /// result [`Readiness`].
+    Ready,
+    /// An address for a pod interface (CNI ADD), idempotent by
+    /// `(container_id, ifname)`: result [`Allocation`]. Answers `not_ready`
+    /// at once (never blocks) while the ring is not known or a donation is
+    /// on its way.
+    Allocate {
+        /// `CNI_CONTAINERID`.
+        container_id: String,
+        /// `CNI_IFNAME`.
+        ifname: String,
+    },
+    /// Frees a pod interface's address (CNI DEL): result [`Released`].
+    /// Something never allocated answers `not_found`. `address`, when given,
+    /// also frees an address the router found in use in the kernel at start
+    /// without knowing its holder.
+    Release {
+        /// `CNI_CONTAINERID`.
+        container_id: String,
+        /// `CNI_IFNAME`.
+        ifname: String,
+        /// The address the plugin put on the interface, if known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        address: Option<String>,
+    },
+    /// The address held by a pod interface (CNI CHECK): result
+    /// [`Allocation`], or `not_found`.
+    Lookup {
+        /// `CNI_CONTAINERID`.
+        container_id: String,
+        /// `CNI_IFNAME`.
+        ifname: String,
+    },
+    /// Pod allocations, all of them or one container's: result
+    /// [`AllocationList`].
+    List {
+        /// Only this container's interfaces.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        container_id: Option<String>,
+    },
+    /// Releases every pod allocation whose container ID is not in `keep`
+    /// (CNI GC with `cni.dev/valid-attachments`): result [`AllocationList`]
+    /// of what was released.
+    Gc {
+        /// Container IDs still attached.
+        keep: Vec<String>,
+    },
+    /// Takes over a dead router's address space (`weft rmpeer`): result
+    /// [`Reclaimed`]. Refused while that router is reachable unless `force`.
+    Rmpeer {
+        /// The dead router's name (or hex ID).
+        name: String,
+        /// Reclaim even though it looks alive.
+        #[serde(default)]
+        force: bool,
+    },
+}
+
+/// Result of [`Request::Ready`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Readiness {
+    /// True when an `allocate` can succeed now (ring known, not tombstoned).
+    pub ready: bool,
+    /// Why not, when not ready (one line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The overlay MTU pods must use.
+    pub mtu: u32,
+}
+
+/// Result of [`Request::Allocate`] and [`Request::Lookup`]: what the CNI
+/// plugin configures (DESIGN.md "The picture").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    /// `CNI_CONTAINERID`.
+    pub container_id: String,
+    /// `CNI_IFNAME`.
+    pub ifname: String,
+    /// The pod's address, e.g. `10.32.0.5`; it goes on the interface as a /32.
+    pub address: String,
+    /// Prefix length for the interface address (32 for IPv4, 128 for IPv6).
+    pub prefix_len: u8,
+    /// The link-local gateway of the pod's default route (`169.254.1.1`).
+    pub gateway: String,
+    /// The overlay MTU.
+    pub mtu: u32,
+    /// The cluster range, e.g. `10.32.0.0/12`.
+    pub range: String,
+}
+
+/// Result of [`Request::Release`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Released {
+    /// The address freed.
+    pub address: String,
+}
+
+/// Result of [`Request::List`] and [`Request::Gc`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocationList {
+    /// The allocations (listed or released).
+    pub allocations: Vec<Allocation>,
+}
+
+/// Result of [`Request::Rmpeer`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reclaimed {
+    /// The reclaimed router's name (or hex ID).
+    pub peer: String,
+    /// How many addresses this router took over.
+    pub addresses: u64,
 }
 
 /// A reply line: `{"ok": true, "result": ...}` or `{"ok": false, "error": ...}`.
@@ -70,12 +182,17 @@ pub struct ApiError {
     pub message: String,
 }
 
-/// Error kinds (the CNI plugin maps `NotReady` to CNI code 11).
+/// Error kinds. The CNI plugin maps `not_ready` to CNI code 11 (try again
+/// later), `bad_request` to 4 (invalid environment: a malformed container ID
+/// or interface name), and the rest to 100-range plugin codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The request was malformed.
     BadRequest,
+    /// The request is refused as it stands (e.g. `rmpeer` of a live router,
+    /// a ring conflict); the message says what to do.
+    Refused,
     /// Not found.
     NotFound,
     /// The router cannot answer yet; try again later.

@@ -945,6 +945,10 @@ impl Control {
                     format!("{address:?} is not HOST:PORT (e.g. 192.0.2.10:6783)"),
                 ),
             },
+            _ => Reply::err(
+                ErrorCode::NotReady,
+                "address management is not running on this router yet",
+            ),
         }
     }
 
