@@ -330,6 +330,7 @@ async fn run(
         opener: tcp_recv,
         pending_opener: None,
         rekey: None,
+        reassembly: proto::Reassembly::default(),
     };
     let reason = link.serve(commands).await;
     let _ = context.events.send(ConnectionEvent::Down { id, reason });
@@ -520,6 +521,7 @@ struct Link {
     opener: FrameOpener,
     pending_opener: Option<FrameOpener>,
     rekey: Option<RekeyInProgress>,
+    reassembly: proto::Reassembly,
 }
 
 impl Link {
@@ -564,14 +566,17 @@ impl Link {
     }
 
     async fn send(&mut self, message: &ControlMessage) -> Result<(), String> {
-        let record = self.sealer.seal(&proto::encode_message(message));
-        match tokio::time::timeout(WRITE_TIMEOUT, proto::write_frame(&mut self.writer, &record))
-            .await
-        {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("write: {e}")),
-            Err(_) => Err("write timed out".into()),
+        for plaintext in proto::encode_records(message) {
+            let record = self.sealer.seal(&plaintext);
+            match tokio::time::timeout(WRITE_TIMEOUT, proto::write_frame(&mut self.writer, &record))
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(format!("write: {e}")),
+                Err(_) => return Err("write timed out".into()),
+            }
         }
+        Ok(())
     }
 
     async fn handle_record(&mut self, record: &[u8]) -> Result<(), String> {
@@ -579,8 +584,18 @@ impl Link {
             .opener
             .open(record)
             .map_err(|e| format!("record failed to authenticate: {e}"))?;
-        let message =
+        let mut message =
             proto::decode_message(&plaintext).map_err(|e| format!("malformed record: {e}"))?;
+        if let ControlMessage::Fragment { last, bytes } = &message {
+            match self
+                .reassembly
+                .push(*last, bytes)
+                .map_err(|e| format!("malformed fragments: {e}"))?
+            {
+                Some(whole) => message = whole,
+                None => return Ok(()),
+            }
+        }
         match message {
             ControlMessage::Rekey { step, message } => self.handle_rekey(step, &message).await,
             ControlMessage::TcpKeySwitch => {

@@ -794,7 +794,8 @@ impl Control {
             }
             ControlMessage::Rekey { .. }
             | ControlMessage::TcpKeySwitch
-            | ControlMessage::Close { .. } => {}
+            | ControlMessage::Close { .. }
+            | ControlMessage::Fragment { .. } => {}
         }
     }
 

@@ -133,6 +133,74 @@ pub enum ControlMessage {
         /// Human-readable reason.
         reason: String,
     },
+    /// A piece of an encoded control message too big for one record (a
+    /// large ring): the receiver appends pieces, up to
+    /// [`MAX_REASSEMBLED`], and decodes the whole at the `last` one.
+    Fragment {
+        /// True on the final piece.
+        last: bool,
+        /// The next bytes of the encoded message.
+        bytes: Vec<u8>,
+    },
+}
+
+/// Largest plaintext piece put in one `Fragment` (leaves room for the
+/// envelope within a 64 KiB record).
+pub const FRAGMENT_PIECE: usize = 60 * 1024;
+/// Largest message reassembled from fragments (the wire decode cap).
+pub const MAX_REASSEMBLED: usize = crate::wire::MAX_MESSAGE;
+
+/// The records' plaintexts for `message`: one, or `Fragment`s when it does
+/// not fit one record.
+pub fn encode_records(message: &ControlMessage) -> Vec<Vec<u8>> {
+    let whole = encode_message(message);
+    if whole.len() <= FRAGMENT_PIECE {
+        return vec![whole];
+    }
+    let pieces = whole.len().div_ceil(FRAGMENT_PIECE);
+    whole
+        .chunks(FRAGMENT_PIECE)
+        .enumerate()
+        .map(|(i, piece)| {
+            encode_message(&ControlMessage::Fragment {
+                last: i + 1 == pieces,
+                bytes: piece.to_vec(),
+            })
+        })
+        .collect()
+}
+
+/// Reassembles `Fragment`s; bounded so that a peer cannot make it grow.
+#[derive(Debug, Default)]
+pub struct Reassembly {
+    buffer: Vec<u8>,
+}
+
+impl Reassembly {
+    /// Adds one piece; returns the whole message after the last one.
+    pub fn push(
+        &mut self,
+        last: bool,
+        bytes: &[u8],
+    ) -> Result<Option<ControlMessage>, crate::wire::DecodeError> {
+        if self.buffer.len() + bytes.len() > MAX_REASSEMBLED {
+            self.buffer = Vec::new();
+            return Err(crate::wire::DecodeError::Malformed(
+                "fragmented message over the size cap".into(),
+            ));
+        }
+        self.buffer.extend_from_slice(bytes);
+        if !last {
+            return Ok(None);
+        }
+        let whole = std::mem::take(&mut self.buffer);
+        match decode_message(&whole)? {
+            ControlMessage::Fragment { .. } => Err(crate::wire::DecodeError::Malformed(
+                "a fragment inside a fragment".into(),
+            )),
+            message => Ok(Some(message)),
+        }
+    }
 }
 
 /// Encodes a control message as record plaintext: `[version][body]`.
@@ -226,5 +294,49 @@ mod tests {
         let mut input: &[u8] = &[0xff, 0xff, 0xff, 0xff];
         let err = read_frame(&mut input, 1024).await.expect_err("too large");
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn a_message_too_big_for_one_record_goes_in_fragments_and_reassembles() {
+        let big = ControlMessage::Gossip {
+            channel: 2,
+            payload: (0..200_000u32).map(|i| (i % 251) as u8).collect(),
+        };
+        let records = encode_records(&big);
+        assert_eq!(records.len(), 4);
+        assert!(records.iter().all(|r| r.len() <= MAX_RECORD - 16));
+        let mut reassembly = Reassembly::default();
+        let mut out = None;
+        for record in &records {
+            match decode_message(record).unwrap() {
+                ControlMessage::Fragment { last, bytes } => {
+                    out = reassembly.push(last, &bytes).unwrap();
+                }
+                other => panic!("not a fragment: {other:?}"),
+            }
+        }
+        assert_eq!(out, Some(big));
+        let small = ControlMessage::RekeyRequest;
+        assert_eq!(encode_records(&small), vec![encode_message(&small)]);
+    }
+
+    #[test]
+    fn reassembly_is_capped_and_refuses_nested_fragments() {
+        let mut reassembly = Reassembly::default();
+        let piece = vec![0u8; FRAGMENT_PIECE];
+        let mut refused = false;
+        for _ in 0..(MAX_REASSEMBLED / FRAGMENT_PIECE + 2) {
+            if reassembly.push(false, &piece).is_err() {
+                refused = true;
+                break;
+            }
+        }
+        assert!(refused, "the cap holds");
+        let nested = encode_message(&ControlMessage::Fragment {
+            last: true,
+            bytes: vec![1],
+        });
+        let mut reassembly = Reassembly::default();
+        assert!(reassembly.push(true, &nested).is_err());
     }
 }
