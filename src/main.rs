@@ -9,6 +9,7 @@ use weft::api::client;
 use weft::api::proto::{Reply, Request, Status};
 use weft::cidr::Ipv4Cidr;
 use weft::config::{IpallocInit, RouterConfig, resolve_peer};
+use weft::kube::KubeSource;
 
 /// weft: an encrypted mesh overlay network for Kubernetes.
 #[derive(Parser)]
@@ -107,6 +108,14 @@ struct RouterArgs {
     /// Do not masquerade pod traffic leaving the range.
     #[arg(long, env = "WEFT_NO_MASQ")]
     no_masq: bool,
+    /// Also take seeds from the Kubernetes Node list (in-cluster API access;
+    /// re-listed every 30 s; needs the RBAC in deploy/rbac.yaml).
+    #[arg(long, env = "WEFT_PEERS_FROM_KUBE")]
+    peers_from_kube: bool,
+    /// The Kubernetes API URL for --peers-from-kube instead of the in-cluster
+    /// one (http:// sends no token: for tests and `kubectl proxy`).
+    #[arg(long, env = "WEFT_KUBE_API", requires = "peers_from_kube")]
+    kube_api: Option<String>,
 }
 
 #[derive(Args)]
@@ -239,6 +248,10 @@ fn router_config(args: RouterArgs) -> anyhow::Result<RouterConfig> {
             } else {
                 a
             }
+        }),
+        peers_from_kube: args.peers_from_kube.then(|| match args.kube_api {
+            Some(url) => KubeSource::Url(url),
+            None => KubeSource::InCluster,
         }),
     })
 }
