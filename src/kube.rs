@@ -521,12 +521,14 @@ pub async fn run(task: SeedTask, calls: mpsc::Sender<ApiCall>) {
         }
         let diff = seeds.update(listed);
         if !diff.add.is_empty() || !diff.remove.is_empty() {
+            // The addresses go in the message, not in fields, so that the
+            // line reads (and greps) the same with or without colours.
             tracing::info!(
                 nodes = nodes.len(),
                 not_ready = nodes.iter().filter(|n| !n.ready).count(),
-                added = ?diff.add,
-                removed = ?diff.remove,
-                "--peers-from-kube: seeds changed"
+                "--peers-from-kube: seeds added {} removed {}",
+                list(&diff.add),
+                list(&diff.remove)
             );
         }
         for addr in diff.add {
@@ -548,6 +550,12 @@ pub async fn run(task: SeedTask, calls: mpsc::Sender<ApiCall>) {
             .await;
         }
     }
+}
+
+/// `[a, b]` for a log line.
+fn list(addrs: &[SocketAddr]) -> String {
+    let items: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    format!("[{}]", items.join(", "))
 }
 
 /// Sends one call to the control task and waits for its answer.
