@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the router (one per node).
-    Router(RouterArgs),
+    Router(Box<RouterArgs>),
     /// Show the router's peers, connections, IPAM and data-plane counters.
     Status(StatusArgs),
     /// Add a seed address to a running router.
@@ -114,7 +114,7 @@ struct RouterArgs {
     peers_from_kube: bool,
     /// The Kubernetes API URL for --peers-from-kube instead of the in-cluster
     /// one (http:// sends no token: for tests and `kubectl proxy`).
-    #[arg(long, env = "WEFT_KUBE_API", requires = "peers_from_kube")]
+    #[arg(long, env = "WEFT_KUBE_API")]
     kube_api: Option<String>,
 }
 
@@ -163,7 +163,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Router(args) => {
             init_logging();
-            weft::daemon::run(router_config(args)?)
+            weft::daemon::run(router_config(*args)?)
         }
         Command::Status(args) => status(args),
         Command::Demo { clean: true, .. } => {
@@ -197,6 +197,9 @@ fn router_config(args: RouterArgs) -> anyhow::Result<RouterConfig> {
         anyhow::bail!(
             "no cluster secret: pass --secret-file PATH (create one with: head -c 32 /dev/urandom | base64 > PATH), or --insecure for an experiment"
         );
+    }
+    if args.kube_api.is_some() && !args.peers_from_kube {
+        anyhow::bail!("--kube-api is only used with --peers-from-kube: add --peers-from-kube");
     }
     let range: Ipv4Cidr = args
         .ipalloc_range
@@ -249,7 +252,7 @@ fn router_config(args: RouterArgs) -> anyhow::Result<RouterConfig> {
                 a
             }
         }),
-        peers_from_kube: args.peers_from_kube.then(|| match args.kube_api {
+        peers_from_kube: args.peers_from_kube.then_some(match args.kube_api {
             Some(url) => KubeSource::Url(url),
             None => KubeSource::InCluster,
         }),
