@@ -8,7 +8,8 @@ mod support;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -254,4 +255,208 @@ fn a_router_dials_the_nodes_the_kubernetes_api_lists() {
     });
     assert!(forgotten, "{}", routers[0].log_tail());
     assert!(routers[0].status().is_some(), "the router stays up");
+}
+
+/// A certificate authority and a server certificate for `ip`, made with
+/// the openssl command line in `dir`: (ca.crt, server.crt, server.key).
+fn make_pki(dir: &Path, ip: &str, label: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = dir.join(format!("{label}-ca.key"));
+    let ca = dir.join(format!("{label}-ca.crt"));
+    let key = dir.join(format!("{label}-server.key"));
+    let csr = dir.join(format!("{label}-server.csr"));
+    let cert = dir.join(format!("{label}-server.crt"));
+    let ext = dir.join(format!("{label}-server.ext"));
+    let openssl = |args: &[&str]| {
+        let out = run_timeout(Command::new("openssl").args(args), 30).unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let p = |p: &Path| p.display().to_string();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &p(&ca_key),
+        "-out",
+        &p(&ca),
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN={label}-kubernetes-ca"),
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &p(&key),
+        "-out",
+        &p(&csr),
+        "-subj",
+        "/CN=kube-apiserver",
+    ]);
+    std::fs::write(
+        &ext,
+        format!(
+            "subjectAltName=IP:{ip},DNS:kubernetes.default.svc\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\n"
+        ),
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &p(&csr),
+        "-CA",
+        &p(&ca),
+        "-CAkey",
+        &p(&ca_key),
+        "-CAcreateserial",
+        "-out",
+        &p(&cert),
+        "-days",
+        "2",
+        "-extfile",
+        &p(&ext),
+    ]);
+    (ca, cert, key)
+}
+
+/// A TLS API server (Python's http.server behind ssl): 401 unless the
+/// bearer token matches, else the recorded node list.
+const TLS_API: &str = r#"
+import http.server, ssl, sys
+host, port, cert, key, token, body = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], open(sys.argv[6], 'rb').read()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        ok = self.headers.get('Authorization') == 'Bearer ' + token and self.path.startswith('/api/v1/nodes?')
+        data = body if ok else b'{"kind":"Status","code":401}'
+        self.send_response(200 if ok else 401)
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Length', str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer((host, port), H)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+server.socket = context.wrap_socket(server.socket, server_side=True)
+print('ready', flush=True)
+server.serve_forever()
+"#;
+
+/// The in-cluster path, for real: KUBERNETES_SERVICE_HOST/PORT, a bearer
+/// token and the cluster CA from the service-account directory, HTTPS with
+/// an IP-address certificate. A CA that did not sign the server's
+/// certificate is refused (one log line); the CA file is read again at
+/// every listing, so fixing it is enough.
+#[test]
+fn a_router_lists_nodes_in_cluster_over_https_with_the_cluster_ca_and_token() {
+    let test = "a_router_lists_nodes_in_cluster_over_https_with_the_cluster_ca_and_token";
+    if !require_root(test) {
+        return;
+    }
+    let mut cluster = Cluster::new(3);
+    let pki = TempDir::new("pki");
+    let api_ip = cluster.nodes[1].underlay.to_string();
+    let (ca, cert, key) = make_pki(&pki.path, &api_ip, "real");
+    let (other_ca, _, _) = make_pki(&pki.path, &api_ip, "other");
+    let sa = pki.path.join("serviceaccount");
+    std::fs::create_dir_all(&sa).unwrap();
+    std::fs::write(sa.join("token"), "eyJhbGciOiJSUzI1NiJ9.test-token\n").unwrap();
+    std::fs::copy(&other_ca, sa.join("ca.crt")).unwrap();
+    let nodes = pki.path.join("nodes.json");
+    std::fs::write(&nodes, THREE_NODES).unwrap();
+    let script = pki.path.join("api.py");
+    std::fs::write(&script, TLS_API).unwrap();
+    let mut server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &cluster.nodes[1].ns.name,
+            "timeout",
+            "120",
+            "python3",
+        ])
+        .arg(&script)
+        .args([&api_ip, "6443"])
+        .args([&cert, &key])
+        .arg("eyJhbGciOiJSUzI1NiJ9.test-token")
+        .arg(&nodes)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready");
+
+    let routers = start_routers(
+        Path::new(BIN),
+        &mut cluster,
+        3,
+        |_| vec![],
+        |i, r| {
+            if i == 0 {
+                r.args.push("--peers-from-kube".into());
+                r.env.extend([
+                    ("KUBERNETES_SERVICE_HOST".to_string(), api_ip.clone()),
+                    ("KUBERNETES_SERVICE_PORT".into(), "6443".into()),
+                    ("WEFT_KUBE_SA_DIR".into(), sa.display().to_string()),
+                    ("WEFT_KUBE_RESYNC_SECS".into(), "1".into()),
+                ]);
+            }
+        },
+    );
+    let refused = wait_until(Duration::from_secs(10), || {
+        log_of(&routers[0]).contains("cannot reach the Kubernetes API")
+    });
+    assert!(refused, "{}", routers[0].log_tail());
+    assert!(
+        log_of(&routers[0]).contains("invalid peer certificate"),
+        "{}",
+        routers[0].log_tail()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        log_of(&routers[0])
+            .matches("cannot reach the Kubernetes API")
+            .count(),
+        1,
+        "logged once per change:\n{}",
+        routers[0].log_tail()
+    );
+    assert!(established_with(&routers[0]).is_empty());
+
+    std::fs::copy(&ca, sa.join("ca.crt")).unwrap();
+    let meshed = wait_until(Duration::from_secs(20), || {
+        established_with(&routers[0]) == BTreeSet::from(["n1".to_string(), "n2".to_string()])
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        meshed,
+        "n0 did not connect to the listed nodes:\n{}",
+        routers[0].log_tail()
+    );
+    assert!(log_of(&routers[0]).contains("readable again"));
 }
