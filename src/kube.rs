@@ -455,7 +455,8 @@ pub struct SeedTask {
     pub port: u16,
     /// Whether the router listens on IPv4 (picks the address family).
     pub ipv4: bool,
-    /// The `--peer` seeds, never forgotten.
+    /// The `--peer` seeds and the router's own address: never given by
+    /// this task, never forgotten.
     pub fixed: Vec<SocketAddr>,
     /// How often to list again.
     pub every: Duration,
@@ -471,7 +472,14 @@ pub fn seed_task(config: &crate::config::RouterConfig, source: KubeSource) -> Se
             .map_or_else(|| PathBuf::from(SERVICE_ACCOUNT_DIR), PathBuf::from),
         port: config.listen.port(),
         ipv4: config.listen.is_ipv4(),
-        fixed: config.seeds.clone(),
+        // The router's own address is in the list too (its node is):
+        // neither given nor forgotten, like a --peer seed.
+        fixed: config
+            .seeds
+            .iter()
+            .copied()
+            .chain((!config.listen.ip().is_unspecified()).then_some(config.listen))
+            .collect(),
         every: std::env::var("WEFT_KUBE_RESYNC_SECS")
             .ok()
             .and_then(|s| s.parse::<u64>().ok())

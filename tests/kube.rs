@@ -225,6 +225,12 @@ fn a_router_dials_the_nodes_the_kubernetes_api_lists() {
         routers[0].log_tail()
     );
     assert!(log_of(&routers[0]).contains("readable again"));
+    // Its own address (cp-1's) is not even handed over as a seed.
+    assert!(
+        log_of(&routers[0]).contains("seeds added [192.0.2.11:6783, 192.0.2.12:6783] removed []"),
+        "{}",
+        routers[0].log_tail()
+    );
     // n1 and n2 learn each other through n0's gossip: a full mesh.
     let full = wait_until(Duration::from_secs(20), || {
         routers.iter().all(|r| r.established_peers() == 2)
