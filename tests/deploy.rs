@@ -196,6 +196,8 @@ fn the_daemonset_gives_the_router_the_node_and_what_it_needs() {
     assert_eq!(annotations["prometheus.io/port"], "6782");
     let pod = &template["spec"];
     assert_eq!(pod["hostNetwork"], true);
+    // Cluster DNS runs in pods that need this router first.
+    assert_ne!(pod["dnsPolicy"], "ClusterFirstWithHostNet");
     assert_eq!(pod["serviceAccountName"], "weft");
     // Tolerates every taint: control planes and not-yet-ready nodes too.
     assert!(
