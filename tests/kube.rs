@@ -466,3 +466,21 @@ fn a_router_lists_nodes_in_cluster_over_https_with_the_cluster_ca_and_token() {
     );
     assert!(log_of(&routers[0]).contains("readable again"));
 }
+
+#[test]
+fn kube_api_without_peers_from_kube_is_one_clear_line() {
+    let out = Command::new(BIN)
+        .args([
+            "router",
+            "--insecure",
+            "--kube-api",
+            "http://192.0.2.1:8080",
+        ])
+        .env_remove("WEFT_PEERS_FROM_KUBE")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert!(said.contains("add --peers-from-kube"), "{said}");
+}
