@@ -364,7 +364,7 @@ pub fn list_nodes(source: &KubeSource, sa_dir: &Path) -> Result<Vec<KubeNode>, K
         }
         let mut request = agent.get(&url).header("Accept", "application/json");
         if let Some(token) = &token {
-            request = request.header("Authorization", &format!("Bearer {token}"));
+            request = request.header("Authorization", &format!("Bearer {}", token.0));
         }
         let mut response = request.call().map_err(|e| KubeError::Unreachable {
             url: url.clone(),
@@ -395,8 +395,17 @@ pub fn list_nodes(source: &KubeSource, sa_dir: &Path) -> Result<Vec<KubeNode>, K
     Err(KubeError::BadList("more than 1000 pages".into()))
 }
 
+/// A service-account token: a credential, so it never prints.
+struct Bearer(String);
+
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bearer(<redacted>)")
+    }
+}
+
 /// The bearer token and the CA certificates from the service-account dir.
-fn credentials(sa_dir: &Path) -> Result<(String, Vec<ureq::tls::Certificate<'static>>), KubeError> {
+fn credentials(sa_dir: &Path) -> Result<(Bearer, Vec<ureq::tls::Certificate<'static>>), KubeError> {
     let token_path = sa_dir.join("token");
     let token = std::fs::read_to_string(&token_path)
         .map_err(|e| KubeError::NoToken {
@@ -428,7 +437,7 @@ fn credentials(sa_dir: &Path) -> Result<(String, Vec<ureq::tls::Certificate<'sta
             reason: "no PEM certificate in it".into(),
         });
     }
-    Ok((token, roots))
+    Ok((Bearer(token), roots))
 }
 
 /// Percent-encodes a `continue` token for a query string.
