@@ -124,6 +124,8 @@ pub struct RouterConfig {
     pub workers: usize,
     /// Prometheus endpoint, if any.
     pub metrics_addr: Option<String>,
+    /// `--peers-from-kube`: where to list Nodes for seeds, if at all.
+    pub peers_from_kube: Option<crate::kube::KubeSource>,
 }
 
 impl RouterConfig {

@@ -153,6 +153,12 @@ async fn serve(
     if let Some(listener) = metrics_listener {
         tokio::spawn(crate::metrics::serve(listener, api_tx.clone()));
     }
+    if let Some(source) = config.peers_from_kube.clone() {
+        tokio::spawn(crate::kube::run(
+            crate::kube::seed_task(&config, source),
+            api_tx.clone(),
+        ));
+    }
     tokio::spawn(api::server::serve(api_listener, config.api.clone(), api_tx));
     let control = Control::new(
         ControlConfig {

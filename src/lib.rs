@@ -23,6 +23,7 @@ pub mod demo;
 pub mod gossip;
 pub mod id;
 pub mod ipam;
+pub mod kube;
 pub mod metrics;
 pub mod netlink;
 pub mod persist;

@@ -9,6 +9,7 @@ use weft::api::client;
 use weft::api::proto::{Reply, Request, Status};
 use weft::cidr::Ipv4Cidr;
 use weft::config::{IpallocInit, RouterConfig, resolve_peer};
+use weft::kube::KubeSource;
 
 /// weft: an encrypted mesh overlay network for Kubernetes.
 #[derive(Parser)]
@@ -21,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the router (one per node).
-    Router(RouterArgs),
+    Router(Box<RouterArgs>),
     /// Show the router's peers, connections, IPAM and data-plane counters.
     Status(StatusArgs),
     /// Add a seed address to a running router.
@@ -119,6 +120,14 @@ struct RouterArgs {
     /// Do not masquerade pod traffic leaving the range.
     #[arg(long, env = "WEFT_NO_MASQ")]
     no_masq: bool,
+    /// Also take seeds from the Kubernetes Node list (in-cluster API access;
+    /// re-listed every 30 s; needs the RBAC in deploy/rbac.yaml).
+    #[arg(long, env = "WEFT_PEERS_FROM_KUBE")]
+    peers_from_kube: bool,
+    /// The Kubernetes API URL for --peers-from-kube instead of the in-cluster
+    /// one (http:// sends no token: for tests and `kubectl proxy`).
+    #[arg(long, env = "WEFT_KUBE_API")]
+    kube_api: Option<String>,
 }
 
 #[derive(Args)]
@@ -166,7 +175,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Router(args) => {
             init_logging();
-            weft::daemon::run(router_config(args)?)
+            weft::daemon::run(router_config(*args)?)
         }
         Command::Status(args) => status(args),
         Command::Demo { clean: true, .. } => {
@@ -213,6 +222,9 @@ fn router_config(args: RouterArgs) -> anyhow::Result<RouterConfig> {
             "no cluster secret: pass --secret-file PATH (create one with: head -c 32 /dev/urandom | base64 > PATH), or --insecure for an experiment"
         );
     }
+    if args.kube_api.is_some() && !args.peers_from_kube {
+        anyhow::bail!("--kube-api is only used with --peers-from-kube: add --peers-from-kube");
+    }
     let range: Ipv4Cidr = args
         .ipalloc_range
         .parse()
@@ -258,6 +270,10 @@ fn router_config(args: RouterArgs) -> anyhow::Result<RouterConfig> {
             } else {
                 a
             }
+        }),
+        peers_from_kube: args.peers_from_kube.then_some(match args.kube_api {
+            Some(url) => KubeSource::Url(url),
+            None => KubeSource::InCluster,
         }),
     })
 }

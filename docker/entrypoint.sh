@@ -1,0 +1,106 @@
+#!/bin/sh
+# The weft image's entrypoint (see deploy/README.md).
+#
+# `weft-entrypoint [FLAGS...]` installs the CNI plugin and its network config
+# onto the host, then becomes `weft router FLAGS...` (exec: same PID, so
+# SIGTERM from the kubelet reaches the router itself).
+# `weft-entrypoint COMMAND ...` (status, connect, ...) just runs `weft COMMAND`.
+#
+# Every install is atomic and idempotent: the file is written beside its
+# destination and renamed over it, and only when its content changed, so a
+# container restart never leaves the kubelet a half-written plugin or config,
+# and a plugin that is executing is never overwritten in place. The plugin
+# goes first: a node never sees a config whose plugin is missing.
+#
+# Environment (defaults suit deploy/daemonset.yaml, which mounts the host's
+# /opt/cni/bin and /etc/cni/net.d under /host):
+#   WEFT_CNI_BIN_DIR    where the plugin goes          (/host/opt/cni/bin)
+#   WEFT_CNI_CONF_DIR   where the conflist goes        (/host/etc/cni/net.d)
+#   WEFT_CNI_CONF_NAME  the conflist's file name       (10-weft.conflist)
+#   WEFT_CNI_PLUGIN     the plugin in this image       (/usr/local/bin/weft-cni)
+#   WEFT_CNI_MTU        the MTU the plugin uses, 0 = ask the router (0)
+#   WEFT_API            the router's socket, as the host sees it (/run/weft/weft.sock);
+#                       the router reads the same variable
+#   WEFT_INSTALL_CNI    0 to skip installing (1)
+#   WEFT_BIN            the weft binary                (weft, on PATH)
+set -eu
+
+log() {
+    echo "weft-entrypoint: $*" >&2
+}
+
+# install_file SRC DEST MODE: copy SRC to DEST atomically, only if it differs.
+install_file() {
+    src=$1
+    dest=$2
+    mode=$3
+    if [ -f "$dest" ] && cmp -s "$src" "$dest"; then
+        log "$dest is up to date"
+        return 0
+    fi
+    tmp="$(dirname "$dest")/.$(basename "$dest").weft-tmp.$$"
+    # Never leave the temporary file behind, whatever fails.
+    trap 'rm -f "$tmp"' EXIT
+    cp "$src" "$tmp"
+    chmod "$mode" "$tmp"
+    mv -f "$tmp" "$dest"
+    trap - EXIT
+    log "installed $dest"
+}
+
+install_cni() {
+    bin_dir=${WEFT_CNI_BIN_DIR:-/host/opt/cni/bin}
+    conf_dir=${WEFT_CNI_CONF_DIR:-/host/etc/cni/net.d}
+    conf_name=${WEFT_CNI_CONF_NAME:-10-weft.conflist}
+    plugin=${WEFT_CNI_PLUGIN:-/usr/local/bin/weft-cni}
+    socket=${WEFT_API:-/run/weft/weft.sock}
+    mtu=${WEFT_CNI_MTU:-0}
+    case $mtu in
+        '' | *[!0-9]*)
+            log "WEFT_CNI_MTU must be a number (0 = ask the router), not '$mtu'"
+            exit 2
+            ;;
+    esac
+    case $socket in
+        *\"* | *\\*)
+            log "WEFT_API must not contain quotes or backslashes: '$socket'"
+            exit 2
+            ;;
+    esac
+    if [ ! -f "$plugin" ]; then
+        log "the CNI plugin $plugin is missing from this image"
+        exit 1
+    fi
+    mkdir -p "$bin_dir" "$conf_dir"
+    install_file "$plugin" "$bin_dir/weft" 0755
+
+    staged=$(mktemp)
+    cat >"$staged" <<CONF
+{
+  "cniVersion": "1.0.0",
+  "name": "weft",
+  "plugins": [
+    {
+      "type": "weft",
+      "socket": "$socket",
+      "mtu": $mtu
+    }
+  ]
+}
+CONF
+    install_file "$staged" "$conf_dir/$conf_name" 0644
+    rm -f "$staged"
+}
+
+weft=${WEFT_BIN:-weft}
+case ${1-} in
+    -* | '')
+        if [ "${WEFT_INSTALL_CNI:-1}" != 0 ]; then
+            install_cni
+        fi
+        exec "$weft" router "$@"
+        ;;
+    *)
+        exec "$weft" "$@"
+        ;;
+esac

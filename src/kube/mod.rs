@@ -1,0 +1,235 @@
+//! `--peers-from-kube`: seeds from the Kubernetes Node list (DESIGN.md,
+//! "Operator contract"; issue 6, "the step beyond a static list").
+//!
+//! Every 30 s the router lists the cluster's Nodes, takes each node's
+//! InternalIP (else its ExternalIP) of the listen address's family, makes
+//! `HOST:PORT` with its own port, and hands the new addresses to the control
+//! task as seeds (`Request::Connect`), and forgets (`Request::Forget`) the
+//! seeds of nodes that are gone. It goes through the same API channel as
+//! `weft connect`, so the control task needs no special path.
+//!
+//! [`nodes`] is pure (parse a NodeList, pick addresses, diff listings) and
+//! tested against recorded responses; [`client`] does the I/O (blocking
+//! HTTPS with `ureq`, run on tokio's blocking pool); this module holds the
+//! error type and the task that feeds the control task.
+
+pub mod client;
+pub mod nodes;
+
+pub use client::{KubeSource, list_nodes};
+pub use nodes::{KubeNode, KubeSeeds, NodePage, SeedDiff, parse_node_list, seeds_from_nodes};
+
+use crate::api::proto::Request;
+use crate::api::server::ApiCall;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// How often the node list is read again.
+pub const RESYNC: Duration = Duration::from_secs(30);
+
+/// Where Kubernetes mounts the pod's service-account token and CA.
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// What goes wrong while listing nodes. Each message ends with what to fix.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum KubeError {
+    /// Not in a pod and no `--kube-api`.
+    #[error(
+        "KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT are not set: run weft in a Kubernetes pod, or pass --kube-api URL"
+    )]
+    NotInCluster,
+    /// The service-account token cannot be read.
+    #[error(
+        "cannot read the service-account token {path}: {reason} (set serviceAccountName: weft and leave automountServiceAccountToken on; see deploy/rbac.yaml)"
+    )]
+    NoToken {
+        /// The token file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The cluster CA cannot be read or holds no certificate.
+    #[error(
+        "cannot use the cluster CA {path}: {reason} (it comes with the service-account token: leave automountServiceAccountToken on)"
+    )]
+    BadCa {
+        /// The CA file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// `--kube-api` is not an http(s) URL.
+    #[error("--kube-api {0:?} is not an http:// or https:// URL (e.g. https://10.96.0.1:443)")]
+    BadUrl(String),
+    /// No answer, TLS failure, timeout.
+    #[error(
+        "cannot reach the Kubernetes API at {url}: {reason} (check that this node reaches the API server and that its certificate is signed by the cluster CA)"
+    )]
+    Unreachable {
+        /// The URL asked.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// HTTP 401.
+    #[error(
+        "the Kubernetes API rejected the service-account token (HTTP 401): the token is stale or from another cluster; restart the pod"
+    )]
+    Unauthorized,
+    /// HTTP 403.
+    #[error(
+        "the Kubernetes API forbids listing nodes (HTTP 403): apply deploy/rbac.yaml (ClusterRole weft: get/list/watch nodes, bound to the weft service account)"
+    )]
+    Forbidden,
+    /// Any other HTTP status.
+    #[error("the Kubernetes API answered HTTP {status} to {url}")]
+    Status {
+        /// The URL asked.
+        url: String,
+        /// The status code.
+        status: u16,
+    },
+    /// The body is not a NodeList.
+    #[error("the Kubernetes API answered something that is not a NodeList: {0}")]
+    BadList(String),
+}
+
+/// The seed task's settings.
+#[derive(Clone, Debug)]
+pub struct SeedTask {
+    /// Where the API server is.
+    pub source: KubeSource,
+    /// The service-account directory (normally [`SERVICE_ACCOUNT_DIR`]).
+    pub sa_dir: PathBuf,
+    /// The router's port, for `HOST:PORT`.
+    pub port: u16,
+    /// Whether the router listens on IPv4 (picks the address family).
+    pub ipv4: bool,
+    /// The `--peer` seeds and the router's own address: never given by
+    /// this task, never forgotten.
+    pub fixed: Vec<SocketAddr>,
+    /// How often to list again.
+    pub every: Duration,
+}
+
+/// The task for a router: its port and family, its `--peer` seeds, and
+/// the test hooks `WEFT_KUBE_RESYNC_SECS` (default 30) and
+/// `WEFT_KUBE_SA_DIR` (default [`SERVICE_ACCOUNT_DIR`]).
+pub fn seed_task(config: &crate::config::RouterConfig, source: KubeSource) -> SeedTask {
+    SeedTask {
+        source,
+        sa_dir: std::env::var_os("WEFT_KUBE_SA_DIR")
+            .map_or_else(|| PathBuf::from(SERVICE_ACCOUNT_DIR), PathBuf::from),
+        port: config.listen.port(),
+        ipv4: config.listen.is_ipv4(),
+        // The router's own address is in the list too (its node is):
+        // neither given nor forgotten, like a --peer seed.
+        fixed: config
+            .seeds
+            .iter()
+            .copied()
+            .chain((!config.listen.ip().is_unspecified()).then_some(config.listen))
+            .collect(),
+        every: std::env::var("WEFT_KUBE_RESYNC_SECS")
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .filter(|s| *s > 0)
+            .map_or(RESYNC, Duration::from_secs),
+    }
+}
+
+/// Runs until the control task goes away: lists the nodes, feeds the
+/// changes as `Connect`/`Forget` calls, sleeps `every`. Errors are logged
+/// once per change of error (and once when it recovers), never fatal.
+pub async fn run(task: SeedTask, calls: mpsc::Sender<ApiCall>) {
+    let mut seeds = KubeSeeds::new(task.fixed.iter().copied());
+    let mut last_error: Option<KubeError> = None;
+    let mut tick = tokio::time::interval(task.every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if calls.is_closed() {
+            return;
+        }
+        let (source, sa_dir) = (task.source.clone(), task.sa_dir.clone());
+        let listed = tokio::task::spawn_blocking(move || list_nodes(&source, &sa_dir))
+            .await
+            .unwrap_or_else(|e| {
+                Err(KubeError::Unreachable {
+                    url: String::new(),
+                    reason: e.to_string(),
+                })
+            });
+        let nodes = match listed {
+            Ok(nodes) => nodes,
+            Err(error) => {
+                if last_error.as_ref() != Some(&error) {
+                    tracing::warn!("--peers-from-kube: {error}");
+                    last_error = Some(error);
+                }
+                continue;
+            }
+        };
+        let listed = seeds_from_nodes(&nodes, task.port, task.ipv4);
+        if last_error.take().is_some() {
+            tracing::info!(
+                nodes = nodes.len(),
+                "--peers-from-kube: the node list is readable again"
+            );
+        }
+        let diff = seeds.update(listed);
+        if !diff.add.is_empty() || !diff.remove.is_empty() {
+            // The addresses go in the message, not in fields, so that the
+            // line reads (and greps) the same with or without colours.
+            tracing::info!(
+                nodes = nodes.len(),
+                not_ready = nodes.iter().filter(|n| !n.ready).count(),
+                "--peers-from-kube: seeds added {} removed {}",
+                list(&diff.add),
+                list(&diff.remove)
+            );
+        }
+        for addr in diff.add {
+            call(
+                &calls,
+                Request::Connect {
+                    address: addr.to_string(),
+                },
+            )
+            .await;
+        }
+        for addr in diff.remove {
+            call(
+                &calls,
+                Request::Forget {
+                    address: addr.to_string(),
+                },
+            )
+            .await;
+        }
+    }
+}
+
+/// `[a, b]` for a log line.
+fn list(addrs: &[SocketAddr]) -> String {
+    let items: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// Sends one call to the control task and waits for its answer.
+async fn call(calls: &mpsc::Sender<ApiCall>, request: Request) {
+    let (tx, rx) = oneshot::channel();
+    if calls.send((request, tx)).await.is_err() {
+        return;
+    }
+    if let Ok(reply) = rx.await
+        && let Some(error) = reply.error
+    {
+        tracing::warn!(
+            "--peers-from-kube: the router refused a seed: {}",
+            error.message
+        );
+    }
+}
