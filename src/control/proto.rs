@@ -258,6 +258,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
