@@ -8,9 +8,15 @@
 mod support;
 
 use serde_json::{Value, json};
+use std::net::Ipv4Addr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 use support::cni::*;
 use support::*;
+use weft::api::client::call;
+use weft::api::proto::{Allocation, AllocationList, Request};
+
+const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 
 /// A node namespace with a fake router API and an address to ping.
 struct Bench {
@@ -274,10 +280,376 @@ fn gc_releases_attachments_missing_from_valid_attachments() {
     assert_eq!(b.fake.allocated(), 1);
 }
 
-#[allow(dead_code)]
-fn elapsed_ms(start: Instant) -> f64 {
-    start.elapsed().as_secs_f64() * 1e3
+/// Real routers, one per node, fully meshed and ready to allocate.
+struct Mesh {
+    // Runtimes and routers drop before the cluster's namespaces.
+    routers: Vec<Router>,
+    cluster: Cluster,
 }
 
-#[allow(dead_code)]
-fn unused(_: Value, _: Duration) {}
+fn mesh(count: usize) -> Mesh {
+    let mut cluster = Cluster::new(count);
+    let names: Vec<String> = (0..count).map(|i| format!("n{i}")).collect();
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut routers: Vec<Router> = (0..count)
+        .map(|i| {
+            let peers: Vec<Ipv4Addr> = (0..count)
+                .filter(|j| *j != i)
+                .map(|j| cluster.nodes[j].underlay)
+                .collect();
+            Router::new(
+                Path::new(WEFT),
+                &cluster.nodes[i],
+                &cluster.dir.path,
+                &peers,
+                &name_refs,
+            )
+        })
+        .collect();
+    for r in &mut routers {
+        r.start();
+    }
+    let up = wait_until(Duration::from_secs(15), || {
+        routers.iter().all(|r| r.established_peers() == count - 1)
+    });
+    assert!(up, "routers did not establish:\n{}", routers[0].log_tail());
+    // Ready = the plugin's STATUS succeeds (the router answers Ready).
+    for (i, r) in routers.iter().enumerate() {
+        let status = Call::new("STATUS", "", "");
+        let conf = net_conf("1.1.0", &r.api());
+        let ready = wait_until(Duration::from_secs(20), || {
+            invoke(&cluster.nodes[i].ns, &status, &conf).code == 0
+        });
+        assert!(
+            ready,
+            "router {} never became ready: {:?}\n{}",
+            r.name,
+            invoke(&cluster.nodes[i].ns, &status, &conf),
+            r.log_tail()
+        );
+    }
+    // Keep the pod list empty: pods here are plugged by the plugin only.
+    cluster.pods.clear();
+    Mesh { routers, cluster }
+}
+
+fn allocations(r: &Router) -> Vec<Allocation> {
+    let reply = call(
+        &r.api(),
+        &Request::List { container_id: None },
+        Duration::from_secs(5),
+    )
+    .expect("list");
+    assert!(reply.ok, "list failed: {reply:?}");
+    let list: AllocationList = serde_json::from_value(reply.result.unwrap()).unwrap();
+    list.allocations
+}
+
+fn address_of(result: &Value) -> Ipv4Addr {
+    result["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches("/32")
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn pods_plugged_by_the_plugin_on_two_nodes_reach_each_other_through_the_mesh() {
+    if !require_root("cni_mesh") {
+        return;
+    }
+    let m = mesh(2);
+    let mut pods = Vec::new();
+    for i in 0..2 {
+        let ns = Netns::new(&format!("pod{i}"));
+        let add = Call::new("ADD", &format!("pod-{i}"), &netns_path(&ns));
+        let conf = net_conf("1.0.0", &m.routers[i].api());
+        let result = invoke(&m.cluster.nodes[i].ns, &add, &conf).ok();
+        let addr = address_of(&result);
+        assert_eq!(result["interfaces"][1]["name"], "eth0");
+        // The router knows it, and the repeated ADD agrees.
+        let again = invoke(&m.cluster.nodes[i].ns, &add, &conf).ok();
+        assert_eq!(again, result);
+        let held = allocations(&m.routers[i]);
+        assert!(
+            held.iter()
+                .any(|a| a.container_id == format!("pod-{i}") && a.address == addr.to_string()),
+            "{held:?}"
+        );
+        let mut with_prev = conf.clone();
+        with_prev["prevResult"] = result;
+        invoke(
+            &m.cluster.nodes[i].ns,
+            &Call::new("CHECK", &format!("pod-{i}"), &netns_path(&ns)),
+            &with_prev,
+        )
+        .ok();
+        pods.push(Pod { ns, addr, node: i });
+    }
+    assert_ne!(pods[0].addr, pods[1].addr);
+    assert!(
+        pods[0].wait_ping(pods[1].addr, Duration::from_secs(10)),
+        "pod on n0 cannot reach the pod on n1:\n{}",
+        m.routers[0].log_tail()
+    );
+    assert!(pods[1].ping(pods[0].addr, 3), "n1 → n0 lost packets");
+    assert!(pods[0].ping(pods[1].addr, 3), "n0 → n1 lost packets");
+    let t = transfer(&pods[0], &pods[1], 10 << 20, None);
+    assert_eq!(t.received_sum, t.sent_sum);
+
+    for (i, pod) in pods.iter().enumerate() {
+        let conf = net_conf("1.0.0", &m.routers[i].api());
+        let del = Call::new("DEL", &format!("pod-{i}"), &netns_path(&pod.ns));
+        invoke(&m.cluster.nodes[i].ns, &del, &conf).ok();
+        invoke(&m.cluster.nodes[i].ns, &del, &conf).ok();
+        assert!(allocations(&m.routers[i]).is_empty());
+        assert!(weft_veths(&m.cluster.nodes[i].ns).is_empty());
+        assert!(pod_routes(&m.cluster.nodes[i].ns).is_empty());
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[test]
+fn two_hundred_add_del_cycles_leave_no_veth_route_or_allocation() {
+    if !require_root("cni_cycles") {
+        return;
+    }
+    let m = mesh(1);
+    let node = &m.cluster.nodes[0].ns;
+    let conf = net_conf("1.0.0", &m.routers[0].api());
+    let pod = Netns::new("pod");
+    let (mut adds, mut dels) = (Vec::new(), Vec::new());
+    for i in 0..200 {
+        let id = format!("cycle-{i}");
+        let start = Instant::now();
+        invoke(node, &Call::new("ADD", &id, &netns_path(&pod)), &conf).ok();
+        adds.push(start.elapsed().as_secs_f64() * 1e3);
+        let start = Instant::now();
+        invoke(node, &Call::new("DEL", &id, &netns_path(&pod)), &conf).ok();
+        dels.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    assert!(weft_veths(node).is_empty(), "{:?}", weft_veths(node));
+    assert!(pod_routes(node).is_empty(), "{:?}", pod_routes(node));
+    assert!(allocations(&m.routers[0]).is_empty());
+    let links = pod.ok(&["ip", "-o", "link"]);
+    assert_eq!(links.lines().count(), 1, "the pod keeps only lo: {links}");
+    let status = m.routers[0].status().unwrap();
+    assert_eq!(
+        status["ipam"]["allocated"].as_u64(),
+        Some(1),
+        "only the router's own address"
+    );
+    for v in [&mut adds, &mut dels] {
+        v.sort_by(f64::total_cmp);
+    }
+    eprintln!(
+        "200 cycles: ADD p50 {:.1} ms p99 {:.1} ms, DEL p50 {:.1} ms p99 {:.1} ms",
+        percentile(&adds, 0.5),
+        percentile(&adds, 0.99),
+        percentile(&dels, 0.5),
+        percentile(&dels, 0.99)
+    );
+}
+
+#[test]
+fn podman_containers_on_two_nodes_get_weft_addresses_reach_each_other_and_release_them() {
+    if !require_root("cni_podman") || !require_tools("cni_podman", &["podman", "runc", "nsenter"]) {
+        return;
+    }
+    let m = mesh(2);
+    let dir = TempDir::new("podman");
+    let rootfs = busybox_rootfs_tar(&dir.path);
+    let podmans: Vec<Podman> = (0..2)
+        .map(|i| {
+            Podman::new(
+                &dir.path.join(format!("n{i}")),
+                &m.cluster.nodes[i].ns,
+                &m.routers[i].api(),
+                &rootfs,
+            )
+        })
+        .collect();
+    let mut addrs = Vec::new();
+    for (i, p) in podmans.iter().enumerate() {
+        p.ok(&[
+            "run",
+            "-d",
+            "--name",
+            &format!("c{i}"),
+            "--network",
+            "weft",
+            "--cap-add",
+            "NET_RAW",
+            "weft-busybox",
+            "sleep",
+            "300",
+        ]);
+        let addr = p.address(&format!("c{i}"));
+        let held = allocations(&m.routers[i]);
+        assert!(
+            held.iter().any(|a| a.address == addr.to_string()),
+            "container c{i} has {addr}, the router holds {held:?}"
+        );
+        addrs.push(addr);
+    }
+    for (from, to) in [(0, 1), (1, 0)] {
+        let target = addrs[to].to_string();
+        let ok = wait_until(Duration::from_secs(10), || {
+            podmans[from]
+                .run(&[
+                    "exec",
+                    &format!("c{from}"),
+                    "ping",
+                    "-c",
+                    "1",
+                    "-W",
+                    "1",
+                    &target,
+                ])
+                .status
+                .success()
+        });
+        assert!(ok, "c{from} cannot reach c{to} at {target}");
+        podmans[from].ok(&[
+            "exec",
+            &format!("c{from}"),
+            "ping",
+            "-c",
+            "3",
+            "-W",
+            "2",
+            &target,
+        ]);
+    }
+    // A short-lived --rm container works too, and leaves nothing.
+    let out = podmans[1].ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "weft",
+        "--cap-add",
+        "NET_RAW",
+        "weft-busybox",
+        "ping",
+        "-c",
+        "2",
+        "-W",
+        "2",
+        &addrs[0].to_string(),
+    ]);
+    assert!(out.contains("2 packets received"), "{out}");
+    for (i, p) in podmans.iter().enumerate() {
+        p.ok(&["rm", "--force", "--time", "0", &format!("c{i}")]);
+        assert!(
+            allocations(&m.routers[i]).is_empty(),
+            "{:?}",
+            allocations(&m.routers[i])
+        );
+        assert!(weft_veths(&m.cluster.nodes[i].ns).is_empty());
+        assert!(pod_routes(&m.cluster.nodes[i].ns).is_empty());
+    }
+}
+
+#[test]
+fn containerd_ctr_run_with_cni_gets_weft_addresses_on_two_nodes_and_releases_them() {
+    if !require_root("cni_ctr")
+        || !require_tools(
+            "cni_ctr",
+            &["containerd", "ctr", "podman", "runc", "unshare"],
+        )
+    {
+        return;
+    }
+    let m = mesh(2);
+    let dir = TempDir::new("ctr");
+    // The OCI archive ctr wants, made by podman from the busybox rootfs.
+    let rootfs = busybox_rootfs_tar(&dir.path);
+    let archive = dir.path.join("busybox-oci.tar");
+    {
+        let p = Podman::new(
+            &dir.path.join("podman"),
+            &m.cluster.nodes[0].ns,
+            &m.routers[0].api(),
+            &rootfs,
+        );
+        p.ok(&[
+            "save",
+            "--format",
+            "oci-archive",
+            "-o",
+            &archive.display().to_string(),
+            "weft-busybox",
+        ]);
+    }
+    let image = "localhost/weft-busybox:latest";
+    let ctrds: Vec<Containerd> = (0..2)
+        .map(|i| {
+            Containerd::start(
+                &dir.path.join(format!("ctrd{i}")),
+                &m.cluster.nodes[i].ns,
+                &m.routers[i].api(),
+                &archive,
+            )
+        })
+        .collect();
+    // A long-running container per node, each in the background.
+    let runners: Vec<_> = (0..2)
+        .map(|i| {
+            let (d, ns) = (ctrds[i].dir.clone(), ctrds[i].node_ns.clone());
+            std::thread::spawn(move || {
+                ctr_run_cni(&d, &ns, image, &format!("k{i}"), &["sleep", "60"])
+            })
+        })
+        .collect();
+    let mut addrs = Vec::new();
+    for i in 0..2 {
+        let mut found = None;
+        let ok = wait_until(Duration::from_secs(20), || {
+            found = allocations(&m.routers[i])
+                .into_iter()
+                .find(|a| a.container_id.ends_with(&format!("k{i}")));
+            found.is_some()
+        });
+        assert!(ok, "ctr container k{i} got no address");
+        addrs.push(found.unwrap().address);
+    }
+    for (from, to) in [(0, 1), (1, 0)] {
+        let ok = wait_until(Duration::from_secs(10), || {
+            ctrds[from]
+                .ctr(&[
+                    "task",
+                    "exec",
+                    "--exec-id",
+                    &format!("p{to}"),
+                    &format!("k{from}"),
+                    "ping",
+                    "-c",
+                    "1",
+                    "-W",
+                    "1",
+                    &addrs[to],
+                ])
+                .status
+                .success()
+        });
+        assert!(ok, "k{from} cannot reach k{to} at {}", addrs[to]);
+    }
+    for (i, c) in ctrds.iter().enumerate() {
+        let _ = c.ctr(&["task", "kill", "-s", "KILL", &format!("k{i}")]);
+    }
+    for r in runners {
+        let _ = r.join();
+    }
+    for i in 0..2 {
+        let released = wait_until(Duration::from_secs(10), || {
+            allocations(&m.routers[i]).is_empty()
+        });
+        assert!(released, "ctr --rm left {:?}", allocations(&m.routers[i]));
+        assert!(weft_veths(&m.cluster.nodes[i].ns).is_empty());
+        assert!(pod_routes(&m.cluster.nodes[i].ns).is_empty());
+    }
+}
