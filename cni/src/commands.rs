@@ -349,3 +349,37 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn router_errors_map_to_the_cni_codes_the_api_documents() {
+        let cases = [
+            (ErrorCode::NotReady, code::TRY_AGAIN_LATER),
+            (ErrorCode::BadRequest, code::INVALID_ENV),
+            (ErrorCode::NotFound, code::ROUTER_NOT_FOUND),
+            (ErrorCode::Refused, code::ROUTER_REFUSED),
+            (ErrorCode::Internal, code::ROUTER_INTERNAL),
+        ];
+        for (api, cni) in cases {
+            assert_eq!(router_error((api, "m".into())).code(), cni, "{api:?}");
+        }
+    }
+
+    #[test]
+    fn an_unreachable_router_is_try_again_later() {
+        let e = ask::<Readiness>(Path::new("/nonexistent/weft.sock"), &Request::Ready)
+            .err()
+            .map(|e| e.code());
+        assert_eq!(e, Some(code::TRY_AGAIN_LATER));
+    }
+
+    #[test]
+    fn version_echoes_a_supported_requested_version() {
+        assert_eq!(version(br#"{"cniVersion":"0.3.1"}"#)["cniVersion"], "0.3.1");
+        assert_eq!(version(b"")["cniVersion"], "1.1.0");
+        assert_eq!(version(br#"{"cniVersion":"9.9.9"}"#)["cniVersion"], "1.1.0");
+    }
+}

@@ -105,6 +105,7 @@ pub(crate) fn address_for(result: &Value, ifname: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn plugged() -> Plugged {
