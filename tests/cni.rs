@@ -9,7 +9,6 @@ mod support;
 
 use serde_json::{Value, json};
 use std::net::Ipv4Addr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 use support::cni::*;
 use support::*;
@@ -17,6 +16,12 @@ use weft::api::client::call;
 use weft::api::proto::{Allocation, AllocationList, Request};
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+
+/// The router binary: this build's, or `WEFT_TEST_ROUTER_BIN` (a router
+/// built from another tree, to try the plugin against it).
+fn weft_bin() -> std::path::PathBuf {
+    std::env::var_os("WEFT_TEST_ROUTER_BIN").map_or_else(|| WEFT.into(), Into::into)
+}
 
 /// A node namespace with a fake router API and an address to ping.
 struct Bench {
@@ -298,7 +303,7 @@ fn mesh(count: usize) -> Mesh {
                 .map(|j| cluster.nodes[j].underlay)
                 .collect();
             Router::new(
-                Path::new(WEFT),
+                &weft_bin(),
                 &cluster.nodes[i],
                 &cluster.dir.path,
                 &peers,
