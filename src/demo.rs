@@ -1,6 +1,7 @@
 //! `weft demo`: a whole mesh in network namespaces on this machine. Nodes
 //! share an underlay bridge (192.0.2.0/24), run one real `weft router` each,
-//! get one pod each plumbed as the CNI plugin would, then the demo pings every
+//! get one pod each plugged in by the CNI plugin (or, without it, plumbed
+//! with `ip` the same way), then the demo pings every
 //! pod from every other, measures throughput and prints `weft status`.
 //!
 //! Everything it creates is named `weft-demo-<pid>-*` and removed at the end
@@ -150,9 +151,25 @@ impl Demo {
         }
         let statuses = self.wait_for_mesh(count)?;
 
-        println!("plugging one pod into each node…");
+        let plugin = cni_plugin();
+        match &plugin {
+            Some(p) => println!(
+                "plugging one pod into each node with the CNI plugin {}…",
+                p.display()
+            ),
+            None => println!(
+                "plugging one pod into each node (no weft-cni next to weft nor at {CNI_PLUGIN}: plumbing with ip)…"
+            ),
+        }
         let mut pods = Vec::new();
         for (i, status) in statuses.iter().enumerate() {
+            if let Some(plugin) = &plugin {
+                let pod = self.netns(&format!("pod{i}"))?;
+                let api = self.dir.join(&status.name).join("weft.sock");
+                let addr = cni_add(plugin, &node_ns[i], &pod, &api, &format!("demo-pod{i}"))?;
+                pods.push((pod, addr));
+                continue;
+            }
             let start: Ipv4Addr = status
                 .ipam
                 .owned_ranges
@@ -397,6 +414,64 @@ fn ping(ns: &str, to: Ipv4Addr) -> bool {
             .output()
             .is_ok_and(|o| o.status.success())
     })
+}
+
+/// Where a node has the CNI plugin installed (DESIGN.md "Operator contract").
+const CNI_PLUGIN: &str = "/opt/cni/bin/weft";
+
+/// The CNI plugin binary: `weft-cni` next to this executable (a cargo
+/// build), else the installed one.
+fn cni_plugin() -> Option<PathBuf> {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("weft-cni")));
+    beside
+        .into_iter()
+        .chain(std::iter::once(PathBuf::from(CNI_PLUGIN)))
+        .find(|p| p.is_file())
+}
+
+/// Plugs pod namespace `pod` into node `node` with the CNI plugin (ADD, the
+/// address from the router at `api`); returns the pod's address.
+fn cni_add(
+    plugin: &Path,
+    node: &str,
+    pod: &str,
+    api: &Path,
+    container_id: &str,
+) -> anyhow::Result<Ipv4Addr> {
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "weft", "type": "weft",
+        "socket": api.display().to_string(), "mtu": 0,
+    });
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", node])
+        .arg(plugin)
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", container_id)
+        .env("CNI_NETNS", format!("/run/netns/{pod}"))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", plugin.parent().unwrap_or(Path::new("/")))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(conf.to_string().as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    if !out.status.success() {
+        anyhow::bail!(
+            "CNI ADD for {pod} failed: {}",
+            result["msg"].as_str().unwrap_or("no CNI error on stdout")
+        );
+    }
+    result["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("CNI ADD for {pod} returned no address: {result}"))
 }
 
 /// Plugs pod namespace `pod` into node `node` the way the CNI plugin will:

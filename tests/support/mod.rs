@@ -771,3 +771,4 @@ pub fn counters(status: &serde_json::Value) -> BTreeMap<String, u64> {
     }
     map
 }
+pub mod cni;

@@ -1,0 +1,385 @@
+//! The CNI commands: each asks the router over its local API (DESIGN.md
+//! "Operator contract", `weft::api`) and does the kernel work in
+//! [`crate::plumb`]. ADD undoes everything it did when a later step fails,
+//! so a failed ADD leaves no veth, route or allocation behind.
+
+use crate::config::{Command, Env, NetConf, SUPPORTED, Version};
+use crate::error::{CniError, code};
+use crate::netns;
+use crate::plumb::{self, Plan};
+use crate::result::{self, Plugged};
+use serde_json::{Value, json};
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::Duration;
+use weft::api::client::{ClientError, call};
+use weft::api::proto::{
+    Allocation, AllocationList, ErrorCode, Readiness, Released, Reply, Request,
+};
+
+/// How long one router request may take. An allocation is fsynced before
+/// the answer (DESIGN.md "Identity, ownership and reclaim"), so allow a slow
+/// disk; a router that is not ready answers at once.
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The overlay MTU if the router ever reports none.
+const FALLBACK_MTU: u32 = 1420;
+
+/// Runs `env.command` on `stdin`; `Ok(Some(json))` is printed on stdout.
+pub(crate) fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
+    if env.command == Command::Version {
+        return Ok(Some(version(stdin)));
+    }
+    let conf = NetConf::parse(stdin)?;
+    match env.command {
+        Command::Add => add(env, &conf).map(Some),
+        Command::Del => del(env, &conf).map(|()| None),
+        Command::Check => check(env, &conf).map(|()| None),
+        Command::Status => status(&conf).map(|()| None),
+        Command::Gc => gc(&conf).map(|()| None),
+        Command::Version => Ok(Some(version(stdin))),
+    }
+}
+
+fn version(stdin: &[u8]) -> Value {
+    let asked = crate::config::peek_version(stdin).unwrap_or_else(|| "1.1.0".into());
+    json!({"cniVersion": asked, "supportedVersions": SUPPORTED})
+}
+
+fn require(conf: &NetConf, at_least: Version, what: &str) -> Result<(), CniError> {
+    if conf.version < at_least {
+        return Err(CniError::Version(format!(
+            "{what} needs cniVersion {} or later, the configuration says {}",
+            at_least.as_str(),
+            conf.version.as_str()
+        )));
+    }
+    Ok(())
+}
+
+/// One request to the router, its error mapped to a CNI error.
+fn ask<T: serde::de::DeserializeOwned>(
+    socket: &Path,
+    request: &Request,
+) -> Result<Result<T, (ErrorCode, String)>, CniError> {
+    let reply: Reply = call(socket, request, CALL_TIMEOUT).map_err(|e| match e {
+        ClientError::Unreachable { .. } | ClientError::NoAnswer { .. } => {
+            CniError::TryAgain(e.to_string())
+        }
+    })?;
+    if reply.ok {
+        let value = reply.result.unwrap_or(Value::Null);
+        return serde_json::from_value(value)
+            .map(Ok)
+            .map_err(|e| CniError::Router {
+                code: code::ROUTER_INTERNAL,
+                message: format!("unexpected reply from the router: {e}"),
+            });
+    }
+    let (code, message) = reply
+        .error
+        .map(|e| (e.code, e.message))
+        .unwrap_or((ErrorCode::Internal, "failed without saying why".into()));
+    Ok(Err((code, message)))
+}
+
+/// The router's error as a CNI error (`not_ready` → 11, `bad_request` → 4).
+fn router_error((code, message): (ErrorCode, String)) -> CniError {
+    match code {
+        ErrorCode::NotReady => {
+            CniError::TryAgain(format!("the weft router is not ready: {message}"))
+        }
+        ErrorCode::BadRequest => CniError::Router {
+            code: code::INVALID_ENV,
+            message,
+        },
+        ErrorCode::NotFound => CniError::Router {
+            code: code::ROUTER_NOT_FOUND,
+            message,
+        },
+        ErrorCode::Refused => CniError::Router {
+            code: code::ROUTER_REFUSED,
+            message,
+        },
+        ErrorCode::Internal => CniError::Router {
+            code: code::ROUTER_INTERNAL,
+            message,
+        },
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CniError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CniError::Io(format!("cannot start the plugin's runtime: {e}")))
+}
+
+fn host_netlink(rt: &tokio::runtime::Runtime) -> Result<rtnetlink::Handle, CniError> {
+    let _guard = rt.enter();
+    let (connection, handle, _) = rtnetlink::new_connection()
+        .map_err(|e| CniError::Netlink(format!("cannot open netlink: {e}")))?;
+    rt.spawn(connection);
+    Ok(handle)
+}
+
+fn plan_for(env: &Env, alloc: &Allocation, conf: &NetConf) -> Result<Plan, CniError> {
+    let bad = |what: &str, value: &str| CniError::Router {
+        code: code::ROUTER_INTERNAL,
+        message: format!("the router answered an unusable {what} {value:?}"),
+    };
+    let address: Ipv4Addr = alloc
+        .address
+        .parse()
+        .map_err(|_| bad("address", &alloc.address))?;
+    let gateway: Ipv4Addr = alloc
+        .gateway
+        .parse()
+        .map_err(|_| bad("gateway", &alloc.gateway))?;
+    let mtu = match (conf.mtu, alloc.mtu) {
+        (0, 0) => FALLBACK_MTU,
+        (0, router) => router,
+        (ours, _) => ours,
+    };
+    let (host_mac, pod_mac) = plumb::macs(&env.container_id, &env.ifname);
+    Ok(Plan {
+        host_ifname: plumb::host_ifname(&env.container_id, &env.ifname),
+        pod_ifname: env.ifname.clone(),
+        host_mac,
+        pod_mac,
+        address,
+        gateway,
+        mtu,
+    })
+}
+
+fn open_netns(env: &Env) -> Result<(std::fs::File, &Path), CniError> {
+    let path = env
+        .netns
+        .as_deref()
+        .ok_or_else(|| CniError::Env("CNI_NETNS is not set".into()))?;
+    let file = netns::open(path).map_err(|e| CniError::Netns(e.to_string()))?;
+    Ok((file, path))
+}
+
+/// A test-only fault: `WEFT_CNI_FAULT=after-veth` fails ADD once the veth
+/// exists, to prove the undo path (tests/cni.rs). Never set in production.
+fn injected_fault(stage: &str) -> Result<(), CniError> {
+    if std::env::var("WEFT_CNI_FAULT").as_deref() == Ok(stage) {
+        return Err(CniError::Netlink(format!(
+            "injected fault after {stage} (WEFT_CNI_FAULT)"
+        )));
+    }
+    Ok(())
+}
+
+fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
+    // Everything that can be checked without side effects comes first.
+    let (ns_file, ns_path) = open_netns(env)?;
+    let rt = runtime()?;
+    let host = host_netlink(&rt)?;
+    let pod = netns::netlink_in(&ns_file, ns_path, rt.handle())
+        .map_err(|e| CniError::Netns(e.to_string()))?;
+    let alloc: Allocation = ask(
+        &conf.socket,
+        &Request::Allocate {
+            container_id: env.container_id.clone(),
+            ifname: env.ifname.clone(),
+        },
+    )?
+    .map_err(router_error)?;
+    let plan = match plan_for(env, &alloc, conf) {
+        Ok(plan) => plan,
+        Err(e) => {
+            release(conf, env, None);
+            return Err(e);
+        }
+    };
+    let plugged = rt.block_on(async {
+        // A repeated ADD replaces the earlier veth (same names, same MACs).
+        plumb::remove_host_end(&host, &plan.host_ifname).await?;
+        plumb::create_veth(&host, ns_file.as_raw_fd(), &plan).await?;
+        Ok::<_, plumb::PlumbError>(())
+    });
+    let outcome = plugged
+        .map_err(|e| CniError::Netlink(e.to_string()))
+        .and_then(|()| injected_fault("after-veth"))
+        .and_then(|()| {
+            rt.block_on(plumb::configure(&host, &pod, &plan))
+                .map_err(|e| CniError::Netlink(e.to_string()))
+        });
+    if let Err(e) = outcome {
+        // Undo: the veth (its peer and routes go with it), then the address.
+        let _ = rt.block_on(plumb::remove_host_end(&host, &plan.host_ifname));
+        release(conf, env, Some(plan.address));
+        return Err(e);
+    }
+    let plugged = Plugged {
+        host_ifname: plan.host_ifname.clone(),
+        host_mac: plumb::mac_string(&plan.host_mac),
+        pod_ifname: plan.pod_ifname.clone(),
+        pod_mac: plumb::mac_string(&plan.pod_mac),
+        sandbox: ns_path.display().to_string(),
+        address: format!("{}/{}", plan.address, alloc.prefix_len),
+        gateway: plan.gateway.to_string(),
+        mtu: plan.mtu,
+    };
+    Ok(result::render(
+        conf.version,
+        &plugged,
+        conf.prev_result.as_ref(),
+    ))
+}
+
+/// Best-effort release during an undo; the original error is what matters.
+fn release(conf: &NetConf, env: &Env, address: Option<Ipv4Addr>) {
+    let _ = ask::<Released>(
+        &conf.socket,
+        &Request::Release {
+            container_id: env.container_id.clone(),
+            ifname: env.ifname.clone(),
+            address: address.map(|a| a.to_string()),
+        },
+    );
+}
+
+fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    // The host end is named from the IDs, so DEL needs no netns (containerd
+    // sends an empty CNI_NETNS once the sandbox is gone).
+    let rt = runtime()?;
+    let host = host_netlink(&rt)?;
+    let name = plumb::host_ifname(&env.container_id, &env.ifname);
+    let address = rt
+        .block_on(plumb::remove_host_end(&host, &name))
+        .map_err(|e| CniError::Netlink(e.to_string()))?;
+    let released = ask::<Released>(
+        &conf.socket,
+        &Request::Release {
+            container_id: env.container_id.clone(),
+            ifname: env.ifname.clone(),
+            address: address.map(|a| a.to_string()),
+        },
+    )?;
+    match released {
+        Ok(_) | Err((ErrorCode::NotFound, _)) => Ok(()),
+        Err(e) => Err(router_error(e)),
+    }
+}
+
+fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    require(conf, Version::V040, "CHECK")?;
+    let (ns_file, ns_path) = open_netns(env)?;
+    let alloc: Allocation = match ask(
+        &conf.socket,
+        &Request::Lookup {
+            container_id: env.container_id.clone(),
+            ifname: env.ifname.clone(),
+        },
+    )? {
+        Ok(a) => a,
+        Err((ErrorCode::NotFound, m)) => {
+            return Err(CniError::Check(format!(
+                "the router holds no address for this attachment: {m}"
+            )));
+        }
+        Err(e) => return Err(router_error(e)),
+    };
+    let expected = format!("{}/{}", alloc.address, alloc.prefix_len);
+    if let Some(prev) = &conf.prev_result {
+        match result::address_for(prev, &env.ifname) {
+            Some(a) if a == expected => {}
+            Some(a) => {
+                return Err(CniError::Check(format!(
+                    "prevResult says {a}, the router says {expected}"
+                )));
+            }
+            None => {
+                return Err(CniError::Check(format!(
+                    "prevResult has no address for {}",
+                    env.ifname
+                )));
+            }
+        }
+    }
+    let plan = plan_for(env, &alloc, conf)?;
+    let rt = runtime()?;
+    let host = host_netlink(&rt)?;
+    let pod = netns::netlink_in(&ns_file, ns_path, rt.handle())
+        .map_err(|e| CniError::Netns(e.to_string()))?;
+    rt.block_on(plumb::verify(&host, &pod, &plan))
+        .map_err(CniError::Check)
+}
+
+fn status(conf: &NetConf) -> Result<(), CniError> {
+    require(conf, Version::V110, "STATUS")?;
+    let ready: Readiness = ask(&conf.socket, &Request::Ready)
+        .map_err(|e| CniError::NotAvailable(e.to_string()))?
+        .map_err(|(_, m)| CniError::NotAvailable(format!("the weft router is not ready: {m}")))?;
+    if ready.ready {
+        Ok(())
+    } else {
+        Err(CniError::NotAvailable(format!(
+            "the weft router is not ready: {}",
+            ready.reason.unwrap_or_else(|| "no reason given".into())
+        )))
+    }
+}
+
+fn gc(conf: &NetConf) -> Result<(), CniError> {
+    require(conf, Version::V110, "GC")?;
+    let keep: Vec<String> = conf
+        .valid_attachments
+        .as_ref()
+        .ok_or_else(|| {
+            CniError::Config(
+                "GC needs \"cni.dev/valid-attachments\" (refusing to release every address)".into(),
+            )
+        })?
+        .iter()
+        .map(|a| a.container_id.clone())
+        .collect();
+    let released: AllocationList =
+        ask(&conf.socket, &Request::Gc { keep })?.map_err(router_error)?;
+    let rt = runtime()?;
+    let host = host_netlink(&rt)?;
+    for a in &released.allocations {
+        let name = plumb::host_ifname(&a.container_id, &a.ifname);
+        let _ = rt.block_on(plumb::remove_host_end(&host, &name));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn router_errors_map_to_the_cni_codes_the_api_documents() {
+        let cases = [
+            (ErrorCode::NotReady, code::TRY_AGAIN_LATER),
+            (ErrorCode::BadRequest, code::INVALID_ENV),
+            (ErrorCode::NotFound, code::ROUTER_NOT_FOUND),
+            (ErrorCode::Refused, code::ROUTER_REFUSED),
+            (ErrorCode::Internal, code::ROUTER_INTERNAL),
+        ];
+        for (api, cni) in cases {
+            assert_eq!(router_error((api, "m".into())).code(), cni, "{api:?}");
+        }
+    }
+
+    #[test]
+    fn an_unreachable_router_is_try_again_later() {
+        let e = ask::<Readiness>(Path::new("/nonexistent/weft.sock"), &Request::Ready)
+            .err()
+            .map(|e| e.code());
+        assert_eq!(e, Some(code::TRY_AGAIN_LATER));
+    }
+
+    #[test]
+    fn version_echoes_a_supported_requested_version() {
+        assert_eq!(version(br#"{"cniVersion":"0.3.1"}"#)["cniVersion"], "0.3.1");
+        assert_eq!(version(b"")["cniVersion"], "1.1.0");
+        assert_eq!(version(br#"{"cniVersion":"9.9.9"}"#)["cniVersion"], "1.1.0");
+    }
+}

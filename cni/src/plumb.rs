@@ -1,0 +1,396 @@
+//! The kernel side of a pod's attachment, through rtnetlink only (the plugin
+//! runs on hosts that may have no `ip` binary). DESIGN.md "The picture": a
+//! veth pair, the pod's /32 on `CNI_IFNAME`, a default route via the
+//! link-local gateway 169.254.1.1 (onlink) with a permanent neighbour entry
+//! for it, and on the host the veth up with proxy ARP (fallback only) and a
+//! /32 route to the pod tagged with weft's route protocol, which the
+//! router's in-use scan reads back after a restart ("Identity, ownership and
+//! reclaim").
+
+use blake2::{Blake2s256, Digest};
+use futures_util::TryStreamExt;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags};
+use rtnetlink::packet_route::neighbour::NeighbourState;
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
+};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::RawFd;
+use weft::netlink::WEFT_ROUTE_PROTOCOL;
+
+/// A kernel operation that failed, with what we were doing.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub(crate) struct PlumbError {
+    what: String,
+    source: rtnetlink::Error,
+}
+
+fn fail(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> PlumbError {
+    let what = what.into();
+    move |source| PlumbError { what, source }
+}
+
+/// The host end's name: `weft` + 11 hex characters of a hash of the
+/// container ID and interface name, so DEL and GC find it from the IDs alone.
+pub(crate) fn host_ifname(container_id: &str, ifname: &str) -> String {
+    let digest = attachment_hash(container_id, ifname);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("weft{}", &hex[..11])
+}
+
+/// Deterministic locally administered MACs for (host end, pod end), so a
+/// repeated ADD returns the very same result.
+pub(crate) fn macs(container_id: &str, ifname: &str) -> ([u8; 6], [u8; 6]) {
+    let d = attachment_hash(container_id, ifname);
+    let mut host = [0x0a, d[16], d[17], d[18], d[19], d[20]];
+    let mut pod = [0x0e, d[21], d[22], d[23], d[24], d[25]];
+    host[0] |= 0x02;
+    pod[0] |= 0x02;
+    (host, pod)
+}
+
+fn attachment_hash(container_id: &str, ifname: &str) -> [u8; 32] {
+    let mut h = Blake2s256::new();
+    h.update(b"weft-cni veth\0");
+    h.update(container_id.as_bytes());
+    h.update([0]);
+    h.update(ifname.as_bytes());
+    h.finalize().into()
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub(crate) fn mac_string(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// What to configure.
+#[derive(Clone, Debug)]
+pub(crate) struct Plan {
+    /// Host end name.
+    pub(crate) host_ifname: String,
+    /// Pod end name (`CNI_IFNAME`).
+    pub(crate) pod_ifname: String,
+    /// Host end MAC.
+    pub(crate) host_mac: [u8; 6],
+    /// Pod end MAC.
+    pub(crate) pod_mac: [u8; 6],
+    /// The pod's address (a /32).
+    pub(crate) address: Ipv4Addr,
+    /// The link-local gateway.
+    pub(crate) gateway: Ipv4Addr,
+    /// MTU of both ends.
+    pub(crate) mtu: u32,
+}
+
+/// Creates the veth pair with its pod end directly in the namespace `ns_fd`
+/// (one atomic request: nothing is left if it fails). `host` and `pod` are
+/// netlink handles in the host and the pod namespace.
+pub(crate) async fn create_veth(
+    host: &Handle,
+    ns_fd: RawFd,
+    plan: &Plan,
+) -> Result<(), PlumbError> {
+    let peer = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(plan.pod_ifname.clone())
+        .mtu(plan.mtu)
+        .address(plan.pod_mac.to_vec())
+        .setns_by_fd(ns_fd)
+        .build();
+    let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+        .name(plan.host_ifname.clone())
+        .mtu(plan.mtu)
+        .address(plan.host_mac.to_vec())
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .build();
+    host.link().add(veth).execute().await.map_err(fail(format!(
+        "cannot create the veth pair {} / {} in the pod",
+        plan.host_ifname, plan.pod_ifname
+    )))
+}
+
+/// Configures both ends of a veth made by [`create_veth`].
+pub(crate) async fn configure(host: &Handle, pod: &Handle, plan: &Plan) -> Result<(), PlumbError> {
+    // Pod side: address, up, onlink default route, permanent neighbour.
+    let pod_index = link_index(pod, &plan.pod_ifname)
+        .await?
+        .ok_or_else(|| missing(&plan.pod_ifname))?;
+    pod.address()
+        .add(pod_index, IpAddr::V4(plan.address), 32)
+        .replace()
+        .execute()
+        .await
+        .map_err(fail(format!("cannot add {}/32 in the pod", plan.address)))?;
+    pod.link()
+        .set(LinkUnspec::new_with_index(pod_index).up().build())
+        .execute()
+        .await
+        .map_err(fail(format!(
+            "cannot bring {} up in the pod",
+            plan.pod_ifname
+        )))?;
+    let default = RouteMessageBuilder::<Ipv4Addr>::new()
+        .gateway(plan.gateway)
+        .output_interface(pod_index)
+        .onlink()
+        .build();
+    pod.route()
+        .add(default)
+        .replace()
+        .execute()
+        .await
+        .map_err(fail("cannot add the pod's default route via 169.254.1.1"))?;
+    pod.neighbours()
+        .add(pod_index, IpAddr::V4(plan.gateway))
+        .link_layer_address(&plan.host_mac)
+        .state(NeighbourState::Permanent)
+        .replace()
+        .execute()
+        .await
+        .map_err(fail("cannot add the pod's neighbour entry for 169.254.1.1"))?;
+
+    // Host side: proxy ARP as the fallback (DESIGN.md: with proxy_delay 0),
+    // up, and the /32 route tagged with weft's protocol.
+    let _ = std::fs::write(
+        format!("/proc/sys/net/ipv4/conf/{}/proxy_arp", plan.host_ifname),
+        "1",
+    );
+    let _ = std::fs::write(
+        format!("/proc/sys/net/ipv4/neigh/{}/proxy_delay", plan.host_ifname),
+        "0",
+    );
+    let host_index = link_index(host, &plan.host_ifname)
+        .await?
+        .ok_or_else(|| missing(&plan.host_ifname))?;
+    host.link()
+        .set(LinkUnspec::new_with_index(host_index).up().build())
+        .execute()
+        .await
+        .map_err(fail(format!("cannot bring {} up", plan.host_ifname)))?;
+    host.route()
+        .add(host_route(plan.address, host_index))
+        .replace()
+        .execute()
+        .await
+        .map_err(fail(format!(
+            "cannot route {}/32 to {}",
+            plan.address, plan.host_ifname
+        )))
+}
+
+fn host_route(address: Ipv4Addr, index: u32) -> RouteMessage {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(address, 32)
+        .output_interface(index)
+        .scope(RouteScope::Link)
+        .protocol(RouteProtocol::Other(WEFT_ROUTE_PROTOCOL))
+        .build()
+}
+
+fn missing(name: &str) -> PlumbError {
+    PlumbError {
+        what: format!("interface {name} vanished while being configured"),
+        source: rtnetlink::Error::RequestFailed,
+    }
+}
+
+/// The index of link `name`, or `None` when there is none.
+pub(crate) async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, PlumbError> {
+    Ok(link(handle, name).await?.map(|l| l.0))
+}
+
+/// `(index, up, mac)` of link `name`.
+async fn link(handle: &Handle, name: &str) -> Result<Option<(u32, bool, Vec<u8>)>, PlumbError> {
+    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(Some(msg)) => {
+            let mac = msg
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    LinkAttribute::Address(m) => Some(m.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            Ok(Some((
+                msg.header.index,
+                msg.header.flags.contains(LinkFlags::Up),
+                mac,
+            )))
+        }
+        Ok(None) => Ok(None),
+        // ENODEV: no such link.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+        Err(e) => Err(fail(format!("cannot look up {name}"))(e)),
+    }
+}
+
+/// Removes the host end `name` (its peer and every route through it go with
+/// it). Returns the pod address found on its weft-tagged /32 route first,
+/// if any. Nothing there is not an error.
+pub(crate) async fn remove_host_end(
+    host: &Handle,
+    name: &str,
+) -> Result<Option<Ipv4Addr>, PlumbError> {
+    let Some(index) = link_index(host, name).await? else {
+        return Ok(None);
+    };
+    let address = routes(host)
+        .await?
+        .into_iter()
+        .find(|r| r.oif == Some(index) && r.prefix == 32 && r.weft)
+        .and_then(|r| r.dst);
+    match host.link().del(index).execute().await {
+        Ok(()) => Ok(address),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(address),
+        Err(e) => Err(fail(format!("cannot remove {name}"))(e)),
+    }
+}
+
+/// One IPv4 route, reduced to what we look at.
+#[derive(Clone, Debug)]
+pub(crate) struct Route {
+    /// Destination (None = default).
+    pub(crate) dst: Option<Ipv4Addr>,
+    /// Prefix length.
+    pub(crate) prefix: u8,
+    /// Gateway.
+    pub(crate) gateway: Option<Ipv4Addr>,
+    /// Output interface.
+    pub(crate) oif: Option<u32>,
+    /// Tagged with weft's protocol.
+    pub(crate) weft: bool,
+}
+
+/// The main table's IPv4 routes.
+pub(crate) async fn routes(handle: &Handle) -> Result<Vec<Route>, PlumbError> {
+    let mut stream = handle
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
+    let mut out = Vec::new();
+    while let Some(msg) = stream
+        .try_next()
+        .await
+        .map_err(fail("cannot list routes"))?
+    {
+        let mut r = Route {
+            dst: None,
+            prefix: msg.header.destination_prefix_length,
+            gateway: None,
+            oif: None,
+            weft: msg.header.protocol == RouteProtocol::Other(WEFT_ROUTE_PROTOCOL),
+        };
+        for a in &msg.attributes {
+            match a {
+                RouteAttribute::Destination(RouteAddress::Inet(d)) => r.dst = Some(*d),
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => r.gateway = Some(*g),
+                RouteAttribute::Oif(i) => r.oif = Some(*i),
+                _ => {}
+            }
+        }
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// CHECK: whether the attachment looks as ADD left it; the first
+/// difference found, in one line.
+pub(crate) async fn verify(host: &Handle, pod: &Handle, plan: &Plan) -> Result<(), String> {
+    let text = |e: PlumbError| e.to_string();
+    let Some((pod_index, pod_up, _)) = link(pod, &plan.pod_ifname).await.map_err(text)? else {
+        return Err(format!("the pod has no interface {}", plan.pod_ifname));
+    };
+    if !pod_up {
+        return Err(format!("{} in the pod is down", plan.pod_ifname));
+    }
+    let mut addrs = pod
+        .address()
+        .get()
+        .set_link_index_filter(pod_index)
+        .execute();
+    let mut found = false;
+    while let Some(msg) = addrs.try_next().await.map_err(|e| e.to_string())? {
+        let has = msg
+            .attributes
+            .iter()
+            .any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(a)) if *a == plan.address));
+        found |= has && msg.header.prefix_len == 32 && msg.header.index == pod_index;
+    }
+    if !found {
+        return Err(format!(
+            "{} in the pod does not have {}/32",
+            plan.pod_ifname, plan.address
+        ));
+    }
+    let pod_routes = routes(pod).await.map_err(text)?;
+    if !pod_routes
+        .iter()
+        .any(|r| r.prefix == 0 && r.gateway == Some(plan.gateway) && r.oif == Some(pod_index))
+    {
+        return Err(format!(
+            "the pod has no default route via {} on {}",
+            plan.gateway, plan.pod_ifname
+        ));
+    }
+    let Some((host_index, host_up, host_mac)) =
+        link(host, &plan.host_ifname).await.map_err(text)?
+    else {
+        return Err(format!("the host has no interface {}", plan.host_ifname));
+    };
+    if !host_up {
+        return Err(format!("{} on the host is down", plan.host_ifname));
+    }
+    if host_mac != plan.host_mac {
+        return Err(format!(
+            "{} has MAC {}, expected {}",
+            plan.host_ifname,
+            mac_string(&host_mac),
+            mac_string(&plan.host_mac)
+        ));
+    }
+    let host_routes = routes(host).await.map_err(text)?;
+    if !host_routes.iter().any(|r| {
+        r.prefix == 32 && r.dst == Some(plan.address) && r.oif == Some(host_index) && r.weft
+    }) {
+        return Err(format!(
+            "the host has no weft route {}/32 via {}",
+            plan.address, plan.host_ifname
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_fit_ifnamsiz_and_differ_per_attachment() {
+        let a = host_ifname("abc", "eth0");
+        assert_eq!(a.len(), 15);
+        assert!(a.starts_with("weft"));
+        assert_eq!(a, host_ifname("abc", "eth0"));
+        assert_ne!(a, host_ifname("abc", "eth1"));
+        assert_ne!(a, host_ifname("abd", "eth0"));
+        // The separator keeps ("ab","ceth0") and ("abc","eth0") apart.
+        assert_ne!(host_ifname("ab", "ceth0"), a);
+    }
+
+    #[test]
+    fn macs_are_unicast_locally_administered_and_stable() {
+        let (h, p) = macs("abc", "eth0");
+        for m in [h, p] {
+            assert_eq!(m[0] & 0x01, 0, "unicast");
+            assert_eq!(m[0] & 0x02, 0x02, "locally administered");
+        }
+        assert_ne!(h, p);
+        assert_eq!(macs("abc", "eth0"), (h, p));
+        assert_eq!(mac_string(&h).len(), 17);
+    }
+}

@@ -1,0 +1,159 @@
+//! The ADD result in the shape each spec version requires (CNI spec
+//! "Success"): 0.3.x and 0.4.0 carry `ips[].version`, 1.0.0 drops it, 1.1.0
+//! adds the interface `mtu`. When chained, the previous plugin's result is
+//! kept and ours is appended (its interface indices shifted), so a plugin
+//! after us (portmap, say) sees everything.
+
+use crate::config::Version;
+use serde_json::{Value, json};
+
+/// What ADD configured (DESIGN.md "The picture").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Plugged {
+    /// Host end of the veth.
+    pub(crate) host_ifname: String,
+    /// Its MAC, `aa:bb:..`.
+    pub(crate) host_mac: String,
+    /// `CNI_IFNAME`.
+    pub(crate) pod_ifname: String,
+    /// The pod end's MAC.
+    pub(crate) pod_mac: String,
+    /// `CNI_NETNS`.
+    pub(crate) sandbox: String,
+    /// The pod's address with its prefix, `10.32.0.5/32`.
+    pub(crate) address: String,
+    /// The link-local gateway, `169.254.1.1`.
+    pub(crate) gateway: String,
+    /// The pod MTU.
+    pub(crate) mtu: u32,
+}
+
+/// The result object for `version`, appended to `prev` when chained.
+pub(crate) fn render(version: Version, plugged: &Plugged, prev: Option<&Value>) -> Value {
+    let mut interfaces: Vec<Value> = prev
+        .and_then(|p| p["interfaces"].as_array().cloned())
+        .unwrap_or_default();
+    let mut ips: Vec<Value> = prev
+        .and_then(|p| p["ips"].as_array().cloned())
+        .unwrap_or_default();
+    let mut routes: Vec<Value> = prev
+        .and_then(|p| p["routes"].as_array().cloned())
+        .unwrap_or_default();
+    let dns = prev
+        .and_then(|p| p.get("dns").cloned())
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!({}));
+
+    interfaces.push(json!({"name": plugged.host_ifname, "mac": plugged.host_mac}));
+    let pod_index = interfaces.len();
+    let mut pod = json!({
+        "name": plugged.pod_ifname,
+        "mac": plugged.pod_mac,
+        "sandbox": plugged.sandbox,
+    });
+    if version >= Version::V110 {
+        pod["mtu"] = json!(plugged.mtu);
+    }
+    interfaces.push(pod);
+    ips.push(json!({
+        "address": plugged.address,
+        "gateway": plugged.gateway,
+        "interface": pod_index,
+    }));
+    for ip in &mut ips {
+        shape_ip(version, ip);
+    }
+    routes.push(json!({"dst": "0.0.0.0/0", "gw": plugged.gateway}));
+    json!({
+        "cniVersion": version.as_str(),
+        "interfaces": interfaces,
+        "ips": ips,
+        "routes": routes,
+        "dns": dns,
+    })
+}
+
+/// Adds or removes `version` ("4"/"6") as the spec version requires.
+fn shape_ip(version: Version, ip: &mut Value) {
+    let Some(obj) = ip.as_object_mut() else {
+        return;
+    };
+    if version >= Version::V100 {
+        obj.remove("version");
+    } else if !obj.contains_key("version") {
+        let v6 = obj
+            .get("address")
+            .and_then(Value::as_str)
+            .is_some_and(|a| a.contains(':'));
+        obj.insert("version".into(), json!(if v6 { "6" } else { "4" }));
+    }
+}
+
+/// The pod address in a (previous) result for interface `ifname` in
+/// `sandbox`, if the result names one (CHECK compares it with the router).
+pub(crate) fn address_for(result: &Value, ifname: &str) -> Option<String> {
+    let interfaces = result["interfaces"].as_array()?;
+    let index = interfaces.iter().position(|i| {
+        i["name"].as_str() == Some(ifname) && i.get("sandbox").is_some_and(|s| !s.is_null())
+    })?;
+    result["ips"].as_array()?.iter().find_map(|ip| {
+        (ip["interface"].as_u64() == Some(index as u64))
+            .then(|| ip["address"].as_str().map(str::to_string))
+            .flatten()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn plugged() -> Plugged {
+        Plugged {
+            host_ifname: "weft0123456789a".into(),
+            host_mac: "02:00:00:00:00:01".into(),
+            pod_ifname: "eth0".into(),
+            pod_mac: "02:00:00:00:00:02".into(),
+            sandbox: "/run/netns/p".into(),
+            address: "10.32.0.5/32".into(),
+            gateway: "169.254.1.1".into(),
+            mtu: 1420,
+        }
+    }
+
+    #[test]
+    fn each_version_gets_its_own_result_shape() {
+        for v in [Version::V030, Version::V031, Version::V040] {
+            let r = render(v, &plugged(), None);
+            assert_eq!(r["cniVersion"], v.as_str());
+            assert_eq!(r["ips"][0]["version"], "4");
+            assert!(r["interfaces"][1].get("mtu").is_none());
+        }
+        let r = render(Version::V100, &plugged(), None);
+        assert!(r["ips"][0].get("version").is_none());
+        assert!(r["interfaces"][1].get("mtu").is_none());
+        let r = render(Version::V110, &plugged(), None);
+        assert_eq!(r["interfaces"][1]["mtu"], 1420);
+        assert_eq!(r["ips"][0]["interface"], 1);
+        assert_eq!(r["ips"][0]["address"], "10.32.0.5/32");
+        assert_eq!(r["routes"][0]["dst"], "0.0.0.0/0");
+        assert_eq!(address_for(&r, "eth0").as_deref(), Some("10.32.0.5/32"));
+    }
+
+    #[test]
+    fn a_chained_result_keeps_the_previous_one_and_shifts_our_indices() {
+        let prev = json!({
+            "cniVersion": "1.0.0",
+            "interfaces": [{"name": "x", "sandbox": "/run/netns/p"}],
+            "ips": [{"address": "fd00::1/128", "interface": 0}],
+            "routes": [{"dst": "::/0"}],
+            "dns": {"nameservers": ["10.0.0.10"]},
+        });
+        let r = render(Version::V040, &plugged(), Some(&prev));
+        assert_eq!(r["interfaces"].as_array().unwrap().len(), 3);
+        assert_eq!(r["ips"][0]["version"], "6");
+        assert_eq!(r["ips"][1]["interface"], 2);
+        assert_eq!(r["routes"].as_array().unwrap().len(), 2);
+        assert_eq!(r["dns"]["nameservers"][0], "10.0.0.10");
+    }
+}
