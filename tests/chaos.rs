@@ -100,7 +100,11 @@ fn five_routers_under_kills_cuts_and_loss_converge_and_lose_nothing() {
     let formed = wait_until(Duration::from_secs(30), || {
         routers.iter().all(|r| r.established_peers() == NODES - 1)
     });
-    assert!(formed, "the mesh of five did not form:\n{}", routers[0].log_tail());
+    assert!(
+        formed,
+        "the mesh of five did not form:\n{}",
+        routers[0].log_tail()
+    );
 
     // IPAM through the API, when the router serves it.
     let ipam = matches!(
@@ -166,8 +170,19 @@ fn five_routers_under_kills_cuts_and_loss_converge_and_lose_nothing() {
                 i += 1;
                 let out = run_timeout(
                     std::process::Command::new("ip").args([
-                        "netns", "exec", &pods[a].0, "ping", "-n", "-q", "-c", "5", "-i", "0.1",
-                        "-W", "1", &pods[b].1.to_string(),
+                        "netns",
+                        "exec",
+                        &pods[a].0,
+                        "ping",
+                        "-n",
+                        "-q",
+                        "-c",
+                        "5",
+                        "-i",
+                        "0.1",
+                        "-W",
+                        "1",
+                        &pods[b].1.to_string(),
                     ]),
                     10,
                 );
@@ -230,7 +245,10 @@ fn five_routers_under_kills_cuts_and_loss_converge_and_lose_nothing() {
                         routers[i].kill9();
                         dead.insert(i, now + wait);
                         kills += 1;
-                        eprintln!("[{:>4}s] kill -9 n{i} for {wait:?}", start.elapsed().as_secs());
+                        eprintln!(
+                            "[{:>4}s] kill -9 n{i} for {wait:?}",
+                            start.elapsed().as_secs()
+                        );
                     }
                 }
                 1 if cut_until.len() < 2 => {
@@ -241,7 +259,11 @@ fn five_routers_under_kills_cuts_and_loss_converge_and_lose_nothing() {
                         faults.cut(&cluster, a, b, true);
                         cut_until.insert(pair, now + wait * 2);
                         cuts += 1;
-                        eprintln!("[{:>4}s] cut n{a} - n{b} for {:?}", start.elapsed().as_secs(), wait * 2);
+                        eprintln!(
+                            "[{:>4}s] cut n{a} - n{b} for {:?}",
+                            start.elapsed().as_secs(),
+                            wait * 2
+                        );
                     }
                 }
                 _ => {
@@ -250,7 +272,11 @@ fn five_routers_under_kills_cuts_and_loss_converge_and_lose_nothing() {
                     faults.set_loss(&cluster, i, percent);
                     loss_until.insert(i, now + wait * 2);
                     losses += 1;
-                    eprintln!("[{:>4}s] {percent}% loss into n{i} for {:?}", start.elapsed().as_secs(), wait * 2);
+                    eprintln!(
+                        "[{:>4}s] {percent}% loss into n{i} for {:?}",
+                        start.elapsed().as_secs(),
+                        wait * 2
+                    );
                 }
             }
             next_fault = now + Duration::from_millis(2000 + schedule.below(3000));
@@ -266,7 +292,11 @@ fn five_routers_under_kills_cuts_and_loss_converge_and_lose_nothing() {
                     ifname: "eth0".into(),
                 };
                 match api_call(&routers[i], &request) {
-                    Some(Reply { ok: true, result: Some(r), .. }) => answered.push(Answered {
+                    Some(Reply {
+                        ok: true,
+                        result: Some(r),
+                        ..
+                    }) => answered.push(Answered {
                         router: i,
                         container,
                         address: r["address"].as_str().unwrap_or("").to_string(),
@@ -305,14 +335,38 @@ fn five_routers_under_kills_cuts_and_loss_converge_and_lose_nothing() {
         t.pings_sent.load(Ordering::Relaxed),
         answered.len(),
     );
-    assert_eq!(t.corrupted.load(Ordering::Relaxed), 0, "a transfer arrived corrupted");
-    assert!(t.intact.load(Ordering::Relaxed) > 0, "no transfer ever succeeded");
+    assert_eq!(
+        t.corrupted.load(Ordering::Relaxed),
+        0,
+        "a transfer arrived corrupted"
+    );
+    assert!(
+        t.intact.load(Ordering::Relaxed) > 0,
+        "no transfer ever succeeded"
+    );
 
-    // One topology everywhere.
+    // One topology everywhere: a router lists every other router (not
+    // itself), and every router's entries agree with every other's.
     let mut last = Vec::new();
     let converged = wait_until(Duration::from_secs(60), || {
         last = routers.iter().map(topology).collect();
-        last.iter().all(|t| t.is_some() && *t == last[0])
+        let mut global: BTreeMap<String, (String, u64)> = BTreeMap::new();
+        let mut agree = true;
+        for view in last.iter().flatten() {
+            for (name, id, connections) in view {
+                let entry = global
+                    .entry(name.clone())
+                    .or_insert((id.clone(), *connections));
+                agree &= *entry == (id.clone(), *connections);
+            }
+        }
+        agree
+            && global.len() == NODES
+            && last.iter().enumerate().all(|(i, view)| {
+                view.as_ref().is_some_and(|v| {
+                    v.len() == NODES - 1 && v.iter().all(|(name, _, _)| *name != format!("n{i}"))
+                })
+            })
             && routers.iter().all(|r| r.established_peers() == NODES - 1)
     });
     assert!(
@@ -357,7 +411,11 @@ fn check_allocations(routers: &[Router], answered: &[Answered], seed: u64) {
             .unwrap_or_else(|| panic!("n{i} did not answer list"));
         assert!(reply.ok, "n{i} list failed: {:?}", reply.error);
         let result = reply.result.unwrap_or_default();
-        for a in result["allocations"].as_array().cloned().unwrap_or_default() {
+        for a in result["allocations"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
             let container = a["container_id"].as_str().unwrap_or("").to_string();
             let address = a["address"].as_str().unwrap_or("").to_string();
             holders

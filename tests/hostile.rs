@@ -52,9 +52,16 @@ impl Arena {
         let up = wait_until(Duration::from_secs(15), || {
             routers.iter().all(|r| r.established_peers() == 1)
         });
-        assert!(up, "the good pair did not connect:\n{}", routers[0].log_tail());
+        assert!(
+            up,
+            "the good pair did not connect:\n{}",
+            routers[0].log_tail()
+        );
         let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
-        assert!(a.wait_ping(b.addr, Duration::from_secs(10)), "no baseline ping");
+        assert!(
+            a.wait_ping(b.addr, Duration::from_secs(10)),
+            "no baseline ping"
+        );
         let pid = router_pid(&cluster.nodes[0].ns.name).expect("router pid");
         let rss_before = rss_kb(pid);
         let seed = std::env::var("WEFT_HOSTILE_SEED")
@@ -81,7 +88,12 @@ impl Arena {
 
     /// Pings from pod 0 to pod 1 in the background, 10 a second.
     fn ping_during(&self, secs: u32) -> BackgroundPing {
-        BackgroundPing::start(&self.cluster.pods[0].ns, self.cluster.pods[1].addr, secs * 10, 100)
+        BackgroundPing::start(
+            &self.cluster.pods[0].ns,
+            self.cluster.pods[1].addr,
+            secs * 10,
+            100,
+        )
     }
 
     fn handshakes(&self, key: &str) -> u64 {
@@ -95,7 +107,9 @@ impl Arena {
     /// is still established and never went down; pings lost at most `lost`.
     fn assert_unharmed(&self, ping: BackgroundPing, max_lost: u32) {
         let (sent, received) = ping.finish();
-        let status = self.routers[0].status().expect("router n0 stopped answering");
+        let status = self.routers[0]
+            .status()
+            .expect("router n0 stopped answering");
         assert_eq!(
             router_pid(&self.cluster.nodes[0].ns.name),
             Some(self.pid),
@@ -127,13 +141,17 @@ impl Arena {
                 r.name
             );
             assert!(
-                !log.contains("rekey handshake timed out") && !log.contains("rekey message 1 refused"),
+                !log.contains("rekey handshake timed out")
+                    && !log.contains("rekey message 1 refused"),
                 "{} failed a rekey:\n{log}",
                 r.name
             );
         }
         let (a, b) = (&self.cluster.pods[0], &self.cluster.pods[1]);
-        assert!(a.ping(b.addr, 3), "the good pair cannot ping after the attack");
+        assert!(
+            a.ping(b.addr, 3),
+            "the good pair cannot ping after the attack"
+        );
     }
 }
 
@@ -149,7 +167,10 @@ fn random_truncated_and_oversized_input_on_tcp_and_udp_is_dropped_and_counted_wh
     };
     let target = arena.target();
     let ping = arena.ping_during(12);
-    let udp_before = sum_dropped(&arena.routers[0], &["bad_header", "unknown_session", "bad_tag"]);
+    let udp_before = sum_dropped(
+        &arena.routers[0],
+        &["bad_header", "unknown_session", "bad_tag"],
+    );
     let refused_before = arena.handshakes("refused") + arena.handshakes("protocol");
     let sources = add_sources(arena.attacker(), 100, 4);
     let seed = arena.seed;
@@ -202,7 +223,9 @@ fn random_truncated_and_oversized_input_on_tcp_and_udp_is_dropped_and_counted_wh
                 tries += 1;
                 let mut junk = vec![0u8; *len];
                 rng.fill_bytes(&mut junk);
-                stream.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+                stream
+                    .set_write_timeout(Some(Duration::from_secs(2)))
+                    .unwrap();
                 let _ = stream.write_all(&junk);
                 if *len < MSG1_LEN {
                     // Truncated: hang up halfway.
@@ -214,7 +237,11 @@ fn random_truncated_and_oversized_input_on_tcp_and_udp_is_dropped_and_counted_wh
         }
         let mut still_open = 0;
         for stream in &mut open {
-            if !closed_within(stream, HANDSHAKE_TIMEOUT + Duration::from_secs(3), &mut answered) {
+            if !closed_within(
+                stream,
+                HANDSHAKE_TIMEOUT + Duration::from_secs(3),
+                &mut answered,
+            ) {
                 still_open += 1;
             }
         }
@@ -223,10 +250,18 @@ fn random_truncated_and_oversized_input_on_tcp_and_udp_is_dropped_and_counted_wh
     })
     .join()
     .unwrap();
-    assert_eq!(answered, 0, "the router answered garbage with {answered} bytes");
-    assert!(tcp_tries >= 30, "only {tcp_tries} garbage connections got through");
-    let udp_dropped =
-        sum_dropped(&arena.routers[0], &["bad_header", "unknown_session", "bad_tag"]) - udp_before;
+    assert_eq!(
+        answered, 0,
+        "the router answered garbage with {answered} bytes"
+    );
+    assert!(
+        tcp_tries >= 30,
+        "only {tcp_tries} garbage connections got through"
+    );
+    let udp_dropped = sum_dropped(
+        &arena.routers[0],
+        &["bad_header", "unknown_session", "bad_tag"],
+    ) - udp_before;
     eprintln!("udp: {udp_sent} sent, {udp_dropped} counted as dropped");
     // A few may be lost in socket buffers; most must be seen and counted.
     assert!(
@@ -315,7 +350,10 @@ fn idle_and_one_byte_a_second_clients_stay_under_the_half_open_cap_and_time_out(
     eprintln!(
         "{held} attack connections, {refused_at_once} closed at once, peak {peak} sockets on 6783, {never_closed} never closed"
     );
-    assert!(held > MAX_HALF_OPEN, "the attack opened only {held} connections");
+    assert!(
+        held > MAX_HALF_OPEN,
+        "the attack opened only {held} connections"
+    );
     assert!(
         peak <= MAX_HALF_OPEN + 2,
         "{peak} connections on port 6783 with a cap of {MAX_HALF_OPEN}"
@@ -324,8 +362,14 @@ fn idle_and_one_byte_a_second_clients_stay_under_the_half_open_cap_and_time_out(
         refused_at_once >= held - MAX_HALF_OPEN - 2,
         "only {refused_at_once} of {held} connections were refused at the cap"
     );
-    assert_eq!(never_closed, 0, "half-open connections outlived the handshake timeout");
-    assert!(arena.handshakes("half_open_cap") > 0, "the cap was never counted");
+    assert_eq!(
+        never_closed, 0,
+        "half-open connections outlived the handshake timeout"
+    );
+    assert!(
+        arena.handshakes("half_open_cap") > 0,
+        "the cap was never counted"
+    );
     // The cap frees up: a legitimate router that restarts gets back in.
     let timed_out = wait_until(Duration::from_secs(5), || {
         tcp_connections(&arena.cluster.nodes[0].ns, 6783) <= 2
@@ -347,7 +391,10 @@ fn a_flood_of_handshake_initiations_from_many_ports_is_rate_limited_and_costs_bo
     let (_, real) = Handshake::initiator(&identity, &secrets, &prologue("10.32.0.0/12")).unwrap();
     let secret_id: [u8; 4] = real[..4].try_into().unwrap();
     let ping = arena.ping_during(15);
-    let before = (arena.handshakes("rate_limited"), arena.handshakes("refused"));
+    let before = (
+        arena.handshakes("rate_limited"),
+        arena.handshakes("refused"),
+    );
     let sources = add_sources(arena.attacker(), 100, 8);
     let seed = arena.seed;
     let pid = arena.pid;
@@ -397,7 +444,10 @@ fn a_flood_of_handshake_initiations_from_many_ports_is_rate_limited_and_costs_bo
     eprintln!(
         "{attempts} initiations: {rate_limited} rate-limited, {refused} refused, peak VmRSS {peak_rss} KiB"
     );
-    assert!(attempts >= 300, "the flood made only {attempts} connections");
+    assert!(
+        attempts >= 300,
+        "the flood made only {attempts} connections"
+    );
     assert!(rate_limited > 0, "no initiation was rate-limited");
     assert!(refused > 0, "no initiation reached the tag check");
     assert!(
@@ -442,7 +492,12 @@ fn replayed_handshake_messages_never_yield_a_session_and_time_out() {
         .iter()
         .find(|s| s.len() >= MSG1_LEN)
         .cloned()
-        .unwrap_or_else(|| panic!("no client stream to n0 in the capture: {} segments", segments.len()));
+        .unwrap_or_else(|| {
+            panic!(
+                "no client stream to n0 in the capture: {} segments",
+                segments.len()
+            )
+        });
     let arena = Arena { routers, ..arena };
     // A fresh router process: compare against its RSS now.
     let arena = Arena {
@@ -486,7 +541,10 @@ fn replayed_handshake_messages_never_yield_a_session_and_time_out() {
     .unwrap();
     eprintln!("{replays} replays: {answered_msg1} got a message 2, {closed} closed");
     assert!(replays >= 10, "only {replays} replays connected");
-    assert_eq!(closed, replays, "a replayed handshake stayed open past the timeout");
+    assert_eq!(
+        closed, replays,
+        "a replayed handshake stayed open past the timeout"
+    );
     let failed = arena.handshakes("protocol") + arena.handshakes("refused") - before;
     assert!(
         failed as usize >= replays,
@@ -506,16 +564,26 @@ impl Arena {
     /// purpose (one "connection down" of the old n1 is expected).
     fn assert_unharmed_after_restart(&self, ping: BackgroundPing) {
         let (sent, received) = ping.finish();
-        assert!(self.routers[0].status().is_some(), "router n0 stopped answering");
+        assert!(
+            self.routers[0].status().is_some(),
+            "router n0 stopped answering"
+        );
         assert_eq!(router_pid(&self.cluster.nodes[0].ns.name), Some(self.pid));
         let rss = rss_kb(self.pid);
         eprintln!("after the replays: VmRSS {rss} KiB, pings {received}/{sent}");
         assert!(rss < RSS_LIMIT_KB, "VmRSS {rss} KiB");
-        assert!(sent > 0 && sent - received <= 2, "lost {} of {sent} pings", sent - received);
+        assert!(
+            sent > 0 && sent - received <= 2,
+            "lost {} of {sent} pings",
+            sent - received
+        );
         for r in &self.routers {
             assert_eq!(r.established_peers(), 1, "{} lost its peer", r.name);
         }
-        let downs = self.routers[0].log_tail().matches("connection down").count();
+        let downs = self.routers[0]
+            .log_tail()
+            .matches("connection down")
+            .count();
         assert!(downs <= 1, "n0 saw {downs} connections go down");
     }
 }
