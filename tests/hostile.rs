@@ -587,3 +587,65 @@ impl Arena {
         assert!(downs <= 1, "n0 saw {downs} connections go down");
     }
 }
+
+#[test]
+fn one_source_holding_idle_connections_cannot_lock_a_newcomer_out() {
+    let Some(arena) = Arena::new("hostile_lockout") else {
+        return;
+    };
+    let target = arena.target();
+    let ping = arena.ping_during(12);
+    let sources = add_sources(arena.attacker(), 100, 2);
+    let (hog, newcomer) = (sources[0], sources[1]);
+    let secrets = ClusterSecrets::load(&arena.cluster.dir.path.join("secret")).unwrap();
+    let (held, answered) = in_netns(&arena.attacker().name, move || {
+        // One host opens idle connections just under the per-source rate
+        // limit for 5 s: more than the global cap if nothing else stops it.
+        let mut held = Vec::new();
+        for _ in 0..95 {
+            if let Ok(stream) = connect_from(hog, target) {
+                held.push(stream);
+            }
+            std::thread::sleep(Duration::from_millis(55));
+        }
+        // A newcomer holding the secret starts a real handshake from
+        // another address: it must get message 2 back.
+        let identity = Identity::generate(&mut rand::thread_rng());
+        let (_, msg1) =
+            Handshake::initiator(&identity, &secrets, &prologue("10.32.0.0/12")).unwrap();
+        let mut answered = 0;
+        if let Ok(mut stream) = connect_from(newcomer, target) {
+            stream.write_all(&msg1).unwrap();
+            stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let mut len = [0u8; 2];
+            if std::io::Read::read_exact(&mut stream, &mut len).is_ok() {
+                answered = usize::from(u16::from_be_bytes(len));
+            }
+        }
+        let mut still_held = 0;
+        for stream in &held {
+            stream.set_nonblocking(true).unwrap();
+            let mut b = [0u8; 1];
+            let mut reader: &TcpStream = stream;
+            if matches!(std::io::Read::read(&mut reader, &mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            {
+                still_held += 1;
+            }
+        }
+        (still_held, answered)
+    })
+    .join()
+    .unwrap();
+    eprintln!(
+        "one source holds {held} half-open connections; the newcomer got a {answered}-byte message 2"
+    );
+    assert!(
+        held <= 8 + 1,
+        "one source holds {held} half-open connections"
+    );
+    assert!(
+        answered > 0,
+        "a newcomer was locked out by one host's idle connections"
+    );
+    arena.assert_unharmed(ping, 2);
+}

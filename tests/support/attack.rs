@@ -101,6 +101,7 @@ impl BackgroundPing {
 pub struct TcpSegment {
     pub src: SocketAddr,
     pub dst: SocketAddr,
+    pub syn: bool,
     pub payload: Vec<u8>,
 }
 
@@ -136,24 +137,24 @@ pub fn tcp_segments(pcap: &[u8]) -> Vec<TcpSegment> {
         out.push(TcpSegment {
             src: SocketAddr::from((addr(&ip[12..16]), port(&tcp[0..2]))),
             dst: SocketAddr::from((addr(&ip[16..20]), port(&tcp[2..4]))),
+            syn: tcp[13] & 0x02 != 0,
             payload: tcp[offset..].to_vec(),
         });
     }
     out
 }
 
-/// The client→server byte stream of every TCP connection to `server_port` in a
-/// capture, in capture order (retransmissions are rare on a veth and only
-/// make a replay more hostile).
+/// The client→server byte stream of every TCP connection to `server_port`
+/// that opened (SYN) inside the capture, in capture order (retransmissions
+/// are rare on a veth and only make a replay more hostile).
 pub fn client_streams(segments: &[TcpSegment], server_port: u16) -> Vec<Vec<u8>> {
     let mut streams: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
     for s in segments.iter().filter(|s| s.dst.port() == server_port) {
-        if s.payload.is_empty() {
-            continue;
+        if s.syn {
+            streams.push((s.src, Vec::new()));
         }
-        match streams.iter_mut().find(|(c, _)| *c == s.src) {
-            Some((_, bytes)) => bytes.extend_from_slice(&s.payload),
-            None => streams.push((s.src, s.payload.clone())),
+        if let Some((_, bytes)) = streams.iter_mut().rev().find(|(c, _)| *c == s.src) {
+            bytes.extend_from_slice(&s.payload);
         }
     }
     streams.into_iter().map(|(_, b)| b).collect()
