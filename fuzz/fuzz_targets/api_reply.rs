@@ -10,7 +10,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let line = serde_json::to_vec(&reply).expect("encode what we decoded");
-    assert_eq!(serde_json::from_slice::<Reply>(&line).ok(), Some(reply.clone()));
+    assert_eq!(
+        serde_json::from_slice::<Reply>(&line).ok(),
+        Some(reply.clone())
+    );
     if let Some(result) = reply.result {
         let _ = serde_json::from_value::<Allocation>(result.clone());
         let _ = serde_json::from_value::<AllocationList>(result.clone());

@@ -407,7 +407,11 @@ fn main() {
     }
 
     // api_reply
-    write("api_reply", "ok", br#"{"ok":true,"result":{"ready":true,"mtu":1420}}"#);
+    write(
+        "api_reply",
+        "ok",
+        br#"{"ok":true,"result":{"ready":true,"mtu":1420}}"#,
+    );
     write(
         "api_reply",
         "allocation",
