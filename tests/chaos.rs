@@ -17,6 +17,7 @@
 
 mod support;
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -241,9 +242,9 @@ fn five_routers_under_kills_cuts_and_loss_converge_and_lose_nothing() {
             match schedule.below(3) {
                 0 if dead.len() < 2 => {
                     let i = schedule.below(NODES as u64) as usize;
-                    if !dead.contains_key(&i) {
+                    if let Entry::Vacant(slot) = dead.entry(i) {
                         routers[i].kill9();
-                        dead.insert(i, now + wait);
+                        slot.insert(now + wait);
                         kills += 1;
                         eprintln!(
                             "[{:>4}s] kill -9 n{i} for {wait:?}",
@@ -255,9 +256,9 @@ fn five_routers_under_kills_cuts_and_loss_converge_and_lose_nothing() {
                     let a = schedule.below(NODES as u64) as usize;
                     let b = (a + 1 + schedule.below(NODES as u64 - 1) as usize) % NODES;
                     let pair = (a.min(b), a.max(b));
-                    if !cut_until.contains_key(&pair) {
+                    if let Entry::Vacant(slot) = cut_until.entry(pair) {
                         faults.cut(&cluster, a, b, true);
-                        cut_until.insert(pair, now + wait * 2);
+                        slot.insert(now + wait * 2);
                         cuts += 1;
                         eprintln!(
                             "[{:>4}s] cut n{a} - n{b} for {:?}",
