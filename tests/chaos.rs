@@ -397,6 +397,23 @@ fn five_routers_under_kills_cuts_and_loss_converge_and_lose_nothing() {
             peak_rss[i]
         );
     }
+    // Data-plane volume since each router's last start, for the report.
+    let (mut packets_in, mut packets_out, mut dropped) = (0u64, 0u64, 0u64);
+    for r in &routers {
+        if let Some(status) = r.status() {
+            for (k, v) in counters(&status) {
+                match k.as_str() {
+                    "packets_in" => packets_in += v,
+                    "packets_out" => packets_out += v,
+                    _ if k.starts_with("dropped.") => dropped += v,
+                    _ => {}
+                }
+            }
+        }
+    }
+    eprintln!(
+        "data plane since the last restarts: {packets_in} packets in, {packets_out} out, {dropped} dropped"
+    );
     if ipam {
         check_allocations(&routers, &answered, seed);
     }
