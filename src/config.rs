@@ -3,7 +3,6 @@
 //! says what is wrong and how to fix it.
 
 use crate::cidr::Ipv4Cidr;
-use crate::control::ranges::{NamedRange, split_by_names};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,16 +10,28 @@ use std::time::Duration;
 /// The default port for TCP control and UDP data.
 pub const DEFAULT_PORT: u16 = 6783;
 
-/// How the address range is initialised.
+/// How the IPAM ring is initialised (DESIGN.md "Ring initialisation").
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IpallocInit {
-    /// `seed=NAME1,NAME2,...`: a static split by names.
+    /// The default (`consensus`, or `consensus=N` to insist on N voters): the
+    /// voters are the routers at the seed addresses (this one included when
+    /// its own address is in the list, or when it names its peers), and a
+    /// majority of them initialises the ring.
+    Consensus {
+        /// The number of voters the operator expects, checked when given.
+        expected: Option<usize>,
+    },
+    /// `seed=NAME1,NAME2,...`: the routers so named split the range at
+    /// once, without a vote, as soon as every name is known.
     Seed(Vec<String>),
+    /// `observer`: never initialises; learns the ring from peers.
+    Observer,
 }
 
 impl IpallocInit {
     /// Parses `--ipalloc-init`.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let text = text.trim();
         if let Some(names) = text.strip_prefix("seed=") {
             let names: Vec<String> = names
                 .split(',')
@@ -35,9 +46,32 @@ impl IpallocInit {
             }
             return Ok(Self::Seed(names));
         }
+        if text == "consensus" {
+            return Ok(Self::Consensus { expected: None });
+        }
+        if let Some(count) = text.strip_prefix("consensus=") {
+            return match count.parse::<usize>() {
+                Ok(n) if n > 0 => Ok(Self::Consensus { expected: Some(n) }),
+                _ => anyhow::bail!(
+                    "--ipalloc-init consensus={count:?} needs a positive number of voters, e.g. consensus=3"
+                ),
+            };
+        }
+        if text == "observer" {
+            return Ok(Self::Observer);
+        }
         anyhow::bail!(
-            "--ipalloc-init {text:?} is not supported by this version: use seed=NAME1,NAME2,... naming every initial router"
+            "--ipalloc-init {text:?} is not a mode: use consensus (the default), consensus=N, seed=NAME1,NAME2,... or observer"
         )
+    }
+
+    /// The mode's name for status.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Consensus { .. } => "consensus",
+            Self::Seed(_) => "seed",
+            Self::Observer => "observer",
+        }
     }
 }
 
@@ -93,20 +127,14 @@ pub struct RouterConfig {
 }
 
 impl RouterConfig {
-    /// This router's share of the static split.
-    pub fn split(&self) -> Vec<NamedRange> {
-        match &self.init {
-            IpallocInit::Seed(names) => split_by_names(self.range, names),
-        }
-    }
-
     /// Checks what can be checked before touching the system.
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.name.is_empty() || self.name.len() > 253 {
             anyhow::bail!("--name must be 1 to 253 characters");
         }
-        let IpallocInit::Seed(names) = &self.init;
-        if !names.contains(&self.name) {
+        if let IpallocInit::Seed(names) = &self.init
+            && !names.contains(&self.name)
+        {
             anyhow::bail!(
                 "--ipalloc-init seed={} does not name this router ({:?}): list every initial router, this one included",
                 names.join(","),
@@ -137,13 +165,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ipalloc_init_accepts_seed_lists_only() {
+    fn ipalloc_init_parses_every_mode_and_refuses_the_rest() {
         assert_eq!(
             IpallocInit::parse("seed=a, b").expect("valid"),
             IpallocInit::Seed(vec!["a".into(), "b".into()])
         );
         assert!(IpallocInit::parse("seed=").is_err());
-        assert!(IpallocInit::parse("consensus=3").is_err());
+        assert_eq!(
+            IpallocInit::parse("consensus=3").expect("valid"),
+            IpallocInit::Consensus { expected: Some(3) }
+        );
+        assert_eq!(
+            IpallocInit::parse("consensus").expect("valid"),
+            IpallocInit::Consensus { expected: None }
+        );
+        assert_eq!(
+            IpallocInit::parse("observer").expect("valid"),
+            IpallocInit::Observer
+        );
+        assert!(IpallocInit::parse("consensus=0").is_err());
+        assert!(IpallocInit::parse("paxos").is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use crate::api;
 use crate::config::RouterConfig;
 use crate::control::connection::ConnectionContext;
+use crate::control::ipam::IpamDriver;
 use crate::control::proto::{Hello, Versions};
 use crate::control::{Control, ControlConfig, ControlInputs};
 use crate::crypto::handshake;
@@ -19,7 +20,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 use std::time::Instant;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Where `--insecure` routers get their pre-shared key from: a fixed,
 /// public value, so they can talk to each other and to nobody else.
@@ -64,12 +65,6 @@ async fn serve(
         Some(addr) => Some(crate::metrics::bind(addr).await?),
         None => None,
     };
-    let split = config.split();
-    let own_range = split
-        .iter()
-        .find(|r| r.name == config.name)
-        .ok_or_else(|| anyhow::anyhow!("this router has no range in --ipalloc-init"))?;
-    let own_address = Ipv4Addr::from(own_range.start + 1);
     let epoch = Instant::now();
     let (worker_tx, worker_rx) = mpsc::unbounded_channel();
     let short = ShortId::preferred(identity.id());
@@ -90,14 +85,27 @@ async fn serve(
         Some(libc::EADDRINUSE) => anyhow::anyhow!("UDP port {} is already in use: pick another --listen", config.listen),
         _ => anyhow::anyhow!("cannot start the data plane on {} / {}: {e}", config.iface, config.listen),
     })?;
-    netlink::configure(&InterfacePlan {
+    // DESIGN.md: "Before an empty-state router claims anything, it rebuilds
+    // its in-use set from the kernel."
+    let in_use = netlink::addresses_in_use(&config.iface, config.range).await;
+    let ipam = IpamDriver::open(
+        &config.state_dir,
+        identity.id(),
+        config.range,
+        config.init.clone(),
+        &in_use,
+        Instant::now(),
+    )?;
+    let plan = InterfacePlan {
         iface: config.iface.clone(),
         mtu: config.mtu,
-        own_address,
+        own_address: None,
         range: config.range,
-        owned: vec![(own_range.start, own_range.end)],
-    })
-    .await?;
+        owned: Vec::new(),
+    };
+    netlink::configure(&plan).await?;
+    let (kernel_tx, kernel_rx) = watch::channel(plan);
+    tokio::spawn(apply_kernel_plans(kernel_rx));
     let advertised = advertised_address(config.listen, &config.seeds);
     tracing::info!(
         name = %config.name,
@@ -152,7 +160,6 @@ async fn serve(
             listen: advertised,
             seeds: config.seeds.clone(),
             range: config.range,
-            split,
             mtu: config.mtu,
             rekey_after: config.rekey_after,
         },
@@ -160,6 +167,8 @@ async fn serve(
         dataplane,
         tokio::net::UdpSocket::from_std(control_socket)?,
         epoch,
+        ipam,
+        kernel_tx,
     );
     control
         .run(
@@ -175,6 +184,26 @@ async fn serve(
     let _ = std::fs::remove_file(&config.api);
     tracing::info!("router stopped");
     Ok(())
+}
+
+/// Applies each new kernel plan (node address, owned ranges) from the
+/// control task; a failure is logged and retried with the next plan or
+/// after 5 s.
+async fn apply_kernel_plans(mut plans: watch::Receiver<InterfacePlan>) {
+    loop {
+        let plan = plans.borrow_and_update().clone();
+        if let Err(e) = netlink::configure(&plan).await {
+            tracing::warn!(error = %e, "cannot apply the interface plan; retrying");
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => continue,
+                changed = plans.changed() => if changed.is_err() { return },
+            }
+            continue;
+        }
+        if plans.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Reloads the secret file when its content changes (a Kubernetes Secret

@@ -111,7 +111,9 @@ impl Demo {
             sysctl(&ns, "net.ipv4.ip_forward=1")?;
             node_ns.push(ns);
         }
-        println!("starting one weft router per node (seed list: node0, node1)…");
+        println!(
+            "starting one weft router per node (seed list: node0, node1, which vote on the first split of the address range)…"
+        );
         let seeds: Vec<String> = (0..count.min(2))
             .map(|i| format!("192.0.2.{}:6783", 10 + i))
             .collect();
@@ -134,9 +136,7 @@ impl Demo {
                 .arg("--state-dir")
                 .arg(own.join("state"))
                 .arg("--api")
-                .arg(own.join("weft.sock"))
-                .arg("--ipalloc-init")
-                .arg(format!("seed={}", names.join(",")));
+                .arg(own.join("weft.sock"));
             for seed in &seeds {
                 cmd.args(["--peer", seed]);
             }
@@ -209,9 +209,16 @@ impl Demo {
                 .map(|s| s.connections.iter().filter(|c| c.established).count())
                 .sum();
             let wanted = count * (count - 1);
-            print!("\r  mesh forming: {established}/{wanted} connections established ");
+            let ready = statuses
+                .iter()
+                .flatten()
+                .filter(|s| s.ipam.state == "ready" && !s.ipam.owned_ranges.is_empty())
+                .count();
+            print!(
+                "\r  mesh forming: {established}/{wanted} connections established, {ready}/{count} routers own addresses "
+            );
             let _ = std::io::stdout().flush();
-            if established == wanted && statuses.iter().all(Option::is_some) {
+            if established == wanted && ready == count && statuses.iter().all(Option::is_some) {
                 println!();
                 return Ok(statuses.into_iter().flatten().collect());
             }

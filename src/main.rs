@@ -56,6 +56,17 @@ enum Command {
         #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
         state_dir: PathBuf,
     },
+    /// Take over a dead router's address space (refused while it is reachable).
+    Rmpeer {
+        /// The dead router's name, or its hex ID as `weft status ipam` shows it.
+        name: String,
+        /// Reclaim even though the router looks alive (only if it is really gone).
+        #[arg(long)]
+        force: bool,
+        /// The router's API socket.
+        #[arg(long, env = "WEFT_API", default_value = "/run/weft/weft.sock")]
+        api: PathBuf,
+    },
     /// Remove a seed address from a running router.
     Forget {
         /// HOST:PORT given earlier.
@@ -86,9 +97,10 @@ struct RouterArgs {
     /// The pod address range.
     #[arg(long, env = "WEFT_IPALLOC_RANGE", default_value = "10.32.0.0/12")]
     ipalloc_range: String,
-    /// How the range is first split: seed=NAME1,NAME2,...
-    #[arg(long, env = "WEFT_IPALLOC_INIT")]
-    ipalloc_init: Option<String>,
+    /// How the ring is first initialised: consensus (the routers at the seed
+    /// addresses vote), consensus=N, seed=NAME1,NAME2,... or observer.
+    #[arg(long, env = "WEFT_IPALLOC_INIT", default_value = "consensus")]
+    ipalloc_init: String,
     /// Where the identity key and IPAM state live.
     #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
     state_dir: PathBuf,
@@ -171,6 +183,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print_reply(call(&api, &Request::Connect { address })?)
         }
         Command::Forget { address, api } => print_reply(call(&api, &Request::Forget { address })?),
+        Command::Rmpeer { name, force, api } => {
+            let reply = call(&api, &Request::Rmpeer { name, force })?;
+            if let Some(error) = reply.error {
+                anyhow::bail!("{}", error.message);
+            }
+            let result = reply.result.unwrap_or_default();
+            println!(
+                "reclaimed {} addresses of {}",
+                result["addresses"], result["peer"]
+            );
+            Ok(())
+        }
     }
 }
 
@@ -199,12 +223,7 @@ fn router_config(args: RouterArgs) -> anyhow::Result<RouterConfig> {
             std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string())
         })?,
     };
-    let init = match args.ipalloc_init {
-        Some(text) => IpallocInit::parse(&text)?,
-        None => anyhow::bail!(
-            "pass --ipalloc-init seed=NAME1,NAME2,... naming every initial router (this one is {name:?})"
-        ),
-    };
+    let init = IpallocInit::parse(&args.ipalloc_init)?;
     let seeds = args
         .peers
         .iter()

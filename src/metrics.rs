@@ -3,9 +3,11 @@
 //! never disagree. Encoded by `prometheus-client` (OpenMetrics text).
 //! Names are documented in the README.
 
-use crate::api::proto::{Request, Status};
+use crate::api::proto::{LatencyHistogram, Request, Status};
 use crate::api::server::ApiCall;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -121,6 +123,55 @@ pub fn render(status: &Status) -> String {
     );
     gauge(
         &mut registry,
+        "ipam_unreachable_share_ppm",
+        "Share of the range owned by unreachable routers, in parts per million (weft rmpeer reclaims it)",
+        (status.ipam.unreachable_share * 1e6) as u64,
+    );
+    let gossip_messages = Family::<Labels, Counter>::default();
+    let gossip_bytes = Family::<Labels, Counter>::default();
+    for (key, traffic) in &status.gossip {
+        let (channel, direction) = key.split_once('/').unwrap_or((key.as_str(), ""));
+        let labels = vec![
+            ("channel".to_string(), channel.to_string()),
+            ("direction".to_string(), direction.to_string()),
+        ];
+        gossip_messages
+            .get_or_create(&labels)
+            .inc_by(traffic.messages);
+        gossip_bytes.get_or_create(&labels).inc_by(traffic.bytes);
+    }
+    registry.register(
+        "gossip_messages",
+        "Gossip messages by channel and direction",
+        gossip_messages,
+    );
+    registry.register(
+        "gossip_bytes",
+        "Gossip payload bytes by channel and direction",
+        gossip_bytes,
+    );
+    let requests = Family::<Labels, Counter>::default();
+    for (key, count) in &status.api_requests {
+        let (op, result) = key.split_once('/').unwrap_or((key.as_str(), ""));
+        requests
+            .get_or_create(&vec![
+                ("op".to_string(), op.to_string()),
+                ("result".to_string(), result.to_string()),
+            ])
+            .inc_by(*count);
+    }
+    registry.register(
+        "cni_requests",
+        "Address requests from the CNI plugin (local API) by operation and result",
+        requests,
+    );
+    registry.register(
+        "cni_request_duration_seconds",
+        "Time the router took to answer an address request (fsync included)",
+        HistogramSnapshot(status.api_latency.clone()),
+    );
+    gauge(
+        &mut registry,
         "mtu",
         "Overlay MTU",
         u64::from(status.dataplane.mtu),
@@ -128,6 +179,28 @@ pub fn render(status: &Status) -> String {
     let mut out = String::new();
     let _ = encode(&mut out, &registry);
     out
+}
+
+/// A histogram built elsewhere (the status object), encoded as is.
+#[derive(Debug)]
+struct HistogramSnapshot(LatencyHistogram);
+
+impl EncodeMetric for HistogramSnapshot {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let h = &self.0;
+        let mut buckets: Vec<(f64, u64)> = h
+            .bounds
+            .iter()
+            .zip(h.counts.iter())
+            .map(|(b, c)| (*b, *c))
+            .collect();
+        buckets.push((f64::INFINITY, h.counts.last().copied().unwrap_or(0)));
+        encoder.encode_histogram::<NoLabelSet>(h.sum, h.count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
 }
 
 /// Binds the metrics listener (so a busy port is one clear error at start).

@@ -7,7 +7,10 @@
 
 use crate::cidr::Ipv4Cidr;
 use futures_util::TryStreamExt;
-use rtnetlink::packet_route::route::{RouteProtocol, RouteType};
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType,
+};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -21,15 +24,18 @@ pub struct InterfacePlan {
     pub iface: String,
     /// Overlay MTU.
     pub mtu: u32,
-    /// The node's own overlay address (a /32 on the device).
-    pub own_address: Ipv4Addr,
+    /// The node's own overlay address (a /32 on the device), once the IPAM
+    /// ring has given it one; until then the range is routed without `src`.
+    pub own_address: Option<Ipv4Addr>,
     /// The cluster range, routed to the device.
     pub range: Ipv4Cidr,
     /// Ranges this router owns (inclusive), made `unreachable`.
     pub owned: Vec<(u32, u32)>,
 }
 
-/// Applies `plan`.
+/// Applies `plan`, and removes what an earlier plan set up that this one
+/// no longer has (an address or an `unreachable` route for a range given
+/// away), so the kernel follows the ring.
 pub async fn configure(plan: &InterfacePlan) -> anyhow::Result<()> {
     let (connection, handle, _) = rtnetlink::new_connection()?;
     tokio::spawn(connection);
@@ -45,50 +51,149 @@ pub async fn configure(plan: &InterfacePlan) -> anyhow::Result<()> {
         .execute()
         .await
         .map_err(|e| anyhow::anyhow!("cannot bring {} up: {e}", plan.iface))?;
-    handle
-        .address()
-        .add(index, IpAddr::V4(plan.own_address), 32)
-        .replace()
-        .execute()
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!("cannot add {}/32 to {}: {e}", plan.own_address, plan.iface)
-        })?;
-    let range = RouteMessageBuilder::<Ipv4Addr>::new()
+    if let Some(own) = plan.own_address {
+        handle
+            .address()
+            .add(index, IpAddr::V4(own), 32)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot add {own}/32 to {}: {e}", plan.iface))?;
+    }
+    remove_stale_addresses(&handle, index, plan.own_address).await;
+    let mut range = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(Ipv4Addr::from(plan.range.first()), plan.range.prefix())
         .output_interface(index)
-        .pref_source(plan.own_address)
-        .protocol(RouteProtocol::Other(WEFT_ROUTE_PROTOCOL))
-        .build();
+        .protocol(RouteProtocol::Other(WEFT_ROUTE_PROTOCOL));
+    if let Some(own) = plan.own_address {
+        range = range.pref_source(own);
+    }
     handle
         .route()
-        .add(range)
+        .add(range.build())
         .replace()
         .execute()
         .await
         .map_err(|e| anyhow::anyhow!("cannot route {} to {}: {e}", plan.range, plan.iface))?;
-    for (start, end) in &plan.owned {
-        for (base, prefix) in cidr_blocks(*start, *end) {
-            let unreachable = RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(Ipv4Addr::from(base), prefix)
-                .kind(RouteType::Unreachable)
-                .protocol(RouteProtocol::Other(WEFT_ROUTE_PROTOCOL))
-                .build();
-            handle
-                .route()
-                .add(unreachable)
-                .replace()
-                .execute()
-                .await
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "cannot add the unreachable route for {}/{prefix}: {e}",
-                        Ipv4Addr::from(base)
-                    )
-                })?;
+    let wanted: Vec<(u32, u8)> = plan
+        .owned
+        .iter()
+        .flat_map(|(start, end)| cidr_blocks(*start, *end))
+        .collect();
+    for (base, prefix) in &wanted {
+        let unreachable = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(Ipv4Addr::from(*base), *prefix)
+            .kind(RouteType::Unreachable)
+            .protocol(RouteProtocol::Other(WEFT_ROUTE_PROTOCOL))
+            .build();
+        handle
+            .route()
+            .add(unreachable)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot add the unreachable route for {}/{prefix}: {e}",
+                    Ipv4Addr::from(*base)
+                )
+            })?;
+    }
+    for route in weft_routes(&handle).await {
+        if route.header.kind != RouteType::Unreachable {
+            continue;
+        }
+        let Some(dst) = route_destination(&route) else {
+            continue;
+        };
+        let block = (u32::from(dst), route.header.destination_prefix_length);
+        if plan.range.contains(u32::from(dst)) && !wanted.contains(&block) {
+            let _ = handle.route().del(route).execute().await;
         }
     }
     Ok(())
+}
+
+/// Addresses in the cluster range that the kernel shows in use on this node
+/// (DESIGN.md: "Before an empty-state router claims anything, it rebuilds
+/// its in-use set from the kernel"): the node address on `iface` (`true`),
+/// and every weft-tagged /32 route to a pod (`false`).
+pub async fn addresses_in_use(iface: &str, range: Ipv4Cidr) -> Vec<(Ipv4Addr, bool)> {
+    let Ok((connection, handle, _)) = rtnetlink::new_connection() else {
+        return Vec::new();
+    };
+    tokio::spawn(connection);
+    let mut found = Vec::new();
+    if let Ok(index) = link_index(&handle, iface).await {
+        let mut addresses = handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        while let Ok(Some(message)) = addresses.try_next().await {
+            for attribute in &message.attributes {
+                if let AddressAttribute::Address(IpAddr::V4(addr)) = attribute
+                    && range.contains(u32::from(*addr))
+                {
+                    found.push((*addr, true));
+                }
+            }
+        }
+    }
+    for route in weft_routes(&handle).await {
+        if route.header.kind != RouteType::Unicast || route.header.destination_prefix_length != 32 {
+            continue;
+        }
+        if let Some(dst) = route_destination(&route)
+            && range.contains(u32::from(dst))
+        {
+            found.push((dst, false));
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
+async fn remove_stale_addresses(handle: &Handle, index: u32, keep: Option<Ipv4Addr>) {
+    let mut addresses = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
+    let mut stale = Vec::new();
+    while let Ok(Some(message)) = addresses.try_next().await {
+        let is_v4_other = message.attributes.iter().any(
+            |a| matches!(a, AddressAttribute::Address(IpAddr::V4(addr)) if Some(*addr) != keep),
+        );
+        if is_v4_other {
+            stale.push(message);
+        }
+    }
+    for message in stale {
+        let _ = handle.address().del(message).execute().await;
+    }
+}
+
+async fn weft_routes(handle: &Handle) -> Vec<RouteMessage> {
+    let mut routes = handle
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
+    let mut tagged = Vec::new();
+    while let Ok(Some(route)) = routes.try_next().await {
+        if route.header.protocol == RouteProtocol::Other(WEFT_ROUTE_PROTOCOL) {
+            tagged.push(route);
+        }
+    }
+    tagged
+}
+
+fn route_destination(route: &RouteMessage) -> Option<Ipv4Addr> {
+    route.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(*d),
+        _ => None,
+    })
 }
 
 /// Removes what `configure` set up: the device (which takes its address and
@@ -107,17 +212,7 @@ pub async fn reset(iface: &str) -> anyhow::Result<Vec<String>> {
             .map_err(|e| anyhow::anyhow!("cannot remove {iface}: {e}"))?;
         removed.push(format!("interface {iface}"));
     }
-    let mut routes = handle
-        .route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-        .execute();
-    let mut tagged = Vec::new();
-    while let Ok(Some(route)) = routes.try_next().await {
-        if route.header.protocol == RouteProtocol::Other(WEFT_ROUTE_PROTOCOL) {
-            tagged.push(route);
-        }
-    }
-    for route in tagged {
+    for route in weft_routes(&handle).await {
         let label = format!(
             "route {:?}/{}",
             route

@@ -64,14 +64,39 @@ pub fn render(status: &Status, section: Option<&str>) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "ipam: range {} ({}), owned {} addresses in {}, allocated {}, free {}",
+            "ipam: {} range {} ({}), owned {} addresses in {}, allocated {}, free {}, {} routers in the ring",
+            i.state,
             i.range,
             i.mode,
             i.owned_addresses,
-            ranges.join(" "),
+            if ranges.is_empty() {
+                "no range".to_string()
+            } else {
+                ranges.join(" ")
+            },
             i.allocated,
-            i.free
+            i.free,
+            i.ring_peers
         );
+        if let Some(detail) = &i.detail {
+            let _ = writeln!(out, "  {detail}");
+        }
+        for r in &i.unreachable_ranges {
+            let _ = writeln!(
+                out,
+                "  unreachable router {} owns {}-{} (if it is gone for good: weft rmpeer {})",
+                r.owner, r.start, r.end, r.owner
+            );
+        }
+        if section == Some("ipam") {
+            for a in &i.allocations {
+                let holder = match (&a.container_id, &a.ifname) {
+                    (Some(c), Some(f)) => format!("{c} {f}"),
+                    _ => String::new(),
+                };
+                let _ = writeln!(out, "  {:<16} {:<5} {holder}", a.address, a.kind);
+            }
+        }
     }
     if all {
         let d = &status.dataplane;

@@ -107,6 +107,32 @@ fn metrics_scraped_during_traffic_parse_and_their_counters_move() {
     assert_eq!(after[r#"weft_connections{state="established"}"#], 1.0);
     assert!(after[r#"weft_handshakes_total{result="ok"}"#] >= 1.0);
     assert!(after["weft_ipam_owned_addresses"] > 0.0);
+    // Ring gossip flows both ways; address requests are counted and timed.
+    assert!(after[r#"weft_gossip_messages_total{channel="ring",direction="in"}"#] >= 1.0);
+    assert!(after[r#"weft_gossip_bytes_total{channel="topology",direction="out"}"#] > 0.0);
+    for i in 0..3 {
+        let reply = weft::api::client::call(
+            &routers[0].api(),
+            &weft::api::proto::Request::Allocate {
+                container_id: format!("metrics-{i}"),
+                ifname: "eth0".into(),
+            },
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert!(reply.ok, "{:?}", reply.error);
+    }
+    let scraped = parse(&scrape(&ns));
+    assert_eq!(
+        scraped[r#"weft_cni_requests_total{op="allocate",result="ok"}"#],
+        3.0
+    );
+    assert_eq!(scraped["weft_cni_request_duration_seconds_count"], 3.0);
+    assert_eq!(
+        scraped[r#"weft_cni_request_duration_seconds_bucket{le="+Inf"}"#],
+        3.0
+    );
+    assert!(scraped["weft_ipam_allocated_addresses"] >= 4.0);
 
     // A second router on the same metrics address: one clear line.
     let other = TempDir::new("metrics2");

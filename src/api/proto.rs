@@ -224,6 +224,69 @@ pub struct Status {
     pub handshakes: BTreeMap<String, u64>,
     /// Completed rekeys over all peers.
     pub rekeys: u64,
+    /// Gossip traffic by `channel/direction` (`topology/in`, `ring/out`, ...).
+    #[serde(default)]
+    pub gossip: BTreeMap<String, TrafficCount>,
+    /// Address requests of the local API (the CNI plugin's) by `op/result`.
+    #[serde(default)]
+    pub api_requests: BTreeMap<String, u64>,
+    /// How long those requests took inside the router (fsync included).
+    #[serde(default)]
+    pub api_latency: LatencyHistogram,
+}
+
+/// Messages and bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficCount {
+    /// Messages.
+    pub messages: u64,
+    /// Bytes of payload.
+    pub bytes: u64,
+}
+
+/// A latency histogram with fixed bounds, in seconds: `counts[i]` counts
+/// observations in `(bounds[i-1], bounds[i]]`; the last count is above
+/// every bound.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LatencyHistogram {
+    /// Upper bounds, ascending.
+    pub bounds: Vec<f64>,
+    /// Per-bucket counts (`bounds.len() + 1` of them).
+    pub counts: Vec<u64>,
+    /// Sum of all observations.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        let bounds = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ];
+        Self {
+            counts: vec![0; bounds.len() + 1],
+            bounds,
+            sum: 0.0,
+            count: 0,
+        }
+    }
+}
+
+impl LatencyHistogram {
+    /// Records one observation.
+    pub fn observe(&mut self, seconds: f64) {
+        let bucket = self
+            .bounds
+            .iter()
+            .position(|b| seconds <= *b)
+            .unwrap_or(self.bounds.len());
+        if let Some(c) = self.counts.get_mut(bucket) {
+            *c += 1;
+        }
+        self.sum += seconds;
+        self.count += 1;
+    }
 }
 
 /// One peer.
@@ -282,23 +345,69 @@ pub struct RangeStatus {
     pub end: String,
 }
 
-/// Address management summary.
+/// Address management summary (DESIGN.md `ipam` object, plus what an
+/// operator needs to act: the state, the conflict or wait, the ranges of
+/// unreachable routers, and every address handed out here).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct IpamStatus {
     /// The cluster range.
     pub range: String,
+    /// How the ring is initialised (`consensus`, `seed`, `observer`).
+    pub mode: String,
+    /// `ready`, `waiting_for_voters`, `waiting_for_ring`, `conflict` or `tombstoned`.
+    pub state: String,
+    /// What the state means here, in one line (who is awaited, the fix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The ring's genesis ID, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub genesis: Option<String>,
     /// Ranges this router owns.
     pub owned_ranges: Vec<RangeStatus>,
     /// Addresses in them.
     pub owned_addresses: u64,
     /// Addresses handed out (the router's own included).
     pub allocated: u64,
-    /// Owned minus allocated.
+    /// Addresses that can be handed out now (quarantined ones excluded).
     pub free: u64,
     /// Routers in the ring.
     pub ring_peers: usize,
-    /// How the ring was initialised.
-    pub mode: String,
+    /// Share (0..=1) of the range owned by routers that are not reachable.
+    #[serde(default)]
+    pub unreachable_share: f64,
+    /// Ranges owned by routers that are not reachable (`weft rmpeer` candidates).
+    #[serde(default)]
+    pub unreachable_ranges: Vec<OwnerRange>,
+    /// Every address this router has handed out.
+    #[serde(default)]
+    pub allocations: Vec<AddressHolder>,
+}
+
+/// A range and the router that owns it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerRange {
+    /// The owner's name, or its hex ID when the name is not known.
+    pub owner: String,
+    /// First address.
+    pub start: String,
+    /// Last address.
+    pub end: String,
+}
+
+/// An address handed out and who holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressHolder {
+    /// The address.
+    pub address: String,
+    /// `node` (the router's own), `pod`, or `held` (found in the kernel at
+    /// start, holder unknown; freed by the pod's CNI DEL).
+    pub kind: String,
+    /// The pod's container ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// The pod's interface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifname: Option<String>,
 }
 
 /// Data-plane summary.

@@ -8,12 +8,12 @@
 //! changed (DESIGN.md "Where tokio lives").
 
 pub mod connection;
+pub mod ipam;
 pub mod proto;
-pub mod ranges;
 
 use crate::api::proto::{
-    ConnectionStatus, DataplaneStatus, ErrorCode, IpamStatus, PeerStatus, RangeStatus, Reply,
-    Request, Status,
+    ConnectionStatus, DataplaneStatus, ErrorCode, LatencyHistogram, PeerStatus, Reply, Request,
+    Status, TrafficCount,
 };
 use crate::api::server::ApiCall;
 use crate::cidr::Ipv4Cidr;
@@ -22,6 +22,8 @@ use crate::crypto::replay::ReplayWindow;
 use crate::crypto::session::{KeySchedule, Keyset};
 use crate::gossip::{Channel, ConnectionMaker, Frame, Gossip, GossipConfig, GossipEvent, PeerInfo};
 use crate::id::{PeerId, ShortId};
+use crate::ipam::Destination;
+use crate::netlink::InterfacePlan;
 use crate::router::Dataplane;
 use crate::router::packet::{CONTROL_LANE, DataHeader, HEADER_LEN, PacketType};
 use crate::router::snapshot::{Link, Liveness, OwnedRange, RecvSession, SendKeys, Snapshot};
@@ -30,14 +32,14 @@ use connection::{
     ConnectionCommand, ConnectionContext, ConnectionEvent, ConnectionId, HandshakeFailure, NewKeys,
     PeerUp,
 };
+use ipam::{IpamDriver, PeerDirectory};
 use proto::{ControlMessage, Hello};
-use ranges::NamedRange;
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// How often heartbeats go to each peer.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
@@ -81,8 +83,6 @@ pub struct ControlConfig {
     pub seeds: Vec<SocketAddr>,
     /// The cluster range.
     pub range: Ipv4Cidr,
-    /// The static split by names (`--ipalloc-init seed=...`).
-    pub split: Vec<NamedRange>,
     /// Overlay MTU.
     pub mtu: u32,
     /// Rekey interval (120 s unless shortened for tests).
@@ -133,6 +133,50 @@ pub struct Control {
     heartbeat_windows: HashMap<u32, ReplayWindow>,
     last_refusal_log: Option<Instant>,
     dirty: bool,
+    ipam: IpamDriver,
+    gossip_traffic: BTreeMap<String, TrafficCount>,
+    api_latency: LatencyHistogram,
+    /// What the kernel should look like (node address, owned ranges); a
+    /// task in the daemon applies each new plan.
+    kernel: watch::Sender<InterfacePlan>,
+}
+
+/// Looks routers up by address and name for the IPAM driver.
+struct Directory<'a> {
+    me: PeerId,
+    name: &'a str,
+    self_addresses: &'a HashSet<SocketAddr>,
+    peers: &'a HashMap<PeerId, Peer>,
+    gossip: &'a Gossip,
+}
+
+impl PeerDirectory for Directory<'_> {
+    fn id_at(&self, addr: SocketAddr) -> Option<PeerId> {
+        if self.self_addresses.contains(&addr) {
+            return Some(self.me);
+        }
+        self.peers
+            .values()
+            .find(|p| p.hello.listen == addr || p.remote == addr)
+            .map(|p| p.id)
+            .or_else(|| {
+                self.gossip
+                    .peers()
+                    .find(|e| e.addresses.contains(&addr))
+                    .map(|e| e.id)
+            })
+    }
+
+    fn id_named(&self, name: &str) -> Option<PeerId> {
+        if name == self.name {
+            return Some(self.me);
+        }
+        self.gossip.name_holder(name)
+    }
+
+    fn name_of(&self, id: PeerId) -> Option<String> {
+        self.gossip.entry(id).map(|e| e.name.clone())
+    }
 }
 
 /// The channels the control task reads.
@@ -153,6 +197,8 @@ impl Control {
         dataplane: Dataplane,
         udp: UdpSocket,
         epoch: Instant,
+        ipam: IpamDriver,
+        kernel: watch::Sender<InterfacePlan>,
     ) -> Self {
         let me = context.identity.id();
         let mut self_addresses = HashSet::new();
@@ -197,6 +243,10 @@ impl Control {
             heartbeat_windows: HashMap::new(),
             last_refusal_log: None,
             dirty: true,
+            ipam,
+            kernel,
+            gossip_traffic: BTreeMap::new(),
+            api_latency: LatencyHistogram::default(),
         }
     }
 
@@ -235,6 +285,7 @@ impl Control {
             }
             let now = Instant::now();
             self.drain_gossip(now);
+            self.drive_ipam(now);
             self.drive_dials(now);
             if self.dirty {
                 self.publish();
@@ -297,6 +348,16 @@ impl Control {
 
     fn handle_tick(&mut self, now: Instant) {
         self.gossip.handle_timeout(now);
+        self.ipam.handle_timeout(now);
+        let directory = Directory {
+            me: self.me,
+            name: &self.config.name,
+            self_addresses: &self.self_addresses,
+            peers: &self.peers,
+            gossip: &self.gossip,
+        };
+        self.ipam
+            .resolve(&directory, &self.config.seeds, self.config.listen, now);
         let ids: Vec<PeerId> = self.peers.keys().copied().collect();
         for id in ids {
             let Some(peer) = self.peers.get_mut(&id) else {
@@ -374,10 +435,72 @@ impl Control {
         }
     }
 
+    /// Sends what the allocator wants sent on the `Ring` channel and acts on
+    /// its events (a new node address or ownership table goes to the kernel
+    /// and the data plane).
+    fn drive_ipam(&mut self, now: Instant) {
+        while let Some((destination, payload)) = self.ipam.poll_transmit() {
+            let copies = match destination {
+                Destination::Peer(id) => u64::from(self.peers.contains_key(&id)),
+                Destination::Broadcast => self.peers.len() as u64,
+            };
+            self.count_gossip(Channel::Ring, "out", copies, payload.len());
+            let message = |payload: Vec<u8>| {
+                ConnectionCommand::Send(ControlMessage::Gossip {
+                    channel: Channel::Ring.to_byte(),
+                    payload,
+                })
+            };
+            match destination {
+                Destination::Peer(id) => {
+                    if let Some(peer) = self.peers.get(&id) {
+                        let _ = peer.commands.send(message(payload));
+                    }
+                }
+                Destination::Broadcast => {
+                    for peer in self.peers.values() {
+                        let _ = peer.commands.send(message(payload.clone()));
+                    }
+                }
+            }
+        }
+        if self.ipam.drain_events(now) {
+            self.dirty = true;
+            let own_address = self.ipam.node_address();
+            let owned = self.ipam.owned();
+            self.kernel.send_if_modified(|plan| {
+                let changed = plan.own_address != own_address || plan.owned != owned;
+                plan.own_address = own_address;
+                plan.owned = owned;
+                changed
+            });
+        }
+    }
+
+    fn count_gossip(&mut self, channel: Channel, direction: &str, messages: u64, len: usize) {
+        let name = match channel {
+            Channel::Topology => "topology",
+            Channel::Ring => "ring",
+            Channel::Unknown(_) => "unknown",
+        };
+        let entry = self
+            .gossip_traffic
+            .entry(format!("{name}/{direction}"))
+            .or_default();
+        entry.messages += messages;
+        entry.bytes += messages * len as u64;
+    }
+
     /// Sends what the gossip core wants sent and acts on its events.
     fn drain_gossip(&mut self, now: Instant) {
         while let Some((peer, frame)) = self.gossip.poll_transmit() {
             if let Some(p) = self.peers.get(&peer) {
+                let entry = self
+                    .gossip_traffic
+                    .entry("topology/out".into())
+                    .or_default();
+                entry.messages += 1;
+                entry.bytes += frame.len() as u64;
                 let _ = p
                     .commands
                     .send(ConnectionCommand::Send(ControlMessage::Gossip {
@@ -391,6 +514,7 @@ impl Control {
                 GossipEvent::TopologyChanged => self.dirty = true,
                 GossipEvent::PeerAdded { id, name } => {
                     tracing::info!(peer = %name, %id, "learned a router");
+                    self.ipam.learn_name(id, &name);
                     if let Some(entry) = self.gossip.entry(id) {
                         let addresses = entry.addresses.clone();
                         self.maker.learn(id, &addresses, now);
@@ -597,8 +721,10 @@ impl Control {
             public_key,
             addresses: vec![peer.hello.listen],
         };
+        self.ipam.learn_name(peer_id, &peer.hello.name);
         self.peers.insert(peer_id, peer);
         self.gossip.connection_up(info, outbound, now);
+        self.ipam.handle_peer_up(peer_id, now);
         self.dirty = true;
         // The side that dialled sends the first UDP packet (NAT).
         if outbound {
@@ -657,8 +783,13 @@ impl Control {
                     let _ = peer.commands.send(ConnectionCommand::Rekey);
                 }
             }
-            ControlMessage::Gossip { payload, .. } => {
+            ControlMessage::Gossip { channel, payload } => {
                 let from = peer.id;
+                self.count_gossip(Channel::from_byte(channel), "in", 1, payload.len());
+                if channel == Channel::Ring.to_byte() {
+                    self.ipam.handle_message(from, &payload, now);
+                    return;
+                }
                 let channel = Frame::parse(&payload).map(|f| f.channel);
                 if matches!(channel, Ok(Channel::Topology))
                     && let Err(e) = self.gossip.handle_message(from, &payload, now)
@@ -672,7 +803,6 @@ impl Control {
                         tracing::warn!(%from, error = %e, "dropped a gossip frame");
                     }
                 }
-                // The IPAM ring's channel attaches here.
             }
             ControlMessage::Rekey { .. }
             | ControlMessage::TcpKeySwitch
@@ -856,26 +986,18 @@ impl Control {
             }
         }
         let mut snapshot = Snapshot::new(self.short, self.config.mtu as usize);
-        let mut owners = Vec::new();
-        for range in &self.config.split {
-            let owner_id = if range.name == self.config.name {
-                Some(self.me)
-            } else {
-                self.gossip.name_holder(&range.name).or_else(|| {
-                    self.peers
-                        .values()
-                        .find(|p| p.hello.name == range.name)
-                        .map(|p| p.id)
+        let owners: Vec<OwnedRange> = self
+            .ipam
+            .owners()
+            .into_iter()
+            .filter_map(|(start, end, owner)| {
+                Some(OwnedRange {
+                    start,
+                    end,
+                    owner: self.short_of(owner)?,
                 })
-            };
-            if let Some(owner) = owner_id.and_then(|id| self.short_of(id)) {
-                owners.push(OwnedRange {
-                    start: range.start,
-                    end: range.end,
-                    owner,
-                });
-            }
-        }
+            })
+            .collect();
         let refused = snapshot.set_owners(owners);
         if !refused.is_empty() {
             tracing::warn!(?refused, "overlapping ranges refused");
@@ -925,9 +1047,33 @@ impl Control {
             }
         }
         self.dataplane.publish(snapshot);
+        let reachable = self.reachable_peers();
+        self.ipam.set_reachable(reachable);
+    }
+
+    /// Routers a path of established connections leads to, and direct peers.
+    fn reachable_peers(&self) -> BTreeSet<PeerId> {
+        let routes = self.gossip.routes();
+        let mut reachable: BTreeSet<PeerId> = routes.iter().map(|(id, _)| id).collect();
+        reachable.extend(self.peers.keys().copied());
+        reachable
     }
 
     fn handle_api(&mut self, request: Request) -> Reply {
+        let now = Instant::now();
+        let gossip = &self.gossip;
+        if let Some(reply) = self.ipam.handle_api(
+            &request,
+            self.config.mtu,
+            |name| gossip.name_holder(name),
+            now,
+        ) {
+            self.api_latency.observe(now.elapsed().as_secs_f64());
+            if request_changes_ownership(&request) {
+                self.drive_ipam(now);
+            }
+            return reply;
+        }
         match request {
             Request::Status => match serde_json::to_value(self.status(Instant::now())) {
                 Ok(value) => Reply::ok(value),
@@ -957,10 +1103,7 @@ impl Control {
                     format!("{address:?} is not HOST:PORT (e.g. 192.0.2.10:6783)"),
                 ),
             },
-            _ => Reply::err(
-                ErrorCode::NotReady,
-                "address management is not running on this router yet",
-            ),
+            _ => Reply::err(ErrorCode::BadRequest, "unknown request"),
         }
     }
 
@@ -1087,14 +1230,8 @@ impl Control {
             })
             .collect();
         peers.sort_by(|a, b| a.name.cmp(&b.name));
-        let owned: Vec<&NamedRange> = self
-            .config
-            .split
-            .iter()
-            .filter(|r| r.name == self.config.name)
-            .collect();
-        let owned_addresses: u64 = owned.iter().map(|r| u64::from(r.end - r.start) + 1).sum();
-        let allocated = u64::from(!owned.is_empty());
+        let reachable = self.reachable_peers();
+        let ipam = self.ipam.status(|id| reachable.contains(&id), now);
         Status {
             name: self.config.name.clone(),
             id: self.me.to_string(),
@@ -1102,21 +1239,7 @@ impl Control {
             listen: self.config.listen.to_string(),
             peers,
             connections,
-            ipam: IpamStatus {
-                range: self.config.range.to_string(),
-                owned_ranges: owned
-                    .iter()
-                    .map(|r| RangeStatus {
-                        start: Ipv4Addr::from(r.start).to_string(),
-                        end: Ipv4Addr::from(r.end).to_string(),
-                    })
-                    .collect(),
-                owned_addresses,
-                allocated,
-                free: owned_addresses - allocated,
-                ring_peers: self.config.split.len(),
-                mode: "seed".into(),
-            },
+            ipam,
             dataplane: DataplaneStatus {
                 mtu: self.config.mtu,
                 offload: offload.into(),
@@ -1125,6 +1248,9 @@ impl Control {
             },
             handshakes: self.handshakes.clone(),
             rekeys: self.peers.values().map(|p| p.keys.rekeys()).sum(),
+            gossip: self.gossip_traffic.clone(),
+            api_requests: self.ipam.counters().0.clone(),
+            api_latency: self.api_latency.clone(),
         }
     }
 }
@@ -1137,4 +1263,13 @@ fn keyset_of(keys: NewKeys, now: Instant) -> Keyset {
         recv: keys.recv,
         created: now,
     }
+}
+
+/// Requests after which the allocator may have something to send at once
+/// (a donation request, a reclaimed ring).
+fn request_changes_ownership(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::Allocate { .. } | Request::Rmpeer { .. } | Request::Release { .. }
+    )
 }

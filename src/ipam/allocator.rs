@@ -394,7 +394,8 @@ impl<S: Store> Allocator<S> {
         } else if let Init::Seed(owners) = &this.cfg.init {
             // Static split: no vote. Not after a stateless restart with
             // addresses still in use: the cluster has moved on; learn it.
-            if this.allocs.is_empty() {
+            // An empty set means the driver has not resolved the names yet.
+            if this.allocs.is_empty() && !owners.is_empty() {
                 let ring = Ring::genesis(this.cfg.range, "seed", owners);
                 this.adopt(ring, false, now)?;
             }
@@ -450,7 +451,35 @@ impl<S: Store> Allocator<S> {
         self.cfg.init = Init::Voters(voters);
         self.agreed.clear();
         self.mismatched.clear();
+        if self.may_vote {
+            // Propose at once rather than at the next anti-entropy round.
+            let bytes = self.proposal().encode();
+            self.transmits.push_back((Destination::Broadcast, bytes));
+        }
         self.try_initialise(now)
+    }
+
+    /// Sets the owners of a static split (`seed=NAMES`) once the driver has
+    /// resolved every name to an ID, and builds the ring from them unless a
+    /// ring is already known or this router has addresses in use (then it
+    /// learns the ring instead). Every router resolving the same names builds
+    /// the same ring.
+    pub fn set_seed_owners(
+        &mut self,
+        owners: BTreeSet<PeerId>,
+        now: Instant,
+    ) -> Result<(), IpamError> {
+        if self.ring.is_some() || owners.is_empty() {
+            return Ok(());
+        }
+        self.cfg.init = Init::Seed(owners.clone());
+        if !self.allocs.is_empty() {
+            return Ok(());
+        }
+        let ring = Ring::genesis(self.cfg.range, "seed", &owners);
+        self.adopt(ring, false, now)?;
+        self.send_ring(Destination::Broadcast, now);
+        Ok(())
     }
 
     /// The routers currently reachable (from the gossip topology): used to
@@ -568,6 +597,27 @@ impl<S: Store> Allocator<S> {
         }
         self.addr(offset)
             .ok_or_else(|| AllocError::TryAgain("address outside the range".into()))
+    }
+
+    /// Frees an address the router found in use in the kernel at start
+    /// without knowing its holder ([`AllocKey::Held`]), when the CNI plugin
+    /// deletes the pod that had it. Anything else is [`AllocError::NotFound`].
+    pub fn release_held(&mut self, addr: IpAddr) -> Result<IpAddr, AllocError> {
+        let not_found = || AllocError::NotFound {
+            container_id: String::new(),
+            ifname: addr.to_string(),
+        };
+        let offset = self.cfg.range.offset(addr).ok_or_else(not_found)?;
+        let key = AllocKey::Held(offset);
+        if self.allocs.holder(offset) != Some(&key) {
+            return Err(not_found());
+        }
+        self.allocs.remove(&key);
+        if let Err(e) = self.persist_allocations() {
+            self.allocs.insert(key, offset);
+            return Err(AllocError::Persist(e));
+        }
+        Ok(addr)
     }
 
     /// The address held by a pod interface.
@@ -926,7 +976,22 @@ impl<S: Store> Allocator<S> {
                     && self.avoid.get(p).is_none_or(|until| now >= *until)
             })
             .max_by_key(|(p, r)| (r.free, std::cmp::Reverse(**p)))
-            .map(|(p, _)| *p);
+            .map(|(p, _)| *p)
+            .or_else(|| {
+                // No record advertises free space yet (records travel with the
+                // periodic ring broadcast): ask the reachable router owning
+                // the most addresses rather than wait for the next round.
+                ring.owners()
+                    .into_iter()
+                    .filter(|p| {
+                        *p != me
+                            && ring.tombstone_of(*p).is_none()
+                            && !ring.peer_records().contains_key(p)
+                            && self.reachable.contains(p)
+                            && self.avoid.get(p).is_none_or(|until| now >= *until)
+                    })
+                    .max_by_key(|p| (span(&ring.ranges_of(*p)), std::cmp::Reverse(*p)))
+            });
         let Some(donor) = donor else {
             return "out of addresses and no reachable router advertises free space".into();
         };
@@ -986,7 +1051,28 @@ impl<S: Store> Allocator<S> {
             });
         }
         let Some(mine) = &self.ring else {
-            return self.adopt(theirs, true, now);
+            // A ring learned from a peer quarantines our own ranges (a former
+            // self may have given some away), unless it is the very genesis
+            // this router would have built itself, untouched by any write of
+            // ours: then learning it is no riskier than building it.
+            let range = self.cfg.range;
+            let own_genesis = match &self.cfg.init {
+                Init::Voters(v) => {
+                    self.may_vote && theirs.genesis_id() == GenesisId::derive(&range, "voters", v)
+                }
+                Init::Seed(o) => {
+                    !o.is_empty()
+                        && self.allocs.is_empty()
+                        && theirs.genesis_id() == GenesisId::derive(&range, "seed", o)
+                }
+                Init::Observer => false,
+            };
+            let me = self.cfg.me;
+            let untouched = theirs
+                .entries()
+                .values()
+                .all(|e| e.writer != me || e.version == 1);
+            return self.adopt(theirs, !(own_genesis && untouched), now);
         };
         if mine.genesis_id() != theirs.genesis_id() {
             return self.on_foreign_ring(from, theirs, now);
@@ -1179,15 +1265,25 @@ impl<S: Store> Allocator<S> {
             self.send_ring(Destination::Peer(from), now);
             return Ok(());
         };
+        // A reserved last address of the range (never allocated) goes with
+        // the block, so the donor is not left owning a lone broadcast address.
+        // Not from quarantine: a quarantined address may already be someone else's.
+        let allocatable = self.allocatable(now);
+        let hi = if range.is_reserved(hi + 1) && allocatable.iter().any(|r| r.0 <= hi && hi < r.1) {
+            hi + 1
+        } else {
+            hi
+        };
         let len = hi - lo + 1;
         let give = if len == 1 { 1 } else { len / 2 };
+        let start_wanted = hi + 1 - give;
         // The run may span several of our entries; donate within the last one.
         let entry_start = ring
             .entries()
             .range(..=hi)
             .next_back()
             .map_or(lo, |(t, _)| *t);
-        let start = (hi + 1 - give).max(entry_start);
+        let start = start_wanted.max(entry_start);
         let old_ring = ring.clone();
         let donated = self
             .ring

@@ -458,14 +458,25 @@ impl Router {
         serde_json::from_slice(&out.stdout).ok()
     }
 
-    /// The first owned range's start.
+    /// The first owned range's start, once the IPAM ring is ready (waits up
+    /// to 20 s: the ring needs the seed routers to know each other).
     pub fn range_start(&self) -> Ipv4Addr {
-        let status = self.status().expect("status");
-        status["ipam"]["owned_ranges"][0]["start"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap()
+        let mut start = None;
+        let ready = wait_until(Duration::from_secs(20), || {
+            start = self.status().and_then(|s| {
+                s["ipam"]["owned_ranges"][0]["start"]
+                    .as_str()
+                    .and_then(|a| a.parse().ok())
+            });
+            start.is_some()
+        });
+        assert!(
+            ready,
+            "router {} owns no range after 20 s: {:?}",
+            self.name,
+            self.status().map(|s| s["ipam"].clone())
+        );
+        start.unwrap()
     }
 
     pub fn established_peers(&self) -> usize {
@@ -512,9 +523,29 @@ pub fn start_routers(
     seeds: impl Fn(usize) -> Vec<usize>,
     tweak: impl Fn(usize, &mut Router),
 ) -> Vec<Router> {
+    let mut routers = new_routers(bin, cluster, count, seeds, tweak);
+    for r in &mut routers {
+        r.start();
+    }
+    for (i, r) in routers.iter().enumerate() {
+        let start = r.range_start();
+        cluster.add_pod(i, Ipv4Addr::from(u32::from(start) + 10));
+    }
+    routers
+}
+
+/// Routers (not started) on nodes `0..count`, node i seeded with the nodes
+/// `seeds(i)`, the range split by name over n0..n{count-1}; `tweak` adjusts each.
+pub fn new_routers(
+    bin: &Path,
+    cluster: &Cluster,
+    count: usize,
+    seeds: impl Fn(usize) -> Vec<usize>,
+    tweak: impl Fn(usize, &mut Router),
+) -> Vec<Router> {
     let names: Vec<String> = (0..count).map(|i| format!("n{i}")).collect();
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let mut routers: Vec<Router> = (0..count)
+    (0..count)
         .map(|i| {
             let peers: Vec<Ipv4Addr> = seeds(i)
                 .into_iter()
@@ -530,15 +561,7 @@ pub fn start_routers(
             tweak(i, &mut r);
             r
         })
-        .collect();
-    for r in &mut routers {
-        r.start();
-    }
-    for (i, r) in routers.iter().enumerate() {
-        let start = r.range_start();
-        cluster.add_pod(i, Ipv4Addr::from(u32::from(start) + 10));
-    }
-    routers
+        .collect()
 }
 
 /// Polls `check` every 100 ms until it holds or `timeout` passes.
