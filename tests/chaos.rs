@@ -415,6 +415,10 @@ fn five_routers_under_kills_cuts_and_loss_converge_and_lose_nothing() {
         "data plane since the last restarts: {packets_in} packets in, {packets_out} out, {dropped} dropped"
     );
     if ipam {
+        assert!(
+            !answered.is_empty(),
+            "no allocation was answered during the soak"
+        );
         check_allocations(&routers, &answered, seed);
     }
 }
