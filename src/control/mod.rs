@@ -68,6 +68,9 @@ enum Heartbeat {
 const HANDSHAKES_PER_SOURCE: u32 = 20;
 /// Connections accepted whose handshake has not completed yet.
 const MAX_HALF_OPEN: usize = 64;
+/// Of those, from any one source address: one host alone cannot fill the
+/// global cap and lock newcomers out (tests/hostile.rs).
+const MAX_HALF_OPEN_PER_SOURCE: usize = 8;
 
 /// What the control task needs from the command line.
 #[derive(Clone, Debug)]
@@ -299,6 +302,15 @@ impl Control {
     fn handle_accept(&mut self, stream: tokio::net::TcpStream, remote: SocketAddr, now: Instant) {
         if self.half_open.len() >= MAX_HALF_OPEN {
             self.count_handshake("half_open_cap");
+            return;
+        }
+        let from_source = self
+            .half_open
+            .values()
+            .filter(|a| a.ip() == remote.ip())
+            .count();
+        if from_source >= MAX_HALF_OPEN_PER_SOURCE {
+            self.count_handshake("half_open_source_cap");
             return;
         }
         let entry = self.rate.entry(remote.ip()).or_insert((now, 0));

@@ -15,6 +15,9 @@
     unreachable_pub
 )]
 
+pub mod attack;
+pub mod chaos;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};

@@ -372,4 +372,64 @@ fn main() {
         "forget",
         br#"{"op":"forget","address":"node-b:6783"}"#,
     );
+
+    // ipam_state: `[selector][me: 8 bytes LE][file]`
+    let me = PeerId(2);
+    let persisted_ring = weft::ipam::store::PersistedRing {
+        format: weft::ipam::store::STATE_FORMAT,
+        me,
+        ring: donated.to_wire(),
+        quarantined: vec![(1, 2)],
+    };
+    let persisted_allocations = weft::ipam::store::PersistedAllocations {
+        format: weft::ipam::store::STATE_FORMAT,
+        me,
+        allocations: vec![
+            (weft::ipam::space::AllocKey::Node, 0x0a20_0001),
+            (
+                weft::ipam::space::AllocKey::Pod {
+                    container_id: "c0ffee".into(),
+                    ifname: "eth0".into(),
+                },
+                0x0a20_0005,
+            ),
+            (weft::ipam::space::AllocKey::Held(0x0a20_0009), 0x0a20_0009),
+        ],
+    };
+    for (name, selector, file) in [
+        ("ring", 0u8, persisted_ring.encode()),
+        ("allocations", 1u8, persisted_allocations.encode()),
+    ] {
+        let mut input = vec![selector];
+        input.extend_from_slice(&me.0.to_le_bytes());
+        input.extend_from_slice(&file);
+        write("ipam_state", name, &input);
+    }
+
+    // api_reply
+    write(
+        "api_reply",
+        "ok",
+        br#"{"ok":true,"result":{"ready":true,"mtu":1420}}"#,
+    );
+    write(
+        "api_reply",
+        "allocation",
+        br#"{"ok":true,"result":{"container_id":"c0ffee","ifname":"eth0","address":"10.32.0.5","prefix_len":32,"gateway":"169.254.1.1","mtu":1420,"range":"10.32.0.0/12"}}"#,
+    );
+    write(
+        "api_reply",
+        "error",
+        br#"{"ok":false,"error":{"code":"not_ready","message":"the ring is not known yet"}}"#,
+    );
+
+    // ipam_range
+    for (name, text) in [
+        ("v4", "10.32.0.0/12"),
+        ("v6", "fd00:32::/64"),
+        ("host", "192.0.2.7/32"),
+        ("unaligned", "10.32.0.1/12"),
+    ] {
+        write("ipam_range", name, text.as_bytes());
+    }
 }
