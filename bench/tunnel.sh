@@ -29,6 +29,7 @@ MODES=${BENCH_MODES:-"raw vxlan wireguard-go wg-kernel weft"}
 WEFT_BIN=${WEFT_BIN:-target/release/weft}
 WEFT_RANGE=${BENCH_WEFT_RANGE:-10.32.0.0/13}
 WEFT_INIT=${BENCH_WEFT_INIT:-}          # e.g. "seed=node0,node1"; empty = the router's default
+WEFT_ENV=${BENCH_WEFT_ENV:-}            # extra router environment, e.g. "WEFT_DISABLE_OFFLOAD=1"
 MTU=1420
 
 while getopts "r:t:m:h" opt; do
@@ -230,7 +231,7 @@ setup_weft() {
     [[ -n $WEFT_INIT ]] && args+=(--ipalloc-init "$WEFT_INIT")
     # shellcheck disable=SC2046
     ip netns exec "$n" env $(env | sed -n 's/^\(WEFT_[A-Za-z0-9_]*\)=.*/-u \1/p') RUST_LOG=${RUST_LOG:-info} \
-      "$WEFT_BIN" "${args[@]}" >"$TMP/weft$i/log" 2>&1 &
+      $WEFT_ENV "$WEFT_BIN" "${args[@]}" >"$TMP/weft$i/log" 2>&1 &
     PIDS+=($!); pids="$pids $!"
   done
   PROCS[weft]=$pids

@@ -551,3 +551,41 @@ pub(crate) fn wait_writable(socket: BorrowedFd<'_>, timeout_ms: i32) {
     // SAFETY: one valid pollfd for the call's duration.
     unsafe { libc::poll(&mut fd, 1, timeout_ms) };
 }
+
+/// `struct ifreq` reduced to the name and the `ifr_qlen` member.
+#[repr(C)]
+struct IfReqQlen {
+    name: [u8; IFNAMSIZ],
+    qlen: libc::c_int,
+    _pad: [u8; 20],
+}
+
+/// Sets the transmit queue length of interface `name` (SIOCSIFTXQLEN). For
+/// a TUN this is the ring between the kernel and our reads: with TSO each
+/// entry can be a 64 KB super-packet, so the default 500 entries are 32 MB
+/// of queue (bufferbloat).
+pub(crate) fn set_txqueuelen(name: &str, qlen: i32) -> io::Result<()> {
+    if name.is_empty() || name.len() >= IFNAMSIZ {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    let mut req = IfReqQlen {
+        name: [0; IFNAMSIZ],
+        qlen,
+        _pad: [0; 20],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: SIOCSIFTXQLEN reads a `struct ifreq` whose union holds an int;
+    // `req` has that layout (40 bytes) and lives for the whole call.
+    let rc = unsafe {
+        libc::ioctl(
+            socket.as_raw_fd(),
+            libc::SIOCSIFTXQLEN as libc::c_ulong,
+            &mut req as *mut IfReqQlen,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -32,6 +32,16 @@ pub struct TunQueues {
     pub reason: Option<String>,
 }
 
+/// TUN ring entries on the fast path: each may be a 64 KB super-packet, so
+/// this bounds the queue ahead of the router to about 1 MB (a few ms at the
+/// rates we reach) instead of the default 500 entries (32 MB), and a full
+/// ring drops, which is the signal TCP needs (measured: 500 entries gave
+/// 10-20 ms ping under load, 8 gave under 5 ms; bench/RESULTS.md).
+const OFFLOAD_TXQUEUELEN: i32 = 8;
+/// The kernel's default, restored on the plain path (entries are single
+/// packets there).
+const PLAIN_TXQUEUELEN: i32 = 500;
+
 const FULL: u32 =
     sys::TUN_F_CSUM | sys::TUN_F_TSO4 | sys::TUN_F_TSO6 | sys::TUN_F_USO4 | sys::TUN_F_USO6;
 const NO_USO: u32 = sys::TUN_F_CSUM | sys::TUN_F_TSO4 | sys::TUN_F_TSO6;
@@ -50,6 +60,13 @@ pub fn open(name: &str, count: usize, offload: bool) -> io::Result<TunQueues> {
                 };
                 if let Some(uso) = uso {
                     sys::set_tun_persist(first, true)?;
+                    let qlen = std::env::var("WEFT_TUN_TXQUEUELEN")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(OFFLOAD_TXQUEUELEN);
+                    if let Err(e) = sys::set_txqueuelen(name, qlen) {
+                        tracing::warn!(iface = name, error = %e, "cannot shorten the TUN queue; expect more latency under load");
+                    }
                     return Ok(TunQueues {
                         queues,
                         multi_queue: true,
@@ -94,6 +111,7 @@ fn plain(name: &str, count: usize, reason: Option<String>) -> io::Result<TunQueu
         // hand it 64 KB packets it cannot tell from ordinary ones.
         let _ = sys::set_tun_offload(&queues[0], 0);
         sys::set_tun_persist(&queues[0], true)?;
+        let _ = sys::set_txqueuelen(name, PLAIN_TXQUEUELEN);
         return Ok(TunQueues {
             queues,
             multi_queue: true,
