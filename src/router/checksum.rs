@@ -6,7 +6,7 @@
 
 /// Adds `data` to the running sum `acc`. Every piece but the last must have
 /// an even length, so that 16-bit words stay aligned across pieces.
-pub(crate) fn sum(data: &[u8], mut acc: u64) -> u64 {
+pub fn sum(data: &[u8], mut acc: u64) -> u64 {
     let mut chunks = data.chunks_exact(8);
     for c in &mut chunks {
         let w = u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
@@ -21,7 +21,7 @@ pub(crate) fn sum(data: &[u8], mut acc: u64) -> u64 {
 }
 
 /// Folds a running sum to 16 bits (not complemented).
-pub(crate) fn fold(mut acc: u64) -> u16 {
+pub fn fold(mut acc: u64) -> u16 {
     while acc > 0xffff {
         acc = (acc & 0xffff) + (acc >> 16);
     }
@@ -29,14 +29,14 @@ pub(crate) fn fold(mut acc: u64) -> u16 {
 }
 
 /// The finished checksum of a running sum: folded and complemented.
-pub(crate) fn finish(acc: u64) -> u16 {
+pub fn finish(acc: u64) -> u16 {
     !fold(acc)
 }
 
 /// The pseudo-header sum of an L4 segment of `l4_len` bytes and protocol
 /// `proto`, for the IP packet whose header starts `ip` (version 4 or 6).
 /// Returns `None` if `ip` is too short for its version's addresses.
-pub(crate) fn pseudo_header(ip: &[u8], proto: u8, l4_len: usize) -> Option<u64> {
+pub fn pseudo_header(ip: &[u8], proto: u8, l4_len: usize) -> Option<u64> {
     let addresses = match ip.first()? >> 4 {
         4 => ip.get(12..20)?,
         6 => ip.get(8..40)?,
@@ -46,7 +46,7 @@ pub(crate) fn pseudo_header(ip: &[u8], proto: u8, l4_len: usize) -> Option<u64> 
 }
 
 /// The IPv4 header checksum of `header` (its checksum field is skipped).
-pub(crate) fn ipv4_header(header: &[u8]) -> u16 {
+pub fn ipv4_header(header: &[u8]) -> u16 {
     let acc = sum(&header[..10.min(header.len())], 0);
     let acc = if header.len() > 12 {
         sum(&header[12..], acc)

@@ -12,6 +12,7 @@
 //! read and write, still batched on the UDP side), said once in the log and
 //! always in status (`offload`).
 
+pub mod aqm;
 pub mod batch;
 pub mod checksum;
 pub mod coalesce;

@@ -34,11 +34,13 @@ pub enum DropReason {
     IoError,
     /// A TUN read whose virtio header does not match the packet.
     BadSegment,
+    /// A TCP packet dropped to drain a standing queue (`aqm`).
+    Aqm,
 }
 
 impl DropReason {
     /// Every reason, in a fixed order (the index of the counter array).
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::BadTag,
         Self::BadHeader,
         Self::NoRoute,
@@ -52,6 +54,7 @@ impl DropReason {
         Self::TooBig,
         Self::IoError,
         Self::BadSegment,
+        Self::Aqm,
     ];
 
     /// The label used in status and metrics.
@@ -70,6 +73,7 @@ impl DropReason {
             Self::TooBig => "too_big",
             Self::IoError => "io_error",
             Self::BadSegment => "bad_segment",
+            Self::Aqm => "aqm",
         }
     }
 

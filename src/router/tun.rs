@@ -32,12 +32,13 @@ pub struct TunQueues {
     pub reason: Option<String>,
 }
 
-/// TUN ring entries on the fast path: each may be a 64 KB super-packet, so
-/// this bounds the queue ahead of the router to about 1 MB (a few ms at the
-/// rates we reach) instead of the default 500 entries (32 MB), and a full
-/// ring drops, which is the signal TCP needs (measured: 500 entries gave
-/// 10-20 ms ping under load, 8 gave under 5 ms; bench/RESULTS.md).
-const OFFLOAD_TXQUEUELEN: i32 = 8;
+/// TUN ring entries on the fast path. Long enough for a burst of fragments
+/// (a 64 KB UDP datagram is 47 of them; 8 entries lost them), short enough
+/// that a full ring of 64 KB super-packets is bounded (8 MB instead of the
+/// default 500 entries' 32 MB). What keeps TCP from filling it is the
+/// standing-queue guard in `aqm` (measured: 500 entries without it gave
+/// 10-35 ms ping under load; docs/DATAPATH.md).
+const OFFLOAD_TXQUEUELEN: i32 = 128;
 /// The kernel's default, restored on the plain path (entries are single
 /// packets there).
 const PLAIN_TXQUEUELEN: i32 = 500;

@@ -14,6 +14,7 @@
 //! keeps its own lane's send counters and replay windows; its buffers are
 //! allocated once, so nothing on the per-packet path locks or allocates.
 
+use super::aqm::StandingQueue;
 use super::batch::SendBatch;
 use super::coalesce::{Coalescer, Push};
 use super::offload::OffloadState;
@@ -100,6 +101,8 @@ pub struct Worker {
     rx_meta: [RecvMeta; RX_SLOTS],
     send: SendBatch,
     coalescer: Option<Coalescer>,
+    standing: StandingQueue,
+    now: Instant,
 }
 
 /// Lets one log line through per second (DESIGN.md invariant 4: logged at
@@ -166,6 +169,8 @@ impl Worker {
             rx_meta: [RecvMeta::default(); RX_SLOTS],
             send: SendBatch::new(),
             coalescer: None,
+            standing: StandingQueue::default(),
+            now: Instant::now(),
         }
     }
 
@@ -206,6 +211,8 @@ impl Worker {
     fn drain_tun(&mut self, table: &Snapshot) {
         let mut buf = std::mem::take(&mut self.tun_buf);
         let mut bytes = 0;
+        let mut drained = false;
+        self.now = Instant::now();
         for _ in 0..TUN_BATCH {
             if bytes >= TUN_BATCH_BYTES {
                 break;
@@ -216,7 +223,10 @@ impl Worker {
                     bytes += n;
                     self.handle_tun_packet(table, &buf[..n]);
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    drained = true;
+                    break;
+                }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => {
                     self.stats.count_drop(DropReason::IoError);
@@ -225,6 +235,9 @@ impl Worker {
             }
         }
         self.tun_buf = buf;
+        if self.vnet {
+            self.standing.on_batch_end(drained, self.now);
+        }
         self.flush_send();
     }
 
@@ -326,6 +339,13 @@ impl Worker {
         };
         if segments.max_segment_len() > table.mtu {
             self.stats.count_drop(DropReason::TooBig);
+            return;
+        }
+        // Only TCP data is dropped to fight a standing queue (DESIGN.md
+        // "The fast data path": RTT under load); see `aqm`.
+        let tcp_data = inner.len() > 576 && inner[9] == 6;
+        if tcp_data && self.vnet && self.standing.should_drop(self.now) {
+            self.stats.count_drop(DropReason::Aqm);
             return;
         }
         let Some(owner) = table.owner_of(dst) else {
