@@ -139,7 +139,8 @@ fn udp_mix(from: &Pod, to: &Pod) {
     ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
     let client = in_netns(&from.ns.name, move || {
         let s = UdpSocket::bind(SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
         let mut buf = vec![0u8; 65_536];
         for (i, &n) in sizes.iter().enumerate() {
             let payload = pattern(n, 1000 + i);
@@ -147,7 +148,11 @@ fn udp_mix(from: &Pod, to: &Pod) {
             for _attempt in 0..5 {
                 s.send_to(&payload, server_addr).unwrap();
                 if let Ok((got, _)) = s.recv_from(&mut buf) {
-                    assert_eq!(&buf[..got], &payload[..], "UDP datagram of {n} bytes corrupted");
+                    assert_eq!(
+                        &buf[..got],
+                        &payload[..],
+                        "UDP datagram of {n} bytes corrupted"
+                    );
                     ok = true;
                     break;
                 }

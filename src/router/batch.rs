@@ -79,20 +79,18 @@ impl SendBatch {
     pub fn commit(&mut self, addr: SocketAddr, len: usize, gso: bool) {
         let start = self.used;
         self.used += len;
-        if gso {
-            if let Some(g) = self.groups.last_mut() {
-                let fits = g.addr == addr
-                    && !g.closed
-                    && g.start + g.total == start
-                    && g.count < GSO_MAX_SEGMENTS
-                    && g.total + len <= GSO_MAX_BYTES
-                    && len <= g.seg;
-                if fits {
-                    g.total += len;
-                    g.count += 1;
-                    g.closed = len < g.seg;
-                    return;
-                }
+        if gso && let Some(g) = self.groups.last_mut() {
+            let fits = g.addr == addr
+                && !g.closed
+                && g.start + g.total == start
+                && g.count < GSO_MAX_SEGMENTS
+                && g.total + len <= GSO_MAX_BYTES
+                && len <= g.seg;
+            if fits {
+                g.total += len;
+                g.count += 1;
+                g.closed = len < g.seg;
+                return;
             }
         }
         self.groups.push(Group {

@@ -75,7 +75,11 @@ mod tests {
     fn sum_matches_the_sixteen_bit_definition_for_every_length() {
         let data: Vec<u8> = (0..300u32).map(|i| (i * 37 + 11) as u8).collect();
         for len in 0..data.len() {
-            assert_eq!(finish(sum(&data[..len], 0)), reference(&data[..len]), "{len}");
+            assert_eq!(
+                finish(sum(&data[..len], 0)),
+                reference(&data[..len]),
+                "{len}"
+            );
         }
     }
 

@@ -304,7 +304,10 @@ mod tests {
             .map(|i| {
                 let n = if i == 4 { 300 } else { 1000 };
                 let flags = if i == 4 { 0x18 } else { 0x10 };
-                with_id(tcp4(100 + 1000 * i as u32, 9, flags, &data(n, i as u8)), 7 + i as u16)
+                with_id(
+                    tcp4(100 + 1000 * i as u32, 9, flags, &data(n, i as u8)),
+                    7 + i as u16,
+                )
             })
             .collect();
         let mut c = Coalescer::new(4);

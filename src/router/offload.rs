@@ -34,7 +34,12 @@ pub struct OffloadState {
 impl OffloadState {
     /// The state after opening the TUN and the sockets.
     pub fn new(tun: &TunQueues, udp: &UdpOffload) -> Self {
-        let reasons = tun.reason.iter().chain(udp.reason.iter()).cloned().collect();
+        let reasons = tun
+            .reason
+            .iter()
+            .chain(udp.reason.iter())
+            .cloned()
+            .collect();
         let disabled = !tun.vnet && !udp.gso && !udp.gro;
         Self {
             tun: tun.vnet,
@@ -65,7 +70,10 @@ impl OffloadState {
     /// once (the first worker to see it).
     pub fn disable_gso(&self, why: &str) {
         if self.gso.swap(false, Ordering::Relaxed) {
-            tracing::warn!(reason = why, "UDP GSO send failed; sending one datagram per segment from now on");
+            tracing::warn!(
+                reason = why,
+                "UDP GSO send failed; sending one datagram per segment from now on"
+            );
             if let Ok(mut r) = self.reasons.lock() {
                 r.push(format!("gso off: {why}"));
             }
@@ -90,7 +98,11 @@ impl OffloadState {
         } else {
             parts.join("+")
         };
-        let reasons = self.reasons.lock().map(|r| r.join("; ")).unwrap_or_default();
+        let reasons = self
+            .reasons
+            .lock()
+            .map(|r| r.join("; "))
+            .unwrap_or_default();
         if !reasons.is_empty() {
             s.push_str(&format!(" ({reasons})"));
         }
@@ -131,7 +143,12 @@ mod tests {
     #[test]
     fn status_names_the_active_path_and_why_the_rest_is_off() {
         assert_eq!(state(true, true, true, None).describe(), "tso+uso+gso+gro");
-        let off = state(false, false, false, Some("disabled by WEFT_DISABLE_OFFLOAD"));
+        let off = state(
+            false,
+            false,
+            false,
+            Some("disabled by WEFT_DISABLE_OFFLOAD"),
+        );
         assert_eq!(off.describe(), "none (disabled by WEFT_DISABLE_OFFLOAD)");
         let s = state(true, true, true, None);
         s.disable_gso("EIO");

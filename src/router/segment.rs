@@ -360,7 +360,10 @@ pub(crate) mod tests {
         let mut joined = Vec::new();
         for s in &segs {
             assert!(checksums_valid(s));
-            assert_eq!(usize::from(u16::from_be_bytes([s[24], s[25]])), s.len() - 20);
+            assert_eq!(
+                usize::from(u16::from_be_bytes([s[24], s[25]])),
+                s.len() - 20
+            );
             joined.extend_from_slice(&s[28..]);
         }
         assert_eq!(segs[2].len(), 28 + 100);
@@ -388,17 +391,29 @@ pub(crate) mod tests {
     #[test]
     fn hostile_headers_are_refused_not_panicked_on() {
         let p = tcp4(0, 0, 0x10, &payload(100));
-        assert_eq!(Segmenter::new(&tso(0), &p).err(), Some(SegmentError::ZeroSize));
-        assert_eq!(Segmenter::new(&tso(100), &p[..30]).err(), Some(SegmentError::Truncated));
+        assert_eq!(
+            Segmenter::new(&tso(0), &p).err(),
+            Some(SegmentError::ZeroSize)
+        );
+        assert_eq!(
+            Segmenter::new(&tso(100), &p[..30]).err(),
+            Some(SegmentError::Truncated)
+        );
         let mut h = tso(100);
         h.gso_type = 3;
-        assert_eq!(Segmenter::new(&h, &p).err(), Some(SegmentError::Unsupported(3)));
+        assert_eq!(
+            Segmenter::new(&h, &p).err(),
+            Some(SegmentError::Unsupported(3))
+        );
         let plain = VnetHdr {
             flags: F_NEEDS_CSUM,
             csum_start: 200,
             ..VnetHdr::default()
         };
-        assert_eq!(Segmenter::new(&plain, &p).err(), Some(SegmentError::Truncated));
+        assert_eq!(
+            Segmenter::new(&plain, &p).err(),
+            Some(SegmentError::Truncated)
+        );
         // A short output buffer yields nothing rather than panicking.
         let mut s = Segmenter::new(&tso(50), &p).unwrap();
         assert_eq!(s.next_into(&mut [0u8; 10]), None);

@@ -99,13 +99,7 @@ pub(crate) fn set_tun_persist(queue: &File, persist: bool) -> io::Result<()> {
 /// a persistent device).
 pub(crate) fn set_tun_offload(queue: &File, flags: u32) -> io::Result<()> {
     // SAFETY: TUNSETOFFLOAD takes an unsigned integer argument by value.
-    let rc = unsafe {
-        libc::ioctl(
-            queue.as_raw_fd(),
-            TUNSETOFFLOAD,
-            libc::c_ulong::from(flags),
-        )
-    };
+    let rc = unsafe { libc::ioctl(queue.as_raw_fd(), TUNSETOFFLOAD, libc::c_ulong::from(flags)) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -424,14 +418,8 @@ pub(crate) fn send_mmsg(socket: BorrowedFd<'_>, msgs: &[SendMsg<'_>]) -> io::Res
         // SAFETY: `hdrs[..n]` point at addresses, iovecs and control buffers
         // that outlive the call; the iovecs borrow the callers' slices,
         // which the kernel only reads.
-        let rc = unsafe {
-            libc::sendmmsg(
-                socket.as_raw_fd(),
-                hdrs.as_mut_ptr(),
-                n as libc::c_uint,
-                0,
-            )
-        };
+        let rc =
+            unsafe { libc::sendmmsg(socket.as_raw_fd(), hdrs.as_mut_ptr(), n as libc::c_uint, 0) };
         if rc < 0 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::Interrupted {
@@ -444,7 +432,7 @@ pub(crate) fn send_mmsg(socket: BorrowedFd<'_>, msgs: &[SendMsg<'_>]) -> io::Res
 }
 
 /// What `recv_mmsg` learned about one slot.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct RecvMeta {
     /// Bytes in the buffer.
     pub(crate) len: usize,
@@ -453,16 +441,6 @@ pub(crate) struct RecvMeta {
     /// With UDP_GRO, the size of each datagram of the train (the last may
     /// be shorter); 0 = one datagram.
     pub(crate) segment: usize,
-}
-
-impl Default for RecvMeta {
-    fn default() -> Self {
-        Self {
-            len: 0,
-            addr: None,
-            segment: 0,
-        }
-    }
 }
 
 /// Receives up to `bufs.len()` (at most [`MAX_BATCH`]) slots with one

@@ -56,17 +56,17 @@ pub fn bind_group(
             sys::attach_lane_steering(socket.as_fd(), workers as u32, LANE_OFFSET, CONTROL_LANE)?;
         }
         if sockets.len() < workers {
-            if offloads.gso {
-                if let Err(e) = sys::probe_udp_segment(socket.as_fd()) {
-                    offloads.gso = false;
-                    offloads.reason = Some(format!("UDP_SEGMENT refused: {e}"));
-                }
+            if offloads.gso
+                && let Err(e) = sys::probe_udp_segment(socket.as_fd())
+            {
+                offloads.gso = false;
+                offloads.reason = Some(format!("UDP_SEGMENT refused: {e}"));
             }
-            if offloads.gro {
-                if let Err(e) = sys::enable_udp_gro(socket.as_fd()) {
-                    offloads.gro = false;
-                    offloads.reason = Some(format!("UDP_GRO refused: {e}"));
-                }
+            if offloads.gro
+                && let Err(e) = sys::enable_udp_gro(socket.as_fd())
+            {
+                offloads.gro = false;
+                offloads.reason = Some(format!("UDP_GRO refused: {e}"));
             }
         }
         sockets.push(UdpSocket::from(socket));

@@ -541,7 +541,13 @@ impl Worker {
                 return;
             };
             if self
-                .send_segments(table, header.dst, header.src, header.hop_limit - 1, &mut one)
+                .send_segments(
+                    table,
+                    header.dst,
+                    header.src,
+                    header.hop_limit - 1,
+                    &mut one,
+                )
                 .is_some()
             {
                 WorkerStats::add(&self.stats.forwarded, 1);
