@@ -29,6 +29,7 @@ MODES=${BENCH_MODES:-"raw vxlan wireguard-go wg-kernel weft"}
 WEFT_BIN=${WEFT_BIN:-target/release/weft}
 WEFT_RANGE=${BENCH_WEFT_RANGE:-10.32.0.0/13}
 WEFT_INIT=${BENCH_WEFT_INIT:-}          # e.g. "seed=node0,node1"; empty = the router's default
+WEFT_ENV=${BENCH_WEFT_ENV:-}            # extra router environment, e.g. "WEFT_DISABLE_OFFLOAD=1"
 MTU=1420
 
 while getopts "r:t:m:h" opt; do
@@ -230,7 +231,7 @@ setup_weft() {
     [[ -n $WEFT_INIT ]] && args+=(--ipalloc-init "$WEFT_INIT")
     # shellcheck disable=SC2046
     ip netns exec "$n" env $(env | sed -n 's/^\(WEFT_[A-Za-z0-9_]*\)=.*/-u \1/p') RUST_LOG=${RUST_LOG:-info} \
-      "$WEFT_BIN" "${args[@]}" >"$TMP/weft$i/log" 2>&1 &
+      $WEFT_ENV "$WEFT_BIN" "${args[@]}" >"$TMP/weft$i/log" 2>&1 &
     PIDS+=($!); pids="$pids $!"
   done
   PROCS[weft]=$pids
@@ -247,6 +248,7 @@ setup_weft() {
     for p in $pids; do kill -9 "$p" 2>/dev/null || true; done
     return 1
   fi
+  WEFT_OFFLOAD=$(weft_status 0 | jq -r '.dataplane.offload // empty' 2>/dev/null || true)
   add_pod "$N0" weft-a "$(ip_plus "$start0" 10)"; add_pod "$N1" weft-b "$(ip_plus "$start1" 10)"
   SRC[weft]="$PFX-weft-a"; DSTNS[weft]="$PFX-weft-b"; DST[weft]=$(ip_plus "$start1" 10)
   return 0
@@ -307,6 +309,14 @@ rss_mb() { # PIDS...: summed VmRSS in MB
 }
 ping_avg() { sed -n 's/^rtt min\/avg\/max\/mdev = [^/]*\/\([^/]*\)\/.*/\1/p' "$1"; }
 record() { echo "$1 $2 $3" >>"$RESULTS"; }
+udp_rcvbuf_errors() { # summed RcvbufErrors of both nodes' UDP (/proc/net/snmp, per namespace)
+  local n s=0 v
+  for n in "$N0" "$N1"; do
+    v=$(nsx "$n" cat /proc/net/snmp | awk '/^Udp: [0-9]/ {print $6}')
+    s=$((s + ${v:-0}))
+  done
+  echo "$s"
+}
 
 iperf() { # MODE STREAMS -> prints "bits_per_second bytes"
   local mode=$1 streams=$2 out="$TMP/iperf-client.json"
@@ -316,12 +326,12 @@ iperf() { # MODE STREAMS -> prints "bits_per_second bytes"
 }
 
 measure() { # MODE
-  local mode=$1 p0 p1 m0 m1 bytes=0 bps b ping_pid pcount
+  local mode=$1 p0 p1 m0 m1 d0 bytes=0 bps b ping_pid pcount
   # shellcheck disable=SC2086
   local procs=(${PROCS[$mode]})
   nsx "${SRC[$mode]}" ping -n -q -c 20 -i 0.05 -W 1 "${DST[$mode]}" >"$TMP/ping-idle" 2>&1 || true
   record "$mode" rtt_idle "$(ping_avg "$TMP/ping-idle")"
-  p0=$(proc_ticks "${procs[@]}"); m0=$(machine_ticks)
+  p0=$(proc_ticks "${procs[@]}"); m0=$(machine_ticks); d0=$(udp_rcvbuf_errors)
   read -r bps b < <(iperf "$mode" 1)
   record "$mode" tcp1 "$(awk -v v="$bps" 'BEGIN {printf "%.0f", v / 1e6}')"
   bytes=$(awk -v a="$bytes" -v b="$b" 'BEGIN {printf "%.0f", a + b}')
@@ -335,6 +345,7 @@ measure() { # MODE
   record "$mode" rtt_load "$(ping_avg "$TMP/ping-load")"
   bytes=$(awk -v a="$bytes" -v b="$b" 'BEGIN {printf "%.0f", a + b}')
   p1=$(proc_ticks "${procs[@]}"); m1=$(machine_ticks)
+  record "$mode" drops "$(($(udp_rcvbuf_errors) - d0))"
   if [[ $bytes != 0 ]]; then
     record "$mode" cpu_machine "$(awk -v d=$((m1 - m0)) -v hz="$CLK_TCK" -v by="$bytes" 'BEGIN {printf "%.2f", d / hz / (by / 1e9)}')"
     if ((${#procs[@]})); then
@@ -364,16 +375,29 @@ ratio() { # VALUE BASE
 echo
 echo "weft tunnel bench: $(uname -r), $(nproc) CPUs, ${ROUNDS} rounds x ${DURATION}s, pod MTU $MTU, medians"
 echo "kernel WireGuard: $KERNEL_WG   wireguard-go: installed=$WG_GO (Debian candidate ${WG_GO_CANDIDATE:-none})"
-printf '%-13s %10s %7s %10s %7s %9s %9s %8s %10s %10s %8s\n' \
-  mode "tcp1 Mb/s" "x raw" "tcp4 Mb/s" "x raw" "rtt ms" "load ms" "x raw" "cpu s/GB" "mach s/GB" "rss MB"
+[[ -n ${WEFT_OFFLOAD:-} ]] && echo "weft offload: $WEFT_OFFLOAD"
+printf '%-13s %10s %7s %10s %7s %9s %9s %8s %10s %10s %8s %8s\n' \
+  mode "tcp1 Mb/s" "x raw" "tcp4 Mb/s" "x raw" "rtt ms" "load ms" "x raw" "cpu s/GB" "mach s/GB" "rss MB" "drops"
 base1=$(median raw tcp1); base4=$(median raw tcp4); basel=$(median raw rtt_load)
 for mode in "${ACTIVE[@]}"; do
   t1=$(median "$mode" tcp1); t4=$(median "$mode" tcp4); rl=$(median "$mode" rtt_load)
-  printf '%-13s %10s %7s %10s %7s %9s %9s %8s %10s %10s %8s\n' "$mode" \
+  printf '%-13s %10s %7s %10s %7s %9s %9s %8s %10s %10s %8s %8s\n' "$mode" \
     "$t1" "$(ratio "$t1" "$base1")" "$t4" "$(ratio "$t4" "$base4")" \
     "$(median "$mode" rtt_idle)" "$rl" "$(ratio "$rl" "$basel")" \
-    "$(median "$mode" cpu_proc)" "$(median "$mode" cpu_machine)" "$(median "$mode" rss)"
+    "$(median "$mode" cpu_proc)" "$(median "$mode" cpu_machine)" "$(median "$mode" rss)" "$(median "$mode" drops)"
 done
+# weft against the best userspace tunnel measured in this run, and against VXLAN.
+best=""
+for mode in wireguard-go; do
+  [[ " ${ACTIVE[*]} " == *" $mode "* ]] && best=$mode
+done
+if [[ " ${ACTIVE[*]} " == *" weft "* ]]; then
+  for base in $best vxlan; do
+    [[ " ${ACTIVE[*]} " == *" $base "* ]] || continue
+    echo "weft / $base: tcp1 $(ratio "$(median weft tcp1)" "$(median "$base" tcp1)"), tcp4 $(ratio "$(median weft tcp4)" "$(median "$base" tcp4)"), rtt idle $(ratio "$(median weft rtt_idle)" "$(median "$base" rtt_idle)"), rtt load $(ratio "$(median weft rtt_load)" "$(median "$base" rtt_load)"), mach s/GB $(ratio "$(median weft cpu_machine)" "$(median "$base" cpu_machine)")$( [[ $base != vxlan ]] && echo ", cpu s/GB $(ratio "$(median weft cpu_proc)" "$(median "$base" cpu_proc)")")"
+  done
+fi
 for mode in "${!SKIP[@]}"; do echo "skipped $mode: ${SKIP[$mode]}"; done
 echo "cpu s/GB: user+sys of the tunnel's own processes per GB received (weft routers, wireguard-go);"
 echo "mach s/GB: all CPU time of the machine per GB (includes iperf3, softirq and anything else running)."
+echo "drops: UDP receive-buffer errors (RcvbufErrors) of both nodes during the mode's two iperf3 runs."

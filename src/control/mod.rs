@@ -1130,11 +1130,8 @@ impl Control {
 
     /// The status object of DESIGN.md "Operator contract".
     pub fn status(&self, now: Instant) -> Status {
-        let offload = if self.dataplane.multi_queue() {
-            "none (multi-queue)"
-        } else {
-            "none (single queue)"
-        };
+        let offload = self.dataplane.offload();
+        let offload = offload.as_str();
         let mut connections: Vec<ConnectionStatus> = self
             .peers
             .values()

@@ -1,17 +1,35 @@
 //! The data plane: TUN and UDP I/O on worker threads, the data header, the
 //! forwarding snapshot and the counters. The control task owns everything
 //! that changes; the data plane only reads the snapshot it publishes.
+//!
+//! The fast path (DESIGN.md "The fast data path", docs/DATAPATH.md): TUN
+//! offloads hand a worker 64 KB super-packets (`vnet`), `segment` cuts them
+//! at the kernel's segment size, each segment is sealed in place and the
+//! lot leaves in one `sendmmsg` with UDP GSO (`batch`); on receive,
+//! `recvmmsg` with UDP GRO, open each segment, and `coalesce` merges a
+//! flow's segments back into one TUN write. `WEFT_DISABLE_OFFLOAD=1`, or a
+//! kernel that refuses a flag, selects the plain path (one packet per TUN
+//! read and write, still batched on the UDP side), said once in the log and
+//! always in status (`offload`).
 
+pub mod aqm;
+pub mod batch;
+pub mod checksum;
+pub mod coalesce;
+pub mod offload;
 pub mod packet;
+pub mod segment;
 pub mod snapshot;
 pub mod stats;
 pub mod tun;
 pub mod udp;
+pub mod vnet;
 pub mod worker;
 
 mod sys;
 
 use arc_swap::ArcSwap;
+use offload::OffloadState;
 use snapshot::Snapshot;
 use stats::{DataplaneTotals, WorkerStats};
 use std::io;
@@ -41,6 +59,7 @@ pub struct Dataplane {
     threads: Vec<JoinHandle<()>>,
     multi_queue: bool,
     lanes: usize,
+    offload: Arc<OffloadState>,
 }
 
 impl Dataplane {
@@ -53,13 +72,17 @@ impl Dataplane {
         events: UnboundedSender<WorkerEvent>,
     ) -> io::Result<(Self, UdpSocket)> {
         let workers = config.workers.clamp(1, 64);
-        let queues = tun::open(&config.iface, workers)?;
+        let want = !offload::disabled_by_env();
+        let queues = tun::open(&config.iface, workers, want)?;
         let lanes = queues.queues.len();
-        let (sockets, control) = udp::bind_group(config.listen, lanes)?;
+        let (sockets, control, udp_offload) = udp::bind_group(config.listen, lanes, want)?;
+        let offload = Arc::new(OffloadState::new(&queues, &udp_offload));
+        offload.log_once();
         let table = Arc::new(ArcSwap::from_pointee(initial));
         let stop = Arc::new(AtomicBool::new(false));
         let mut stats = Vec::with_capacity(lanes);
         let mut threads = Vec::with_capacity(lanes);
+        let vnet = queues.vnet;
         for (lane, (queue, socket)) in queues.queues.into_iter().zip(sockets).enumerate() {
             let worker_stats = Arc::new(WorkerStats::default());
             stats.push(worker_stats.clone());
@@ -71,7 +94,8 @@ impl Dataplane {
                 worker_stats,
                 events.clone(),
                 stop.clone(),
-            );
+            )
+            .with_offload(offload.clone(), vnet);
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("weft-worker-{lane}"))
@@ -86,6 +110,7 @@ impl Dataplane {
                 threads,
                 multi_queue: queues.multi_queue,
                 lanes,
+                offload,
             },
             control,
         ))
@@ -110,6 +135,14 @@ impl Dataplane {
     /// The number of lanes (workers).
     pub fn lanes(&self) -> usize {
         self.lanes
+    }
+
+    /// Which fast path is active, for status and metrics: e.g.
+    /// `tso+gso+gro`, or `none (disabled by WEFT_DISABLE_OFFLOAD)`; a part
+    /// the kernel refused is named with the reason. Changes at run time if
+    /// a send fails with EIO and GSO is turned off.
+    pub fn offload(&self) -> String {
+        self.offload.describe()
     }
 
     /// Whether the TUN is multi-queue.

@@ -32,11 +32,15 @@ pub enum DropReason {
     TooBig,
     /// A send or write failed (buffer full, host unreachable).
     IoError,
+    /// A TUN read whose virtio header does not match the packet.
+    BadSegment,
+    /// A TCP packet dropped to drain a standing queue (`aqm`).
+    Aqm,
 }
 
 impl DropReason {
     /// Every reason, in a fixed order (the index of the counter array).
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 14] = [
         Self::BadTag,
         Self::BadHeader,
         Self::NoRoute,
@@ -49,6 +53,8 @@ impl DropReason {
         Self::OwnedLocally,
         Self::TooBig,
         Self::IoError,
+        Self::BadSegment,
+        Self::Aqm,
     ];
 
     /// The label used in status and metrics.
@@ -66,6 +72,8 @@ impl DropReason {
             Self::OwnedLocally => "owned_locally",
             Self::TooBig => "too_big",
             Self::IoError => "io_error",
+            Self::BadSegment => "bad_segment",
+            Self::Aqm => "aqm",
         }
     }
 

@@ -1,11 +1,14 @@
 //! The data plane's system calls that std and socket2 do not wrap: the TUN
-//! ioctls, `poll(2)` over a worker's two file descriptors, and the reuseport
-//! steering program. This is the only module of the crate allowed `unsafe`;
+//! ioctls (multi-queue, persist, virtio header, offloads), `poll(2)` over a
+//! worker's two file descriptors, the reuseport steering program, the UDP
+//! GSO/GRO socket options and `sendmmsg`/`recvmmsg` with their control
+//! messages. This is the only module of the crate allowed `unsafe`;
 //! each block states why it is sound.
 #![allow(unsafe_code)]
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
@@ -13,6 +16,19 @@ const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// TUNSETOFFLOAD flags: checksum offload, TSO for IPv4/IPv6, USO for IPv4/IPv6.
+pub(crate) const TUN_F_CSUM: u32 = 0x01;
+pub(crate) const TUN_F_TSO4: u32 = 0x02;
+pub(crate) const TUN_F_TSO6: u32 = 0x04;
+pub(crate) const TUN_F_USO4: u32 = 0x20;
+pub(crate) const TUN_F_USO6: u32 = 0x40;
+const SOL_UDP: libc::c_int = 17;
+const UDP_SEGMENT: libc::c_int = 103;
+const UDP_GRO: libc::c_int = 104;
+/// Most messages per `sendmmsg`/`recvmmsg` call.
+pub(crate) const MAX_BATCH: usize = 64;
 const IFNAMSIZ: usize = 16;
 
 /// `struct ifreq` reduced to the name and the flags union member.
@@ -25,7 +41,8 @@ struct IfReqFlags {
 
 /// Opens one queue of the multi-queue TUN device `name` (created if absent).
 /// Every call adds a queue; the kernel spreads flows over queues by hash.
-pub(crate) fn open_tun_queue(name: &str, multi_queue: bool) -> io::Result<File> {
+/// With `vnet_hdr`, every read and write carries a virtio-net header.
+pub(crate) fn open_tun_queue(name: &str, multi_queue: bool, vnet_hdr: bool) -> io::Result<File> {
     if name.is_empty() || name.len() >= IFNAMSIZ {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -43,6 +60,9 @@ pub(crate) fn open_tun_queue(name: &str, multi_queue: bool) -> io::Result<File> 
     };
     if multi_queue {
         req.flags |= IFF_MULTI_QUEUE;
+    }
+    if vnet_hdr {
+        req.flags |= IFF_VNET_HDR;
     }
     req.name[..name.len()].copy_from_slice(name.as_bytes());
     // SAFETY: TUNSETIFF reads and writes a `struct ifreq`; `req` has its
@@ -67,6 +87,19 @@ pub(crate) fn set_tun_persist(queue: &File, persist: bool) -> io::Result<()> {
             libc::c_ulong::from(persist),
         )
     };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sets the TUN device's offloads (TUNSETOFFLOAD): which GSO packets the
+/// kernel may hand us and accept from us. 0 turns them all off, which a
+/// reader without the virtio header needs (the flags outlive the process on
+/// a persistent device).
+pub(crate) fn set_tun_offload(queue: &File, flags: u32) -> io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes an unsigned integer argument by value.
+    let rc = unsafe { libc::ioctl(queue.as_raw_fd(), TUNSETOFFLOAD, libc::c_ulong::from(flags)) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -226,6 +259,307 @@ pub(crate) fn set_dont_fragment(socket: BorrowedFd<'_>) -> io::Result<()> {
             libc::IP_MTU_DISCOVER,
             &value as *const libc::c_int as *const libc::c_void,
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn setsockopt_int(
+    socket: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: the option value is a valid c_int for the call's duration.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            &value as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Turns on UDP_GRO: the kernel may hand one `recvmmsg` slot a train of
+/// equal-size datagrams, with the size in a control message.
+pub(crate) fn enable_udp_gro(socket: BorrowedFd<'_>) -> io::Result<()> {
+    setsockopt_int(socket, SOL_UDP, UDP_GRO, 1)
+}
+
+/// Whether the kernel knows UDP_SEGMENT (UDP GSO on send): setting the
+/// socket default to 0 (= off) succeeds only if it does.
+pub(crate) fn probe_udp_segment(socket: BorrowedFd<'_>) -> io::Result<()> {
+    setsockopt_int(socket, SOL_UDP, UDP_SEGMENT, 0)
+}
+
+fn to_storage(addr: &SocketAddr, out: &mut libc::sockaddr_storage) -> libc::socklen_t {
+    match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and suitably aligned
+            // for sockaddr_in; we write one whole value.
+            unsafe { std::ptr::write(out as *mut _ as *mut libc::sockaddr_in, sin) };
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: as above, for sockaddr_in6.
+            unsafe { std::ptr::write(out as *mut _ as *mut libc::sockaddr_in6, sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+fn from_storage(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(s.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a sockaddr_in (family says so), and
+            // storage is aligned and large enough for it.
+            let sin = unsafe { &*(s as *const _ as *const libc::sockaddr_in) };
+            let ip = std::net::Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+            Some(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 = unsafe { &*(s as *const _ as *const libc::sockaddr_in6) };
+            let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                ip,
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// One datagram (or, with `segment > 0`, a UDP GSO train cut by the kernel
+/// into `segment`-byte datagrams) for [`send_mmsg`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SendMsg<'a> {
+    pub(crate) addr: SocketAddr,
+    pub(crate) data: &'a [u8],
+    pub(crate) segment: u16,
+}
+
+/// Room for one control message carrying a u16 or an int.
+const CMSG_ROOM: usize = 32;
+
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct CmsgBuf([u8; CMSG_ROOM]);
+
+/// Sends up to [`MAX_BATCH`] messages with one `sendmmsg`. Returns how many
+/// the kernel took (at least one), or the error of the first.
+pub(crate) fn send_mmsg(socket: BorrowedFd<'_>, msgs: &[SendMsg<'_>]) -> io::Result<usize> {
+    let n = msgs.len().min(MAX_BATCH);
+    if n == 0 {
+        return Ok(0);
+    }
+    // SAFETY (all zeroed values below): these are plain C structs for which
+    // all-zero is a valid value.
+    let mut addrs: [libc::sockaddr_storage; MAX_BATCH] = unsafe { std::mem::zeroed() };
+    let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { std::mem::zeroed() };
+    let mut cmsgs = [CmsgBuf([0; CMSG_ROOM]); MAX_BATCH];
+    let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { std::mem::zeroed() };
+    for (i, m) in msgs[..n].iter().enumerate() {
+        let addr_len = to_storage(&m.addr, &mut addrs[i]);
+        iovs[i] = libc::iovec {
+            iov_base: m.data.as_ptr() as *mut libc::c_void,
+            iov_len: m.data.len(),
+        };
+        let h = &mut hdrs[i].msg_hdr;
+        h.msg_name = &mut addrs[i] as *mut _ as *mut libc::c_void;
+        h.msg_namelen = addr_len;
+        h.msg_iov = &mut iovs[i];
+        h.msg_iovlen = 1;
+        if m.segment > 0 {
+            h.msg_control = cmsgs[i].0.as_mut_ptr() as *mut libc::c_void;
+            // SAFETY: CMSG_SPACE is a pure computation.
+            h.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as usize;
+            // SAFETY: msg_control points at CMSG_ROOM (>= CMSG_SPACE(2))
+            // aligned bytes that live until the call returns; FIRSTHDR is
+            // non-null because controllen covers one header.
+            unsafe {
+                let c = libc::CMSG_FIRSTHDR(h);
+                (*c).cmsg_level = SOL_UDP;
+                (*c).cmsg_type = UDP_SEGMENT;
+                (*c).cmsg_len = libc::CMSG_LEN(2) as usize;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, m.segment);
+            }
+        }
+    }
+    loop {
+        // SAFETY: `hdrs[..n]` point at addresses, iovecs and control buffers
+        // that outlive the call; the iovecs borrow the callers' slices,
+        // which the kernel only reads.
+        let rc =
+            unsafe { libc::sendmmsg(socket.as_raw_fd(), hdrs.as_mut_ptr(), n as libc::c_uint, 0) };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        return Ok(rc as usize);
+    }
+}
+
+/// What `recv_mmsg` learned about one slot.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct RecvMeta {
+    /// Bytes in the buffer.
+    pub(crate) len: usize,
+    /// The sender.
+    pub(crate) addr: Option<SocketAddr>,
+    /// With UDP_GRO, the size of each datagram of the train (the last may
+    /// be shorter); 0 = one datagram.
+    pub(crate) segment: usize,
+}
+
+/// Receives up to `bufs.len()` (at most [`MAX_BATCH`]) slots with one
+/// non-blocking `recvmmsg`. Returns how many were filled; `WouldBlock` when
+/// none was waiting.
+pub(crate) fn recv_mmsg<B: AsMut<[u8]>>(
+    socket: BorrowedFd<'_>,
+    bufs: &mut [B],
+    meta: &mut [RecvMeta],
+) -> io::Result<usize> {
+    let n = bufs.len().min(meta.len()).min(MAX_BATCH);
+    if n == 0 {
+        return Ok(0);
+    }
+    // SAFETY: plain C structs for which all-zero is valid.
+    let mut addrs: [libc::sockaddr_storage; MAX_BATCH] = unsafe { std::mem::zeroed() };
+    let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { std::mem::zeroed() };
+    let mut cmsgs = [CmsgBuf([0; CMSG_ROOM]); MAX_BATCH];
+    let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { std::mem::zeroed() };
+    for (i, b) in bufs[..n].iter_mut().enumerate() {
+        let b = b.as_mut();
+        iovs[i] = libc::iovec {
+            iov_base: b.as_mut_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        };
+        let h = &mut hdrs[i].msg_hdr;
+        h.msg_name = &mut addrs[i] as *mut _ as *mut libc::c_void;
+        h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        h.msg_iov = &mut iovs[i];
+        h.msg_iovlen = 1;
+        h.msg_control = cmsgs[i].0.as_mut_ptr() as *mut libc::c_void;
+        h.msg_controllen = CMSG_ROOM;
+    }
+    let rc = loop {
+        // SAFETY: every header points at buffers that outlive the call and
+        // are exclusively borrowed; the kernel writes at most their lengths.
+        let rc = unsafe {
+            libc::recvmmsg(
+                socket.as_raw_fd(),
+                hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        break rc as usize;
+    };
+    for i in 0..rc {
+        let h = &mut hdrs[i].msg_hdr;
+        let mut segment = 0;
+        // SAFETY: the kernel set msg_controllen to what it wrote into our
+        // control buffer; FIRSTHDR/NXTHDR stay within it.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(h);
+            while !c.is_null() {
+                if (*c).cmsg_level == SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                    let v = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::c_int);
+                    segment = usize::try_from(v).unwrap_or(0);
+                }
+                c = libc::CMSG_NXTHDR(h, c);
+            }
+        }
+        meta[i] = RecvMeta {
+            len: hdrs[i].msg_len as usize,
+            addr: from_storage(&addrs[i]),
+            segment,
+        };
+    }
+    Ok(rc)
+}
+
+/// Waits up to `timeout_ms` until `socket` is writable (send buffer room).
+pub(crate) fn wait_writable(socket: BorrowedFd<'_>, timeout_ms: i32) {
+    let mut fd = libc::pollfd {
+        fd: socket.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the call's duration.
+    unsafe { libc::poll(&mut fd, 1, timeout_ms) };
+}
+
+/// `struct ifreq` reduced to the name and the `ifr_qlen` member.
+#[repr(C)]
+struct IfReqQlen {
+    name: [u8; IFNAMSIZ],
+    qlen: libc::c_int,
+    _pad: [u8; 20],
+}
+
+/// Sets the transmit queue length of interface `name` (SIOCSIFTXQLEN). For
+/// a TUN this is the ring between the kernel and our reads: with TSO each
+/// entry can be a 64 KB super-packet, so the default 500 entries are 32 MB
+/// of queue (bufferbloat).
+pub(crate) fn set_txqueuelen(name: &str, qlen: i32) -> io::Result<()> {
+    if name.is_empty() || name.len() >= IFNAMSIZ {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    let mut req = IfReqQlen {
+        name: [0; IFNAMSIZ],
+        qlen,
+        _pad: [0; 20],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: SIOCSIFTXQLEN reads a `struct ifreq` whose union holds an int;
+    // `req` has that layout (40 bytes) and lives for the whole call.
+    let rc = unsafe {
+        libc::ioctl(
+            socket.as_raw_fd(),
+            libc::SIOCSIFTXQLEN as libc::c_ulong,
+            &mut req as *mut IfReqQlen,
         )
     };
     if rc < 0 {

@@ -1,16 +1,29 @@
 //! One data-plane worker thread: owns one TUN queue, one UDP socket of the
-//! reuseport group and one lane. Run to completion per packet: read, route
-//! once, seal in place, send; or receive, check the window, open in place,
-//! mark, then write to the TUN or relay.
+//! reuseport group and one lane. Run to completion per batch (DESIGN.md
+//! "The fast data path"):
+//!
+//! - send: read a (super-)packet from the TUN, route once, cut it at the
+//!   virtio `gso_size` straight into the send arena, seal each segment in
+//!   place with its own counter, and after the read batch send the arena
+//!   with one `sendmmsg` (UDP GSO messages);
+//! - receive: `recvmmsg` (UDP GRO trains), split at the segment size, check
+//!   the window, open in place, mark, then coalesce per inner TCP flow and
+//!   write to the TUN with a virtio header, or relay.
 //!
 //! The worker reads the forwarding table from an immutable snapshot and
-//! keeps its own lane's send counters and replay windows, so nothing on the
-//! per-packet path locks or allocates (DESIGN.md "The fast data path").
+//! keeps its own lane's send counters and replay windows; its buffers are
+//! allocated once, so nothing on the per-packet path locks or allocates.
 
+use super::aqm::StandingQueue;
+use super::batch::SendBatch;
+use super::coalesce::{Coalescer, Push};
+use super::offload::OffloadState;
 use super::packet::{self, DataHeader, HEADER_LEN, HOP_LIMIT, PacketType};
-use super::snapshot::Snapshot;
+use super::segment::Segmenter;
+use super::snapshot::{SendKeys, Snapshot};
 use super::stats::{DropReason, WorkerStats};
-use super::sys;
+use super::sys::{self, RecvMeta};
+use super::vnet::{VNET_HDR_LEN, VnetHdr};
 use crate::crypto::data::{COUNTER_LIMIT, TAG_LEN};
 use crate::crypto::replay::ReplayWindow;
 use crate::id::ShortId;
@@ -43,11 +56,22 @@ pub enum WorkerEvent {
     },
 }
 
-/// Most packets handled per readiness before checking the other descriptor,
-/// so one busy direction cannot starve the other.
-const BATCH: usize = 64;
-/// Largest datagram we read: a full inner packet plus header and tag.
-const BUFFER_LEN: usize = 65_535 + HEADER_LEN + TAG_LEN;
+/// TUN reads per readiness before turning to the socket: bounds the batch,
+/// and so the latency one direction adds to the other.
+const TUN_BATCH: usize = 16;
+/// Inner bytes read from the TUN per readiness: at ~3 Gbit/s, 192 KB is
+/// half a millisecond of work before the other direction gets its turn.
+const TUN_BATCH_BYTES: usize = 192 * 1024;
+/// `recvmmsg` calls per readiness.
+const RX_ROUNDS: usize = 2;
+/// Slots per `recvmmsg`; each holds a whole GRO train.
+const RX_SLOTS: usize = 8;
+/// A GRO train is at most 64 KB.
+const RX_SLOT_LEN: usize = 65_536;
+/// Largest TUN read: the virtio header and a 64 KB packet.
+const TUN_BUF_LEN: usize = VNET_HDR_LEN + 65_535;
+/// Inner TCP flows the coalescer keeps pending at once.
+const COALESCE_FLOWS: usize = 8;
 
 /// A replay window plus the highest counter accepted in it.
 struct LaneWindow {
@@ -70,6 +94,15 @@ pub struct Worker {
     reported_confirmations: HashMap<u32, ()>,
     last_table: usize,
     log_limit: LogLimit,
+    offload: Arc<OffloadState>,
+    vnet: bool,
+    tun_buf: Vec<u8>,
+    rx_bufs: Vec<Box<[u8]>>,
+    rx_meta: [RecvMeta; RX_SLOTS],
+    send: SendBatch,
+    coalescer: Option<Coalescer>,
+    standing: StandingQueue,
+    now: Instant,
 }
 
 /// Lets one log line through per second (DESIGN.md invariant 4: logged at
@@ -92,9 +125,18 @@ impl LogLimit {
     }
 }
 
+/// One TUN write; a short or failed write is a counted drop.
+fn tun_write(tun: &File, stats: &WorkerStats, bytes: &[u8]) {
+    let mut tun = tun;
+    match tun.write(bytes) {
+        Ok(n) if n == bytes.len() => {}
+        Ok(_) | Err(_) => stats.count_drop(DropReason::IoError),
+    }
+}
+
 impl Worker {
     /// A worker for `lane` over one TUN queue and one UDP socket (both
-    /// non-blocking).
+    /// non-blocking), on the plain path until [`Worker::with_offload`].
     pub fn new(
         lane: u8,
         tun: File,
@@ -118,13 +160,33 @@ impl Worker {
             reported_confirmations: HashMap::new(),
             last_table: 0,
             log_limit: LogLimit::default(),
+            offload: Arc::new(OffloadState::none("not configured")),
+            vnet: false,
+            tun_buf: vec![0u8; TUN_BUF_LEN],
+            rx_bufs: (0..RX_SLOTS)
+                .map(|_| vec![0u8; RX_SLOT_LEN].into_boxed_slice())
+                .collect(),
+            rx_meta: [RecvMeta::default(); RX_SLOTS],
+            send: SendBatch::new(),
+            coalescer: None,
+            standing: StandingQueue::default(),
+            now: Instant::now(),
         }
+    }
+
+    /// Sets the offload state shared with the other workers, and whether
+    /// this worker's TUN queue carries virtio headers (then writes are
+    /// coalesced).
+    pub fn with_offload(mut self, offload: Arc<OffloadState>, vnet: bool) -> Self {
+        self.offload = offload;
+        self.vnet = vnet;
+        self.coalescer = vnet.then(|| Coalescer::new(COALESCE_FLOWS));
+        self
     }
 
     /// Runs until `stop` is set. Errors on individual packets are counted,
     /// never returned.
     pub fn run(mut self) {
-        let mut buffer = vec![0u8; BUFFER_LEN];
         while !self.stop.load(Ordering::Relaxed) {
             let ready = match sys::poll2(self.tun.as_fd(), self.udp.as_fd(), 200) {
                 Ok(ready) => ready,
@@ -136,33 +198,100 @@ impl Worker {
             let table = self.table.load_full();
             self.forget_stale_state(&table);
             if ready.first {
-                for _ in 0..BATCH {
-                    match self.tun.read(&mut buffer[HEADER_LEN..BUFFER_LEN - TAG_LEN]) {
-                        Ok(0) => break,
-                        Ok(n) => self.handle_tun_packet(&table, &mut buffer, n),
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                        Err(_) => {
-                            self.stats.count_drop(DropReason::IoError);
-                            break;
-                        }
-                    }
-                }
+                self.drain_tun(&table);
             }
             if ready.second {
-                for _ in 0..BATCH {
-                    match self.udp.recv_from(&mut buffer) {
-                        Ok((n, from)) => self.handle_datagram(&table, &mut buffer, n, from),
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                        Err(_) => {
-                            // ICMP errors surface here as ECONNREFUSED etc.
-                            self.stats.count_drop(DropReason::IoError);
-                            break;
-                        }
-                    }
+                self.drain_udp(&table);
+            }
+        }
+    }
+
+    /// Reads up to `TUN_BATCH` packets from the TUN, queues their sealed
+    /// segments, and sends them.
+    fn drain_tun(&mut self, table: &Snapshot) {
+        let mut buf = std::mem::take(&mut self.tun_buf);
+        let mut bytes = 0;
+        let mut drained = false;
+        self.now = Instant::now();
+        for _ in 0..TUN_BATCH {
+            if bytes >= TUN_BATCH_BYTES {
+                break;
+            }
+            match (&self.tun).read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    bytes += n;
+                    self.handle_tun_packet(table, &buf[..n]);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    drained = true;
+                    break;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.stats.count_drop(DropReason::IoError);
+                    break;
                 }
             }
+        }
+        self.tun_buf = buf;
+        if self.vnet {
+            self.standing.on_batch_end(drained, self.now);
+        }
+        self.flush_send();
+    }
+
+    /// Receives up to `RX_ROUNDS` batches of datagrams, handles every
+    /// segment, and after each batch writes the coalesced packets and sends
+    /// what is being relayed.
+    fn drain_udp(&mut self, table: &Arc<Snapshot>) {
+        let mut bufs = std::mem::take(&mut self.rx_bufs);
+        let now = Instant::now();
+        for _ in 0..RX_ROUNDS {
+            let mut meta = self.rx_meta;
+            let n = match sys::recv_mmsg(self.udp.as_fd(), &mut bufs, &mut meta) {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    // ICMP errors surface here as ECONNREFUSED etc.
+                    self.stats.count_drop(DropReason::IoError);
+                    break;
+                }
+            };
+            for (buf, m) in bufs.iter_mut().zip(&meta).take(n) {
+                let Some(from) = m.addr else {
+                    continue;
+                };
+                let len = m.len.min(buf.len());
+                let step = if m.segment > 0 { m.segment } else { len.max(1) };
+                let mut start = 0;
+                while start < len {
+                    let end = (start + step).min(len);
+                    self.handle_datagram(table, &mut buf[start..end], from, now);
+                    start = end;
+                }
+            }
+            self.flush_tun();
+            self.flush_send();
+            if n < RX_SLOTS {
+                break;
+            }
+        }
+        self.rx_bufs = bufs;
+    }
+
+    fn flush_send(&mut self) {
+        if !self.send.is_empty() {
+            self.send
+                .flush(self.udp.as_fd(), &self.stats, &self.offload);
+        }
+    }
+
+    fn flush_tun(&mut self) {
+        if let Some(c) = &mut self.coalescer {
+            let (tun, stats) = (&self.tun, &self.stats);
+            c.flush(&mut |b: &[u8]| tun_write(tun, stats, b));
         }
     }
 
@@ -188,15 +317,35 @@ impl Worker {
         self.counters.retain(|index, _| live_remote.contains(index));
     }
 
-    /// An inner packet read from the TUN into `buffer[HEADER_LEN..HEADER_LEN + len]`.
-    fn handle_tun_packet(&mut self, table: &Snapshot, buffer: &mut [u8], len: usize) {
-        let Some((_src, dst)) = packet::ipv4_addresses(&buffer[HEADER_LEN..HEADER_LEN + len])
-        else {
+    /// One read from the TUN: a virtio header (on the fast path) and an
+    /// inner packet, possibly a super-packet.
+    fn handle_tun_packet(&mut self, table: &Snapshot, read: &[u8]) {
+        let (hdr, inner) = if self.vnet {
+            let Some(hdr) = VnetHdr::parse(read) else {
+                self.stats.count_drop(DropReason::BadSegment);
+                return;
+            };
+            (hdr, &read[VNET_HDR_LEN..])
+        } else {
+            (VnetHdr::default(), read)
+        };
+        let Some((_src, dst)) = packet::ipv4_addresses(inner) else {
             self.stats.count_drop(DropReason::NotIpv4);
             return;
         };
-        if len > table.mtu {
+        let Ok(mut segments) = Segmenter::new(&hdr, inner) else {
+            self.stats.count_drop(DropReason::BadSegment);
+            return;
+        };
+        if segments.max_segment_len() > table.mtu {
             self.stats.count_drop(DropReason::TooBig);
+            return;
+        }
+        // Only TCP data is dropped to fight a standing queue (DESIGN.md
+        // "The fast data path": RTT under load); see `aqm`.
+        let tcp_data = inner.len() > 576 && inner[9] == 6;
+        if tcp_data && self.vnet && self.standing.should_drop(self.now) {
+            self.stats.count_drop(DropReason::Aqm);
             return;
         }
         let Some(owner) = table.owner_of(dst) else {
@@ -207,79 +356,96 @@ impl Worker {
             self.stats.count_drop(DropReason::OwnedLocally);
             return;
         }
-        if self.send_toward(table, owner, table.me, HOP_LIMIT, buffer, len) {
-            WorkerStats::add(&self.stats.packets_out, 1);
-            WorkerStats::add(&self.stats.bytes_out, len as u64);
+        if let Some((n, bytes)) =
+            self.send_segments(table, owner, table.me, HOP_LIMIT, &mut segments)
+        {
+            WorkerStats::add(&self.stats.packets_out, n as u64);
+            WorkerStats::add(&self.stats.bytes_out, bytes as u64);
         }
     }
 
-    /// Seals `buffer[HEADER_LEN..HEADER_LEN + len]` for the next hop toward
-    /// `dst` and sends it. Returns whether it was sent.
-    fn send_toward(
+    /// The send keys and endpoint of the next hop toward `dst`.
+    fn route<'t>(&self, table: &'t Snapshot, dst: ShortId) -> Option<(&'t SendKeys, SocketAddr)> {
+        let Some(link) = table.next_hop(dst).and_then(|next| table.link(next)) else {
+            self.stats.count_drop(DropReason::NoRoute);
+            return None;
+        };
+        let (Some(keys), Some(endpoint)) = (link.send.as_ref(), link.endpoint) else {
+            self.stats.count_drop(DropReason::NoSession);
+            return None;
+        };
+        Some((keys, endpoint))
+    }
+
+    /// Cuts every segment of `segments` into the send batch, sealed for the
+    /// next hop toward `dst`, each with its own counter. Returns the number
+    /// of segments and inner bytes queued.
+    fn send_segments(
         &mut self,
         table: &Snapshot,
         dst: ShortId,
         src: ShortId,
         hop_limit: u8,
-        buffer: &mut [u8],
-        len: usize,
-    ) -> bool {
-        let Some(next) = table.next_hop(dst) else {
-            self.stats.count_drop(DropReason::NoRoute);
-            return false;
-        };
-        let Some(link) = table.link(next) else {
-            self.stats.count_drop(DropReason::NoRoute);
-            return false;
-        };
-        let (Some(keys), Some(endpoint)) = (link.send.as_ref(), link.endpoint) else {
-            self.stats.count_drop(DropReason::NoSession);
-            return false;
-        };
+        segments: &mut Segmenter<'_>,
+    ) -> Option<(usize, usize)> {
+        let (keys, endpoint) = self.route(table, dst)?;
+        let count = segments.remaining() as u64;
         let counter = self.counters.entry(keys.remote_index).or_insert(0);
-        if *counter > COUNTER_LIMIT {
+        if *counter + count > COUNTER_LIMIT + 1 {
             self.stats.count_drop(DropReason::NoSession);
-            return false;
+            return None;
         }
-        let header = DataHeader {
-            kind: PacketType::Data,
-            hop_limit,
-            src,
-            dst,
-            session: keys.remote_index,
-            lane: self.lane,
-            counter: *counter,
-        };
-        *counter += 1;
-        let mut header_bytes = [0u8; HEADER_LEN];
-        header.emit(&mut header_bytes);
-        buffer[..HEADER_LEN].copy_from_slice(&header_bytes);
-        let tag = keys.key.seal_in_place(
-            self.lane,
-            header.counter,
-            &header_bytes,
-            &mut buffer[HEADER_LEN..HEADER_LEN + len],
-        );
-        let end = HEADER_LEN + len + TAG_LEN;
-        buffer[HEADER_LEN + len..end].copy_from_slice(&tag);
-        match self.udp.send_to(&buffer[..end], endpoint) {
-            Ok(_) => true,
-            Err(_) => {
-                self.stats.count_drop(DropReason::IoError);
-                false
+        let mut next = *counter;
+        *counter += count;
+        let gso = self.offload.gso();
+        let need = HEADER_LEN + segments.max_segment_len() + TAG_LEN;
+        let (mut n, mut bytes) = (0, 0);
+        loop {
+            if !self.send.has_room(need) {
+                self.flush_send();
             }
+            let tail = self.send.tail();
+            let Some(len) = segments.next_into(&mut tail[HEADER_LEN..]) else {
+                break;
+            };
+            let header = DataHeader {
+                kind: PacketType::Data,
+                hop_limit,
+                src,
+                dst,
+                session: keys.remote_index,
+                lane: self.lane,
+                counter: next,
+            };
+            next += 1;
+            let mut header_bytes = [0u8; HEADER_LEN];
+            header.emit(&mut header_bytes);
+            tail[..HEADER_LEN].copy_from_slice(&header_bytes);
+            let tag = keys.key.seal_in_place(
+                self.lane,
+                header.counter,
+                &header_bytes,
+                &mut tail[HEADER_LEN..HEADER_LEN + len],
+            );
+            tail[HEADER_LEN + len..HEADER_LEN + len + TAG_LEN].copy_from_slice(&tag);
+            self.send.commit(endpoint, HEADER_LEN + len + TAG_LEN, gso);
+            n += 1;
+            bytes += len;
         }
+        Some((n, bytes))
     }
 
-    /// A datagram of `len` bytes from `from`, at the start of `buffer`.
+    /// One datagram from `from` (a whole `buffer`, possibly one segment of a
+    /// GRO train).
     fn handle_datagram(
         &mut self,
-        table: &Snapshot,
+        table: &Arc<Snapshot>,
         buffer: &mut [u8],
-        len: usize,
         from: SocketAddr,
+        now: Instant,
     ) {
-        let Ok(header) = DataHeader::parse(&buffer[..len]) else {
+        let len = buffer.len();
+        let Ok(header) = DataHeader::parse(buffer) else {
             self.stats.count_drop(DropReason::BadHeader);
             return;
         };
@@ -298,7 +464,7 @@ impl Worker {
         }
         let Some(session) = table.session(header.session) else {
             self.stats.count_drop(DropReason::UnknownSession);
-            if self.log_limit.allow(Instant::now()) {
+            if self.log_limit.allow(now) {
                 tracing::debug!(lane = self.lane, session = header.session, %from, "dropped a packet for an unknown session");
             }
             return;
@@ -341,7 +507,6 @@ impl Worker {
             window.highest = Some(header.counter);
         }
         let peer = session.peer;
-        let now = Instant::now();
         if let Some(link) = table.link(peer) {
             link.liveness.touch(now);
             if newest
@@ -367,24 +532,36 @@ impl Worker {
         }
         let inner_len = body_end - HEADER_LEN;
         if header.dst == table.me {
-            self.deliver(table, header.src, &buffer[HEADER_LEN..body_end], inner_len);
+            self.deliver(table, header.src, buffer, inner_len);
         } else if header.hop_limit <= 1 {
             self.stats.count_drop(DropReason::HopLimit);
-        } else if self.send_toward(
-            table,
-            header.dst,
-            header.src,
-            header.hop_limit - 1,
-            buffer,
-            inner_len,
-        ) {
-            WorkerStats::add(&self.stats.forwarded, 1);
+        } else {
+            let inner = &buffer[HEADER_LEN..body_end];
+            let Ok(mut one) = Segmenter::new(&VnetHdr::default(), inner) else {
+                return;
+            };
+            if self
+                .send_segments(
+                    table,
+                    header.dst,
+                    header.src,
+                    header.hop_limit - 1,
+                    &mut one,
+                )
+                .is_some()
+            {
+                WorkerStats::add(&self.stats.forwarded, 1);
+            }
         }
     }
 
-    /// Writes an inner packet addressed to this router's pods into the TUN,
-    /// after checking that its source lies in the sender's ranges.
-    fn deliver(&mut self, table: &Snapshot, sender: ShortId, inner: &[u8], len: usize) {
+    /// Writes an inner packet addressed to this router's pods into the TUN
+    /// (through the coalescer on the fast path), after checking that its
+    /// source lies in the sender's ranges. The inner packet is
+    /// `datagram[HEADER_LEN..HEADER_LEN + len]`; the opened header before it
+    /// is free to hold a virtio header.
+    fn deliver(&mut self, table: &Snapshot, sender: ShortId, datagram: &mut [u8], len: usize) {
+        let inner = &datagram[HEADER_LEN..HEADER_LEN + len];
         let Some((src, _dst)) = packet::ipv4_addresses(inner) else {
             self.stats.count_drop(DropReason::NotIpv4);
             return;
@@ -393,12 +570,18 @@ impl Worker {
             self.stats.count_drop(DropReason::SpoofedSource);
             return;
         }
-        match self.tun.write(inner) {
-            Ok(written) if written == inner.len() => {
-                WorkerStats::add(&self.stats.packets_in, 1);
-                WorkerStats::add(&self.stats.bytes_in, len as u64);
-            }
-            Ok(_) | Err(_) => self.stats.count_drop(DropReason::IoError),
+        WorkerStats::add(&self.stats.packets_in, 1);
+        WorkerStats::add(&self.stats.bytes_in, len as u64);
+        let (tun, stats) = (&self.tun, &self.stats);
+        let Some(coalescer) = &mut self.coalescer else {
+            tun_write(tun, stats, inner);
+            return;
+        };
+        if coalescer.push(inner, &mut |b: &[u8]| tun_write(tun, stats, b)) == Push::Held {
+            return;
         }
+        let at = HEADER_LEN - VNET_HDR_LEN;
+        datagram[at..HEADER_LEN].fill(0);
+        tun_write(tun, stats, &datagram[at..HEADER_LEN + len]);
     }
 }
