@@ -36,7 +36,7 @@ enum Command {
     /// Run a whole mesh in network namespaces on this machine (needs root).
     Demo {
         /// Number of nodes.
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 3)]
         nodes: usize,
         /// Leave it running and print how to explore it.
         #[arg(long)]
