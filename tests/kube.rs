@@ -179,12 +179,14 @@ fn a_router_dials_the_nodes_the_kubernetes_api_lists() {
     if !require_root("a_router_dials_the_nodes_the_kubernetes_api_lists") {
         return;
     }
-    let mut cluster = Cluster::new(3);
+    let cluster = Cluster::new(3);
     let api_addr = SocketAddr::from((cluster.nodes[1].underlay, 8080));
     let api = FakeApi::start(&cluster.nodes[1].ns.name, api_addr, 403, FORBIDDEN);
-    let routers = start_routers(
+    // No pods: the ring (split by name) waits until the routers know each
+    // other, which is what the node list is for.
+    let mut routers = new_routers(
         Path::new(BIN),
-        &mut cluster,
+        &cluster,
         3,
         |_| vec![],
         |i, r| {
@@ -198,6 +200,9 @@ fn a_router_dials_the_nodes_the_kubernetes_api_lists() {
             }
         },
     );
+    for r in &mut routers {
+        r.start();
+    }
 
     // 403: one log line naming the RBAC fix, however many times it is
     // retried; the router stays up and dials nothing.
@@ -379,7 +384,7 @@ fn a_router_lists_nodes_in_cluster_over_https_with_the_cluster_ca_and_token() {
     if !require_root(test) {
         return;
     }
-    let mut cluster = Cluster::new(3);
+    let cluster = Cluster::new(3);
     let pki = TempDir::new("pki");
     let api_ip = cluster.nodes[1].underlay.to_string();
     let (ca, cert, key) = make_pki(&pki.path, &api_ip, "real");
@@ -416,9 +421,11 @@ fn a_router_lists_nodes_in_cluster_over_https_with_the_cluster_ca_and_token() {
         .unwrap();
     assert_eq!(ready.trim(), "ready");
 
-    let routers = start_routers(
+    // No pods: the ring (split by name) waits until the routers know each
+    // other, which is what the node list is for.
+    let mut routers = new_routers(
         Path::new(BIN),
-        &mut cluster,
+        &cluster,
         3,
         |_| vec![],
         |i, r| {
@@ -433,6 +440,9 @@ fn a_router_lists_nodes_in_cluster_over_https_with_the_cluster_ca_and_token() {
             }
         },
     );
+    for r in &mut routers {
+        r.start();
+    }
     let refused = wait_until(Duration::from_secs(10), || {
         log_of(&routers[0]).contains("cannot reach the Kubernetes API")
     });
