@@ -17,32 +17,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_weft");
 /// The overlay MTU the routers use by default (1500 underlay).
 const MTU: usize = 1420;
 
-struct Pair {
-    routers: Vec<Router>,
-    cluster: Cluster,
-}
-
 fn pair(env: &[(&str, &str)]) -> Pair {
-    let mut cluster = Cluster::new(2);
-    let routers = start_routers(
-        Path::new(BIN),
-        &mut cluster,
-        2,
-        |i| vec![1 - i],
-        |_, r| {
-            r.env = env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-        },
-    );
-    let up = wait_until(Duration::from_secs(10), || {
-        routers.iter().all(|r| r.established_peers() == 1)
-    });
-    assert!(up, "routers did not establish:\n{}", routers[0].log_tail());
-    let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
+    let p = start_pair(Path::new(BIN), env);
+    let (a, b) = (&p.cluster.pods[0], &p.cluster.pods[1]);
     assert!(a.wait_ping(b.addr, Duration::from_secs(5)), "no ping");
-    Pair { routers, cluster }
+    p
 }
 
 fn offload(r: &Router) -> String {

@@ -11,41 +11,13 @@ use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_weft");
 
-/// Two nodes, a router each, one pod each, mesh established.
-struct Pair {
-    // Routers drop first (printing their logs on failure), then the cluster.
-    routers: Vec<Router>,
-    cluster: Cluster,
-}
-
 fn offset(base: Ipv4Addr, n: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(base) + n)
 }
 
+/// Two nodes, a router each, one pod each, the connection established.
 fn pair(env: &[(&str, &str)]) -> Pair {
-    let mut cluster = Cluster::new(2);
-    let routers = start_routers(
-        Path::new(BIN),
-        &mut cluster,
-        2,
-        |i| vec![1 - i],
-        |_, r| {
-            r.env = env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-        },
-    );
-    let up = wait_until(Duration::from_secs(10), || {
-        routers.iter().all(|r| r.established_peers() == 1)
-    });
-    assert!(
-        up,
-        "routers did not establish:\n{}\n{}",
-        routers[0].log_tail(),
-        routers[1].log_tail()
-    );
-    Pair { routers, cluster }
+    start_pair(Path::new(BIN), env)
 }
 
 #[test]

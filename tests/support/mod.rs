@@ -775,3 +775,38 @@ pub fn counters(status: &serde_json::Value) -> BTreeMap<String, u64> {
     map
 }
 pub mod cni;
+
+/// Two nodes, a router each seeded with the other, one pod each, the
+/// connection established. Routers drop first (printing their logs on
+/// failure), then the cluster.
+pub struct Pair {
+    pub routers: Vec<Router>,
+    pub cluster: Cluster,
+}
+
+/// Starts a [`Pair`] with `env` set for both routers.
+pub fn start_pair(bin: &Path, env: &[(&str, &str)]) -> Pair {
+    let mut cluster = Cluster::new(2);
+    let routers = start_routers(
+        bin,
+        &mut cluster,
+        2,
+        |i| vec![1 - i],
+        |_, r| {
+            r.env = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        },
+    );
+    let up = wait_until(Duration::from_secs(10), || {
+        routers.iter().all(|r| r.established_peers() == 1)
+    });
+    assert!(
+        up,
+        "routers did not establish:\n{}\n{}",
+        routers[0].log_tail(),
+        routers[1].log_tail()
+    );
+    Pair { routers, cluster }
+}
