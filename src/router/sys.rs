@@ -227,21 +227,8 @@ pub(crate) fn force_buffers(socket: BorrowedFd<'_>, bytes: i32) -> io::Result<()
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
         (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
     ] {
-        let set = |opt: libc::c_int| {
-            // SAFETY: the option value is a valid c_int for the call's duration.
-            unsafe {
-                libc::setsockopt(
-                    socket.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    opt,
-                    &bytes as *const i32 as *const libc::c_void,
-                    std::mem::size_of::<i32>() as libc::socklen_t,
-                )
-            }
-        };
-        if set(force) < 0 && set(plain) < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        setsockopt_int(socket, libc::SOL_SOCKET, force, bytes)
+            .or_else(|_| setsockopt_int(socket, libc::SOL_SOCKET, plain, bytes))?;
     }
     Ok(())
 }
@@ -250,21 +237,12 @@ pub(crate) fn force_buffers(socket: BorrowedFd<'_>, bytes: i32) -> io::Result<()
 /// larger than the path MTU is refused instead of fragmented, so full-size
 /// heartbeats prove the path carries full-size packets (DESIGN.md "MTU").
 pub(crate) fn set_dont_fragment(socket: BorrowedFd<'_>) -> io::Result<()> {
-    let value: libc::c_int = libc::IP_PMTUDISC_DO;
-    // SAFETY: the option value is a valid c_int for the call's duration.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_MTU_DISCOVER,
-            &value as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    setsockopt_int(
+        socket,
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::IP_PMTUDISC_DO,
+    )
 }
 
 fn setsockopt_int(
