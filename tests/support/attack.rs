@@ -108,16 +108,7 @@ pub struct TcpSegment {
 /// Parses a pcap (link type Ethernet) into its IPv4 TCP segments.
 pub fn tcp_segments(pcap: &[u8]) -> Vec<TcpSegment> {
     let mut out = Vec::new();
-    let mut at = 24;
-    while pcap.len() >= 24 && at + 16 <= pcap.len() {
-        let incl = u32::from_le_bytes(pcap[at + 8..at + 12].try_into().unwrap()) as usize;
-        let start = at + 16;
-        let end = start + incl;
-        if end > pcap.len() {
-            break;
-        }
-        let frame = &pcap[start..end];
-        at = end;
+    for frame in super::pcap_frames(pcap) {
         if frame.len() < 14 + 20 + 20 || frame[12..14] != [0x08, 0x00] || frame[14 + 9] != 6 {
             continue;
         }

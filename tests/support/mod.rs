@@ -729,11 +729,11 @@ impl Capture {
     }
 }
 
-/// Parses a pcap (link type Ethernet) into UDP payloads.
-pub fn udp_payloads(pcap: &[u8]) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
+/// The frames of a pcap file (classic format, little-endian headers).
+pub fn pcap_frames(pcap: &[u8]) -> Vec<&[u8]> {
+    let mut frames = Vec::new();
     if pcap.len() < 24 {
-        return out;
+        return frames;
     }
     let mut at = 24;
     while at + 16 <= pcap.len() {
@@ -743,7 +743,16 @@ pub fn udp_payloads(pcap: &[u8]) -> Vec<Vec<u8>> {
         if end > pcap.len() {
             break;
         }
-        let frame = &pcap[start..end];
+        frames.push(&pcap[start..end]);
+        at = end;
+    }
+    frames
+}
+
+/// Parses a pcap (link type Ethernet) into UDP payloads.
+pub fn udp_payloads(pcap: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for frame in pcap_frames(pcap) {
         if frame.len() > 14 + 20 + 8 && frame[12..14] == [0x08, 0x00] && frame[14 + 9] == 17 {
             let ihl = usize::from(frame[14] & 0x0f) * 4;
             let udp = 14 + ihl;
@@ -751,7 +760,6 @@ pub fn udp_payloads(pcap: &[u8]) -> Vec<Vec<u8>> {
                 out.push(frame[udp + 8..].to_vec());
             }
         }
-        at = end;
     }
     out
 }
