@@ -148,6 +148,7 @@ async fn serve(
         },
         session_indices: AtomicU32::new(rand::random::<u32>() & 0x00ff_ffff),
         events: connection_tx,
+        msg1_guard: std::sync::Mutex::new(crate::crypto::Msg1Guard::new()),
     });
     let (api_tx, api_rx) = mpsc::channel(64);
     if let Some(listener) = metrics_listener {

@@ -132,6 +132,7 @@ pub struct Control {
     heartbeat_counters: HashMap<u32, u64>,
     heartbeat_windows: HashMap<u32, ReplayWindow>,
     last_refusal_log: Option<Instant>,
+    last_clock_skew_log: Option<Instant>,
     dirty: bool,
     ipam: IpamDriver,
     gossip_traffic: BTreeMap<String, TrafficCount>,
@@ -242,6 +243,7 @@ impl Control {
             heartbeat_counters: HashMap::new(),
             heartbeat_windows: HashMap::new(),
             last_refusal_log: None,
+            last_clock_skew_log: None,
             dirty: true,
             ipam,
             kernel,
@@ -595,6 +597,8 @@ impl Control {
                 self.count_handshake(reason.as_str());
                 if matches!(reason, HandshakeFailure::Refused) {
                     self.log_refusal(remote);
+                } else if let HandshakeFailure::ClockSkew(why) = &reason {
+                    self.log_clock_skew(remote, why);
                 } else {
                     tracing::debug!(%remote, outbound, ?reason, "handshake failed");
                 }
@@ -639,6 +643,19 @@ impl Control {
             self.last_refusal_log = Some(now);
             tracing::warn!(%remote, refused = self.handshakes.get("refused").copied().unwrap_or(0),
                 "refused a handshake: the peer does not hold the cluster secret");
+        }
+    }
+
+    /// A peer whose clock is off cannot connect until it is fixed: say so
+    /// (at most once a second, like every refusal).
+    fn log_clock_skew(&mut self, remote: SocketAddr, why: &str) {
+        let now = Instant::now();
+        if self
+            .last_clock_skew_log
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            self.last_clock_skew_log = Some(now);
+            tracing::warn!(%remote, "refused a handshake: {why}");
         }
     }
 
