@@ -16,6 +16,7 @@ pub mod aqm;
 pub mod batch;
 pub mod checksum;
 pub mod coalesce;
+pub mod icmp;
 pub mod offload;
 pub mod packet;
 pub mod segment;
