@@ -105,6 +105,7 @@ pub struct Worker {
     standing: StandingQueue,
     too_big_replies: ReplyLimit,
     now: Instant,
+    nice: Option<i32>,
 }
 
 /// Lets one log line through per second (DESIGN.md invariant 4: logged at
@@ -174,6 +175,7 @@ impl Worker {
             standing: StandingQueue::default(),
             too_big_replies: ReplyLimit::default(),
             now: Instant::now(),
+            nice: None,
         }
     }
 
@@ -187,9 +189,28 @@ impl Worker {
         self
     }
 
+    /// Sets the nice value the worker thread takes when it starts (`None`
+    /// leaves it alone); see `priority`.
+    pub fn with_nice(mut self, nice: Option<i32>) -> Self {
+        self.nice = nice;
+        self
+    }
+
     /// Runs until `stop` is set. Errors on individual packets are counted,
     /// never returned.
     pub fn run(mut self) {
+        if let Some(nice) = self.nice {
+            // Lane 0 speaks for all: the others get the same answer.
+            match super::priority::apply_to_current_thread(nice) {
+                Ok(()) if self.lane == 0 => {
+                    tracing::info!(nice, "data-plane workers run at a raised CPU priority");
+                }
+                Err(e) if self.lane == 0 => {
+                    tracing::warn!(nice, error = %e, "cannot raise the data-plane workers' CPU priority (needs CAP_SYS_NICE); expect more latency under load on a busy node");
+                }
+                _ => {}
+            }
+        }
         while !self.stop.load(Ordering::Relaxed) {
             let ready = match sys::poll2(self.tun.as_fd(), self.udp.as_fd(), 200) {
                 Ok(ready) => ready,
