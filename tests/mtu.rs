@@ -137,5 +137,8 @@ fn a_bad_mtu_flag_is_one_clear_line() {
         "{err}"
     );
     let err = router_with_mtu("100");
-    assert!(err.contains("out of range") && err.lines().count() == 1, "{err}");
+    assert!(
+        err.contains("out of range") && err.lines().count() == 1,
+        "{err}"
+    );
 }
