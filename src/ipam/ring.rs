@@ -398,6 +398,16 @@ impl Ring {
             if !wins {
                 continue;
             }
+            // Only we write as ourselves, and we know everything we wrote
+            // (it is on disk before it is sent): a winning entry signed
+            // with our ID that we do not have is forged.
+            if me.is_some_and(|me| theirs.writer == me) {
+                return Err(RingError::NotOwner {
+                    token: *token,
+                    writer: theirs.writer,
+                    owner: self.owner_at(*token).unwrap_or(theirs.writer),
+                });
+            }
             let Some((_, gov)) = self.governing(*token) else {
                 continue;
             };
@@ -601,11 +611,41 @@ pub(crate) mod tests {
             },
         );
         assert!(mine.validate_update(Some(PeerId(1)), &tie).is_err());
+        // Found by the ipam_allocator fuzz target: a peer sends our token
+        // with the same version but another owner and *our* ID as writer
+        // (winning the tie on owner), then chains a range after it.
+        let mut impersonated = mine.clone();
+        impersonated.entries.insert(
+            0,
+            Entry {
+                owner: PeerId(5),
+                version: 1,
+                writer: PeerId(1),
+                reclaim: false,
+            },
+        );
+        impersonated.entries.insert(
+            8,
+            Entry {
+                owner: PeerId(0),
+                version: 12,
+                writer: PeerId(12),
+                reclaim: true,
+            },
+        );
+        let err = mine
+            .validate_update(Some(PeerId(1)), &impersonated)
+            .unwrap_err();
+        assert!(matches!(err, RingError::NotOwner { token: 0, .. }), "{err}");
         // The honest donation by the owner is accepted.
         let mut honest = mine.clone();
         assert!(honest.donate(PeerId(1), 40, 84, PeerId(3)));
         mine.validate_update(Some(PeerId(2)), &honest).unwrap();
-        mine.validate_update(Some(PeerId(1)), &honest).unwrap();
+        honest.validate_update(Some(PeerId(1)), &honest).unwrap();
+        // Router 1 itself never accepts a write in its name that it does not
+        // have; only while relearning after a loss of state (`None`).
+        assert!(mine.validate_update(Some(PeerId(1)), &honest).is_err());
+        mine.validate_update(None, &honest).unwrap();
     }
 
     #[test]
