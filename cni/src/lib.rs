@@ -49,3 +49,48 @@ pub fn render_outcome(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        |k| {
+            pairs
+                .iter()
+                .find(|(key, _)| *key == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn version_answers_on_stdout_with_exit_zero() {
+        let (text, code) = answer(
+            br#"{"cniVersion":"0.4.0"}"#,
+            env(&[("CNI_COMMAND", "VERSION")]),
+        );
+        assert_eq!(code, 0);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["cniVersion"], "0.4.0");
+    }
+
+    #[test]
+    fn bad_input_is_one_error_object_in_the_callers_version_with_exit_one() {
+        let stdin = br#"{"cniVersion":"0.3.1","name":"n","type":"bridge"}"#;
+        let ok_env = [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "abc"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", "/nonexistent"),
+        ];
+        for (pairs, want) in [(&ok_env[..], 7), (&[("CNI_COMMAND", "NOPE")][..], 4)] {
+            let (text, code) = answer(stdin, env(pairs));
+            assert_eq!(code, 1);
+            assert!(!text.contains('\n'));
+            let e: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(e["cniVersion"], "0.3.1");
+            assert_eq!(e["code"], want);
+        }
+    }
+}
