@@ -13,14 +13,16 @@
 #   wireguard-go  pods 10.46.{0,1}.10, userspace WireGuard (if installed), configured with wg
 #   wg-kernel     pods 10.47.{0,1}.10, kernel WireGuard (if the kernel has it)
 #   weft          pods from each router's owned range (start+10), routers on 10.32.0.0/13
+#   weft-alt      like weft on its own node pair, with WEFT_ALT_BIN / BENCH_WEFT_ALT_ENV (A/B runs)
 #
 # Per round and mode (modes interleaved, R rounds): ping RTT idle, iperf3 TCP with 1 and 4
 # streams, ping RTT during the 4-stream run, CPU seconds per GB of the tunnel's own
 # processes (utime+stime from /proc/PID/stat) and of the whole machine (/proc/stat), RSS.
 # Prints medians. Needs root, iproute2, iperf3, jq, ping.
 #
-# Usage: bench/tunnel.sh [-r ROUNDS] [-t SECONDS] [-m "raw vxlan wireguard-go wg-kernel weft"]
+# Usage: bench/tunnel.sh [-r ROUNDS] [-t SECONDS] [-m "raw vxlan wireguard-go wg-kernel weft weft-alt"]
 #        WEFT_BIN=path/to/weft (default target/release/weft)
+#        BENCH_LOG_DIR=dir keeps the routers' logs and the raw per-round results
 set -euo pipefail
 
 ROUNDS=${BENCH_ROUNDS:-3}
@@ -30,6 +32,8 @@ WEFT_BIN=${WEFT_BIN:-target/release/weft}
 WEFT_RANGE=${BENCH_WEFT_RANGE:-10.32.0.0/13}
 WEFT_INIT=${BENCH_WEFT_INIT:-}          # e.g. "seed=node0,node1"; empty = the router's default
 WEFT_ENV=${BENCH_WEFT_ENV:-}            # extra router environment, e.g. "WEFT_DISABLE_OFFLOAD=1"
+WEFT_ALT_BIN=${WEFT_ALT_BIN:-$WEFT_BIN}  # mode weft-alt: a second build or setting, interleaved
+WEFT_ALT_ENV=${BENCH_WEFT_ALT_ENV:-}
 MTU=1420
 
 while getopts "r:t:m:h" opt; do
@@ -37,7 +41,7 @@ while getopts "r:t:m:h" opt; do
     r) ROUNDS=$OPTARG ;;
     t) DURATION=$OPTARG ;;
     m) MODES=$OPTARG ;;
-    *) sed -n '2,25p' "$0"; exit 2 ;;
+    *) sed -n '2,28p' "$0"; exit 2 ;;
   esac
 done
 [[ $ROUNDS =~ ^[0-9]+$ && $ROUNDS -ge 1 && $ROUNDS -le 50 ]] || { echo "rounds must be 1..50" >&2; exit 2; }
@@ -76,6 +80,10 @@ cleanup() {
   local pid ns s
   for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
   for s in "${WG_SOCKETS[@]}"; do rm -f "$s"; done
+  if [[ -n ${BENCH_LOG_DIR:-} ]]; then # keep the routers' logs and the raw results
+    mkdir -p "$BENCH_LOG_DIR" && cp "$RESULTS" "$BENCH_LOG_DIR/results" 2>/dev/null
+    for s in weft0 weft1 weft-alt0 weft-alt1; do cp "$TMP/$s/log" "$BENCH_LOG_DIR/$s.log" 2>/dev/null; done
+  fi
   for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^${PFX}-"); do
     kill_ns_procs "$ns"
     t ip netns del "$ns"
@@ -112,14 +120,18 @@ cleanup_stale
 # ---------------------------------------------------------------- topology
 mkns() { t ip netns add "$1"; t ip -n "$1" link set lo up; }
 
-mkns "$N0"; mkns "$N1"
-t ip -n "$N0" link add eth0 type veth peer name eth0 netns "$N1"
-t ip -n "$N0" addr add 192.0.2.10/24 dev eth0
-t ip -n "$N1" addr add 192.0.2.11/24 dev eth0
-for n in "$N0" "$N1"; do
-  t ip -n "$n" link set eth0 up
-  nsx "$n" sysctl -qw net.ipv4.ip_forward=1
-done
+NODES=()
+mknodes() { # NS0 NS1: two nodes joined by a veth underlay, 192.0.2.10 and .11
+  mkns "$1"; mkns "$2"; NODES+=("$1" "$2")
+  t ip -n "$1" link add eth0 type veth peer name eth0 netns "$2"
+  t ip -n "$1" addr add 192.0.2.10/24 dev eth0
+  t ip -n "$2" addr add 192.0.2.11/24 dev eth0
+  for n in "$1" "$2"; do
+    t ip -n "$n" link set eth0 up
+    nsx "$n" sysctl -qw net.ipv4.ip_forward=1
+  done
+}
+mknodes "$N0" "$N1"
 
 VETH_N=0
 # add_pod NODE_NS POD_LABEL ADDR: a pod namespace plumbed like weft-cni does it.
@@ -139,7 +151,7 @@ add_pod() {
 }
 
 # Mode state: pod namespaces, destination address, and PIDs whose CPU/RSS we account.
-declare -A SRC DSTNS DST PROCS SKIP
+declare -A SRC DSTNS DST PROCS SKIP OFFLOAD
 start_iperf_server() { # MODE
   local mode=$1
   ip netns exec "${DSTNS[$mode]}" iperf3 -s -B "${DST[$mode]}" >"$TMP/iperf-$mode.log" 2>&1 &
@@ -211,46 +223,54 @@ ip_plus() { # ADDR N
   echo "$((v >> 24 & 255)).$((v >> 16 & 255)).$((v >> 8 & 255)).$((v & 255))"
 }
 
-weft_status() { # I
-  env $(env | sed -n 's/^\(WEFT_[A-Za-z0-9_]*\)=.*/-u \1/p') timeout 5 "$WEFT_BIN" status --json --api "$TMP/weft$1/api.sock" 2>/dev/null
+weft_status() { # DIR (under $TMP, e.g. weft0)
+  env $(env | sed -n 's/^\(WEFT_[A-Za-z0-9_]*\)=.*/-u \1/p') timeout 5 "$WEFT_BIN" status --json --api "$TMP/$1/api.sock" 2>/dev/null
 }
 
+# setup_weft MODE: "weft" runs $WEFT_BIN with $WEFT_ENV on the node pair N0/N1; "weft-alt" runs
+# $WEFT_ALT_BIN with $WEFT_ALT_ENV on a second node pair (same addresses, own namespaces), so
+# that two builds or settings are measured interleaved in one run.
 setup_weft() {
-  if [[ ! -x $WEFT_BIN ]]; then
-    SKIP[weft]="binary $WEFT_BIN missing (build with cargo build --release)"; return 1
+  local mode=$1 bin=$WEFT_BIN wenv=$WEFT_ENV nodes=("$N0" "$N1") pod=weft
+  if [[ $mode == weft-alt ]]; then
+    bin=$WEFT_ALT_BIN wenv=$WEFT_ALT_ENV nodes=("$PFX-a0" "$PFX-a1") pod=walt
+    mknodes "${nodes[0]}" "${nodes[1]}"
   fi
-  local secret i n pids="" start0="" start1="" args
+  if [[ ! -x $bin ]]; then
+    SKIP[$mode]="binary $bin missing (build with cargo build --release)"; return 1
+  fi
+  local secret i n d pids="" start0="" start1="" args
   secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
   for i in 0 1; do
-    n=$([[ $i == 0 ]] && echo "$N0" || echo "$N1")
-    mkdir -p "$TMP/weft$i/state"
-    (umask 077; echo "$secret" >"$TMP/weft$i/secret")
+    n=${nodes[$i]} d="$TMP/$mode$i"
+    mkdir -p "$d/state"
+    (umask 077; echo "$secret" >"$d/secret")
     args=(router --name "node$i" --listen "192.0.2.1$i:6783" --peer 192.0.2.10:6783 --peer 192.0.2.11:6783
-      --secret-file "$TMP/weft$i/secret" --state-dir "$TMP/weft$i/state" --api "$TMP/weft$i/api.sock"
+      --secret-file "$d/secret" --state-dir "$d/state" --api "$d/api.sock"
       --ipalloc-range "$WEFT_RANGE" --iface weft0)
     [[ -n $WEFT_INIT ]] && args+=(--ipalloc-init "$WEFT_INIT")
     # shellcheck disable=SC2046
     ip netns exec "$n" env $(env | sed -n 's/^\(WEFT_[A-Za-z0-9_]*\)=.*/-u \1/p') RUST_LOG=${RUST_LOG:-info} \
-      $WEFT_ENV "$WEFT_BIN" "${args[@]}" >"$TMP/weft$i/log" 2>&1 &
+      $wenv "$bin" "${args[@]}" >"$d/log" 2>&1 &
     PIDS+=($!); pids="$pids $!"
   done
-  PROCS[weft]=$pids
+  PROCS[$mode]=$pids
   for _ in $(seq 60); do
-    start0=$(weft_status 0 | jq -r '.ipam.owned_ranges[0].start // empty' 2>/dev/null || true)
-    start1=$(weft_status 1 | jq -r '.ipam.owned_ranges[0].start // empty' 2>/dev/null || true)
+    start0=$(weft_status "${mode}0" | jq -r '.ipam.owned_ranges[0].start // empty' 2>/dev/null || true)
+    start1=$(weft_status "${mode}1" | jq -r '.ipam.owned_ranges[0].start // empty' 2>/dev/null || true)
     [[ -n $start0 && -n $start1 ]] && break
     for p in $pids; do [[ -d /proc/$p ]] || break 2; done
     sleep 0.5
   done
   if [[ -z $start0 || -z $start1 ]]; then
-    SKIP[weft]="routers exited or did not report owned ranges within 30 s (log tails above)"
-    for i in 0 1; do log "--- weft node$i log (tail)"; tail -n 15 "$TMP/weft$i/log" >&2 || true; done
+    SKIP[$mode]="routers exited or did not report owned ranges within 30 s (log tails above)"
+    for i in 0 1; do log "--- $mode node$i log (tail)"; tail -n 15 "$TMP/$mode$i/log" >&2 || true; done
     for p in $pids; do kill -9 "$p" 2>/dev/null || true; done
     return 1
   fi
-  WEFT_OFFLOAD=$(weft_status 0 | jq -r '.dataplane.offload // empty' 2>/dev/null || true)
-  add_pod "$N0" weft-a "$(ip_plus "$start0" 10)"; add_pod "$N1" weft-b "$(ip_plus "$start1" 10)"
-  SRC[weft]="$PFX-weft-a"; DSTNS[weft]="$PFX-weft-b"; DST[weft]=$(ip_plus "$start1" 10)
+  OFFLOAD[$mode]=$(weft_status "${mode}0" | jq -r '.dataplane.offload // empty' 2>/dev/null || true)
+  add_pod "${nodes[0]}" "$pod-a" "$(ip_plus "$start0" 10)"; add_pod "${nodes[1]}" "$pod-b" "$(ip_plus "$start1" 10)"
+  SRC[$mode]="$PFX-$pod-a"; DSTNS[$mode]="$PFX-$pod-b"; DST[$mode]=$(ip_plus "$start1" 10)
   return 0
 }
 
@@ -278,7 +298,7 @@ for mode in $MODES; do
     wg-kernel)
       if [[ $KERNEL_WG == yes ]] && command -v wg >/dev/null; then setup_wg kernel
       else SKIP[$mode]="this kernel has no WireGuard module (ip link add type wireguard fails)"; continue; fi ;;
-    weft) setup_weft || continue ;;
+    weft | weft-alt) setup_weft "$mode" || continue ;;
     *) die "unknown mode $mode" ;;
   esac
   check_path "$mode" || continue
@@ -308,10 +328,14 @@ rss_mb() { # PIDS...: summed VmRSS in MB
   awk -v k="$kb" 'BEGIN {printf "%.1f", k / 1024}'
 }
 ping_avg() { sed -n 's/^rtt min\/avg\/max\/mdev = [^/]*\/\([^/]*\)\/.*/\1/p' "$1"; }
+ping_pct() { # FILE PERCENT: percentile of the per-reply times (nearest rank)
+  sed -n 's/.* time=\([0-9.]*\) ms.*/\1/p' "$1" | sort -g |
+    awk -v p="$2" '{v[NR] = $1} END {if (NR == 0) print ""; else {i = int((p * NR + 99) / 100); if (i < 1) i = 1; print v[i]}}'
+}
 record() { echo "$1 $2 $3" >>"$RESULTS"; }
 udp_rcvbuf_errors() { # summed RcvbufErrors of both nodes' UDP (/proc/net/snmp, per namespace)
   local n s=0 v
-  for n in "$N0" "$N1"; do
+  for n in "${NODES[@]}"; do
     v=$(nsx "$n" cat /proc/net/snmp | awk '/^Udp: [0-9]/ {print $6}')
     s=$((s + ${v:-0}))
   done
@@ -335,14 +359,16 @@ measure() { # MODE
   read -r bps b < <(iperf "$mode" 1)
   record "$mode" tcp1 "$(awk -v v="$bps" 'BEGIN {printf "%.0f", v / 1e6}')"
   bytes=$(awk -v a="$bytes" -v b="$b" 'BEGIN {printf "%.0f", a + b}')
-  pcount=$(((DURATION - 1) * 5))
-  timeout $((DURATION + 10)) ip netns exec "${SRC[$mode]}" ping -n -q -c "$pcount" -i 0.2 -W 1 "${DST[$mode]}" \
+  pcount=$(((DURATION - 1) * 10))
+  timeout $((DURATION + 10)) ip netns exec "${SRC[$mode]}" ping -n -c "$pcount" -i 0.1 -W 1 "${DST[$mode]}" \
     >"$TMP/ping-load" 2>&1 &
   ping_pid=$!; PIDS+=("$ping_pid")
   read -r bps b < <(iperf "$mode" 4)
   wait "$ping_pid" || true
   record "$mode" tcp4 "$(awk -v v="$bps" 'BEGIN {printf "%.0f", v / 1e6}')"
   record "$mode" rtt_load "$(ping_avg "$TMP/ping-load")"
+  record "$mode" rtt_p50 "$(ping_pct "$TMP/ping-load" 50)"
+  record "$mode" rtt_p99 "$(ping_pct "$TMP/ping-load" 99)"
   bytes=$(awk -v a="$bytes" -v b="$b" 'BEGIN {printf "%.0f", a + b}')
   p1=$(proc_ticks "${procs[@]}"); m1=$(machine_ticks)
   record "$mode" drops "$(($(udp_rcvbuf_errors) - d0))"
@@ -375,15 +401,18 @@ ratio() { # VALUE BASE
 echo
 echo "weft tunnel bench: $(uname -r), $(nproc) CPUs, ${ROUNDS} rounds x ${DURATION}s, pod MTU $MTU, medians"
 echo "kernel WireGuard: $KERNEL_WG   wireguard-go: installed=$WG_GO (Debian candidate ${WG_GO_CANDIDATE:-none})"
-[[ -n ${WEFT_OFFLOAD:-} ]] && echo "weft offload: $WEFT_OFFLOAD"
-printf '%-13s %10s %7s %10s %7s %9s %9s %8s %10s %10s %8s %8s\n' \
-  mode "tcp1 Mb/s" "x raw" "tcp4 Mb/s" "x raw" "rtt ms" "load ms" "x raw" "cpu s/GB" "mach s/GB" "rss MB" "drops"
-base1=$(median raw tcp1); base4=$(median raw tcp4); basel=$(median raw rtt_load)
+for mode in weft weft-alt; do
+  [[ -n ${OFFLOAD[$mode]:-} ]] && echo "$mode offload: ${OFFLOAD[$mode]}"
+done
+[[ -n ${OFFLOAD[weft-alt]:-} ]] && echo "weft-alt: ${WEFT_ALT_BIN} ${WEFT_ALT_ENV}"
+printf '%-13s %10s %7s %10s %7s %9s %9s %8s %8s %10s %10s %8s %8s\n' \
+  mode "tcp1 Mb/s" "x raw" "tcp4 Mb/s" "x raw" "rtt ms" "load ms" "p50 ms" "p99 ms" "cpu s/GB" "mach s/GB" "rss MB" "drops"
+base1=$(median raw tcp1); base4=$(median raw tcp4)
 for mode in "${ACTIVE[@]}"; do
   t1=$(median "$mode" tcp1); t4=$(median "$mode" tcp4); rl=$(median "$mode" rtt_load)
-  printf '%-13s %10s %7s %10s %7s %9s %9s %8s %10s %10s %8s %8s\n' "$mode" \
+  printf '%-13s %10s %7s %10s %7s %9s %9s %8s %8s %10s %10s %8s %8s\n' "$mode" \
     "$t1" "$(ratio "$t1" "$base1")" "$t4" "$(ratio "$t4" "$base4")" \
-    "$(median "$mode" rtt_idle)" "$rl" "$(ratio "$rl" "$basel")" \
+    "$(median "$mode" rtt_idle)" "$rl" "$(median "$mode" rtt_p50)" "$(median "$mode" rtt_p99)" \
     "$(median "$mode" cpu_proc)" "$(median "$mode" cpu_machine)" "$(median "$mode" rss)" "$(median "$mode" drops)"
 done
 # weft against the best userspace tunnel measured in this run, and against VXLAN.
@@ -397,7 +426,11 @@ if [[ " ${ACTIVE[*]} " == *" weft "* ]]; then
     echo "weft / $base: tcp1 $(ratio "$(median weft tcp1)" "$(median "$base" tcp1)"), tcp4 $(ratio "$(median weft tcp4)" "$(median "$base" tcp4)"), rtt idle $(ratio "$(median weft rtt_idle)" "$(median "$base" rtt_idle)"), rtt load $(ratio "$(median weft rtt_load)" "$(median "$base" rtt_load)"), mach s/GB $(ratio "$(median weft cpu_machine)" "$(median "$base" cpu_machine)")$( [[ $base != vxlan ]] && echo ", cpu s/GB $(ratio "$(median weft cpu_proc)" "$(median "$base" cpu_proc)")")"
   done
 fi
+if [[ " ${ACTIVE[*]} " == *" weft-alt "* && " ${ACTIVE[*]} " == *" weft "* ]]; then
+  echo "weft-alt / weft: tcp1 $(ratio "$(median weft-alt tcp1)" "$(median weft tcp1)"), tcp4 $(ratio "$(median weft-alt tcp4)" "$(median weft tcp4)"), rtt load $(ratio "$(median weft-alt rtt_load)" "$(median weft rtt_load)"), p99 $(ratio "$(median weft-alt rtt_p99)" "$(median weft rtt_p99)"), cpu s/GB $(ratio "$(median weft-alt cpu_proc)" "$(median weft cpu_proc)")"
+fi
 for mode in "${!SKIP[@]}"; do echo "skipped $mode: ${SKIP[$mode]}"; done
 echo "cpu s/GB: user+sys of the tunnel's own processes per GB received (weft routers, wireguard-go);"
 echo "mach s/GB: all CPU time of the machine per GB (includes iperf3, softirq and anything else running)."
+echo "load ms: mean ping RTT during the 4-stream run (10 pings/s); p50/p99: median over rounds of each run's percentiles."
 echo "drops: UDP receive-buffer errors (RcvbufErrors) of both nodes during the mode's two iperf3 runs."

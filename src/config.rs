@@ -116,8 +116,9 @@ pub struct RouterConfig {
     pub api: PathBuf,
     /// TUN device name.
     pub iface: String,
-    /// Overlay MTU.
-    pub mtu: u32,
+    /// Overlay MTU; `None` derives it from the underlay interface
+    /// (`--mtu auto`, the default).
+    pub mtu: Option<u32>,
     /// Rekey interval.
     pub rekey_after: Duration,
     /// Data-plane workers.
@@ -143,10 +144,11 @@ impl RouterConfig {
                 self.name
             );
         }
-        if !(576..=65_000).contains(&self.mtu) {
+        if let Some(mtu) = self.mtu
+            && !(576..=65_000).contains(&mtu)
+        {
             anyhow::bail!(
-                "--mtu {} is out of range: use 576 to 65000 (1420 suits a 1500-byte underlay)",
-                self.mtu
+                "--mtu {mtu} is out of range: use 576 to 65000, or auto (1420 suits a 1500-byte underlay)"
             );
         }
         if self.iface.is_empty() || self.iface.len() > 15 {

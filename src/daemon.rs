@@ -65,6 +65,8 @@ async fn serve(
         Some(addr) => Some(crate::metrics::bind(addr).await?),
         None => None,
     };
+    let advertised = advertised_address(config.listen, &config.seeds);
+    let (mtu, mtu_source) = overlay_mtu(config.mtu, advertised).await;
     let epoch = Instant::now();
     let (worker_tx, worker_rx) = mpsc::unbounded_channel();
     let short = ShortId::preferred(identity.id());
@@ -74,7 +76,7 @@ async fn serve(
             listen: config.listen,
             workers: config.workers,
         },
-        Snapshot::new(short, config.mtu as usize),
+        Snapshot::new(short, mtu as usize),
         worker_tx,
     )
     .map_err(|e| match e.raw_os_error() {
@@ -98,7 +100,7 @@ async fn serve(
     )?;
     let plan = InterfacePlan {
         iface: config.iface.clone(),
-        mtu: config.mtu,
+        mtu,
         own_address: None,
         range: config.range,
         owned: Vec::new(),
@@ -106,12 +108,13 @@ async fn serve(
     netlink::configure(&plan).await?;
     let (kernel_tx, kernel_rx) = watch::channel(plan);
     tokio::spawn(apply_kernel_plans(kernel_rx));
-    let advertised = advertised_address(config.listen, &config.seeds);
     tracing::info!(
         name = %config.name,
         id = %identity.id(),
         listen = %config.listen,
         %advertised,
+        mtu,
+        mtu_source,
         identity = if created { "created" } else { "loaded" },
         workers = dataplane.lanes(),
         "router starting"
@@ -141,13 +144,14 @@ async fn serve(
             name: config.name.clone(),
             short_id: short.0,
             listen: advertised,
-            mtu: config.mtu,
+            mtu,
             incarnation: rand::random(),
             session_index: 0,
             cluster_range: config.range.to_string(),
         },
         session_indices: AtomicU32::new(rand::random::<u32>() & 0x00ff_ffff),
         events: connection_tx,
+        msg1_guard: std::sync::Mutex::new(crate::crypto::Msg1Guard::new()),
     });
     let (api_tx, api_rx) = mpsc::channel(64);
     if let Some(listener) = metrics_listener {
@@ -166,7 +170,7 @@ async fn serve(
             listen: advertised,
             seeds: config.seeds.clone(),
             range: config.range,
-            mtu: config.mtu,
+            mtu,
             rekey_after: config.rekey_after,
         },
         context,
@@ -244,6 +248,40 @@ async fn watch_secrets(path: std::path::PathBuf, secrets: Arc<ArcSwap<ClusterSec
 /// The address peers should use: the listen address, or when it is
 /// unspecified, the local address the kernel would use toward the first seed
 /// (found with a connected UDP socket: nothing is sent).
+/// Bytes the underlay adds to an inner packet: an outer IP header counted
+/// as IPv6's 40 so that either family fits (DESIGN.md "MTU"), UDP, the data
+/// header and the AEAD tag. 1500 - 80 = 1420.
+const ENCAPSULATION: u32 =
+    40 + 8 + crate::router::packet::HEADER_LEN as u32 + crate::crypto::TAG_LEN as u32;
+
+/// The MTU this router announces and where it came from: `--mtu`, or the
+/// underlay interface's MTU less [`ENCAPSULATION`] (1420 if the interface
+/// cannot be found). Logged with "router starting", so that a router that
+/// fails to start says only why.
+async fn overlay_mtu(configured: Option<u32>, advertised: SocketAddr) -> (u32, String) {
+    if let Some(mtu) = configured {
+        return (mtu, "--mtu".into());
+    }
+    let found = match advertised.ip() {
+        IpAddr::V4(local) => netlink::mtu_of_interface_with(local).await,
+        IpAddr::V6(_) => None,
+    };
+    match found {
+        // Loopback's 65536 would make datagrams over UDP's limit.
+        Some(underlay) if underlay >= 576 + ENCAPSULATION => (
+            (underlay - ENCAPSULATION).min(65_000),
+            format!("underlay interface MTU {underlay} - {ENCAPSULATION}"),
+        ),
+        _ => (
+            1420,
+            format!(
+                "default: no interface holds {} (pass --mtu to choose)",
+                advertised.ip()
+            ),
+        ),
+    }
+}
+
 fn advertised_address(listen: SocketAddr, seeds: &[SocketAddr]) -> SocketAddr {
     if !listen.ip().is_unspecified() {
         return listen;

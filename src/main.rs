@@ -114,9 +114,11 @@ struct RouterArgs {
     /// The TUN device.
     #[arg(long, env = "WEFT_IFACE", default_value = "weft0")]
     iface: String,
-    /// Overlay MTU.
-    #[arg(long, env = "WEFT_MTU", default_value_t = 1420)]
-    mtu: u32,
+    /// Overlay MTU: a number, or `auto` (the underlay interface's MTU minus
+    /// 80 bytes of encapsulation; the cluster then uses the smallest any
+    /// router announces).
+    #[arg(long, env = "WEFT_MTU", default_value = "auto")]
+    mtu: String,
     /// Do not masquerade pod traffic leaving the range.
     #[arg(long, env = "WEFT_NO_MASQ")]
     no_masq: bool,
@@ -261,7 +263,7 @@ fn router_config(args: RouterArgs) -> anyhow::Result<RouterConfig> {
         state_dir: args.state_dir,
         api: args.api,
         iface: args.iface,
-        mtu: args.mtu,
+        mtu: parse_mtu(&args.mtu)?,
         rekey_after,
         workers,
         metrics_addr: args.metrics_addr.map(|a| {
@@ -331,4 +333,13 @@ fn status(args: StatusArgs) -> anyhow::Result<()> {
         weft::status_text::render(&status, args.section.as_deref())
     );
     Ok(())
+}
+/// `--mtu`: `auto` or a number of bytes.
+fn parse_mtu(text: &str) -> anyhow::Result<Option<u32>> {
+    if text.eq_ignore_ascii_case("auto") {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        anyhow::anyhow!("--mtu {text:?} is not a number: pass bytes (e.g. 1420) or auto")
+    })
 }

@@ -11,6 +11,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -176,9 +177,29 @@ pub fn render(status: &Status) -> String {
         "Overlay MTU",
         u64::from(status.dataplane.mtu),
     );
+    registry.register(
+        "datapath",
+        "Which data path is active: the offloads in use (tso, uso, gso, gro, or none) and why the others are off",
+        Info::new(datapath_labels(&status.dataplane.offload)),
+    );
     let mut out = String::new();
     let _ = encode(&mut out, &registry);
     out
+}
+
+/// Splits the status string `tso+uso+gro (gso off: EIO ...)` into the
+/// `offload` label (the active parts) and, when some part is off, a
+/// `reason` label, so dashboards can match on the first exactly.
+fn datapath_labels(offload: &str) -> Labels {
+    let (active, reason) = match offload.split_once(" (") {
+        Some((active, rest)) => (active, rest.strip_suffix(')').unwrap_or(rest)),
+        None => (offload, ""),
+    };
+    let mut labels = vec![("offload".to_string(), active.trim().to_string())];
+    if !reason.is_empty() {
+        labels.push(("reason".to_string(), reason.to_string()));
+    }
+    labels
 }
 
 /// A histogram built elsewhere (the status object), encoded as is.
@@ -249,5 +270,32 @@ pub async fn serve(listener: TcpListener, calls: mpsc::Sender<ApiCall>) {
             };
             let _ = stream.write_all(response.as_bytes()).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_datapath_label_is_the_active_offloads_and_the_reason_stands_apart() {
+        assert_eq!(
+            datapath_labels("tso+uso+gso+gro"),
+            vec![("offload".to_string(), "tso+uso+gso+gro".to_string())]
+        );
+        assert_eq!(
+            datapath_labels("tso+uso+gro (gso off: EIO on a UDP_SEGMENT send)"),
+            vec![
+                ("offload".to_string(), "tso+uso+gro".to_string()),
+                (
+                    "reason".to_string(),
+                    "gso off: EIO on a UDP_SEGMENT send".to_string()
+                ),
+            ]
+        );
+        assert_eq!(
+            datapath_labels("none (disabled by WEFT_DISABLE_OFFLOAD)")[0].1,
+            "none"
+        );
     }
 }

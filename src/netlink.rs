@@ -155,6 +155,31 @@ pub async fn addresses_in_use(iface: &str, range: Ipv4Cidr) -> Vec<(Ipv4Addr, bo
     found
 }
 
+/// The MTU of the interface that holds `local` (the underlay address this
+/// router sends from), or `None` if no interface has it.
+pub async fn mtu_of_interface_with(local: Ipv4Addr) -> Option<u32> {
+    use rtnetlink::packet_route::link::LinkAttribute;
+    let (connection, handle, _) = rtnetlink::new_connection().ok()?;
+    tokio::spawn(connection);
+    let mut addresses = handle.address().get().execute();
+    let mut index = None;
+    while let Ok(Some(message)) = addresses.try_next().await {
+        let holds = message.attributes.iter().any(|a| {
+            matches!(a, AddressAttribute::Address(IpAddr::V4(addr)) | AddressAttribute::Local(IpAddr::V4(addr)) if *addr == local)
+        });
+        if holds {
+            index = Some(message.header.index);
+            break;
+        }
+    }
+    let mut links = handle.link().get().match_index(index?).execute();
+    let link = links.try_next().await.ok()??;
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Mtu(mtu) => Some(*mtu),
+        _ => None,
+    })
+}
+
 async fn remove_stale_addresses(handle: &Handle, index: u32, keep: Option<Ipv4Addr>) {
     let mut addresses = handle
         .address()

@@ -31,6 +31,36 @@ fn offload(r: &Router) -> String {
         .to_string()
 }
 
+/// The nice values of the router's `weft-worker-*` threads, found through
+/// /proc by the router's API socket path on its command line.
+fn worker_nice(r: &Router) -> Vec<i32> {
+    let api = r.api().display().to_string();
+    let mut nice = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if !cmdline.contains(" router ") || !cmdline.contains(&api) {
+            continue;
+        }
+        for task in std::fs::read_dir(entry.path().join("task"))
+            .unwrap()
+            .flatten()
+        {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if !comm.starts_with("weft-worker") {
+                continue;
+            }
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+            // After "pid (comm) ", nice is the 17th field (stat(5) field 19).
+            let rest = &stat[stat.rfind(')').unwrap() + 2..];
+            nice.push(rest.split(' ').nth(16).unwrap().parse().unwrap());
+        }
+    }
+    nice
+}
+
 /// A deterministic byte stream.
 fn pattern(n: usize, seed: usize) -> Vec<u8> {
     (0..n)
@@ -245,6 +275,19 @@ fn every_size_of_tcp_udp_and_icmp_arrives_intact_over_the_offload_path() {
             "{}: offload is {path:?}, expected the fast path",
             r.name
         );
+        // The workers run at the raised priority that keeps ping under load
+        // short (docs/DATAPATH.md "Queues and latency"), and say so.
+        let nice = worker_nice(r);
+        assert!(
+            !nice.is_empty() && nice.iter().all(|&n| n == -10),
+            "{}: worker nice values {nice:?}",
+            r.name
+        );
+        assert!(
+            r.log_tail().contains("raised CPU priority"),
+            "{}: the log does not say the workers' priority",
+            r.name
+        );
     }
     every_kind_of_traffic(&p);
 }
@@ -254,7 +297,7 @@ fn the_plain_path_carries_the_same_traffic_when_offload_is_disabled_and_status_s
     if !require_root("datapath_plain") {
         return;
     }
-    let p = pair(&[("WEFT_DISABLE_OFFLOAD", "1")]);
+    let p = pair(&[("WEFT_DISABLE_OFFLOAD", "1"), ("WEFT_WORKER_NICE", "off")]);
     for r in &p.routers {
         let path = offload(r);
         assert!(
@@ -265,6 +308,12 @@ fn the_plain_path_carries_the_same_traffic_when_offload_is_disabled_and_status_s
         assert!(
             r.log_tail().contains("offload"),
             "{}: the log does not say which path is in use",
+            r.name
+        );
+        let nice = worker_nice(r);
+        assert!(
+            !nice.is_empty() && nice.iter().all(|&n| n == 0),
+            "{}: WEFT_WORKER_NICE=off left worker nice values {nice:?}",
             r.name
         );
     }

@@ -155,6 +155,13 @@ impl Arena {
     }
 }
 
+/// Time since the Unix epoch, for message 1.
+fn wall_clock() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+}
+
 fn sum_dropped(router: &Router, reasons: &[&str]) -> u64 {
     reasons.iter().map(|r| router.dropped(r)).sum()
 }
@@ -388,7 +395,8 @@ fn a_flood_of_handshake_initiations_from_many_ports_is_rate_limited_and_costs_bo
     // The real secret's ID, so that each message 1 gets as far as the
     // responder's DH and tag check (the expensive path).
     let identity = Identity::generate(&mut rand::thread_rng());
-    let (_, real) = Handshake::initiator(&identity, &secrets, &prologue("10.32.0.0/12")).unwrap();
+    let (_, real) =
+        Handshake::initiator(&identity, &secrets, &prologue("10.32.0.0/12"), wall_clock()).unwrap();
     let secret_id: [u8; 4] = real[..4].try_into().unwrap();
     let ping = arena.ping_during(15);
     let before = (
@@ -507,11 +515,14 @@ fn replayed_handshake_messages_never_yield_a_session_and_time_out() {
     let peers_before = arena.routers[0].status().unwrap()["peers"].clone();
     let ping = arena.ping_during(16);
     let before = arena.handshakes("protocol") + arena.handshakes("refused");
+    let replayed_before = arena.handshakes("replayed");
     let sources = add_sources(arena.attacker(), 100, 4);
+    let stale_source = sources[0];
     let (replays, answered_msg1, closed) = in_netns(&arena.attacker().name, move || {
         let msg1 = dialled[..MSG1_LEN].to_vec();
         let mut streams = Vec::new();
-        // Message 1 alone (the router may answer with message 2, but can
+        // Message 1 alone (the router answers at most the first copy, if the
+        // capture is of its own dial and it never saw that message 1, and can
         // never get a valid message 3), and the whole recorded client side
         // (message 1, message 3 and records) in one go, several times each.
         for i in 0..12 {
@@ -545,10 +556,51 @@ fn replayed_handshake_messages_never_yield_a_session_and_time_out() {
         closed, replays,
         "a replayed handshake stayed open past the timeout"
     );
-    let failed = arena.handshakes("protocol") + arena.handshakes("refused") - before;
+    let replayed = arena.handshakes("replayed") - replayed_before;
+    let failed = arena.handshakes("protocol") + arena.handshakes("refused") - before + replayed;
     assert!(
         failed as usize >= replays,
         "only {failed} of {replays} replays were counted as failed handshakes"
+    );
+    // The replay guard: no copy of a message 1 it admitted before gets a
+    // message 2 (no DH work); only a first sighting could.
+    assert!(
+        answered_msg1 <= 1,
+        "{answered_msg1} replays of one message 1 got a message 2"
+    );
+    assert!(
+        replayed as usize >= replays - 1,
+        "only {replayed} of {replays} replays were refused as replayed"
+    );
+    // A message 1 that authenticates but is timestamped 400 s ago (an old
+    // replay, or a node whose clock is off): refused before any DH work, and
+    // the log says what to fix.
+    let secrets = ClusterSecrets::load(&arena.cluster.dir.path.join("secret")).unwrap();
+    let identity = Identity::generate(&mut rand::thread_rng());
+    let stale = wall_clock() - Duration::from_secs(400);
+    let (_, msg1) =
+        Handshake::initiator(&identity, &secrets, &prologue("10.32.0.0/12"), stale).unwrap();
+    let skew_before = arena.handshakes("clock_skew");
+    let source = stale_source;
+    let stale_answered = in_netns(&arena.attacker().name, move || {
+        let mut stream = connect_from(source, target).unwrap();
+        stream.write_all(&msg1).unwrap();
+        let mut got = 0;
+        assert!(closed_within(&mut stream, Duration::from_secs(5), &mut got));
+        got
+    })
+    .join()
+    .unwrap();
+    assert_eq!(stale_answered, 0, "a stale message 1 got an answer");
+    assert!(
+        wait_until(Duration::from_secs(5), || arena.handshakes("clock_skew")
+            > skew_before),
+        "the stale message 1 was not counted as clock_skew"
+    );
+    let log = arena.routers[0].log_tail();
+    assert!(
+        log.contains("behind our clock") && log.contains("NTP"),
+        "no clock-skew line in the log:\n{log}"
     );
     let peers_after = arena.routers[0].status().unwrap()["peers"].clone();
     assert_eq!(
@@ -612,7 +664,7 @@ fn one_source_holding_idle_connections_cannot_lock_a_newcomer_out() {
         // another address: it must get message 2 back.
         let identity = Identity::generate(&mut rand::thread_rng());
         let (_, msg1) =
-            Handshake::initiator(&identity, &secrets, &prologue("10.32.0.0/12")).unwrap();
+            Handshake::initiator(&identity, &secrets, &prologue("10.32.0.0/12"), wall_clock()).unwrap();
         let mut answered = 0;
         if let Ok(mut stream) = connect_from(newcomer, target) {
             stream.write_all(&msg1).unwrap();

@@ -26,8 +26,15 @@ fn handshake(
     identity: &Identity,
 ) -> (TcpStream, weft::crypto::FrameSealer) {
     let secrets = ClusterSecrets::load(secret_file).unwrap();
-    let (mut hs, msg1) =
-        Handshake::initiator(identity, &secrets, &prologue("10.32.0.0/12")).unwrap();
+    let (mut hs, msg1) = Handshake::initiator(
+        identity,
+        &secrets,
+        &prologue("10.32.0.0/12"),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(msg1.len(), MSG1_LEN);
     let mut stream = TcpStream::connect_timeout(&to, Duration::from_secs(5)).unwrap();
     stream

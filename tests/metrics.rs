@@ -107,6 +107,23 @@ fn metrics_scraped_during_traffic_parse_and_their_counters_move() {
     assert_eq!(after[r#"weft_connections{state="established"}"#], 1.0);
     assert!(after[r#"weft_handshakes_total{result="ok"}"#] >= 1.0);
     assert!(after["weft_ipam_owned_addresses"] > 0.0);
+    // The active data path is exposed as an info metric whose `offload`
+    // label is the status string's active part (the fast path here, as
+    // tests/datapath.rs requires of this kernel).
+    let path = routers[0].status().unwrap()["dataplane"]["offload"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(path, "tso+uso+gso+gro", "status offload");
+    assert_eq!(
+        after.get(&format!(r#"weft_datapath_info{{offload="{path}"}}"#)),
+        Some(&1.0),
+        "{:?}",
+        after
+            .keys()
+            .filter(|k| k.contains("datapath"))
+            .collect::<Vec<_>>()
+    );
     // Ring gossip flows both ways; address requests are counted and timed.
     assert!(after[r#"weft_gossip_messages_total{channel="ring",direction="in"}"#] >= 1.0);
     assert!(after[r#"weft_gossip_bytes_total{channel="topology",direction="out"}"#] > 0.0);

@@ -9,6 +9,7 @@
 use super::proto::{self, ControlMessage, Hello, MAX_HANDSHAKE_MESSAGE, MAX_RECORD, RekeyHello};
 use crate::crypto::data::DataKey;
 use crate::crypto::frame::{FrameOpener, FrameSealer};
+use crate::crypto::freshness::{Msg1Guard, Msg1Refused};
 use crate::crypto::handshake::{Handshake, MSG1_LEN, SessionKeys};
 use crate::crypto::identity::Identity;
 use crate::crypto::secret::ClusterSecrets;
@@ -45,6 +46,8 @@ pub struct ConnectionContext {
     pub session_indices: AtomicU32,
     /// Where events go.
     pub events: mpsc::UnboundedSender<ConnectionEvent>,
+    /// The message-1 replay guard shared by all inbound handshakes.
+    pub msg1_guard: std::sync::Mutex<Msg1Guard>,
 }
 
 impl ConnectionContext {
@@ -147,6 +150,11 @@ pub enum HandshakeFailure {
     SelfConnection,
     /// The peer speaks no common version on some channel, or another range.
     Incompatible(String),
+    /// An authenticated message 1 we admitted before: a replay.
+    Replayed,
+    /// An authenticated message 1 timestamped too far from our clock: an old
+    /// replay, or a peer whose clock is off (the text says how far).
+    ClockSkew(String),
 }
 
 impl HandshakeFailure {
@@ -158,6 +166,8 @@ impl HandshakeFailure {
             Self::Protocol(_) => "protocol",
             Self::SelfConnection => "self",
             Self::Incompatible(_) => "incompatible",
+            Self::Replayed => "replayed",
+            Self::ClockSkew(_) => "clock_skew",
         }
     }
 }
@@ -336,6 +346,14 @@ async fn run(
     let _ = context.events.send(ConnectionEvent::Down { id, reason });
 }
 
+/// Time since the Unix epoch, for message 1's timestamp (zero if the clock
+/// is before 1970, which the peer then refuses with a clear reason).
+fn wall_clock() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
 fn hello_bytes(context: &ConnectionContext, session_index: u32) -> Vec<u8> {
     let mut hello = context.hello.clone();
     hello.session_index = session_index;
@@ -348,7 +366,7 @@ async fn initiate(
 ) -> Result<Established, HandshakeFailure> {
     let secrets = context.secrets.load_full();
     let (mut handshake, msg1) =
-        Handshake::initiator(&context.identity, &secrets, &context.prologue)
+        Handshake::initiator(&context.identity, &secrets, &context.prologue, wall_clock())
             .map_err(|e| HandshakeFailure::Protocol(e.to_string()))?;
     write_all(stream, &msg1).await?;
     let msg2 = read_short_frame(stream).await?;
@@ -377,8 +395,22 @@ async fn respond(
         .await
         .map_err(|e| HandshakeFailure::Protocol(format!("reading message 1: {e}")))?;
     let secrets = context.secrets.load_full();
-    let mut handshake = Handshake::responder(&context.identity, &secrets, &context.prologue, &msg1)
-        .map_err(|_| HandshakeFailure::Refused)?;
+    let (mut handshake, stamp) =
+        Handshake::responder(&context.identity, &secrets, &context.prologue, &msg1)
+            .map_err(|_| HandshakeFailure::Refused)?;
+    // Before any DH work: a replayed message 1 costs one lookup.
+    let admitted = context
+        .msg1_guard
+        .lock()
+        .map_err(|_| HandshakeFailure::Protocol("replay guard poisoned".into()))?
+        .admit(&stamp, wall_clock());
+    match admitted {
+        Ok(()) => {}
+        Err(Msg1Refused::Replayed) => return Err(HandshakeFailure::Replayed),
+        Err(skew @ Msg1Refused::ClockSkew { .. }) => {
+            return Err(HandshakeFailure::ClockSkew(skew.to_string()));
+        }
+    }
     let local_index = context.next_session_index();
     let msg2 = handshake
         .write_message(&hello_bytes(context, local_index))
@@ -621,9 +653,13 @@ impl Link {
             return Ok(());
         }
         let secrets = self.context.secrets.load_full();
-        let (handshake, msg1) =
-            Handshake::initiator(&self.context.identity, &secrets, &self.context.prologue)
-                .map_err(|e| format!("rekey: {e}"))?;
+        let (handshake, msg1) = Handshake::initiator(
+            &self.context.identity,
+            &secrets,
+            &self.context.prologue,
+            wall_clock(),
+        )
+        .map_err(|e| format!("rekey: {e}"))?;
         self.rekey = Some(RekeyInProgress {
             handshake,
             local_index: 0,
@@ -647,7 +683,10 @@ impl Link {
                     self.rekey = None;
                 }
                 let secrets = self.context.secrets.load_full();
-                let Ok(mut handshake) = Handshake::responder(
+                // No replay guard here: the TCP channel is already sealed with
+                // counters, so its records cannot be replayed, and a clock that
+                // drifts must not break a live connection's rekeys.
+                let Ok((mut handshake, _)) = Handshake::responder(
                     &self.context.identity,
                     &secrets,
                     &self.context.prologue,

@@ -132,6 +132,7 @@ pub struct Control {
     heartbeat_counters: HashMap<u32, u64>,
     heartbeat_windows: HashMap<u32, ReplayWindow>,
     last_refusal_log: Option<Instant>,
+    last_clock_skew_log: Option<Instant>,
     dirty: bool,
     ipam: IpamDriver,
     gossip_traffic: BTreeMap<String, TrafficCount>,
@@ -242,6 +243,7 @@ impl Control {
             heartbeat_counters: HashMap::new(),
             heartbeat_windows: HashMap::new(),
             last_refusal_log: None,
+            last_clock_skew_log: None,
             dirty: true,
             ipam,
             kernel,
@@ -477,6 +479,30 @@ impl Control {
         }
     }
 
+    /// The overlay MTU of the whole cluster (DESIGN.md "MTU"): the smallest
+    /// any router announces, ours included, so that a packet fits every path.
+    fn cluster_mtu(&self) -> u32 {
+        self.config.mtu.min(u32::from(self.gossip.cluster_mtu()))
+    }
+
+    /// Makes weft0 follow the cluster MTU (the kernel then answers
+    /// oversized forwarded packets itself; the data plane's `icmp` covers
+    /// the moments in between), and says when it changes.
+    fn follow_cluster_mtu(&mut self, mtu: u32) {
+        self.kernel.send_if_modified(|plan| {
+            if plan.mtu == mtu {
+                return false;
+            }
+            tracing::info!(
+                from = plan.mtu,
+                to = mtu,
+                "cluster MTU changed: the smallest MTU any router announces (pods created from now on get it)"
+            );
+            plan.mtu = mtu;
+            true
+        });
+    }
+
     fn count_gossip(&mut self, channel: Channel, direction: &str, messages: u64, len: usize) {
         let name = match channel {
             Channel::Topology => "topology",
@@ -595,6 +621,8 @@ impl Control {
                 self.count_handshake(reason.as_str());
                 if matches!(reason, HandshakeFailure::Refused) {
                     self.log_refusal(remote);
+                } else if let HandshakeFailure::ClockSkew(why) = &reason {
+                    self.log_clock_skew(remote, why);
                 } else {
                     tracing::debug!(%remote, outbound, ?reason, "handshake failed");
                 }
@@ -639,6 +667,19 @@ impl Control {
             self.last_refusal_log = Some(now);
             tracing::warn!(%remote, refused = self.handshakes.get("refused").copied().unwrap_or(0),
                 "refused a handshake: the peer does not hold the cluster secret");
+        }
+    }
+
+    /// A peer whose clock is off cannot connect until it is fixed: say so
+    /// (at most once a second, like every refusal).
+    fn log_clock_skew(&mut self, remote: SocketAddr, why: &str) {
+        let now = Instant::now();
+        if self
+            .last_clock_skew_log
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            self.last_clock_skew_log = Some(now);
+            tracing::warn!(%remote, "refused a handshake: {why}");
         }
     }
 
@@ -858,7 +899,7 @@ impl Control {
         };
         *counter += 1;
         let (kind, full, body_len) = match heartbeat {
-            Heartbeat::Ping { full: true } => (HEARTBEAT_PROBE, 1, self.config.mtu as usize),
+            Heartbeat::Ping { full: true } => (HEARTBEAT_PROBE, 1, self.cluster_mtu() as usize),
             Heartbeat::Ping { full: false } => (HEARTBEAT_PING, 0, 10),
             Heartbeat::Pong { full } => (HEARTBEAT_PONG, u8::from(full), 10),
         };
@@ -986,7 +1027,9 @@ impl Control {
                 p.short = short;
             }
         }
-        let mut snapshot = Snapshot::new(self.short, self.config.mtu as usize);
+        let mtu = self.cluster_mtu();
+        self.follow_cluster_mtu(mtu);
+        let mut snapshot = Snapshot::new(self.short, mtu as usize);
         let owners: Vec<OwnedRange> = self
             .ipam
             .owners()
@@ -1062,13 +1105,12 @@ impl Control {
 
     fn handle_api(&mut self, request: Request) -> Reply {
         let now = Instant::now();
+        let mtu = self.cluster_mtu();
         let gossip = &self.gossip;
-        if let Some(reply) = self.ipam.handle_api(
-            &request,
-            self.config.mtu,
-            |name| gossip.name_holder(name),
-            now,
-        ) {
+        if let Some(reply) =
+            self.ipam
+                .handle_api(&request, mtu, |name| gossip.name_holder(name), now)
+        {
             self.api_latency.observe(now.elapsed().as_secs_f64());
             if request_changes_ownership(&request) {
                 self.drive_ipam(now);
@@ -1239,7 +1281,7 @@ impl Control {
             connections,
             ipam,
             dataplane: DataplaneStatus {
-                mtu: self.config.mtu,
+                mtu: self.cluster_mtu(),
                 offload: offload.into(),
                 workers: self.dataplane.lanes(),
                 totals: self.dataplane.totals(),

@@ -3,10 +3,14 @@
 //! `Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s` through snow, over the TCP control
 //! connection. Three messages:
 //!
-//! 1. initiator → responder: `[secret_id:4] ‖ noise(e)` with an empty payload,
-//!    exactly [`MSG1_LEN`] bytes. With psk0 its tag already proves the
-//!    cluster secret, so a responder reads exactly this much, allocates
-//!    nothing more, and sends nothing back to a router without the secret.
+//! 1. initiator → responder: `[secret_id:4] ‖ noise(e)` whose payload is the
+//!    initiator's wall-clock time (12 bytes: seconds and nanoseconds since the
+//!    Unix epoch, big-endian), exactly [`MSG1_LEN`] bytes. With psk0 its tag
+//!    already proves the cluster secret, so a responder reads exactly this
+//!    much, allocates nothing more, and sends nothing back to a router without
+//!    the secret. The time and the ephemeral key come back as a [`Msg1Stamp`]
+//!    so that the driver can refuse a replayed message 1 before it does any
+//!    Diffie-Hellman work ([`crate::crypto::freshness`]).
 //! 2. responder → initiator: `noise(e, ee, s, es)` + payload (the control
 //!    layer's hello);
 //! 3. initiator → responder: `noise(s, se)` + payload.
@@ -32,13 +36,16 @@ const NOISE_PARAMS: &str = "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s";
 /// Version of the handshake's own framing, bound into the prologue. The
 /// per-channel version ranges travel in the payloads instead, so that mixed
 /// versions can still agree; a change here makes old and new refuse each other.
-pub const HANDSHAKE_VERSION: u8 = 1;
+/// Version 2 added the timestamp to message 1.
+pub const HANDSHAKE_VERSION: u8 = 2;
 const SECRET_ID_LEN: usize = 4;
 const DH_LEN: usize = 32;
 const TAG_LEN: usize = 16;
-/// Fixed size of message 1: the secret ID, the ephemeral key, the empty
-/// payload's tag.
-pub const MSG1_LEN: usize = SECRET_ID_LEN + DH_LEN + TAG_LEN;
+/// Message 1's payload: seconds (u64) and nanoseconds (u32) since the epoch.
+const MSG1_PAYLOAD_LEN: usize = 12;
+/// Fixed size of message 1: the secret ID, the ephemeral key, the
+/// timestamp, the payload's tag.
+pub const MSG1_LEN: usize = SECRET_ID_LEN + DH_LEN + MSG1_PAYLOAD_LEN + TAG_LEN;
 /// Largest message 2 or 3 accepted or produced (Noise's limit).
 pub const MAX_MESSAGE_LEN: usize = 65535;
 /// Noise overhead of message 2 (e, encrypted s, payload tag); message 3 has less.
@@ -71,6 +78,17 @@ impl fmt::Debug for Handshake {
             .field("failed", &self.failed)
             .finish_non_exhaustive()
     }
+}
+
+/// What an authenticated message 1 says about itself, for the replay guard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Msg1Stamp {
+    /// The initiator's wall-clock time when it wrote the message, since the
+    /// Unix epoch.
+    pub sent_at: std::time::Duration,
+    /// The initiator's ephemeral public key: fresh per handshake, so a second
+    /// message 1 with the same key is a replay.
+    pub ephemeral: [u8; DH_LEN],
 }
 
 /// The keys of one finished handshake, oriented for this side.
@@ -156,13 +174,16 @@ fn build(
 
 impl Handshake {
     /// Starts a handshake as initiator with the primary secret; returns it
-    /// and message 1 (exactly [`MSG1_LEN`] bytes) to send.
+    /// and message 1 (exactly [`MSG1_LEN`] bytes) to send. `wall_clock` is
+    /// the time since the Unix epoch (the responder refuses a message 1 much
+    /// older or newer than its own clock).
     pub fn initiator(
         identity: &Identity,
         secrets: &ClusterSecrets,
         prologue: &[u8],
+        wall_clock: std::time::Duration,
     ) -> Result<(Self, Vec<u8>), HandshakeError> {
-        Self::initiator_inner(identity, secrets, prologue, None)
+        Self::initiator_inner(identity, secrets, prologue, wall_clock, None)
     }
 
     /// As [`Self::initiator`], with the ephemeral key drawn from `seed`
@@ -171,23 +192,28 @@ impl Handshake {
         identity: &Identity,
         secrets: &ClusterSecrets,
         prologue: &[u8],
+        wall_clock: std::time::Duration,
         seed: u64,
     ) -> Result<(Self, Vec<u8>), HandshakeError> {
-        Self::initiator_inner(identity, secrets, prologue, Some(seed))
+        Self::initiator_inner(identity, secrets, prologue, wall_clock, Some(seed))
     }
 
     fn initiator_inner(
         identity: &Identity,
         secrets: &ClusterSecrets,
         prologue: &[u8],
+        wall_clock: std::time::Duration,
         seed: Option<u64>,
     ) -> Result<(Self, Vec<u8>), HandshakeError> {
         let secret = secrets.primary();
         let mut state = build(identity, &secret.psk, prologue, seed, true)?;
+        let mut timestamp = [0u8; MSG1_PAYLOAD_LEN];
+        timestamp[..8].copy_from_slice(&wall_clock.as_secs().to_be_bytes());
+        timestamp[8..].copy_from_slice(&wall_clock.subsec_nanos().to_be_bytes());
         let mut msg1 = vec![0u8; MSG1_LEN];
         msg1[..SECRET_ID_LEN].copy_from_slice(&secret.id.0);
         let written = state
-            .write_message(&[], &mut msg1[SECRET_ID_LEN..])
+            .write_message(&timestamp, &mut msg1[SECRET_ID_LEN..])
             .map_err(HandshakeError::Noise)?;
         if written != MSG1_LEN - SECRET_ID_LEN {
             return Err(HandshakeError::Noise(snow::Error::Input));
@@ -202,14 +228,16 @@ impl Handshake {
     }
 
     /// Answers message 1 as responder: picks the secret named by its ID
-    /// (primary or secondary) and authenticates the message. On any error
-    /// nothing should be sent back: close the connection.
+    /// (primary or secondary) and authenticates the message; returns the
+    /// handshake and the message's [`Msg1Stamp`] (check it before writing
+    /// message 2). On any error nothing should be sent back: close the
+    /// connection.
     pub fn responder(
         identity: &Identity,
         secrets: &ClusterSecrets,
         prologue: &[u8],
         msg1: &[u8],
-    ) -> Result<Self, HandshakeError> {
+    ) -> Result<(Self, Msg1Stamp), HandshakeError> {
         Self::responder_inner(identity, secrets, prologue, msg1, None)
     }
 
@@ -221,7 +249,7 @@ impl Handshake {
         prologue: &[u8],
         msg1: &[u8],
         seed: u64,
-    ) -> Result<Self, HandshakeError> {
+    ) -> Result<(Self, Msg1Stamp), HandshakeError> {
         Self::responder_inner(identity, secrets, prologue, msg1, Some(seed))
     }
 
@@ -231,7 +259,7 @@ impl Handshake {
         prologue: &[u8],
         msg1: &[u8],
         seed: Option<u64>,
-    ) -> Result<Self, HandshakeError> {
+    ) -> Result<(Self, Msg1Stamp), HandshakeError> {
         if msg1.len() != MSG1_LEN {
             return Err(HandshakeError::Msg1Length { len: msg1.len() });
         }
@@ -243,14 +271,31 @@ impl Handshake {
         let mut state = build(identity, &secret.psk, prologue, seed, false)?;
         let mut payload = [0u8; MSG1_LEN];
         match state.read_message(noise, &mut payload) {
-            Ok(0) => Ok(Self {
+            Ok(MSG1_PAYLOAD_LEN) => {}
+            // Cannot happen: the fixed length leaves room for exactly this payload.
+            Ok(_) => return Err(HandshakeError::Malformed),
+            Err(e) => return Err(read_error(e)),
+        }
+        let mut secs = [0u8; 8];
+        secs.copy_from_slice(&payload[..8]);
+        let mut nanos = [0u8; 4];
+        nanos.copy_from_slice(&payload[8..MSG1_PAYLOAD_LEN]);
+        let mut ephemeral = [0u8; DH_LEN];
+        ephemeral.copy_from_slice(&noise[..DH_LEN]);
+        let stamp = Msg1Stamp {
+            // A nanosecond field over 10^9 carries into the seconds (no panic).
+            sent_at: std::time::Duration::from_secs(u64::from_be_bytes(secs)).saturating_add(
+                std::time::Duration::from_nanos(u64::from(u32::from_be_bytes(nanos))),
+            ),
+            ephemeral,
+        };
+        Ok((
+            Self {
                 state,
                 failed: false,
-            }),
-            // Cannot happen: the fixed length leaves no room for a payload.
-            Ok(_) => Err(HandshakeError::Malformed),
-            Err(e) => Err(read_error(e)),
-        }
+            },
+            stamp,
+        ))
     }
 
     /// Writes the next message (responder: message 2; initiator: message 3)
@@ -464,6 +509,8 @@ mod tests {
     const SECRET_A: &[u8] = b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     const SECRET_B: &[u8] = b"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
     const RANGE: &str = "10.32.0.0/12";
+    /// A wall-clock time for message 1.
+    const T0: std::time::Duration = std::time::Duration::from_secs(1_800_000_000);
 
     fn identity(seed: u64) -> Identity {
         Identity::generate(&mut rand::rngs::StdRng::seed_from_u64(seed))
@@ -483,9 +530,9 @@ mod tests {
     fn run(i_secrets: &ClusterSecrets, r_secrets: &ClusterSecrets) -> Result<Done, HandshakeError> {
         let (i_id, r_id) = (identity(1), identity(2));
         let p = prologue(RANGE);
-        let (mut init, msg1) = Handshake::initiator(&i_id, i_secrets, &p)?;
+        let (mut init, msg1) = Handshake::initiator(&i_id, i_secrets, &p, T0)?;
         assert_eq!(msg1.len(), MSG1_LEN);
-        let mut resp = Handshake::responder(&r_id, r_secrets, &p, &msg1)?;
+        let (mut resp, _) = Handshake::responder(&r_id, r_secrets, &p, &msg1)?;
         assert_eq!(resp.remote_public_key(), None);
         let msg2 = resp.write_message(b"hello from responder")?;
         let payload2 = init.read_message(&msg2)?;
@@ -540,6 +587,27 @@ mod tests {
     }
 
     #[test]
+    fn message_1_carries_the_initiators_clock_and_ephemeral_key_authenticated() {
+        let s = secrets(&[SECRET_A]);
+        let p = prologue(RANGE);
+        let sent = T0 + std::time::Duration::from_nanos(123_456_789);
+        let (_, msg1) = Handshake::initiator(&identity(1), &s, &p, sent).unwrap();
+        let (_, stamp) = Handshake::responder(&identity(2), &s, &p, &msg1).unwrap();
+        assert_eq!(stamp.sent_at, sent);
+        assert_eq!(&stamp.ephemeral[..], &msg1[4..36]);
+        // The timestamp is inside the AEAD: changing any of its bytes fails.
+        for i in 36..48 {
+            let mut tampered = msg1.clone();
+            tampered[i] ^= 1;
+            let err = Handshake::responder(&identity(2), &s, &p, &tampered).unwrap_err();
+            assert!(
+                matches!(err, HandshakeError::Authentication),
+                "byte {i}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
     fn a_responder_with_a_different_secret_returns_unknown_secret() {
         let err = run(&secrets(&[SECRET_A]), &secrets(&[SECRET_B]))
             .err()
@@ -552,7 +620,7 @@ mod tests {
         // Forge msg1 with B's PSK but A's ID: the ID matches, the tag does not.
         let (a, b) = (secrets(&[SECRET_A]), secrets(&[SECRET_B]));
         let p = prologue(RANGE);
-        let (_, mut msg1) = Handshake::initiator(&identity(1), &b, &p).unwrap();
+        let (_, mut msg1) = Handshake::initiator(&identity(1), &b, &p, T0).unwrap();
         msg1[..4].copy_from_slice(&a.primary_id().0);
         let err = Handshake::responder(&identity(2), &a, &p, &msg1).unwrap_err();
         assert!(matches!(err, HandshakeError::Authentication), "{err:?}");
@@ -561,7 +629,7 @@ mod tests {
     #[test]
     fn a_different_cluster_range_fails_authentication() {
         let s = secrets(&[SECRET_A]);
-        let (_, msg1) = Handshake::initiator(&identity(1), &s, &prologue(RANGE)).unwrap();
+        let (_, msg1) = Handshake::initiator(&identity(1), &s, &prologue(RANGE), T0).unwrap();
         let err =
             Handshake::responder(&identity(2), &s, &prologue("10.0.0.0/8"), &msg1).unwrap_err();
         assert!(matches!(err, HandshakeError::Authentication), "{err:?}");
@@ -580,7 +648,7 @@ mod tests {
     #[test]
     fn the_initiator_uses_its_primary_secret() {
         let both = secrets(&[SECRET_B, SECRET_A]);
-        let (_, msg1) = Handshake::initiator(&identity(1), &both, &prologue(RANGE)).unwrap();
+        let (_, msg1) = Handshake::initiator(&identity(1), &both, &prologue(RANGE), T0).unwrap();
         assert_eq!(msg1[..4], both.primary_id().0);
         assert!(run(&both, &secrets(&[SECRET_B])).is_ok());
         assert!(run(&both, &secrets(&[SECRET_A])).is_err());
@@ -590,7 +658,7 @@ mod tests {
     fn truncated_or_oversized_msg1_is_rejected() {
         let s = secrets(&[SECRET_A]);
         let p = prologue(RANGE);
-        let (_, msg1) = Handshake::initiator(&identity(1), &s, &p).unwrap();
+        let (_, msg1) = Handshake::initiator(&identity(1), &s, &p, T0).unwrap();
         for bad in [
             &msg1[..MSG1_LEN - 1],
             &[msg1.as_slice(), b"x"].concat(),
@@ -616,8 +684,8 @@ mod tests {
         let p = prologue(RANGE);
         let (i_id, r_id) = (identity(1), identity(2));
         let start = || {
-            let (init, msg1) = Handshake::initiator_seeded(&i_id, &s, &p, 1).unwrap();
-            let mut resp = Handshake::responder_seeded(&r_id, &s, &p, &msg1, 2).unwrap();
+            let (init, msg1) = Handshake::initiator_seeded(&i_id, &s, &p, T0, 1).unwrap();
+            let (mut resp, _) = Handshake::responder_seeded(&r_id, &s, &p, &msg1, 2).unwrap();
             let msg2 = resp.write_message(b"two").unwrap();
             (init, resp, msg2)
         };
@@ -661,10 +729,10 @@ mod tests {
     fn seeded_handshakes_are_reproducible() {
         let s = secrets(&[SECRET_A]);
         let p = prologue(RANGE);
-        let (_, a) = Handshake::initiator_seeded(&identity(1), &s, &p, 42).unwrap();
-        let (_, b) = Handshake::initiator_seeded(&identity(1), &s, &p, 42).unwrap();
-        let (_, c) = Handshake::initiator_seeded(&identity(1), &s, &p, 43).unwrap();
-        let (_, d) = Handshake::initiator(&identity(1), &s, &p).unwrap();
+        let (_, a) = Handshake::initiator_seeded(&identity(1), &s, &p, T0, 42).unwrap();
+        let (_, b) = Handshake::initiator_seeded(&identity(1), &s, &p, T0, 42).unwrap();
+        let (_, c) = Handshake::initiator_seeded(&identity(1), &s, &p, T0, 43).unwrap();
+        let (_, d) = Handshake::initiator(&identity(1), &s, &p, T0).unwrap();
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_ne!(a, d);
@@ -674,12 +742,12 @@ mod tests {
     fn calls_out_of_turn_are_refused_without_breaking_the_handshake() {
         let s = secrets(&[SECRET_A]);
         let p = prologue(RANGE);
-        let (mut init, msg1) = Handshake::initiator(&identity(1), &s, &p).unwrap();
+        let (mut init, msg1) = Handshake::initiator(&identity(1), &s, &p, T0).unwrap();
         assert!(matches!(
             init.write_message(b""),
             Err(HandshakeError::OutOfTurn)
         ));
-        let mut resp = Handshake::responder(&identity(2), &s, &p, &msg1).unwrap();
+        let (mut resp, _) = Handshake::responder(&identity(2), &s, &p, &msg1).unwrap();
         assert!(matches!(
             resp.read_message(b"x"),
             Err(HandshakeError::OutOfTurn)
@@ -697,7 +765,7 @@ mod tests {
             resp.write_message(b""),
             Err(HandshakeError::OutOfTurn)
         ));
-        let (unfinished, _) = Handshake::initiator(&identity(1), &s, &p).unwrap();
+        let (unfinished, _) = Handshake::initiator(&identity(1), &s, &p, T0).unwrap();
         assert!(matches!(
             unfinished.finish(),
             Err(HandshakeError::NotFinished)
@@ -706,7 +774,7 @@ mod tests {
 
     #[test]
     fn prologue_binds_name_version_and_range() {
-        assert_eq!(prologue("10.32.0.0/12"), b"weft\x0110.32.0.0/12");
+        assert_eq!(prologue("10.32.0.0/12"), b"weft\x0210.32.0.0/12");
     }
 
     #[test]
@@ -734,8 +802,8 @@ mod tests {
         fn random_msg2_and_msg3_are_rejected_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let s = secrets(&[SECRET_A]);
             let p = prologue(RANGE);
-            let (mut init, msg1) = Handshake::initiator(&identity(1), &s, &p).unwrap();
-            let mut resp = Handshake::responder(&identity(2), &s, &p, &msg1).unwrap();
+            let (mut init, msg1) = Handshake::initiator(&identity(1), &s, &p, T0).unwrap();
+            let (mut resp, _) = Handshake::responder(&identity(2), &s, &p, &msg1).unwrap();
             prop_assert!(init.read_message(&bytes).is_err());
             let _ = resp.write_message(b"").unwrap();
             prop_assert!(resp.read_message(&bytes).is_err());

@@ -5,6 +5,7 @@
 //! - [`secret`]: the cluster secret file (one or two secrets) → Noise PSKs and their public IDs;
 //! - [`handshake`]: `Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s` over the TCP control connection, and the
 //!   derivation of four separate session keys from its raw split;
+//! - [`freshness`]: the responder's guard against a replayed message 1 (timestamp window + seen keys);
 //! - [`frame`]: the control channel's in-order record cipher;
 //! - [`data`]: the data plane's AEAD into caller buffers, nonce = lane ‖ counter;
 //! - [`replay`]: the per-lane replay window (check, decrypt, then mark);
@@ -15,6 +16,7 @@
 
 pub mod data;
 pub mod frame;
+pub mod freshness;
 pub mod handshake;
 pub mod identity;
 pub mod replay;
@@ -23,7 +25,8 @@ pub mod session;
 
 pub use data::{BadTag, COUNTER_LIMIT, DataKey, TAG_LEN};
 pub use frame::{FrameError, FrameOpener, FrameSealer};
-pub use handshake::{Handshake, HandshakeError, MSG1_LEN, SessionKeys, prologue};
+pub use freshness::{Msg1Guard, Msg1Refused};
+pub use handshake::{Handshake, HandshakeError, MSG1_LEN, Msg1Stamp, SessionKeys, prologue};
 pub use identity::{Identity, IdentityError};
 pub use replay::ReplayWindow;
 pub use secret::{ClusterSecrets, SecretError, SecretId};

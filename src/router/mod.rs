@@ -16,8 +16,10 @@ pub mod aqm;
 pub mod batch;
 pub mod checksum;
 pub mod coalesce;
+pub mod icmp;
 pub mod offload;
 pub mod packet;
+pub mod priority;
 pub mod segment;
 pub mod snapshot;
 pub mod stats;
@@ -83,6 +85,7 @@ impl Dataplane {
         let mut stats = Vec::with_capacity(lanes);
         let mut threads = Vec::with_capacity(lanes);
         let vnet = queues.vnet;
+        let nice = priority::nice_from_env();
         for (lane, (queue, socket)) in queues.queues.into_iter().zip(sockets).enumerate() {
             let worker_stats = Arc::new(WorkerStats::default());
             stats.push(worker_stats.clone());
@@ -95,7 +98,8 @@ impl Dataplane {
                 events.clone(),
                 stop.clone(),
             )
-            .with_offload(offload.clone(), vnet);
+            .with_offload(offload.clone(), vnet)
+            .with_nice(nice);
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("weft-worker-{lane}"))

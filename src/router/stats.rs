@@ -95,6 +95,9 @@ pub struct WorkerStats {
     pub bytes_out: AtomicU64,
     /// Packets relayed for other routers.
     pub forwarded: AtomicU64,
+    /// ICMP "fragmentation needed" replies written to the TUN for packets
+    /// over the overlay MTU (`icmp`).
+    pub too_big_replies: AtomicU64,
     dropped: [AtomicU64; DropReason::ALL.len()],
 }
 
@@ -129,6 +132,9 @@ pub struct DataplaneTotals {
     pub bytes_out: u64,
     /// See `WorkerStats::forwarded`.
     pub forwarded: u64,
+    /// See `WorkerStats::too_big_replies`.
+    #[serde(default)]
+    pub too_big_replies: u64,
     /// Drops by reason label; reasons never seen are omitted.
     pub dropped: std::collections::BTreeMap<String, u64>,
 }
@@ -143,6 +149,7 @@ impl DataplaneTotals {
             totals.bytes_in += w.bytes_in.load(Ordering::Relaxed);
             totals.bytes_out += w.bytes_out.load(Ordering::Relaxed);
             totals.forwarded += w.forwarded.load(Ordering::Relaxed);
+            totals.too_big_replies += w.too_big_replies.load(Ordering::Relaxed);
             for reason in DropReason::ALL {
                 let n = w.dropped(reason);
                 if n > 0 {

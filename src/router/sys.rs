@@ -138,6 +138,19 @@ pub(crate) struct Ready {
     pub(crate) second: bool,
 }
 
+/// Sets the calling thread's nice value (Linux keeps one per thread).
+pub(crate) fn set_thread_nice(nice: i32) -> io::Result<()> {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: plain integer arguments; PRIO_PROCESS with a thread ID names
+    // that one thread on Linux.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Waits until `first` or `second` is readable, or `timeout_ms` passes.
 pub(crate) fn poll2(
     first: BorrowedFd<'_>,

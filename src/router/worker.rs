@@ -17,6 +17,7 @@
 use super::aqm::StandingQueue;
 use super::batch::SendBatch;
 use super::coalesce::{Coalescer, Push};
+use super::icmp::{self, ReplyLimit};
 use super::offload::OffloadState;
 use super::packet::{self, DataHeader, HEADER_LEN, HOP_LIMIT, PacketType};
 use super::segment::Segmenter;
@@ -102,7 +103,9 @@ pub struct Worker {
     send: SendBatch,
     coalescer: Option<Coalescer>,
     standing: StandingQueue,
+    too_big_replies: ReplyLimit,
     now: Instant,
+    nice: Option<i32>,
 }
 
 /// Lets one log line through per second (DESIGN.md invariant 4: logged at
@@ -170,7 +173,9 @@ impl Worker {
             send: SendBatch::new(),
             coalescer: None,
             standing: StandingQueue::default(),
+            too_big_replies: ReplyLimit::default(),
             now: Instant::now(),
+            nice: None,
         }
     }
 
@@ -184,9 +189,28 @@ impl Worker {
         self
     }
 
+    /// Sets the nice value the worker thread takes when it starts (`None`
+    /// leaves it alone); see `priority`.
+    pub fn with_nice(mut self, nice: Option<i32>) -> Self {
+        self.nice = nice;
+        self
+    }
+
     /// Runs until `stop` is set. Errors on individual packets are counted,
     /// never returned.
     pub fn run(mut self) {
+        if let Some(nice) = self.nice {
+            // Lane 0 speaks for all: the others get the same answer.
+            match super::priority::apply_to_current_thread(nice) {
+                Ok(()) if self.lane == 0 => {
+                    tracing::info!(nice, "data-plane workers run at a raised CPU priority");
+                }
+                Err(e) if self.lane == 0 => {
+                    tracing::warn!(nice, error = %e, "cannot raise the data-plane workers' CPU priority (needs CAP_SYS_NICE); expect more latency under load on a busy node");
+                }
+                _ => {}
+            }
+        }
         while !self.stop.load(Ordering::Relaxed) {
             let ready = match sys::poll2(self.tun.as_fd(), self.udp.as_fd(), 200) {
                 Ok(ready) => ready,
@@ -339,6 +363,7 @@ impl Worker {
         };
         if segments.max_segment_len() > table.mtu {
             self.stats.count_drop(DropReason::TooBig);
+            self.reply_too_big(inner, table.mtu);
             return;
         }
         // Only TCP data is dropped to fight a standing queue (DESIGN.md
@@ -362,6 +387,28 @@ impl Worker {
             WorkerStats::add(&self.stats.packets_out, n as u64);
             WorkerStats::add(&self.stats.bytes_out, bytes as u64);
         }
+    }
+
+    /// Tells the sender of an oversized don't-fragment packet the overlay MTU
+    /// (`icmp`), rate-limited, so that its path MTU drops instead of the
+    /// connection stalling.
+    fn reply_too_big(&mut self, inner: &[u8], mtu: usize) {
+        let mtu = u16::try_from(mtu).unwrap_or(u16::MAX);
+        let Some(reply) = icmp::frag_needed(inner, mtu) else {
+            return;
+        };
+        if !self.too_big_replies.allow(self.now) {
+            return;
+        }
+        if self.vnet {
+            // A virtio header saying "no offload" goes first.
+            let mut framed = vec![0u8; VNET_HDR_LEN + reply.len()];
+            framed[VNET_HDR_LEN..].copy_from_slice(&reply);
+            tun_write(&self.tun, &self.stats, &framed);
+        } else {
+            tun_write(&self.tun, &self.stats, &reply);
+        }
+        WorkerStats::add(&self.stats.too_big_replies, 1);
     }
 
     /// The send keys and endpoint of the next hop toward `dst`.

@@ -151,7 +151,13 @@ fn main() {
     let c = common::cluster();
     for seed in [0u8, 1] {
         let (mut init, msg1) =
-            Handshake::initiator_seeded(&c.initiator, &c.secrets, &c.prologue, u64::from(seed))
+            Handshake::initiator_seeded(
+                &c.initiator,
+                &c.secrets,
+                &c.prologue,
+                std::time::Duration::from_secs(1_800_000_000),
+                u64::from(seed),
+            )
                 .expect("initiator");
         write(
             "handshake",
@@ -163,7 +169,7 @@ fn main() {
             &format!("msg1-noise-{seed}"),
             &[&[1, seed][..], &msg1[4..]].concat(),
         );
-        let mut resp = Handshake::responder_seeded(
+        let (mut resp, _) = Handshake::responder_seeded(
             &c.responder,
             &c.secrets,
             &c.prologue,
