@@ -1,23 +1,33 @@
 #!/usr/bin/env bash
-# CI's fuzz check (issue "Hostile input and faults"): every fuzz target
-# replays its committed corpus, then (with cargo-fuzz installed) fuzzes for a
-# few seconds, so that a decoder regression shows in CI.
+# The fuzz script (issue "Hostile input"): every fuzz target, or the ones
+# named, replays its committed corpus fuzz/corpus/<target>/ and then fuzzes
+# for SECONDS with cargo-fuzz, so that a decoder regression shows in CI
+# (scripts/test.sh runs it); the same script does the long runs.
 #
-#   scripts/fuzz-smoke.sh            # replay + 5 s of fuzzing per target (needs cargo-fuzz)
-#   scripts/fuzz-smoke.sh 0          # replay only (no cargo-fuzz needed; what CI runs)
-#   scripts/fuzz-smoke.sh 30 cidr    # chosen targets, 30 s each
+#   scripts/fuzz-smoke.sh                   # FUZZ_SMOKE_SECONDS (default 5) s per target
+#   scripts/fuzz-smoke.sh 0                 # replay only (plain build, no cargo-fuzz needed)
+#   scripts/fuzz-smoke.sh 600 handshake cidr
+#   FUZZ_SANITIZER=address scripts/fuzz-smoke.sh 600 frame_open   # with ASan
 #
-# No sanitizers here (ASan doubles the build to ~10 min on 2 cores): a
-# panic, an allocation over 512 MiB or one input over 10 s is a failure.
-# The long, sanitized runs are fuzz/run.sh. Needs a C++ compiler (libFuzzer
-# is built by libfuzzer-sys).
+# Findings: a panic, one allocation over 512 MiB, RSS over 2 GiB, or one
+# input taking over 10 s. New inputs go to fuzz/corpus-new/<target>/
+# (git-ignored; the committed corpus is read, never written), crash inputs to
+# fuzz/artifacts/<target>/, each run's log to fuzz/corpus-new/<target>.log.
+#
+# Only stable Rust: cargo-fuzz's -Z flags are unlocked with RUSTC_BOOTSTRAP=1
+# (set here only: it changes the build's fingerprint). No sanitizer by
+# default (ASan doubles the first build to ~10 min on 2 cores). Without
+# cargo-fuzz, SECONDS > 0 falls back to the replay, loudly, unless
+# WEFT_REQUIRE_FUZZ=1 (CI), which makes that a failure. Needs a C++ compiler
+# (libFuzzer is built by libfuzzer-sys).
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 
-seconds="${1:-${FUZZ_SECONDS:-5}}"
+seconds="${1:-${FUZZ_SMOKE_SECONDS:-5}}"
 shift || true
-target_dir="${CARGO_TARGET_DIR:-$PWD/target}/fuzz-smoke"
-flags=(-timeout=10 -malloc_limit_mb=512 -rss_limit_mb=2048)
+sanitizer="${FUZZ_SANITIZER:-none}"
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}/fuzz"
+flags=(-timeout=10 -malloc_limit_mb=512 -rss_limit_mb=2048 -print_final_stats=1)
 
 if [[ $# -gt 0 ]]; then
     targets=("$@")
@@ -25,33 +35,44 @@ else
     mapfile -t targets < <(sed -n 's/^name = "\(.*\)"$/\1/p' Cargo.toml | grep -vx -e weft-fuzz -e gen_seeds)
 fi
 
-if [[ "$seconds" != 0 ]] && cargo fuzz --version >/dev/null 2>&1; then
-    # Coverage-guided, sanitizer-free: replays the corpus first, then fuzzes.
-    # cargo-fuzz's -Z flags on stable (only here: it changes the build's
-    # fingerprint, so the plain replay build below does not set it).
-    # `cargo fuzz run` builds just its target (a build of every bin would
-    # also link gen_seeds, which has no libFuzzer to satisfy the coverage
-    # instrumentation).
+if [[ "$seconds" != 0 ]] && ! cargo fuzz --version >/dev/null 2>&1; then
+    if [[ "${WEFT_REQUIRE_FUZZ:-0}" == 1 ]]; then
+        echo "cargo-fuzz is not installed and WEFT_REQUIRE_FUZZ=1 (.ci/run installs it)" >&2
+        exit 1
+    fi
+    echo "*** cargo-fuzz not installed: corpus replay only (cargo install --locked cargo-fuzz) ***"
+    seconds=0
+fi
+
+start=$SECONDS
+if [[ "$seconds" != 0 ]]; then
     export RUSTC_BOOTSTRAP=1
     mode="fuzz ${seconds}s"
+    # Every target in one build (gen_seeds is behind a feature); one target
+    # named builds just that one. `cargo fuzz run` then finds it built,
+    # replays both corpora and fuzzes.
+    one=()
+    [[ ${#targets[@]} -eq 1 ]] && one=("${targets[0]}")
+    cargo fuzz build --sanitizer "$sanitizer" --target-dir "$target_dir" "${one[@]}"
     run() {
-        mkdir -p "corpus-new/$1"
-        cargo fuzz run --sanitizer none --target-dir "$target_dir" "$1" "corpus-new/$1" "corpus/$1" -- \
-            "${flags[@]}" -max_total_time="$seconds" -print_final_stats=1
+        cargo fuzz run --sanitizer "$sanitizer" --target-dir "$target_dir" "$1" \
+            "corpus-new/$1" "corpus/$1" -- "${flags[@]}" -max_total_time="$seconds"
     }
 else
     # Plain build: libFuzzer's driver runs each corpus file once.
-    [[ "$seconds" != 0 ]] && echo "cargo-fuzz not installed: corpus replay only"
     cargo build --release --target-dir "$target_dir" --bins >/dev/null
     mode="replay"
     run() {
-        "$target_dir/release/$1" "${flags[@]}" -runs=0 -print_final_stats=1 "corpus/$1"
+        "$target_dir/release/$1" "${flags[@]}" -runs=0 "corpus/$1"
     }
 fi
+echo "fuzz build: $((SECONDS - start)) s"
 
+start=$SECONDS
 failed=()
 for t in "${targets[@]}"; do
-    log=$(mktemp)
+    mkdir -p "corpus-new/$t"
+    log="corpus-new/$t.log"
     if run "$t" >"$log" 2>&1; then
         status=ok
     else
@@ -60,11 +81,12 @@ for t in "${targets[@]}"; do
         tail -n 40 "$log"
     fi
     runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -n1 || true)
+    cov=$(grep -oE '#[0-9]+.*cov: [0-9]+' "$log" | tail -n1 | grep -oE 'cov: [0-9]+' || true)
     inputs=$(find "corpus/$t" -type f | wc -l)
-    printf '%-16s %-6s %-10s %6s corpus files %10s execs\n' "$t" "$status" "$mode" "$inputs" "${runs:-?}"
-    rm -f "$log"
+    printf '%-16s %-6s %-9s %5s corpus files %10s execs  %s\n' "$t" "$status" "$mode" "$inputs" "${runs:-?}" "$cov"
 done
+echo "fuzz: ${#targets[@]} targets in $((SECONDS - start)) s after the build"
 if [[ ${#failed[@]} -gt 0 ]]; then
-    echo "fuzz smoke failed: ${failed[*]}"
+    echo "fuzz failed: ${failed[*]} (inputs in fuzz/artifacts/<target>/, logs in fuzz/corpus-new/<target>.log)"
     exit 1
 fi

@@ -7,9 +7,10 @@
 //! At the end, with every fault lifted: one topology everywhere, every pod
 //! reaches every other, no transfer was ever corrupted, and each router's
 //! RSS stayed bounded. When the router answers IPAM requests on its API,
-//! allocations are made during the chaos too, and at the end no address is
-//! held twice across routers and no answered allocation is lost
-//! (DESIGN.md invariants 1, 2, 3 and 5).
+//! allocations are made and some of them released during the chaos too, and
+//! at the end no address is held twice across routers, no answered
+//! allocation is lost and no answered release is held again (DESIGN.md
+//! invariants 1, 2, 3 and 5).
 //!
 //! `WEFT_SOAK_SECS` (default 60) sets the length, `WEFT_SOAK_SEED` replays a
 //! printed seed.
@@ -211,6 +212,8 @@ fn five_routers_under_kills_cuts_and_loss_converge_and_lose_nothing() {
     let mut peak_rss = vec![0u64; NODES];
     let mut answered: Vec<Answered> = Vec::new();
     let mut allocate_failures = 0u32;
+    let mut released: Vec<Answered> = Vec::new();
+    let mut release_failures = 0u32;
     let mut next_container = 0u32;
     let start = Instant::now();
     let end = start + Duration::from_secs(secs);
@@ -282,8 +285,26 @@ fn five_routers_under_kills_cuts_and_loss_converge_and_lose_nothing() {
             }
             next_fault = now + Duration::from_millis(2000 + schedule.below(3000));
         }
-        // Allocations through the API during the chaos.
-        if ipam {
+        // Allocations, and releases of some answered ones, through the API
+        // during the chaos (one request per tick, as before).
+        if ipam && !answered.is_empty() && schedule.below(4) == 0 {
+            let k = schedule.below(answered.len() as u64) as usize;
+            let i = answered[k].router;
+            if !dead.contains_key(&i) {
+                let a = answered.swap_remove(k);
+                let request = Request::Release {
+                    container_id: a.container.clone(),
+                    ifname: "eth0".into(),
+                    address: Some(a.address.clone()),
+                };
+                match api_call(&routers[i], &request) {
+                    Some(Reply { ok: true, .. }) => released.push(a),
+                    // Unknown outcome (killed mid-request, say): checked by
+                    // neither side.
+                    _ => release_failures += 1,
+                }
+            }
+        } else if ipam {
             let i = schedule.below(NODES as u64) as usize;
             if !dead.contains_key(&i) {
                 let container = format!("chaos-{next_container}");
@@ -327,7 +348,8 @@ fn five_routers_under_kills_cuts_and_loss_converge_and_lose_nothing() {
     eprintln!(
         "chaos soak done: seed {seed}; {kills} kills, {cuts} cuts, {losses} loss periods; \
          transfers {} intact ({} MB), {} failed, {} corrupted; pings {}/{}; \
-         allocations {} answered, {allocate_failures} refused; peak VmRSS KiB {peak_rss:?}",
+         allocations {} answered and held, {allocate_failures} refused, {} released, \
+         {release_failures} releases unanswered; peak VmRSS KiB {peak_rss:?}",
         t.intact.load(Ordering::Relaxed),
         t.bytes.load(Ordering::Relaxed) >> 20,
         t.failed.load(Ordering::Relaxed),
@@ -335,6 +357,7 @@ fn five_routers_under_kills_cuts_and_loss_converge_and_lose_nothing() {
         t.pings_ok.load(Ordering::Relaxed),
         t.pings_sent.load(Ordering::Relaxed),
         answered.len(),
+        released.len(),
     );
     assert_eq!(
         t.corrupted.load(Ordering::Relaxed),
@@ -419,13 +442,15 @@ fn five_routers_under_kills_cuts_and_loss_converge_and_lose_nothing() {
             !answered.is_empty(),
             "no allocation was answered during the soak"
         );
-        check_allocations(&routers, &answered, seed);
+        check_allocations(&routers, &answered, &released, seed);
     }
 }
 
-/// No address held twice across routers; every answered allocation is still
-/// held, at the address that was answered (DESIGN.md invariants 1 and 5).
-fn check_allocations(routers: &[Router], answered: &[Answered], seed: u64) {
+/// No address held twice across routers; every answered allocation not
+/// released since is still held, at the address that was answered; no
+/// answered release is held again (DESIGN.md invariants 1 and 5; its
+/// address may since have gone to another container).
+fn check_allocations(routers: &[Router], answered: &[Answered], released: &[Answered], seed: u64) {
     let mut holders: BTreeMap<String, BTreeSet<(usize, String)>> = BTreeMap::new();
     let mut held: BTreeMap<(usize, String), String> = BTreeMap::new();
     for (i, r) in routers.iter().enumerate() {
@@ -462,9 +487,17 @@ fn check_allocations(routers: &[Router], answered: &[Answered], seed: u64) {
             "answered allocation {a:?} lost or moved (seed {seed})"
         );
     }
+    for a in released {
+        assert_eq!(
+            held.get(&(a.router, a.container.clone())),
+            None,
+            "released allocation {a:?} is held again (seed {seed})"
+        );
+    }
     eprintln!(
-        "allocations: {} answered, {} held in all, none twice, none lost",
+        "allocations: {} answered and held, {} released and gone, {} held in all, none twice, none lost",
         answered.len(),
+        released.len(),
         held.len()
     );
 }

@@ -26,12 +26,16 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// The overlay MTU if the router ever reports none.
 const FALLBACK_MTU: u32 = 1420;
 
+/// The pod MTUs we configure (the range the configuration's `mtu` allows).
+const MIN_MTU: u32 = 576;
+/// See [`MIN_MTU`].
+const MAX_MTU: u32 = 65535;
+
 /// Runs `env.command` on `stdin`; `Ok(Some(json))` is printed on stdout.
-pub(crate) fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
-    if env.command == Command::Version {
+pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
+    let Some(conf) = prepare(env, stdin)? else {
         return Ok(Some(version(stdin)));
-    }
-    let conf = NetConf::parse(stdin)?;
+    };
     match env.command {
         Command::Add => add(env, &conf).map(Some),
         Command::Del => del(env, &conf).map(|()| None),
@@ -42,7 +46,35 @@ pub(crate) fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
     }
 }
 
-fn version(stdin: &[u8]) -> Value {
+/// Everything [`run`] checks before its first side effect: the network
+/// configuration for `env.command`, decoded and validated (`None` for
+/// VERSION, which reads no configuration), including the version each
+/// command needs and GC's `cni.dev/valid-attachments`. Pure: no socket,
+/// no netlink, no file.
+pub fn prepare(env: &Env, stdin: &[u8]) -> Result<Option<NetConf>, CniError> {
+    if env.command == Command::Version {
+        return Ok(None);
+    }
+    let conf = NetConf::parse(stdin)?;
+    match env.command {
+        Command::Check => require(&conf, Version::V040, "CHECK")?,
+        Command::Status => require(&conf, Version::V110, "STATUS")?,
+        Command::Gc => {
+            require(&conf, Version::V110, "GC")?;
+            if conf.valid_attachments.is_none() {
+                return Err(CniError::Config(
+                    "GC needs \"cni.dev/valid-attachments\" (refusing to release every address)"
+                        .into(),
+                ));
+            }
+        }
+        Command::Add | Command::Del | Command::Version => {}
+    }
+    Ok(Some(conf))
+}
+
+/// The VERSION answer for `stdin`.
+pub fn version(stdin: &[u8]) -> Value {
     let asked = crate::config::peek_version(stdin).unwrap_or_else(|| "1.1.0".into());
     json!({"cniVersion": asked, "supportedVersions": SUPPORTED})
 }
@@ -68,6 +100,14 @@ fn ask<T: serde::de::DeserializeOwned>(
             CniError::TryAgain(e.to_string())
         }
     })?;
+    interpret(reply)
+}
+
+/// The router's `reply` read as a `T` (the router's own error passed on as
+/// `Ok(Err(..))`); a result that is not a `T` is a CNI error.
+pub fn interpret<T: serde::de::DeserializeOwned>(
+    reply: Reply,
+) -> Result<Result<T, (ErrorCode, String)>, CniError> {
     if reply.ok {
         let value = reply.result.unwrap_or(Value::Null);
         return serde_json::from_value(value)
@@ -85,7 +125,7 @@ fn ask<T: serde::de::DeserializeOwned>(
 }
 
 /// The router's error as a CNI error (`not_ready` → 11, `bad_request` → 4).
-fn router_error((code, message): (ErrorCode, String)) -> CniError {
+pub fn router_error((code, message): (ErrorCode, String)) -> CniError {
     match code {
         ErrorCode::NotReady => {
             CniError::TryAgain(format!("the weft router is not ready: {message}"))
@@ -124,22 +164,37 @@ fn host_netlink(rt: &tokio::runtime::Runtime) -> Result<rtnetlink::Handle, CniEr
     Ok(handle)
 }
 
-fn plan_for(env: &Env, alloc: &Allocation, conf: &NetConf) -> Result<Plan, CniError> {
+/// What ADD and CHECK configure for the router's allocation `alloc`; an
+/// unusable allocation is a CNI error (code 101).
+pub fn plan_for(env: &Env, alloc: &Allocation, conf: &NetConf) -> Result<Plan, CniError> {
     let bad = |what: &str, value: &str| CniError::Router {
         code: code::ROUTER_INTERNAL,
         message: format!("the router answered an unusable {what} {value:?}"),
     };
+    // A pod address or gateway the kernel would take but that cannot work
+    // (0.0.0.0, loopback, multicast, broadcast) is refused up front.
+    let usable = |a: &Ipv4Addr| {
+        !(a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.is_broadcast())
+    };
     let address: Ipv4Addr = alloc
         .address
         .parse()
-        .map_err(|_| bad("address", &alloc.address))?;
+        .ok()
+        .filter(usable)
+        .ok_or_else(|| bad("address", &alloc.address))?;
     let gateway: Ipv4Addr = alloc
         .gateway
         .parse()
-        .map_err(|_| bad("gateway", &alloc.gateway))?;
+        .ok()
+        .filter(usable)
+        .ok_or_else(|| bad("gateway", &alloc.gateway))?;
+    if alloc.prefix_len > 32 {
+        return Err(bad("prefix length", &alloc.prefix_len.to_string()));
+    }
     let mtu = match (conf.mtu, alloc.mtu) {
         (0, 0) => FALLBACK_MTU,
-        (0, router) => router,
+        (0, router) if (MIN_MTU..=MAX_MTU).contains(&router) => router,
+        (0, router) => return Err(bad("MTU", &router.to_string())),
         (ours, _) => ours,
     };
     let (host_mac, pod_mac) = plumb::macs(&env.container_id, &env.ifname);
@@ -268,7 +323,6 @@ fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
 }
 
 fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
-    require(conf, Version::V040, "CHECK")?;
     let (ns_file, ns_path) = open_netns(env)?;
     let alloc: Allocation = match ask(
         &conf.socket,
@@ -312,7 +366,6 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
 }
 
 fn status(conf: &NetConf) -> Result<(), CniError> {
-    require(conf, Version::V110, "STATUS")?;
     let ready: Readiness = ask(&conf.socket, &Request::Ready)
         .map_err(|e| CniError::NotAvailable(e.to_string()))?
         .map_err(|(_, m)| CniError::NotAvailable(format!("the weft router is not ready: {m}")))?;
@@ -327,15 +380,11 @@ fn status(conf: &NetConf) -> Result<(), CniError> {
 }
 
 fn gc(conf: &NetConf) -> Result<(), CniError> {
-    require(conf, Version::V110, "GC")?;
+    // `prepare` refused a GC without valid attachments.
     let keep: Vec<String> = conf
         .valid_attachments
-        .as_ref()
-        .ok_or_else(|| {
-            CniError::Config(
-                "GC needs \"cni.dev/valid-attachments\" (refusing to release every address)".into(),
-            )
-        })?
+        .as_deref()
+        .unwrap_or_default()
         .iter()
         .map(|a| a.container_id.clone())
         .collect();
@@ -352,6 +401,7 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -374,6 +424,52 @@ mod tests {
             .err()
             .map(|e| e.code());
         assert_eq!(e, Some(code::TRY_AGAIN_LATER));
+    }
+
+    fn alloc(address: &str, gateway: &str, prefix_len: u8, mtu: u32) -> Allocation {
+        Allocation {
+            container_id: "abc".into(),
+            ifname: "eth0".into(),
+            address: address.into(),
+            prefix_len,
+            gateway: gateway.into(),
+            mtu,
+            range: "10.32.0.0/12".into(),
+        }
+    }
+
+    // The prefix length found by fuzz target cni_reply (from the seeds, in
+    // 128k runs), the MTU and addresses in review (its oracle catches them):
+    // the router's answer was used unchecked (an MTU of 70000 or 1 went to
+    // netlink, a "/99" into the result).
+    #[test]
+    fn an_unusable_allocation_from_the_router_is_a_router_error() {
+        let env = Env::parse(|k| {
+            match k {
+                "CNI_COMMAND" => Some("ADD"),
+                "CNI_CONTAINERID" => Some("abc"),
+                "CNI_IFNAME" => Some("eth0"),
+                "CNI_NETNS" => Some("/x"),
+                _ => None,
+            }
+            .map(str::to_string)
+        })
+        .unwrap();
+        let conf = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","type":"weft"}"#).unwrap();
+        let good = plan_for(&env, &alloc("10.32.0.5", "169.254.1.1", 32, 1400), &conf).unwrap();
+        assert_eq!(good.mtu, 1400);
+        for bad in [
+            alloc("10.32.0.5", "169.254.1.1", 32, 70_000),
+            alloc("10.32.0.5", "169.254.1.1", 32, 1),
+            alloc("10.32.0.5", "169.254.1.1", 33, 1400),
+            alloc("0.0.0.0", "169.254.1.1", 32, 1400),
+            alloc("10.32.0.5", "255.255.255.255", 32, 1400),
+            alloc("224.0.0.1", "169.254.1.1", 32, 1400),
+            alloc("fd00::1", "169.254.1.1", 128, 1400),
+        ] {
+            let e = plan_for(&env, &bad, &conf).unwrap_err();
+            assert_eq!(e.code(), code::ROUTER_INTERNAL, "{bad:?}");
+        }
     }
 
     #[test]

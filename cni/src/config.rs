@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 /// The CNI spec versions this plugin speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Version {
+pub enum Version {
     /// 0.3.0
     V030,
     /// 0.3.1
@@ -23,11 +23,11 @@ pub(crate) enum Version {
 }
 
 /// Every supported version, oldest first (the VERSION answer).
-pub(crate) const SUPPORTED: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+pub const SUPPORTED: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
 impl Version {
     /// Parses a `cniVersion` string.
-    pub(crate) fn parse(s: &str) -> Result<Self, CniError> {
+    pub fn parse(s: &str) -> Result<Self, CniError> {
         Ok(match s {
             "0.3.0" => Self::V030,
             "0.3.1" => Self::V031,
@@ -44,7 +44,7 @@ impl Version {
     }
 
     /// The version string.
-    pub(crate) fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::V030 => "0.3.0",
             Self::V031 => "0.3.1",
@@ -56,17 +56,17 @@ impl Version {
 }
 
 /// The default router socket (DESIGN.md "Operator contract").
-pub(crate) const DEFAULT_SOCKET: &str = "/run/weft/weft.sock";
+pub const DEFAULT_SOCKET: &str = "/run/weft/weft.sock";
 
 /// One entry of `cni.dev/valid-attachments` (GC).
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-pub(crate) struct Attachment {
+pub struct Attachment {
     /// The attachment's container.
     #[serde(rename = "containerID")]
-    pub(crate) container_id: String,
+    pub container_id: String,
     /// Its interface.
     #[serde(default)]
-    pub(crate) ifname: String,
+    pub ifname: String,
 }
 
 #[derive(Deserialize)]
@@ -85,28 +85,40 @@ struct Raw {
 
 /// A validated weft network configuration.
 #[derive(Clone, Debug)]
-pub(crate) struct NetConf {
+pub struct NetConf {
     /// The requested spec version (results are shaped for it).
-    pub(crate) version: Version,
+    pub version: Version,
     /// The router's API socket.
-    pub(crate) socket: PathBuf,
+    pub socket: PathBuf,
     /// Pod MTU; 0 = the router's overlay MTU.
-    pub(crate) mtu: u32,
+    pub mtu: u32,
     /// The previous plugin's result, when chained.
-    pub(crate) prev_result: Option<serde_json::Value>,
+    pub prev_result: Option<serde_json::Value>,
     /// GC: attachments still in use (absent = nothing given).
-    pub(crate) valid_attachments: Option<Vec<Attachment>>,
+    pub valid_attachments: Option<Vec<Attachment>>,
+}
+
+/// `stdin` as a JSON object, the only shape of a network configuration
+/// (serde would also read a struct from a JSON array of its fields).
+fn json_object(stdin: &[u8]) -> Result<serde_json::Value, CniError> {
+    match serde_json::from_slice(stdin) {
+        Ok(v @ serde_json::Value::Object(_)) => Ok(v),
+        Ok(_) => Err(CniError::Decode(
+            "the network configuration is not a JSON object".into(),
+        )),
+        Err(e) => Err(CniError::Decode(e.to_string())),
+    }
 }
 
 /// Reads the `cniVersion` only, for answering errors in the caller's version
 /// even when the rest of the config is bad.
-pub(crate) fn peek_version(stdin: &[u8]) -> Option<String> {
+pub fn peek_version(stdin: &[u8]) -> Option<String> {
     #[derive(Deserialize)]
     struct Peek {
         #[serde(rename = "cniVersion")]
         cni_version: Option<String>,
     }
-    serde_json::from_slice::<Peek>(stdin)
+    serde_json::from_value::<Peek>(json_object(stdin).ok()?)
         .ok()?
         .cni_version
         .filter(|v| SUPPORTED.contains(&v.as_str()))
@@ -114,9 +126,9 @@ pub(crate) fn peek_version(stdin: &[u8]) -> Option<String> {
 
 impl NetConf {
     /// Parses and validates stdin.
-    pub(crate) fn parse(stdin: &[u8]) -> Result<Self, CniError> {
-        let raw: Raw =
-            serde_json::from_slice(stdin).map_err(|e| CniError::Decode(e.to_string()))?;
+    pub fn parse(stdin: &[u8]) -> Result<Self, CniError> {
+        let raw: Raw = serde_json::from_value(json_object(stdin)?)
+            .map_err(|e| CniError::Decode(e.to_string()))?;
         let version = Version::parse(
             raw.cni_version
                 .as_deref()
@@ -164,20 +176,20 @@ impl NetConf {
 
 /// The command and its `CNI_*` environment.
 #[derive(Clone, Debug)]
-pub(crate) struct Env {
+pub struct Env {
     /// `CNI_COMMAND`.
-    pub(crate) command: Command,
+    pub command: Command,
     /// `CNI_CONTAINERID` (empty for VERSION, STATUS, GC).
-    pub(crate) container_id: String,
+    pub container_id: String,
     /// `CNI_NETNS`, `None` when empty or unset.
-    pub(crate) netns: Option<PathBuf>,
+    pub netns: Option<PathBuf>,
     /// `CNI_IFNAME`.
-    pub(crate) ifname: String,
+    pub ifname: String,
 }
 
 /// `CNI_COMMAND`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Command {
+pub enum Command {
     /// ADD
     Add,
     /// DEL
@@ -194,7 +206,7 @@ pub(crate) enum Command {
 
 impl Env {
     /// Reads and validates the environment through `get`.
-    pub(crate) fn parse(get: impl Fn(&str) -> Option<String>) -> Result<Self, CniError> {
+    pub fn parse(get: impl Fn(&str) -> Option<String>) -> Result<Self, CniError> {
         let command = match get("CNI_COMMAND").as_deref() {
             Some("ADD") => Command::Add,
             Some("DEL") => Command::Del,
@@ -223,17 +235,14 @@ impl Env {
             if container_id.is_empty() {
                 return Err(CniError::Env("CNI_CONTAINERID is not set".into()));
             }
-            if !container_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-            {
+            if !valid_container_id(&container_id) {
                 return Err(CniError::Env(format!(
-                    "CNI_CONTAINERID {container_id:?} has characters other than letters, digits, '_', '.', '-'"
+                    "CNI_CONTAINERID {container_id:?} must start with a letter or digit and have only letters, digits, '_', '.', '-'"
                 )));
             }
-            if ifname.is_empty() || ifname.len() > 15 || ifname.contains(['/', ' ', ':']) {
+            if !valid_ifname(&ifname) {
                 return Err(CniError::Env(format!(
-                    "CNI_IFNAME {ifname:?} is not a valid interface name (1-15 characters, no '/', ':' or space)"
+                    "CNI_IFNAME {ifname:?} is not a valid interface name (1-15 bytes, not \".\" or \"..\", no '/', ':' or white space)"
                 )));
             }
             if command != Command::Del && netns.is_none() {
@@ -247,6 +256,31 @@ impl Env {
             ifname,
         })
     }
+}
+
+/// A container ID as the CNI spec ("Parameters") allows it:
+/// `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`.
+pub fn valid_container_id(id: &str) -> bool {
+    id.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+/// An interface name the kernel accepts (`dev_valid_name`): 1 to 15 bytes
+/// (IFNAMSIZ less the NUL), not `.` or `..`, and no `/`, `:`, NUL or white
+/// space (the kernel's `isspace`: space, `\t`, `\n`, `\v`, `\f`, `\r`).
+pub fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && !name.bytes().any(|b| {
+            matches!(
+                b,
+                b'/' | b':' | b'\0' | b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r'
+            )
+        })
 }
 
 #[cfg(test)]
@@ -296,6 +330,20 @@ mod tests {
         }
     }
 
+    // Found in review while writing cni_config's oracle (the error must be
+    // answered in the configuration's version): a JSON array of the fields
+    // in order was accepted as a configuration.
+    #[test]
+    fn a_configuration_must_be_a_json_object() {
+        let e = conf(r#"["1.0.0","n","weft",null,null,null,null]"#).unwrap_err();
+        assert_eq!(e.code(), 6);
+        assert_eq!(peek_version(br#"["1.0.0"]"#), None);
+        assert_eq!(
+            peek_version(br#"{"cniVersion":"0.4.0"}"#).as_deref(),
+            Some("0.4.0")
+        );
+    }
+
     #[test]
     fn valid_attachments_and_prev_result_are_read() {
         let c = conf(
@@ -343,5 +391,51 @@ mod tests {
             .code(),
             4
         );
+    }
+
+    // Found by fuzz target cni_config (from the seeds, in 26k runs): these
+    // passed the old check and only failed later, in netlink, after an
+    // address was allocated.
+    #[test]
+    fn interface_names_the_kernel_refuses_are_an_env_error() {
+        for bad in [
+            ".",
+            "..",
+            "eth\t0",
+            "eth0\n",
+            "a\u{b}b",
+            "a\rb",
+            "eth\u{0}",
+            "",
+            "abcdefghijklmnop",
+        ] {
+            let e = env(&[
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", "abc"),
+                ("CNI_IFNAME", bad),
+                ("CNI_NETNS", "/x"),
+            ])
+            .unwrap_err();
+            assert_eq!(e.code(), 4, "{bad:?}");
+        }
+        assert!(
+            valid_ifname("eth0") && valid_ifname("net1.100") && valid_ifname("abcdefghijklmno")
+        );
+    }
+
+    // Caught by cni_config's oracle (the spec's pattern), found in review:
+    // the CNI spec wants a letter or digit first; "-x" or ".." were accepted.
+    #[test]
+    fn container_ids_must_start_with_a_letter_or_digit() {
+        for bad in ["-x", ".", "..", "_a"] {
+            let e = env(&[
+                ("CNI_COMMAND", "DEL"),
+                ("CNI_CONTAINERID", bad),
+                ("CNI_IFNAME", "eth0"),
+            ])
+            .unwrap_err();
+            assert_eq!(e.code(), 4, "{bad:?}");
+        }
+        assert!(valid_container_id("0a-b_c.d"));
     }
 }

@@ -5,38 +5,38 @@
 use serde::Serialize;
 
 /// CNI error codes we use (CNI spec, "Well-known Error Codes"; 100+ are ours).
-pub(crate) mod code {
+pub mod code {
     /// Incompatible CNI version.
-    pub(crate) const INCOMPATIBLE_VERSION: u32 = 1;
+    pub const INCOMPATIBLE_VERSION: u32 = 1;
     /// Container unknown or does not exist (its netns is gone).
-    pub(crate) const UNKNOWN_CONTAINER: u32 = 3;
+    pub const UNKNOWN_CONTAINER: u32 = 3;
     /// Invalid necessary environment variables.
-    pub(crate) const INVALID_ENV: u32 = 4;
+    pub const INVALID_ENV: u32 = 4;
     /// I/O failure.
-    pub(crate) const IO_FAILURE: u32 = 5;
+    pub const IO_FAILURE: u32 = 5;
     /// Failed to decode content.
-    pub(crate) const DECODE: u32 = 6;
+    pub const DECODE: u32 = 6;
     /// Invalid network config.
-    pub(crate) const INVALID_CONFIG: u32 = 7;
+    pub const INVALID_CONFIG: u32 = 7;
     /// Try again later.
-    pub(crate) const TRY_AGAIN_LATER: u32 = 11;
+    pub const TRY_AGAIN_LATER: u32 = 11;
     /// The plugin is not available (STATUS).
-    pub(crate) const NOT_AVAILABLE: u32 = 50;
+    pub const NOT_AVAILABLE: u32 = 50;
     /// The router refused the request.
-    pub(crate) const ROUTER_REFUSED: u32 = 100;
+    pub const ROUTER_REFUSED: u32 = 100;
     /// The router failed internally.
-    pub(crate) const ROUTER_INTERNAL: u32 = 101;
+    pub const ROUTER_INTERNAL: u32 = 101;
     /// The router has no such allocation.
-    pub(crate) const ROUTER_NOT_FOUND: u32 = 102;
+    pub const ROUTER_NOT_FOUND: u32 = 102;
     /// Configuring the kernel failed.
-    pub(crate) const NETLINK: u32 = 103;
+    pub const NETLINK: u32 = 103;
     /// CHECK found the pod's network not as ADD left it.
-    pub(crate) const CHECK_FAILED: u32 = 104;
+    pub const CHECK_FAILED: u32 = 104;
 }
 
 /// Why a command failed. The message is one line saying what to do.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum CniError {
+pub enum CniError {
     /// The requested `cniVersion` (or the command for it) is unsupported.
     #[error("{0}")]
     Version(String),
@@ -79,7 +79,7 @@ pub(crate) enum CniError {
 
 impl CniError {
     /// The spec code.
-    pub(crate) fn code(&self) -> u32 {
+    pub fn code(&self) -> u32 {
         match self {
             Self::Version(_) => code::INCOMPATIBLE_VERSION,
             Self::Env(_) => code::INVALID_ENV,
@@ -113,7 +113,7 @@ impl CniError {
     }
 
     /// The CNI error object for `cni_version`.
-    pub(crate) fn to_json(&self, cni_version: &str) -> serde_json::Value {
+    pub fn to_json(&self, cni_version: &str) -> serde_json::Value {
         #[derive(Serialize)]
         #[serde(rename_all = "camelCase")]
         struct Wire<'a> {

@@ -35,7 +35,7 @@ fn fail(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> PlumbError 
 
 /// The host end's name: `weft` + 11 hex characters of a hash of the
 /// container ID and interface name, so DEL and GC find it from the IDs alone.
-pub(crate) fn host_ifname(container_id: &str, ifname: &str) -> String {
+pub fn host_ifname(container_id: &str, ifname: &str) -> String {
     let digest = attachment_hash(container_id, ifname);
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("weft{}", &hex[..11])
@@ -43,7 +43,7 @@ pub(crate) fn host_ifname(container_id: &str, ifname: &str) -> String {
 
 /// Deterministic locally administered MACs for (host end, pod end), so a
 /// repeated ADD returns the very same result.
-pub(crate) fn macs(container_id: &str, ifname: &str) -> ([u8; 6], [u8; 6]) {
+pub fn macs(container_id: &str, ifname: &str) -> ([u8; 6], [u8; 6]) {
     let d = attachment_hash(container_id, ifname);
     let mut host = [0x0a, d[16], d[17], d[18], d[19], d[20]];
     let mut pod = [0x0e, d[21], d[22], d[23], d[24], d[25]];
@@ -62,7 +62,7 @@ fn attachment_hash(container_id: &str, ifname: &str) -> [u8; 32] {
 }
 
 /// `aa:bb:cc:dd:ee:ff`.
-pub(crate) fn mac_string(mac: &[u8]) -> String {
+pub fn mac_string(mac: &[u8]) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
@@ -71,21 +71,21 @@ pub(crate) fn mac_string(mac: &[u8]) -> String {
 
 /// What to configure.
 #[derive(Clone, Debug)]
-pub(crate) struct Plan {
+pub struct Plan {
     /// Host end name.
-    pub(crate) host_ifname: String,
+    pub host_ifname: String,
     /// Pod end name (`CNI_IFNAME`).
-    pub(crate) pod_ifname: String,
+    pub pod_ifname: String,
     /// Host end MAC.
-    pub(crate) host_mac: [u8; 6],
+    pub host_mac: [u8; 6],
     /// Pod end MAC.
-    pub(crate) pod_mac: [u8; 6],
+    pub pod_mac: [u8; 6],
     /// The pod's address (a /32).
-    pub(crate) address: Ipv4Addr,
+    pub address: Ipv4Addr,
     /// The link-local gateway.
-    pub(crate) gateway: Ipv4Addr,
+    pub gateway: Ipv4Addr,
     /// MTU of both ends.
-    pub(crate) mtu: u32,
+    pub mtu: u32,
 }
 
 /// Creates the veth pair with its pod end directly in the namespace `ns_fd`

@@ -9,27 +9,27 @@ use serde_json::{Value, json};
 
 /// What ADD configured (DESIGN.md "The picture").
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Plugged {
+pub struct Plugged {
     /// Host end of the veth.
-    pub(crate) host_ifname: String,
+    pub host_ifname: String,
     /// Its MAC, `aa:bb:..`.
-    pub(crate) host_mac: String,
+    pub host_mac: String,
     /// `CNI_IFNAME`.
-    pub(crate) pod_ifname: String,
+    pub pod_ifname: String,
     /// The pod end's MAC.
-    pub(crate) pod_mac: String,
+    pub pod_mac: String,
     /// `CNI_NETNS`.
-    pub(crate) sandbox: String,
+    pub sandbox: String,
     /// The pod's address with its prefix, `10.32.0.5/32`.
-    pub(crate) address: String,
+    pub address: String,
     /// The link-local gateway, `169.254.1.1`.
-    pub(crate) gateway: String,
+    pub gateway: String,
     /// The pod MTU.
-    pub(crate) mtu: u32,
+    pub mtu: u32,
 }
 
 /// The result object for `version`, appended to `prev` when chained.
-pub(crate) fn render(version: Version, plugged: &Plugged, prev: Option<&Value>) -> Value {
+pub fn render(version: Version, plugged: &Plugged, prev: Option<&Value>) -> Value {
     let mut interfaces: Vec<Value> = prev
         .and_then(|p| p["interfaces"].as_array().cloned())
         .unwrap_or_default();
@@ -89,14 +89,16 @@ fn shape_ip(version: Version, ip: &mut Value) {
     }
 }
 
-/// The pod address in a (previous) result for interface `ifname` in
-/// `sandbox`, if the result names one (CHECK compares it with the router).
-pub(crate) fn address_for(result: &Value, ifname: &str) -> Option<String> {
+/// The pod address in a (previous) result for interface `ifname` in a
+/// sandbox, if the result names one (CHECK compares it with the router).
+/// The last such interface and the last address on it win: [`render`]
+/// appends ours after whatever an earlier plugin put there.
+pub fn address_for(result: &Value, ifname: &str) -> Option<String> {
     let interfaces = result["interfaces"].as_array()?;
-    let index = interfaces.iter().position(|i| {
+    let index = interfaces.iter().rposition(|i| {
         i["name"].as_str() == Some(ifname) && i.get("sandbox").is_some_and(|s| !s.is_null())
     })?;
-    result["ips"].as_array()?.iter().find_map(|ip| {
+    result["ips"].as_array()?.iter().rev().find_map(|ip| {
         (ip["interface"].as_u64() == Some(index as u64))
             .then(|| ip["address"].as_str().map(str::to_string))
             .flatten()
@@ -155,5 +157,20 @@ mod tests {
         assert_eq!(r["ips"][1]["interface"], 2);
         assert_eq!(r["routes"].as_array().unwrap().len(), 2);
         assert_eq!(r["dns"]["nameservers"][0], "10.0.0.10");
+    }
+
+    // Found by fuzz target cni_config (from the seeds, in 6k runs): a
+    // prevResult that already names an
+    // interface eth0 in a sandbox (or has an address pointing at our index)
+    // made CHECK compare the router's address with the earlier plugin's.
+    #[test]
+    fn check_reads_our_address_even_when_prev_result_names_the_same_interface() {
+        let prev = json!({
+            "interfaces": [{"name": "eth0", "sandbox": "/run/netns/p"}],
+            "ips": [{"address": "10.9.9.9/32", "interface": 0},
+                    {"address": "10.8.8.8/32", "interface": 2}],
+        });
+        let r = render(Version::V100, &plugged(), Some(&prev));
+        assert_eq!(address_for(&r, "eth0").as_deref(), Some("10.32.0.5/32"));
     }
 }

@@ -1,5 +1,5 @@
 //! Writes the valid seed inputs under `corpus/<target>/seed-*`. Run from the
-//! fuzz directory: `cargo run --bin gen_seeds` (no fuzzer flags needed).
+//! fuzz directory: `cargo run --release --features gen-seeds --bin gen_seeds`.
 //! Deterministic: re-running rewrites the same bytes.
 
 use std::collections::BTreeSet;
@@ -437,5 +437,465 @@ fn main() {
         ("unaligned", "10.32.0.1/12"),
     ] {
         write("ipam_range", name, text.as_bytes());
+    }
+
+    cni_config();
+    cni_reply();
+    segment();
+    coalesce();
+}
+
+/// An IPv4 packet: 20-byte header (or more, with `ip_options`), then
+/// `l4`, header checksum set. The L4 checksum is left to the caller.
+fn ipv4(proto: u8, ip_options: &[u8], l4: &[u8]) -> Vec<u8> {
+    use weft::router::checksum::ipv4_header;
+    let ihl = 20 + ip_options.len();
+    let len = ihl + l4.len();
+    let mut p = vec![0u8; ihl];
+    p[0] = 0x40 | (ihl / 4) as u8;
+    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+    p[4..6].copy_from_slice(&0x1c46u16.to_be_bytes());
+    p[6] = 0x40; // DF
+    p[8] = 64;
+    p[9] = proto;
+    p[12..16].copy_from_slice(&[10, 32, 0, 5]);
+    p[16..20].copy_from_slice(&[10, 33, 1, 7]);
+    p[20..].copy_from_slice(ip_options);
+    let c = ipv4_header(&p);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    p.extend_from_slice(l4);
+    p
+}
+
+/// An IPv6 packet around `l4`.
+fn ipv6(proto: u8, l4: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 40];
+    p[0] = 0x60;
+    p[4..6].copy_from_slice(&(l4.len() as u16).to_be_bytes());
+    p[6] = proto;
+    p[7] = 64;
+    p[8..24].copy_from_slice(&[0xfd, 0, 0, 0x32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5]);
+    p[24..40].copy_from_slice(&[0xfd, 0, 0, 0x33, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 7]);
+    p.extend_from_slice(l4);
+    p
+}
+
+/// A TCP header (+ `options`, a multiple of 4) and payload.
+fn tcp(seq: u32, flags: u8, options: &[u8], payload: &[u8]) -> Vec<u8> {
+    let thl = 20 + options.len();
+    let mut t = vec![0u8; thl];
+    t[0..2].copy_from_slice(&43_512u16.to_be_bytes());
+    t[2..4].copy_from_slice(&5201u16.to_be_bytes());
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    t[8..12].copy_from_slice(&0x5eed_0001u32.to_be_bytes());
+    t[12] = ((thl / 4) as u8) << 4;
+    t[13] = flags;
+    t[14..16].copy_from_slice(&502u16.to_be_bytes());
+    t[20..].copy_from_slice(options);
+    t.extend_from_slice(payload);
+    t
+}
+
+/// A UDP header and payload.
+fn udp(payload: &[u8]) -> Vec<u8> {
+    let mut u = vec![0u8; 8];
+    u[0..2].copy_from_slice(&51_820u16.to_be_bytes());
+    u[2..4].copy_from_slice(&4789u16.to_be_bytes());
+    u[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    u.extend_from_slice(payload);
+    u
+}
+
+/// Writes the L4 checksum of `p` (IPv4 or IPv6, header length `l4`) at
+/// `l4 + offset`: complete, or as the kernel leaves it for checksum
+/// offload (`partial`: the folded pseudo-header sum only).
+fn l4_checksum(p: &mut [u8], l4: usize, proto: u8, offset: usize, partial: bool) {
+    use weft::router::checksum::{finish, fold, pseudo_header, sum};
+    p[l4 + offset..l4 + offset + 2].fill(0);
+    let pseudo = pseudo_header(p, proto, p.len() - l4).expect("ip header");
+    let c = if partial {
+        fold(pseudo)
+    } else {
+        finish(sum(&p[l4..], pseudo))
+    };
+    p[l4 + offset..l4 + offset + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+fn payload(n: usize, salt: u8) -> Vec<u8> {
+    (0..n).map(|i| (i as u8).wrapping_mul(31) ^ salt).collect()
+}
+
+/// TCP options as Linux sends them on an established flow: NOP NOP TS.
+const TS_OPTIONS: [u8; 12] = [1, 1, 8, 10, 0, 0, 0x12, 0x34, 0, 0, 0x56, 0x78];
+
+/// `segment`: a virtio-net header then the packet, as the kernel writes a
+/// GSO super-packet (checksum offload: `csum_start` at L4, the L4 field
+/// holding the pseudo-header sum) to a TUN with IFF_VNET_HDR.
+fn segment() {
+    use weft::router::vnet::{
+        F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN, VnetHdr,
+    };
+    let seed = |name: &str,
+                gso_type: u8,
+                gso_size: u16,
+                l4: usize,
+                csum_offset: u16,
+                p: &[u8],
+                hlen: usize| {
+        let hdr = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type,
+            hdr_len: hlen as u16,
+            gso_size,
+            csum_start: l4 as u16,
+            csum_offset,
+        };
+        let mut out = [0u8; VNET_HDR_LEN];
+        hdr.emit(&mut out);
+        let mut input = out.to_vec();
+        input.extend_from_slice(p);
+        write("segment", name, &input);
+    };
+    // TCP/IPv4: three full segments and a short one, PSH on the last.
+    let mut p = ipv4(
+        6,
+        &[],
+        &tcp(1_000_000, 0x18, &TS_OPTIONS, &payload(3 * 1388 + 500, 1)),
+    );
+    l4_checksum(&mut p, 20, 6, 16, true);
+    seed("tcp4-tso", GSO_TCPV4, 1388, 20, 16, &p, 52);
+    // ECN (CWR on the first segment only), no options, exact multiple.
+    let mut p = ipv4(6, &[], &tcp(7, 0x90, &[], &payload(4 * 1448, 2)));
+    p[1] = 0x02; // ECT(0)
+    let c = weft::router::checksum::ipv4_header(&p[..20]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    l4_checksum(&mut p, 20, 6, 16, true);
+    seed("tcp4-ecn", GSO_TCPV4 | GSO_ECN, 1448, 20, 16, &p, 40);
+    // IP options (router alert), one segment only.
+    let mut p = ipv4(
+        6,
+        &[0x94, 0x04, 0, 0],
+        &tcp(u32::MAX - 100, 0x10, &[], &payload(300, 3)),
+    );
+    l4_checksum(&mut p, 24, 6, 16, true);
+    seed("tcp4-ipopt", GSO_TCPV4, 1400, 24, 16, &p, 44);
+    // A 16 KB burst: the sequence number wraps inside it.
+    let mut p = ipv4(
+        6,
+        &[],
+        &tcp(u32::MAX - 5000, 0x10, &TS_OPTIONS, &payload(16_000, 4)),
+    );
+    l4_checksum(&mut p, 20, 6, 16, true);
+    seed("tcp4-wrap", GSO_TCPV4, 1388, 20, 16, &p, 52);
+    // UDP GSO (QUIC, WireGuard): 1200-byte datagrams.
+    let mut p = ipv4(17, &[], &udp(&payload(3 * 1200 + 77, 5)));
+    l4_checksum(&mut p, 20, 17, 6, true);
+    seed("udp4-gso", GSO_UDP_L4, 1200, 20, 6, &p, 28);
+    // IPv6: TCP and UDP.
+    let mut p = ipv6(6, &tcp(42, 0x18, &TS_OPTIONS, &payload(2 * 1368 + 10, 6)));
+    l4_checksum(&mut p, 40, 6, 16, true);
+    seed("tcp6-tso", GSO_TCPV6, 1368, 40, 16, &p, 72);
+    let mut p = ipv6(17, &udp(&payload(2 * 1180 + 3, 7)));
+    l4_checksum(&mut p, 40, 17, 6, true);
+    seed("udp6-gso", GSO_UDP_L4, 1180, 40, 6, &p, 48);
+    // No GSO: a single packet with checksum offload, and an ICMP echo.
+    let mut p = ipv4(17, &[], &udp(b"\x01\x00\x00\x01dns query"));
+    l4_checksum(&mut p, 20, 17, 6, true);
+    seed("udp4-csum", GSO_NONE, 0, 20, 6, &p, 0);
+    let mut icmp = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1];
+    icmp.extend_from_slice(&payload(56, 8));
+    let c = weft::router::checksum::finish(weft::router::checksum::sum(&icmp, 0));
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let p = ipv4(1, &[], &icmp);
+    let mut input = [0u8; VNET_HDR_LEN].to_vec();
+    input.extend_from_slice(&p);
+    write("segment", "icmp4-plain", &input);
+}
+
+/// `coalesce`: a mode byte (`0x80` set: raw packets, each led by a length
+/// byte n for n*8+1 bytes; else 4-byte records `flow, seq step, length/8,
+/// flags`, see the target) and what follows.
+fn coalesce() {
+    // Structured: an in-order bulk flow of 1448-byte segments (181*8) with
+    // a PSH, interleaved flows, a gap, a retransmission, FIN and SYN.
+    let mut s = vec![3u8]; // four flows
+    for i in 0..12u8 {
+        s.extend_from_slice(&[0, 0, 181, if i == 11 { 2 } else { 0 }]);
+        s.extend_from_slice(&[1 + i % 3, 1, 171, 1]);
+    }
+    s.extend_from_slice(&[0, 2, 181, 0]); // a gap
+    s.extend_from_slice(&[0, 3, 181, 0]); // out of order
+    s.extend_from_slice(&[2, 0, 10, 3]); // FIN
+    s.extend_from_slice(&[3, 0, 0, 4]); // SYN
+    s.extend_from_slice(&[1, 0, 181, 5]); // CWR
+    write("coalesce", "structured-bulk", &s);
+    let mut s = vec![0u8]; // one flow: a short segment ends the run
+    for len in [181u8, 181, 181, 100, 181, 181] {
+        s.extend_from_slice(&[0, 0, len, 0]);
+    }
+    write("coalesce", "structured-short", &s);
+
+    // Raw: real decrypted TCP/IPv4 segments of 8n+1 bytes, in order, then
+    // others the coalescer must pass through.
+    let mut raw = vec![0x80u8 | 1];
+    let mut push = |p: &[u8]| {
+        assert_eq!(p.len() % 8, 1, "raw records are 8n+1 bytes");
+        raw.push((p.len() / 8) as u8);
+        raw.extend_from_slice(p);
+    };
+    let mut seq = 5_000u32;
+    for (i, n) in [1397usize, 1397, 1397, 1397, 997].into_iter().enumerate() {
+        let flags = if i == 4 { 0x18 } else { 0x10 };
+        let mut p = ipv4(6, &[], &tcp(seq, flags, &TS_OPTIONS, &payload(n, i as u8)));
+        l4_checksum(&mut p, 20, 6, 16, false);
+        push(&p);
+        seq = seq.wrapping_add(n as u32);
+    }
+    let mut p = ipv4(17, &[], &udp(&payload(1381, 9)));
+    l4_checksum(&mut p, 20, 17, 6, false);
+    push(&p);
+    let mut p = ipv6(6, &tcp(1, 0x10, &[], &payload(1381, 10)));
+    l4_checksum(&mut p, 40, 6, 16, false);
+    push(&p);
+    write("coalesce", "raw-tcp4", &raw);
+}
+
+/// `cni_config`: `KEY=VALUE` lines, an empty line, then stdin, as a
+/// container runtime runs the plugin for cni/weft.conflist (the runtime
+/// injects `cniVersion` and `name` into each plugin's entry, and adds
+/// `runtimeConfig`, `args` and, when chained, `prevResult`).
+fn cni_config() {
+    use serde_json::{Value, json};
+    fn input(env: &[(&str, &str)], conf: &Value) -> Vec<u8> {
+        let mut out = String::new();
+        for (k, v) in env {
+            out.push_str(&format!("{k}={v}\n"));
+        }
+        out.push('\n');
+        out.push_str(&serde_json::to_string_pretty(conf).expect("json"));
+        out.into_bytes()
+    }
+    let conflist: Value =
+        serde_json::from_str(include_str!("../../../cni/weft.conflist")).expect("weft.conflist");
+    let entry = |version: &str| {
+        let mut e = conflist["plugins"][0].clone();
+        e["cniVersion"] = json!(version);
+        e["name"] = conflist["name"].clone();
+        e
+    };
+    let pod = [
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", "3f2a9c0d1e5b"),
+        ("CNI_NETNS", "/var/run/netns/cni-1f0e6a2b"),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", "/opt/cni/bin"),
+        (
+            "CNI_ARGS",
+            "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;IgnoreUnknown=1",
+        ),
+    ];
+    let with = |command: &'static str| {
+        let mut env = pod;
+        env[0].1 = command;
+        env
+    };
+    // A bridge-style earlier plugin's result, in each version's shape.
+    let prev = |version: &str| {
+        let mut ip = json!({"address": "10.88.0.7/16", "gateway": "10.88.0.1", "interface": 2});
+        if version < "1.0.0" {
+            ip["version"] = json!("4");
+        }
+        json!({
+            "cniVersion": version,
+            "interfaces": [
+                {"name": "cni0", "mac": "5a:1c:7e:00:00:01"},
+                {"name": "veth1a2b3c4d", "mac": "5a:1c:7e:00:00:02"},
+                {"name": "net1", "mac": "5a:1c:7e:00:00:03", "sandbox": "/var/run/netns/cni-1f0e6a2b"}
+            ],
+            "ips": [ip],
+            "routes": [{"dst": "0.0.0.0/0", "gw": "10.88.0.1"}],
+            "dns": {"nameservers": ["10.96.0.10"], "search": ["default.svc.cluster.local"]}
+        })
+    };
+    for version in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
+        let tag = version.replace('.', "");
+        write(
+            "cni_config",
+            &format!("add-{tag}"),
+            &input(&pod, &entry(version)),
+        );
+        write(
+            "cni_config",
+            &format!("del-{tag}"),
+            &input(&with("DEL"), &entry(version)),
+        );
+        // Runtime additions: portmap's capability and Kubernetes' args.
+        let mut full = entry(version);
+        full["runtimeConfig"] = json!({"portMappings": [
+            {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]});
+        full["args"] = json!({"cni": {"ips": ["10.32.0.9"]}});
+        full["prevResult"] = prev(version);
+        write(
+            "cni_config",
+            &format!("add-chained-{tag}"),
+            &input(&pod, &full),
+        );
+        if version >= "0.4.0" {
+            // CHECK with the chain's final result, ours last.
+            let mut ours = prev(version);
+            ours["interfaces"].as_array_mut().expect("array").extend([
+                json!({"name": "weftd4c1e0a9b27", "mac": "0a:11:22:33:44:55"}),
+                json!({"name": "eth0", "mac": "0e:11:22:33:44:55", "sandbox": "/var/run/netns/cni-1f0e6a2b"}),
+            ]);
+            let mut ip =
+                json!({"address": "10.32.0.5/32", "gateway": "169.254.1.1", "interface": 4});
+            if version < "1.0.0" {
+                ip["version"] = json!("4");
+            }
+            ours["ips"].as_array_mut().expect("array").push(ip);
+            let mut check = entry(version);
+            check["prevResult"] = ours;
+            write(
+                "cni_config",
+                &format!("check-{tag}"),
+                &input(&with("CHECK"), &check),
+            );
+        }
+    }
+    let mut gc = entry("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "3f2a9c0d1e5b", "ifname": "eth0"}, {"containerID": "77aa", "ifname": "eth0"}]);
+    write(
+        "cni_config",
+        "gc-110",
+        &input(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin")], &gc),
+    );
+    write(
+        "cni_config",
+        "status-110",
+        &input(&[("CNI_COMMAND", "STATUS")], &entry("1.1.0")),
+    );
+    write(
+        "cni_config",
+        "version",
+        &input(
+            &[("CNI_COMMAND", "VERSION")],
+            &json!({"cniVersion": "1.0.0"}),
+        ),
+    );
+    let mut empty_netns = with("DEL");
+    empty_netns[2].1 = "";
+    write(
+        "cni_config",
+        "del-no-netns",
+        &input(&empty_netns, &entry("1.0.0")),
+    );
+    let mut mtu = entry("1.0.0");
+    mtu["mtu"] = json!(1400);
+    mtu["socket"] = json!("/var/run/weft/api.sock");
+    write("cni_config", "add-mtu", &input(&pod, &mtu));
+}
+
+/// `cni_reply`: a selector byte (reply type, version, configured MTU; see
+/// the target), then a reply line as the router writes it.
+fn cni_reply() {
+    macro_rules! json_of {
+        ($v:expr) => {
+            serde_json::to_value($v).expect("json")
+        };
+    }
+    use weft::api::proto::{
+        Allocation, AllocationList, ApiError, ErrorCode, Readiness, Released, Reply,
+    };
+    let alloc = Allocation {
+        container_id: "3f2a9c0d1e5b".into(),
+        ifname: "eth0".into(),
+        address: "10.32.0.5".into(),
+        prefix_len: 32,
+        gateway: "169.254.1.1".into(),
+        mtu: 1420,
+        range: "10.32.0.0/12".into(),
+    };
+    let ok = |v: serde_json::Value| Reply {
+        ok: true,
+        result: Some(v),
+        error: None,
+    };
+    let line = |sel: u8, r: &Reply| {
+        let mut out = vec![sel];
+        out.extend(serde_json::to_vec(r).expect("json"));
+        out
+    };
+    for (name, sel) in [
+        ("allocation-030", 0u8),
+        ("allocation-110", 16),
+        ("allocation-mtu", 0x84),
+    ] {
+        write("cni_reply", name, &line(sel, &ok(json_of!(&alloc))));
+    }
+    write(
+        "cni_reply",
+        "ready",
+        &line(
+            1,
+            &ok(json_of!(&Readiness {
+                ready: true,
+                reason: None,
+                mtu: 1420
+            })),
+        ),
+    );
+    write(
+        "cni_reply",
+        "not-ready",
+        &line(
+            1,
+            &ok(json_of!(&Readiness {
+                ready: false,
+                reason: Some("ring unknown".into()),
+                mtu: 1420
+            })),
+        ),
+    );
+    write(
+        "cni_reply",
+        "gc",
+        &line(
+            2,
+            &ok(json_of!(&AllocationList {
+                allocations: vec![alloc.clone()]
+            })),
+        ),
+    );
+    // Selector bit 0x40: the allocation's numbers as bytes.
+    let mut numbers = vec![0x40u8, 32];
+    numbers.extend_from_slice(&1420u32.to_le_bytes());
+    numbers.extend_from_slice(&[10, 32, 0, 5, 169, 254, 1, 1]);
+    write("cni_reply", "allocation-numbers", &numbers);
+    write(
+        "cni_reply",
+        "released",
+        &line(
+            3,
+            &ok(json_of!(&Released {
+                address: "10.32.0.5".into()
+            })),
+        ),
+    );
+    for (name, code) in [
+        ("bad-request", ErrorCode::BadRequest),
+        ("refused", ErrorCode::Refused),
+        ("not-found", ErrorCode::NotFound),
+        ("not-ready", ErrorCode::NotReady),
+        ("internal", ErrorCode::Internal),
+    ] {
+        let r = Reply {
+            ok: false,
+            result: None,
+            error: Some(ApiError {
+                code,
+                message: format!("{name} (one line)"),
+            }),
+        };
+        write("cni_reply", &format!("error-{name}"), &line(0, &r));
     }
 }
