@@ -365,6 +365,50 @@ const CMSG_ROOM: usize = 32;
 #[derive(Clone, Copy)]
 struct CmsgBuf([u8; CMSG_ROOM]);
 
+/// The per-call arrays of one `sendmmsg` or `recvmmsg`: per slot an
+/// address, an iovec, a control buffer and the header that points at them.
+/// Lives on the caller's stack and must not move between `link` and the call.
+struct MmsgSlots {
+    addrs: [libc::sockaddr_storage; MAX_BATCH],
+    iovs: [libc::iovec; MAX_BATCH],
+    cmsgs: [CmsgBuf; MAX_BATCH],
+    hdrs: [libc::mmsghdr; MAX_BATCH],
+}
+
+impl MmsgSlots {
+    fn zeroed() -> Self {
+        // SAFETY: plain C structs (and a byte array) for which all-zero is a
+        // valid value.
+        unsafe { std::mem::zeroed() }
+    }
+
+    /// Points slot `i`'s header at its address (`name_len` bytes), at the
+    /// buffer `base..base + len`, and at `control_len` bytes of its control
+    /// buffer (none if 0).
+    fn link(
+        &mut self,
+        i: usize,
+        base: *mut u8,
+        len: usize,
+        name_len: libc::socklen_t,
+        control_len: usize,
+    ) {
+        self.iovs[i] = libc::iovec {
+            iov_base: base as *mut libc::c_void,
+            iov_len: len,
+        };
+        let h = &mut self.hdrs[i].msg_hdr;
+        h.msg_name = &mut self.addrs[i] as *mut _ as *mut libc::c_void;
+        h.msg_namelen = name_len;
+        h.msg_iov = &mut self.iovs[i];
+        h.msg_iovlen = 1;
+        if control_len > 0 {
+            h.msg_control = self.cmsgs[i].0.as_mut_ptr() as *mut libc::c_void;
+            h.msg_controllen = control_len;
+        }
+    }
+}
+
 /// Sends up to [`MAX_BATCH`] messages with one `sendmmsg`. Returns how many
 /// the kernel took (at least one), or the error of the first.
 pub(crate) fn send_mmsg(socket: BorrowedFd<'_>, msgs: &[SendMsg<'_>]) -> io::Result<usize> {
@@ -372,27 +416,26 @@ pub(crate) fn send_mmsg(socket: BorrowedFd<'_>, msgs: &[SendMsg<'_>]) -> io::Res
     if n == 0 {
         return Ok(0);
     }
-    // SAFETY (all zeroed values below): these are plain C structs for which
-    // all-zero is a valid value.
-    let mut addrs: [libc::sockaddr_storage; MAX_BATCH] = unsafe { std::mem::zeroed() };
-    let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { std::mem::zeroed() };
-    let mut cmsgs = [CmsgBuf([0; CMSG_ROOM]); MAX_BATCH];
-    let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { std::mem::zeroed() };
+    let mut slots = MmsgSlots::zeroed();
     for (i, m) in msgs[..n].iter().enumerate() {
-        let addr_len = to_storage(&m.addr, &mut addrs[i]);
-        iovs[i] = libc::iovec {
-            iov_base: m.data.as_ptr() as *mut libc::c_void,
-            iov_len: m.data.len(),
+        let addr_len = to_storage(&m.addr, &mut slots.addrs[i]);
+        // SAFETY: CMSG_SPACE is a pure computation.
+        let control_len = if m.segment > 0 {
+            unsafe { libc::CMSG_SPACE(2) as usize }
+        } else {
+            0
         };
-        let h = &mut hdrs[i].msg_hdr;
-        h.msg_name = &mut addrs[i] as *mut _ as *mut libc::c_void;
-        h.msg_namelen = addr_len;
-        h.msg_iov = &mut iovs[i];
-        h.msg_iovlen = 1;
+        // The kernel only reads a send's buffer, so the cast from a shared
+        // slice is sound.
+        slots.link(
+            i,
+            m.data.as_ptr() as *mut u8,
+            m.data.len(),
+            addr_len,
+            control_len,
+        );
+        let h = &mut slots.hdrs[i].msg_hdr;
         if m.segment > 0 {
-            h.msg_control = cmsgs[i].0.as_mut_ptr() as *mut libc::c_void;
-            // SAFETY: CMSG_SPACE is a pure computation.
-            h.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as usize;
             // SAFETY: msg_control points at CMSG_ROOM (>= CMSG_SPACE(2))
             // aligned bytes that live until the call returns; FIRSTHDR is
             // non-null because controllen covers one header.
@@ -409,8 +452,14 @@ pub(crate) fn send_mmsg(socket: BorrowedFd<'_>, msgs: &[SendMsg<'_>]) -> io::Res
         // SAFETY: `hdrs[..n]` point at addresses, iovecs and control buffers
         // that outlive the call; the iovecs borrow the callers' slices,
         // which the kernel only reads.
-        let rc =
-            unsafe { libc::sendmmsg(socket.as_raw_fd(), hdrs.as_mut_ptr(), n as libc::c_uint, 0) };
+        let rc = unsafe {
+            libc::sendmmsg(
+                socket.as_raw_fd(),
+                slots.hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                0,
+            )
+        };
         if rc < 0 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::Interrupted {
@@ -446,24 +495,11 @@ pub(crate) fn recv_mmsg<B: AsMut<[u8]>>(
     if n == 0 {
         return Ok(0);
     }
-    // SAFETY: plain C structs for which all-zero is valid.
-    let mut addrs: [libc::sockaddr_storage; MAX_BATCH] = unsafe { std::mem::zeroed() };
-    let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { std::mem::zeroed() };
-    let mut cmsgs = [CmsgBuf([0; CMSG_ROOM]); MAX_BATCH];
-    let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { std::mem::zeroed() };
+    let mut slots = MmsgSlots::zeroed();
+    let name_len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     for (i, b) in bufs[..n].iter_mut().enumerate() {
         let b = b.as_mut();
-        iovs[i] = libc::iovec {
-            iov_base: b.as_mut_ptr() as *mut libc::c_void,
-            iov_len: b.len(),
-        };
-        let h = &mut hdrs[i].msg_hdr;
-        h.msg_name = &mut addrs[i] as *mut _ as *mut libc::c_void;
-        h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        h.msg_iov = &mut iovs[i];
-        h.msg_iovlen = 1;
-        h.msg_control = cmsgs[i].0.as_mut_ptr() as *mut libc::c_void;
-        h.msg_controllen = CMSG_ROOM;
+        slots.link(i, b.as_mut_ptr(), b.len(), name_len, CMSG_ROOM);
     }
     let rc = loop {
         // SAFETY: every header points at buffers that outlive the call and
@@ -471,7 +507,7 @@ pub(crate) fn recv_mmsg<B: AsMut<[u8]>>(
         let rc = unsafe {
             libc::recvmmsg(
                 socket.as_raw_fd(),
-                hdrs.as_mut_ptr(),
+                slots.hdrs.as_mut_ptr(),
                 n as libc::c_uint,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
@@ -486,8 +522,8 @@ pub(crate) fn recv_mmsg<B: AsMut<[u8]>>(
         }
         break rc as usize;
     };
-    for i in 0..rc {
-        let h = &mut hdrs[i].msg_hdr;
+    for (i, slot_meta) in meta[..rc].iter_mut().enumerate() {
+        let h = &mut slots.hdrs[i].msg_hdr;
         let mut segment = 0;
         // SAFETY: the kernel set msg_controllen to what it wrote into our
         // control buffer; FIRSTHDR/NXTHDR stay within it.
@@ -501,9 +537,9 @@ pub(crate) fn recv_mmsg<B: AsMut<[u8]>>(
                 c = libc::CMSG_NXTHDR(h, c);
             }
         }
-        meta[i] = RecvMeta {
-            len: hdrs[i].msg_len as usize,
-            addr: from_storage(&addrs[i]),
+        *slot_meta = RecvMeta {
+            len: slots.hdrs[i].msg_len as usize,
+            addr: from_storage(&slots.addrs[i]),
             segment,
         };
     }
