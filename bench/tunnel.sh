@@ -23,6 +23,8 @@
 # Usage: bench/tunnel.sh [-r ROUNDS] [-t SECONDS] [-m "raw vxlan wireguard-go wg-kernel weft weft-alt"]
 #        WEFT_BIN=path/to/weft (default target/release/weft)
 #        BENCH_LOG_DIR=dir keeps the routers' logs and the raw per-round results
+#        BENCH_PERF_DIR=dir records a system-wide profile (perf record -a -g) of every single-stream
+#          run into dir/MODE-ROUND.data, to compare where the machine's cycles go per mode
 set -euo pipefail
 
 ROUNDS=${BENCH_ROUNDS:-3}
@@ -34,6 +36,8 @@ WEFT_INIT=${BENCH_WEFT_INIT:-}          # e.g. "seed=node0,node1"; empty = the r
 WEFT_ENV=${BENCH_WEFT_ENV:-}            # extra router environment, e.g. "WEFT_DISABLE_OFFLOAD=1"
 WEFT_ALT_BIN=${WEFT_ALT_BIN:-$WEFT_BIN}  # mode weft-alt: a second build or setting, interleaved
 WEFT_ALT_ENV=${BENCH_WEFT_ALT_ENV:-}
+ROUND=0
+[[ -z ${BENCH_PERF_DIR:-} ]] || { command -v perf >/dev/null && mkdir -p "$BENCH_PERF_DIR"; } || { echo "BENCH_PERF_DIR needs perf (apt-get install linux-perf)" >&2; exit 2; }
 MTU=1420
 
 while getopts "r:t:m:h" opt; do
@@ -318,6 +322,16 @@ proc_ticks() { # PIDS...: utime+stime in clock ticks
   done
   echo "$sum"
 }
+worker_ticks() { # PIDS...: "NODE:THREAD TICKS" for every data-plane worker thread (weft-worker-*)
+  local i=0 p t
+  for p in "$@"; do
+    for t in /proc/"$p"/task/*; do
+      [[ $(cat "$t/comm" 2>/dev/null) == weft-worker-* ]] || continue
+      echo "n$i:w$(sed 's/^weft-worker-//' "$t/comm") $(sed 's/.*) //' "$t/stat" | awk '{print $12 + $13}')"
+    done
+    i=$((i + 1))
+  done
+}
 machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
 rss_mb() { # PIDS...: summed VmRSS in MB
   local kb=0 p v
@@ -356,15 +370,45 @@ measure() { # MODE
   nsx "${SRC[$mode]}" ping -n -q -c 20 -i 0.05 -W 1 "${DST[$mode]}" >"$TMP/ping-idle" 2>&1 || true
   record "$mode" rtt_idle "$(ping_avg "$TMP/ping-idle")"
   p0=$(proc_ticks "${procs[@]}"); m0=$(machine_ticks); d0=$(udp_rcvbuf_errors)
+  local perf_pid=
+  if [[ -n ${BENCH_PERF_DIR:-} ]]; then
+    timeout $((DURATION + 5)) perf record -q -a -g -F 499 -o "$BENCH_PERF_DIR/$mode-$ROUND.data" \
+      -- sleep "$DURATION" >/dev/null 2>&1 &
+    perf_pid=$!; PIDS+=("$perf_pid")
+  fi
   read -r bps b < <(iperf "$mode" 1)
+  [[ -z $perf_pid ]] || wait "$perf_pid" || true
   record "$mode" tcp1 "$(awk -v v="$bps" 'BEGIN {printf "%.0f", v / 1e6}')"
   bytes=$(awk -v a="$bytes" -v b="$b" 'BEGIN {printf "%.0f", a + b}')
   pcount=$(((DURATION - 1) * 10))
   timeout $((DURATION + 10)) ip netns exec "${SRC[$mode]}" ping -n -c "$pcount" -i 0.1 -W 1 "${DST[$mode]}" \
     >"$TMP/ping-load" 2>&1 &
   ping_pid=$!; PIDS+=("$ping_pid")
+  # Scaling on 2 CPUs cannot show in throughput (DESIGN.md "Test hosts"): record how busy each
+  # worker was and whether workers ever waited on a lock (futex calls) during the 4-stream run.
+  local w0="" stat_pid="" is_weft=""
+  [[ $mode == weft* ]] && is_weft=1
+  if [[ -n $is_weft ]]; then
+    w0=$(worker_ticks "${procs[@]}")
+    if command -v perf >/dev/null; then
+      timeout $((DURATION + 5)) perf stat -e syscalls:sys_enter_futex --per-thread -x, -o "$TMP/futex-$mode" \
+        -p "$(IFS=,; echo "${procs[*]}")" -- sleep "$DURATION" >/dev/null 2>&1 &
+      stat_pid=$!; PIDS+=("$stat_pid")
+    fi
+  fi
   read -r bps b < <(iperf "$mode" 4)
   wait "$ping_pid" || true
+  if [[ -n $is_weft ]]; then
+    local key ticks before
+    while read -r key ticks; do
+      before=$(awk -v k="$key" '$1 == k {print $2}' <<<"$w0")
+      record "$mode" "busy_$key" "$(awk -v d=$((ticks - ${before:-ticks})) -v hz="$CLK_TCK" -v s="$DURATION" 'BEGIN {printf "%.0f", d / hz / s * 100}')"
+    done < <(worker_ticks "${procs[@]}")
+    if [[ -n $stat_pid ]]; then
+      wait "$stat_pid" || true
+      record "$mode" futex "$(awk -F, '$1 ~ /^weft-worker/ {n += $2} END {printf "%.0f", n}' "$TMP/futex-$mode" 2>/dev/null)"
+    fi
+  fi
   record "$mode" tcp4 "$(awk -v v="$bps" 'BEGIN {printf "%.0f", v / 1e6}')"
   record "$mode" rtt_load "$(ping_avg "$TMP/ping-load")"
   record "$mode" rtt_p50 "$(ping_pct "$TMP/ping-load" 50)"
@@ -384,7 +428,7 @@ measure() { # MODE
 log "modes: ${ACTIVE[*]:-none}; $ROUNDS rounds of ${DURATION}s iperf3 runs (interleaved)"
 for ((r = 1; r <= ROUNDS; r++)); do
   for mode in "${ACTIVE[@]}"; do
-    log "round $r/$ROUNDS: $mode"
+    log "round $r/$ROUNDS: $mode"; ROUND=$r
     measure "$mode"
   done
 done
@@ -429,6 +473,14 @@ fi
 if [[ " ${ACTIVE[*]} " == *" weft-alt "* && " ${ACTIVE[*]} " == *" weft "* ]]; then
   echo "weft-alt / weft: tcp1 $(ratio "$(median weft-alt tcp1)" "$(median weft tcp1)"), tcp4 $(ratio "$(median weft-alt tcp4)" "$(median weft tcp4)"), rtt load $(ratio "$(median weft-alt rtt_load)" "$(median weft rtt_load)"), p99 $(ratio "$(median weft-alt rtt_p99)" "$(median weft rtt_p99)"), cpu s/GB $(ratio "$(median weft-alt cpu_proc)" "$(median weft cpu_proc)")"
 fi
+for mode in "${ACTIVE[@]}"; do
+  [[ $mode == weft* ]] || continue
+  keys=$(awk -v m="$mode" '$1 == m && $2 ~ /^busy_/ {print $2}' "$RESULTS" | sort -u)
+  [[ -n $keys ]] || continue
+  line=""
+  for k in $keys; do line="$line ${k#busy_} $(median "$mode" "$k")%"; done
+  echo "$mode workers during the 4-stream run (median CPU busy per thread):$line; futex calls by workers: $(median "$mode" futex)"
+done
 for mode in "${!SKIP[@]}"; do echo "skipped $mode: ${SKIP[$mode]}"; done
 echo "cpu s/GB: user+sys of the tunnel's own processes per GB received (weft routers, wireguard-go);"
 echo "mach s/GB: all CPU time of the machine per GB (includes iperf3, softirq and anything else running)."
