@@ -17,6 +17,7 @@ pub mod batch;
 pub mod checksum;
 pub mod coalesce;
 pub mod icmp;
+pub mod idmap;
 pub mod offload;
 pub mod packet;
 pub mod priority;

@@ -6,9 +6,9 @@
 //! destination up once (address → owner short ID) and relays forward by that
 //! ID (short ID → next hop), never by their own view of the ranges.
 
+use super::idmap::IdMap;
 use crate::crypto::data::DataKey;
 use crate::id::ShortId;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -98,9 +98,9 @@ pub struct Snapshot {
     /// The overlay MTU: inner packets larger than this are dropped.
     pub mtu: usize,
     owners: Vec<OwnedRange>,
-    next_hops: HashMap<ShortId, ShortId>,
-    links: HashMap<ShortId, Link>,
-    sessions: HashMap<u32, RecvSession>,
+    next_hops: IdMap<ShortId, ShortId>,
+    links: IdMap<ShortId, Link>,
+    sessions: IdMap<u32, RecvSession>,
 }
 
 impl Snapshot {

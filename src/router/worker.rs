@@ -18,6 +18,7 @@ use super::aqm::StandingQueue;
 use super::batch::SendBatch;
 use super::coalesce::{Coalescer, Push};
 use super::icmp::{self, ReplyLimit};
+use super::idmap::IdMap;
 use super::offload::OffloadState;
 use super::packet::{self, DataHeader, HEADER_LEN, HOP_LIMIT, PacketType};
 use super::segment::Segmenter;
@@ -29,7 +30,6 @@ use crate::crypto::data::{COUNTER_LIMIT, TAG_LEN};
 use crate::crypto::replay::ReplayWindow;
 use crate::id::ShortId;
 use arc_swap::ArcSwap;
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, UdpSocket};
@@ -89,10 +89,10 @@ pub struct Worker {
     stats: Arc<WorkerStats>,
     events: UnboundedSender<WorkerEvent>,
     stop: Arc<AtomicBool>,
-    counters: HashMap<u32, u64>,
-    windows: HashMap<(u32, u8), LaneWindow>,
-    reported_endpoints: HashMap<ShortId, SocketAddr>,
-    reported_confirmations: HashMap<u32, ()>,
+    counters: IdMap<u32, u64>,
+    windows: IdMap<(u32, u8), LaneWindow>,
+    reported_endpoints: IdMap<ShortId, SocketAddr>,
+    reported_confirmations: IdMap<u32, ()>,
     last_table: usize,
     log_limit: LogLimit,
     offload: Arc<OffloadState>,
@@ -157,10 +157,10 @@ impl Worker {
             stats,
             events,
             stop,
-            counters: HashMap::new(),
-            windows: HashMap::new(),
-            reported_endpoints: HashMap::new(),
-            reported_confirmations: HashMap::new(),
+            counters: IdMap::default(),
+            windows: IdMap::default(),
+            reported_endpoints: IdMap::default(),
+            reported_confirmations: IdMap::default(),
             last_table: 0,
             log_limit: LogLimit::default(),
             offload: Arc::new(OffloadState::none("not configured")),
