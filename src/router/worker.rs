@@ -260,7 +260,7 @@ impl Worker {
         }
         self.tun_buf = buf;
         if self.vnet {
-            self.standing.on_batch_end(drained, self.now);
+            self.standing.on_batch_end(bytes, drained, self.now);
         }
         self.flush_send();
     }
