@@ -489,7 +489,11 @@ for mode in "${ACTIVE[@]}"; do
   [[ -n $keys ]] || continue
   line=""
   for k in $keys; do line="$line ${k#busy_} $(median "$mode" "$k")%"; done
-  echo "$mode workers during the 4-stream run (median CPU busy per thread):$line; futex calls by workers: $(median "$mode" futex)"
+  steps=0
+  for i in 0 1; do
+    steps=$((steps + $(weft_status "$mode$i" | jq -r '.dataplane.busy_step_downs // 0' 2>/dev/null || echo 0)))
+  done
+  echo "$mode workers during the 4-stream run (median CPU busy per thread):$line; futex calls by workers: $(median "$mode" futex); real-time step-downs in the whole run: $steps"
 done
 for mode in "${!SKIP[@]}"; do echo "skipped $mode: ${SKIP[$mode]}"; done
 echo "cpu s/GB: user+sys of the tunnel's own processes per GB received (weft routers, wireguard-go);"

@@ -97,6 +97,18 @@ pub fn render(status: &Status) -> String {
         "Packets relayed for other routers",
         d.forwarded,
     );
+    gauge(
+        &mut registry,
+        "realtime_workers",
+        "Data-plane workers now in the real-time class (WEFT_WORKER_PRIORITY=rt)",
+        d.realtime_workers,
+    );
+    counter(
+        &mut registry,
+        "worker_busy_step_downs",
+        "Times a real-time worker stepped down to nice -10 after 2 ms of unbroken work (a saturated data plane)",
+        d.busy_step_downs,
+    );
     family(
         &mut registry,
         "dropped_packets",

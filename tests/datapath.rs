@@ -31,9 +31,10 @@ fn offload(r: &Router) -> String {
         .to_string()
 }
 
-/// The nice values of the router's `weft-worker-*` threads, found through
-/// /proc by the router's API socket path on its command line.
-fn worker_nice(r: &Router) -> Vec<i32> {
+/// (nice, scheduling policy) of each of the router's `weft-worker-*`
+/// threads, found through /proc by the router's API socket path on its
+/// command line.
+fn worker_sched(r: &Router) -> Vec<(i32, u32)> {
     let api = r.api().display().to_string();
     let mut nice = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -53,9 +54,10 @@ fn worker_nice(r: &Router) -> Vec<i32> {
                 continue;
             }
             let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
-            // After "pid (comm) ", nice is the 17th field (stat(5) field 19).
-            let rest = &stat[stat.rfind(')').unwrap() + 2..];
-            nice.push(rest.split(' ').nth(16).unwrap().parse().unwrap());
+            // After "pid (comm) ", nice is the 17th field (stat(5) field 19)
+            // and the policy the 39th (field 41; 1 is SCHED_FIFO).
+            let rest: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+            nice.push((rest[16].parse().unwrap(), rest[38].parse().unwrap()));
         }
     }
     nice
@@ -275,17 +277,24 @@ fn every_size_of_tcp_udp_and_icmp_arrives_intact_over_the_offload_path() {
             "{}: offload is {path:?}, expected the fast path",
             r.name
         );
-        // The workers run at the raised priority that keeps ping under load
+        // The workers run in the real-time class that keeps ping under load
         // short (docs/DATAPATH.md "Queues and latency"), and say so.
-        let nice = worker_nice(r);
+        let sched = worker_sched(r);
         assert!(
-            !nice.is_empty() && nice.iter().all(|&n| n == -10),
-            "{}: worker nice values {nice:?}",
+            !sched.is_empty() && sched.iter().all(|&(_, policy)| policy == 1),
+            "{}: worker (nice, policy) {sched:?}, expected SCHED_FIFO",
             r.name
         );
         assert!(
-            r.log_tail().contains("raised CPU priority"),
+            r.log_tail().contains("real-time class (SCHED_FIFO 1)"),
             "{}: the log does not say the workers' priority",
+            r.name
+        );
+        let realtime = &r.status().unwrap()["dataplane"]["realtime_workers"];
+        assert_eq!(
+            realtime.as_u64(),
+            Some(sched.len() as u64),
+            "{}: status realtime_workers",
             r.name
         );
     }
@@ -297,7 +306,10 @@ fn the_plain_path_carries_the_same_traffic_when_offload_is_disabled_and_status_s
     if !require_root("datapath_plain") {
         return;
     }
-    let p = pair(&[("WEFT_DISABLE_OFFLOAD", "1"), ("WEFT_WORKER_NICE", "off")]);
+    let p = pair(&[
+        ("WEFT_DISABLE_OFFLOAD", "1"),
+        ("WEFT_WORKER_PRIORITY", "off"),
+    ]);
     for r in &p.routers {
         let path = offload(r);
         assert!(
@@ -310,10 +322,10 @@ fn the_plain_path_carries_the_same_traffic_when_offload_is_disabled_and_status_s
             "{}: the log does not say which path is in use",
             r.name
         );
-        let nice = worker_nice(r);
+        let sched = worker_sched(r);
         assert!(
-            !nice.is_empty() && nice.iter().all(|&n| n == 0),
-            "{}: WEFT_WORKER_NICE=off left worker nice values {nice:?}",
+            !sched.is_empty() && sched.iter().all(|&s| s == (0, 0)),
+            "{}: WEFT_WORKER_PRIORITY=off left worker (nice, policy) {sched:?}",
             r.name
         );
     }

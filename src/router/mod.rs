@@ -86,7 +86,7 @@ impl Dataplane {
         let mut stats = Vec::with_capacity(lanes);
         let mut threads = Vec::with_capacity(lanes);
         let vnet = queues.vnet;
-        let nice = priority::nice_from_env();
+        let priority = priority::Priority::from_env();
         for (lane, (queue, socket)) in queues.queues.into_iter().zip(sockets).enumerate() {
             let worker_stats = Arc::new(WorkerStats::default());
             stats.push(worker_stats.clone());
@@ -100,7 +100,7 @@ impl Dataplane {
                 stop.clone(),
             )
             .with_offload(offload.clone(), vnet)
-            .with_nice(nice);
+            .with_priority(priority);
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("weft-worker-{lane}"))

@@ -98,6 +98,11 @@ pub struct WorkerStats {
     /// ICMP "fragmentation needed" replies written to the TUN for packets
     /// over the overlay MTU (`icmp`).
     pub too_big_replies: AtomicU64,
+    /// 1 while the worker runs in the real-time class (`priority`).
+    pub realtime: AtomicU64,
+    /// Times the worker left the real-time class after working for
+    /// `priority::BUSY_LIMIT` without a break (a saturated data plane).
+    pub busy_step_downs: AtomicU64,
     dropped: [AtomicU64; DropReason::ALL.len()],
 }
 
@@ -135,6 +140,12 @@ pub struct DataplaneTotals {
     /// See `WorkerStats::too_big_replies`.
     #[serde(default)]
     pub too_big_replies: u64,
+    /// Workers now in the real-time class.
+    #[serde(default)]
+    pub realtime_workers: u64,
+    /// See `WorkerStats::busy_step_downs`.
+    #[serde(default)]
+    pub busy_step_downs: u64,
     /// Drops by reason label; reasons never seen are omitted.
     pub dropped: std::collections::BTreeMap<String, u64>,
 }
@@ -150,6 +161,8 @@ impl DataplaneTotals {
             totals.bytes_out += w.bytes_out.load(Ordering::Relaxed);
             totals.forwarded += w.forwarded.load(Ordering::Relaxed);
             totals.too_big_replies += w.too_big_replies.load(Ordering::Relaxed);
+            totals.realtime_workers += w.realtime.load(Ordering::Relaxed);
+            totals.busy_step_downs += w.busy_step_downs.load(Ordering::Relaxed);
             for reason in DropReason::ALL {
                 let n = w.dropped(reason);
                 if n > 0 {

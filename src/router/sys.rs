@@ -138,6 +138,29 @@ pub(crate) struct Ready {
     pub(crate) second: bool,
 }
 
+/// Puts the calling thread in `SCHED_FIFO` at `priority` (Linux schedules
+/// threads, so 0 names the caller alone).
+pub(crate) fn set_thread_fifo(priority: i32) -> io::Result<()> {
+    set_thread_scheduler(libc::SCHED_FIFO, priority)
+}
+
+/// Puts the calling thread back in `SCHED_OTHER`.
+pub(crate) fn set_thread_normal() -> io::Result<()> {
+    set_thread_scheduler(libc::SCHED_OTHER, 0)
+}
+
+fn set_thread_scheduler(policy: libc::c_int, priority: i32) -> io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: `param` is a valid sched_param for the duration of the call.
+    let rc = unsafe { libc::sched_setscheduler(0, policy, &param) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Sets the calling thread's nice value (Linux keeps one per thread).
 pub(crate) fn set_thread_nice(nice: i32) -> io::Result<()> {
     // SAFETY: gettid has no preconditions.

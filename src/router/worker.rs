@@ -21,6 +21,7 @@ use super::icmp::{self, ReplyLimit};
 use super::idmap::IdMap;
 use super::offload::OffloadState;
 use super::packet::{self, DataHeader, HEADER_LEN, HOP_LIMIT, PacketType};
+use super::priority::{self, BusyGuard, Priority, Step};
 use super::segment::Segmenter;
 use super::snapshot::{SendKeys, Snapshot};
 use super::stats::{DropReason, WorkerStats};
@@ -105,7 +106,7 @@ pub struct Worker {
     standing: StandingQueue,
     too_big_replies: ReplyLimit,
     now: Instant,
-    nice: Option<i32>,
+    priority: Priority,
 }
 
 /// Lets one log line through per second (DESIGN.md invariant 4: logged at
@@ -175,7 +176,7 @@ impl Worker {
             standing: StandingQueue::default(),
             too_big_replies: ReplyLimit::default(),
             now: Instant::now(),
-            nice: None,
+            priority: Priority::Unchanged,
         }
     }
 
@@ -189,28 +190,76 @@ impl Worker {
         self
     }
 
-    /// Sets the nice value the worker thread takes when it starts (`None`
-    /// leaves it alone); see `priority`.
-    pub fn with_nice(mut self, nice: Option<i32>) -> Self {
-        self.nice = nice;
+    /// Sets the scheduling the worker thread asks for when it starts; see
+    /// `priority`.
+    pub fn with_priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
         self
+    }
+
+    /// Applies `self.priority` to this thread; returns the guard that steps
+    /// a real-time worker down when it saturates. Lane 0 speaks for all: the
+    /// others get the same answer.
+    fn take_priority(&self) -> Option<BusyGuard> {
+        let speak = self.lane == 0;
+        let nice = match self.priority {
+            Priority::Unchanged => return None,
+            Priority::Nice(nice) => nice,
+            Priority::Realtime => match priority::enter_realtime() {
+                Ok(()) => {
+                    WorkerStats::add(&self.stats.realtime, 1);
+                    if speak {
+                        tracing::info!(
+                            "data-plane workers run in the real-time class (SCHED_FIFO 1) like softirq, stepping down to nice {} after {:?} of unbroken work",
+                            priority::FALLBACK_NICE,
+                            priority::BUSY_LIMIT
+                        );
+                    }
+                    return Some(BusyGuard::default());
+                }
+                Err(e) => {
+                    if speak {
+                        tracing::warn!(error = %e, "the real-time class was refused (needs CAP_SYS_NICE and a real-time budget in the cgroup); data-plane workers run at nice {} instead", priority::FALLBACK_NICE);
+                    }
+                    priority::FALLBACK_NICE
+                }
+            },
+        };
+        match priority::set_nice(nice) {
+            Ok(()) if speak => {
+                tracing::info!(nice, "data-plane workers run at a raised CPU priority");
+            }
+            Err(e) if speak => {
+                tracing::warn!(nice, error = %e, "cannot raise the data-plane workers' CPU priority (needs CAP_SYS_NICE); expect more latency under load on a busy node");
+            }
+            _ => {}
+        }
+        None
+    }
+
+    /// Moves a real-time worker out of or back into its class after a turn.
+    fn pace(&self, guard: &mut BusyGuard, idle: bool) {
+        let now = if idle { self.now } else { Instant::now() };
+        match guard.on_turn(idle, now) {
+            Step::Stay => {}
+            Step::StepDown => {
+                if priority::leave_realtime(priority::FALLBACK_NICE).is_ok() {
+                    WorkerStats::add(&self.stats.busy_step_downs, 1);
+                    self.stats.realtime.store(0, Ordering::Relaxed);
+                }
+            }
+            Step::StepUp => {
+                if priority::enter_realtime().is_ok() {
+                    self.stats.realtime.store(1, Ordering::Relaxed);
+                }
+            }
+        }
     }
 
     /// Runs until `stop` is set. Errors on individual packets are counted,
     /// never returned.
     pub fn run(mut self) {
-        if let Some(nice) = self.nice {
-            // Lane 0 speaks for all: the others get the same answer.
-            match super::priority::apply_to_current_thread(nice) {
-                Ok(()) if self.lane == 0 => {
-                    tracing::info!(nice, "data-plane workers run at a raised CPU priority");
-                }
-                Err(e) if self.lane == 0 => {
-                    tracing::warn!(nice, error = %e, "cannot raise the data-plane workers' CPU priority (needs CAP_SYS_NICE); expect more latency under load on a busy node");
-                }
-                _ => {}
-            }
-        }
+        let mut guard = self.take_priority();
         while !self.stop.load(Ordering::Relaxed) {
             let ready = match sys::poll2(self.tun.as_fd(), self.udp.as_fd(), 200) {
                 Ok(ready) => ready,
@@ -221,18 +270,17 @@ impl Worker {
             };
             let table = self.table.load_full();
             self.forget_stale_state(&table);
-            if ready.first {
-                self.drain_tun(&table);
-            }
-            if ready.second {
-                self.drain_udp(&table);
+            let tun_empty = !ready.first || self.drain_tun(&table);
+            let udp_empty = !ready.second || self.drain_udp(&table);
+            if let Some(guard) = &mut guard {
+                self.pace(guard, tun_empty && udp_empty);
             }
         }
     }
 
     /// Reads up to `TUN_BATCH` packets from the TUN, queues their sealed
-    /// segments, and sends them.
-    fn drain_tun(&mut self, table: &Snapshot) {
+    /// segments, and sends them. Returns whether it found the TUN empty.
+    fn drain_tun(&mut self, table: &Snapshot) -> bool {
         let mut buf = std::mem::take(&mut self.tun_buf);
         let mut bytes = 0;
         let mut drained = false;
@@ -263,19 +311,24 @@ impl Worker {
             self.standing.on_batch_end(bytes, drained, self.now);
         }
         self.flush_send();
+        drained
     }
 
     /// Receives up to `RX_ROUNDS` batches of datagrams, handles every
     /// segment, and after each batch writes the coalesced packets and sends
-    /// what is being relayed.
-    fn drain_udp(&mut self, table: &Arc<Snapshot>) {
+    /// what is being relayed. Returns whether it found the socket empty.
+    fn drain_udp(&mut self, table: &Arc<Snapshot>) -> bool {
+        let mut drained = false;
         let mut bufs = std::mem::take(&mut self.rx_bufs);
         let now = Instant::now();
         for _ in 0..RX_ROUNDS {
             let mut meta = self.rx_meta;
             let n = match sys::recv_mmsg(self.udp.as_fd(), &mut bufs, &mut meta) {
                 Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    drained = true;
+                    break;
+                }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => {
                     // ICMP errors surface here as ECONNREFUSED etc.
@@ -299,10 +352,12 @@ impl Worker {
             self.flush_tun();
             self.flush_send();
             if n < RX_SLOTS {
+                drained = true;
                 break;
             }
         }
         self.rx_bufs = bufs;
+        drained
     }
 
     fn flush_send(&mut self) {
