@@ -68,6 +68,17 @@ enum Command {
         #[arg(long, env = "WEFT_API", default_value = "/run/weft/weft.sock")]
         api: PathBuf,
     },
+    /// Hand this router's address ranges to live peers, then stop it (on a
+    /// drained node, before it is removed for good).
+    Leave {
+        /// Leave even though pods still hold addresses here (they may be
+        /// handed out again elsewhere).
+        #[arg(long)]
+        force: bool,
+        /// The router's API socket.
+        #[arg(long, env = "WEFT_API", default_value = "/run/weft/weft.sock")]
+        api: PathBuf,
+    },
     /// Remove a seed address from a running router.
     Forget {
         /// HOST:PORT given earlier.
@@ -194,6 +205,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print_reply(call(&api, &Request::Connect { address })?)
         }
         Command::Forget { address, api } => print_reply(call(&api, &Request::Forget { address })?),
+        Command::Leave { force, api } => {
+            let reply = call(&api, &Request::Leave { force })?;
+            if let Some(error) = reply.error {
+                anyhow::bail!("{}", error.message);
+            }
+            let result = reply.result.unwrap_or_default();
+            println!(
+                "handed {} addresses to the other routers; the router stops in a moment",
+                result["addresses"]
+            );
+            Ok(())
+        }
         Command::Rmpeer { name, force, api } => {
             let reply = call(&api, &Request::Rmpeer { name, force })?;
             if let Some(error) = reply.error {

@@ -470,3 +470,95 @@ fn rmpeer_takes_over_a_dead_routers_space_and_is_refused_while_it_lives() {
     assert_eq!(all.len(), 1, "router 0 owns the whole range: {all:?}");
     assert_eq!(all[0].1 - all[0].0 + 1, 1 << 20);
 }
+
+#[test]
+fn a_drained_router_leaves_its_ranges_to_the_others_and_stops() {
+    if !require_root("leave") {
+        return;
+    }
+    let cluster = Cluster::new(3);
+    let mut rs = routers(&cluster, 3, |_| vec![0, 1, 2], None, "10.32.0.0/24");
+    for r in &mut rs {
+        r.start();
+    }
+    wait_ready(&rs, Duration::from_secs(20));
+    let pod = allocate_patiently(&rs[2], "pod-on-n2", Duration::from_secs(10)).unwrap();
+    let leave = |r: &Router| {
+        std::process::Command::new(BIN)
+            .args(["leave", "--api"])
+            .arg(r.api())
+            .output()
+            .unwrap()
+    };
+    // Not while a pod holds an address there: one line that says what to do.
+    let refused = leave(&rs[2]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "leave with a pod left: {stderr}");
+    assert!(stderr.contains("drain"), "{stderr}");
+    assert!(stderr.lines().count() <= 2, "{stderr}");
+    let released = api(
+        &rs[2],
+        &Request::Release {
+            container_id: "pod-on-n2".into(),
+            ifname: "eth0".into(),
+            address: None,
+        },
+    );
+    assert!(released.ok, "{:?}", released.error);
+
+    // A router that learned the ring from a peer keeps its own ranges
+    // quarantined for 2 × the convergence bound (60 s): leave says so and
+    // works after it.
+    let deadline = Instant::now() + Duration::from_secs(80);
+    let out = loop {
+        let out = leave(&rs[2]);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        assert!(stderr.contains("quarantined"), "{stderr}");
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("handed"));
+    let status = rs[2].wait_exit(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the router stops after leaving: {status:?}"
+    );
+    // Both others see the whole range as theirs, with no gap and no overlap.
+    let whole = wait_until(Duration::from_secs(10), || {
+        let mut all: Vec<(u32, u32)> = owned(&rs[0]).into_iter().chain(owned(&rs[1])).collect();
+        all.sort_unstable();
+        let contiguous = all.windows(2).all(|w| w[0].1 + 1 == w[1].0);
+        let size: u32 = all.iter().map(|(a, b)| b - a + 1).sum();
+        contiguous && size == 256
+    });
+    assert!(
+        whole,
+        "the ranges of n2 went to n0 and n1: {:?} {:?}",
+        owned(&rs[0]),
+        owned(&rs[1])
+    );
+    // The heirs hand out all of the space, the leaver's pod address included.
+    let mut got = BTreeSet::new();
+    for i in 0..140 {
+        let mut any = false;
+        for r in &rs[..2] {
+            if let Some(a) = allocate_patiently(r, &format!("after-{i}"), Duration::from_secs(3)) {
+                assert!(got.insert(a), "{a} handed out twice");
+                any = true;
+            }
+        }
+        if !any {
+            break;
+        }
+    }
+    // 256 less the network and broadcast addresses and n0's and n1's own.
+    assert_eq!(got.len(), 252, "addresses handed out after the leave");
+    assert!(got.contains(&pod), "{pod} is usable again after the leave");
+}

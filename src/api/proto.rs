@@ -80,6 +80,14 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    /// Hands this router's ranges to live peers, then stops the router
+    /// (`weft leave`, for a drained node): result [`Left`]. Refused while
+    /// pods hold addresses here unless `force`.
+    Leave {
+        /// Leave even though pods still hold addresses here.
+        #[serde(default)]
+        force: bool,
+    },
 }
 
 /// Result of [`Request::Ready`].
@@ -134,6 +142,13 @@ pub struct Reclaimed {
     /// The reclaimed router's name (or hex ID).
     pub peer: String,
     /// How many addresses this router took over.
+    pub addresses: u64,
+}
+
+/// Result of [`Request::Leave`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Left {
+    /// How many addresses went to other routers.
     pub addresses: u64,
 }
 

@@ -7,8 +7,8 @@
 //! messages on the gossip `Ring` channel.
 
 use crate::api::proto::{
-    AddressHolder, Allocation, AllocationList, ErrorCode, IpamStatus, OwnerRange, RangeStatus,
-    Readiness, Reclaimed, Released, Reply, Request,
+    AddressHolder, Allocation, AllocationList, ErrorCode, IpamStatus, Left, OwnerRange,
+    RangeStatus, Readiness, Reclaimed, Released, Reply, Request,
 };
 use crate::cidr::Ipv4Cidr;
 use crate::config::IpallocInit;
@@ -410,6 +410,7 @@ impl IpamDriver {
             Request::Rmpeer { name, force } => {
                 ("rmpeer", self.rmpeer(name, *force, &resolve_name, now))
             }
+            Request::Leave { force } => ("leave", self.leave(*force, now)),
             Request::Status | Request::Connect { .. } | Request::Forget { .. } => return None,
         };
         let result = match &reply.error {
@@ -509,6 +510,24 @@ impl IpamDriver {
         to_reply(&AllocationList {
             allocations: released,
         })
+    }
+
+    fn leave(&mut self, force: bool, now: Instant) -> Reply {
+        match self.alloc.leave(force, now) {
+            Ok(addresses) => to_reply(&Left {
+                addresses: u64::try_from(addresses).unwrap_or(u64::MAX),
+            }),
+            Err(IpamError::NotReady) => {
+                Reply::err(ErrorCode::NotReady, "the IPAM ring is not ready yet")
+            }
+            Err(
+                e @ (IpamError::PodsRemain(_)
+                | IpamError::Quarantined(_)
+                | IpamError::NoHeir
+                | IpamError::Tombstoned(_)),
+            ) => Reply::err(ErrorCode::Refused, e.to_string()),
+            Err(e) => Reply::err(ErrorCode::Internal, e.to_string()),
+        }
     }
 
     fn rmpeer(

@@ -42,6 +42,9 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
 
 /// How often heartbeats go to each peer.
+/// How long a router that left keeps running, so the ring that hands its
+/// ranges away reaches its peers (and they pass it on) before it goes.
+const LEAVE_GRACE: Duration = Duration::from_secs(2);
 const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
 /// A connection is established while an authenticated packet arrived
 /// within this long (three heartbeats and a margin), so a broken link is
@@ -137,6 +140,8 @@ pub struct Control {
     ipam: IpamDriver,
     gossip_traffic: BTreeMap<String, TrafficCount>,
     api_latency: LatencyHistogram,
+    /// After a successful `weft leave`: when to stop.
+    leaving: Option<Instant>,
     /// What the kernel should look like (node address, owned ranges); a
     /// task in the daemon applies each new plan.
     kernel: watch::Sender<InterfacePlan>,
@@ -249,6 +254,7 @@ impl Control {
             kernel,
             gossip_traffic: BTreeMap::new(),
             api_latency: LatencyHistogram::default(),
+            leaving: None,
         }
     }
 
@@ -291,6 +297,9 @@ impl Control {
             self.drive_dials(now);
             if self.dirty {
                 self.publish();
+            }
+            if self.leaving.is_some_and(|at| now >= at) {
+                break;
             }
         }
         for peer in self.peers.values() {
@@ -1115,6 +1124,13 @@ impl Control {
             if request_changes_ownership(&request) {
                 self.drive_ipam(now);
             }
+            if matches!(request, Request::Leave { .. }) && reply.error.is_none() {
+                tracing::info!(
+                    grace = ?LEAVE_GRACE,
+                    "left the cluster: this router's ranges went to its peers; stopping once they have the ring"
+                );
+                self.leaving = Some(now + LEAVE_GRACE);
+            }
             return reply;
         }
         match request {
@@ -1310,6 +1326,9 @@ fn keyset_of(keys: NewKeys, now: Instant) -> Keyset {
 fn request_changes_ownership(request: &Request) -> bool {
     matches!(
         request,
-        Request::Allocate { .. } | Request::Rmpeer { .. } | Request::Release { .. }
+        Request::Allocate { .. }
+            | Request::Rmpeer { .. }
+            | Request::Release { .. }
+            | Request::Leave { .. }
     )
 }

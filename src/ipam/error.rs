@@ -72,6 +72,19 @@ pub enum IpamError {
     /// The ring is not initialised yet.
     #[error("IPAM ring not ready yet")]
     NotReady,
+    /// `leave` while pods still hold addresses here.
+    #[error(
+        "{0} pods still hold addresses on this router: drain the node first (kubectl drain), or pass --force to leave anyway"
+    )]
+    PodsRemain(u64),
+    /// `leave` while one of this router's ranges is still quarantined.
+    #[error(
+        "this router's ranges are quarantined for another {0:?} (it relearned the ring or took over a range): leave after that"
+    )]
+    Quarantined(std::time::Duration),
+    /// `leave` with no reachable router to take the ranges.
+    #[error("no other router is reachable to take this router's ranges; connect it first")]
+    NoHeir,
     /// This router's ID has been reclaimed by another router.
     #[error(
         "this router was reclaimed by {0} (rmpeer); it no longer owns any range: run `weft reset --state`"

@@ -50,6 +50,7 @@ struct Stats {
     stateless: u64,
     partitions: u64,
     reclaims: u64,
+    leaves: u64,
     donations: u64,
     messages: u64,
 }
@@ -425,6 +426,41 @@ impl Sim {
         self.stats.reclaims += 1;
     }
 
+    /// A drained node leaves (`weft leave`): its pods are released first,
+    /// then its ranges go to the routers it can reach, and it is gone.
+    fn leave(&mut self) {
+        if self.nodes.len() <= 3 {
+            return;
+        }
+        let Some(id) = self.pick_live() else { return };
+        if self.voters.contains(&id) {
+            return;
+        }
+        let now = self.now;
+        let node = self.nodes.get_mut(&id).unwrap();
+        for cid in std::mem::take(&mut node.pods).into_keys() {
+            if let Err(e) = node.ipam.release(&cid, "eth0", now) {
+                self.fail(format!("{id} release {cid} before leaving: {e}"));
+            }
+            self.stats.released += 1;
+        }
+        match node.ipam.leave(false, now) {
+            Ok(_) => {
+                self.drain(id);
+                self.nodes.remove(&id);
+                if let Some(g) = self.partition.as_mut() {
+                    g.remove(&id);
+                }
+                self.refresh_reachability();
+                self.stats.leaves += 1;
+            }
+            Err(IpamError::NotReady | IpamError::Quarantined(_) | IpamError::NoHeir) => {
+                self.drain(id);
+            }
+            Err(e) => self.fail(format!("{id} leave: {e}")),
+        }
+    }
+
     fn one_step(&mut self) {
         let roll = self.rng.gen_range(0..100);
         match roll {
@@ -482,6 +518,7 @@ impl Sim {
                 }
             }
             87..=89 => self.rmpeer(),
+            90 => self.leave(),
             _ => self.run_for(Duration::from_millis(50)),
         }
     }
@@ -564,7 +601,7 @@ fn random_joins_leaves_restarts_partitions_donations_and_reclaims_never_double_a
         let stats = run(seed, steps);
         eprintln!("ipam sim: seed={seed} ok: {stats:?}");
         assert!(
-            stats.allocated > 100 && stats.donations > 0 && stats.reclaims > 0,
+            stats.allocated > 100 && stats.donations > 0 && stats.reclaims > 0 && stats.leaves > 0,
             "{stats:?}"
         );
     }

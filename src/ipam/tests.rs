@@ -732,3 +732,56 @@ fn bench_ring_size_and_allocation_time() {
         t.elapsed() / count
     );
 }
+
+#[test]
+fn leave_hands_every_range_to_live_peers_and_refuses_while_pods_remain() {
+    let mut net = three("10.32.0.0/24");
+    let a = allocate_retrying(&mut net, 3, "pod-a");
+    let now = net.now;
+    net.node(3).set_reachable([].into());
+    assert!(matches!(
+        net.node(3).leave(false, now),
+        Err(IpamError::PodsRemain(1))
+    ));
+    net.node(3).release("pod-a", "eth0", now).unwrap();
+    assert!(matches!(
+        net.node(3).leave(false, now),
+        Err(IpamError::NoHeir)
+    ));
+    net.node(3).set_reachable([PeerId(1), PeerId(2)].into());
+    let owned = net.get(3).status(now).owned_addresses;
+    let given = net.node(3).leave(false, now).unwrap();
+    assert_eq!(given, owned);
+    net.pump();
+    // Every router now agrees that no address is router 3's, and a's
+    // address went to one of the others.
+    for id in 1..=3 {
+        for last in 0..=255u8 {
+            let addr = IpAddr::from([10, 32, 0, last]);
+            let owner = net.get(id).owner_of(addr);
+            assert!(
+                matches!(owner, Some(PeerId(1 | 2))),
+                "router {id} sees {addr} owned by {owner:?}"
+            );
+        }
+    }
+    assert!(matches!(net.get(1).owner_of(a), Some(PeerId(1 | 2))));
+    assert_eq!(net.get(3).status(now).owned_addresses, 0);
+    // The heirs allocate from what they got: 254 usable addresses in all.
+    let mut got = std::collections::BTreeSet::new();
+    for i in 0..300 {
+        for id in [1, 2] {
+            let now = net.now;
+            if let Ok(x) = net.node(id).allocate(&format!("p{id}-{i}"), "eth0", now) {
+                assert!(got.insert(x), "{x} allocated twice");
+            }
+        }
+        net.advance(Duration::from_millis(100));
+    }
+    assert!(
+        got.len() >= 250,
+        "{} addresses allocated after the leave",
+        got.len()
+    );
+    assert!(got.contains(&a), "the leaver's old address is usable again");
+}
