@@ -119,8 +119,9 @@ struct RouterArgs {
     /// router announces).
     #[arg(long, env = "WEFT_MTU", default_value = "auto")]
     mtu: String,
-    /// Do not masquerade pod traffic leaving the range.
-    #[arg(long, env = "WEFT_NO_MASQ")]
+    /// Do not masquerade pod traffic leaving the range (WEFT_NO_MASQ takes
+    /// 1/0, true/false, yes/no, on/off).
+    #[arg(long, env = "WEFT_NO_MASQ", value_parser = clap::builder::BoolishValueParser::new())]
     no_masq: bool,
     /// Also take seeds from the Kubernetes Node list (in-cluster API access;
     /// re-listed every 30 s; needs the RBAC in deploy/rbac.yaml).
