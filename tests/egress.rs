@@ -83,11 +83,11 @@ fn exchange(
     let mut buf = [0u8; 128];
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     while std::time::Instant::now() < deadline && !sender.is_finished() {
-        if let Ok((n, peer)) = outside.recv_from(&mut buf) {
-            if &buf[..n] == payload.as_bytes() {
-                seen.push(peer);
-                let _ = outside.send_to(peer.ip().to_string().as_bytes(), peer);
-            }
+        if let Ok((n, peer)) = outside.recv_from(&mut buf)
+            && &buf[..n] == payload.as_bytes()
+        {
+            seen.push(peer);
+            let _ = outside.send_to(peer.ip().to_string().as_bytes(), peer);
         }
     }
     (seen, sender.join().unwrap())
@@ -161,7 +161,10 @@ fn pods_reach_the_outside_masqueraded_or_not_and_cannot_spoof() {
     router.env.push(("WEFT_NO_MASQ".into(), "1".into()));
     router.start();
     let table = node0.ok(&["nft", "list", "table", "ip", "weft"]);
-    assert!(!table.contains("masquerade"), "still masquerading:\n{table}");
+    assert!(
+        !table.contains("masquerade"),
+        "still masquerading:\n{table}"
+    );
     assert_eq!(table.matches("chain antispoof").count(), 1, "{table}");
     let (seen, _) = exchange(pod, &socket, pod.addr, "no-masq");
     assert!(
