@@ -166,30 +166,48 @@ mod tests {
         assert_eq!(text.matches("delete").count(), 1);
     }
 
+    /// Panics unless every one of `lines` is a whole line of `text`.
+    fn assert_lines(text: &str, lines: &[&str]) {
+        for line in lines {
+            assert!(
+                text.lines().any(|l| l.trim() == *line),
+                "{line:?} is not a line of:\n{text}"
+            );
+        }
+    }
+
     #[test]
     fn forwarding_within_the_range_is_accepted_both_ways() {
-        let text = render(range(), "weft0", false).unwrap();
-        assert!(text.contains("type filter hook forward priority filter; policy accept;"));
-        assert!(text.contains("ip saddr 10.32.0.0/12 accept\n"));
-        assert!(text.contains("ip daddr 10.32.0.0/12 accept\n"));
+        assert_lines(
+            &render(range(), "weft0", false).unwrap(),
+            &[
+                "type filter hook forward priority filter; policy accept;",
+                "ip saddr 10.32.0.0/12 accept",
+                "ip daddr 10.32.0.0/12 accept",
+            ],
+        );
     }
 
     #[test]
     fn range_sources_off_the_tun_must_pass_the_reverse_path_check() {
-        let text = render("10.40.0.0/16".parse().unwrap(), "tun7", false).unwrap();
-        assert!(text.contains("type filter hook prerouting priority raw - 1; policy accept;"));
-        assert!(text.contains(
-            "iifname != \"tun7\" ip saddr 10.40.0.0/16 fib saddr . iif oif missing counter drop\n"
-        ));
+        assert_lines(
+            &render("10.40.0.0/16".parse().unwrap(), "tun7", false).unwrap(),
+            &[
+                "type filter hook prerouting priority raw - 1; policy accept;",
+                "iifname != \"tun7\" ip saddr 10.40.0.0/16 fib saddr . iif oif missing counter drop",
+            ],
+        );
     }
 
     #[test]
     fn masquerade_rewrites_only_traffic_leaving_the_range_off_the_tun() {
-        let text = render(range(), "weft0", true).unwrap();
-        assert!(text.contains("type nat hook postrouting priority srcnat; policy accept;"));
-        assert!(text.contains(
-            "ip saddr 10.32.0.0/12 ip daddr != 10.32.0.0/12 oifname != \"weft0\" masquerade\n"
-        ));
+        assert_lines(
+            &render(range(), "weft0", true).unwrap(),
+            &[
+                "type nat hook postrouting priority srcnat; policy accept;",
+                "ip saddr 10.32.0.0/12 ip daddr != 10.32.0.0/12 oifname != \"weft0\" masquerade",
+            ],
+        );
     }
 
     #[test]

@@ -22,18 +22,11 @@ const PORT: u16 = 7001;
 /// the namespaces.
 fn outside_host(node: &Netns) -> Netns {
     let outside = Netns::new("outside");
-    node.ip(&[
-        "link",
-        "add",
-        "ext0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &outside.name,
-    ]);
+    let veth = format!(
+        "link add ext0 type veth peer name eth0 netns {}",
+        outside.name
+    );
+    node.ip(&veth.split_whitespace().collect::<Vec<_>>());
     node.ip(&["addr", "add", &format!("{NODE_SIDE}/24"), "dev", "ext0"]);
     node.ip(&["link", "set", "ext0", "up"]);
     outside.ip(&["addr", "add", &format!("{OUTSIDE}/24"), "dev", "eth0"]);
@@ -41,8 +34,8 @@ fn outside_host(node: &Netns) -> Netns {
     outside
 }
 
-/// A UDP socket in the outside namespace that answers each datagram with
-/// the source address it arrived from.
+/// The outside host's UDP socket at 198.51.100.2:7001 (polled with a
+/// 300 ms timeout by [`exchange`]).
 fn outside_socket(outside: &Netns) -> UdpSocket {
     let socket = in_netns(&outside.name, || {
         UdpSocket::bind((OUTSIDE, PORT)).expect("bind outside")
