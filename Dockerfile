@@ -22,8 +22,9 @@ FROM debian:bookworm-slim AS runtime
 LABEL org.opencontainers.image.title="weft" \
       org.opencontainers.image.description="An encrypted mesh overlay network for Kubernetes" \
       org.opencontainers.image.licenses="Apache-2.0"
-# iproute2 and nftables are for `kubectl exec ... ip route` / `nft list
-# ruleset` when debugging a node; the router itself speaks netlink. Debian
+# The router runs `nft -f -` for its table (forward, anti-spoofing,
+# masquerade); iproute2 is for `kubectl exec ... ip route` when debugging a
+# node (the router itself speaks netlink). Debian
 # stable's versions are taken as they come (pinning them breaks the build
 # at every point release).
 # hadolint ignore=DL3008

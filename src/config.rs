@@ -127,6 +127,8 @@ pub struct RouterConfig {
     pub metrics_addr: Option<String>,
     /// `--peers-from-kube`: where to list Nodes for seeds, if at all.
     pub peers_from_kube: Option<crate::kube::KubeSource>,
+    /// Masquerade pod traffic leaving the range (off with `--no-masq`).
+    pub masquerade: bool,
 }
 
 impl RouterConfig {

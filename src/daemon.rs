@@ -106,6 +106,7 @@ async fn serve(
         owned: Vec::new(),
     };
     netlink::configure(&plan).await?;
+    apply_nftables(&config);
     let (kernel_tx, kernel_rx) = watch::channel(plan);
     tokio::spawn(apply_kernel_plans(kernel_rx));
     tracing::info!(
@@ -194,6 +195,34 @@ async fn serve(
     let _ = std::fs::remove_file(&config.api);
     tracing::info!("router stopped");
     Ok(())
+}
+
+/// Installs (or, after a restart, replaces) the router's nftables table
+/// once the TUN and the range route exist (DESIGN.md "Egress and
+/// forwarding"). Without `nft` the router still runs: one warning says what
+/// is missing and how to get it.
+fn apply_nftables(config: &RouterConfig) {
+    match crate::nftables::apply(config.range, &config.iface, config.masquerade) {
+        Ok(()) => tracing::info!(
+            table = crate::nftables::TABLE,
+            masquerade = config.masquerade,
+            "nftables table applied"
+        ),
+        Err(e) => {
+            let masq = if config.masquerade {
+                format!(
+                    "no masquerade, so pods cannot reach addresses outside {}, and ",
+                    config.range
+                )
+            } else {
+                String::new()
+            };
+            tracing::warn!(
+                "nftables table {} not applied ({e}): {masq}no anti-spoofing check on pod sources; install nftables (the nft command) and restart the router",
+                crate::nftables::TABLE
+            )
+        }
+    }
 }
 
 /// Applies each new kernel plan (node address, owned ranges) from the

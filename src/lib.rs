@@ -26,6 +26,7 @@ pub mod ipam;
 pub mod kube;
 pub mod metrics;
 pub mod netlink;
+pub mod nftables;
 pub mod persist;
 pub mod router;
 #[cfg(any(test, feature = "sim"))]

@@ -130,8 +130,9 @@ struct RouterArgs {
     /// router announces).
     #[arg(long, env = "WEFT_MTU", default_value = "auto")]
     mtu: String,
-    /// Do not masquerade pod traffic leaving the range.
-    #[arg(long, env = "WEFT_NO_MASQ")]
+    /// Do not masquerade pod traffic leaving the range (WEFT_NO_MASQ takes
+    /// 1/0, true/false, yes/no, on/off).
+    #[arg(long, env = "WEFT_NO_MASQ", value_parser = clap::builder::BoolishValueParser::new())]
     no_masq: bool,
     /// Also take seeds from the Kubernetes Node list (in-cluster API access;
     /// re-listed every 30 s; needs the RBAC in deploy/rbac.yaml).
@@ -275,7 +276,6 @@ fn router_config(args: RouterArgs) -> anyhow::Result<RouterConfig> {
         .ok()
         .and_then(|s| s.parse::<usize>().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let _ = args.no_masq;
     Ok(RouterConfig {
         name,
         listen: args.listen,
@@ -300,6 +300,7 @@ fn router_config(args: RouterArgs) -> anyhow::Result<RouterConfig> {
             Some(url) => KubeSource::Url(url),
             None => KubeSource::InCluster,
         }),
+        masquerade: !args.no_masq,
     })
 }
 
@@ -307,7 +308,15 @@ fn reset(iface: &str, state_dir: Option<&std::path::Path>) -> anyhow::Result<()>
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let removed = runtime.block_on(weft::netlink::reset(iface))?;
+    let mut removed = runtime.block_on(weft::netlink::reset(iface))?;
+    match weft::nftables::remove() {
+        Ok(true) => removed.push(format!("nftables table {}", weft::nftables::TABLE)),
+        Ok(false) | Err(weft::nftables::NftError::Spawn(_)) => {}
+        Err(e) => eprintln!(
+            "weft: cannot remove nftables table {}: {e}",
+            weft::nftables::TABLE
+        ),
+    }
     for item in &removed {
         println!("removed {item}");
     }

@@ -1,0 +1,251 @@
+//! The router's own nftables table, `table ip weft` (DESIGN.md "The picture",
+//! "Egress and forwarding"): accept forwarding within the cluster range,
+//! masquerade pod traffic leaving the range through a non-weft interface
+//! (unless `--no-masq`), and drop packets from a pod whose source is not
+//! that pod's address.
+//!
+//! The text is rendered by a pure function and handed to `nft -f -` in the
+//! current network namespace (the router runs in the node's). It replaces
+//! the table in one transaction, so a restarted router reconciles instead
+//! of stacking rules, and no packet sees a half-built table.
+
+use crate::cidr::Ipv4Cidr;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The table's family and name, as nft spells them.
+pub const TABLE: &str = "ip weft";
+
+/// How long one `nft` call may take before it is killed.
+const NFT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the table could not be rendered, applied or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    /// The TUN name cannot be put into a rule safely.
+    #[error(
+        "{0:?} is not an interface name the nftables rules can match (1 to 15 of A-Z a-z 0-9 - _ .)"
+    )]
+    BadInterface(String),
+    /// The `nft` program could not be started (usually: not installed).
+    #[error("cannot run nft: {0}")]
+    Spawn(std::io::Error),
+    /// `nft` did not finish in time and was killed.
+    #[error("nft did not finish within {} s", NFT_TIMEOUT.as_secs())]
+    Timeout,
+    /// `nft` ran and refused.
+    #[error("nft refused: {0}")]
+    Refused(String),
+}
+
+/// The ruleset text for `nft -f -`: creates `table ip weft` if missing,
+/// deletes it and creates it anew, all in one transaction.
+///
+/// - `forward` accepts forwarding from and to `range`. An accept in this
+///   table does not override a drop in another table (Docker's iptables
+///   FORWARD policy DROP, for one): every base chain on a hook must accept.
+///   That interplay is not handled yet.
+/// - `antispoof` drops a packet with a source in `range` that arrives on
+///   any interface but `tun` unless the route back to its source leaves by
+///   the interface it came in on. The host routes each local pod's /32 to
+///   its veth, so a pod that forges another pod's address fails the check.
+/// - `postrouting` (only when `masquerade`) rewrites the source of pod
+///   traffic leaving the range through any interface but `tun`.
+pub fn render(range: Ipv4Cidr, tun: &str, masquerade: bool) -> Result<String, NftError> {
+    let valid = (1..=15).contains(&tun.len())
+        && tun
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !valid {
+        return Err(NftError::BadInterface(tun.to_string()));
+    }
+    let mut text = format!(
+        "table {TABLE} {{}}\n\
+         delete table {TABLE}\n\
+         table {TABLE} {{\n\
+         \tchain forward {{\n\
+         \t\ttype filter hook forward priority filter; policy accept;\n\
+         \t\tip saddr {range} accept\n\
+         \t\tip daddr {range} accept\n\
+         \t}}\n\
+         \tchain antispoof {{\n\
+         \t\ttype filter hook prerouting priority raw - 1; policy accept;\n\
+         \t\tiifname != \"{tun}\" ip saddr {range} fib saddr . iif oif missing counter drop\n\
+         \t}}\n"
+    );
+    if masquerade {
+        text.push_str(&format!(
+            "\tchain postrouting {{\n\
+             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\tip saddr {range} ip daddr != {range} oifname != \"{tun}\" masquerade\n\
+             \t}}\n"
+        ));
+    }
+    text.push_str("}\n");
+    Ok(text)
+}
+
+/// Replaces `table ip weft` in the current network namespace with the
+/// rules [`render`] gives. Idempotent.
+pub fn apply(range: Ipv4Cidr, tun: &str, masquerade: bool) -> Result<(), NftError> {
+    let text = render(range, tun, masquerade)?;
+    nft(&["-f", "-"], Some(&text)).map(|_| ())
+}
+
+/// Deletes `table ip weft` from the current network namespace. Returns
+/// whether there was one.
+pub fn remove() -> Result<bool, NftError> {
+    match nft(&["delete", "table", "ip", "weft"], None) {
+        Ok(()) => Ok(true),
+        Err(NftError::Refused(text)) if text.contains("No such file or directory") => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs `nft ARGS` with `stdin` (if any), bounded by [`NFT_TIMEOUT`].
+fn nft(args: &[&str], stdin: Option<&str>) -> Result<(), NftError> {
+    let mut child = Command::new("nft")
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(NftError::Spawn)?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // A write error means nft exited early; its status says why.
+        let _ = pipe.write_all(text.as_bytes());
+    }
+    let deadline = Instant::now() + NFT_TIMEOUT;
+    let status = loop {
+        match child.try_wait().map_err(NftError::Spawn)? {
+            Some(status) => break status,
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(NftError::Timeout);
+            }
+            None => std::thread::sleep(Duration::from_millis(5)),
+        }
+    };
+    if status.success() {
+        return Ok(());
+    }
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+    }
+    let first = stderr.lines().next().unwrap_or("").trim().to_string();
+    Err(NftError::Refused(if first.is_empty() {
+        format!("exit status {status}")
+    } else {
+        first
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn range() -> Ipv4Cidr {
+        "10.32.0.0/12".parse().unwrap()
+    }
+
+    #[test]
+    fn the_ruleset_replaces_the_table_in_one_transaction() {
+        let text = render(range(), "weft0", true).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "table ip weft {}");
+        assert_eq!(lines[1], "delete table ip weft");
+        assert_eq!(lines[2], "table ip weft {");
+        assert_eq!(text.matches("delete").count(), 1);
+    }
+
+    /// Panics unless every one of `lines` is a whole line of `text`.
+    fn assert_lines(text: &str, lines: &[&str]) {
+        for line in lines {
+            assert!(
+                text.lines().any(|l| l.trim() == *line),
+                "{line:?} is not a line of:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn forwarding_within_the_range_is_accepted_both_ways() {
+        assert_lines(
+            &render(range(), "weft0", false).unwrap(),
+            &[
+                "type filter hook forward priority filter; policy accept;",
+                "ip saddr 10.32.0.0/12 accept",
+                "ip daddr 10.32.0.0/12 accept",
+            ],
+        );
+    }
+
+    #[test]
+    fn range_sources_off_the_tun_must_pass_the_reverse_path_check() {
+        assert_lines(
+            &render("10.40.0.0/16".parse().unwrap(), "tun7", false).unwrap(),
+            &[
+                "type filter hook prerouting priority raw - 1; policy accept;",
+                "iifname != \"tun7\" ip saddr 10.40.0.0/16 fib saddr . iif oif missing counter drop",
+            ],
+        );
+    }
+
+    #[test]
+    fn masquerade_rewrites_only_traffic_leaving_the_range_off_the_tun() {
+        assert_lines(
+            &render(range(), "weft0", true).unwrap(),
+            &[
+                "type nat hook postrouting priority srcnat; policy accept;",
+                "ip saddr 10.32.0.0/12 ip daddr != 10.32.0.0/12 oifname != \"weft0\" masquerade",
+            ],
+        );
+    }
+
+    #[test]
+    fn no_masq_leaves_out_the_nat_chain_and_keeps_the_rest() {
+        let with = render(range(), "weft0", true).unwrap();
+        let without = render(range(), "weft0", false).unwrap();
+        assert!(!without.contains("postrouting"));
+        assert!(!without.contains("masquerade"));
+        assert!(without.contains("chain forward"));
+        assert!(without.contains("chain antispoof"));
+        assert!(with.starts_with(without.strip_suffix("}\n").unwrap()));
+    }
+
+    #[test]
+    fn the_braces_balance() {
+        for masq in [true, false] {
+            let text = render(range(), "weft0", masq).unwrap();
+            assert_eq!(text.matches('{').count(), text.matches('}').count());
+        }
+    }
+
+    #[test]
+    fn an_interface_name_that_could_inject_rules_is_refused() {
+        for bad in [
+            "",
+            "weft0\" accept; #",
+            "a b",
+            "we*",
+            "x;y",
+            "a\nb",
+            "sixteen-chars-xx",
+            "w\\0",
+        ] {
+            assert!(
+                matches!(render(range(), bad, true), Err(NftError::BadInterface(_))),
+                "{bad:?} was accepted"
+            );
+        }
+        assert!(render(range(), "weft_0.x-1", true).is_ok());
+    }
+}

@@ -1,0 +1,168 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Egress and anti-spoofing through the router's nftables table (DESIGN.md
+//! "The picture", "Egress and forwarding"): a pod reaches a host outside the
+//! cluster range that has no route back to the range, because node0
+//! masquerades it; with `--no-masq` the outside sees the pod's own address;
+//! a pod that forges another address is dropped at its node.
+
+mod support;
+
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::Path;
+use std::time::Duration;
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_weft");
+const NODE_SIDE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+const OUTSIDE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+const PORT: u16 = 7001;
+
+/// A host outside the cluster, joined to `node` by a veth on
+/// 198.51.100.0/24 and with no route to the pod range. The veth goes with
+/// the namespaces.
+fn outside_host(node: &Netns) -> Netns {
+    let outside = Netns::new("outside");
+    let veth = format!(
+        "link add ext0 type veth peer name eth0 netns {}",
+        outside.name
+    );
+    node.ip(&veth.split_whitespace().collect::<Vec<_>>());
+    node.ip(&["addr", "add", &format!("{NODE_SIDE}/24"), "dev", "ext0"]);
+    node.ip(&["link", "set", "ext0", "up"]);
+    outside.ip(&["addr", "add", &format!("{OUTSIDE}/24"), "dev", "eth0"]);
+    outside.ip(&["link", "set", "eth0", "up"]);
+    outside
+}
+
+/// The outside host's UDP socket at 198.51.100.2:7001 (polled with a
+/// 300 ms timeout by [`exchange`]).
+fn outside_socket(outside: &Netns) -> UdpSocket {
+    let socket = in_netns(&outside.name, || {
+        UdpSocket::bind((OUTSIDE, PORT)).expect("bind outside")
+    })
+    .join()
+    .unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    socket
+}
+
+/// Sends `payload` from `from` (an address on the pod's eth0) to the
+/// outside socket, echoing back every datagram the outside gets within
+/// 3 s. Returns the sources the outside saw with this payload and the reply
+/// the pod got, if any.
+fn exchange(
+    pod: &Pod,
+    outside: &UdpSocket,
+    from: Ipv4Addr,
+    payload: &'static str,
+) -> (Vec<SocketAddr>, Option<String>) {
+    let sender = in_netns(&pod.ns.name, move || {
+        let socket = UdpSocket::bind((from, 0)).expect("bind in pod");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut buf = [0u8; 128];
+        for _ in 0..10 {
+            let _ = socket.send_to(payload.as_bytes(), (OUTSIDE, PORT));
+            if let Ok(n) = socket.recv(&mut buf) {
+                return Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        None
+    });
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 128];
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < deadline && !sender.is_finished() {
+        if let Ok((n, peer)) = outside.recv_from(&mut buf)
+            && &buf[..n] == payload.as_bytes()
+        {
+            seen.push(peer);
+            let _ = outside.send_to(peer.ip().to_string().as_bytes(), peer);
+        }
+    }
+    (seen, sender.join().unwrap())
+}
+
+/// The packets the `antispoof` rule has dropped on `node`.
+fn antispoof_drops(node: &Netns) -> u64 {
+    let text = node.ok(&["nft", "list", "table", "ip", "weft"]);
+    let line = text
+        .lines()
+        .find(|l| l.contains("fib saddr . iif oif missing"))
+        .unwrap_or_else(|| panic!("no antispoof rule in:\n{text}"));
+    line.split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no counter in {line:?}"))
+}
+
+#[test]
+fn pods_reach_the_outside_masqueraded_or_not_and_cannot_spoof() {
+    if !require_root("egress") {
+        return;
+    }
+    let mut pair = start_pair(Path::new(BIN), &[]);
+    let outside = outside_host(&pair.cluster.nodes[0].ns);
+    let socket = outside_socket(&outside);
+    // A second pod on node0, whose address pod 0 will forge.
+    let neighbour = Ipv4Addr::from(u32::from(pair.cluster.pods[0].addr) + 1);
+    pair.cluster.add_pod(0, neighbour);
+    let (pod, remote) = (&pair.cluster.pods[0], pair.cluster.pods[1].addr);
+    let node0 = &pair.cluster.nodes[0].ns;
+
+    // (a) Masqueraded: the round trip works although the outside has no
+    // route to the range, and the outside sees node0's address.
+    assert!(pod.ping(OUTSIDE, 2), "a pod cannot ping the outside host");
+    let (seen, reply) = exchange(pod, &socket, pod.addr, "masq");
+    assert!(!seen.is_empty(), "the outside got nothing from the pod");
+    assert!(
+        seen.iter().all(|p| p.ip() == NODE_SIDE),
+        "the outside saw {seen:?}, not node0's {NODE_SIDE}"
+    );
+    assert_eq!(reply.as_deref(), Some(NODE_SIDE.to_string().as_str()));
+
+    // (c) Forged sources (a pod on the same node, a pod on the other node)
+    // are dropped at node0 and counted; the pod's own address still passes.
+    let before = antispoof_drops(node0);
+    for forged in [neighbour, remote] {
+        pod.ns
+            .ip(&["addr", "add", &format!("{forged}/32"), "dev", "eth0"]);
+        let (seen, _) = exchange(pod, &socket, forged, "forged");
+        assert!(
+            seen.is_empty(),
+            "a packet forged from {forged} got out: {seen:?}"
+        );
+        pod.ns
+            .ip(&["addr", "del", &format!("{forged}/32"), "dev", "eth0"]);
+    }
+    let after = antispoof_drops(node0);
+    assert!(
+        after >= before + 2,
+        "the antispoof counter went from {before} to {after}"
+    );
+    let (seen, _) = exchange(pod, &socket, pod.addr, "honest");
+    assert!(!seen.is_empty(), "the pod's own packets no longer pass");
+
+    // (b) Restarted with --no-masq: the table is replaced, without NAT, and
+    // the outside sees the pod's own address.
+    let router = &mut pair.routers[0];
+    router.kill9();
+    router.env.push(("WEFT_NO_MASQ".into(), "1".into()));
+    router.start();
+    let table = node0.ok(&["nft", "list", "table", "ip", "weft"]);
+    assert!(
+        !table.contains("masquerade"),
+        "still masquerading:\n{table}"
+    );
+    assert_eq!(table.matches("chain antispoof").count(), 1, "{table}");
+    let (seen, _) = exchange(pod, &socket, pod.addr, "no-masq");
+    assert!(
+        !seen.is_empty() && seen.iter().all(|p| p.ip() == pod.addr),
+        "with --no-masq the outside saw {seen:?}, not the pod's {}",
+        pod.addr
+    );
+}
