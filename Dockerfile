@@ -29,7 +29,7 @@ LABEL org.opencontainers.image.title="weft" \
 # at every point release).
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends iproute2 nftables \
+    && apt-get install -y --no-install-recommends iproute2 nftables iptables \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/weft /out/weft-cni /usr/local/bin/
 COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/weft-entrypoint

@@ -107,6 +107,7 @@ async fn serve(
     };
     netlink::configure(&plan).await?;
     apply_nftables(&config);
+    open_forward_policy(&config);
     let (kernel_tx, kernel_rx) = watch::channel(plan);
     tokio::spawn(apply_kernel_plans(kernel_rx));
     tracing::info!(
@@ -201,6 +202,23 @@ async fn serve(
 /// once the TUN and the range route exist (DESIGN.md "Egress and
 /// forwarding"). Without `nft` the router still runs: one warning says what
 /// is missing and how to get it.
+/// Accepts the range in an iptables FORWARD chain that drops by policy
+/// (Docker's), which the router's own table cannot overrule.
+fn open_forward_policy(config: &RouterConfig) {
+    match crate::forward_policy::open(config.range) {
+        Ok(crate::forward_policy::Opened::NotNeeded) => {}
+        Ok(crate::forward_policy::Opened::In(chain)) => tracing::info!(
+            chain,
+            "the iptables FORWARD policy is DROP (Docker?): accepting the pod range there"
+        ),
+        Err(crate::forward_policy::ForwardPolicyError::Spawn(_)) => {}
+        Err(e) => tracing::warn!(
+            "cannot check the iptables FORWARD policy ({e}): if it is DROP (Docker sets it), pod traffic through this node is dropped; accept {} in FORWARD",
+            config.range
+        ),
+    }
+}
+
 fn apply_nftables(config: &RouterConfig) {
     match crate::nftables::apply(config.range, &config.iface, config.masquerade) {
         Ok(()) => tracing::info!(

@@ -20,6 +20,7 @@ pub mod control;
 pub mod crypto;
 pub mod daemon;
 pub mod demo;
+pub mod forward_policy;
 pub mod gossip;
 pub mod id;
 pub mod ipam;

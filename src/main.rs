@@ -317,6 +317,11 @@ fn reset(iface: &str, state_dir: Option<&std::path::Path>) -> anyhow::Result<()>
             weft::nftables::TABLE
         ),
     }
+    match weft::forward_policy::close() {
+        Ok(0) | Err(weft::forward_policy::ForwardPolicyError::Spawn(_)) => {}
+        Ok(n) => removed.push(format!("{n} iptables FORWARD rules for the pod range")),
+        Err(e) => eprintln!("weft: cannot remove weft's iptables FORWARD rules: {e}"),
+    }
     for item in &removed {
         println!("removed {item}");
     }

@@ -166,3 +166,77 @@ fn pods_reach_the_outside_masqueraded_or_not_and_cannot_spoof() {
         pod.addr
     );
 }
+
+#[test]
+fn a_docker_style_forward_drop_policy_is_opened_for_the_range_and_reset_closes_it() {
+    if !require_root("egress_forward_policy") {
+        return;
+    }
+    let mut pair = start_pair(Path::new(BIN), &[]);
+    let (a, b) = (&pair.cluster.pods[0], pair.cluster.pods[1].addr);
+    assert!(a.ping(b, 2), "pods do not reach each other to begin with");
+    // What Docker does: FORWARD drops by policy; node0 also gets Docker's
+    // DOCKER-USER chain, node1 only the policy.
+    for r in pair.routers.iter_mut() {
+        r.kill9();
+    }
+    for (i, node) in pair.cluster.nodes.iter().enumerate() {
+        node.ns
+            .ok(&["iptables", "-w", "5", "-P", "FORWARD", "DROP"]);
+        if i == 0 {
+            node.ns.ok(&["iptables", "-w", "5", "-N", "DOCKER-USER"]);
+            node.ns
+                .ok(&["iptables", "-w", "5", "-I", "FORWARD", "-j", "DOCKER-USER"]);
+        }
+    }
+    for r in pair.routers.iter_mut() {
+        r.start();
+    }
+    let up = wait_until(Duration::from_secs(10), || {
+        pair.routers.iter().all(|r| r.established_peers() == 1)
+    });
+    assert!(up, "routers did not reconnect");
+    assert!(
+        pair.cluster.pods[0].ping(b, 3),
+        "pods cannot reach each other through a FORWARD DROP policy"
+    );
+    let chain_of = |i: usize, chain: &str| {
+        pair.cluster.nodes[i]
+            .ns
+            .ok(&["iptables", "-w", "5", "-S", chain])
+    };
+    assert_eq!(
+        chain_of(0, "DOCKER-USER").matches("weft pod range").count(),
+        2
+    );
+    assert_eq!(chain_of(0, "FORWARD").matches("weft pod range").count(), 0);
+    assert_eq!(chain_of(1, "FORWARD").matches("weft pod range").count(), 2);
+    // Without those rules the policy drops pod traffic; a restart puts them
+    // back, once.
+    let node1 = &pair.cluster.nodes[1].ns;
+    // They are the first two rules of node1's FORWARD (inserted at the top).
+    for _ in 0..2 {
+        node1.ok(&["iptables", "-w", "5", "-D", "FORWARD", "1"]);
+    }
+    assert_eq!(chain_of(1, "FORWARD").matches("weft pod range").count(), 0);
+    assert!(
+        !pair.cluster.pods[0].ping(b, 1),
+        "pod traffic passes node1's FORWARD DROP policy without the rules"
+    );
+    pair.routers[1].kill9();
+    pair.routers[1].start();
+    assert!(wait_until(Duration::from_secs(10), || pair.routers[1]
+        .established_peers()
+        == 1));
+    assert_eq!(chain_of(1, "FORWARD").matches("weft pod range").count(), 2);
+    assert!(pair.cluster.pods[0].ping(b, 3), "pods lost each other");
+    // weft reset takes them out again.
+    pair.routers[0].kill9();
+    let node0 = &pair.cluster.nodes[0].ns;
+    let out = node0.ok(&[BIN, "reset", "--iface", "weft0"]);
+    assert!(out.contains("iptables FORWARD rules"), "{out}");
+    assert_eq!(
+        chain_of(0, "DOCKER-USER").matches("weft pod range").count(),
+        0
+    );
+}
