@@ -23,6 +23,13 @@ impl PeerId {
         first.copy_from_slice(&digest[..8]);
         Self(u64::from_be_bytes(first))
     }
+
+    /// Whether this router leads its pair with `other`: the lower ID starts
+    /// timer rekeys and wins a rekey race, and the connection it dialled wins
+    /// a simultaneous dial (DESIGN.md "Rekey"). The one place this rule lives.
+    pub fn leads(self, other: Self) -> bool {
+        self < other
+    }
 }
 
 impl fmt::Debug for PeerId {
