@@ -22,7 +22,8 @@
 //!   events are rare (once per keyset or endpoint change), never per packet.
 //!
 //! Nothing here allocates or locks per packet: the maps are keyed by small
-//! integers (`idmap`), and a window is created once per keyset and lane.
+//! integers (`idmap`), and a window is created once per keyset and lane,
+//! when its first packet authenticated.
 
 use super::datagram::{Datagram, OpenError, seal_datagram};
 use super::idmap::IdMap;
@@ -250,16 +251,24 @@ impl Lane {
         let Some(session) = table.session(header.session) else {
             return Verdict::Discard(OpenError::UnknownSession.into());
         };
-        let window = self
-            .windows
-            .entry((header.session, header.lane))
-            .or_default();
+        let slot = (header.session, header.lane);
+        let mut first = None;
+        let window = match self.windows.get_mut(&slot) {
+            Some(window) => window,
+            // The keyset's first packet on this lane: check it against a
+            // fresh window, kept only once the tag verified, so that
+            // forgeries allocate nothing (invariant 4: no state change).
+            None => first.insert(ReplayWindow::new()),
+        };
         let opened = match view.open(&session.key, window) {
             Ok(opened) => opened,
             Err(e) => return Verdict::Discard(e.into()),
         };
         let newest = opened.is_newest();
         let inner = opened.body_range();
+        if let Some(window) = first {
+            self.windows.insert(slot, window);
+        }
         let peer = session.peer;
         if let Some(link) = table.link(peer) {
             // Any authenticated packet counts as liveness (DESIGN.md
@@ -613,6 +622,24 @@ mod tests {
             assert_eq!(lane.handle_datagram(&tb, &mut bad, from(), epoch), expect);
             assert!(lane.windows.is_empty(), "byte {at}");
         }
+    }
+
+    #[test]
+    fn a_forgery_under_a_known_receiver_index_allocates_no_window() {
+        let epoch = Instant::now();
+        let tb = table_b(epoch, false);
+        let mut lane = Lane::new(0);
+        for sender_lane in 0..=u8::MAX {
+            let mut forged = a_to_b(sender_lane, 0, &ipv4(A_POD, B_POD));
+            let last = forged.len() - 1;
+            forged[last] ^= 1;
+            let verdict = lane.handle_datagram(&tb, &mut forged, from(), epoch);
+            assert_eq!(verdict, Verdict::Discard(Discard::Open(OpenError::BadTag)));
+        }
+        assert!(lane.windows.is_empty(), "{} windows", lane.windows.len());
+        let mut genuine = a_to_b(9, 0, &ipv4(A_POD, B_POD));
+        lane.handle_datagram(&tb, &mut genuine, from(), epoch);
+        assert_eq!(lane.windows.len(), 1);
     }
 
     #[test]
