@@ -106,6 +106,10 @@ async fn serve(
         owned: Vec::new(),
     };
     netlink::configure(&plan).await?;
+    let forwarding = netlink::ensure_forwarding(&config.iface).await;
+    log_forwarding(&forwarding, None);
+    let (forwarding_tx, forwarding_rx) = watch::channel(forwarding);
+    tokio::spawn(keep_forwarding(config.iface.clone(), forwarding_tx));
     apply_nftables(&config);
     open_forward_policy(&config);
     let (kernel_tx, kernel_rx) = watch::channel(plan);
@@ -174,6 +178,7 @@ async fn serve(
             range: config.range,
             mtu,
             rekey_after: config.rekey_after,
+            forwarding: forwarding_rx,
         },
         context,
         dataplane,
@@ -260,6 +265,50 @@ async fn apply_kernel_plans(mut plans: watch::Receiver<InterfacePlan>) {
         if plans.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// How often the router re-checks IPv4 forwarding: a `sysctl --system` run
+/// that writes `net.ipv4.ip_forward=0` turns it off on every interface.
+const FORWARDING_RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Keeps IPv4 forwarding on where the data path needs it (an uplink that
+/// appears later, a sysctl reload), publishing each pass for `weft status`.
+async fn keep_forwarding(iface: String, reports: watch::Sender<crate::forwarding::Report>) {
+    let mut every = tokio::time::interval(FORWARDING_RECHECK);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let report = netlink::ensure_forwarding(&iface).await;
+        log_forwarding(&report, Some(&reports.borrow()));
+        reports.send_replace(report);
+    }
+}
+
+/// Logs a forwarding pass: at start what is on and what the router turned
+/// on; later only what it had to turn on again, and a warning when what is
+/// off changes (not every 10 s).
+fn log_forwarding(
+    report: &crate::forwarding::Report,
+    previous: Option<&crate::forwarding::Report>,
+) {
+    let turned_on = report.turned_on();
+    match previous {
+        None => tracing::info!(
+            forwarding = %report.summary(),
+            turned_on = ?turned_on,
+            "IPv4 forwarding checked"
+        ),
+        Some(_) if !turned_on.is_empty() => tracing::info!(
+            turned_on = ?turned_on,
+            "IPv4 forwarding was off (a sysctl reload? a new interface?); turned it on"
+        ),
+        Some(_) => {}
+    }
+    if let Some(line) = report.warning()
+        && previous.and_then(crate::forwarding::Report::warning) != Some(line.clone())
+    {
+        tracing::warn!("{line}");
     }
 }
 

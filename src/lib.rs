@@ -21,6 +21,7 @@ pub mod crypto;
 pub mod daemon;
 pub mod demo;
 pub mod forward_policy;
+pub mod forwarding;
 pub mod gossip;
 pub mod id;
 pub mod ipam;

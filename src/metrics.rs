@@ -189,6 +189,12 @@ pub fn render(status: &Status) -> String {
         "Overlay MTU",
         u64::from(status.dataplane.mtu),
     );
+    gauge(
+        &mut registry,
+        "ipv4_forwarding",
+        "1 when IPv4 forwarding is on for every interface the data path needs (weft0, the underlay, pod veths); 0 when it is off or unknown somewhere (weft status says where and why)",
+        u64::from(status.dataplane.forwarding.starts_with("on")),
+    );
     registry.register(
         "datapath",
         "Which data path is active: the offloads in use (tso, uso, gso, gro, or none) and why the others are off",

@@ -105,8 +105,12 @@ fn pods_reach_the_outside_masqueraded_or_not_and_cannot_spoof() {
     if !require_root("egress") {
         return;
     }
-    let mut pair = start_pair(Path::new(BIN), &[]);
-    let outside = outside_host(&pair.cluster.nodes[0].ns);
+    // The outside host is node0's uplink before its router starts, as on a
+    // real node: the router turns forwarding on there (replies to
+    // masqueraded pod traffic come in on ext0), nobody else does.
+    let cluster = Cluster::new(2);
+    let outside = outside_host(&cluster.nodes[0].ns);
+    let mut pair = start_pair_on(cluster, Path::new(BIN), &[]);
     let socket = outside_socket(&outside);
     // A second pod on node0, whose address pod 0 will forge.
     let neighbour = Ipv4Addr::from(u32::from(pair.cluster.pods[0].addr) + 1);
@@ -117,6 +121,13 @@ fn pods_reach_the_outside_masqueraded_or_not_and_cannot_spoof() {
     // (a) Masqueraded: the round trip works although the outside has no
     // route to the range, and the outside sees node0's address.
     assert!(pod.ping(OUTSIDE, 2), "a pod cannot ping the outside host");
+    assert_eq!(
+        node0
+            .ok(&["cat", "/proc/sys/net/ipv4/conf/ext0/forwarding"])
+            .trim(),
+        "1",
+        "the router did not turn forwarding on on the uplink"
+    );
     let (seen, reply) = exchange(pod, &socket, pod.addr, "masq");
     assert!(!seen.is_empty(), "the outside got nothing from the pod");
     assert!(

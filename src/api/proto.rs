@@ -434,6 +434,10 @@ pub struct DataplaneStatus {
     pub offload: String,
     /// Worker threads (= lanes).
     pub workers: usize,
+    /// IPv4 forwarding on the interfaces the data path needs: `on (weft0,
+    /// eth0, N pod interfaces)`, or `off (IFACE: why)` (src/forwarding.rs).
+    #[serde(default)]
+    pub forwarding: String,
     /// Counters.
     #[serde(flatten)]
     pub totals: DataplaneTotals,

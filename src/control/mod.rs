@@ -90,6 +90,8 @@ pub struct ControlConfig {
     pub mtu: u32,
     /// Rekey interval (120 s unless shortened for tests).
     pub rekey_after: Duration,
+    /// The latest IPv4 forwarding pass (daemon.rs re-checks it).
+    pub forwarding: watch::Receiver<crate::forwarding::Report>,
 }
 
 struct Peer {
@@ -1301,6 +1303,7 @@ impl Control {
                 offload: offload.into(),
                 workers: self.dataplane.lanes(),
                 totals: self.dataplane.totals(),
+                forwarding: self.config.forwarding.borrow().summary(),
             },
             handshakes: self.handshakes.clone(),
             rekeys: self.peers.values().map(|p| p.keys.rekeys()).sum(),
