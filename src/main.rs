@@ -30,7 +30,7 @@ enum Command {
         /// HOST:PORT of another router.
         address: String,
         /// The router's API socket.
-        #[arg(long, env = "WEFT_API", default_value = "/run/weft/weft.sock")]
+        #[arg(long, env = "WEFT_API", default_value = weft::api::DEFAULT_SOCKET)]
         api: PathBuf,
     },
     /// Run a whole mesh in network namespaces on this machine (needs root).
@@ -65,7 +65,7 @@ enum Command {
         #[arg(long)]
         force: bool,
         /// The router's API socket.
-        #[arg(long, env = "WEFT_API", default_value = "/run/weft/weft.sock")]
+        #[arg(long, env = "WEFT_API", default_value = weft::api::DEFAULT_SOCKET)]
         api: PathBuf,
     },
     /// Hand this router's address ranges to live peers, then stop it (on a
@@ -76,7 +76,7 @@ enum Command {
         #[arg(long)]
         force: bool,
         /// The router's API socket.
-        #[arg(long, env = "WEFT_API", default_value = "/run/weft/weft.sock")]
+        #[arg(long, env = "WEFT_API", default_value = weft::api::DEFAULT_SOCKET)]
         api: PathBuf,
     },
     /// Remove a seed address from a running router.
@@ -84,7 +84,7 @@ enum Command {
         /// HOST:PORT given earlier.
         address: String,
         /// The router's API socket.
-        #[arg(long, env = "WEFT_API", default_value = "/run/weft/weft.sock")]
+        #[arg(long, env = "WEFT_API", default_value = weft::api::DEFAULT_SOCKET)]
         api: PathBuf,
     },
 }
@@ -117,7 +117,7 @@ struct RouterArgs {
     #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
     state_dir: PathBuf,
     /// The local API socket.
-    #[arg(long, env = "WEFT_API", default_value = "/run/weft/weft.sock")]
+    #[arg(long, env = "WEFT_API", default_value = weft::api::DEFAULT_SOCKET)]
     api: PathBuf,
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics (conventionally :6782).
     #[arg(long, env = "WEFT_METRICS_ADDR")]
@@ -153,7 +153,7 @@ struct StatusArgs {
     #[arg(long)]
     json: bool,
     /// The router's API socket.
-    #[arg(long, env = "WEFT_API", default_value = "/run/weft/weft.sock")]
+    #[arg(long, env = "WEFT_API", default_value = weft::api::DEFAULT_SOCKET)]
     api: PathBuf,
 }
 

@@ -1,5 +1,5 @@
 //! The CNI commands: each asks the router over its local API (DESIGN.md
-//! "Operator contract", `weft::api`) and does the kernel work in
+//! "Operator contract", `weft_api`) and does the kernel work in
 //! [`crate::plumb`]. ADD undoes everything it did when a later step fails,
 //! so a failed ADD leaves no veth, route or allocation behind.
 
@@ -13,10 +13,8 @@ use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::Duration;
-use weft::api::client::{ClientError, call};
-use weft::api::proto::{
-    Allocation, AllocationList, ErrorCode, Readiness, Released, Reply, Request,
-};
+use weft_api::client::{ClientError, call};
+use weft_api::proto::{Allocation, AllocationList, ErrorCode, Readiness, Released, Reply, Request};
 
 /// How long one router request may take. An allocation is fsynced before
 /// the answer (DESIGN.md "Identity, ownership and reclaim"), so allow a slow

@@ -55,8 +55,8 @@ impl Version {
     }
 }
 
-/// The default router socket (DESIGN.md "Operator contract").
-pub const DEFAULT_SOCKET: &str = "/run/weft/weft.sock";
+/// The default router socket (DESIGN.md "Operator contract"), the router's.
+pub use weft_api::DEFAULT_SOCKET;
 
 /// One entry of `cni.dev/valid-attachments` (GC).
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]

@@ -134,7 +134,7 @@ impl Dataplane {
 
     /// Sums the workers' counters.
     pub fn totals(&self) -> DataplaneTotals {
-        DataplaneTotals::sum(self.stats.iter().map(|s| s.as_ref()))
+        stats::sum(self.stats.iter().map(|s| s.as_ref()))
     }
 
     /// The number of lanes (workers).
