@@ -217,9 +217,10 @@ fn open_netns(env: &Env) -> Result<(std::fs::File, &Path), CniError> {
 }
 
 /// A test-only fault: `WEFT_CNI_FAULT=after-veth` fails ADD once the veth
-/// exists, to prove the undo path (tests/cni.rs). Never set in production.
-fn injected_fault(stage: &str) -> Result<(), CniError> {
-    if std::env::var("WEFT_CNI_FAULT").as_deref() == Ok(stage) {
+/// exists, to prove the undo path (tests/cni.rs). Only the
+/// `weft-cni-faults` build (feature `fault-injection`) fills `env.fault`.
+fn injected_fault(env: &Env, stage: &str) -> Result<(), CniError> {
+    if env.fault.as_deref() == Some(stage) {
         return Err(CniError::Netlink(format!(
             "injected fault after {stage} (WEFT_CNI_FAULT)"
         )));
@@ -257,7 +258,7 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     });
     let outcome = plugged
         .map_err(|e| CniError::Netlink(e.to_string()))
-        .and_then(|()| injected_fault("after-veth"))
+        .and_then(|()| injected_fault(env, "after-veth"))
         .and_then(|()| {
             rt.block_on(plumb::configure(&host, &pod, &plan))
                 .map_err(|e| CniError::Netlink(e.to_string()))
