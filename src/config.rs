@@ -1,6 +1,9 @@
 //! The router's configuration, parsed from flags and `WEFT_*` environment
 //! variables and validated up front, so that every mistake is one line that
-//! says what is wrong and how to fix it.
+//! says what is wrong and how to fix it. `main.rs` reads every variable
+//! (clap `env`) and builds [`RouterConfig`]; nothing below reads the
+//! environment, so each setting has one way in. This module depends on the
+//! modules whose settings it carries (`kube`, `router`), never the reverse.
 
 use crate::cidr::Ipv4Cidr;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -126,9 +129,15 @@ pub struct RouterConfig {
     /// Prometheus endpoint, if any.
     pub metrics_addr: Option<String>,
     /// `--peers-from-kube`: where to list Nodes for seeds, if at all.
-    pub peers_from_kube: Option<crate::kube::KubeSource>,
+    pub peers_from_kube: Option<crate::kube::KubeSettings>,
     /// Masquerade pod traffic leaving the range (off with `--no-masq`).
     pub masquerade: bool,
+    /// Ask for the TUN and UDP offloads (off with `WEFT_DISABLE_OFFLOAD`).
+    pub offload: bool,
+    /// The data-plane workers' scheduling class (`WEFT_WORKER_PRIORITY`).
+    pub worker_priority: crate::router::priority::Priority,
+    /// The TUN queue length on the offload path (`WEFT_TUN_TXQUEUELEN`).
+    pub tun_txqueuelen: Option<i32>,
 }
 
 impl RouterConfig {

@@ -75,6 +75,9 @@ async fn serve(
             iface: config.iface.clone(),
             listen: config.listen,
             workers: config.workers,
+            offload: config.offload,
+            priority: config.worker_priority,
+            tun_txqueuelen: config.tun_txqueuelen,
         },
         Snapshot::new(short, mtu as usize),
         worker_tx,
@@ -163,9 +166,9 @@ async fn serve(
     if let Some(listener) = metrics_listener {
         tokio::spawn(crate::metrics::serve(listener, api_tx.clone()));
     }
-    if let Some(source) = config.peers_from_kube.clone() {
+    if let Some(kube) = &config.peers_from_kube {
         tokio::spawn(crate::kube::run(
-            crate::kube::seed_task(&config, source),
+            crate::kube::seed_task(kube, config.listen, &config.seeds),
             api_tx.clone(),
         ));
     }

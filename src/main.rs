@@ -9,7 +9,8 @@ use weft::api::client;
 use weft::api::proto::{Reply, Request, Status};
 use weft::cidr::Ipv4Cidr;
 use weft::config::{IpallocInit, RouterConfig, resolve_peer};
-use weft::kube::KubeSource;
+use weft::kube::{KubeSettings, KubeSource};
+use weft::router::{offload, priority::Priority};
 
 /// weft: an encrypted mesh overlay network for Kubernetes.
 #[derive(Parser)]
@@ -30,7 +31,7 @@ enum Command {
         /// HOST:PORT of another router.
         address: String,
         /// The router's API socket.
-        #[arg(long, env = "WEFT_API", default_value = "/run/weft/weft.sock")]
+        #[arg(long, env = "WEFT_API", default_value = weft::api::DEFAULT_SOCKET)]
         api: PathBuf,
     },
     /// Run a whole mesh in network namespaces on this machine (needs root).
@@ -65,7 +66,7 @@ enum Command {
         #[arg(long)]
         force: bool,
         /// The router's API socket.
-        #[arg(long, env = "WEFT_API", default_value = "/run/weft/weft.sock")]
+        #[arg(long, env = "WEFT_API", default_value = weft::api::DEFAULT_SOCKET)]
         api: PathBuf,
     },
     /// Hand this router's address ranges to live peers, then stop it (on a
@@ -76,7 +77,7 @@ enum Command {
         #[arg(long)]
         force: bool,
         /// The router's API socket.
-        #[arg(long, env = "WEFT_API", default_value = "/run/weft/weft.sock")]
+        #[arg(long, env = "WEFT_API", default_value = weft::api::DEFAULT_SOCKET)]
         api: PathBuf,
     },
     /// Remove a seed address from a running router.
@@ -84,7 +85,7 @@ enum Command {
         /// HOST:PORT given earlier.
         address: String,
         /// The router's API socket.
-        #[arg(long, env = "WEFT_API", default_value = "/run/weft/weft.sock")]
+        #[arg(long, env = "WEFT_API", default_value = weft::api::DEFAULT_SOCKET)]
         api: PathBuf,
     },
 }
@@ -117,7 +118,7 @@ struct RouterArgs {
     #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
     state_dir: PathBuf,
     /// The local API socket.
-    #[arg(long, env = "WEFT_API", default_value = "/run/weft/weft.sock")]
+    #[arg(long, env = "WEFT_API", default_value = weft::api::DEFAULT_SOCKET)]
     api: PathBuf,
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics (conventionally :6782).
     #[arg(long, env = "WEFT_METRICS_ADDR")]
@@ -142,6 +143,51 @@ struct RouterArgs {
     /// one (http:// sends no token: for tests and `kubectl proxy`).
     #[arg(long, env = "WEFT_KUBE_API")]
     kube_api: Option<String>,
+    #[command(flatten)]
+    knobs: Knobs,
+}
+
+/// Settings that only come from the environment (README "Data path", "Test
+/// knobs"; deploy/README.md): read here, once, like the flags, and passed
+/// down through `RouterConfig`. Hidden flags, so `--help` shows the operator
+/// contract only. Values that do not parse keep the default, as before.
+#[derive(Args)]
+struct Knobs {
+    /// The Kubernetes node name (downward API), the name without --name.
+    #[arg(long, env = "NODE_NAME", hide = true)]
+    node_name: Option<String>,
+    /// Rekey interval in seconds instead of 120 (tests).
+    #[arg(long, env = "WEFT_REKEY_INTERVAL_SECS", hide = true)]
+    rekey_interval_secs: Option<String>,
+    /// Data-plane workers instead of one per core.
+    #[arg(long, env = "WEFT_WORKERS", hide = true)]
+    workers: Option<String>,
+    /// Anything but empty, 0 or false: the plain data path, no offloads.
+    #[arg(long, env = offload::DISABLE_ENV, hide = true)]
+    disable_offload: Option<String>,
+    /// rt (default), a nice value -20..19, or off.
+    #[arg(long, env = weft::router::priority::PRIORITY_ENV, hide = true)]
+    worker_priority: Option<String>,
+    /// The TUN queue length on the offload path.
+    #[arg(long, env = "WEFT_TUN_TXQUEUELEN", hide = true)]
+    tun_txqueuelen: Option<String>,
+    /// The service-account directory for --peers-from-kube (tests).
+    #[arg(long, env = "WEFT_KUBE_SA_DIR", hide = true)]
+    kube_sa_dir: Option<PathBuf>,
+    /// Seconds between node listings instead of 30 (tests).
+    #[arg(long, env = "WEFT_KUBE_RESYNC_SECS", hide = true)]
+    kube_resync_secs: Option<String>,
+    /// The in-cluster API server's address (set by Kubernetes in every pod).
+    #[arg(long, env = "KUBERNETES_SERVICE_HOST", hide = true)]
+    kubernetes_service_host: Option<String>,
+    /// The in-cluster API server's port.
+    #[arg(long, env = "KUBERNETES_SERVICE_PORT", hide = true)]
+    kubernetes_service_port: Option<String>,
+}
+
+/// A knob's value, or `None` when unset or not a `T` (the default applies).
+fn knob<T: std::str::FromStr>(value: Option<&str>) -> Option<T> {
+    value.and_then(|v| v.parse().ok())
 }
 
 #[derive(Args)]
@@ -153,7 +199,7 @@ struct StatusArgs {
     #[arg(long)]
     json: bool,
     /// The router's API socket.
-    #[arg(long, env = "WEFT_API", default_value = "/run/weft/weft.sock")]
+    #[arg(long, env = "WEFT_API", default_value = weft::api::DEFAULT_SOCKET)]
     api: PathBuf,
 }
 
@@ -255,11 +301,12 @@ fn router_config(args: RouterArgs) -> anyhow::Result<RouterConfig> {
         .ipalloc_range
         .parse()
         .map_err(|e| anyhow::anyhow!("--ipalloc-range: {e}"))?;
-    let name = match args.name {
+    let knobs = args.knobs;
+    let name = match args.name.or(knobs.node_name) {
         Some(name) => name,
-        None => std::env::var("NODE_NAME").or_else(|_| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string())
-        })?,
+        None => {
+            std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string())?
+        }
     };
     let init = IpallocInit::parse(&args.ipalloc_init)?;
     let seeds = args
@@ -268,13 +315,9 @@ fn router_config(args: RouterArgs) -> anyhow::Result<RouterConfig> {
         .filter(|p| !p.trim().is_empty())
         .map(|p| resolve_peer(p.trim()))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let rekey_after = std::env::var("WEFT_REKEY_INTERVAL_SECS")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
+    let rekey_after = knob::<u64>(knobs.rekey_interval_secs.as_deref())
         .map_or(weft::crypto::session::REKEY_AFTER, Duration::from_secs);
-    let workers = std::env::var("WEFT_WORKERS")
-        .ok()
-        .and_then(|s| s.parse::<usize>().ok())
+    let workers = knob::<usize>(knobs.workers.as_deref())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     Ok(RouterConfig {
         name,
@@ -296,11 +339,20 @@ fn router_config(args: RouterArgs) -> anyhow::Result<RouterConfig> {
                 a
             }
         }),
-        peers_from_kube: args.peers_from_kube.then_some(match args.kube_api {
-            Some(url) => KubeSource::Url(url),
-            None => KubeSource::InCluster,
+        peers_from_kube: args.peers_from_kube.then(|| {
+            let source = match args.kube_api {
+                Some(url) => KubeSource::Url(url),
+                None => KubeSource::InCluster {
+                    host: knobs.kubernetes_service_host,
+                    port: knobs.kubernetes_service_port,
+                },
+            };
+            KubeSettings::new(source, knobs.kube_sa_dir, knobs.kube_resync_secs.as_deref())
         }),
         masquerade: !args.no_masq,
+        offload: !offload::disabled_by(knobs.disable_offload.as_deref()),
+        worker_priority: Priority::parse_or_default(knobs.worker_priority.as_deref()),
+        tun_txqueuelen: knob::<i32>(knobs.tun_txqueuelen.as_deref()),
     })
 }
 
@@ -379,4 +431,66 @@ fn parse_mtu(text: &str) -> anyhow::Result<Option<u32>> {
     text.parse().map(Some).map_err(|_| {
         anyhow::anyhow!("--mtu {text:?} is not a number: pass bytes (e.g. 1420) or auto")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn config(args: &[&str]) -> RouterConfig {
+        let argv = ["weft", "router", "--insecure", "--name", "a"];
+        let cli = Cli::try_parse_from(argv.iter().chain(args)).unwrap();
+        let Command::Router(args) = cli.command else {
+            panic!("not the router command");
+        };
+        router_config(*args).unwrap()
+    }
+
+    #[test]
+    fn environment_only_settings_reach_the_config_and_default_when_unparsable() {
+        // The same values as their variables would give (clap `env`).
+        let c = config(&[
+            "--disable-offload=1",
+            "--worker-priority=off",
+            "--tun-txqueuelen=64",
+            "--workers=3",
+            "--rekey-interval-secs=2",
+        ]);
+        assert!(!c.offload);
+        assert_eq!(c.worker_priority, Priority::Unchanged);
+        assert_eq!(c.tun_txqueuelen, Some(64));
+        assert_eq!(c.workers, 3);
+        assert_eq!(c.rekey_after, Duration::from_secs(2));
+        let c = config(&[
+            "--disable-offload=0",
+            "--worker-priority=fast",
+            "--tun-txqueuelen=x",
+            "--rekey-interval-secs=soon",
+        ]);
+        assert!(c.offload);
+        assert_eq!(c.worker_priority, Priority::Realtime);
+        assert_eq!(c.tun_txqueuelen, None);
+        assert_eq!(c.rekey_after, weft::crypto::session::REKEY_AFTER);
+    }
+
+    #[test]
+    fn peers_from_kube_carries_the_in_cluster_address_and_test_hooks() {
+        let c = config(&[
+            "--peers-from-kube",
+            "--kubernetes-service-host=192.0.2.1",
+            "--kubernetes-service-port=6443",
+            "--kube-resync-secs=1",
+        ]);
+        let kube = c.peers_from_kube.unwrap();
+        assert_eq!(
+            kube.source,
+            KubeSource::InCluster {
+                host: Some("192.0.2.1".into()),
+                port: Some("6443".into())
+            }
+        );
+        assert_eq!(kube.every, Duration::from_secs(1));
+        assert_eq!(kube.sa_dir, PathBuf::from(weft::kube::SERVICE_ACCOUNT_DIR));
+    }
 }

@@ -23,8 +23,9 @@ use rtnetlink::packet_route::route::{
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use std::net::{IpAddr, Ipv4Addr};
 
-/// The route protocol number that tags weft's routes (`ip route show proto 87`).
-pub const WEFT_ROUTE_PROTOCOL: u8 = 87;
+/// The route protocol number that tags weft's routes (`ip route show proto
+/// 87`); shared with the CNI plugin through the API crate.
+pub use crate::api::WEFT_ROUTE_PROTOCOL;
 
 /// What the interface should look like.
 #[derive(Clone, Debug)]

@@ -227,11 +227,12 @@ fn an_add_that_fails_halfway_leaves_no_veth_route_or_allocation() {
     }
     let b = bench();
     let conf = net_conf("1.0.0", &b.fake.socket);
-    // Fails after the veth exists (fault injected in the plugin).
+    // Fails after the veth exists (fault injected in the test-only build).
     let pod = Netns::new("pod");
     let mut add = Call::new("ADD", "c1", &netns_path(&pod));
     add.extra_env
         .push(("WEFT_CNI_FAULT".into(), "after-veth".into()));
+    add.faulty = true;
     let e = invoke(&b.node, &add, &conf).err(103);
     assert!(e["msg"].as_str().unwrap().contains("injected"), "{e}");
     // Fails at the veth: the pod already has an eth0.
@@ -260,6 +261,20 @@ fn an_add_that_fails_halfway_leaves_no_veth_route_or_allocation() {
         .filter(|r| r["op"] == "release")
         .count();
     assert_eq!(released, 2);
+
+    // The shipped plugin has no fault injection: the same ADD succeeds.
+    let shipped = Netns::new("shipped");
+    let mut add = Call::new("ADD", "c3", &netns_path(&shipped));
+    add.extra_env
+        .push(("WEFT_CNI_FAULT".into(), "after-veth".into()));
+    invoke(&b.node, &add, &conf).ok();
+    invoke(
+        &b.node,
+        &Call::new("DEL", "c3", &netns_path(&shipped)),
+        &conf,
+    )
+    .ok();
+    assert!(weft_veths(&b.node).is_empty());
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! The CNI commands: each asks the router over its local API (DESIGN.md
-//! "Operator contract", `weft::api`) and does the kernel work in
+//! "Operator contract", `weft_api`) and does the kernel work in
 //! [`crate::plumb`]. ADD undoes everything it did when a later step fails,
 //! so a failed ADD leaves no veth, route or allocation behind.
 
@@ -13,10 +13,8 @@ use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::Duration;
-use weft::api::client::{ClientError, call};
-use weft::api::proto::{
-    Allocation, AllocationList, ErrorCode, Readiness, Released, Reply, Request,
-};
+use weft_api::client::{ClientError, call};
+use weft_api::proto::{Allocation, AllocationList, ErrorCode, Readiness, Released, Reply, Request};
 
 /// How long one router request may take. An allocation is fsynced before
 /// the answer (DESIGN.md "Identity, ownership and reclaim"), so allow a slow
@@ -219,9 +217,10 @@ fn open_netns(env: &Env) -> Result<(std::fs::File, &Path), CniError> {
 }
 
 /// A test-only fault: `WEFT_CNI_FAULT=after-veth` fails ADD once the veth
-/// exists, to prove the undo path (tests/cni.rs). Never set in production.
-fn injected_fault(stage: &str) -> Result<(), CniError> {
-    if std::env::var("WEFT_CNI_FAULT").as_deref() == Ok(stage) {
+/// exists, to prove the undo path (tests/cni.rs). Only the
+/// `weft-cni-faults` build (feature `fault-injection`) fills `env.fault`.
+fn injected_fault(env: &Env, stage: &str) -> Result<(), CniError> {
+    if env.fault.as_deref() == Some(stage) {
         return Err(CniError::Netlink(format!(
             "injected fault after {stage} (WEFT_CNI_FAULT)"
         )));
@@ -259,7 +258,7 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     });
     let outcome = plugged
         .map_err(|e| CniError::Netlink(e.to_string()))
-        .and_then(|()| injected_fault("after-veth"))
+        .and_then(|()| injected_fault(env, "after-veth"))
         .and_then(|()| {
             rt.block_on(plumb::configure(&host, &pod, &plan))
                 .map_err(|e| CniError::Netlink(e.to_string()))

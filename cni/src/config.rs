@@ -55,8 +55,8 @@ impl Version {
     }
 }
 
-/// The default router socket (DESIGN.md "Operator contract").
-pub const DEFAULT_SOCKET: &str = "/run/weft/weft.sock";
+/// The default router socket (DESIGN.md "Operator contract"), the router's.
+pub use weft_api::DEFAULT_SOCKET;
 
 /// One entry of `cni.dev/valid-attachments` (GC).
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -185,6 +185,22 @@ pub struct Env {
     pub netns: Option<PathBuf>,
     /// `CNI_IFNAME`.
     pub ifname: String,
+    /// `WEFT_CNI_FAULT`: the stage at which ADD fails on purpose (tests of
+    /// the undo path). Read only with the `fault-injection` feature; always
+    /// `None` in the shipped plugin.
+    pub fault: Option<String>,
+}
+
+/// `WEFT_CNI_FAULT` in a build with the `fault-injection` feature.
+#[cfg(feature = "fault-injection")]
+fn fault(get: &impl Fn(&str) -> Option<String>) -> Option<String> {
+    get("WEFT_CNI_FAULT")
+}
+
+/// Nothing: the shipped plugin has no fault injection.
+#[cfg(not(feature = "fault-injection"))]
+fn fault(_: &impl Fn(&str) -> Option<String>) -> Option<String> {
+    None
 }
 
 /// `CNI_COMMAND`.
@@ -254,6 +270,7 @@ impl Env {
             container_id,
             netns,
             ifname,
+            fault: fault(&get),
         })
     }
 }

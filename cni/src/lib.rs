@@ -19,10 +19,28 @@ pub mod plumb;
 pub mod result;
 
 use error::CniError;
+use std::io::{Read, Write};
 
 /// Largest configuration read from stdin (a conflist entry with a
 /// prevResult is a few KB).
 pub const MAX_STDIN: u64 = 1 << 20;
+
+/// The plugin's `main`: reads stdin and the environment, prints what
+/// [`answer`] says and exits with its code.
+pub fn main() -> ! {
+    let mut stdin = Vec::new();
+    let read = std::io::stdin().take(MAX_STDIN).read_to_end(&mut stdin);
+    let (text, code) = match read {
+        Ok(_) => answer(&stdin, |k| std::env::var(k).ok()),
+        Err(e) => render_outcome(&stdin, Err(CniError::Io(format!("cannot read stdin: {e}")))),
+    };
+    let mut out = std::io::stdout().lock();
+    if !text.is_empty() {
+        let _ = writeln!(out, "{text}");
+    }
+    let _ = out.flush();
+    std::process::exit(code);
+}
 
 /// The whole plugin between reading its inputs and printing: decodes the
 /// environment (through `get`) and `stdin`, runs the command, and returns
@@ -62,6 +80,20 @@ mod tests {
                 .find(|(key, _)| *key == k)
                 .map(|(_, v)| v.to_string())
         }
+    }
+
+    #[test]
+    fn weft_cni_fault_is_read_only_by_the_fault_injection_build() {
+        let pairs = [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "abc"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", "/run/netns/x"),
+            ("WEFT_CNI_FAULT", "after-veth"),
+        ];
+        let parsed = config::Env::parse(env(&pairs)).unwrap();
+        let want = cfg!(feature = "fault-injection").then(|| "after-veth".to_string());
+        assert_eq!(parsed.fault, want);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use rtnetlink::packet_route::route::{
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::RawFd;
-use weft::netlink::WEFT_ROUTE_PROTOCOL;
+use weft_api::WEFT_ROUTE_PROTOCOL;
 
 /// A kernel operation that failed, with what we were doing.
 #[derive(Debug, thiserror::Error)]

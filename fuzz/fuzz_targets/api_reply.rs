@@ -3,7 +3,7 @@
 //! never panics, and a decoded reply round-trips.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use weft::api::proto::{Allocation, AllocationList, Readiness, Reclaimed, Reply};
+use weft_api::proto::{Allocation, AllocationList, Readiness, Reclaimed, Reply};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(reply) = serde_json::from_slice::<Reply>(data) else {

@@ -1,7 +1,7 @@
 //! A request line on the local API socket.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use weft::api::proto::Request;
+use weft_api::proto::Request;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(request) = serde_json::from_slice::<Request>(data) {

@@ -1,6 +1,6 @@
 //! The CNI plugin reading its router's replies (`weft_cni::commands::
 //! interpret`) and turning an allocation into what it configures
-//! (`plan_for`): a reply line as `weft::api::client::call` returns it.
+//! (`plan_for`): a reply line as `weft_api::client::call` returns it.
 //!
 //! Input: one selector byte (the command's reply type, the configured MTU,
 //! the spec version), then the reply line; or, with selector bit 0x40 on an
@@ -14,7 +14,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use std::net::Ipv4Addr;
-use weft::api::proto::{Allocation, AllocationList, Readiness, Released, Reply};
+use weft_api::proto::{Allocation, AllocationList, Readiness, Released, Reply};
 use weft_cni::commands::{interpret, plan_for, router_error};
 use weft_cni::config::{Env, NetConf};
 use weft_cni::result::{Plugged, address_for, render};

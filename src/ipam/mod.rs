@@ -24,8 +24,6 @@ pub mod space;
 pub mod store;
 
 #[cfg(test)]
-mod sim_tests;
-#[cfg(test)]
 mod tests;
 
 pub use allocator::{

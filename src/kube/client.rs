@@ -18,8 +18,15 @@ const PAGE_LIMIT: u32 = 500;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KubeSource {
     /// In a pod: `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`
-    /// with the service-account token and CA.
-    InCluster,
+    /// with the service-account token and CA. The two variables are read
+    /// once at start (`main.rs`); either missing is
+    /// [`KubeError::NotInCluster`] at every listing, not a refusal to start.
+    InCluster {
+        /// `$KUBERNETES_SERVICE_HOST`.
+        host: Option<String>,
+        /// `$KUBERNETES_SERVICE_PORT`.
+        port: Option<String>,
+    },
     /// `--kube-api URL`: `https://` uses the service-account token and CA
     /// too; plain `http://` (for tests and `kubectl proxy`) sends no token.
     Url(String),
@@ -30,15 +37,14 @@ pub enum KubeSource {
 /// projected service-account token is rotated by the kubelet.
 pub fn list_nodes(source: &KubeSource, sa_dir: &Path) -> Result<Vec<KubeNode>, KubeError> {
     let (base, auth) = match source {
-        KubeSource::InCluster => {
-            let host =
-                std::env::var("KUBERNETES_SERVICE_HOST").map_err(|_| KubeError::NotInCluster)?;
-            let port =
-                std::env::var("KUBERNETES_SERVICE_PORT").map_err(|_| KubeError::NotInCluster)?;
+        KubeSource::InCluster { host, port } => {
+            let (Some(host), Some(port)) = (host, port) else {
+                return Err(KubeError::NotInCluster);
+            };
             let host = if host.contains(':') {
                 format!("[{host}]")
             } else {
-                host
+                host.clone()
             };
             (format!("https://{host}:{port}"), Some(credentials(sa_dir)?))
         }

@@ -96,6 +96,37 @@ pub enum KubeError {
     BadList(String),
 }
 
+/// `--peers-from-kube` as configured, read once at start (`main.rs` into
+/// `RouterConfig`): the kube module reads no environment and knows nothing
+/// of the router's configuration type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KubeSettings {
+    /// Where the API server is.
+    pub source: KubeSource,
+    /// The service-account directory (test hook `WEFT_KUBE_SA_DIR`,
+    /// normally [`SERVICE_ACCOUNT_DIR`]).
+    pub sa_dir: PathBuf,
+    /// How often to list again (test hook `WEFT_KUBE_RESYNC_SECS`,
+    /// normally [`RESYNC`]).
+    pub every: Duration,
+}
+
+impl KubeSettings {
+    /// The settings for `source` with the test hooks' values when given
+    /// (a resync of zero or a value that is not a number of seconds keeps
+    /// the default).
+    pub fn new(source: KubeSource, sa_dir: Option<PathBuf>, resync_secs: Option<&str>) -> Self {
+        Self {
+            source,
+            sa_dir: sa_dir.unwrap_or_else(|| PathBuf::from(SERVICE_ACCOUNT_DIR)),
+            every: resync_secs
+                .and_then(|s| s.parse::<u64>().ok())
+                .filter(|s| *s > 0)
+                .map_or(RESYNC, Duration::from_secs),
+        }
+    }
+}
+
 /// The seed task's settings.
 #[derive(Clone, Debug)]
 pub struct SeedTask {
@@ -114,29 +145,22 @@ pub struct SeedTask {
     pub every: Duration,
 }
 
-/// The task for a router: its port and family, its `--peer` seeds, and
-/// the test hooks `WEFT_KUBE_RESYNC_SECS` (default 30) and
-/// `WEFT_KUBE_SA_DIR` (default [`SERVICE_ACCOUNT_DIR`]).
-pub fn seed_task(config: &crate::config::RouterConfig, source: KubeSource) -> SeedTask {
+/// The task for a router listening on `listen` with the `--peer` `seeds`:
+/// its port and family come from `listen`.
+pub fn seed_task(settings: &KubeSettings, listen: SocketAddr, seeds: &[SocketAddr]) -> SeedTask {
     SeedTask {
-        source,
-        sa_dir: std::env::var_os("WEFT_KUBE_SA_DIR")
-            .map_or_else(|| PathBuf::from(SERVICE_ACCOUNT_DIR), PathBuf::from),
-        port: config.listen.port(),
-        ipv4: config.listen.is_ipv4(),
+        source: settings.source.clone(),
+        sa_dir: settings.sa_dir.clone(),
+        port: listen.port(),
+        ipv4: listen.is_ipv4(),
         // The router's own address is in the list too (its node is):
         // neither given nor forgotten, like a --peer seed.
-        fixed: config
-            .seeds
+        fixed: seeds
             .iter()
             .copied()
-            .chain((!config.listen.ip().is_unspecified()).then_some(config.listen))
+            .chain((!listen.ip().is_unspecified()).then_some(listen))
             .collect(),
-        every: std::env::var("WEFT_KUBE_RESYNC_SECS")
-            .ok()
-            .and_then(|s| s.parse::<u64>().ok())
-            .filter(|s| *s > 0)
-            .map_or(RESYNC, Duration::from_secs),
+        every: settings.every,
     }
 }
 

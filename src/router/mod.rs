@@ -59,6 +59,13 @@ pub struct DataplaneConfig {
     pub listen: SocketAddr,
     /// Number of workers, which is also the number of lanes.
     pub workers: usize,
+    /// Ask for the TUN and UDP offloads (off: `WEFT_DISABLE_OFFLOAD`).
+    pub offload: bool,
+    /// The workers' scheduling class (`WEFT_WORKER_PRIORITY`).
+    pub priority: priority::Priority,
+    /// The TUN queue length on the offload path (`WEFT_TUN_TXQUEUELEN`;
+    /// `None`: the measured default).
+    pub tun_txqueuelen: Option<i32>,
 }
 
 /// The running data plane.
@@ -82,8 +89,8 @@ impl Dataplane {
         events: UnboundedSender<WorkerEvent>,
     ) -> io::Result<(Self, UdpSocket)> {
         let workers = config.workers.clamp(1, 64);
-        let want = !offload::disabled_by_env();
-        let queues = tun::open(&config.iface, workers, want)?;
+        let want = config.offload;
+        let queues = tun::open(&config.iface, workers, want, config.tun_txqueuelen)?;
         let lanes = queues.queues.len();
         let (sockets, control, udp_offload) = udp::bind_group(config.listen, lanes, want)?;
         let offload = Arc::new(OffloadState::new(&queues, &udp_offload));
@@ -93,7 +100,7 @@ impl Dataplane {
         let mut stats = Vec::with_capacity(lanes);
         let mut threads = Vec::with_capacity(lanes);
         let vnet = queues.vnet;
-        let priority = priority::Priority::from_env();
+        let priority = config.priority;
         for (lane, (queue, socket)) in queues.queues.into_iter().zip(sockets).enumerate() {
             let worker_stats = Arc::new(WorkerStats::default());
             stats.push(worker_stats.clone());
@@ -141,7 +148,7 @@ impl Dataplane {
 
     /// Sums the workers' counters.
     pub fn totals(&self) -> DataplaneTotals {
-        DataplaneTotals::sum(self.stats.iter().map(|s| s.as_ref()))
+        stats::sum(self.stats.iter().map(|s| s.as_ref()))
     }
 
     /// The number of lanes (workers).

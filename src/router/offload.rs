@@ -9,13 +9,13 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The environment variable that selects the plain path (tests, debugging,
-/// kernels whose offloads misbehave).
+/// kernels whose offloads misbehave); read once by `main.rs`.
 pub const DISABLE_ENV: &str = "WEFT_DISABLE_OFFLOAD";
 
-/// Whether `WEFT_DISABLE_OFFLOAD` asks for the plain path (any value but
-/// empty, `0` or `false`).
-pub fn disabled_by_env() -> bool {
-    std::env::var(DISABLE_ENV).is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"))
+/// Whether a value of `WEFT_DISABLE_OFFLOAD` asks for the plain path (set,
+/// and anything but empty, `0` or `false`).
+pub fn disabled_by(value: Option<&str>) -> bool {
+    value.is_some_and(|v| !matches!(v, "" | "0" | "false"))
 }
 
 /// The data plane's offload state, shared by the workers.
@@ -138,6 +138,17 @@ mod tests {
             reason: None,
         };
         OffloadState::new(&tun, &udp)
+    }
+
+    #[test]
+    fn only_a_set_value_other_than_empty_zero_or_false_disables_offload() {
+        assert!(!disabled_by(None));
+        for off in ["", "0", "false"] {
+            assert!(!disabled_by(Some(off)), "{off:?}");
+        }
+        for on in ["1", "true", "yes"] {
+            assert!(disabled_by(Some(on)), "{on:?}");
+        }
     }
 
     #[test]

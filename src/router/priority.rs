@@ -27,7 +27,8 @@ use std::io;
 use std::time::{Duration, Instant};
 
 /// The variable that chooses the workers' priority: `rt` (the default),
-/// a nice value in −20..=19, or `off` to leave the priority alone.
+/// a nice value in −20..=19, or `off` to leave the priority alone. Read
+/// once by `main.rs` into `RouterConfig`.
 pub const PRIORITY_ENV: &str = "WEFT_WORKER_PRIORITY";
 
 /// The nice value of a worker that is not (or may not be) real-time.
@@ -71,11 +72,10 @@ impl Priority {
         }
     }
 
-    /// The priority from the environment; an invalid value is logged and
-    /// the default used.
-    pub fn from_env() -> Self {
-        let value = std::env::var(PRIORITY_ENV).ok();
-        Self::parse(value.as_deref()).unwrap_or_else(|e| {
+    /// The priority for a value of `WEFT_WORKER_PRIORITY`; an invalid
+    /// value is logged and the default used (the router still starts).
+    pub fn parse_or_default(value: Option<&str>) -> Self {
+        Self::parse(value).unwrap_or_else(|e| {
             tracing::warn!("{e}; using rt");
             Self::Realtime
         })

@@ -1,7 +1,8 @@
 //! Data-plane counters: packets and bytes each way and drops by reason. Each
 //! worker owns one `WorkerStats` and bumps it with relaxed atomics (no
-//! contention: one writer); status and metrics sum over workers.
+//! contention: one writer); status and metrics sum over workers ([`sum`]).
 
+pub use crate::api::proto::DataplaneTotals;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Why the data plane dropped a packet. `as_str` is the metric label and the
@@ -123,58 +124,30 @@ impl WorkerStats {
     }
 }
 
-/// A point-in-time sum over all workers (and the control task's own
-/// heartbeat socket).
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct DataplaneTotals {
-    /// See `WorkerStats::packets_in`.
-    pub packets_in: u64,
-    /// See `WorkerStats::packets_out`.
-    pub packets_out: u64,
-    /// See `WorkerStats::bytes_in`.
-    pub bytes_in: u64,
-    /// See `WorkerStats::bytes_out`.
-    pub bytes_out: u64,
-    /// See `WorkerStats::forwarded`.
-    pub forwarded: u64,
-    /// See `WorkerStats::too_big_replies`.
-    #[serde(default)]
-    pub too_big_replies: u64,
-    /// Workers now in the real-time class.
-    #[serde(default)]
-    pub realtime_workers: u64,
-    /// See `WorkerStats::busy_step_downs`.
-    #[serde(default)]
-    pub busy_step_downs: u64,
-    /// Drops by reason label; reasons never seen are omitted.
-    pub dropped: std::collections::BTreeMap<String, u64>,
-}
-
-impl DataplaneTotals {
-    /// Sums the given workers' counters.
-    pub fn sum<'a>(workers: impl IntoIterator<Item = &'a WorkerStats>) -> Self {
-        let mut totals = Self::default();
-        for w in workers {
-            totals.packets_in += w.packets_in.load(Ordering::Relaxed);
-            totals.packets_out += w.packets_out.load(Ordering::Relaxed);
-            totals.bytes_in += w.bytes_in.load(Ordering::Relaxed);
-            totals.bytes_out += w.bytes_out.load(Ordering::Relaxed);
-            totals.forwarded += w.forwarded.load(Ordering::Relaxed);
-            totals.too_big_replies += w.too_big_replies.load(Ordering::Relaxed);
-            totals.realtime_workers += w.realtime.load(Ordering::Relaxed);
-            totals.busy_step_downs += w.busy_step_downs.load(Ordering::Relaxed);
-            for reason in DropReason::ALL {
-                let n = w.dropped(reason);
-                if n > 0 {
-                    *totals
-                        .dropped
-                        .entry(reason.as_str().to_string())
-                        .or_default() += n;
-                }
+/// Sums the given workers' counters into the status type (the API crate
+/// owns [`DataplaneTotals`]; this is the one place that fills it).
+pub fn sum<'a>(workers: impl IntoIterator<Item = &'a WorkerStats>) -> DataplaneTotals {
+    let mut totals = DataplaneTotals::default();
+    for w in workers {
+        totals.packets_in += w.packets_in.load(Ordering::Relaxed);
+        totals.packets_out += w.packets_out.load(Ordering::Relaxed);
+        totals.bytes_in += w.bytes_in.load(Ordering::Relaxed);
+        totals.bytes_out += w.bytes_out.load(Ordering::Relaxed);
+        totals.forwarded += w.forwarded.load(Ordering::Relaxed);
+        totals.too_big_replies += w.too_big_replies.load(Ordering::Relaxed);
+        totals.realtime_workers += w.realtime.load(Ordering::Relaxed);
+        totals.busy_step_downs += w.busy_step_downs.load(Ordering::Relaxed);
+        for reason in DropReason::ALL {
+            let n = w.dropped(reason);
+            if n > 0 {
+                *totals
+                    .dropped
+                    .entry(reason.as_str().to_string())
+                    .or_default() += n;
             }
         }
-        totals
     }
+    totals
 }
 
 #[cfg(test)]
@@ -189,7 +162,7 @@ mod tests {
         b.count_drop(DropReason::Replay);
         b.count_drop(DropReason::BadTag);
         WorkerStats::add(&a.packets_in, 3);
-        let totals = DataplaneTotals::sum([&a, &b]);
+        let totals = sum([&a, &b]);
         assert_eq!(totals.packets_in, 3);
         assert_eq!(totals.dropped.get("replay"), Some(&2));
         assert_eq!(totals.dropped.get("bad_tag"), Some(&1));

@@ -49,8 +49,15 @@ const NO_USO: u32 = sys::TUN_F_CSUM | sys::TUN_F_TSO4 | sys::TUN_F_TSO6;
 
 /// Opens `count` queues of the TUN device `name` and makes it persistent.
 /// With `offload`, asks for the virtio header and offloads and falls back
-/// to the plain device (saying why in `reason`) if the kernel refuses.
-pub fn open(name: &str, count: usize, offload: bool) -> io::Result<TunQueues> {
+/// to the plain device (saying why in `reason`) if the kernel refuses;
+/// `txqueuelen` overrides the offload path's queue length
+/// (`WEFT_TUN_TXQUEUELEN`, read by `main.rs`).
+pub fn open(
+    name: &str,
+    count: usize,
+    offload: bool,
+    txqueuelen: Option<i32>,
+) -> io::Result<TunQueues> {
     if offload {
         match open_queues(name, count, true) {
             Ok(Some(queues)) => {
@@ -61,10 +68,7 @@ pub fn open(name: &str, count: usize, offload: bool) -> io::Result<TunQueues> {
                 };
                 if let Some(uso) = uso {
                     sys::set_tun_persist(first, true)?;
-                    let qlen = std::env::var("WEFT_TUN_TXQUEUELEN")
-                        .ok()
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(OFFLOAD_TXQUEUELEN);
+                    let qlen = txqueuelen.unwrap_or(OFFLOAD_TXQUEUELEN);
                     if let Err(e) = sys::set_txqueuelen(name, qlen) {
                         tracing::warn!(iface = name, error = %e, "cannot shorten the TUN queue; expect more latency under load");
                     }

@@ -4,11 +4,15 @@
 //! earliest deadline, with a bounded step count and invariant checks after
 //! every step. A failure names the seed so the run can be replayed.
 //!
-//! - [`net`]: the network emulator, generic over the message type (the IPAM
-//!   ring harness reuses it);
-//! - [`gossip`]: the topology harness ([`gossip::GossipSim`]).
+//! - [`net`]: the network emulator, generic over the message type (the
+//!   gossip and IPAM harnesses share it);
+//! - [`gossip`]: the topology harness ([`gossip::GossipSim`]);
+//! - `ipam` (tests only): many IPAM cores with joins, kills, restarts,
+//!   partitions, donations, reclaims and leaves, checking invariant 1.
 
 pub mod gossip;
+#[cfg(test)]
+mod ipam;
 pub mod net;
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! A seeded, sans-IO network emulator, generic over the message type so that
-//! the gossip harness and (later) the IPAM ring harness share it.
+//! the gossip harness and the IPAM harness (`sim/ipam.rs`) share it.
 //!
 //! Messages between node indices get a random delay in `[min_delay,
 //! max_delay]`, may be lost or duplicated, and never cross a partition

@@ -21,10 +21,28 @@ pub fn plugin_bin() -> PathBuf {
         if let Ok(p) = std::env::var("WEFT_CNI_BIN") {
             return PathBuf::from(p);
         }
-        // target/<profile>/deps/cni-HASH → target/<profile>/weft-cni
+        build_plugin("weft-cni", &[])
+    })
+    .clone()
+}
+
+/// The test-only plugin that reads `WEFT_CNI_FAULT` (`weft-cni-faults`,
+/// feature `fault-injection`; never built by `cargo build --workspace`, so
+/// built here, into the same target directory under its own name).
+pub fn fault_plugin_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_plugin("weft-cni-faults", &["--features", "fault-injection"]))
+        .clone()
+}
+
+/// Runs `cargo build -p weft-cni --bin NAME` (a no-op when fresh) for this
+/// test's profile and returns the binary.
+fn build_plugin(name: &str, extra: &[&str]) -> PathBuf {
+    {
+        // target/<profile>/deps/cni-HASH → target/<profile>/NAME
         let exe = std::env::current_exe().expect("test exe");
         let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
-        let bin = profile_dir.join("weft-cni");
+        let bin = profile_dir.join(name);
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
         let mut cmd = Command::new(cargo);
@@ -37,16 +55,16 @@ pub fn plugin_bin() -> PathBuf {
             }
         }
         cmd.env_remove("OUT_DIR").env_remove("RUST_TEST_THREADS");
-        cmd.args(["build", "-p", "weft-cni"]);
+        cmd.args(["build", "-p", "weft-cni", "--bin", name])
+            .args(extra);
         if release {
             cmd.arg("--release");
         }
         let status = cmd.status().expect("cargo build -p weft-cni");
-        assert!(status.success(), "building weft-cni failed");
+        assert!(status.success(), "building {name} failed");
         assert!(bin.exists(), "{} missing after the build", bin.display());
         bin
-    })
-    .clone()
+    }
 }
 
 /// A directory holding the plugin as `weft` plus the reference plugins
@@ -132,6 +150,8 @@ pub struct Call {
     pub netns: String,
     pub ifname: String,
     pub extra_env: Vec<(String, String)>,
+    /// Run the fault-injection build ([`fault_plugin_bin`]).
+    pub faulty: bool,
 }
 
 impl Call {
@@ -142,6 +162,7 @@ impl Call {
             netns: netns.into(),
             ifname: "eth0".into(),
             extra_env: Vec::new(),
+            faulty: false,
         }
     }
 }
@@ -151,7 +172,11 @@ impl Call {
 pub fn invoke(node: &Netns, call: &Call, conf: &Value) -> Outcome {
     let mut cmd = Command::new("nsenter");
     cmd.arg(format!("--net=/run/netns/{}", node.name))
-        .arg(plugin_bin())
+        .arg(if call.faulty {
+            fault_plugin_bin()
+        } else {
+            plugin_bin()
+        })
         .env("CNI_COMMAND", &call.command)
         .env("CNI_CONTAINERID", &call.container_id)
         .env("CNI_NETNS", &call.netns)

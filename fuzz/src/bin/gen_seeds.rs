@@ -838,7 +838,7 @@ fn cni_reply() {
             serde_json::to_value($v).expect("json")
         };
     }
-    use weft::api::proto::{
+    use weft_api::proto::{
         Allocation, AllocationList, ApiError, ErrorCode, Readiness, Released, Reply,
     };
     let alloc = Allocation {

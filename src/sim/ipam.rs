@@ -6,6 +6,10 @@
 //! excluded) and that no address is allocated twice to live pods; any
 //! rejected honest message or alarm fails the run too.
 //!
+//! Messages travel over the shared emulator ([`super::net::Network`]: 1..100 ms
+//! of delay, 1 % loss); partitions, deaths and incarnations are checked
+//! here on delivery, since they follow the routers, not the links.
+//!
 //! `WEFT_SIM_SEED=N` replays one seed; `WEFT_SIM_STEPS=N` changes the step count
 //! (default 10,000). Debug builds run seed 1, release builds seeds 1 to 4.
 //!
@@ -17,20 +21,29 @@
 //! whole. A killed process's in-flight messages die with its connections.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use super::*;
+use super::net::{NetConfig, Network};
 use crate::id::PeerId;
+use crate::ipam::{
+    AddrRange, AllocError, AllocKey, Allocator, Config, Destination, Event, InUse, Init, IpamError,
+    MemStore,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 const BOUND: Duration = Duration::from_secs(3);
 const MAX_LIVE: usize = 12;
 
-/// `(deliver at, sequence, from, from's incarnation, to, bytes)`.
-type InFlight = (Instant, u64, PeerId, u64, PeerId, Vec<u8>);
+/// A message in flight: the sender's incarnation (a killed process's
+/// messages die with it) and the bytes.
+type InFlight = (u64, Vec<u8>);
+
+/// A router's index on the emulated network.
+fn index(id: PeerId) -> usize {
+    id.0 as usize
+}
 
 struct SimNode {
     ipam: Allocator<MemStore>,
@@ -65,8 +78,7 @@ struct Sim {
     nodes: BTreeMap<PeerId, SimNode>,
     dead: BTreeMap<PeerId, Instant>,
     next_id: u64,
-    seq: u64,
-    queue: BinaryHeap<Reverse<InFlight>>,
+    net: Network<InFlight>,
     partition: Option<BTreeSet<PeerId>>,
     whole_since: Instant,
     pod_counter: u64,
@@ -85,8 +97,15 @@ impl Sim {
             nodes: BTreeMap::new(),
             dead: BTreeMap::new(),
             next_id: 1,
-            seq: 0,
-            queue: BinaryHeap::new(),
+            net: Network::new(
+                NetConfig {
+                    min_delay: Duration::from_millis(1),
+                    max_delay: Duration::from_millis(100),
+                    loss: 0.01,
+                    duplicate: 0.0,
+                },
+                seed,
+            ),
             partition: None,
             whole_since: Instant::now(),
             pod_counter: 0,
@@ -164,13 +183,8 @@ impl Sim {
                 Destination::Broadcast => others.clone(),
             };
             for t in targets {
-                if self.rng.gen_bool(0.01) {
-                    continue;
-                }
-                let at = self.now + Duration::from_millis(self.rng.gen_range(1..100));
-                self.seq += 1;
-                self.queue
-                    .push(Reverse((at, self.seq, id, inc, t, bytes.clone())));
+                self.net
+                    .send(self.now, index(id), index(t), (inc, bytes.clone()));
             }
         }
     }
@@ -194,7 +208,7 @@ impl Sim {
     fn run_for(&mut self, dt: Duration) {
         let end = self.now + dt;
         loop {
-            let msg_at = self.queue.peek().map(|Reverse(m)| m.0);
+            let msg_at = self.net.next_time();
             let timer_at = self
                 .nodes
                 .values()
@@ -210,8 +224,9 @@ impl Sim {
             }
             self.now = self.now.max(next);
             if msg_at == Some(next) {
-                let Reverse((_, _, from, inc, to, bytes)) = self.queue.pop().unwrap();
-                self.deliver(from, inc, to, &bytes);
+                let d = self.net.pop().unwrap();
+                let (inc, bytes) = d.msg;
+                self.deliver(PeerId(d.from as u64), inc, PeerId(d.to as u64), &bytes);
             } else {
                 let due: Vec<PeerId> = self
                     .nodes

@@ -2,8 +2,10 @@
 //! status` and the CNI plugin. One JSON object per line over the unix socket
 //! (`/run/weft/weft.sock`, mode 0600): the client writes a request line, the
 //! router answers with one reply line and closes. Documented in the README.
+//!
+//! Plain data only: the router fills these from its own state (e.g.
+//! [`DataplaneTotals`] from the workers' counters in `router::stats`).
 
-use crate::router::stats::DataplaneTotals;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -441,4 +443,33 @@ pub struct DataplaneStatus {
     /// Counters.
     #[serde(flatten)]
     pub totals: DataplaneTotals,
+}
+
+/// The data-plane counters summed over all workers (and the control task's
+/// own heartbeat socket) at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataplaneTotals {
+    /// Packets received from peers and written to the TUN (or relayed).
+    pub packets_in: u64,
+    /// Packets read from the TUN and sent to peers (or relayed).
+    pub packets_out: u64,
+    /// Inner bytes of `packets_in`.
+    pub bytes_in: u64,
+    /// Inner bytes of `packets_out`.
+    pub bytes_out: u64,
+    /// Packets relayed for other routers.
+    pub forwarded: u64,
+    /// ICMP "fragmentation needed" replies written to the TUN for packets
+    /// over the overlay MTU.
+    #[serde(default)]
+    pub too_big_replies: u64,
+    /// Workers now in the real-time class.
+    #[serde(default)]
+    pub realtime_workers: u64,
+    /// Times a worker left the real-time class after working too long
+    /// without a break (a saturated data plane).
+    #[serde(default)]
+    pub busy_step_downs: u64,
+    /// Drops by reason label; reasons never seen are omitted.
+    pub dropped: BTreeMap<String, u64>,
 }

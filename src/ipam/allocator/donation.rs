@@ -1,0 +1,132 @@
+//! Donations between routers: an exhausted router asks the reachable peer
+//! with the most advertised free space (one request out at a time, a slow
+//! donor avoided for a while); a donor gives half of its largest free run,
+//! persists, then sends the ring.
+
+use super::{Allocator, Destination, Event, span};
+use crate::id::PeerId;
+use crate::ipam::error::IpamError;
+use crate::ipam::message::{DonateRequest, Message};
+use crate::ipam::store::Store;
+use std::time::Instant;
+
+impl<S: Store> Allocator<S> {
+    /// Asks the reachable router with the most advertised free space for a
+    /// donation, unless a request is already out. Returns why we wait.
+    pub(super) fn request_donation(&mut self, now: Instant) -> String {
+        if let Some((peer, _)) = self.pending {
+            return format!("out of addresses; waiting for a donation from {peer}");
+        }
+        let Some(ring) = &self.ring else {
+            return "ring not ready".into();
+        };
+        let genesis = ring.genesis_id();
+        let me = self.cfg.me;
+        let donor = ring
+            .peer_records()
+            .iter()
+            .filter(|(p, r)| {
+                **p != me
+                    && r.free > 0
+                    && ring.tombstone_of(**p).is_none()
+                    && (self.reachable.is_empty() || self.reachable.contains(p))
+                    && self.avoid.get(p).is_none_or(|until| now >= *until)
+            })
+            .max_by_key(|(p, r)| (r.free, std::cmp::Reverse(**p)))
+            .map(|(p, _)| *p)
+            .or_else(|| {
+                // No record advertises free space yet (records travel with the
+                // periodic ring broadcast): ask the reachable router owning
+                // the most addresses rather than wait for the next round.
+                ring.owners()
+                    .into_iter()
+                    .filter(|p| {
+                        *p != me
+                            && ring.tombstone_of(*p).is_none()
+                            && !ring.peer_records().contains_key(p)
+                            && self.reachable.contains(p)
+                            && self.avoid.get(p).is_none_or(|until| now >= *until)
+                    })
+                    .max_by_key(|p| (span(&ring.ranges_of(*p)), std::cmp::Reverse(*p)))
+            });
+        let Some(donor) = donor else {
+            return "out of addresses and no reachable router advertises free space".into();
+        };
+        let bytes = Message::DonateRequest(DonateRequest { genesis }).encode();
+        self.transmits.push_back((Destination::Peer(donor), bytes));
+        self.pending = Some((donor, now + self.cfg.request_timeout));
+        format!("out of addresses; asked {donor} for a donation")
+    }
+
+    pub(super) fn on_donate_request(
+        &mut self,
+        from: PeerId,
+        request: DonateRequest,
+        now: Instant,
+    ) -> Result<(), IpamError> {
+        let me = self.cfg.me;
+        let Some(ring) = &self.ring else {
+            return Ok(());
+        };
+        if request.genesis != ring.genesis_id() {
+            return Err(IpamError::GenesisMismatch {
+                ours: ring.genesis_id(),
+                theirs: request.genesis,
+                peer: from,
+            });
+        }
+        if self.tombstoned.is_some() || ring.tombstone_of(from).is_some() || from == me {
+            return Ok(());
+        }
+        let range = self.cfg.range;
+        let run = self
+            .allocs
+            .largest_free_run(&self.allocatable(now), |o| range.is_reserved(o));
+        let Some((lo, hi)) = run else {
+            // Nothing to give: our ring carries our (now zero) free count.
+            self.send_ring(Destination::Peer(from), now);
+            return Ok(());
+        };
+        // A reserved last address of the range (never allocated) goes with
+        // the block, so the donor is not left owning a lone broadcast address.
+        // Not from quarantine: a quarantined address may already be someone else's.
+        let allocatable = self.allocatable(now);
+        let hi = if range.is_reserved(hi + 1) && allocatable.iter().any(|r| r.0 <= hi && hi < r.1) {
+            hi + 1
+        } else {
+            hi
+        };
+        let len = hi - lo + 1;
+        let give = if len == 1 { 1 } else { len / 2 };
+        let start_wanted = hi + 1 - give;
+        // The run may span several of our entries; donate within the last one.
+        let entry_start = ring
+            .entries()
+            .range(..=hi)
+            .next_back()
+            .map_or(lo, |(t, _)| *t);
+        let start = start_wanted.max(entry_start);
+        let old_ring = ring.clone();
+        let donated = self
+            .ring
+            .as_mut()
+            .is_some_and(|r| r.donate(me, start, hi, from));
+        if !donated {
+            return Ok(());
+        }
+        self.refresh_mine();
+        if let Err(e) = self.persist_ring() {
+            self.ring = Some(old_ring);
+            self.refresh_mine();
+            return Err(IpamError::Persist(e));
+        }
+        let addresses = hi - start + 1;
+        self.events.push_back(Event::RangeDonated {
+            to: from,
+            addresses,
+        });
+        self.send_ring(Destination::Peer(from), now);
+        self.send_ring(Destination::Broadcast, now);
+        Ok(())
+    }
+}

@@ -1,0 +1,94 @@
+//! What the allocator hands its driver besides replies: where a message
+//! goes ([`Destination`]), why its one timer is armed ([`Timer`]), and
+//! events and alarms for the log and the operator ([`Event`], [`Alarm`]).
+
+use crate::id::PeerId;
+use crate::ipam::ring::GenesisId;
+
+/// Where a message goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// One peer.
+    Peer(PeerId),
+    /// Everyone, over the gossip channel.
+    Broadcast,
+}
+
+/// Why the timer is armed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timer {
+    /// Next anti-entropy broadcast (or proposal).
+    Gossip,
+    /// A donation request times out.
+    Donation,
+}
+
+/// Something the operator or the driver should know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The ring is known (initialised, learned or loaded).
+    RingReady {
+        /// Its genesis ID.
+        genesis: GenesisId,
+    },
+    /// A donation arrived (and is persisted): pending CNI ADDs may retry.
+    RangeReceived {
+        /// The donor.
+        from: PeerId,
+        /// How many addresses.
+        addresses: u128,
+    },
+    /// This router donated addresses.
+    RangeDonated {
+        /// The recipient.
+        to: PeerId,
+        /// How many.
+        addresses: u128,
+    },
+    /// `rmpeer` (or a follow-up) took over a dead router's ranges.
+    Reclaimed {
+        /// The dead router.
+        dead: PeerId,
+        /// How many addresses.
+        addresses: u128,
+    },
+    /// This router held no pods and yielded to a ring initialised
+    /// elsewhere; its node address is gone and must be allocated again.
+    RingReplaced {
+        /// The abandoned ring.
+        old: GenesisId,
+        /// The ring joined.
+        new: GenesisId,
+    },
+    /// Something the operator must look at.
+    Alarm(Alarm),
+}
+
+/// Operator-visible problems (logged at error level by the driver).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Alarm {
+    /// This router's ID was reclaimed: it stopped allocating.
+    Tombstoned {
+        /// Who reclaimed it.
+        reclaimer: PeerId,
+    },
+    /// A range holding allocations now belongs to someone else.
+    OwnershipLost {
+        /// Allocations inside the lost range.
+        addresses_in_use: u64,
+    },
+    /// A peer's ring was initialised separately.
+    GenesisMismatch {
+        /// Ours.
+        ours: GenesisId,
+        /// Theirs.
+        theirs: GenesisId,
+        /// The peer.
+        peer: PeerId,
+    },
+    /// A peer names a different voter set (or range); no initialisation with it.
+    VoterSetMismatch {
+        /// The peer.
+        peer: PeerId,
+    },
+}

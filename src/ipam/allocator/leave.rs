@@ -1,0 +1,83 @@
+//! `weft leave` (DESIGN.md "Leave"): a drained router hands every range it
+//! owns round the live routers, persists, then broadcasts the ring.
+
+use super::{Allocator, Destination, Event};
+use crate::id::PeerId;
+use crate::ipam::error::IpamError;
+use crate::ipam::space::Allocations;
+use crate::ipam::store::Store;
+use std::time::Instant;
+
+impl<S: Store> Allocator<S> {
+    /// Hands every range this router owns to live peers so that a drained
+    /// node can go (`weft leave`, DESIGN.md "Leave"): the ranges go round the
+    /// reachable routers in ID order, the ring is persisted, then broadcast.
+    /// Refused while pods hold addresses here (unless `force`: their
+    /// addresses may then be handed out again elsewhere), while a reclaimed
+    /// range is still quarantined, or with no live peer to take them. The
+    /// node's own address goes with its range. Returns the addresses handed.
+    pub fn leave(&mut self, force: bool, now: Instant) -> Result<u128, IpamError> {
+        if let Some(by) = self.tombstoned {
+            return Err(IpamError::Tombstoned(by));
+        }
+        let pods = self.allocs.pods();
+        if pods > 0 && !force {
+            return Err(IpamError::PodsRemain(pods));
+        }
+        if let Some(until) = self.quarantined_until(now) {
+            return Err(IpamError::Quarantined(until.saturating_duration_since(now)));
+        }
+        let me = self.cfg.me;
+        let heirs: Vec<PeerId> = self
+            .reachable
+            .iter()
+            .copied()
+            .filter(|p| *p != me)
+            .collect();
+        if heirs.is_empty() {
+            return Err(IpamError::NoHeir);
+        }
+        let Some(ring) = self.ring.as_mut() else {
+            return Err(IpamError::NotReady);
+        };
+        let old_ring = ring.clone();
+        let mine = ring.ranges_of(me);
+        let mut given = Vec::new();
+        for &(start, end) in &mine {
+            // A range may span several of our entries; donate entry by entry.
+            let mut lo = start;
+            while lo <= end {
+                let entry_end = ring
+                    .entries()
+                    .range(lo + 1..)
+                    .next()
+                    .map_or(end, |(t, _)| (t - 1).min(end));
+                let heir = heirs[given.len() % heirs.len()];
+                if !ring.donate(me, lo, entry_end, heir) {
+                    self.ring = Some(old_ring);
+                    return Err(IpamError::NotReady);
+                }
+                given.push((heir, entry_end - lo + 1));
+                lo = entry_end + 1;
+            }
+        }
+        let old_allocs = self.allocs.clone();
+        self.allocs = Allocations::default();
+        self.refresh_mine();
+        if let Err(e) = self
+            .persist_ring()
+            .and_then(|()| self.persist_allocations())
+        {
+            self.ring = Some(old_ring);
+            self.allocs = old_allocs;
+            self.refresh_mine();
+            let _ = self.persist_ring();
+            return Err(IpamError::Persist(e));
+        }
+        for &(to, addresses) in &given {
+            self.events.push_back(Event::RangeDonated { to, addresses });
+        }
+        self.send_ring(Destination::Broadcast, now);
+        Ok(given.iter().map(|g| g.1).sum())
+    }
+}

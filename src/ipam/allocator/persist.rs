@@ -1,0 +1,30 @@
+//! Persistence glue: the ring (with the ranges still quarantined) and the
+//! allocation table as records for the [`Store`], whose saves are durable
+//! before they return; the callers roll their change back on an error.
+
+use super::Allocator;
+use crate::ipam::store::{PersistedAllocations, PersistedRing, STATE_FORMAT, Store};
+
+impl<S: Store> Allocator<S> {
+    pub(super) fn persist_ring(&mut self) -> std::io::Result<()> {
+        let Some(ring) = &self.ring else {
+            return Ok(());
+        };
+        let record = PersistedRing {
+            format: STATE_FORMAT,
+            me: self.cfg.me,
+            ring: ring.to_wire(),
+            quarantined: self.quarantine.iter().map(|q| (q.0, q.1)).collect(),
+        };
+        self.store.save_ring(&record.encode())
+    }
+
+    pub(super) fn persist_allocations(&mut self) -> std::io::Result<()> {
+        let record = PersistedAllocations {
+            format: STATE_FORMAT,
+            me: self.cfg.me,
+            allocations: self.allocs.pairs().map(|(k, o)| (k.clone(), o)).collect(),
+        };
+        self.store.save_allocations(&record.encode())
+    }
+}
