@@ -13,8 +13,7 @@ use crate::forwarding::{self, Outcome, Report};
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{
-    AfSpecInet, AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InetDevConf, LinkAttribute, LinkFlags,
-    LinkMessage,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, LinkAttribute, LinkFlags,
 };
 use rtnetlink::packet_route::route::RouteHeader;
 use rtnetlink::packet_route::route::{
@@ -141,32 +140,7 @@ async fn no_ipv6_link_local(handle: &Handle, index: u32, iface: &str) {
     }
 }
 
-/// The `IFLA_AF_SPEC` attribute that turns IPv4 forwarding (and, for a
-/// pod's veth, proxy ARP) on for one interface: the netlink equivalent of
-/// `net.ipv4.conf.IFACE.forwarding=1`, which needs only CAP_NET_ADMIN. Only
-/// bits set to 1 are sent (the kernel leaves the others as they are).
-pub fn ipv4_conf_request(forwarding: bool, proxy_arp: bool) -> LinkAttribute {
-    let mut conf = InetDevConf::default();
-    conf.forwarding = i32::from(forwarding);
-    conf.proxy_arp = i32::from(proxy_arp);
-    LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![AfSpecInet::DevConfRequest(
-        conf,
-    )])])
-}
-
-/// The IPv4 `forwarding` bit of a link as the kernel dumped it, if present.
-pub fn ipv4_forwarding_of(link: &LinkMessage) -> Option<bool> {
-    link.attributes.iter().find_map(|a| match a {
-        LinkAttribute::AfSpecUnspec(specs) => specs.iter().find_map(|s| match s {
-            AfSpecUnspec::Inet(inet) => inet.iter().find_map(|i| match i {
-                AfSpecInet::DevConf(conf) => Some(conf.forwarding != 0),
-                _ => None,
-            }),
-            _ => None,
-        }),
-        _ => None,
-    })
-}
+pub use weft_api::devconf::{ipv4_conf_request, ipv4_forwarding_of};
 
 /// Turns IPv4 forwarding on wherever the data path needs it and it is off
 /// (the TUN `tun`, the underlay, pod veths: [`forwarding::needed`]), and

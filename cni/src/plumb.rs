@@ -171,7 +171,7 @@ pub(crate) async fn configure(host: &Handle, pod: &Handle, plan: &Plan) -> Resul
         .set(
             LinkUnspec::new_with_index(host_index)
                 .up()
-                .append_extra_attribute(weft::netlink::ipv4_conf_request(true, true))
+                .append_extra_attribute(weft_api::devconf::ipv4_conf_request(true, true))
                 .build(),
         )
         .execute()
@@ -237,7 +237,7 @@ async fn link(handle: &Handle, name: &str) -> Result<Option<LinkState>, PlumbErr
                 index: msg.header.index,
                 up: msg.header.flags.contains(LinkFlags::Up),
                 mac,
-                forwarding: weft::netlink::ipv4_forwarding_of(&msg),
+                forwarding: weft_api::devconf::ipv4_forwarding_of(&msg),
             }))
         }
         Ok(None) => Ok(None),

@@ -1,0 +1,38 @@
+//! The IPv4 per-interface settings both the router and the CNI plugin write
+//! through netlink (DESIGN.md "The picture": the node forwards between
+//! weft0, the underlay and pod veths). Set with `RTM_SETLINK` and
+//! `IFLA_AF_SPEC`, which needs only CAP_NET_ADMIN, so it works where
+//! `/proc/sys` is read-only (the DaemonSet's container). Behind the
+//! `devconf` feature: the plugin and the router already link rtnetlink;
+//! `weft status` and other API users need not.
+
+use rtnetlink::packet_route::link::{
+    AfSpecInet, AfSpecUnspec, InetDevConf, LinkAttribute, LinkMessage,
+};
+
+/// The `IFLA_AF_SPEC` attribute that turns IPv4 forwarding (and, for a
+/// pod's veth, proxy ARP) on for one interface: the netlink equivalent of
+/// `net.ipv4.conf.IFACE.forwarding=1`, which needs only CAP_NET_ADMIN. Only
+/// bits set to 1 are sent (the kernel leaves the others as they are).
+pub fn ipv4_conf_request(forwarding: bool, proxy_arp: bool) -> LinkAttribute {
+    let mut conf = InetDevConf::default();
+    conf.forwarding = i32::from(forwarding);
+    conf.proxy_arp = i32::from(proxy_arp);
+    LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![AfSpecInet::DevConfRequest(
+        conf,
+    )])])
+}
+
+/// The IPv4 `forwarding` bit of a link as the kernel dumped it, if present.
+pub fn ipv4_forwarding_of(link: &LinkMessage) -> Option<bool> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::AfSpecUnspec(specs) => specs.iter().find_map(|s| match s {
+            AfSpecUnspec::Inet(inet) => inet.iter().find_map(|i| match i {
+                AfSpecInet::DevConf(conf) => Some(conf.forwarding != 0),
+                _ => None,
+            }),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
