@@ -36,3 +36,43 @@ pub fn ipv4_forwarding_of(link: &LinkMessage) -> Option<bool> {
         _ => None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtnetlink::packet_core::Emitable;
+
+    #[test]
+    fn the_forwarding_request_is_af_inet_inet_conf_with_forwarding_1() {
+        let attribute = ipv4_conf_request(true, false);
+        let mut bytes = vec![0u8; attribute.buffer_len()];
+        attribute.emit(&mut bytes);
+        let u16_at = |i: usize| u16::from_ne_bytes([bytes[i], bytes[i + 1]]);
+        // IFLA_AF_SPEC (26) { AF_INET (2) { IFLA_INET_CONF (1, nested)
+        // { IPV4_DEVCONF_FORWARDING (1) = 1u32 } } }: what the kernel's
+        // inet_set_link_af reads. Nothing else is sent.
+        assert_eq!(u16_at(2), 26);
+        assert_eq!(u16_at(6), 2);
+        assert_eq!(u16_at(10) & 0x7fff, 1);
+        assert_eq!((u16_at(12), u16_at(14)), (8, 1));
+        assert_eq!(
+            u32::from_ne_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]),
+            1
+        );
+        assert_eq!(bytes.len(), 20);
+    }
+
+    #[test]
+    fn the_forwarding_bit_is_read_from_a_link_dump() {
+        let mut link = LinkMessage::default();
+        assert_eq!(ipv4_forwarding_of(&link), None);
+        for on in [false, true] {
+            let mut conf = InetDevConf::default();
+            conf.forwarding = i32::from(on);
+            link.attributes = vec![LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
+                AfSpecInet::DevConf(conf),
+            ])])];
+            assert_eq!(ipv4_forwarding_of(&link), Some(on));
+        }
+    }
+}
