@@ -6,9 +6,12 @@
 //!
 //! - [`net`]: the network emulator, generic over the message type (the IPAM
 //!   ring harness reuses it);
-//! - [`gossip`]: the topology harness ([`gossip::GossipSim`]).
+//! - [`gossip`]: the topology harness ([`gossip::GossipSim`]);
+//! - [`link`]: TCP control links in pairs over delayed, rechunked byte
+//!   pipes ([`link::LinkPair`], [`link::run_links`]).
 
 pub mod gossip;
+pub mod link;
 pub mod net;
 
 #[cfg(test)]
