@@ -9,6 +9,7 @@
 
 pub mod connection;
 pub mod ipam;
+pub mod link;
 pub mod proto;
 
 use crate::api::proto::{

@@ -7,12 +7,15 @@
 //! - [`net`]: the network emulator, generic over the message type (the
 //!   gossip and IPAM harnesses share it);
 //! - [`gossip`]: the topology harness ([`gossip::GossipSim`]);
+//! - [`link`]: TCP control links in pairs over delayed, rechunked byte
+//!   pipes ([`link::LinkPair`], [`link::run_links`]);
 //! - `ipam` (tests only): many IPAM cores with joins, kills, restarts,
 //!   partitions, donations, reclaims and leaves, checking invariant 1.
 
 pub mod gossip;
 #[cfg(test)]
 mod ipam;
+pub mod link;
 pub mod net;
 
 #[cfg(test)]
