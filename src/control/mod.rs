@@ -24,6 +24,11 @@
 //! 5. heartbeat timers, then the registry's commands to connections (a
 //!    `KeyConfirm` only after the snapshot with its keys is out) and the
 //!    heartbeat datagrams.
+//!
+//! Timers: there is no fixed tick. After each pass the loop sleeps until the
+//! earliest `poll_timeout` of gossip, IPAM, the registry (key expiry, rekey
+//! policy), the heartbeats, the connection maker and a pending leave
+//! ([`timers::next_wake`], never sooner than 1 ms after a pass).
 
 pub mod admission;
 pub mod connection;
@@ -33,6 +38,7 @@ pub mod peers;
 pub mod proto;
 pub mod publish;
 pub mod status;
+pub mod timers;
 
 use crate::api::proto::{
     DataplaneStatus, ErrorCode, LatencyHistogram, Reply, Request, TrafficCount,
@@ -253,13 +259,25 @@ impl Control {
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut datagram = vec![0u8; 65_536];
         self.publish();
+        self.pump(Instant::now());
+        let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+        tokio::pin!(timer);
         loop {
+            let now = Instant::now();
+            if self.leaving.is_some_and(|at| now >= at) {
+                break;
+            }
+            // Sleep until the earliest deadline of any core; an hour when
+            // none has one (every input wakes the loop anyway).
+            let wake = self
+                .next_wake(now)
+                .map_or(now + Duration::from_secs(3600), |(t, _)| t);
+            timer.as_mut().reset(wake.into());
             tokio::select! {
                 _ = &mut shutdown => break,
-                _ = tick.tick() => self.handle_timers(Instant::now()),
+                () = &mut timer => {}
                 Some(event) = inputs.connections.recv() => self.handle_connection_event(event, Instant::now()),
                 Some(event) = inputs.workers.recv() => self.handle_worker_event(event, Instant::now()),
                 Some((request, reply)) = inputs.api.recv() => {
@@ -276,11 +294,7 @@ impl Control {
                     }
                 }
             }
-            let now = Instant::now();
-            self.pump(now);
-            if self.leaving.is_some_and(|at| now >= at) {
-                break;
-            }
+            self.pump(Instant::now());
         }
         self.peers.close_all("router shutting down");
         self.send_commands();
@@ -289,6 +303,7 @@ impl Control {
 
     /// Drains every core in the order the module doc gives.
     fn pump(&mut self, now: Instant) {
+        self.handle_timers(now);
         self.drain_peer_events(now);
         self.drain_heartbeat_events(now);
         self.drain_gossip(now);
@@ -307,10 +322,16 @@ impl Control {
         self.send_heartbeats();
     }
 
-    /// Runs the timers of the cores other than the heartbeats.
+    /// Runs the timers that are due of the cores other than the heartbeats
+    /// (those run after their keys are synced, see [`Self::pump`]), and
+    /// lets IPAM resolve its initial mode against what is known now.
     fn handle_timers(&mut self, now: Instant) {
-        self.gossip.handle_timeout(now);
-        self.ipam.handle_timeout(now);
+        if self.gossip.poll_timeout().is_some_and(|(t, _)| t <= now) {
+            self.gossip.handle_timeout(now);
+        }
+        if self.ipam.poll_timeout().is_some_and(|t| t <= now) {
+            self.ipam.handle_timeout(now);
+        }
         let directory = Directory {
             me: self.me,
             name: &self.config.name,
@@ -320,7 +341,29 @@ impl Control {
         };
         self.ipam
             .resolve(&directory, &self.config.seeds, self.config.listen, now);
-        self.peers.handle_timeout(now);
+        if self.peers.poll_timeout().is_some_and(|(t, _)| t <= now) {
+            self.peers.handle_timeout(now);
+        }
+    }
+
+    /// The earliest deadline of any core (DESIGN.md "Sans-IO cores": no
+    /// fixed tick).
+    fn next_wake(&self, now: Instant) -> Option<(Instant, timers::Wake)> {
+        use timers::Wake;
+        timers::next_wake(
+            now,
+            [
+                (self.gossip.poll_timeout().map(|(t, _)| t), Wake::Gossip),
+                (self.ipam.poll_timeout(), Wake::Ipam),
+                (self.peers.poll_timeout().map(|(t, _)| t), Wake::Keys),
+                (
+                    self.heartbeats.poll_timeout().map(|(t, _)| t),
+                    Wake::Heartbeat,
+                ),
+                (self.maker.poll_timeout(), Wake::Dial),
+                (self.leaving, Wake::Leave),
+            ],
+        )
     }
 
     /// The data plane's receive times count as liveness.
