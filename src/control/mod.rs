@@ -260,7 +260,7 @@ impl Control {
     ) {
         tokio::pin!(shutdown);
         let mut datagram = vec![0u8; 65_536];
-        self.publish();
+        self.publish(Instant::now());
         self.pump(Instant::now());
         let timer = tokio::time::sleep_until(tokio::time::Instant::now());
         tokio::pin!(timer);
@@ -310,13 +310,13 @@ impl Control {
         self.drive_ipam(now);
         self.drive_dials(now);
         if self.peers.take_changed() || self.dirty {
-            self.publish();
+            self.publish(now);
         }
         self.observe_data();
         self.heartbeats.handle_timeout(now);
         self.drain_heartbeat_events(now);
         if self.peers.take_changed() || self.dirty {
-            self.publish();
+            self.publish(now);
         }
         self.send_commands();
         self.send_heartbeats();
@@ -385,7 +385,12 @@ impl Control {
     /// Sends the heartbeat core's datagrams on the control socket.
     fn send_heartbeats(&mut self) {
         while let Some((to, datagram)) = self.heartbeats.poll_transmit() {
-            let _ = self.udp.try_send_to(&datagram, to);
+            if let Err(e) = self.udp.try_send_to(&datagram, to)
+                && e.raw_os_error() == Some(libc::EMSGSIZE)
+            {
+                // The kernel knows the path is smaller than a probe.
+                self.heartbeats.handle_too_big(to, Instant::now());
+            }
         }
     }
 
@@ -723,7 +728,7 @@ impl Control {
 
     /// Rebuilds the forwarding snapshot from the cores' state, publishes it,
     /// and brings the heartbeat core's keys up to date.
-    fn publish(&mut self) {
+    fn publish(&mut self, now: Instant) {
         self.dirty = false;
         self.short = self.gossip.short_id();
         let (me, my_short) = (self.me, self.short);
@@ -735,7 +740,7 @@ impl Control {
         }
         let mtu = self.cluster_mtu();
         self.follow_cluster_mtu(mtu);
-        self.heartbeats.set_mtu(mtu);
+        self.heartbeats.set_mtu(mtu, now);
         let (gossip, peers) = (&self.gossip, &self.peers);
         let lookup = |id| short_of(me, my_short, gossip, peers, id);
         let (snapshot, refused) = publish::snapshot(&publish::Inputs {
@@ -765,6 +770,7 @@ impl Control {
                     current: p.keys.current(),
                     receive: p.keys.receive_keysets().collect(),
                 },
+                now,
             );
         }
         let reachable = self.reachable_peers();
