@@ -8,6 +8,8 @@
 //! topology and connection maker (`crate::gossip`), and the IPAM driver
 //! ([`ipam::IpamDriver`]); [`publish::snapshot`] turns their state into the
 //! forwarding snapshot and [`status::report`] into `weft status`.
+//! `drive.rs` pumps the gossip and IPAM cores, `requests.rs` answers API
+//! calls; both are `impl Control` blocks of this driver.
 //!
 //! It waits on one `select!` over: connection events, data-plane worker
 //! events, heartbeats on the control socket, API calls, new TCP connections
@@ -32,22 +34,21 @@
 
 pub mod admission;
 pub mod connection;
+mod drive;
 pub mod heartbeat;
 pub mod ipam;
 pub mod peers;
 pub mod proto;
 pub mod publish;
+mod requests;
 pub mod status;
 pub mod timers;
 
-use crate::api::proto::{
-    DataplaneStatus, ErrorCode, LatencyHistogram, Reply, Request, TrafficCount,
-};
+use crate::api::proto::{LatencyHistogram, TrafficCount};
 use crate::api::server::ApiCall;
 use crate::cidr::Ipv4Cidr;
-use crate::gossip::{Channel, ConnectionMaker, Frame, Gossip, GossipConfig, GossipEvent, PeerInfo};
+use crate::gossip::{Channel, ConnectionMaker, Frame, Gossip, GossipConfig, PeerInfo};
 use crate::id::{PeerId, ShortId};
-use crate::ipam::Destination;
 use crate::netlink::InterfacePlan;
 use crate::router::Dataplane;
 use crate::router::snapshot::Liveness;
@@ -442,140 +443,6 @@ impl Control {
         }
     }
 
-    /// Sends what the allocator wants sent on the `Ring` channel and acts on
-    /// its events (a new node address or ownership table goes to the kernel
-    /// and the data plane).
-    fn drive_ipam(&mut self, now: Instant) {
-        while let Some((destination, payload)) = self.ipam.poll_transmit() {
-            let copies = match destination {
-                Destination::Peer(id) => u64::from(self.peers.contains(id)),
-                Destination::Broadcast => self.peers.len() as u64,
-            };
-            self.count_gossip(Channel::Ring, "out", copies, payload.len());
-            let message = |payload: Vec<u8>| ControlMessage::Gossip {
-                channel: Channel::Ring.to_byte(),
-                payload,
-            };
-            match destination {
-                Destination::Peer(id) => self.send_to_peer(id, message(payload)),
-                Destination::Broadcast => {
-                    for id in self.peers.iter().map(|p| p.id) {
-                        self.send_to_peer(id, message(payload.clone()));
-                    }
-                }
-            }
-        }
-        if self.ipam.drain_events(now) {
-            self.dirty = true;
-            let own_address = self.ipam.node_address();
-            let owned = self.ipam.owned();
-            self.kernel.send_if_modified(|plan| {
-                let changed = plan.own_address != own_address || plan.owned != owned;
-                plan.own_address = own_address;
-                plan.owned = owned;
-                changed
-            });
-        }
-    }
-
-    /// The overlay MTU of the whole cluster (DESIGN.md "MTU"): the smallest
-    /// any router announces, ours included, so that a packet fits every path.
-    fn cluster_mtu(&self) -> u32 {
-        self.config.mtu.min(u32::from(self.gossip.cluster_mtu()))
-    }
-
-    /// Makes weft0 follow the cluster MTU (the kernel then answers
-    /// oversized forwarded packets itself; the data plane's `icmp` covers
-    /// the moments in between), and says when it changes.
-    fn follow_cluster_mtu(&mut self, mtu: u32) {
-        self.kernel.send_if_modified(|plan| {
-            if plan.mtu == mtu {
-                return false;
-            }
-            tracing::info!(
-                from = plan.mtu,
-                to = mtu,
-                "cluster MTU changed: the smallest MTU any router announces (pods created from now on get it)"
-            );
-            plan.mtu = mtu;
-            true
-        });
-    }
-
-    fn count_gossip(&mut self, channel: Channel, direction: &str, messages: u64, len: usize) {
-        let name = match channel {
-            Channel::Topology => "topology",
-            Channel::Ring => "ring",
-            Channel::Unknown(_) => "unknown",
-        };
-        let entry = self
-            .gossip_traffic
-            .entry(format!("{name}/{direction}"))
-            .or_default();
-        entry.messages += messages;
-        entry.bytes += messages * len as u64;
-    }
-
-    /// Sends what the gossip core wants sent and acts on its events.
-    fn drain_gossip(&mut self, now: Instant) {
-        while let Some((peer, frame)) = self.gossip.poll_transmit() {
-            if self.peers.contains(peer) {
-                let entry = self
-                    .gossip_traffic
-                    .entry("topology/out".into())
-                    .or_default();
-                entry.messages += 1;
-                entry.bytes += frame.len() as u64;
-                self.send_to_peer(
-                    peer,
-                    ControlMessage::Gossip {
-                        channel: Channel::Topology.to_byte(),
-                        payload: frame,
-                    },
-                );
-            }
-        }
-        while let Some(event) = self.gossip.poll_event() {
-            match event {
-                GossipEvent::TopologyChanged => self.dirty = true,
-                GossipEvent::PeerAdded { id, name } => {
-                    tracing::info!(peer = %name, %id, "learned a router");
-                    self.ipam.learn_name(id, &name);
-                    if let Some(entry) = self.gossip.entry(id) {
-                        let addresses = entry.addresses.clone();
-                        self.maker.learn(id, &addresses, now);
-                    }
-                    self.dirty = true;
-                }
-                GossipEvent::PeerRemoved { id, name } => {
-                    tracing::info!(peer = %name, %id, "forgot an unreachable router");
-                    self.maker.unlearn(id);
-                    self.dirty = true;
-                }
-                GossipEvent::ShortIdChanged { old, new } => {
-                    tracing::info!(old = old.0, new = new.0, "short ID changed after a clash");
-                    self.short = new;
-                    self.dirty = true;
-                }
-                GossipEvent::EntryRefused {
-                    from,
-                    id,
-                    name,
-                    reason,
-                } => {
-                    self.count_handshake("gossip_refused");
-                    if self
-                        .last_gossip_log
-                        .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
-                    {
-                        self.last_gossip_log = Some(now);
-                        tracing::warn!(%from, %id, %name, ?reason, "refused a topology entry");
-                    }
-                }
-            }
-        }
-    }
-
     fn handle_connection_event(&mut self, event: ConnectionEvent, now: Instant) {
         match event {
             ConnectionEvent::Up(up) => {
@@ -810,136 +677,6 @@ impl Control {
             tracing::warn!(%remote, "refused a handshake: {why}");
         }
     }
-
-    fn handle_api(&mut self, request: Request) -> Reply {
-        let now = Instant::now();
-        let mtu = self.cluster_mtu();
-        let gossip = &self.gossip;
-        if let Some(reply) =
-            self.ipam
-                .handle_api(&request, mtu, |name| gossip.name_holder(name), now)
-        {
-            self.api_latency.observe(now.elapsed().as_secs_f64());
-            if request_changes_ownership(&request) {
-                self.drive_ipam(now);
-            }
-            if matches!(request, Request::Leave { .. }) && reply.error.is_none() {
-                tracing::info!(
-                    grace = ?LEAVE_GRACE,
-                    "left the cluster: this router's ranges went to its peers; stopping once they have the ring"
-                );
-                self.leaving = Some(now + LEAVE_GRACE);
-            }
-            return reply;
-        }
-        match request {
-            Request::Status => match serde_json::to_value(self.status(Instant::now())) {
-                Ok(value) => Reply::ok(value),
-                Err(e) => Reply::err(ErrorCode::Internal, e.to_string()),
-            },
-            Request::Connect { address } => match address.parse::<SocketAddr>() {
-                Ok(addr) => {
-                    if !self.config.seeds.contains(&addr) {
-                        self.config.seeds.push(addr);
-                    }
-                    self.maker.add_seed(addr, Instant::now());
-                    Reply::ok(serde_json::json!({ "seeds": self.seed_strings() }))
-                }
-                Err(_) => Reply::err(
-                    ErrorCode::BadRequest,
-                    format!("{address:?} is not HOST:PORT (e.g. 192.0.2.10:6783)"),
-                ),
-            },
-            Request::Forget { address } => match address.parse::<SocketAddr>() {
-                Ok(addr) => {
-                    self.config.seeds.retain(|s| *s != addr);
-                    self.maker.forget(addr);
-                    Reply::ok(serde_json::json!({ "seeds": self.seed_strings() }))
-                }
-                Err(_) => Reply::err(
-                    ErrorCode::BadRequest,
-                    format!("{address:?} is not HOST:PORT (e.g. 192.0.2.10:6783)"),
-                ),
-            },
-            _ => Reply::err(ErrorCode::BadRequest, "unknown request"),
-        }
-    }
-
-    /// Where `id` is on the topology's shortest paths.
-    fn path_to(&self, id: PeerId) -> status::Path {
-        match self.gossip.routes().route(id) {
-            Some(route) if route.next_hop == id => status::Path::Direct,
-            Some(route) => status::Path::Via(
-                self.gossip
-                    .entry(route.next_hop)
-                    .map_or_else(|| route.next_hop.to_string(), |e| e.name.clone()),
-            ),
-            None if self.peers.contains(id) => status::Path::Direct,
-            None => status::Path::Unreachable,
-        }
-    }
-
-    fn seed_strings(&self) -> Vec<String> {
-        self.config.seeds.iter().map(ToString::to_string).collect()
-    }
-
-    /// The status object of DESIGN.md "Operator contract".
-    pub fn status(&self, now: Instant) -> crate::api::proto::Status {
-        let mut dials: Vec<status::Dial> = self
-            .dialing
-            .values()
-            .map(|a| status::Dial {
-                address: *a,
-                in_flight: true,
-                error: None,
-            })
-            .collect();
-        dials.extend(self.dial_errors.iter().map(|(a, e)| status::Dial {
-            address: *a,
-            in_flight: false,
-            error: Some(e.clone()),
-        }));
-        let routes = self.gossip.routes();
-        let known = self
-            .gossip
-            .peers()
-            .filter(|e| e.id != self.me)
-            .map(|e| status::KnownRouter {
-                name: e.name.clone(),
-                id: e.id,
-                addresses: e.addresses.clone(),
-                connections: e.connections.len(),
-                reachable: routes.route(e.id).is_some() || self.peers.contains(e.id),
-                path: self.path_to(e.id),
-            })
-            .collect();
-        let reachable = self.reachable_peers();
-        let links = |id| self.heartbeats.status(id, now);
-        let path_to = |id| self.path_to(id);
-        status::report(status::Parts {
-            name: &self.config.name,
-            id: self.me,
-            short: self.short,
-            listen: self.config.listen,
-            peers: &self.peers,
-            links: &links,
-            path_to: &path_to,
-            dials,
-            self_addresses: &self.self_addresses,
-            known,
-            ipam: self.ipam.status(|id| reachable.contains(&id), now),
-            dataplane: DataplaneStatus {
-                mtu: self.cluster_mtu(),
-                offload: self.dataplane.offload(),
-                workers: self.dataplane.lanes(),
-                totals: self.dataplane.totals(),
-            },
-            handshakes: self.handshakes.clone(),
-            gossip: self.gossip_traffic.clone(),
-            api_requests: self.ipam.counters().0.clone(),
-            api_latency: self.api_latency.clone(),
-        })
-    }
 }
 
 /// Splits a connection's arrival into what the registry keeps and the
@@ -955,16 +692,4 @@ fn arrival_of(up: PeerUp) -> (Arrival, mpsc::UnboundedSender<ConnectionCommand>)
         keys: up.keys,
     };
     (arrival, up.commands)
-}
-
-/// Requests after which the allocator may have something to send at once
-/// (a donation request, a reclaimed ring).
-fn request_changes_ownership(request: &Request) -> bool {
-    matches!(
-        request,
-        Request::Allocate { .. }
-            | Request::Rmpeer { .. }
-            | Request::Release { .. }
-            | Request::Leave { .. }
-    )
 }
