@@ -63,7 +63,7 @@ fn an_idle_full_mesh_costs_little_per_peer() {
     for node in &cluster.nodes {
         node.ns.ok(&[
             "nft",
-            "table inet weftidle { counter udpout { } counter tcpout { } chain out { type filter hook output priority 0; oifname \"eth0\" meta l4proto udp counter name udpout; oifname \"eth0\" meta l4proto tcp counter name tcpout; }; }",
+            "table inet weftidle { counter udpout { }; counter tcpout { }; chain out { type filter hook output priority 0; oifname \"eth0\" meta l4proto udp counter name udpout; oifname \"eth0\" meta l4proto tcp counter name tcpout; }; }",
         ]);
     }
     // WEFT_IDLE_BIN measures another build (e.g. a copy of main's) the same way.
