@@ -225,6 +225,12 @@ impl IpamDriver {
         }
     }
 
+    /// When [`Self::handle_timeout`] wants to run next (the allocator's
+    /// anti-entropy or a donation timeout).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.alloc.poll_timeout().map(|(t, _)| t)
+    }
+
     /// The next message to send on the `Ring` channel.
     pub fn poll_transmit(&mut self) -> Option<(Destination, Vec<u8>)> {
         self.alloc.poll_transmit()
