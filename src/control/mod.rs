@@ -544,8 +544,11 @@ impl Control {
                     peer,
                     local_index,
                     from,
+                    newest,
                 } => {
-                    self.peers.set_endpoint(peer, from);
+                    if newest {
+                        self.peers.set_endpoint(peer, from);
+                    }
                     self.peers.confirm(Some(peer), local_index, now);
                 }
                 HeartbeatEvent::Established { peer, established } => {

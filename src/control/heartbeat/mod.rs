@@ -37,6 +37,7 @@ use crate::crypto::data::DataKey;
 use crate::crypto::replay::ReplayWindow;
 use crate::crypto::session::Keyset;
 use crate::id::{PeerId, ShortId};
+use crate::router::datagram::open_datagram;
 use crate::router::packet::{CONTROL_LANE, DataHeader, PacketType};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -80,6 +81,10 @@ pub enum HeartbeatEvent {
         local_index: u32,
         /// Where it came from.
         from: SocketAddr,
+        /// Its counter is the highest this keyset accepted: only such a
+        /// packet may move the peer's endpoint (DESIGN.md "Endpoints behind
+        /// NAT"), so a delayed or reordered one cannot move it back.
+        newest: bool,
     },
     /// The connection became established or stopped being so.
     Established {
@@ -381,36 +386,36 @@ impl Heartbeats {
     /// A datagram on the control socket. Anything that is not a heartbeat
     /// under a held keyset, replays, or fails its tag is dropped unseen.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &mut [u8]) {
-        let Ok(header) = DataHeader::parse(datagram) else {
+        let mut holder = None;
+        let links = &mut self.links;
+        // One implementation of the framing (DESIGN.md "The data header"):
+        // the data plane's checked view, would-accept, open, then mark.
+        let opened = open_datagram(datagram, |header| {
+            if header.kind != PacketType::Heartbeat || header.lane != CONTROL_LANE {
+                return None;
+            }
+            let (&peer, link) = links
+                .iter_mut()
+                .find(|(_, l)| l.receivers.contains_key(&header.session))?;
+            holder = Some(peer);
+            let receiver = link.receivers.get_mut(&header.session)?;
+            Some((&receiver.key, &mut receiver.window))
+        });
+        let (Ok(opened), Some(peer)) = (opened, holder) else {
             return;
         };
-        if header.kind != PacketType::Heartbeat || header.lane != CONTROL_LANE {
-            return;
-        }
-        let Some((&peer, link)) = self
-            .links
-            .iter_mut()
-            .find(|(_, l)| l.receivers.contains_key(&header.session))
-        else {
+        let Some(link) = self.links.get_mut(&peer) else {
             return;
         };
-        let Some(receiver) = link.receivers.get_mut(&header.session) else {
-            return;
-        };
-        if !receiver.window.would_accept(header.counter) {
-            return;
-        }
-        let Some(body) = wire::open(&receiver.key, &header, datagram) else {
-            return;
-        };
-        if !receiver.window.mark(header.counter) {
-            return;
-        }
+        let local_index = opened.header().session;
+        let newest = opened.is_newest();
+        let body = opened.body();
         link.last_rx = link.last_rx.max(Some(now));
         self.events.push_back(HeartbeatEvent::Authenticated {
             peer,
-            local_index: header.session,
+            local_index,
             from,
+            newest,
         });
         let sent_at = |stamp: u64| self.epoch + Duration::from_millis(stamp);
         match Body::decode(body) {

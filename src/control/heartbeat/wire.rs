@@ -1,6 +1,7 @@
 //! The heartbeat's wire form: the body of a `Heartbeat` data packet on the
 //! control lane, sealed like data (DESIGN.md "The data header"), and the one
-//! place heartbeats touch that framing ([`seal`], [`open`]).
+//! place heartbeats seal ([`seal`]); they open with the data plane's
+//! [`crate::router::datagram::open_datagram`].
 //!
 //! Body: `[kind:8][stamp_ms:64]…`, stamps in milliseconds from the sender's
 //! epoch, never 0:
@@ -18,7 +19,8 @@
 //! cluster needs no version bump.
 
 use crate::crypto::data::{DataKey, TAG_LEN};
-use crate::router::packet::{CONTROL_LANE, DataHeader, HEADER_LEN};
+use crate::router::datagram::seal_datagram;
+use crate::router::packet::{DataHeader, HEADER_LEN};
 
 const PING: u8 = 0;
 const PONG: u8 = 1;
@@ -111,40 +113,16 @@ impl Body {
     }
 }
 
-/// Seals `body` under `key` behind `header` (16-byte header as associated
-/// data, body, 16-byte tag). To move onto the shared datagram seal/open
-/// module once it lands: this and [`open`] are the only callers of the AEAD.
+/// Seals `body` under `key` behind `header` through the data plane's one
+/// implementation of the framing ([`seal_datagram`]): the 16-byte header as
+/// associated data, the body, the 16-byte tag.
 pub(super) fn seal(key: &DataKey, header: &DataHeader, body: Vec<u8>) -> Vec<u8> {
-    let mut header_bytes = [0u8; HEADER_LEN];
-    header.emit(&mut header_bytes);
-    let mut datagram = Vec::with_capacity(HEADER_LEN + body.len() + TAG_LEN);
-    datagram.extend_from_slice(&header_bytes);
-    datagram.extend_from_slice(&body);
-    let tag = key.seal_in_place(
-        CONTROL_LANE,
-        header.counter,
-        &header_bytes,
-        &mut datagram[HEADER_LEN..],
-    );
-    datagram.extend_from_slice(&tag);
+    let body_len = body.len();
+    let mut datagram = vec![0u8; HEADER_LEN + body_len + TAG_LEN];
+    datagram[HEADER_LEN..HEADER_LEN + body_len].copy_from_slice(&body);
+    // The buffer is sized for exactly this datagram, so sealing cannot fail.
+    let _ = seal_datagram(header, key, &mut datagram, body_len);
     datagram
-}
-
-/// Opens, in place, a datagram whose `header` parsed (so it holds a header
-/// and a tag); the body on success. The counterpart of [`seal`].
-pub(super) fn open<'a>(
-    key: &DataKey,
-    header: &DataHeader,
-    datagram: &'a mut [u8],
-) -> Option<&'a [u8]> {
-    let len = datagram.len();
-    let tag: [u8; TAG_LEN] = datagram.get(len.checked_sub(TAG_LEN)?..)?.try_into().ok()?;
-    let body_len = len.checked_sub(HEADER_LEN + TAG_LEN)?;
-    let (head, rest) = datagram.split_at_mut(HEADER_LEN);
-    let body = rest.get_mut(..body_len)?;
-    key.open_in_place(CONTROL_LANE, header.counter, head, body, &tag)
-        .ok()?;
-    Some(body)
 }
 
 #[cfg(test)]
