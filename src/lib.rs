@@ -25,6 +25,7 @@ pub mod gossip;
 pub mod id;
 pub mod ipam;
 pub mod kube;
+pub mod logging;
 pub mod metrics;
 pub mod netlink;
 pub mod nftables;

@@ -142,6 +142,11 @@ struct RouterArgs {
     /// one (http:// sends no token: for tests and `kubectl proxy`).
     #[arg(long, env = "WEFT_KUBE_API")]
     kube_api: Option<String>,
+    /// Log lines as text (coloured only on a terminal) or json (one object
+    /// per line, for log collectors). The level comes from WEFT_LOG, else
+    /// RUST_LOG (e.g. `info,weft::kube=debug`), else info.
+    #[arg(long, env = "WEFT_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: weft::logging::LogFormat,
 }
 
 #[derive(Args)]
@@ -188,7 +193,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Router(args) => {
-            init_logging();
+            weft::logging::init(args.log_format);
             weft::daemon::run(router_config(*args)?)
         }
         Command::Status(args) => status(args),
@@ -231,15 +236,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 fn router_config(args: RouterArgs) -> anyhow::Result<RouterConfig> {
