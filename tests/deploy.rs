@@ -671,6 +671,19 @@ fn the_entrypoint_installs_the_plugin_and_conflist_then_execs_the_router() {
     assert_eq!(plugin["type"], "weft");
     assert_eq!(plugin["socket"], "/run/weft/weft.sock");
     assert_eq!(plugin["mtu"], 0);
+    // hostPorts: portmap is chained after weft with the capability the
+    // kubelet keys on, as the README and cni/weft.conflist promise.
+    let portmap = &conf["plugins"][1];
+    assert_eq!(portmap["type"], "portmap");
+    assert_eq!(portmap["capabilities"]["portMappings"], true);
+    let shipped: Value =
+        serde_json::from_slice(&fs::read(root().join("cni/weft.conflist")).unwrap()).unwrap();
+    assert_eq!(
+        conf, shipped,
+        "the installed conflist differs from cni/weft.conflist"
+    );
+    // No portmap on this fake host: one line says hostPorts will not work.
+    assert!(text(&out).contains("portmap is missing"), "{}", text(&out));
     assert!(host.leftovers().is_empty(), "{:?}", host.leftovers());
 }
 
