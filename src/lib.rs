@@ -22,6 +22,7 @@ pub mod daemon;
 pub mod demo;
 pub mod forward_policy;
 pub mod gossip;
+pub mod host_firewall;
 pub mod id;
 pub mod ipam;
 pub mod kube;

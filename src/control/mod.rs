@@ -1307,6 +1307,7 @@ impl Control {
             gossip: self.gossip_traffic.clone(),
             api_requests: self.ipam.counters().0.clone(),
             api_latency: self.api_latency.clone(),
+            firewall: Default::default(),
         }
     }
 }
