@@ -90,7 +90,7 @@ async fn serve(
     // DESIGN.md: "Before an empty-state router claims anything, it rebuilds
     // its in-use set from the kernel."
     let in_use = netlink::addresses_in_use(&config.iface, config.range).await;
-    let ipam = IpamDriver::open(
+    let mut ipam = IpamDriver::open(
         &config.state_dir,
         identity.id(),
         config.range,
@@ -98,6 +98,11 @@ async fn serve(
         &in_use,
         Instant::now(),
     )?;
+    if config.peers_from_kube.is_some() {
+        ipam.hold(
+            "waiting for the first Kubernetes node list (--peers-from-kube) to pick the voters",
+        );
+    }
     let plan = InterfacePlan {
         iface: config.iface.clone(),
         mtu,

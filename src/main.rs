@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use weft::api::client;
-use weft::api::proto::{Reply, Request, Status};
+use weft::api::proto::{Readiness, Reply, Request, Status};
 use weft::cidr::Ipv4Cidr;
 use weft::config::{IpallocInit, RouterConfig, resolve_peer};
 use weft::kube::KubeSource;
@@ -25,6 +25,13 @@ enum Command {
     Router(Box<RouterArgs>),
     /// Show the router's peers, connections, IPAM and data-plane counters.
     Status(StatusArgs),
+    /// Exit 0 when the router can give pods addresses now; otherwise say
+    /// why and exit 1 (the DaemonSet's readiness probe).
+    Ready {
+        /// The router's API socket.
+        #[arg(long, env = "WEFT_API", default_value = "/run/weft/weft.sock")]
+        api: PathBuf,
+    },
     /// Add a seed address to a running router.
     Connect {
         /// HOST:PORT of another router.
@@ -197,6 +204,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             weft::daemon::run(router_config(*args)?)
         }
         Command::Status(args) => status(args),
+        Command::Ready { api } => ready(&api),
         Command::Demo { clean: true, .. } => {
             weft::demo::remove_all();
             Ok(())
@@ -367,6 +375,23 @@ fn status(args: StatusArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+/// `weft ready`: the router's own answer to "can a pod get an address?".
+fn ready(api: &std::path::Path) -> anyhow::Result<()> {
+    let reply = call(api, &Request::Ready)?;
+    if let Some(error) = reply.error {
+        anyhow::bail!("{}", error.message);
+    }
+    let readiness: Readiness = serde_json::from_value(reply.result.unwrap_or_default())?;
+    if !readiness.ready {
+        anyhow::bail!(
+            "not ready: {}",
+            readiness.reason.as_deref().unwrap_or("no reason given")
+        );
+    }
+    println!("ready");
+    Ok(())
+}
+
 /// `--mtu`: `auto` or a number of bytes.
 fn parse_mtu(text: &str) -> anyhow::Result<Option<u32>> {
     if text.eq_ignore_ascii_case("auto") {

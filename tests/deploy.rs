@@ -215,7 +215,9 @@ fn the_daemonset_gives_the_router_the_node_and_what_it_needs() {
     let probe = container["readinessProbe"]["exec"]["command"]
         .as_array()
         .unwrap();
-    assert_eq!(probe[..2], [Value::from("weft"), Value::from("status")]);
+    // Readiness is the router's own "can a pod get an address?", not merely
+    // "does the socket answer".
+    assert_eq!(probe[..2], [Value::from("weft"), Value::from("ready")]);
 
     // Host paths, and where they are mounted.
     let volumes = pod["volumes"].as_array().unwrap();
@@ -795,12 +797,19 @@ fn daemonset_env() -> (Vec<(String, String)>, Vec<String>, Vec<String>) {
     )
 }
 
+/// One node, `cp-1` at 192.0.2.10, as a NodeList.
+const ONE_NODE: &[u8] = br#"{"kind":"NodeList","apiVersion":"v1","metadata":{},"items":[{"metadata":{"name":"cp-1"},"status":{"addresses":[{"type":"InternalIP","address":"192.0.2.10"}],"conditions":[{"type":"Ready","status":"False"}]}}]}"#;
+
+/// The API's answer when the service account may not list nodes.
+const FORBIDDEN: &[u8] = include_bytes!("data/nodes-forbidden.json");
+
 /// The entrypoint, started with the DaemonSet's arguments and the
 /// environment the kubelet would give it (host paths moved into a temp dir,
-/// the real `weft`), installs the CNI files and becomes a router that passes
-/// the DaemonSet's own readiness probe, serves metrics on the annotated
-/// port, and reports once that it is not in a cluster (--peers-from-kube is
-/// on in the ConfigMap) without stopping.
+/// the real `weft`, the Kubernetes API a fake one), installs the CNI files
+/// and becomes a router that serves metrics on the annotated port. With the
+/// ConfigMap's defaults, unedited, the readiness probe fails and says why
+/// while the Node list cannot be read, and passes once it can: the router
+/// forms its ring from the nodes the list names.
 #[test]
 fn the_daemonset_environment_starts_a_router_that_passes_its_readiness_probe() {
     let test = "the_daemonset_environment_starts_a_router_that_passes_its_readiness_probe";
@@ -836,25 +845,33 @@ fn the_daemonset_environment_starts_a_router_that_passes_its_readiness_probe() {
     };
     env.push(("WEFT_CNI_PLUGIN".into(), plugin.display().to_string()));
     env.push(("WEFT_BIN".into(), BIN.into()));
+    // The in-cluster API, as a fake on the node, listed every second.
+    env.push(("WEFT_KUBE_API".into(), "http://192.0.2.10:8080".into()));
+    env.push(("WEFT_KUBE_RESYNC_SECS".into(), "1".into()));
 
     // One node on an underlay switch: n0 at 192.0.2.10, as cp-1 is.
     let cluster = support::Cluster::new(1);
     let node = &cluster.nodes[0].ns;
     assert_eq!(cluster.nodes[0].underlay.to_string(), "192.0.2.10");
+    let kube = support::fake_kube::FakeApi::start(
+        &node.name,
+        "192.0.2.10:8080".parse().unwrap(),
+        403,
+        FORBIDDEN,
+    );
 
     // The probe, as written but for the binary and the socket's path.
-    assert_eq!(probe[0], "weft");
-    let probe_ok = || {
+    assert_eq!(probe[..2], ["weft", "ready"]);
+    let run_probe = || {
         let mut argv: Vec<String> = probe[1..].to_vec();
         for a in &mut argv {
             if a == "/run/weft/weft.sock" {
                 *a = api.display().to_string();
             }
         }
-        run_timeout(Command::new(BIN).args(&argv), 10)
-            .map(|o| o.status.success())
-            .unwrap_or(false)
+        run_timeout(Command::new(BIN).args(&argv), 10).unwrap()
     };
+    let probe_ok = || run_probe().status.success();
     assert!(!probe_ok(), "the probe passes with no router running");
 
     let log = dir.path.join("router.log");
@@ -872,11 +889,13 @@ fn the_daemonset_environment_starts_a_router_that_passes_its_readiness_probe() {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().unwrap();
-    let ready = wait_until(std::time::Duration::from_secs(15), probe_ok);
     let said = || fs::read_to_string(&log).unwrap_or_default();
-    if !ready {
+    let answering = wait_until(std::time::Duration::from_secs(15), || {
+        text(&run_probe()).contains("not ready")
+    });
+    if !answering {
         let _ = child.kill();
-        panic!("the router never passed its readiness probe:\n{}", said());
+        panic!("the router never answered its readiness probe:\n{}", said());
     }
     assert!(dir.path.join("host/opt/cni/bin/weft").exists());
     assert!(
@@ -903,12 +922,35 @@ fn the_daemonset_environment_starts_a_router_that_passes_its_readiness_probe() {
     assert!(scraped.starts_with("HTTP/1.1 200"), "{scraped}");
     assert!(scraped.contains("weft_"), "{scraped}");
 
-    let once = wait_until(std::time::Duration::from_secs(5), || {
-        said().contains("KUBERNETES_SERVICE_HOST")
+    // The Node list is forbidden: not ready, and the probe says why, for
+    // as long as it lasts (the router does not vote alone meanwhile).
+    let logged = wait_until(std::time::Duration::from_secs(5), || {
+        said().contains("HTTP 403")
     });
-    assert!(once, "{}", said());
-    assert_eq!(said().matches("KUBERNETES_SERVICE_HOST").count(), 1);
-    assert!(probe_ok(), "the router stopped:\n{}", said());
+    assert!(logged, "{}", said());
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let out = run_probe();
+    assert!(!out.status.success(), "ready without a node list");
+    assert!(
+        text(&out).contains("not ready: waiting for the first Kubernetes node list"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(said().matches("HTTP 403").count(), 1, "{}", said());
+
+    // RBAC fixed: the list names this node; the default consensus forms a
+    // ring of one and the probe passes.
+    kube.answer(200, ONE_NODE);
+    let ready = wait_until(std::time::Duration::from_secs(15), probe_ok);
+    if !ready {
+        let _ = child.kill();
+        panic!(
+            "the router never passed its readiness probe: {}\n{}",
+            text(&run_probe()),
+            said()
+        );
+    }
+    assert!(said().contains("IPAM ring ready"), "{}", said());
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -80,6 +80,11 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    /// Sent by the router's own `--peers-from-kube` task after it has handed
+    /// over (as `connect`/`forget`) the seeds of a successful node listing:
+    /// a router that waits for the node list before its first ring vote may
+    /// go ahead. Result: `{}`.
+    SeedsListed,
     /// Hands this router's ranges to live peers, then stops the router
     /// (`weft leave`, for a drained node): result [`Left`]. Refused while
     /// pods hold addresses here unless `force`.
