@@ -93,7 +93,7 @@ async fn serve(
     // DESIGN.md: "Before an empty-state router claims anything, it rebuilds
     // its in-use set from the kernel."
     let in_use = netlink::addresses_in_use(&config.iface, config.range).await;
-    let ipam = IpamDriver::open(
+    let mut ipam = IpamDriver::open(
         &config.state_dir,
         identity.id(),
         config.range,
@@ -101,6 +101,11 @@ async fn serve(
         &in_use,
         Instant::now(),
     )?;
+    if config.peers_from_kube.is_some() {
+        ipam.hold(
+            "waiting for the first Kubernetes node list (--peers-from-kube) to pick the voters",
+        );
+    }
     let plan = InterfacePlan {
         iface: config.iface.clone(),
         mtu,
@@ -113,8 +118,11 @@ async fn serve(
     log_forwarding(&forwarding, None);
     let (forwarding_tx, forwarding_rx) = watch::channel(forwarding);
     tokio::spawn(keep_forwarding(config.iface.clone(), forwarding_tx));
-    apply_nftables(&config);
-    open_forward_policy(&config);
+    let firewall = crate::host_firewall::start(crate::host_firewall::Rules {
+        range: config.range,
+        iface: config.iface.clone(),
+        masquerade: config.masquerade,
+    });
     let (kernel_tx, kernel_rx) = watch::channel(plan);
     tokio::spawn(apply_kernel_plans(kernel_rx));
     tracing::info!(
@@ -162,7 +170,11 @@ async fn serve(
         events: connection_tx,
         msg1_guard: std::sync::Mutex::new(crate::crypto::Msg1Guard::new()),
     });
-    let (api_tx, api_rx) = mpsc::channel(64);
+    let (control_tx, api_rx) = mpsc::channel(64);
+    let (api_tx, spliced_rx) = mpsc::channel(64);
+    tokio::spawn(crate::host_firewall::splice_status(
+        spliced_rx, control_tx, firewall,
+    ));
     if let Some(listener) = metrics_listener {
         tokio::spawn(crate::metrics::serve(listener, api_tx.clone()));
     }
@@ -204,51 +216,6 @@ async fn serve(
     let _ = std::fs::remove_file(&config.api);
     tracing::info!("router stopped");
     Ok(())
-}
-
-/// Installs (or, after a restart, replaces) the router's nftables table
-/// once the TUN and the range route exist (DESIGN.md "Egress and
-/// forwarding"). Without `nft` the router still runs: one warning says what
-/// is missing and how to get it.
-/// Accepts the range in an iptables FORWARD chain that drops by policy
-/// (Docker's), which the router's own table cannot overrule.
-fn open_forward_policy(config: &RouterConfig) {
-    match crate::forward_policy::open(config.range) {
-        Ok(crate::forward_policy::Opened::NotNeeded) => {}
-        Ok(crate::forward_policy::Opened::In(chain)) => tracing::info!(
-            chain,
-            "the iptables FORWARD policy is DROP (Docker?): accepting the pod range there"
-        ),
-        Err(crate::forward_policy::ForwardPolicyError::Spawn(_)) => {}
-        Err(e) => tracing::warn!(
-            "cannot check the iptables FORWARD policy ({e}): if it is DROP (Docker sets it), pod traffic through this node is dropped; accept {} in FORWARD",
-            config.range
-        ),
-    }
-}
-
-fn apply_nftables(config: &RouterConfig) {
-    match crate::nftables::apply(config.range, &config.iface, config.masquerade) {
-        Ok(()) => tracing::info!(
-            table = crate::nftables::TABLE,
-            masquerade = config.masquerade,
-            "nftables table applied"
-        ),
-        Err(e) => {
-            let masq = if config.masquerade {
-                format!(
-                    "no masquerade, so pods cannot reach addresses outside {}, and ",
-                    config.range
-                )
-            } else {
-                String::new()
-            };
-            tracing::warn!(
-                "nftables table {} not applied ({e}): {masq}no anti-spoofing check on pod sources; install nftables (the nft command) and restart the router",
-                crate::nftables::TABLE
-            )
-        }
-    }
 }
 
 /// Applies each new kernel plan (node address, owned ranges) from the

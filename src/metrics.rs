@@ -200,6 +200,28 @@ pub fn render(status: &Status) -> String {
         "Which data path is active: the offloads in use (tso, uso, gso, gro, or none) and why the others are off",
         Info::new(datapath_labels(&status.dataplane.offload)),
     );
+    counter(
+        &mut registry,
+        "firewall_reapplied",
+        "Times the router's nftables table or iptables FORWARD rules were found removed and put back",
+        status.firewall.reapplied,
+    );
+    registry.register(
+        "firewall",
+        "The iptables backend the host uses (nft, legacy, unknown) and the nftables table's state",
+        Info::new(vec![
+            ("iptables".to_string(), status.firewall.iptables.clone()),
+            (
+                "nftables".to_string(),
+                if status.firewall.nftables == "applied" {
+                    "applied"
+                } else {
+                    "not_applied"
+                }
+                .to_string(),
+            ),
+        ]),
+    );
     let mut out = String::new();
     let _ = encode(&mut out, &registry);
     out

@@ -222,18 +222,24 @@ fn a_docker_style_forward_drop_policy_is_opened_for_the_range_and_reset_closes_i
     );
     assert_eq!(chain_of(0, "FORWARD").matches("weft pod range").count(), 0);
     assert_eq!(chain_of(1, "FORWARD").matches("weft pod range").count(), 2);
-    // Without those rules the policy drops pod traffic; a restart puts them
-    // back, once.
+    // Someone deletes them (they are the first two rules of node1's
+    // FORWARD): the router notices and puts them back by itself, counted.
     let node1 = &pair.cluster.nodes[1].ns;
-    // They are the first two rules of node1's FORWARD (inserted at the top).
     for _ in 0..2 {
         node1.ok(&["iptables", "-w", "5", "-D", "FORWARD", "1"]);
     }
-    assert_eq!(chain_of(1, "FORWARD").matches("weft pod range").count(), 0);
+    let back = wait_until(Duration::from_secs(5), || {
+        chain_of(1, "FORWARD").matches("weft pod range").count() == 2
+    });
+    assert!(back, "{}", pair.routers[1].log_tail());
     assert!(
-        !pair.cluster.pods[0].ping(b, 1),
-        "pod traffic passes node1's FORWARD DROP policy without the rules"
+        pair.routers[1].status().unwrap()["firewall"]["reapplied"]
+            .as_u64()
+            .unwrap()
+            >= 1
     );
+    assert!(pair.cluster.pods[0].ping(b, 3), "pods lost each other");
+    // A restart finds them in place and adds none.
     pair.routers[1].kill9();
     pair.routers[1].start();
     assert!(wait_until(Duration::from_secs(10), || pair.routers[1]

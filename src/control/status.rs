@@ -158,6 +158,8 @@ pub fn report(parts: Parts<'_>) -> Status {
         gossip: parts.gossip,
         api_requests: parts.api_requests,
         api_latency: parts.api_latency,
+        // Filled in by the daemon's host_firewall driver on the way out.
+        firewall: Default::default(),
     }
 }
 

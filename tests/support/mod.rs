@@ -17,6 +17,7 @@
 
 pub mod attack;
 pub mod chaos;
+pub mod fake_kube;
 
 use std::collections::BTreeMap;
 use std::fs;
