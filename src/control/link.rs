@@ -6,8 +6,13 @@
 //! (`super::connection`) only pumps bytes between it and the socket, as
 //! quinn's `ConnectionDriver` does for `quinn_proto::Connection`.
 //!
-//! Owns: the handshake state, the record ciphers (current and pending), the
-//! rekey in progress, the reassembly buffer and the two deadlines. Does not
+//! Owns: the handshake state, the record ciphers (current and pending) with
+//! the instant each was derived, the rekey in progress, the reassembly buffer
+//! and the three deadlines. No record key outlives [`REJECT_AFTER`]: the link
+//! fails with [`LinkError::KeysExpired`] first (DESIGN.md "Security model":
+//! a router whose secret was rotated out must not keep its TCP channel), and
+//! a rekey the peer cannot answer under our secrets fails it at once
+//! ([`LinkError::RekeyRefused`]). Does not
 //! own: the socket, the clocks (`now` and the wall clock come in), the
 //! message-1 replay guard, the session-index counter shared by all links of
 //! a router, or any policy about when to rekey (the control task's).
@@ -53,6 +58,7 @@ use crate::crypto::freshness::Msg1Refused;
 use crate::crypto::handshake::{Handshake, MSG1_LEN, Msg1Stamp};
 use crate::crypto::identity::Identity;
 use crate::crypto::secret::ClusterSecrets;
+pub use crate::crypto::session::REJECT_AFTER;
 use crate::id::PeerId;
 use std::collections::VecDeque;
 use std::fmt;
@@ -166,7 +172,12 @@ pub enum Timer {
     Handshake = 0,
     /// The rekey in progress's deadline.
     Rekey = 1,
+    /// The oldest record key in use reaches [`REJECT_AFTER`].
+    KeyExpiry = 2,
 }
+
+/// How many [`Timer`]s there are.
+const TIMERS: usize = 3;
 
 /// Where the link is.
 enum Phase {
@@ -192,9 +203,14 @@ struct Records {
     peer: PeerId,
     peer_key: [u8; 32],
     sealer: FrameSealer,
+    /// When the handshake that derived `sealer` finished.
+    sealer_created: Instant,
     opener: FrameOpener,
-    /// The receive key of the last rekey, until the peer's `TcpKeySwitch`.
-    pending_opener: Option<FrameOpener>,
+    /// When the handshake that derived `opener` finished.
+    opener_created: Instant,
+    /// The receive key of the last rekey (and when it was derived), until
+    /// the peer's `TcpKeySwitch`.
+    pending_opener: Option<(FrameOpener, Instant)>,
     rekey: Option<Rekey>,
     reassembly: proto::Reassembly,
 }
@@ -229,7 +245,7 @@ pub struct ControlLink {
     inbuf: Vec<u8>,
     transmit: VecDeque<Vec<u8>>,
     events: VecDeque<LinkEvent>,
-    timers: [Option<Instant>; 2],
+    timers: [Option<Instant>; TIMERS],
     /// Handshakes started, to derive per-handshake seeds.
     handshakes: u64,
 }
@@ -283,7 +299,7 @@ impl ControlLink {
         now: Instant,
         initiator: bool,
     ) -> Self {
-        let mut timers = [None; 2];
+        let mut timers = [None; TIMERS];
         timers[Timer::Handshake as usize] = Some(now + HANDSHAKE_TIMEOUT);
         Self {
             me: config.identity.id(),
@@ -422,6 +438,13 @@ impl ControlLink {
             self.stop(Stop::Failed(LinkError::HandshakeTimeout));
             return;
         }
+        if self.timers[Timer::KeyExpiry as usize].is_some_and(|t| now >= t) {
+            if let Phase::Up(records) = &self.phase {
+                tracing::warn!(peer = %records.peer, "record keys reached their reject age without a rekey; closing");
+            }
+            self.stop(Stop::Failed(LinkError::KeysExpired));
+            return;
+        }
         if self.timers[Timer::Rekey as usize].is_some_and(|t| now >= t) {
             self.timers[Timer::Rekey as usize] = None;
             if let Phase::Up(records) = &mut self.phase
@@ -444,7 +467,7 @@ impl ControlLink {
 
     /// The earliest deadline and what it is for.
     pub fn poll_timeout(&self) -> Option<(Instant, Timer)> {
-        [Timer::Handshake, Timer::Rekey]
+        [Timer::Handshake, Timer::Rekey, Timer::KeyExpiry]
             .into_iter()
             .filter_map(|timer| self.timers[timer as usize].map(|at| (at, timer)))
             .min_by_key(|(at, _)| *at)
@@ -471,11 +494,11 @@ impl ControlLink {
                 Err(e) => return self.stop(Stop::Failed(e)),
             };
             match std::mem::replace(&mut self.phase, Phase::Ended) {
-                Phase::AwaitMsg2 { handshake } => self.handle_msg2(*handshake, &frame),
+                Phase::AwaitMsg2 { handshake } => self.handle_msg2(*handshake, now, &frame),
                 Phase::AwaitMsg3 {
                     handshake,
                     local_index,
-                } => self.handle_msg3(*handshake, local_index, &frame),
+                } => self.handle_msg3(*handshake, local_index, now, &frame),
                 Phase::Up(mut records) => match self.handle_record(&mut records, now, &frame) {
                     Ok(()) => self.phase = Phase::Up(records),
                     Err(stop) => self.stop(stop),
@@ -539,10 +562,13 @@ impl ControlLink {
                 self.handle_rekey(records, now, step, &message)
             }
             ControlMessage::TcpKeySwitch => {
-                records.opener = records
+                let (opener, created) = records
                     .pending_opener
                     .take()
                     .ok_or(LinkError::KeySwitchWithoutRekey)?;
+                records.opener = opener;
+                records.opener_created = created;
+                self.arm_key_expiry(records);
                 Ok(())
             }
             ControlMessage::Close { reason } => Err(Stop::Closed(CloseReason::ByPeer(reason))),
@@ -572,10 +598,17 @@ impl ControlLink {
         Ok(())
     }
 
+    /// Arms [`Timer::KeyExpiry`] for the older of the two record keys in
+    /// use (a pending receive key is younger than both).
+    fn arm_key_expiry(&mut self, records: &Records) {
+        let oldest = records.sealer_created.min(records.opener_created);
+        self.timers[Timer::KeyExpiry as usize] = Some(oldest + REJECT_AFTER);
+    }
+
     /// Ends the link: final event, no more timers, no more input.
     fn stop(&mut self, stop: Stop) {
         self.phase = Phase::Ended;
-        self.timers = [None; 2];
+        self.timers = [None; TIMERS];
         self.inbuf = Vec::new();
         self.events.push_back(match stop {
             Stop::Failed(e) => LinkEvent::Failed(e),

@@ -16,7 +16,7 @@
 //! the other's receive key, under the same pair of indices). A failure names
 //! the seed.
 
-use crate::control::link::{ControlLink, LinkConfig, LinkEvent, NewKeys, SessionIndices};
+use crate::control::link::{ControlLink, LinkConfig, LinkEvent, NewKeys, SessionIndices, Timer};
 use crate::control::proto::{ControlMessage, FRAGMENT_PIECE, Hello, Versions};
 use crate::crypto::freshness::Msg1Guard;
 use crate::crypto::handshake::prologue;
@@ -223,6 +223,11 @@ impl LinkPair {
 
     /// When something happens next: a delivery or a deadline.
     pub fn next_time(&self) -> Option<Instant> {
+        self.next_time_for(|_| true)
+    }
+
+    /// The next delivery, or the next deadline whose timer `wanted` accepts.
+    fn next_time_for(&self, wanted: impl Fn(Timer) -> bool) -> Option<Instant> {
         let deliveries = self
             .pipes
             .iter()
@@ -230,7 +235,9 @@ impl LinkPair {
         let timers = self
             .links
             .iter()
-            .filter_map(|l| l.poll_timeout().map(|t| t.0));
+            .filter_map(ControlLink::poll_timeout)
+            .filter(|(_, timer)| wanted(*timer))
+            .map(|(at, _)| at);
         deliveries.chain(timers).min()
     }
 
@@ -286,11 +293,16 @@ impl LinkPair {
         self.advance_to(until);
     }
 
-    /// Steps until no byte is in flight and no deadline is armed, at most
-    /// `max_steps` times; returns the steps taken.
+    /// Steps until no byte is in flight and no deadline is armed but the
+    /// record keys' expiry (always armed on a live link, minutes away), at
+    /// most `max_steps` times; returns the steps taken.
     pub fn settle(&mut self, max_steps: usize) -> usize {
         let mut steps = 0;
-        while steps < max_steps && self.step() {
+        while steps < max_steps {
+            let Some(at) = self.next_time_for(|timer| timer != Timer::KeyExpiry) else {
+                break;
+            };
+            self.advance_to(at);
             steps += 1;
         }
         steps
@@ -422,7 +434,11 @@ fn run_pair(
             .filter(|side| pair.links[*side].is_established())
             .flat_map(|side| [next_rekey[side], next_message[side]])
             .filter(|t| *t < end);
-        let Some(at) = pair.next_time().into_iter().chain(actions).min() else {
+        // After the end only deliveries count: the record keys' expiry
+        // stays armed on a live link.
+        let in_flight = pair.in_flight();
+        let due = pair.next_time().filter(|at| *at < end || in_flight);
+        let Some(at) = due.into_iter().chain(actions).min() else {
             break;
         };
         pair.advance_to(at);

@@ -107,6 +107,12 @@ pub enum LinkError {
     /// changed: the link ended.
     #[error("connected to ourselves")]
     SelfConnection,
+    /// A rekey message 1 from the established peer that names a secret we
+    /// no longer hold or fails to authenticate: its secret was rotated out
+    /// (DESIGN.md "Security model"). State changed: the link sent `Close`
+    /// and ended.
+    #[error("rekey refused: {0}")]
+    RekeyRefused(HandshakeError),
     /// No common version on some channel, or another cluster range. State
     /// changed: the link ended.
     #[error("{0}")]
@@ -117,6 +123,11 @@ pub enum LinkError {
     /// [`super::HANDSHAKE_TIMEOUT`]. State changed: the link ended.
     #[error("handshake timed out")]
     HandshakeTimeout,
+    /// The record keys reached [`super::REJECT_AFTER`] without a completed
+    /// rekey (a peer that does not answer rekeys keeps nothing past that
+    /// age). State changed: the link ended.
+    #[error("record keys expired without a rekey")]
+    KeysExpired,
     /// A write did not finish in time (constructed by the driver). State
     /// changed: the link ended.
     #[error("write timed out")]
@@ -146,7 +157,7 @@ impl LinkError {
     /// metrics: the same labels as before the link was a core.
     pub fn handshake_failure(&self) -> HandshakeFailure {
         match self {
-            Self::Refused(_) => HandshakeFailure::Refused,
+            Self::Refused(_) | Self::RekeyRefused(_) => HandshakeFailure::Refused,
             Self::Replayed => HandshakeFailure::Replayed,
             Self::ClockSkew(skew) => HandshakeFailure::ClockSkew(skew.to_string()),
             Self::SelfConnection => HandshakeFailure::SelfConnection,

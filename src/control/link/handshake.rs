@@ -10,7 +10,7 @@ use super::{
 use crate::control::proto::{self, Hello};
 use crate::crypto::handshake::{Handshake, HandshakeError, Msg1Stamp, SessionKeys};
 use crate::id::PeerId;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 impl ControlLink {
     pub(super) fn handle_msg1(&mut self, msg1: &[u8]) {
@@ -27,8 +27,8 @@ impl ControlLink {
         }
     }
 
-    pub(super) fn handle_msg2(&mut self, handshake: Handshake, msg2: &[u8]) {
-        if let Err(e) = self.answer_msg2(handshake, msg2) {
+    pub(super) fn handle_msg2(&mut self, handshake: Handshake, now: Instant, msg2: &[u8]) {
+        if let Err(e) = self.answer_msg2(handshake, now, msg2) {
             self.stop(Stop::Failed(e));
         }
     }
@@ -36,6 +36,7 @@ impl ControlLink {
     pub(super) fn answer_msg2(
         &mut self,
         mut handshake: Handshake,
+        now: Instant,
         msg2: &[u8],
     ) -> Result<(), LinkError> {
         // Message 2 failing to authenticate: the responder has another secret.
@@ -46,15 +47,21 @@ impl ControlLink {
             .write_message(&self.hello_bytes(local_index))
             .map_err(LinkError::Local)?;
         self.queue_short_frame(&msg3);
-        self.establish(handshake, hello, local_index)
+        self.establish(handshake, hello, local_index, now)
     }
 
-    pub(super) fn handle_msg3(&mut self, mut handshake: Handshake, local_index: u32, msg3: &[u8]) {
+    pub(super) fn handle_msg3(
+        &mut self,
+        mut handshake: Handshake,
+        local_index: u32,
+        now: Instant,
+        msg3: &[u8],
+    ) {
         let result = handshake
             .read_message(msg3)
             .map_err(LinkError::BadHandshakeMessage)
             .and_then(|payload| self.read_hello(&payload))
-            .and_then(|hello| self.establish(handshake, hello, local_index));
+            .and_then(|hello| self.establish(handshake, hello, local_index, now));
         if let Err(e) = result {
             self.stop(Stop::Failed(e));
         }
@@ -79,6 +86,7 @@ impl ControlLink {
         handshake: Handshake,
         hello: Hello,
         local_index: u32,
+        now: Instant,
     ) -> Result<(), LinkError> {
         let public_key = handshake
             .remote_public_key()
@@ -105,16 +113,20 @@ impl ControlLink {
             udp_recv,
         } = keys;
         let peer = PeerId::from_public_key(&public_key);
-        self.phase = Phase::Up(Box::new(Records {
+        let records = Records {
             peer,
             peer_key: public_key,
             sealer: tcp_send,
+            sealer_created: now,
             opener: tcp_recv,
+            opener_created: now,
             pending_opener: None,
             rekey: None,
             reassembly: proto::Reassembly::default(),
-        }));
+        };
         self.timers[Timer::Handshake as usize] = None;
+        self.arm_key_expiry(&records);
+        self.phase = Phase::Up(Box::new(records));
         let keys = NewKeys {
             local_index,
             remote_index: hello.session_index,

@@ -60,12 +60,20 @@ impl ControlLink {
                 // No replay guard here: the TCP channel is already sealed with
                 // counters, so its records cannot be replayed, and a clock that
                 // drifts must not break a live connection's rekeys.
-                let Ok((mut handshake, _)) = self.new_responder(message) else {
-                    // Where "a refused rekey closes the connection" (DESIGN.md
-                    // "Security model") would go: return a `Refused` error.
-                    tracing::warn!(peer = %records.peer, "rekey message 1 refused");
-                    self.timers[Timer::Rekey as usize] = None;
-                    return Ok(());
+                let mut handshake = match self.new_responder(message) {
+                    Ok((handshake, _)) => handshake,
+                    Err(e) => {
+                        // DESIGN.md "Security model": a refused rekey closes
+                        // the connection, so a router whose secret was
+                        // rotated out loses it at its next rekey. The peer
+                        // is told why before the link fails.
+                        tracing::warn!(peer = %records.peer, error = %e, "rekey refused: the peer's secret is not one we hold; closing");
+                        let close = ControlMessage::Close {
+                            reason: format!("rekey refused: {e}"),
+                        };
+                        queue_records(&mut self.transmit, records, &close);
+                        return Err(LinkError::RekeyRefused(e).into());
+                    }
                 };
                 let local_index = self.indices.next_index();
                 let msg2 = handshake
@@ -101,7 +109,7 @@ impl ControlLink {
                     message: msg3,
                 };
                 queue_records(&mut self.transmit, records, &step3);
-                self.complete_rekey(records, rekey, theirs.session_index)
+                self.complete_rekey(records, rekey, theirs.session_index, now)
             }
             3 => {
                 let Some(mut rekey) = records.rekey.take_if(|r| !r.initiator) else {
@@ -110,7 +118,7 @@ impl ControlLink {
                 };
                 self.timers[Timer::Rekey as usize] = None;
                 let theirs = read_rekey_hello(&mut rekey.handshake, message)?;
-                self.complete_rekey(records, rekey, theirs.session_index)
+                self.complete_rekey(records, rekey, theirs.session_index, now)
             }
             _ => Err(LinkError::UnknownRekeyStep { step }.into()),
         }
@@ -124,6 +132,7 @@ impl ControlLink {
         records: &mut Records,
         rekey: Rekey,
         remote_index: u32,
+        now: Instant,
     ) -> Result<(), Stop> {
         check_index(remote_index)?;
         if rekey.handshake.remote_public_key() != Some(records.peer_key) {
@@ -144,7 +153,9 @@ impl ControlLink {
         }));
         queue_records(&mut self.transmit, records, &ControlMessage::TcpKeySwitch);
         records.sealer = tcp_send;
-        records.pending_opener = Some(tcp_recv);
+        records.sealer_created = now;
+        records.pending_opener = Some((tcp_recv, now));
+        self.arm_key_expiry(records);
         Ok(())
     }
 }

@@ -98,8 +98,14 @@ fn a_handshake_brings_both_sides_up_with_matching_keys_and_hellos() {
     assert!(pair.links.iter().all(ControlLink::is_established));
     assert!(keys[0].initiator && !keys[1].initiator);
     assert!(keysets_match(&keys[0], &keys[1]));
-    // Up clears the handshake deadline: nothing is armed on an idle link.
-    assert!(pair.links.iter().all(|l| l.poll_timeout().is_none()));
+    // Up clears the handshake deadline: only the keys' expiry is armed.
+    let up = pair.now;
+    for link in &pair.links {
+        assert_eq!(
+            link.poll_timeout(),
+            Some((up + REJECT_AFTER, Timer::KeyExpiry))
+        );
+    }
 }
 
 #[test]
@@ -385,7 +391,12 @@ fn a_rekey_started_by_either_side_installs_one_matching_keyset_on_each() {
         let (a, b) = (rekeyed(pair.take_events(0)), rekeyed(pair.take_events(1)));
         assert_eq!((a.len(), b.len()), (1, 1), "side {side}");
         assert!(keysets_match(&a[0], &b[0]));
-        assert!(pair.links[side].poll_timeout().is_none());
+        assert!(
+            pair.links[side]
+                .poll_timeout()
+                .is_some_and(|(_, timer)| timer == Timer::KeyExpiry),
+            "only the keys' expiry stays armed"
+        );
         assert!(a[0].initiator == (side == 0));
         assert_ne!(a[0].local_index, first[0].local_index);
     }
@@ -555,4 +566,149 @@ fn commands_before_the_handshake_are_refused_without_changing_anything() {
     ));
     pair.settle(100);
     assert!(pair.links.iter().all(ControlLink::is_established));
+}
+
+fn secrets(lines: &[&[u8]]) -> ClusterSecrets {
+    ClusterSecrets::parse(&lines.join(&b'\n')).unwrap()
+}
+
+fn rekey_on(pair: &mut LinkPair, side: usize) {
+    let (now, wall) = (pair.now, pair.wall());
+    pair.links[side].rekey(now, wall).unwrap();
+    pair.flush();
+    pair.settle(1000);
+}
+
+#[test]
+fn a_rekey_under_a_secret_the_peer_no_longer_holds_closes_the_link_on_both_sides() {
+    for rekeying_side in [0, 1] {
+        let (mut pair, _) = established(PipeConfig::INSTANT);
+        // Side 0 moved to a new secret; side 1 was left on the old one.
+        pair.links[0].set_secrets(secrets(&[OTHER_SECRET]));
+        rekey_on(&mut pair, rekeying_side);
+        let refuser = 1 - rekeying_side;
+        let theirs = pair.take_events(refuser);
+        let ours = pair.take_events(rekeying_side);
+        assert!(
+            matches!(failure(&theirs), Some(LinkError::RekeyRefused(_))),
+            "the side that cannot open the rekey fails: {theirs:?}"
+        );
+        assert_eq!(
+            failure(&theirs).unwrap().handshake_failure(),
+            HandshakeFailure::Refused
+        );
+        match &ours[..] {
+            [LinkEvent::Closed(CloseReason::ByPeer(reason))] => {
+                assert!(reason.starts_with("rekey refused"), "{reason}");
+            }
+            other => panic!("the rekeying side is told: {other:?}"),
+        }
+        assert!(pair.links.iter().all(ControlLink::is_ended));
+        assert!(pair.links.iter().all(|l| l.poll_timeout().is_none()));
+    }
+}
+
+#[test]
+fn the_readme_rotation_keeps_the_link_and_cuts_off_only_a_router_left_on_the_old_secret() {
+    let (old, new) = (SECRET, OTHER_SECRET);
+    // Three steps as the README says; each side rekeys after each step.
+    let steps: [[&[&[u8]]; 2]; 3] = [
+        [&[old, new], &[old, new]],
+        [&[new, old], &[new, old]],
+        [&[new], &[new]],
+    ];
+    let (mut pair, _) = established(PipeConfig::INSTANT);
+    for step in steps {
+        for (link, lines) in pair.links.iter_mut().zip(step) {
+            link.set_secrets(secrets(lines));
+        }
+        for side in [0, 1] {
+            rekey_on(&mut pair, side);
+            assert_eq!(rekeyed(pair.take_events(0)).len(), 1);
+            assert_eq!(rekeyed(pair.take_events(1)).len(), 1);
+        }
+    }
+    assert!(pair.links.iter().all(ControlLink::is_established));
+    // The same rotation where side 1 never gets the new secret: the link
+    // survives while side 0 still holds the old one, and ends at the first
+    // rekey after side 0 removed it.
+    let (mut pair, _) = established(PipeConfig::INSTANT);
+    pair.links[0].set_secrets(secrets(&[old, new]));
+    rekey_on(&mut pair, 1);
+    assert_eq!(rekeyed(pair.take_events(0)).len(), 1, "old still first");
+    let _ = pair.take_events(1);
+    pair.links[0].set_secrets(secrets(&[new]));
+    rekey_on(&mut pair, 1);
+    assert!(matches!(
+        failure(&pair.take_events(0)),
+        Some(LinkError::RekeyRefused(_))
+    ));
+    assert!(pair.links.iter().all(ControlLink::is_ended));
+}
+
+#[test]
+fn record_keys_never_outlive_reject_after_and_each_rekey_pushes_the_expiry() {
+    let (mut pair, _) = established(PipeConfig::INSTANT);
+    let t0 = pair.now;
+    for link in &pair.links {
+        assert_eq!(
+            link.poll_timeout(),
+            Some((t0 + REJECT_AFTER, Timer::KeyExpiry))
+        );
+    }
+    // Rekeys every 100 s keep it alive for 10 minutes.
+    for round in 1..=6u32 {
+        let at = t0 + Duration::from_secs(100) * round;
+        pair.run_until(at);
+        rekey_on(&mut pair, (round % 2) as usize);
+        let (a, b) = (pair.take_events(0), pair.take_events(1));
+        assert!(
+            failure(&a).is_none() && failure(&b).is_none(),
+            "round {round}"
+        );
+        for link in &pair.links {
+            assert_eq!(link.poll_timeout().unwrap().0, at + REJECT_AFTER);
+        }
+    }
+    // Then no more rekeys: both sides fail at the reject age, not after.
+    let last = pair.now;
+    pair.run_until(last + REJECT_AFTER - Duration::from_millis(1));
+    assert!(pair.links.iter().all(ControlLink::is_established));
+    pair.run_until(last + REJECT_AFTER);
+    for side in 0..2 {
+        assert!(matches!(
+            failure(&pair.take_events(side)),
+            Some(LinkError::KeysExpired)
+        ));
+    }
+}
+
+#[test]
+fn a_peer_that_never_switches_its_tcp_key_is_cut_off_at_the_old_keys_reject_age() {
+    let (mut pair, _) = established(PipeConfig::INSTANT);
+    let t0 = pair.now;
+    pair.run_until(t0 + Duration::from_secs(100));
+    // Side 0 rekeys; side 1's step-3 answer and key switch are lost.
+    let (now, wall) = (pair.now, pair.wall());
+    pair.links[0].rekey(now, wall).unwrap();
+    let step1 = pair.links[0].poll_transmit().unwrap();
+    pair.links[1].handle_bytes(now, &step1);
+    let step2 = pair.links[1].poll_transmit().unwrap();
+    while pair.links[1].poll_transmit().is_some() {}
+    pair.links[0].handle_bytes(now, &step2);
+    while pair.links[0].poll_transmit().is_some() {}
+    // Side 0 sends under new keys, but still opens under the first ones.
+    assert_eq!(
+        pair.links[0].poll_timeout(),
+        Some((t0 + REJECT_AFTER, Timer::KeyExpiry))
+    );
+    pair.links[0].handle_timeout(t0 + REJECT_AFTER);
+    assert!(matches!(
+        pair.links[0].poll_event(),
+        Some(LinkEvent::Rekeyed(_))
+    ));
+    assert!(matches!(
+        pair.links[0].poll_event(),
+        Some(LinkEvent::Failed(LinkError::KeysExpired))
+    ));
 }
