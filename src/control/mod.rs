@@ -119,6 +119,7 @@ pub struct Control {
     last_gossip_log: Option<Instant>,
     last_refusal_log: Option<Instant>,
     last_clock_skew_log: Option<Instant>,
+    last_admission_log: Option<Instant>,
     /// The snapshot must be rebuilt.
     dirty: bool,
     gossip_traffic: BTreeMap<String, TrafficCount>,
@@ -246,6 +247,7 @@ impl Control {
             handshakes: BTreeMap::new(),
             last_refusal_log: None,
             last_clock_skew_log: None,
+            last_admission_log: None,
             dirty: true,
             ipam,
             kernel,
@@ -411,8 +413,16 @@ impl Control {
 
     fn handle_accept(&mut self, stream: tokio::net::TcpStream, remote: SocketAddr, now: Instant) {
         let id = self.next_id();
-        if let Err(refusal) = self.admission.admit(id, remote.ip(), now) {
+        if let Err(refusal) = self.admission.admit(id, remote.ip(), self.peers.len(), now) {
             self.count_handshake(refusal.as_str());
+            if self
+                .last_admission_log
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+            {
+                self.last_admission_log = Some(now);
+                let count = self.handshakes.get(refusal.as_str()).copied().unwrap_or(0);
+                tracing::warn!(%remote, reason = refusal.as_str(), count, "refused an inbound connection before its handshake: {refusal}");
+            }
             return;
         }
         tokio::spawn(connection::run_inbound(
@@ -460,7 +470,9 @@ impl Control {
                 self.maker
                     .connected(arrival.peer, dialled.or(Some(arrival.hello.listen)), now);
                 self.count_handshake("ok");
-                self.peers.handle_up(arrival, now);
+                if self.peers.handle_up(arrival, now) == peers::Arrived::OverCap {
+                    self.count_handshake("connection_cap");
+                }
             }
             ConnectionEvent::Rekeyed { id, keys } => self.peers.handle_rekeyed(id, keys, now),
             ConnectionEvent::Message { id, message } => {

@@ -19,18 +19,24 @@
 //! our data plane can open what it then sends); [`Peers::take_changed`]
 //! says the keys or endpoints changed; [`Peers::poll_timeout`] re-arms.
 
+use super::admission::MAX_CONNECTIONS;
 use super::connection::{ConnectionCommand, ConnectionId, NewKeys};
 use super::proto::{ControlMessage, Hello};
-use crate::crypto::session::{KeySchedule, Keyset, REKEY_ATTEMPT_TIMEOUT};
+use crate::crypto::session::{KeySchedule, Keyset, REJECT_AFTER, REKEY_ATTEMPT_TIMEOUT};
 use crate::id::{PeerId, ShortId};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// A side that does not lead asks for a rekey only once its keys are this
-/// many halves of `rekey_after` old (the leader missed it), so the two never
-/// race into back-to-back rekeys.
-const FOLLOWER_ASKS_AT_HALVES: u32 = 3;
+/// many quarters of `rekey_after` old (the leader missed it), so the two
+/// never race into back-to-back rekeys; 1.25 × 120 s = 150 s leaves room for
+/// retries before [`REJECT_AFTER`] (at 1.5 × the request came exactly when
+/// the keys died, so it never helped).
+const FOLLOWER_ASKS_AT_QUARTERS: u32 = 5;
+/// Requests the follower can still send, [`REKEY_RETRY`] apart, before its
+/// keys reach [`REJECT_AFTER`] whatever `rekey_after` is configured.
+const FOLLOWER_RETRIES_BEFORE_REJECT: u32 = 2;
 /// Spacing between rekey attempts (a handshake's own time limit).
 const REKEY_RETRY: Duration = REKEY_ATTEMPT_TIMEOUT;
 
@@ -89,6 +95,9 @@ pub enum Arrived {
     Adopted,
     /// Closed: a duplicate that loses arbitration, or a key mismatch.
     Refused,
+    /// Closed: a new peer while [`MAX_CONNECTIONS`] are up (inbound ones
+    /// that raced past admission, or dials).
+    OverCap,
 }
 
 /// What the registry tells the driver.
@@ -162,6 +171,11 @@ impl Peers {
                 self.adopt(arrival, now);
                 return Arrived::Adopted;
             }
+        }
+        if !self.peers.contains_key(&peer_id) && self.peers.len() >= MAX_CONNECTIONS {
+            tracing::warn!(peer = %arrival.hello.name, remote = %arrival.remote, cap = MAX_CONNECTIONS, "connection cap reached; closing the new connection (multi-hop routes cover the rest)");
+            self.close(arrival.connection, "connection cap reached");
+            return Arrived::OverCap;
         }
         let Arrival {
             connection,
@@ -478,8 +492,11 @@ impl Peers {
     }
 }
 
+/// When the side that does not lead asks for an overdue rekey: always
+/// before the keys are rejected, with room for retries.
 fn follower_asks_after(rekey_after: Duration) -> Duration {
-    rekey_after * FOLLOWER_ASKS_AT_HALVES / 2
+    let latest = REJECT_AFTER.saturating_sub(REKEY_RETRY * FOLLOWER_RETRIES_BEFORE_REJECT);
+    (rekey_after * FOLLOWER_ASKS_AT_QUARTERS / 4).min(latest)
 }
 
 /// A keyset from a connection's new keys, created `now`.
@@ -648,8 +665,6 @@ mod tests {
     #[test]
     fn the_follower_asks_for_a_rekey_only_when_overdue() {
         let t0 = Instant::now();
-        // (With 120 s, 1.5 × 120 s is exactly REJECT_AFTER: the keys are
-        // gone before the follower would ask; tests use shorter rekeys.)
         let rekey = Duration::from_secs(20);
         let mut p = Peers::new(high(), rekey);
         p.handle_up(arrival(low(), 1, true, 7), t0);
@@ -657,12 +672,81 @@ mod tests {
         p.handle_timeout(t0 + rekey);
         assert!(drain(&mut p).is_empty(), "due, but the leader rekeys");
         let (at, _) = p.poll_timeout().unwrap();
-        assert_eq!(at, t0 + rekey * 3 / 2, "no wake-up until overdue");
+        assert_eq!(at, t0 + rekey * 5 / 4, "no wake-up until overdue");
         p.handle_timeout(at);
         assert!(matches!(
             drain(&mut p)[..],
             [(1, ConnectionCommand::Send(ControlMessage::RekeyRequest))]
         ));
+    }
+
+    #[test]
+    fn a_new_peer_over_the_connection_cap_is_closed_but_a_known_one_reconnects() {
+        let now = Instant::now();
+        let mut p = Peers::new(PeerId(0), REKEY);
+        for i in 1..=MAX_CONNECTIONS as u64 {
+            assert_eq!(
+                p.handle_up(arrival(PeerId(i), i, true, 7), now),
+                Arrived::New
+            );
+        }
+        drain(&mut p);
+        let extra = 10_000;
+        assert_eq!(
+            p.handle_up(arrival(PeerId(extra), extra, false, 7), now),
+            Arrived::OverCap
+        );
+        assert!(matches!(&drain(&mut p)[..], [(c, close)] if *c == extra && is_close(close)));
+        assert_eq!(p.len(), MAX_CONNECTIONS);
+        // A restarted known peer still replaces its record.
+        assert_eq!(
+            p.handle_up(arrival(PeerId(1), extra + 1, false, 8), now),
+            Arrived::New
+        );
+    }
+
+    /// Every deadline the follower's registry arms for one keyset, in order,
+    /// until nothing answers its requests.
+    fn follower_deadlines(rekey: Duration) -> (Instant, Vec<(Duration, PeersTimer)>) {
+        let t0 = Instant::now();
+        let mut p = Peers::new(high(), rekey);
+        p.handle_up(arrival(low(), 1, true, 7), t0);
+        drain(&mut p);
+        let mut seen = Vec::new();
+        while let Some((at, why)) = p.poll_timeout() {
+            seen.push((at - t0, why));
+            p.handle_timeout(at);
+            drain(&mut p);
+            if seen.len() > 20 {
+                break;
+            }
+        }
+        (t0, seen)
+    }
+
+    #[test]
+    fn the_followers_rekey_requests_all_come_before_its_keys_are_rejected() {
+        for rekey in [REKEY, Duration::from_secs(5), Duration::from_secs(140)] {
+            let (_, seen) = follower_deadlines(rekey);
+            let reject = seen
+                .iter()
+                .position(|(_, why)| *why == PeersTimer::KeyExpiry)
+                .unwrap();
+            assert_eq!(seen[reject].0, REJECT_AFTER, "{rekey:?}: {seen:?}");
+            let asks: Vec<Duration> = seen[..reject]
+                .iter()
+                .filter(|(_, why)| *why == PeersTimer::Rekey)
+                .map(|(at, _)| *at)
+                .collect();
+            assert!(asks.len() >= 2, "{rekey:?}: {seen:?}");
+            assert!(asks[0] >= rekey.min(REJECT_AFTER - REKEY_RETRY * 2));
+            assert!(asks.iter().all(|at| *at < REJECT_AFTER), "{seen:?}");
+        }
+        // The defaults: leader due at 120 s; the follower asks at 150 s,
+        // retries at 160 s and 170 s; the keys die at 180 s.
+        let (_, seen) = follower_deadlines(REKEY);
+        let secs: Vec<u64> = seen.iter().map(|(at, _)| at.as_secs()).collect();
+        assert_eq!(&secs[..4], &[150, 160, 170, 180], "{seen:?}");
     }
 
     #[test]
