@@ -15,6 +15,7 @@
 
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};
 use std::fmt;
+use zeroize::Zeroize;
 
 /// Length of the Poly1305 tag that follows the ciphertext.
 pub const TAG_LEN: usize = 16;
@@ -51,8 +52,12 @@ fn nonce_bytes(lane: u8, counter: u64) -> [u8; 12] {
 
 impl DataKey {
     /// A key from raw bytes (handshake key derivation, tests, the simulator).
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        let key = match UnboundKey::new(&CHACHA20_POLY1305, &bytes) {
+    /// Our copy of the bytes is wiped; ring's expanded key is not (ring has
+    /// no zeroize), so it lives as long as the keyset that holds it.
+    pub fn from_bytes(mut bytes: [u8; 32]) -> Self {
+        let key = UnboundKey::new(&CHACHA20_POLY1305, &bytes);
+        bytes.zeroize();
+        let key = match key {
             Ok(key) => key,
             // ring only refuses a key of the wrong length, and ours is fixed.
             Err(_) => unreachable!("ChaCha20-Poly1305 takes a 32-byte key"),

@@ -10,6 +10,7 @@
 use chacha20poly1305::aead::{Aead, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Nonce};
 use std::fmt;
+use zeroize::Zeroizing;
 
 /// Tag length at the end of every record.
 pub const FRAME_TAG_LEN: usize = 16;
@@ -41,8 +42,9 @@ impl fmt::Debug for FrameSealer {
 impl FrameSealer {
     /// A sealer starting at counter 0.
     pub fn from_bytes(key: [u8; 32]) -> Self {
+        let key = Zeroizing::new(key);
         Self {
-            cipher: ChaCha20Poly1305::new(&key.into()),
+            cipher: ChaCha20Poly1305::new(&(*key).into()),
             counter: 0,
         }
     }
@@ -101,8 +103,9 @@ impl fmt::Debug for FrameOpener {
 impl FrameOpener {
     /// An opener expecting counter 0 next.
     pub fn from_bytes(key: [u8; 32]) -> Self {
+        let key = Zeroizing::new(key);
         Self {
-            cipher: ChaCha20Poly1305::new(&key.into()),
+            cipher: ChaCha20Poly1305::new(&(*key).into()),
             counter: 0,
             failed: false,
         }

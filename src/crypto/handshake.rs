@@ -31,6 +31,7 @@ use crate::crypto::secret::{ClusterSecrets, SecretId};
 use rand::SeedableRng;
 use snow::resolvers::{CryptoResolver, DefaultResolver, FallbackResolver};
 use std::fmt;
+use zeroize::{Zeroize, Zeroizing};
 
 const NOISE_PARAMS: &str = "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s";
 /// Version of the handshake's own framing, bound into the prologue. The
@@ -154,9 +155,9 @@ fn build(
             )),
         ),
     };
-    let mut private = identity.private_key();
+    let private = Zeroizing::new(identity.private_key());
     let state = builder
-        .local_private_key(&private)
+        .local_private_key(&*private)
         .and_then(|b| b.psk(0, psk))
         .and_then(|b| b.prologue(prologue))
         .and_then(|b| {
@@ -166,8 +167,6 @@ fn build(
                 b.build_responder()
             }
         });
-    // Best effort: snow keeps its own copy; do not leave ours on the stack.
-    private.fill(0);
     std::hint::black_box(&private);
     state.map_err(HandshakeError::Noise)
 }
@@ -377,6 +376,7 @@ impl Handshake {
         }
         let hash = self.state.get_handshake_hash().to_vec();
         let (k_i2r, k_r2i) = self.state.dangerously_get_raw_split();
+        let (k_i2r, k_r2i) = (Zeroizing::new(k_i2r), Zeroizing::new(k_r2i));
         let keys = derive_keys(&k_i2r, &k_r2i, &hash);
         Ok(if self.state.is_initiator() {
             SessionKeys {
@@ -396,6 +396,7 @@ impl Handshake {
     }
 }
 
+/// The four HKDF outputs; wiped on drop once the ciphers hold them.
 struct DerivedKeys {
     tcp_i2r: [u8; 32],
     tcp_r2i: [u8; 32],
@@ -403,15 +404,26 @@ struct DerivedKeys {
     udp_r2i: [u8; 32],
 }
 
+impl Drop for DerivedKeys {
+    fn drop(&mut self) {
+        for key in [
+            &mut self.tcp_i2r,
+            &mut self.tcp_r2i,
+            &mut self.udp_i2r,
+            &mut self.udp_r2i,
+        ] {
+            key.zeroize();
+        }
+    }
+}
+
 /// HKDF-BLAKE2s: IKM = both raw split keys, salt = the handshake hash (binds
 /// the transcript), one distinct label per key (DESIGN "Key separation").
 fn derive_keys(k_i2r: &[u8; 32], k_r2i: &[u8; 32], handshake_hash: &[u8]) -> DerivedKeys {
-    let mut ikm = [0u8; 64];
+    let mut ikm = Zeroizing::new([0u8; 64]);
     ikm[..32].copy_from_slice(k_i2r);
     ikm[32..].copy_from_slice(k_r2i);
-    let hkdf = hkdf::SimpleHkdf::<blake2::Blake2s256>::new(Some(handshake_hash), &ikm);
-    ikm.fill(0);
-    std::hint::black_box(&ikm);
+    let hkdf = hkdf::SimpleHkdf::<blake2::Blake2s256>::new(Some(handshake_hash), &*ikm);
     let expand = |label: &[u8]| {
         let mut out = [0u8; 32];
         // 32 bytes is far below HKDF's 255 × 32-byte limit, so this cannot fail.
@@ -573,8 +585,45 @@ mod tests {
                 .open_in_place(0, 0, &[], &mut buf.clone(), &tag)
                 .is_err()
         );
-        let record = a.tcp_send.seal(b"x");
-        assert!(FrameOpener::from_bytes([0; 32]).open(&record).is_err());
+    }
+
+    /// What each of the four derived keys makes of the same plaintext under
+    /// the same nonce (counter 0, lane 0, no associated data): equal keys
+    /// give equal bytes, whatever the channel.
+    fn first_seals(initiator: &mut SessionKeys, responder: &mut SessionKeys) -> Vec<Vec<u8>> {
+        let udp = |key: &DataKey| {
+            let mut buf = b"same plaintext".to_vec();
+            let tag = key.seal_in_place(0, 0, &[], &mut buf);
+            buf.extend_from_slice(&tag);
+            buf
+        };
+        vec![
+            initiator.tcp_send.seal(b"same plaintext"),
+            udp(&initiator.udp_send),
+            responder.tcp_send.seal(b"same plaintext"),
+            udp(&responder.udp_send),
+        ]
+    }
+
+    #[test]
+    fn the_four_derived_keys_differ_pairwise_tcp_from_udp_and_each_direction() {
+        let s = secrets(&[SECRET_A]);
+        let mut done = run(&s, &s).unwrap();
+        let sealed = first_seals(&mut done.initiator, &mut done.responder);
+        // The TCP record nonce and the UDP lane-0 nonce are the same bytes,
+        // so this compares the keys themselves.
+        for i in 0..4 {
+            for j in i + 1..4 {
+                assert_ne!(sealed[i], sealed[j], "derived keys {i} and {j} are equal");
+            }
+        }
+        let keys = derive_keys(&[1; 32], &[2; 32], b"transcript");
+        let all = [keys.tcp_i2r, keys.tcp_r2i, keys.udp_i2r, keys.udp_r2i];
+        for i in 0..4 {
+            for j in i + 1..4 {
+                assert_ne!(all[i], all[j], "HKDF outputs {i} and {j} are equal");
+            }
+        }
     }
 
     #[test]
@@ -777,12 +826,66 @@ mod tests {
         assert_eq!(prologue("10.32.0.0/12"), b"weft\x0210.32.0.0/12");
     }
 
+    /// Whether `printed` shows `key` (or its first 8 bytes) in any of the
+    /// forms Rust prints bytes in: decimal lists (`{:?}` of an array or
+    /// slice), lower- and upper-case hex, hex lists (`{:x?}`).
+    fn shows(printed: &str, key: &[u8]) -> bool {
+        let head = &key[..8];
+        let hex: String = head.iter().map(|b| format!("{b:02x}")).collect();
+        let forms = [
+            format!("{head:?}").trim_end_matches(']').to_string(),
+            format!("{head:x?}").trim_end_matches(']').to_string(),
+            format!("{head:#x?}"),
+            hex.clone(),
+            hex.to_uppercase(),
+            head.iter()
+                .map(|b| format!("{b}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ];
+        forms.iter().any(|form| printed.contains(form.as_str()))
+    }
+
     #[test]
-    fn debug_never_shows_keys() {
+    fn no_key_type_prints_its_key_bytes_in_any_form() {
+        // Distinctive bytes, so that a match cannot be chance.
+        let raw: [u8; 32] = std::array::from_fn(|i| 0xa0 ^ (i as u8 * 7));
+        assert!(shows(&format!("{raw:?}"), &raw), "the check itself works");
+        assert!(shows(&format!("{:02x?}", &raw[..]), &raw));
+        let printed = [
+            format!("{:?}", DataKey::from_bytes(raw)),
+            format!("{:?}", FrameSealer::from_bytes(raw)),
+            format!("{:?}", FrameOpener::from_bytes(raw)),
+            format!("{:#?}", DataKey::from_bytes(raw)),
+        ];
+        for p in &printed {
+            assert!(!shows(p, &raw), "{p}");
+        }
+        // Real keys: the identity, the PSK and everything a handshake makes.
         let s = secrets(&[SECRET_A]);
-        let done = run(&s, &s).unwrap();
-        let dbg = format!("{:?}", done.initiator);
-        assert!(dbg.contains("redacted") && !dbg.contains("0x"), "{dbg}");
+        let id = identity(1);
+        let private = id.private_key();
+        let psk = s.primary().psk;
+        let mut done = run(&s, &s).unwrap();
+        let (init, _) = Handshake::initiator(&id, &s, &prologue(RANGE), T0).unwrap();
+        let printed = [
+            format!("{id:?}"),
+            format!("{id:#?}"),
+            format!("{s:?}"),
+            format!("{s:#?}"),
+            format!("{init:?}"),
+            format!("{:?}", done.initiator),
+            format!("{:#?}", done.responder),
+        ];
+        for p in &printed {
+            assert!(!shows(p, &private), "identity key in {p}");
+            assert!(!shows(p, &psk), "PSK in {p}");
+            assert!(!shows(p, SECRET_A), "secret text in {p}");
+        }
+        // The derived keys are not reachable from outside; what they seal
+        // is, and it must not equal what their Debug shows either.
+        let sealed = first_seals(&mut done.initiator, &mut done.responder);
+        assert!(printed.iter().all(|p| !sealed.iter().any(|c| shows(p, c))));
     }
 
     proptest! {

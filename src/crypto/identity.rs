@@ -10,6 +10,7 @@ use crate::id::PeerId;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::Zeroizing;
 
 /// File name of the identity key inside the state dir.
 pub const IDENTITY_FILE: &str = "identity.key";
@@ -50,7 +51,7 @@ impl Identity {
     /// error, never silently replaced: replacing it would change the router's ID.
     pub fn load_or_create(state_dir: &Path) -> Result<(Self, bool), IdentityError> {
         let path = state_dir.join(IDENTITY_FILE);
-        match std::fs::read(&path) {
+        match std::fs::read(&path).map(Zeroizing::new) {
             Ok(bytes) => Self::decode(&bytes)
                 .map(|identity| (identity, false))
                 .map_err(|reason| IdentityError::Malformed { path, reason }),
@@ -83,15 +84,16 @@ impl Identity {
         self.secret.to_bytes()
     }
 
-    fn encode(&self) -> Vec<u8> {
-        let mut text = String::with_capacity(HEADER.len() + 66);
+    fn encode(&self) -> Zeroizing<Vec<u8>> {
+        let mut text = Zeroizing::new(String::with_capacity(HEADER.len() + 66));
         text.push_str(HEADER);
         text.push('\n');
         for b in self.secret.as_bytes() {
-            text.push_str(&format!("{b:02x}"));
+            // Straight into the wiped buffer: no temporary string per byte.
+            let _ = std::fmt::Write::write_fmt(&mut *text, format_args!("{b:02x}"));
         }
         text.push('\n');
-        text.into_bytes()
+        Zeroizing::new(text.as_bytes().to_vec())
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, &'static str> {
@@ -107,8 +109,8 @@ impl Identity {
         if lines.any(|l| !l.trim().is_empty()) {
             return Err("unexpected lines after the key");
         }
-        let key = decode_hex_32(hex).ok_or("the key line is not 64 hex digits")?;
-        Ok(Self::from_secret(StaticSecret::from(key)))
+        let key = Zeroizing::new(decode_hex_32(hex).ok_or("the key line is not 64 hex digits")?);
+        Ok(Self::from_secret(StaticSecret::from(*key)))
     }
 }
 

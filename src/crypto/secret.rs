@@ -16,6 +16,7 @@
 use blake2::{Blake2s256, Digest};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 /// Shortest secret line accepted, in bytes.
 pub const MIN_SECRET_LEN: usize = 32;
@@ -42,12 +43,28 @@ impl fmt::Display for SecretId {
     }
 }
 
-/// One secret: its derived PSK and ID. Never printed.
+/// One secret: its derived PSK and ID. Never printed; the PSK is wiped on
+/// drop (DESIGN.md "Security model").
 #[derive(Clone)]
 pub(crate) struct Secret {
     pub(crate) id: SecretId,
     pub(crate) psk: [u8; 32],
 }
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        self.wipe();
+    }
+}
+
+impl Secret {
+    /// What `drop` does.
+    fn wipe(&mut self) {
+        self.psk.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for Secret {}
 
 impl Secret {
     fn derive(line: &[u8]) -> Self {
@@ -91,7 +108,7 @@ impl ClusterSecrets {
     /// and says how to fix it.
     pub fn load(path: &Path) -> Result<Self, SecretError> {
         let text = match std::fs::read(path) {
-            Ok(text) => text,
+            Ok(text) => Zeroizing::new(text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(SecretError::Missing {
                     path: path.to_path_buf(),
@@ -335,5 +352,23 @@ mod tests {
             .map(|b| format!("{b:02x}"))
             .collect();
         assert!(!dbg.contains(&psk_hex[..8]));
+    }
+
+    #[test]
+    fn the_psk_and_every_secret_key_type_are_wiped_on_drop() {
+        fn wiped_on_drop<T: ZeroizeOnDrop>() {}
+        // Our PSKs; the record ciphers (FrameSealer, FrameOpener); the
+        // static identity key. (DataKey wraps ring's key: not wiped, see
+        // `DataKey::from_bytes`.)
+        wiped_on_drop::<Secret>();
+        wiped_on_drop::<chacha20poly1305::ChaCha20Poly1305>();
+        // x25519-dalek's `zeroize(drop)` wipes StaticSecret in its Drop.
+        fn wipeable<T: Zeroize>() {}
+        wipeable::<x25519_dalek::StaticSecret>();
+        let mut secret = ClusterSecrets::parse(A).unwrap().secrets.remove(0);
+        assert_ne!(secret.psk, [0; 32]);
+        // What `drop` runs, observed in place.
+        secret.wipe();
+        assert_eq!(secret.psk, [0; 32]);
     }
 }
