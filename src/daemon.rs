@@ -30,7 +30,11 @@ const INSECURE_SECRET: &[u8] = b"weft-insecure-cluster-secret-do-not-use-in-prod
 pub fn run(config: RouterConfig) -> anyhow::Result<()> {
     config.validate()?;
     let secrets = match &config.secret_file {
-        Some(path) => ClusterSecrets::load(path)?,
+        Some(path) => {
+            let secrets = ClusterSecrets::load(path)?;
+            crate::persist::warn_if_exposed(path, "cluster secret file");
+            secrets
+        }
         None => ClusterSecrets::parse(INSECURE_SECRET)?,
     };
     crate::persist::ensure_private_dir(&config.state_dir).map_err(|e| {
@@ -40,6 +44,10 @@ pub fn run(config: RouterConfig) -> anyhow::Result<()> {
         )
     })?;
     let (identity, created) = Identity::load_or_create(&config.state_dir)?;
+    let identity_file = config
+        .state_dir
+        .join(crate::crypto::identity::IDENTITY_FILE);
+    crate::persist::warn_if_exposed(&identity_file, "identity key");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

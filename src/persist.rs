@@ -48,10 +48,45 @@ pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
         .create(dir)
 }
 
+/// The permission bits of `path` that give group or others any access, if
+/// there are any (DESIGN.md "Security model": key files are 0600).
+pub fn exposed_mode(path: &Path) -> io::Result<Option<u32>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(path)?.permissions().mode() & 0o777;
+    Ok((mode & 0o077 != 0).then_some(mode))
+}
+
+/// Warns, with the one-line fix, when `what` at `path` is readable or
+/// writable by group or others; says nothing when it cannot be checked.
+pub fn warn_if_exposed(path: &Path, what: &str) {
+    if let Ok(Some(mode)) = exposed_mode(path) {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format_args!("{mode:o}"),
+            "the {what} is accessible to group or others; fix: chmod 600 {}",
+            path.display()
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_key_file_open_to_group_or_others_is_reported_with_its_mode() {
+        let dir = std::env::temp_dir().join(format!("weft-exposed-{}", std::process::id()));
+        ensure_private_dir(&dir).expect("mkdir");
+        let path = dir.join("secret");
+        write_atomic(&path, b"x", 0o600).expect("write");
+        assert_eq!(exposed_mode(&path).expect("stat"), None);
+        for mode in [0o640, 0o604, 0o644, 0o660] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).expect("chmod");
+            assert_eq!(exposed_mode(&path).expect("stat"), Some(mode));
+        }
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
 
     #[test]
     fn write_atomic_replaces_content_and_sets_mode() {

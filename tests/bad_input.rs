@@ -170,7 +170,9 @@ fn no_permission_for_the_tun_device_says_to_run_as_root() {
     .unwrap();
     let secret = dir.path.join("secret");
     write_secret(&secret);
-    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    // Its own 0600 file: a secret open to others is warned about (a second line).
+    std::os::unix::fs::chown(&secret, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let state = dir.path.join("state");
     let api = dir.path.join("api.sock");
     let args = [
