@@ -113,16 +113,16 @@ fn lies_in_gossip_and_half_open_connections_are_refused_and_the_router_keeps_ser
     let outcome = in_netns(&cluster.nodes[2].ns.name, move || {
         // 1. Bytes before any handshake: never answered, the connection is dropped.
         let mut raw = TcpStream::connect_timeout(&target, Duration::from_secs(5)).unwrap();
-        raw.set_read_timeout(Some(Duration::from_secs(12))).unwrap();
         raw.write_all(&[0x42; MSG1_LEN]).unwrap();
-        let mut buf = [0u8; 16];
-        let raw_answer = raw.read(&mut buf).unwrap_or(0);
+        // A timeout is a failure, not "closed": the router must close it.
+        let mut raw_answer = 0;
+        let raw_closed = attack::closed_within(&mut raw, Duration::from_secs(12), &mut raw_answer);
 
         // 2. A client that connects and sends nothing is timed out.
         let mut idle = TcpStream::connect_timeout(&target, Duration::from_secs(5)).unwrap();
-        idle.set_read_timeout(Some(Duration::from_secs(15)))
-            .unwrap();
-        let idle_answer = idle.read(&mut buf).unwrap_or(0);
+        let mut idle_answer = 0;
+        let idle_closed =
+            attack::closed_within(&mut idle, Duration::from_secs(15), &mut idle_answer);
 
         // 3. A secret holder that lies.
         let evil = Identity::generate(&mut rand::thread_rng());
@@ -179,11 +179,26 @@ fn lies_in_gossip_and_half_open_connections_are_refused_and_the_router_keeps_ser
                 Ok(_) => {}
             }
         }
-        (raw_answer, idle_answer, closed, evil.id())
+        (
+            raw_answer,
+            idle_answer,
+            closed,
+            evil.id(),
+            raw_closed,
+            idle_closed,
+        )
     })
     .join()
     .unwrap();
-    let (raw_answer, idle_answer, closed, evil_id) = outcome;
+    let (raw_answer, idle_answer, closed, evil_id, raw_closed, idle_closed) = outcome;
+    assert!(
+        raw_closed,
+        "garbage before a handshake did not close the connection within 12 s"
+    );
+    assert!(
+        idle_closed,
+        "an idle half-open connection was not closed within 15 s"
+    );
     assert_eq!(
         raw_answer, 0,
         "the router answered a handshake it could not authenticate"
