@@ -401,6 +401,8 @@ pub fn write_secret(path: &Path) {
         .unwrap();
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     fs::write(path, format!("{hex}\n")).unwrap();
+    // As an operator should: the router warns about a secret others can read.
+    fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
 }
 
 /// A real `weft router` process in a node's namespace.
