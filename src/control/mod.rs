@@ -35,6 +35,7 @@
 pub mod admission;
 pub mod connection;
 mod drive;
+pub mod endpoints;
 pub mod heartbeat;
 pub mod ipam;
 pub mod link;
@@ -58,6 +59,7 @@ use admission::Admission;
 use connection::{
     ConnectionCommand, ConnectionContext, ConnectionEvent, ConnectionId, HandshakeFailure, PeerUp,
 };
+use endpoints::{EndpointEvent, Endpoints};
 use heartbeat::{HeartbeatEvent, Heartbeats, LinkKeys};
 use ipam::{IpamDriver, PeerDirectory};
 use peers::{Arrival, PeerEvent, Peers};
@@ -82,6 +84,8 @@ pub struct ControlConfig {
     pub listen: SocketAddr,
     /// Seed addresses.
     pub seeds: Vec<SocketAddr>,
+    /// Endpoints the operator gives besides `listen` (`--advertise`).
+    pub advertise: Vec<SocketAddr>,
     /// The cluster range.
     pub range: Ipv4Cidr,
     /// Overlay MTU.
@@ -106,6 +110,7 @@ pub struct Control {
     gossip: Gossip,
     maker: ConnectionMaker,
     ipam: IpamDriver,
+    endpoints: Endpoints,
     /// Each connection task's command channel.
     links: HashMap<ConnectionId, mpsc::UnboundedSender<ConnectionCommand>>,
     /// Each peer's liveness cell, shared with the data plane.
@@ -135,14 +140,21 @@ struct Directory<'a> {
     me: PeerId,
     name: &'a str,
     self_addresses: &'a HashSet<SocketAddr>,
+    endpoints: &'a Endpoints,
     peers: &'a Peers,
     gossip: &'a Gossip,
 }
 
 impl PeerDirectory for Directory<'_> {
+    /// Identity first (issue 16): the router that answered a dial to
+    /// `addr`, or this one when a peer reached it there; then a connected
+    /// peer's listen or remote address, then the endpoints entries list.
     fn id_at(&self, addr: SocketAddr) -> Option<PeerId> {
         if self.self_addresses.contains(&addr) {
             return Some(self.me);
+        }
+        if let Some(id) = self.endpoints.answered_at(addr) {
+            return Some(id);
         }
         self.peers.at_address(addr).map(|p| p.id).or_else(|| {
             self.gossip
@@ -207,12 +219,13 @@ impl Control {
         let mut self_addresses = HashSet::new();
         self_addresses.insert(config.listen);
         let now = Instant::now();
+        let endpoints = Endpoints::new(config.listen, config.advertise.clone());
         let gossip = Gossip::new(
             PeerInfo {
                 id: me,
                 name: config.name.clone(),
                 public_key: context.identity.public_key(),
-                addresses: vec![config.listen],
+                addresses: endpoints.advertised().to_vec(),
             },
             GossipConfig {
                 mtu: u16::try_from(config.mtu).unwrap_or(u16::MAX),
@@ -248,6 +261,7 @@ impl Control {
             last_clock_skew_log: None,
             dirty: true,
             ipam,
+            endpoints,
             kernel,
             gossip_traffic: BTreeMap::new(),
             api_latency: LatencyHistogram::default(),
@@ -340,6 +354,7 @@ impl Control {
             me: self.me,
             name: &self.config.name,
             self_addresses: &self.self_addresses,
+            endpoints: &self.endpoints,
             peers: &self.peers,
             gossip: &self.gossip,
         };
@@ -457,12 +472,35 @@ impl Control {
                 if let Some(addr) = dialled {
                     self.dial_errors.remove(&addr);
                 }
+                let peer = arrival.peer;
                 self.maker
-                    .connected(arrival.peer, dialled.or(Some(arrival.hello.listen)), now);
+                    .connected(peer, dialled.or(Some(arrival.hello.listen)), now);
                 self.count_handshake("ok");
                 self.peers.handle_up(arrival, now);
+                if let Some(addr) = dialled {
+                    // Tell it where it answered: behind 1:1 NAT that is an
+                    // address it cannot learn by itself (issue 16).
+                    self.endpoints.dialled(addr, peer);
+                    self.send_to_peer(
+                        peer,
+                        ControlMessage::Observed {
+                            dialled: Some(addr),
+                            udp_from: None,
+                        },
+                    );
+                }
             }
             ConnectionEvent::Rekeyed { id, keys } => self.peers.handle_rekeyed(id, keys, now),
+            ConnectionEvent::Message {
+                id,
+                message: ControlMessage::Observed { dialled, udp_from },
+            } => {
+                let from = self.peers.iter().find(|p| p.connection == id).map(|p| p.id);
+                if let Some(from) = from {
+                    self.endpoints.handle_report(from, dialled, udp_from);
+                    self.drain_endpoint_events(now);
+                }
+            }
             ConnectionEvent::Message { id, message } => {
                 if let Some((from, channel, payload)) = self.peers.handle_message(id, message, now)
                 {
@@ -527,10 +565,32 @@ impl Control {
                     self.heartbeats.add(peer, outbound, now);
                 }
                 PeerEvent::Down { peer } => {
+                    self.endpoints.handle_peer_down(peer);
+                    self.drain_endpoint_events(now);
                     self.liveness.remove(&peer);
                     self.heartbeats.remove(peer);
                     self.maker.disconnected(peer, now);
                     self.gossip.connection_down(peer, now);
+                }
+            }
+        }
+    }
+
+    /// Acts on the endpoint core's events: an address of my own is never
+    /// dialled and counts as me in the seed list; a changed endpoint list
+    /// goes into my topology entry.
+    fn drain_endpoint_events(&mut self, now: Instant) {
+        while let Some(event) = self.endpoints.poll_event() {
+            match event {
+                EndpointEvent::MineLearned(addr) => {
+                    self.self_addresses.insert(addr);
+                    self.maker.add_own(addr);
+                }
+                EndpointEvent::AdvertisedChanged => {
+                    let addresses = self.endpoints.advertised().to_vec();
+                    tracing::info!(?addresses, "advertised endpoints changed");
+                    self.gossip.set_addresses(addresses, now);
+                    self.dirty = true;
                 }
             }
         }
@@ -548,6 +608,15 @@ impl Control {
                 } => {
                     if newest {
                         self.peers.set_endpoint(peer, from);
+                        if self.endpoints.observe_udp(peer, from) {
+                            self.send_to_peer(
+                                peer,
+                                ControlMessage::Observed {
+                                    dialled: None,
+                                    udp_from: Some(from),
+                                },
+                            );
+                        }
                     }
                     self.peers.confirm(Some(peer), local_index, now);
                 }

@@ -297,7 +297,8 @@ impl Peers {
             ControlMessage::Rekey { .. }
             | ControlMessage::TcpKeySwitch
             | ControlMessage::Close { .. }
-            | ControlMessage::Fragment { .. } => None,
+            | ControlMessage::Fragment { .. }
+            | ControlMessage::Observed { .. } => None,
         }
     }
 
