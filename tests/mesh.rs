@@ -52,18 +52,6 @@ fn peer_names(r: &Router, pred: impl Fn(&serde_json::Value) -> bool) -> Vec<Stri
     names
 }
 
-fn path_to(r: &Router, peer: &str) -> String {
-    r.status()
-        .and_then(|s| {
-            s["peers"]
-                .as_array()?
-                .iter()
-                .find(|p| p["name"] == peer)
-                .map(|p| p["path"].as_str().unwrap_or("").to_string())
-        })
-        .unwrap_or_default()
-}
-
 fn all_pods_reach_each_other(m: &Mesh, timeout: Duration) {
     for a in &m.cluster.pods {
         for b in &m.cluster.pods {
