@@ -34,6 +34,7 @@
 
 pub mod admission;
 pub mod connection;
+mod directory;
 mod drive;
 pub mod endpoints;
 pub mod heartbeat;
@@ -59,9 +60,10 @@ use admission::Admission;
 use connection::{
     ConnectionCommand, ConnectionContext, ConnectionEvent, ConnectionId, HandshakeFailure, PeerUp,
 };
+use directory::Directory;
 use endpoints::{EndpointEvent, Endpoints};
 use heartbeat::{HeartbeatEvent, Heartbeats, LinkKeys};
-use ipam::{IpamDriver, PeerDirectory};
+use ipam::IpamDriver;
 use peers::{Arrival, PeerEvent, Peers};
 use proto::ControlMessage;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -133,47 +135,6 @@ pub struct Control {
     /// What the kernel should look like (node address, owned ranges); a
     /// task in the daemon applies each new plan.
     kernel: watch::Sender<InterfacePlan>,
-}
-
-/// Looks routers up by address and name for the IPAM driver.
-struct Directory<'a> {
-    me: PeerId,
-    name: &'a str,
-    self_addresses: &'a HashSet<SocketAddr>,
-    endpoints: &'a Endpoints,
-    peers: &'a Peers,
-    gossip: &'a Gossip,
-}
-
-impl PeerDirectory for Directory<'_> {
-    /// Identity first (issue 16): the router that answered a dial to
-    /// `addr`, or this one when a peer reached it there; then a connected
-    /// peer's listen or remote address, then the endpoints entries list.
-    fn id_at(&self, addr: SocketAddr) -> Option<PeerId> {
-        if self.self_addresses.contains(&addr) {
-            return Some(self.me);
-        }
-        if let Some(id) = self.endpoints.answered_at(addr) {
-            return Some(id);
-        }
-        self.peers.at_address(addr).map(|p| p.id).or_else(|| {
-            self.gossip
-                .peers()
-                .find(|e| e.addresses.contains(&addr))
-                .map(|e| e.id)
-        })
-    }
-
-    fn id_named(&self, name: &str) -> Option<PeerId> {
-        if name == self.name {
-            return Some(self.me);
-        }
-        self.gossip.name_holder(name)
-    }
-
-    fn name_of(&self, id: PeerId) -> Option<String> {
-        self.gossip.entry(id).map(|e| e.name.clone())
-    }
 }
 
 /// The channels the control task reads.
