@@ -82,11 +82,13 @@ fn two_hundred_routers_with_three_seeds_and_ten_percent_loss_converge_in_bounded
 }
 
 /// Issue 16, cold starts: routers started together with 5 % of dials
-/// lost at random form the full mesh they want within 60 s, because a
-/// failed dial is retried within 30 s (with jitter) instead of backing off
-/// for minutes. 200 routers want 199 connections each (under the cap);
-/// 1,000 with the default cap of 200 would be satisfied by inbound
-/// connections alone, which would show nothing.
+/// lost at random form the full mesh they want within 60 s (measured: 3 s
+/// of virtual time, 32 s of wall time in release). 200 routers want 199
+/// connections each (under the cap); 1,000 with the default cap of 200
+/// would be satisfied by inbound connections alone, which would show
+/// nothing. With 5 % independent losses a pair rarely fails often enough
+/// in a row to reach a long back-off, so this passes with the old 6-minute
+/// cap too: the 30 s cadence itself is the connection maker's unit test.
 #[test]
 #[ignore = "minutes in debug: cargo test --release --lib sim::tests::two_hundred_routers_with_five -- --ignored"]
 fn two_hundred_routers_with_five_percent_of_dials_failing_form_the_full_mesh_in_sixty_seconds() {
