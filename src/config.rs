@@ -107,6 +107,8 @@ pub struct RouterConfig {
     pub listen: SocketAddr,
     /// Seeds.
     pub seeds: Vec<SocketAddr>,
+    /// `--advertise`: endpoints besides the listen address.
+    pub advertise: Vec<SocketAddr>,
     /// Secret file, unless insecure.
     pub secret_file: Option<PathBuf>,
     /// The cluster range.

@@ -198,6 +198,7 @@ async fn serve(
             name: config.name.clone(),
             listen: advertised,
             seeds: config.seeds.clone(),
+            advertise: config.advertise.clone(),
             range: config.range,
             mtu,
             rekey_after: config.rekey_after,

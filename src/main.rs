@@ -108,6 +108,11 @@ struct RouterArgs {
     /// A seed router, HOST:PORT (repeatable; WEFT_PEERS is comma-separated).
     #[arg(long = "peer", env = "WEFT_PEERS", value_delimiter = ',')]
     peers: Vec<String>,
+    /// An address peers can reach this router at besides --listen, ADDR:PORT
+    /// (repeatable; WEFT_ADVERTISE is comma-separated): a public address
+    /// behind 1:1 NAT or a port forward.
+    #[arg(long = "advertise", env = "WEFT_ADVERTISE", value_delimiter = ',')]
+    advertise: Vec<std::net::SocketAddr>,
     /// File holding the cluster secret (one or two lines of 32+ bytes).
     #[arg(long, env = "WEFT_SECRET_FILE")]
     secret_file: Option<PathBuf>,
@@ -327,6 +332,7 @@ fn router_config(args: RouterArgs) -> anyhow::Result<RouterConfig> {
         name,
         listen: args.listen,
         seeds,
+        advertise: args.advertise,
         secret_file: args.secret_file,
         range,
         init,
@@ -466,6 +472,22 @@ mod tests {
             panic!("not the router command");
         };
         router_config(*args).unwrap()
+    }
+
+    #[test]
+    fn advertise_is_repeatable_and_comma_separated() {
+        let c = config(&[
+            "--advertise",
+            "203.0.113.11:6783",
+            "--advertise=203.0.113.12:443,192.0.2.1:6783",
+        ]);
+        let want: Vec<std::net::SocketAddr> =
+            ["203.0.113.11:6783", "203.0.113.12:443", "192.0.2.1:6783"]
+                .iter()
+                .map(|a| a.parse().unwrap())
+                .collect();
+        assert_eq!(c.advertise, want);
+        assert!(config(&[]).advertise.is_empty());
     }
 
     #[test]

@@ -52,18 +52,6 @@ fn peer_names(r: &Router, pred: impl Fn(&serde_json::Value) -> bool) -> Vec<Stri
     names
 }
 
-fn path_to(r: &Router, peer: &str) -> String {
-    r.status()
-        .and_then(|s| {
-            s["peers"]
-                .as_array()?
-                .iter()
-                .find(|p| p["name"] == peer)
-                .map(|p| p["path"].as_str().unwrap_or("").to_string())
-        })
-        .unwrap_or_default()
-}
-
 fn all_pods_reach_each_other(m: &Mesh, timeout: Duration) {
     for a in &m.cluster.pods {
         for b in &m.cluster.pods {
@@ -108,7 +96,7 @@ fn with_udp_blocked_between_two_routers_traffic_detours_through_a_third_and_retu
     // A ping may get through via n1 before the direct link's first probe is
     // answered: wait for the direct path, bounded.
     let direct = wait_until(Duration::from_secs(5), || {
-        path_to(&m.routers[0], "n2") == "direct"
+        path_to(&m.routers[0], "n2").starts_with("direct")
     });
     assert!(
         direct,
@@ -119,7 +107,7 @@ fn with_udp_blocked_between_two_routers_traffic_detours_through_a_third_and_retu
     m.cluster.block_udp(0, 2, true);
     let detoured = Instant::now();
     let via = wait_until(Duration::from_secs(8), || {
-        path_to(&m.routers[0], "n2") == "via n1"
+        path_to(&m.routers[0], "n2").starts_with("relayed via n1")
     });
     assert!(via, "no detour: path is {:?}", path_to(&m.routers[0], "n2"));
     let switched = detoured.elapsed();
@@ -147,7 +135,7 @@ fn with_udp_blocked_between_two_routers_traffic_detours_through_a_third_and_retu
 
     m.cluster.block_udp(0, 2, false);
     let back = wait_until(Duration::from_secs(8), || {
-        path_to(&m.routers[0], "n2") == "direct"
+        path_to(&m.routers[0], "n2").starts_with("direct")
     });
     assert!(
         back,
@@ -310,7 +298,7 @@ fn a_path_that_drops_full_size_packets_is_not_established_and_traffic_detours() 
         "table inet wefttestmtu { chain out { type filter hook output priority 0; ip daddr 192.0.2.12 udp dport 6783 meta length > 1000 drop; }; }",
     ]);
     let detoured = wait_until(Duration::from_secs(8), || {
-        path_to(&m.routers[0], "n2") == "via n1"
+        path_to(&m.routers[0], "n2").starts_with("relayed via n1")
     });
     assert!(
         detoured,
@@ -347,7 +335,7 @@ fn a_path_that_drops_full_size_packets_is_not_established_and_traffic_detours() 
     );
     ns.ok(&["nft", "delete", "table", "inet", "wefttestmtu"]);
     let back = wait_until(Duration::from_secs(8), || {
-        path_to(&m.routers[0], "n2") == "direct"
+        path_to(&m.routers[0], "n2").starts_with("direct")
     });
     assert!(back, "did not return to the direct path");
 }

@@ -110,7 +110,15 @@ impl Control {
         }
         while let Some(event) = self.gossip.poll_event() {
             match event {
-                GossipEvent::TopologyChanged => self.dirty = true,
+                GossipEvent::TopologyChanged => {
+                    // An entry's endpoints may have changed (a router
+                    // learned its public address): dial the new candidates.
+                    let me = self.gossip.id();
+                    for entry in self.gossip.peers().filter(|e| e.id != me) {
+                        self.maker.learn(entry.id, &entry.addresses, now);
+                    }
+                    self.dirty = true;
+                }
                 GossipEvent::PeerAdded { id, name } => {
                     tracing::info!(peer = %name, %id, "learned a router");
                     self.ipam.learn_name(id, &name);

@@ -34,7 +34,9 @@
 
 pub mod admission;
 pub mod connection;
+mod directory;
 mod drive;
+pub mod endpoints;
 pub mod heartbeat;
 pub mod ipam;
 pub mod link;
@@ -58,8 +60,10 @@ use admission::Admission;
 use connection::{
     ConnectionCommand, ConnectionContext, ConnectionEvent, ConnectionId, HandshakeFailure, PeerUp,
 };
+use directory::Directory;
+use endpoints::{EndpointEvent, Endpoints};
 use heartbeat::{HeartbeatEvent, Heartbeats, LinkKeys};
-use ipam::{IpamDriver, PeerDirectory};
+use ipam::IpamDriver;
 use peers::{Arrival, PeerEvent, Peers};
 use proto::ControlMessage;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -82,6 +86,8 @@ pub struct ControlConfig {
     pub listen: SocketAddr,
     /// Seed addresses.
     pub seeds: Vec<SocketAddr>,
+    /// Endpoints the operator gives besides `listen` (`--advertise`).
+    pub advertise: Vec<SocketAddr>,
     /// The cluster range.
     pub range: Ipv4Cidr,
     /// Overlay MTU.
@@ -106,6 +112,7 @@ pub struct Control {
     gossip: Gossip,
     maker: ConnectionMaker,
     ipam: IpamDriver,
+    endpoints: Endpoints,
     /// Each connection task's command channel.
     links: HashMap<ConnectionId, mpsc::UnboundedSender<ConnectionCommand>>,
     /// Each peer's liveness cell, shared with the data plane.
@@ -129,40 +136,6 @@ pub struct Control {
     /// What the kernel should look like (node address, owned ranges); a
     /// task in the daemon applies each new plan.
     kernel: watch::Sender<InterfacePlan>,
-}
-
-/// Looks routers up by address and name for the IPAM driver.
-struct Directory<'a> {
-    me: PeerId,
-    name: &'a str,
-    self_addresses: &'a HashSet<SocketAddr>,
-    peers: &'a Peers,
-    gossip: &'a Gossip,
-}
-
-impl PeerDirectory for Directory<'_> {
-    fn id_at(&self, addr: SocketAddr) -> Option<PeerId> {
-        if self.self_addresses.contains(&addr) {
-            return Some(self.me);
-        }
-        self.peers.at_address(addr).map(|p| p.id).or_else(|| {
-            self.gossip
-                .peers()
-                .find(|e| e.addresses.contains(&addr))
-                .map(|e| e.id)
-        })
-    }
-
-    fn id_named(&self, name: &str) -> Option<PeerId> {
-        if name == self.name {
-            return Some(self.me);
-        }
-        self.gossip.name_holder(name)
-    }
-
-    fn name_of(&self, id: PeerId) -> Option<String> {
-        self.gossip.entry(id).map(|e| e.name.clone())
-    }
 }
 
 /// The channels the control task reads.
@@ -208,12 +181,13 @@ impl Control {
         let mut self_addresses = HashSet::new();
         self_addresses.insert(config.listen);
         let now = Instant::now();
+        let endpoints = Endpoints::new(config.listen, config.advertise.clone());
         let gossip = Gossip::new(
             PeerInfo {
                 id: me,
                 name: config.name.clone(),
                 public_key: context.identity.public_key(),
-                addresses: vec![config.listen],
+                addresses: endpoints.advertised().to_vec(),
             },
             GossipConfig {
                 mtu: u16::try_from(config.mtu).unwrap_or(u16::MAX),
@@ -250,6 +224,7 @@ impl Control {
             last_admission_log: None,
             dirty: true,
             ipam,
+            endpoints,
             kernel,
             gossip_traffic: BTreeMap::new(),
             api_latency: LatencyHistogram::default(),
@@ -342,6 +317,7 @@ impl Control {
             me: self.me,
             name: &self.config.name,
             self_addresses: &self.self_addresses,
+            endpoints: &self.endpoints,
             peers: &self.peers,
             gossip: &self.gossip,
         };
@@ -467,14 +443,36 @@ impl Control {
                 if let Some(addr) = dialled {
                     self.dial_errors.remove(&addr);
                 }
+                let peer = arrival.peer;
                 self.maker
-                    .connected(arrival.peer, dialled.or(Some(arrival.hello.listen)), now);
+                    .connected(peer, dialled.or(Some(arrival.hello.listen)), now);
                 self.count_handshake("ok");
                 if self.peers.handle_up(arrival, now) == peers::Arrived::OverCap {
                     self.count_handshake("connection_cap");
+                } else if let Some(addr) = dialled {
+                    // Tell it where it answered: behind 1:1 NAT that is an
+                    // address it cannot learn by itself (issue 16).
+                    self.endpoints.dialled(addr, peer);
+                    self.send_to_peer(
+                        peer,
+                        ControlMessage::Observed {
+                            dialled: Some(addr),
+                            udp_from: None,
+                        },
+                    );
                 }
             }
             ConnectionEvent::Rekeyed { id, keys } => self.peers.handle_rekeyed(id, keys, now),
+            ConnectionEvent::Message {
+                id,
+                message: ControlMessage::Observed { dialled, udp_from },
+            } => {
+                let from = self.peers.iter().find(|p| p.connection == id).map(|p| p.id);
+                if let Some(from) = from {
+                    self.endpoints.handle_report(from, dialled, udp_from);
+                    self.drain_endpoint_events(now);
+                }
+            }
             ConnectionEvent::Message { id, message } => {
                 if let Some((from, channel, payload)) = self.peers.handle_message(id, message, now)
                 {
@@ -539,10 +537,32 @@ impl Control {
                     self.heartbeats.add(peer, outbound, now);
                 }
                 PeerEvent::Down { peer } => {
+                    self.endpoints.handle_peer_down(peer);
+                    self.drain_endpoint_events(now);
                     self.liveness.remove(&peer);
                     self.heartbeats.remove(peer);
                     self.maker.disconnected(peer, now);
                     self.gossip.connection_down(peer, now);
+                }
+            }
+        }
+    }
+
+    /// Acts on the endpoint core's events: an address of my own is never
+    /// dialled and counts as me in the seed list; a changed endpoint list
+    /// goes into my topology entry.
+    fn drain_endpoint_events(&mut self, now: Instant) {
+        while let Some(event) = self.endpoints.poll_event() {
+            match event {
+                EndpointEvent::MineLearned(addr) => {
+                    self.self_addresses.insert(addr);
+                    self.maker.add_own(addr);
+                }
+                EndpointEvent::AdvertisedChanged => {
+                    let addresses = self.endpoints.advertised().to_vec();
+                    tracing::info!(?addresses, "advertised endpoints changed");
+                    self.gossip.set_addresses(addresses, now);
+                    self.dirty = true;
                 }
             }
         }
@@ -560,6 +580,15 @@ impl Control {
                 } => {
                     if newest {
                         self.peers.set_endpoint(peer, from);
+                        if self.endpoints.observe_udp(peer, from) {
+                            self.send_to_peer(
+                                peer,
+                                ControlMessage::Observed {
+                                    dialled: None,
+                                    udp_from: Some(from),
+                                },
+                            );
+                        }
                     }
                     self.peers.confirm(Some(peer), local_index, now);
                 }

@@ -311,7 +311,8 @@ impl Peers {
             ControlMessage::Rekey { .. }
             | ControlMessage::TcpKeySwitch
             | ControlMessage::Close { .. }
-            | ControlMessage::Fragment { .. } => None,
+            | ControlMessage::Fragment { .. }
+            | ControlMessage::Observed { .. } => None,
         }
     }
 

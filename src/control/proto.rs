@@ -142,6 +142,16 @@ pub enum ControlMessage {
         /// The next bytes of the encoded message.
         bytes: Vec<u8>,
     },
+    /// What the sender sees of the receiver (issue 16, DESIGN.md
+    /// "Endpoints, NAT and paths"); only ever about the receiver. The
+    /// receiver believes an address once more than one peer reports it.
+    Observed {
+        /// The address the sender dialled and the receiver answered at
+        /// (its public address behind 1:1 NAT, a DNS name's address).
+        dialled: Option<SocketAddr>,
+        /// Where the receiver's authenticated UDP comes from, as seen here.
+        udp_from: Option<SocketAddr>,
+    },
 }
 
 /// Largest plaintext piece put in one `Fragment` (leaves room for the

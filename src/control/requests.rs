@@ -64,18 +64,52 @@ impl Control {
         }
     }
 
-    /// Where `id` is on the topology's shortest paths.
-    fn path_to(&self, id: PeerId) -> status::Path {
+    /// Where `id` is on the topology's shortest paths, and why not direct.
+    fn path_to(&self, id: PeerId, now: Instant) -> status::Path {
+        let direct = || self.peers.get(id).map(status::Path::direct_to);
         match self.gossip.routes().route(id) {
-            Some(route) if route.next_hop == id => status::Path::Direct,
-            Some(route) => status::Path::Via(
-                self.gossip
+            Some(route) if route.next_hop == id => {
+                direct().unwrap_or(status::Path::Direct { public: false })
+            }
+            Some(route) => status::Path::Via {
+                name: self
+                    .gossip
                     .entry(route.next_hop)
                     .map_or_else(|| route.next_hop.to_string(), |e| e.name.clone()),
-            ),
-            None if self.peers.contains(id) => status::Path::Direct,
-            None => status::Path::Unreachable,
+                reason: self.why_not_direct(id, now),
+            },
+            None => direct().unwrap_or(status::Path::Unreachable),
         }
+    }
+
+    /// Why a router reached through another has no direct path: its link
+    /// is not established (UDP or path MTU), or no dial of its endpoints
+    /// has worked (the last error), or none was tried.
+    fn why_not_direct(&self, id: PeerId, now: Instant) -> String {
+        if self.peers.contains(id) {
+            return match self.heartbeats.status(id, now) {
+                Some(l) if l.udp == super::heartbeat::UdpState::Blocked => "udp blocked".into(),
+                Some(l) if l.pmtu == super::heartbeat::PmtuState::TooSmall => {
+                    "pmtu too small".into()
+                }
+                _ => "udp not verified yet".into(),
+            };
+        }
+        let endpoints = self
+            .gossip
+            .entry(id)
+            .map(|e| e.addresses.clone())
+            .unwrap_or_default();
+        if let Some(error) = endpoints.iter().find_map(|a| self.dial_errors.get(a)) {
+            return format!("dial failed: {error}");
+        }
+        if endpoints
+            .iter()
+            .any(|a| self.dialing.values().any(|d| d == a))
+        {
+            return "dialling".into();
+        }
+        "no direct connection".into()
     }
 
     fn seed_strings(&self) -> Vec<String> {
@@ -109,12 +143,12 @@ impl Control {
                 addresses: e.addresses.clone(),
                 connections: e.connections.len(),
                 reachable: routes.route(e.id).is_some() || self.peers.contains(e.id),
-                path: self.path_to(e.id),
+                path: self.path_to(e.id, now),
             })
             .collect();
         let reachable = self.reachable_peers();
         let links = |id| self.heartbeats.status(id, now);
-        let path_to = |id| self.path_to(id);
+        let path_to = |id| self.path_to(id, now);
         status::report(status::Parts {
             name: &self.config.name,
             id: self.me,

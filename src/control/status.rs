@@ -4,7 +4,7 @@
 //! and the data plane's own status.
 //!
 //! Owns the report's vocabulary (`established|handshaking|connecting|failed`,
-//! `ok|blocked|unverified`, `pmtu too small`, `direct`/`via NAME`) and
+//! `ok|blocked|unverified`, `pmtu too small`, the path kinds) and
 //! nothing else: pure functions, no state.
 
 use super::heartbeat::{LinkStatus, PmtuState, UdpState};
@@ -17,24 +17,47 @@ use crate::id::{PeerId, ShortId};
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 
-/// Where a router is on the topology's shortest paths.
+/// Where a router is on the topology's shortest paths, with the path kinds
+/// of DESIGN.md "Endpoints, NAT and paths" (`punched` comes with hole
+/// punching, issue 16 phase 2).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Path {
-    /// A direct neighbour (by route, or connected while no route exists).
-    Direct,
-    /// Through the neighbour named.
-    Via(String),
+    /// A direct neighbour (by route, or connected while no route exists):
+    /// `public` when its packets reach us from another address than the
+    /// one it listens on (through NAT).
+    Direct {
+        /// Through an address other than its listen address.
+        public: bool,
+    },
+    /// Through the neighbour named, and why not direct.
+    Via {
+        /// The next hop's name.
+        name: String,
+        /// Why there is no direct path.
+        reason: String,
+    },
     /// No path.
     Unreachable,
 }
 
 impl Path {
-    /// `direct`, `via NAME` or `unreachable`.
+    /// `direct (private)`, `direct (public)`, `relayed via NAME (reason)` or
+    /// `unreachable`.
     pub fn label(&self) -> String {
         match self {
-            Self::Direct => "direct".into(),
-            Self::Via(name) => format!("via {name}"),
+            Self::Direct { public: false } => "direct (private)".into(),
+            Self::Direct { public: true } => "direct (public)".into(),
+            Self::Via { name, reason } => format!("relayed via {name} ({reason})"),
             Self::Unreachable => "unreachable".into(),
+        }
+    }
+
+    /// The kind of a direct path to `peer`: private when its UDP (or, before
+    /// any, its connection) comes from the address it listens on.
+    pub fn direct_to(peer: &Peer) -> Self {
+        let seen = peer.endpoint.unwrap_or(peer.remote);
+        Self::Direct {
+            public: seen.ip() != peer.hello.listen.ip(),
         }
     }
 }
@@ -218,7 +241,7 @@ pub fn pending(dial: &Dial, offload: &str) -> ConnectionStatus {
         direction: "outbound".into(),
         rtt_ms: None,
         udp: "unverified".into(),
-        path: "direct".into(),
+        path: "unreachable".into(),
         pmtu: "unverified".into(),
         offload: offload.into(),
         rekeys: 0,
@@ -254,7 +277,7 @@ mod tests {
         let c = connection(
             peers.get(PeerId(2)).unwrap(),
             Some(link(true, UdpState::Ok, PmtuState::Ok)),
-            &Path::Direct,
+            &Path::Direct { public: false },
             "gso",
         );
         assert_eq!(
@@ -262,7 +285,7 @@ mod tests {
             ("established", "ok", "ok")
         );
         assert_eq!(c.direction, "outbound");
-        assert_eq!(c.path, "direct");
+        assert_eq!(c.path, "direct (private)");
         assert_eq!(c.rtt_ms, Some(1.5));
     }
 
@@ -272,7 +295,10 @@ mod tests {
         let c = connection(
             peers.get(PeerId(2)).unwrap(),
             Some(link(false, UdpState::Ok, PmtuState::TooSmall)),
-            &Path::Via("n3".into()),
+            &Path::Via {
+                name: "n3".into(),
+                reason: "pmtu too small".into(),
+            },
             "gso",
         );
         assert_eq!(
@@ -282,7 +308,12 @@ mod tests {
                 c.pmtu.as_str(),
                 c.path.as_str()
             ),
-            ("handshaking", "ok", "pmtu too small", "via n3")
+            (
+                "handshaking",
+                "ok",
+                "pmtu too small",
+                "relayed via n3 (pmtu too small)"
+            )
         );
     }
 
@@ -312,8 +343,13 @@ mod tests {
 
     #[test]
     fn path_labels_are_the_operator_contract_strings() {
-        assert_eq!(Path::Direct.label(), "direct");
-        assert_eq!(Path::Via("n1".into()).label(), "via n1");
+        assert_eq!(Path::Direct { public: false }.label(), "direct (private)");
+        assert_eq!(Path::Direct { public: true }.label(), "direct (public)");
+        let via = Path::Via {
+            name: "n1".into(),
+            reason: "no direct connection".into(),
+        };
+        assert_eq!(via.label(), "relayed via n1 (no direct connection)");
         assert_eq!(Path::Unreachable.label(), "unreachable");
     }
 }

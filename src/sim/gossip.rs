@@ -37,6 +37,9 @@ pub struct SimConfig {
     pub maker: ConnectionMakerConfig,
     /// From connection up to established (the UDP heartbeat).
     pub establish_delay: Duration,
+    /// The share of dials that fail although the target is up (a SYN lost
+    /// in a cold-start burst, issue 16).
+    pub dial_failure: f64,
     /// Check invariants after every step.
     pub check_invariants: bool,
     /// Give up (panic, printing the seed) after this many steps.
@@ -52,6 +55,7 @@ impl Default for SimConfig {
             gossip: GossipConfig::default(),
             maker: ConnectionMakerConfig::default(),
             establish_delay: Duration::from_millis(100),
+            dial_failure: 0.0,
             check_invariants: true,
             max_steps: 50_000_000,
         }
@@ -363,6 +367,11 @@ impl GossipSim {
         self.routers[i].info.id
     }
 
+    /// The number of connections router `i` holds (its connection maker's view).
+    pub fn connections_of(&self, i: usize) -> usize {
+        self.routers[i].maker.connection_count()
+    }
+
     /// Number of live connections.
     pub fn link_count(&self) -> usize {
         self.links.len()
@@ -417,7 +426,8 @@ impl GossipSim {
     fn dial_outcome(&mut self, a: usize, addr: SocketAddr) {
         let now = self.now;
         let target = self.addr_of.get(&addr).copied();
-        let ok = target.filter(|b| {
+        let lost = self.config.dial_failure > 0.0 && self.rng.gen_bool(self.config.dial_failure);
+        let ok = target.filter(|_| !lost).filter(|b| {
             *b != a
                 && self.routers[*b].gossip.is_some()
                 && self.net.can_talk(a, *b)

@@ -18,6 +18,7 @@
 pub mod attack;
 pub mod chaos;
 pub mod fake_kube;
+pub mod nat;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -183,6 +184,37 @@ pub struct Node {
     pub name: String,
 }
 
+/// A veth pair: `here` in namespace `a`, `there` in namespace `b`.
+pub fn veth(a: &Netns, here: &str, b: &Netns, there: &str) {
+    sh(&[
+        "ip", "-n", &a.name, "link", "add", here, "type", "veth", "peer", "name", there, "netns",
+        &b.name,
+    ]);
+}
+
+/// A new namespace copies the host's IPv4 settings; a fresh host has
+/// forwarding off, for every interface and for new ones (`eth0` exists).
+pub fn fresh_host(ns: &Netns) {
+    ns.sysctl("net.ipv4.ip_forward", "0");
+    ns.sysctl("net.ipv4.conf.all.forwarding", "0");
+    ns.sysctl("net.ipv4.conf.default.forwarding", "0");
+    ns.sysctl("net.ipv4.conf.eth0.forwarding", "0");
+}
+
+/// A router's `peers[].path` for `peer` (`direct (private)`, `relayed via
+/// NAME (reason)`, ...), or "" when it does not know it.
+pub fn path_to(r: &Router, peer: &str) -> String {
+    r.status()
+        .and_then(|s| {
+            s["peers"]
+                .as_array()?
+                .iter()
+                .find(|p| p["name"] == peer)
+                .map(|p| p["path"].as_str().unwrap_or("").to_string())
+        })
+        .unwrap_or_default()
+}
+
 /// Nodes on one underlay switch (a bridge in its own namespace).
 pub struct Cluster {
     pub nodes: Vec<Node>,
@@ -203,30 +235,11 @@ impl Cluster {
             let ns = Netns::new(&name);
             let underlay = Ipv4Addr::new(192, 0, 2, 10 + i as u8);
             let port = format!("p{i}");
-            sh(&[
-                "ip",
-                "-n",
-                &switch.name,
-                "link",
-                "add",
-                &port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                &ns.name,
-            ]);
+            veth(&switch, &port, &ns, "eth0");
             switch.ip(&["link", "set", &port, "master", "br0", "up"]);
             ns.ip(&["addr", "add", &format!("{underlay}/24"), "dev", "eth0"]);
             ns.ip(&["link", "set", "eth0", "up"]);
-            // A new namespace copies the host's IPv4 settings; a fresh host
-            // has forwarding off, for every interface and for new ones.
-            ns.sysctl("net.ipv4.ip_forward", "0");
-            ns.sysctl("net.ipv4.conf.all.forwarding", "0");
-            ns.sysctl("net.ipv4.conf.default.forwarding", "0");
-            ns.sysctl("net.ipv4.conf.eth0.forwarding", "0");
+            fresh_host(&ns);
             nodes.push(Node { ns, underlay, name });
         }
         Self {

@@ -1,0 +1,276 @@
+//! `Endpoints`: where this router can be reached, and who answers at the
+//! addresses it dialled (sans-IO; DESIGN.md "Endpoints, NAT and paths",
+//! issue 16).
+//!
+//! Owns:
+//! - the endpoints this router advertises in its topology entry: its listen
+//!   address, the operator's (`--advertise`, Kubernetes ExternalIP), and the
+//!   addresses peers observe its connections and UDP coming from, believed
+//!   only once [`BELIEVED_AFTER`] distinct peers report the same one (a
+//!   single peer cannot make this router advertise anything);
+//! - the addresses that turned out to be this router's own (a peer answered
+//!   by it at an address: its public address behind 1:1 NAT, which it
+//!   cannot dial itself through a gateway without hairpin);
+//! - which router answered each address this router dialled, so a seed or
+//!   an IPAM voter is an identity, whatever address was dialled;
+//! - what it has told each peer about that peer (each report is sent once
+//!   per change, not per heartbeat).
+//!
+//! It does not own the connections, the dials or the topology entry: the
+//! control task feeds it (`handle_report`, `dialled`, `observe_udp`,
+//! `handle_peer_down`) and then drains `poll_event` until `None` (events:
+//! an address learned to be mine, the advertised list changed).
+//!
+//! A report is only ever about its receiver (the sender tells me where *I*
+//! come from), so no router can make a claim about another through it.
+
+use crate::id::PeerId;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+
+/// Distinct peers that must report the same address before it is believed.
+pub const BELIEVED_AFTER: usize = 2;
+
+/// Most endpoints a router advertises (the topology entry's bound).
+pub const MAX_ENDPOINTS: usize = 8;
+
+/// What the control task must act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EndpointEvent {
+    /// A peer reached this router at `addr`: never dial it, count it as
+    /// this router in the seed list.
+    MineLearned(SocketAddr),
+    /// The endpoints to advertise changed (see [`Endpoints::advertised`]).
+    AdvertisedChanged,
+}
+
+/// What one peer last said about this router.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Report {
+    dialled: Option<SocketAddr>,
+    udp_from: Option<SocketAddr>,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct Endpoints {
+    listen: SocketAddr,
+    operator: Vec<SocketAddr>,
+    reports: BTreeMap<PeerId, Report>,
+    mine: BTreeSet<SocketAddr>,
+    answered: HashMap<SocketAddr, PeerId>,
+    told_udp: HashMap<PeerId, SocketAddr>,
+    advertised: Vec<SocketAddr>,
+    events: VecDeque<EndpointEvent>,
+}
+
+impl Endpoints {
+    /// Starts with the listen address and the operator's endpoints.
+    pub fn new(listen: SocketAddr, operator: Vec<SocketAddr>) -> Self {
+        let mut e = Self {
+            listen,
+            operator,
+            reports: BTreeMap::new(),
+            mine: BTreeSet::new(),
+            answered: HashMap::new(),
+            told_udp: HashMap::new(),
+            advertised: Vec::new(),
+            events: VecDeque::new(),
+        };
+        e.advertised = e.compute();
+        e
+    }
+
+    /// `from` tells where it reached me: the address it dialled (it got my
+    /// static key there) and where my authenticated UDP comes from. A
+    /// `None` field keeps what it said before. Unusable addresses
+    /// (unspecified, port 0) are ignored; nothing else changes then.
+    pub fn handle_report(
+        &mut self,
+        from: PeerId,
+        dialled: Option<SocketAddr>,
+        udp_from: Option<SocketAddr>,
+    ) {
+        let usable = |a: &SocketAddr| !a.ip().is_unspecified() && a.port() != 0;
+        let report = self.reports.entry(from).or_default();
+        if let Some(a) = dialled.filter(usable) {
+            report.dialled = Some(a);
+            if a != self.listen && self.mine.insert(a) {
+                tracing::info!(address = %a, "a peer reached this router at an address of its own");
+                self.events.push_back(EndpointEvent::MineLearned(a));
+            }
+        }
+        if let Some(a) = udp_from.filter(usable) {
+            report.udp_from = Some(a);
+        }
+        self.refresh();
+    }
+
+    /// A peer went away: its reports no longer count, and it is told again
+    /// when it returns.
+    pub fn handle_peer_down(&mut self, peer: PeerId) {
+        self.reports.remove(&peer);
+        self.told_udp.remove(&peer);
+        self.refresh();
+    }
+
+    /// I dialled `addr` and `peer` answered (the handshake proved its key).
+    pub fn dialled(&mut self, addr: SocketAddr, peer: PeerId) {
+        self.answered.insert(addr, peer);
+    }
+
+    /// The router that answered my dial to `addr`, if any.
+    pub fn answered_at(&self, addr: SocketAddr) -> Option<PeerId> {
+        self.answered.get(&addr).copied()
+    }
+
+    /// An authenticated packet from `peer` came from `from`: returns true
+    /// when the peer should be told (the first time, or it moved).
+    pub fn observe_udp(&mut self, peer: PeerId, from: SocketAddr) -> bool {
+        self.told_udp.insert(peer, from) != Some(from)
+    }
+
+    /// What to advertise: the listen address, the operator's endpoints,
+    /// then the believed observed ones, at most [`MAX_ENDPOINTS`].
+    pub fn advertised(&self) -> &[SocketAddr] {
+        &self.advertised
+    }
+
+    /// Addresses peers reached me at.
+    pub fn mine(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.mine.iter().copied()
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<EndpointEvent> {
+        self.events.pop_front()
+    }
+
+    fn refresh(&mut self) {
+        let now = self.compute();
+        if now != self.advertised {
+            self.advertised = now;
+            self.events.push_back(EndpointEvent::AdvertisedChanged);
+        }
+    }
+
+    fn compute(&self) -> Vec<SocketAddr> {
+        let mut votes: BTreeMap<SocketAddr, BTreeSet<PeerId>> = BTreeMap::new();
+        for (peer, r) in &self.reports {
+            for a in [r.dialled, r.udp_from].into_iter().flatten() {
+                votes.entry(a).or_default().insert(*peer);
+            }
+        }
+        let mut out = vec![self.listen];
+        let believed = votes
+            .into_iter()
+            .filter(|(_, peers)| peers.len() >= BELIEVED_AFTER)
+            .map(|(a, _)| a);
+        for a in self.operator.iter().copied().chain(believed) {
+            if !out.contains(&a) && out.len() < MAX_ENDPOINTS {
+                out.push(a);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(last: u8, port: u16) -> SocketAddr {
+        SocketAddr::from(([203, 0, 113, last], port))
+    }
+    const LISTEN: SocketAddr = SocketAddr::new(
+        std::net::IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 2)),
+        6783,
+    );
+
+    fn drain(e: &mut Endpoints) -> Vec<EndpointEvent> {
+        std::iter::from_fn(|| e.poll_event()).collect()
+    }
+
+    #[test]
+    fn an_observed_address_from_a_single_peer_changes_nothing_advertised() {
+        let mut e = Endpoints::new(LISTEN, vec![]);
+        e.handle_report(PeerId(1), None, Some(a(11, 6783)));
+        assert_eq!(e.advertised(), &[LISTEN]);
+        assert!(drain(&mut e).is_empty());
+    }
+
+    #[test]
+    fn an_address_two_peers_agree_on_is_advertised_after_the_operators() {
+        let mut e = Endpoints::new(LISTEN, vec![a(99, 443)]);
+        e.handle_report(PeerId(1), None, Some(a(11, 6783)));
+        e.handle_report(PeerId(2), Some(a(11, 6783)), None);
+        assert_eq!(e.advertised(), &[LISTEN, a(99, 443), a(11, 6783)]);
+        assert!(drain(&mut e).contains(&EndpointEvent::AdvertisedChanged));
+    }
+
+    #[test]
+    fn a_symmetric_nat_giving_each_peer_another_port_is_never_believed() {
+        let mut e = Endpoints::new(LISTEN, vec![]);
+        for p in 1..6 {
+            e.handle_report(PeerId(p), None, Some(a(30, 40_000 + u16::from(p as u8))));
+        }
+        assert_eq!(e.advertised(), &[LISTEN]);
+    }
+
+    #[test]
+    fn a_peer_that_dialled_me_at_an_address_makes_it_mine_once() {
+        let mut e = Endpoints::new(LISTEN, vec![]);
+        e.handle_report(PeerId(1), Some(a(11, 6783)), None);
+        e.handle_report(PeerId(2), Some(a(11, 6783)), None);
+        let events = drain(&mut e);
+        let learned: Vec<_> = events
+            .iter()
+            .filter(|ev| matches!(ev, EndpointEvent::MineLearned(_)))
+            .collect();
+        assert_eq!(learned, vec![&EndpointEvent::MineLearned(a(11, 6783))]);
+        assert_eq!(e.mine().collect::<Vec<_>>(), vec![a(11, 6783)]);
+    }
+
+    #[test]
+    fn a_peer_that_leaves_takes_its_vote_with_it() {
+        let mut e = Endpoints::new(LISTEN, vec![]);
+        e.handle_report(PeerId(1), None, Some(a(11, 6783)));
+        e.handle_report(PeerId(2), None, Some(a(11, 6783)));
+        assert_eq!(e.advertised().len(), 2);
+        e.handle_peer_down(PeerId(2));
+        assert_eq!(e.advertised(), &[LISTEN]);
+    }
+
+    #[test]
+    fn one_peer_reporting_many_addresses_counts_once_for_each() {
+        let mut e = Endpoints::new(LISTEN, vec![]);
+        e.handle_report(PeerId(1), Some(a(11, 6783)), Some(a(11, 6783)));
+        assert_eq!(e.advertised(), &[LISTEN]);
+    }
+
+    #[test]
+    fn the_advertised_list_is_bounded() {
+        let ops: Vec<SocketAddr> = (1..20).map(|i| a(i, 6783)).collect();
+        let e = Endpoints::new(LISTEN, ops);
+        assert_eq!(e.advertised().len(), MAX_ENDPOINTS);
+        assert_eq!(e.advertised()[0], LISTEN);
+    }
+
+    #[test]
+    fn a_peer_is_told_its_udp_source_once_per_change() {
+        let mut e = Endpoints::new(LISTEN, vec![]);
+        assert!(e.observe_udp(PeerId(1), a(5, 6783)));
+        assert!(!e.observe_udp(PeerId(1), a(5, 6783)));
+        assert!(e.observe_udp(PeerId(1), a(5, 7000)));
+        e.handle_peer_down(PeerId(1));
+        assert!(e.observe_udp(PeerId(1), a(5, 7000)));
+    }
+
+    #[test]
+    fn the_router_that_answered_a_dial_is_found_by_that_address() {
+        let mut e = Endpoints::new(LISTEN, vec![]);
+        e.dialled(a(12, 6783), PeerId(7));
+        assert_eq!(e.answered_at(a(12, 6783)), Some(PeerId(7)));
+        assert_eq!(e.answered_at(a(13, 6783)), None);
+    }
+}

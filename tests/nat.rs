@@ -1,0 +1,166 @@
+//! Multi-cloud behind NAT (issue 16, phase 1): six routers over four
+//! sites — two behind 1:1 NAT, two behind masquerade, one behind symmetric
+//! NAT, one behind masquerade that drops all unsolicited inbound — every router listening on its private address and given the same
+//! seed list (the public addresses of the two 1:1 routers), default
+//! `--ipalloc-init`. The ring starts, every router reaches every other, the
+//! pairs 1:1 NAT allows are direct (private within a site, public across),
+//! and the rest are relayed with a reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use support::nat::{NatKind, World};
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_weft");
+
+/// The router knows the ring (its genesis).
+fn ring_ready(r: &Router) -> bool {
+    r.status().is_some_and(|s| s["ipam"]["genesis"].is_string())
+}
+
+#[test]
+fn six_routers_over_four_nat_sites_start_the_ring_and_reach_each_other() {
+    if !require_root("six_routers_over_four_nat_sites_start_the_ring_and_reach_each_other") {
+        return;
+    }
+    let world = World::new(&[
+        (NatKind::OneToOne, 2),
+        (NatKind::Masquerade, 2),
+        (NatKind::Symmetric, 1),
+        (NatKind::MasqueradeDropInbound, 1),
+    ]);
+    let seeds: Vec<Ipv4Addr> = world.sites[0].public.clone();
+    let dir = TempDir::new("nat");
+    let mut routers: Vec<Router> = world
+        .nodes()
+        .map(|node| {
+            let mut r = Router::new(Path::new(BIN), node, &dir.path, &seeds, &[]);
+            // The default initialisation: consensus among the seeds.
+            if let Some(i) = r.args.iter().position(|a| a == "--ipalloc-init") {
+                r.args.drain(i..i + 2);
+            }
+            r
+        })
+        .collect();
+    let started = Instant::now();
+    for r in &mut routers {
+        r.start();
+    }
+    let names: Vec<String> = routers.iter().map(|r| r.name.clone()).collect();
+
+    // The ring starts: voters are the routers at the seed addresses, by
+    // identity, although neither can dial its own public address.
+    let ring = wait_until(Duration::from_secs(10), || routers.iter().all(ring_ready));
+    assert!(
+        ring,
+        "the ring did not start within 10 s: {:?}",
+        routers
+            .iter()
+            .map(|r| (r.name.clone(), r.status().map(|s| s["ipam"].clone())))
+            .collect::<Vec<_>>()
+    );
+    eprintln!("ring ready after {:?}", started.elapsed());
+
+    // One pod per node, at its range start + 10.
+    let mut pods = Vec::new();
+    for (i, r) in routers.iter().enumerate() {
+        let node = world.nodes().nth(i).unwrap();
+        let ns = Netns::new(&format!("pod{i}"));
+        let addr = Ipv4Addr::from(u32::from(r.range_start()) + 10);
+        plumb_pod(&node.ns, &ns, &format!("veth{i}"), addr);
+        pods.push(Pod { ns, addr, node: i });
+    }
+
+    // Every router reaches every other.
+    for a in &pods {
+        for b in &pods {
+            if a.node != b.node {
+                assert!(
+                    a.wait_ping(b.addr, Duration::from_secs(20)),
+                    "{} cannot reach {}: paths {:?} / {:?}",
+                    names[a.node],
+                    names[b.node],
+                    path_to(&routers[a.node], &names[b.node]),
+                    path_to(&routers[b.node], &names[a.node]),
+                );
+            }
+        }
+    }
+    eprintln!("full reachability after {:?}", started.elapsed());
+
+    // Paths: direct where 1:1 NAT allows (or the same site), relayed with
+    // a reason where both ends are behind masquerade or symmetric NAT.
+    let n = routers.len();
+    let site_of = |i: usize| match i {
+        0 | 1 => 0,
+        2 | 3 => 1,
+        k => k - 2,
+    };
+    let expected = |a: usize, b: usize| -> &'static str {
+        if site_of(a) == site_of(b) {
+            "direct (private)"
+        } else if site_of(a) == 0 || site_of(b) == 0 {
+            "direct (public)"
+        } else {
+            "relayed via "
+        }
+    };
+    let settled = wait_until(Duration::from_secs(40), || {
+        (0..n).all(|a| {
+            (0..n)
+                .filter(|b| *b != a)
+                .all(|b| path_to(&routers[a], &names[b]).starts_with(expected(a, b)))
+        })
+    });
+    let table: Vec<String> = (0..n)
+        .flat_map(|a| (0..n).filter(move |b| *b != a).map(move |b| (a, b)))
+        .map(|(a, b)| {
+            format!(
+                "{} -> {}: {}",
+                names[a],
+                names[b],
+                path_to(&routers[a], &names[b])
+            )
+        })
+        .collect();
+    eprintln!("{}", table.join("\n"));
+    if !settled {
+        for r in &routers {
+            let c = r.status().map(|s| s["connections"].clone());
+            eprintln!("{}: {}", r.name, c.unwrap_or_default());
+        }
+    }
+    assert!(
+        settled,
+        "paths not as expected after 40 s:\n{}",
+        table.join("\n")
+    );
+    // A relayed path says why.
+    let relayed = path_to(&routers[2], &names[4]);
+    assert!(
+        relayed.ends_with(')') && relayed.contains(" ("),
+        "{relayed}"
+    );
+
+    // Each 1:1 router advertises its public address, learned from peers
+    // (it listens on its private one).
+    let lists = |viewer: &Router, peer: &str, addr: String| {
+        viewer.status().is_some_and(|s| {
+            s["peers"].as_array().is_some_and(|ps| {
+                ps.iter().any(|p| {
+                    p["name"] == peer
+                        && p["addresses"]
+                            .as_array()
+                            .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(addr.as_str())))
+                })
+            })
+        })
+    };
+    let public = &world.sites[0].public;
+    assert!(lists(&routers[2], &names[0], format!("{}:6783", public[0])));
+    assert!(lists(&routers[0], &names[1], format!("{}:6783", public[1])));
+}
