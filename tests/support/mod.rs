@@ -18,6 +18,8 @@
 pub mod attack;
 pub mod chaos;
 pub mod fake_kube;
+pub mod manifest;
+pub mod rootfs;
 
 use std::collections::BTreeMap;
 use std::fs;
