@@ -90,10 +90,15 @@ pub fn render(status: &Status, section: Option<&str>) -> String {
         }
         if section == Some("ipam") {
             for a in &i.allocations {
-                let holder = match (&a.container_id, &a.ifname) {
-                    (Some(c), Some(f)) => format!("{c} {f}"),
-                    _ => String::new(),
+                // The pod first (what an operator looks for), then the
+                // container ID and interface CNI keys it by.
+                let mut holder = match &a.pod {
+                    Some(p) => format!("{}/{} ", p.namespace, p.name),
+                    None => String::new(),
                 };
+                if let (Some(c), Some(f)) = (&a.container_id, &a.ifname) {
+                    holder.push_str(&format!("{c} {f}"));
+                }
                 let _ = writeln!(out, "  {:<16} {:<5} {holder}", a.address, a.kind);
             }
         }

@@ -315,6 +315,7 @@ fn five_routers_under_kills_cuts_and_loss_converge_and_lose_nothing() {
                 let request = Request::Allocate {
                     container_id: container.clone(),
                     ifname: "eth0".into(),
+                    pod: None,
                 };
                 match api_call(&routers[i], &request) {
                     Some(Reply {

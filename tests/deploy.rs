@@ -17,6 +17,7 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use support::manifest::{find, instructions, yaml};
 use support::{TempDir, run_timeout, wait_until, write_secret};
 
 const BIN: &str = env!("CARGO_BIN_EXE_weft");
@@ -69,29 +70,6 @@ fn validate(path: &Path) -> Output {
         120,
     )
     .unwrap()
-}
-
-/// The documents of a YAML file as JSON (PyYAML comes with
-/// kubernetes-validate).
-fn yaml(path: &Path) -> Vec<Value> {
-    let out = run_timeout(
-        Command::new("python3")
-            .args([
-                "-c",
-                "import sys, json, yaml; json.dump([d for d in yaml.safe_load_all(open(sys.argv[1])) if d], sys.stdout)",
-            ])
-            .arg(path),
-        60,
-    )
-    .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
-    docs.iter()
-        .find(|d| d["kind"] == kind)
-        .unwrap_or_else(|| panic!("no {kind}"))
 }
 
 #[test]
@@ -371,28 +349,6 @@ fn the_example_secret_is_refused_by_the_router() {
 
 fn dockerfile() -> String {
     fs::read_to_string(root().join("Dockerfile")).unwrap()
-}
-
-/// The Dockerfile's instructions, continuation lines joined, comments out.
-fn instructions(text: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut current = String::new();
-    for line in text.lines() {
-        let trimmed = line.trim();
-        if trimmed.starts_with('#') || (trimmed.is_empty() && current.is_empty()) {
-            continue;
-        }
-        if let Some(part) = trimmed.strip_suffix('\\') {
-            current.push_str(part);
-            current.push(' ');
-            continue;
-        }
-        current.push_str(trimmed);
-        let (keyword, rest) = current.split_once(' ').unwrap_or((&current, ""));
-        out.push((keyword.to_ascii_uppercase(), rest.trim().to_string()));
-        current.clear();
-    }
-    out
 }
 
 fn bin_name(manifest: &Path) -> String {
@@ -775,47 +731,13 @@ fn the_entrypoint_refuses_bad_settings_in_one_line_and_starts_nothing() {
 // ---- the DaemonSet's environment, end to end ----
 
 /// The container's environment as the kubelet would make it for node
-/// `cp-1` at 192.0.2.10: downward API fields, ConfigMap keys and `$(VAR)`
-/// references resolved in order.
+/// `cp-1` at 192.0.2.10, its arguments and its readiness probe's command.
 fn daemonset_env() -> (Vec<(String, String)>, Vec<String>, Vec<String>) {
-    let ds_docs = yaml(&root().join("deploy/daemonset.yaml"));
-    let container = &find(&ds_docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0];
-    let config_docs = yaml(&root().join("deploy/configmap.yaml"));
-    let data = &find(&config_docs, "ConfigMap")["data"];
-    let mut env: Vec<(String, String)> = Vec::new();
-    for e in container["env"].as_array().unwrap() {
-        let name = e["name"].as_str().unwrap().to_string();
-        let value = if let Some(v) = e["value"].as_str() {
-            let mut v = v.to_string();
-            for (k, earlier) in &env {
-                v = v.replace(&format!("$({k})"), earlier);
-            }
-            v
-        } else if let Some(field) = e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
-            match field {
-                "spec.nodeName" => "cp-1".into(),
-                "status.hostIP" => "192.0.2.10".into(),
-                other => panic!("the test does not know the field {other}"),
-            }
-        } else if let Some(r) = e["valueFrom"].get("configMapKeyRef") {
-            data[r["key"].as_str().unwrap()]
-                .as_str()
-                .unwrap()
-                .to_string()
-        } else {
-            panic!("unknown env source {e}");
-        };
-        env.push((name, value));
-    }
-    let strings = |v: &Value| -> Vec<String> {
-        v.as_array()
-            .map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect())
-            .unwrap_or_default()
-    };
+    let container = support::manifest::pod_spec()["containers"][0].clone();
     (
-        env,
-        strings(&container["args"]),
-        strings(&container["readinessProbe"]["exec"]["command"]),
+        support::manifest::container_env("cp-1", "192.0.2.10"),
+        support::manifest::strings(&container["args"]),
+        support::manifest::strings(&container["readinessProbe"]["exec"]["command"]),
     )
 }
 

@@ -47,6 +47,7 @@ fn allocate(r: &Router, container_id: &str) -> Reply {
         &Request::Allocate {
             container_id: container_id.into(),
             ifname: "eth0".into(),
+            pod: None,
         },
     )
 }
@@ -189,6 +190,7 @@ fn three_routers_started_together_agree_on_one_ring_and_hand_out_distinct_addres
             let request = Request::Allocate {
                 container_id: id.clone(),
                 ifname: "eth0".into(),
+                pod: None,
             };
             match call(&api_path, &request, Duration::from_secs(2)) {
                 Ok(reply) if reply.ok => {
@@ -369,6 +371,7 @@ fn bad_address_requests_are_refused_with_a_clear_error_and_change_nothing() {
         &Request::Allocate {
             container_id: "ok".into(),
             ifname: "eth0/evil".into(),
+            pod: None,
         },
     );
     assert_eq!(reply.error.unwrap().code, ErrorCode::BadRequest);

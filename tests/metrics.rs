@@ -135,6 +135,7 @@ fn metrics_scraped_during_traffic_parse_and_their_counters_move() {
             &weft::api::proto::Request::Allocate {
                 container_id: format!("metrics-{i}"),
                 ifname: "eth0".into(),
+                pod: None,
             },
             Duration::from_secs(5),
         )

@@ -37,6 +37,10 @@ pub enum Request {
         container_id: String,
         /// `CNI_IFNAME`.
         ifname: String,
+        /// The pod, when the runtime named it in `CNI_ARGS` (kubelet
+        /// does): kept with the allocation and shown in `weft status ipam`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pod: Option<PodRef>,
     },
     /// Frees a pod interface's address (CNI DEL): result [`Released`].
     /// Something never allocated answers `not_found`. `address`, when given,
@@ -95,6 +99,21 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+}
+
+/// A Kubernetes pod as kubelet names it to a CNI plugin in `CNI_ARGS`
+/// (`K8S_POD_NAMESPACE`, `K8S_POD_NAME`, `K8S_POD_UID`). The router checks
+/// it (Kubernetes' lengths; letters, digits, `-`, `.`, `_`) and answers
+/// `bad_request` otherwise.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRef {
+    /// `K8S_POD_NAMESPACE`.
+    pub namespace: String,
+    /// `K8S_POD_NAME`.
+    pub name: String,
+    /// `K8S_POD_UID`, when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
 }
 
 /// Result of [`Request::Ready`].
@@ -452,6 +471,9 @@ pub struct AddressHolder {
     /// The pod's interface.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ifname: Option<String>,
+    /// The pod, when the plugin named it (kubelet's `CNI_ARGS`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodRef>,
 }
 
 /// Data-plane summary.

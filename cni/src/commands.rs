@@ -240,6 +240,7 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
         &Request::Allocate {
             container_id: env.container_id.clone(),
             ifname: env.ifname.clone(),
+            pod: env.pod.clone(),
         },
     )?
     .map_err(router_error)?;

@@ -185,6 +185,8 @@ pub struct Env {
     pub netns: Option<PathBuf>,
     /// `CNI_IFNAME`.
     pub ifname: String,
+    /// The pod named in `CNI_ARGS` (kubelet names it), for ADD.
+    pub pod: Option<weft_api::proto::PodRef>,
     /// `WEFT_CNI_FAULT`: the stage at which ADD fails on purpose (tests of
     /// the undo path). Read only with the `fault-injection` feature; always
     /// `None` in the shipped plugin.
@@ -270,6 +272,7 @@ impl Env {
             container_id,
             netns,
             ifname,
+            pod: get("CNI_ARGS").and_then(|args| crate::cni_args::pod(&args)),
             fault: fault(&get),
         })
     }

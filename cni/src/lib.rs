@@ -7,10 +7,11 @@
 //!
 //! A library with a thin binary (`main.rs`) so that every decoder of outside
 //! input — stdin ([`config::NetConf`], [`config::peek_version`]), the
-//! environment ([`config::Env`]), `prevResult` ([`result`]) and the router's
+//! environment ([`config::Env`], [`cni_args`]), `prevResult` ([`result`]) and the router's
 //! replies ([`commands::interpret`], [`commands::plan_for`]) — is reachable
 //! by the fuzz targets (issue "Hostile input": `fuzz/fuzz_targets/cni_*.rs`).
 
+pub mod cni_args;
 pub mod commands;
 pub mod config;
 pub mod error;

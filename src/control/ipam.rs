@@ -7,7 +7,7 @@
 //! messages on the gossip `Ring` channel.
 
 use crate::api::proto::{
-    AddressHolder, Allocation, AllocationList, ErrorCode, IpamStatus, Left, OwnerRange,
+    AddressHolder, Allocation, AllocationList, ErrorCode, IpamStatus, Left, OwnerRange, PodRef,
     RangeStatus, Readiness, Reclaimed, Released, Reply, Request,
 };
 use crate::cidr::Ipv4Cidr;
@@ -15,7 +15,7 @@ use crate::config::IpallocInit;
 use crate::id::PeerId;
 use crate::ipam::{
     Alarm, AllocError, AllocKey, Allocator, Config, Destination, Event, FileStore, InUse, Init,
-    IpamError, Phase,
+    IpamError, Phase, PodName,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -398,9 +398,12 @@ impl IpamDriver {
             Request::Allocate {
                 container_id,
                 ifname,
+                pod,
             } => (
                 "allocate",
-                match self.alloc.allocate(container_id, ifname, now) {
+                match pod_name(pod.as_ref())
+                    .and_then(|pod| self.alloc.allocate_pod(container_id, ifname, pod, now))
+                {
                     Ok(addr) => self.allocation_reply(container_id, ifname, addr, mtu),
                     Err(e) => alloc_error(&e),
                 },
@@ -661,6 +664,7 @@ impl IpamDriver {
             .allocations()
             .into_iter()
             .map(|(key, addr)| {
+                let pod = self.alloc.pod_name(&key).map(pod_ref);
                 let (kind, container_id, ifname) = match key {
                     AllocKey::Node => ("node", None, None),
                     AllocKey::Pod {
@@ -674,6 +678,7 @@ impl IpamDriver {
                     kind: kind.into(),
                     container_id,
                     ifname,
+                    pod,
                 }
             })
             .collect();
@@ -733,4 +738,20 @@ fn alloc_error(error: &AllocError) -> Reply {
         AllocError::Persist(_) => ErrorCode::Internal,
     };
     Reply::err(code, error.to_string())
+}
+
+/// The allocator's checked pod name from the API's (an invalid one is a
+/// `bad_request`: nothing is allocated).
+fn pod_name(pod: Option<&PodRef>) -> Result<Option<PodName>, AllocError> {
+    pod.map(|p| PodName::new(&p.namespace, &p.name, p.uid.as_deref()))
+        .transpose()
+        .map_err(AllocError::from)
+}
+
+fn pod_ref(pod: &PodName) -> PodRef {
+    PodRef {
+        namespace: pod.namespace.clone(),
+        name: pod.name.clone(),
+        uid: pod.uid.clone(),
+    }
 }

@@ -32,5 +32,5 @@ pub use allocator::{
 pub use error::{AllocError, IpamError};
 pub use range::AddrRange;
 pub use ring::{GenesisId, Ring};
-pub use space::AllocKey;
+pub use space::{AllocKey, PodName};
 pub use store::{FileStore, MemStore, Store};

@@ -32,6 +32,45 @@ impl AllocKey {
     }
 }
 
+/// The Kubernetes pod behind a pod allocation, as kubelet names it in
+/// `CNI_ARGS` (`K8S_POD_NAMESPACE`, `K8S_POD_NAME`, `K8S_POD_UID`): a label
+/// on the allocation, shown by `weft status ipam` and needed by
+/// NetworkPolicy, never part of its key (a CNI retry is matched by container
+/// ID and interface alone).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodName {
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name.
+    pub name: String,
+    /// The pod's UID, when the runtime passed it.
+    pub uid: Option<String>,
+}
+
+impl PodName {
+    /// A pod name, checked against what Kubernetes allows (namespace: a
+    /// DNS label, at most 63; name: a DNS subdomain, at most 253; UID: at
+    /// most 64 characters), leniently as to case and `_`: bounded and
+    /// printable is what matters to the state file and the status output.
+    pub fn new(namespace: &str, name: &str, uid: Option<&str>) -> Result<Self, KeyError> {
+        let ok = |s: &str, max: usize| {
+            !s.is_empty()
+                && s.len() <= max
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        };
+        if !ok(namespace, 63) || !ok(name, 253) || !uid.is_none_or(|u| ok(u, 64)) {
+            let shown: String = format!("{namespace}/{name}").chars().take(80).collect();
+            return Err(KeyError::PodName(shown));
+        }
+        Ok(Self {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            uid: uid.map(str::to_string),
+        })
+    }
+}
+
 /// A malformed CNI key. Nothing was changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
@@ -43,6 +82,12 @@ pub enum KeyError {
     /// Linux: an interface name is 1 to 15 bytes without '/', ':' or whitespace, and not `.` or `..`.
     #[error("invalid interface name {0:?}: must be 1 to 15 characters without '/', ':' or spaces")]
     IfName(String),
+    /// Kubernetes: a namespace is 1 to 63, a pod name 1 to 253, a UID 1 to
+    /// 64 characters of letters, digits, '-', '.' or '_'.
+    #[error(
+        "invalid pod name {0:?} in CNI_ARGS: namespace, name and UID must be letters, digits, '-', '.' or '_' (at most 63, 253 and 64 characters)"
+    )]
+    PodName(String),
 }
 
 /// Checks a CNI container ID and interface name.
@@ -75,6 +120,9 @@ pub fn validate_pod_key(container_id: &str, ifname: &str) -> Result<(), KeyError
 pub struct Allocations {
     by_key: BTreeMap<AllocKey, u128>,
     by_offset: BTreeMap<u128, AllocKey>,
+    /// The pod behind a pod key, when the plugin named it; dropped with
+    /// the key.
+    pods: BTreeMap<AllocKey, PodName>,
     cursor: u128,
 }
 
@@ -132,17 +180,39 @@ impl Allocations {
         true
     }
 
-    /// Forgets `key`; returns its offset.
+    /// Forgets `key` (and its pod name); returns its offset.
     pub fn remove(&mut self, key: &AllocKey) -> Option<u128> {
         let offset = self.by_key.remove(key)?;
         self.by_offset.remove(&offset);
+        self.pods.remove(key);
         Some(offset)
+    }
+
+    /// Names the pod behind `key`; false (no change) if `key` holds nothing
+    /// or is not a pod key.
+    pub fn name_pod(&mut self, key: &AllocKey, pod: PodName) -> bool {
+        if !matches!(key, AllocKey::Pod { .. }) || !self.by_key.contains_key(key) {
+            return false;
+        }
+        self.pods.insert(key.clone(), pod);
+        true
+    }
+
+    /// The pod behind `key`, when it was named.
+    pub fn pod(&self, key: &AllocKey) -> Option<&PodName> {
+        self.pods.get(key)
+    }
+
+    /// Every named pod, by key.
+    pub fn pod_names(&self) -> impl Iterator<Item = (&AllocKey, &PodName)> {
+        self.pods.iter()
     }
 
     /// Forgets every key but kernel holds.
     pub fn clear_all_but_holds(&mut self) {
         self.by_key.retain(|k, _| matches!(k, AllocKey::Held(_)));
         self.by_offset.retain(|_, k| matches!(k, AllocKey::Held(_)));
+        self.pods.clear();
     }
 
     /// Number of held offsets inside `lo..=hi`.

@@ -7,9 +7,15 @@
 //! starts with a format number (DESIGN.md "Wire rules": the state-dir format
 //! is versioned too). Two records rather than one so that an allocation
 //! rewrites only the small table, not the ring.
+//!
+//! Fields are only ever appended to a record, and an appended field does
+//! not change [`STATE_FORMAT`]: an older weft reads the fields it knows and
+//! ignores the rest (so a node can be rolled back), and this one reads a
+//! record that ends before a field was added as having it empty. The format
+//! number changes only for a change an older weft must refuse.
 
 use super::ring::RingWire;
-use super::space::AllocKey;
+use super::space::{AllocKey, PodName};
 use crate::id::PeerId;
 use serde::{Deserialize, Serialize};
 use std::io;
@@ -64,6 +70,19 @@ pub struct PersistedAllocations {
     pub me: PeerId,
     /// Who holds which offset.
     pub allocations: Vec<(AllocKey, u128)>,
+    /// Appended (issue 17): the pods behind pod keys, as kubelet named
+    /// them. Empty in a record written before it was added.
+    pub pods: Vec<(AllocKey, PodName)>,
+}
+
+/// The allocation record's fields as format 1 first had them: what every
+/// record starts with. [`PersistedAllocations::decode`] reads this, then
+/// each appended field from whatever follows.
+#[derive(Deserialize)]
+struct AllocationsHead {
+    format: u16,
+    me: PeerId,
+    allocations: Vec<(AllocKey, u128)>,
 }
 
 /// A state record that cannot be used.
@@ -134,11 +153,27 @@ impl PersistedAllocations {
         encode_record(ALLOC_MAGIC, self)
     }
 
-    /// Decodes and checks the format and the owner ID.
+    /// Decodes and checks the format and the owner ID. A record written
+    /// before `pods` was appended has none.
     pub fn decode(bytes: &[u8], me: PeerId) -> Result<Self, StateError> {
-        let record: Self = decode_record(ALLOC_MAGIC, bytes)?;
-        check(record.format, me, record.me)?;
-        Ok(record)
+        let body = bytes
+            .strip_prefix(ALLOC_MAGIC.as_slice())
+            .ok_or(StateError::Magic)?;
+        let corrupt = |e: &dyn std::fmt::Display| StateError::Corrupt(e.to_string());
+        let (head, read): (AllocationsHead, usize) =
+            bincode::serde::decode_from_slice(body, crate::wire::config())
+                .map_err(|e| corrupt(&e))?;
+        check(head.format, me, head.me)?;
+        let pods = match body.get(read..) {
+            Some(rest) if !rest.is_empty() => crate::wire::decode(rest).map_err(|e| corrupt(&e))?,
+            _ => Vec::new(),
+        };
+        Ok(Self {
+            format: head.format,
+            me: head.me,
+            allocations: head.allocations,
+            pods,
+        })
     }
 }
 
@@ -243,6 +278,7 @@ mod tests {
             format: STATE_FORMAT,
             me: PeerId(1),
             allocations: vec![],
+            pods: vec![],
         };
         let bytes = rec.encode();
         assert!(PersistedAllocations::decode(&bytes, PeerId(1)).is_ok());
@@ -261,6 +297,73 @@ mod tests {
         assert!(matches!(
             PersistedAllocations::decode(b"junk", PeerId(1)),
             Err(StateError::Magic)
+        ));
+    }
+
+    /// An allocation record as weft wrote it before pod names were
+    /// appended (produced by that version: the node, a pod `c0ffee/eth0`
+    /// at offset 5 and a kernel hold at 9, router 0x0123456789abcdef).
+    const FORMAT_1_WITHOUT_PODS: &str =
+        "5746414c01fdefcdab89674523010300010106633066666565046574683005020909";
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn an_allocation_record_from_before_pod_names_still_loads_with_none() {
+        let me = PeerId(0x0123_4567_89ab_cdef);
+        let old = PersistedAllocations::decode(&unhex(FORMAT_1_WITHOUT_PODS), me).unwrap();
+        assert_eq!(old.format, 1);
+        assert_eq!(
+            old.allocations,
+            vec![
+                (AllocKey::Node, 1),
+                (AllocKey::pod("c0ffee", "eth0").unwrap(), 5),
+                (AllocKey::Held(9), 9),
+            ]
+        );
+        assert!(old.pods.is_empty());
+    }
+
+    #[test]
+    fn pod_names_round_trip_and_an_older_reader_sees_the_old_fields() {
+        let me = PeerId(0x0123_4567_89ab_cdef);
+        let old = PersistedAllocations::decode(&unhex(FORMAT_1_WITHOUT_PODS), me).unwrap();
+        let key = AllocKey::pod("c0ffee", "eth0").unwrap();
+        let pod = PodName::new("default", "web-0", Some("0b6e-41")).unwrap();
+        let new = PersistedAllocations {
+            pods: vec![(key, pod)],
+            ..old.clone()
+        };
+        let bytes = new.encode();
+        let back = PersistedAllocations::decode(&bytes, me).unwrap();
+        assert_eq!(back.pods, new.pods);
+        assert_eq!(back.allocations, old.allocations);
+        // What an older weft reads: the same head, the appended bytes ignored.
+        let head: AllocationsHead = decode_record(ALLOC_MAGIC, &bytes).unwrap();
+        assert_eq!((head.format, head.allocations), (1, old.allocations));
+    }
+
+    #[test]
+    fn a_truncated_pod_list_is_corrupt_not_empty() {
+        let me = PeerId(7);
+        let rec = PersistedAllocations {
+            format: STATE_FORMAT,
+            me,
+            allocations: vec![(AllocKey::pod("a", "eth0").unwrap(), 3)],
+            pods: vec![(
+                AllocKey::pod("a", "eth0").unwrap(),
+                PodName::new("ns", "p", None).unwrap(),
+            )],
+        };
+        let bytes = rec.encode();
+        assert!(matches!(
+            PersistedAllocations::decode(&bytes[..bytes.len() - 1], me),
+            Err(StateError::Corrupt(_))
         ));
     }
 }

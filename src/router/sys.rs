@@ -52,7 +52,8 @@ pub(crate) fn open_tun_queue(name: &str, multi_queue: bool, vnet_hdr: bool) -> i
     let file = OpenOptions::new()
         .read(true)
         .write(true)
-        .open("/dev/net/tun")?;
+        .open("/dev/net/tun")
+        .map_err(tun_open_error)?;
     let mut req = IfReqFlags {
         name: [0; IFNAMSIZ],
         flags: IFF_TUN | IFF_NO_PI,
@@ -74,6 +75,25 @@ pub(crate) fn open_tun_queue(name: &str, multi_queue: bool, vnet_hdr: bool) -> i
     }
     set_nonblocking(file.as_raw_fd())?;
     Ok(file)
+}
+
+/// Says what to do when `/dev/net/tun` cannot be opened: in a container
+/// both causes are the runtime's, not the file's mode. EPERM comes from the
+/// device cgroup: runc 1.2.0 to 1.2.3 left tun out of every container's
+/// default device list (restored in 1.2.4); no volume or mknod gets past
+/// it (deploy/README.md, "/dev/net/tun").
+fn tun_open_error(e: io::Error) -> io::Error {
+    let hint = match e.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => {
+            "the container's device cgroup refuses it: runc 1.2.0 to 1.2.3 do not allow tun by default; \
+             upgrade runc to 1.2.4 or later, or see deploy/README.md \"/dev/net/tun\""
+        }
+        Some(libc::ENOENT) => {
+            "mount the host's /dev/net/tun (the DaemonSet's dev-net-tun volume) and load the tun module"
+        }
+        _ => return e,
+    };
+    io::Error::new(e.kind(), format!("cannot open /dev/net/tun ({e}): {hint}"))
 }
 
 /// Marks the TUN device persistent, so that a router restart keeps `weft0`
@@ -616,4 +636,29 @@ pub(crate) fn set_txqueuelen(name: &str, qlen: i32) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tun_device_the_cgroup_refuses_says_which_runc_and_what_to_do() {
+        let e = tun_open_error(io::Error::from_raw_os_error(libc::EPERM));
+        let said = e.to_string();
+        assert!(
+            said.contains("device cgroup") && said.contains("1.2.4"),
+            "{said}"
+        );
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        let missing = tun_open_error(io::Error::from_raw_os_error(libc::ENOENT)).to_string();
+        assert!(missing.contains("dev-net-tun"), "{missing}");
+    }
+
+    #[test]
+    fn other_tun_errors_keep_their_os_code() {
+        // open_queues falls back to one queue on EINVAL: the code must survive.
+        let e = tun_open_error(io::Error::from_raw_os_error(libc::EINVAL));
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+    }
 }

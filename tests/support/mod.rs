@@ -18,7 +18,9 @@
 pub mod attack;
 pub mod chaos;
 pub mod fake_kube;
+pub mod manifest;
 pub mod nat;
+pub mod rootfs;
 
 use std::collections::BTreeMap;
 use std::fs;

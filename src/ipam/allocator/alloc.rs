@@ -5,7 +5,7 @@
 
 use super::{Allocator, Phase, subtract};
 use crate::ipam::error::AllocError;
-use crate::ipam::space::AllocKey;
+use crate::ipam::space::{AllocKey, PodName};
 use crate::ipam::store::Store;
 use std::net::IpAddr;
 use std::time::Instant;
@@ -20,13 +20,31 @@ impl<S: Store> Allocator<S> {
         ifname: &str,
         now: Instant,
     ) -> Result<IpAddr, AllocError> {
+        self.allocate_pod(container_id, ifname, None, now)
+    }
+
+    /// [`allocate`](Self::allocate), naming the pod behind the interface
+    /// (kubelet's `CNI_ARGS`); the name is persisted with the allocation.
+    /// A retry returns the same address and keeps the name first given.
+    pub fn allocate_pod(
+        &mut self,
+        container_id: &str,
+        ifname: &str,
+        pod: Option<PodName>,
+        now: Instant,
+    ) -> Result<IpAddr, AllocError> {
         let key = AllocKey::pod(container_id, ifname)?;
-        self.allocate_key(key, now)
+        self.allocate_key(key, pod, now)
     }
 
     /// The router's own address (the /32 on `weft0`), from the same ranges.
     pub fn allocate_node(&mut self, now: Instant) -> Result<IpAddr, AllocError> {
-        self.allocate_key(AllocKey::Node, now)
+        self.allocate_key(AllocKey::Node, None, now)
+    }
+
+    /// The pod behind a pod allocation, when the plugin named it.
+    pub fn pod_name(&self, key: &AllocKey) -> Option<&PodName> {
+        self.allocs.pod(key)
     }
 
     /// Releases a pod's address (CNI DEL). Something never allocated is an
@@ -91,6 +109,7 @@ impl<S: Store> Allocator<S> {
     pub(super) fn allocate_key(
         &mut self,
         key: AllocKey,
+        pod: Option<PodName>,
         now: Instant,
     ) -> Result<IpAddr, AllocError> {
         if let Some(offset) = self.allocs.get(&key) {
@@ -115,6 +134,9 @@ impl<S: Store> Allocator<S> {
         match self.allocs.find_free(&ranges, |o| range.is_reserved(o)) {
             Some(offset) => {
                 self.allocs.insert(key.clone(), offset);
+                if let Some(pod) = pod {
+                    self.allocs.name_pod(&key, pod);
+                }
                 if let Err(e) = self.persist_allocations() {
                     self.allocs.remove(&key);
                     return Err(AllocError::Persist(e));
@@ -155,5 +177,87 @@ impl<S: Store> Allocator<S> {
                 (hi - lo + 1).saturating_sub(reserved + self.allocs.count_in(lo, hi))
             })
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::id::PeerId;
+    use crate::ipam::store::MemStore;
+    use crate::ipam::{AddrRange, Config, Init};
+
+    fn lone_router(store: MemStore, now: Instant) -> Allocator<MemStore> {
+        let range = AddrRange::parse("10.32.0.0/16").unwrap();
+        let cfg = Config::new(PeerId(1), range, Init::Seed([PeerId(1)].into()));
+        Allocator::new(cfg, store, &[], now).unwrap()
+    }
+
+    fn web0() -> PodName {
+        PodName::new("default", "web-0", Some("0b6e1c2d-41aa")).unwrap()
+    }
+
+    #[test]
+    fn a_pods_name_is_kept_with_its_allocation_across_a_restart() {
+        let now = Instant::now();
+        let mut a = lone_router(MemStore::default(), now);
+        let addr = a.allocate_pod("c1", "eth0", Some(web0()), now).unwrap();
+        let key = AllocKey::pod("c1", "eth0").unwrap();
+        assert_eq!(a.pod_name(&key), Some(&web0()));
+        let back = lone_router(a.into_store(), now);
+        assert_eq!(back.lookup("c1", "eth0"), Some(addr));
+        assert_eq!(back.pod_name(&key), Some(&web0()));
+    }
+
+    #[test]
+    fn a_retry_keeps_the_first_name_and_a_release_forgets_it() {
+        let now = Instant::now();
+        let mut a = lone_router(MemStore::default(), now);
+        let key = AllocKey::pod("c1", "eth0").unwrap();
+        let addr = a.allocate_pod("c1", "eth0", Some(web0()), now).unwrap();
+        let other = PodName::new("default", "other", None).unwrap();
+        assert_eq!(
+            a.allocate_pod("c1", "eth0", Some(other), now).unwrap(),
+            addr
+        );
+        assert_eq!(a.pod_name(&key), Some(&web0()));
+        a.release("c1", "eth0", now).unwrap();
+        assert_eq!(a.pod_name(&key), None);
+        // The next holder of the same key starts without the old name.
+        a.allocate("c1", "eth0", now).unwrap();
+        assert_eq!(a.pod_name(&key), None);
+        let back = lone_router(a.into_store(), now);
+        assert_eq!(back.pod_name(&key), None);
+    }
+
+    #[test]
+    fn a_failed_persist_keeps_no_name() {
+        let now = Instant::now();
+        let mut a = lone_router(MemStore::default(), now);
+        let mut store = a.into_store();
+        store.fail = true;
+        a = lone_router(store, now);
+        assert!(a.allocate_pod("c1", "eth0", Some(web0()), now).is_err());
+        assert_eq!(a.pod_name(&AllocKey::pod("c1", "eth0").unwrap()), None);
+    }
+
+    #[test]
+    fn pod_names_kubernetes_would_refuse_are_refused() {
+        for (ns, name, uid) in [
+            ("", "web", None),
+            ("ns", "", None),
+            ("ns", "a/b", None),
+            ("ns", "web", Some("x y")),
+            ("ns\n", "web", None),
+        ] {
+            assert!(
+                PodName::new(ns, name, uid).is_err(),
+                "{ns:?} {name:?} {uid:?}"
+            );
+        }
+        assert!(PodName::new(&"n".repeat(64), "web", None).is_err());
+        assert!(PodName::new("ns", &"n".repeat(254), None).is_err());
+        assert!(PodName::new(&"n".repeat(63), &"n".repeat(253), Some("0b6e-41")).is_ok());
     }
 }

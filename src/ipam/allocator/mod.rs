@@ -209,7 +209,12 @@ impl<S: Store> Allocator<S> {
         }
         let allocs = match stored.allocations {
             Some(bytes) => {
-                Allocations::from_pairs(PersistedAllocations::decode(&bytes, cfg.me)?.allocations)
+                let record = PersistedAllocations::decode(&bytes, cfg.me)?;
+                let mut table = Allocations::from_pairs(record.allocations);
+                for (key, pod) in record.pods {
+                    table.name_pod(&key, pod);
+                }
+                table
             }
             None => Allocations::default(),
         };

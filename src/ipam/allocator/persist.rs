@@ -24,6 +24,11 @@ impl<S: Store> Allocator<S> {
             format: STATE_FORMAT,
             me: self.cfg.me,
             allocations: self.allocs.pairs().map(|(k, o)| (k.clone(), o)).collect(),
+            pods: self
+                .allocs
+                .pod_names()
+                .map(|(k, p)| (k.clone(), p.clone()))
+                .collect(),
         };
         self.store.save_allocations(&record.encode())
     }

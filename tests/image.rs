@@ -1,0 +1,650 @@
+//! The image as Kubernetes runs it (issue 17, "What the tests must show"):
+//! the Dockerfile's runtime stage rebuilt as a root filesystem (debootstrap
+//! of its Debian base with its packages, slimmed as the `-slim` image is,
+//! cached outside the repo under a key of the Dockerfile's hash; the
+//! binaries from scripts/build-dist.sh; the entrypoint), run with runc on
+//! three netns nodes as the kubelet would run the DaemonSet's pod: only the
+//! capabilities it lists, no-new-privs, read-only root, read-only `/sys`
+//! and `/proc/sys`, its own PID namespace, the node's network namespace
+//! (hostNetwork), the volumes where it mounts them, the ConfigMap's and a
+//! Secret's environment — all read from deploy/, so that the manifest and
+//! this test cannot drift.
+//!
+//! Checked: the plugin and conflist land on each node; the routers mesh
+//! with the shipped ConfigMap unedited; the DaemonSet's readiness probe
+//! (`runc exec`, as the kubelet's exec probe) fails until the ring can
+//! allocate and passes after; pods plugged in by the installed plugin with
+//! the installed conflist reach each other across nodes with forwarding
+//! initially off, and `weft status ipam` names them; SIGTERM stops a
+//! router in well under the grace period and a restarted container keeps
+//! the pods reachable; the image and the binaries are under their size
+//! goals (printed).
+//!
+//! Differences from a kubelet, on purpose: the in-cluster API server is a
+//! fake on n0 over plain http (`WEFT_KUBE_API`, as tests/deploy.rs does;
+//! the kubelet would inject `KUBERNETES_SERVICE_HOST` and a token), and the
+//! chain's second plugin (portmap) is not run, there being no hostPort.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::needless_range_loop)]
+
+mod support;
+
+use serde_json::{Value, json};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use support::cni::output_text as text;
+use support::manifest::{self, instructions};
+use support::rootfs;
+use support::*;
+
+const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// What the Dockerfile's runtime stage is made of.
+struct RuntimeStage {
+    /// Debian suite of its `FROM debian:SUITE-slim`.
+    suite: String,
+    /// What it `apt-get install`s.
+    packages: Vec<String>,
+    /// The ENTRYPOINT.
+    entrypoint: String,
+}
+
+fn runtime_stage() -> RuntimeStage {
+    let text = fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    let all = instructions(&text);
+    let start = all
+        .iter()
+        .position(|(k, v)| k == "FROM" && v.ends_with(" AS runtime"))
+        .expect("a runtime stage");
+    let stage = &all[start..];
+    let base = stage[0].1.split_whitespace().next().unwrap();
+    let suite = base
+        .strip_prefix("debian:")
+        .and_then(|s| s.strip_suffix("-slim"))
+        .unwrap_or_else(|| panic!("the test builds debian:SUITE-slim bases only, not {base}"))
+        .to_string();
+    let install = stage
+        .iter()
+        .find(|(k, v)| k == "RUN" && v.contains("apt-get install"))
+        .expect("an apt-get install");
+    let after = install.1.split("apt-get install").nth(1).unwrap();
+    let packages = after
+        .split("&&")
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .filter(|w| !w.starts_with('-'))
+        .map(str::to_string)
+        .collect();
+    let entrypoint = stage
+        .iter()
+        .find(|(k, _)| k == "ENTRYPOINT")
+        .map(|(_, v)| serde_json::from_str::<Vec<String>>(v).unwrap()[0].clone())
+        .expect("an ENTRYPOINT");
+    // The files the stage copies in, where the test puts them.
+    let copies: Vec<&String> = stage
+        .iter()
+        .filter(|(k, _)| k == "COPY")
+        .map(|(_, v)| v)
+        .collect();
+    assert!(
+        copies
+            .iter()
+            .any(|c| c.contains("/out/weft /out/weft-cni /usr/local/bin/")),
+        "{copies:?}"
+    );
+    assert!(
+        copies
+            .iter()
+            .any(|c| c.ends_with(&format!("docker/entrypoint.sh {entrypoint}"))),
+        "{copies:?}"
+    );
+    RuntimeStage {
+        suite,
+        packages,
+        entrypoint,
+    }
+}
+
+/// The cache key: what the root filesystem is built from.
+fn rootfs_key() -> String {
+    let out = run_timeout(
+        Command::new("sh").arg("-c").arg(format!(
+            "cat '{}/Dockerfile' '{}/scripts/build-rootfs.sh' | sha256sum",
+            repo().display(),
+            repo().display()
+        )),
+        10,
+    )
+    .unwrap();
+    String::from_utf8_lossy(&out.stdout)[..16].to_string()
+}
+
+/// Bytes of `tar c DIRS | gzip -6`, as a registry stores a layer.
+fn gzipped_size(dirs: &[(&Path, &str)]) -> u64 {
+    let mut script = String::from("{ ");
+    for (dir, what) in dirs {
+        script.push_str(&format!("tar -C '{}' -cf - {what}; ", dir.display()));
+    }
+    script.push_str("} | gzip -6 | wc -c");
+    let out = run_timeout(Command::new("sh").arg("-c").arg(script), 300).unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// A "kubelet" for one node: the node's host directories, the container's
+/// bundle, and runc.
+struct PodRunner {
+    id: String,
+    node_ns: String,
+    /// runc's state directory (its `--root`).
+    state: PathBuf,
+    bundle: PathBuf,
+    /// The node's host file system: `opt/cni/bin`, `etc/cni/net.d`,
+    /// `var/lib/weft`, `run/weft`.
+    host: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl PodRunner {
+    fn runc(&self) -> Command {
+        let mut cmd = Command::new("runc");
+        cmd.arg("--root").arg(&self.state);
+        cmd
+    }
+
+    /// Starts the container (`runc run`, in the node's network namespace
+    /// only: DESIGN.md "Test hosts").
+    fn start(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.node_ns))
+            .arg("runc")
+            .arg("--root")
+            .arg(&self.state)
+            .args(["run", "--bundle"])
+            .arg(&self.bundle)
+            .arg(&self.id)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        self.child = Some(cmd.spawn().expect("runc run"));
+    }
+
+    /// The kubelet's exec probe: `runc exec` of `argv`.
+    fn exec(&self, argv: &[String]) -> Output {
+        run_timeout(self.runc().arg("exec").arg(&self.id).args(argv), 10).unwrap()
+    }
+
+    /// SIGTERM to the container's PID 1, as the kubelet stops a pod; how
+    /// long until it exited, if within `grace`.
+    fn stop(&mut self, grace: Duration) -> Option<Duration> {
+        let started = Instant::now();
+        let out = run_timeout(self.runc().args(["kill", &self.id, "TERM"]), 10).unwrap();
+        assert!(out.status.success(), "runc kill: {}", text(&out));
+        let child = self.child.as_mut()?;
+        while started.elapsed() < grace {
+            if child.try_wait().unwrap().is_some() {
+                self.child = None;
+                let _ = run_timeout(self.runc().args(["delete", "--force", &self.id]), 10);
+                return Some(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    fn said(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The router's status over the socket in the node's `/run/weft`.
+    fn status(&self) -> Option<Value> {
+        let out = run_timeout(
+            Command::new(WEFT)
+                .args(["status", "--json", "--api"])
+                .arg(self.host.join("run/weft/weft.sock")),
+            10,
+        )
+        .ok()?;
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())
+            .flatten()
+    }
+}
+
+impl Drop for PodRunner {
+    fn drop(&mut self) {
+        let _ = run_timeout(self.runc().args(["kill", &self.id, "KILL"]), 10);
+        if let Some(mut child) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = run_timeout(self.runc().args(["delete", "--force", &self.id]), 10);
+        if std::thread::panicking() {
+            eprintln!("---- {} ----\n{}", self.id, self.said());
+        }
+    }
+}
+
+/// The OCI runtime config the kubelet (through containerd) would give the
+/// DaemonSet's container on a node, from deploy/daemonset.yaml.
+fn oci_config(
+    spec: &Value,
+    env: &[(String, String)],
+    argv: &[String],
+    rootfs: &Path,
+    image_bin: &Path,
+    volumes: &[(String, PathBuf)],
+    cgroup: &str,
+) -> Value {
+    let container = &spec["containers"][0];
+    assert_eq!(spec["hostNetwork"], true, "the test runs a hostNetwork pod");
+    let sc = &container["securityContext"];
+    assert_eq!(sc["privileged"], false);
+    assert_eq!(
+        manifest::strings(&sc["capabilities"]["drop"]),
+        ["ALL"],
+        "the test gives exactly the capabilities added"
+    );
+    let caps: Vec<String> = manifest::strings(&sc["capabilities"]["add"])
+        .iter()
+        .map(|c| format!("CAP_{c}"))
+        .collect();
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        // Not privileged: containerd mounts sysfs read-only.
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        // The image's COPY into /usr/local/bin (an empty directory in the
+        // base): the binaries and the entrypoint, read-only.
+        json!({"destination": "/usr/local/bin", "type": "bind", "source": image_bin, "options": ["rbind", "ro"]}),
+    ];
+    let by_name = |name: &str| -> Option<&PathBuf> {
+        volumes.iter().find(|(n, _)| n == name).map(|(_, p)| p)
+    };
+    for m in container["volumeMounts"].as_array().unwrap() {
+        let name = m["name"].as_str().unwrap();
+        let volume = spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap();
+        let dest = m["mountPath"].as_str().unwrap();
+        let ro = m["readOnly"] == true;
+        let mount = if volume["emptyDir"]["medium"] == "Memory" {
+            let size = volume["emptyDir"]["sizeLimit"].as_str().unwrap_or("16Mi");
+            let size = size.replace("Mi", "m");
+            json!({"destination": dest, "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", format!("size={size}")]})
+        } else {
+            let source = if volume["hostPath"]["path"] == "/dev/net/tun" {
+                assert_eq!(volume["hostPath"]["type"], "CharDevice");
+                PathBuf::from("/dev/net/tun")
+            } else {
+                by_name(name)
+                    .unwrap_or_else(|| panic!("the test has no host directory for volume {name}"))
+                    .clone()
+            };
+            let mut options = vec!["rbind", "rprivate"];
+            if ro {
+                options.push("ro");
+            }
+            json!({"destination": dest, "type": "bind", "source": source, "options": options})
+        };
+        mounts.push(mount);
+    }
+    let mut env_list =
+        vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()];
+    env_list.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+    json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": argv,
+            "env": env_list,
+            "cwd": "/",
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "noNewPrivileges": sc["allowPrivilegeEscalation"] == false,
+        },
+        "root": {"path": rootfs, "readonly": sc["readOnlyRootFilesystem"] == true},
+        "mounts": mounts,
+        "linux": {
+            // hostNetwork (and so the host's UTS): the network namespace is
+            // the node's, entered by nsenter; a PID, mount and IPC
+            // namespace of its own (containerd adds a cgroup namespace on
+            // cgroup v2 only).
+            "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}],
+            "cgroupsPath": cgroup,
+            // containerd's defaults: deny every device but runc's own list
+            // (which allows tun: deploy/README.md "/dev/net/tun").
+            "resources": {"devices": [{"allow": false, "access": "rwm"}]},
+            "maskedPaths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+                "/sys/firmware"],
+            "readonlyPaths": ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
+                "/proc/sysrq-trigger"],
+        },
+    })
+}
+
+/// Three nodes n0..n2 at 192.0.2.10..12 as the API server lists them.
+const THREE_NODES: &[u8] = br#"{"kind":"NodeList","apiVersion":"v1","metadata":{},"items":[
+{"metadata":{"name":"n0"},"status":{"addresses":[{"type":"InternalIP","address":"192.0.2.10"}]}},
+{"metadata":{"name":"n1"},"status":{"addresses":[{"type":"InternalIP","address":"192.0.2.11"}]}},
+{"metadata":{"name":"n2"},"status":{"addresses":[{"type":"InternalIP","address":"192.0.2.12"}]}}]}"#;
+
+const FORBIDDEN: &[u8] = include_bytes!("data/nodes-forbidden.json");
+
+/// Runs the installed plugin on node `i` as the runtime would for the
+/// first plugin of the installed conflist, with `/run/weft` being the
+/// node's (a private mount namespace binds it there).
+fn installed_cni(pod_runner: &PodRunner, env: &[(&str, &str)]) -> Output {
+    let conflist: Value = serde_json::from_slice(
+        &fs::read(pod_runner.host.join("etc/cni/net.d/10-weft.conflist")).unwrap(),
+    )
+    .unwrap();
+    let mut conf = conflist["plugins"][0].clone();
+    conf["cniVersion"] = conflist["cniVersion"].clone();
+    conf["name"] = conflist["name"].clone();
+    let plugin = pod_runner.host.join("opt/cni/bin/weft");
+    let script = format!(
+        "mount --bind '{}' /run/weft\nexec nsenter --net=/run/netns/{} '{}'",
+        pod_runner.host.join("run/weft").display(),
+        pod_runner.node_ns,
+        plugin.display()
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "--", "sh", "-ec"])
+        .arg(script)
+        .env("CNI_PATH", pod_runner.host.join("opt/cni/bin"))
+        .env("CNI_IFNAME", "eth0");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cni::run_with_stdin(&mut cmd, conf.to_string().as_bytes())
+}
+
+#[test]
+fn the_image_runs_as_the_daemonset_says_and_pods_reach_each_other() {
+    let test = "the_image_runs_as_the_daemonset_says_and_pods_reach_each_other";
+    let Some(dist) = rootfs::shipped_binaries(test) else {
+        return;
+    };
+    if !require_root(test) || !cni::require_tools(test, &["runc", "python3", "nsenter", "unshare"])
+    {
+        return;
+    }
+    let stage = runtime_stage();
+    let packages: Vec<&str> = stage.packages.iter().map(String::as_str).collect();
+    let started = Instant::now();
+    let Some(rootfs) = rootfs::debian_slim(test, &stage.suite, &rootfs_key(), &packages) else {
+        return;
+    };
+    eprintln!(
+        "{test}: root filesystem {} ready in {:?}",
+        rootfs.display(),
+        started.elapsed()
+    );
+
+    let dir = TempDir::new("image");
+    // The image's /usr/local/bin.
+    let image_bin = dir.path.join("image-bin");
+    fs::create_dir_all(&image_bin).unwrap();
+    for bin in ["weft", "weft-cni"] {
+        fs::copy(dist.join(bin), image_bin.join(bin)).unwrap();
+    }
+    let entry_name = Path::new(&stage.entrypoint).file_name().unwrap();
+    assert_eq!(
+        Path::new(&stage.entrypoint).parent().unwrap(),
+        Path::new("/usr/local/bin")
+    );
+    fs::copy(
+        repo().join("docker/entrypoint.sh"),
+        image_bin.join(entry_name),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(
+        image_bin.join(entry_name),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+
+    // Sizes: the image as a registry stores it (one gzipped tar of the
+    // root filesystem and of what the Dockerfile copies in).
+    let plugin_size = fs::metadata(dist.join("weft-cni")).unwrap().len();
+    let router_size = fs::metadata(dist.join("weft")).unwrap().len();
+    let image_size = gzipped_size(&[(&rootfs, "."), (&image_bin, ".")]);
+    eprintln!(
+        "{test}: sizes: plugin {:.1} MB, weft {:.1} MB, image {:.1} MiB compressed (goals: plugin < 5 MB, image < 40 MiB)",
+        plugin_size as f64 / 1e6,
+        router_size as f64 / 1e6,
+        image_size as f64 / (1 << 20) as f64
+    );
+    assert!(plugin_size < 5_000_000, "plugin {plugin_size} bytes");
+    assert!(image_size < 40 << 20, "image {image_size} bytes compressed");
+
+    let spec = manifest::pod_spec();
+    let container = &spec["containers"][0];
+    let secret_key = {
+        let docs = manifest::yaml(&repo().join("deploy/secret.example.yaml"));
+        let secret = manifest::find(&docs, "Secret");
+        secret["stringData"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .next()
+            .unwrap()
+            .clone()
+    };
+    let probe = manifest::strings(&container["readinessProbe"]["exec"]["command"]);
+    let mut argv = vec![stage.entrypoint.clone()];
+    argv.extend(manifest::strings(&container["args"]));
+
+    let cluster = Cluster::new(3);
+    let kube = fake_kube::FakeApi::start(
+        &cluster.nodes[0].ns.name,
+        "192.0.2.10:8080".parse().unwrap(),
+        403,
+        FORBIDDEN,
+    );
+    // A secret for the Secret volume (the example's is refused on purpose).
+    let secret_dir = dir.path.join("secret");
+    fs::create_dir_all(&secret_dir).unwrap();
+    write_secret(&secret_dir.join(&secret_key));
+    fs::set_permissions(
+        secret_dir.join(&secret_key),
+        fs::Permissions::from_mode(0o400),
+    )
+    .unwrap();
+    fs::create_dir_all("/run/weft").unwrap();
+
+    let mut pods: Vec<PodRunner> = Vec::new();
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let host = dir.path.join(format!("host-{i}"));
+        let mut volumes = vec![("secret".to_string(), secret_dir.clone())];
+        for v in spec["volumes"].as_array().unwrap() {
+            if let Some(path) = v["hostPath"]["path"].as_str() {
+                if path == "/dev/net/tun" {
+                    continue;
+                }
+                let local = host.join(path.trim_start_matches('/'));
+                fs::create_dir_all(&local).unwrap();
+                volumes.push((v["name"].as_str().unwrap().to_string(), local));
+            }
+        }
+        let mut env = manifest::container_env(&node.name, &node.underlay.to_string());
+        env.push(("WEFT_KUBE_API".into(), "http://192.0.2.10:8080".into()));
+        env.push(("WEFT_KUBE_RESYNC_SECS".into(), "1".into()));
+        let id = format!("weft-t{}-{}-{}", std::process::id(), i, node.name);
+        let bundle = dir.path.join(format!("bundle-{i}"));
+        fs::create_dir_all(&bundle).unwrap();
+        let config = oci_config(
+            &spec,
+            &env,
+            &argv,
+            &rootfs,
+            &image_bin,
+            &volumes,
+            &format!("/{id}"),
+        );
+        fs::write(
+            bundle.join("config.json"),
+            serde_json::to_vec_pretty(&config).unwrap(),
+        )
+        .unwrap();
+        let mut runner = PodRunner {
+            id,
+            node_ns: node.ns.name.clone(),
+            state: dir.path.join("runc"),
+            bundle,
+            host,
+            log: dir.path.join(format!("pod-{i}.log")),
+            child: None,
+        };
+        runner.start();
+        pods.push(runner);
+    }
+
+    // Installed on each node's host, and not ready while the node list is
+    // forbidden (the router does not vote alone).
+    for p in &pods {
+        let up = wait_until(Duration::from_secs(20), || p.status().is_some());
+        assert!(up, "{} never answered:\n{}", p.id, p.said());
+        assert_eq!(
+            fs::read(p.host.join("opt/cni/bin/weft")).unwrap(),
+            fs::read(dist.join("weft-cni")).unwrap(),
+            "the installed plugin is not the shipped one"
+        );
+        let conflist: Value = serde_json::from_slice(
+            &fs::read(p.host.join("etc/cni/net.d/10-weft.conflist")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(conflist["plugins"][0]["type"], "weft");
+        let out = p.exec(&probe);
+        assert!(
+            !out.status.success(),
+            "ready before the node list: {}",
+            text(&out)
+        );
+        assert!(text(&out).contains("not ready"), "{}", text(&out));
+    }
+    let mode = pods[0].status().unwrap()["ipam"]["mode"].clone();
+    eprintln!("{test}: ipam mode {mode} from the shipped ConfigMap");
+
+    // The node list becomes readable: the three mesh and turn ready.
+    kube.answer(200, THREE_NODES);
+    for p in &pods {
+        let ready = wait_until(Duration::from_secs(40), || p.exec(&probe).status.success());
+        assert!(
+            ready,
+            "{} never ready: {}\n{}",
+            p.id,
+            text(&p.exec(&probe)),
+            p.said()
+        );
+    }
+    for p in &pods {
+        let meshed = wait_until(Duration::from_secs(20), || {
+            p.status().is_some_and(|s| {
+                s["connections"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().filter(|c| c["established"] == true).count() == 2)
+            })
+        });
+        assert!(meshed, "{} not meshed: {:?}", p.id, p.status());
+    }
+    eprintln!("{test}: meshed and ready at {:?}", started.elapsed());
+
+    // Pods, plugged in by the installed plugin, named as kubelet names them.
+    let mut pod_ns = Vec::new();
+    let mut pod_ips = Vec::new();
+    for (i, p) in pods.iter().enumerate() {
+        let ns = Netns::new(&format!("pod{i}"));
+        let netns = format!("/run/netns/{}", ns.name);
+        let cni_args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-{i}");
+        let cid = format!("image-pod-{i}");
+        let out = installed_cni(
+            p,
+            &[
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", &cid),
+                ("CNI_NETNS", &netns),
+                ("CNI_ARGS", &cni_args),
+            ],
+        );
+        assert!(out.status.success(), "ADD on {}: {}", p.id, text(&out));
+        let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let ip = result["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        let named = p.status().unwrap()["ipam"]["allocations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| {
+                a["address"] == ip.as_str() && a["pod"]["name"] == format!("web-{i}").as_str()
+            });
+        assert!(named, "weft status ipam does not name web-{i} at {ip}");
+        pod_ns.push(ns);
+        pod_ips.push(ip);
+    }
+    let ping = |from: usize, to: usize, within: Duration| {
+        wait_until(within, || {
+            pod_ns[from]
+                .exec(&["ping", "-c", "1", "-W", "1", &pod_ips[to]])
+                .status
+                .success()
+        })
+    };
+    for (a, b) in [(0, 1), (1, 2), (2, 0)] {
+        assert!(
+            ping(a, b, Duration::from_secs(10)),
+            "pod {a} cannot reach pod {b}"
+        );
+    }
+
+    // SIGTERM, as the kubelet stops the pod for an upgrade: the router
+    // stops well within the grace period, the pods keep their addresses
+    // and routes, and once the container is back they are reachable again.
+    let grace = Duration::from_secs(spec["terminationGracePeriodSeconds"].as_u64().unwrap());
+    let took = pods[1].stop(grace);
+    let took = took.unwrap_or_else(|| panic!("n1 did not stop on SIGTERM:\n{}", pods[1].said()));
+    eprintln!("{test}: SIGTERM stopped n1's router in {took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    pods[1].start();
+    let ready = wait_until(Duration::from_secs(30), || {
+        pods[1].exec(&probe).status.success()
+    });
+    assert!(ready, "n1 not ready after its restart:\n{}", pods[1].said());
+    for (a, b) in [(0, 1), (1, 2), (2, 1)] {
+        assert!(
+            ping(a, b, Duration::from_secs(20)),
+            "after the restart pod {a} cannot reach pod {b}"
+        );
+    }
+    eprintln!("{test}: done in {:?}", started.elapsed());
+}
