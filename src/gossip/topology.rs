@@ -456,4 +456,57 @@ mod tests {
         e.connections = vec![c(1), c(1)];
         assert_eq!(e.validate(), Err(RefusedReason::ConnectionsNotCanonical));
     }
+
+    /// This thread's CPU time (utime + stime from /proc, 10 ms ticks), so the
+    /// figure holds on a loaded machine; the runs are long enough for ticks.
+    fn thread_cpu() -> std::time::Duration {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        // Fields after the parenthesised command name: utime and stime are
+        // the 14th and 15th fields overall.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let ticks: u64 = rest
+            .split(' ')
+            .skip(11)
+            .take(2)
+            .map(|f| f.parse::<u64>().unwrap())
+            .sum();
+        std::time::Duration::from_millis(ticks * 10)
+    }
+
+    fn cpu_ns_per_op(n: u32, mut op: impl FnMut()) -> u128 {
+        let start = thread_cpu();
+        for _ in 0..n {
+            op();
+        }
+        (thread_cpu() - start).as_nanos() / u128::from(n)
+    }
+
+    /// What signatures cost per topology entry (a 10-connection entry), in
+    /// CPU time: `cargo test --release --lib signed_entry_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore = "timing; run in release"]
+    fn signed_entry_cost() {
+        use crate::crypto::Identity;
+        use rand::SeedableRng;
+        let owner = Identity::generate(&mut rand::rngs::StdRng::seed_from_u64(1));
+        let key = SigningKey::from_identity(&owner);
+        let mut e = entry(1, 3);
+        e.public_key = owner.public_key();
+        e.id = owner.id();
+        e.connections = connections_to(10);
+        let signed = SignedEntry::sign(&e, &key);
+        let n = 20_000;
+        let sign = cpu_ns_per_op(n, || {
+            std::hint::black_box(SignedEntry::sign(std::hint::black_box(&e), &key));
+        });
+        let verify = cpu_ns_per_op(n, || {
+            let claim = signed.claim().unwrap();
+            signed.verify(std::hint::black_box(&claim)).unwrap();
+        });
+        let unsigned = wire::encode(&e).unwrap().len();
+        let on_wire = wire::encode(&signed).unwrap().len();
+        eprintln!(
+            "entry of {unsigned} bytes ({on_wire} signed on the wire): sign {sign} ns, claim+verify {verify} ns (CPU time per op)"
+        );
+    }
 }
