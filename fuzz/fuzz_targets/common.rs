@@ -113,3 +113,10 @@ pub fn cluster() -> Cluster {
         prologue: weft::crypto::prologue("10.32.0.0/12"),
     }
 }
+
+/// Router `n`'s identity: a key from a seed, so targets and seeds agree and
+/// entries can be signed by their owners.
+pub fn identity(n: u8) -> weft::crypto::Identity {
+    use rand::SeedableRng;
+    weft::crypto::Identity::generate(&mut rand::rngs::StdRng::seed_from_u64(n.into()))
+}

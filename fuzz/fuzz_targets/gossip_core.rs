@@ -5,19 +5,19 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use std::time::{Duration, Instant};
-use weft::gossip::message::Message;
+use weft::crypto::SigningKey;
+use weft::gossip::message::{Message, TOPOLOGY_VERSION};
 use weft::gossip::{Channel, Frame, Gossip, GossipConfig, PeerInfo};
-use weft::id::PeerId;
 
 #[path = "common.rs"]
 mod common;
 
 pub fn peer(n: u8) -> PeerInfo {
-    let public_key = [n; 32];
+    let identity = common::identity(n);
     PeerInfo {
-        id: PeerId::from_public_key(&public_key),
+        id: identity.id(),
         name: format!("node-{n}"),
-        public_key,
+        public_key: identity.public_key(),
         addresses: vec![std::net::SocketAddr::from(([192, 0, 2, n], 6783))],
     }
 }
@@ -27,7 +27,8 @@ fuzz_target!(|data: &[u8]| {
     let start = Instant::now();
     let mut now = start;
     let me = peer(1);
-    let mut core = Gossip::new(me.clone(), GossipConfig::default(), 1, now);
+    let key = SigningKey::from_identity(&common::identity(1));
+    let mut core = Gossip::new(me.clone(), key, GossipConfig::default(), 1, now);
     // Peers 2..=5; 2 and 3 start connected.
     let peers: Vec<PeerInfo> = (2..=5).map(peer).collect();
     core.connection_up(peers[0].clone(), true, now);
@@ -44,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
             1 => {
                 // A frame with a valid envelope so the fuzzer reaches the bodies.
                 let kind = input.u8() % 5;
-                let frame = Frame::build(1, Channel::Topology, kind, input.chunk());
+                let frame = Frame::build(TOPOLOGY_VERSION, Channel::Topology, kind, input.chunk());
                 let _ = core.handle_message(who.id, &frame, now);
             }
             2 => {

@@ -14,7 +14,9 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(message) = Message::decode(data) {
         if let Message::Update(u) = &message {
             for entry in &u.entries {
-                let _ = entry.validate();
+                if let Ok(claim) = entry.claim() {
+                    let _ = entry.verify(&claim);
+                }
             }
         }
         assert_eq!(Message::decode(&message.encode()).ok(), Some(message));

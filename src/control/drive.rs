@@ -144,7 +144,7 @@ impl Control {
                     name,
                     reason,
                 } => {
-                    self.count_handshake("gossip_refused");
+                    self.count_handshake(&format!("gossip_refused_{}", reason.as_str()));
                     if self
                         .last_gossip_log
                         .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))

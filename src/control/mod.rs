@@ -148,8 +148,10 @@ pub struct ControlInputs {
     pub api: mpsc::Receiver<ApiCall>,
 }
 
-/// The short ID the data plane uses for `id`: mine, the gossiped one
-/// (clashes resolved), else what its hello said.
+/// The short ID the data plane uses for `id`: mine, the gossiped one, else
+/// what its hello said; never one that another router rightfully holds
+/// (DESIGN.md: on a clash the lower ID keeps it), so a router that has not
+/// yet moved off a clashing value is left out and no two links share a slot.
 fn short_of(
     me: PeerId,
     my_short: ShortId,
@@ -160,10 +162,13 @@ fn short_of(
     if id == me {
         return Some(my_short);
     }
-    gossip
-        .entry(id)
-        .map(|e| e.short_id)
-        .or_else(|| peers.get(id).map(|p| p.short))
+    match gossip.entry(id) {
+        Some(e) => gossip.holds_short_id(id).then_some(e.short_id),
+        None => peers
+            .get(id)
+            .map(|p| p.short)
+            .filter(|s| *s != my_short && gossip.peer_by_short(*s).is_none()),
+    }
 }
 
 impl Control {
@@ -189,6 +194,7 @@ impl Control {
                 public_key: context.identity.public_key(),
                 addresses: endpoints.advertised().to_vec(),
             },
+            crate::crypto::SigningKey::from_identity(&context.identity),
             GossipConfig {
                 mtu: u16::try_from(config.mtu).unwrap_or(u16::MAX),
                 ..GossipConfig::default()

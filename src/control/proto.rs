@@ -53,7 +53,10 @@ impl Versions {
     pub const OURS: Self = Self {
         data: VersionRange { min: 1, max: 1 },
         control: VersionRange { min: 1, max: 1 },
-        topology: VersionRange { min: 1, max: 1 },
+        topology: VersionRange {
+            min: crate::gossip::message::TOPOLOGY_VERSION,
+            max: crate::gossip::message::TOPOLOGY_VERSION,
+        },
         ring: VersionRange { min: 1, max: 1 },
     };
 

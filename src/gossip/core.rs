@@ -28,21 +28,32 @@
 //!   and pulls what it lacks (for a fresh router that is the full state).
 //! - An entry nobody reachable claims a connection to is dropped after
 //!   `gc_timeout`, and a tombstone stops stale copies from coming back.
+//!
+//! # Trust (DESIGN.md "Security model")
+//! Entries travel as their owners signed them and are verified before anything
+//! in them is believed ([`merge`]); relays forward the owner's bytes. Digests
+//! and summaries are unsigned and only decide what to ask for: a digest
+//! claiming my own entry is newer makes me request that copy, never jump.
+//!
+//! The core is split by concern: this file holds the state, commands, input
+//! dispatch, output and pushes of my own entry; [`merge`] holds what an entry
+//! from the network must pass, the version rules and short-ID clashes;
+//! [`anti_entropy`] holds digests, requests, relays and reaping.
 
-use super::message::{
-    Digest, MAX_DIGEST_ITEMS, MAX_UPDATE_ENTRIES, Message, MessageError, Request, Summary,
-    UPDATE_TARGET_BYTES, Update,
-};
+mod anti_entropy;
+mod merge;
+
+use super::message::{Message, MessageError, Update};
 use super::routes::Routes;
 use super::topology::{
-    ConnectionInfo, MAX_CONNECTIONS, RefusedReason, Table, TopologyEntry, splitmix,
+    ConnectionInfo, MAX_CONNECTIONS, RefusedReason, SignedEntry, Table, TopologyEntry,
 };
+use crate::crypto::SigningKey;
 use crate::id::{PeerId, ShortId};
 use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use std::cell::OnceCell;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -175,15 +186,25 @@ struct Neighbour {
     outbound: bool,
 }
 
+/// A dropped entry's last version, kept so stale copies do not come back, and
+/// its signed form, so its owner can be told how far it got after a restart.
+#[derive(Clone, Debug)]
+struct Tombstone {
+    version: u64,
+    expiry: Instant,
+    signed: SignedEntry,
+}
+
 /// The topology core. See the module docs for the drain order.
 pub struct Gossip {
     me: PeerId,
+    signer: SigningKey,
     config: GossipConfig,
     table: Table,
     names: HashMap<String, PeerId>,
     neighbours: BTreeMap<PeerId, Neighbour>,
     unreachable_since: HashMap<PeerId, Instant>,
-    tombstones: HashMap<PeerId, (u64, Instant)>,
+    tombstones: HashMap<PeerId, Tombstone>,
     routes: OnceCell<Routes>,
     neighbours_dirty: bool,
     reach_dirty: bool,
@@ -193,6 +214,7 @@ pub struct Gossip {
     transmits: VecDeque<(PeerId, Vec<u8>)>,
     events: VecDeque<GossipEvent>,
     events_dropped: u64,
+    refusals: BTreeMap<&'static str, u64>,
     relays: Vec<(PeerId, PeerId)>,
     next_anti_entropy: Instant,
     next_reap: Instant,
@@ -202,8 +224,20 @@ pub struct Gossip {
 
 impl Gossip {
     /// A core for router `me`, whose entry starts at version 1 (a restarted
-    /// router that meets its older, higher-versioned entry jumps above it).
-    pub fn new(me: PeerInfo, config: GossipConfig, seed: u64, now: Instant) -> Self {
+    /// router that meets its older, higher-versioned entry jumps above it)
+    /// and is signed with `signer`, the key of `me`'s identity.
+    pub fn new(
+        me: PeerInfo,
+        signer: SigningKey,
+        config: GossipConfig,
+        seed: u64,
+        now: Instant,
+    ) -> Self {
+        debug_assert_eq!(
+            signer.verifying_key().x25519_public_key(),
+            me.public_key,
+            "the signing key is not this router's"
+        );
         let entry = TopologyEntry {
             id: me.id,
             version: 1,
@@ -215,11 +249,13 @@ impl Gossip {
             connections: Vec::new(),
         };
         let mut table = Table::default();
-        table.insert(entry);
+        let signed = SignedEntry::sign(&entry, &signer);
+        table.insert(entry, signed);
         let mut rng = StdRng::seed_from_u64(seed);
         let first_round = jitter(&mut rng, config.anti_entropy_interval);
         Self {
             me: me.id,
+            signer,
             names: HashMap::from([(me.name, me.id)]),
             table,
             neighbours: BTreeMap::new(),
@@ -234,6 +270,7 @@ impl Gossip {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             events_dropped: 0,
+            refusals: BTreeMap::new(),
             relays: Vec::new(),
             next_anti_entropy: now + first_round,
             next_reap: now + config.reap_interval,
@@ -265,15 +302,14 @@ impl Gossip {
         if self.me < peer.id {
             self.send_digest(peer.id, PeerId(0), PeerId(u64::MAX));
         }
-        // A restarted router does not know how far its old entry got; tell it.
-        if let Some(&(version, _)) = self.tombstones.get(&peer.id) {
-            let digest = Digest {
-                first: peer.id,
-                last: peer.id,
-                items: vec![(peer.id, version)],
+        // A restarted router does not know how far its old entry got: send
+        // it the copy it signed, which it adopts and re-signs above.
+        if let Some(t) = self.tombstones.get(&peer.id) {
+            let update = Update {
+                entries: vec![t.signed.clone()],
             };
             self.transmits
-                .push_back((peer.id, Message::Digest(digest).encode()));
+                .push_back((peer.id, Message::Update(update).encode()));
         }
         self.after_input(now);
     }
@@ -333,19 +369,19 @@ impl Gossip {
                     self.send_digest(from, PeerId(0), PeerId(u64::MAX));
                 }
             }
-            Message::Digest(d) => self.handle_digest(from, d, now),
+            Message::Digest(d) => self.handle_digest(from, d),
             Message::Request(r) => {
-                let entries: Vec<TopologyEntry> = r
+                let entries: Vec<SignedEntry> = r
                     .ids
                     .iter()
-                    .filter_map(|id| self.table.get(*id))
+                    .filter_map(|id| self.table.signed(*id))
                     .cloned()
                     .collect();
                 self.send_entries(from, entries);
             }
             Message::Update(u) => {
                 for entry in u.entries {
-                    self.merge(from, entry, now);
+                    self.merge(from, entry);
                 }
             }
         }
@@ -431,15 +467,6 @@ impl Gossip {
         self.my_entry().short_id
     }
 
-    /// The router a data header's short ID names: during a clash, the lower id.
-    pub fn peer_by_short(&self, short: ShortId) -> Option<PeerId> {
-        self.table
-            .iter()
-            .filter(|e| e.short_id == short)
-            .map(|e| e.id)
-            .min()
-    }
-
     /// The router that holds `name`.
     pub fn name_holder(&self, name: &str) -> Option<PeerId> {
         self.names.get(name).copied()
@@ -474,6 +501,12 @@ impl Gossip {
     /// Refusal events not queued because the backlog was full.
     pub fn events_dropped(&self) -> u64 {
         self.events_dropped
+    }
+
+    /// Entries refused so far, per [`RefusedReason::as_str`] label (counted
+    /// even when the event backlog is full).
+    pub fn refused_counts(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        self.refusals.iter().map(|(k, v)| (*k, *v))
     }
 
     // ---- internals ------------------------------------------------------
@@ -525,8 +558,10 @@ impl Gossip {
         self.install_mine(entry);
     }
 
+    /// Signs and stores a new version of my entry, to be pushed.
     fn install_mine(&mut self, entry: TopologyEntry) {
-        self.table.insert(entry);
+        let signed = SignedEntry::sign(&entry, &self.signer);
+        self.table.insert(entry, signed);
         self.self_dirty = true;
         self.changed();
     }
@@ -565,336 +600,22 @@ impl Gossip {
             return;
         }
         self.self_dirty = false;
+        let Some(mine) = self.table.signed(self.me).cloned() else {
+            return;
+        };
         let frame = Message::Update(Update {
-            entries: vec![self.my_entry().clone()],
+            entries: vec![mine],
         })
         .encode();
         for peer in self.neighbours.keys() {
             self.transmits.push_back((*peer, frame.clone()));
         }
     }
-
-    /// Relays newly learned entries to neighbours their owner is not
-    /// connected to (the owner pushed to its own neighbours already).
-    fn flush_relays(&mut self) {
-        if self.relays.is_empty() {
-            return;
-        }
-        let relays = std::mem::take(&mut self.relays);
-        let mut batches: BTreeMap<PeerId, Vec<TopologyEntry>> = BTreeMap::new();
-        let neighbours: Vec<PeerId> = self.neighbours.keys().copied().collect();
-        for (id, source) in relays {
-            let Some(entry) = self.table.get(id) else {
-                continue;
-            };
-            let mut candidates: Vec<PeerId> = neighbours
-                .iter()
-                .copied()
-                .filter(|n| *n != source && *n != id && entry.connection(*n).is_none())
-                .collect();
-            candidates.shuffle(&mut self.rng);
-            candidates.truncate(self.config.relay_fanout);
-            for n in candidates {
-                batches.entry(n).or_default().push(entry.clone());
-            }
-        }
-        for (to, entries) in batches {
-            self.send_entries(to, entries);
-        }
-    }
-
-    fn anti_entropy(&mut self) {
-        let mut neighbours: Vec<PeerId> = self.neighbours.keys().copied().collect();
-        neighbours.shuffle(&mut self.rng);
-        neighbours.truncate(self.config.anti_entropy_fanout);
-        let (count, hash) = self.table.summary();
-        let frame = Message::Summary(Summary { count, hash }).encode();
-        for n in neighbours {
-            self.transmits.push_back((n, frame.clone()));
-        }
-    }
-
-    /// Sends `to` my `(id, version)` pairs in `[first, last]`, split into
-    /// chunks that each name the id range they cover.
-    fn send_digest(&mut self, to: PeerId, first: PeerId, last: PeerId) {
-        let items: Vec<(PeerId, u64)> = self
-            .table
-            .range(first, last)
-            .map(|e| (e.id, e.version))
-            .collect();
-        let mut start = first;
-        let mut chunks = items.chunks(MAX_DIGEST_ITEMS).peekable();
-        if chunks.peek().is_none() {
-            let digest = Digest {
-                first,
-                last,
-                items: Vec::new(),
-            };
-            self.transmits
-                .push_back((to, Message::Digest(digest).encode()));
-            return;
-        }
-        while let Some(chunk) = chunks.next() {
-            let end = match (chunks.peek(), chunk.last()) {
-                (Some(_), Some((id, _))) => *id,
-                _ => last,
-            };
-            let digest = Digest {
-                first: start,
-                last: end,
-                items: chunk.to_vec(),
-            };
-            self.transmits
-                .push_back((to, Message::Digest(digest).encode()));
-            start = PeerId(end.0.saturating_add(1));
-        }
-    }
-
-    /// Push-pull against a neighbour's digest: send what it lacks or has
-    /// older, request what I lack or have older.
-    fn handle_digest(&mut self, from: PeerId, d: Digest, now: Instant) {
-        if d.first > d.last {
-            return;
-        }
-        let theirs: HashMap<PeerId, u64> = d
-            .items
-            .iter()
-            .filter(|(id, _)| *id >= d.first && *id <= d.last)
-            .copied()
-            .collect();
-        let mut wanted = Vec::new();
-        let mut bump_to = None;
-        for (&id, &version) in &theirs {
-            if id == self.me {
-                if version > self.my_entry().version {
-                    bump_to = Some(version);
-                }
-                continue;
-            }
-            let mine = self.table.get(id).map(|e| e.version);
-            let buried = self.tombstones.get(&id).is_some_and(|(v, _)| *v >= version);
-            if mine.is_none_or(|m| m < version) && !buried {
-                wanted.push(id);
-            }
-        }
-        let to_send: Vec<TopologyEntry> = self
-            .table
-            .range(d.first, d.last)
-            .filter(|e| theirs.get(&e.id).is_none_or(|v| *v < e.version))
-            .cloned()
-            .collect();
-        if let Some(version) = bump_to {
-            self.jump_above(version, None);
-        }
-        self.send_entries(from, to_send);
-        wanted.sort();
-        for chunk in wanted.chunks(MAX_DIGEST_ITEMS) {
-            let request = Request {
-                ids: chunk.to_vec(),
-            };
-            self.transmits
-                .push_back((from, Message::Request(request).encode()));
-        }
-        let _ = now;
-    }
-
-    /// Sends whole entries, split so that each frame stays well under one
-    /// 64 KiB Noise record.
-    fn send_entries(&mut self, to: PeerId, entries: Vec<TopologyEntry>) {
-        let mut batch = Vec::new();
-        let mut size = 0;
-        for e in entries {
-            let estimate = 64 + e.name.len() + 20 * e.addresses.len() + 12 * e.connections.len();
-            if !batch.is_empty()
-                && (size + estimate > UPDATE_TARGET_BYTES || batch.len() >= MAX_UPDATE_ENTRIES)
-            {
-                let full = std::mem::take(&mut batch);
-                self.transmits
-                    .push_back((to, Message::Update(Update { entries: full }).encode()));
-                size = 0;
-            }
-            size += estimate;
-            batch.push(e);
-        }
-        if !batch.is_empty() {
-            self.transmits
-                .push_back((to, Message::Update(Update { entries: batch }).encode()));
-        }
-    }
-
-    /// Merges one entry from the network (DESIGN.md "Identity": only its
-    /// owner changes an entry, and only a newer version replaces one).
-    fn merge(&mut self, from: PeerId, entry: TopologyEntry, _now: Instant) {
-        if let Err(reason) = entry.validate() {
-            return self.refuse(from, &entry, reason);
-        }
-        if entry.id == self.me {
-            let mine = self.my_entry();
-            let newer =
-                entry.version > mine.version || (entry.version == mine.version && entry != *mine);
-            if newer {
-                self.jump_above(entry.version, Some(entry.short_id));
-            }
-            return;
-        }
-        if let Some(&(version, _)) = self.tombstones.get(&entry.id) {
-            if version >= entry.version {
-                return;
-            }
-            self.tombstones.remove(&entry.id);
-        }
-        let old_version = self.table.get(entry.id).map(|e| e.version);
-        if old_version.is_some_and(|v| v >= entry.version) {
-            return;
-        }
-        if let Some(&holder) = self.names.get(&entry.name)
-            && holder != entry.id
-        {
-            return self.refuse(from, &entry, RefusedReason::NameClash { holder });
-        }
-        let (id, name, short) = (entry.id, entry.name.clone(), entry.short_id);
-        self.names.insert(name.clone(), id);
-        if let Some(old) = self.table.insert(entry) {
-            if old.name != name {
-                self.names.remove(&old.name);
-            }
-        } else {
-            self.emit(GossipEvent::PeerAdded { id, name });
-        }
-        self.changed();
-        self.relays.push((id, from));
-        if short == self.short_id() && id < self.me {
-            self.pick_short_id();
-        }
-    }
-
-    fn refuse(&mut self, from: PeerId, entry: &TopologyEntry, reason: RefusedReason) {
-        let mut name = entry.name.clone();
-        if name.len() > 64 {
-            let mut cut = 64;
-            while !name.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            name.truncate(cut);
-        }
-        let event = GossipEvent::EntryRefused {
-            from,
-            id: entry.id,
-            name,
-            reason,
-        };
-        if self.events.len() >= MAX_EVENTS {
-            self.events_dropped += 1;
-        } else {
-            self.events.push_back(event);
-        }
-    }
-
-    fn emit(&mut self, event: GossipEvent) {
-        // Only refusals can be caused in bulk by one neighbour; the rest are
-        // bounded by the table, so they are always queued.
-        self.events.push_back(event);
-    }
-
-    /// My entry got out ahead of me (I restarted): take a version above it,
-    /// and keep its short ID if no lower id holds that one.
-    fn jump_above(&mut self, version: u64, short: Option<ShortId>) {
-        let mut entry = self.my_entry().clone();
-        entry.version = version.saturating_add(1);
-        if let Some(short) = short.filter(|s| *s != entry.short_id) {
-            let taken = self
-                .table
-                .iter()
-                .any(|e| e.id < self.me && e.short_id == short);
-            if !taken {
-                self.emit(GossipEvent::ShortIdChanged {
-                    old: entry.short_id,
-                    new: short,
-                });
-                entry.short_id = short;
-            }
-        }
-        self.install_mine(entry);
-    }
-
-    /// A lower id holds my short ID: move to the first free value of a
-    /// sequence derived from my id (deterministic, so a replay picks the same).
-    fn pick_short_id(&mut self) {
-        let used: HashSet<ShortId> = self
-            .table
-            .iter()
-            .filter(|e| e.id != self.me)
-            .map(|e| e.short_id)
-            .collect();
-        let old = self.short_id();
-        let Some(new) = (1..=u64::from(u16::MAX) + 1)
-            .map(|k| ShortId(splitmix(self.me.0 ^ k) as u16))
-            .find(|s| !used.contains(s))
-        else {
-            return;
-        };
-        let mut entry = self.my_entry().clone();
-        entry.short_id = new;
-        entry.version += 1;
-        self.install_mine(entry);
-        self.emit(GossipEvent::ShortIdChanged { old, new });
-    }
-
-    /// Marks entries unreachable (nobody reachable claims a connection to
-    /// them), drops those unreachable for `gc_timeout`, expires tombstones.
-    fn reap(&mut self, now: Instant) {
-        self.tombstones.retain(|_, (_, expiry)| *expiry > now);
-        if self.reach_dirty {
-            self.reach_dirty = false;
-            let reachable = self.reachable();
-            for e in self.table.iter() {
-                if reachable.contains(&e.id) {
-                    self.unreachable_since.remove(&e.id);
-                } else {
-                    self.unreachable_since.entry(e.id).or_insert(now);
-                }
-            }
-        }
-        let expired: Vec<PeerId> = self
-            .unreachable_since
-            .iter()
-            .filter(|(_, since)| **since + self.config.gc_timeout <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in expired {
-            self.unreachable_since.remove(&id);
-            let Some(old) = self.table.remove(id) else {
-                continue;
-            };
-            self.names.remove(&old.name);
-            self.tombstones
-                .insert(id, (old.version, now + 3 * self.config.gc_timeout));
-            self.emit(GossipEvent::PeerRemoved { id, name: old.name });
-            self.changed();
-        }
-    }
-
-    /// Routers reachable from me by following the connections that
-    /// reachable routers claim. A dead router's own stale claims are never
-    /// followed unless someone live claims it.
-    fn reachable(&self) -> HashSet<PeerId> {
-        let mut seen = HashSet::from([self.me]);
-        let mut stack: Vec<PeerId> = self.neighbours.keys().copied().collect();
-        seen.extend(stack.iter().copied());
-        while let Some(id) = stack.pop() {
-            let Some(entry) = self.table.get(id) else {
-                continue;
-            };
-            for c in &entry.connections {
-                if seen.insert(c.peer) {
-                    stack.push(c.peer);
-                }
-            }
-        }
-        seen
-    }
 }
 
 fn jitter(rng: &mut StdRng, base: Duration) -> Duration {
     base.mul_f64(rng.gen_range(0.75..1.25))
 }
+
+#[cfg(test)]
+mod tests;

@@ -9,13 +9,18 @@
 //! lets the driver hand another channel's payload (the IPAM ring) to its own
 //! core without decoding it: see [`Frame::parse`].
 
-use super::topology::TopologyEntry;
+use super::topology::SignedEntry;
 use crate::id::PeerId;
 use crate::wire::{self, DecodeError};
 use serde::{Deserialize, Serialize};
 
-/// The topology channel's wire version spoken by this build.
-pub const TOPOLOGY_VERSION: u8 = 1;
+/// The topology channel's wire version spoken by this build. 2: entries
+/// travel signed by their owner ([`SignedEntry`]); version 1 (unsigned) is not
+/// spoken any more, so a pre-signature router is refused the connection with
+/// "no common topology version" (DESIGN.md "Security model" over "Wire
+/// rules": accepting unsigned entries from anyone would let any secret holder
+/// speak for every router).
+pub const TOPOLOGY_VERSION: u8 = 2;
 
 /// Most `(id, version)` pairs in one digest or request (a digest of a larger
 /// topology is split into id ranges).
@@ -142,8 +147,9 @@ pub struct Request {
 /// Body of [`Message::Update`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Update {
-    /// Entries, each to be merged by version.
-    pub entries: Vec<TopologyEntry>,
+    /// Entries as their owners signed them, each to be verified and merged
+    /// by version.
+    pub entries: Vec<SignedEntry>,
 }
 
 const TYPE_SUMMARY: u8 = 1;
@@ -232,12 +238,16 @@ fn check_cap(what: &'static str, count: usize, cap: usize) -> Result<(), Message
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::gossip::topology::ConnectionInfo;
+    use crate::crypto::{Identity, SigningKey};
+    use crate::gossip::topology::{ConnectionInfo, TopologyEntry};
     use crate::id::ShortId;
+    use rand::SeedableRng;
 
-    fn sample_entry() -> TopologyEntry {
-        let public_key = [7u8; 32];
-        TopologyEntry {
+    /// A fixed entry signed by a fixed (seeded) identity.
+    fn sample_entry() -> SignedEntry {
+        let identity = Identity::generate(&mut rand::rngs::StdRng::seed_from_u64(7));
+        let public_key = identity.public_key();
+        let entry = TopologyEntry {
             id: PeerId::from_public_key(&public_key),
             version: 3,
             name: "n1".into(),
@@ -250,7 +260,8 @@ mod tests {
                 established: true,
                 outbound: false,
             }],
-        }
+        };
+        SignedEntry::sign(&entry, &SigningKey::from_identity(&identity))
     }
 
     #[test]
@@ -284,13 +295,14 @@ mod tests {
         assert_eq!(
             hex,
             concat!(
-                "010104",             // version 1, topology channel, type update
-                "01",                 // one entry
-                "fd91a955299b4668e0", // id (varint u64, 0xfd = 8 bytes follow)
+                "020104",             // version 2, topology channel, type update
+                "01",                 // one signed entry
+                "40",                 // its bytes: 64
+                "fdb820966fde84517c", // id (varint u64, 0xfd = 8 bytes follow)
                 "03",                 // version
                 "02",
                 "6e31", // name "n1"
-                "0707070707070707070707070707070707070707070707070707070707070707", // public key
+                "414862f45ddcdf54660ce2951e78dd540fb5060ffe3668872863251bb0cf7758", // public key
                 "01",
                 "00",
                 "c0000201",
@@ -301,6 +313,9 @@ mod tests {
                 "05",
                 "01",
                 "00", // one connection: peer 5, established, inbound
+                // the owner's signature R ‖ s over "weft topology entry" 0x00 0x02 ‖ bytes
+                "2e1b411630f3e7891b2d16b726d5bd1c46f23254fc8b3f7c9904c832ac832874",
+                "5b85e89558ba5ee27202c30d50f03d31fd25630423d4d0af3535f9cf7f9a6807",
             )
         );
     }

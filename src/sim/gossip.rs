@@ -10,6 +10,7 @@
 //! entry that the owner never produced, and honest frames always decode.
 
 use super::net::{NetConfig, Network};
+use crate::crypto::{Identity, SigningKey};
 use crate::gossip::{
     ConnectionMaker, ConnectionMakerConfig, Gossip, GossipConfig, GossipEvent, PeerInfo,
 };
@@ -96,6 +97,8 @@ impl Hasher for IdHasher {
 pub struct SimRouter {
     /// Its identity.
     pub info: PeerInfo,
+    /// Its key (kept for restarts, which sign with the same identity).
+    pub identity: Identity,
     /// `None` while crashed.
     pub gossip: Option<Gossip>,
     /// Its dialling plan.
@@ -138,20 +141,30 @@ impl GossipSim {
     /// Builds `config.routers` routers with keys and names from `seed`; all
     /// start at once.
     pub fn new(config: SimConfig, seed: u64) -> Self {
+        Self::with_identities(config, seed, Vec::new())
+    }
+
+    /// As [`Self::new`], but the first routers get `identities` (a test that
+    /// needs particular keys, e.g. two with the same short ID) and the rest
+    /// keys from `seed`.
+    pub fn with_identities(config: SimConfig, seed: u64, identities: Vec<Identity>) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let start = Instant::now();
-        let infos: Vec<PeerInfo> = (0..config.routers)
+        let mut given = identities.into_iter();
+        let keyed: Vec<(PeerInfo, Identity)> = (0..config.routers)
             .map(|i| {
-                let public_key: [u8; 32] = rng.r#gen();
+                let identity = given.next().unwrap_or_else(|| Identity::generate(&mut rng));
                 let addr = SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 6783));
-                PeerInfo {
-                    id: PeerId::from_public_key(&public_key),
+                let info = PeerInfo {
+                    id: identity.id(),
                     name: format!("router-{i}"),
-                    public_key,
+                    public_key: identity.public_key(),
                     addresses: vec![addr],
-                }
+                };
+                (info, identity)
             })
             .collect();
+        let infos: Vec<PeerInfo> = keyed.iter().map(|(info, _)| info.clone()).collect();
         let seeds: Vec<SocketAddr> = infos
             .iter()
             .take(config.seeds)
@@ -181,7 +194,7 @@ impl GossipSim {
             rng,
             config,
         };
-        for info in infos {
+        for (info, identity) in keyed {
             let maker = ConnectionMaker::with_config(
                 info.addresses.clone(),
                 sim.seeds.clone(),
@@ -190,12 +203,14 @@ impl GossipSim {
             );
             let gossip = Gossip::new(
                 info.clone(),
+                SigningKey::from_identity(&identity),
                 sim.config.gossip.clone(),
                 sim.rng.r#gen(),
                 start,
             );
             sim.routers.push(SimRouter {
                 info,
+                identity,
                 gossip: Some(gossip),
                 maker,
                 refused: 0,
@@ -314,6 +329,7 @@ impl GossipSim {
         );
         self.routers[i].gossip = Some(Gossip::new(
             info,
+            SigningKey::from_identity(&self.routers[i].identity),
             self.config.gossip.clone(),
             self.rng.r#gen(),
             self.now,
@@ -592,5 +608,20 @@ impl GossipSim {
             "an honest frame failed to decode (seed {})",
             self.seed
         );
+    }
+}
+
+/// Two identities whose preferred short IDs collide, ground from seeded keys
+/// (a birthday search: a few hundred keys; deterministic).
+pub fn clashing_identities() -> (Identity, Identity) {
+    let mut seen = HashMap::new();
+    let mut seed = 0u64;
+    loop {
+        let identity = Identity::generate(&mut StdRng::seed_from_u64(seed));
+        let short = crate::id::ShortId::preferred(identity.id());
+        if let Some(other) = seen.insert(short, identity.clone()) {
+            return (other, identity);
+        }
+        seed += 1;
     }
 }

@@ -7,6 +7,8 @@ use std::path::Path;
 use weft::control::proto::{ControlMessage, Hello, RekeyHello, Versions, encode_message};
 use weft::crypto::{FrameSealer, Handshake};
 use weft::gossip::message::{Digest, Message as GossipMessage, Request, Summary, Update};
+use weft::crypto::SigningKey;
+use weft::gossip::topology::SignedEntry;
 use weft::gossip::{ConnectionInfo, TopologyEntry};
 use weft::id::{PeerId, ShortId};
 use weft::ipam::message::{DonateRequest, Message as IpamMessage, Proposal};
@@ -29,19 +31,21 @@ fn op_chunk(out: &mut Vec<u8>, op: u8, chunk: &[u8]) {
     out.extend_from_slice(chunk);
 }
 
-fn entry(n: u8, version: u64, connections: &[u8]) -> TopologyEntry {
-    let public_key = [n; 32];
+/// Router `n`'s entry, signed by `n` (the fuzz targets' `common::identity`).
+fn entry(n: u8, version: u64, connections: &[u8]) -> SignedEntry {
+    let identity = common::identity(n);
+    let public_key = identity.public_key();
     let id = PeerId::from_public_key(&public_key);
     let mut connections: Vec<ConnectionInfo> = connections
         .iter()
         .map(|&p| ConnectionInfo {
-            peer: PeerId::from_public_key(&[p; 32]),
+            peer: common::identity(p).id(),
             established: true,
             outbound: p > n,
         })
         .collect();
     connections.sort_by_key(|c| c.peer);
-    TopologyEntry {
+    let entry = TopologyEntry {
         id,
         version,
         name: format!("node-{n}"),
@@ -50,7 +54,12 @@ fn entry(n: u8, version: u64, connections: &[u8]) -> TopologyEntry {
         short_id: ShortId::preferred(id),
         mtu: 1420,
         connections,
-    }
+    };
+    SignedEntry::sign(&entry, &SigningKey::from_identity(&identity))
+}
+
+fn id_of(n: u8) -> PeerId {
+    common::identity(n).id()
 }
 
 fn main() {
@@ -233,13 +242,13 @@ fn main() {
             GossipMessage::Digest(Digest {
                 first: PeerId(0),
                 last: PeerId(u64::MAX),
-                items: vec![(entry(2, 1, &[]).id, 2), (entry(3, 1, &[]).id, 1)],
+                items: vec![(id_of(2), 2), (id_of(3), 1)],
             }),
         ),
         (
             "request",
             GossipMessage::Request(Request {
-                ids: vec![entry(1, 1, &[]).id],
+                ids: vec![id_of(1)],
             }),
         ),
         ("update", update.clone()),
