@@ -56,13 +56,21 @@ impl PeerDirectory for Directory<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::identity::Identity;
+    use crate::crypto::signing::SigningKey;
     use crate::gossip::{GossipConfig, PeerInfo};
+    use rand::{SeedableRng, rngs::StdRng};
     use std::time::{Duration, Instant};
 
     const LISTEN: SocketAddr = SocketAddr::new(
         std::net::IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 10)),
         6783,
     );
+
+    /// The identity of the router under test (seeded: the same in every run).
+    fn my_identity() -> Identity {
+        Identity::generate(&mut StdRng::seed_from_u64(1))
+    }
 
     fn public(last: u8) -> SocketAddr {
         SocketAddr::from(([203, 0, 113, last], 6783))
@@ -73,15 +81,17 @@ mod tests {
         self_addresses: &HashSet<SocketAddr>,
         addr: SocketAddr,
     ) -> Option<PeerId> {
-        let me = PeerId(1);
+        let identity = my_identity();
+        let me = identity.id();
         let peers = Peers::new(me, Duration::from_secs(120));
         let info = PeerInfo {
             id: me,
             name: "a".into(),
-            public_key: [1; 32],
+            public_key: identity.public_key(),
             addresses: vec![LISTEN],
         };
-        let gossip = Gossip::new(info, GossipConfig::default(), 1, Instant::now());
+        let signer = SigningKey::from_identity(&identity);
+        let gossip = Gossip::new(info, signer, GossipConfig::default(), 1, Instant::now());
         let directory = Directory {
             me,
             name: "a",
@@ -108,6 +118,9 @@ mod tests {
     fn an_address_a_peer_reached_me_at_resolves_to_me() {
         let endpoints = Endpoints::new(LISTEN, vec![]);
         let mine: HashSet<SocketAddr> = [LISTEN, public(11)].into();
-        assert_eq!(lookup(&endpoints, &mine, public(11)), Some(PeerId(1)));
+        assert_eq!(
+            lookup(&endpoints, &mine, public(11)),
+            Some(my_identity().id())
+        );
     }
 }
