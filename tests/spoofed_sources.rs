@@ -163,3 +163,52 @@ fn a_secret_holder_cannot_send_in_another_routers_name() {
     let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
     assert!(a.ping(b.addr, 3), "the good peers lost traffic");
 }
+
+/// The per-packet cost of attribution, in release: `cargo test --release
+/// --test spoofed_sources -- --ignored --nocapture attribution_lookups`.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn attribution_lookups_cost_nanoseconds() {
+    use weft::router::snapshot::{OwnedRange, Snapshot};
+    let mut table = Snapshot::new(ShortId(1), 1420);
+    // 1000 routers with 4 ranges each; 1000 relay pairs.
+    let ranges = (0..4000u32)
+        .map(|i| OwnedRange {
+            start: 0x0a20_0000 + i * 256,
+            end: 0x0a20_0000 + i * 256 + 255,
+            owner: ShortId((i / 4) as u16 + 2),
+        })
+        .collect();
+    table.set_owners(ranges);
+    for o in 0..1000u16 {
+        table.allow_relay(ShortId(o + 2), ShortId(o % 7 + 2));
+    }
+    let rounds = 10_000_000u32;
+    let mut hits = 0u32;
+    let start = std::time::Instant::now();
+    for i in 0..rounds {
+        let origin = ShortId((i % 1000) as u16 + 2);
+        let src = 0x0a20_0000 + (i % 1000) * 1024 + 5;
+        let via = std::hint::black_box(origin);
+        hits += u32::from(table.may_relay(origin, via) && table.owned_by(src, origin));
+    }
+    let direct = start.elapsed().as_nanos() as f64 / f64::from(rounds);
+    let start = std::time::Instant::now();
+    for i in 0..rounds {
+        let origin = ShortId((i % 1000) as u16 + 2);
+        let via = std::hint::black_box(ShortId((i % 1000) as u16 % 7 + 2));
+        hits += u32::from(table.may_relay(origin, via));
+    }
+    let relayed = start.elapsed().as_nanos() as f64 / f64::from(rounds);
+    // What the receiver did before: the inner-source lookup alone.
+    let start = std::time::Instant::now();
+    for i in 0..rounds {
+        let origin = std::hint::black_box(ShortId((i % 1000) as u16 + 2));
+        let src = 0x0a20_0000 + (i % 1000) * 1024 + 5;
+        hits += u32::from(table.owner_of(src) == Some(origin));
+    }
+    let before = start.elapsed().as_nanos() as f64 / f64::from(rounds);
+    println!(
+        "inner source alone (before): {before:.1} ns; direct packet now (origin check + inner source): {direct:.1} ns; relayed (pair lookup): {relayed:.1} ns [{hits}]"
+    );
+}
