@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 /// The table's family and name, as nft spells them.
 pub const TABLE: &str = "ip weft";
 
+/// The host ends of pod veths, as nft matches them: the CNI plugin names
+/// them `weft` + 11 hex digits (`weft_cni::plumb::host_ifname`).
+pub const POD_VETH_PATTERN: &str = "\"weft*\"";
+
 /// How long one `nft` call may take before it is killed.
 const NFT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -46,10 +50,15 @@ pub enum NftError {
 ///   table does not override a drop in another table (Docker's iptables
 ///   FORWARD policy DROP, for one): every base chain on a hook must accept.
 ///   That interplay is not handled yet.
-/// - `antispoof` drops a packet with a source in `range` that arrives on
-///   any interface but `tun` unless the route back to its source leaves by
-///   the interface it came in on. The host routes each local pod's /32 to
-///   its veth, so a pod that forges another pod's address fails the check.
+/// - `antispoof` drops, unless the route back to its source leaves by the
+///   interface it came in on (strict reverse path): every packet from a
+///   pod veth ([`POD_VETH_PATTERN`]), whatever its source (DESIGN.md
+///   "Security model": another pod's address, the node's own — a local
+///   route fails the check —, anything outside the range); and a packet
+///   with a source in `range` on any interface but `tun`. The host routes
+///   each local pod's /32 to its veth, so only the pod's own address
+///   passes. ARP is not IP and is untouched; IPv6 is not in this `ip`
+///   table (pods get no IPv6 address from the plugin yet).
 /// - `postrouting` (only when `masquerade`) rewrites the source of pod
 ///   traffic leaving the range through any interface but `tun`.
 pub fn render(range: Ipv4Cidr, tun: &str, masquerade: bool) -> Result<String, NftError> {
@@ -71,6 +80,7 @@ pub fn render(range: Ipv4Cidr, tun: &str, masquerade: bool) -> Result<String, Nf
          \t}}\n\
          \tchain antispoof {{\n\
          \t\ttype filter hook prerouting priority raw - 1; policy accept;\n\
+         \t\tiifname {POD_VETH_PATTERN} iifname != \"{tun}\" fib saddr . iif oif missing counter drop\n\
          \t\tiifname != \"{tun}\" ip saddr {range} fib saddr . iif oif missing counter drop\n\
          \t}}\n"
     );
@@ -116,9 +126,11 @@ fn complete(listing: &str, range: Ipv4Cidr, masquerade: bool) -> bool {
         format!("ip saddr {range} accept"),
         format!("ip daddr {range} accept"),
     );
+    let range_rpf = format!("ip saddr {range} fib");
     has(&[&saddr])
         && has(&[&daddr])
-        && has(&["fib saddr . iif oif missing", "drop"])
+        && has(&[&range_rpf, "fib saddr . iif oif missing", "drop"])
+        && has(&["iifname \"weft*\"", "fib saddr . iif oif missing", "drop"])
         && (!masquerade || has(&["masquerade"]))
 }
 
@@ -235,6 +247,30 @@ mod tests {
     }
 
     #[test]
+    fn every_source_from_a_pod_veth_must_pass_the_reverse_path_check() {
+        let text = render(range(), "tun7", false).unwrap();
+        assert_lines(
+            &text,
+            &["iifname \"weft*\" iifname != \"tun7\" fib saddr . iif oif missing counter drop"],
+        );
+        // Not limited to the range: the node's address or anything outside.
+        let rule = text.lines().find(|l| l.contains("\"weft*\"")).unwrap();
+        assert!(!rule.contains("saddr 10."), "{rule}");
+    }
+
+    #[test]
+    fn a_listing_without_the_pod_veth_rule_is_incomplete() {
+        let text = render(range(), "weft0", false).unwrap();
+        assert!(complete(&text, range(), false));
+        let without: String = text
+            .lines()
+            .filter(|l| !l.contains("\"weft*\""))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(!complete(&without, range(), false));
+    }
+
+    #[test]
     fn masquerade_rewrites_only_traffic_leaving_the_range_off_the_tun() {
         assert_lines(
             &render(range(), "weft0", true).unwrap(),
@@ -258,7 +294,7 @@ mod tests {
 
     #[test]
     fn a_listing_missing_any_rule_is_incomplete() {
-        let listing = "table ip weft {\n\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n\t\tip saddr 10.32.0.0/12 accept\n\t\tip daddr 10.32.0.0/12 accept\n\t}\n\tchain antispoof {\n\t\ttype filter hook prerouting priority -301; policy accept;\n\t\tiifname != \"weft0\" ip saddr 10.32.0.0/12 fib saddr . iif oif missing counter packets 3 bytes 252 drop\n\t}\n\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tip saddr 10.32.0.0/12 ip daddr != 10.32.0.0/12 oifname != \"weft0\" masquerade\n\t}\n}\n";
+        let listing = "table ip weft {\n\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n\t\tip saddr 10.32.0.0/12 accept\n\t\tip daddr 10.32.0.0/12 accept\n\t}\n\tchain antispoof {\n\t\ttype filter hook prerouting priority -301; policy accept;\n\t\tiifname \"weft*\" iifname != \"weft0\" fib saddr . iif oif missing counter packets 0 bytes 0 drop\n\t\tiifname != \"weft0\" ip saddr 10.32.0.0/12 fib saddr . iif oif missing counter packets 3 bytes 252 drop\n\t}\n\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tip saddr 10.32.0.0/12 ip daddr != 10.32.0.0/12 oifname != \"weft0\" masquerade\n\t}\n}\n";
         assert!(complete(listing, range(), true));
         let unmasked: String = listing
             .lines()

@@ -33,6 +33,7 @@
 //! ([`timers::next_wake`], never sooner than 1 ms after a pass).
 
 pub mod admission;
+pub mod attribution;
 pub mod connection;
 mod directory;
 mod drive;
@@ -124,6 +125,10 @@ pub struct Control {
     next_connection: ConnectionId,
     handshakes: BTreeMap<String, u64>,
     last_gossip_log: Option<Instant>,
+    /// Who may relay for whom, with grace for lag (issue 15, defect 7).
+    attribution: attribution::Attribution,
+    /// Peers the last snapshot left out for a short-ID clash.
+    short_clashes: Vec<(PeerId, ShortId)>,
     last_refusal_log: Option<Instant>,
     last_clock_skew_log: Option<Instant>,
     last_admission_log: Option<Instant>,
@@ -222,6 +227,8 @@ impl Control {
             dialing: HashMap::new(),
             dial_errors: HashMap::new(),
             last_gossip_log: None,
+            attribution: attribution::Attribution::default(),
+            short_clashes: Vec::new(),
             self_addresses,
             next_connection: 1,
             handshakes: BTreeMap::new(),
@@ -663,7 +670,9 @@ impl Control {
         self.heartbeats.set_mtu(mtu, now);
         let (gossip, peers) = (&self.gossip, &self.peers);
         let lookup = |id| short_of(me, my_short, gossip, peers, id);
-        let (snapshot, refused) = publish::snapshot(&publish::Inputs {
+        let owners = self.ipam.owners();
+        let attributed = self.attribution.update(gossip, &owners, now);
+        let published = publish::snapshot(&publish::Inputs {
             me: my_short,
             mtu,
             peers,
@@ -673,13 +682,21 @@ impl Control {
                 .iter()
                 .map(|(d, r)| (d, r.next_hop))
                 .collect(),
-            owners: self.ipam.owners(),
+            owners,
             short_of: &lookup,
+            attributed: &attributed,
         });
-        if !refused.is_empty() {
-            tracing::warn!(?refused, "overlapping ranges refused");
+        if !published.refused_ranges.is_empty() {
+            tracing::warn!(refused = ?published.refused_ranges, "overlapping ranges refused");
         }
-        self.dataplane.publish(snapshot);
+        if published.refused_links != self.short_clashes {
+            self.short_clashes = published.refused_links;
+            if !self.short_clashes.is_empty() {
+                self.count_handshake("short_id_clash");
+                tracing::warn!(refused = ?self.short_clashes, "peers left out of the data plane: another router has their short ID");
+            }
+        }
+        self.dataplane.publish(published.snapshot);
         for p in self.peers.iter() {
             self.heartbeats.set_link(
                 p.id,

@@ -4,10 +4,20 @@
 //! its first packet confirms it).
 //!
 //! Owns nothing: [`snapshot`] reads the peer registry, the topology's
-//! routes, the short IDs, the ownership table and the MTU, and returns the
-//! table the data plane swaps in. The driver calls it whenever a core says
-//! something changed, and publishes the result.
+//! routes, the short IDs, the ownership table, who may relay for whom
+//! (`attribution`) and the MTU, and returns the table the data plane swaps
+//! in. The driver calls it whenever a core says something changed, and
+//! publishes the result.
+//!
+//! Short IDs: two connected peers with one short ID (a clash gossip has not
+//! resolved yet) are never merged into one link. The lower full ID keeps
+//! the short ID (DESIGN.md "The data header"); the other gets no link and no
+//! receive keyset in the table until the clash is resolved, and is
+//! reported in [`Published::refused_links`] — its packets would otherwise
+//! be attributed to the wrong router. The counters are safe either way:
+//! they belong to the keys (`router::lane`).
 
+use super::attribution::Attributed;
 use super::peers::Peers;
 use crate::id::{PeerId, ShortId};
 use crate::router::snapshot::{Link, Liveness, OwnedRange, RecvSession, SendKeys, Snapshot};
@@ -30,14 +40,31 @@ pub struct Inputs<'a> {
     pub owners: Vec<(u32, u32, PeerId)>,
     /// The short ID the data plane uses for a router (gossiped, else its hello).
     pub short_of: &'a dyn Fn(PeerId) -> Option<ShortId>,
+    /// `(origin, neighbour)`: the neighbour may relay the origin's packets,
+    /// and `(first, last, owner)` ranges the owner held until just now
+    /// (`attribution`).
+    pub attributed: &'a Attributed,
 }
 
-/// The table, and the owned ranges it refused as overlapping.
-pub fn snapshot(inputs: &Inputs<'_>) -> (Snapshot, Vec<OwnedRange>) {
-    let short_of = inputs.short_of;
-    let mut snapshot = Snapshot::new(inputs.me, inputs.mtu as usize);
-    let owners: Vec<OwnedRange> = inputs
-        .owners
+/// What [`snapshot`] built.
+#[derive(Debug)]
+pub struct Published {
+    /// The table.
+    pub snapshot: Snapshot,
+    /// Owned ranges refused as overlapping.
+    pub refused_ranges: Vec<OwnedRange>,
+    /// Peers left out because another peer (with a lower full ID), or this
+    /// router, has their short ID.
+    pub refused_links: Vec<(PeerId, ShortId)>,
+}
+
+/// `(first, last, owner)` ranges with the owners' short IDs (ranges of
+/// routers without one are left out).
+fn ranges(
+    ranges: &[(u32, u32, PeerId)],
+    short_of: &dyn Fn(PeerId) -> Option<ShortId>,
+) -> Vec<OwnedRange> {
+    ranges
         .iter()
         .filter_map(|&(start, end, owner)| {
             Some(OwnedRange {
@@ -46,7 +73,20 @@ pub fn snapshot(inputs: &Inputs<'_>) -> (Snapshot, Vec<OwnedRange>) {
                 owner: short_of(owner)?,
             })
         })
-        .collect();
+        .collect()
+}
+
+/// Builds the table.
+pub fn snapshot(inputs: &Inputs<'_>) -> Published {
+    let short_of = inputs.short_of;
+    let mut snapshot = Snapshot::new(inputs.me, inputs.mtu as usize);
+    for &(origin, via) in &inputs.attributed.relays {
+        if let (Some(origin), Some(via)) = (short_of(origin), short_of(via)) {
+            snapshot.allow_relay(origin, via);
+        }
+    }
+    snapshot.set_previous_owners(ranges(&inputs.attributed.previous_owners, short_of));
+    let owners = ranges(&inputs.owners, short_of);
     let refused = snapshot.set_owners(owners);
     // Multi-hop: shortest paths over established connections, through a
     // neighbour we hold keys for.
@@ -57,11 +97,18 @@ pub fn snapshot(inputs: &Inputs<'_>) -> (Snapshot, Vec<OwnedRange>) {
             snapshot.set_next_hop(dst_short, via);
         }
     }
-    for peer in inputs.peers.iter() {
+    let mut peers: Vec<_> = inputs.peers.iter().collect();
+    peers.sort_by_key(|p| p.id);
+    let mut refused_links = Vec::new();
+    for peer in peers {
         let (Some(short), Some(liveness)) = (short_of(peer.id), inputs.liveness.get(&peer.id))
         else {
             continue;
         };
+        if short == inputs.me || snapshot.link(short).is_some() {
+            refused_links.push((peer.id, short));
+            continue;
+        }
         // A connection not yet established (UDP unverified) is used
         // directly only while the topology offers no other path.
         if snapshot.next_hop(short).is_none() {
@@ -95,7 +142,11 @@ pub fn snapshot(inputs: &Inputs<'_>) -> (Snapshot, Vec<OwnedRange>) {
             );
         }
     }
-    (snapshot, refused)
+    Published {
+        snapshot,
+        refused_ranges: refused,
+        refused_links,
+    }
 }
 
 #[cfg(test)]
@@ -134,8 +185,14 @@ mod tests {
             routes,
             owners: vec![(100, 199, PeerId(2)), (200, 299, PeerId(4))],
             short_of: &short,
+            attributed: &NOTHING_ATTRIBUTED,
         }
     }
+
+    static NOTHING_ATTRIBUTED: Attributed = Attributed {
+        relays: Vec::new(),
+        previous_owners: Vec::new(),
+    };
 
     #[test]
     fn direct_peers_are_their_own_next_hop_unless_the_topology_says_otherwise() {
@@ -148,8 +205,9 @@ mod tests {
             (PeerId(4), PeerId(2)),
             (PeerId(5), PeerId(9)),
         ];
-        let (s, refused) = snapshot(&inputs(&w, routes));
-        assert!(refused.is_empty());
+        let published = snapshot(&inputs(&w, routes));
+        assert!(published.refused_ranges.is_empty());
+        let s = published.snapshot;
         assert_eq!(s.next_hop(ShortId(2)), Some(ShortId(2)));
         assert_eq!(s.next_hop(ShortId(3)), Some(ShortId(2)));
         assert_eq!(s.next_hop(ShortId(4)), Some(ShortId(2)));
@@ -163,7 +221,7 @@ mod tests {
     fn every_peer_gets_a_link_with_its_endpoint_and_current_send_keys() {
         let t0 = Instant::now();
         let w = world(t0);
-        let (s, _) = snapshot(&inputs(&w, vec![]));
+        let s = snapshot(&inputs(&w, vec![])).snapshot;
         let link = s.link(ShortId(2)).unwrap();
         let peer = w.peers.get(PeerId(2)).unwrap();
         assert_eq!(link.endpoint, peer.endpoint);
@@ -180,7 +238,7 @@ mod tests {
         let mut w = world(t0);
         w.peers
             .handle_rekeyed(1, new_keys(77), t0 + Duration::from_secs(1));
-        let (s, _) = snapshot(&inputs(&w, vec![]));
+        let s = snapshot(&inputs(&w, vec![])).snapshot;
         let current = w
             .peers
             .get(PeerId(2))
@@ -193,5 +251,50 @@ mod tests {
         let next = s.session(77).unwrap();
         assert!(next.awaiting_confirmation);
         assert_eq!(next.peer, ShortId(2));
+    }
+
+    #[test]
+    fn two_peers_with_one_short_id_are_never_merged_into_one_link() {
+        let t0 = Instant::now();
+        let w = world(t0);
+        // 2 and 3 both claim short ID 7; 1 (this router) is short 1.
+        let clash = |id: PeerId| Some(ShortId(if id.0 == 1 { 1 } else { 7 }));
+        let mut i = inputs(&w, vec![]);
+        i.short_of = &clash;
+        let published = snapshot(&i);
+        assert_eq!(published.refused_links, vec![(PeerId(3), ShortId(7))]);
+        let link = published.snapshot.link(ShortId(7)).unwrap();
+        let two = w.peers.get(PeerId(2)).unwrap().keys.current().unwrap();
+        assert_eq!(link.send.as_ref().unwrap().remote_index, two.remote_index);
+        let three = w.peers.get(PeerId(3)).unwrap().keys.current().unwrap();
+        assert!(
+            published.snapshot.session(three.local_index).is_none(),
+            "3's packets would be attributed to 2"
+        );
+        // A peer with this router's own short ID gets nothing either.
+        let mine = |_: PeerId| Some(ShortId(1));
+        i.short_of = &mine;
+        assert_eq!(snapshot(&i).refused_links.len(), 2);
+    }
+
+    #[test]
+    fn relay_pairs_and_previous_owners_reach_the_table() {
+        let t0 = Instant::now();
+        let w = world(t0);
+        let attributed = Attributed {
+            relays: vec![(PeerId(4), PeerId(2))],
+            previous_owners: vec![(300, 399, PeerId(3))],
+        };
+        let mut i = inputs(&w, vec![]);
+        i.attributed = &attributed;
+        let s = snapshot(&i).snapshot;
+        assert!(s.may_relay(ShortId(4), ShortId(2)));
+        assert!(!s.may_relay(ShortId(4), ShortId(3)));
+        assert!(
+            s.may_relay(ShortId(3), ShortId(3)),
+            "a router speaks for itself"
+        );
+        assert!(s.owned_by(350, ShortId(3)));
+        assert!(!s.owned_by(350, ShortId(2)));
     }
 }

@@ -16,6 +16,7 @@
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};
 use std::fmt;
 use zeroize::Zeroize;
+use std::sync::{Arc, Weak};
 
 /// Length of the Poly1305 tag that follows the ciphertext.
 pub const TAG_LEN: usize = 16;
@@ -24,11 +25,35 @@ pub const TAG_LEN: usize = 16;
 /// accepts a larger one (see [`crate::crypto::replay`]).
 pub const COUNTER_LIMIT: u64 = (1 << 48) - 1;
 
-/// One direction's data-plane key. Cheap to clone (the 32-byte key); clones
-/// are handed to worker threads. `Debug` is redacted.
+/// One direction's data-plane key. Cheap to clone (a reference count);
+/// clones are handed to worker threads and share one identity ([`KeyId`]),
+/// which is what counters and replay windows are keyed by: a key's counter
+/// lives exactly as long as some clone of the key does (issue 15, defect
+/// 2). `Debug` is redacted.
 #[derive(Clone)]
 pub struct DataKey {
-    key: LessSafeKey,
+    key: Arc<LessSafeKey>,
+}
+
+/// The identity of one key instance and all its clones: two keys made by
+/// separate [`DataKey::from_bytes`] calls never share one while both live.
+/// An ID can be reused only after the key and every [`KeyLife`] of it are
+/// gone, so a map that keeps a `KeyLife` beside each ID never confuses a
+/// new key with an old one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KeyId(usize);
+
+/// Tells whether a key still exists anywhere (a weak reference): state kept
+/// per key (send counters, replay windows) is dropped once it does not,
+/// and never earlier.
+#[derive(Clone, Debug)]
+pub struct KeyLife(Weak<LessSafeKey>);
+
+impl KeyLife {
+    /// Whether some clone of the key still exists.
+    pub fn is_alive(&self) -> bool {
+        self.0.strong_count() > 0
+    }
 }
 
 impl fmt::Debug for DataKey {
@@ -63,8 +88,19 @@ impl DataKey {
             Err(_) => unreachable!("ChaCha20-Poly1305 takes a 32-byte key"),
         };
         Self {
-            key: LessSafeKey::new(key),
+            key: Arc::new(LessSafeKey::new(key)),
         }
+    }
+
+    /// This key's identity, shared by its clones.
+    pub fn id(&self) -> KeyId {
+        KeyId(Arc::as_ptr(&self.key) as usize)
+    }
+
+    /// A handle that says whether this key still exists; holding it keeps
+    /// [`DataKey::id`] from being reused.
+    pub fn life(&self) -> KeyLife {
+        KeyLife(Arc::downgrade(&self.key))
     }
 
     /// Encrypts `buffer` in place and returns the tag to append.
@@ -282,5 +318,19 @@ mod tests {
             "DataKey seal+open round trip, 1400-byte buffers: {:.2} GB/s of packets [{opened}]",
             (rounds * 1400) as f64 / secs / 1e9
         );
+    }
+
+    #[test]
+    fn clones_share_an_identity_and_separate_keys_do_not() {
+        let a = DataKey::from_bytes([7; 32]);
+        let same_bytes = DataKey::from_bytes([7; 32]);
+        assert_eq!(a.id(), a.clone().id());
+        assert_ne!(a.id(), same_bytes.id(), "identity is the instance");
+        let life = a.life();
+        let clone = a.clone();
+        drop(a);
+        assert!(life.is_alive(), "a clone keeps the key alive");
+        drop(clone);
+        assert!(!life.is_alive());
     }
 }

@@ -106,6 +106,7 @@ impl Dataplane {
             stats.push(worker_stats.clone());
             let worker = Worker::new(
                 lane as u8,
+                lanes as u8,
                 queue,
                 socket,
                 table.clone(),

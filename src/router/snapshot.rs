@@ -101,6 +101,12 @@ pub struct Snapshot {
     next_hops: IdMap<ShortId, ShortId>,
     links: IdMap<ShortId, Link>,
     sessions: IdMap<u32, RecvSession>,
+    /// `(origin, neighbour)`: the neighbour lies on a shortest path from
+    /// this router to the origin, so it may hand us the origin's packets.
+    relays: IdMap<(ShortId, ShortId), ()>,
+    /// Ranges their owner held until a few seconds ago (ring lag; see
+    /// `control::attribution`). Read only when the current table says no.
+    previous_owners: Vec<OwnedRange>,
 }
 
 impl Snapshot {
@@ -120,6 +126,16 @@ impl Snapshot {
         (addr <= range.end).then_some(range.owner)
     }
 
+    /// Whether `owner` may send from `addr`: it owns it now, or did until a
+    /// few seconds ago. The inner-source check of every delivered packet.
+    pub fn owned_by(&self, addr: u32, owner: ShortId) -> bool {
+        self.owner_of(addr) == Some(owner)
+            || self
+                .previous_owners
+                .iter()
+                .any(|r| r.owner == owner && r.start <= addr && addr <= r.end)
+    }
+
     /// The neighbour to send to for destination router `dst`.
     pub fn next_hop(&self, dst: ShortId) -> Option<ShortId> {
         self.next_hops.get(&dst).copied()
@@ -133,6 +149,15 @@ impl Snapshot {
     /// The keyset named by a receiver index.
     pub fn session(&self, local_index: u32) -> Option<&RecvSession> {
         self.sessions.get(&local_index)
+    }
+
+    /// Whether neighbour `via` may relay packets that `origin` sent: a
+    /// packet is attributed to its origin only when it comes from the
+    /// origin itself or from a neighbour on a shortest path toward it
+    /// (DESIGN.md "Security model"; the rule is in docs/ARCHITECTURE.md
+    /// "Inner sources"). One hash lookup, no allocation.
+    pub fn may_relay(&self, origin: ShortId, via: ShortId) -> bool {
+        origin == via || self.relays.contains_key(&(origin, via))
     }
 
     /// Every direct neighbour.
@@ -163,6 +188,12 @@ impl Snapshot {
         refused
     }
 
+    /// Ranges their owners held until just now: still accepted as inner
+    /// sources from them ([`Snapshot::owned_by`]).
+    pub fn set_previous_owners(&mut self, ranges: Vec<OwnedRange>) {
+        self.previous_owners = ranges;
+    }
+
     /// Sets the next hop toward `dst`.
     pub fn set_next_hop(&mut self, dst: ShortId, via: ShortId) {
         self.next_hops.insert(dst, via);
@@ -176,6 +207,12 @@ impl Snapshot {
     /// Adds a receive keyset.
     pub fn add_session(&mut self, local_index: u32, session: RecvSession) {
         self.sessions.insert(local_index, session);
+    }
+
+    /// Lets neighbour `via` relay packets from `origin` (see
+    /// [`Snapshot::may_relay`]).
+    pub fn allow_relay(&mut self, origin: ShortId, via: ShortId) {
+        self.relays.insert((origin, via), ());
     }
 }
 

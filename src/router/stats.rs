@@ -37,11 +37,17 @@ pub enum DropReason {
     BadSegment,
     /// A TCP packet dropped to drain a standing queue (`aqm`).
     Aqm,
+    /// A datagram of a lane another worker owns (merged into this worker's
+    /// GRO train): its replay window lives there, not here.
+    ForeignLane,
+    /// Relayed by a neighbour that is on no shortest path from the router
+    /// it claims the packet came from.
+    ImplausibleRelay,
 }
 
 impl DropReason {
     /// Every reason, in a fixed order (the index of the counter array).
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 16] = [
         Self::BadTag,
         Self::BadHeader,
         Self::NoRoute,
@@ -56,6 +62,8 @@ impl DropReason {
         Self::IoError,
         Self::BadSegment,
         Self::Aqm,
+        Self::ForeignLane,
+        Self::ImplausibleRelay,
     ];
 
     /// The label used in status and metrics.
@@ -75,6 +83,8 @@ impl DropReason {
             Self::IoError => "io_error",
             Self::BadSegment => "bad_segment",
             Self::Aqm => "aqm",
+            Self::ForeignLane => "foreign_lane",
+            Self::ImplausibleRelay => "implausible_relay",
         }
     }
 

@@ -116,10 +116,13 @@ fn tun_write(tun: &File, stats: &WorkerStats, bytes: &[u8]) {
 }
 
 impl Worker {
-    /// A worker for `lane` over one TUN queue and one UDP socket (both
-    /// non-blocking), on the plain path until [`Worker::with_offload`].
+    /// A worker for `lane` of `workers` over one TUN queue and one UDP
+    /// socket (both non-blocking), on the plain path until
+    /// [`Worker::with_offload`].
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         lane: u8,
+        workers: u8,
         tun: File,
         udp: UdpSocket,
         table: Arc<ArcSwap<Snapshot>>,
@@ -128,7 +131,7 @@ impl Worker {
         stop: Arc<AtomicBool>,
     ) -> Self {
         Self {
-            lane: Lane::new(lane),
+            lane: Lane::new(lane, workers),
             tun,
             udp,
             table,

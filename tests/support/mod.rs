@@ -256,7 +256,9 @@ impl Cluster {
     pub fn add_pod(&mut self, node: usize, addr: Ipv4Addr) -> usize {
         let index = self.pods.len();
         let ns = Netns::new(&format!("pod{index}"));
-        let host = format!("veth{index}");
+        // Named as the CNI plugin names host ends ("weft" + 11 hex), which
+        // the router's anti-spoofing rule matches.
+        let host = format!("weft{index:011x}");
         plumb_pod(&self.nodes[node].ns, &ns, &host, addr);
         self.pods.push(Pod { ns, addr, node });
         index

@@ -1,10 +1,14 @@
 //! Heartbeats and path-MTU probes on the control lane (DESIGN.md "MTU",
 //! "Endpoints behind NAT"). A sans-IO core.
 //!
-//! Owns, per connected peer: the heartbeat send counter and the replay
-//! windows of its receive keysets (pruned with the keysets: they are
-//! re-synced from the key schedule whenever it changes, see
-//! [`Heartbeats::set_link`]), when an authenticated packet last arrived and
+//! Owns, per connected peer: the heartbeat send counters and the replay
+//! windows of its receive keysets, keyed by the key itself (its
+//! [`KeyId`]), so that neither a receiver index reused for another key nor
+//! a keyset that drops out of a sync and comes back restarts a counter (a
+//! nonce reused) or resets a window (a replay accepted); both are pruned
+//! with the keysets when [`Heartbeats::set_link`] re-syncs them from the
+//! key schedule, and nothing is kept for a datagram that does not
+//! authenticate (issue 15, defects 2 and 5). Also when an authenticated packet last arrived and
 //! a heartbeat was last sent, the RTT, the path-MTU verdict and its probe
 //! schedule, and whether the connection is established (authenticated UDP
 //! arriving and a full-size probe answered). Does not own the keys (the peer
@@ -33,7 +37,7 @@ mod wire;
 #[cfg(test)]
 mod tests;
 
-use crate::crypto::data::DataKey;
+use crate::crypto::data::{DataKey, KeyId, KeyLife};
 use crate::crypto::replay::ReplayWindow;
 use crate::crypto::session::Keyset;
 use crate::id::{PeerId, ShortId};
@@ -159,7 +163,12 @@ pub struct LinkKeys<'a> {
 struct Sender {
     remote_index: u32,
     key: DataKey,
-    counter: u64,
+}
+
+/// A send key's next heartbeat counter, kept while the key exists.
+struct Counter {
+    next: u64,
+    life: KeyLife,
 }
 
 struct Receiver {
@@ -215,6 +224,10 @@ struct Link {
     short: ShortId,
     endpoint: Option<SocketAddr>,
     sender: Option<Sender>,
+    /// Heartbeat counters per send key (the current one and any older one
+    /// the key schedule still holds).
+    counters: HashMap<KeyId, Counter>,
+    /// Receive keysets by our receiver index.
     receivers: HashMap<u32, Receiver>,
     /// When this side may first send (the dialler at once).
     first_tx: Instant,
@@ -298,6 +311,7 @@ impl Heartbeats {
                 short: ShortId::default(),
                 endpoint: None,
                 sender: None,
+                counters: HashMap::new(),
                 receivers: HashMap::new(),
                 first_tx,
                 last_tx: None,
@@ -319,8 +333,9 @@ impl Heartbeats {
     }
 
     /// Brings `peer`'s keys, short IDs and endpoint up to date: windows of
-    /// keysets no longer held are dropped, a new send keyset starts its
-    /// counter at zero, and a new endpoint is probed at once.
+    /// keysets no longer held are dropped, a new receive key at a reused
+    /// index gets a new window, a send key's counter lives as long as the
+    /// key, and a new endpoint is probed at once.
     pub fn set_link(&mut self, peer: PeerId, me: ShortId, keys: LinkKeys<'_>, now: Instant) {
         self.me = me;
         let Some(link) = self.links.get_mut(&peer) else {
@@ -331,17 +346,16 @@ impl Heartbeats {
             link.pmtu.recheck(now);
         }
         link.endpoint = keys.endpoint;
-        link.sender = match (link.sender.take(), keys.current) {
-            (Some(s), Some(k)) if s.remote_index == k.remote_index => Some(s),
-            (_, Some(k)) => Some(Sender {
-                remote_index: k.remote_index,
-                key: k.send.clone(),
-                counter: 0,
-            }),
-            (_, None) => None,
-        };
-        link.receivers
-            .retain(|index, _| keys.receive.iter().any(|k| k.local_index == *index));
+        link.sender = keys.current.map(|k| Sender {
+            remote_index: k.remote_index,
+            key: k.send.clone(),
+        });
+        link.counters.retain(|_, c| c.life.is_alive());
+        link.receivers.retain(|index, r| {
+            keys.receive
+                .iter()
+                .any(|k| k.local_index == *index && k.recv.id() == r.key.id())
+        });
         for k in keys.receive {
             link.receivers
                 .entry(k.local_index)
@@ -596,9 +610,16 @@ impl Heartbeats {
         let Some(link) = self.links.get_mut(&peer) else {
             return;
         };
-        let (Some(sender), Some(endpoint)) = (link.sender.as_mut(), link.endpoint) else {
+        let (Some(sender), Some(endpoint)) = (link.sender.as_ref(), link.endpoint) else {
             return;
         };
+        let counter = link
+            .counters
+            .entry(sender.key.id())
+            .or_insert_with(|| Counter {
+                next: 0,
+                life: sender.key.life(),
+            });
         let header = DataHeader {
             kind: PacketType::Heartbeat,
             hop_limit: 1,
@@ -606,9 +627,9 @@ impl Heartbeats {
             dst: link.short,
             session: sender.remote_index,
             lane: CONTROL_LANE,
-            counter: sender.counter,
+            counter: counter.next,
         };
-        sender.counter += 1;
+        counter.next += 1;
         let datagram = wire::seal(&sender.key, &header, body.encode(mtu));
         link.last_tx = Some(now);
         self.transmits.push_back((endpoint, datagram));

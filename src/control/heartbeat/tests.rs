@@ -352,3 +352,96 @@ fn a_link_without_keys_reports_no_send_deadline() {
     a.add(B, true, t0);
     assert_eq!(a.poll_timeout(), None, "nothing to send with: no wake-ups");
 }
+
+/// The counter in the header of `a`'s next transmit.
+fn next_counter(a: &mut Heartbeats, now: Instant) -> u64 {
+    a.send(B, Body::Ping { stamp: 1 }, now);
+    let (_, d) = a.poll_transmit().unwrap();
+    DataHeader::parse(&d).unwrap().counter
+}
+
+#[test]
+fn a_send_key_that_leaves_a_sync_and_returns_goes_on_with_its_counter() {
+    let t0 = Instant::now();
+    let (mut a, _b) = pair(t0);
+    let k = keyset(10, 20, 1, 2, t0);
+    assert_eq!(next_counter(&mut a, t0), 0);
+    assert_eq!(next_counter(&mut a, t0), 1);
+    // A sync without a current keyset, then with it again: no restart.
+    let none = LinkKeys {
+        short: ShortId(2),
+        endpoint: Some(addr(2)),
+        current: None,
+        receive: vec![&k],
+    };
+    a.set_link(B, ShortId(1), none, t0);
+    a.set_link(B, ShortId(1), link_keys(2, addr(2), &k), t0);
+    // The pair's own keyset object was replaced by `k` (another key): a
+    // new key starts at 0; the same key object would have gone on.
+    assert_eq!(next_counter(&mut a, t0), 0);
+    a.set_link(B, ShortId(1), link_keys(2, addr(2), &k), t0);
+    assert_eq!(next_counter(&mut a, t0), 1, "same key, same counter");
+    // A new key under the same remote index does not inherit it.
+    let reused = keyset(11, 20, 7, 8, t0);
+    a.set_link(B, ShortId(1), link_keys(2, addr(2), &reused), t0);
+    assert_eq!(next_counter(&mut a, t0), 0);
+    drop(k);
+    a.set_link(B, ShortId(1), link_keys(2, addr(2), &reused), t0);
+    assert_eq!(a.links[&B].counters.len(), 1, "the dead key's counter went");
+}
+
+#[test]
+fn a_new_key_at_a_reused_receiver_index_gets_a_new_window() {
+    let t0 = Instant::now();
+    let (mut a, mut b) = pair(t0);
+    a.handle_timeout(t0);
+    let (_, mut d) = a.poll_transmit().unwrap();
+    b.handle_datagram(t0, addr(1), &mut d);
+    assert!(b.poll_event().is_some());
+    // B's index 20 now names another key (A's side rekeyed with new keys).
+    let kb = keyset(20, 11, 9, 8, t0);
+    let ka = keyset(11, 20, 8, 9, t0);
+    b.set_link(A, ShortId(2), link_keys(1, addr(1), &kb), t0);
+    a.set_link(B, ShortId(1), link_keys(2, addr(2), &ka), t0);
+    a.send(B, Body::Ping { stamp: 1 }, t0);
+    let (_, mut d) = a.poll_transmit().unwrap();
+    assert_eq!(DataHeader::parse(&d).unwrap().counter, 0);
+    b.handle_datagram(t0, addr(1), &mut d);
+    assert!(
+        matches!(
+            b.poll_event(),
+            Some(HeartbeatEvent::Authenticated {
+                local_index: 20,
+                ..
+            })
+        ),
+        "counter 0 under the new key is not a replay of the old key's"
+    );
+}
+
+#[test]
+fn a_flood_of_forged_heartbeats_with_known_indexes_leaves_no_state() {
+    let t0 = Instant::now();
+    let (mut a, mut b) = pair(t0);
+    // A small heartbeat (a probe is padded to the MTU).
+    a.send(B, Body::Ping { stamp: 1 }, t0);
+    let (_, template) = a.poll_transmit().unwrap();
+    let windows = b.windows();
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..100_000 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let mut forged = template.clone();
+        forged[10..16].copy_from_slice(&rng.to_be_bytes()[2..]);
+        let tag = forged.len() - 16;
+        forged[tag..tag + 8].copy_from_slice(&rng.to_le_bytes());
+        b.handle_datagram(t0, addr(9), &mut forged);
+    }
+    assert_eq!(b.windows(), windows);
+    assert_eq!(b.links.len(), 1);
+    assert!(b.links[&A].counters.is_empty(), "b has sent nothing");
+    assert_eq!(b.poll_event(), None);
+    assert_eq!(b.poll_transmit(), None);
+    assert_eq!(b.status(A, t0).unwrap().udp, UdpState::Unverified);
+}
