@@ -33,7 +33,7 @@ use connection::{
     PeerUp,
 };
 use ipam::{IpamDriver, PeerDirectory};
-use proto::{ControlMessage, Hello};
+use proto::{ControlMessage, Hello, Versions};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -451,29 +451,26 @@ impl Control {
     /// and the data plane).
     fn drive_ipam(&mut self, now: Instant) {
         while let Some((destination, payload)) = self.ipam.poll_transmit() {
-            let copies = match destination {
-                Destination::Peer(id) => u64::from(self.peers.contains_key(&id)),
-                Destination::Broadcast => self.peers.len() as u64,
+            // Each peer's ring version: the highest both handshakes contain.
+            let wanted = |peer: &Peer| match destination {
+                Destination::Peer(id) => peer.id == id,
+                Destination::Broadcast => true,
+                Destination::Neighbours { min, max } => Versions::OURS
+                    .ring
+                    .common(peer.hello.versions.ring)
+                    .is_some_and(|v| (min..=max).contains(&v)),
             };
-            self.count_gossip(Channel::Ring, "out", copies, payload.len());
-            let message = |payload: Vec<u8>| {
-                ConnectionCommand::Send(ControlMessage::Gossip {
-                    channel: Channel::Ring.to_byte(),
-                    payload,
-                })
-            };
-            match destination {
-                Destination::Peer(id) => {
-                    if let Some(peer) = self.peers.get(&id) {
-                        let _ = peer.commands.send(message(payload));
-                    }
-                }
-                Destination::Broadcast => {
-                    for peer in self.peers.values() {
-                        let _ = peer.commands.send(message(payload.clone()));
-                    }
-                }
+            let targets: Vec<&Peer> = self.peers.values().filter(|p| wanted(p)).collect();
+            let copies = targets.len() as u64;
+            for peer in targets {
+                let _ = peer
+                    .commands
+                    .send(ConnectionCommand::Send(ControlMessage::Gossip {
+                        channel: Channel::Ring.to_byte(),
+                        payload: payload.clone(),
+                    }));
             }
+            self.count_gossip(Channel::Ring, "out", copies, payload.len());
         }
         if self.ipam.drain_events(now) {
             self.dirty = true;

@@ -54,7 +54,11 @@ impl Versions {
         data: VersionRange { min: 1, max: 1 },
         control: VersionRange { min: 1, max: 1 },
         topology: VersionRange { min: 1, max: 1 },
-        ring: VersionRange { min: 1, max: 1 },
+        // 2: periodic ring digests (`crate::ipam::digest`); 1: full rings.
+        ring: VersionRange {
+            min: 1,
+            max: crate::ipam::message::RING_DIGEST_VERSION,
+        },
     };
 
     /// The first channel with no version in common, if any.

@@ -3,18 +3,25 @@
 //! first, fields appended only, trailing bytes ignored, size capped by
 //! `crate::wire`).
 
+use super::digest::RingSummary;
 use super::range::AddrRange;
 use super::ring::{GenesisId, Ring, RingError, RingWire};
 use crate::id::PeerId;
 use crate::wire::{self, DecodeError};
 use serde::{Deserialize, Serialize};
 
-/// The ring channel's wire version spoken here.
+/// The envelope version of the messages version 1 already had (a router
+/// built before digests reads only this one).
 pub const RING_WIRE_VERSION: u8 = 1;
+/// The newest ring channel version spoken here: 2 adds [`Message::Digest`],
+/// sent only to peers whose handshake says they speak it (the driver's
+/// [`Destination::Neighbours`](super::Destination::Neighbours)).
+pub const RING_DIGEST_VERSION: u8 = 2;
 
 const TYPE_RING: u8 = 1;
 const TYPE_PROPOSE: u8 = 2;
 const TYPE_DONATE_REQUEST: u8 = 3;
+const TYPE_DIGEST: u8 = 4;
 
 /// A voter's proposal to initialise the ring: its view of the range and of
 /// the voter set, compared by every receiver (DESIGN.md "Ring initialisation").
@@ -42,6 +49,9 @@ pub enum Message {
     Propose(Proposal),
     /// Asks for a donation.
     DonateRequest(DonateRequest),
+    /// The periodic summary of the sender's ring (version 2): the receiver
+    /// answers only if its own differs.
+    Digest(RingSummary),
 }
 
 /// Why an IPAM message was refused. Nothing was changed.
@@ -58,12 +68,13 @@ pub enum MessageError {
 impl Message {
     /// Encodes with the envelope.
     pub fn encode(&self) -> Vec<u8> {
-        let (kind, body) = match self {
-            Self::Ring(ring) => (TYPE_RING, wire::encode(&ring.to_wire())),
-            Self::Propose(p) => (TYPE_PROPOSE, wire::encode(p)),
-            Self::DonateRequest(r) => (TYPE_DONATE_REQUEST, wire::encode(r)),
+        let (version, kind, body) = match self {
+            Self::Ring(ring) => (RING_WIRE_VERSION, TYPE_RING, wire::encode(&ring.to_wire())),
+            Self::Propose(p) => (RING_WIRE_VERSION, TYPE_PROPOSE, wire::encode(p)),
+            Self::DonateRequest(r) => (RING_WIRE_VERSION, TYPE_DONATE_REQUEST, wire::encode(r)),
+            Self::Digest(d) => (RING_DIGEST_VERSION, TYPE_DIGEST, wire::encode(d)),
         };
-        let mut out = vec![RING_WIRE_VERSION, kind];
+        let mut out = vec![version, kind];
         // Encoding plain data into a Vec cannot fail; an empty body would be refused by the peer.
         out.extend(body.unwrap_or_default());
         out
@@ -75,13 +86,14 @@ impl Message {
         let [version, kind, body @ ..] = bytes else {
             return Err(DecodeError::Truncated.into());
         };
-        if *version != RING_WIRE_VERSION {
+        if !(RING_WIRE_VERSION..=RING_DIGEST_VERSION).contains(version) {
             return Err(DecodeError::UnsupportedVersion(*version).into());
         }
         Ok(match *kind {
             TYPE_RING => Self::Ring(Ring::from_wire(wire::decode::<RingWire>(body)?)?),
             TYPE_PROPOSE => Self::Propose(wire::decode(body)?),
             TYPE_DONATE_REQUEST => Self::DonateRequest(wire::decode(body)?),
+            TYPE_DIGEST if *version >= RING_DIGEST_VERSION => Self::Digest(wire::decode(body)?),
             other => return Err(DecodeError::UnknownType(other).into()),
         })
     }
@@ -106,6 +118,7 @@ mod tests {
             Message::DonateRequest(DonateRequest {
                 genesis: ring.genesis_id(),
             }),
+            Message::Digest(RingSummary::of(&ring)),
         ] {
             assert_eq!(Message::decode(&m.encode()).unwrap(), m);
         }
@@ -115,9 +128,32 @@ mod tests {
     fn truncated_unknown_and_future_messages_are_refused() {
         assert!(Message::decode(&[]).is_err());
         assert!(Message::decode(&[1]).is_err());
-        assert!(Message::decode(&[2, 1, 0]).is_err());
+        assert!(Message::decode(&[3, 1, 0]).is_err());
         assert!(Message::decode(&[1, 99]).is_err());
         assert!(Message::decode(&[1, 1, 0, 4]).is_err());
+    }
+
+    #[test]
+    fn a_digest_is_a_few_dozen_bytes_with_version_2_first() {
+        let range = AddrRange::parse("10.32.0.0/12").unwrap();
+        let ring = Ring::genesis(range, "voters", &[PeerId(1), PeerId(2)].into());
+        let bytes = Message::Digest(RingSummary::of(&ring)).encode();
+        assert_eq!(&bytes[..2], &[RING_DIGEST_VERSION, TYPE_DIGEST]);
+        assert!(bytes.len() <= 40, "{} bytes", bytes.len());
+    }
+
+    #[test]
+    fn messages_version_1_had_keep_envelope_version_1() {
+        let range = AddrRange::parse("10.32.0.0/12").unwrap();
+        let ring = Ring::genesis(range, "voters", &[PeerId(1)].into());
+        assert_eq!(Message::Ring(ring).encode()[0], RING_WIRE_VERSION);
+    }
+
+    #[test]
+    fn malformed_digests_and_digests_under_version_1_are_refused() {
+        assert!(Message::decode(&[2, TYPE_DIGEST]).is_err());
+        assert!(Message::decode(&[2, TYPE_DIGEST, 1, 2]).is_err());
+        assert!(Message::decode(&[1, TYPE_DIGEST, 0, 0, 0]).is_err());
     }
 
     proptest! {

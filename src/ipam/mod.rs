@@ -11,11 +11,13 @@
 //! - [`range`]: the cluster range as base + `u128` offsets (IPv4 or IPv6).
 //! - [`ring`]: the CRDT, its merge, validation and wire form.
 //! - [`space`]: the allocation table and the free-address search.
+//! - [`digest`]: the ring's summary for anti-entropy.
 //! - [`message`]: the wire messages.
 //! - [`store`]: the `Store` trait, in-memory and file stores, the disk format.
 //! - [`allocator`]: the core.
 
 pub mod allocator;
+pub mod digest;
 pub mod error;
 pub mod message;
 pub mod range;

@@ -68,6 +68,13 @@ impl Net {
                     Destination::Broadcast => {
                         self.nodes.keys().copied().filter(|p| *p != from).collect()
                     }
+                    // Every node here speaks digests.
+                    Destination::Neighbours { min, max }
+                        if (min..=max).contains(&message::RING_DIGEST_VERSION) =>
+                    {
+                        self.nodes.keys().copied().filter(|p| *p != from).collect()
+                    }
+                    Destination::Neighbours { .. } => vec![],
                 };
                 for t in targets {
                     if let Some(node) = self.nodes.get_mut(&t)

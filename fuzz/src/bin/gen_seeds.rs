@@ -9,6 +9,7 @@ use weft::crypto::{FrameSealer, Handshake};
 use weft::gossip::message::{Digest, Message as GossipMessage, Request, Summary, Update};
 use weft::gossip::{ConnectionInfo, TopologyEntry};
 use weft::id::{PeerId, ShortId};
+use weft::ipam::digest::RingSummary;
 use weft::ipam::message::{DonateRequest, Message as IpamMessage, Proposal};
 use weft::ipam::{AddrRange, Ring};
 use weft::router::packet::{DataHeader, HEADER_LEN, PacketType};
@@ -302,6 +303,7 @@ fn main() {
                 genesis: ring.genesis_id(),
             }),
         ),
+        ("digest", IpamMessage::Digest(RingSummary::of(&donated))),
     ];
     for (name, m) in &ipam {
         write("ipam_message", name, &m.encode());

@@ -12,6 +12,16 @@ pub enum Destination {
     Peer(PeerId),
     /// Everyone, over the gossip channel.
     Broadcast,
+    /// Every neighbour whose negotiated ring version (the highest both
+    /// handshakes' ring ranges contain) is in `min..=max`: the periodic
+    /// digest goes to those that read it, the full ring to the others
+    /// (DESIGN.md "Wire rules": a mixed-version cluster keeps working).
+    Neighbours {
+        /// Lowest negotiated version included.
+        min: u8,
+        /// Highest negotiated version included.
+        max: u8,
+    },
 }
 
 /// Why the timer is armed.

@@ -62,13 +62,23 @@ impl<S: Store> Allocator<S> {
             return self.on_foreign_ring(from, theirs, now);
         }
         if !mine.would_change(&theirs) {
+            // Nothing new here; if they lack something, send it back so the
+            // exchange converges both ways (`anti_entropy.rs`).
+            if self.speaks_digests() && theirs.would_change(mine) {
+                self.send_ring(Destination::Peer(from), now);
+            }
             return Ok(());
         }
         let me = (!self.relearning(now)).then_some(self.cfg.me);
         mine.validate_update(me, &theirs)?;
         let mut joined = mine.clone();
         joined.join(&theirs);
-        self.apply_ring(from, joined, now)
+        let they_lack = self.speaks_digests() && theirs.would_change(&joined);
+        self.apply_ring(from, joined, now)?;
+        if they_lack {
+            self.send_ring(Destination::Peer(from), now);
+        }
+        Ok(())
     }
 
     /// Installs a merged ring and acts on what changed for this router.

@@ -26,6 +26,12 @@
 //! - A ring learned from a peer (first start, or a restart without state)
 //!   quarantines this router's own ranges: its former self may have given
 //!   some away. So does a reclaim. Quarantine lasts `2 × convergence_bound`.
+//! - Anti-entropy (DESIGN.md "Wire rules"): every `gossip_interval` a
+//!   digest of the ring goes to the neighbours that speak ring version 2,
+//!   the full ring to the others; a receiver whose digest differs answers
+//!   (`anti_entropy.rs`), and a router sent a ring lacking what it has sends
+//!   its own back. Changes are still pushed whole at once, and a new
+//!   neighbour gets the full ring.
 //! - A router that finds itself tombstoned stops allocating and raises
 //!   [`Alarm::Tombstoned`]; one that loses a range holding allocations raises
 //!   [`Alarm::OwnershipLost`].
@@ -36,10 +42,11 @@
 //! the rest of the core is split by what it does, each an `impl` block of
 //! [`Allocator`]: `alloc.rs` (allocate, release), `init.rs` (the vote, the
 //! static split, a first ring), `merge.rs` (a peer's ring, conflicts),
-//! `donation.rs`, `reclaim.rs` (rmpeer, tombstones), `leave.rs`,
+//! `anti_entropy.rs` (digests), `donation.rs`, `reclaim.rs` (rmpeer, tombstones), `leave.rs`,
 //! `persist.rs` (records for the store), `status.rs`; `events.rs` holds the
 //! output types.
 mod alloc;
+mod anti_entropy;
 mod donation;
 mod events;
 mod init;
@@ -53,7 +60,7 @@ pub use events::{Alarm, Destination, Event, Timer};
 pub use status::{OwnedRange, Phase, Status};
 
 use super::error::IpamError;
-use super::message::Message;
+use super::message::{Message, RING_DIGEST_VERSION};
 use super::range::AddrRange;
 use super::ring::{GenesisId, Ring};
 use super::space::{AllocKey, Allocations};
@@ -92,6 +99,11 @@ pub struct Config {
     pub convergence_bound: Duration,
     /// How long to wait for a donation before asking someone else.
     pub request_timeout: Duration,
+    /// The newest ring channel version this allocator speaks:
+    /// [`RING_DIGEST_VERSION`] (periodic digests) by default; 1 behaves as
+    /// a router built before digests (full ring every interval, digests
+    /// refused), which the simulator uses for mixed-version clusters.
+    pub ring_version: u8,
 }
 
 impl Config {
@@ -105,6 +117,7 @@ impl Config {
             gossip_interval: Duration::from_secs(5),
             convergence_bound: Duration::from_secs(30),
             request_timeout: Duration::from_secs(5),
+            ring_version: RING_DIGEST_VERSION,
         }
     }
 }
@@ -340,6 +353,7 @@ impl<S: Store> Allocator<S> {
             Message::Ring(ring) => self.on_ring(from, ring, now),
             Message::Propose(proposal) => self.on_propose(from, proposal, now),
             Message::DonateRequest(request) => self.on_donate_request(from, request, now),
+            Message::Digest(summary) => self.on_digest(from, summary, now),
         }
     }
 
@@ -359,7 +373,7 @@ impl<S: Store> Allocator<S> {
         self.quarantine.retain(|q| q.2 > now);
         self.avoid.retain(|_, until| *until > now);
         if self.ring.is_some() {
-            self.send_ring(Destination::Broadcast, now);
+            self.send_anti_entropy(now);
         } else if self.may_vote {
             let bytes = self.proposal().encode();
             self.transmits.push_back((Destination::Broadcast, bytes));
