@@ -23,6 +23,7 @@
 
 use super::net::{NetConfig, Network};
 use crate::id::PeerId;
+use crate::ipam::message::RING_DIGEST_VERSION;
 use crate::ipam::{
     AddrRange, AllocError, AllocKey, Allocator, Config, Destination, Event, InUse, Init, IpamError,
     MemStore,
@@ -83,10 +84,14 @@ struct Sim {
     whole_since: Instant,
     pod_counter: u64,
     stats: Stats,
+    /// Share of routers joining as pre-digest builds (ring version 1); a
+    /// restart upgrades one half the time (a rolling upgrade).
+    old_share: f64,
+    ring_versions: BTreeMap<PeerId, u8>,
 }
 
 impl Sim {
-    fn new(seed: u64) -> Self {
+    fn new(seed: u64, old_share: f64) -> Self {
         let mut sim = Self {
             seed,
             step: 0,
@@ -110,6 +115,8 @@ impl Sim {
             whole_since: Instant::now(),
             pod_counter: 0,
             stats: Stats::default(),
+            old_share,
+            ring_versions: BTreeMap::new(),
         };
         for _ in 0..3 {
             sim.join();
@@ -129,7 +136,29 @@ impl Sim {
         cfg.gossip_interval = Duration::from_secs(1);
         cfg.convergence_bound = BOUND;
         cfg.request_timeout = Duration::from_secs(1);
+        cfg.ring_version = self.ring_version(id);
         cfg
+    }
+
+    fn ring_version(&self, id: PeerId) -> u8 {
+        self.ring_versions
+            .get(&id)
+            .copied()
+            .unwrap_or(RING_DIGEST_VERSION)
+    }
+
+    /// Picks a joining or restarting router's build: old with `old_share`,
+    /// and an old one restarting is upgraded one time in two.
+    fn pick_build(&mut self, id: PeerId) {
+        let old = if self.ring_version(id) < RING_DIGEST_VERSION {
+            !self.rng.gen_bool(0.5)
+        } else {
+            !self.ring_versions.contains_key(&id)
+                && self.old_share > 0.0
+                && self.rng.gen_bool(self.old_share)
+        };
+        let version = if old { 1 } else { RING_DIGEST_VERSION };
+        self.ring_versions.insert(id, version);
     }
 
     fn connected(&self, a: PeerId, b: PeerId) -> bool {
@@ -177,10 +206,17 @@ impl Sim {
             }
         }
         let others: Vec<PeerId> = self.nodes.keys().copied().filter(|p| *p != id).collect();
+        let mine = self.ring_version(id);
         for (to, bytes) in out {
             let targets = match to {
                 Destination::Peer(p) => vec![p],
                 Destination::Broadcast => others.clone(),
+                // The negotiated version: the highest both speak (all speak 1).
+                Destination::Neighbours { min, max } => others
+                    .iter()
+                    .copied()
+                    .filter(|p| (min..=max).contains(&mine.min(self.ring_version(*p))))
+                    .collect(),
             };
             for t in targets {
                 self.net
@@ -254,6 +290,7 @@ impl Sim {
     fn join(&mut self) {
         let id = PeerId(self.next_id);
         self.next_id += 1;
+        self.pick_build(id);
         let ipam = Allocator::new(self.config(id), MemStore::default(), &[], self.now).unwrap();
         self.nodes.insert(
             id,
@@ -286,6 +323,9 @@ impl Sim {
 
     fn restart(&mut self, id: PeerId, keep_state: bool) {
         let node = self.nodes.remove(&id).unwrap();
+        if self.old_share > 0.0 {
+            self.pick_build(id);
+        }
         let mut in_use: Vec<InUse> = node
             .pods
             .iter()
@@ -573,8 +613,8 @@ impl Sim {
     }
 }
 
-fn run(seed: u64, steps: u64) -> Stats {
-    let mut sim = Sim::new(seed);
+fn run(seed: u64, steps: u64, old_share: f64) -> Stats {
+    let mut sim = Sim::new(seed, old_share);
     for step in 0..steps {
         sim.step = step;
         sim.one_step();
@@ -596,16 +636,15 @@ fn run(seed: u64, steps: u64) -> Stats {
     sim.stats
 }
 
+/// A number from the environment (`WEFT_SIM_SEED`, `WEFT_SIM_STEPS`).
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|s| s.parse().ok())
+}
+
 #[test]
 fn random_joins_leaves_restarts_partitions_donations_and_reclaims_never_double_allocate() {
-    let steps: u64 = std::env::var("WEFT_SIM_STEPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10_000);
-    let seeds: Vec<u64> = match std::env::var("WEFT_SIM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
+    let steps = env_u64("WEFT_SIM_STEPS").unwrap_or(10_000);
+    let seeds: Vec<u64> = match env_u64("WEFT_SIM_SEED") {
         Some(seed) => vec![seed],
         // A debug build runs one seed (about two minutes); `cargo test --release` runs four.
         None if cfg!(debug_assertions) => vec![1],
@@ -613,11 +652,24 @@ fn random_joins_leaves_restarts_partitions_donations_and_reclaims_never_double_a
     };
     for seed in seeds {
         eprintln!("ipam sim: seed={seed} steps={steps} (replay with WEFT_SIM_SEED={seed})");
-        let stats = run(seed, steps);
+        let stats = run(seed, steps, 0.0);
         eprintln!("ipam sim: seed={seed} ok: {stats:?}");
         assert!(
             stats.allocated > 100 && stats.donations > 0 && stats.reclaims > 0 && stats.leaves > 0,
             "{stats:?}"
         );
     }
+}
+
+/// A rolling upgrade: routers join as pre-digest builds (full ring every
+/// interval, digests refused) or digest builds, and old ones restarting are
+/// upgraded; same invariants, and the rings still converge after healing.
+#[test]
+fn a_cluster_mixing_pre_digest_and_digest_routers_never_double_allocates_and_converges() {
+    let steps = env_u64("WEFT_SIM_STEPS").unwrap_or(3_000);
+    let seed = env_u64("WEFT_SIM_SEED").unwrap_or(5);
+    eprintln!("ipam sim (mixed builds): seed={seed} steps={steps}");
+    let stats = run(seed, steps, 0.5);
+    eprintln!("ipam sim (mixed builds): seed={seed} ok: {stats:?}");
+    assert!(stats.allocated > 50 && stats.joins > 3, "{stats:?}");
 }

@@ -8,12 +8,16 @@
 //!   gossip and IPAM harnesses share it);
 //! - [`gossip`]: the topology harness ([`gossip::GossipSim`]);
 //! - `ipam` (tests only): many IPAM cores with joins, kills, restarts,
-//!   partitions, donations, reclaims and leaves, checking invariant 1.
+//!   partitions, donations, reclaims and leaves, checking invariant 1;
+//! - `ring_bench` (tests only, ignored): the ring channel's idle bytes per
+//!   router, full rings against digests.
 
 pub mod gossip;
 #[cfg(test)]
 mod ipam;
 pub mod net;
+#[cfg(test)]
+mod ring_bench;
 
 #[cfg(test)]
 mod tests;
