@@ -9,13 +9,20 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
 # The cache mounts keep the registry and the target directory between
-# builds; the binaries are copied out in the same step, since the target
-# directory is not part of the image.
+# builds; the binaries are written to /out in the same step, since the
+# target directory is not part of the image. scripts/build-dist.sh builds
+# the release binaries (`cargo build --release --locked -p weft`, then the
+# plugin's final link static with `cargo rustc --release --locked -p
+# weft-cni`: the kubelet runs it on hosts with an older glibc) and strips
+# them, keeping the debug info in /out/*.debug.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p weft -p weft-cni \
-    && mkdir -p /out \
-    && cp target/release/weft target/release/weft-cni /out/
+    ./scripts/build-dist.sh /out
+
+# ---- symbols: the debug info, a build artefact, not in the image ----
+# docker build --target symbols -o type=local,dest=symbols .
+FROM scratch AS symbols
+COPY --from=build /out/weft.debug /out/weft-cni.debug /
 
 # ---- runtime: a small Debian with the tools an operator reaches for ----
 FROM debian:bookworm-slim AS runtime

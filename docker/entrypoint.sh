@@ -74,6 +74,12 @@ install_cni() {
     mkdir -p "$bin_dir" "$conf_dir"
     install_file "$plugin" "$bin_dir/weft" 0755
 
+    # The same chain as cni/weft.conflist: weft, then the reference
+    # `portmap` plugin for pods' hostPorts (the kubelet passes them as the
+    # portMappings capability; portmap must be in the host's CNI bin dir).
+    if [ ! -x "$bin_dir/portmap" ]; then
+        log "$bin_dir/portmap is missing: pods' hostPorts will not answer (install the reference CNI plugins)"
+    fi
     staged=$(mktemp)
     cat >"$staged" <<CONF
 {
@@ -84,6 +90,11 @@ install_cni() {
       "type": "weft",
       "socket": "$socket",
       "mtu": $mtu
+    },
+    {
+      "type": "portmap",
+      "capabilities": { "portMappings": true },
+      "snat": true
     }
   ]
 }

@@ -9,6 +9,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # Integration tests start real routers: build the binaries once, in release,
 # so that transfers are fast, and run the tests one file at a time.
 cargo build --workspace --release --locked
+# The shipped binaries as the image has them (static plugin, stripped, debug
+# info apart) in target/release/dist, for tests/deploy.rs: one more link.
+./scripts/build-dist.sh
 cargo test --workspace --release --locked -- --test-threads=2
 # Every fuzz target replays its committed corpus and is then fuzzed for
 # FUZZ_SMOKE_SECONDS (default 5) s with cargo-fuzz, without sanitizers

@@ -93,7 +93,7 @@ async fn serve(
     // DESIGN.md: "Before an empty-state router claims anything, it rebuilds
     // its in-use set from the kernel."
     let in_use = netlink::addresses_in_use(&config.iface, config.range).await;
-    let ipam = IpamDriver::open(
+    let mut ipam = IpamDriver::open(
         &config.state_dir,
         identity.id(),
         config.range,
@@ -101,6 +101,11 @@ async fn serve(
         &in_use,
         Instant::now(),
     )?;
+    if config.peers_from_kube.is_some() {
+        ipam.hold(
+            "waiting for the first Kubernetes node list (--peers-from-kube) to pick the voters",
+        );
+    }
     let plan = InterfacePlan {
         iface: config.iface.clone(),
         mtu,
@@ -109,8 +114,15 @@ async fn serve(
         owned: Vec::new(),
     };
     netlink::configure(&plan).await?;
-    apply_nftables(&config);
-    open_forward_policy(&config);
+    let forwarding = netlink::ensure_forwarding(&config.iface).await;
+    log_forwarding(&forwarding, None);
+    let (forwarding_tx, forwarding_rx) = watch::channel(forwarding);
+    tokio::spawn(keep_forwarding(config.iface.clone(), forwarding_tx));
+    let firewall = crate::host_firewall::start(crate::host_firewall::Rules {
+        range: config.range,
+        iface: config.iface.clone(),
+        masquerade: config.masquerade,
+    });
     let (kernel_tx, kernel_rx) = watch::channel(plan);
     tokio::spawn(apply_kernel_plans(kernel_rx));
     tracing::info!(
@@ -158,7 +170,11 @@ async fn serve(
         events: connection_tx,
         msg1_guard: std::sync::Mutex::new(crate::crypto::Msg1Guard::new()),
     });
-    let (api_tx, api_rx) = mpsc::channel(64);
+    let (control_tx, api_rx) = mpsc::channel(64);
+    let (api_tx, spliced_rx) = mpsc::channel(64);
+    tokio::spawn(crate::host_firewall::splice_status(
+        spliced_rx, control_tx, firewall,
+    ));
     if let Some(listener) = metrics_listener {
         tokio::spawn(crate::metrics::serve(listener, api_tx.clone()));
     }
@@ -177,6 +193,7 @@ async fn serve(
             range: config.range,
             mtu,
             rekey_after: config.rekey_after,
+            forwarding: forwarding_rx,
         },
         context,
         dataplane,
@@ -201,51 +218,6 @@ async fn serve(
     Ok(())
 }
 
-/// Installs (or, after a restart, replaces) the router's nftables table
-/// once the TUN and the range route exist (DESIGN.md "Egress and
-/// forwarding"). Without `nft` the router still runs: one warning says what
-/// is missing and how to get it.
-/// Accepts the range in an iptables FORWARD chain that drops by policy
-/// (Docker's), which the router's own table cannot overrule.
-fn open_forward_policy(config: &RouterConfig) {
-    match crate::forward_policy::open(config.range) {
-        Ok(crate::forward_policy::Opened::NotNeeded) => {}
-        Ok(crate::forward_policy::Opened::In(chain)) => tracing::info!(
-            chain,
-            "the iptables FORWARD policy is DROP (Docker?): accepting the pod range there"
-        ),
-        Err(crate::forward_policy::ForwardPolicyError::Spawn(_)) => {}
-        Err(e) => tracing::warn!(
-            "cannot check the iptables FORWARD policy ({e}): if it is DROP (Docker sets it), pod traffic through this node is dropped; accept {} in FORWARD",
-            config.range
-        ),
-    }
-}
-
-fn apply_nftables(config: &RouterConfig) {
-    match crate::nftables::apply(config.range, &config.iface, config.masquerade) {
-        Ok(()) => tracing::info!(
-            table = crate::nftables::TABLE,
-            masquerade = config.masquerade,
-            "nftables table applied"
-        ),
-        Err(e) => {
-            let masq = if config.masquerade {
-                format!(
-                    "no masquerade, so pods cannot reach addresses outside {}, and ",
-                    config.range
-                )
-            } else {
-                String::new()
-            };
-            tracing::warn!(
-                "nftables table {} not applied ({e}): {masq}no anti-spoofing check on pod sources; install nftables (the nft command) and restart the router",
-                crate::nftables::TABLE
-            )
-        }
-    }
-}
-
 /// Applies each new kernel plan (node address, owned ranges) from the
 /// control task; a failure is logged and retried with the next plan or
 /// after 5 s.
@@ -263,6 +235,50 @@ async fn apply_kernel_plans(mut plans: watch::Receiver<InterfacePlan>) {
         if plans.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// How often the router re-checks IPv4 forwarding: a `sysctl --system` run
+/// that writes `net.ipv4.ip_forward=0` turns it off on every interface.
+const FORWARDING_RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Keeps IPv4 forwarding on where the data path needs it (an uplink that
+/// appears later, a sysctl reload), publishing each pass for `weft status`.
+async fn keep_forwarding(iface: String, reports: watch::Sender<crate::forwarding::Report>) {
+    let mut every = tokio::time::interval(FORWARDING_RECHECK);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let report = netlink::ensure_forwarding(&iface).await;
+        log_forwarding(&report, Some(&reports.borrow()));
+        reports.send_replace(report);
+    }
+}
+
+/// Logs a forwarding pass: at start what is on and what the router turned
+/// on; later only what it had to turn on again, and a warning when what is
+/// off changes (not every 10 s).
+fn log_forwarding(
+    report: &crate::forwarding::Report,
+    previous: Option<&crate::forwarding::Report>,
+) {
+    let turned_on = report.turned_on();
+    match previous {
+        None => tracing::info!(
+            forwarding = %report.summary(),
+            turned_on = ?turned_on,
+            "IPv4 forwarding checked"
+        ),
+        Some(_) if !turned_on.is_empty() => tracing::info!(
+            turned_on = ?turned_on,
+            "IPv4 forwarding was off (a sysctl reload? a new interface?); turned it on"
+        ),
+        Some(_) => {}
+    }
+    if let Some(line) = report.warning()
+        && previous.and_then(crate::forwarding::Report::warning) != Some(line.clone())
+    {
+        tracing::warn!("{line}");
     }
 }
 

@@ -1,14 +1,17 @@
 //! `weft demo`: a whole mesh in network namespaces on this machine. Nodes
 //! share an underlay bridge (192.0.2.0/24), run one real `weft router` each,
-//! get one pod each plugged in by the CNI plugin (or, without it, plumbed
-//! with `ip` the same way), then the demo pings every
+//! get one pod each plugged in by the CNI plugin, then the demo pings every
 //! pod from every other, measures throughput and prints `weft status`.
+//! The demo does nothing to a node that a real node would not have: the
+//! routers and the plugin turn on what they need (IPv4 forwarding).
 //!
 //! Everything it creates is named `weft-demo-<pid>-*` and removed at the end
-//! (and leftovers of killed runs at the start), unless `--keep`.
+//! (and leftovers of killed runs at the start), unless `--keep`. A failed
+//! demo keeps its log directory and prints where it is.
 
 use crate::api::client;
 use crate::api::proto::{Request, Status};
+use std::ffi::OsStr;
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -31,20 +34,85 @@ pub fn run(nodes: usize, keep: bool) -> anyhow::Result<()> {
     {
         anyhow::bail!("weft demo creates network namespaces: run it as root (sudo)");
     }
-    if Command::new("ip").arg("-V").output().is_err() {
-        anyhow::bail!("weft demo needs iproute2: apt-get install -y iproute2");
+    if let Some(line) = missing_tools_line(&missing_tools(std::env::var_os("PATH").as_deref())) {
+        anyhow::bail!(line);
     }
+    let plugin = cni_plugin().ok_or_else(|| {
+        anyhow::anyhow!(
+            "weft demo needs the CNI plugin weft-cni next to {} or at {CNI_PLUGIN}: build it with cargo build --release --workspace",
+            std::env::current_exe().map_or_else(|_| "weft".into(), |e| e.display().to_string())
+        )
+    })?;
     remove_leftovers();
     let mut demo = Demo::new()?;
-    let result = demo.build_and_show(nodes);
+    let result = demo.build_and_show(nodes, &plugin);
     if keep && result.is_ok() {
         demo.keep();
         return Ok(());
     }
     println!("\ncleaning up…");
+    demo.keep_logs = result.is_err();
+    let dir = demo.dir.clone();
     drop(demo);
-    println!("done: no namespace, interface or process left behind.");
+    if result.is_err() {
+        println!(
+            "done: no namespace, interface or process left behind; the routers' logs are kept in {}",
+            dir.display()
+        );
+    } else {
+        println!("done: no namespace, interface or process left behind.");
+    }
     result
+}
+
+/// Every program the demo runs, with the Debian package that provides it.
+/// (`iperf3` is optional: without it the demo skips the throughput figure.)
+const TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("ping", "iputils-ping"),
+    // The routers install their nftables table with it.
+    ("nft", "nftables"),
+    // Stops processes of a killed earlier demo.
+    ("kill", "procps"),
+    ("timeout", "coreutils"),
+];
+
+/// The [`TOOLS`] that no directory of `path` (a `PATH` value) holds as an
+/// executable file.
+fn missing_tools(path: Option<&OsStr>) -> Vec<(&'static str, &'static str)> {
+    use std::os::unix::fs::PermissionsExt;
+    let dirs: Vec<PathBuf> = path
+        .map(|p| std::env::split_paths(p).collect())
+        .unwrap_or_default();
+    TOOLS
+        .iter()
+        .filter(|(tool, _)| {
+            !dirs.iter().any(|dir| {
+                std::fs::metadata(dir.join(tool))
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            })
+        })
+        .copied()
+        .collect()
+}
+
+/// One line naming the missing tools and the packages to install, or
+/// `None` when nothing is missing.
+fn missing_tools_line(missing: &[(&str, &str)]) -> Option<String> {
+    if missing.is_empty() {
+        return None;
+    }
+    let tools: Vec<String> = missing
+        .iter()
+        .map(|(tool, package)| format!("{tool} ({package})"))
+        .collect();
+    let mut packages: Vec<&str> = missing.iter().map(|(_, package)| *package).collect();
+    packages.dedup();
+    Some(format!(
+        "weft demo needs {}, not found on PATH: apt-get install -y {}",
+        tools.join(", "),
+        packages.join(" ")
+    ))
 }
 
 struct Demo {
@@ -53,6 +121,8 @@ struct Demo {
     namespaces: Vec<String>,
     routers: Vec<(String, Child)>,
     kept: bool,
+    /// Keep the log directory when cleaning up (the demo failed).
+    keep_logs: bool,
 }
 
 impl Demo {
@@ -66,6 +136,7 @@ impl Demo {
             namespaces: Vec::new(),
             routers: Vec::new(),
             kept: false,
+            keep_logs: false,
         })
     }
 
@@ -77,7 +148,7 @@ impl Demo {
         Ok(name)
     }
 
-    fn build_and_show(&mut self, count: usize) -> anyhow::Result<()> {
+    fn build_and_show(&mut self, count: usize, plugin: &Path) -> anyhow::Result<()> {
         let exe = std::env::current_exe()?;
         let secret = self.dir.join("secret");
         let mut bytes = [0u8; 32];
@@ -109,7 +180,6 @@ impl Demo {
                 "eth0",
             ])?;
             ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-            sysctl(&ns, "net.ipv4.ip_forward=1")?;
             node_ns.push(ns);
         }
         println!(
@@ -151,35 +221,15 @@ impl Demo {
         }
         let statuses = self.wait_for_mesh(count)?;
 
-        let plugin = cni_plugin();
-        match &plugin {
-            Some(p) => println!(
-                "plugging one pod into each node with the CNI plugin {}…",
-                p.display()
-            ),
-            None => println!(
-                "plugging one pod into each node (no weft-cni next to weft nor at {CNI_PLUGIN}: plumbing with ip)…"
-            ),
-        }
+        println!(
+            "plugging one pod into each node with the CNI plugin {}…",
+            plugin.display()
+        );
         let mut pods = Vec::new();
         for (i, status) in statuses.iter().enumerate() {
-            if let Some(plugin) = &plugin {
-                let pod = self.netns(&format!("pod{i}"))?;
-                let api = self.dir.join(&status.name).join("weft.sock");
-                let addr = cni_add(plugin, &node_ns[i], &pod, &api, &format!("demo-pod{i}"))?;
-                pods.push((pod, addr));
-                continue;
-            }
-            let start: Ipv4Addr = status
-                .ipam
-                .owned_ranges
-                .first()
-                .map(|r| r.start.parse())
-                .transpose()?
-                .ok_or_else(|| anyhow::anyhow!("{} owns no range", status.name))?;
-            let addr = Ipv4Addr::from(u32::from(start) + 10);
             let pod = self.netns(&format!("pod{i}"))?;
-            plumb_pod(&node_ns[i], &pod, &format!("veth{i}"), addr)?;
+            let api = self.dir.join(&status.name).join("weft.sock");
+            let addr = cni_add(plugin, &node_ns[i], &pod, &api, &format!("demo-pod{i}"))?;
             pods.push((pod, addr));
         }
 
@@ -333,7 +383,9 @@ impl Drop for Demo {
         for ns in self.namespaces.iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.keep_logs {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -383,16 +435,6 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         );
-    }
-    Ok(())
-}
-
-fn sysctl(ns: &str, setting: &str) -> anyhow::Result<()> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "sysctl", "-qw", setting])
-        .output()?;
-    if !out.status.success() {
-        anyhow::bail!("sysctl {setting} in {ns} failed");
     }
     Ok(())
 }
@@ -474,79 +516,40 @@ fn cni_add(
         .ok_or_else(|| anyhow::anyhow!("CNI ADD for {pod} returned no address: {result}"))
 }
 
-/// Plugs pod namespace `pod` into node `node` the way the CNI plugin will:
-/// a veth pair, the pod's /32, a default route via 169.254.1.1 with a
-/// permanent neighbour entry, and the host's /32 route to the pod.
-pub fn plumb_pod(node: &str, pod: &str, host: &str, addr: Ipv4Addr) -> anyhow::Result<()> {
-    ip(&[
-        "-n", node, "link", "add", host, "mtu", "1420", "type", "veth", "peer", "name", "eth0",
-        "mtu", "1420", "netns", pod,
-    ])?;
-    ip(&[
-        "-n",
-        pod,
-        "addr",
-        "add",
-        &format!("{addr}/32"),
-        "dev",
-        "eth0",
-    ])?;
-    ip(&["-n", pod, "link", "set", "eth0", "up"])?;
-    ip(&["-n", node, "link", "set", host, "up"])?;
-    let out = Command::new("ip")
-        .args(["-n", node, "-o", "link", "show", host])
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mac = text
-        .split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .ok_or_else(|| anyhow::anyhow!("no MAC on {host}"))?
-        .to_string();
-    ip(&[
-        "-n",
-        pod,
-        "route",
-        "add",
-        "169.254.1.1",
-        "dev",
-        "eth0",
-        "scope",
-        "link",
-    ])?;
-    ip(&[
-        "-n",
-        pod,
-        "route",
-        "add",
-        "default",
-        "via",
-        "169.254.1.1",
-        "dev",
-        "eth0",
-        "onlink",
-    ])?;
-    ip(&[
-        "-n",
-        pod,
-        "neigh",
-        "replace",
-        "169.254.1.1",
-        "lladdr",
-        &mac,
-        "dev",
-        "eth0",
-        "nud",
-        "permanent",
-    ])?;
-    ip(&[
-        "-n",
-        node,
-        "route",
-        "add",
-        &format!("{addr}/32"),
-        "dev",
-        host,
-    ])?;
-    sysctl(node, &format!("net.ipv4.conf.{host}.proxy_arp=1"))
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn fake_bin(dir: &Path, tools: &[&str]) {
+        std::fs::create_dir_all(dir).unwrap();
+        for tool in tools {
+            let path = dir.join(tool);
+            std::fs::write(&path, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_tool_check_names_each_missing_tool_and_its_package_in_one_line() {
+        let root = std::env::temp_dir().join(format!("weft-demo-tools-{}", std::process::id()));
+        let (a, b) = (root.join("a"), root.join("b"));
+        fake_bin(&a, &["ip", "kill"]);
+        fake_bin(&b, &["timeout"]);
+        // Not executable: does not count.
+        std::fs::write(b.join("nft"), "").unwrap();
+        let path = std::env::join_paths([&a, &b]).unwrap();
+        let missing = missing_tools(Some(&path));
+        assert_eq!(missing, vec![("ping", "iputils-ping"), ("nft", "nftables")]);
+        assert_eq!(
+            missing_tools_line(&missing).unwrap(),
+            "weft demo needs ping (iputils-ping), nft (nftables), not found on PATH: apt-get install -y iputils-ping nftables"
+        );
+        fake_bin(&b, &["ping", "nft"]);
+        assert!(missing_tools(Some(&path)).is_empty());
+        assert_eq!(missing_tools_line(&[]), None);
+        assert_eq!(missing_tools(None).len(), TOOLS.len());
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use weft::api::client;
-use weft::api::proto::{Reply, Request, Status};
+use weft::api::proto::{Readiness, Reply, Request, Status};
 use weft::cidr::Ipv4Cidr;
 use weft::config::{IpallocInit, RouterConfig, resolve_peer};
 use weft::kube::{KubeSettings, KubeSource};
@@ -26,6 +26,13 @@ enum Command {
     Router(Box<RouterArgs>),
     /// Show the router's peers, connections, IPAM and data-plane counters.
     Status(StatusArgs),
+    /// Exit 0 when the router can give pods addresses now; otherwise say
+    /// why and exit 1 (the DaemonSet's readiness probe).
+    Ready {
+        /// The router's API socket.
+        #[arg(long, env = "WEFT_API", default_value = "/run/weft/weft.sock")]
+        api: PathBuf,
+    },
     /// Add a seed address to a running router.
     Connect {
         /// HOST:PORT of another router.
@@ -145,6 +152,11 @@ struct RouterArgs {
     kube_api: Option<String>,
     #[command(flatten)]
     knobs: Knobs,
+    /// Log lines as text (coloured only on a terminal) or json (one object
+    /// per line, for log collectors). The level comes from WEFT_LOG, else
+    /// RUST_LOG (e.g. `info,weft::kube=debug`), else info.
+    #[arg(long, env = "WEFT_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: weft::logging::LogFormat,
 }
 
 /// Settings that only come from the environment (README "Data path", "Test
@@ -234,10 +246,11 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Router(args) => {
-            init_logging();
+            weft::logging::init(args.log_format);
             weft::daemon::run(router_config(*args)?)
         }
         Command::Status(args) => status(args),
+        Command::Ready { api } => ready(&api),
         Command::Demo { clean: true, .. } => {
             weft::demo::remove_all();
             Ok(())
@@ -277,15 +290,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 fn router_config(args: RouterArgs) -> anyhow::Result<RouterConfig> {
@@ -423,6 +427,23 @@ fn status(args: StatusArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+/// `weft ready`: the router's own answer to "can a pod get an address?".
+fn ready(api: &std::path::Path) -> anyhow::Result<()> {
+    let reply = call(api, &Request::Ready)?;
+    if let Some(error) = reply.error {
+        anyhow::bail!("{}", error.message);
+    }
+    let readiness: Readiness = serde_json::from_value(reply.result.unwrap_or_default())?;
+    if !readiness.ready {
+        anyhow::bail!(
+            "not ready: {}",
+            readiness.reason.as_deref().unwrap_or("no reason given")
+        );
+    }
+    println!("ready");
+    Ok(())
+}
+
 /// `--mtu`: `auto` or a number of bytes.
 fn parse_mtu(text: &str) -> anyhow::Result<Option<u32>> {
     if text.eq_ignore_ascii_case("auto") {

@@ -189,10 +189,38 @@ pub fn render(status: &Status) -> String {
         "Overlay MTU",
         u64::from(status.dataplane.mtu),
     );
+    gauge(
+        &mut registry,
+        "ipv4_forwarding",
+        "1 when IPv4 forwarding is on for every interface the data path needs (weft0, the underlay, pod veths); 0 when it is off or unknown somewhere (weft status says where and why)",
+        u64::from(status.dataplane.forwarding.starts_with("on")),
+    );
     registry.register(
         "datapath",
         "Which data path is active: the offloads in use (tso, uso, gso, gro, or none) and why the others are off",
         Info::new(datapath_labels(&status.dataplane.offload)),
+    );
+    counter(
+        &mut registry,
+        "firewall_reapplied",
+        "Times the router's nftables table or iptables FORWARD rules were found removed and put back",
+        status.firewall.reapplied,
+    );
+    registry.register(
+        "firewall",
+        "The iptables backend the host uses (nft, legacy, unknown) and the nftables table's state",
+        Info::new(vec![
+            ("iptables".to_string(), status.firewall.iptables.clone()),
+            (
+                "nftables".to_string(),
+                if status.firewall.nftables == "applied" {
+                    "applied"
+                } else {
+                    "not_applied"
+                }
+                .to_string(),
+            ),
+        ]),
     );
     let mut out = String::new();
     let _ = encode(&mut out, &registry);

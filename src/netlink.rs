@@ -3,11 +3,19 @@
 //! `unreachable` route per owned range so that a packet for an unallocated
 //! local address is answered with ICMP instead of looping through the TUN
 //! (DESIGN.md "No loops, no leaks"). Every call is idempotent (`replace`),
-//! so a restarted router reconciles instead of failing.
+//! so a restarted router reconciles instead of failing. Also the per-interface
+//! IPv4 `forwarding` bit the data path needs ([`ensure_forwarding`]; which
+//! interfaces and why: [`crate::forwarding`]), set through netlink devconf,
+//! never through /proc/sys (read-only in the DaemonSet's pod).
 
 use crate::cidr::Ipv4Cidr;
+use crate::forwarding::{self, Outcome, Report};
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, LinkAttribute, LinkFlags,
+};
+use rtnetlink::packet_route::route::RouteHeader;
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType,
 };
@@ -41,11 +49,7 @@ pub async fn configure(plan: &InterfacePlan) -> anyhow::Result<()> {
     let (connection, handle, _) = rtnetlink::new_connection()?;
     tokio::spawn(connection);
     let index = link_index(&handle, &plan.iface).await?;
-    // The overlay is IPv4 for now: no link-local IPv6 chatter into the TUN.
-    let _ = std::fs::write(
-        format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", plan.iface),
-        "1",
-    );
+    no_ipv6_link_local(&handle, index, &plan.iface).await;
     handle
         .link()
         .set(LinkUnspec::new_with_index(index).mtu(plan.mtu).up().build())
@@ -115,6 +119,122 @@ pub async fn configure(plan: &InterfacePlan) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The overlay is IPv4 for now: no IPv6 link-local address on the TUN, so
+/// no router solicitations or MLD reports into it. Set before the device
+/// first comes up, through netlink (`IFLA_INET6_ADDR_GEN_MODE` none): the
+/// kernel does not take IPv6 devconf such as `disable_ipv6` over netlink,
+/// and /proc/sys is read-only in the DaemonSet's pod. A kernel without IPv6
+/// has nothing to do; any other refusal is logged, as the TUN still works.
+async fn no_ipv6_link_local(handle: &Handle, index: u32, iface: &str) {
+    let request = LinkUnspec::new_with_index(index)
+        .append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+            vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+        )]))
+        .build();
+    match handle.link().set(request).execute().await {
+        Ok(()) => {}
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EAFNOSUPPORT => {}
+        Err(e) => tracing::warn!(
+            "cannot turn IPv6 address generation off on {iface} ({e}): it may get a link-local address and send IPv6 router solicitations into the mesh, which drops them"
+        ),
+    }
+}
+
+pub use weft_api::devconf::{ipv4_conf_request, ipv4_forwarding_of};
+
+/// Turns IPv4 forwarding on wherever the data path needs it and it is off
+/// (the TUN `tun`, the underlay, pod veths: [`forwarding::needed`]), and
+/// reports each interface. Idempotent: an interface already on is only
+/// read. Never fails: what went wrong is in the report.
+pub async fn ensure_forwarding(tun: &str) -> Report {
+    let Ok((connection, handle, _)) = rtnetlink::new_connection() else {
+        return Report::failed("cannot open a netlink socket");
+    };
+    tokio::spawn(connection);
+    let links = match forwarding_links(&handle).await {
+        Ok(links) => links,
+        Err(e) => return Report::failed(format!("cannot list interfaces: {e}")),
+    };
+    let routes = match main_routes(&handle).await {
+        Ok(routes) => routes,
+        Err(e) => return Report::failed(format!("cannot list routes: {e}")),
+    };
+    let mut report = Report::default();
+    for (index, role) in forwarding::needed(&links, &routes, tun) {
+        let Some(link) = links.iter().find(|l| l.index == index) else {
+            continue;
+        };
+        let outcome = if link.forwarding == Some(true) {
+            Outcome::WasOn
+        } else {
+            let request = LinkUnspec::new_with_index(index)
+                .append_extra_attribute(ipv4_conf_request(true, false))
+                .build();
+            match handle.link().set(request).execute().await {
+                Ok(()) => Outcome::TurnedOn,
+                Err(rtnetlink::Error::NetlinkError(e)) => {
+                    Outcome::Failed(forwarding::failure_reason(e.raw_code(), &e.to_string()))
+                }
+                Err(e) => Outcome::Failed(e.to_string()),
+            }
+        };
+        report.interfaces.push(forwarding::Interface {
+            name: link.name.clone(),
+            role,
+            outcome,
+        });
+    }
+    report
+}
+
+async fn forwarding_links(handle: &Handle) -> Result<Vec<forwarding::Link>, rtnetlink::Error> {
+    let mut links = handle.link().get().execute();
+    let mut out = Vec::new();
+    while let Some(link) = links.try_next().await? {
+        let name = link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfName(name) => Some(name.clone()),
+            _ => None,
+        });
+        out.push(forwarding::Link {
+            index: link.header.index,
+            name: name.unwrap_or_default(),
+            loopback: link.header.flags.contains(LinkFlags::Loopback),
+            forwarding: ipv4_forwarding_of(&link),
+        });
+    }
+    Ok(out)
+}
+
+async fn main_routes(handle: &Handle) -> Result<Vec<forwarding::Route>, rtnetlink::Error> {
+    let mut routes = handle
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
+    let mut out = Vec::new();
+    while let Some(route) = routes.try_next().await? {
+        if route.header.table != RouteHeader::RT_TABLE_MAIN
+            || route.header.kind != RouteType::Unicast
+        {
+            continue;
+        }
+        let interfaces = route
+            .attributes
+            .iter()
+            .flat_map(|a| match a {
+                RouteAttribute::Oif(index) => vec![*index],
+                RouteAttribute::MultiPath(hops) => hops.iter().map(|h| h.interface_index).collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        out.push(forwarding::Route {
+            interfaces,
+            weft: route.header.protocol == RouteProtocol::Other(WEFT_ROUTE_PROTOCOL),
+            host: route.header.destination_prefix_length == 32,
+        });
+    }
+    Ok(out)
+}
+
 /// Addresses in the cluster range that the kernel shows in use on this node
 /// (DESIGN.md: "Before an empty-state router claims anything, it rebuilds
 /// its in-use set from the kernel"): the node address on `iface` (`true`),
@@ -159,7 +279,6 @@ pub async fn addresses_in_use(iface: &str, range: Ipv4Cidr) -> Vec<(Ipv4Addr, bo
 /// The MTU of the interface that holds `local` (the underlay address this
 /// router sends from), or `None` if no interface has it.
 pub async fn mtu_of_interface_with(local: Ipv4Addr) -> Option<u32> {
-    use rtnetlink::packet_route::link::LinkAttribute;
     let (connection, handle, _) = rtnetlink::new_connection().ok()?;
     tokio::spawn(connection);
     let mut addresses = handle.address().get().execute();

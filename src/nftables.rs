@@ -93,18 +93,49 @@ pub fn apply(range: Ipv4Cidr, tun: &str, masquerade: bool) -> Result<(), NftErro
     nft(&["-f", "-"], Some(&text)).map(|_| ())
 }
 
-/// Deletes `table ip weft` from the current network namespace. Returns
-/// whether there was one.
-pub fn remove() -> Result<bool, NftError> {
-    match nft(&["delete", "table", "ip", "weft"], None) {
-        Ok(()) => Ok(true),
+/// Whether `table ip weft` is in place in the current network namespace
+/// with every rule [`render`] gives (someone else's firewall reload or an
+/// `nft flush ruleset` removes it; issue 17).
+pub fn present(range: Ipv4Cidr, masquerade: bool) -> Result<bool, NftError> {
+    match nft(&["list", "table", "ip", "weft"], None) {
+        Ok(listing) => Ok(complete(&listing, range, masquerade)),
         Err(NftError::Refused(text)) if text.contains("No such file or directory") => Ok(false),
         Err(e) => Err(e),
     }
 }
 
-/// Runs `nft ARGS` with `stdin` (if any), bounded by [`NFT_TIMEOUT`].
-fn nft(args: &[&str], stdin: Option<&str>) -> Result<(), NftError> {
+/// Whether an `nft list table ip weft` listing holds all of the table's
+/// rules (nft prints them normalised, with counters: match the stable parts).
+fn complete(listing: &str, range: Ipv4Cidr, masquerade: bool) -> bool {
+    let has = |parts: &[&str]| {
+        listing
+            .lines()
+            .any(|line| parts.iter().all(|part| line.contains(part)))
+    };
+    let (saddr, daddr) = (
+        format!("ip saddr {range} accept"),
+        format!("ip daddr {range} accept"),
+    );
+    has(&[&saddr])
+        && has(&[&daddr])
+        && has(&["fib saddr . iif oif missing", "drop"])
+        && (!masquerade || has(&["masquerade"]))
+}
+
+/// Deletes `table ip weft` from the current network namespace. Returns
+/// whether there was one.
+pub fn remove() -> Result<bool, NftError> {
+    match nft(&["delete", "table", "ip", "weft"], None) {
+        Ok(_) => Ok(true),
+        Err(NftError::Refused(text)) if text.contains("No such file or directory") => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs `nft ARGS` with `stdin` (if any), bounded by [`NFT_TIMEOUT`];
+/// returns what it printed (a listing is a few kilobytes: the pipe holds it
+/// until nft exits).
+fn nft(args: &[&str], stdin: Option<&str>) -> Result<String, NftError> {
     let mut child = Command::new("nft")
         .args(args)
         .stdin(if stdin.is_some() {
@@ -112,7 +143,7 @@ fn nft(args: &[&str], stdin: Option<&str>) -> Result<(), NftError> {
         } else {
             Stdio::null()
         })
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(NftError::Spawn)?;
@@ -133,7 +164,11 @@ fn nft(args: &[&str], stdin: Option<&str>) -> Result<(), NftError> {
         }
     };
     if status.success() {
-        return Ok(());
+        let mut stdout = String::new();
+        if let Some(mut pipe) = child.stdout.take() {
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut stdout);
+        }
+        return Ok(stdout);
     }
     let mut stderr = String::new();
     if let Some(mut pipe) = child.stderr.take() {
@@ -219,6 +254,23 @@ mod tests {
         assert!(without.contains("chain forward"));
         assert!(without.contains("chain antispoof"));
         assert!(with.starts_with(without.strip_suffix("}\n").unwrap()));
+    }
+
+    #[test]
+    fn a_listing_missing_any_rule_is_incomplete() {
+        let listing = "table ip weft {\n\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n\t\tip saddr 10.32.0.0/12 accept\n\t\tip daddr 10.32.0.0/12 accept\n\t}\n\tchain antispoof {\n\t\ttype filter hook prerouting priority -301; policy accept;\n\t\tiifname != \"weft0\" ip saddr 10.32.0.0/12 fib saddr . iif oif missing counter packets 3 bytes 252 drop\n\t}\n\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tip saddr 10.32.0.0/12 ip daddr != 10.32.0.0/12 oifname != \"weft0\" masquerade\n\t}\n}\n";
+        assert!(complete(listing, range(), true));
+        let unmasked: String = listing
+            .lines()
+            .filter(|l| !l.contains("masquerade"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(complete(&unmasked, range(), false));
+        assert!(!complete(&unmasked, range(), true));
+        let flushed = listing.replace("\t\tip daddr 10.32.0.0/12 accept\n", "");
+        assert!(!complete(&flushed, range(), false));
+        assert!(!complete(listing, "10.40.0.0/16".parse().unwrap(), false));
+        assert!(!complete("", range(), false));
     }
 
     #[test]

@@ -122,6 +122,9 @@ pub fn render(status: &Status, section: Option<&str>) -> String {
                 drops.join(" ")
             }
         );
+        if !d.forwarding.is_empty() {
+            let _ = writeln!(out, "forwarding: {}", d.forwarding);
+        }
     }
     out
 }

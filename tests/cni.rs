@@ -103,6 +103,10 @@ fn add_check_del_work_in_every_spec_version_and_repeat_safely() {
             .node
             .ok(&["cat", &format!("/proc/sys/net/ipv4/conf/{host}/proxy_arp")]);
         assert_eq!(proxy.trim(), "1");
+        let forwarding = b
+            .node
+            .ok(&["cat", &format!("/proc/sys/net/ipv4/conf/{host}/forwarding")]);
+        assert_eq!(forwarding.trim(), "1", "the plugin left forwarding off");
         assert!(pod_ping(&pod, "192.0.2.1"), "pod cannot reach its node");
 
         // A repeated ADD answers the same result and still works.
@@ -374,12 +378,26 @@ fn address_of(result: &Value) -> Ipv4Addr {
         .unwrap()
 }
 
+/// An IPv4 devconf value in node `ns` (`ip_forward` or `conf/IFACE/KEY`).
+fn ipv4_setting(ns: &Netns, key: &str) -> String {
+    ns.ok(&["cat", &format!("/proc/sys/net/ipv4/{key}")])
+        .trim()
+        .to_string()
+}
+
+/// Nodes start as fresh hosts, with IPv4 forwarding off everywhere
+/// (support::Cluster): the routers and the plugin turn on exactly what the
+/// data path needs, per interface, and `ip_forward` stays 0.
 #[test]
 fn pods_plugged_by_the_plugin_on_two_nodes_reach_each_other_through_the_mesh() {
     if !require_root("cni_mesh") {
         return;
     }
     let m = mesh(2);
+    for node in &m.cluster.nodes {
+        assert_eq!(ipv4_setting(&node.ns, "ip_forward"), "0");
+        assert_eq!(ipv4_setting(&node.ns, "conf/default/forwarding"), "0");
+    }
     let mut pods = Vec::new();
     for i in 0..2 {
         let ns = Netns::new(&format!("pod{i}"));
@@ -417,6 +435,46 @@ fn pods_plugged_by_the_plugin_on_two_nodes_reach_each_other_through_the_mesh() {
     assert!(pods[0].ping(pods[1].addr, 3), "n0 → n1 lost packets");
     let t = transfer(&pods[0], &pods[1], 10 << 20, None);
     assert_eq!(t.received_sum, t.sent_sum);
+    for (i, node) in m.cluster.nodes.iter().enumerate() {
+        let veths = weft_veths(&node.ns);
+        assert_eq!(veths.len(), 1, "{veths:?}");
+        for iface in ["weft0", "eth0", veths[0].as_str()] {
+            assert_eq!(
+                ipv4_setting(&node.ns, &format!("conf/{iface}/forwarding")),
+                "1",
+                "forwarding off on {iface} of n{i}"
+            );
+        }
+        assert_eq!(ipv4_setting(&node.ns, "ip_forward"), "0", "n{i}");
+        assert_eq!(ipv4_setting(&node.ns, "conf/lo/forwarding"), "0", "n{i}");
+        let status = m.routers[i].status().unwrap();
+        let forwarding = status["dataplane"]["forwarding"].as_str().unwrap();
+        assert!(
+            forwarding.starts_with("on (weft0, eth0"),
+            "n{i}: {forwarding}"
+        );
+        // No IPv6 link-local address (nor its chatter) on the TUN.
+        let v6 = node.ns.ok(&["ip", "-6", "addr", "show", "dev", "weft0"]);
+        assert!(v6.trim().is_empty(), "n{i}: {v6}");
+    }
+    // Something turns forwarding off (a sysctl reload): the router turns it
+    // back on within its 10 s re-check, and pods reach each other again.
+    let node0 = &m.cluster.nodes[0].ns;
+    node0.sysctl("net.ipv4.conf.weft0.forwarding", "0");
+    node0.sysctl("net.ipv4.conf.eth0.forwarding", "0");
+    assert!(
+        !pods[1].ping(pods[0].addr, 1),
+        "forwarded with forwarding off"
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            ipv4_setting(node0, "conf/weft0/forwarding") == "1"
+                && ipv4_setting(node0, "conf/eth0/forwarding") == "1"
+        }),
+        "the router did not turn forwarding back on:\n{}",
+        m.routers[0].log_tail()
+    );
+    assert!(pods[1].ping(pods[0].addr, 3), "n1 → n0 after the re-check");
 
     for (i, pod) in pods.iter().enumerate() {
         let conf = net_conf("1.0.0", &m.routers[i].api());

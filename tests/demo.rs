@@ -46,3 +46,42 @@ fn the_demo_pings_every_pod_from_every_other_and_cleans_up() {
         "demo left namespaces behind:\n{left}"
     );
 }
+
+#[test]
+fn a_demo_without_ping_says_so_in_one_line_and_creates_nothing() {
+    if !require_root("demo_tools") {
+        return;
+    }
+    // A PATH with every tool the demo runs but ping.
+    let dir = TempDir::new("demo-path");
+    for tool in ["ip", "nft", "kill", "timeout"] {
+        let found = sh(&["sh", "-c", &format!("command -v {tool}")]);
+        std::os::unix::fs::symlink(found.trim(), dir.path.join(tool)).unwrap();
+    }
+    let out = run_timeout(
+        Command::new(env!("CARGO_BIN_EXE_weft"))
+            .arg("demo")
+            .env("PATH", &dir.path),
+        30,
+    )
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("ping (iputils-ping)")
+            && stderr.contains("apt-get install -y iputils-ping"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("nft ("), "{stderr}");
+    // It has exited: any namespace of a demo whose process is gone is its
+    // (the other test here runs a demo at the same time, alive).
+    let left = sh(&["ip", "netns", "list"]);
+    assert!(
+        !left.lines().any(|l| l.starts_with("weft-demo-")
+            && l.split('-')
+                .nth(2)
+                .is_some_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())),
+        "the demo created something:\n{left}"
+    );
+}

@@ -215,7 +215,9 @@ fn the_daemonset_gives_the_router_the_node_and_what_it_needs() {
     let probe = container["readinessProbe"]["exec"]["command"]
         .as_array()
         .unwrap();
-    assert_eq!(probe[..2], [Value::from("weft"), Value::from("status")]);
+    // Readiness is the router's own "can a pod get an address?", not merely
+    // "does the socket answer".
+    assert_eq!(probe[..2], [Value::from("weft"), Value::from("ready")]);
 
     // Host paths, and where they are mounted.
     let volumes = pod["volumes"].as_array().unwrap();
@@ -448,7 +450,7 @@ fn the_dockerfile_builds_both_binaries_and_ships_them_with_the_entrypoint() {
         .filter(|(k, _)| k == "FROM")
         .map(|(_, v)| v)
         .collect();
-    assert_eq!(froms.len(), 2, "two stages: {froms:?}");
+    assert_eq!(froms.len(), 3, "build, symbols, runtime: {froms:?}");
     let (builder, stage) = froms[0].split_once(" AS ").expect("a named build stage");
     let version = builder
         .strip_prefix("rust:")
@@ -460,36 +462,58 @@ fn the_dockerfile_builds_both_binaries_and_ships_them_with_the_entrypoint() {
         .and_then(|m| m.parse().ok())
         .unwrap_or_else(|| panic!("pin the Rust image to a version, not {version:?}"));
     assert!(minor >= 88, "rust:{version} is too old for this workspace");
+    // The runtime stage is the last (what `docker build` makes by default).
     assert!(
-        froms[1].starts_with("debian:bookworm-slim") || froms[1].starts_with("gcr.io/distroless/"),
+        froms[2].starts_with("debian:bookworm-slim") || froms[2].starts_with("gcr.io/distroless/"),
         "a small runtime image, not {}",
-        froms[1]
+        froms[2]
     );
+    assert_eq!(froms[1], "scratch AS symbols");
 
     let weft = bin_name(&root().join("Cargo.toml"));
     let cni = bin_name(&root().join("cni/Cargo.toml"));
     assert_eq!((weft.as_str(), cni.as_str()), ("weft", "weft-cni"));
+    // The build step runs scripts/build-dist.sh into /out: both binaries in
+    // release, the plugin's link static, both stripped.
     let build = steps
         .iter()
-        .find(|(k, v)| k == "RUN" && v.contains("cargo build"))
-        .expect("a cargo build step");
+        .find(|(k, v)| k == "RUN" && v.contains("scripts/build-dist.sh"))
+        .expect("a build step running scripts/build-dist.sh");
     assert!(
-        build.1.contains("--release --locked")
-            && build.1.contains("-p weft ")
-            && build.1.contains("-p weft-cni"),
+        build.1.ends_with("./scripts/build-dist.sh /out"),
         "{}",
         build.1
     );
+    let script = fs::read_to_string(root().join("scripts/build-dist.sh")).unwrap();
+    assert!(
+        script.contains("cargo build --release --locked -p weft\n"),
+        "{script}"
+    );
+    assert!(
+        script.contains(
+            "cargo rustc --release --locked -p weft-cni --bin weft-cni -- -C target-feature=+crt-static"
+        ),
+        "{script}"
+    );
     for binary in [&weft, &cni] {
         assert!(
-            build.1.contains(&format!("target/release/{binary} ")),
-            "the build step does not collect {binary}: {}",
-            build.1
+            script.contains("for bin in weft weft-cni;")
+                && script.contains("\"target/release/$bin\" \"$out/$bin\""),
+            "the build step does not collect {binary}: {script}"
         );
     }
+    let symbols = steps
+        .iter()
+        .find(|(k, v)| k == "COPY" && v.starts_with(&format!("--from={stage} /out/{weft}.debug")))
+        .expect("the symbols stage collects the debug info");
+    assert!(
+        symbols.1.contains(&format!("/out/{cni}.debug ")),
+        "{}",
+        symbols.1
+    );
     let copy_from = steps
         .iter()
-        .find(|(k, v)| k == "COPY" && v.starts_with(&format!("--from={stage} ")))
+        .rfind(|(k, v)| k == "COPY" && v.starts_with(&format!("--from={stage} ")))
         .expect("COPY --from the build stage");
     for binary in [&weft, &cni] {
         assert!(
@@ -671,6 +695,19 @@ fn the_entrypoint_installs_the_plugin_and_conflist_then_execs_the_router() {
     assert_eq!(plugin["type"], "weft");
     assert_eq!(plugin["socket"], "/run/weft/weft.sock");
     assert_eq!(plugin["mtu"], 0);
+    // hostPorts: portmap is chained after weft with the capability the
+    // kubelet keys on, as the README and cni/weft.conflist promise.
+    let portmap = &conf["plugins"][1];
+    assert_eq!(portmap["type"], "portmap");
+    assert_eq!(portmap["capabilities"]["portMappings"], true);
+    let shipped: Value =
+        serde_json::from_slice(&fs::read(root().join("cni/weft.conflist")).unwrap()).unwrap();
+    assert_eq!(
+        conf, shipped,
+        "the installed conflist differs from cni/weft.conflist"
+    );
+    // No portmap on this fake host: one line says hostPorts will not work.
+    assert!(text(&out).contains("portmap is missing"), "{}", text(&out));
     assert!(host.leftovers().is_empty(), "{:?}", host.leftovers());
 }
 
@@ -782,12 +819,19 @@ fn daemonset_env() -> (Vec<(String, String)>, Vec<String>, Vec<String>) {
     )
 }
 
+/// One node, `cp-1` at 192.0.2.10, as a NodeList.
+const ONE_NODE: &[u8] = br#"{"kind":"NodeList","apiVersion":"v1","metadata":{},"items":[{"metadata":{"name":"cp-1"},"status":{"addresses":[{"type":"InternalIP","address":"192.0.2.10"}],"conditions":[{"type":"Ready","status":"False"}]}}]}"#;
+
+/// The API's answer when the service account may not list nodes.
+const FORBIDDEN: &[u8] = include_bytes!("data/nodes-forbidden.json");
+
 /// The entrypoint, started with the DaemonSet's arguments and the
 /// environment the kubelet would give it (host paths moved into a temp dir,
-/// the real `weft`), installs the CNI files and becomes a router that passes
-/// the DaemonSet's own readiness probe, serves metrics on the annotated
-/// port, and reports once that it is not in a cluster (--peers-from-kube is
-/// on in the ConfigMap) without stopping.
+/// the real `weft`, the Kubernetes API a fake one), installs the CNI files
+/// and becomes a router that serves metrics on the annotated port. With the
+/// ConfigMap's defaults, unedited, the readiness probe fails and says why
+/// while the Node list cannot be read, and passes once it can: the router
+/// forms its ring from the nodes the list names.
 #[test]
 fn the_daemonset_environment_starts_a_router_that_passes_its_readiness_probe() {
     let test = "the_daemonset_environment_starts_a_router_that_passes_its_readiness_probe";
@@ -823,25 +867,33 @@ fn the_daemonset_environment_starts_a_router_that_passes_its_readiness_probe() {
     };
     env.push(("WEFT_CNI_PLUGIN".into(), plugin.display().to_string()));
     env.push(("WEFT_BIN".into(), BIN.into()));
+    // The in-cluster API, as a fake on the node, listed every second.
+    env.push(("WEFT_KUBE_API".into(), "http://192.0.2.10:8080".into()));
+    env.push(("WEFT_KUBE_RESYNC_SECS".into(), "1".into()));
 
     // One node on an underlay switch: n0 at 192.0.2.10, as cp-1 is.
     let cluster = support::Cluster::new(1);
     let node = &cluster.nodes[0].ns;
     assert_eq!(cluster.nodes[0].underlay.to_string(), "192.0.2.10");
+    let kube = support::fake_kube::FakeApi::start(
+        &node.name,
+        "192.0.2.10:8080".parse().unwrap(),
+        403,
+        FORBIDDEN,
+    );
 
     // The probe, as written but for the binary and the socket's path.
-    assert_eq!(probe[0], "weft");
-    let probe_ok = || {
+    assert_eq!(probe[..2], ["weft", "ready"]);
+    let run_probe = || {
         let mut argv: Vec<String> = probe[1..].to_vec();
         for a in &mut argv {
             if a == "/run/weft/weft.sock" {
                 *a = api.display().to_string();
             }
         }
-        run_timeout(Command::new(BIN).args(&argv), 10)
-            .map(|o| o.status.success())
-            .unwrap_or(false)
+        run_timeout(Command::new(BIN).args(&argv), 10).unwrap()
     };
+    let probe_ok = || run_probe().status.success();
     assert!(!probe_ok(), "the probe passes with no router running");
 
     let log = dir.path.join("router.log");
@@ -859,11 +911,13 @@ fn the_daemonset_environment_starts_a_router_that_passes_its_readiness_probe() {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().unwrap();
-    let ready = wait_until(std::time::Duration::from_secs(15), probe_ok);
     let said = || fs::read_to_string(&log).unwrap_or_default();
-    if !ready {
+    let answering = wait_until(std::time::Duration::from_secs(15), || {
+        text(&run_probe()).contains("not ready")
+    });
+    if !answering {
         let _ = child.kill();
-        panic!("the router never passed its readiness probe:\n{}", said());
+        panic!("the router never answered its readiness probe:\n{}", said());
     }
     assert!(dir.path.join("host/opt/cni/bin/weft").exists());
     assert!(
@@ -890,12 +944,159 @@ fn the_daemonset_environment_starts_a_router_that_passes_its_readiness_probe() {
     assert!(scraped.starts_with("HTTP/1.1 200"), "{scraped}");
     assert!(scraped.contains("weft_"), "{scraped}");
 
-    let once = wait_until(std::time::Duration::from_secs(5), || {
-        said().contains("KUBERNETES_SERVICE_HOST")
+    // The Node list is forbidden: not ready, and the probe says why, for
+    // as long as it lasts (the router does not vote alone meanwhile).
+    let logged = wait_until(std::time::Duration::from_secs(5), || {
+        said().contains("HTTP 403")
     });
-    assert!(once, "{}", said());
-    assert_eq!(said().matches("KUBERNETES_SERVICE_HOST").count(), 1);
-    assert!(probe_ok(), "the router stopped:\n{}", said());
+    assert!(logged, "{}", said());
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let out = run_probe();
+    assert!(!out.status.success(), "ready without a node list");
+    assert!(
+        text(&out).contains("not ready: waiting for the first Kubernetes node list"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(said().matches("HTTP 403").count(), 1, "{}", said());
+
+    // RBAC fixed: the list names this node; the default consensus forms a
+    // ring of one and the probe passes.
+    kube.answer(200, ONE_NODE);
+    let ready = wait_until(std::time::Duration::from_secs(15), probe_ok);
+    if !ready {
+        let _ = child.kill();
+        panic!(
+            "the router never passed its readiness probe: {}\n{}",
+            text(&run_probe()),
+            said()
+        );
+    }
+    assert!(said().contains("IPAM ring ready"), "{}", said());
     let _ = child.kill();
     let _ = child.wait();
+}
+
+// ---- the shipped binaries (scripts/build-dist.sh) ----
+
+/// The ELF program header types of `elf` (64-bit little-endian only).
+fn program_headers(elf: &[u8]) -> Vec<u32> {
+    assert_eq!(&elf[..4], b"\x7fELF");
+    assert_eq!(elf[4], 2, "not ELF64");
+    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize;
+    let (size, count) = (u16_at(0x36), u16_at(0x38));
+    (0..count)
+        .map(|i| {
+            let at = phoff + i * size;
+            u32::from_le_bytes(elf[at..at + 4].try_into().unwrap())
+        })
+        .collect()
+}
+
+/// The ELF section names of `elf` (64-bit little-endian only).
+fn section_names(elf: &[u8]) -> Vec<String> {
+    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
+    let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap()) as usize;
+    let shoff = u64_at(0x28);
+    let (size, count, names) = (u16_at(0x3a), u16_at(0x3c), u16_at(0x3e));
+    let strtab = u64_at(shoff + names * size + 0x18);
+    (0..count)
+        .map(|i| {
+            let at = shoff + i * size;
+            let name = u32::from_le_bytes(elf[at..at + 4].try_into().unwrap()) as usize;
+            let bytes = &elf[strtab + name..];
+            let end = bytes.iter().position(|b| *b == 0).unwrap();
+            String::from_utf8_lossy(&bytes[..end]).into_owned()
+        })
+        .collect()
+}
+
+/// PT_INTERP: the binary names a dynamic loader.
+const PT_INTERP: u32 = 3;
+
+/// The plugin the kubelet runs on the host is static (no dynamic loader, so
+/// no host glibc version to match), small once stripped, and answers a CNI
+/// VERSION in a root with nothing but itself in it; its debug info is kept
+/// beside it, linked by name.
+#[test]
+fn the_shipped_plugin_is_static_small_and_runs_with_no_loader() {
+    let test = "the_shipped_plugin_is_static_small_and_runs_with_no_loader";
+    let dist = Path::new(BIN).with_file_name("dist");
+    let plugin = dist.join("weft-cni");
+    if !plugin.exists() {
+        if std::env::var("WEFT_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
+            panic!(
+                "{test}: {} is missing: run scripts/build-dist.sh",
+                plugin.display()
+            );
+        }
+        eprintln!("\n!!!!! SKIPPED {test}: run scripts/build-dist.sh first !!!!!\n");
+        return;
+    }
+    let elf = fs::read(&plugin).unwrap();
+    assert!(
+        !program_headers(&elf).contains(&PT_INTERP),
+        "{} asks for a dynamic loader",
+        plugin.display()
+    );
+    let size = elf.len();
+    assert!(size < 5 << 20, "the plugin is {size} bytes stripped");
+    let sections = section_names(&elf);
+    assert!(
+        !sections
+            .iter()
+            .any(|s| [".debug_info", ".debug_line", ".symtab"].contains(&s.as_str())),
+        "the plugin is not stripped: {sections:?}"
+    );
+    assert!(
+        sections.iter().any(|s| s == ".gnu_debuglink"),
+        "{sections:?}"
+    );
+    let debug = fs::read(dist.join("weft-cni.debug")).unwrap();
+    assert!(
+        section_names(&debug).iter().any(|s| s == ".debug_line"),
+        "no debug info kept"
+    );
+    // The router is stripped too, its debug info kept.
+    let router = fs::read(dist.join("weft")).unwrap();
+    assert!(
+        !section_names(&router)
+            .iter()
+            .any(|s| s == ".debug_info" || s == ".debug_line")
+    );
+    assert!(dist.join("weft.debug").exists());
+
+    if !support::require_root(test) {
+        return;
+    }
+    // A root holding only the plugin: no /lib, no loader, no libc.
+    let dir = TempDir::new("static-plugin");
+    fs::copy(&plugin, dir.path.join("weft-cni")).unwrap();
+    let mut cmd = Command::new("chroot");
+    cmd.arg(&dir.path)
+        .arg("/weft-cni")
+        .env_clear()
+        // For finding chroot; the plugin needs nothing from it.
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CNI_COMMAND", "VERSION")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        let _ = stdin.write_all(br#"{"cniVersion":"1.0.0"}"#);
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let version: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        version["supportedVersions"]
+            .as_array()
+            .unwrap()
+            .contains(&"1.0.0".into()),
+        "{version}"
+    );
 }

@@ -105,8 +105,12 @@ fn pods_reach_the_outside_masqueraded_or_not_and_cannot_spoof() {
     if !require_root("egress") {
         return;
     }
-    let mut pair = start_pair(Path::new(BIN), &[]);
-    let outside = outside_host(&pair.cluster.nodes[0].ns);
+    // The outside host is node0's uplink before its router starts, as on a
+    // real node: the router turns forwarding on there (replies to
+    // masqueraded pod traffic come in on ext0), nobody else does.
+    let cluster = Cluster::new(2);
+    let outside = outside_host(&cluster.nodes[0].ns);
+    let mut pair = start_pair_on(cluster, Path::new(BIN), &[]);
     let socket = outside_socket(&outside);
     // A second pod on node0, whose address pod 0 will forge.
     let neighbour = Ipv4Addr::from(u32::from(pair.cluster.pods[0].addr) + 1);
@@ -117,6 +121,13 @@ fn pods_reach_the_outside_masqueraded_or_not_and_cannot_spoof() {
     // (a) Masqueraded: the round trip works although the outside has no
     // route to the range, and the outside sees node0's address.
     assert!(pod.ping(OUTSIDE, 2), "a pod cannot ping the outside host");
+    assert_eq!(
+        node0
+            .ok(&["cat", "/proc/sys/net/ipv4/conf/ext0/forwarding"])
+            .trim(),
+        "1",
+        "the router did not turn forwarding on on the uplink"
+    );
     let (seen, reply) = exchange(pod, &socket, pod.addr, "masq");
     assert!(!seen.is_empty(), "the outside got nothing from the pod");
     assert!(
@@ -211,18 +222,24 @@ fn a_docker_style_forward_drop_policy_is_opened_for_the_range_and_reset_closes_i
     );
     assert_eq!(chain_of(0, "FORWARD").matches("weft pod range").count(), 0);
     assert_eq!(chain_of(1, "FORWARD").matches("weft pod range").count(), 2);
-    // Without those rules the policy drops pod traffic; a restart puts them
-    // back, once.
+    // Someone deletes them (they are the first two rules of node1's
+    // FORWARD): the router notices and puts them back by itself, counted.
     let node1 = &pair.cluster.nodes[1].ns;
-    // They are the first two rules of node1's FORWARD (inserted at the top).
     for _ in 0..2 {
         node1.ok(&["iptables", "-w", "5", "-D", "FORWARD", "1"]);
     }
-    assert_eq!(chain_of(1, "FORWARD").matches("weft pod range").count(), 0);
+    let back = wait_until(Duration::from_secs(5), || {
+        chain_of(1, "FORWARD").matches("weft pod range").count() == 2
+    });
+    assert!(back, "{}", pair.routers[1].log_tail());
     assert!(
-        !pair.cluster.pods[0].ping(b, 1),
-        "pod traffic passes node1's FORWARD DROP policy without the rules"
+        pair.routers[1].status().unwrap()["firewall"]["reapplied"]
+            .as_u64()
+            .unwrap()
+            >= 1
     );
+    assert!(pair.cluster.pods[0].ping(b, 3), "pods lost each other");
+    // A restart finds them in place and adds none.
     pair.routers[1].kill9();
     pair.routers[1].start();
     assert!(wait_until(Duration::from_secs(10), || pair.routers[1]

@@ -105,7 +105,16 @@ fn with_udp_blocked_between_two_routers_traffic_detours_through_a_third_and_retu
     let m = full_mesh_of_three();
     let (a, c) = (&m.cluster.pods[0], &m.cluster.pods[2]);
     assert!(a.wait_ping(c.addr, Duration::from_secs(5)));
-    assert_eq!(path_to(&m.routers[0], "n2"), "direct");
+    // A ping may get through via n1 before the direct link's first probe is
+    // answered: wait for the direct path, bounded.
+    let direct = wait_until(Duration::from_secs(5), || {
+        path_to(&m.routers[0], "n2") == "direct"
+    });
+    assert!(
+        direct,
+        "n0 → n2 never went direct: {}",
+        path_to(&m.routers[0], "n2")
+    );
 
     m.cluster.block_udp(0, 2, true);
     let detoured = Instant::now();

@@ -107,6 +107,8 @@ fn metrics_scraped_during_traffic_parse_and_their_counters_move() {
     assert_eq!(after[r#"weft_connections{state="established"}"#], 1.0);
     assert!(after[r#"weft_handshakes_total{result="ok"}"#] >= 1.0);
     assert!(after["weft_ipam_owned_addresses"] > 0.0);
+    // The router turned forwarding on (the node started with it off).
+    assert_eq!(after["weft_ipv4_forwarding"], 1.0);
     // The active data path is exposed as an info metric whose `offload`
     // label is the status string's active part (the fast path here, as
     // tests/datapath.rs requires of this kernel).

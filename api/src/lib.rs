@@ -9,6 +9,8 @@
 //! re-exports it as `weft::api`.
 
 pub mod client;
+#[cfg(feature = "devconf")]
+pub mod devconf;
 pub mod proto;
 
 /// The router's API socket unless `--api` (router, operator commands) or

@@ -82,6 +82,11 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    /// Sent by the router's own `--peers-from-kube` task after it has handed
+    /// over (as `connect`/`forget`) the seeds of a successful node listing:
+    /// a router that waits for the node list before its first ring vote may
+    /// go ahead. Result: `{}`.
+    SeedsListed,
     /// Hands this router's ranges to live peers, then stops the router
     /// (`weft leave`, for a drained node): result [`Left`]. Refused while
     /// pods hold addresses here unless `force`.
@@ -250,6 +255,28 @@ pub struct Status {
     /// How long those requests took inside the router (fsync included).
     #[serde(default)]
     pub api_latency: LatencyHistogram,
+    /// The router's rules in the host's firewall (filled in by the daemon's
+    /// `host_firewall` driver, not by the control task).
+    #[serde(default)]
+    pub firewall: FirewallStatus,
+}
+
+/// The router's rules in the host's firewall (DESIGN.md "Egress and
+/// forwarding"; issue 17).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirewallStatus {
+    /// `applied`, or why `table ip weft` is not in place.
+    pub nftables: String,
+    /// How often the table or the FORWARD accept rules were found removed
+    /// (a firewall reload, `nft flush ruleset`) and put back.
+    pub reapplied: u64,
+    /// The iptables backend the host uses: `nft`, `legacy` or `unknown`
+    /// (empty when iptables is not installed).
+    pub iptables: String,
+    /// Where the pod range is accepted because FORWARD drops by policy, as
+    /// `backend/chain` (e.g. `legacy/FORWARD`, `nft/DOCKER-USER`).
+    #[serde(default)]
+    pub forward_accept: Vec<String>,
 }
 
 /// Messages and bytes.
@@ -436,6 +463,10 @@ pub struct DataplaneStatus {
     pub offload: String,
     /// Worker threads (= lanes).
     pub workers: usize,
+    /// IPv4 forwarding on the interfaces the data path needs: `on (weft0,
+    /// eth0, N pod interfaces)`, or `off (IFACE: why)` (src/forwarding.rs).
+    #[serde(default)]
+    pub forwarding: String,
     /// Counters.
     #[serde(flatten)]
     pub totals: DataplaneTotals,

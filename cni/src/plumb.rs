@@ -2,7 +2,8 @@
 //! runs on hosts that may have no `ip` binary). DESIGN.md "The picture": a
 //! veth pair, the pod's /32 on `CNI_IFNAME`, a default route via the
 //! link-local gateway 169.254.1.1 (onlink) with a permanent neighbour entry
-//! for it, and on the host the veth up with proxy ARP (fallback only) and a
+//! for it, and on the host the veth up with IPv4 forwarding and proxy ARP
+//! (fallback only) on, and a
 //! /32 route to the pod tagged with weft's route protocol, which the
 //! router's in-use scan reads back after a restart ("Identity, ownership and
 //! reclaim").
@@ -154,12 +155,11 @@ pub(crate) async fn configure(host: &Handle, pod: &Handle, plan: &Plan) -> Resul
         .await
         .map_err(fail("cannot add the pod's neighbour entry for 169.254.1.1"))?;
 
-    // Host side: proxy ARP as the fallback (DESIGN.md: with proxy_delay 0),
-    // up, and the /32 route tagged with weft's protocol.
-    let _ = std::fs::write(
-        format!("/proc/sys/net/ipv4/conf/{}/proxy_arp", plan.host_ifname),
-        "1",
-    );
+    // Host side: IPv4 forwarding (Linux forwards a packet only if the
+    // device it came in on forwards: the pod's packets come in here) and
+    // proxy ARP as the fallback (DESIGN.md: with proxy_delay 0), both
+    // through netlink devconf (src/forwarding.rs); up; and the /32 route
+    // tagged with weft's protocol.
     let _ = std::fs::write(
         format!("/proc/sys/net/ipv4/neigh/{}/proxy_delay", plan.host_ifname),
         "0",
@@ -168,10 +168,18 @@ pub(crate) async fn configure(host: &Handle, pod: &Handle, plan: &Plan) -> Resul
         .await?
         .ok_or_else(|| missing(&plan.host_ifname))?;
     host.link()
-        .set(LinkUnspec::new_with_index(host_index).up().build())
+        .set(
+            LinkUnspec::new_with_index(host_index)
+                .up()
+                .append_extra_attribute(weft_api::devconf::ipv4_conf_request(true, true))
+                .build(),
+        )
         .execute()
         .await
-        .map_err(fail(format!("cannot bring {} up", plan.host_ifname)))?;
+        .map_err(fail(format!(
+            "cannot bring {} up with IPv4 forwarding and proxy ARP on",
+            plan.host_ifname
+        )))?;
     host.route()
         .add(host_route(plan.address, host_index))
         .replace()
@@ -201,11 +209,19 @@ fn missing(name: &str) -> PlumbError {
 
 /// The index of link `name`, or `None` when there is none.
 pub(crate) async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, PlumbError> {
-    Ok(link(handle, name).await?.map(|l| l.0))
+    Ok(link(handle, name).await?.map(|l| l.index))
 }
 
-/// `(index, up, mac)` of link `name`.
-async fn link(handle: &Handle, name: &str) -> Result<Option<(u32, bool, Vec<u8>)>, PlumbError> {
+/// What [`verify`] looks at on a link.
+struct LinkState {
+    index: u32,
+    up: bool,
+    mac: Vec<u8>,
+    forwarding: Option<bool>,
+}
+
+/// The state of link `name`.
+async fn link(handle: &Handle, name: &str) -> Result<Option<LinkState>, PlumbError> {
     let mut links = handle.link().get().match_name(name.to_string()).execute();
     match links.try_next().await {
         Ok(Some(msg)) => {
@@ -217,11 +233,12 @@ async fn link(handle: &Handle, name: &str) -> Result<Option<(u32, bool, Vec<u8>)
                     _ => None,
                 })
                 .unwrap_or_default();
-            Ok(Some((
-                msg.header.index,
-                msg.header.flags.contains(LinkFlags::Up),
+            Ok(Some(LinkState {
+                index: msg.header.index,
+                up: msg.header.flags.contains(LinkFlags::Up),
                 mac,
-            )))
+                forwarding: weft_api::devconf::ipv4_forwarding_of(&msg),
+            }))
         }
         Ok(None) => Ok(None),
         // ENODEV: no such link.
@@ -303,7 +320,12 @@ pub(crate) async fn routes(handle: &Handle) -> Result<Vec<Route>, PlumbError> {
 /// difference found, in one line.
 pub(crate) async fn verify(host: &Handle, pod: &Handle, plan: &Plan) -> Result<(), String> {
     let text = |e: PlumbError| e.to_string();
-    let Some((pod_index, pod_up, _)) = link(pod, &plan.pod_ifname).await.map_err(text)? else {
+    let Some(LinkState {
+        index: pod_index,
+        up: pod_up,
+        ..
+    }) = link(pod, &plan.pod_ifname).await.map_err(text)?
+    else {
         return Err(format!("the pod has no interface {}", plan.pod_ifname));
     };
     if !pod_up {
@@ -338,13 +360,23 @@ pub(crate) async fn verify(host: &Handle, pod: &Handle, plan: &Plan) -> Result<(
             plan.gateway, plan.pod_ifname
         ));
     }
-    let Some((host_index, host_up, host_mac)) =
-        link(host, &plan.host_ifname).await.map_err(text)?
+    let Some(LinkState {
+        index: host_index,
+        up: host_up,
+        mac: host_mac,
+        forwarding,
+    }) = link(host, &plan.host_ifname).await.map_err(text)?
     else {
         return Err(format!("the host has no interface {}", plan.host_ifname));
     };
     if !host_up {
         return Err(format!("{} on the host is down", plan.host_ifname));
+    }
+    if forwarding == Some(false) {
+        return Err(format!(
+            "IPv4 forwarding is off on {}: the pod's packets are not forwarded",
+            plan.host_ifname
+        ));
     }
     if host_mac != plan.host_mac {
         return Err(format!(

@@ -58,6 +58,39 @@ impl<'a> Bytes<'a> {
     }
 }
 
+/// The per-lane replay window's model (targets `replay_window`,
+/// `lane_open`): the marked counters and the highest one; a counter is
+/// fresh iff it is at most `COUNTER_LIMIT`, not marked, and not more than
+/// `WINDOW` behind the highest.
+#[derive(Default)]
+pub struct ReplayModel {
+    pub marked: std::collections::BTreeSet<u64>,
+    pub highest: Option<u64>,
+}
+
+impl ReplayModel {
+    pub fn fresh(&self, c: u64) -> bool {
+        use weft::crypto::{COUNTER_LIMIT, replay::WINDOW};
+        if c > COUNTER_LIMIT || self.marked.contains(&c) {
+            return false;
+        }
+        match self.highest {
+            None => true,
+            Some(h) => c > h || c + WINDOW >= h,
+        }
+    }
+
+    pub fn mark(&mut self, c: u64) {
+        self.marked.insert(c);
+        let h = self.highest.map_or(c, |h| h.max(c));
+        self.highest = Some(h);
+        // Forget what is out of the window for good, to keep the model small.
+        if let Some(low) = h.checked_sub(weft::crypto::replay::WINDOW + 1) {
+            self.marked = self.marked.split_off(&low);
+        }
+    }
+}
+
 use rand::SeedableRng;
 use weft::crypto::{ClusterSecrets, Identity};
 

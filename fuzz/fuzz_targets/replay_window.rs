@@ -1,9 +1,9 @@
-//! The per-lane replay window against a simple model: a set of marked
-//! counters and the highest one; a counter is fresh iff it is at most
-//! `COUNTER_LIMIT`, not marked, and not more than `WINDOW` behind the highest.
+//! The per-lane replay window against a simple model (`common::ReplayModel`):
+//! a set of marked counters and the highest one; a counter is fresh iff it is
+//! at most `COUNTER_LIMIT`, not marked, and not more than `WINDOW` behind the
+//! highest.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use std::collections::BTreeSet;
 use weft::crypto::COUNTER_LIMIT;
 use weft::crypto::ReplayWindow;
 use weft::crypto::replay::WINDOW;
@@ -11,40 +11,10 @@ use weft::crypto::replay::WINDOW;
 #[path = "common.rs"]
 mod common;
 
-struct Model {
-    marked: BTreeSet<u64>,
-    highest: Option<u64>,
-}
-
-impl Model {
-    fn fresh(&self, c: u64) -> bool {
-        if c > COUNTER_LIMIT || self.marked.contains(&c) {
-            return false;
-        }
-        match self.highest {
-            None => true,
-            Some(h) => c > h || c + WINDOW >= h,
-        }
-    }
-
-    fn mark(&mut self, c: u64) {
-        self.marked.insert(c);
-        let h = self.highest.map_or(c, |h| h.max(c));
-        self.highest = Some(h);
-        // Forget what is out of the window for good, to keep the model small.
-        if let Some(low) = h.checked_sub(WINDOW + 1) {
-            self.marked = self.marked.split_off(&low);
-        }
-    }
-}
-
 fuzz_target!(|data: &[u8]| {
     let mut input = common::Bytes::new(data);
     let mut window = ReplayWindow::new();
-    let mut model = Model {
-        marked: BTreeSet::new(),
-        highest: None,
-    };
+    let mut model = common::ReplayModel::default();
     while !input.is_empty() {
         let op = input.u8();
         let h = model.highest.unwrap_or(0);

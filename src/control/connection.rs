@@ -1,16 +1,19 @@
-//! One TCP control connection, as a tokio task: the Noise handshake (DESIGN.md
-//! "Keys and sessions"), then sealed records both ways, rekey handshakes on
-//! the live connection, and the switch of the TCP keys after each rekey.
+//! One TCP control connection as a tokio task: a thin driver around the
+//! sans-IO [`ControlLink`](super::link) (the quinn `Connection` / driver
+//! split). It reads from the socket into the link (at most what the link
+//! allows: message 1 alone until it authenticates), writes what the link
+//! queues (each write within `WRITE_TIMEOUT`), sleeps until the link's next
+//! deadline, answers the message-1 replay question from the shared guard,
+//! and forwards the link's events to the control task. Every protocol rule
+//! lives in the link.
 //!
-//! The task owns the Noise state and the record ciphers; the control task
-//! owns everything else. They talk through `ConnectionEvent` (up) and
+//! The control task talks to it through `ConnectionEvent` (up) and
 //! `ConnectionCommand` (down).
 
-use super::proto::{self, ControlMessage, Hello, MAX_HANDSHAKE_MESSAGE, MAX_RECORD, RekeyHello};
-use crate::crypto::data::DataKey;
-use crate::crypto::frame::{FrameOpener, FrameSealer};
-use crate::crypto::freshness::{Msg1Guard, Msg1Refused};
-use crate::crypto::handshake::{Handshake, MSG1_LEN, SessionKeys};
+use super::link::{ControlLink, Established, LinkConfig, LinkError, LinkEvent, SessionIndices};
+pub use super::link::{HANDSHAKE_TIMEOUT, HandshakeFailure, NewKeys};
+use super::proto::{ControlMessage, Hello};
+use crate::crypto::freshness::Msg1Guard;
 use crate::crypto::identity::Identity;
 use crate::crypto::secret::ClusterSecrets;
 use crate::id::PeerId;
@@ -21,11 +24,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
-/// Time allowed for a whole handshake (DESIGN.md: 10 s to finish).
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for one write before the connection is considered stuck.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -60,21 +61,6 @@ impl ConnectionContext {
             }
         }
     }
-}
-
-/// UDP keys from one handshake, with the indices that name them.
-#[derive(Debug)]
-pub struct NewKeys {
-    /// Our receiver index for this keyset.
-    pub local_index: u32,
-    /// The peer's receiver index for it.
-    pub remote_index: u32,
-    /// Our UDP send key.
-    pub send: DataKey,
-    /// Our UDP receive key.
-    pub recv: DataKey,
-    /// Whether we were the handshake's initiator.
-    pub initiator: bool,
 }
 
 /// A connection whose first handshake completed.
@@ -135,41 +121,6 @@ pub enum ConnectionEvent {
         /// Why, for the log.
         reason: String,
     },
-}
-
-/// Why a handshake failed, as counted in status and metrics.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HandshakeFailure {
-    /// Could not connect at all.
-    Unreachable(String),
-    /// The peer does not hold our cluster secret (or we not theirs).
-    Refused,
-    /// Malformed or truncated messages, or a timeout.
-    Protocol(String),
-    /// We dialled ourselves.
-    SelfConnection,
-    /// The peer speaks no common version on some channel, or another range.
-    Incompatible(String),
-    /// An authenticated message 1 we admitted before: a replay.
-    Replayed,
-    /// An authenticated message 1 timestamped too far from our clock: an old
-    /// replay, or a peer whose clock is off (the text says how far).
-    ClockSkew(String),
-}
-
-impl HandshakeFailure {
-    /// The label in status and metrics.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::Unreachable(_) => "unreachable",
-            Self::Refused => "refused",
-            Self::Protocol(_) => "protocol",
-            Self::SelfConnection => "self",
-            Self::Incompatible(_) => "incompatible",
-            Self::Replayed => "replayed",
-            Self::ClockSkew(_) => "clock_skew",
-        }
-    }
 }
 
 /// Commands from the control task.
@@ -237,559 +188,244 @@ fn fail(
     });
 }
 
-struct Established {
-    keys: SessionKeys,
-    public_key: [u8; 32],
-    hello: Hello,
-    local_index: u32,
-}
-
-async fn run(
-    context: Arc<ConnectionContext>,
-    id: ConnectionId,
-    mut stream: TcpStream,
-    remote: SocketAddr,
-    outbound: bool,
-) {
-    let handshake = if outbound {
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, initiate(&context, &mut stream)).await
-    } else {
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, respond(&context, &mut stream)).await
-    };
-    let established = match handshake {
-        Ok(Ok(established)) => established,
-        Ok(Err(reason)) => return fail(&context, id, remote, outbound, reason),
-        Err(_) => {
-            return fail(
-                &context,
-                id,
-                remote,
-                outbound,
-                HandshakeFailure::Protocol("handshake timed out".into()),
-            );
-        }
-    };
-    if established.public_key == context.identity.public_key() {
-        return fail(
-            &context,
-            id,
-            remote,
-            outbound,
-            HandshakeFailure::SelfConnection,
-        );
-    }
-    if let Some(channel) = context
-        .hello
-        .versions
-        .incompatible_channel(&established.hello.versions)
-    {
-        let reason = format!(
-            "no common {channel} version with {}",
-            established.hello.name
-        );
-        return fail(
-            &context,
-            id,
-            remote,
-            outbound,
-            HandshakeFailure::Incompatible(reason),
-        );
-    }
-    let peer = PeerId::from_public_key(&established.public_key);
-    let (commands_tx, commands) = mpsc::unbounded_channel();
-    let Established {
-        keys,
-        public_key,
-        hello,
-        local_index,
-    } = established;
-    let SessionKeys {
-        tcp_send,
-        tcp_recv,
-        udp_send,
-        udp_recv,
-    } = keys;
-    let new_keys = NewKeys {
-        local_index,
-        remote_index: hello.session_index,
-        send: udp_send,
-        recv: udp_recv,
-        initiator: outbound,
-    };
-    let public_key_copy = public_key;
-    let _ = context.events.send(ConnectionEvent::Up(PeerUp {
-        id,
-        peer,
-        public_key,
-        hello,
-        remote,
-        outbound,
-        keys: new_keys,
-        commands: commands_tx,
-    }));
-    let (read, write) = stream.into_split();
-    let mut link = Link {
-        context: context.clone(),
-        id,
-        me: context.identity.id(),
-        peer,
-        peer_key: public_key_copy,
-        reader: FrameReader::new(read),
-        writer: write,
-        sealer: tcp_send,
-        opener: tcp_recv,
-        pending_opener: None,
-        rekey: None,
-        reassembly: proto::Reassembly::default(),
-    };
-    let reason = link.serve(commands).await;
-    let _ = context.events.send(ConnectionEvent::Down { id, reason });
-}
-
-/// Time since the Unix epoch, for message 1's timestamp (zero if the clock
-/// is before 1970, which the peer then refuses with a clear reason).
+/// Time since the Unix epoch, for message 1's timestamp and its check (zero
+/// if the clock is before 1970, which the peer then refuses with a clear
+/// reason).
 fn wall_clock() -> Duration {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
 }
 
-fn hello_bytes(context: &ConnectionContext, session_index: u32) -> Vec<u8> {
-    let mut hello = context.hello.clone();
-    hello.session_index = session_index;
-    crate::wire::encode(&hello).unwrap_or_default()
-}
+/// The router-wide receiver indices, lent to each link.
+struct ContextIndices(Arc<ConnectionContext>);
 
-async fn initiate(
-    context: &ConnectionContext,
-    stream: &mut TcpStream,
-) -> Result<Established, HandshakeFailure> {
-    let secrets = context.secrets.load_full();
-    let (mut handshake, msg1) =
-        Handshake::initiator(&context.identity, &secrets, &context.prologue, wall_clock())
-            .map_err(|e| HandshakeFailure::Protocol(e.to_string()))?;
-    write_all(stream, &msg1).await?;
-    let msg2 = read_short_frame(stream).await?;
-    let payload = handshake
-        .read_message(&msg2)
-        .map_err(|_| HandshakeFailure::Refused)?;
-    let hello: Hello =
-        crate::wire::decode(&payload).map_err(|e| HandshakeFailure::Protocol(e.to_string()))?;
-    check_hello(context, &hello)?;
-    let local_index = context.next_session_index();
-    let msg3 = handshake
-        .write_message(&hello_bytes(context, local_index))
-        .map_err(|e| HandshakeFailure::Protocol(e.to_string()))?;
-    write_short_frame(stream, &msg3).await?;
-    finish(handshake, hello, local_index)
-}
-
-async fn respond(
-    context: &ConnectionContext,
-    stream: &mut TcpStream,
-) -> Result<Established, HandshakeFailure> {
-    // Until message 1 authenticates, read exactly its fixed size and nothing more.
-    let mut msg1 = [0u8; MSG1_LEN];
-    stream
-        .read_exact(&mut msg1)
-        .await
-        .map_err(|e| HandshakeFailure::Protocol(format!("reading message 1: {e}")))?;
-    let secrets = context.secrets.load_full();
-    let (mut handshake, stamp) =
-        Handshake::responder(&context.identity, &secrets, &context.prologue, &msg1)
-            .map_err(|_| HandshakeFailure::Refused)?;
-    // Before any DH work: a replayed message 1 costs one lookup.
-    let admitted = context
-        .msg1_guard
-        .lock()
-        .map_err(|_| HandshakeFailure::Protocol("replay guard poisoned".into()))?
-        .admit(&stamp, wall_clock());
-    match admitted {
-        Ok(()) => {}
-        Err(Msg1Refused::Replayed) => return Err(HandshakeFailure::Replayed),
-        Err(skew @ Msg1Refused::ClockSkew { .. }) => {
-            return Err(HandshakeFailure::ClockSkew(skew.to_string()));
-        }
-    }
-    let local_index = context.next_session_index();
-    let msg2 = handshake
-        .write_message(&hello_bytes(context, local_index))
-        .map_err(|e| HandshakeFailure::Protocol(e.to_string()))?;
-    write_short_frame(stream, &msg2).await?;
-    let msg3 = read_short_frame(stream).await?;
-    let payload = handshake
-        .read_message(&msg3)
-        .map_err(|e| HandshakeFailure::Protocol(e.to_string()))?;
-    let hello: Hello =
-        crate::wire::decode(&payload).map_err(|e| HandshakeFailure::Protocol(e.to_string()))?;
-    check_hello(context, &hello)?;
-    finish(handshake, hello, local_index)
-}
-
-fn check_hello(context: &ConnectionContext, hello: &Hello) -> Result<(), HandshakeFailure> {
-    if hello.cluster_range != context.hello.cluster_range {
-        return Err(HandshakeFailure::Incompatible(format!(
-            "{} uses cluster range {}, we use {}",
-            hello.name, hello.cluster_range, context.hello.cluster_range
-        )));
-    }
-    if hello.session_index == 0 || hello.session_index > 0x00ff_ffff {
-        return Err(HandshakeFailure::Protocol("invalid session index".into()));
-    }
-    Ok(())
-}
-
-fn finish(
-    handshake: Handshake,
-    hello: Hello,
-    local_index: u32,
-) -> Result<Established, HandshakeFailure> {
-    let public_key = handshake
-        .remote_public_key()
-        .ok_or_else(|| HandshakeFailure::Protocol("no remote static key".into()))?;
-    let keys = handshake
-        .finish()
-        .map_err(|e| HandshakeFailure::Protocol(e.to_string()))?;
-    Ok(Established {
-        keys,
-        public_key,
-        hello,
-        local_index,
-    })
-}
-
-async fn write_all(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), HandshakeFailure> {
-    stream
-        .write_all(bytes)
-        .await
-        .map_err(|e| HandshakeFailure::Protocol(format!("write: {e}")))
-}
-
-async fn write_short_frame(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), HandshakeFailure> {
-    let len = u16::try_from(bytes.len())
-        .map_err(|_| HandshakeFailure::Protocol("handshake message too large".into()))?;
-    let mut out = len.to_be_bytes().to_vec();
-    out.extend_from_slice(bytes);
-    write_all(stream, &out).await
-}
-
-async fn read_short_frame(stream: &mut TcpStream) -> Result<Vec<u8>, HandshakeFailure> {
-    let mut len = [0u8; 2];
-    stream
-        .read_exact(&mut len)
-        .await
-        .map_err(|e| HandshakeFailure::Protocol(format!("read: {e}")))?;
-    let len = usize::from(u16::from_be_bytes(len));
-    if len > MAX_HANDSHAKE_MESSAGE {
-        return Err(HandshakeFailure::Protocol(format!(
-            "handshake message of {len} bytes"
-        )));
-    }
-    let mut message = vec![0u8; len];
-    stream
-        .read_exact(&mut message)
-        .await
-        .map_err(|e| HandshakeFailure::Protocol(format!("read: {e}")))?;
-    Ok(message)
-}
-
-/// Reads length-prefixed records; `next` is cancel-safe (partial reads stay
-/// in the buffer), so it can sit in a `select!`.
-struct FrameReader {
-    half: OwnedReadHalf,
-    buffer: Vec<u8>,
-}
-
-impl FrameReader {
-    fn new(half: OwnedReadHalf) -> Self {
-        Self {
-            half,
-            buffer: Vec::with_capacity(8192),
-        }
-    }
-
-    async fn next(&mut self) -> Result<Vec<u8>, String> {
-        loop {
-            if let Some(len) = self
-                .buffer
-                .first_chunk::<4>()
-                .map(|b| u32::from_be_bytes(*b) as usize)
-            {
-                if len > MAX_RECORD {
-                    return Err(format!("record of {len} bytes exceeds the limit"));
-                }
-                if self.buffer.len() >= 4 + len {
-                    let record = self.buffer[4..4 + len].to_vec();
-                    self.buffer.drain(..4 + len);
-                    return Ok(record);
-                }
-            }
-            let mut chunk = [0u8; 16 * 1024];
-            match self.half.read(&mut chunk).await {
-                Ok(0) => return Err("connection closed by peer".into()),
-                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
-                Err(e) => return Err(format!("read: {e}")),
-            }
-        }
+impl SessionIndices for ContextIndices {
+    fn next_index(&mut self) -> u32 {
+        self.0.next_session_index()
     }
 }
 
-/// A rekey handshake in progress on this connection.
-struct RekeyInProgress {
-    handshake: Handshake,
-    local_index: u32,
-    started: tokio::time::Instant,
-}
-
-struct Link {
+/// The driver's state around one link.
+struct Driver {
     context: Arc<ConnectionContext>,
     id: ConnectionId,
-    me: PeerId,
-    peer: PeerId,
-    peer_key: [u8; 32],
-    reader: FrameReader,
-    writer: OwnedWriteHalf,
-    sealer: FrameSealer,
-    opener: FrameOpener,
-    pending_opener: Option<FrameOpener>,
-    rekey: Option<RekeyInProgress>,
-    reassembly: proto::Reassembly,
+    remote: SocketAddr,
+    outbound: bool,
+    link: ControlLink,
+    /// The secrets the link holds, to notice a reload.
+    secrets: Arc<ClusterSecrets>,
+    /// Set once the link is up: the control task's commands.
+    commands: Option<mpsc::UnboundedReceiver<ConnectionCommand>>,
 }
 
-impl Link {
-    async fn serve(&mut self, mut commands: mpsc::UnboundedReceiver<ConnectionCommand>) -> String {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+/// What woke the driver.
+enum Input {
+    Read(std::io::Result<usize>),
+    Command(Option<ConnectionCommand>),
+    Deadline,
+}
+
+/// How the task ended, for the control task.
+enum Ending {
+    /// Before the link came up.
+    HandshakeFailed(HandshakeFailure),
+    /// After it came up.
+    Down(String),
+}
+
+async fn run(
+    context: Arc<ConnectionContext>,
+    id: ConnectionId,
+    stream: TcpStream,
+    remote: SocketAddr,
+    outbound: bool,
+) {
+    let secrets = context.secrets.load_full();
+    let config = LinkConfig {
+        identity: (*context.identity).clone(),
+        secrets: (*secrets).clone(),
+        prologue: context.prologue.clone(),
+        hello: context.hello.clone(),
+        seed: None,
+    };
+    let indices = Box::new(ContextIndices(context.clone()));
+    let now = std::time::Instant::now();
+    let link = if outbound {
+        ControlLink::initiator(config, indices, now, wall_clock())
+    } else {
+        ControlLink::responder(config, indices, now)
+    };
+    let mut driver = Driver {
+        context: context.clone(),
+        id,
+        remote,
+        outbound,
+        link,
+        secrets,
+        commands: None,
+    };
+    let ending = driver.serve(stream).await;
+    let event = match ending {
+        Ending::HandshakeFailed(reason) => ConnectionEvent::HandshakeFailed {
+            id,
+            remote,
+            outbound,
+            reason,
+        },
+        Ending::Down(reason) => ConnectionEvent::Down { id, reason },
+    };
+    let _ = context.events.send(event);
+}
+
+impl Driver {
+    async fn serve(&mut self, stream: TcpStream) -> Ending {
+        let (mut read, mut write) = stream.into_split();
+        let mut buffer = vec![0u8; super::link::READ_CHUNK];
         loop {
-            tokio::select! {
-                record = self.reader.next() => {
-                    let record = match record {
-                        Ok(record) => record,
-                        Err(reason) => return reason,
-                    };
-                    if let Err(reason) = self.handle_record(&record).await {
-                        return reason;
-                    }
+            if let Some(ending) = self.pump(&mut write).await {
+                return ending;
+            }
+            let limit = self.link.read_limit().min(buffer.len());
+            let deadline = self.link.poll_timeout().map(|(at, _)| at);
+            let input = tokio::select! {
+                // `read` is cancel-safe: nothing is lost if another branch wins.
+                read = read.read(&mut buffer[..limit]), if limit > 0 => Input::Read(read),
+                command = recv(&mut self.commands), if self.commands.is_some() => {
+                    Input::Command(command)
                 }
-                command = commands.recv() => match command {
-                    Some(ConnectionCommand::Send(message)) => {
-                        if let Err(reason) = self.send(&message).await {
-                            return reason;
-                        }
-                    }
-                    Some(ConnectionCommand::Rekey) => {
-                        if let Err(reason) = self.start_rekey().await {
-                            return reason;
-                        }
-                    }
-                    Some(ConnectionCommand::Close(reason)) => {
-                        let _ = self.send(&ControlMessage::Close { reason: reason.clone() }).await;
-                        return format!("closed: {reason}");
-                    }
-                    None => return "control task gone".into(),
-                },
-                _ = tick.tick() => {
-                    if self.rekey.as_ref().is_some_and(|r| r.started.elapsed() > HANDSHAKE_TIMEOUT) {
-                        tracing::warn!(peer = %self.peer, "rekey handshake timed out; keeping the current keys");
-                        self.rekey = None;
-                    }
+                () = sleep_until(deadline), if deadline.is_some() => Input::Deadline,
+            };
+            let now = std::time::Instant::now();
+            match input {
+                Input::Read(Ok(0)) => self.link.abort(LinkError::PeerHungUp),
+                Input::Read(Ok(n)) => {
+                    self.refresh_secrets();
+                    self.link.handle_bytes(now, &buffer[..n]);
                 }
+                Input::Read(Err(e)) => self.link.abort(LinkError::Io(e)),
+                Input::Command(Some(ConnectionCommand::Send(message))) => {
+                    // Refused only before `Up`, when no command can exist yet.
+                    let _ = self.link.send(&message);
+                }
+                Input::Command(Some(ConnectionCommand::Rekey)) => {
+                    self.refresh_secrets();
+                    let _ = self.link.rekey(now, wall_clock());
+                }
+                Input::Command(Some(ConnectionCommand::Close(reason))) => self.link.close(&reason),
+                Input::Command(None) => return Ending::Down("control task gone".into()),
+                Input::Deadline => self.link.handle_timeout(now),
             }
         }
     }
 
-    async fn send(&mut self, message: &ControlMessage) -> Result<(), String> {
-        for plaintext in proto::encode_records(message) {
-            let record = self.sealer.seal(&plaintext);
-            match tokio::time::timeout(WRITE_TIMEOUT, proto::write_frame(&mut self.writer, &record))
-                .await
-            {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(format!("write: {e}")),
-                Err(_) => return Err("write timed out".into()),
+    /// Writes what the link queued and forwards its events, until both are
+    /// drained; returns how the connection ended, if it did.
+    async fn pump(&mut self, write: &mut OwnedWriteHalf) -> Option<Ending> {
+        loop {
+            while let Some(bytes) = self.link.poll_transmit() {
+                let error = match tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&bytes)).await
+                {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => LinkError::Io(e),
+                    Err(_) => LinkError::WriteTimeout,
+                };
+                self.link.abort(error);
+                // Nothing more goes out of a dead connection.
+                while self.link.poll_transmit().is_some() {}
+            }
+            let event = self.link.poll_event()?;
+            if let Some(ending) = self.handle_event(event) {
+                return Some(ending);
             }
         }
-        Ok(())
     }
 
-    async fn handle_record(&mut self, record: &[u8]) -> Result<(), String> {
-        let plaintext = self
-            .opener
-            .open(record)
-            .map_err(|e| format!("record failed to authenticate: {e}"))?;
-        let mut message =
-            proto::decode_message(&plaintext).map_err(|e| format!("malformed record: {e}"))?;
-        if let ControlMessage::Fragment { last, bytes } = &message {
-            match self
-                .reassembly
-                .push(*last, bytes)
-                .map_err(|e| format!("malformed fragments: {e}"))?
-            {
-                Some(whole) => message = whole,
-                None => return Ok(()),
+    fn handle_event(&mut self, event: LinkEvent) -> Option<Ending> {
+        let up = self.commands.is_some();
+        match event {
+            LinkEvent::Msg1Authenticated { stamp } => {
+                // Before any DH work: a replayed message 1 costs one lookup.
+                let verdict = self
+                    .context
+                    .msg1_guard
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .admit(&stamp, wall_clock());
+                self.link.admit_msg1(std::time::Instant::now(), verdict);
             }
-        }
-        match message {
-            ControlMessage::Rekey { step, message } => self.handle_rekey(step, &message).await,
-            ControlMessage::TcpKeySwitch => {
-                self.opener = self
-                    .pending_opener
-                    .take()
-                    .ok_or("key switch without a completed rekey")?;
-                Ok(())
+            LinkEvent::Up(established) => {
+                let (commands_tx, commands) = mpsc::unbounded_channel();
+                self.commands = Some(commands);
+                let Established {
+                    peer,
+                    public_key,
+                    hello,
+                    keys,
+                } = established;
+                let _ = self.context.events.send(ConnectionEvent::Up(PeerUp {
+                    id: self.id,
+                    peer,
+                    public_key,
+                    hello,
+                    remote: self.remote,
+                    outbound: self.outbound,
+                    keys,
+                    commands: commands_tx,
+                }));
             }
-            ControlMessage::Close { reason } => Err(format!("peer closed: {reason}")),
-            other => {
+            LinkEvent::Rekeyed(keys) => {
+                let _ = self
+                    .context
+                    .events
+                    .send(ConnectionEvent::Rekeyed { id: self.id, keys });
+            }
+            LinkEvent::Message(message) => {
                 let _ = self.context.events.send(ConnectionEvent::Message {
                     id: self.id,
-                    message: other,
-                });
-                Ok(())
-            }
-        }
-    }
-
-    async fn start_rekey(&mut self) -> Result<(), String> {
-        if self.rekey.is_some() {
-            return Ok(());
-        }
-        let secrets = self.context.secrets.load_full();
-        let (handshake, msg1) = Handshake::initiator(
-            &self.context.identity,
-            &secrets,
-            &self.context.prologue,
-            wall_clock(),
-        )
-        .map_err(|e| format!("rekey: {e}"))?;
-        self.rekey = Some(RekeyInProgress {
-            handshake,
-            local_index: 0,
-            started: tokio::time::Instant::now(),
-        });
-        self.send(&ControlMessage::Rekey {
-            step: 1,
-            message: msg1,
-        })
-        .await
-    }
-
-    async fn handle_rekey(&mut self, step: u8, message: &[u8]) -> Result<(), String> {
-        match step {
-            1 => {
-                if self.rekey.is_some() {
-                    // Both sides started: the lower ID's rekey wins.
-                    if self.me < self.peer {
-                        return Ok(());
-                    }
-                    self.rekey = None;
-                }
-                let secrets = self.context.secrets.load_full();
-                // No replay guard here: the TCP channel is already sealed with
-                // counters, so its records cannot be replayed, and a clock that
-                // drifts must not break a live connection's rekeys.
-                let Ok((mut handshake, _)) = Handshake::responder(
-                    &self.context.identity,
-                    &secrets,
-                    &self.context.prologue,
                     message,
-                ) else {
-                    tracing::warn!(peer = %self.peer, "rekey message 1 refused");
-                    return Ok(());
-                };
-                let local_index = self.context.next_session_index();
-                let payload = rekey_hello_bytes(local_index);
-                let msg2 = handshake
-                    .write_message(&payload)
-                    .map_err(|e| format!("rekey: {e}"))?;
-                self.rekey = Some(RekeyInProgress {
-                    handshake,
-                    local_index,
-                    started: tokio::time::Instant::now(),
                 });
-                self.send(&ControlMessage::Rekey {
-                    step: 2,
-                    message: msg2,
-                })
-                .await
             }
-            2 => {
-                let Some(mut rekey) = self.rekey.take() else {
-                    return Ok(());
-                };
-                let theirs = read_rekey_hello(&mut rekey.handshake, message)?;
-                rekey.local_index = self.context.next_session_index();
-                let ours = rekey_hello_bytes(rekey.local_index);
-                let msg3 = rekey
-                    .handshake
-                    .write_message(&ours)
-                    .map_err(|e| format!("rekey: {e}"))?;
-                self.send(&ControlMessage::Rekey {
-                    step: 3,
-                    message: msg3,
-                })
-                .await?;
-                self.complete_rekey(rekey, theirs.session_index, true).await
+            LinkEvent::Closed(reason) => {
+                return Some(if up {
+                    Ending::Down(reason.to_string())
+                } else {
+                    Ending::HandshakeFailed(HandshakeFailure::Protocol(reason.to_string()))
+                });
             }
-            3 => {
-                let Some(mut rekey) = self.rekey.take() else {
-                    return Ok(());
-                };
-                let theirs = read_rekey_hello(&mut rekey.handshake, message)?;
-                self.complete_rekey(rekey, theirs.session_index, false)
-                    .await
+            LinkEvent::Failed(error) => {
+                return Some(if up {
+                    Ending::Down(error.to_string())
+                } else {
+                    Ending::HandshakeFailed(error.handshake_failure())
+                });
             }
-            _ => Err(format!("unknown rekey step {step}")),
         }
+        None
     }
 
-    /// Installs the new keys: UDP keys go to the control task; our TCP send
-    /// key switches after a `TcpKeySwitch` marker, the receive key when the
-    /// peer's marker arrives.
-    async fn complete_rekey(
-        &mut self,
-        rekey: RekeyInProgress,
-        remote_index: u32,
-        initiator: bool,
-    ) -> Result<(), String> {
-        if remote_index == 0 || remote_index > 0x00ff_ffff {
-            return Err("rekey with an invalid session index".into());
+    /// Hands the link the reloaded secrets, if the file changed.
+    fn refresh_secrets(&mut self) {
+        let current = self.context.secrets.load();
+        if !Arc::ptr_eq(&current, &self.secrets) {
+            self.secrets = Arc::clone(&current);
+            self.link.set_secrets((**current).clone());
         }
-        if rekey.handshake.remote_public_key() != Some(self.peer_key) {
-            return Err("rekey under another static key than the connection's".into());
-        }
-        let keys = rekey
-            .handshake
-            .finish()
-            .map_err(|e| format!("rekey: {e}"))?;
-        let SessionKeys {
-            tcp_send,
-            tcp_recv,
-            udp_send,
-            udp_recv,
-        } = keys;
-        let _ = self.context.events.send(ConnectionEvent::Rekeyed {
-            id: self.id,
-            keys: NewKeys {
-                local_index: rekey.local_index,
-                remote_index,
-                send: udp_send,
-                recv: udp_recv,
-                initiator,
-            },
-        });
-        self.send(&ControlMessage::TcpKeySwitch).await?;
-        self.sealer = tcp_send;
-        self.pending_opener = Some(tcp_recv);
-        Ok(())
     }
 }
 
-fn rekey_hello_bytes(session_index: u32) -> Vec<u8> {
-    crate::wire::encode(&RekeyHello { session_index }).unwrap_or_default()
+async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
-fn read_rekey_hello(handshake: &mut Handshake, message: &[u8]) -> Result<RekeyHello, String> {
-    let payload = handshake
-        .read_message(message)
-        .map_err(|e| format!("rekey: {e}"))?;
-    crate::wire::decode(&payload).map_err(|e| format!("rekey: {e}"))
+async fn recv(
+    commands: &mut Option<mpsc::UnboundedReceiver<ConnectionCommand>>,
+) -> Option<ConnectionCommand> {
+    match commands {
+        Some(commands) => commands.recv().await,
+        None => std::future::pending().await,
+    }
 }

@@ -55,6 +55,8 @@ pub struct IpamDriver {
     /// The voter set last given to the allocator (set once per change:
     /// `set_voters` restarts the count of agreeing voters).
     voters: Option<BTreeSet<PeerId>>,
+    /// Why `consensus` may not pick its voters yet (see [`Self::hold`]).
+    held: Option<String>,
 }
 
 impl IpamDriver {
@@ -102,7 +104,19 @@ impl IpamDriver {
             requests: BTreeMap::new(),
             last_error_log: None,
             voters: None,
+            held: None,
         })
+    }
+
+    /// Keeps `consensus` from choosing its voters until [`Request::SeedsListed`]
+    /// arrives: with seeds from the Kubernetes node list, a router that voted
+    /// before the first listing would see no seeds, vote alone and build a
+    /// ring of its own (DESIGN.md "Ring initialisation"). `reason` is what
+    /// readiness and status say meanwhile.
+    pub fn hold(&mut self, reason: &str) {
+        if matches!(self.mode, IpallocInit::Consensus { .. }) {
+            self.held = Some(reason.to_string());
+        }
     }
 
     /// Until the ring is known, turns the mode into IDs: `seed=NAMES` once
@@ -145,6 +159,10 @@ impl IpamDriver {
                 let owners: BTreeSet<PeerId> =
                     names.iter().filter_map(|n| directory.id_named(n)).collect();
                 self.alloc.set_seed_owners(owners, now)
+            }
+            IpallocInit::Consensus { .. } if self.held.is_some() => {
+                self.waiting_for = self.held.clone();
+                return;
             }
             IpallocInit::Consensus { expected } => {
                 let missing: Vec<String> = seeds
@@ -223,6 +241,12 @@ impl IpamDriver {
         if let Err(e) = self.alloc.handle_timeout(now) {
             self.log_error("a timer", &e, now);
         }
+    }
+
+    /// When [`Self::handle_timeout`] wants to run next (the allocator's
+    /// anti-entropy or a donation timeout).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.alloc.poll_timeout().map(|(t, _)| t)
     }
 
     /// The next message to send on the `Ring` channel.
@@ -366,6 +390,10 @@ impl IpamDriver {
         now: Instant,
     ) -> Option<Reply> {
         let (op, reply) = match request {
+            Request::SeedsListed => {
+                self.held = None;
+                return Some(Reply::ok(serde_json::json!({})));
+            }
             Request::Ready => ("ready", self.ready(mtu)),
             Request::Allocate {
                 container_id,

@@ -176,6 +176,17 @@ impl KeySchedule {
     /// keyset's rejection.
     pub fn poll_timeout(&self) -> Option<(Instant, KeyTimer)> {
         let rekey = self.rekey_deadline().map(|t| (t, KeyTimer::Rekey));
+        [rekey, self.poll_expiry()]
+            .into_iter()
+            .flatten()
+            .min_by_key(|(t, _)| *t)
+    }
+
+    /// The earliest expiry alone (previous's grace end or a keyset's
+    /// rejection), for a driver whose rekey policy keeps its own deadline
+    /// (a side that does not start timer rekeys must not wake at
+    /// `rekey_deadline` over and over).
+    pub fn poll_expiry(&self) -> Option<(Instant, KeyTimer)> {
         let previous = self.previous.as_ref().map(|(k, grace_end)| {
             if *grace_end <= k.rejected_at() {
                 (*grace_end, KeyTimer::PreviousExpiry)
@@ -188,13 +199,16 @@ impl KeySchedule {
             .flatten()
             .map(|k| (k.rejected_at(), KeyTimer::Reject))
             .min_by_key(|(t, _)| *t);
-        [rekey, previous, reject]
+        [previous, reject]
             .into_iter()
             .flatten()
             .min_by_key(|(t, _)| *t)
     }
 
-    fn rekey_deadline(&self) -> Option<Instant> {
+    /// When a timer rekey falls due: `rekey_after` after the current
+    /// keyset's handshake (or when a rekey attempt times out); none while a
+    /// `next` keyset waits for confirmation or without a current keyset.
+    pub fn rekey_deadline(&self) -> Option<Instant> {
         if self.next.is_some() {
             return None; // a rekey happened; waiting for confirmation
         }

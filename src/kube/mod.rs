@@ -233,6 +233,8 @@ pub async fn run(task: SeedTask, calls: mpsc::Sender<ApiCall>) {
             )
             .await;
         }
+        // The seeds are in: a router waiting for them may vote now.
+        call(&calls, Request::SeedsListed).await;
     }
 }
 

@@ -11,13 +11,20 @@
 //! kernel that refuses a flag, selects the plain path (one packet per TUN
 //! read and write, still batched on the UDP side), said once in the log and
 //! always in status (`offload`).
+//!
+//! The per-packet protocol has no I/O and its own tests: `datagram` is the
+//! one implementation of the header + AEAD framing (also for the control
+//! lane's heartbeats), `lane` a worker's lane state and the verdict for
+//! each datagram (deliver, relay, control, discard); `worker` is the loop.
 
 pub mod aqm;
 pub mod batch;
 pub mod checksum;
 pub mod coalesce;
+pub mod datagram;
 pub mod icmp;
 pub mod idmap;
+pub mod lane;
 pub mod offload;
 pub mod packet;
 pub mod priority;

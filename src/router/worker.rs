@@ -10,53 +10,40 @@
 //!   the window, open in place, mark, then coalesce per inner TCP flow and
 //!   write to the TUN with a virtio header, or relay.
 //!
-//! The worker reads the forwarding table from an immutable snapshot and
-//! keeps its own lane's send counters and replay windows; its buffers are
-//! allocated once, so nothing on the per-packet path locks or allocates.
+//! The worker is the loop: sockets, buffers, batching, flushing, stats,
+//! priority. The per-packet protocol — sealing, opening, lane and replay
+//! checks, relay or deliver — is its lane's (`lane::Lane`, over the framing
+//! in `datagram`), which also keeps the lane's send counters and replay
+//! windows. The worker reads the forwarding table from an immutable
+//! snapshot; its buffers are allocated once, so nothing on the per-packet
+//! path locks or allocates.
 
 use super::aqm::StandingQueue;
 use super::batch::SendBatch;
 use super::coalesce::{Coalescer, Push};
+use super::datagram::{OVERHEAD, OpenError};
 use super::icmp::{self, ReplyLimit};
-use super::idmap::IdMap;
+use super::lane::{self, Discard, Lane, Route, Verdict};
 use super::offload::OffloadState;
-use super::packet::{self, DataHeader, HEADER_LEN, HOP_LIMIT, PacketType};
+use super::packet::{self, DataHeader, HEADER_LEN};
 use super::priority::{self, BusyGuard, Priority, Step};
 use super::segment::Segmenter;
-use super::snapshot::{SendKeys, Snapshot};
+use super::snapshot::Snapshot;
 use super::stats::{DropReason, WorkerStats};
 use super::sys::{self, RecvMeta};
 use super::vnet::{VNET_HDR_LEN, VnetHdr};
-use crate::crypto::data::{COUNTER_LIMIT, TAG_LEN};
-use crate::crypto::replay::ReplayWindow;
-use crate::id::ShortId;
 use arc_swap::ArcSwap;
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, UdpSocket};
+use std::ops::Range;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
-/// What a worker tells the control task. Sent only on change, never per packet.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum WorkerEvent {
-    /// A packet authenticated under a `next` keyset: the peer holds it.
-    KeysetConfirmed {
-        /// Our receiver index of that keyset.
-        local_index: u32,
-    },
-    /// An authenticated, newest-so-far packet came from a new address
-    /// (DESIGN.md "Endpoints behind NAT").
-    EndpointMoved {
-        /// The neighbour.
-        peer: ShortId,
-        /// Its address as we see it.
-        address: SocketAddr,
-    },
-}
+pub use super::lane::WorkerEvent;
 
 /// TUN reads per readiness before turning to the socket: bounds the batch,
 /// and so the latency one direction adds to the other.
@@ -75,26 +62,16 @@ const TUN_BUF_LEN: usize = VNET_HDR_LEN + 65_535;
 /// Inner TCP flows the coalescer keeps pending at once.
 const COALESCE_FLOWS: usize = 8;
 
-/// A replay window plus the highest counter accepted in it.
-struct LaneWindow {
-    window: ReplayWindow,
-    highest: Option<u64>,
-}
-
 /// The worker's state; `run` consumes it on its own thread.
 pub struct Worker {
-    lane: u8,
+    /// The lane's protocol state: counters, replay windows, reports.
+    lane: Lane,
     tun: File,
     udp: UdpSocket,
     table: Arc<ArcSwap<Snapshot>>,
     stats: Arc<WorkerStats>,
     events: UnboundedSender<WorkerEvent>,
     stop: Arc<AtomicBool>,
-    counters: IdMap<u32, u64>,
-    windows: IdMap<(u32, u8), LaneWindow>,
-    reported_endpoints: IdMap<ShortId, SocketAddr>,
-    reported_confirmations: IdMap<u32, ()>,
-    last_table: usize,
     log_limit: LogLimit,
     offload: Arc<OffloadState>,
     vnet: bool,
@@ -151,18 +128,13 @@ impl Worker {
         stop: Arc<AtomicBool>,
     ) -> Self {
         Self {
-            lane,
+            lane: Lane::new(lane),
             tun,
             udp,
             table,
             stats,
             events,
             stop,
-            counters: IdMap::default(),
-            windows: IdMap::default(),
-            reported_endpoints: IdMap::default(),
-            reported_confirmations: IdMap::default(),
-            last_table: 0,
             log_limit: LogLimit::default(),
             offload: Arc::new(OffloadState::none("not configured")),
             vnet: false,
@@ -201,7 +173,7 @@ impl Worker {
     /// a real-time worker down when it saturates. Lane 0 speaks for all: the
     /// others get the same answer.
     fn take_priority(&self) -> Option<BusyGuard> {
-        let speak = self.lane == 0;
+        let speak = self.lane.lane() == 0;
         let nice = match self.priority {
             Priority::Unchanged => return None,
             Priority::Nice(nice) => nice,
@@ -264,12 +236,12 @@ impl Worker {
             let ready = match sys::poll2(self.tun.as_fd(), self.udp.as_fd(), 200) {
                 Ok(ready) => ready,
                 Err(e) => {
-                    tracing::error!(lane = self.lane, error = %e, "poll failed; worker stops");
+                    tracing::error!(lane = self.lane.lane(), error = %e, "poll failed; worker stops");
                     return;
                 }
             };
             let table = self.table.load_full();
-            self.forget_stale_state(&table);
+            self.lane.handle_snapshot(&table);
             let tun_empty = !ready.first || self.drain_tun(&table);
             let udp_empty = !ready.second || self.drain_udp(&table);
             if let Some(guard) = &mut guard {
@@ -349,6 +321,9 @@ impl Worker {
                     start = end;
                 }
             }
+            while let Some(event) = self.lane.poll_event() {
+                let _ = self.events.send(event);
+            }
             self.flush_tun();
             self.flush_send();
             if n < RX_SLOTS {
@@ -372,28 +347,6 @@ impl Worker {
             let (tun, stats) = (&self.tun, &self.stats);
             c.flush(&mut |b: &[u8]| tun_write(tun, stats, b));
         }
-    }
-
-    /// Drops counters and windows of keysets the table no longer has, once
-    /// per table generation.
-    fn forget_stale_state(&mut self, table: &Arc<Snapshot>) {
-        let generation = Arc::as_ptr(table) as usize;
-        if generation == self.last_table {
-            return;
-        }
-        self.last_table = generation;
-        self.windows
-            .retain(|(session, _), _| table.session(*session).is_some());
-        self.reported_confirmations.retain(|session, _| {
-            table
-                .session(*session)
-                .is_some_and(|s| s.awaiting_confirmation)
-        });
-        let live_remote: Vec<u32> = table
-            .links_iter()
-            .filter_map(|(_, link)| link.send.as_ref().map(|k| k.remote_index))
-            .collect();
-        self.counters.retain(|index, _| live_remote.contains(index));
     }
 
     /// One read from the TUN: a virtio header (on the fast path) and an
@@ -428,17 +381,14 @@ impl Worker {
             self.stats.count_drop(DropReason::Aqm);
             return;
         }
-        let Some(owner) = table.owner_of(dst) else {
-            self.stats.count_drop(DropReason::NoRoute);
-            return;
+        let route = match lane::route_from_tun(table, dst) {
+            Ok(route) => route,
+            Err(discard) => {
+                self.stats.count_drop(discard.reason());
+                return;
+            }
         };
-        if owner == table.me {
-            self.stats.count_drop(DropReason::OwnedLocally);
-            return;
-        }
-        if let Some((n, bytes)) =
-            self.send_segments(table, owner, table.me, HOP_LIMIT, &mut segments)
-        {
+        if let Some((n, bytes)) = self.send_segments(table, route, &mut segments) {
             WorkerStats::add(&self.stats.packets_out, n as u64);
             WorkerStats::add(&self.stats.bytes_out, bytes as u64);
         }
@@ -466,41 +416,25 @@ impl Worker {
         WorkerStats::add(&self.stats.too_big_replies, 1);
     }
 
-    /// The send keys and endpoint of the next hop toward `dst`.
-    fn route<'t>(&self, table: &'t Snapshot, dst: ShortId) -> Option<(&'t SendKeys, SocketAddr)> {
-        let Some(link) = table.next_hop(dst).and_then(|next| table.link(next)) else {
-            self.stats.count_drop(DropReason::NoRoute);
-            return None;
-        };
-        let (Some(keys), Some(endpoint)) = (link.send.as_ref(), link.endpoint) else {
-            self.stats.count_drop(DropReason::NoSession);
-            return None;
-        };
-        Some((keys, endpoint))
-    }
-
     /// Cuts every segment of `segments` into the send batch, sealed for the
-    /// next hop toward `dst`, each with its own counter. Returns the number
+    /// next hop along `route`, each with its own counter. Returns the number
     /// of segments and inner bytes queued.
     fn send_segments(
         &mut self,
         table: &Snapshot,
-        dst: ShortId,
-        src: ShortId,
-        hop_limit: u8,
+        route: Route,
         segments: &mut Segmenter<'_>,
     ) -> Option<(usize, usize)> {
-        let (keys, endpoint) = self.route(table, dst)?;
-        let count = segments.remaining() as u64;
-        let counter = self.counters.entry(keys.remote_index).or_insert(0);
-        if *counter + count > COUNTER_LIMIT + 1 {
-            self.stats.count_drop(DropReason::NoSession);
-            return None;
-        }
-        let mut next = *counter;
-        *counter += count;
+        let mut sealer = match self.lane.sealer(table, route, segments.remaining()) {
+            Ok(sealer) => sealer,
+            Err(discard) => {
+                self.stats.count_drop(discard.reason());
+                return None;
+            }
+        };
+        let endpoint = sealer.endpoint();
         let gso = self.offload.gso();
-        let need = HEADER_LEN + segments.max_segment_len() + TAG_LEN;
+        let need = segments.max_segment_len() + OVERHEAD;
         let (mut n, mut bytes) = (0, 0);
         loop {
             if !self.send.has_room(need) {
@@ -510,27 +444,12 @@ impl Worker {
             let Some(len) = segments.next_into(&mut tail[HEADER_LEN..]) else {
                 break;
             };
-            let header = DataHeader {
-                kind: PacketType::Data,
-                hop_limit,
-                src,
-                dst,
-                session: keys.remote_index,
-                lane: self.lane,
-                counter: next,
+            let Some(sealed) = sealer.seal(tail, len) else {
+                // More segments than `remaining` said: never reuse a counter.
+                self.stats.count_drop(DropReason::NoSession);
+                break;
             };
-            next += 1;
-            let mut header_bytes = [0u8; HEADER_LEN];
-            header.emit(&mut header_bytes);
-            tail[..HEADER_LEN].copy_from_slice(&header_bytes);
-            let tag = keys.key.seal_in_place(
-                self.lane,
-                header.counter,
-                &header_bytes,
-                &mut tail[HEADER_LEN..HEADER_LEN + len],
-            );
-            tail[HEADER_LEN + len..HEADER_LEN + len + TAG_LEN].copy_from_slice(&tag);
-            self.send.commit(endpoint, HEADER_LEN + len + TAG_LEN, gso);
+            self.send.commit(endpoint, sealed, gso);
             n += 1;
             bytes += len;
         }
@@ -538,7 +457,7 @@ impl Worker {
     }
 
     /// One datagram from `from` (a whole `buffer`, possibly one segment of a
-    /// GRO train).
+    /// GRO train): the lane decides, the worker counts and moves bytes.
     fn handle_datagram(
         &mut self,
         table: &Arc<Snapshot>,
@@ -546,144 +465,62 @@ impl Worker {
         from: SocketAddr,
         now: Instant,
     ) {
-        let len = buffer.len();
-        let Ok(header) = DataHeader::parse(buffer) else {
-            self.stats.count_drop(DropReason::BadHeader);
-            return;
-        };
-        if header.kind != PacketType::Data {
-            // Heartbeats travel on the control lane to the control task.
-            self.stats.count_drop(DropReason::BadHeader);
-            return;
-        }
         let fresh;
         let mut table = table;
-        if table.session(header.session).is_none() {
+        let mut verdict = self.lane.handle_datagram(table, buffer, from, now);
+        if verdict == Verdict::Discard(Discard::Open(OpenError::UnknownSession)) {
             // The control task may have installed this keyset since the
-            // batch began: look once more at the latest table.
+            // batch began: look once more at the latest table (an unknown
+            // session changed nothing, so the datagram is as it came).
             fresh = self.table.load_full();
             table = &fresh;
+            verdict = self.lane.handle_datagram(table, buffer, from, now);
         }
-        let Some(session) = table.session(header.session) else {
-            self.stats.count_drop(DropReason::UnknownSession);
-            if self.log_limit.allow(now) {
-                tracing::debug!(lane = self.lane, session = header.session, %from, "dropped a packet for an unknown session");
+        match verdict {
+            Verdict::Deliver { inner } => self.deliver(buffer, inner),
+            Verdict::Relay { route, inner } => {
+                let Ok(mut one) = Segmenter::new(&VnetHdr::default(), &buffer[inner]) else {
+                    return;
+                };
+                if self.send_segments(table, route, &mut one).is_some() {
+                    WorkerStats::add(&self.stats.forwarded, 1);
+                }
             }
-            return;
-        };
-        let window = self
-            .windows
-            .entry((header.session, header.lane))
-            .or_insert_with(|| LaneWindow {
-                window: ReplayWindow::new(),
-                highest: None,
-            });
-        if !window.window.would_accept(header.counter) {
-            self.stats.count_drop(DropReason::Replay);
-            return;
-        }
-        let body_end = len - TAG_LEN;
-        let mut tag = [0u8; TAG_LEN];
-        tag.copy_from_slice(&buffer[body_end..len]);
-        let (head, rest) = buffer.split_at_mut(HEADER_LEN);
-        if session
-            .key
-            .open_in_place(
-                header.lane,
-                header.counter,
-                head,
-                &mut rest[..body_end - HEADER_LEN],
-                &tag,
-            )
-            .is_err()
-        {
-            self.stats.count_drop(DropReason::BadTag);
-            return;
-        }
-        if !window.window.mark(header.counter) {
-            self.stats.count_drop(DropReason::Replay);
-            return;
-        }
-        let newest = window.highest.is_none_or(|h| header.counter > h);
-        if newest {
-            window.highest = Some(header.counter);
-        }
-        let peer = session.peer;
-        if let Some(link) = table.link(peer) {
-            link.liveness.touch(now);
-            if newest
-                && link.endpoint != Some(from)
-                && self.reported_endpoints.get(&peer) != Some(&from)
-            {
-                self.reported_endpoints.insert(peer, from);
-                let _ = self.events.send(WorkerEvent::EndpointMoved {
-                    peer,
-                    address: from,
-                });
-            }
-        }
-        if session.awaiting_confirmation
-            && self
-                .reported_confirmations
-                .insert(header.session, ())
-                .is_none()
-        {
-            let _ = self.events.send(WorkerEvent::KeysetConfirmed {
-                local_index: header.session,
-            });
-        }
-        let inner_len = body_end - HEADER_LEN;
-        if header.dst == table.me {
-            self.deliver(table, header.src, buffer, inner_len);
-        } else if header.hop_limit <= 1 {
-            self.stats.count_drop(DropReason::HopLimit);
-        } else {
-            let inner = &buffer[HEADER_LEN..body_end];
-            let Ok(mut one) = Segmenter::new(&VnetHdr::default(), inner) else {
-                return;
-            };
-            if self
-                .send_segments(
-                    table,
-                    header.dst,
-                    header.src,
-                    header.hop_limit - 1,
-                    &mut one,
-                )
-                .is_some()
-            {
-                WorkerStats::add(&self.stats.forwarded, 1);
+            // Heartbeats travel on the control lane to the control task.
+            Verdict::Control => self.stats.count_drop(DropReason::BadHeader),
+            Verdict::Discard(discard) => {
+                self.stats.count_drop(discard.reason());
+                if discard == Discard::Open(OpenError::UnknownSession) && self.log_limit.allow(now)
+                {
+                    let session = DataHeader::parse(buffer).map(|h| h.session).ok();
+                    tracing::debug!(lane = self.lane.lane(), ?session, %from, "dropped a packet for an unknown session");
+                }
             }
         }
     }
 
-    /// Writes an inner packet addressed to this router's pods into the TUN
-    /// (through the coalescer on the fast path), after checking that its
-    /// source lies in the sender's ranges. The inner packet is
-    /// `datagram[HEADER_LEN..HEADER_LEN + len]`; the opened header before it
-    /// is free to hold a virtio header.
-    fn deliver(&mut self, table: &Snapshot, sender: ShortId, datagram: &mut [u8], len: usize) {
-        let inner = &datagram[HEADER_LEN..HEADER_LEN + len];
-        let Some((src, _dst)) = packet::ipv4_addresses(inner) else {
-            self.stats.count_drop(DropReason::NotIpv4);
-            return;
-        };
-        if table.owner_of(src) != Some(sender) {
-            self.stats.count_drop(DropReason::SpoofedSource);
-            return;
-        }
+    /// Writes an inner packet addressed to this router's pods, its source
+    /// already checked by the lane, into the TUN (through the coalescer on
+    /// the fast path). The inner packet is `datagram[inner]`; the opened
+    /// header before it is free to hold a virtio header.
+    fn deliver(&mut self, datagram: &mut [u8], inner: Range<usize>) {
         WorkerStats::add(&self.stats.packets_in, 1);
-        WorkerStats::add(&self.stats.bytes_in, len as u64);
+        WorkerStats::add(&self.stats.bytes_in, inner.len() as u64);
         let (tun, stats) = (&self.tun, &self.stats);
         let Some(coalescer) = &mut self.coalescer else {
-            tun_write(tun, stats, inner);
+            tun_write(tun, stats, &datagram[inner]);
             return;
         };
-        if coalescer.push(inner, &mut |b: &[u8]| tun_write(tun, stats, b)) == Push::Held {
+        if coalescer.push(&datagram[inner.clone()], &mut |b: &[u8]| {
+            tun_write(tun, stats, b)
+        }) == Push::Held
+        {
             return;
         }
-        let at = HEADER_LEN - VNET_HDR_LEN;
-        datagram[at..HEADER_LEN].fill(0);
-        tun_write(tun, stats, &datagram[at..HEADER_LEN + len]);
+        let Some(at) = inner.start.checked_sub(VNET_HDR_LEN) else {
+            return;
+        };
+        datagram[at..inner.start].fill(0);
+        tun_write(tun, stats, &datagram[at..inner.end]);
     }
 }

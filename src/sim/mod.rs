@@ -7,6 +7,8 @@
 //! - [`net`]: the network emulator, generic over the message type (the
 //!   gossip and IPAM harnesses share it);
 //! - [`gossip`]: the topology harness ([`gossip::GossipSim`]);
+//! - [`link`]: TCP control links in pairs over delayed, rechunked byte
+//!   pipes ([`link::LinkPair`], [`link::run_links`]);
 //! - `ipam` (tests only): many IPAM cores with joins, kills, restarts,
 //!   partitions, donations, reclaims and leaves, checking invariant 1;
 //! - `ring_bench` (tests only, ignored): the ring channel's idle bytes per
@@ -15,6 +17,7 @@
 pub mod gossip;
 #[cfg(test)]
 mod ipam;
+pub mod link;
 pub mod net;
 #[cfg(test)]
 mod ring_bench;

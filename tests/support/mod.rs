@@ -17,6 +17,7 @@
 
 pub mod attack;
 pub mod chaos;
+pub mod fake_kube;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -173,7 +174,9 @@ impl Drop for Netns {
     }
 }
 
-/// A node: a namespace on the underlay switch, with forwarding on.
+/// A node: a namespace on the underlay switch, as a fresh host: IPv4
+/// forwarding off everywhere (the router and the CNI plugin turn on what
+/// they need, per interface).
 pub struct Node {
     pub ns: Netns,
     pub underlay: Ipv4Addr,
@@ -218,7 +221,12 @@ impl Cluster {
             switch.ip(&["link", "set", &port, "master", "br0", "up"]);
             ns.ip(&["addr", "add", &format!("{underlay}/24"), "dev", "eth0"]);
             ns.ip(&["link", "set", "eth0", "up"]);
-            ns.sysctl("net.ipv4.ip_forward", "1");
+            // A new namespace copies the host's IPv4 settings; a fresh host
+            // has forwarding off, for every interface and for new ones.
+            ns.sysctl("net.ipv4.ip_forward", "0");
+            ns.sysctl("net.ipv4.conf.all.forwarding", "0");
+            ns.sysctl("net.ipv4.conf.default.forwarding", "0");
+            ns.sysctl("net.ipv4.conf.eth0.forwarding", "0");
             nodes.push(Node { ns, underlay, name });
         }
         Self {
@@ -234,8 +242,7 @@ impl Cluster {
         let index = self.pods.len();
         let ns = Netns::new(&format!("pod{index}"));
         let host = format!("veth{index}");
-        let node_ns = &self.nodes[node].ns;
-        weft::demo::plumb_pod(&node_ns.name, &ns.name, &host, addr).expect("plumb pod");
+        plumb_pod(&self.nodes[node].ns, &ns, &host, addr);
         self.pods.push(Pod { ns, addr, node });
         index
     }
@@ -268,6 +275,61 @@ impl Cluster {
             ]);
         }
     }
+}
+
+/// Plugs namespace `pod` into `node` as the CNI plugin does, at an address
+/// the test picks (the harness's stand-in for the plugin; tests/cni.rs runs
+/// the real one): a veth pair, the pod's /32, a default route via
+/// 169.254.1.1 with a permanent neighbour entry; on the host the veth with
+/// IPv4 forwarding and proxy ARP on, and a /32 route to the pod.
+pub fn plumb_pod(node: &Netns, pod: &Netns, host: &str, addr: Ipv4Addr) {
+    sh(&[
+        "ip", "-n", &node.name, "link", "add", host, "mtu", "1420", "type", "veth", "peer", "name",
+        "eth0", "mtu", "1420", "netns", &pod.name,
+    ]);
+    pod.ip(&["addr", "add", &format!("{addr}/32"), "dev", "eth0"]);
+    pod.ip(&["link", "set", "eth0", "up"]);
+    node.ip(&["link", "set", host, "up"]);
+    let link = sh(&["ip", "-n", &node.name, "-o", "link", "show", host]);
+    let mac = link
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no MAC on {host}: {link}"))
+        .to_string();
+    pod.ip(&[
+        "route",
+        "add",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+        "scope",
+        "link",
+    ]);
+    pod.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+        "onlink",
+    ]);
+    pod.ip(&[
+        "neigh",
+        "replace",
+        "169.254.1.1",
+        "lladdr",
+        &mac,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ]);
+    node.ip(&["route", "add", &format!("{addr}/32"), "dev", host]);
+    node.sysctl(&format!("net.ipv4.conf.{host}.forwarding"), "1");
+    node.sysctl(&format!("net.ipv4.conf.{host}.proxy_arp"), "1");
 }
 
 /// A pod namespace plumbed into a node.
@@ -811,7 +873,12 @@ pub struct Pair {
 
 /// Starts a [`Pair`] with `env` set for both routers.
 pub fn start_pair(bin: &Path, env: &[(&str, &str)]) -> Pair {
-    let mut cluster = Cluster::new(2);
+    start_pair_on(Cluster::new(2), bin, env)
+}
+
+/// Starts a [`Pair`] on a two-node `cluster` the test has prepared (an
+/// uplink present before the routers start, as on a real node).
+pub fn start_pair_on(mut cluster: Cluster, bin: &Path, env: &[(&str, &str)]) -> Pair {
     let routers = start_routers(
         bin,
         &mut cluster,

@@ -445,6 +445,41 @@ fn main() {
     cni_reply();
     segment();
     coalesce();
+    lane_open();
+}
+
+/// `lane_open`: honest data for this router and for a relay, a replay, a
+/// flipped bit, a truncation and raw bytes (record layout in the target).
+fn lane_open() {
+    // IPv4/UDP from 10.32.0.5 (the sender's range) to 10.32.1.5; the lane
+    // reads only the version and the addresses.
+    let packet: [u8; 28] = [
+        0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 32, 0, 5, 10, 32, 1, 5, 0xc0, 0x01, 0x14,
+        0xb5, 0, 8, 0, 0,
+    ];
+    // `[op][lane][u16 counter][dst][hop][u16 len][packet]`
+    let honest = |op: u8, lane: u8, counter: u16, dst: u8, hop: u8| {
+        let mut r = vec![op, lane];
+        r.extend_from_slice(&counter.to_le_bytes());
+        r.extend_from_slice(&[dst, hop]);
+        r.extend_from_slice(&(packet.len() as u16).to_le_bytes());
+        r.extend_from_slice(&packet);
+        r
+    };
+    write("lane_open", "deliver", &honest(1, 0, 0, 0, 8));
+    write("lane_open", "relay", &honest(1, 1, 0, 1, 8));
+    let replay = [honest(1, 0, 5, 0, 8), honest(0x81, 0, 0, 0, 8)].concat();
+    write("lane_open", "replay", &replay);
+    let flip = [honest(2, 0, 0, 0, 8), vec![200, 0], honest(1, 0, 0, 0, 8)].concat();
+    write("lane_open", "flip", &flip);
+    write(
+        "lane_open",
+        "truncated",
+        &[honest(3, 2, 0, 0, 8), vec![20, 0]].concat(),
+    );
+    let mut raw = vec![0u8, 32, 0, 0x10, 8, 0, 1, 0, 2, 0, 0x0b, 0x0b, 0];
+    raw.resize(3 + 32, 0);
+    write("lane_open", "raw", &raw);
 }
 
 /// An IPv4 packet: 20-byte header (or more, with `ip_options`), then

@@ -1,0 +1,160 @@
+//! Pumping the gossip and IPAM cores: their transmits go to the peers'
+//! connections, their events to the other cores, the kernel plan and the
+//! snapshot's dirty flag. Part of the control loop's drain order (mod.rs).
+
+use super::Control;
+use super::proto::{ControlMessage, Versions};
+use crate::gossip::{Channel, GossipEvent};
+use crate::id::PeerId;
+use crate::ipam::Destination;
+use std::time::{Duration, Instant};
+
+impl Control {
+    /// Sends what the allocator wants sent on the `Ring` channel and acts on
+    /// its events (a new node address or ownership table goes to the kernel
+    /// and the data plane).
+    pub(super) fn drive_ipam(&mut self, now: Instant) {
+        while let Some((destination, payload)) = self.ipam.poll_transmit() {
+            // Each peer's ring version is the highest both hellos contain; a
+            // `Neighbours` message goes only to peers speaking one it names.
+            let targets: Vec<PeerId> = self
+                .peers
+                .iter()
+                .filter(|p| match destination {
+                    Destination::Peer(id) => p.id == id,
+                    Destination::Broadcast => true,
+                    Destination::Neighbours { min, max } => Versions::OURS
+                        .ring
+                        .common(p.hello.versions.ring)
+                        .is_some_and(|v| (min..=max).contains(&v)),
+                })
+                .map(|p| p.id)
+                .collect();
+            self.count_gossip(Channel::Ring, "out", targets.len() as u64, payload.len());
+            for id in targets {
+                self.send_to_peer(
+                    id,
+                    ControlMessage::Gossip {
+                        channel: Channel::Ring.to_byte(),
+                        payload: payload.clone(),
+                    },
+                );
+            }
+        }
+        if self.ipam.drain_events(now) {
+            self.dirty = true;
+            let own_address = self.ipam.node_address();
+            let owned = self.ipam.owned();
+            self.kernel.send_if_modified(|plan| {
+                let changed = plan.own_address != own_address || plan.owned != owned;
+                plan.own_address = own_address;
+                plan.owned = owned;
+                changed
+            });
+        }
+    }
+
+    /// The overlay MTU of the whole cluster (DESIGN.md "MTU"): the smallest
+    /// any router announces, ours included, so that a packet fits every path.
+    pub(super) fn cluster_mtu(&self) -> u32 {
+        self.config.mtu.min(u32::from(self.gossip.cluster_mtu()))
+    }
+
+    /// Makes weft0 follow the cluster MTU (the kernel then answers
+    /// oversized forwarded packets itself; the data plane's `icmp` covers
+    /// the moments in between), and says when it changes.
+    pub(super) fn follow_cluster_mtu(&mut self, mtu: u32) {
+        self.kernel.send_if_modified(|plan| {
+            if plan.mtu == mtu {
+                return false;
+            }
+            tracing::info!(
+                from = plan.mtu,
+                to = mtu,
+                "cluster MTU changed: the smallest MTU any router announces (pods created from now on get it)"
+            );
+            plan.mtu = mtu;
+            true
+        });
+    }
+
+    pub(super) fn count_gossip(
+        &mut self,
+        channel: Channel,
+        direction: &str,
+        messages: u64,
+        len: usize,
+    ) {
+        let name = match channel {
+            Channel::Topology => "topology",
+            Channel::Ring => "ring",
+            Channel::Unknown(_) => "unknown",
+        };
+        let entry = self
+            .gossip_traffic
+            .entry(format!("{name}/{direction}"))
+            .or_default();
+        entry.messages += messages;
+        entry.bytes += messages * len as u64;
+    }
+
+    /// Sends what the gossip core wants sent and acts on its events.
+    pub(super) fn drain_gossip(&mut self, now: Instant) {
+        while let Some((peer, frame)) = self.gossip.poll_transmit() {
+            if self.peers.contains(peer) {
+                let entry = self
+                    .gossip_traffic
+                    .entry("topology/out".into())
+                    .or_default();
+                entry.messages += 1;
+                entry.bytes += frame.len() as u64;
+                self.send_to_peer(
+                    peer,
+                    ControlMessage::Gossip {
+                        channel: Channel::Topology.to_byte(),
+                        payload: frame,
+                    },
+                );
+            }
+        }
+        while let Some(event) = self.gossip.poll_event() {
+            match event {
+                GossipEvent::TopologyChanged => self.dirty = true,
+                GossipEvent::PeerAdded { id, name } => {
+                    tracing::info!(peer = %name, %id, "learned a router");
+                    self.ipam.learn_name(id, &name);
+                    if let Some(entry) = self.gossip.entry(id) {
+                        let addresses = entry.addresses.clone();
+                        self.maker.learn(id, &addresses, now);
+                    }
+                    self.dirty = true;
+                }
+                GossipEvent::PeerRemoved { id, name } => {
+                    tracing::info!(peer = %name, %id, "forgot an unreachable router");
+                    self.maker.unlearn(id);
+                    self.dirty = true;
+                }
+                GossipEvent::ShortIdChanged { old, new } => {
+                    tracing::info!(old = old.0, new = new.0, "short ID changed after a clash");
+                    self.short = new;
+                    self.dirty = true;
+                }
+                GossipEvent::EntryRefused {
+                    from,
+                    id,
+                    name,
+                    reason,
+                } => {
+                    self.count_handshake("gossip_refused");
+                    if self
+                        .last_gossip_log
+                        .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+                    {
+                        self.last_gossip_log = Some(now);
+                        tracing::warn!(%from, %id, %name, ?reason, "refused a topology entry");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,624 @@
+//! Heartbeats and path-MTU probes on the control lane (DESIGN.md "MTU",
+//! "Endpoints behind NAT"). A sans-IO core.
+//!
+//! Owns, per connected peer: the heartbeat send counter and the replay
+//! windows of its receive keysets (pruned with the keysets: they are
+//! re-synced from the key schedule whenever it changes, see
+//! [`Heartbeats::set_link`]), when an authenticated packet last arrived and
+//! a heartbeat was last sent, the RTT, the path-MTU verdict and its probe
+//! schedule, and whether the connection is established (authenticated UDP
+//! arriving and a full-size probe answered). Does not own the keys (the peer
+//! registry does) nor the data plane's traffic, which the driver reports
+//! with [`Heartbeats::observe_data`] (it counts as liveness).
+//!
+//! What an idle link costs, per direction: one keepalive every
+//! [`KEEPALIVE_INTERVAL`] (~80 bytes on the wire with IP and UDP headers),
+//! and a full-size probe at establishment, after a change (MTU, endpoint,
+//! UDP coming back) and then at doubling intervals up to
+//! [`PMTU_RECHECK_MAX`]. A silent link is suspected after
+//! [`SUSPECT_AFTER`] and pinged every [`SUSPECT_PING_EVERY`] (a lost
+//! keepalive costs a round trip, not the link); it is down after
+//! [`LIVENESS_TIMEOUT`], so a broken link is routed around in under 3 s.
+//!
+//! Inputs: [`Heartbeats::add`], [`Heartbeats::remove`],
+//! [`Heartbeats::set_link`], [`Heartbeats::set_mtu`],
+//! [`Heartbeats::observe_data`], [`Heartbeats::handle_datagram`],
+//! [`Heartbeats::handle_timeout`]. Outputs, drained after every input:
+//! [`Heartbeats::poll_event`] (endpoint and key confirmation, establishment
+//! changes), [`Heartbeats::poll_transmit`] (datagrams for the control
+//! socket), and [`Heartbeats::poll_timeout`].
+
+mod wire;
+
+#[cfg(test)]
+mod tests;
+
+use crate::crypto::data::DataKey;
+use crate::crypto::replay::ReplayWindow;
+use crate::crypto::session::Keyset;
+use crate::id::{PeerId, ShortId};
+use crate::router::datagram::open_datagram;
+use crate::router::packet::{CONTROL_LANE, DataHeader, PacketType};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use wire::Body;
+
+/// A keepalive goes when this side has sent no heartbeat for this long
+/// (DESIGN.md asks for at least every 20 s; liveness needs more).
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(1500);
+/// Nothing authenticated for this long: ping for an answer at once.
+pub const SUSPECT_AFTER: Duration = Duration::from_millis(1700);
+/// Pings while suspecting go this far apart.
+pub const SUSPECT_PING_EVERY: Duration = Duration::from_millis(150);
+/// Nothing authenticated for this long: UDP is down and the link is no
+/// longer established (tests/mesh.rs wants a detour within 3 s).
+pub const LIVENESS_TIMEOUT: Duration = Duration::from_millis(2300);
+/// A probe unanswered this long is lost.
+pub const PROBE_WAIT: Duration = Duration::from_millis(700);
+/// Lost probes in a row that make the verdict "too small".
+pub const PROBE_TRIES: u32 = 3;
+/// After an answered probe the next one waits this long, doubling each
+/// time up to [`PMTU_RECHECK_MAX`].
+pub const PMTU_RECHECK_FIRST: Duration = Duration::from_secs(2);
+/// The longest wait between probes on a path that carries full size.
+pub const PMTU_RECHECK_MAX: Duration = Duration::from_secs(300);
+/// While the verdict is "too small", probes go this often.
+pub const PMTU_RETRY_FAILED: Duration = Duration::from_secs(3);
+/// The side that did not dial waits this long before its first packet, so
+/// the dialler's opens any NAT first (DESIGN.md "Endpoints behind NAT").
+const INBOUND_FIRST: Duration = Duration::from_millis(250);
+
+/// What the driver learns from the heartbeats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeartbeatEvent {
+    /// A heartbeat from `peer` authenticated under our keyset `local_index`,
+    /// arriving from `from` (its endpoint; and the keyset is confirmed).
+    Authenticated {
+        /// Which peer.
+        peer: PeerId,
+        /// Our receive keyset it opened under.
+        local_index: u32,
+        /// Where it came from.
+        from: SocketAddr,
+        /// Its counter is the highest this keyset accepted: only such a
+        /// packet may move the peer's endpoint (DESIGN.md "Endpoints behind
+        /// NAT"), so a delayed or reordered one cannot move it back.
+        newest: bool,
+    },
+    /// The connection became established or stopped being so.
+    Established {
+        /// Which peer.
+        peer: PeerId,
+        /// The new state.
+        established: bool,
+    },
+}
+
+/// Why [`Heartbeats::poll_timeout`] wants to be woken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeartbeatTimer {
+    /// A keepalive is due.
+    Keepalive,
+    /// A probe is due, or an outstanding one is lost.
+    Probe,
+    /// A silent link is to be pinged.
+    Suspect,
+    /// A link's liveness runs out.
+    Liveness,
+}
+
+/// The UDP path's state in status (DESIGN.md "Operator contract").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UdpState {
+    /// Authenticated packets arrive.
+    Ok,
+    /// They did, and stopped.
+    Blocked,
+    /// None yet.
+    Unverified,
+}
+
+/// The path MTU's state in status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PmtuState {
+    /// A full-size probe was answered and none lost since.
+    Ok,
+    /// Small packets pass, full-size ones do not (or not yet verified).
+    TooSmall,
+    /// Not known: UDP does not work.
+    Unverified,
+}
+
+/// One link's heartbeat state, for status.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LinkStatus {
+    /// UDP works both ways and carries full-size packets.
+    pub established: bool,
+    /// The last heartbeat round trip.
+    pub rtt: Option<Duration>,
+    /// The UDP path.
+    pub udp: UdpState,
+    /// The path MTU.
+    pub pmtu: PmtuState,
+}
+
+/// What a link needs from the key schedule and the registry.
+#[derive(Debug)]
+pub struct LinkKeys<'a> {
+    /// The peer's short ID (the header's `dst`).
+    pub short: ShortId,
+    /// Where its UDP goes.
+    pub endpoint: Option<SocketAddr>,
+    /// The keyset to send with.
+    pub current: Option<&'a Keyset>,
+    /// Every keyset that may still decrypt.
+    pub receive: Vec<&'a Keyset>,
+}
+
+struct Sender {
+    remote_index: u32,
+    key: DataKey,
+    counter: u64,
+}
+
+struct Receiver {
+    key: DataKey,
+    window: ReplayWindow,
+}
+
+/// The path-MTU probe schedule of one link.
+struct Pmtu {
+    /// `Some(true)`: a probe was answered and none lost since.
+    verdict: Option<bool>,
+    /// An unanswered probe: when the last try went, and how many went.
+    outstanding: Option<(Instant, u32)>,
+    /// When the next probe goes (none outstanding).
+    next: Instant,
+    /// The wait after the next answered probe.
+    interval: Duration,
+}
+
+impl Pmtu {
+    fn new(first: Instant) -> Self {
+        Self {
+            verdict: None,
+            outstanding: None,
+            next: first,
+            interval: PMTU_RECHECK_FIRST,
+        }
+    }
+
+    /// Something changed that may change the path MTU: probe now.
+    fn recheck(&mut self, now: Instant) {
+        self.outstanding = None;
+        self.next = now;
+        self.interval = PMTU_RECHECK_FIRST;
+    }
+
+    fn answered(&mut self, now: Instant) {
+        self.verdict = Some(true);
+        self.outstanding = None;
+        self.next = now + self.interval;
+        self.interval = (self.interval * 2).min(PMTU_RECHECK_MAX);
+    }
+
+    fn deadline(&self) -> Instant {
+        match self.outstanding {
+            Some((sent, _)) => sent + PROBE_WAIT,
+            None => self.next,
+        }
+    }
+}
+
+struct Link {
+    short: ShortId,
+    endpoint: Option<SocketAddr>,
+    sender: Option<Sender>,
+    receivers: HashMap<u32, Receiver>,
+    /// When this side may first send (the dialler at once).
+    first_tx: Instant,
+    last_tx: Option<Instant>,
+    last_rx: Option<Instant>,
+    last_ping: Option<Instant>,
+    /// The peer's last stamp and when it arrived, to echo.
+    peer_stamp: Option<(u64, Instant)>,
+    udp_ok: bool,
+    /// UDP worked at some point (so its return is a change worth a probe).
+    was_up: bool,
+    established: bool,
+    rtt: Option<Duration>,
+    pmtu: Pmtu,
+}
+
+impl Link {
+    fn can_send(&self) -> bool {
+        self.sender.is_some() && self.endpoint.is_some()
+    }
+
+    fn udp_ok_at(&self, now: Instant) -> bool {
+        self.last_rx
+            .is_some_and(|t| now.saturating_duration_since(t) < LIVENESS_TIMEOUT)
+    }
+
+    /// Probes go before the first packet arrives (they open the path) and
+    /// while UDP works; not while it is down (losses would say nothing
+    /// about the MTU).
+    fn may_probe(&self) -> bool {
+        self.last_rx.is_none() || self.udp_ok
+    }
+
+    fn keepalive_at(&self) -> Instant {
+        self.last_tx
+            .map_or(self.first_tx, |t| t + KEEPALIVE_INTERVAL)
+    }
+
+    /// When the next suspect ping goes, if the link is being suspected.
+    fn suspect_at(&self) -> Option<Instant> {
+        if !self.udp_ok {
+            return None;
+        }
+        let rx = self.last_rx?;
+        let at = (rx + SUSPECT_AFTER).max(self.last_ping.map_or(rx, |p| p + SUSPECT_PING_EVERY));
+        (at < rx + LIVENESS_TIMEOUT).then_some(at)
+    }
+}
+
+/// The heartbeat core for all peers.
+pub struct Heartbeats {
+    epoch: Instant,
+    me: ShortId,
+    mtu: usize,
+    links: HashMap<PeerId, Link>,
+    transmits: VecDeque<(SocketAddr, Vec<u8>)>,
+    events: VecDeque<HeartbeatEvent>,
+}
+
+impl Heartbeats {
+    /// No links. Stamps count milliseconds from `epoch`; probes are padded
+    /// to the overlay `mtu`.
+    pub fn new(epoch: Instant, me: ShortId, mtu: u32) -> Self {
+        Self {
+            epoch,
+            me,
+            mtu: mtu as usize,
+            links: HashMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// A new connection to `peer` (replacing any earlier link state). The
+    /// side that dialled sends first: a probe, which also opens the path.
+    pub fn add(&mut self, peer: PeerId, outbound: bool, now: Instant) {
+        let first_tx = if outbound { now } else { now + INBOUND_FIRST };
+        self.links.insert(
+            peer,
+            Link {
+                short: ShortId::default(),
+                endpoint: None,
+                sender: None,
+                receivers: HashMap::new(),
+                first_tx,
+                last_tx: None,
+                last_rx: None,
+                last_ping: None,
+                peer_stamp: None,
+                udp_ok: false,
+                was_up: false,
+                established: false,
+                rtt: None,
+                pmtu: Pmtu::new(first_tx),
+            },
+        );
+    }
+
+    /// `peer`'s connection went: its counters and windows go with it.
+    pub fn remove(&mut self, peer: PeerId) {
+        self.links.remove(&peer);
+    }
+
+    /// Brings `peer`'s keys, short IDs and endpoint up to date: windows of
+    /// keysets no longer held are dropped, a new send keyset starts its
+    /// counter at zero, and a new endpoint is probed at once.
+    pub fn set_link(&mut self, peer: PeerId, me: ShortId, keys: LinkKeys<'_>, now: Instant) {
+        self.me = me;
+        let Some(link) = self.links.get_mut(&peer) else {
+            return;
+        };
+        link.short = keys.short;
+        if link.endpoint.is_some() && link.endpoint != keys.endpoint {
+            link.pmtu.recheck(now);
+        }
+        link.endpoint = keys.endpoint;
+        link.sender = match (link.sender.take(), keys.current) {
+            (Some(s), Some(k)) if s.remote_index == k.remote_index => Some(s),
+            (_, Some(k)) => Some(Sender {
+                remote_index: k.remote_index,
+                key: k.send.clone(),
+                counter: 0,
+            }),
+            (_, None) => None,
+        };
+        link.receivers
+            .retain(|index, _| keys.receive.iter().any(|k| k.local_index == *index));
+        for k in keys.receive {
+            link.receivers
+                .entry(k.local_index)
+                .or_insert_with(|| Receiver {
+                    key: k.recv.clone(),
+                    window: ReplayWindow::new(),
+                });
+        }
+    }
+
+    /// The overlay MTU probes are padded to; a change is probed at once.
+    pub fn set_mtu(&mut self, mtu: u32, now: Instant) {
+        if self.mtu == mtu as usize {
+            return;
+        }
+        self.mtu = mtu as usize;
+        for link in self.links.values_mut() {
+            link.pmtu.recheck(now);
+        }
+    }
+
+    /// Sending to `to` failed with EMSGSIZE: the kernel knows the path is
+    /// smaller than the probe, so the verdict is "too small" at once.
+    pub fn handle_too_big(&mut self, to: SocketAddr, now: Instant) {
+        for link in self.links.values_mut() {
+            if link.endpoint == Some(to) && link.pmtu.outstanding.is_some() {
+                link.pmtu.verdict = Some(false);
+                link.pmtu.outstanding = None;
+                link.pmtu.next = now + PMTU_RETRY_FAILED;
+            }
+        }
+    }
+
+    /// The data plane last received an authenticated packet from `peer` at
+    /// `last_rx`: it counts as liveness like a heartbeat.
+    pub fn observe_data(&mut self, peer: PeerId, last_rx: Option<Instant>) {
+        if let Some(link) = self.links.get_mut(&peer) {
+            link.last_rx = link.last_rx.max(last_rx);
+        }
+    }
+
+    /// A datagram on the control socket. Anything that is not a heartbeat
+    /// under a held keyset, replays, or fails its tag is dropped unseen.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &mut [u8]) {
+        let mut holder = None;
+        let links = &mut self.links;
+        // One implementation of the framing (DESIGN.md "The data header"):
+        // the data plane's checked view, would-accept, open, then mark.
+        let opened = open_datagram(datagram, |header| {
+            if header.kind != PacketType::Heartbeat || header.lane != CONTROL_LANE {
+                return None;
+            }
+            let (&peer, link) = links
+                .iter_mut()
+                .find(|(_, l)| l.receivers.contains_key(&header.session))?;
+            holder = Some(peer);
+            let receiver = link.receivers.get_mut(&header.session)?;
+            Some((&receiver.key, &mut receiver.window))
+        });
+        let (Ok(opened), Some(peer)) = (opened, holder) else {
+            return;
+        };
+        let Some(link) = self.links.get_mut(&peer) else {
+            return;
+        };
+        let local_index = opened.header().session;
+        let newest = opened.is_newest();
+        let body = opened.body();
+        link.last_rx = link.last_rx.max(Some(now));
+        self.events.push_back(HeartbeatEvent::Authenticated {
+            peer,
+            local_index,
+            from,
+            newest,
+        });
+        let sent_at = |stamp: u64| self.epoch + Duration::from_millis(stamp);
+        match Body::decode(body) {
+            Some(Body::Ping { stamp }) => self.send(peer, Body::Pong { stamp, full: false }, now),
+            Some(Body::Probe { stamp }) => self.send(peer, Body::Pong { stamp, full: true }, now),
+            Some(Body::Pong { stamp, full }) => {
+                link.rtt = Some(now.saturating_duration_since(sent_at(stamp)));
+                if full {
+                    link.pmtu.answered(now);
+                }
+            }
+            Some(Body::Keepalive {
+                stamp,
+                echo,
+                held_ms,
+            }) => {
+                link.peer_stamp = Some((stamp, now));
+                if echo != 0 {
+                    let held = Duration::from_millis(u64::from(held_ms));
+                    link.rtt = Some(
+                        now.saturating_duration_since(sent_at(echo))
+                            .saturating_sub(held),
+                    );
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Updates liveness and establishment, then sends what is due: lost
+    /// or scheduled probes, suspect pings, keepalives.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        for (&peer, link) in &mut self.links {
+            let udp_ok = link.udp_ok_at(now);
+            if udp_ok != link.udp_ok {
+                let returned = udp_ok && link.was_up;
+                link.udp_ok = udp_ok;
+                link.last_ping = None;
+                link.was_up |= udp_ok;
+                if returned {
+                    link.pmtu.recheck(now);
+                } else if !udp_ok {
+                    link.pmtu.outstanding = None;
+                }
+            }
+            if let Some((_, tries)) = link.pmtu.outstanding
+                && now >= link.pmtu.deadline()
+                && tries >= PROBE_TRIES
+            {
+                link.pmtu.verdict = Some(false);
+                link.pmtu.outstanding = None;
+                link.pmtu.next = now + PMTU_RETRY_FAILED;
+            }
+            let established = udp_ok && link.pmtu.verdict == Some(true);
+            if established != link.established {
+                link.established = established;
+                self.events
+                    .push_back(HeartbeatEvent::Established { peer, established });
+            }
+            if !link.can_send() {
+                continue;
+            }
+            if link.may_probe() && now >= link.pmtu.deadline() {
+                let tries = link.pmtu.outstanding.map_or(0, |(_, n)| n);
+                link.pmtu.outstanding = Some((now, tries + 1));
+                due.push((peer, Kind::Probe));
+            } else if link.suspect_at().is_some_and(|t| now >= t) {
+                link.last_ping = Some(now);
+                due.push((peer, Kind::Ping));
+            } else if now >= link.keepalive_at() {
+                due.push((peer, Kind::Keepalive));
+            }
+        }
+        let stamp = self.millis(now);
+        for (peer, kind) in due {
+            let body = match kind {
+                Kind::Probe => Body::Probe { stamp },
+                Kind::Ping => Body::Ping { stamp },
+                Kind::Keepalive => self.keepalive(peer, stamp, now),
+            };
+            self.send(peer, body, now);
+        }
+    }
+
+    /// A keepalive echoing the peer's last stamp (once).
+    fn keepalive(&mut self, peer: PeerId, stamp: u64, now: Instant) -> Body {
+        let echoed = self.links.get_mut(&peer).and_then(|l| l.peer_stamp.take());
+        let (echo, held_ms) = echoed.map_or((0, 0), |(s, at)| {
+            let held = now.saturating_duration_since(at).as_millis();
+            (s, u32::try_from(held).unwrap_or(u32::MAX))
+        });
+        Body::Keepalive {
+            stamp,
+            echo,
+            held_ms,
+        }
+    }
+
+    /// The next datagram for the control socket.
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<HeartbeatEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next keepalive, probe or suspect ping, or the moment a link's
+    /// liveness runs out. A link that cannot send (no keys) reports only
+    /// its liveness, so no deadline stays in the past.
+    pub fn poll_timeout(&self) -> Option<(Instant, HeartbeatTimer)> {
+        self.links
+            .values()
+            .flat_map(|l| {
+                let sends = l.can_send();
+                let liveness = l
+                    .udp_ok
+                    .then(|| {
+                        l.last_rx
+                            .map(|t| (t + LIVENESS_TIMEOUT, HeartbeatTimer::Liveness))
+                    })
+                    .flatten();
+                let probe =
+                    (sends && l.may_probe()).then(|| (l.pmtu.deadline(), HeartbeatTimer::Probe));
+                let lost = l
+                    .pmtu
+                    .outstanding
+                    .filter(|(_, tries)| *tries >= PROBE_TRIES)
+                    .map(|_| (l.pmtu.deadline(), HeartbeatTimer::Probe));
+                let suspect = sends
+                    .then(|| l.suspect_at().map(|t| (t, HeartbeatTimer::Suspect)))
+                    .flatten();
+                let keepalive = sends.then(|| (l.keepalive_at(), HeartbeatTimer::Keepalive));
+                [liveness, probe, lost, suspect, keepalive]
+            })
+            .flatten()
+            .min_by_key(|(t, _)| *t)
+    }
+
+    /// `peer`'s link state.
+    pub fn status(&self, peer: PeerId, now: Instant) -> Option<LinkStatus> {
+        let link = self.links.get(&peer)?;
+        let udp_ok = link.udp_ok_at(now);
+        Some(LinkStatus {
+            established: link.established,
+            rtt: link.rtt,
+            udp: if udp_ok {
+                UdpState::Ok
+            } else if link.last_rx.is_some() {
+                UdpState::Blocked
+            } else {
+                UdpState::Unverified
+            },
+            pmtu: match (udp_ok, link.pmtu.verdict) {
+                (true, Some(true)) => PmtuState::Ok,
+                (true, _) => PmtuState::TooSmall,
+                (false, _) => PmtuState::Unverified,
+            },
+        })
+    }
+
+    /// Receive keysets held over all links (replay windows in memory).
+    pub fn windows(&self) -> usize {
+        self.links.values().map(|l| l.receivers.len()).sum()
+    }
+
+    /// Milliseconds from the epoch, never 0 (0 means "no echo").
+    fn millis(&self, now: Instant) -> u64 {
+        (now.saturating_duration_since(self.epoch).as_millis() as u64).max(1)
+    }
+
+    /// Seals `body` for `peer` and queues it; any heartbeat counts as this
+    /// side's traffic on the link.
+    fn send(&mut self, peer: PeerId, body: Body, now: Instant) {
+        let (me, mtu) = (self.me, self.mtu);
+        let Some(link) = self.links.get_mut(&peer) else {
+            return;
+        };
+        let (Some(sender), Some(endpoint)) = (link.sender.as_mut(), link.endpoint) else {
+            return;
+        };
+        let header = DataHeader {
+            kind: PacketType::Heartbeat,
+            hop_limit: 1,
+            src: me,
+            dst: link.short,
+            session: sender.remote_index,
+            lane: CONTROL_LANE,
+            counter: sender.counter,
+        };
+        sender.counter += 1;
+        let datagram = wire::seal(&sender.key, &header, body.encode(mtu));
+        link.last_tx = Some(now);
+        self.transmits.push_back((endpoint, datagram));
+    }
+}
+
+/// What `handle_timeout` decided to send.
+#[derive(Clone, Copy)]
+enum Kind {
+    Probe,
+    Ping,
+    Keepalive,
+}

@@ -1,0 +1,155 @@
+//! The control task's answers to local API calls (`weft status`, `connect`,
+//! `forget`, and the IPAM requests it hands to the IPAM driver): glue
+//! between the API server's requests and the cores, no state of its own.
+
+use super::{Control, LEAVE_GRACE, status};
+use crate::api::proto::{DataplaneStatus, ErrorCode, Reply, Request, Status};
+use crate::id::PeerId;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+impl Control {
+    /// Answers one API request.
+    pub(super) fn handle_api(&mut self, request: Request) -> Reply {
+        let now = Instant::now();
+        let mtu = self.cluster_mtu();
+        let gossip = &self.gossip;
+        if let Some(reply) =
+            self.ipam
+                .handle_api(&request, mtu, |name| gossip.name_holder(name), now)
+        {
+            self.api_latency.observe(now.elapsed().as_secs_f64());
+            if request_changes_ownership(&request) {
+                self.drive_ipam(now);
+            }
+            if matches!(request, Request::Leave { .. }) && reply.error.is_none() {
+                tracing::info!(
+                    grace = ?LEAVE_GRACE,
+                    "left the cluster: this router's ranges went to its peers; stopping once they have the ring"
+                );
+                self.leaving = Some(now + LEAVE_GRACE);
+            }
+            return reply;
+        }
+        match request {
+            Request::Status => match serde_json::to_value(self.status(Instant::now())) {
+                Ok(value) => Reply::ok(value),
+                Err(e) => Reply::err(ErrorCode::Internal, e.to_string()),
+            },
+            Request::Connect { address } => match address.parse::<SocketAddr>() {
+                Ok(addr) => {
+                    if !self.config.seeds.contains(&addr) {
+                        self.config.seeds.push(addr);
+                    }
+                    self.maker.add_seed(addr, Instant::now());
+                    Reply::ok(serde_json::json!({ "seeds": self.seed_strings() }))
+                }
+                Err(_) => Reply::err(
+                    ErrorCode::BadRequest,
+                    format!("{address:?} is not HOST:PORT (e.g. 192.0.2.10:6783)"),
+                ),
+            },
+            Request::Forget { address } => match address.parse::<SocketAddr>() {
+                Ok(addr) => {
+                    self.config.seeds.retain(|s| *s != addr);
+                    self.maker.forget(addr);
+                    Reply::ok(serde_json::json!({ "seeds": self.seed_strings() }))
+                }
+                Err(_) => Reply::err(
+                    ErrorCode::BadRequest,
+                    format!("{address:?} is not HOST:PORT (e.g. 192.0.2.10:6783)"),
+                ),
+            },
+            _ => Reply::err(ErrorCode::BadRequest, "unknown request"),
+        }
+    }
+
+    /// Where `id` is on the topology's shortest paths.
+    fn path_to(&self, id: PeerId) -> status::Path {
+        match self.gossip.routes().route(id) {
+            Some(route) if route.next_hop == id => status::Path::Direct,
+            Some(route) => status::Path::Via(
+                self.gossip
+                    .entry(route.next_hop)
+                    .map_or_else(|| route.next_hop.to_string(), |e| e.name.clone()),
+            ),
+            None if self.peers.contains(id) => status::Path::Direct,
+            None => status::Path::Unreachable,
+        }
+    }
+
+    fn seed_strings(&self) -> Vec<String> {
+        self.config.seeds.iter().map(ToString::to_string).collect()
+    }
+
+    /// The status object of DESIGN.md "Operator contract".
+    pub fn status(&self, now: Instant) -> Status {
+        let mut dials: Vec<status::Dial> = self
+            .dialing
+            .values()
+            .map(|a| status::Dial {
+                address: *a,
+                in_flight: true,
+                error: None,
+            })
+            .collect();
+        dials.extend(self.dial_errors.iter().map(|(a, e)| status::Dial {
+            address: *a,
+            in_flight: false,
+            error: Some(e.clone()),
+        }));
+        let routes = self.gossip.routes();
+        let known = self
+            .gossip
+            .peers()
+            .filter(|e| e.id != self.me)
+            .map(|e| status::KnownRouter {
+                name: e.name.clone(),
+                id: e.id,
+                addresses: e.addresses.clone(),
+                connections: e.connections.len(),
+                reachable: routes.route(e.id).is_some() || self.peers.contains(e.id),
+                path: self.path_to(e.id),
+            })
+            .collect();
+        let reachable = self.reachable_peers();
+        let links = |id| self.heartbeats.status(id, now);
+        let path_to = |id| self.path_to(id);
+        status::report(status::Parts {
+            name: &self.config.name,
+            id: self.me,
+            short: self.short,
+            listen: self.config.listen,
+            peers: &self.peers,
+            links: &links,
+            path_to: &path_to,
+            dials,
+            self_addresses: &self.self_addresses,
+            known,
+            ipam: self.ipam.status(|id| reachable.contains(&id), now),
+            dataplane: DataplaneStatus {
+                mtu: self.cluster_mtu(),
+                offload: self.dataplane.offload(),
+                workers: self.dataplane.lanes(),
+                totals: self.dataplane.totals(),
+                forwarding: self.config.forwarding.borrow().summary(),
+            },
+            handshakes: self.handshakes.clone(),
+            gossip: self.gossip_traffic.clone(),
+            api_requests: self.ipam.counters().0.clone(),
+            api_latency: self.api_latency.clone(),
+        })
+    }
+}
+
+/// Requests after which the allocator may have something to send at once
+/// (a donation request, a reclaimed ring).
+fn request_changes_ownership(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::Allocate { .. }
+            | Request::Rmpeer { .. }
+            | Request::Release { .. }
+            | Request::Leave { .. }
+    )
+}
