@@ -10,6 +10,7 @@
 //! - [`data`]: the data plane's AEAD into caller buffers, nonce = lane ‖ counter;
 //! - [`replay`]: the per-lane replay window (check, decrypt, then mark);
 //! - [`session`]: the key schedule for one peer (next / current / previous, rekey and reject timers).
+//! - [`signing`]: XEdDSA signatures by the X25519 identity over entries a router originates.
 //!
 //! Not here: rate limits and half-open caps on handshakes, the 10 s handshake deadline, choosing
 //! session indices, who starts a rekey, and the data header's layout: those belong to the drivers.
@@ -22,6 +23,7 @@ pub mod identity;
 pub mod replay;
 pub mod secret;
 pub mod session;
+pub mod signing;
 
 pub use data::{BadTag, COUNTER_LIMIT, DataKey, TAG_LEN};
 pub use frame::{FrameError, FrameOpener, FrameSealer};
@@ -31,3 +33,4 @@ pub use identity::{Identity, IdentityError};
 pub use replay::ReplayWindow;
 pub use secret::{ClusterSecrets, SecretError, SecretId};
 pub use session::{KeySchedule, KeyTimer, Keyset, PREVIOUS_GRACE, REJECT_AFTER, REKEY_AFTER};
+pub use signing::{Domain, SIGNATURE_LEN, Signature, SignatureError, SigningKey, VerifyingKey};

@@ -1,0 +1,529 @@
+//! Signatures by a router's X25519 identity, so that any router, including one
+//! that never talked to the signer, can check who wrote a relayed entry
+//! (DESIGN.md "Security model": "the writer of an entry is its signer, never a
+//! claim").
+//!
+//! Construction: XEdDSA (Signal, "The XEdDSA and VXEdDSA Signature Schemes",
+//! 2016). The verification key is the Edwards form, sign bit 0, of the X25519
+//! public key the router's ID is derived from (`crate::id::PeerId`), so the
+//! signing key is bound to the identity with no extra key, file or message, and
+//! existing IDs do not change. The signer uses the clamped X25519 scalar,
+//! negated when its Edwards point has sign bit 1; signatures are plain Ed25519
+//! (Schnorr over SHA-512) and verification is Ed25519's strict
+//! (cofactorless, canonical `R` and `s`, no small-order `A` or `R`). Why one key
+//! for Diffie-Hellman and signatures is sound here, and the domain labels, are
+//! in docs/ARCHITECTURE.md "Signed entries".
+//!
+//! Every signed message is `label ‖ 0x00 ‖ wire version ‖ bytes`: the label
+//! names the kind of message ([`Domain`]), so a signature over one kind can never
+//! be replayed as another, and the version binds the encoding it was made for.
+//!
+//! Owns: deriving the signing and verifying keys, signing, verifying. Not here:
+//! what is signed (the gossip and IPAM cores encode their entries), and which
+//! key is expected (the caller checks that the key hashes to the claimed ID).
+
+use crate::crypto::Identity;
+use crate::id::PeerId;
+use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+use curve25519_dalek::montgomery::MontgomeryPoint;
+use curve25519_dalek::scalar::{Scalar, clamp_integer};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha512};
+use std::fmt;
+use zeroize::Zeroize;
+
+/// Length of a signature on the wire: `R ‖ s`.
+pub const SIGNATURE_LEN: usize = 64;
+
+/// What kind of message a signature covers. Each kind has its own label, so a
+/// signature made for one can never verify as another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Domain {
+    /// A router's own topology entry (src/gossip).
+    TopologyEntry,
+    /// A ring entry written by a router (src/ipam).
+    RingEntry,
+    /// An IPAM message a router authors (donation requests and the like).
+    IpamMessage,
+}
+
+impl Domain {
+    /// The label prefixed to every message of this kind (ASCII, no NUL).
+    pub const fn label(self) -> &'static [u8] {
+        match self {
+            Self::TopologyEntry => b"weft topology entry",
+            Self::RingEntry => b"weft ring entry",
+            Self::IpamMessage => b"weft ipam message",
+        }
+    }
+}
+
+/// An Ed25519 signature `R ‖ s` (64 bytes; two 32-byte arrays so serde and
+/// bincode encode it as 64 raw bytes with no length).
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signature {
+    r: [u8; 32],
+    s: [u8; 32],
+}
+
+impl Signature {
+    /// The 64 bytes `R ‖ s`.
+    pub fn to_bytes(&self) -> [u8; SIGNATURE_LEN] {
+        let mut out = [0u8; SIGNATURE_LEN];
+        out[..32].copy_from_slice(&self.r);
+        out[32..].copy_from_slice(&self.s);
+        out
+    }
+
+    /// From the 64 bytes `R ‖ s`; whether they are a valid signature is
+    /// decided by [`VerifyingKey::verify`].
+    pub fn from_bytes(bytes: &[u8; SIGNATURE_LEN]) -> Self {
+        let mut r = [0u8; 32];
+        let mut s = [0u8; 32];
+        r.copy_from_slice(&bytes[..32]);
+        s.copy_from_slice(&bytes[32..]);
+        Self { r, s }
+    }
+
+    /// An all-zero placeholder; never verifies (its `R` has small order).
+    pub const ZERO: Self = Self {
+        r: [0; 32],
+        s: [0; 32],
+    };
+}
+
+impl fmt::Debug for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Public, but 128 hex digits drown a log line: the first 8 bytes of R.
+        write!(f, "Signature(")?;
+        for b in &self.r[..8] {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, "…)")
+    }
+}
+
+/// Why a public key or a signature was refused. Nothing changes state: the
+/// caller drops the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    /// The X25519 public key is not a canonical encoding of a point of large
+    /// order (u ≥ p, the top bit set, u = -1, or a small-order point): no
+    /// honest router has it.
+    #[error("public key is non-canonical or of small order")]
+    BadPublicKey,
+    /// The signature bytes are malformed: `R` is not a canonical point of large
+    /// order, or `s` is not a canonical scalar.
+    #[error("signature is malformed (non-canonical or small-order R, or s ≥ l)")]
+    Malformed,
+    /// Well formed, but not made by this key over this message.
+    #[error("signature does not verify")]
+    Mismatch,
+}
+
+/// The key that checks a router's signatures, derived from its X25519 public
+/// key alone.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct VerifyingKey {
+    point: EdwardsPoint,
+    compressed: CompressedEdwardsY,
+    x25519: [u8; 32],
+}
+
+impl fmt::Debug for VerifyingKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifyingKey")
+            .field("id", &self.id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl VerifyingKey {
+    /// The verifying key of the router whose X25519 public key is
+    /// `public_key`: its Edwards form with sign bit 0 (XEdDSA §2.3). Refuses
+    /// non-canonical encodings and small-order points, which honest routers
+    /// never have; a key of mixed order is accepted (its ID hashes it, and
+    /// strict verification does not rely on torsion-freeness).
+    pub fn from_x25519(public_key: &[u8; 32]) -> Result<Self, SignatureError> {
+        let point = MontgomeryPoint(*public_key)
+            .to_edwards(0)
+            .ok_or(SignatureError::BadPublicKey)?;
+        // to_edwards reduces u mod p and ignores the top bit: map back and
+        // insist on the same bytes, so one router has exactly one encoding.
+        if point.to_montgomery().to_bytes() != *public_key || point.is_small_order() {
+            return Err(SignatureError::BadPublicKey);
+        }
+        Ok(Self {
+            point,
+            compressed: point.compress(),
+            x25519: *public_key,
+        })
+    }
+
+    /// The X25519 public key this key was derived from.
+    pub fn x25519_public_key(&self) -> [u8; 32] {
+        self.x25519
+    }
+
+    /// The ID of the router this key belongs to.
+    pub fn id(&self) -> PeerId {
+        PeerId::from_public_key(&self.x25519)
+    }
+
+    /// Checks `signature` over `domain`/`version`/`message` (Ed25519
+    /// `verify_strict`: canonical `R` and `s`, `R` not of small order,
+    /// cofactorless equation).
+    pub fn verify(
+        &self,
+        domain: Domain,
+        version: u8,
+        message: &[u8],
+        signature: &Signature,
+    ) -> Result<(), SignatureError> {
+        let compressed_r = CompressedEdwardsY(signature.r);
+        let r = compressed_r.decompress().ok_or(SignatureError::Malformed)?;
+        if r.compress() != compressed_r || r.is_small_order() {
+            return Err(SignatureError::Malformed);
+        }
+        let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(signature.s))
+            .ok_or(SignatureError::Malformed)?;
+        let k = challenge(&compressed_r, &self.compressed, domain, version, message);
+        // [s]B − [k]A must equal R.
+        let expected = EdwardsPoint::vartime_double_scalar_mul_basepoint(&k, &-self.point, &s);
+        if expected.compress() == compressed_r {
+            Ok(())
+        } else {
+            Err(SignatureError::Mismatch)
+        }
+    }
+}
+
+/// A router's signing key: its clamped X25519 scalar, negated if needed so its
+/// Edwards point has sign bit 0. Zeroized on drop; `Debug` shows only the ID.
+pub struct SigningKey {
+    scalar: Scalar,
+    verifying: VerifyingKey,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("id", &self.verifying.id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for SigningKey {
+    fn drop(&mut self) {
+        self.scalar.zeroize();
+    }
+}
+
+impl SigningKey {
+    /// The signing key of `identity` (XEdDSA §2.3 `calculate_key_pair`).
+    pub fn from_identity(identity: &Identity) -> Self {
+        let mut private = identity.private_key();
+        let key = Self::from_x25519_private(&private);
+        private.zeroize();
+        key
+    }
+
+    fn from_x25519_private(private: &[u8; 32]) -> Self {
+        let mut clamped = clamp_integer(*private);
+        let mut scalar = Scalar::from_bytes_mod_order(clamped);
+        clamped.zeroize();
+        let mut point = EdwardsPoint::mul_base(&scalar);
+        if point.compress().as_bytes()[31] & 0x80 != 0 {
+            scalar = -scalar;
+            point = -point;
+        }
+        let x25519 = point.to_montgomery().to_bytes();
+        Self {
+            scalar,
+            verifying: VerifyingKey {
+                point,
+                compressed: point.compress(),
+                x25519,
+            },
+        }
+    }
+
+    /// The key that verifies this key's signatures; equal to
+    /// `VerifyingKey::from_x25519(identity.public_key())`.
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.verifying
+    }
+
+    /// Signs `domain`/`version`/`message`. Deterministic: the nonce is
+    /// SHA-512 of XEdDSA's `hash_1` prefix, the secret scalar and the message
+    /// (as RFC 8032 derives it from a secret and the message), so the
+    /// simulator replays byte for byte and a bad RNG cannot leak the key.
+    pub fn sign(&self, domain: Domain, version: u8, message: &[u8]) -> Signature {
+        let mut hasher = Sha512::new();
+        hasher.update(hash_prefix(1));
+        hasher.update(self.scalar.as_bytes());
+        update_message(&mut hasher, domain, version, message);
+        let mut wide: [u8; 64] = hasher.finalize().into();
+        let mut nonce = Scalar::from_bytes_mod_order_wide(&wide);
+        wide.zeroize();
+        let r = EdwardsPoint::mul_base(&nonce).compress();
+        let k = challenge(&r, &self.verifying.compressed, domain, version, message);
+        let s = nonce + k * self.scalar;
+        nonce.zeroize();
+        Signature {
+            r: r.to_bytes(),
+            s: s.to_bytes(),
+        }
+    }
+}
+
+/// XEdDSA's `hash_i` prefix: 2²⁵⁶ − 1 − i, little-endian.
+fn hash_prefix(i: u8) -> [u8; 32] {
+    let mut prefix = [0xff; 32];
+    prefix[0] = 0xff - i;
+    prefix
+}
+
+fn update_message(hasher: &mut Sha512, domain: Domain, version: u8, message: &[u8]) {
+    hasher.update(domain.label());
+    hasher.update([0u8, version]);
+    hasher.update(message);
+}
+
+/// Ed25519's challenge `H(R ‖ A ‖ M) mod l`.
+fn challenge(
+    r: &CompressedEdwardsY,
+    a: &CompressedEdwardsY,
+    domain: Domain,
+    version: u8,
+    message: &[u8],
+) -> Scalar {
+    let mut hasher = Sha512::new();
+    hasher.update(r.as_bytes());
+    hasher.update(a.as_bytes());
+    update_message(&mut hasher, domain, version, message);
+    Scalar::from_bytes_mod_order_wide(&hasher.finalize().into())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
+    use rand::SeedableRng;
+
+    fn identity(seed: u64) -> Identity {
+        Identity::generate(&mut rand::rngs::StdRng::seed_from_u64(seed))
+    }
+
+    #[test]
+    fn a_signature_verifies_under_the_key_derived_from_the_public_key_alone() {
+        for seed in 0..32 {
+            let id = identity(seed);
+            let key = SigningKey::from_identity(&id);
+            let verifier = VerifyingKey::from_x25519(&id.public_key()).unwrap();
+            assert_eq!(verifier, key.verifying_key());
+            assert_eq!(verifier.id(), id.id());
+            let sig = key.sign(Domain::TopologyEntry, 2, b"entry bytes");
+            verifier
+                .verify(Domain::TopologyEntry, 2, b"entry bytes", &sig)
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn a_signature_by_another_key_fails() {
+        let sig = SigningKey::from_identity(&identity(1)).sign(Domain::RingEntry, 1, b"m");
+        let other = VerifyingKey::from_x25519(&identity(2).public_key()).unwrap();
+        assert_eq!(
+            other.verify(Domain::RingEntry, 1, b"m", &sig),
+            Err(SignatureError::Mismatch)
+        );
+    }
+
+    #[test]
+    fn any_flipped_bit_in_message_or_signature_fails() {
+        let id = identity(3);
+        let key = SigningKey::from_identity(&id);
+        let verifier = VerifyingKey::from_x25519(&id.public_key()).unwrap();
+        let message = b"version 7, mtu 1420".to_vec();
+        let sig = key.sign(Domain::TopologyEntry, 2, &message);
+        for bit in 0..message.len() * 8 {
+            let mut m = message.clone();
+            m[bit / 8] ^= 1 << (bit % 8);
+            assert!(verifier.verify(Domain::TopologyEntry, 2, &m, &sig).is_err());
+        }
+        let bytes = sig.to_bytes();
+        for bit in 0..SIGNATURE_LEN * 8 {
+            let mut b = bytes;
+            b[bit / 8] ^= 1 << (bit % 8);
+            let forged = Signature::from_bytes(&b);
+            assert!(
+                verifier
+                    .verify(Domain::TopologyEntry, 2, &message, &forged)
+                    .is_err(),
+                "bit {bit}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_domain_and_the_version_are_bound() {
+        let id = identity(4);
+        let key = SigningKey::from_identity(&id);
+        let verifier = key.verifying_key();
+        let sig = key.sign(Domain::TopologyEntry, 2, b"m");
+        assert!(verifier.verify(Domain::RingEntry, 2, b"m", &sig).is_err());
+        assert!(verifier.verify(Domain::IpamMessage, 2, b"m", &sig).is_err());
+        assert!(
+            verifier
+                .verify(Domain::TopologyEntry, 3, b"m", &sig)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn signing_is_deterministic() {
+        let key = SigningKey::from_identity(&identity(5));
+        assert_eq!(
+            key.sign(Domain::RingEntry, 1, b"x"),
+            key.sign(Domain::RingEntry, 1, b"x")
+        );
+        assert_ne!(
+            key.sign(Domain::RingEntry, 1, b"x"),
+            key.sign(Domain::RingEntry, 1, b"y")
+        );
+    }
+
+    #[test]
+    fn small_order_and_non_canonical_public_keys_are_refused() {
+        // u = 0 and u = 1 are small order; u = p − 1 (= −1) has no Edwards
+        // form; u = p and u = p + 1 are non-canonical encodings of 0 and 1;
+        // a set top bit is non-canonical.
+        let mut p = [0xffu8; 32];
+        p[0] = 0xed;
+        p[31] = 0x7f;
+        let mut p_minus_1 = p;
+        p_minus_1[0] = 0xec;
+        let mut p_plus_1 = p;
+        p_plus_1[0] = 0xee;
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        let mut top_bit = identity(6).public_key();
+        top_bit[31] |= 0x80;
+        // The order-8 point of Curve25519 (u from the libsodium blocklist).
+        let order8: [u8; 32] = [
+            0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f,
+            0xc4, 0x6a, 0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16,
+            0x5f, 0x49, 0xb8, 0x00,
+        ];
+        for bad in [[0u8; 32], one, p_minus_1, p, p_plus_1, top_bit, order8] {
+            assert_eq!(
+                VerifyingKey::from_x25519(&bad),
+                Err(SignatureError::BadPublicKey),
+                "{bad:02x?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_small_order_r_or_a_non_canonical_s_is_malformed() {
+        let key = SigningKey::from_identity(&identity(7));
+        let sig = key.sign(Domain::TopologyEntry, 2, b"m").to_bytes();
+        let verdict = |bytes: [u8; SIGNATURE_LEN]| {
+            key.verifying_key().verify(
+                Domain::TopologyEntry,
+                2,
+                b"m",
+                &Signature::from_bytes(&bytes),
+            )
+        };
+        // R = the identity point (y = 1), small order.
+        let mut small_r = sig;
+        small_r[..32].fill(0);
+        small_r[0] = 1;
+        // s + l is the same scalar mod l but non-canonical.
+        let l: [u8; 32] = [
+            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9,
+            0xde, 0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ];
+        let mut big_s = sig;
+        let mut carry = 0u16;
+        for (byte, add) in big_s[32..].iter_mut().zip(l) {
+            let sum = u16::from(*byte) + u16::from(add) + carry;
+            *byte = sum as u8;
+            carry = sum >> 8;
+        }
+        for bad in [small_r, big_s, Signature::ZERO.to_bytes()] {
+            assert_eq!(verdict(bad), Err(SignatureError::Malformed));
+        }
+        assert_eq!(verdict(sig), Ok(()));
+    }
+
+    #[test]
+    fn signatures_are_valid_ed25519_under_the_edwards_key() {
+        // Cross-check against the textbook equation [s]B = R + [k]A computed
+        // independently of verify().
+        let key = SigningKey::from_identity(&identity(8));
+        let sig = key.sign(Domain::IpamMessage, 1, b"donate");
+        let a = key.verifying_key().compressed;
+        assert_eq!(a.as_bytes()[31] & 0x80, 0, "sign bit is 0");
+        let r = CompressedEdwardsY(sig.r).decompress().unwrap();
+        let s = Scalar::from_canonical_bytes(sig.s).unwrap();
+        let mut h = Sha512::new();
+        h.update(sig.r);
+        h.update(a.as_bytes());
+        h.update(b"weft ipam message\x00\x01donate");
+        let k = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
+        assert_eq!(
+            ED25519_BASEPOINT_POINT * s,
+            r + a.decompress().unwrap() * k,
+            "[s]B = R + [k]A"
+        );
+    }
+
+    #[test]
+    fn debug_never_prints_the_scalar() {
+        let key = SigningKey::from_identity(&identity(9));
+        let dbg = format!("{key:?}");
+        let hex: String = key
+            .scalar
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert!(!dbg.contains(&hex[..16]));
+        assert!(!dbg.contains(&format!("{:?}", key.scalar.as_bytes())[..20]));
+    }
+
+    /// `cargo test --release --lib crypto::signing -- --ignored --nocapture`
+    #[test]
+    #[ignore = "timing; run in release"]
+    fn sign_and_verify_cost() {
+        let key = SigningKey::from_identity(&identity(10));
+        let verifier = key.verifying_key();
+        let msg = [7u8; 200];
+        let n = 2000u32;
+        let start = std::time::Instant::now();
+        let mut sig = Signature::ZERO;
+        for _ in 0..n {
+            sig = key.sign(Domain::TopologyEntry, 2, std::hint::black_box(&msg));
+        }
+        let sign_ns = start.elapsed().as_nanos() / u128::from(n);
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            verifier
+                .verify(Domain::TopologyEntry, 2, std::hint::black_box(&msg), &sig)
+                .unwrap();
+        }
+        let verify_ns = start.elapsed().as_nanos() / u128::from(n);
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(VerifyingKey::from_x25519(&verifier.x25519_public_key()).unwrap());
+        }
+        let derive_ns = start.elapsed().as_nanos() / u128::from(n);
+        eprintln!(
+            "sign {sign_ns} ns/op, verify {verify_ns} ns/op, verifying key from x25519 {derive_ns} ns/op (200-byte message)"
+        );
+    }
+}
