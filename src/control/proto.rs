@@ -54,10 +54,11 @@ impl Versions {
         data: VersionRange { min: 1, max: 1 },
         control: VersionRange { min: 1, max: 1 },
         topology: VersionRange { min: 1, max: 1 },
-        // 2: periodic ring digests (`crate::ipam::digest`); 1: full rings.
+        // 3: signed ring items; 2: periodic ring digests; 1: full rings.
+        // Older peers keep their link but get no IPAM messages (drive.rs).
         ring: VersionRange {
             min: 1,
-            max: crate::ipam::message::RING_DIGEST_VERSION,
+            max: crate::ipam::message::RING_SIGNED_VERSION,
         },
     };
 

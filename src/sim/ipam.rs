@@ -21,9 +21,12 @@
 //! whole. A killed process's in-flight messages die with its connections.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod hostile;
+
 use super::net::{NetConfig, Network};
 use crate::id::PeerId;
 use crate::ipam::message::RING_DIGEST_VERSION;
+use crate::ipam::signed::TestCrypto;
 use crate::ipam::{
     AddrRange, AllocError, AllocKey, Allocator, Config, Destination, Event, InUse, Init, IpamError,
     MemStore,
@@ -67,6 +70,10 @@ struct Stats {
     leaves: u64,
     donations: u64,
     messages: u64,
+    /// Forged rings refused, by forgery (`hostile.rs`).
+    forged_refused: BTreeMap<String, u64>,
+    /// Donation requests refused by the drain limits.
+    donation_refusals: u64,
 }
 
 struct Sim {
@@ -88,6 +95,8 @@ struct Sim {
     /// restart upgrades one half the time (a rolling upgrade).
     old_share: f64,
     ring_versions: BTreeMap<PeerId, u8>,
+    /// The hostile member, if any (`hostile.rs`).
+    hostile: Option<PeerId>,
 }
 
 impl Sim {
@@ -117,6 +126,7 @@ impl Sim {
             stats: Stats::default(),
             old_share,
             ring_versions: BTreeMap::new(),
+            hostile: None,
         };
         for _ in 0..3 {
             sim.join();
@@ -132,10 +142,16 @@ impl Sim {
     }
 
     fn config(&self, id: PeerId) -> Config {
-        let mut cfg = Config::new(id, self.range, Init::Voters(self.voters.clone()));
+        let mut cfg = Config::new(
+            id,
+            self.range,
+            Init::Voters(self.voters.clone()),
+            TestCrypto::boxed(id),
+        );
         cfg.gossip_interval = Duration::from_secs(1);
         cfg.convergence_bound = BOUND;
         cfg.request_timeout = Duration::from_secs(1);
+        cfg.donation_interval = Duration::from_secs(2);
         cfg.ring_version = self.ring_version(id);
         cfg
     }
@@ -202,6 +218,7 @@ impl Sim {
             match e {
                 Event::Alarm(a) => self.fail(format!("{id}: alarm {a:?}")),
                 Event::RangeDonated { .. } => self.stats.donations += 1,
+                Event::DonationRefused { .. } => self.stats.donation_refusals += 1,
                 _ => {}
             }
         }
@@ -235,6 +252,23 @@ impl Sim {
             return;
         };
         if let Err(e) = node.ipam.handle_message(from, bytes, now) {
+            if std::env::var("WEFT_SIM_DUMP").is_ok() {
+                let show = |label: &str, r: &crate::ipam::Ring| {
+                    let e: Vec<_> = r.entries().range(100..200).collect();
+                    eprintln!("{label}: {e:?}\n   tombs {:?}", r.tombstones());
+                };
+                if let Ok(crate::ipam::message::Message::Ring(r)) =
+                    crate::ipam::message::Message::decode(bytes)
+                {
+                    show("message", &r);
+                }
+                for (id, n) in &self.nodes {
+                    if let Some(r) = n.ipam.ring() {
+                        show(&format!("node {id}"), r);
+                    }
+                }
+                eprintln!("dead: {:?}", self.dead);
+            }
             self.fail(format!("{to} refused an honest message from {from}: {e}"));
         }
         self.drain(to);
@@ -291,7 +325,12 @@ impl Sim {
         let id = PeerId(self.next_id);
         self.next_id += 1;
         self.pick_build(id);
-        let ipam = Allocator::new(self.config(id), MemStore::default(), &[], self.now).unwrap();
+        let mut ipam = Allocator::new(self.config(id), MemStore::default(), &[], self.now).unwrap();
+        // Every router's key is in the topology (here: lent to all).
+        ipam.learn_test_keys(self.next_id);
+        for n in self.nodes.values_mut() {
+            n.ipam.learn_key(id, TestCrypto::public_key(id));
+        }
         self.nodes.insert(
             id,
             SimNode {
@@ -345,10 +384,11 @@ impl Sim {
         } else {
             MemStore::default()
         };
-        let ipam = match Allocator::new(self.config(id), store, &in_use, self.now) {
+        let mut ipam = match Allocator::new(self.config(id), store, &in_use, self.now) {
             Ok(a) => a,
             Err(e) => self.fail(format!("restart of {id}: {e}")),
         };
+        ipam.learn_test_keys(self.next_id);
         self.nodes.insert(
             id,
             SimNode {
@@ -574,6 +614,7 @@ impl Sim {
             }
             87..=89 => self.rmpeer(),
             90 => self.leave(),
+            91..=93 if self.hostile.is_some() => self.hostile_step(),
             _ => self.run_for(Duration::from_millis(50)),
         }
     }
@@ -614,7 +655,16 @@ impl Sim {
 }
 
 fn run(seed: u64, steps: u64, old_share: f64) -> Stats {
+    run_with(seed, steps, old_share, false)
+}
+
+/// `hostile`: the fourth router to join is a hostile member (`hostile.rs`).
+fn run_with(seed: u64, steps: u64, old_share: f64, hostile: bool) -> Stats {
     let mut sim = Sim::new(seed, old_share);
+    if hostile {
+        sim.hostile = Some(PeerId(sim.next_id));
+        sim.join();
+    }
     for step in 0..steps {
         sim.step = step;
         sim.one_step();
@@ -672,4 +722,21 @@ fn a_cluster_mixing_pre_digest_and_digest_routers_never_double_allocates_and_con
     let stats = run(seed, steps, 0.5);
     eprintln!("ipam sim (mixed builds): seed={seed} ok: {stats:?}");
     assert!(stats.allocated > 50 && stats.joins > 3, "{stats:?}");
+}
+
+/// A hostile member forges ring entries in other routers' names, takes
+/// their ranges with and without version jumps, saturates a version,
+/// tombstones a live router, rewrites a record and floods donation
+/// requests: every forgery is refused and changes nothing, the drain is
+/// limited, and the invariants (no address to two live pods, no range
+/// allocatable by two routers) hold throughout.
+#[test]
+fn a_hostile_member_is_refused_every_forgery_and_the_invariants_hold() {
+    let steps = env_u64("WEFT_SIM_STEPS").unwrap_or(3_000);
+    let seed = env_u64("WEFT_SIM_SEED").unwrap_or(7);
+    let stats = run_with(seed, steps, 0.0, true);
+    eprintln!("ipam sim (hostile member): seed={seed} ok: {stats:?}");
+    assert!(stats.forged_refused.len() >= 5, "{stats:?}");
+    assert!(stats.donation_refusals > 0, "{stats:?}");
+    assert!(stats.allocated > 50, "{stats:?}");
 }

@@ -16,6 +16,7 @@
 
 use crate::id::PeerId;
 use crate::ipam::message::{Message, RING_DIGEST_VERSION};
+use crate::ipam::signed::TestCrypto;
 use crate::ipam::{AddrRange, Allocator, Config, Destination, Init, MemStore};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -32,9 +33,16 @@ fn idle_bytes_per_router(routers: usize, ring_version: u8) -> f64 {
     let mut nodes: Vec<Allocator<MemStore>> = owners
         .iter()
         .map(|id| {
-            let mut cfg = Config::new(*id, range, Init::Seed(owners.clone()));
+            let mut cfg = Config::new(
+                *id,
+                range,
+                Init::Seed(owners.clone()),
+                TestCrypto::boxed(*id),
+            );
             cfg.ring_version = ring_version;
-            Allocator::new(cfg, MemStore::default(), &[], now).unwrap()
+            let mut a = Allocator::new(cfg, MemStore::default(), &[], now).unwrap();
+            a.learn_test_keys(routers as u64);
+            a
         })
         .collect();
     // Converge: every router's own record joined into one ring, handed to all.

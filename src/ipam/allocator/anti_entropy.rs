@@ -95,6 +95,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use crate::ipam::range::AddrRange;
+    use crate::ipam::signed::TestCrypto;
     use crate::ipam::{Config, Init, MemStore};
     use std::time::Duration;
 
@@ -102,9 +103,11 @@ mod tests {
 
     fn node(me: u64, init: Init, ring_version: u8, now: Instant) -> Node {
         let range = AddrRange::parse("10.32.0.0/16").unwrap();
-        let mut cfg = Config::new(PeerId(me), range, init);
+        let mut cfg = Config::new(PeerId(me), range, init, TestCrypto::boxed(PeerId(me)));
         cfg.ring_version = ring_version;
-        Node::new(cfg, MemStore::default(), &[], now).unwrap()
+        let mut n = Node::new(cfg, MemStore::default(), &[], now).unwrap();
+        n.learn_test_keys(8);
+        n
     }
 
     fn seeded(me: u64, now: Instant) -> Node {

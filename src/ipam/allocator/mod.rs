@@ -56,13 +56,14 @@ mod persist;
 mod reclaim;
 mod status;
 
-pub use events::{Alarm, Destination, Event, Timer};
+pub use events::{Alarm, Destination, DonationRefusal, Event, Timer};
 pub use status::{OwnedRange, Phase, Status};
 
 use super::error::IpamError;
 use super::message::{Message, RING_DIGEST_VERSION};
 use super::range::AddrRange;
 use super::ring::{GenesisId, Ring};
+use super::signed::{RingCrypto, Verifier};
 use super::space::{AllocKey, Allocations};
 use super::store::{PersistedAllocations, PersistedRing, Store};
 use crate::id::PeerId;
@@ -84,7 +85,7 @@ pub enum Init {
 }
 
 /// Allocator configuration.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Config {
     /// This router.
     pub me: PeerId,
@@ -104,12 +105,19 @@ pub struct Config {
     /// a router built before digests (full ring every interval, digests
     /// refused), which the simulator uses for mixed-version clusters.
     pub ring_version: u8,
+    /// The least time between two answered donation requests from one
+    /// requester (`donation.rs`, drain limits).
+    pub donation_interval: Duration,
+    /// Signs this router's ring items and checks others' (the driver's is
+    /// XEdDSA over the router's identity; `crate::ipam::signed`).
+    pub crypto: Box<dyn RingCrypto>,
 }
 
 impl Config {
     /// Defaults: gossip every 5 s, convergence bound 30 s (so 60 s of
-    /// quarantine), donation request timeout 5 s.
-    pub fn new(me: PeerId, range: AddrRange, init: Init) -> Self {
+    /// quarantine), donation request timeout 5 s, one answered donation
+    /// request per requester per 10 s.
+    pub fn new(me: PeerId, range: AddrRange, init: Init, crypto: Box<dyn RingCrypto>) -> Self {
         Self {
             me,
             range,
@@ -118,6 +126,8 @@ impl Config {
             convergence_bound: Duration::from_secs(30),
             request_timeout: Duration::from_secs(5),
             ring_version: RING_DIGEST_VERSION,
+            donation_interval: Duration::from_secs(10),
+            crypto,
         }
     }
 }
@@ -151,6 +161,10 @@ pub struct Allocator<S: Store> {
     reachable: BTreeSet<PeerId>,
     pending: Option<(PeerId, Instant)>,
     avoid: BTreeMap<PeerId, Instant>,
+    /// What each recent requester was given (`donation.rs`, drain limits).
+    donated_to: BTreeMap<PeerId, donation::Grant>,
+    /// The writers' keys and the signatures already checked.
+    verifier: Verifier,
     next_gossip: Instant,
     transmits: VecDeque<(Destination, Vec<u8>)>,
     events: VecDeque<Event>,
@@ -243,6 +257,8 @@ impl<S: Store> Allocator<S> {
             reachable: BTreeSet::new(),
             pending: None,
             avoid: BTreeMap::new(),
+            donated_to: BTreeMap::new(),
+            verifier: Verifier::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         };
@@ -331,6 +347,27 @@ impl<S: Store> Allocator<S> {
         self.reachable = peers;
     }
 
+    /// Lends `id`'s X25519 public key (from its topology entry or its
+    /// handshake) for checking the ring items it signed; an item by a
+    /// writer whose key was never lent is refused (`signed.rs`).
+    pub fn learn_key(&mut self, id: PeerId, public_key: [u8; 32]) {
+        self.verifier.learn_key(id, public_key);
+    }
+
+    /// Lends the keys of routers `0..=last` under the test scheme
+    /// ([`crate::ipam::signed::TestCrypto`]): tests and the simulator.
+    #[cfg(any(test, feature = "sim"))]
+    pub fn learn_test_keys(&mut self, last: u64) {
+        for id in (0..=last).map(PeerId) {
+            self.learn_key(id, crate::ipam::signed::TestCrypto::public_key(id));
+        }
+    }
+
+    /// Signatures checked so far (cache misses), for metrics and tests.
+    pub fn signature_checks(&self) -> u64 {
+        self.verifier.checks
+    }
+
     /// A new neighbour: send it the full ring (or our proposal).
     pub fn handle_peer_up(&mut self, peer: PeerId, now: Instant) {
         if self.ring.is_some() {
@@ -372,6 +409,8 @@ impl<S: Store> Allocator<S> {
         self.next_gossip = now + self.cfg.gossip_interval;
         self.quarantine.retain(|q| q.2 > now);
         self.avoid.retain(|_, until| *until > now);
+        let interval = self.cfg.donation_interval;
+        self.donated_to.retain(|_, g| g.live(now, interval));
         if self.ring.is_some() {
             self.send_anti_entropy(now);
         } else if self.may_vote {
