@@ -4,7 +4,9 @@
 //! network with delay and loss. After every step it checks that no address
 //! is allocatable by two live routers (their own views, quarantine
 //! excluded) and that no address is allocated twice to live pods; any
-//! rejected honest message or alarm fails the run too.
+//! rejected honest message or alarm fails the run too. With a hostile member
+//! (`hostile.rs`), one router also forges rings and floods donation
+//! requests; every forgery must be refused and change nothing.
 //!
 //! Messages travel over the shared emulator ([`super::net::Network`]: 1..100 ms
 //! of delay, 1 % loss); partitions, deaths and incarnations are checked
@@ -151,7 +153,13 @@ impl Sim {
         cfg.gossip_interval = Duration::from_secs(1);
         cfg.convergence_bound = BOUND;
         cfg.request_timeout = Duration::from_secs(1);
-        cfg.donation_interval = Duration::from_secs(2);
+        // `WEFT_SIM_NO_DRAIN_LIMIT=1`: donations as before the drain limits
+        // (an interval of zero never limits), to replay older seeds.
+        cfg.donation_interval = if std::env::var_os("WEFT_SIM_NO_DRAIN_LIMIT").is_some() {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(2)
+        };
         cfg.ring_version = self.ring_version(id);
         cfg
     }
@@ -569,6 +577,10 @@ impl Sim {
             75..=77 if self.nodes.len() < MAX_LIVE => self.join(),
             78 if self.nodes.len() > 3 => {
                 let id = self.pick_live().unwrap();
+                if Some(id) == self.hostile {
+                    // The hostile member stays, so that it keeps trying.
+                    return;
+                }
                 self.nodes.remove(&id);
                 self.dead.insert(id, self.now);
                 if let Some(g) = self.partition.as_mut() {
@@ -614,7 +626,7 @@ impl Sim {
             }
             87..=89 => self.rmpeer(),
             90 => self.leave(),
-            91..=93 if self.hostile.is_some() => self.hostile_step(),
+            91..=96 if self.hostile.is_some() => self.hostile_step(),
             _ => self.run_for(Duration::from_millis(50)),
         }
     }

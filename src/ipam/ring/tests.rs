@@ -345,3 +345,29 @@ fn a_joined_winner_keeps_its_writers_signature() {
     b.join(&base);
     assert_eq!(b, theirs);
 }
+
+#[test]
+fn the_winner_of_a_competing_reclaim_may_write_over_the_losers_entry() {
+    // Routers 2 and 3 both reclaim dead router 1; 3's reclaim wins (higher
+    // owner) and 3 then gives the range to 4. A router holding 2's reclaim
+    // that never saw 3's accepts 3's donation.
+    let base = Ring::genesis(range(), "voters", &ids(3));
+    let mut two = base.clone();
+    two.reclaim(PeerId(2), PeerId(1));
+    let mut three = base.clone();
+    three.reclaim(PeerId(3), PeerId(1));
+    assert!(three.donate(PeerId(3), 0, 84, PeerId(4)));
+    two.validate_update(Some(PeerId(5)), &BTreeSet::new(), &three)
+        .unwrap();
+    // The loser may not do the same over the winner's reclaim.
+    let mut loser = base.clone();
+    loser.reclaim(PeerId(2), PeerId(1));
+    assert!(loser.donate(PeerId(2), 0, 84, PeerId(4)));
+    let mut winner = base.clone();
+    winner.reclaim(PeerId(3), PeerId(1));
+    assert!(
+        winner
+            .validate_update(Some(PeerId(5)), &BTreeSet::new(), &loser)
+            .is_err()
+    );
+}

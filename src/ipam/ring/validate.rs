@@ -97,6 +97,14 @@ impl Ring {
                     && theirs.reclaim
                     && theirs.version == gov.version
                     && same_dead(gov.writer, w))
+                // The next write of the winner of a competing reclaim of the
+                // same dead router, when we hold the loser's reclaim: the
+                // winner's entry (same version, higher owner) was overwritten
+                // before it reached us (seen with digests: WEFT_SIM_SEED=4).
+                || (gov.reclaim
+                    && theirs.version == gov.version.saturating_add(1)
+                    && w > gov.owner
+                    && same_dead(gov.writer, w))
                 || jump_allowed(gov, theirs)
         };
         // Entries of this ring already accepted, so that a chain of changes
