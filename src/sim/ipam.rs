@@ -260,23 +260,6 @@ impl Sim {
             return;
         };
         if let Err(e) = node.ipam.handle_message(from, bytes, now) {
-            if std::env::var("WEFT_SIM_DUMP").is_ok() {
-                let show = |label: &str, r: &crate::ipam::Ring| {
-                    let e: Vec<_> = r.entries().range(100..200).collect();
-                    eprintln!("{label}: {e:?}\n   tombs {:?}", r.tombstones());
-                };
-                if let Ok(crate::ipam::message::Message::Ring(r)) =
-                    crate::ipam::message::Message::decode(bytes)
-                {
-                    show("message", &r);
-                }
-                for (id, n) in &self.nodes {
-                    if let Some(r) = n.ipam.ring() {
-                        show(&format!("node {id}"), r);
-                    }
-                }
-                eprintln!("dead: {:?}", self.dead);
-            }
             self.fail(format!("{to} refused an honest message from {from}: {e}"));
         }
         self.drain(to);
