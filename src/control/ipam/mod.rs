@@ -231,8 +231,18 @@ impl IpamDriver {
     /// at most once a second; nothing changes on a refusal.
     pub fn handle_message(&mut self, from: PeerId, bytes: &[u8], now: Instant) {
         if let Err(e) = self.alloc.handle_message(from, bytes, now) {
+            use crate::ipam::message::MessageError;
+            use crate::ipam::ring::RingError;
+            use crate::ipam::signed::SignError;
             let kind = match &e {
+                IpamError::Malformed(MessageError::PreSigning(_)) => "pre_signing",
                 IpamError::Malformed(_) => "malformed",
+                IpamError::Misbehaved(RingError::Signature(SignError::UnknownWriter(_))) => {
+                    "unknown_writer"
+                }
+                IpamError::Misbehaved(RingError::Signature(_)) => "bad_signature",
+                IpamError::Misbehaved(RingError::Jump { .. }) => "version_jump",
+                IpamError::Misbehaved(RingError::TombstoneOfLive { .. }) => "tombstone_of_live",
                 IpamError::Misbehaved(_) => "misbehaved",
                 IpamError::GenesisMismatch { .. } => "genesis_mismatch",
                 IpamError::RangeMismatch { .. } => "range_mismatch",
