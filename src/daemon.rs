@@ -103,7 +103,7 @@ async fn serve(
     let in_use = netlink::addresses_in_use(&config.iface, config.range).await;
     let mut ipam = IpamDriver::open(
         &config.state_dir,
-        identity.id(),
+        &identity,
         config.range,
         config.init.clone(),
         &in_use,

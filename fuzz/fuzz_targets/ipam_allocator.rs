@@ -10,7 +10,22 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 use weft::id::PeerId;
 use weft::ipam::message::Message;
+use weft::ipam::signed::{RingCrypto, Signature};
 use weft::ipam::{AddrRange, Allocator, Config, Init, MemStore};
+
+/// Signs nothing and accepts every signature: the fuzzer explores the
+/// ownership rules behind the signature check (the signature scheme has
+/// its own tests; a forged writer is refused there, not here).
+struct AcceptAll;
+
+impl RingCrypto for AcceptAll {
+    fn sign(&self, _: &[u8]) -> Signature {
+        Signature::ZERO
+    }
+    fn verify(&self, _: PeerId, _: &[u8; 32], _: &[u8], _: &Signature) -> bool {
+        true
+    }
+}
 
 #[path = "common.rs"]
 mod common;
@@ -29,10 +44,13 @@ fuzz_target!(|data: &[u8]| {
         _ => Init::Observer,
     };
     let mut now = Instant::now();
-    let cfg = Config::new(me, range, init);
+    let cfg = Config::new(me, range, init, Box::new(AcceptAll));
     let Ok(mut alloc) = Allocator::new(cfg, MemStore::default(), &[], now) else {
         return;
     };
+    for id in [me].iter().chain(&peers) {
+        alloc.learn_key(*id, [0; 32]);
+    }
     let mut steps = 0;
     while !input.is_empty() && steps < 128 {
         steps += 1;

@@ -1,4 +1,5 @@
-//! IPAM ring channel messages: ring state, proposals, donation requests.
+//! IPAM ring channel messages: ring state, proposals, donation requests,
+//! digests (ring version 2).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use weft::ipam::message::Message;

@@ -3,9 +3,12 @@
 //! snapshot's dirty flag. Part of the control loop's drain order (mod.rs).
 
 use super::Control;
-use super::proto::ControlMessage;
+use super::peers::Peer;
+use super::proto::{ControlMessage, Versions};
 use crate::gossip::{Channel, GossipEvent};
+use crate::id::PeerId;
 use crate::ipam::Destination;
+use crate::ipam::message::RING_SIGNED_VERSION;
 use std::time::{Duration, Instant};
 
 impl Control {
@@ -14,22 +17,32 @@ impl Control {
     /// and the data plane).
     pub(super) fn drive_ipam(&mut self, now: Instant) {
         while let Some((destination, payload)) = self.ipam.poll_transmit() {
-            let copies = match destination {
-                Destination::Peer(id) => u64::from(self.peers.contains(id)),
-                Destination::Broadcast => self.peers.len() as u64,
-            };
-            self.count_gossip(Channel::Ring, "out", copies, payload.len());
-            let message = |payload: Vec<u8>| ControlMessage::Gossip {
-                channel: Channel::Ring.to_byte(),
-                payload,
-            };
-            match destination {
-                Destination::Peer(id) => self.send_to_peer(id, message(payload)),
-                Destination::Broadcast => {
-                    for id in self.peers.iter().map(|p| p.id) {
-                        self.send_to_peer(id, message(payload.clone()));
-                    }
-                }
+            // Each peer's ring version is the highest both hellos contain; a
+            // `Neighbours` message goes only to peers speaking one it names,
+            // and nothing goes to a peer that cannot sign (ring version < 3).
+            let targets: Vec<PeerId> = self
+                .peers
+                .iter()
+                .filter(|p| signs(p))
+                .filter(|p| match destination {
+                    Destination::Peer(id) => p.id == id,
+                    Destination::Broadcast => true,
+                    Destination::Neighbours { min, max } => Versions::OURS
+                        .ring
+                        .common(p.hello.versions.ring)
+                        .is_some_and(|v| (min..=max).contains(&v)),
+                })
+                .map(|p| p.id)
+                .collect();
+            self.count_gossip(Channel::Ring, "out", targets.len() as u64, payload.len());
+            for id in targets {
+                self.send_to_peer(
+                    id,
+                    ControlMessage::Gossip {
+                        channel: Channel::Ring.to_byte(),
+                        payload: payload.clone(),
+                    },
+                );
             }
         }
         if self.ipam.drain_events(now) {
@@ -123,6 +136,7 @@ impl Control {
                     tracing::info!(peer = %name, %id, "learned a router");
                     self.ipam.learn_name(id, &name);
                     if let Some(entry) = self.gossip.entry(id) {
+                        self.ipam.learn_key(id, entry.public_key);
                         let addresses = entry.addresses.clone();
                         self.maker.learn(id, &addresses, now);
                     }
@@ -155,5 +169,25 @@ impl Control {
                 }
             }
         }
+    }
+}
+
+/// Whether `peer` speaks the signed ring (version 3): the IPAM channel is
+/// open only with such peers (`crate::ipam::message::RING_SIGNED_VERSION`).
+fn signs(peer: &Peer) -> bool {
+    Versions::OURS
+        .ring
+        .common(peer.hello.versions.ring)
+        .is_some_and(|v| v >= RING_SIGNED_VERSION)
+}
+
+/// Says, once per connection, that IPAM with a pre-signing peer is off.
+pub(super) fn warn_if_unsigned(peer: &Peer) {
+    if !signs(peer) {
+        tracing::warn!(
+            peer = %peer.hello.name,
+            ring = ?peer.hello.versions.ring,
+            "peer cannot sign ring entries (ring version < 3): no IPAM messages to or from it until it is upgraded; its pods keep their addresses, ring changes do not reach it"
+        );
     }
 }

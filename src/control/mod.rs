@@ -543,6 +543,8 @@ impl Control {
                         addresses: vec![p.hello.listen],
                     };
                     self.ipam.learn_name(peer, &info.name);
+                    self.ipam.learn_key(peer, p.public_key);
+                    drive::warn_if_unsigned(p);
                     self.gossip.connection_up(info, outbound, now);
                     self.ipam.handle_peer_up(peer, now);
                     self.liveness

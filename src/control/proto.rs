@@ -57,7 +57,12 @@ impl Versions {
             min: crate::gossip::message::TOPOLOGY_VERSION,
             max: crate::gossip::message::TOPOLOGY_VERSION,
         },
-        ring: VersionRange { min: 1, max: 1 },
+        // 3: signed ring items; 2: periodic ring digests; 1: full rings.
+        // Older peers keep their link but get no IPAM messages (drive.rs).
+        ring: VersionRange {
+            min: 1,
+            max: crate::ipam::message::RING_SIGNED_VERSION,
+        },
     };
 
     /// The first channel with no version in common, if any.

@@ -15,8 +15,8 @@
 
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};
 use std::fmt;
-use zeroize::Zeroize;
 use std::sync::{Arc, Weak};
+use zeroize::Zeroize;
 
 /// Length of the Poly1305 tag that follows the ciphertext.
 pub const TAG_LEN: usize = 16;

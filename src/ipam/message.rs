@@ -3,18 +3,33 @@
 //! first, fields appended only, trailing bytes ignored, size capped by
 //! `crate::wire`).
 
+use super::digest::RingSummary;
 use super::range::AddrRange;
 use super::ring::{GenesisId, Ring, RingError, RingWire};
 use crate::id::PeerId;
 use crate::wire::{self, DecodeError};
 use serde::{Deserialize, Serialize};
 
-/// The ring channel's wire version spoken here.
+/// Ring channel version 1: full rings only (an allocator configured with it
+/// behaves as that build did; the simulator and the bench use it).
 pub const RING_WIRE_VERSION: u8 = 1;
+/// Ring channel version 2 added [`Message::Digest`], sent only to peers
+/// whose handshake says they speak it (the driver's
+/// [`Destination::Neighbours`](super::Destination::Neighbours)).
+pub const RING_DIGEST_VERSION: u8 = 2;
+/// Ring channel version 3, the only one on the wire now: every ring item
+/// carries its writer's signature and the ring its founding
+/// (`crate::ipam::signed`). Versions 1 and 2 carried claims, not
+/// signatures, so a router refuses them ([`MessageError::PreSigning`]) and
+/// its driver sends nothing on the ring channel to a peer that cannot sign
+/// (DESIGN.md "Wire rules": the link stays up, IPAM with that peer stops,
+/// loudly, until it is upgraded).
+pub const RING_SIGNED_VERSION: u8 = 3;
 
 const TYPE_RING: u8 = 1;
 const TYPE_PROPOSE: u8 = 2;
 const TYPE_DONATE_REQUEST: u8 = 3;
+const TYPE_DIGEST: u8 = 4;
 
 /// A voter's proposal to initialise the ring: its view of the range and of
 /// the voter set, compared by every receiver (DESIGN.md "Ring initialisation").
@@ -42,6 +57,9 @@ pub enum Message {
     Propose(Proposal),
     /// Asks for a donation.
     DonateRequest(DonateRequest),
+    /// The periodic summary of the sender's ring (version 2): the receiver
+    /// answers only if its own differs.
+    Digest(RingSummary),
 }
 
 /// Why an IPAM message was refused. Nothing was changed.
@@ -50,6 +68,10 @@ pub enum MessageError {
     /// Truncated, unknown version or type, or a malformed body.
     #[error("malformed ipam message: {0}")]
     Decode(#[from] DecodeError),
+    /// A message of ring version 1 or 2 (unsigned): a peer that cannot
+    /// sign; upgrade it.
+    #[error("unsigned ipam message (ring version {0}) from a pre-signing peer; upgrade it")]
+    PreSigning(u8),
     /// A ring that decodes but breaks the ring's rules.
     #[error("invalid ring: {0}")]
     Ring(#[from] RingError),
@@ -62,8 +84,9 @@ impl Message {
             Self::Ring(ring) => (TYPE_RING, wire::encode(&ring.to_wire())),
             Self::Propose(p) => (TYPE_PROPOSE, wire::encode(p)),
             Self::DonateRequest(r) => (TYPE_DONATE_REQUEST, wire::encode(r)),
+            Self::Digest(d) => (TYPE_DIGEST, wire::encode(d)),
         };
-        let mut out = vec![RING_WIRE_VERSION, kind];
+        let mut out = vec![RING_SIGNED_VERSION, kind];
         // Encoding plain data into a Vec cannot fail; an empty body would be refused by the peer.
         out.extend(body.unwrap_or_default());
         out
@@ -75,13 +98,17 @@ impl Message {
         let [version, kind, body @ ..] = bytes else {
             return Err(DecodeError::Truncated.into());
         };
-        if *version != RING_WIRE_VERSION {
+        if *version < RING_SIGNED_VERSION {
+            return Err(MessageError::PreSigning(*version));
+        }
+        if *version > RING_SIGNED_VERSION {
             return Err(DecodeError::UnsupportedVersion(*version).into());
         }
         Ok(match *kind {
             TYPE_RING => Self::Ring(Ring::from_wire(wire::decode::<RingWire>(body)?)?),
             TYPE_PROPOSE => Self::Propose(wire::decode(body)?),
             TYPE_DONATE_REQUEST => Self::DonateRequest(wire::decode(body)?),
+            TYPE_DIGEST => Self::Digest(wire::decode(body)?),
             other => return Err(DecodeError::UnknownType(other).into()),
         })
     }
@@ -106,6 +133,7 @@ mod tests {
             Message::DonateRequest(DonateRequest {
                 genesis: ring.genesis_id(),
             }),
+            Message::Digest(RingSummary::of(&ring)),
         ] {
             assert_eq!(Message::decode(&m.encode()).unwrap(), m);
         }
@@ -114,17 +142,47 @@ mod tests {
     #[test]
     fn truncated_unknown_and_future_messages_are_refused() {
         assert!(Message::decode(&[]).is_err());
-        assert!(Message::decode(&[1]).is_err());
-        assert!(Message::decode(&[2, 1, 0]).is_err());
-        assert!(Message::decode(&[1, 99]).is_err());
-        assert!(Message::decode(&[1, 1, 0, 4]).is_err());
+        assert!(Message::decode(&[3]).is_err());
+        assert!(Message::decode(&[4, 1, 0]).is_err());
+        assert!(Message::decode(&[3, 99]).is_err());
+        assert!(Message::decode(&[3, 1, 0, 4]).is_err());
+    }
+
+    #[test]
+    fn a_digest_is_a_few_dozen_bytes_with_version_3_first() {
+        let range = AddrRange::parse("10.32.0.0/12").unwrap();
+        let ring = Ring::genesis(range, "voters", &[PeerId(1), PeerId(2)].into());
+        let bytes = Message::Digest(RingSummary::of(&ring)).encode();
+        assert_eq!(&bytes[..2], &[RING_SIGNED_VERSION, TYPE_DIGEST]);
+        assert!(bytes.len() <= 40, "{} bytes", bytes.len());
+    }
+
+    #[test]
+    fn unsigned_messages_of_ring_versions_1_and_2_are_refused_as_pre_signing() {
+        let range = AddrRange::parse("10.32.0.0/12").unwrap();
+        let ring = Ring::genesis(range, "voters", &[PeerId(1)].into());
+        let mut bytes = Message::Ring(ring).encode();
+        assert_eq!(bytes[0], RING_SIGNED_VERSION);
+        for old in [RING_WIRE_VERSION, RING_DIGEST_VERSION] {
+            bytes[0] = old;
+            assert!(matches!(
+                Message::decode(&bytes),
+                Err(MessageError::PreSigning(v)) if v == old
+            ));
+        }
+    }
+
+    #[test]
+    fn malformed_digests_are_refused() {
+        assert!(Message::decode(&[3, TYPE_DIGEST]).is_err());
+        assert!(Message::decode(&[3, TYPE_DIGEST, 1, 2]).is_err());
     }
 
     proptest! {
         #[test]
         fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
             let _ = Message::decode(&bytes);
-            let mut framed = vec![1, 1];
+            let mut framed = vec![RING_SIGNED_VERSION, 1];
             framed.extend(&bytes);
             let _ = Message::decode(&framed);
         }

@@ -11,23 +11,30 @@
 //! - [`range`]: the cluster range as base + `u128` offsets (IPv4 or IPv6).
 //! - [`ring`]: the CRDT, its merge, validation and wire form.
 //! - [`space`]: the allocation table and the free-address search.
+//! - [`signed`]: who wrote what: the signed items, keys, the verifier.
+//! - [`digest`]: the ring's summary for anti-entropy.
 //! - [`message`]: the wire messages.
 //! - [`store`]: the `Store` trait, in-memory and file stores, the disk format.
 //! - [`allocator`]: the core.
 
 pub mod allocator;
+pub mod digest;
 pub mod error;
 pub mod message;
 pub mod range;
 pub mod ring;
+pub mod signed;
 pub mod space;
 pub mod store;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_security;
 
 pub use allocator::{
-    Alarm, Allocator, Config, Destination, Event, InUse, Init, OwnedRange, Phase, Status, Timer,
+    Alarm, Allocator, Config, Destination, DonationRefusal, Event, InUse, Init, OwnedRange, Phase,
+    Status, Timer,
 };
 pub use error::{AllocError, IpamError};
 pub use range::AddrRange;

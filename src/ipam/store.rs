@@ -21,8 +21,11 @@ use serde::{Deserialize, Serialize};
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// The on-disk format written by this version.
+/// The on-disk format of the allocation record written by this version.
 pub const STATE_FORMAT: u16 = 1;
+/// The ring record's format: 2 holds the signed ring (ring wire version 3).
+/// A format-1 ring (unsigned) is refused with [`StateError::UnsignedRing`].
+pub const RING_FORMAT: u16 = 2;
 const RING_MAGIC: &[u8; 4] = b"WFRG";
 const ALLOC_MAGIC: &[u8; 4] = b"WFAL";
 
@@ -102,6 +105,12 @@ pub enum StateError {
         /// The ID in the file.
         found: PeerId,
     },
+    /// A ring saved before rings were signed: its entries cannot be proven
+    /// to peers. The allocation record is kept; the ring is learned again.
+    #[error(
+        "the saved IPAM ring predates signed rings; move ipam-ring out of the state dir (ipam-allocations stays) and restart to learn the ring from the cluster"
+    )]
+    UnsignedRing,
     /// Corrupt body.
     #[error("corrupt state: {0}")]
     Corrupt(String),
@@ -141,8 +150,17 @@ impl PersistedRing {
 
     /// Decodes and checks the format and the owner ID.
     pub fn decode(bytes: &[u8], me: PeerId) -> Result<Self, StateError> {
+        // The format leads the body: read it alone first, so that an
+        // unsigned ring gets its own answer rather than "corrupt".
+        let format: u16 = decode_record(RING_MAGIC, bytes)?;
+        if format < RING_FORMAT {
+            return Err(StateError::UnsignedRing);
+        }
+        if format > RING_FORMAT {
+            return Err(StateError::Format(format));
+        }
         let record: Self = decode_record(RING_MAGIC, bytes)?;
-        check(record.format, me, record.me)?;
+        check(0, me, record.me)?;
         Ok(record)
     }
 }

@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::id::PeerId;
+use crate::ipam::signed::TestCrypto;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -20,10 +21,11 @@ fn range(cidr: &str) -> AddrRange {
 }
 
 fn config(me: u64, cidr: &str, init: Init) -> Config {
-    let mut cfg = Config::new(PeerId(me), range(cidr), init);
+    let mut cfg = Config::new(PeerId(me), range(cidr), init, TestCrypto::boxed(PeerId(me)));
     cfg.gossip_interval = Duration::from_secs(1);
     cfg.convergence_bound = Duration::from_secs(5);
     cfg.request_timeout = Duration::from_secs(1);
+    cfg.donation_interval = Duration::from_secs(2);
     cfg
 }
 
@@ -43,12 +45,13 @@ impl Net {
 
     fn add(&mut self, cfg: Config) {
         let id = cfg.me;
-        let node = Allocator::new(cfg, MemStore::default(), &[], self.now).unwrap();
+        let mut node = Allocator::new(cfg, MemStore::default(), &[], self.now).unwrap();
+        node.learn_test_keys(64);
         self.nodes.insert(id, node);
     }
 
     /// Delivers every queued message (broadcasts to all others) until quiet.
-    fn pump(&mut self) {
+    pub(super) fn pump(&mut self) {
         for _ in 0..1000 {
             let mut queue = Vec::new();
             for (id, node) in self.nodes.iter_mut() {
@@ -68,6 +71,13 @@ impl Net {
                     Destination::Broadcast => {
                         self.nodes.keys().copied().filter(|p| *p != from).collect()
                     }
+                    // Every node here speaks digests.
+                    Destination::Neighbours { min, max }
+                        if (min..=max).contains(&message::RING_DIGEST_VERSION) =>
+                    {
+                        self.nodes.keys().copied().filter(|p| *p != from).collect()
+                    }
+                    Destination::Neighbours { .. } => vec![],
                 };
                 for t in targets {
                     if let Some(node) = self.nodes.get_mut(&t)
@@ -81,7 +91,7 @@ impl Net {
         panic!("network did not go quiet");
     }
 
-    fn advance(&mut self, by: Duration) {
+    pub(super) fn advance(&mut self, by: Duration) {
         self.now += by;
         for node in self.nodes.values_mut() {
             node.handle_timeout(self.now).unwrap();
@@ -99,12 +109,12 @@ impl Net {
         &self.nodes[&PeerId(id)]
     }
 
-    fn node(&mut self, id: u64) -> &mut Allocator<MemStore> {
+    pub(super) fn node(&mut self, id: u64) -> &mut Allocator<MemStore> {
         self.nodes.get_mut(&PeerId(id)).unwrap()
     }
 }
 
-fn three(cidr: &str) -> Net {
+pub(super) fn three(cidr: &str) -> Net {
     let mut net = Net::new();
     for i in 1..=3 {
         net.add(config(i, cidr, voters(&[1, 2, 3])));
@@ -378,6 +388,7 @@ fn hostile_input_is_refused_with_a_clear_error_and_changes_nothing() {
                 writer: PeerId(3),
                 reclaim: false,
             },
+            None,
         ),
     );
     let forged = Ring::from_wire(forged).unwrap();
@@ -428,9 +439,10 @@ fn state_survives_a_restart_through_the_file_store() {
     let dir = std::env::temp_dir().join(format!("weft-ipam-file-{}", std::process::id()));
     let now = Instant::now();
     let cfg = config(1, "10.32.0.0/16", Init::Seed([PeerId(1)].into()));
-    let mut a = Allocator::new(cfg.clone(), FileStore::open(&dir).unwrap(), &[], now).unwrap();
+    let mut a = Allocator::new(cfg, FileStore::open(&dir).unwrap(), &[], now).unwrap();
     let addr = a.allocate("c", "eth0", now).unwrap();
     drop(a);
+    let cfg = config(1, "10.32.0.0/16", Init::Seed([PeerId(1)].into()));
     let b = Allocator::new(cfg, FileStore::open(&dir).unwrap(), &[], now).unwrap();
     assert_eq!(b.lookup("c", "eth0"), Some(addr));
     let other = config(1, "10.33.0.0/16", Init::Seed([PeerId(1)].into()));
@@ -465,6 +477,8 @@ fn an_empty_state_router_does_not_reuse_addresses_still_in_use_in_the_kernel() {
         now,
     )
     .unwrap();
+    let mut fresh = fresh;
+    fresh.learn_test_keys(64);
     net.nodes.insert(PeerId(1), fresh);
     assert_eq!(
         net.node(1).phase(),
@@ -524,6 +538,8 @@ fn a_router_restored_from_stale_state_adopts_its_newer_entries_and_never_allocat
         net.now,
     )
     .unwrap();
+    let mut back = back;
+    back.learn_test_keys(64);
     net.nodes.insert(PeerId(1), back);
     net.settle();
     let r1 = net.node(1).ring().unwrap().clone();

@@ -4,7 +4,9 @@
 //! network with delay and loss. After every step it checks that no address
 //! is allocatable by two live routers (their own views, quarantine
 //! excluded) and that no address is allocated twice to live pods; any
-//! rejected honest message or alarm fails the run too.
+//! rejected honest message or alarm fails the run too. With a hostile member
+//! (`hostile.rs`), one router also forges rings and floods donation
+//! requests; every forgery must be refused and change nothing.
 //!
 //! Messages travel over the shared emulator ([`super::net::Network`]: 1..100 ms
 //! of delay, 1 % loss); partitions, deaths and incarnations are checked
@@ -21,8 +23,12 @@
 //! whole. A killed process's in-flight messages die with its connections.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod hostile;
+
 use super::net::{NetConfig, Network};
 use crate::id::PeerId;
+use crate::ipam::message::RING_DIGEST_VERSION;
+use crate::ipam::signed::TestCrypto;
 use crate::ipam::{
     AddrRange, AllocError, AllocKey, Allocator, Config, Destination, Event, InUse, Init, IpamError,
     MemStore,
@@ -66,6 +72,10 @@ struct Stats {
     leaves: u64,
     donations: u64,
     messages: u64,
+    /// Forged rings refused, by forgery (`hostile.rs`).
+    forged_refused: BTreeMap<String, u64>,
+    /// Donation requests refused by the drain limits.
+    donation_refusals: u64,
 }
 
 struct Sim {
@@ -83,10 +93,16 @@ struct Sim {
     whole_since: Instant,
     pod_counter: u64,
     stats: Stats,
+    /// Share of routers joining as pre-digest builds (ring version 1); a
+    /// restart upgrades one half the time (a rolling upgrade).
+    old_share: f64,
+    ring_versions: BTreeMap<PeerId, u8>,
+    /// The hostile member, if any (`hostile.rs`).
+    hostile: Option<PeerId>,
 }
 
 impl Sim {
-    fn new(seed: u64) -> Self {
+    fn new(seed: u64, old_share: f64) -> Self {
         let mut sim = Self {
             seed,
             step: 0,
@@ -110,6 +126,9 @@ impl Sim {
             whole_since: Instant::now(),
             pod_counter: 0,
             stats: Stats::default(),
+            old_share,
+            ring_versions: BTreeMap::new(),
+            hostile: None,
         };
         for _ in 0..3 {
             sim.join();
@@ -125,11 +144,45 @@ impl Sim {
     }
 
     fn config(&self, id: PeerId) -> Config {
-        let mut cfg = Config::new(id, self.range, Init::Voters(self.voters.clone()));
+        let mut cfg = Config::new(
+            id,
+            self.range,
+            Init::Voters(self.voters.clone()),
+            TestCrypto::boxed(id),
+        );
         cfg.gossip_interval = Duration::from_secs(1);
         cfg.convergence_bound = BOUND;
         cfg.request_timeout = Duration::from_secs(1);
+        // `WEFT_SIM_NO_DRAIN_LIMIT=1`: donations as before the drain limits
+        // (an interval of zero never limits), to replay older seeds.
+        cfg.donation_interval = if std::env::var_os("WEFT_SIM_NO_DRAIN_LIMIT").is_some() {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(2)
+        };
+        cfg.ring_version = self.ring_version(id);
         cfg
+    }
+
+    fn ring_version(&self, id: PeerId) -> u8 {
+        self.ring_versions
+            .get(&id)
+            .copied()
+            .unwrap_or(RING_DIGEST_VERSION)
+    }
+
+    /// Picks a joining or restarting router's build: old with `old_share`,
+    /// and an old one restarting is upgraded one time in two.
+    fn pick_build(&mut self, id: PeerId) {
+        let old = if self.ring_version(id) < RING_DIGEST_VERSION {
+            !self.rng.gen_bool(0.5)
+        } else {
+            !self.ring_versions.contains_key(&id)
+                && self.old_share > 0.0
+                && self.rng.gen_bool(self.old_share)
+        };
+        let version = if old { 1 } else { RING_DIGEST_VERSION };
+        self.ring_versions.insert(id, version);
     }
 
     fn connected(&self, a: PeerId, b: PeerId) -> bool {
@@ -173,14 +226,22 @@ impl Sim {
             match e {
                 Event::Alarm(a) => self.fail(format!("{id}: alarm {a:?}")),
                 Event::RangeDonated { .. } => self.stats.donations += 1,
+                Event::DonationRefused { .. } => self.stats.donation_refusals += 1,
                 _ => {}
             }
         }
         let others: Vec<PeerId> = self.nodes.keys().copied().filter(|p| *p != id).collect();
+        let mine = self.ring_version(id);
         for (to, bytes) in out {
             let targets = match to {
                 Destination::Peer(p) => vec![p],
                 Destination::Broadcast => others.clone(),
+                // The negotiated version: the highest both speak (all speak 1).
+                Destination::Neighbours { min, max } => others
+                    .iter()
+                    .copied()
+                    .filter(|p| (min..=max).contains(&mine.min(self.ring_version(*p))))
+                    .collect(),
             };
             for t in targets {
                 self.net
@@ -254,7 +315,13 @@ impl Sim {
     fn join(&mut self) {
         let id = PeerId(self.next_id);
         self.next_id += 1;
-        let ipam = Allocator::new(self.config(id), MemStore::default(), &[], self.now).unwrap();
+        self.pick_build(id);
+        let mut ipam = Allocator::new(self.config(id), MemStore::default(), &[], self.now).unwrap();
+        // Every router's key is in the topology (here: lent to all).
+        ipam.learn_test_keys(self.next_id);
+        for n in self.nodes.values_mut() {
+            n.ipam.learn_key(id, TestCrypto::public_key(id));
+        }
         self.nodes.insert(
             id,
             SimNode {
@@ -286,6 +353,9 @@ impl Sim {
 
     fn restart(&mut self, id: PeerId, keep_state: bool) {
         let node = self.nodes.remove(&id).unwrap();
+        if self.old_share > 0.0 {
+            self.pick_build(id);
+        }
         let mut in_use: Vec<InUse> = node
             .pods
             .iter()
@@ -305,10 +375,11 @@ impl Sim {
         } else {
             MemStore::default()
         };
-        let ipam = match Allocator::new(self.config(id), store, &in_use, self.now) {
+        let mut ipam = match Allocator::new(self.config(id), store, &in_use, self.now) {
             Ok(a) => a,
             Err(e) => self.fail(format!("restart of {id}: {e}")),
         };
+        ipam.learn_test_keys(self.next_id);
         self.nodes.insert(
             id,
             SimNode {
@@ -489,6 +560,10 @@ impl Sim {
             75..=77 if self.nodes.len() < MAX_LIVE => self.join(),
             78 if self.nodes.len() > 3 => {
                 let id = self.pick_live().unwrap();
+                if Some(id) == self.hostile {
+                    // The hostile member stays, so that it keeps trying.
+                    return;
+                }
                 self.nodes.remove(&id);
                 self.dead.insert(id, self.now);
                 if let Some(g) = self.partition.as_mut() {
@@ -534,6 +609,7 @@ impl Sim {
             }
             87..=89 => self.rmpeer(),
             90 => self.leave(),
+            91..=96 if self.hostile.is_some() => self.hostile_step(),
             _ => self.run_for(Duration::from_millis(50)),
         }
     }
@@ -573,8 +649,17 @@ impl Sim {
     }
 }
 
-fn run(seed: u64, steps: u64) -> Stats {
-    let mut sim = Sim::new(seed);
+fn run(seed: u64, steps: u64, old_share: f64) -> Stats {
+    run_with(seed, steps, old_share, false)
+}
+
+/// `hostile`: the fourth router to join is a hostile member (`hostile.rs`).
+fn run_with(seed: u64, steps: u64, old_share: f64, hostile: bool) -> Stats {
+    let mut sim = Sim::new(seed, old_share);
+    if hostile {
+        sim.hostile = Some(PeerId(sim.next_id));
+        sim.join();
+    }
     for step in 0..steps {
         sim.step = step;
         sim.one_step();
@@ -596,16 +681,15 @@ fn run(seed: u64, steps: u64) -> Stats {
     sim.stats
 }
 
+/// A number from the environment (`WEFT_SIM_SEED`, `WEFT_SIM_STEPS`).
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|s| s.parse().ok())
+}
+
 #[test]
 fn random_joins_leaves_restarts_partitions_donations_and_reclaims_never_double_allocate() {
-    let steps: u64 = std::env::var("WEFT_SIM_STEPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10_000);
-    let seeds: Vec<u64> = match std::env::var("WEFT_SIM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
+    let steps = env_u64("WEFT_SIM_STEPS").unwrap_or(10_000);
+    let seeds: Vec<u64> = match env_u64("WEFT_SIM_SEED") {
         Some(seed) => vec![seed],
         // A debug build runs one seed (about two minutes); `cargo test --release` runs four.
         None if cfg!(debug_assertions) => vec![1],
@@ -613,11 +697,41 @@ fn random_joins_leaves_restarts_partitions_donations_and_reclaims_never_double_a
     };
     for seed in seeds {
         eprintln!("ipam sim: seed={seed} steps={steps} (replay with WEFT_SIM_SEED={seed})");
-        let stats = run(seed, steps);
+        let stats = run(seed, steps, 0.0);
         eprintln!("ipam sim: seed={seed} ok: {stats:?}");
         assert!(
             stats.allocated > 100 && stats.donations > 0 && stats.reclaims > 0 && stats.leaves > 0,
             "{stats:?}"
         );
     }
+}
+
+/// A rolling upgrade: routers join as pre-digest builds (full ring every
+/// interval, digests refused) or digest builds, and old ones restarting are
+/// upgraded; same invariants, and the rings still converge after healing.
+#[test]
+fn a_cluster_mixing_pre_digest_and_digest_routers_never_double_allocates_and_converges() {
+    let steps = env_u64("WEFT_SIM_STEPS").unwrap_or(3_000);
+    let seed = env_u64("WEFT_SIM_SEED").unwrap_or(5);
+    eprintln!("ipam sim (mixed builds): seed={seed} steps={steps}");
+    let stats = run(seed, steps, 0.5);
+    eprintln!("ipam sim (mixed builds): seed={seed} ok: {stats:?}");
+    assert!(stats.allocated > 50 && stats.joins > 3, "{stats:?}");
+}
+
+/// A hostile member forges ring entries in other routers' names, takes
+/// their ranges with and without version jumps, saturates a version,
+/// tombstones a live router, rewrites a record and floods donation
+/// requests: every forgery is refused and changes nothing, the drain is
+/// limited, and the invariants (no address to two live pods, no range
+/// allocatable by two routers) hold throughout.
+#[test]
+fn a_hostile_member_is_refused_every_forgery_and_the_invariants_hold() {
+    let steps = env_u64("WEFT_SIM_STEPS").unwrap_or(3_000);
+    let seed = env_u64("WEFT_SIM_SEED").unwrap_or(7);
+    let stats = run_with(seed, steps, 0.0, true);
+    eprintln!("ipam sim (hostile member): seed={seed} ok: {stats:?}");
+    assert!(stats.forged_refused.len() >= 5, "{stats:?}");
+    assert!(stats.donation_refusals > 0, "{stats:?}");
+    assert!(stats.allocated > 50, "{stats:?}");
 }

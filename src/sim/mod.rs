@@ -10,13 +10,17 @@
 //! - [`link`]: TCP control links in pairs over delayed, rechunked byte
 //!   pipes ([`link::LinkPair`], [`link::run_links`]);
 //! - `ipam` (tests only): many IPAM cores with joins, kills, restarts,
-//!   partitions, donations, reclaims and leaves, checking invariant 1.
+//!   partitions, donations, reclaims and leaves, checking invariant 1;
+//! - `ring_bench` (tests only, ignored): the ring channel's idle bytes per
+//!   router, full rings against digests.
 
 pub mod gossip;
 #[cfg(test)]
 mod ipam;
 pub mod link;
 pub mod net;
+#[cfg(test)]
+mod ring_bench;
 
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,7 @@ use weft::crypto::SigningKey;
 use weft::gossip::topology::SignedEntry;
 use weft::gossip::{ConnectionInfo, TopologyEntry};
 use weft::id::{PeerId, ShortId};
+use weft::ipam::digest::RingSummary;
 use weft::ipam::message::{DonateRequest, Message as IpamMessage, Proposal};
 use weft::ipam::{AddrRange, Ring};
 use weft::router::packet::{DataHeader, HEADER_LEN, PacketType};
@@ -311,6 +312,7 @@ fn main() {
                 genesis: ring.genesis_id(),
             }),
         ),
+        ("digest", IpamMessage::Digest(RingSummary::of(&donated))),
     ];
     for (name, m) in &ipam {
         write("ipam_message", name, &m.encode());

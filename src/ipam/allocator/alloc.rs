@@ -185,12 +185,18 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::id::PeerId;
+    use crate::ipam::signed::TestCrypto;
     use crate::ipam::store::MemStore;
     use crate::ipam::{AddrRange, Config, Init};
 
     fn lone_router(store: MemStore, now: Instant) -> Allocator<MemStore> {
         let range = AddrRange::parse("10.32.0.0/16").unwrap();
-        let cfg = Config::new(PeerId(1), range, Init::Seed([PeerId(1)].into()));
+        let cfg = Config::new(
+            PeerId(1),
+            range,
+            Init::Seed([PeerId(1)].into()),
+            TestCrypto::boxed(PeerId(1)),
+        );
         Allocator::new(cfg, store, &[], now).unwrap()
     }
 

@@ -2,13 +2,58 @@
 //! with the most advertised free space (one request out at a time, a slow
 //! donor avoided for a while); a donor gives half of its largest free run,
 //! persists, then sends the ring.
+//!
+//! # Drain limits (issue 15, defect 6)
+//!
+//! A `DonateRequest` costs its sender nothing, so a donor bounds what one
+//! requester can take, and counts every refusal
+//! ([`Event::DonationRefused`]):
+//!
+//! - **Rate**: at most one answered request per requester per
+//!   [`Config::donation_interval`](super::Config::donation_interval)
+//!   (default twice the request timeout). An honest requester asks one
+//!   donor at a time and waits a request timeout before asking anyone
+//!   else, so it never meets the limit on a first request; a request inside
+//!   the interval gets no answer at all (no full ring for a few bytes).
+//! - **Budget**: within a window of [`DONATION_WINDOWS`] intervals, one
+//!   requester receives at most half of the free space the donor had when
+//!   the window opened (its first donation in a window, half of one free
+//!   run, always goes). An honest requester rarely needs a second; a drain takes at most half per window,
+//!   so the donor keeps a geometric remainder and the operator sees the
+//!   counter long before. Over budget, the requester is answered with the
+//!   ring (its free count), so an honest one asks someone else.
+//! - The table of recent requesters is pruned every gossip interval and
+//!   holds one entry per requester seen within a window.
 
-use super::{Allocator, Destination, Event, span};
+use super::{Allocator, Destination, DonationRefusal, Event, span};
 use crate::id::PeerId;
 use crate::ipam::error::IpamError;
 use crate::ipam::message::{DonateRequest, Message};
 use crate::ipam::store::Store;
 use std::time::Instant;
+
+/// How many donation intervals one requester's budget lasts.
+pub(super) const DONATION_WINDOWS: u32 = 6;
+
+/// What one requester was given lately (`donation.rs`, drain limits).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Grant {
+    /// When its last request was answered.
+    last: Instant,
+    /// When its current window opened.
+    window_start: Instant,
+    /// Half of our free space then.
+    budget: u128,
+    /// Addresses given in the window.
+    given: u128,
+}
+
+impl Grant {
+    /// Whether this record still limits anything at `now`.
+    pub(super) fn live(&self, now: Instant, interval: std::time::Duration) -> bool {
+        now < self.window_start + interval * DONATION_WINDOWS
+    }
+}
 
 impl<S: Store> Allocator<S> {
     /// Asks the reachable router with the most advertised free space for a
@@ -78,6 +123,47 @@ impl<S: Store> Allocator<S> {
         if self.tombstoned.is_some() || ring.tombstone_of(from).is_some() || from == me {
             return Ok(());
         }
+        let interval = self.cfg.donation_interval;
+        if self
+            .donated_to
+            .get(&from)
+            .is_some_and(|g| now < g.last + interval)
+        {
+            self.events.push_back(Event::DonationRefused {
+                requester: from,
+                reason: DonationRefusal::RateLimited,
+            });
+            return Ok(());
+        }
+        let free = self.free(now);
+        let grant = self
+            .donated_to
+            .entry(from)
+            .and_modify(|g| g.last = now)
+            .or_insert(Grant {
+                last: now,
+                window_start: now,
+                budget: free / 2,
+                given: 0,
+            });
+        if !grant.live(now, interval) {
+            *grant = Grant {
+                last: now,
+                window_start: now,
+                budget: free / 2,
+                given: 0,
+            };
+        }
+        // The window's first donation always goes (half of one free run,
+        // at most one address over half of the free space).
+        let left = if grant.given == 0 {
+            u128::MAX
+        } else {
+            grant.budget.saturating_sub(grant.given)
+        };
+        let Some(ring) = &self.ring else {
+            return Ok(());
+        };
         let range = self.cfg.range;
         let run = self
             .allocs
@@ -106,6 +192,15 @@ impl<S: Store> Allocator<S> {
             .next_back()
             .map_or(lo, |(t, _)| *t);
         let start = start_wanted.max(entry_start);
+        let given = hi - start + 1;
+        if given > left {
+            self.events.push_back(Event::DonationRefused {
+                requester: from,
+                reason: DonationRefusal::OverBudget,
+            });
+            self.send_ring(Destination::Peer(from), now);
+            return Ok(());
+        }
         let old_ring = ring.clone();
         let donated = self
             .ring
@@ -120,10 +215,12 @@ impl<S: Store> Allocator<S> {
             self.refresh_mine();
             return Err(IpamError::Persist(e));
         }
-        let addresses = hi - start + 1;
+        if let Some(g) = self.donated_to.get_mut(&from) {
+            g.given += given;
+        }
         self.events.push_back(Event::RangeDonated {
             to: from,
-            addresses,
+            addresses: given,
         });
         self.send_ring(Destination::Peer(from), now);
         self.send_ring(Destination::Broadcast, now);

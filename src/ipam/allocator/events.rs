@@ -12,6 +12,16 @@ pub enum Destination {
     Peer(PeerId),
     /// Everyone, over the gossip channel.
     Broadcast,
+    /// Every neighbour whose negotiated ring version (the highest both
+    /// handshakes' ring ranges contain) is in `min..=max`: the periodic
+    /// digest goes to those that read it, the full ring to the others
+    /// (DESIGN.md "Wire rules": a mixed-version cluster keeps working).
+    Neighbours {
+        /// Lowest negotiated version included.
+        min: u8,
+        /// Highest negotiated version included.
+        max: u8,
+    },
 }
 
 /// Why the timer is armed.
@@ -44,6 +54,14 @@ pub enum Event {
         to: PeerId,
         /// How many.
         addresses: u128,
+    },
+    /// A peer's donation request was refused by the drain limits
+    /// (`donation.rs`); nothing changed. The driver counts it by reason.
+    DonationRefused {
+        /// Who asked.
+        requester: PeerId,
+        /// Which limit.
+        reason: DonationRefusal,
     },
     /// `rmpeer` (or a follow-up) took over a dead router's ranges.
     Reclaimed {
@@ -91,4 +109,24 @@ pub enum Alarm {
         /// The peer.
         peer: PeerId,
     },
+}
+
+/// Which donation limit refused a request (`donation.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DonationRefusal {
+    /// A second request within the donation interval: not answered.
+    RateLimited,
+    /// The requester's budget for the window is spent: answered with the
+    /// ring, nothing given.
+    OverBudget,
+}
+
+impl DonationRefusal {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RateLimited => "donation_rate_limited",
+            Self::OverBudget => "donation_over_budget",
+        }
+    }
 }

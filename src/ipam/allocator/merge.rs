@@ -8,7 +8,7 @@ use super::{Alarm, Allocator, Destination, Event, Init, subtract};
 use crate::id::PeerId;
 use crate::ipam::error::IpamError;
 use crate::ipam::message::Message;
-use crate::ipam::ring::{GenesisId, Ring};
+use crate::ipam::ring::{GenesisId, Ring, RingError};
 use crate::ipam::store::Store;
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -34,6 +34,7 @@ impl<S: Store> Allocator<S> {
                 theirs: theirs.range(),
             });
         }
+        self.check_signatures(&theirs)?;
         let Some(mine) = &self.ring else {
             // A ring learned from a peer quarantines our own ranges (a former
             // self may have given some away), unless it is the very genesis
@@ -62,13 +63,23 @@ impl<S: Store> Allocator<S> {
             return self.on_foreign_ring(from, theirs, now);
         }
         if !mine.would_change(&theirs) {
+            // Nothing new here; if they lack something, send it back so the
+            // exchange converges both ways (`anti_entropy.rs`).
+            if self.speaks_digests() && theirs.would_change(mine) {
+                self.send_ring(Destination::Peer(from), now);
+            }
             return Ok(());
         }
         let me = (!self.relearning(now)).then_some(self.cfg.me);
-        mine.validate_update(me, &theirs)?;
+        mine.validate_update(me, &self.reachable, &theirs)?;
         let mut joined = mine.clone();
         joined.join(&theirs);
-        self.apply_ring(from, joined, now)
+        let they_lack = self.speaks_digests() && theirs.would_change(&joined);
+        self.apply_ring(from, joined, now)?;
+        if they_lack {
+            self.send_ring(Destination::Peer(from), now);
+        }
+        Ok(())
     }
 
     /// Installs a merged ring and acts on what changed for this router.
@@ -225,6 +236,24 @@ impl<S: Store> Allocator<S> {
         })
     }
 
+    /// Checks the signatures of what `theirs` would change in our ring (all
+    /// of it if ours is of another genesis or missing). Nothing changes
+    /// but the verified-items cache.
+    pub(super) fn check_signatures(&mut self, theirs: &Ring) -> Result<(), IpamError> {
+        let base = self
+            .ring
+            .as_ref()
+            .filter(|r| r.genesis_id() == theirs.genesis_id());
+        let crypto = &*self.cfg.crypto;
+        let verifier = &mut self.verifier;
+        theirs.check_signatures(base, &mut |writer, message, sig| {
+            verifier
+                .check(crypto, writer, message, sig)
+                .map_err(RingError::from)
+        })?;
+        Ok(())
+    }
+
     pub(super) fn refresh_record(&mut self, now: Instant) {
         let free = self.free(now);
         let pods = self.allocs.pods();
@@ -236,6 +265,7 @@ impl<S: Store> Allocator<S> {
 
     pub(super) fn send_ring(&mut self, to: Destination, now: Instant) {
         self.refresh_record(now);
+        self.sign_own();
         if let Some(ring) = &self.ring {
             let bytes = Message::Ring(ring.clone()).encode();
             self.transmits.push_back((to, bytes));

@@ -26,6 +26,12 @@
 //! - A ring learned from a peer (first start, or a restart without state)
 //!   quarantines this router's own ranges: its former self may have given
 //!   some away. So does a reclaim. Quarantine lasts `2 × convergence_bound`.
+//! - Anti-entropy (DESIGN.md "Wire rules"): every `gossip_interval` a
+//!   digest of the ring goes to the neighbours that speak ring version 2,
+//!   the full ring to the others; a receiver whose digest differs answers
+//!   (`anti_entropy.rs`), and a router sent a ring lacking what it has sends
+//!   its own back. Changes are still pushed whole at once, and a new
+//!   neighbour gets the full ring.
 //! - A router that finds itself tombstoned stops allocating and raises
 //!   [`Alarm::Tombstoned`]; one that loses a range holding allocations raises
 //!   [`Alarm::OwnershipLost`].
@@ -36,10 +42,11 @@
 //! the rest of the core is split by what it does, each an `impl` block of
 //! [`Allocator`]: `alloc.rs` (allocate, release), `init.rs` (the vote, the
 //! static split, a first ring), `merge.rs` (a peer's ring, conflicts),
-//! `donation.rs`, `reclaim.rs` (rmpeer, tombstones), `leave.rs`,
+//! `anti_entropy.rs` (digests), `donation.rs`, `reclaim.rs` (rmpeer, tombstones), `leave.rs`,
 //! `persist.rs` (records for the store), `status.rs`; `events.rs` holds the
 //! output types.
 mod alloc;
+mod anti_entropy;
 mod donation;
 mod events;
 mod init;
@@ -49,13 +56,14 @@ mod persist;
 mod reclaim;
 mod status;
 
-pub use events::{Alarm, Destination, Event, Timer};
+pub use events::{Alarm, Destination, DonationRefusal, Event, Timer};
 pub use status::{OwnedRange, Phase, Status};
 
 use super::error::IpamError;
-use super::message::Message;
+use super::message::{Message, RING_DIGEST_VERSION};
 use super::range::AddrRange;
 use super::ring::{GenesisId, Ring};
+use super::signed::{RingCrypto, Verifier};
 use super::space::{AllocKey, Allocations};
 use super::store::{PersistedAllocations, PersistedRing, Store};
 use crate::id::PeerId;
@@ -77,7 +85,7 @@ pub enum Init {
 }
 
 /// Allocator configuration.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Config {
     /// This router.
     pub me: PeerId,
@@ -92,12 +100,24 @@ pub struct Config {
     pub convergence_bound: Duration,
     /// How long to wait for a donation before asking someone else.
     pub request_timeout: Duration,
+    /// The newest ring channel version this allocator speaks:
+    /// [`RING_DIGEST_VERSION`] (periodic digests) by default; 1 behaves as
+    /// a router built before digests (full ring every interval, digests
+    /// refused), which the simulator uses for mixed-version clusters.
+    pub ring_version: u8,
+    /// The least time between two answered donation requests from one
+    /// requester (`donation.rs`, drain limits).
+    pub donation_interval: Duration,
+    /// Signs this router's ring items and checks others' (the driver's is
+    /// XEdDSA over the router's identity; `crate::ipam::signed`).
+    pub crypto: Box<dyn RingCrypto>,
 }
 
 impl Config {
     /// Defaults: gossip every 5 s, convergence bound 30 s (so 60 s of
-    /// quarantine), donation request timeout 5 s.
-    pub fn new(me: PeerId, range: AddrRange, init: Init) -> Self {
+    /// quarantine), donation request timeout 5 s, one answered donation
+    /// request per requester per 10 s.
+    pub fn new(me: PeerId, range: AddrRange, init: Init, crypto: Box<dyn RingCrypto>) -> Self {
         Self {
             me,
             range,
@@ -105,6 +125,9 @@ impl Config {
             gossip_interval: Duration::from_secs(5),
             convergence_bound: Duration::from_secs(30),
             request_timeout: Duration::from_secs(5),
+            ring_version: RING_DIGEST_VERSION,
+            donation_interval: Duration::from_secs(10),
+            crypto,
         }
     }
 }
@@ -138,6 +161,10 @@ pub struct Allocator<S: Store> {
     reachable: BTreeSet<PeerId>,
     pending: Option<(PeerId, Instant)>,
     avoid: BTreeMap<PeerId, Instant>,
+    /// What each recent requester was given (`donation.rs`, drain limits).
+    donated_to: BTreeMap<PeerId, donation::Grant>,
+    /// The writers' keys and the signatures already checked.
+    verifier: Verifier,
     next_gossip: Instant,
     transmits: VecDeque<(Destination, Vec<u8>)>,
     events: VecDeque<Event>,
@@ -235,6 +262,8 @@ impl<S: Store> Allocator<S> {
             reachable: BTreeSet::new(),
             pending: None,
             avoid: BTreeMap::new(),
+            donated_to: BTreeMap::new(),
+            verifier: Verifier::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         };
@@ -323,6 +352,27 @@ impl<S: Store> Allocator<S> {
         self.reachable = peers;
     }
 
+    /// Lends `id`'s X25519 public key (from its topology entry or its
+    /// handshake) for checking the ring items it signed; an item by a
+    /// writer whose key was never lent is refused (`signed.rs`).
+    pub fn learn_key(&mut self, id: PeerId, public_key: [u8; 32]) {
+        self.verifier.learn_key(id, public_key);
+    }
+
+    /// Lends the keys of routers `0..=last` under the test scheme
+    /// ([`crate::ipam::signed::TestCrypto`]): tests and the simulator.
+    #[cfg(any(test, feature = "sim"))]
+    pub fn learn_test_keys(&mut self, last: u64) {
+        for id in (0..=last).map(PeerId) {
+            self.learn_key(id, crate::ipam::signed::TestCrypto::public_key(id));
+        }
+    }
+
+    /// Signatures checked so far (cache misses), for metrics and tests.
+    pub fn signature_checks(&self) -> u64 {
+        self.verifier.checks
+    }
+
     /// A new neighbour: send it the full ring (or our proposal).
     pub fn handle_peer_up(&mut self, peer: PeerId, now: Instant) {
         if self.ring.is_some() {
@@ -345,6 +395,7 @@ impl<S: Store> Allocator<S> {
             Message::Ring(ring) => self.on_ring(from, ring, now),
             Message::Propose(proposal) => self.on_propose(from, proposal, now),
             Message::DonateRequest(request) => self.on_donate_request(from, request, now),
+            Message::Digest(summary) => self.on_digest(from, summary, now),
         }
     }
 
@@ -363,8 +414,10 @@ impl<S: Store> Allocator<S> {
         self.next_gossip = now + self.cfg.gossip_interval;
         self.quarantine.retain(|q| q.2 > now);
         self.avoid.retain(|_, until| *until > now);
+        let interval = self.cfg.donation_interval;
+        self.donated_to.retain(|_, g| g.live(now, interval));
         if self.ring.is_some() {
-            self.send_ring(Destination::Broadcast, now);
+            self.send_anti_entropy(now);
         } else if self.may_vote {
             let bytes = self.proposal().encode();
             self.transmits.push_back((Destination::Broadcast, bytes));

@@ -6,21 +6,20 @@
 //! `ipam` status object. It owns no socket: the control task carries its
 //! messages on the gossip `Ring` channel.
 
-use crate::api::proto::{
-    AddressHolder, Allocation, AllocationList, ErrorCode, IpamStatus, Left, OwnerRange, PodRef,
-    RangeStatus, Readiness, Reclaimed, Released, Reply, Request,
-};
 use crate::cidr::Ipv4Cidr;
 use crate::config::IpallocInit;
 use crate::id::PeerId;
 use crate::ipam::{
-    Alarm, AllocError, AllocKey, Allocator, Config, Destination, Event, FileStore, InUse, Init,
-    IpamError, Phase, PodName,
+    Alarm, AllocKey, Allocator, Config, Destination, Event, FileStore, InUse, Init, IpamError,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+mod api;
+mod crypto;
+mod status;
 
 /// The link-local gateway every pod routes through (DESIGN.md "The picture").
 pub const POD_GATEWAY: &str = "169.254.1.1";
@@ -64,7 +63,7 @@ impl IpamDriver {
     /// addresses the kernel shows in use.
     pub fn open(
         state_dir: &Path,
-        me: PeerId,
+        identity: &crate::crypto::Identity,
         cidr: Ipv4Cidr,
         mode: IpallocInit,
         in_use: &[(Ipv4Addr, bool)],
@@ -91,8 +90,11 @@ impl IpamDriver {
                 key: node.then_some(AllocKey::Node),
             })
             .collect();
-        let alloc = Allocator::new(Config::new(me, range, init), store, &in_use, now)
+        let me = identity.id();
+        let crypto = Box::new(crypto::IdentityCrypto::new(identity));
+        let mut alloc = Allocator::new(Config::new(me, range, init, crypto), store, &in_use, now)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        alloc.learn_key(me, identity.public_key());
         Ok(Self {
             alloc,
             mode,
@@ -201,6 +203,13 @@ impl IpamDriver {
         }
     }
 
+    /// Lends a router's X25519 public key (its topology entry's, checked
+    /// there to hash to its ID, or its handshake's) for checking the ring
+    /// items it signed.
+    pub fn learn_key(&mut self, id: PeerId, public_key: [u8; 32]) {
+        self.alloc.learn_key(id, public_key);
+    }
+
     /// Remembers router names (for `rmpeer NAME` and status).
     pub fn learn_name(&mut self, id: PeerId, name: &str) {
         if self.names.get(&id).map(String::as_str) != Some(name) {
@@ -222,8 +231,18 @@ impl IpamDriver {
     /// at most once a second; nothing changes on a refusal.
     pub fn handle_message(&mut self, from: PeerId, bytes: &[u8], now: Instant) {
         if let Err(e) = self.alloc.handle_message(from, bytes, now) {
+            use crate::ipam::message::MessageError;
+            use crate::ipam::ring::RingError;
+            use crate::ipam::signed::SignError;
             let kind = match &e {
+                IpamError::Malformed(MessageError::PreSigning(_)) => "pre_signing",
                 IpamError::Malformed(_) => "malformed",
+                IpamError::Misbehaved(RingError::Signature(SignError::UnknownWriter(_))) => {
+                    "unknown_writer"
+                }
+                IpamError::Misbehaved(RingError::Signature(_)) => "bad_signature",
+                IpamError::Misbehaved(RingError::Jump { .. }) => "version_jump",
+                IpamError::Misbehaved(RingError::TombstoneOfLive { .. }) => "tombstone_of_live",
                 IpamError::Misbehaved(_) => "misbehaved",
                 IpamError::GenesisMismatch { .. } => "genesis_mismatch",
                 IpamError::RangeMismatch { .. } => "range_mismatch",
@@ -270,6 +289,10 @@ impl IpamDriver {
                 }
                 Event::RangeDonated { to, addresses } => {
                     tracing::info!(to = %self.label(to), addresses, "donated addresses");
+                }
+                Event::DonationRefused { requester, reason } => {
+                    *self.refused.entry(reason.as_str()).or_default() += 1;
+                    tracing::debug!(requester = %self.label(requester), reason = reason.as_str(), "donation request refused");
                 }
                 Event::Reclaimed { dead, addresses } => {
                     tracing::warn!(dead = %self.label(dead), addresses, "reclaimed a dead router's addresses");
@@ -378,380 +401,5 @@ impl IpamDriver {
             .filter(|(_, _, owner)| *owner == me)
             .map(|(lo, hi, _)| (lo, hi))
             .collect()
-    }
-
-    /// Answers an address request of the local API; `None` for requests
-    /// that are not about addresses.
-    pub fn handle_api(
-        &mut self,
-        request: &Request,
-        mtu: u32,
-        resolve_name: impl Fn(&str) -> Option<PeerId>,
-        now: Instant,
-    ) -> Option<Reply> {
-        let (op, reply) = match request {
-            Request::SeedsListed => {
-                self.held = None;
-                return Some(Reply::ok(serde_json::json!({})));
-            }
-            Request::Ready => ("ready", self.ready(mtu)),
-            Request::Allocate {
-                container_id,
-                ifname,
-                pod,
-            } => (
-                "allocate",
-                match pod_name(pod.as_ref())
-                    .and_then(|pod| self.alloc.allocate_pod(container_id, ifname, pod, now))
-                {
-                    Ok(addr) => self.allocation_reply(container_id, ifname, addr, mtu),
-                    Err(e) => alloc_error(&e),
-                },
-            ),
-            Request::Release {
-                container_id,
-                ifname,
-                address,
-            } => (
-                "release",
-                self.release(container_id, ifname, address.as_deref(), now),
-            ),
-            Request::Lookup {
-                container_id,
-                ifname,
-            } => (
-                "lookup",
-                match self.alloc.lookup(container_id, ifname) {
-                    Some(addr) => self.allocation_reply(container_id, ifname, addr, mtu),
-                    None => Reply::err(
-                        ErrorCode::NotFound,
-                        format!(
-                            "no address allocated to container {container_id} interface {ifname}"
-                        ),
-                    ),
-                },
-            ),
-            Request::List { container_id } => {
-                let allocations = self.pod_allocations(mtu, |c| {
-                    container_id.as_deref().is_none_or(|want| want == c)
-                });
-                ("list", to_reply(&AllocationList { allocations }))
-            }
-            Request::Gc { keep } => ("gc", self.gc(keep, mtu, now)),
-            Request::Rmpeer { name, force } => {
-                ("rmpeer", self.rmpeer(name, *force, &resolve_name, now))
-            }
-            Request::Leave { force } => ("leave", self.leave(*force, now)),
-            Request::Status | Request::Connect { .. } | Request::Forget { .. } => return None,
-        };
-        let result = match &reply.error {
-            None => "ok",
-            Some(e) => match e.code {
-                ErrorCode::NotReady => "try_again",
-                ErrorCode::NotFound => "not_found",
-                ErrorCode::BadRequest => "bad_request",
-                ErrorCode::Refused => "refused",
-                ErrorCode::Internal => "error",
-            },
-        };
-        *self.requests.entry(format!("{op}/{result}")).or_default() += 1;
-        Some(reply)
-    }
-
-    fn ready(&self, mtu: u32) -> Reply {
-        let ready = self.alloc.is_ready();
-        let reason = (!ready).then(|| self.detail().unwrap_or_else(|| "IPAM not ready".into()));
-        to_reply(&Readiness { ready, reason, mtu })
-    }
-
-    fn allocation_reply(&self, container_id: &str, ifname: &str, addr: IpAddr, mtu: u32) -> Reply {
-        to_reply(&self.allocation(container_id, ifname, addr, mtu))
-    }
-
-    fn allocation(&self, container_id: &str, ifname: &str, addr: IpAddr, mtu: u32) -> Allocation {
-        Allocation {
-            container_id: container_id.to_string(),
-            ifname: ifname.to_string(),
-            address: addr.to_string(),
-            prefix_len: if addr.is_ipv4() { 32 } else { 128 },
-            gateway: POD_GATEWAY.to_string(),
-            mtu,
-            range: self.cidr.to_string(),
-        }
-    }
-
-    fn pod_allocations(&self, mtu: u32, want: impl Fn(&str) -> bool) -> Vec<Allocation> {
-        self.alloc
-            .allocations()
-            .into_iter()
-            .filter_map(|(key, addr)| match key {
-                AllocKey::Pod {
-                    container_id,
-                    ifname,
-                } if want(&container_id) => {
-                    Some(self.allocation(&container_id, &ifname, addr, mtu))
-                }
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn release(
-        &mut self,
-        container_id: &str,
-        ifname: &str,
-        address: Option<&str>,
-        now: Instant,
-    ) -> Reply {
-        match self.alloc.release(container_id, ifname, now) {
-            Ok(addr) => to_reply(&Released {
-                address: addr.to_string(),
-            }),
-            Err(AllocError::NotFound { .. }) => {
-                // An address found in the kernel at start, holder unknown.
-                if let Some(addr) = address.and_then(|a| a.parse::<IpAddr>().ok())
-                    && let Ok(addr) = self.alloc.release_held(addr)
-                {
-                    return to_reply(&Released {
-                        address: addr.to_string(),
-                    });
-                }
-                Reply::err(
-                    ErrorCode::NotFound,
-                    format!("no address allocated to container {container_id} interface {ifname}"),
-                )
-            }
-            Err(e) => alloc_error(&e),
-        }
-    }
-
-    fn gc(&mut self, keep: &[String], mtu: u32, now: Instant) -> Reply {
-        let keep: BTreeSet<&str> = keep.iter().map(String::as_str).collect();
-        let stale = self.pod_allocations(mtu, |c| !keep.contains(c));
-        let mut released = Vec::new();
-        for allocation in stale {
-            match self
-                .alloc
-                .release(&allocation.container_id, &allocation.ifname, now)
-            {
-                Ok(_) => released.push(allocation),
-                Err(e) => return alloc_error(&e),
-            }
-        }
-        to_reply(&AllocationList {
-            allocations: released,
-        })
-    }
-
-    fn leave(&mut self, force: bool, now: Instant) -> Reply {
-        match self.alloc.leave(force, now) {
-            Ok(addresses) => to_reply(&Left {
-                addresses: u64::try_from(addresses).unwrap_or(u64::MAX),
-            }),
-            Err(IpamError::NotReady) => {
-                Reply::err(ErrorCode::NotReady, "the IPAM ring is not ready yet")
-            }
-            Err(
-                e @ (IpamError::PodsRemain(_)
-                | IpamError::Quarantined(_)
-                | IpamError::NoHeir
-                | IpamError::Tombstoned(_)),
-            ) => Reply::err(ErrorCode::Refused, e.to_string()),
-            Err(e) => Reply::err(ErrorCode::Internal, e.to_string()),
-        }
-    }
-
-    fn rmpeer(
-        &mut self,
-        name: &str,
-        force: bool,
-        resolve_name: &impl Fn(&str) -> Option<PeerId>,
-        now: Instant,
-    ) -> Reply {
-        let by_name = self
-            .names
-            .iter()
-            .find(|(_, n)| n.as_str() == name)
-            .map(|(id, _)| *id);
-        let id = resolve_name(name)
-            .or(by_name)
-            .or_else(|| u64::from_str_radix(name, 16).ok().map(PeerId));
-        let Some(id) = id else {
-            return Reply::err(
-                ErrorCode::NotFound,
-                format!(
-                    "no router named {name:?} is known here: use the owner shown by `weft status ipam` (a name or a hex ID)"
-                ),
-            );
-        };
-        match self.alloc.rmpeer(id, force, now) {
-            Ok(addresses) => to_reply(&Reclaimed {
-                peer: name.to_string(),
-                addresses: u64::try_from(addresses).unwrap_or(u64::MAX),
-            }),
-            Err(IpamError::NotReady) => {
-                Reply::err(ErrorCode::NotReady, "the IPAM ring is not ready yet")
-            }
-            Err(
-                e @ (IpamError::PeerReachable(_)
-                | IpamError::ReclaimSelf
-                | IpamError::Tombstoned(_)),
-            ) => {
-                let mut message = e.to_string();
-                if matches!(e, IpamError::PeerReachable(_)) {
-                    message.push_str(": pass --force to override");
-                }
-                Reply::err(ErrorCode::Refused, message)
-            }
-            Err(e) => Reply::err(ErrorCode::Internal, e.to_string()),
-        }
-    }
-
-    /// One line on why the allocator is not ready (or the conflict's fix).
-    fn detail(&self) -> Option<String> {
-        match self.alloc.phase() {
-            Phase::Ready => None,
-            Phase::WaitingForVoters {
-                agreed,
-                quorum,
-                mismatched,
-            } => Some(if mismatched.is_empty() {
-                format!("{agreed} of {quorum} voters needed agree on the first split")
-            } else {
-                format!(
-                    "{agreed} of {quorum} voters needed agree; routers with another seed list or range: {}",
-                    mismatched.join(", ")
-                )
-            }),
-            Phase::WaitingForRing => Some(
-                self.waiting_for
-                    .clone()
-                    .unwrap_or_else(|| "waiting to learn the ring from a peer".into()),
-            ),
-            Phase::Conflict { ours, theirs } => Some(format!(
-                "ring {ours} (here) and ring {theirs} (a peer) were initialised separately: on the side with no pods run `weft reset --state` and restart it"
-            )),
-            Phase::Tombstoned { reclaimer } => Some(format!(
-                "reclaimed by {reclaimer}: run `weft reset --state` and restart"
-            )),
-        }
-        .or_else(|| self.waiting_for.clone())
-    }
-
-    /// The `ipam` object of `weft status --json`.
-    pub fn status(&self, reachable: impl Fn(PeerId) -> bool, now: Instant) -> IpamStatus {
-        let core = self.alloc.status(now);
-        let state = match core.state {
-            Phase::Ready => "ready",
-            Phase::WaitingForVoters { .. } => "waiting_for_voters",
-            Phase::WaitingForRing => "waiting_for_ring",
-            Phase::Conflict { .. } => "conflict",
-            Phase::Tombstoned { .. } => "tombstoned",
-        };
-        let me = self.alloc.id();
-        let unreachable_ranges = self
-            .owners()
-            .into_iter()
-            .filter(|(_, _, owner)| *owner != me && !reachable(*owner))
-            .map(|(lo, hi, owner)| OwnerRange {
-                owner: self.label(owner),
-                start: Ipv4Addr::from(lo).to_string(),
-                end: Ipv4Addr::from(hi).to_string(),
-            })
-            .collect();
-        let mut allocations: Vec<AddressHolder> = self
-            .alloc
-            .allocations()
-            .into_iter()
-            .map(|(key, addr)| {
-                let pod = self.alloc.pod_name(&key).map(pod_ref);
-                let (kind, container_id, ifname) = match key {
-                    AllocKey::Node => ("node", None, None),
-                    AllocKey::Pod {
-                        container_id,
-                        ifname,
-                    } => ("pod", Some(container_id), Some(ifname)),
-                    AllocKey::Held(_) => ("held", None, None),
-                };
-                AddressHolder {
-                    address: addr.to_string(),
-                    kind: kind.into(),
-                    container_id,
-                    ifname,
-                    pod,
-                }
-            })
-            .collect();
-        allocations.sort_by(|a, b| a.address.cmp(&b.address));
-        let unreachable_share = self
-            .owners()
-            .iter()
-            .filter(|(_, _, owner)| *owner != me && !reachable(*owner))
-            .map(|(lo, hi, _)| f64::from(hi - lo) + 1.0)
-            .sum::<f64>()
-            / self.cidr.size() as f64;
-        IpamStatus {
-            range: core.range,
-            mode: self.mode.label().into(),
-            state: state.into(),
-            detail: self.detail(),
-            genesis: core.genesis,
-            owned_ranges: core
-                .owned_ranges
-                .iter()
-                .map(|r| RangeStatus {
-                    start: r.start.to_string(),
-                    end: r.end.to_string(),
-                })
-                .collect(),
-            owned_addresses: u64::try_from(core.owned_addresses).unwrap_or(u64::MAX),
-            allocated: core.allocated,
-            free: u64::try_from(core.free).unwrap_or(u64::MAX),
-            ring_peers: core.ring_peers,
-            unreachable_share,
-            unreachable_ranges,
-            allocations,
-        }
-    }
-
-    /// API requests by `op/result` and refused ring messages by kind, for metrics.
-    pub fn counters(&self) -> (&BTreeMap<String, u64>, &BTreeMap<&'static str, u64>) {
-        (&self.requests, &self.refused)
-    }
-}
-
-fn to_reply<T: serde::Serialize>(value: &T) -> Reply {
-    match serde_json::to_value(value) {
-        Ok(v) => Reply::ok(v),
-        Err(e) => Reply::err(ErrorCode::Internal, e.to_string()),
-    }
-}
-
-/// An allocator refusal as an API error: "try again later" stays distinct
-/// so that the CNI plugin can answer code 11.
-fn alloc_error(error: &AllocError) -> Reply {
-    let code = match error {
-        AllocError::TryAgain(_) => ErrorCode::NotReady,
-        AllocError::InvalidKey(_) => ErrorCode::BadRequest,
-        AllocError::NotFound { .. } => ErrorCode::NotFound,
-        AllocError::Tombstoned(_) => ErrorCode::Refused,
-        AllocError::Persist(_) => ErrorCode::Internal,
-    };
-    Reply::err(code, error.to_string())
-}
-
-/// The allocator's checked pod name from the API's (an invalid one is a
-/// `bad_request`: nothing is allocated).
-fn pod_name(pod: Option<&PodRef>) -> Result<Option<PodName>, AllocError> {
-    pod.map(|p| PodName::new(&p.namespace, &p.name, p.uid.as_deref()))
-        .transpose()
-        .map_err(AllocError::from)
-}
-
-fn pod_ref(pod: &PodName) -> PodRef {
-    PodRef {
-        namespace: pod.namespace.clone(),
-        name: pod.name.clone(),
-        uid: pod.uid.clone(),
     }
 }

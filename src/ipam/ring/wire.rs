@@ -1,0 +1,111 @@
+//! The ring's wire and disk form (bincode via `crate::wire`), checked on
+//! the way in: sorted, starting at the range start, versions non-zero and
+//! under the ceiling, the founding hashing to the genesis ID. Each item
+//! travels with its writer's signature (none for genesis entries); whether those verify is the allocator's check
+//! (`sigs.rs`), which needs the writers' keys.
+
+use super::{Entry, Founding, GenesisId, PeerRecord, Ring, RingError, Sigs};
+use crate::id::PeerId;
+use crate::ipam::range::AddrRange;
+use crate::ipam::signed::Signature;
+use serde::{Deserialize, Serialize};
+
+/// The wire and disk form of a ring (bincode via `crate::wire`; append
+/// fields only). Ring wire version 3: signed items and the founding.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RingWire {
+    /// The cluster range.
+    pub range: AddrRange,
+    /// Which initialisation this ring descends from.
+    pub genesis: GenesisId,
+    /// The genesis split's mode and owners.
+    pub founding: Founding,
+    /// `(token, entry, writer's signature)`, strictly ascending by token,
+    /// starting at 0.
+    pub entries: Vec<(u128, Entry, Option<Signature>)>,
+    /// `(dead, reclaimer, reclaimer's signature)`, strictly ascending.
+    pub tombstones: Vec<(PeerId, PeerId, Option<Signature>)>,
+    /// Free-space records with their router's signature, strictly
+    /// ascending by peer.
+    pub peers: Vec<(PeerId, PeerRecord, Option<Signature>)>,
+}
+
+impl Ring {
+    /// The wire form.
+    pub fn to_wire(&self) -> RingWire {
+        let sig = |s: Option<&Signature>| s.copied();
+        RingWire {
+            range: self.range,
+            genesis: self.genesis,
+            founding: self.founding.clone(),
+            entries: self
+                .entries
+                .iter()
+                .map(|(t, e)| (*t, *e, sig(self.sigs.entries.get(t))))
+                .collect(),
+            tombstones: self
+                .tombstones
+                .iter()
+                .map(|t| (t.0, t.1, sig(self.sigs.tombstones.get(t))))
+                .collect(),
+            peers: self
+                .peers
+                .iter()
+                .map(|(p, r)| (*p, *r, sig(self.sigs.records.get(p))))
+                .collect(),
+        }
+    }
+
+    /// Builds a ring from its wire form, checking order, invariants and the
+    /// founding (signatures are checked against keys by the allocator).
+    pub fn from_wire(wire: RingWire) -> Result<Self, RingError> {
+        fn ascending<K: Ord + Copy>(keys: &[K], at: impl Fn(&K) -> u128) -> Result<(), RingError> {
+            for pair in keys.windows(2) {
+                if pair[0] >= pair[1] {
+                    return Err(RingError::NotSorted(at(&pair[1])));
+                }
+            }
+            Ok(())
+        }
+        let tokens: Vec<u128> = wire.entries.iter().map(|e| e.0).collect();
+        ascending(&tokens, |t| *t)?;
+        let peers: Vec<PeerId> = wire.peers.iter().map(|p| p.0).collect();
+        ascending(&peers, |p| u128::from(p.0))?;
+        let tombs: Vec<(PeerId, PeerId)> = wire.tombstones.iter().map(|t| (t.0, t.1)).collect();
+        ascending(&tombs, |t| u128::from(t.0.0))?;
+        ascending(&wire.founding.owners, |p| u128::from(p.0))?;
+        let owners = wire.founding.owners.iter().copied().collect();
+        if !matches!(wire.founding.mode.as_str(), "voters" | "seed")
+            || GenesisId::derive(&wire.range, &wire.founding.mode, &owners) != wire.genesis
+        {
+            return Err(RingError::BadFounding);
+        }
+        let mut sigs = Sigs::default();
+        for (token, _, s) in &wire.entries {
+            if let Some(s) = s {
+                sigs.entries.insert(*token, *s);
+            }
+        }
+        for (dead, by, s) in &wire.tombstones {
+            if let Some(s) = s {
+                sigs.tombstones.insert((*dead, *by), *s);
+            }
+        }
+        for (peer, _, s) in &wire.peers {
+            if let Some(s) = s {
+                sigs.records.insert(*peer, *s);
+            }
+        }
+        let ring = Self {
+            range: wire.range,
+            genesis: wire.genesis,
+            founding: wire.founding,
+            entries: wire.entries.into_iter().map(|(t, e, _)| (t, e)).collect(),
+            tombstones: tombs.into_iter().collect(),
+            peers: wire.peers.into_iter().map(|(p, r, _)| (p, r)).collect(),
+            sigs,
+        };
+        ring.check_invariants()?;
+        Ok(ring)
+    }
+}

@@ -1,0 +1,129 @@
+//! The allocator against a hostile member (issue 15, defects 1 and 6):
+//! signed ring items and the donation drain limits, on three in-memory
+//! routers (`tests.rs`'s `Net`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+use super::allocator::DonationRefusal;
+use super::message::{DonateRequest, Message};
+use super::ring::Entry;
+use super::signed::{SignError, TestCrypto};
+use super::tests::{Net, three};
+use super::{Event, IpamError, ring::RingError};
+use crate::id::PeerId;
+use std::time::Duration;
+
+fn request(net: &mut Net, from: u64, to: u64) -> Vec<Event> {
+    let genesis = net.node(to).ring().unwrap().genesis_id();
+    let bytes = Message::DonateRequest(DonateRequest { genesis }).encode();
+    let now = net.now;
+    net.node(to)
+        .handle_message(PeerId(from), &bytes, now)
+        .unwrap();
+    std::iter::from_fn(|| net.node(to).poll_event()).collect()
+}
+
+fn span(net: &mut Net, of: u64, view: u64) -> u128 {
+    let ring = net.node(view).ring().unwrap();
+    ring.ranges_of(PeerId(of))
+        .iter()
+        .map(|(a, b)| b - a + 1)
+        .sum()
+}
+
+#[test]
+fn a_second_donation_request_within_the_interval_is_refused_and_unanswered() {
+    let mut net = three("10.32.0.0/24");
+    let first = request(&mut net, 3, 1);
+    assert!(
+        matches!(first[..], [Event::RangeDonated { .. }]),
+        "{first:?}"
+    );
+    while net.node(1).poll_transmit().is_some() {}
+    let second = request(&mut net, 3, 1);
+    assert!(matches!(
+        second[..],
+        [Event::DonationRefused {
+            requester: PeerId(3),
+            reason: DonationRefusal::RateLimited
+        }]
+    ));
+    assert!(
+        net.node(1).poll_transmit().is_none(),
+        "no ring for a refused request"
+    );
+}
+
+#[test]
+fn one_requester_takes_at_most_half_of_the_donors_free_space_per_window() {
+    let mut net = three("10.32.0.0/24");
+    let mut fair_share = 0;
+    // Four requests 3 s apart: one window (6 × 2 s).
+    for _ in 0..4 {
+        net.advance(Duration::from_secs(3));
+        for e in request(&mut net, 3, 1) {
+            fair_share += u32::from(matches!(
+                e,
+                Event::DonationRefused {
+                    reason: DonationRefusal::OverBudget,
+                    ..
+                }
+            ));
+        }
+        net.pump();
+    }
+    assert!(fair_share > 0, "the drain was stopped by the budget");
+    // Router 1 owned 85 addresses, 84 free: it keeps at least half.
+    let kept = span(&mut net, 1, 1);
+    assert!(kept >= 85 - 43, "router 1 kept {kept}");
+}
+
+#[test]
+fn an_entry_naming_another_writer_than_its_signer_is_refused_and_changes_nothing() {
+    let mut net = three("10.32.0.0/24");
+    let before = net.node(2).ring().unwrap().clone();
+    let (token, gov) = before
+        .entries()
+        .iter()
+        .find(|(_, e)| e.owner == PeerId(1))
+        .map(|(t, e)| (*t, *e))
+        .unwrap();
+    let mut forged = before.clone();
+    let entry = Entry {
+        owner: PeerId(3),
+        version: gov.version + 1,
+        writer: PeerId(1),
+        reclaim: false,
+    };
+    forged.insert_signed(token, entry, &TestCrypto::new(PeerId(3)));
+    let now = net.now;
+    let err = net
+        .node(2)
+        .handle_message(PeerId(3), &Message::Ring(forged).encode(), now)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            IpamError::Misbehaved(RingError::Signature(SignError::BadSignature(PeerId(1))))
+        ),
+        "{err}"
+    );
+    assert_eq!(net.node(2).ring().unwrap(), &before);
+    assert!(net.node(2).poll_transmit().is_none());
+}
+
+#[test]
+fn own_changes_leave_signed_and_verify_at_every_peer_once() {
+    let mut net = three("10.32.0.0/24");
+    request(&mut net, 3, 1);
+    net.pump();
+    assert!(net.errors.is_empty(), "{:?}", net.errors);
+    let checks = net.node(2).signature_checks();
+    assert!(checks > 0);
+    // The same ring again costs no signature check.
+    let ring = net.node(1).ring().unwrap().clone();
+    let now = net.now;
+    net.node(2)
+        .handle_message(PeerId(1), &Message::Ring(ring).encode(), now)
+        .unwrap();
+    assert_eq!(net.node(2).signature_checks(), checks);
+}
