@@ -92,7 +92,7 @@ async fn serve(
     )
     .map_err(|e| match e.raw_os_error() {
         Some(libc::EPERM) | Some(libc::EACCES) => anyhow::anyhow!(
-            "no permission to create the TUN device {}: run weft router as root or with CAP_NET_ADMIN",
+            "no permission to create the TUN device {}: run weft router as root or with CAP_NET_ADMIN (in a container under runc 1.2.0 to 1.2.3 the device cgroup refuses tun: upgrade runc to 1.2.4 or later, see deploy/README.md \"/dev/net/tun\")",
             config.iface
         ),
         Some(libc::EADDRINUSE) => anyhow::anyhow!("UDP port {} is already in use: pick another --listen", config.listen),

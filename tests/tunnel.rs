@@ -346,7 +346,11 @@ fn weft0_outlives_the_router_and_weft_reset_removes_it_and_its_routes() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("removed interface weft0"));
     let links = sh(&["ip", "-n", &ns, "link", "show"]);
-    assert!(!links.contains("weft0"), "weft0 still there:\n{links}");
+    // Pod host veths are named weft + 11 hex digits: look for the device.
+    assert!(
+        !links.contains(" weft0:") && !links.contains(" weft0@"),
+        "weft0 still there:\n{links}"
+    );
     assert!(
         sh(&["ip", "-n", &ns, "route", "show", "proto", "87"])
             .trim()

@@ -110,7 +110,8 @@ fuzz_target!(|data: &[u8]| {
     let table = table(epoch);
     let key = DataKey::from_bytes([0xab; 32]);
     let from = SocketAddr::from(([198, 51, 100, 1], 40000));
-    let mut lane = Lane::new(0);
+    // One worker: every lane is its own (no foreign_lane drops to model).
+    let mut lane = Lane::new(0, 1);
     let mut model: HashMap<u8, common::ReplayModel> = HashMap::new();
     let mut buf = vec![0u8; 2048];
     while !input.is_empty() {

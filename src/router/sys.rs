@@ -77,23 +77,20 @@ pub(crate) fn open_tun_queue(name: &str, multi_queue: bool, vnet_hdr: bool) -> i
     Ok(file)
 }
 
-/// Says what to do when `/dev/net/tun` cannot be opened: in a container
-/// both causes are the runtime's, not the file's mode. EPERM comes from the
-/// device cgroup: runc 1.2.0 to 1.2.3 left tun out of every container's
-/// default device list (restored in 1.2.4); no volume or mknod gets past
-/// it (deploy/README.md, "/dev/net/tun").
+/// Says what to do when `/dev/net/tun` is missing. EPERM and EACCES keep
+/// their OS code: the daemon turns them into one line that covers both
+/// causes (no CAP_NET_ADMIN, or a runc 1.2.0 to 1.2.3 device cgroup without
+/// tun; deploy/README.md, "/dev/net/tun").
 fn tun_open_error(e: io::Error) -> io::Error {
-    let hint = match e.raw_os_error() {
-        Some(libc::EPERM | libc::EACCES) => {
-            "the container's device cgroup refuses it: runc 1.2.0 to 1.2.3 do not allow tun by default; \
-             upgrade runc to 1.2.4 or later, or see deploy/README.md \"/dev/net/tun\""
-        }
-        Some(libc::ENOENT) => {
-            "mount the host's /dev/net/tun (the DaemonSet's dev-net-tun volume) and load the tun module"
-        }
-        _ => return e,
-    };
-    io::Error::new(e.kind(), format!("cannot open /dev/net/tun ({e}): {hint}"))
+    if e.raw_os_error() != Some(libc::ENOENT) {
+        return e;
+    }
+    io::Error::new(
+        e.kind(),
+        format!(
+            "cannot open /dev/net/tun ({e}): mount the host's /dev/net/tun (the DaemonSet's dev-net-tun volume) and load the tun module"
+        ),
+    )
 }
 
 /// Marks the TUN device persistent, so that a router restart keeps `weft0`
@@ -643,16 +640,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_tun_device_the_cgroup_refuses_says_which_runc_and_what_to_do() {
-        let e = tun_open_error(io::Error::from_raw_os_error(libc::EPERM));
-        let said = e.to_string();
-        assert!(
-            said.contains("device cgroup") && said.contains("1.2.4"),
-            "{said}"
-        );
-        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+    fn a_missing_tun_device_says_to_mount_it_and_a_refused_one_keeps_its_code() {
         let missing = tun_open_error(io::Error::from_raw_os_error(libc::ENOENT)).to_string();
         assert!(missing.contains("dev-net-tun"), "{missing}");
+        // The daemon's one line for EPERM names both causes (daemon.rs).
+        let refused = tun_open_error(io::Error::from_raw_os_error(libc::EPERM));
+        assert_eq!(refused.raw_os_error(), Some(libc::EPERM));
     }
 
     #[test]
