@@ -54,7 +54,7 @@ fn a_second_donation_request_within_the_interval_is_refused_and_unanswered() {
 }
 
 #[test]
-fn one_requester_takes_at_most_half_of_the_donors_free_space_per_window() {
+fn one_requester_takes_at_most_three_quarters_of_the_donors_free_space_per_window() {
     let mut net = three("10.32.0.0/24");
     let mut fair_share = 0;
     // Four requests 3 s apart: one window (6 × 2 s).
@@ -72,9 +72,10 @@ fn one_requester_takes_at_most_half_of_the_donors_free_space_per_window() {
         net.pump();
     }
     assert!(fair_share > 0, "the drain was stopped by the budget");
-    // Router 1 owned 85 addresses, 84 free: it keeps at least half.
+    // Router 1 owned 85 addresses, 84 free: it keeps at least a quarter
+    // (the budget is 63; one reserved address may go with a block).
     let kept = span(&mut net, 1, 1);
-    assert!(kept >= 85 - 43, "router 1 kept {kept}");
+    assert!(kept >= 85 - 64, "router 1 kept {kept}");
 }
 
 #[test]

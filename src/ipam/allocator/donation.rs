@@ -16,11 +16,13 @@
 //!   else, so it never meets the limit on a first request; a request inside
 //!   the interval gets no answer at all (no full ring for a few bytes).
 //! - **Budget**: within a window of [`DONATION_WINDOWS`] intervals, one
-//!   requester receives at most half of the free space the donor had when
-//!   the window opened (its first donation in a window, half of one free
-//!   run, always goes). An honest requester rarely needs a second; a drain takes at most half per window,
-//!   so the donor keeps a geometric remainder and the operator sees the
-//!   counter long before. Over budget, the requester is answered with the
+//!   requester receives at most three quarters of the free space the donor
+//!   had when the window opened (its first donation in a window, half of
+//!   one free run, always goes). An honest requester that runs out in a
+//!   burst (a new node taking many pods in a two-router cluster) gets a
+//!   second donation one interval after the first; a drain takes at most
+//!   three quarters per window, so the donor keeps a geometric remainder
+//!   and the operator sees the counter long before. Over budget, the requester is answered with the
 //!   ring (its free count), so an honest one asks someone else.
 //! - The table of recent requesters is pruned every gossip interval and
 //!   holds one entry per requester seen within a window.
@@ -42,7 +44,7 @@ pub(super) struct Grant {
     last: Instant,
     /// When its current window opened.
     window_start: Instant,
-    /// Half of our free space then.
+    /// Three quarters of our free space then.
     budget: u128,
     /// Addresses given in the window.
     given: u128,
@@ -143,14 +145,14 @@ impl<S: Store> Allocator<S> {
             .or_insert(Grant {
                 last: now,
                 window_start: now,
-                budget: free / 2,
+                budget: free / 4 * 3,
                 given: 0,
             });
         if !grant.live(now, interval) {
             *grant = Grant {
                 last: now,
                 window_start: now,
-                budget: free / 2,
+                budget: free / 4 * 3,
                 given: 0,
             };
         }

@@ -107,6 +107,19 @@ impl Ring {
                     && same_dead(gov.writer, w))
                 || jump_allowed(gov, theirs)
         };
+        // The part a donor keeps when it gives away the start of its range
+        // (`Ring::donate`): written by the same router, at the same version,
+        // right after the accepted entry of the part given. We judged that
+        // writer entitled to the whole range when we accepted the gift, so
+        // the remainder is its own (seen when the receiver missed the
+        // donation that gave the donor the range: WEFT_SIM_SEED=1).
+        let kept_by_same_split = |prev: &Entry, theirs: &Entry| {
+            theirs.owner == theirs.writer
+                && !theirs.reclaim
+                && prev.writer == theirs.writer
+                && prev.owner != prev.writer
+                && prev.version == theirs.version
+        };
         // Entries of this ring already accepted, so that a chain of changes
         // (A gave to B, B passed part on to C) is judged against B's entry.
         let mut accepted: BTreeMap<u128, Entry> = BTreeMap::new();
@@ -135,7 +148,9 @@ impl Ring {
                 .range(..=*token)
                 .next_back()
                 .filter(|(t, _)| self.governing(*token).is_none_or(|(g, _)| **t >= g))
-                .is_some_and(|(_, prev)| allowed_under(prev, theirs));
+                .is_some_and(|(_, prev)| {
+                    allowed_under(prev, theirs) || kept_by_same_split(prev, theirs)
+                });
             if !chained && !allowed_under(gov, theirs) {
                 if theirs.version > gov.version.saturating_add(1) {
                     return Err(RingError::Jump {
