@@ -11,8 +11,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 use support::*;
-use weft::control::proto::{ControlMessage, Hello, Versions, encode_message};
-use weft::crypto::{ClusterSecrets, Handshake, Identity, MSG1_LEN, SigningKey, prologue};
+use weft::control::proto::{ControlMessage, encode_message};
+use weft::crypto::{Identity, MSG1_LEN, SigningKey};
 use weft::gossip::message::{Message, Update};
 use weft::gossip::topology::SignedEntry;
 use weft::gossip::{ConnectionInfo, TopologyEntry};
@@ -21,50 +21,13 @@ use weft::id::{PeerId, ShortId};
 const BIN: &str = env!("CARGO_BIN_EXE_weft");
 
 /// Completes a real handshake with the router at `to` and returns the stream
-/// and a closure-free sealer to send records with.
+/// and a sealer to send records with.
 fn handshake(
     to: SocketAddr,
     secret_file: &Path,
     identity: &Identity,
 ) -> (TcpStream, weft::crypto::FrameSealer) {
-    let secrets = ClusterSecrets::load(secret_file).unwrap();
-    let (mut hs, msg1) = Handshake::initiator(
-        identity,
-        &secrets,
-        &prologue("10.32.0.0/12"),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap(),
-    )
-    .unwrap();
-    assert_eq!(msg1.len(), MSG1_LEN);
-    let mut stream = TcpStream::connect_timeout(&to, Duration::from_secs(5)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    stream.write_all(&msg1).unwrap();
-    let mut len = [0u8; 2];
-    stream.read_exact(&mut len).unwrap();
-    let mut msg2 = vec![0u8; usize::from(u16::from_be_bytes(len))];
-    stream.read_exact(&mut msg2).unwrap();
-    hs.read_message(&msg2).unwrap();
-    let hello = Hello {
-        versions: Versions::OURS,
-        name: "intruder".into(),
-        short_id: 7,
-        listen: "192.0.2.12:6783".parse().unwrap(),
-        mtu: 1420,
-        incarnation: 1,
-        session_index: 77,
-        cluster_range: "10.32.0.0/12".into(),
-    };
-    let msg3 = hs
-        .write_message(&weft::wire::encode(&hello).unwrap())
-        .unwrap();
-    let mut framed = (msg3.len() as u16).to_be_bytes().to_vec();
-    framed.extend_from_slice(&msg3);
-    stream.write_all(&framed).unwrap();
-    let keys = hs.finish().unwrap();
+    let (stream, _, keys) = attack::intruder_handshake(to, secret_file, identity);
     (stream, keys.tcp_send)
 }
 

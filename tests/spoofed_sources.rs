@@ -8,13 +8,11 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::Path;
 use std::time::Duration;
 use support::*;
-use weft::control::proto::{Hello, Versions};
-use weft::crypto::{ClusterSecrets, Handshake, Identity, prologue};
+use weft::crypto::Identity;
 use weft::id::ShortId;
 use weft::router::datagram::{OVERHEAD, seal_datagram};
 use weft::router::packet::{DataHeader, HEADER_LEN, PacketType};
@@ -83,41 +81,8 @@ fn a_secret_holder_cannot_send_in_another_routers_name() {
     });
 
     in_netns(&cluster.nodes[2].ns.name, move || {
-        let secrets = ClusterSecrets::load(&secret).unwrap();
         let evil = Identity::generate(&mut rand::thread_rng());
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap();
-        let (mut hs, msg1) =
-            Handshake::initiator(&evil, &secrets, &prologue("10.32.0.0/12"), now).unwrap();
-        let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(5)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        stream.write_all(&msg1).unwrap();
-        let mut len = [0u8; 2];
-        stream.read_exact(&mut len).unwrap();
-        let mut msg2 = vec![0u8; usize::from(u16::from_be_bytes(len))];
-        stream.read_exact(&mut msg2).unwrap();
-        let payload = hs.read_message(&msg2).unwrap();
-        let theirs: Hello = weft::wire::decode(&payload).expect("n0's hello");
-        let hello = Hello {
-            versions: Versions::OURS,
-            name: "intruder".into(),
-            short_id: 7,
-            listen: "192.0.2.12:6783".parse().unwrap(),
-            mtu: 1420,
-            incarnation: 1,
-            session_index: 77,
-            cluster_range: "10.32.0.0/12".into(),
-        };
-        let msg3 = hs
-            .write_message(&weft::wire::encode(&hello).unwrap())
-            .unwrap();
-        let mut framed = (msg3.len() as u16).to_be_bytes().to_vec();
-        framed.extend_from_slice(&msg3);
-        stream.write_all(&framed).unwrap();
-        let keys = hs.finish().unwrap();
+        let (stream, theirs, keys) = attack::intruder_handshake(target, &secret, &evil);
         // Let n0 publish our keyset to its data plane.
         std::thread::sleep(Duration::from_secs(1));
         let udp = UdpSocket::bind("192.0.2.12:6783").unwrap();

@@ -15,9 +15,13 @@
 )]
 
 use super::{Netns, run_timeout};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use weft::control::proto::{Hello, Versions};
+use weft::crypto::{ClusterSecrets, Handshake, Identity, MSG1_LEN, SessionKeys, prologue};
 
 /// The PID of the `weft` process running in namespace `ns`.
 pub fn router_pid(ns: &str) -> Option<u32> {
@@ -202,4 +206,49 @@ pub fn closed_within(
             Err(_) => return true,
         }
     }
+}
+
+/// A secret holder's real handshake with the router at `to`, under its own
+/// `identity` (an intruder on the test bridge, 192.0.2.12): the stream, the
+/// router's hello and the session keys. Panics on any step that fails.
+pub fn intruder_handshake(
+    to: SocketAddr,
+    secret_file: &Path,
+    identity: &Identity,
+) -> (TcpStream, Hello, SessionKeys) {
+    let secrets = ClusterSecrets::load(secret_file).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let (mut hs, msg1) =
+        Handshake::initiator(identity, &secrets, &prologue("10.32.0.0/12"), now).unwrap();
+    assert_eq!(msg1.len(), MSG1_LEN);
+    let mut stream = TcpStream::connect_timeout(&to, Duration::from_secs(5)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(&msg1).unwrap();
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).unwrap();
+    let mut msg2 = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut msg2).unwrap();
+    let payload = hs.read_message(&msg2).unwrap();
+    let theirs: Hello = weft::wire::decode(&payload).expect("the router's hello");
+    let hello = Hello {
+        versions: Versions::OURS,
+        name: "intruder".into(),
+        short_id: 7,
+        listen: "192.0.2.12:6783".parse().unwrap(),
+        mtu: 1420,
+        incarnation: 1,
+        session_index: 77,
+        cluster_range: "10.32.0.0/12".into(),
+    };
+    let msg3 = hs
+        .write_message(&weft::wire::encode(&hello).unwrap())
+        .unwrap();
+    let mut framed = (msg3.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&msg3);
+    stream.write_all(&framed).unwrap();
+    (stream, theirs, hs.finish().unwrap())
 }
