@@ -393,7 +393,7 @@ fn main() {
     // ipam_state: `[selector][me: 8 bytes LE][file]`
     let me = PeerId(2);
     let persisted_ring = weft::ipam::store::PersistedRing {
-        format: weft::ipam::store::STATE_FORMAT,
+        format: weft::ipam::store::RING_FORMAT,
         me,
         ring: donated.to_wire(),
         quarantined: vec![(1, 2)],
@@ -412,6 +412,13 @@ fn main() {
             ),
             (weft::ipam::space::AllocKey::Held(0x0a20_0009), 0x0a20_0009),
         ],
+        pods: vec![(
+            weft::ipam::space::AllocKey::Pod {
+                container_id: "c0ffee".into(),
+                ifname: "eth0".into(),
+            },
+            weft::ipam::space::PodName::new("default", "web-0", Some("0b6e1c2d")).unwrap(),
+        )],
     };
     for (name, selector, file) in [
         ("ring", 0u8, persisted_ring.encode()),
