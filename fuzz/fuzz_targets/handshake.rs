@@ -38,7 +38,8 @@ fuzz_target!(|data: &[u8]| {
     match mode % 5 {
         // Message 1 exactly as it came off the socket.
         0 => {
-            if let Ok((_, stamp)) = Handshake::responder(&c.responder, &c.secrets, &c.prologue, rest)
+            if let Ok((_, stamp)) =
+                Handshake::responder(&c.responder, &c.secrets, &c.prologue, rest)
             {
                 guard_twice(&stamp, T0 + Duration::from_secs(seed));
             }

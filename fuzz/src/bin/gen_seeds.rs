@@ -5,9 +5,9 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use weft::control::proto::{ControlMessage, Hello, RekeyHello, Versions, encode_message};
+use weft::crypto::SigningKey;
 use weft::crypto::{FrameSealer, Handshake};
 use weft::gossip::message::{Digest, Message as GossipMessage, Request, Summary, Update};
-use weft::crypto::SigningKey;
 use weft::gossip::topology::SignedEntry;
 use weft::gossip::{ConnectionInfo, TopologyEntry};
 use weft::id::{PeerId, ShortId};
@@ -160,15 +160,14 @@ fn main() {
     // handshake: [mode][seed][bytes]
     let c = common::cluster();
     for seed in [0u8, 1] {
-        let (mut init, msg1) =
-            Handshake::initiator_seeded(
-                &c.initiator,
-                &c.secrets,
-                &c.prologue,
-                std::time::Duration::from_secs(1_800_000_000),
-                u64::from(seed),
-            )
-                .expect("initiator");
+        let (mut init, msg1) = Handshake::initiator_seeded(
+            &c.initiator,
+            &c.secrets,
+            &c.prologue,
+            std::time::Duration::from_secs(1_800_000_000),
+            u64::from(seed),
+        )
+        .expect("initiator");
         write(
             "handshake",
             &format!("msg1-{seed}"),
