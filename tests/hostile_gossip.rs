@@ -99,12 +99,8 @@ fn lies_in_gossip_and_half_open_connections_are_refused_and_the_router_keeps_ser
     if !require_root("hostile_gossip") {
         return;
     }
-    let mut cluster = Cluster::new(3);
+    let (cluster, routers) = attack::meshed_pair_and_an_intruder_node(Path::new(BIN));
     let dir = cluster.dir.path.clone();
-    let routers = start_routers(Path::new(BIN), &mut cluster, 2, |i| vec![1 - i], |_, _| {});
-    assert!(wait_until(Duration::from_secs(10), || routers
-        .iter()
-        .all(|r| r.established_peers() == 1)));
     let target = SocketAddr::from((cluster.nodes[0].underlay, 6783));
     let secret = dir.join("secret");
     // n1's public key (what any router learns from gossip); not its secret.

@@ -51,12 +51,8 @@ fn a_secret_holder_cannot_send_in_another_routers_name() {
     if !require_root("spoofed_sources") {
         return;
     }
-    let mut cluster = Cluster::new(3);
+    let (cluster, routers) = attack::meshed_pair_and_an_intruder_node(Path::new(BIN));
     let dir = cluster.dir.path.clone();
-    let routers = start_routers(Path::new(BIN), &mut cluster, 2, |i| vec![1 - i], |_, _| {});
-    assert!(wait_until(Duration::from_secs(10), || routers
-        .iter()
-        .all(|r| r.established_peers() == 1)));
     let (pod0, pod1) = (cluster.pods[0].addr, cluster.pods[1].addr);
     let n1_short = routers[1].status().unwrap()["short_id"].as_u64().unwrap() as u16;
     let target = SocketAddr::from((cluster.nodes[0].underlay, 6783));

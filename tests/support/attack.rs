@@ -14,7 +14,7 @@
     unreachable_pub
 )]
 
-use super::{Netns, run_timeout};
+use super::{Cluster, Netns, Router, run_timeout, start_routers, wait_until};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
@@ -251,4 +251,19 @@ pub fn intruder_handshake(
     framed.extend_from_slice(&msg3);
     stream.write_all(&framed).unwrap();
     (stream, theirs, hs.finish().unwrap())
+}
+
+/// Two routers meshed on nodes 0 and 1 of a three-node cluster, one pod
+/// each; node 2 is left for an intruder that holds the secret. Returns with
+/// the pair established (10 s at most, else it panics).
+pub fn meshed_pair_and_an_intruder_node(bin: &Path) -> (Cluster, Vec<Router>) {
+    let mut cluster = Cluster::new(3);
+    let routers = start_routers(bin, &mut cluster, 2, |i| vec![1 - i], |_, _| {});
+    assert!(
+        wait_until(Duration::from_secs(10), || routers
+            .iter()
+            .all(|r| r.established_peers() == 1)),
+        "the two routers did not mesh within 10 s"
+    );
+    (cluster, routers)
 }
