@@ -20,7 +20,7 @@ fn range(cidr: &str) -> AddrRange {
     AddrRange::parse(cidr).unwrap()
 }
 
-fn config(me: u64, cidr: &str, init: Init) -> Config {
+pub(super) fn config(me: u64, cidr: &str, init: Init) -> Config {
     let mut cfg = Config::new(PeerId(me), range(cidr), init, TestCrypto::boxed(PeerId(me)));
     cfg.gossip_interval = Duration::from_secs(1);
     cfg.convergence_bound = Duration::from_secs(5);
@@ -29,7 +29,7 @@ fn config(me: u64, cidr: &str, init: Init) -> Config {
     cfg
 }
 
-fn voters(ids: &[u64]) -> Init {
+pub(super) fn voters(ids: &[u64]) -> Init {
     Init::Voters(ids.iter().map(|i| PeerId(*i)).collect())
 }
 
@@ -43,7 +43,7 @@ impl Net {
         }
     }
 
-    fn add(&mut self, cfg: Config) {
+    pub(super) fn add(&mut self, cfg: Config) {
         let id = cfg.me;
         let mut node = Allocator::new(cfg, MemStore::default(), &[], self.now).unwrap();
         node.learn_test_keys(64);
@@ -99,7 +99,7 @@ impl Net {
         self.pump();
     }
 
-    fn settle(&mut self) {
+    pub(super) fn settle(&mut self) {
         for _ in 0..5 {
             self.advance(Duration::from_secs(1));
         }

@@ -54,6 +54,34 @@ fn a_second_donation_request_within_the_interval_is_refused_and_unanswered() {
 }
 
 #[test]
+fn an_honest_burst_gets_its_second_donation_one_interval_after_the_first() {
+    // Two routers sharing a /26, as in tests/ipam.rs: the requester runs
+    // out, gets half of the donor's free run, runs out again one interval
+    // later and gets half of what is left (three quarters in all).
+    for donor in [1, 2] {
+        let requester = 3 - donor;
+        let mut net = Net::new();
+        for i in 1..=2 {
+            net.add(super::tests::config(
+                i,
+                "10.32.0.0/26",
+                super::tests::voters(&[1, 2]),
+            ));
+        }
+        net.settle();
+        for round in ["first", "second"] {
+            let events = request(&mut net, requester, donor);
+            assert!(
+                matches!(events[..], [Event::RangeDonated { .. }]),
+                "donor {donor}, {round} donation: {events:?}"
+            );
+            net.pump();
+            net.advance(Duration::from_secs(3));
+        }
+    }
+}
+
+#[test]
 fn one_requester_takes_at_most_three_quarters_of_the_donors_free_space_per_window() {
     let mut net = three("10.32.0.0/24");
     let mut fair_share = 0;

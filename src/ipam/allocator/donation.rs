@@ -57,6 +57,15 @@ impl Grant {
     }
 }
 
+/// What one requester may take in a window when the donor had `free`
+/// addresses as it opened: three quarters, rounded up, plus the one reserved
+/// address (the range's broadcast) that may go with a block. Rounding down
+/// refused the honest second donation of a two-router burst (half, then a
+/// quarter) by one address.
+fn budget_for(free: u128) -> u128 {
+    free - free / 4 + 1
+}
+
 impl<S: Store> Allocator<S> {
     /// Asks the reachable router with the most advertised free space for a
     /// donation, unless a request is already out. Returns why we wait.
@@ -145,14 +154,14 @@ impl<S: Store> Allocator<S> {
             .or_insert(Grant {
                 last: now,
                 window_start: now,
-                budget: free / 4 * 3,
+                budget: budget_for(free),
                 given: 0,
             });
         if !grant.live(now, interval) {
             *grant = Grant {
                 last: now,
                 window_start: now,
-                budget: free / 4 * 3,
+                budget: budget_for(free),
                 given: 0,
             };
         }
