@@ -124,7 +124,7 @@ pub(super) fn three(cidr: &str) -> Net {
 }
 
 /// Allocates on `id`, pumping the network and advancing time while it says "try again".
-fn allocate_retrying(net: &mut Net, id: u64, cid: &str) -> IpAddr {
+pub(super) fn allocate_retrying(net: &mut Net, id: u64, cid: &str) -> IpAddr {
     for _ in 0..50 {
         let now = net.now;
         match net.node(id).allocate(cid, "eth0", now) {

@@ -82,6 +82,31 @@ fn an_honest_burst_gets_its_second_donation_one_interval_after_the_first() {
 }
 
 #[test]
+fn a_requester_that_runs_out_twice_in_a_burst_asks_again_after_the_interval_not_after_a_timeout() {
+    // Router 1 takes 50 pods on a /26 shared with router 2: two donations.
+    // The second request waits for the donor's interval (2 s here) instead
+    // of being ignored, timing out (1 s) and avoiding the donor (4 s more).
+    let mut net = Net::new();
+    for i in 1..=2 {
+        net.add(super::tests::config(
+            i,
+            "10.32.0.0/26",
+            super::tests::voters(&[1, 2]),
+        ));
+    }
+    net.settle();
+    let started = net.now;
+    for i in 0..50 {
+        super::tests::allocate_retrying(&mut net, 1, &format!("p{i}"));
+    }
+    let took = net.now - started;
+    assert!(
+        took < Duration::from_secs(4),
+        "50 allocations took {took:?}"
+    );
+}
+
+#[test]
 fn one_requester_takes_at_most_three_quarters_of_the_donors_free_space_per_window() {
     let mut net = three("10.32.0.0/24");
     let mut fair_share = 0;

@@ -14,7 +14,10 @@
 //!   (default twice the request timeout). An honest requester asks one
 //!   donor at a time and waits a request timeout before asking anyone
 //!   else, so it never meets the limit on a first request; a request inside
-//!   the interval gets no answer at all (no full ring for a few bytes).
+//!   the interval gets no answer at all (no full ring for a few bytes). A
+//!   requester that received a donation does not ask that donor again
+//!   within its own donation interval, so an honest burst is paced, not
+//!   ignored.
 //! - **Budget**: within a window of [`DONATION_WINDOWS`] intervals, one
 //!   requester receives at most three quarters of the free space the donor
 //!   had when the window opened (its first donation in a window, half of
@@ -106,6 +109,12 @@ impl<S: Store> Allocator<S> {
                     .max_by_key(|p| (span(&ring.ranges_of(*p)), std::cmp::Reverse(*p)))
             });
         let Some(donor) = donor else {
+            if let Some(until) = self.avoid.values().filter(|u| **u > now).min() {
+                return format!(
+                    "out of addresses; the routers with free space were asked lately, asking again in {} ms",
+                    until.duration_since(now).as_millis()
+                );
+            }
             return "out of addresses and no reachable router advertises free space".into();
         };
         let bytes = Message::DonateRequest(DonateRequest { genesis }).encode();

@@ -155,6 +155,10 @@ impl<S: Store> Allocator<S> {
             }));
         }
         for (donor, addresses) in &received {
+            // A donor answers one request per donation interval and ignores
+            // the rest (`donation.rs`): ask it again only once that has passed,
+            // rather than be ignored, time out and avoid it for longer.
+            self.avoid.insert(*donor, now + self.cfg.donation_interval);
             self.events.push_back(Event::RangeReceived {
                 from: *donor,
                 addresses: *addresses,
