@@ -30,6 +30,20 @@ fn span(net: &mut Net, of: u64, view: u64) -> u128 {
         .sum()
 }
 
+/// Two voters sharing a /26, as tests/ipam.rs runs them.
+fn two_on_a_slash_26() -> Net {
+    let mut net = Net::new();
+    for i in 1..=2 {
+        net.add(super::tests::config(
+            i,
+            "10.32.0.0/26",
+            super::tests::voters(&[1, 2]),
+        ));
+    }
+    net.settle();
+    net
+}
+
 #[test]
 fn a_second_donation_request_within_the_interval_is_refused_and_unanswered() {
     let mut net = three("10.32.0.0/24");
@@ -60,15 +74,7 @@ fn an_honest_burst_gets_its_second_donation_one_interval_after_the_first() {
     // later and gets half of what is left (three quarters in all).
     for donor in [1, 2] {
         let requester = 3 - donor;
-        let mut net = Net::new();
-        for i in 1..=2 {
-            net.add(super::tests::config(
-                i,
-                "10.32.0.0/26",
-                super::tests::voters(&[1, 2]),
-            ));
-        }
-        net.settle();
+        let mut net = two_on_a_slash_26();
         for round in ["first", "second"] {
             let events = request(&mut net, requester, donor);
             assert!(
@@ -86,15 +92,7 @@ fn a_requester_that_runs_out_twice_in_a_burst_asks_again_after_the_interval_not_
     // Router 1 takes 50 pods on a /26 shared with router 2: two donations.
     // The second request waits for the donor's interval (2 s here) instead
     // of being ignored, timing out (1 s) and avoiding the donor (4 s more).
-    let mut net = Net::new();
-    for i in 1..=2 {
-        net.add(super::tests::config(
-            i,
-            "10.32.0.0/26",
-            super::tests::voters(&[1, 2]),
-        ));
-    }
-    net.settle();
+    let mut net = two_on_a_slash_26();
     let started = net.now;
     for i in 0..50 {
         super::tests::allocate_retrying(&mut net, 1, &format!("p{i}"));
