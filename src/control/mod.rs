@@ -44,6 +44,7 @@ pub mod link;
 pub mod peers;
 pub mod proto;
 pub mod publish;
+pub mod punch;
 mod requests;
 pub mod status;
 pub mod timers;

@@ -449,7 +449,7 @@ impl ConnectionMaker {
 }
 
 /// The number of leading bits `a` and `b` share, or `None` across families.
-fn common_prefix(a: IpAddr, b: IpAddr) -> Option<u32> {
+pub(crate) fn common_prefix(a: IpAddr, b: IpAddr) -> Option<u32> {
     match (a, b) {
         (IpAddr::V4(a), IpAddr::V4(b)) => Some((a.to_bits() ^ b.to_bits()).leading_zeros()),
         (IpAddr::V6(a), IpAddr::V6(b)) => Some((a.to_bits() ^ b.to_bits()).leading_zeros()),
