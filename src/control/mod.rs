@@ -45,6 +45,7 @@ pub mod peers;
 pub mod proto;
 pub mod publish;
 pub mod punch;
+pub mod relay;
 mod requests;
 pub mod status;
 pub mod timers;
