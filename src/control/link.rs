@@ -45,18 +45,21 @@
 
 mod error;
 mod handshake;
+mod interface;
 mod rekey;
 #[cfg(test)]
 mod tests;
 
 pub use error::{HandshakeFailure, LinkError};
+pub use interface::{
+    CloseReason, Established, HANDSHAKE_TIMEOUT, LinkConfig, LinkEvent, NewKeys, READ_CHUNK,
+    REKEY_TIMEOUT, SessionIndices, Timer,
+};
 
-use super::proto::{self, ControlMessage, Hello, MAX_HANDSHAKE_MESSAGE, MAX_RECORD};
-use crate::crypto::data::DataKey;
+use super::proto::{self, ControlMessage, MAX_HANDSHAKE_MESSAGE, MAX_RECORD};
 use crate::crypto::frame::{FrameOpener, FrameSealer};
 use crate::crypto::freshness::Msg1Refused;
-use crate::crypto::handshake::{Handshake, MSG1_LEN, Msg1Stamp};
-use crate::crypto::identity::Identity;
+use crate::crypto::handshake::{Handshake, MSG1_LEN};
 use crate::crypto::secret::ClusterSecrets;
 pub use crate::crypto::session::REJECT_AFTER;
 use crate::id::PeerId;
@@ -64,117 +67,9 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-/// Time allowed for a whole handshake (DESIGN.md: 10 s to finish).
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time allowed for a rekey handshake; after it the current keys stay.
-pub const REKEY_TIMEOUT: Duration = HANDSHAKE_TIMEOUT;
-/// What the driver reads at most per call once message 1 is through.
-pub const READ_CHUNK: usize = 16 * 1024;
 /// Largest receiver index (24 bits; the low byte of the header's field is
 /// the lane).
 const MAX_SESSION_INDEX: u32 = 0x00ff_ffff;
-
-/// Hands out receiver indices: 24 bits, never 0, unique among the live
-/// keysets of this router (shared by all its links, hence lent by the driver).
-pub trait SessionIndices: Send {
-    /// The next fresh index.
-    fn next_index(&mut self) -> u32;
-}
-
-/// What a link needs to know about this router.
-#[derive(Clone, Debug)]
-pub struct LinkConfig {
-    /// Our static identity.
-    pub identity: Identity,
-    /// The cluster secrets (the driver refreshes them with
-    /// [`ControlLink::set_secrets`] when the file is reloaded).
-    pub secrets: ClusterSecrets,
-    /// The Noise prologue (binds the cluster range).
-    pub prologue: Vec<u8>,
-    /// Our hello; `session_index` is filled per handshake.
-    pub hello: Hello,
-    /// Draws the ephemeral keys from this seed instead of the OS RNG
-    /// (simulator and tests only).
-    pub seed: Option<u64>,
-}
-
-/// UDP keys from one handshake, with the indices that name them.
-#[derive(Debug)]
-pub struct NewKeys {
-    /// Our receiver index for this keyset.
-    pub local_index: u32,
-    /// The peer's receiver index for it.
-    pub remote_index: u32,
-    /// Our UDP send key.
-    pub send: DataKey,
-    /// Our UDP receive key.
-    pub recv: DataKey,
-    /// Whether we were the handshake's initiator.
-    pub initiator: bool,
-}
-
-/// The peer of a link whose first handshake completed.
-#[derive(Debug)]
-pub struct Established {
-    /// The peer's ID (from its static key).
-    pub peer: PeerId,
-    /// The peer's static public key.
-    pub public_key: [u8; 32],
-    /// What the peer said about itself.
-    pub hello: Hello,
-    /// The UDP keys.
-    pub keys: NewKeys,
-}
-
-/// Who closed a link in order, and the reason given.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CloseReason {
-    /// We sent `Close` ([`ControlLink::close`]).
-    ByUs(String),
-    /// The peer sent `Close`.
-    ByPeer(String),
-}
-
-impl fmt::Display for CloseReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::ByUs(reason) => write!(f, "closed: {reason}"),
-            Self::ByPeer(reason) => write!(f, "peer closed: {reason}"),
-        }
-    }
-}
-
-/// What the link reports, in order.
-#[derive(Debug)]
-pub enum LinkEvent {
-    /// Responder only: message 1 authenticated. Check the stamp against the
-    /// replay guard and answer with [`ControlLink::admit_msg1`].
-    Msg1Authenticated {
-        /// Its time and ephemeral key.
-        stamp: Msg1Stamp,
-    },
-    /// The first handshake completed.
-    Up(Established),
-    /// A rekey handshake completed: new UDP keys.
-    Rekeyed(NewKeys),
-    /// A control message for the control task.
-    Message(ControlMessage),
-    /// The link ended in order (final).
-    Closed(CloseReason),
-    /// The link failed (final).
-    Failed(LinkError),
-}
-
-/// Why the link wants to be woken.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Timer {
-    /// The handshake's deadline.
-    Handshake = 0,
-    /// The rekey in progress's deadline.
-    Rekey = 1,
-    /// The oldest record key in use reaches [`REJECT_AFTER`].
-    KeyExpiry = 2,
-}
 
 /// How many [`Timer`]s there are.
 const TIMERS: usize = 3;

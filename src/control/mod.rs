@@ -44,6 +44,8 @@ pub mod link;
 pub mod peers;
 pub mod proto;
 pub mod publish;
+pub mod punch;
+pub mod relay;
 mod requests;
 pub mod status;
 pub mod timers;

@@ -18,8 +18,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 
 /// Where a router is on the topology's shortest paths, with the path kinds
-/// of DESIGN.md "Endpoints, NAT and paths" (`punched` comes with hole
-/// punching, issue 16 phase 2).
+/// of DESIGN.md "Endpoints, NAT and paths".
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Path {
     /// A direct neighbour (by route, or connected while no route exists):
@@ -29,6 +28,9 @@ pub enum Path {
         /// Through an address other than its listen address.
         public: bool,
     },
+    /// Direct over a hole punched through both NATs (`super::punch`), its
+    /// control still relayed end to end.
+    Punched,
     /// Through the neighbour named, and why not direct.
     Via {
         /// The next hop's name.
@@ -41,12 +43,13 @@ pub enum Path {
 }
 
 impl Path {
-    /// `direct (private)`, `direct (public)`, `relayed via NAME (reason)` or
-    /// `unreachable`.
+    /// `direct (private)`, `direct (public)`, `punched`, `relayed via NAME
+    /// (reason)` or `unreachable`.
     pub fn label(&self) -> String {
         match self {
             Self::Direct { public: false } => "direct (private)".into(),
             Self::Direct { public: true } => "direct (public)".into(),
+            Self::Punched => "punched".into(),
             Self::Via { name, reason } => format!("relayed via {name} ({reason})"),
             Self::Unreachable => "unreachable".into(),
         }
@@ -345,6 +348,7 @@ mod tests {
     fn path_labels_are_the_operator_contract_strings() {
         assert_eq!(Path::Direct { public: false }.label(), "direct (private)");
         assert_eq!(Path::Direct { public: true }.label(), "direct (public)");
+        assert_eq!(Path::Punched.label(), "punched");
         let via = Path::Via {
             name: "n1".into(),
             reason: "no direct connection".into(),
