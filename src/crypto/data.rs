@@ -32,7 +32,41 @@ pub const COUNTER_LIMIT: u64 = (1 << 48) - 1;
 /// 2). `Debug` is redacted.
 #[derive(Clone)]
 pub struct DataKey {
-    key: Arc<LessSafeKey>,
+    key: Arc<WipedKey>,
+}
+
+/// `ring`'s key, overwritten when the last clone goes. `ring` 0.17 keeps the
+/// ChaCha20 key as eight plain `u32` words inside `LessSafeKey` and
+/// implements neither `Zeroize` nor a wiping `Drop`, and reaching into its
+/// memory would take `unsafe` (denied crate-wide). What safe Rust can do:
+/// when the key dies, assign an all-zero key to the same heap slot (the
+/// assignment writes every word of the slot) and pass the slot to
+/// `black_box`, so the compiler cannot drop the write as dead before the
+/// memory is freed. Left behind (transient, on the stack, not wiped): the
+/// copy `ring` makes while building the key, and the per-packet Poly1305
+/// key inside `ring`'s assembly.
+struct WipedKey(LessSafeKey);
+
+impl WipedKey {
+    /// Overwrites the key material with an all-zero key.
+    fn wipe(&mut self) {
+        self.0 = less_safe_key(&[0; 32]);
+        std::hint::black_box(&self.0);
+    }
+}
+
+impl Drop for WipedKey {
+    fn drop(&mut self) {
+        self.wipe();
+    }
+}
+
+fn less_safe_key(bytes: &[u8; 32]) -> LessSafeKey {
+    match UnboundKey::new(&CHACHA20_POLY1305, bytes) {
+        Ok(key) => LessSafeKey::new(key),
+        // ring only refuses a key of the wrong length, and ours is fixed.
+        Err(_) => unreachable!("ChaCha20-Poly1305 takes a 32-byte key"),
+    }
 }
 
 /// The identity of one key instance and all its clones: two keys made by
@@ -47,7 +81,7 @@ pub struct KeyId(usize);
 /// per key (send counters, replay windows) is dropped once it does not,
 /// and never earlier.
 #[derive(Clone, Debug)]
-pub struct KeyLife(Weak<LessSafeKey>);
+pub struct KeyLife(Weak<WipedKey>);
 
 impl KeyLife {
     /// Whether some clone of the key still exists.
@@ -77,18 +111,13 @@ fn nonce_bytes(lane: u8, counter: u64) -> [u8; 12] {
 
 impl DataKey {
     /// A key from raw bytes (handshake key derivation, tests, the simulator).
-    /// Our copy of the bytes is wiped; ring's expanded key is not (ring has
-    /// no zeroize), so it lives as long as the keyset that holds it.
+    /// Our copy of the bytes is wiped now, ring's copy when the last clone
+    /// of the key is dropped ([`WipedKey`]).
     pub fn from_bytes(mut bytes: [u8; 32]) -> Self {
-        let key = UnboundKey::new(&CHACHA20_POLY1305, &bytes);
+        let key = less_safe_key(&bytes);
         bytes.zeroize();
-        let key = match key {
-            Ok(key) => key,
-            // ring only refuses a key of the wrong length, and ours is fixed.
-            Err(_) => unreachable!("ChaCha20-Poly1305 takes a 32-byte key"),
-        };
         Self {
-            key: Arc::new(LessSafeKey::new(key)),
+            key: Arc::new(WipedKey(key)),
         }
     }
 
@@ -126,6 +155,7 @@ impl DataKey {
         let nonce = Nonce::assume_unique_for_key(nonce_bytes(lane, counter));
         match self
             .key
+            .0
             .seal_in_place_separate_tag(nonce, Aad::from(aad), buffer)
         {
             Ok(tag) => {
@@ -153,6 +183,7 @@ impl DataKey {
     ) -> Result<(), BadTag> {
         let nonce = Nonce::assume_unique_for_key(nonce_bytes(lane, counter));
         self.key
+            .0
             .open_in_place_separate_tag(nonce, Aad::from(aad), Tag::from(*tag), buffer, 0..)
             .map(|_| ())
             .map_err(|_| BadTag)
@@ -332,5 +363,31 @@ mod tests {
         assert!(life.is_alive(), "a clone keeps the key alive");
         drop(clone);
         assert!(!life.is_alive());
+    }
+
+    #[test]
+    fn a_wiped_key_seals_as_the_all_zero_key_does() {
+        let live = |bytes| WipedKey(less_safe_key(&bytes));
+        let seal = |key: &WipedKey| {
+            let mut buf = *b"payload";
+            let tag = key
+                .0
+                .seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key([0; 12]),
+                    Aad::from(HEADER),
+                    &mut buf,
+                )
+                .unwrap();
+            (buf, tag.as_ref().to_vec())
+        };
+        let mut key = live([7; 32]);
+        let before = seal(&key);
+        key.wipe();
+        assert_ne!(seal(&key), before);
+        assert_eq!(
+            seal(&key),
+            seal(&live([0; 32])),
+            "no word of the old key is left"
+        );
     }
 }

@@ -10,11 +10,14 @@
 //! - [`data`]: the data plane's AEAD into caller buffers, nonce = lane ‖ counter;
 //! - [`replay`]: the per-lane replay window (check, decrypt, then mark);
 //! - [`session`]: the key schedule for one peer (next / current / previous, rekey and reject timers).
-//! - [`signing`]: XEdDSA signatures by the X25519 identity over entries a router originates.
+//! - [`signing`]: XEdDSA signatures by the X25519 identity over entries a router originates;
+//! - [`verifying_keys`]: the verifying keys derived so far, by public key (checking is repeated).
 //!
 //! Not here: rate limits and half-open caps on handshakes, the 10 s handshake deadline, choosing
 //! session indices, who starts a rekey, and the data header's layout: those belong to the drivers.
 
+#[cfg(test)]
+pub(crate) mod cpu_time;
 pub mod data;
 pub mod frame;
 pub mod freshness;
@@ -24,6 +27,7 @@ pub mod replay;
 pub mod secret;
 pub mod session;
 pub mod signing;
+pub mod verifying_keys;
 
 pub use data::{BadTag, COUNTER_LIMIT, DataKey, TAG_LEN};
 pub use frame::{FrameError, FrameOpener, FrameSealer};
@@ -34,3 +38,4 @@ pub use replay::ReplayWindow;
 pub use secret::{ClusterSecrets, SecretError, SecretId};
 pub use session::{KeySchedule, KeyTimer, Keyset, PREVIOUS_GRACE, REJECT_AFTER, REKEY_AFTER};
 pub use signing::{Domain, SIGNATURE_LEN, Signature, SignatureError, SigningKey, VerifyingKey};
+pub use verifying_keys::VerifyingKeys;

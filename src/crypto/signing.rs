@@ -181,16 +181,21 @@ impl VerifyingKey {
         signature: &Signature,
     ) -> Result<(), SignatureError> {
         let compressed_r = CompressedEdwardsY(signature.r);
+        if !canonical_y(&signature.r) {
+            return Err(SignatureError::Malformed);
+        }
         let r = compressed_r.decompress().ok_or(SignatureError::Malformed)?;
-        if r.compress() != compressed_r || r.is_small_order() {
+        // With y canonical, only x = 0 with the sign bit set is a second
+        // encoding, and both such points (y = ±1) have small order.
+        if r.is_small_order() {
             return Err(SignatureError::Malformed);
         }
         let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(signature.s))
             .ok_or(SignatureError::Malformed)?;
         let k = challenge(&compressed_r, &self.compressed, domain, version, message);
-        // [s]B − [k]A must equal R.
+        // [s]B − [k]A must equal R (projective comparison: no inversion).
         let expected = EdwardsPoint::vartime_double_scalar_mul_basepoint(&k, &-self.point, &s);
-        if expected.compress() == compressed_r {
+        if expected == r {
             Ok(())
         } else {
             Err(SignatureError::Mismatch)
@@ -277,6 +282,13 @@ impl SigningKey {
     }
 }
 
+/// Whether the y coordinate of an encoded point (sign bit ignored) is below
+/// p = 2²⁵⁵ − 19, i.e. the only encoding of its value.
+fn canonical_y(bytes: &[u8; 32]) -> bool {
+    let top = bytes[31] & 0x7f;
+    !(top == 0x7f && bytes[1..31].iter().all(|b| *b == 0xff) && bytes[0] >= 0xed)
+}
+
 /// XEdDSA's `hash_i` prefix: 2²⁵⁶ − 1 − i, little-endian.
 fn hash_prefix(i: u8) -> [u8; 32] {
     let mut prefix = [0xff; 32];
@@ -309,6 +321,7 @@ fn challenge(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::crypto::cpu_time::cpu_ns_per_op;
     use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
     use rand::SeedableRng;
 
@@ -454,7 +467,12 @@ mod tests {
             *byte = sum as u8;
             carry = sum >> 8;
         }
-        for bad in [small_r, big_s, Signature::ZERO.to_bytes()] {
+        // R with y = p + 2 (≡ 2, a valid y? either way not canonical).
+        let mut big_r = sig;
+        big_r[..32].fill(0xff);
+        big_r[0] = 0xef;
+        big_r[31] = 0x7f;
+        for bad in [small_r, big_s, big_r, Signature::ZERO.to_bytes()] {
             assert_eq!(verdict(bad), Err(SignatureError::Malformed));
         }
         assert_eq!(verdict(sig), Ok(()));
@@ -496,6 +514,107 @@ mod tests {
         assert!(!dbg.contains(&format!("{:?}", key.scalar.as_bytes())[..20]));
     }
 
+    /// Verification as it was before the inversion-free comparison:
+    /// recompress `R` and `[s]B − [k]A` and compare bytes. Kept to check the
+    /// new one against, verdict for verdict, and to measure what it saved.
+    fn verify_by_compressing(
+        key: &VerifyingKey,
+        domain: Domain,
+        version: u8,
+        message: &[u8],
+        signature: &Signature,
+    ) -> Result<(), SignatureError> {
+        let compressed_r = CompressedEdwardsY(signature.r);
+        let r = compressed_r.decompress().ok_or(SignatureError::Malformed)?;
+        if r.compress() != compressed_r || r.is_small_order() {
+            return Err(SignatureError::Malformed);
+        }
+        let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(signature.s))
+            .ok_or(SignatureError::Malformed)?;
+        let k = challenge(&compressed_r, &key.compressed, domain, version, message);
+        let expected = EdwardsPoint::vartime_double_scalar_mul_basepoint(&k, &-key.point, &s);
+        if expected.compress() == compressed_r {
+            Ok(())
+        } else {
+            Err(SignatureError::Mismatch)
+        }
+    }
+
+    /// Encodings of `R` at the edges of canonical: y = p − 1, p, p + 1,
+    /// 2²⁵⁵ − 1, each with and without the sign bit, and x = 0 with the
+    /// sign bit set (y = 1 and y = −1).
+    fn edge_rs() -> Vec<[u8; 32]> {
+        let mut out = Vec::new();
+        for low in [0xec, 0xed, 0xee, 0xff] {
+            let mut y = [0xffu8; 32];
+            y[0] = low;
+            y[31] = 0x7f;
+            out.push(y);
+        }
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        let mut minus_one = [0xffu8; 32];
+        minus_one[0] = 0xec;
+        minus_one[31] = 0x7f;
+        out.extend([one, minus_one]);
+        let signed: Vec<[u8; 32]> = out
+            .iter()
+            .map(|y| {
+                let mut y = *y;
+                y[31] |= 0x80;
+                y
+            })
+            .collect();
+        out.extend(signed);
+        out
+    }
+
+    #[test]
+    fn the_inversion_free_check_agrees_with_compressing_on_edge_encodings_of_r() {
+        let key = SigningKey::from_identity(&identity(11));
+        let sig = key.sign(Domain::RingEntry, 3, b"edge").to_bytes();
+        for r in edge_rs() {
+            let mut bad = sig;
+            bad[..32].copy_from_slice(&r);
+            let bad = Signature::from_bytes(&bad);
+            let verifier = key.verifying_key();
+            assert_eq!(
+                verifier.verify(Domain::RingEntry, 3, b"edge", &bad),
+                verify_by_compressing(&verifier, Domain::RingEntry, 3, b"edge", &bad),
+                "R = {r:02x?}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        /// The patched verification gives the old verdict on honest
+        /// signatures, on every single-bit change to one, and on signatures
+        /// checked under another key or for another message.
+        #[test]
+        fn the_inversion_free_check_agrees_with_compressing(
+            seed in 0u64..1_000,
+            message in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            flip in proptest::option::of(0usize..SIGNATURE_LEN * 8),
+            other_key in proptest::prelude::any::<bool>(),
+        ) {
+            let key = SigningKey::from_identity(&identity(seed));
+            let mut bytes = key.sign(Domain::TopologyEntry, 2, &message).to_bytes();
+            if let Some(bit) = flip {
+                bytes[bit / 8] ^= 1 << (bit % 8);
+            }
+            let sig = Signature::from_bytes(&bytes);
+            let verifier = if other_key {
+                SigningKey::from_identity(&identity(seed + 1)).verifying_key()
+            } else {
+                key.verifying_key()
+            };
+            let new = verifier.verify(Domain::TopologyEntry, 2, &message, &sig);
+            let old = verify_by_compressing(&verifier, Domain::TopologyEntry, 2, &message, &sig);
+            proptest::prop_assert_eq!(new, old);
+            proptest::prop_assert_eq!(new.is_ok(), flip.is_none() && !other_key);
+        }
+    }
+
     /// `cargo test --release --lib crypto::signing -- --ignored --nocapture`
     #[test]
     #[ignore = "timing; run in release"]
@@ -503,27 +622,38 @@ mod tests {
         let key = SigningKey::from_identity(&identity(10));
         let verifier = key.verifying_key();
         let msg = [7u8; 200];
-        let n = 2000u32;
-        let start = std::time::Instant::now();
-        let mut sig = Signature::ZERO;
-        for _ in 0..n {
-            sig = key.sign(Domain::TopologyEntry, 2, std::hint::black_box(&msg));
-        }
-        let sign_ns = start.elapsed().as_nanos() / u128::from(n);
-        let start = std::time::Instant::now();
-        for _ in 0..n {
+        let sig = key.sign(Domain::TopologyEntry, 2, &msg);
+        let n = 20_000;
+        let sign_ns = cpu_ns_per_op(n, || {
+            std::hint::black_box(key.sign(Domain::TopologyEntry, 2, std::hint::black_box(&msg)));
+        });
+        let verify_ns = cpu_ns_per_op(n, || {
             verifier
                 .verify(Domain::TopologyEntry, 2, std::hint::black_box(&msg), &sig)
                 .unwrap();
-        }
-        let verify_ns = start.elapsed().as_nanos() / u128::from(n);
-        let start = std::time::Instant::now();
-        for _ in 0..n {
-            std::hint::black_box(VerifyingKey::from_x25519(&verifier.x25519_public_key()).unwrap());
-        }
-        let derive_ns = start.elapsed().as_nanos() / u128::from(n);
+        });
+        let old_verify_ns = cpu_ns_per_op(n, || {
+            let msg = std::hint::black_box(&msg);
+            verify_by_compressing(&verifier, Domain::TopologyEntry, 2, msg, &sig).unwrap();
+        });
+        let public_key = verifier.x25519_public_key();
+        let derive_ns = cpu_ns_per_op(n, || {
+            std::hint::black_box(VerifyingKey::from_x25519(&public_key).unwrap());
+        });
+        let mut cache = crate::crypto::VerifyingKeys::default();
+        let cached_ns = cpu_ns_per_op(n, || {
+            std::hint::black_box(cache.key(std::hint::black_box(&public_key)).unwrap());
+        });
+        let per_s = |ns: u128| 1e9 / ns.max(1) as f64;
         eprintln!(
-            "sign {sign_ns} ns/op, verify {verify_ns} ns/op, verifying key from x25519 {derive_ns} ns/op (200-byte message)"
+            "CPU time per op (200-byte message):\n  sign {sign_ns} ns ({:.0}/s)\n  verify {verify_ns} ns ({:.0}/s); before the inversion-free patch {old_verify_ns} ns ({:.0}/s)\n  verifying key from x25519 {derive_ns} ns ({:.0}/s); from the cache {cached_ns} ns\n  check of an entry by a new signer: {} ns before, {} ns now; by a known one {} ns",
+            per_s(sign_ns),
+            per_s(verify_ns),
+            per_s(old_verify_ns),
+            per_s(derive_ns),
+            derive_ns + old_verify_ns,
+            derive_ns + verify_ns,
+            cached_ns + verify_ns,
         );
     }
 }

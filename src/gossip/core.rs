@@ -48,7 +48,7 @@ use super::routes::Routes;
 use super::topology::{
     ConnectionInfo, MAX_CONNECTIONS, RefusedReason, SignedEntry, Table, TopologyEntry,
 };
-use crate::crypto::SigningKey;
+use crate::crypto::{SigningKey, VerifyingKeys};
 use crate::id::{PeerId, ShortId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -215,6 +215,8 @@ pub struct Gossip {
     events: VecDeque<GossipEvent>,
     events_dropped: u64,
     refusals: BTreeMap<&'static str, u64>,
+    /// Signers' keys, derived once (checking entries is the hot path).
+    verifying_keys: VerifyingKeys,
     relays: Vec<(PeerId, PeerId)>,
     next_anti_entropy: Instant,
     next_reap: Instant,
@@ -271,6 +273,7 @@ impl Gossip {
             events: VecDeque::new(),
             events_dropped: 0,
             refusals: BTreeMap::new(),
+            verifying_keys: VerifyingKeys::default(),
             relays: Vec::new(),
             next_anti_entropy: now + first_round,
             next_reap: now + config.reap_interval,

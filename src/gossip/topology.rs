@@ -13,7 +13,7 @@
 //! appends, is covered, and relays forward the owner's bytes untouched.
 
 use super::message::TOPOLOGY_VERSION;
-use crate::crypto::{Domain, Signature, SigningKey, VerifyingKey};
+use crate::crypto::{Domain, Signature, SigningKey, VerifyingKeys};
 use crate::id::{PeerId, ShortId};
 use crate::wire;
 use serde::{Deserialize, Serialize};
@@ -189,13 +189,24 @@ impl SignedEntry {
     /// derives from the key, the key is valid, the signature verifies; then
     /// what the entry can get wrong on its own ([`TopologyEntry::validate`]).
     pub fn verify(&self, claim: &TopologyEntry) -> Result<(), RefusedReason> {
+        self.verify_with(claim, &mut VerifyingKeys::default())
+    }
+
+    /// [`SignedEntry::verify`] with the signer's key from `keys` (derived
+    /// there on first use): the same verdict, cheaper when repeated.
+    pub fn verify_with(
+        &self,
+        claim: &TopologyEntry,
+        keys: &mut VerifyingKeys,
+    ) -> Result<(), RefusedReason> {
         if claim.version > MAX_VERSION {
             return Err(RefusedReason::VersionOutOfRange(claim.version));
         }
         if PeerId::from_public_key(&claim.public_key) != claim.id {
             return Err(RefusedReason::IdMismatch);
         }
-        let key = VerifyingKey::from_x25519(&claim.public_key)
+        let key = keys
+            .key(&claim.public_key)
             .map_err(|_| RefusedReason::BadPublicKey)?;
         key.verify(
             Domain::TopologyEntry,
@@ -457,36 +468,13 @@ mod tests {
         assert_eq!(e.validate(), Err(RefusedReason::ConnectionsNotCanonical));
     }
 
-    /// This thread's CPU time (utime + stime from /proc, 10 ms ticks), so the
-    /// figure holds on a loaded machine; the runs are long enough for ticks.
-    fn thread_cpu() -> std::time::Duration {
-        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-        // Fields after the parenthesised command name: utime and stime are
-        // the 14th and 15th fields overall.
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        let ticks: u64 = rest
-            .split(' ')
-            .skip(11)
-            .take(2)
-            .map(|f| f.parse::<u64>().unwrap())
-            .sum();
-        std::time::Duration::from_millis(ticks * 10)
-    }
-
-    fn cpu_ns_per_op(n: u32, mut op: impl FnMut()) -> u128 {
-        let start = thread_cpu();
-        for _ in 0..n {
-            op();
-        }
-        (thread_cpu() - start).as_nanos() / u128::from(n)
-    }
-
     /// What signatures cost per topology entry (a 10-connection entry), in
     /// CPU time: `cargo test --release --lib signed_entry_cost -- --ignored --nocapture`
     #[test]
     #[ignore = "timing; run in release"]
     fn signed_entry_cost() {
         use crate::crypto::Identity;
+        use crate::crypto::cpu_time::cpu_ns_per_op;
         use rand::SeedableRng;
         let owner = Identity::generate(&mut rand::rngs::StdRng::seed_from_u64(1));
         let key = SigningKey::from_identity(&owner);

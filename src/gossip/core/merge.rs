@@ -37,7 +37,7 @@ impl Gossip {
         if known.is_some_and(|v| v >= claim.version) {
             return;
         }
-        if let Err(reason) = signed.verify(&claim) {
+        if let Err(reason) = signed.verify_with(&claim, &mut self.verifying_keys) {
             return self.refuse(from, claim.id, &claim.name, reason);
         }
         if let Some(known) = known
@@ -82,7 +82,7 @@ impl Gossip {
         if !ahead {
             return;
         }
-        if let Err(reason) = signed.verify(&claim) {
+        if let Err(reason) = signed.verify_with(&claim, &mut self.verifying_keys) {
             return self.refuse(from, claim.id, &claim.name, reason);
         }
         self.jump_above(claim.version, Some(claim.short_id));
