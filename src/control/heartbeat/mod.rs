@@ -3,7 +3,7 @@
 //!
 //! Owns, per connected peer: the heartbeat send counters and the replay
 //! windows of its receive keysets, keyed by the key itself (its
-//! [`KeyId`]), so that neither a receiver index reused for another key nor
+//! [`KeyId`](crate::crypto::data::KeyId)), so that neither a receiver index reused for another key nor
 //! a keyset that drops out of a sync and comes back restarts a counter (a
 //! nonce reused) or resets a window (a replay accepted); both are pruned
 //! with the keysets when [`Heartbeats::set_link`] re-syncs them from the
@@ -32,17 +32,18 @@
 //! changes), [`Heartbeats::poll_transmit`] (datagrams for the control
 //! socket), and [`Heartbeats::poll_timeout`].
 
+mod link;
 mod wire;
 
 #[cfg(test)]
 mod tests;
 
-use crate::crypto::data::{DataKey, KeyId, KeyLife};
 use crate::crypto::replay::ReplayWindow;
 use crate::crypto::session::Keyset;
 use crate::id::{PeerId, ShortId};
 use crate::router::datagram::open_datagram;
 use crate::router::packet::{CONTROL_LANE, DataHeader, PacketType};
+use link::{Counter, Link, Pmtu, Receiver, Sender};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -158,123 +159,6 @@ pub struct LinkKeys<'a> {
     pub current: Option<&'a Keyset>,
     /// Every keyset that may still decrypt.
     pub receive: Vec<&'a Keyset>,
-}
-
-struct Sender {
-    remote_index: u32,
-    key: DataKey,
-}
-
-/// A send key's next heartbeat counter, kept while the key exists.
-struct Counter {
-    next: u64,
-    life: KeyLife,
-}
-
-struct Receiver {
-    key: DataKey,
-    window: ReplayWindow,
-}
-
-/// The path-MTU probe schedule of one link.
-struct Pmtu {
-    /// `Some(true)`: a probe was answered and none lost since.
-    verdict: Option<bool>,
-    /// An unanswered probe: when the last try went, and how many went.
-    outstanding: Option<(Instant, u32)>,
-    /// When the next probe goes (none outstanding).
-    next: Instant,
-    /// The wait after the next answered probe.
-    interval: Duration,
-}
-
-impl Pmtu {
-    fn new(first: Instant) -> Self {
-        Self {
-            verdict: None,
-            outstanding: None,
-            next: first,
-            interval: PMTU_RECHECK_FIRST,
-        }
-    }
-
-    /// Something changed that may change the path MTU: probe now.
-    fn recheck(&mut self, now: Instant) {
-        self.outstanding = None;
-        self.next = now;
-        self.interval = PMTU_RECHECK_FIRST;
-    }
-
-    fn answered(&mut self, now: Instant) {
-        self.verdict = Some(true);
-        self.outstanding = None;
-        self.next = now + self.interval;
-        self.interval = (self.interval * 2).min(PMTU_RECHECK_MAX);
-    }
-
-    fn deadline(&self) -> Instant {
-        match self.outstanding {
-            Some((sent, _)) => sent + PROBE_WAIT,
-            None => self.next,
-        }
-    }
-}
-
-struct Link {
-    short: ShortId,
-    endpoint: Option<SocketAddr>,
-    sender: Option<Sender>,
-    /// Heartbeat counters per send key (the current one and any older one
-    /// the key schedule still holds).
-    counters: HashMap<KeyId, Counter>,
-    /// Receive keysets by our receiver index.
-    receivers: HashMap<u32, Receiver>,
-    /// When this side may first send (the dialler at once).
-    first_tx: Instant,
-    last_tx: Option<Instant>,
-    last_rx: Option<Instant>,
-    last_ping: Option<Instant>,
-    /// The peer's last stamp and when it arrived, to echo.
-    peer_stamp: Option<(u64, Instant)>,
-    udp_ok: bool,
-    /// UDP worked at some point (so its return is a change worth a probe).
-    was_up: bool,
-    established: bool,
-    rtt: Option<Duration>,
-    pmtu: Pmtu,
-}
-
-impl Link {
-    fn can_send(&self) -> bool {
-        self.sender.is_some() && self.endpoint.is_some()
-    }
-
-    fn udp_ok_at(&self, now: Instant) -> bool {
-        self.last_rx
-            .is_some_and(|t| now.saturating_duration_since(t) < LIVENESS_TIMEOUT)
-    }
-
-    /// Probes go before the first packet arrives (they open the path) and
-    /// while UDP works; not while it is down (losses would say nothing
-    /// about the MTU).
-    fn may_probe(&self) -> bool {
-        self.last_rx.is_none() || self.udp_ok
-    }
-
-    fn keepalive_at(&self) -> Instant {
-        self.last_tx
-            .map_or(self.first_tx, |t| t + KEEPALIVE_INTERVAL)
-    }
-
-    /// When the next suspect ping goes, if the link is being suspected.
-    fn suspect_at(&self) -> Option<Instant> {
-        if !self.udp_ok {
-            return None;
-        }
-        let rx = self.last_rx?;
-        let at = (rx + SUSPECT_AFTER).max(self.last_ping.map_or(rx, |p| p + SUSPECT_PING_EVERY));
-        (at < rx + LIVENESS_TIMEOUT).then_some(at)
-    }
 }
 
 /// The heartbeat core for all peers.

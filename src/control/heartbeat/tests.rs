@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use crate::crypto::data::DataKey;
 use std::cell::Cell;
 
 const A: PeerId = PeerId(1);
