@@ -149,6 +149,7 @@ impl Sim {
             TestCrypto::boxed(id),
         );
         cfg.gossip_interval = Duration::from_secs(1);
+        cfg.gossip_max = BOUND;
         cfg.convergence_bound = BOUND;
         cfg.request_timeout = Duration::from_secs(1);
         // `WEFT_SIM_NO_DRAIN_LIMIT=1`: donations as before the drain limits

@@ -4,8 +4,8 @@
 //! due). Owned by [`super::Heartbeats`]; split out of it by concern.
 
 use super::{
-    KEEPALIVE_INTERVAL, LIVENESS_TIMEOUT, PMTU_RECHECK_FIRST, PMTU_RECHECK_MAX, PROBE_WAIT,
-    SUSPECT_AFTER, SUSPECT_PING_EVERY,
+    KEEPALIVE_INTERVAL, LIVENESS_TIMEOUT, PMTU_RECHECK_FIRST, PMTU_RECHECK_GROWTH,
+    PMTU_RECHECK_MAX, PROBE_WAIT, SUSPECT_AFTER, SUSPECT_PING_EVERY,
 };
 use crate::crypto::data::{DataKey, KeyId, KeyLife};
 use crate::crypto::replay::ReplayWindow;
@@ -63,7 +63,12 @@ impl Pmtu {
         self.verdict = Some(true);
         self.outstanding = None;
         self.next = now + self.interval;
-        self.interval = (self.interval * 2).min(PMTU_RECHECK_MAX);
+        let growth = if self.interval < PMTU_RECHECK_FIRST * 2 {
+            2
+        } else {
+            PMTU_RECHECK_GROWTH
+        };
+        self.interval = (self.interval * growth).min(PMTU_RECHECK_MAX);
     }
 
     pub(super) fn deadline(&self) -> Instant {
@@ -85,6 +90,12 @@ pub(super) struct Link {
     pub(super) receivers: HashMap<u32, Receiver>,
     /// When this side may first send (the dialler at once).
     pub(super) first_tx: Instant,
+    /// This side dialled: it pings the idle link, the other side answers
+    /// (passive keepalive, see the module docs of `heartbeat`).
+    pub(super) pinger: bool,
+    /// The peer sends keepalives (a router from before passive
+    /// keepalives): send ours as it expects.
+    pub(super) legacy: bool,
     pub(super) last_tx: Option<Instant>,
     pub(super) last_rx: Option<Instant>,
     pub(super) last_ping: Option<Instant>,
@@ -115,9 +126,16 @@ impl Link {
         self.last_rx.is_none() || self.udp_ok
     }
 
-    pub(super) fn keepalive_at(&self) -> Instant {
-        self.last_tx
-            .map_or(self.first_tx, |t| t + KEEPALIVE_INTERVAL)
+    /// When this side next proves the idle link: the pinging side (and
+    /// either side with a legacy peer) once it has sent nothing for
+    /// [`KEEPALIVE_INTERVAL`]; the answering side never on its own (its
+    /// pongs are its keepalives; a silent link is pinged by the suspect
+    /// rule).
+    pub(super) fn keepalive_at(&self) -> Option<Instant> {
+        (self.pinger || self.legacy).then(|| {
+            self.last_tx
+                .map_or(self.first_tx, |t| t + KEEPALIVE_INTERVAL)
+        })
     }
 
     /// When the next suspect ping goes, if the link is being suspected.
