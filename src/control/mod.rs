@@ -8,8 +8,11 @@
 //! topology and connection maker (`crate::gossip`), and the IPAM driver
 //! ([`ipam::IpamDriver`]); [`publish::snapshot`] turns their state into the
 //! forwarding snapshot and [`status::report`] into `weft status`.
-//! `drive.rs` pumps the gossip and IPAM cores, `requests.rs` answers API
-//! calls; both are `impl Control` blocks of this driver.
+//! `drive.rs` pumps the gossip and IPAM cores, `connections.rs` handles
+//! the connection tasks' lifecycle, `events.rs` acts on the cores' events,
+//! `sync.rs` publishes the snapshot and syncs the heartbeat keys,
+//! `requests.rs` answers API calls; all are `impl Control` blocks of this
+//! driver.
 //!
 //! It waits on one `select!` over: connection events, data-plane worker
 //! events, heartbeats on the control socket, API calls, new TCP connections
@@ -35,9 +38,11 @@
 pub mod admission;
 pub mod attribution;
 pub mod connection;
+mod connections;
 mod directory;
 mod drive;
 pub mod endpoints;
+mod events;
 pub mod heartbeat;
 pub mod ipam;
 pub mod link;
@@ -48,28 +53,27 @@ pub mod punch;
 pub mod relay;
 mod requests;
 pub mod status;
+mod sync;
 pub mod timers;
 
 use crate::api::proto::{LatencyHistogram, TrafficCount};
 use crate::api::server::ApiCall;
 use crate::cidr::Ipv4Cidr;
-use crate::gossip::{Channel, ConnectionMaker, Frame, Gossip, GossipConfig, PeerInfo};
+use crate::gossip::{ConnectionMaker, Gossip, GossipConfig, PeerInfo};
 use crate::id::{PeerId, ShortId};
 use crate::netlink::InterfacePlan;
 use crate::router::Dataplane;
 use crate::router::snapshot::Liveness;
 use crate::router::worker::WorkerEvent;
 use admission::Admission;
-use connection::{
-    ConnectionCommand, ConnectionContext, ConnectionEvent, ConnectionId, HandshakeFailure, PeerUp,
-};
+use connection::{ConnectionCommand, ConnectionContext, ConnectionEvent, ConnectionId};
 use directory::Directory;
-use endpoints::{EndpointEvent, Endpoints};
-use heartbeat::{HeartbeatEvent, Heartbeats, LinkKeys};
+use endpoints::Endpoints;
+use heartbeat::Heartbeats;
 use ipam::IpamDriver;
-use peers::{Arrival, PeerEvent, Peers};
+use peers::Peers;
 use proto::ControlMessage;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -153,29 +157,6 @@ pub struct ControlInputs {
     pub workers: mpsc::UnboundedReceiver<WorkerEvent>,
     /// From the API server.
     pub api: mpsc::Receiver<ApiCall>,
-}
-
-/// The short ID the data plane uses for `id`: mine, the gossiped one, else
-/// what its hello said; never one that another router rightfully holds
-/// (DESIGN.md: on a clash the lower ID keeps it), so a router that has not
-/// yet moved off a clashing value is left out and no two links share a slot.
-fn short_of(
-    me: PeerId,
-    my_short: ShortId,
-    gossip: &Gossip,
-    peers: &Peers,
-    id: PeerId,
-) -> Option<ShortId> {
-    if id == me {
-        return Some(my_short);
-    }
-    match gossip.entry(id) {
-        Some(e) => gossip.holds_short_id(id).then_some(e.short_id),
-        None => peers
-            .get(id)
-            .map(|p| p.short)
-            .filter(|s| *s != my_short && gossip.peer_by_short(*s).is_none()),
-    }
 }
 
 impl Control {
@@ -401,369 +382,4 @@ impl Control {
             let _ = link.send(ConnectionCommand::Send(message));
         }
     }
-
-    fn handle_accept(&mut self, stream: tokio::net::TcpStream, remote: SocketAddr, now: Instant) {
-        let id = self.next_id();
-        if let Err(refusal) = self.admission.admit(id, remote.ip(), self.peers.len(), now) {
-            self.count_handshake(refusal.as_str());
-            if self
-                .last_admission_log
-                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
-            {
-                self.last_admission_log = Some(now);
-                let count = self.handshakes.get(refusal.as_str()).copied().unwrap_or(0);
-                tracing::warn!(%remote, reason = refusal.as_str(), count, "refused an inbound connection before its handshake: {refusal}");
-            }
-            return;
-        }
-        tokio::spawn(connection::run_inbound(
-            self.context.clone(),
-            id,
-            stream,
-            remote,
-        ));
-    }
-
-    fn next_id(&mut self) -> ConnectionId {
-        let id = self.next_connection;
-        self.next_connection += 1;
-        id
-    }
-
-    fn count_handshake(&mut self, result: &str) {
-        *self.handshakes.entry(result.to_string()).or_default() += 1;
-    }
-
-    /// Starts the dials the connection maker asks for.
-    fn drive_dials(&mut self, now: Instant) {
-        while let Some(addr) = self.maker.poll_dial(now) {
-            if self.self_addresses.contains(&addr) {
-                self.maker.forget(addr);
-                continue;
-            }
-            let id = self.next_id();
-            self.dialing.insert(id, addr);
-            tokio::spawn(connection::run_outbound(self.context.clone(), id, addr));
-        }
-    }
-
-    fn handle_connection_event(&mut self, event: ConnectionEvent, now: Instant) {
-        match event {
-            ConnectionEvent::Up(up) => {
-                let (arrival, commands) = arrival_of(up);
-                let id = arrival.connection;
-                self.admission.finished(id);
-                self.links.insert(id, commands);
-                let dialled = self.dialing.remove(&id);
-                if let Some(addr) = dialled {
-                    self.dial_errors.remove(&addr);
-                }
-                let peer = arrival.peer;
-                self.maker
-                    .connected(peer, dialled.or(Some(arrival.hello.listen)), now);
-                self.count_handshake("ok");
-                if self.peers.handle_up(arrival, now) == peers::Arrived::OverCap {
-                    self.count_handshake("connection_cap");
-                } else if let Some(addr) = dialled {
-                    // Tell it where it answered: behind 1:1 NAT that is an
-                    // address it cannot learn by itself (issue 16).
-                    self.endpoints.dialled(addr, peer);
-                    self.send_to_peer(
-                        peer,
-                        ControlMessage::Observed {
-                            dialled: Some(addr),
-                            udp_from: None,
-                        },
-                    );
-                }
-            }
-            ConnectionEvent::Rekeyed { id, keys } => self.peers.handle_rekeyed(id, keys, now),
-            ConnectionEvent::Message {
-                id,
-                message: ControlMessage::Observed { dialled, udp_from },
-            } => {
-                let from = self.peers.iter().find(|p| p.connection == id).map(|p| p.id);
-                if let Some(from) = from {
-                    self.endpoints.handle_report(from, dialled, udp_from);
-                    self.drain_endpoint_events(now);
-                }
-            }
-            ConnectionEvent::Message { id, message } => {
-                if let Some((from, channel, payload)) = self.peers.handle_message(id, message, now)
-                {
-                    self.handle_gossip(from, channel, payload, now);
-                }
-            }
-            ConnectionEvent::HandshakeFailed {
-                id,
-                remote,
-                outbound,
-                reason,
-            } => {
-                self.admission.finished(id);
-                if reason == HandshakeFailure::SelfConnection {
-                    self.self_addresses.insert(remote);
-                }
-                self.count_handshake(reason.as_str());
-                if matches!(reason, HandshakeFailure::Refused) {
-                    self.log_refusal(remote);
-                } else if let HandshakeFailure::ClockSkew(why) = &reason {
-                    self.log_clock_skew(remote, why);
-                } else {
-                    tracing::debug!(%remote, outbound, ?reason, "handshake failed");
-                }
-                if let Some(addr) = self.dialing.remove(&id) {
-                    if reason == HandshakeFailure::SelfConnection {
-                        self.maker.forget(addr);
-                    } else {
-                        self.maker.dial_failed(addr, now);
-                        self.dial_errors.insert(addr, format!("{reason:?}"));
-                    }
-                }
-            }
-            ConnectionEvent::Down { id, reason } => {
-                self.links.remove(&id);
-                self.peers.handle_down(id, &reason);
-            }
-        }
-    }
-
-    /// Acts on the registry's events: a peer's arrival or departure reaches
-    /// the topology, IPAM, the heartbeats and the connection maker.
-    fn drain_peer_events(&mut self, now: Instant) {
-        while let Some(event) = self.peers.poll_event() {
-            self.dirty = true;
-            match event {
-                PeerEvent::Up { peer, outbound } => {
-                    let Some(p) = self.peers.get(peer) else {
-                        continue;
-                    };
-                    let info = PeerInfo {
-                        id: peer,
-                        name: p.hello.name.clone(),
-                        public_key: p.public_key,
-                        addresses: vec![p.hello.listen],
-                    };
-                    self.ipam.learn_name(peer, &info.name);
-                    self.ipam.learn_key(peer, p.public_key);
-                    drive::warn_if_unsigned(p);
-                    self.gossip.connection_up(info, outbound, now);
-                    self.ipam.handle_peer_up(peer, now);
-                    self.liveness
-                        .insert(peer, Arc::new(Liveness::new(self.epoch)));
-                    self.heartbeats.add(peer, outbound, now);
-                }
-                PeerEvent::Down { peer } => {
-                    self.endpoints.handle_peer_down(peer);
-                    self.drain_endpoint_events(now);
-                    self.liveness.remove(&peer);
-                    self.heartbeats.remove(peer);
-                    self.maker.disconnected(peer, now);
-                    self.gossip.connection_down(peer, now);
-                }
-            }
-        }
-    }
-
-    /// Acts on the endpoint core's events: an address of my own is never
-    /// dialled and counts as me in the seed list; a changed endpoint list
-    /// goes into my topology entry.
-    fn drain_endpoint_events(&mut self, now: Instant) {
-        while let Some(event) = self.endpoints.poll_event() {
-            match event {
-                EndpointEvent::MineLearned(addr) => {
-                    self.self_addresses.insert(addr);
-                    self.maker.add_own(addr);
-                }
-                EndpointEvent::AdvertisedChanged => {
-                    let addresses = self.endpoints.advertised().to_vec();
-                    tracing::info!(?addresses, "advertised endpoints changed");
-                    self.gossip.set_addresses(addresses, now);
-                    self.dirty = true;
-                }
-            }
-        }
-    }
-
-    /// Acts on the heartbeat core's events.
-    fn drain_heartbeat_events(&mut self, now: Instant) {
-        while let Some(event) = self.heartbeats.poll_event() {
-            match event {
-                HeartbeatEvent::Authenticated {
-                    peer,
-                    local_index,
-                    from,
-                    newest,
-                } => {
-                    if newest {
-                        self.peers.set_endpoint(peer, from);
-                        if self.endpoints.observe_udp(peer, from) {
-                            self.send_to_peer(
-                                peer,
-                                ControlMessage::Observed {
-                                    dialled: None,
-                                    udp_from: Some(from),
-                                },
-                            );
-                        }
-                    }
-                    self.peers.confirm(Some(peer), local_index, now);
-                }
-                HeartbeatEvent::Established { peer, established } => {
-                    if let Some(p) = self.peers.get(peer) {
-                        tracing::info!(peer = %p.hello.name, established, "connection state changed");
-                    }
-                    self.gossip.set_established(peer, established, now);
-                    self.dirty = true;
-                }
-            }
-        }
-    }
-
-    /// A gossip payload from `from`: the ring's go to IPAM, the topology's
-    /// to the gossip core.
-    fn handle_gossip(&mut self, from: PeerId, channel: u8, payload: Vec<u8>, now: Instant) {
-        self.count_gossip(Channel::from_byte(channel), "in", 1, payload.len());
-        if channel == Channel::Ring.to_byte() {
-            self.ipam.handle_message(from, &payload, now);
-            return;
-        }
-        let channel = Frame::parse(&payload).map(|f| f.channel);
-        if matches!(channel, Ok(Channel::Topology))
-            && let Err(e) = self.gossip.handle_message(from, &payload, now)
-        {
-            self.count_handshake("gossip_refused");
-            if self
-                .last_gossip_log
-                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
-            {
-                self.last_gossip_log = Some(now);
-                tracing::warn!(%from, error = %e, "dropped a gossip frame");
-            }
-        }
-    }
-
-    fn handle_worker_event(&mut self, event: WorkerEvent, now: Instant) {
-        match event {
-            WorkerEvent::KeysetConfirmed { local_index } => {
-                tracing::debug!(local_index, "keyset confirmed by a data packet");
-                self.peers.confirm(None, local_index, now);
-            }
-            WorkerEvent::EndpointMoved { peer, address } => {
-                if let Some(id) = self.peers.by_short(peer) {
-                    self.peers.set_endpoint(id, address);
-                }
-            }
-        }
-    }
-
-    /// Rebuilds the forwarding snapshot from the cores' state, publishes it,
-    /// and brings the heartbeat core's keys up to date.
-    fn publish(&mut self, now: Instant) {
-        self.dirty = false;
-        self.short = self.gossip.short_id();
-        let (me, my_short) = (self.me, self.short);
-        let ids: Vec<PeerId> = self.peers.iter().map(|p| p.id).collect();
-        for id in ids {
-            if let Some(s) = short_of(me, my_short, &self.gossip, &self.peers, id) {
-                self.peers.set_short(id, s);
-            }
-        }
-        let mtu = self.cluster_mtu();
-        self.follow_cluster_mtu(mtu);
-        self.heartbeats.set_mtu(mtu, now);
-        let (gossip, peers) = (&self.gossip, &self.peers);
-        let lookup = |id| short_of(me, my_short, gossip, peers, id);
-        let owners = self.ipam.owners();
-        let attributed = self.attribution.update(gossip, &owners, now);
-        let published = publish::snapshot(&publish::Inputs {
-            me: my_short,
-            mtu,
-            peers,
-            liveness: &self.liveness,
-            routes: gossip
-                .routes()
-                .iter()
-                .map(|(d, r)| (d, r.next_hop))
-                .collect(),
-            owners,
-            short_of: &lookup,
-            attributed: &attributed,
-        });
-        if !published.refused_ranges.is_empty() {
-            tracing::warn!(refused = ?published.refused_ranges, "overlapping ranges refused");
-        }
-        if published.refused_links != self.short_clashes {
-            self.short_clashes = published.refused_links;
-            if !self.short_clashes.is_empty() {
-                self.count_handshake("short_id_clash");
-                tracing::warn!(refused = ?self.short_clashes, "peers left out of the data plane: another router has their short ID");
-            }
-        }
-        self.dataplane.publish(published.snapshot);
-        for p in self.peers.iter() {
-            self.heartbeats.set_link(
-                p.id,
-                my_short,
-                LinkKeys {
-                    short: p.short,
-                    endpoint: p.endpoint,
-                    current: p.keys.current(),
-                    receive: p.keys.receive_keysets().collect(),
-                },
-                now,
-            );
-        }
-        let reachable = self.reachable_peers();
-        self.ipam.set_reachable(reachable);
-    }
-
-    /// Routers a path of established connections leads to, and direct peers.
-    fn reachable_peers(&self) -> BTreeSet<PeerId> {
-        let routes = self.gossip.routes();
-        let mut reachable: BTreeSet<PeerId> = routes.iter().map(|(id, _)| id).collect();
-        reachable.extend(self.peers.iter().map(|p| p.id));
-        reachable
-    }
-
-    /// Logs a refused handshake at most once a second (DESIGN.md invariant 4).
-    fn log_refusal(&mut self, remote: SocketAddr) {
-        let now = Instant::now();
-        if self
-            .last_refusal_log
-            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
-        {
-            self.last_refusal_log = Some(now);
-            tracing::warn!(%remote, refused = self.handshakes.get("refused").copied().unwrap_or(0),
-                "refused a handshake: the peer does not hold the cluster secret");
-        }
-    }
-
-    /// A peer whose clock is off cannot connect until it is fixed: say so
-    /// (at most once a second, like every refusal).
-    fn log_clock_skew(&mut self, remote: SocketAddr, why: &str) {
-        let now = Instant::now();
-        if self
-            .last_clock_skew_log
-            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
-        {
-            self.last_clock_skew_log = Some(now);
-            tracing::warn!(%remote, "refused a handshake: {why}");
-        }
-    }
-}
-
-/// Splits a connection's arrival into what the registry keeps and the
-/// command channel the driver keeps.
-fn arrival_of(up: PeerUp) -> (Arrival, mpsc::UnboundedSender<ConnectionCommand>) {
-    let arrival = Arrival {
-        connection: up.id,
-        peer: up.peer,
-        public_key: up.public_key,
-        hello: up.hello,
-        remote: up.remote,
-        outbound: up.outbound,
-        keys: up.keys,
-    };
-    (arrival, up.commands)
 }

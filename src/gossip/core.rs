@@ -22,7 +22,11 @@
 //!   entry's owner is not connected to (the owner already pushed to its own
 //!   neighbours), so a change crosses a partial mesh epidemically.
 //! - Every `anti_entropy_interval`, a `Summary` (count + order-independent
-//!   hash) goes to `anti_entropy_fanout` random neighbours; only on mismatch
+//!   hash) goes to `anti_entropy_fanout` random neighbours; while nothing
+//!   changes the wait doubles each round up to `anti_entropy_max` (an idle
+//!   link costs almost nothing, issue 14), and any change of the table or a
+//!   neighbour's differing summary brings it back to the base interval, so
+//!   the routers near a change keep the epidemic going; only on mismatch
 //!   does the receiver answer with its `Digest` of `(id, version)`, and only
 //!   the entries that differ travel. A new neighbour gets my digest at once
 //!   and pulls what it lacks (for a fresh router that is the full state).
@@ -86,8 +90,11 @@ impl fmt::Debug for PeerInfo {
 pub struct GossipConfig {
     /// This router's overlay MTU (DESIGN.md "MTU": 1420 for a 1500 underlay).
     pub mtu: u16,
-    /// Mean time between anti-entropy rounds (jittered ±25 %).
+    /// Mean time between anti-entropy rounds (jittered ±25 %) after a change.
     pub anti_entropy_interval: Duration,
+    /// The longest mean time between rounds while nothing changes (each
+    /// quiet round doubles the wait up to this).
+    pub anti_entropy_max: Duration,
     /// Neighbours asked per anti-entropy round.
     pub anti_entropy_fanout: usize,
     /// Neighbours each newly learned entry is relayed to.
@@ -105,6 +112,7 @@ impl Default for GossipConfig {
         Self {
             mtu: 1420,
             anti_entropy_interval: Duration::from_secs(1),
+            anti_entropy_max: Duration::from_secs(8),
             anti_entropy_fanout: 3,
             relay_fanout: 2,
             push_interval: Duration::from_millis(500),
@@ -219,6 +227,9 @@ pub struct Gossip {
     verifying_keys: VerifyingKeys,
     relays: Vec<(PeerId, PeerId)>,
     next_anti_entropy: Instant,
+    /// The current mean wait between anti-entropy rounds (backs off while
+    /// quiet, see the module docs).
+    anti_entropy_wait: Duration,
     next_reap: Instant,
     push_at: Option<Instant>,
     last_push: Option<Instant>,
@@ -276,6 +287,7 @@ impl Gossip {
             verifying_keys: VerifyingKeys::default(),
             relays: Vec::new(),
             next_anti_entropy: now + first_round,
+            anti_entropy_wait: config.anti_entropy_interval,
             next_reap: now + config.reap_interval,
             push_at: None,
             last_push: None,
@@ -370,6 +382,7 @@ impl Gossip {
             Message::Summary(s) => {
                 if (s.count, s.hash) != self.table.summary() {
                     self.send_digest(from, PeerId(0), PeerId(u64::MAX));
+                    self.hurry_anti_entropy(now);
                 }
             }
             Message::Digest(d) => self.handle_digest(from, d),
@@ -399,7 +412,8 @@ impl Gossip {
         }
         if self.next_anti_entropy <= now {
             self.anti_entropy();
-            self.next_anti_entropy = now + jitter(&mut self.rng, self.config.anti_entropy_interval);
+            self.next_anti_entropy = now + jitter(&mut self.rng, self.anti_entropy_wait);
+            self.anti_entropy_wait = (self.anti_entropy_wait * 2).min(self.config.anti_entropy_max);
         }
         if self.next_reap <= now {
             self.reap(now);
@@ -587,8 +601,20 @@ impl Gossip {
         self.flush_relays();
         if self.topology_changed {
             self.topology_changed = false;
+            self.hurry_anti_entropy(now);
             self.routes = OnceCell::new();
             self.emit(GossipEvent::TopologyChanged);
+        }
+    }
+
+    /// Something changed or differs: anti-entropy back at its base interval
+    /// (a round already due sooner stays).
+    fn hurry_anti_entropy(&mut self, now: Instant) {
+        let base = self.config.anti_entropy_interval;
+        if self.anti_entropy_wait > base {
+            self.anti_entropy_wait = base;
+            let next = now + jitter(&mut self.rng, base);
+            self.next_anti_entropy = self.next_anti_entropy.min(next);
         }
     }
 

@@ -119,6 +119,8 @@ pub struct GossipSim {
     pub routers: Vec<SimRouter>,
     /// Frame bytes sent per router.
     pub bytes_sent: Vec<u64>,
+    /// Frames sent per router (each a control message on the wire).
+    pub frames_sent: Vec<u64>,
     /// Steps taken.
     pub steps: u64,
     /// Frames that failed to decode at an honest receiver.
@@ -176,6 +178,7 @@ impl GossipSim {
             net: Network::new(config.net.clone(), rng.r#gen()),
             routers: Vec::new(),
             bytes_sent: vec![0; config.routers],
+            frames_sent: vec![0; config.routers],
             steps: 0,
             decode_errors: 0,
             seed,
@@ -566,6 +569,7 @@ impl GossipSim {
                 continue;
             };
             self.bytes_sent[i] += bytes.len() as u64;
+            self.frames_sent[i] += 1;
             self.net.send(now, i, j, Wire::Gossip(bytes));
         }
         for addr in dials {

@@ -12,8 +12,12 @@
 //! - `ipam` (tests only): many IPAM cores with joins, kills, restarts,
 //!   partitions, donations, reclaims and leaves, checking invariant 1;
 //! - `ring_bench` (tests only, ignored): the ring channel's idle bytes per
-//!   router, full rings against digests.
+//!   router, full rings against digests;
+//! - `control_bench` (tests only, ignored): control bytes per router per
+//!   second over every channel, at idle and under traffic.
 
+#[cfg(test)]
+mod control_bench;
 pub mod gossip;
 #[cfg(test)]
 mod ipam;

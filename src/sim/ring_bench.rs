@@ -25,9 +25,14 @@ const CAP: usize = 200;
 const DELIVER: usize = 5;
 const INTERVAL: Duration = Duration::from_secs(5);
 
-/// Ring-channel bytes one router sends per second at idle, on average.
-fn idle_bytes_per_router(routers: usize, ring_version: u8) -> f64 {
-    let now = Instant::now();
+/// `routers` allocators (IDs 1..=routers, each owning a share of the
+/// range, each with its free-space record) holding one converged ring, with
+/// nothing left to send (`control_bench.rs` starts from this too).
+pub(super) fn converged(
+    routers: usize,
+    ring_version: u8,
+    now: Instant,
+) -> Vec<Allocator<MemStore>> {
     let range = AddrRange::parse("10.32.0.0/12").unwrap();
     let owners: BTreeSet<PeerId> = (1..=routers as u64).map(PeerId).collect();
     let mut nodes: Vec<Allocator<MemStore>> = owners
@@ -62,6 +67,13 @@ fn idle_bytes_per_router(routers: usize, ring_version: u8) -> f64 {
         n.handle_message(PeerId(0), &all, now).unwrap();
         while n.poll_transmit().is_some() {}
     }
+    nodes
+}
+
+/// Ring-channel bytes one router sends per second at idle, on average.
+fn idle_bytes_per_router(routers: usize, ring_version: u8) -> f64 {
+    let now = Instant::now();
+    let mut nodes = converged(routers, ring_version, now);
     // One interval.
     let neighbours = (routers - 1).min(CAP);
     let negotiated = ring_version.min(RING_DIGEST_VERSION);

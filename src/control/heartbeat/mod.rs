@@ -3,7 +3,7 @@
 //!
 //! Owns, per connected peer: the heartbeat send counters and the replay
 //! windows of its receive keysets, keyed by the key itself (its
-//! [`KeyId`]), so that neither a receiver index reused for another key nor
+//! [`KeyId`](crate::crypto::data::KeyId)), so that neither a receiver index reused for another key nor
 //! a keyset that drops out of a sync and comes back restarts a counter (a
 //! nonce reused) or resets a window (a replay accepted); both are pruned
 //! with the keysets when [`Heartbeats::set_link`] re-syncs them from the
@@ -15,11 +15,20 @@
 //! registry does) nor the data plane's traffic, which the driver reports
 //! with [`Heartbeats::observe_data`] (it counts as liveness).
 //!
-//! What an idle link costs, per direction: one keepalive every
-//! [`KEEPALIVE_INTERVAL`] (~80 bytes on the wire with IP and UDP headers),
+//! What an idle link costs, per direction: one small datagram every
+//! [`KEEPALIVE_INTERVAL`] (74 bytes on the wire with IP and UDP headers),
 //! and a full-size probe at establishment, after a change (MTU, endpoint,
-//! UDP coming back) and then at doubling intervals up to
-//! [`PMTU_RECHECK_MAX`]. A silent link is suspected after
+//! UDP coming back) and then at intervals growing up to
+//! [`PMTU_RECHECK_MAX`] (about 2.5 B/s in the long run).
+//!
+//! Keepalives are passive on one side (WireGuard's passive keepalive, issue
+//! 14): the side that dialled pings when it has sent nothing for
+//! [`KEEPALIVE_INTERVAL`], and the other side's pong is that side's
+//! keepalive, so the two directions stay proven with one round trip and
+//! the dialler measures the RTT, which its next ping carries to the other
+//! side. A peer that sends keepalives (kind 3) is a router from before this
+//! change: with it, both sides send keepalives as that router expects.
+//! A silent link is suspected after
 //! [`SUSPECT_AFTER`] and pinged every [`SUSPECT_PING_EVERY`] (a lost
 //! keepalive costs a round trip, not the link); it is down after
 //! [`LIVENESS_TIMEOUT`], so a broken link is routed around in under 3 s.
@@ -32,17 +41,18 @@
 //! changes), [`Heartbeats::poll_transmit`] (datagrams for the control
 //! socket), and [`Heartbeats::poll_timeout`].
 
+mod link;
 mod wire;
 
 #[cfg(test)]
 mod tests;
 
-use crate::crypto::data::{DataKey, KeyId, KeyLife};
 use crate::crypto::replay::ReplayWindow;
 use crate::crypto::session::Keyset;
 use crate::id::{PeerId, ShortId};
 use crate::router::datagram::open_datagram;
 use crate::router::packet::{CONTROL_LANE, DataHeader, PacketType};
+use link::{Counter, Link, Pmtu, Receiver, Sender};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -62,11 +72,17 @@ pub const LIVENESS_TIMEOUT: Duration = Duration::from_millis(2300);
 pub const PROBE_WAIT: Duration = Duration::from_millis(700);
 /// Lost probes in a row that make the verdict "too small".
 pub const PROBE_TRIES: u32 = 3;
-/// After an answered probe the next one waits this long, doubling each
-/// time up to [`PMTU_RECHECK_MAX`].
+/// After an answered probe the next one waits this long, then twice as
+/// long, then [`PMTU_RECHECK_GROWTH`]-fold each time up to
+/// [`PMTU_RECHECK_MAX`] (2, 4, 16, 64, 256, 600 s): a path that shrinks as
+/// a link settles (tests/mesh.rs) is still caught within seconds, an old
+/// one costs a probe every ten minutes.
 pub const PMTU_RECHECK_FIRST: Duration = Duration::from_secs(2);
-/// The longest wait between probes on a path that carries full size.
-pub const PMTU_RECHECK_MAX: Duration = Duration::from_secs(300);
+/// How much the wait between probes grows after the first two.
+pub const PMTU_RECHECK_GROWTH: u32 = 4;
+/// The longest wait between probes on a path that carries full size
+/// (the kernel's EMSGSIZE and a changed endpoint or MTU probe at once).
+pub const PMTU_RECHECK_MAX: Duration = Duration::from_secs(600);
 /// While the verdict is "too small", probes go this often.
 pub const PMTU_RETRY_FAILED: Duration = Duration::from_secs(3);
 /// The side that did not dial waits this long before its first packet, so
@@ -160,123 +176,6 @@ pub struct LinkKeys<'a> {
     pub receive: Vec<&'a Keyset>,
 }
 
-struct Sender {
-    remote_index: u32,
-    key: DataKey,
-}
-
-/// A send key's next heartbeat counter, kept while the key exists.
-struct Counter {
-    next: u64,
-    life: KeyLife,
-}
-
-struct Receiver {
-    key: DataKey,
-    window: ReplayWindow,
-}
-
-/// The path-MTU probe schedule of one link.
-struct Pmtu {
-    /// `Some(true)`: a probe was answered and none lost since.
-    verdict: Option<bool>,
-    /// An unanswered probe: when the last try went, and how many went.
-    outstanding: Option<(Instant, u32)>,
-    /// When the next probe goes (none outstanding).
-    next: Instant,
-    /// The wait after the next answered probe.
-    interval: Duration,
-}
-
-impl Pmtu {
-    fn new(first: Instant) -> Self {
-        Self {
-            verdict: None,
-            outstanding: None,
-            next: first,
-            interval: PMTU_RECHECK_FIRST,
-        }
-    }
-
-    /// Something changed that may change the path MTU: probe now.
-    fn recheck(&mut self, now: Instant) {
-        self.outstanding = None;
-        self.next = now;
-        self.interval = PMTU_RECHECK_FIRST;
-    }
-
-    fn answered(&mut self, now: Instant) {
-        self.verdict = Some(true);
-        self.outstanding = None;
-        self.next = now + self.interval;
-        self.interval = (self.interval * 2).min(PMTU_RECHECK_MAX);
-    }
-
-    fn deadline(&self) -> Instant {
-        match self.outstanding {
-            Some((sent, _)) => sent + PROBE_WAIT,
-            None => self.next,
-        }
-    }
-}
-
-struct Link {
-    short: ShortId,
-    endpoint: Option<SocketAddr>,
-    sender: Option<Sender>,
-    /// Heartbeat counters per send key (the current one and any older one
-    /// the key schedule still holds).
-    counters: HashMap<KeyId, Counter>,
-    /// Receive keysets by our receiver index.
-    receivers: HashMap<u32, Receiver>,
-    /// When this side may first send (the dialler at once).
-    first_tx: Instant,
-    last_tx: Option<Instant>,
-    last_rx: Option<Instant>,
-    last_ping: Option<Instant>,
-    /// The peer's last stamp and when it arrived, to echo.
-    peer_stamp: Option<(u64, Instant)>,
-    udp_ok: bool,
-    /// UDP worked at some point (so its return is a change worth a probe).
-    was_up: bool,
-    established: bool,
-    rtt: Option<Duration>,
-    pmtu: Pmtu,
-}
-
-impl Link {
-    fn can_send(&self) -> bool {
-        self.sender.is_some() && self.endpoint.is_some()
-    }
-
-    fn udp_ok_at(&self, now: Instant) -> bool {
-        self.last_rx
-            .is_some_and(|t| now.saturating_duration_since(t) < LIVENESS_TIMEOUT)
-    }
-
-    /// Probes go before the first packet arrives (they open the path) and
-    /// while UDP works; not while it is down (losses would say nothing
-    /// about the MTU).
-    fn may_probe(&self) -> bool {
-        self.last_rx.is_none() || self.udp_ok
-    }
-
-    fn keepalive_at(&self) -> Instant {
-        self.last_tx
-            .map_or(self.first_tx, |t| t + KEEPALIVE_INTERVAL)
-    }
-
-    /// When the next suspect ping goes, if the link is being suspected.
-    fn suspect_at(&self) -> Option<Instant> {
-        if !self.udp_ok {
-            return None;
-        }
-        let rx = self.last_rx?;
-        let at = (rx + SUSPECT_AFTER).max(self.last_ping.map_or(rx, |p| p + SUSPECT_PING_EVERY));
-        (at < rx + LIVENESS_TIMEOUT).then_some(at)
-    }
-}
-
 /// The heartbeat core for all peers.
 pub struct Heartbeats {
     epoch: Instant,
@@ -302,7 +201,8 @@ impl Heartbeats {
     }
 
     /// A new connection to `peer` (replacing any earlier link state). The
-    /// side that dialled sends first: a probe, which also opens the path.
+    /// side that dialled sends first: a probe, which also opens the path;
+    /// it also sends the pings that keep the idle link proven.
     pub fn add(&mut self, peer: PeerId, outbound: bool, now: Instant) {
         let first_tx = if outbound { now } else { now + INBOUND_FIRST };
         self.links.insert(
@@ -314,6 +214,8 @@ impl Heartbeats {
                 counters: HashMap::new(),
                 receivers: HashMap::new(),
                 first_tx,
+                pinger: outbound,
+                legacy: false,
                 last_tx: None,
                 last_rx: None,
                 last_ping: None,
@@ -433,7 +335,13 @@ impl Heartbeats {
         });
         let sent_at = |stamp: u64| self.epoch + Duration::from_millis(stamp);
         match Body::decode(body) {
-            Some(Body::Ping { stamp }) => self.send(peer, Body::Pong { stamp, full: false }, now),
+            Some(Body::Ping { stamp, rtt_us }) => {
+                // The pinging side measures; the other side learns it here.
+                if !link.pinger && rtt_us != 0 {
+                    link.rtt = Some(Duration::from_micros(u64::from(rtt_us)));
+                }
+                self.send(peer, Body::Pong { stamp, full: false }, now);
+            }
             Some(Body::Probe { stamp }) => self.send(peer, Body::Pong { stamp, full: true }, now),
             Some(Body::Pong { stamp, full }) => {
                 link.rtt = Some(now.saturating_duration_since(sent_at(stamp)));
@@ -446,6 +354,8 @@ impl Heartbeats {
                 echo,
                 held_ms,
             }) => {
+                // Only a router from before passive keepalives sends these.
+                link.legacy = true;
                 link.peer_stamp = Some((stamp, now));
                 if echo != 0 {
                     let held = Duration::from_millis(u64::from(held_ms));
@@ -500,7 +410,7 @@ impl Heartbeats {
             } else if link.suspect_at().is_some_and(|t| now >= t) {
                 link.last_ping = Some(now);
                 due.push((peer, Kind::Ping));
-            } else if now >= link.keepalive_at() {
+            } else if link.keepalive_at().is_some_and(|t| now >= t) {
                 due.push((peer, Kind::Keepalive));
             }
         }
@@ -508,14 +418,27 @@ impl Heartbeats {
         for (peer, kind) in due {
             let body = match kind {
                 Kind::Probe => Body::Probe { stamp },
-                Kind::Ping => Body::Ping { stamp },
-                Kind::Keepalive => self.keepalive(peer, stamp, now),
+                Kind::Ping => self.ping(peer, stamp),
+                Kind::Keepalive if self.links.get(&peer).is_some_and(|l| l.legacy) => {
+                    self.keepalive(peer, stamp, now)
+                }
+                Kind::Keepalive => self.ping(peer, stamp),
             };
             self.send(peer, body, now);
         }
     }
 
-    /// A keepalive echoing the peer's last stamp (once).
+    /// A ping carrying the RTT this side last measured (0 = none).
+    fn ping(&self, peer: PeerId, stamp: u64) -> Body {
+        let rtt = self.links.get(&peer).and_then(|l| l.rtt);
+        let rtt_us = rtt.map_or(0, |r| {
+            u32::try_from(r.as_micros()).unwrap_or(u32::MAX).max(1)
+        });
+        Body::Ping { stamp, rtt_us }
+    }
+
+    /// A keepalive echoing the peer's last stamp (once), for a peer from
+    /// before passive keepalives.
     fn keepalive(&mut self, peer: PeerId, stamp: u64, now: Instant) -> Body {
         let echoed = self.links.get_mut(&peer).and_then(|l| l.peer_stamp.take());
         let (echo, held_ms) = echoed.map_or((0, 0), |(s, at)| {
@@ -564,7 +487,9 @@ impl Heartbeats {
                 let suspect = sends
                     .then(|| l.suspect_at().map(|t| (t, HeartbeatTimer::Suspect)))
                     .flatten();
-                let keepalive = sends.then(|| (l.keepalive_at(), HeartbeatTimer::Keepalive));
+                let keepalive = sends
+                    .then(|| l.keepalive_at().map(|t| (t, HeartbeatTimer::Keepalive)))
+                    .flatten();
                 [liveness, probe, lost, suspect, keepalive]
             })
             .flatten()

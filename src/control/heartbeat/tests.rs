@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use crate::crypto::data::DataKey;
 use std::cell::Cell;
 
 const A: PeerId = PeerId(1);
@@ -252,7 +253,14 @@ fn an_older_routers_ping_and_probe_are_answered_with_pongs() {
     let later = t0 + secs(0.01);
     a.handle_datagram(later, addr(2), &mut pong);
     assert_eq!(a.links[&B].pmtu.verdict, Some(true));
-    a.send(B, Body::Ping { stamp: 6 }, later);
+    a.send(
+        B,
+        Body::Ping {
+            stamp: 6,
+            rtt_us: 0,
+        },
+        later,
+    );
     wire.carry(&mut a, addr(1), &mut b, later);
     assert!(b.poll_transmit().is_some(), "a ping is answered");
 }
@@ -355,7 +363,14 @@ fn a_link_without_keys_reports_no_send_deadline() {
 
 /// The counter in the header of `a`'s next transmit.
 fn next_counter(a: &mut Heartbeats, now: Instant) -> u64 {
-    a.send(B, Body::Ping { stamp: 1 }, now);
+    a.send(
+        B,
+        Body::Ping {
+            stamp: 1,
+            rtt_us: 0,
+        },
+        now,
+    );
     let (_, d) = a.poll_transmit().unwrap();
     DataHeader::parse(&d).unwrap().counter
 }
@@ -403,7 +418,14 @@ fn a_new_key_at_a_reused_receiver_index_gets_a_new_window() {
     let ka = keyset(11, 20, 8, 9, t0);
     b.set_link(A, ShortId(2), link_keys(1, addr(1), &kb), t0);
     a.set_link(B, ShortId(1), link_keys(2, addr(2), &ka), t0);
-    a.send(B, Body::Ping { stamp: 1 }, t0);
+    a.send(
+        B,
+        Body::Ping {
+            stamp: 1,
+            rtt_us: 0,
+        },
+        t0,
+    );
     let (_, mut d) = a.poll_transmit().unwrap();
     assert_eq!(DataHeader::parse(&d).unwrap().counter, 0);
     b.handle_datagram(t0, addr(1), &mut d);
@@ -424,7 +446,14 @@ fn a_flood_of_forged_heartbeats_with_known_indexes_leaves_no_state() {
     let t0 = Instant::now();
     let (mut a, mut b) = pair(t0);
     // A small heartbeat (a probe is padded to the MTU).
-    a.send(B, Body::Ping { stamp: 1 }, t0);
+    a.send(
+        B,
+        Body::Ping {
+            stamp: 1,
+            rtt_us: 0,
+        },
+        t0,
+    );
     let (_, template) = a.poll_transmit().unwrap();
     let windows = b.windows();
     let mut rng = 0x2545_f491_4f6c_dd1du64;
@@ -444,4 +473,88 @@ fn a_flood_of_forged_heartbeats_with_known_indexes_leaves_no_state() {
     assert_eq!(b.poll_event(), None);
     assert_eq!(b.poll_transmit(), None);
     assert_eq!(b.status(A, t0).unwrap().udp, UdpState::Unverified);
+}
+
+/// Datagram lengths each side sent in `[from, until)`: `(a's, b's)`.
+fn lengths_sent(
+    a: &mut Heartbeats,
+    b: &mut Heartbeats,
+    from: Instant,
+    until: Instant,
+) -> (Vec<usize>, Vec<usize>) {
+    let seen = std::cell::RefCell::new((Vec::new(), Vec::new()));
+    let wire = Wire::new(|now, d: &[u8]| {
+        if now >= from {
+            let mut s = seen.borrow_mut();
+            if d[2..4] == [0, 1] {
+                s.0.push(d.len());
+            } else {
+                s.1.push(d.len());
+            }
+        }
+        false
+    });
+    run(a, b, &wire, from, until);
+    seen.into_inner()
+}
+
+/// Sealed lengths: header, body, tag.
+const PING_LEN: usize = 16 + 14 + 16;
+const PONG_LEN: usize = 16 + 10 + 16;
+const KEEPALIVE_LEN: usize = 16 + 21 + 16;
+
+#[test]
+fn at_idle_the_dialler_pings_and_the_other_side_only_answers() {
+    let t0 = Instant::now();
+    let (mut a, mut b) = pair(t0);
+    // Path-MTU probes go at about 2, 6, 22, 86, 342 and 942 s: measure
+    // a minute between two of them.
+    let (from, until) = (t0 + secs(360.0), t0 + secs(420.0));
+    run(&mut a, &mut b, &Wire::new(|_, _| false), t0, from);
+    let (from_a, from_b) = lengths_sent(&mut a, &mut b, from, until);
+    assert!(from_a.iter().all(|l| *l == PING_LEN), "{from_a:?}");
+    assert!(from_b.iter().all(|l| *l == PONG_LEN), "{from_b:?}");
+    // One datagram each way per keepalive interval, no more.
+    let expected = (60.0 / KEEPALIVE_INTERVAL.as_secs_f64()).ceil() as usize;
+    assert!(from_a.len() <= expected && from_b.len() <= expected);
+    assert!(from_a.len() + 2 >= expected, "{} pings", from_a.len());
+    // The answering side knows the RTT from the pings.
+    assert!(b.status(A, until).unwrap().rtt.is_some());
+    assert!(a.status(B, until).unwrap().established);
+    assert!(b.status(A, until).unwrap().established);
+}
+
+#[test]
+fn a_peer_from_before_passive_keepalives_gets_keepalives_as_it_expects() {
+    let t0 = Instant::now();
+    let (mut a, mut b) = pair(t0);
+    run(
+        &mut a,
+        &mut b,
+        &Wire::new(|_, _| false),
+        t0,
+        t0 + secs(10.0),
+    );
+    // An older dialler sends a keepalive (kind 3): b answers in kind.
+    let at = t0 + secs(10.0);
+    let ka = a.keepalive(B, 5, at);
+    a.send(B, ka, at);
+    let wire = Wire::new(|_, _| false);
+    wire.carry(&mut a, addr(1), &mut b, at);
+    let (_, from_b) = lengths_sent(&mut a, &mut b, at, at + secs(10.0));
+    assert!(from_b.contains(&KEEPALIVE_LEN), "{from_b:?}");
+}
+
+#[test]
+fn when_the_pings_stop_arriving_the_answering_side_notices_within_the_liveness_timeout() {
+    let t0 = Instant::now();
+    let (mut a, mut b) = pair(t0);
+    let broken = t0 + secs(30.0);
+    // Only a → b breaks: b hears nothing, a still hears b's suspect pings.
+    let wire = Wire::new(|now, d: &[u8]| now >= broken && d[2..4] == [0, 1]);
+    let by = broken + LIVENESS_TIMEOUT + secs(0.01);
+    run(&mut a, &mut b, &wire, t0, by);
+    let s = b.status(A, by).unwrap();
+    assert_eq!(s.udp, UdpState::Blocked);
+    assert!(!s.established);
 }

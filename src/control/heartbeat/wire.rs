@@ -5,7 +5,9 @@
 //!
 //! Body: `[kind:8][stamp_ms:64]…`, stamps in milliseconds from the sender's
 //! epoch, never 0:
-//! - 0 ping `[..][0]`: answer with a pong at once;
+//! - 0 ping `[..][0][rtt_us:32]`: answer with a pong at once; `rtt_us` (appended,
+//!   0 = none; older routers ignore it) is the RTT the pinging side last
+//!   measured, so the answering side of a passive keepalive knows it too;
 //! - 1 pong `[..][full]`: echoes a ping's or probe's stamp; `full` = it was a probe;
 //! - 2 probe `[..][1]`, padded to the overlay MTU: answered by a pong with `full`;
 //! - 3 keepalive `[..][echo:64][held_ms:32]`: needs no answer; echoes the
@@ -28,6 +30,8 @@ const PROBE: u8 = 2;
 const KEEPALIVE: u8 = 3;
 /// kind, stamp, flag.
 const SHORT_BODY: usize = 10;
+/// kind, stamp, flag, rtt.
+const PING_BODY: usize = 14;
 /// kind, stamp, echo, held.
 const KEEPALIVE_BODY: usize = 21;
 
@@ -38,6 +42,8 @@ pub(super) enum Body {
     Ping {
         /// The sender's stamp.
         stamp: u64,
+        /// The RTT the sender last measured, in microseconds; 0 = none.
+        rtt_us: u32,
     },
     /// Answers a ping or a probe.
     Pong {
@@ -67,7 +73,7 @@ impl Body {
     /// The body's bytes; a probe is padded to `probe_len`.
     pub(super) fn encode(&self, probe_len: usize) -> Vec<u8> {
         let (kind, stamp) = match *self {
-            Self::Ping { stamp } => (PING, stamp),
+            Self::Ping { stamp, .. } => (PING, stamp),
             Self::Pong { stamp, .. } => (PONG, stamp),
             Self::Probe { stamp } => (PROBE, stamp),
             Self::Keepalive { stamp, .. } => (KEEPALIVE, stamp),
@@ -75,6 +81,7 @@ impl Body {
         let len = match self {
             Self::Probe { .. } => probe_len.max(SHORT_BODY),
             Self::Keepalive { .. } => KEEPALIVE_BODY,
+            Self::Ping { .. } => PING_BODY,
             _ => SHORT_BODY,
         };
         let mut body = vec![0u8; len];
@@ -87,7 +94,7 @@ impl Body {
                 body[9..17].copy_from_slice(&echo.to_be_bytes());
                 body[17..21].copy_from_slice(&held_ms.to_be_bytes());
             }
-            Self::Ping { .. } => {}
+            Self::Ping { rtt_us, .. } => body[10..14].copy_from_slice(&rtt_us.to_be_bytes()),
         }
         body
     }
@@ -97,7 +104,14 @@ impl Body {
     pub(super) fn decode(body: &[u8]) -> Option<Self> {
         let stamp = u64::from_be_bytes(body.get(1..9)?.try_into().ok()?);
         Some(match *body.first()? {
-            PING => Self::Ping { stamp },
+            PING => Self::Ping {
+                stamp,
+                // Appended: an older router's ping has none.
+                rtt_us: body
+                    .get(10..14)
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(0, u32::from_be_bytes),
+            },
             PONG => Self::Pong {
                 stamp,
                 full: body.get(9) == Some(&1),
@@ -133,7 +147,10 @@ mod tests {
     #[test]
     fn every_body_decodes_to_itself() {
         for body in [
-            Body::Ping { stamp: 7 },
+            Body::Ping {
+                stamp: 7,
+                rtt_us: 1500,
+            },
             Body::Pong {
                 stamp: 7,
                 full: true,
@@ -161,6 +178,24 @@ mod tests {
         assert_eq!(pong, [1, 0, 0, 0, 0, 0, 0, 1, 2, 1]);
         let probe = Body::Probe { stamp: 3 }.encode(100);
         assert_eq!((probe[0], probe[9]), (2, 1));
+    }
+
+    #[test]
+    fn a_ping_from_an_older_router_decodes_without_an_rtt() {
+        let old = [0, 0, 0, 0, 0, 0, 0, 0, 5, 0];
+        assert_eq!(
+            Body::decode(&old),
+            Some(Body::Ping {
+                stamp: 5,
+                rtt_us: 0
+            })
+        );
+        let new = Body::Ping {
+            stamp: 5,
+            rtt_us: 7,
+        }
+        .encode(0);
+        assert_eq!(&new[..10], &old, "the old layout, the RTT appended");
     }
 
     #[test]

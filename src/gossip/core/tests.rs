@@ -444,3 +444,53 @@ proptest! {
         prop_assert_eq!(g.summary(), before);
     }
 }
+
+/// Times of the anti-entropy summaries `g` sends from `from` to `until`,
+/// driven by its own deadlines.
+fn summary_times(g: &mut Gossip, from: Instant, until: Instant) -> Vec<Instant> {
+    let mut times = Vec::new();
+    let mut now = from;
+    for _ in 0..10_000 {
+        let Some((next, _)) = g.poll_timeout() else {
+            break;
+        };
+        now = next.max(now);
+        if now > until {
+            break;
+        }
+        g.handle_timeout(now);
+        while let Some((_, frame)) = g.poll_transmit() {
+            if matches!(Message::decode(&frame), Ok(Message::Summary(_))) {
+                times.push(now);
+            }
+        }
+        while g.poll_event().is_some() {}
+    }
+    times
+}
+
+#[test]
+fn quiet_anti_entropy_backs_off_to_its_longest_wait_and_a_change_brings_it_back() {
+    let (mut g, _n, t0) = core_with_neighbour();
+    let max = GossipConfig::default().anti_entropy_max;
+    let quiet = summary_times(&mut g, t0, t0 + 120 * SECOND);
+    let gaps: Vec<Duration> = quiet.windows(2).map(|w| w[1] - w[0]).collect();
+    // Doubling from 1 s, jittered ±25 %, never past the longest wait.
+    assert!(gaps.iter().all(|g| *g <= max.mul_f64(1.25)), "{gaps:?}");
+    assert!(gaps.last().unwrap() >= &max.mul_f64(0.75), "{gaps:?}");
+    assert!(
+        quiet.len() < 25,
+        "{} rounds in two quiet minutes",
+        quiet.len()
+    );
+    // A change of my own entry: the next round comes at the base rate.
+    let changed = t0 + 120 * SECOND;
+    g.set_mtu(1400, changed);
+    while g.poll_transmit().is_some() {}
+    let after = summary_times(&mut g, changed, changed + 10 * SECOND);
+    assert!(
+        after[0] - changed <= GossipConfig::default().anti_entropy_interval.mul_f64(1.25),
+        "first round {:?} after the change",
+        after[0] - changed
+    );
+}

@@ -12,6 +12,17 @@
 //! on a real difference, at most once per interval per link (idle cost is
 //! the digest alone). A router sent a ring that lacks something it has
 //! sends its ring back (`merge.rs`), so each exchange converges both ways.
+//!
+//! Back-off (issue 14, "idle links cost almost nothing"): a round whose
+//! summary equals the one last sent sends nothing unless its wait is up;
+//! the wait doubles from `gossip_interval` after every quiet send up to
+//! `gossip_max`. A changed ring (a merge, a donation, a new free count in
+//! our record) is sent at the next round and the wait starts over, and so
+//! does a neighbour's differing digest: the routers that hold a change keep
+//! exchanging at the base rate until their neighbours have it, so
+//! convergence after a change is as fast as before, and changes of
+//! ownership are pushed at once anyway (`send_ring`). The wait only grows
+//! where there is nothing to say.
 
 use super::{Allocator, Destination};
 use crate::id::PeerId;
@@ -20,7 +31,51 @@ use crate::ipam::error::IpamError;
 use crate::ipam::message::{Message, MessageError, RING_DIGEST_VERSION, RING_WIRE_VERSION};
 use crate::ipam::store::Store;
 use crate::wire::DecodeError;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// When the next digest is due, and the wait after it (module docs).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Backoff {
+    wait: Duration,
+    next: Instant,
+    last_sent: Option<RingSummary>,
+}
+
+impl Backoff {
+    pub(super) fn new(base: Duration, now: Instant) -> Self {
+        Self {
+            wait: base,
+            next: now,
+            last_sent: None,
+        }
+    }
+
+    /// Whether a round holding `summary` sends; if so, the send is noted
+    /// and the next wait set.
+    fn send_now(
+        &mut self,
+        summary: RingSummary,
+        base: Duration,
+        max: Duration,
+        now: Instant,
+    ) -> bool {
+        if self.last_sent != Some(summary) {
+            self.wait = base;
+        } else if now < self.next {
+            return false;
+        }
+        self.last_sent = Some(summary);
+        self.next = now + self.wait;
+        self.wait = (self.wait * 2).min(max.max(base));
+        true
+    }
+
+    /// A neighbour's ring differs: the next round sends, at the base rate.
+    fn hurry(&mut self, base: Duration, now: Instant) {
+        self.wait = base;
+        self.next = self.next.min(now);
+    }
+}
 
 impl<S: Store> Allocator<S> {
     /// True when this allocator speaks digests (not a pre-digest build).
@@ -37,7 +92,12 @@ impl<S: Store> Allocator<S> {
         }
         self.refresh_record(now);
         if let Some(ring) = &self.ring {
-            let digest = Message::Digest(RingSummary::of(ring)).encode();
+            let summary = RingSummary::of(ring);
+            let (base, max) = (self.cfg.gossip_interval, self.cfg.gossip_max);
+            if !self.backoff.send_now(summary, base, max, now) {
+                return;
+            }
+            let digest = Message::Digest(summary).encode();
             self.transmits.push_back((
                 Destination::Neighbours {
                     min: RING_DIGEST_VERSION,
@@ -80,6 +140,7 @@ impl<S: Store> Allocator<S> {
         if ours == theirs {
             return Ok(());
         }
+        self.backoff.hurry(self.cfg.gossip_interval, now);
         if ours.genesis != theirs.genesis || ours.weight >= theirs.weight {
             self.send_ring(Destination::Peer(from), now);
         } else {
@@ -172,6 +233,48 @@ mod tests {
             }
         });
         digest.expect("a digest to digest speakers").1.clone()
+    }
+
+    /// The rounds, 5 s apart from `from`, in which `n` sent a digest.
+    fn digest_rounds(n: &mut Node, from: Instant, rounds: u32) -> Vec<u32> {
+        (1..=rounds)
+            .filter(|k| {
+                n.handle_timeout(from + Duration::from_secs(5) * *k)
+                    .unwrap();
+                outbox(n)
+                    .iter()
+                    .any(|(_, m)| matches!(m, Message::Digest(_)))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_unchanged_ring_sends_its_digest_ever_less_often_and_a_change_at_once() {
+        let (mut a, _, now) = pair();
+        let quiet = digest_rounds(&mut a, now, 30);
+        // 5 s rounds: sent at 5, 10, 20, 40 s, then every 30 s.
+        assert_eq!(quiet, [1, 2, 4, 8, 14, 20, 26], "{quiet:?}");
+        // A pod allocated changes our record: the next round sends, and
+        // the waits start over.
+        let later = now + Duration::from_secs(5) * 30;
+        a.allocate("pod-1", "eth0", later).unwrap();
+        let busy = digest_rounds(&mut a, later, 4);
+        assert_eq!(busy, [1, 2, 4], "{busy:?}");
+    }
+
+    #[test]
+    fn a_neighbours_differing_digest_brings_the_next_round_forward() {
+        let (mut a, mut b, now) = pair();
+        digest_rounds(&mut a, now, 30);
+        let later = now + Duration::from_secs(5) * 30;
+        // b changes; its digest reaches a, which answers and then sends its
+        // own digest at its next round rather than in up to 30 s.
+        b.allocate("pod-1", "eth0", later).unwrap();
+        let digest = digest_of(&mut b, later);
+        a.handle_message(PeerId(2), &digest.encode(), later)
+            .unwrap();
+        outbox(&mut a);
+        assert_eq!(digest_rounds(&mut a, later, 1), [1]);
     }
 
     #[test]

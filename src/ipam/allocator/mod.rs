@@ -93,8 +93,13 @@ pub struct Config {
     pub range: AddrRange,
     /// How the ring starts.
     pub init: Init,
-    /// How often the ring (or a proposal) is re-broadcast (anti-entropy).
+    /// How often the ring (or a proposal) is re-broadcast (anti-entropy),
+    /// and the round of housekeeping (quarantine, donation windows).
     pub gossip_interval: Duration,
+    /// The longest wait between two digests while the ring does not change
+    /// (each quiet round doubles the wait from `gossip_interval` up to this;
+    /// `anti_entropy.rs`).
+    pub gossip_max: Duration,
     /// Time within which every connected router has seen a change; the
     /// quarantine after a reclaim or a relearned ring is twice this.
     pub convergence_bound: Duration,
@@ -114,7 +119,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults: gossip every 5 s, convergence bound 30 s (so 60 s of
+    /// Defaults: gossip every 5 s (digests backing off to 30 s while
+    /// nothing changes), convergence bound 30 s (so 60 s of
     /// quarantine), donation request timeout 5 s, one answered donation
     /// request per requester per 10 s.
     pub fn new(me: PeerId, range: AddrRange, init: Init, crypto: Box<dyn RingCrypto>) -> Self {
@@ -123,6 +129,7 @@ impl Config {
             range,
             init,
             gossip_interval: Duration::from_secs(5),
+            gossip_max: Duration::from_secs(30),
             convergence_bound: Duration::from_secs(30),
             request_timeout: Duration::from_secs(5),
             ring_version: RING_DIGEST_VERSION,
@@ -166,6 +173,8 @@ pub struct Allocator<S: Store> {
     /// The writers' keys and the signatures already checked.
     verifier: Verifier,
     next_gossip: Instant,
+    /// Digest back-off (`anti_entropy.rs`).
+    backoff: anti_entropy::Backoff,
     transmits: VecDeque<(Destination, Vec<u8>)>,
     events: VecDeque<Event>,
 }
@@ -247,6 +256,7 @@ impl<S: Store> Allocator<S> {
         };
         let mut this = Self {
             next_gossip: now,
+            backoff: anti_entropy::Backoff::new(cfg.gossip_interval, now),
             cfg,
             store,
             ring,
