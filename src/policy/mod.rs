@@ -3,7 +3,8 @@
 //! Phase 1, the pure spine: [`model`] parses the API objects (bounded,
 //! hostile-input safe), [`selector`] and [`addrs`] are the vocabulary,
 //! [`compile`] turns pods, namespaces and policies into per-pod rules,
-//! [`flatten`] makes them disjoint verdict-map entries. Watching the API server, applying
+//! [`flatten`] makes them disjoint verdict-map entries, and [`nft`] renders
+//! those into the router's policy table. Watching the API server, applying
 //! the table and the drop log come on top of this (see docs/ARCHITECTURE.md).
 //!
 //! Identity is the pod address: these rules are only as good as the
@@ -16,6 +17,7 @@ pub mod addrs;
 pub mod compile;
 pub mod flatten;
 pub mod model;
+pub mod nft;
 pub mod selector;
 #[cfg(test)]
 mod truth_table;
