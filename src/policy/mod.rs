@@ -19,8 +19,10 @@ pub mod flatten;
 pub mod model;
 pub mod nft;
 pub mod selector;
+pub mod state;
 #[cfg(test)]
 mod truth_table;
+pub mod watch;
 
 pub use compile::{Cluster, PodInfo, PodRules, Policy, PolicyId, Proto, compile_policy};
 pub use flatten::{Decision, Direction};
