@@ -433,6 +433,17 @@ fn a_named_egress_port_is_looked_up_in_each_destination_pod() {
     );
 }
 
+/// The spec of upstream's allow-client-a-via-cidr-egress-rule: x/a may
+/// send only to `cidr` (minus `except`).
+fn egress_of_a_to(cidr: &str, except: Option<&str>) -> String {
+    let except = except
+        .map(|e| format!(r#","except":["{e}"]"#))
+        .unwrap_or_default();
+    format!(
+        r#"{{"podSelector":{{"matchLabels":{{"pod":"a"}}}},"policyTypes":["Egress"],"egress":[{{"to":[{{"ipBlock":{{"cidr":"{cidr}"{except}}}}}]}}]}}"#
+    )
+}
+
 #[test]
 fn egress_to_a_cidr_allows_that_block_only_and_except_carves_it_out() {
     let mut c = cluster();
@@ -440,10 +451,7 @@ fn egress_to_a_cidr_allows_that_block_only_and_except_carves_it_out() {
         &mut c,
         "x",
         "allow-client-a-via-cidr-egress-rule",
-        &format!(
-            r#"{{"podSelector":{{"matchLabels":{{"pod":"a"}}}},"policyTypes":["Egress"],"egress":[{{"to":[{{"ipBlock":{{"cidr":"{}/32"}}}}]}}]}}"#,
-            ip_text("y/b")
-        ),
+        &egress_of_a_to(&format!("{}/32", ip_text("y/b")), None),
     );
     let expected = Matrix::all_allowed()
         .expect("x/a", "", false)
@@ -456,9 +464,9 @@ fn egress_to_a_cidr_allows_that_block_only_and_except_carves_it_out() {
         &mut c,
         "x",
         "allow-client-a-via-cidr-egress-rule",
-        &format!(
-            r#"{{"podSelector":{{"matchLabels":{{"pod":"a"}}}},"policyTypes":["Egress"],"egress":[{{"to":[{{"ipBlock":{{"cidr":"{b}/4","except":["{b}/32"]}}}}]}}]}}"#,
-            b = ip_text("x/b")
+        &egress_of_a_to(
+            &format!("{}/4", ip_text("x/b")),
+            Some(&format!("{}/32", ip_text("x/b"))),
         ),
     );
     check(
@@ -473,10 +481,7 @@ fn egress_to_a_cidr_allows_that_block_only_and_except_carves_it_out() {
         &mut c,
         "x",
         "allow-b",
-        &format!(
-            r#"{{"podSelector":{{"matchLabels":{{"pod":"a"}}}},"policyTypes":["Egress"],"egress":[{{"to":[{{"ipBlock":{{"cidr":"{}/32"}}}}]}}]}}"#,
-            ip_text("x/b")
-        ),
+        &egress_of_a_to(&format!("{}/32", ip_text("x/b")), None),
     );
     check(
         "except then allowed by another",
