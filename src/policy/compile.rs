@@ -1,0 +1,535 @@
+//! The policy compiler (DESIGN.md "NetworkPolicy"; issue 18, "Semantics"):
+//! checks each NetworkPolicy once ([`compile_policy`]), keeps the cluster's
+//! pods, namespaces and policies ([`Cluster`]), and gives for one local pod
+//! and each direction the rules nftables enforces ([`Cluster::rules_for`]).
+//!
+//! Semantics, as `networking.k8s.io/v1` defines them:
+//! - a pod selected by no policy of a direction is open in that direction;
+//!   once selected, only what some selecting policy allows passes (union;
+//!   an empty rule list is a default deny);
+//! - `policyTypes` absent means Ingress, plus Egress if there are egress
+//!   rules;
+//! - a peer is pods (podSelector in the policy's namespace, or
+//!   namespaceSelector, or both ANDed) or an ipBlock minus its `except`;
+//!   no peers means every address; no ports means every port and protocol;
+//! - a named port is looked up in the containerPorts of the destination pod:
+//!   for ingress the local pod, for egress each peer pod;
+//! - pods in the host's network, finished pods and pods without an IPv4
+//!   address are not peers (they have no identity of their own).
+//!
+//! Traffic from the node to its own pods (kubelet probes) never reaches the
+//! forward hook that enforces these rules, so it passes, as Kubernetes
+//! expects. Pure: no clock, no I/O.
+
+use super::addrs::AddrSet;
+use super::flatten::{Direction, RawBox};
+use super::model::{IntOrString, Labels, Namespace, NetworkPolicy, ObjectError, Pod};
+use super::selector::Selector;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+/// The label the API server puts on every namespace (since 1.21); set here
+/// too, so that a namespace not yet seen still matches selectors on it.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// A policy's namespace and name: how logs, counters and status name it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyId {
+    /// `metadata.namespace`.
+    pub namespace: String,
+    /// `metadata.name`.
+    pub name: String,
+}
+
+impl fmt::Display for PolicyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The transport protocols a policy port names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Proto {
+    /// TCP (the default).
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+}
+
+impl Proto {
+    /// Every protocol, in order.
+    pub const ALL: [Self; 3] = [Self::Tcp, Self::Udp, Self::Sctp];
+
+    /// As nftables and logs spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+            Self::Sctp => "sctp",
+        }
+    }
+
+    /// Parses Kubernetes' `protocol` (absent: TCP).
+    fn from_api(protocol: Option<&str>) -> Result<Self, String> {
+        match protocol.unwrap_or("TCP") {
+            "TCP" => Ok(Self::Tcp),
+            "UDP" => Ok(Self::Udp),
+            "SCTP" => Ok(Self::Sctp),
+            other => Err(format!("unknown protocol {other:?}")),
+        }
+    }
+}
+
+/// A checked policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// Its name.
+    pub id: PolicyId,
+    selects: Selector,
+    /// `Some` when the policy applies to ingress (its pods are isolated).
+    ingress: Option<Vec<Rule>>,
+    /// `Some` when the policy applies to egress.
+    egress: Option<Vec<Rule>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Rule {
+    /// `None`: every address.
+    peers: Option<Vec<Peer>>,
+    /// `None`: every port of every protocol.
+    ports: Option<Vec<PortMatch>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Peer {
+    Pods {
+        /// `None`: the policy's own namespace.
+        namespaces: Option<Selector>,
+        pods: Selector,
+    },
+    Block(AddrSet),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PortMatch {
+    proto: Proto,
+    port: PortRef,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum PortRef {
+    Range(u16, u16),
+    Named(String),
+}
+
+/// Checks a policy. `Err` says what cannot be compiled; the caller skips
+/// the policy with one log line and a count (issue 18, "Failure").
+pub fn compile_policy(policy: &NetworkPolicy) -> Result<Policy, ObjectError> {
+    let invalid = ObjectError::Invalid;
+    let meta = &policy.metadata;
+    if meta.name.is_empty() || meta.namespace.is_empty() {
+        return Err(invalid("a policy needs a name and a namespace".into()));
+    }
+    let spec = &policy.spec;
+    let (ingress_on, egress_on) = match &spec.policy_types {
+        None => (true, !spec.egress.is_empty()),
+        Some(types) => {
+            for t in types {
+                if t != "Ingress" && t != "Egress" {
+                    return Err(invalid(format!("unknown policyType {t:?}")));
+                }
+            }
+            (
+                types.iter().any(|t| t == "Ingress"),
+                types.iter().any(|t| t == "Egress"),
+            )
+        }
+    };
+    let rules = |list: &[super::model::PolicyRule], ingress: bool| -> Result<Vec<Rule>, String> {
+        list.iter()
+            .map(|rule| {
+                let peers = if ingress { &rule.from } else { &rule.to };
+                Ok(Rule {
+                    peers: if peers.is_empty() {
+                        None
+                    } else {
+                        Some(peers.iter().map(compile_peer).collect::<Result<_, _>>()?)
+                    },
+                    ports: if rule.ports.is_empty() {
+                        None
+                    } else {
+                        Some(
+                            rule.ports
+                                .iter()
+                                .map(compile_port)
+                                .collect::<Result<_, _>>()?,
+                        )
+                    },
+                })
+            })
+            .collect()
+    };
+    Ok(Policy {
+        id: PolicyId {
+            namespace: meta.namespace.clone(),
+            name: meta.name.clone(),
+        },
+        selects: Selector::from_api(&spec.pod_selector).map_err(invalid)?,
+        ingress: if ingress_on {
+            Some(rules(&spec.ingress, true).map_err(invalid)?)
+        } else {
+            None
+        },
+        egress: if egress_on {
+            Some(rules(&spec.egress, false).map_err(invalid)?)
+        } else {
+            None
+        },
+    })
+}
+
+fn compile_peer(peer: &super::model::PolicyPeer) -> Result<Peer, String> {
+    match (&peer.pod_selector, &peer.namespace_selector, &peer.ip_block) {
+        (None, None, Some(block)) => {
+            let Some(cidr) = AddrSet::parse_cidr(&block.cidr)? else {
+                return Ok(Peer::Block(AddrSet::empty()));
+            };
+            let mut left = cidr.clone();
+            for except in &block.except {
+                match AddrSet::parse_cidr(except)? {
+                    Some(e) if cidr.covers(&e) => left = left.subtract(&e),
+                    Some(_) => {
+                        return Err(format!("except {except:?} is not inside {:?}", block.cidr));
+                    }
+                    None => return Err(format!("except {except:?} is not IPv4 like its block")),
+                }
+            }
+            Ok(Peer::Block(left))
+        }
+        (pods, namespaces, None) if pods.is_some() || namespaces.is_some() => Ok(Peer::Pods {
+            namespaces: namespaces.as_ref().map(Selector::from_api).transpose()?,
+            pods: pods
+                .as_ref()
+                .map(Selector::from_api)
+                .transpose()?
+                .unwrap_or_else(Selector::everything),
+        }),
+        _ => Err("a peer needs exactly one of podSelector/namespaceSelector or ipBlock".into()),
+    }
+}
+
+fn compile_port(port: &super::model::PolicyPort) -> Result<PortMatch, String> {
+    let proto = Proto::from_api(port.protocol.as_deref())?;
+    let number = |n: i64| {
+        u16::try_from(n)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("port {n} is not 1 to 65535"))
+    };
+    let port = match (&port.port, port.end_port) {
+        (None, None) => PortRef::Range(0, u16::MAX),
+        (Some(IntOrString::Int(n)), None) => {
+            let n = number(*n)?;
+            PortRef::Range(n, n)
+        }
+        (Some(IntOrString::Int(n)), Some(end)) => {
+            let (n, end) = (number(*n)?, number(end)?);
+            if end < n {
+                return Err(format!("endPort {end} is below port {n}"));
+            }
+            PortRef::Range(n, end)
+        }
+        (Some(IntOrString::Str(name)), None) if !name.is_empty() => PortRef::Named(name.clone()),
+        _ => return Err("endPort needs a numeric port".into()),
+    };
+    Ok(PortMatch { proto, port })
+}
+
+/// What the compiler knows of one pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodInfo {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Its labels.
+    pub labels: Labels,
+    /// Its IPv4 addresses (none: not a peer).
+    pub ips: Vec<u32>,
+    /// Its named container ports.
+    pub ports: Vec<(String, Proto, u16)>,
+    /// The node it runs on.
+    pub node: String,
+}
+
+impl PodInfo {
+    /// What a Pod object says. Host-network and finished pods get no
+    /// addresses: theirs are not theirs (the node's, or reused).
+    pub fn from_api(pod: &Pod) -> Self {
+        let finished = matches!(pod.status.phase.as_str(), "Succeeded" | "Failed");
+        let mut ips: Vec<u32> = if pod.spec.host_network || finished {
+            Vec::new()
+        } else {
+            std::iter::once(&pod.status.pod_ip)
+                .chain(pod.status.pod_ips.iter().map(|p| &p.ip))
+                .filter_map(|ip| ip.parse::<Ipv4Addr>().ok())
+                .map(u32::from)
+                .collect()
+        };
+        ips.sort_unstable();
+        ips.dedup();
+        let ports = pod
+            .spec
+            .containers
+            .iter()
+            .flat_map(|c| &c.ports)
+            .filter(|p| !p.name.is_empty())
+            .filter_map(|p| {
+                Some((
+                    p.name.clone(),
+                    Proto::from_api(p.protocol.as_deref()).ok()?,
+                    u16::try_from(p.container_port).ok()?,
+                ))
+            })
+            .collect();
+        Self {
+            namespace: pod.metadata.namespace.clone(),
+            name: pod.metadata.name.clone(),
+            labels: pod.metadata.labels.clone(),
+            ips,
+            ports,
+            node: pod.spec.node_name.clone(),
+        }
+    }
+
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    fn named_port(&self, name: &str, proto: Proto) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|(n, p, _)| n == name && *p == proto)
+            .map(|(_, _, port)| *port)
+    }
+}
+
+/// The cluster as the compiler sees it: every pod, namespace and checked
+/// policy, keyed by `namespace/name` (so an update replaces).
+#[derive(Clone, Debug, Default)]
+pub struct Cluster {
+    namespaces: BTreeMap<String, Labels>,
+    pods: BTreeMap<String, PodInfo>,
+    policies: BTreeMap<PolicyId, Policy>,
+}
+
+/// The compiled rules of one local pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodRules {
+    /// Who may send to it.
+    pub ingress: Direction,
+    /// Where it may send.
+    pub egress: Direction,
+}
+
+impl Cluster {
+    /// An empty cluster.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds or replaces a namespace.
+    pub fn upsert_namespace(&mut self, namespace: &Namespace) {
+        let mut labels = namespace.metadata.labels.clone();
+        labels
+            .entry(NAMESPACE_NAME_LABEL.into())
+            .or_insert_with(|| namespace.metadata.name.clone());
+        self.namespaces
+            .insert(namespace.metadata.name.clone(), labels);
+    }
+
+    /// Removes a namespace.
+    pub fn remove_namespace(&mut self, name: &str) {
+        self.namespaces.remove(name);
+    }
+
+    /// Adds or replaces a pod.
+    pub fn upsert_pod(&mut self, pod: PodInfo) {
+        self.pods.insert(pod.key(), pod);
+    }
+
+    /// Removes a pod.
+    pub fn remove_pod(&mut self, namespace: &str, name: &str) {
+        self.pods.remove(&format!("{namespace}/{name}"));
+    }
+
+    /// Adds or replaces a checked policy.
+    pub fn upsert_policy(&mut self, policy: Policy) {
+        self.policies.insert(policy.id.clone(), policy);
+    }
+
+    /// Removes a policy.
+    pub fn remove_policy(&mut self, id: &PolicyId) {
+        self.policies.remove(id);
+    }
+
+    /// Forgets every pod (before a relist).
+    pub fn clear_pods(&mut self) {
+        self.pods.clear();
+    }
+
+    /// Forgets every namespace (before a relist).
+    pub fn clear_namespaces(&mut self) {
+        self.namespaces.clear();
+    }
+
+    /// Keeps only the policies `keep` says yes to.
+    pub fn retain_policies(&mut self, mut keep: impl FnMut(&PolicyId) -> bool) {
+        self.policies.retain(|id, _| keep(id));
+    }
+
+    /// Whether a policy of that name is in force.
+    pub fn has_policy(&self, id: &PolicyId) -> bool {
+        self.policies.contains_key(id)
+    }
+
+    /// The pods on `node`.
+    pub fn pods_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a PodInfo> + 'a {
+        self.pods.values().filter(move |p| p.node == node)
+    }
+
+    /// A pod by `namespace/name`.
+    pub fn pod(&self, key: &str) -> Option<&PodInfo> {
+        self.pods.get(key)
+    }
+
+    fn namespace_labels(&self, name: &str) -> Labels {
+        self.namespaces
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| Labels::from([(NAMESPACE_NAME_LABEL.to_string(), name.to_string())]))
+    }
+
+    /// The rules of `pod`, both directions.
+    pub fn rules_for(&self, pod: &PodInfo) -> PodRules {
+        PodRules {
+            ingress: self.direction(pod, true),
+            egress: self.direction(pod, false),
+        }
+    }
+
+    fn direction(&self, pod: &PodInfo, ingress: bool) -> Direction {
+        let mut selected_by = Vec::new();
+        let mut boxes = Vec::new();
+        for policy in self.policies.values() {
+            let rules = if ingress {
+                &policy.ingress
+            } else {
+                &policy.egress
+            };
+            let Some(rules) = rules else { continue };
+            if policy.id.namespace != pod.namespace || !policy.selects.matches(&pod.labels) {
+                continue;
+            }
+            let index = selected_by.len();
+            selected_by.push(policy.id.clone());
+            for rule in rules {
+                self.rule_boxes(policy, rule, pod, ingress, index, &mut boxes);
+            }
+        }
+        Direction::flatten(selected_by, &boxes)
+    }
+
+    /// The addresses a rule's peers stand for.
+    fn peer_addrs(&self, policy: &Policy, rule: &Rule) -> AddrSet {
+        let Some(peers) = &rule.peers else {
+            return AddrSet::all();
+        };
+        let mut addrs = AddrSet::empty();
+        for peer in peers {
+            let set = match peer {
+                Peer::Block(set) => set.clone(),
+                Peer::Pods { namespaces, pods } => AddrSet::from_addrs(
+                    self.pods
+                        .values()
+                        .filter(|p| match namespaces {
+                            None => p.namespace == policy.id.namespace,
+                            Some(s) => s.matches(&self.namespace_labels(&p.namespace)),
+                        })
+                        .filter(|p| pods.matches(&p.labels))
+                        .flat_map(|p| p.ips.iter().copied()),
+                ),
+            };
+            addrs = addrs.union(&set);
+        }
+        addrs
+    }
+
+    fn rule_boxes(
+        &self,
+        policy: &Policy,
+        rule: &Rule,
+        pod: &PodInfo,
+        ingress: bool,
+        index: usize,
+        boxes: &mut Vec<RawBox>,
+    ) {
+        let addrs = self.peer_addrs(policy, rule);
+        if addrs.is_empty() {
+            return;
+        }
+        let Some(ports) = &rule.ports else {
+            boxes.push(RawBox {
+                addrs,
+                ports: None,
+                policy: index,
+            });
+            return;
+        };
+        for m in ports {
+            match &m.port {
+                PortRef::Range(lo, hi) => boxes.push(RawBox {
+                    addrs: addrs.clone(),
+                    ports: Some((m.proto, *lo, *hi)),
+                    policy: index,
+                }),
+                // Ingress: the local pod is the destination.
+                PortRef::Named(name) if ingress => {
+                    if let Some(n) = pod.named_port(name, m.proto) {
+                        boxes.push(RawBox {
+                            addrs: addrs.clone(),
+                            ports: Some((m.proto, n, n)),
+                            policy: index,
+                        });
+                    }
+                }
+                // Egress: each destination pod has its own number for the name.
+                PortRef::Named(name) => {
+                    let mut by_number: BTreeMap<u16, Vec<u32>> = BTreeMap::new();
+                    for peer in self.pods.values() {
+                        if let Some(n) = peer.named_port(name, m.proto) {
+                            by_number
+                                .entry(n)
+                                .or_default()
+                                .extend(peer.ips.iter().filter(|ip| addrs.contains(**ip)));
+                        }
+                    }
+                    for (n, ips) in by_number {
+                        let set = AddrSet::from_addrs(ips);
+                        if !set.is_empty() {
+                            boxes.push(RawBox {
+                                addrs: set,
+                                ports: Some((m.proto, n, n)),
+                                policy: index,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
