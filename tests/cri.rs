@@ -304,8 +304,9 @@ fn a_containerd_killed_mid_add_leaves_nothing_after_kubelet_style_cleanup() {
     // address allocated; then containerd and the plugin die (SIGKILL).
     let socket = rts[0].socket();
     let run_cfg = cfg.clone();
-    let blocked =
-        std::thread::spawn(move || Cri::connect(&socket).map(|mut c| c.run_sandbox(&run_cfg)));
+    let blocked = std::thread::spawn(move || {
+        Cri::connect(&socket).map(|mut c| c.run_sandbox(&run_cfg).map_err(|e| e.to_string()))
+    });
     let plugin = dir.path.join("node0/cni-bin/weft");
     let mut pid = None;
     let mid_add = wait_until(Duration::from_secs(30), || {

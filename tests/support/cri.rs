@@ -3,6 +3,9 @@
 //! per-test directory holding the conflist the image's entrypoint installs),
 //! a client built on the generated CRI bindings (`k8s-cri`, runtime.v1), and
 //! the pod and container configurations kubelet sends for a plain pod.
+// The CRI's own error, whole, as kubelet gets it: a test helper has no
+// hot path to keep small.
+#![allow(clippy::result_large_err)]
 
 use super::cni::plugin_dir;
 use super::{Netns, run_timeout, wait_until};
