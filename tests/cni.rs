@@ -11,17 +11,8 @@ use serde_json::{Value, json};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 use support::cni::*;
+use support::cni_mesh::*;
 use support::*;
-use weft::api::client::call;
-use weft::api::proto::{Allocation, AllocationList, Request};
-
-const WEFT: &str = env!("CARGO_BIN_EXE_weft");
-
-/// The router binary: this build's, or `WEFT_TEST_ROUTER_BIN` (a router
-/// built from another tree, to try the plugin against it).
-fn weft_bin() -> std::path::PathBuf {
-    std::env::var_os("WEFT_TEST_ROUTER_BIN").map_or_else(|| WEFT.into(), Into::into)
-}
 
 /// A node namespace with a fake router API and an address to ping.
 struct Bench {
@@ -304,71 +295,6 @@ fn gc_releases_attachments_missing_from_valid_attachments() {
     assert_eq!(b.fake.allocated(), 1);
 }
 
-/// Real routers, one per node, fully meshed and ready to allocate.
-struct Mesh {
-    // Runtimes and routers drop before the cluster's namespaces.
-    routers: Vec<Router>,
-    cluster: Cluster,
-}
-
-fn mesh(count: usize) -> Mesh {
-    let mut cluster = Cluster::new(count);
-    let names: Vec<String> = (0..count).map(|i| format!("n{i}")).collect();
-    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let mut routers: Vec<Router> = (0..count)
-        .map(|i| {
-            let peers: Vec<Ipv4Addr> = (0..count)
-                .filter(|j| *j != i)
-                .map(|j| cluster.nodes[j].underlay)
-                .collect();
-            Router::new(
-                &weft_bin(),
-                &cluster.nodes[i],
-                &cluster.dir.path,
-                &peers,
-                &name_refs,
-            )
-        })
-        .collect();
-    for r in &mut routers {
-        r.start();
-    }
-    let up = wait_until(Duration::from_secs(15), || {
-        routers.iter().all(|r| r.established_peers() == count - 1)
-    });
-    assert!(up, "routers did not establish:\n{}", routers[0].log_tail());
-    // Ready = the plugin's STATUS succeeds (the router answers Ready).
-    for (i, r) in routers.iter().enumerate() {
-        let status = Call::new("STATUS", "", "");
-        let conf = net_conf("1.1.0", &r.api());
-        let ready = wait_until(Duration::from_secs(20), || {
-            invoke(&cluster.nodes[i].ns, &status, &conf).code == 0
-        });
-        assert!(
-            ready,
-            "router {} never became ready: {:?}\n{}",
-            r.name,
-            invoke(&cluster.nodes[i].ns, &status, &conf),
-            r.log_tail()
-        );
-    }
-    // Keep the pod list empty: pods here are plugged by the plugin only.
-    cluster.pods.clear();
-    Mesh { routers, cluster }
-}
-
-fn allocations(r: &Router) -> Vec<Allocation> {
-    let reply = call(
-        &r.api(),
-        &Request::List { container_id: None },
-        Duration::from_secs(5),
-    )
-    .expect("list");
-    assert!(reply.ok, "list failed: {reply:?}");
-    let list: AllocationList = serde_json::from_value(reply.result.unwrap()).unwrap();
-    list.allocations
-}
-
 fn address_of(result: &Value) -> Ipv4Addr {
     result["ips"][0]["address"]
         .as_str()
@@ -644,25 +570,7 @@ fn containerd_ctr_run_with_cni_gets_weft_addresses_on_two_nodes_and_releases_the
     }
     let m = mesh(2);
     let dir = TempDir::new("ctr");
-    // The OCI archive ctr wants, made by podman from the busybox rootfs.
-    let rootfs = busybox_rootfs_tar(&dir.path);
-    let archive = dir.path.join("busybox-oci.tar");
-    {
-        let p = Podman::new(
-            &dir.path.join("podman"),
-            &m.cluster.nodes[0].ns,
-            &m.routers[0].api(),
-            &rootfs,
-        );
-        p.ok(&[
-            "save",
-            "--format",
-            "oci-archive",
-            "-o",
-            &archive.display().to_string(),
-            "weft-busybox",
-        ]);
-    }
+    let archive = busybox_oci_archive(&dir.path, &m.cluster.nodes[0].ns, &m.routers[0].api());
     let image = "localhost/weft-busybox:latest";
     let ctrds: Vec<Containerd> = (0..2)
         .map(|i| {

@@ -217,13 +217,21 @@ fn open_netns(env: &Env) -> Result<(std::fs::File, &Path), CniError> {
 }
 
 /// A test-only fault: `WEFT_CNI_FAULT=after-veth` fails ADD once the veth
-/// exists, to prove the undo path (tests/cni.rs). Only the
-/// `weft-cni-faults` build (feature `fault-injection`) fills `env.fault`.
+/// exists, to prove the undo path (tests/cni.rs); `hang-after-veth` blocks
+/// there instead (at most a minute), so a test can kill the runtime mid-ADD
+/// (tests/cri.rs). Only the `weft-cni-faults` build (feature
+/// `fault-injection`) fills `env.fault`.
 fn injected_fault(env: &Env, stage: &str) -> Result<(), CniError> {
-    if env.fault.as_deref() == Some(stage) {
+    let Some(fault) = env.fault.as_deref() else {
+        return Ok(());
+    };
+    if fault == stage {
         return Err(CniError::Netlink(format!(
             "injected fault after {stage} (WEFT_CNI_FAULT)"
         )));
+    }
+    if fault.strip_prefix("hang-") == Some(stage) {
+        std::thread::sleep(std::time::Duration::from_secs(60));
     }
     Ok(())
 }

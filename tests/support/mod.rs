@@ -17,10 +17,12 @@
 
 pub mod attack;
 pub mod chaos;
+pub mod daemonset_pod;
 pub mod fake_kube;
 pub mod manifest;
 pub mod nat;
 pub mod rootfs;
+pub mod runtimes;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -881,6 +883,8 @@ pub fn counters(status: &serde_json::Value) -> BTreeMap<String, u64> {
     map
 }
 pub mod cni;
+pub mod cni_mesh;
+pub mod cri;
 
 /// Two nodes, a router each seeded with the other, one pod each, the
 /// connection established. Routers drop first (printing their logs on
