@@ -31,14 +31,46 @@ const TYPE_PROPOSE: u8 = 2;
 const TYPE_DONATE_REQUEST: u8 = 3;
 const TYPE_DIGEST: u8 = 4;
 
-/// A voter's proposal to initialise the ring: its view of the range and of
-/// the voter set, compared by every receiver (DESIGN.md "Ring initialisation").
+/// A voter's proposal to initialise the ring, its ballot: its view of the
+/// range, of how many voter slots there are (the seed list) and of the
+/// identities bound to them so far, compared by every receiver (DESIGN.md
+/// "Ring initialisation"; the vote is in `allocator/init.rs`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
     /// The sender's cluster range.
     pub range: AddrRange,
-    /// The sender's voter set, sorted ascending.
+    /// The voters the sender knows by identity, sorted ascending: all of
+    /// them, or a majority of the slots when a seed has not answered.
     pub voters: Vec<PeerId>,
+    /// How many voter slots there are (appended field; a proposal without
+    /// it reads as `voters.len()`, every slot known).
+    pub slots: u32,
+    /// The sender has seen a majority of the slots propose this very
+    /// ballot and will never propose another (appended field).
+    pub locked: bool,
+}
+
+/// The proposal as builds before slots sent it (decoding only).
+#[derive(Deserialize)]
+struct ProposalV1 {
+    range: AddrRange,
+    voters: Vec<PeerId>,
+}
+
+impl Proposal {
+    /// Decodes either form: a proposal from before slots counts every
+    /// voter as known and locks nothing.
+    fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        wire::decode::<Self>(body).or_else(|_| {
+            let old = wire::decode::<ProposalV1>(body)?;
+            Ok(Self {
+                range: old.range,
+                slots: u32::try_from(old.voters.len()).unwrap_or(u32::MAX),
+                voters: old.voters,
+                locked: false,
+            })
+        })
+    }
 }
 
 /// A request for half of the receiver's largest free run.
@@ -106,7 +138,7 @@ impl Message {
         }
         Ok(match *kind {
             TYPE_RING => Self::Ring(Ring::from_wire(wire::decode::<RingWire>(body)?)?),
-            TYPE_PROPOSE => Self::Propose(wire::decode(body)?),
+            TYPE_PROPOSE => Self::Propose(Proposal::decode(body)?),
             TYPE_DONATE_REQUEST => Self::DonateRequest(wire::decode(body)?),
             TYPE_DIGEST => Self::Digest(wire::decode(body)?),
             other => return Err(DecodeError::UnknownType(other).into()),
@@ -129,6 +161,8 @@ mod tests {
             Message::Propose(Proposal {
                 range,
                 voters: vec![PeerId(1), PeerId(2)],
+                slots: 3,
+                locked: true,
             }),
             Message::DonateRequest(DonateRequest {
                 genesis: ring.genesis_id(),
@@ -137,6 +171,31 @@ mod tests {
         ] {
             assert_eq!(Message::decode(&m.encode()).unwrap(), m);
         }
+    }
+
+    #[test]
+    fn a_proposal_from_before_slots_reads_as_every_voter_known_and_unlocked() {
+        #[derive(Serialize)]
+        struct Old {
+            range: AddrRange,
+            voters: Vec<PeerId>,
+        }
+        let range = AddrRange::parse("10.32.0.0/12").unwrap();
+        let old = Old {
+            range,
+            voters: vec![PeerId(1), PeerId(2), PeerId(3)],
+        };
+        let mut bytes = vec![RING_SIGNED_VERSION, TYPE_PROPOSE];
+        bytes.extend(wire::encode(&old).unwrap());
+        assert_eq!(
+            Message::decode(&bytes).unwrap(),
+            Message::Propose(Proposal {
+                range,
+                voters: old.voters,
+                slots: 3,
+                locked: false,
+            })
+        );
     }
 
     #[test]

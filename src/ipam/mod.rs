@@ -31,6 +31,8 @@ pub mod store;
 mod tests;
 #[cfg(test)]
 mod tests_security;
+#[cfg(test)]
+mod tests_voters;
 
 pub use allocator::{
     Alarm, Allocator, Config, Destination, DonationRefusal, Event, InUse, Init, OwnedRange, Phase,

@@ -4,6 +4,14 @@
 //!
 //! NotReady nodes are kept: weft is the CNI, so a new node stays NotReady
 //! until its router runs. Dropping them would be a bootstrapping deadlock.
+//!
+//! A node's endpoints beyond its InternalIP (DESIGN.md "Endpoints, NAT and
+//! paths"; issue 16): its `ExternalIP` addresses and the annotation
+//! [`ADVERTISE_ANNOTATION`] (`weft.dev/advertise`: comma-separated `IP` or
+//! `IP:PORT`, for an address Kubernetes does not know, such as a 1:1 NAT's
+//! public one). [`KubeNode::endpoints`] gives them with the router's port;
+//! the annotation's first entry is also where others dial the node
+//! ([`KubeNode::seed_address`]): the operator says so.
 
 use super::KubeError;
 use serde::Deserialize;
@@ -21,18 +29,66 @@ pub struct KubeNode {
     pub internal: Vec<IpAddr>,
     /// `ExternalIP` addresses, in the order listed.
     pub external: Vec<IpAddr>,
+    /// The [`ADVERTISE_ANNOTATION`] entries that parse (`IP` or `IP:PORT`;
+    /// no port: the router's own).
+    pub advertise: Vec<(IpAddr, Option<u16>)>,
+}
+
+/// The Node annotation listing extra endpoints of the router on that node.
+pub const ADVERTISE_ANNOTATION: &str = "weft.dev/advertise";
+
+/// Most annotation entries read (a router advertises a handful of endpoints).
+const MAX_ADVERTISED: usize = 8;
+
+/// Parses the annotation's value: entries that are neither `IP` nor
+/// `IP:PORT` (a name, a typo, port 0) are skipped.
+fn parse_advertise(value: &str) -> Vec<(IpAddr, Option<u16>)> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter_map(|entry| {
+            if let Ok(ip) = entry.parse::<IpAddr>() {
+                return Some((ip, None));
+            }
+            let addr = entry.parse::<SocketAddr>().ok()?;
+            (addr.port() != 0).then_some((addr.ip(), Some(addr.port())))
+        })
+        .take(MAX_ADVERTISED)
+        .collect()
 }
 
 impl KubeNode {
-    /// The address to dial: the first InternalIP of the wanted family, else
-    /// the first ExternalIP of it; `None` when the node has neither.
+    /// The address to dial: the first annotated endpoint of the wanted
+    /// family, else the first InternalIP of it, else the first ExternalIP;
+    /// `None` when the node has none. (The port of an annotated endpoint
+    /// is not used here: seeds share the router's port.)
     pub fn seed_address(&self, ipv4: bool) -> Option<IpAddr> {
         let family = |a: &&IpAddr| a.is_ipv4() == ipv4;
-        self.internal
+        self.advertise
             .iter()
+            .map(|(ip, _)| ip)
             .find(family)
+            .or_else(|| self.internal.iter().find(family))
             .or_else(|| self.external.iter().find(family))
             .copied()
+    }
+
+    /// Where the router on this node can be reached besides its listen
+    /// address, for it to advertise: the annotated endpoints, then the
+    /// ExternalIPs, each of the wanted family, with `port` unless given.
+    pub fn endpoints(&self, port: u16, ipv4: bool) -> Vec<SocketAddr> {
+        let mut out: Vec<SocketAddr> = Vec::new();
+        let annotated = self
+            .advertise
+            .iter()
+            .map(|(ip, p)| SocketAddr::new(*ip, p.unwrap_or(port)));
+        let external = self.external.iter().map(|ip| SocketAddr::new(*ip, port));
+        for addr in annotated.chain(external) {
+            if addr.is_ipv4() == ipv4 && !out.contains(&addr) {
+                out.push(addr);
+            }
+        }
+        out
     }
 }
 
@@ -73,6 +129,8 @@ struct RawNode {
 struct RawMeta {
     #[serde(default)]
     name: String,
+    #[serde(default)]
+    annotations: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -127,6 +185,12 @@ pub fn parse_node_list(body: &[u8]) -> Result<NodePage, KubeError> {
             KubeNode {
                 internal: of_kind("InternalIP"),
                 external: of_kind("ExternalIP"),
+                advertise: node
+                    .metadata
+                    .annotations
+                    .get(ADVERTISE_ANNOTATION)
+                    .map(|v| parse_advertise(v))
+                    .unwrap_or_default(),
                 ready: node
                     .status
                     .conditions
@@ -226,6 +290,7 @@ mod tests {
             ready: true,
             internal: vec![],
             external: vec!["203.0.113.7".parse().expect("ip")],
+            advertise: vec![],
         };
         assert_eq!(node.seed_address(true), "203.0.113.7".parse().ok());
         assert_eq!(node.seed_address(false), None);
@@ -241,9 +306,48 @@ mod tests {
                 "192.0.2.5".parse().expect("ip"),
             ],
             external: vec![],
+            advertise: vec![],
         };
         assert_eq!(node.seed_address(true), "192.0.2.5".parse().ok());
         assert_eq!(node.seed_address(false), "fd00::5".parse().ok());
+    }
+
+    #[test]
+    fn a_nodes_external_ips_and_annotation_are_its_endpoints_and_the_annotation_is_dialled() {
+        let body = br#"{"kind":"NodeList","items":[{
+            "metadata":{"name":"edge","annotations":{
+                "weft.dev/advertise":"203.0.113.20:7000, not-an-ip, 203.0.113.21,2001:db8::1, 203.0.113.22:0"}},
+            "status":{"addresses":[
+                {"type":"InternalIP","address":"10.0.0.5"},
+                {"type":"ExternalIP","address":"198.51.100.5"},
+                {"type":"ExternalIP","address":"203.0.113.21"}]}}]}"#;
+        let page = parse_node_list(body).expect("a node list");
+        let node = &page.nodes[0];
+        assert_eq!(
+            node.endpoints(6783, true),
+            vec![
+                addr("203.0.113.20:7000"),
+                addr("203.0.113.21:6783"),
+                addr("198.51.100.5:6783"),
+            ]
+        );
+        assert_eq!(
+            node.endpoints(6783, false),
+            vec![addr("[2001:db8::1]:6783")]
+        );
+        assert_eq!(node.seed_address(true), "203.0.113.20".parse().ok());
+    }
+
+    #[test]
+    fn a_node_without_the_annotation_is_dialled_at_its_internal_ip_and_advertises_its_external_ones()
+     {
+        let body = br#"{"kind":"NodeList","items":[{"metadata":{"name":"n"},
+            "status":{"addresses":[
+                {"type":"InternalIP","address":"10.0.0.5"},
+                {"type":"ExternalIP","address":"198.51.100.5"}]}}]}"#;
+        let node = &parse_node_list(body).expect("a node list").nodes[0];
+        assert_eq!(node.seed_address(true), "10.0.0.5".parse().ok());
+        assert_eq!(node.endpoints(6783, true), vec![addr("198.51.100.5:6783")]);
     }
 
     #[test]

@@ -9,6 +9,9 @@
 //! - [`gossip`]: the topology harness ([`gossip::GossipSim`]);
 //! - [`link`]: TCP control links in pairs over delayed, rechunked byte
 //!   pipes ([`link::LinkPair`], [`link::run_links`]);
+//! - [`nat`]: NAT gateways (mapping, filtering, hairpin, rebinding)
+//!   between sites, for harnesses that model endpoints (`nat_tests.rs`
+//!   runs the endpoint and voter cores over it);
 //! - `ipam` (tests only): many IPAM cores with joins, kills, restarts,
 //!   partitions, donations, reclaims and leaves, checking invariant 1;
 //! - `ring_bench` (tests only, ignored): the ring channel's idle bytes per
@@ -22,6 +25,9 @@ pub mod gossip;
 #[cfg(test)]
 mod ipam;
 pub mod link;
+pub mod nat;
+#[cfg(test)]
+mod nat_tests;
 pub mod net;
 #[cfg(test)]
 mod ring_bench;

@@ -18,7 +18,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 mod api;
+mod ballot;
 mod crypto;
+
+pub use ballot::{Ballot, PARTIAL_GRACE, SeedSlots};
 mod status;
 
 /// The link-local gateway every pod routes through (DESIGN.md "The picture").
@@ -51,9 +54,8 @@ pub struct IpamDriver {
     /// API requests by `op/result`.
     requests: BTreeMap<String, u64>,
     last_error_log: Option<Instant>,
-    /// The voter set last given to the allocator (set once per change:
-    /// `set_voters` restarts the count of agreeing voters).
-    voters: Option<BTreeSet<PeerId>>,
+    /// `consensus`: the seed slots' bindings to identities (`ballot.rs`).
+    slots: SeedSlots,
     /// Why `consensus` may not pick its voters yet (see [`Self::hold`]).
     held: Option<String>,
 }
@@ -105,7 +107,7 @@ impl IpamDriver {
             refused: BTreeMap::new(),
             requests: BTreeMap::new(),
             last_error_log: None,
-            voters: None,
+            slots: SeedSlots::default(),
             held: None,
         })
     }
@@ -122,9 +124,10 @@ impl IpamDriver {
     }
 
     /// Until the ring is known, turns the mode into IDs: `seed=NAMES` once
-    /// every name is held by a known router; `consensus` once the router at
-    /// every seed address is known (the voters; this router is one when its
-    /// address is a seed or when it names its peers).
+    /// every name is held by a known router; `consensus` into a ballot of
+    /// seed slots once a majority of them is known by identity
+    /// (`ballot.rs`; this router is a voter when its address is a seed or
+    /// when it names its peers).
     pub fn resolve(
         &mut self,
         directory: &impl PeerDirectory,
@@ -167,34 +170,28 @@ impl IpamDriver {
                 return;
             }
             IpallocInit::Consensus { expected } => {
-                let missing: Vec<String> = seeds
-                    .iter()
-                    .filter(|s| **s != me_listen && directory.id_at(**s).is_none())
-                    .map(ToString::to_string)
-                    .collect();
-                if !missing.is_empty() {
-                    self.waiting_for =
-                        Some(format!("voters not reached yet at {}", missing.join(", ")));
-                    return;
-                }
-                let mut voters: BTreeSet<PeerId> =
-                    seeds.iter().filter_map(|s| directory.id_at(*s)).collect();
-                voters.insert(me);
+                let (slots, known, note) =
+                    match self.slots.ballot(directory, seeds, me, me_listen, now) {
+                        Ballot::Wait(why) => {
+                            self.waiting_for = Some(why);
+                            return;
+                        }
+                        Ballot::Propose { slots, known, note } => (slots, known, note),
+                    };
                 if let Some(n) = expected
-                    && voters.len() != *n
+                    && slots != *n
                 {
                     self.waiting_for = Some(format!(
-                        "--ipalloc-init consensus={n} but the seed list names {} routers (this one included): make them agree",
-                        voters.len()
+                        "--ipalloc-init consensus={n} but the seed list names {slots} routers (this one included): make them agree"
                     ));
                     return;
                 }
-                if self.voters.as_ref() == Some(&voters) {
-                    self.waiting_for = None;
-                    return;
+                let result = self.alloc.set_ballot(slots, known, now);
+                self.waiting_for = note;
+                if let Err(e) = result {
+                    self.log_error("initialising the ring", &e, now);
                 }
-                self.voters = Some(voters.clone());
-                self.alloc.set_voters(voters, now)
+                return;
             }
         };
         self.waiting_for = None;

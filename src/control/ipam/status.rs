@@ -15,16 +15,24 @@ impl IpamDriver {
             Phase::Ready => None,
             Phase::WaitingForVoters {
                 agreed,
+                locked,
+                slots,
                 quorum,
                 mismatched,
-            } => Some(if mismatched.is_empty() {
-                format!("{agreed} of {quorum} voters needed agree on the first split")
-            } else {
-                format!(
-                    "{agreed} of {quorum} voters needed agree; routers with another seed list or range: {}",
-                    mismatched.join(", ")
-                )
-            }),
+            } => {
+                let mut line = format!(
+                    "{agreed} of {quorum} voters needed (a majority of {slots}) agree on the first split, {locked} locked it"
+                );
+                if !mismatched.is_empty() {
+                    line.push_str("; routers with another seed list or range: ");
+                    line.push_str(&mismatched.join(", "));
+                }
+                if let Some(why) = &self.waiting_for {
+                    line.push_str("; ");
+                    line.push_str(why);
+                }
+                Some(line)
+            }
             Phase::WaitingForRing => Some(
                 self.waiting_for
                     .clone()

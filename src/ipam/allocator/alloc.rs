@@ -122,8 +122,15 @@ impl<S: Store> Allocator<S> {
         }
         if self.ring.is_none() {
             let why = match self.phase() {
-                Phase::WaitingForVoters { agreed, quorum, .. } => {
-                    format!("ring not initialised: {agreed} of {quorum} voters agree")
+                Phase::WaitingForVoters {
+                    agreed,
+                    locked,
+                    quorum,
+                    ..
+                } => {
+                    format!(
+                        "ring not initialised: {agreed} of {quorum} voters agree, {locked} locked"
+                    )
                 }
                 _ => "waiting to learn the ring from a peer".to_string(),
             };

@@ -19,10 +19,10 @@
 //!
 //! - Initialisation: with [`Init::Voters`], a voter whose state is empty
 //!   (no ring, nothing in use in the kernel) broadcasts a proposal naming its
-//!   voter set; once a majority of the voters (itself included) proposed the
-//!   identical set, it builds the genesis ring, split evenly among all
-//!   voters. Every router doing so builds the same ring with the same genesis
-//!   ID, so two quorums can never produce two rings. Others wait and learn.
+//!   slot count and the voters it knows; once a majority of the slots
+//!   proposed the identical ballot it locks it, and once a majority locked
+//!   it, it builds the genesis ring, split evenly among the ballot's voters.
+//!   Two quorums can never produce two rings (`init.rs`). Others wait and learn.
 //! - A ring learned from a peer (first start, or a restart without state)
 //!   quarantines this router's own ranges: its former self may have given
 //!   some away. So does a reclaim. Quarantine lasts `2 × convergence_bound`.
@@ -160,6 +160,12 @@ pub struct Allocator<S: Store> {
     /// `(start, end, until)`: owned but not to be allocated from yet.
     quarantine: Vec<(u128, u128, Instant)>,
     may_vote: bool,
+    /// Voter slots of the ballot (`init.rs`): the seed list's length.
+    slots: usize,
+    /// This router locked its ballot: it proposes no other.
+    locked: bool,
+    /// Peers that locked the same ballot.
+    locked_by: BTreeSet<PeerId>,
     relearn_until: Option<Instant>,
     agreed: BTreeSet<PeerId>,
     mismatched: BTreeSet<PeerId>,
@@ -254,7 +260,14 @@ impl<S: Store> Allocator<S> {
             }
             None => Allocations::default(),
         };
+        let slots = match &cfg.init {
+            Init::Voters(v) => v.len(),
+            _ => 0,
+        };
         let mut this = Self {
+            slots,
+            locked: false,
+            locked_by: BTreeSet::new(),
             next_gossip: now,
             backoff: anti_entropy::Backoff::new(cfg.gossip_interval, now),
             cfg,

@@ -14,8 +14,12 @@ use std::time::Instant;
 pub enum Phase {
     /// A voter waiting for a majority of voters with the same voter set.
     WaitingForVoters {
-        /// Voters seen proposing the same set (this router included).
+        /// Voters seen proposing the same ballot (this router included).
         agreed: usize,
+        /// Voters seen locking it (this router included once it has).
+        locked: usize,
+        /// Voter slots (the seed list); the quorum is a majority of them.
+        slots: usize,
         /// Majority needed.
         quorum: usize,
         /// Peers whose voter set or range differs.
@@ -98,9 +102,11 @@ impl<S: Store> Allocator<S> {
         }
         let mismatched = self.mismatched.iter().map(ToString::to_string).collect();
         match &self.cfg.init {
-            Init::Voters(v) if self.may_vote => Phase::WaitingForVoters {
+            Init::Voters(_) if self.may_vote => Phase::WaitingForVoters {
                 agreed: self.agreed_count(),
-                quorum: v.len() / 2 + 1,
+                locked: self.locked_count(),
+                slots: self.slots,
+                quorum: self.quorum(),
                 mismatched,
             },
             _ => Phase::WaitingForRing,
