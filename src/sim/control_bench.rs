@@ -174,9 +174,9 @@ fn ring_bytes_per_router(routers: usize, churn: bool) -> f64 {
         let now = start + interval * round;
         if churn {
             for (i, n) in nodes.iter_mut().enumerate() {
-                if (i + round as usize) % 10 == 0 {
+                if (i + round as usize).is_multiple_of(10) {
                     let pod = format!("pod-{i}-{}", round / 2);
-                    if round % 2 == 0 {
+                    if round.is_multiple_of(2) {
                         let _ = n.allocate(&pod, "eth0", now);
                     } else {
                         let _ = n.release(&pod, "eth0", now);

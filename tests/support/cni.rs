@@ -6,6 +6,7 @@
 //! that run it (podman, containerd's `ctr`) are in support::runtimes,
 //! re-exported here.
 
+#[allow(unused_imports)]
 pub use super::runtimes::*;
 
 use super::{Netns, run_timeout};
