@@ -51,7 +51,7 @@ use crate::id::ShortId;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 /// What a worker tells the control task. Sent only on change, never per packet.
@@ -225,8 +225,9 @@ pub struct Lane {
     /// Receiver indices of `next` keysets already reported confirmed, with
     /// the key each named then.
     reported_confirmations: IdMap<u32, KeyId>,
-    /// The snapshot generation `handle_snapshot` last saw.
-    last_table: usize,
+    /// The snapshot `handle_snapshot` last saw (weak: pruning needs the old
+    /// snapshot's keys to be free to die).
+    last_table: Weak<Snapshot>,
     events: VecDeque<WorkerEvent>,
 }
 
@@ -242,7 +243,7 @@ impl Lane {
             windows: IdMap::default(),
             reported_endpoints: IdMap::default(),
             reported_confirmations: IdMap::default(),
-            last_table: 0,
+            last_table: Weak::new(),
             events: VecDeque::with_capacity(4),
         }
     }
@@ -257,11 +258,12 @@ impl Lane {
     /// later snapshot must find its counter and window), once per snapshot
     /// generation (the `Arc`'s address); cheap to call before every batch.
     pub fn handle_snapshot(&mut self, table: &Arc<Snapshot>) {
-        let generation = Arc::as_ptr(table) as usize;
-        if generation == self.last_table {
+        if std::ptr::eq(self.last_table.as_ptr(), Arc::as_ptr(table)) {
             return;
         }
-        self.last_table = generation;
+        // A weak handle, not the address: it keeps the allocation, so a new
+        // snapshot can never be mistaken for a freed one at the same address.
+        self.last_table = Arc::downgrade(table);
         self.windows.retain(|_, w| w.life.is_alive());
         self.counters.retain(|_, c| c.life.is_alive());
         self.reported_confirmations.retain(|session, key| {
