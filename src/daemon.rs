@@ -188,7 +188,7 @@ async fn serve(
     }
     if let Some(kube) = &config.peers_from_kube {
         tokio::spawn(crate::kube::run(
-            crate::kube::seed_task(kube, config.listen, &config.seeds),
+            crate::kube::seed_task(kube, &config.name, config.listen, &config.seeds),
             api_tx.clone(),
         ));
     }

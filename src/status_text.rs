@@ -19,6 +19,9 @@ pub fn render(status: &Status, section: Option<&str>) -> String {
             established,
             status.connections.len()
         );
+        if status.advertised.len() > 1 {
+            let _ = writeln!(out, "advertised: {}", status.advertised.join(", "));
+        }
     }
     if all || section == Some("peers") {
         let _ = writeln!(out, "peers:");

@@ -184,7 +184,50 @@ fn a_router_dials_the_nodes_the_kubernetes_api_lists() {
     });
     assert!(forgotten, "{}", routers[0].log_tail());
     assert!(routers[0].status().is_some(), "the router stays up");
+
+    // n0's own Node gets an ExternalIP (a node behind 1:1 NAT, issue 16):
+    // n0 advertises it, in its signed entry, so that n1 lists it for n0;
+    // its own node is never a seed of its own.
+    api.answer(200, OWN_NODE_WITH_EXTERNAL_IP);
+    let external = "203.0.113.70:6783";
+    let advertised = wait_until(Duration::from_secs(10), || {
+        routers[0]
+            .status()
+            .is_some_and(|s| s["advertised"] == serde_json::json!(["192.0.2.10:6783", external]))
+    });
+    assert!(
+        advertised,
+        "n0 does not advertise its Node's ExternalIP: {:?}\n{}",
+        routers[0].status().map(|s| s["advertised"].clone()),
+        routers[0].log_tail()
+    );
+    let gossiped = wait_until(Duration::from_secs(10), || {
+        routers[1].status().is_some_and(|s| {
+            s["peers"].as_array().is_some_and(|peers| {
+                peers.iter().any(|p| {
+                    p["name"] == "n0"
+                        && p["addresses"]
+                            .as_array()
+                            .is_some_and(|a| a.iter().any(|a| a == external))
+                })
+            })
+        })
+    });
+    assert!(gossiped, "n1 never learned n0's ExternalIP endpoint");
+    assert!(
+        !log_of(&routers[0]).contains("seeds added [192.0.2.10"),
+        "n0 took its own node as a seed"
+    );
 }
+
+/// Node n0 itself, with an ExternalIP beside its InternalIP, and worker-1.
+const OWN_NODE_WITH_EXTERNAL_IP: &[u8] = br#"{"kind":"NodeList","apiVersion":"v1",
+  "metadata":{"resourceVersion":"9"},"items":[
+  {"metadata":{"name":"n0"},"status":{"addresses":[
+    {"type":"InternalIP","address":"192.0.2.10"},
+    {"type":"ExternalIP","address":"203.0.113.70"}]}},
+  {"metadata":{"name":"worker-1"},"status":{"addresses":[
+    {"type":"InternalIP","address":"192.0.2.11"}]}}]}"#;
 
 /// A certificate authority and a server certificate for `ip`, made with
 /// the openssl command line in `dir`: (ca.crt, server.crt, server.key).

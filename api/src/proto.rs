@@ -91,6 +91,15 @@ pub enum Request {
     /// a router that waits for the node list before its first ring vote may
     /// go ahead. Result: `{}`.
     SeedsListed,
+    /// The endpoints this router's Kubernetes Node gives it (its
+    /// `ExternalIP`s and the `weft.dev/advertise` annotation, as
+    /// `HOST:PORT`), advertised besides `--advertise`; each call replaces
+    /// the previous list (`--peers-from-kube` sends it). Result: `{
+    /// "advertised": [...] }`, what the router now advertises.
+    Advertise {
+        /// `HOST:PORT` each.
+        addresses: Vec<String>,
+    },
     /// Hands this router's ranges to live peers, then stops the router
     /// (`weft leave`, for a drained node): result [`Left`]. Refused while
     /// pods hold addresses here unless `force`.
@@ -253,6 +262,11 @@ pub struct Status {
     pub short_id: u16,
     /// Listen address.
     pub listen: String,
+    /// Every endpoint this router advertises in its signed entry: the
+    /// listen address, the operator's (`--advertise`, the Kubernetes
+    /// Node's), and public ones its peers agree they see it from.
+    #[serde(default)]
+    pub advertised: Vec<String>,
     /// Known peers.
     pub peers: Vec<PeerStatus>,
     /// Control connections.

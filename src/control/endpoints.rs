@@ -56,6 +56,7 @@ struct Report {
 pub struct Endpoints {
     listen: SocketAddr,
     operator: Vec<SocketAddr>,
+    from_kube: Vec<SocketAddr>,
     reports: BTreeMap<PeerId, Report>,
     mine: BTreeSet<SocketAddr>,
     answered: HashMap<SocketAddr, PeerId>,
@@ -70,6 +71,7 @@ impl Endpoints {
         let mut e = Self {
             listen,
             operator,
+            from_kube: Vec::new(),
             reports: BTreeMap::new(),
             mine: BTreeSet::new(),
             answered: HashMap::new(),
@@ -114,6 +116,17 @@ impl Endpoints {
         self.refresh();
     }
 
+    /// The endpoints this router's Kubernetes Node gives it (ExternalIPs,
+    /// the `weft.dev/advertise` annotation), replacing the last list: they
+    /// come after the `--advertise` ones and before the observed ones.
+    /// Unusable addresses are ignored, as in reports.
+    pub fn set_from_kube(&mut self, mut addrs: Vec<SocketAddr>) {
+        addrs.retain(|a| !a.ip().is_unspecified() && a.port() != 0);
+        addrs.truncate(MAX_ENDPOINTS);
+        self.from_kube = addrs;
+        self.refresh();
+    }
+
     /// I dialled `addr` and `peer` answered (the handshake proved its key).
     pub fn dialled(&mut self, addr: SocketAddr, peer: PeerId) {
         self.answered.insert(addr, peer);
@@ -130,8 +143,9 @@ impl Endpoints {
         self.told_udp.insert(peer, from) != Some(from)
     }
 
-    /// What to advertise: the listen address, the operator's endpoints,
-    /// then the believed observed ones, at most [`MAX_ENDPOINTS`].
+    /// What to advertise: the listen address, the operator's endpoints
+    /// (`--advertise`, then the Kubernetes Node's), then the believed
+    /// observed ones, at most [`MAX_ENDPOINTS`].
     pub fn advertised(&self) -> &[SocketAddr] {
         &self.advertised
     }
@@ -166,7 +180,8 @@ impl Endpoints {
             .into_iter()
             .filter(|(_, peers)| peers.len() >= BELIEVED_AFTER)
             .map(|(a, _)| a);
-        for a in self.operator.iter().copied().chain(believed) {
+        let given = self.operator.iter().chain(&self.from_kube).copied();
+        for a in given.chain(believed) {
             if !out.contains(&a) && out.len() < MAX_ENDPOINTS {
                 out.push(a);
             }
@@ -206,6 +221,21 @@ mod tests {
         e.handle_report(PeerId(2), Some(a(11, 6783)), None);
         assert_eq!(e.advertised(), &[LISTEN, a(99, 443), a(11, 6783)]);
         assert!(drain(&mut e).contains(&EndpointEvent::AdvertisedChanged));
+    }
+
+    #[test]
+    fn the_kubernetes_nodes_endpoints_follow_the_operators_and_are_replaced_whole() {
+        let mut e = Endpoints::new(LISTEN, vec![a(99, 443)]);
+        e.set_from_kube(vec![a(20, 6783), a(21, 0)]);
+        assert_eq!(e.advertised(), &[LISTEN, a(99, 443), a(20, 6783)]);
+        assert_eq!(drain(&mut e), vec![EndpointEvent::AdvertisedChanged]);
+        // The same list again changes nothing; a new one replaces it.
+        e.set_from_kube(vec![a(20, 6783)]);
+        assert!(drain(&mut e).is_empty());
+        e.set_from_kube(vec![a(22, 6783)]);
+        assert_eq!(e.advertised(), &[LISTEN, a(99, 443), a(22, 6783)]);
+        e.set_from_kube(vec![]);
+        assert_eq!(e.advertised(), &[LISTEN, a(99, 443)]);
     }
 
     #[test]

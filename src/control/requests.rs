@@ -60,6 +60,27 @@ impl Control {
                     format!("{address:?} is not HOST:PORT (e.g. 192.0.2.10:6783)"),
                 ),
             },
+            Request::Advertise { addresses } => {
+                let parsed: Result<Vec<SocketAddr>, _> =
+                    addresses.iter().map(|a| a.parse::<SocketAddr>()).collect();
+                match parsed {
+                    Ok(parsed) => {
+                        self.endpoints.set_from_kube(parsed);
+                        self.drain_endpoint_events(now);
+                        let advertised: Vec<String> = self
+                            .endpoints
+                            .advertised()
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect();
+                        Reply::ok(serde_json::json!({ "advertised": advertised }))
+                    }
+                    Err(_) => Reply::err(
+                        ErrorCode::BadRequest,
+                        format!("{addresses:?} are not all HOST:PORT (e.g. 203.0.113.10:6783)"),
+                    ),
+                }
+            }
             _ => Reply::err(ErrorCode::BadRequest, "unknown request"),
         }
     }
@@ -154,6 +175,7 @@ impl Control {
             id: self.me,
             short: self.short,
             listen: self.config.listen,
+            advertised: self.endpoints.advertised(),
             peers: &self.peers,
             links: &links,
             path_to: &path_to,

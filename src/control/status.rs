@@ -103,6 +103,8 @@ pub struct Parts<'a> {
     pub short: ShortId,
     /// Its advertised listen address.
     pub listen: SocketAddr,
+    /// Every endpoint it advertises (`Endpoints::advertised`).
+    pub advertised: &'a [SocketAddr],
     /// The peer registry.
     pub peers: &'a Peers,
     /// The heartbeat core's view of each peer's link.
@@ -175,6 +177,7 @@ pub fn report(parts: Parts<'_>) -> Status {
         id: parts.id.to_string(),
         short_id: parts.short.0,
         listen: parts.listen.to_string(),
+        advertised: parts.advertised.iter().map(ToString::to_string).collect(),
         peers,
         connections,
         ipam: parts.ipam,

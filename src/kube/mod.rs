@@ -143,11 +143,20 @@ pub struct SeedTask {
     pub fixed: Vec<SocketAddr>,
     /// How often to list again.
     pub every: Duration,
+    /// This router's name, which is its Node's name in a DaemonSet
+    /// (`spec.nodeName`): that Node's ExternalIPs and annotation are what
+    /// the router advertises besides its listen address.
+    pub node_name: String,
 }
 
-/// The task for a router listening on `listen` with the `--peer` `seeds`:
-/// its port and family come from `listen`.
-pub fn seed_task(settings: &KubeSettings, listen: SocketAddr, seeds: &[SocketAddr]) -> SeedTask {
+/// The task for the router `name` listening on `listen` with the `--peer`
+/// `seeds`: its port and family come from `listen`.
+pub fn seed_task(
+    settings: &KubeSettings,
+    name: &str,
+    listen: SocketAddr,
+    seeds: &[SocketAddr],
+) -> SeedTask {
     SeedTask {
         source: settings.source.clone(),
         sa_dir: settings.sa_dir.clone(),
@@ -161,6 +170,7 @@ pub fn seed_task(settings: &KubeSettings, listen: SocketAddr, seeds: &[SocketAdd
             .chain((!listen.ip().is_unspecified()).then_some(listen))
             .collect(),
         every: settings.every,
+        node_name: name.to_string(),
     }
 }
 
@@ -170,6 +180,7 @@ pub fn seed_task(settings: &KubeSettings, listen: SocketAddr, seeds: &[SocketAdd
 pub async fn run(task: SeedTask, calls: mpsc::Sender<ApiCall>) {
     let mut seeds = KubeSeeds::new(task.fixed.iter().copied());
     let mut last_error: Option<KubeError> = None;
+    let mut advertised: Option<Vec<SocketAddr>> = None;
     let mut tick = tokio::time::interval(task.every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -196,7 +207,30 @@ pub async fn run(task: SeedTask, calls: mpsc::Sender<ApiCall>) {
                 continue;
             }
         };
-        let listed = seeds_from_nodes(&nodes, task.port, task.ipv4);
+        // Its own Node's endpoints first: a peer behind another NAT may
+        // only reach it there (issue 16). Sent on every change, and again
+        // after an empty answer (the router may have restarted meanwhile:
+        // the call is idempotent).
+        if let Some(own) = nodes.iter().find(|n| n.name == task.node_name) {
+            let endpoints = own.endpoints(task.port, task.ipv4);
+            if advertised.as_ref() != Some(&endpoints) {
+                let addresses = endpoints.iter().map(ToString::to_string).collect();
+                if call(&calls, Request::Advertise { addresses }).await {
+                    tracing::info!(
+                        "--peers-from-kube: node {} gives endpoints {}",
+                        task.node_name,
+                        list(&endpoints)
+                    );
+                    advertised = Some(endpoints);
+                }
+            }
+        }
+        let others: Vec<KubeNode> = nodes
+            .iter()
+            .filter(|n| n.name != task.node_name)
+            .cloned()
+            .collect();
+        let listed = seeds_from_nodes(&others, task.port, task.ipv4);
         if last_error.take().is_some() {
             tracing::info!(
                 nodes = nodes.len(),
@@ -244,18 +278,21 @@ fn list(addrs: &[SocketAddr]) -> String {
     format!("[{}]", items.join(", "))
 }
 
-/// Sends one call to the control task and waits for its answer.
-async fn call(calls: &mpsc::Sender<ApiCall>, request: Request) {
+/// Sends one call to the control task and waits for its answer: true
+/// when it was taken.
+async fn call(calls: &mpsc::Sender<ApiCall>, request: Request) -> bool {
     let (tx, rx) = oneshot::channel();
     if calls.send((request, tx)).await.is_err() {
-        return;
+        return false;
     }
-    if let Ok(reply) = rx.await
-        && let Some(error) = reply.error
-    {
-        tracing::warn!(
-            "--peers-from-kube: the router refused a seed: {}",
-            error.message
-        );
+    match rx.await {
+        Ok(reply) => match reply.error {
+            Some(error) => {
+                tracing::warn!("--peers-from-kube: the router refused: {}", error.message);
+                false
+            }
+            None => true,
+        },
+        Err(_) => false,
     }
 }

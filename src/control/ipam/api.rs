@@ -75,7 +75,10 @@ impl IpamDriver {
                 ("rmpeer", self.rmpeer(name, *force, &resolve_name, now))
             }
             Request::Leave { force } => ("leave", self.leave(*force, now)),
-            Request::Status | Request::Connect { .. } | Request::Forget { .. } => return None,
+            Request::Status
+            | Request::Connect { .. }
+            | Request::Forget { .. }
+            | Request::Advertise { .. } => return None,
         };
         let result = match &reply.error {
             None => "ok",
