@@ -132,6 +132,9 @@ pub struct RouterConfig {
     pub metrics_addr: Option<String>,
     /// `--peers-from-kube`: where to list Nodes for seeds, if at all.
     pub peers_from_kube: Option<crate::kube::KubeSettings>,
+    /// `--reclaim-after`: take over the ranges of routers unreachable that
+    /// long (off by default; issue 20).
+    pub reclaim_after: Option<Duration>,
     /// Masquerade pod traffic leaving the range (off with `--no-masq`).
     pub masquerade: bool,
     /// Ask for the TUN and UDP offloads (off with `WEFT_DISABLE_OFFLOAD`).

@@ -109,6 +109,9 @@ async fn serve(
         &in_use,
         Instant::now(),
     )?;
+    if let Some(after) = config.reclaim_after {
+        ipam.reclaim_after(after);
+    }
     if config.peers_from_kube.is_some() {
         ipam.hold(
             "waiting for the first Kubernetes node list (--peers-from-kube) to pick the voters",

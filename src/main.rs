@@ -147,6 +147,12 @@ struct RouterArgs {
     /// 1/0, true/false, yes/no, on/off).
     #[arg(long, env = "WEFT_NO_MASQ", value_parser = clap::builder::BoolishValueParser::new())]
     no_masq: bool,
+    /// Take over the address ranges of a router that has been unreachable
+    /// this long, as `weft rmpeer` would (e.g. 30m; off by default). Only
+    /// the side of a partition holding most of the routers does, and only
+    /// one router of it.
+    #[arg(long, env = "WEFT_RECLAIM_AFTER", value_parser = parse_duration)]
+    reclaim_after: Option<Duration>,
     /// Also take seeds from the Kubernetes Node list (in-cluster API access;
     /// re-listed every 30 s; needs the RBAC in deploy/rbac.yaml).
     #[arg(long, env = "WEFT_PEERS_FROM_KUBE")]
@@ -341,6 +347,7 @@ fn router_config(args: RouterArgs) -> anyhow::Result<RouterConfig> {
         iface: args.iface,
         mtu: parse_mtu(&args.mtu)?,
         rekey_after,
+        reclaim_after: args.reclaim_after,
         workers,
         metrics_addr: args.metrics_addr.map(|a| {
             if a.starts_with(':') {
@@ -450,6 +457,31 @@ fn ready(api: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A duration flag: a number with `s`, `m` or `h` (no unit: seconds).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => {
+            return Err(format!(
+                "{text:?} is not a duration: use e.g. 90s, 30m or 2h"
+            ));
+        }
+    };
+    match number.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(Duration::from_secs(n.saturating_mul(scale))),
+        _ => Err(format!(
+            "{text:?} is not a duration: use e.g. 90s, 30m or 2h"
+        )),
+    }
+}
+
 /// `--mtu`: `auto` or a number of bytes.
 fn parse_mtu(text: &str) -> anyhow::Result<Option<u32>> {
     if text.eq_ignore_ascii_case("auto") {
@@ -464,6 +496,19 @@ fn parse_mtu(text: &str) -> anyhow::Result<Option<u32>> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn reclaim_after_takes_seconds_minutes_or_hours_and_refuses_the_rest() {
+        assert_eq!(config(&[]).reclaim_after, None);
+        let c = config(&["--reclaim-after", "30m"]);
+        assert_eq!(c.reclaim_after, Some(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        for bad in ["", "0s", "10d", "m", "-5s", "1.5h"] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(e.contains("e.g. 90s, 30m or 2h"), "{bad:?}: {e}");
+        }
+    }
 
     fn config(args: &[&str]) -> RouterConfig {
         let argv = ["weft", "router", "--insecure", "--name", "a"];

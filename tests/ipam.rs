@@ -8,38 +8,14 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::ipam::{api, ipam, owned, routers, wait_ready};
 use support::*;
 use weft::api::client::call;
 use weft::api::proto::{ErrorCode, Reply, Request};
 
 const BIN: &str = env!("CARGO_BIN_EXE_weft");
-
-/// Routers on nodes `0..count`, each seeded with `seeds(i)`, in ring mode
-/// `init` (None: the default, consensus among the routers at the seeds),
-/// over `range`.
-fn routers(
-    cluster: &Cluster,
-    count: usize,
-    seeds: impl Fn(usize) -> Vec<usize>,
-    init: Option<&str>,
-    range: &str,
-) -> Vec<Router> {
-    new_routers(Path::new(BIN), cluster, count, seeds, |_, r| {
-        let at = r.args.iter().position(|a| a == "--ipalloc-init").unwrap();
-        r.args.drain(at..at + 2);
-        if let Some(init) = init {
-            r.args.extend(["--ipalloc-init".into(), init.into()]);
-        }
-        r.args.extend(["--ipalloc-range".into(), range.into()]);
-    })
-}
-
-fn api(r: &Router, request: &Request) -> Reply {
-    call(&r.api(), request, Duration::from_secs(5)).expect("router answers")
-}
 
 fn allocate(r: &Router, container_id: &str) -> Reply {
     api(
@@ -75,20 +51,6 @@ fn allocate_patiently(r: &Router, container_id: &str, patience: Duration) -> Opt
     }
 }
 
-fn ipam(r: &Router) -> serde_json::Value {
-    r.status().expect("status")["ipam"].clone()
-}
-
-fn wait_ready(routers: &[Router], timeout: Duration) {
-    let ready = wait_until(timeout, || {
-        routers
-            .iter()
-            .all(|r| r.status().is_some_and(|s| s["ipam"]["state"] == "ready"))
-    });
-    let states: Vec<serde_json::Value> = routers.iter().map(ipam).collect();
-    assert!(ready, "IPAM not ready everywhere: {states:#?}");
-}
-
 /// Every address handed out by `r`'s pods, from `list`.
 fn listed(r: &Router) -> BTreeMap<String, Ipv4Addr> {
     let reply = api(r, &Request::List { container_id: None });
@@ -105,19 +67,6 @@ fn listed(r: &Router) -> BTreeMap<String, Ipv4Addr> {
         .collect()
 }
 
-fn owned(r: &Router) -> Vec<(u32, u32)> {
-    ipam(r)["owned_ranges"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| {
-            let start: Ipv4Addr = x["start"].as_str().unwrap().parse().unwrap();
-            let end: Ipv4Addr = x["end"].as_str().unwrap().parse().unwrap();
-            (u32::from(start), u32::from(end))
-        })
-        .collect()
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -130,7 +79,7 @@ fn three_routers_started_together_agree_on_one_ring_and_hand_out_distinct_addres
     }
     let cluster = Cluster::new(3);
     // DaemonSet style: every router gets the same seed list, itself included.
-    let mut rs = routers(&cluster, 3, |_| vec![0, 1, 2], None, "10.32.0.0/12");
+    let mut rs = routers(BIN, &cluster, 3, |_| vec![0, 1, 2], None, "10.32.0.0/12");
     for r in &mut rs {
         r.start();
     }
@@ -249,7 +198,7 @@ fn a_router_that_runs_out_gets_a_donation_and_keeps_allocating() {
     let cluster = Cluster::new(2);
     // A /26 split between two voters: 32 addresses each, minus the node
     // addresses and the range's network and broadcast addresses.
-    let mut rs = routers(&cluster, 2, |_| vec![0, 1], None, "10.32.0.0/26");
+    let mut rs = routers(BIN, &cluster, 2, |_| vec![0, 1], None, "10.32.0.0/26");
     for r in &mut rs {
         r.start();
     }
@@ -292,7 +241,7 @@ fn separately_initialised_clusters_refuse_to_merge_and_an_empty_ring_yields() {
     }
     let cluster = Cluster::new(3);
     // Three routers, each alone: each initialises its own ring.
-    let mut rs = routers(&cluster, 3, |_| Vec::new(), None, "10.32.0.0/12");
+    let mut rs = routers(BIN, &cluster, 3, |_| Vec::new(), None, "10.32.0.0/12");
     for r in &mut rs {
         r.start();
     }
@@ -352,7 +301,7 @@ fn bad_address_requests_are_refused_with_a_clear_error_and_change_nothing() {
         return;
     }
     let cluster = Cluster::new(1);
-    let mut rs = routers(&cluster, 1, |_| Vec::new(), None, "10.32.0.0/12");
+    let mut rs = routers(BIN, &cluster, 1, |_| Vec::new(), None, "10.32.0.0/12");
     rs[0].start();
     wait_ready(&rs, Duration::from_secs(20));
     let before = ipam(&rs[0]);
@@ -424,7 +373,7 @@ fn rmpeer_takes_over_a_dead_routers_space_and_is_refused_while_it_lives() {
         return;
     }
     let cluster = Cluster::new(2);
-    let mut rs = routers(&cluster, 2, |_| vec![0, 1], None, "10.32.0.0/12");
+    let mut rs = routers(BIN, &cluster, 2, |_| vec![0, 1], None, "10.32.0.0/12");
     for r in &mut rs {
         r.start();
     }
@@ -480,7 +429,7 @@ fn a_drained_router_leaves_its_ranges_to_the_others_and_stops() {
         return;
     }
     let cluster = Cluster::new(3);
-    let mut rs = routers(&cluster, 3, |_| vec![0, 1, 2], None, "10.32.0.0/24");
+    let mut rs = routers(BIN, &cluster, 3, |_| vec![0, 1, 2], None, "10.32.0.0/24");
     for r in &mut rs {
         r.start();
     }

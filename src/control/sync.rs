@@ -94,7 +94,7 @@ impl Control {
             );
         }
         let reachable = self.reachable_peers();
-        self.ipam.set_reachable(reachable);
+        self.ipam.set_reachable(reachable, now);
     }
 
     /// Routers a path of established connections leads to, and direct peers.

@@ -19,6 +19,7 @@ pub mod attack;
 pub mod chaos;
 pub mod daemonset_pod;
 pub mod fake_kube;
+pub mod ipam;
 pub mod manifest;
 pub mod nat;
 pub mod rootfs;

@@ -18,9 +18,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 mod api;
+mod auto_reclaim;
 mod ballot;
 mod crypto;
 
+pub use auto_reclaim::AutoReclaim;
 pub use ballot::{Ballot, PARTIAL_GRACE, SeedSlots};
 mod status;
 
@@ -58,6 +60,10 @@ pub struct IpamDriver {
     slots: SeedSlots,
     /// Why `consensus` may not pick its voters yet (see [`Self::hold`]).
     held: Option<String>,
+    /// `--reclaim-after`: owners unreachable that long are reclaimed.
+    auto_reclaim: Option<AutoReclaim>,
+    /// The routers reachable now (as last set).
+    reachable: BTreeSet<PeerId>,
 }
 
 impl IpamDriver {
@@ -109,6 +115,8 @@ impl IpamDriver {
             last_error_log: None,
             slots: SeedSlots::default(),
             held: None,
+            auto_reclaim: None,
+            reachable: BTreeSet::new(),
         })
     }
 
@@ -214,9 +222,39 @@ impl IpamDriver {
         }
     }
 
-    /// The routers reachable now (refuses `rmpeer` of a live router, picks donors).
-    pub fn set_reachable(&mut self, peers: BTreeSet<PeerId>) {
+    /// The routers reachable now (refuses `rmpeer` of a live router, picks
+    /// donors, starts or stops `--reclaim-after`'s count).
+    pub fn set_reachable(&mut self, peers: BTreeSet<PeerId>, now: Instant) {
+        self.reachable = peers.clone();
         self.alloc.set_reachable(peers);
+        self.reclaim_the_long_gone(now);
+    }
+
+    /// Turns on `--reclaim-after`.
+    pub fn reclaim_after(&mut self, after: Duration) {
+        self.auto_reclaim = Some(AutoReclaim::new(after));
+    }
+
+    /// `--reclaim-after`: takes over the ranges of owners unreachable for
+    /// that long, when this router is the one to (see `auto_reclaim`).
+    fn reclaim_the_long_gone(&mut self, now: Instant) {
+        let (Some(auto), Some(ring)) = (self.auto_reclaim.as_mut(), self.alloc.ring()) else {
+            return;
+        };
+        let owners = ring.owners();
+        let after = auto.after();
+        for dead in auto.due(self.alloc.id(), &owners, &self.reachable, now) {
+            let name = self.label(dead);
+            match self.alloc.rmpeer(dead, false, now) {
+                Ok(addresses) => tracing::warn!(
+                    dead = %name,
+                    addresses,
+                    ?after,
+                    "--reclaim-after: took over the ranges of a router unreachable that long"
+                ),
+                Err(e) => self.log_error("--reclaim-after", &e, now),
+            }
+        }
     }
 
     /// A new neighbour gets the full ring (or our proposal).
@@ -257,12 +295,18 @@ impl IpamDriver {
         if let Err(e) = self.alloc.handle_timeout(now) {
             self.log_error("a timer", &e, now);
         }
+        self.reclaim_the_long_gone(now);
     }
 
     /// When [`Self::handle_timeout`] wants to run next (the allocator's
     /// anti-entropy or a donation timeout).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.alloc.poll_timeout().map(|(t, _)| t)
+        let reclaim = self
+            .auto_reclaim
+            .as_ref()
+            .and_then(AutoReclaim::poll_timeout);
+        let alloc = self.alloc.poll_timeout().map(|(t, _)| t);
+        alloc.into_iter().chain(reclaim).min()
     }
 
     /// The next message to send on the `Ring` channel.
