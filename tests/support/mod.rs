@@ -19,6 +19,7 @@ pub mod attack;
 pub mod chaos;
 pub mod daemonset_pod;
 pub mod fake_kube;
+pub mod flow;
 pub mod ipam;
 pub mod manifest;
 pub mod nat;
@@ -537,6 +538,20 @@ impl Router {
         }
     }
 
+    /// SIGTERM, as the kubelet stops a pod, and waits up to `timeout` for
+    /// the router to exit; its exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let pid = self.child.as_ref()?.id();
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let status = self.wait_exit(timeout);
+        if status.is_none() {
+            self.kill9();
+        }
+        status
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -741,20 +756,8 @@ pub fn transfer(from: &Pod, to: &Pod, bytes: u64, max_time: Option<Duration>) ->
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
-        let mut hasher = Blake2s256::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut total = 0u64;
-        loop {
-            match stream.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    hasher.update(&buf[..n]);
-                    total += n as u64;
-                }
-                Err(e) => panic!("receiver: {e} after {total} bytes"),
-            }
-        }
-        (total, <[u8; 32]>::from(hasher.finalize()))
+        read_hashed(&mut stream, &std::sync::atomic::AtomicU64::new(0))
+            .unwrap_or_else(|e| panic!("{e}"))
     });
     ready_rx
         .recv_timeout(Duration::from_secs(5))
@@ -789,6 +792,29 @@ pub fn transfer(from: &Pod, to: &Pod, bytes: u64, max_time: Option<Duration>) ->
         sent_sum,
         received_sum,
         elapsed: start.elapsed(),
+    }
+}
+
+/// Reads `stream` to its end, hashing with BLAKE2s and counting into
+/// `progress` as bytes arrive: (bytes, hash), or what failed and when.
+pub fn read_hashed(
+    stream: &mut TcpStream,
+    progress: &std::sync::atomic::AtomicU64,
+) -> Result<(u64, [u8; 32]), String> {
+    use blake2::{Blake2s256, Digest};
+    let mut hasher = Blake2s256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok((total, <[u8; 32]>::from(hasher.finalize()))),
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                total += n as u64;
+                progress.store(total, Ordering::Relaxed);
+            }
+            Err(e) => return Err(format!("receiver: {e} after {total} bytes")),
+        }
     }
 }
 
