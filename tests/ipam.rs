@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::ipam::{api, ipam, owned, routers, wait_ready};
+use support::ipam::{api, ipam, listed, owned, routers, wait_ready};
 use support::*;
 use weft::api::client::call;
 use weft::api::proto::{ErrorCode, Reply, Request};
@@ -49,22 +49,6 @@ fn allocate_patiently(r: &Router, container_id: &str, patience: Duration) -> Opt
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// Every address handed out by `r`'s pods, from `list`.
-fn listed(r: &Router) -> BTreeMap<String, Ipv4Addr> {
-    let reply = api(r, &Request::List { container_id: None });
-    reply.result.unwrap()["allocations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            (
-                a["container_id"].as_str().unwrap().to_string(),
-                a["address"].as_str().unwrap().parse().unwrap(),
-            )
-        })
-        .collect()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

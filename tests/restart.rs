@@ -3,7 +3,9 @@
 //! image pull), must not reset the flow or lose a byte; while it is away
 //! weft0 and its routes stay, so the pods see silence, never an ICMP
 //! unreachable that would make a sender give up. SIGTERM is not `leave`:
-//! the ring, the pods' addresses and the identity stay.
+//! the ring, the pods' addresses and the identity stay. A node that
+//! reboots (its whole network namespace gone, its disk kept) comes back
+//! with every pod address, and the runtime's CNI GC frees the lost ones.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -12,7 +14,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use support::flow::Flow;
+use support::ipam::{api, ipam, listed};
 use support::*;
+use weft::api::proto::Request;
 
 const BIN: &str = env!("CARGO_BIN_EXE_weft");
 
@@ -93,4 +97,59 @@ fn pod_flows_survive_ten_router_restarts_and_a_20_s_outage_with_no_reset_and_no_
         restart_stall,
         outage_gap
     );
+}
+
+#[test]
+fn a_rebooted_node_keeps_every_pod_address_and_cni_gc_frees_the_lost_ones() {
+    if !require_root("a_rebooted_node_keeps_every_pod_address_and_cni_gc_frees_the_lost_ones") {
+        return;
+    }
+    let mut p = start_pair(Path::new(BIN), &[]);
+    for id in ["c-keep", "c-lost-1", "c-lost-2"] {
+        let reply = api(
+            &p.routers[1],
+            &Request::Allocate {
+                container_id: id.into(),
+                ifname: "eth0".into(),
+                pod: None,
+            },
+        );
+        assert!(reply.ok, "{:?}", reply.error);
+    }
+    let before = listed(&p.routers[1]);
+    let owned_before = ipam(&p.routers[1])["owned_ranges"].clone();
+
+    // Power cut: the router dies with the node's network namespace (weft0,
+    // routes, veths, pods); the disk (its state dir) survives.
+    p.routers[1].kill9();
+    p.cluster.reboot(1);
+    p.routers[1].ns_name = p.cluster.nodes[1].ns.name.clone();
+    p.routers[1].start();
+
+    assert_eq!(
+        listed(&p.routers[1]),
+        before,
+        "allocations lost in the reboot"
+    );
+    assert_eq!(ipam(&p.routers[1])["owned_ranges"], owned_before);
+    // The runtime's CNI GC after the reboot: only c-keep is attached again.
+    let reply = api(
+        &p.routers[1],
+        &Request::Gc {
+            keep: vec!["c-keep".into()],
+        },
+    );
+    assert!(reply.ok, "{:?}", reply.error);
+    let after = listed(&p.routers[1]);
+    assert_eq!(after.keys().collect::<Vec<_>>(), ["c-keep"]);
+    // c-keep's pod comes back at its address and reaches the other node.
+    let kept = after["c-keep"];
+    let pod = p.cluster.add_pod(1, kept);
+    let other = p.cluster.pods.iter().find(|q| q.node == 0).unwrap();
+    assert!(
+        p.cluster.pods[pod].wait_ping(other.addr, Duration::from_secs(10)),
+        "the rebooted node's pod cannot reach the other node:\n{}",
+        p.routers[1].log_tail()
+    );
+    assert!(other.ping(kept, 3), "the other node cannot reach the pod");
 }

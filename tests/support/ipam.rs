@@ -2,6 +2,7 @@
 //! their local API, and the `ipam` part of their status.
 
 use super::{Cluster, Router, new_routers, wait_until};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
@@ -56,6 +57,22 @@ pub fn owned(r: &Router) -> Vec<(u32, u32)> {
             let start: Ipv4Addr = x["start"].as_str().unwrap().parse().unwrap();
             let end: Ipv4Addr = x["end"].as_str().unwrap().parse().unwrap();
             (u32::from(start), u32::from(end))
+        })
+        .collect()
+}
+
+/// Every address handed out by `r`'s pods, from `list`.
+pub fn listed(r: &Router) -> BTreeMap<String, Ipv4Addr> {
+    let reply = api(r, &Request::List { container_id: None });
+    reply.result.unwrap()["allocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["container_id"].as_str().unwrap().to_string(),
+                a["address"].as_str().unwrap().parse().unwrap(),
+            )
         })
         .collect()
 }

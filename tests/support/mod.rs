@@ -229,31 +229,47 @@ pub struct Cluster {
     pub dir: TempDir,
 }
 
+/// Node `i` on the switch: namespace `n{i}` at 192.0.2.(10 + i), prepared
+/// as a fresh host.
+fn node_on(switch: &Netns, i: usize) -> Node {
+    let name = format!("n{i}");
+    let ns = Netns::new(&name);
+    let underlay = Ipv4Addr::new(192, 0, 2, 10 + i as u8);
+    let port = format!("p{i}");
+    // A rebooted node's old port went with its namespace's end of the pair.
+    let _ = switch.exec(&["ip", "link", "del", &port]);
+    veth(switch, &port, &ns, "eth0");
+    switch.ip(&["link", "set", &port, "master", "br0", "up"]);
+    ns.ip(&["addr", "add", &format!("{underlay}/24"), "dev", "eth0"]);
+    ns.ip(&["link", "set", "eth0", "up"]);
+    fresh_host(&ns);
+    Node { ns, underlay, name }
+}
+
 impl Cluster {
     /// `count` nodes named n0, n1, ... at 192.0.2.10, .11, ...
     pub fn new(count: usize) -> Self {
         let switch = Netns::new("sw");
         switch.ip(&["link", "add", "br0", "type", "bridge"]);
         switch.ip(&["link", "set", "br0", "up"]);
-        let mut nodes = Vec::new();
-        for i in 0..count {
-            let name = format!("n{i}");
-            let ns = Netns::new(&name);
-            let underlay = Ipv4Addr::new(192, 0, 2, 10 + i as u8);
-            let port = format!("p{i}");
-            veth(&switch, &port, &ns, "eth0");
-            switch.ip(&["link", "set", &port, "master", "br0", "up"]);
-            ns.ip(&["addr", "add", &format!("{underlay}/24"), "dev", "eth0"]);
-            ns.ip(&["link", "set", "eth0", "up"]);
-            fresh_host(&ns);
-            nodes.push(Node { ns, underlay, name });
-        }
+        let nodes = (0..count).map(|i| node_on(&switch, i)).collect();
         Self {
             nodes,
             pods: Vec::new(),
             switch,
             dir: TempDir::new("cluster"),
         }
+    }
+
+    /// Node `i` reboots: its namespace, and with it weft0, every route and
+    /// veth and the pods on it, is gone; a fresh one takes its place on the
+    /// switch with the same address. Files (the state dir) stay. Its
+    /// router must be stopped first and pointed at the new namespace.
+    pub fn reboot(&mut self, i: usize) {
+        self.pods.retain(|p| p.node != i);
+        let fresh = node_on(&self.switch, i);
+        // The old namespace goes when its `Netns` drops, here.
+        self.nodes[i] = fresh;
     }
 
     /// Plugs a pod with `addr` into node `node` the way the CNI plugin does.
