@@ -278,6 +278,11 @@ pub struct Status {
     /// `host_firewall` driver, not by the control task).
     #[serde(default)]
     pub firewall: FirewallStatus,
+    /// Punching and relaying (issue 16): `punch_attempts`,
+    /// `punch_successes`, `punch_failed/REASON`, `relay_forwarded`,
+    /// the relay drop reasons `relay_*` (fixed sets).
+    #[serde(default)]
+    pub paths: BTreeMap<String, u64>,
 }
 
 /// The router's rules in the host's firewall (DESIGN.md "Egress and

@@ -186,6 +186,8 @@ pub fn report(parts: Parts<'_>) -> Status {
         api_latency: parts.api_latency,
         // Filled in by the daemon's host_firewall driver on the way out.
         firewall: Default::default(),
+        // Filled in by the control task (`Control::path_counters`).
+        paths: BTreeMap::new(),
     }
 }
 
