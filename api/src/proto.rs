@@ -402,6 +402,10 @@ pub struct ConnectionStatus {
     /// Last error, if `failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The ID of the router a relayed control connection runs through
+    /// (issue 16); absent for a direct one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_via: Option<String>,
 }
 
 /// An inclusive address range.

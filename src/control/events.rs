@@ -46,7 +46,7 @@ impl Control {
                     self.start_punch(peer, now);
                 }
                 PeerEvent::Down { peer } => {
-                    self.relay_gone(peer);
+                    self.relay_gone(peer, now);
                     self.punch.forget(peer);
                     self.endpoints.handle_peer_down(peer);
                     self.drain_endpoint_events(now);

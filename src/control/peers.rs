@@ -168,8 +168,13 @@ impl Peers {
                 self.close(arrival.connection, "a direct connection exists");
                 return Arrived::Refused;
             }
+            // A relayed connection through another relay is the opener
+            // moving off a relay that went: it takes over (adopted, keys
+            // and UDP path kept).
+            let relay_moved = new_relayed && existing.relayed_via != arrival.relayed_via;
             if same_process
                 && old_relayed == new_relayed
+                && !relay_moved
                 && self.keeps_existing(peer_id, existing.outbound, arrival.outbound)
             {
                 self.close(arrival.connection, "duplicate connection");

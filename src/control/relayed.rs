@@ -38,6 +38,10 @@ pub const DIRECT_FIRST: Duration = Duration::from_secs(2);
 /// Most relayed connections at once (each costs a task pair and a share
 /// of a relay's budget).
 pub const MAX_SESSIONS: usize = 64;
+/// How long a connection whose relay went is kept open while its
+/// replacement through another relay comes up (it then adopts the peer's
+/// record, keys and UDP path: no peer-down, no detour for the data).
+pub const RETIRE_AFTER: Duration = Duration::from_secs(10);
 /// Largest piece of the stream put in one relay message.
 const CHUNK: usize = 16 * 1024;
 /// In-memory stream buffer per direction.
@@ -63,6 +67,9 @@ pub struct Session {
 #[derive(Debug, Default)]
 pub struct Sessions {
     by_peer: HashMap<PeerId, Session>,
+    /// Connections whose relay went, kept until their replacement is up
+    /// (or [`RETIRE_AFTER`]).
+    retiring: Vec<(Session, Instant)>,
     /// When each router was first seen without a direct connection.
     unconnected_since: HashMap<PeerId, Instant>,
     next_check: Option<Instant>,
@@ -122,6 +129,9 @@ impl Control {
             return;
         }
         self.relayed.next_check = Some(now + CHECK_EVERY);
+        self.relayed
+            .retiring
+            .retain(|(_, since)| now.saturating_duration_since(*since) < RETIRE_AFTER);
         let me = self.me;
         let known: Vec<PeerId> = self
             .gossip
@@ -141,29 +151,34 @@ impl Control {
             {
                 continue;
             }
-            let neighbours: Vec<(PeerId, Vec<PeerId>, Option<Duration>)> =
-                self.peers
-                    .iter()
-                    .filter(|p| p.relayed_via.is_none())
-                    .map(|p| {
-                        let connections = self.gossip.entry(p.id).map_or_else(Vec::new, |e| {
-                            e.connections.iter().map(|c| c.peer).collect()
-                        });
-                        let rtt = self.heartbeats.status(p.id, now).and_then(|l| l.rtt);
-                        (p.id, connections, rtt)
-                    })
-                    .collect();
-            let choice = pick(
-                id,
-                neighbours
-                    .iter()
-                    .map(|(r, c, rtt)| (*r, c.as_slice(), *rtt)),
-            );
-            if let Some(choice) = choice {
+            if let Some(choice) = self.relay_for(id, now) {
                 tracing::debug!(peer = %id, via = %choice.via, why = choice.why(), "opening a relayed control connection");
                 self.open_session(id, choice.via, true);
             }
         }
+    }
+
+    /// The best common router for a relayed connection with `target`.
+    fn relay_for(&self, target: PeerId, now: Instant) -> Option<RelayChoice> {
+        let neighbours: Vec<(PeerId, Vec<PeerId>, Option<Duration>)> = self
+            .peers
+            .iter()
+            .filter(|p| p.relayed_via.is_none())
+            .map(|p| {
+                let connections = self
+                    .gossip
+                    .entry(p.id)
+                    .map_or_else(Vec::new, |e| e.connections.iter().map(|c| c.peer).collect());
+                let rtt = self.heartbeats.status(p.id, now).and_then(|l| l.rtt);
+                (p.id, connections, rtt)
+            })
+            .collect();
+        pick(
+            target,
+            neighbours
+                .iter()
+                .map(|(r, c, rtt)| (*r, c.as_slice(), *rtt)),
+        )
     }
 
     /// Starts a relayed connection task with `peer` through `via`.
@@ -243,7 +258,7 @@ impl Control {
             Some((v, _)) if v == via => {}
             // The opener moved to another relay: follow it.
             Some((_, false)) => {
-                self.relayed.by_peer.remove(&origin);
+                self.retire(origin, Instant::now());
                 self.open_session(origin, via, false);
             }
             Some(_) => {
@@ -283,13 +298,37 @@ impl Control {
     /// The connection task `id` ended: its session goes (if it is one).
     pub(super) fn relayed_ended(&mut self, id: ConnectionId) {
         self.relayed.by_peer.retain(|_, s| s.connection != id);
+        self.relayed.retiring.retain(|(s, _)| s.connection != id);
     }
 
-    /// The neighbour `via` went: every connection relayed through it ends
-    /// (its stream closes), and its pairs are forgotten by the budget.
-    pub(super) fn relay_gone(&mut self, via: PeerId) {
+    /// Keeps the session with `peer` open, off the table, until its
+    /// replacement adopts the peer's record (the registry then closes it).
+    fn retire(&mut self, peer: PeerId, now: Instant) {
+        if let Some(session) = self.relayed.by_peer.remove(&peer) {
+            self.relayed.retiring.push((session, now));
+        }
+    }
+
+    /// The neighbour `via` went: every connection relayed through it is
+    /// retired, and the ones this side opened are opened again at once
+    /// through another common router (the other side follows); its pairs
+    /// are forgotten by the budget.
+    pub(super) fn relay_gone(&mut self, via: PeerId, now: Instant) {
         self.relay_budget.forget(via);
-        self.relayed.by_peer.retain(|_, s| s.via != via);
+        let moved: Vec<(PeerId, bool)> = self
+            .relayed
+            .by_peer
+            .values()
+            .filter(|s| s.via == via)
+            .map(|s| (s.peer, s.outbound))
+            .collect();
+        for (peer, outbound) in moved {
+            self.retire(peer, now);
+            if let Some(choice) = outbound.then(|| self.relay_for(peer, now)).flatten() {
+                tracing::info!(peer = %peer, from = %via, to = %choice.via, "relay gone: moving the control connection to another common router");
+                self.open_session(peer, choice.via, true);
+            }
+        }
     }
 }
 

@@ -227,6 +227,7 @@ pub fn connection(
         offload: offload.into(),
         rekeys: peer.keys.rekeys(),
         error: None,
+        control_via: peer.relayed_via.map(|v| v.to_string()),
     }
 }
 
@@ -251,6 +252,7 @@ pub fn pending(dial: &Dial, offload: &str) -> ConnectionStatus {
         offload: offload.into(),
         rekeys: 0,
         error: dial.error.clone(),
+        control_via: None,
     }
 }
 

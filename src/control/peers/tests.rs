@@ -322,9 +322,25 @@ fn a_direct_connection_outranks_a_relayed_one_both_ways() {
     assert!(drain(&mut p).iter().any(|(c, m)| *c == 2 && is_close(m)));
     assert_eq!(p.get(low()).unwrap().connection, 1);
 
-    // Two relayed ones: the usual rule (the leading side's opening wins).
+    // Two relayed ones through the same relay: the usual rule (the
+    // leading side's opening wins).
     let mut p = Peers::new(low(), REKEY);
     p.handle_up(relayed(1, true), now);
     drain(&mut p);
     assert_eq!(p.handle_up(relayed(2, false), now), Arrived::Refused);
+
+    // Through another relay (the first one went): the new one takes over
+    // the record, keys and UDP path, with no peer-down.
+    p.set_endpoint(high(), SocketAddr::from(([203, 0, 113, 40], 6783)));
+    let mut moved = relayed(3, true);
+    moved.relayed_via = Some(PeerId(4));
+    assert_eq!(p.handle_up(moved, now), Arrived::Adopted);
+    assert!(drain(&mut p).iter().any(|(c, m)| *c == 1 && is_close(m)));
+    let peer = p.get(high()).unwrap();
+    assert_eq!((peer.connection, peer.relayed_via), (3, Some(PeerId(4))));
+    assert_eq!(
+        peer.endpoint,
+        Some(SocketAddr::from(([203, 0, 113, 40], 6783)))
+    );
+    assert!(std::iter::from_fn(|| p.poll_event()).all(|e| !matches!(e, PeerEvent::Down { .. })));
 }
