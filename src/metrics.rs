@@ -76,6 +76,13 @@ pub fn render(status: &Status) -> String {
             .collect(),
     );
     counter(&mut registry, "rekeys", "Completed rekeys", status.rekeys);
+    family(
+        &mut registry,
+        "paths",
+        "Punch attempts, successes and failures, and control records relayed for others, by event",
+        "event",
+        status.paths.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+    );
     let d = &status.dataplane.totals;
     family(
         &mut registry,

@@ -4,7 +4,10 @@
 //! seed list (the public addresses of the two 1:1 routers), default
 //! `--ipalloc-init`. The ring starts, every router reaches every other, the
 //! pairs 1:1 NAT allows are direct (private within a site, public across),
-//! and the rest are relayed with a reason.
+//! the pairs behind masquerade on both ends are punched (control relayed
+//! end to end through a common router, data on the punched UDP path) and
+//! carry a checksummed 100 MB transfer, and the pairs with the symmetric
+//! NAT stay relayed with a reason.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -92,30 +95,49 @@ fn six_routers_over_four_nat_sites_start_the_ring_and_reach_each_other() {
     }
     eprintln!("full reachability after {:?}", started.elapsed());
 
-    // Paths: direct where 1:1 NAT allows (or the same site), relayed with
-    // a reason where both ends are behind masquerade or symmetric NAT.
+    // Paths: direct where 1:1 NAT allows (or the same site), punched where
+    // both ends are behind masquerade (endpoint-independent mapping: once
+    // both send, even the gateway that drops unsolicited inbound lets the
+    // answers in), relayed with a reason where one is behind symmetric NAT.
+    // The masquerade site's pairs with the far site may stay relayed, with
+    // the reason: its two routers share port 6783 (the second to reach a
+    // destination gets another port, by a hash over the destination too),
+    // and its gateway keeps a conntrack entry for a far probe that arrives
+    // before its own node's first one left, which then remaps that node
+    // (ARCHITECTURE.md "Endpoints, NAT and paths", known limit). At least
+    // one router of that site must be punched to the far site.
     let n = routers.len();
     let site_of = |i: usize| match i {
         0 | 1 => 0,
         2 | 3 => 1,
         k => k - 2,
     };
-    let expected = |a: usize, b: usize| -> &'static str {
+    let fits = |a: usize, b: usize, path: &str| -> bool {
         if site_of(a) == site_of(b) {
-            "direct (private)"
+            path == "direct (private)"
         } else if site_of(a) == 0 || site_of(b) == 0 {
-            "direct (public)"
+            path == "direct (public)"
+        } else if site_of(a) == 2 || site_of(b) == 2 {
+            path.starts_with("relayed via ")
         } else {
-            "relayed via "
+            path == "punched"
+                || (path.starts_with("relayed via ") && path.ends_with("(punch unanswered)"))
         }
     };
-    let settled = wait_until(Duration::from_secs(40), || {
+    let punched_both_ways = |i: usize| {
+        path_to(&routers[i], &names[5]) == "punched" && path_to(&routers[5], &names[i]) == "punched"
+    };
+    let all_fit = || {
         (0..n).all(|a| {
             (0..n)
                 .filter(|b| *b != a)
-                .all(|b| path_to(&routers[a], &names[b]).starts_with(expected(a, b)))
+                .all(|b| fits(a, b, &path_to(&routers[a], &names[b])))
         })
+    };
+    wait_until(Duration::from_secs(40), || {
+        all_fit() && (2..4).any(punched_both_ways)
     });
+    let settled = all_fit();
     let table: Vec<String> = (0..n)
         .flat_map(|a| (0..n).filter(move |b| *b != a).map(move |b| (a, b)))
         .map(|(a, b)| {
@@ -139,6 +161,7 @@ fn six_routers_over_four_nat_sites_start_the_ring_and_reach_each_other() {
         "paths not as expected after 40 s:\n{}",
         table.join("\n")
     );
+    eprintln!("all paths as expected after {:?}", started.elapsed());
     // A relayed path says why.
     let relayed = path_to(&routers[2], &names[4]);
     assert!(
@@ -163,4 +186,143 @@ fn six_routers_over_four_nat_sites_start_the_ring_and_reach_each_other() {
     let public = &world.sites[0].public;
     assert!(lists(&routers[2], &names[0], format!("{}:6783", public[0])));
     assert!(lists(&routers[0], &names[1], format!("{}:6783", public[1])));
+
+    // 100 MB between pods over a punched path (masquerade ↔ masquerade
+    // that drops unsolicited inbound), intact and bounded in time; then
+    // the same over a relayed one (masquerade ↔ symmetric), for the ratio.
+    let Some(m) = (2..4).find(|i| punched_both_ways(*i)) else {
+        // Both pairs lost the conntrack race of the plain masquerade
+        // gateway (ARCHITECTURE.md "Endpoints, NAT and paths", known
+        // limit): relayed with their reason, as asserted above.
+        eprintln!(
+            "NOT SHOWN this run: no router of the masquerade site punched to {} (both lost the gateway's conntrack race); no punched transfer, no relay kill",
+            names[5]
+        );
+        return;
+    };
+    // Packets the other routers forward: none of the punched transfer's.
+    let forwarded = || -> u64 {
+        (0..n)
+            .filter(|i| *i != m && *i != 5)
+            .filter_map(|i| routers[i].status())
+            .map(|s| s["dataplane"]["forwarded"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let forwarded_before = forwarded();
+    let punched = transfer(
+        &pods[m],
+        &pods[5],
+        100 << 20,
+        Some(Duration::from_secs(120)),
+    );
+    assert_eq!(
+        punched.sent,
+        100 << 20,
+        "the punched transfer did not finish in 120 s"
+    );
+    assert_eq!(
+        punched.received, punched.sent,
+        "bytes lost on the punched path"
+    );
+    assert_eq!(
+        punched.received_sum, punched.sent_sum,
+        "checksum mismatch on the punched path"
+    );
+    assert_eq!(
+        path_to(&routers[m], &names[5]),
+        "punched",
+        "the path moved during the transfer"
+    );
+    let relayed_packets = forwarded() - forwarded_before;
+    assert!(
+        relayed_packets < 1_000,
+        "{relayed_packets} packets of the punched transfer went through another router"
+    );
+    let mbits = |t: &Transfer| (t.sent * 8) as f64 / t.elapsed.as_secs_f64() / 1e6;
+    let relayed_t = transfer(&pods[m], &pods[4], 20 << 20, Some(Duration::from_secs(120)));
+    assert_eq!(
+        relayed_t.received_sum, relayed_t.sent_sum,
+        "checksum mismatch on the relayed path"
+    );
+    eprintln!(
+        "100 MB punched in {:.2} s = {:.0} Mbit/s; 20 MB relayed = {:.0} Mbit/s; ratio {:.2}",
+        punched.elapsed.as_secs_f64(),
+        mbits(&punched),
+        mbits(&relayed_t),
+        mbits(&punched) / mbits(&relayed_t),
+    );
+
+    // The relay of the punched pair killed mid-transfer: the pair's control
+    // moves to the other common router (the new connection adopts the
+    // record, keys and UDP path), the path stays punched and the transfer
+    // completes intact.
+    let relay_id =
+        control_via(&routers[m], &names[5]).expect("the punched pair's control is relayed");
+    let r = (0..2)
+        .find(|i| {
+            routers[*i]
+                .status()
+                .is_some_and(|s| s["id"] == relay_id.as_str())
+        })
+        .expect("the relay is one of the 1:1 routers");
+    let survivor = 1 - r;
+    let survivor_id = routers[survivor].status().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let during = std::thread::scope(|scope| {
+        let t = scope.spawn(|| {
+            transfer(
+                &pods[m],
+                &pods[5],
+                100 << 20,
+                Some(Duration::from_secs(120)),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        routers[r].kill9();
+        t.join().expect("transfer thread")
+    });
+    let killed = Instant::now();
+    assert_eq!(
+        during.sent,
+        100 << 20,
+        "the transfer across the relay's death did not finish"
+    );
+    assert_eq!(
+        during.received_sum, during.sent_sum,
+        "checksum mismatch across the relay's death"
+    );
+    let moved = wait_until(Duration::from_secs(10), || {
+        control_via(&routers[m], &names[5]).as_deref() == Some(survivor_id.as_str())
+            && path_to(&routers[m], &names[5]) == "punched"
+            && path_to(&routers[5], &names[m]) == "punched"
+    });
+    assert!(
+        moved,
+        "control did not move to {}: via {:?}, paths {} / {}",
+        names[survivor],
+        control_via(&routers[m], &names[5]),
+        path_to(&routers[m], &names[5]),
+        path_to(&routers[5], &names[m]),
+    );
+    eprintln!(
+        "relay {} killed mid-transfer: 100 MB intact in {:.2} s; control through {} and punched {:?} after the transfer",
+        names[r],
+        during.elapsed.as_secs_f64(),
+        names[survivor],
+        killed.elapsed(),
+    );
+}
+
+/// The ID of the router `r`'s control connection with `peer` is relayed
+/// through, if it is relayed.
+fn control_via(r: &Router, peer: &str) -> Option<String> {
+    r.status().and_then(|s| {
+        s["connections"]
+            .as_array()?
+            .iter()
+            .find(|c| c["peer"] == peer)
+            .and_then(|c| c["control_via"].as_str().map(str::to_string))
+    })
 }

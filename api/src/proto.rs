@@ -292,6 +292,11 @@ pub struct Status {
     /// `host_firewall` driver, not by the control task).
     #[serde(default)]
     pub firewall: FirewallStatus,
+    /// Punching and relaying (issue 16): `punch_attempts`,
+    /// `punch_successes`, `punch_failed/REASON`, `relay_forwarded`,
+    /// the relay drop reasons `relay_*` (fixed sets).
+    #[serde(default)]
+    pub paths: BTreeMap<String, u64>,
 }
 
 /// The router's rules in the host's firewall (DESIGN.md "Egress and
@@ -411,6 +416,10 @@ pub struct ConnectionStatus {
     /// Last error, if `failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The ID of the router a relayed control connection runs through
+    /// (issue 16); absent for a direct one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_via: Option<String>,
 }
 
 /// An inclusive address range.

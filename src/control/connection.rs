@@ -22,9 +22,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
 /// Time allowed for one write before the connection is considered stuck.
@@ -82,6 +81,8 @@ pub struct PeerUp {
     pub keys: NewKeys,
     /// How to talk back to the task.
     pub commands: mpsc::UnboundedSender<ConnectionCommand>,
+    /// The router the connection runs through end to end, if relayed.
+    pub relayed_via: Option<PeerId>,
 }
 
 /// Reported by a connection task to the control task.
@@ -113,6 +114,14 @@ pub enum ConnectionEvent {
         outbound: bool,
         /// Why.
         reason: HandshakeFailure,
+    },
+    /// Stream bytes of a relayed connection, for the control task to send
+    /// through its relay (`super::relayed`).
+    RelayOut {
+        /// Which connection.
+        id: ConnectionId,
+        /// The next bytes of its stream.
+        bytes: Vec<u8>,
     },
     /// The connection ended (after `Up`).
     Down {
@@ -159,7 +168,7 @@ pub async fn run_outbound(context: Arc<ConnectionContext>, id: ConnectionId, rem
             }
         };
     let _ = stream.set_nodelay(true);
-    run(context, id, stream, remote, true).await;
+    run(context, id, stream, remote, true, None).await;
 }
 
 /// Runs an accepted connection until it ends.
@@ -170,7 +179,21 @@ pub async fn run_inbound(
     remote: SocketAddr,
 ) {
     let _ = stream.set_nodelay(true);
-    run(context, id, stream, remote, false).await;
+    run(context, id, stream, remote, false, None).await;
+}
+
+/// Runs a control connection end to end through the router `via` (issue
+/// 16): the same link as over TCP, on one end of an in-memory stream whose
+/// other end the control task pumps to and from relay messages.
+pub async fn run_relayed(
+    context: Arc<ConnectionContext>,
+    id: ConnectionId,
+    stream: tokio::io::DuplexStream,
+    remote: SocketAddr,
+    outbound: bool,
+    via: PeerId,
+) {
+    run(context, id, stream, remote, outbound, Some(via)).await;
 }
 
 fn fail(
@@ -212,6 +235,7 @@ struct Driver {
     id: ConnectionId,
     remote: SocketAddr,
     outbound: bool,
+    relayed_via: Option<PeerId>,
     link: ControlLink,
     /// The secrets the link holds, to notice a reload.
     secrets: Arc<ClusterSecrets>,
@@ -234,12 +258,13 @@ enum Ending {
     Down(String),
 }
 
-async fn run(
+async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
     context: Arc<ConnectionContext>,
     id: ConnectionId,
-    stream: TcpStream,
+    stream: S,
     remote: SocketAddr,
     outbound: bool,
+    relayed_via: Option<PeerId>,
 ) {
     let secrets = context.secrets.load_full();
     let config = LinkConfig {
@@ -261,6 +286,7 @@ async fn run(
         id,
         remote,
         outbound,
+        relayed_via,
         link,
         secrets,
         commands: None,
@@ -279,8 +305,8 @@ async fn run(
 }
 
 impl Driver {
-    async fn serve(&mut self, stream: TcpStream) -> Ending {
-        let (mut read, mut write) = stream.into_split();
+    async fn serve<S: AsyncRead + AsyncWrite>(&mut self, stream: S) -> Ending {
+        let (mut read, mut write) = tokio::io::split(stream);
         let mut buffer = vec![0u8; super::link::READ_CHUNK];
         loop {
             if let Some(ending) = self.pump(&mut write).await {
@@ -321,7 +347,7 @@ impl Driver {
 
     /// Writes what the link queued and forwards its events, until both are
     /// drained; returns how the connection ended, if it did.
-    async fn pump(&mut self, write: &mut OwnedWriteHalf) -> Option<Ending> {
+    async fn pump<W: AsyncWrite + Unpin>(&mut self, write: &mut W) -> Option<Ending> {
         loop {
             while let Some(bytes) = self.link.poll_transmit() {
                 let error = match tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&bytes)).await
@@ -372,6 +398,7 @@ impl Driver {
                     outbound: self.outbound,
                     keys,
                     commands: commands_tx,
+                    relayed_via: self.relayed_via,
                 }));
             }
             LinkEvent::Rekeyed(keys) => {

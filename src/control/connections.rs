@@ -43,7 +43,27 @@ impl Control {
         ));
     }
 
-    fn next_id(&mut self) -> ConnectionId {
+    /// A relayed connection came up: it must be the router its session
+    /// was opened for (the relay cannot splice another in); then it goes
+    /// to the registry like any connection, ranked below a direct one.
+    fn relayed_up(&mut self, up: PeerUp, now: Instant) {
+        let expected = self.relayed.by_connection(up.id).map(|s| s.peer);
+        let (arrival, commands) = arrival_of(up);
+        let id = arrival.connection;
+        if expected != Some(arrival.peer) {
+            tracing::warn!(peer = %arrival.peer, ?expected, "a relayed connection reached another router than asked; closing it");
+            let _ = commands.send(ConnectionCommand::Close("not the router asked for".into()));
+            self.relayed_ended(id);
+            return;
+        }
+        self.links.insert(id, commands);
+        self.count_handshake("ok_relayed");
+        if self.peers.handle_up(arrival, now) == peers::Arrived::OverCap {
+            self.count_handshake("connection_cap");
+        }
+    }
+
+    pub(super) fn next_id(&mut self) -> ConnectionId {
         let id = self.next_connection;
         self.next_connection += 1;
         id
@@ -68,9 +88,13 @@ impl Control {
 
     pub(super) fn handle_connection_event(&mut self, event: ConnectionEvent, now: Instant) {
         match event {
+            ConnectionEvent::Up(up) if up.relayed_via.is_some() => self.relayed_up(up, now),
             ConnectionEvent::Up(up) => {
                 let (arrival, commands) = arrival_of(up);
                 let id = arrival.connection;
+                // A direct connection ends any punching (it outranks the
+                // relayed one it replaces).
+                self.punch.forget(arrival.peer);
                 self.admission.finished(id);
                 self.links.insert(id, commands);
                 let dialled = self.dialing.remove(&id);
@@ -107,6 +131,24 @@ impl Control {
                     self.drain_endpoint_events(now);
                 }
             }
+            ConnectionEvent::Message {
+                id,
+                message: ControlMessage::RelayTo { peer, bytes },
+            } => self.handle_relay_to(id, peer, bytes, now),
+            ConnectionEvent::Message {
+                id,
+                message: ControlMessage::RelayFrom { peer, bytes },
+            } => self.handle_relay_from(id, peer, bytes),
+            ConnectionEvent::Message {
+                id,
+                message: ControlMessage::PunchOffer { candidates },
+            } => {
+                let from = self.peers.iter().find(|p| p.connection == id).map(|p| p.id);
+                if let Some(from) = from {
+                    self.handle_punch_offer(from, &candidates, now);
+                }
+            }
+            ConnectionEvent::RelayOut { id, bytes } => self.handle_relay_out(id, bytes),
             ConnectionEvent::Message { id, message } => {
                 if let Some((from, channel, payload)) = self.peers.handle_message(id, message, now)
                 {
@@ -120,6 +162,7 @@ impl Control {
                 reason,
             } => {
                 self.admission.finished(id);
+                self.relayed_ended(id);
                 if reason == HandshakeFailure::SelfConnection {
                     self.self_addresses.insert(remote);
                 }
@@ -142,6 +185,7 @@ impl Control {
             }
             ConnectionEvent::Down { id, reason } => {
                 self.links.remove(&id);
+                self.relayed_ended(id);
                 self.peers.handle_down(id, &reason);
             }
         }
@@ -185,6 +229,7 @@ fn arrival_of(up: PeerUp) -> (Arrival, mpsc::UnboundedSender<ConnectionCommand>)
         remote: up.remote,
         outbound: up.outbound,
         keys: up.keys,
+        relayed_via: up.relayed_via,
     };
     (arrival, up.commands)
 }

@@ -43,8 +43,11 @@ impl Control {
                     self.liveness
                         .insert(peer, Arc::new(Liveness::new(self.epoch)));
                     self.heartbeats.add(peer, outbound, now);
+                    self.start_punch(peer, now);
                 }
                 PeerEvent::Down { peer } => {
+                    self.relay_gone(peer, now);
+                    self.punch.forget(peer);
                     self.endpoints.handle_peer_down(peer);
                     self.drain_endpoint_events(now);
                     self.liveness.remove(&peer);
@@ -99,10 +102,14 @@ impl Control {
                         }
                     }
                     self.peers.confirm(Some(peer), local_index, now);
+                    self.punch_answer(peer, from, now);
                 }
                 HeartbeatEvent::Established { peer, established } => {
                     if let Some(p) = self.peers.get(peer) {
                         tracing::info!(peer = %p.hello.name, established, "connection state changed");
+                    }
+                    if !established {
+                        self.punch_path_down(peer, now);
                     }
                     self.gossip.set_established(peer, established, now);
                     self.dirty = true;

@@ -50,7 +50,9 @@ pub mod peers;
 pub mod proto;
 pub mod publish;
 pub mod punch;
+mod punching;
 pub mod relay;
+pub mod relayed;
 mod requests;
 pub mod status;
 mod sync;
@@ -120,6 +122,12 @@ pub struct Control {
     maker: ConnectionMaker,
     ipam: IpamDriver,
     endpoints: Endpoints,
+    /// Relayed control connections (issue 16).
+    relayed: relayed::Sessions,
+    /// What this router forwards for others.
+    relay_budget: relay::RelayBudget,
+    /// Hole punching for relayed peers.
+    punch: punch::Punch,
     /// Each connection task's command channel.
     links: HashMap<ConnectionId, mpsc::UnboundedSender<ConnectionCommand>>,
     /// Each peer's liveness cell, shared with the data plane.
@@ -196,6 +204,9 @@ impl Control {
             peers: Peers::new(me, config.rekey_after),
             heartbeats: Heartbeats::new(epoch, short, config.mtu),
             admission: Admission::new(),
+            relayed: relayed::Sessions::default(),
+            relay_budget: relay::RelayBudget::new(me, relay::RelayLimits::default()),
+            punch: punch::Punch::new(rand::random()),
             config,
             me,
             short,
@@ -286,6 +297,8 @@ impl Control {
         self.drain_gossip(now);
         self.drive_ipam(now);
         self.drive_dials(now);
+        self.drive_relayed(now);
+        self.drive_punch(now);
         if self.peers.take_changed() || self.dirty {
             self.publish(now);
         }
@@ -339,6 +352,8 @@ impl Control {
                     Wake::Heartbeat,
                 ),
                 (self.maker.poll_timeout(), Wake::Dial),
+                (self.relayed.poll_timeout(), Wake::Relay),
+                (self.punch.poll_timeout().map(|(t, _)| t), Wake::Punch),
                 (self.leaving, Wake::Leave),
             ],
         )

@@ -53,6 +53,9 @@ pub struct Peer {
     pub endpoint: Option<SocketAddr>,
     /// Its keysets.
     pub keys: KeySchedule,
+    /// The router its control connection runs through end to end (issue
+    /// 16), or `None` for a direct TCP connection.
+    pub relayed_via: Option<PeerId>,
     rekey_started: Option<Instant>,
 }
 
@@ -74,6 +77,8 @@ pub struct Arrival {
     pub outbound: bool,
     /// The UDP keys of its handshake.
     pub keys: NewKeys,
+    /// The router the connection runs through, if relayed.
+    pub relayed_via: Option<PeerId>,
 }
 
 /// What became of an arrival.
@@ -153,7 +158,25 @@ impl Peers {
                 return Arrived::Refused;
             }
             let same_process = existing.hello.incarnation == arrival.hello.incarnation;
-            if same_process && self.keeps_existing(peer_id, existing.outbound, arrival.outbound) {
+            // A direct connection outranks a relayed one (issue 16): it
+            // never gives way to one, and always replaces one.
+            let (old_relayed, new_relayed) = (
+                existing.relayed_via.is_some(),
+                arrival.relayed_via.is_some(),
+            );
+            if same_process && new_relayed && !old_relayed {
+                self.close(arrival.connection, "a direct connection exists");
+                return Arrived::Refused;
+            }
+            // A relayed connection through another relay is the opener
+            // moving off a relay that went: it takes over (adopted, keys
+            // and UDP path kept).
+            let relay_moved = new_relayed && existing.relayed_via != arrival.relayed_via;
+            if same_process
+                && old_relayed == new_relayed
+                && !relay_moved
+                && self.keeps_existing(peer_id, existing.outbound, arrival.outbound)
+            {
                 self.close(arrival.connection, "duplicate connection");
                 return Arrived::Refused;
             }
@@ -177,6 +200,7 @@ impl Peers {
             remote,
             outbound,
             keys,
+            relayed_via,
         } = arrival;
         if let Some(clash) = self
             .peers
@@ -188,9 +212,7 @@ impl Peers {
         tracing::info!(peer = %hello.name, id = %peer, %remote, outbound, local = keys.local_index, remote_index = keys.remote_index, "connection up");
         let mut schedule = KeySchedule::new(self.rekey_after);
         schedule.install(keyset_of(keys, now), now);
-        // Inbound, the connection's source port is not where its UDP
-        // listens: use what it announced.
-        let endpoint = Some(if outbound { remote } else { hello.listen });
+        let endpoint = endpoint_of(outbound, remote, &hello, relayed_via);
         self.peers.insert(
             peer,
             Peer {
@@ -203,6 +225,7 @@ impl Peers {
                 outbound,
                 endpoint,
                 keys: schedule,
+                relayed_via,
                 rekey_started: None,
             },
         );
@@ -226,6 +249,12 @@ impl Peers {
         tracing::debug!(peer = %peer.hello.name, remote = %arrival.remote, outbound = arrival.outbound, "duplicate connection adopted");
         let remote_index = arrival.keys.remote_index;
         peer.connection = arrival.connection;
+        if peer.relayed_via.is_some() && arrival.relayed_via.is_none() {
+            // Direct now: its UDP goes where the connection says, until
+            // authenticated packets say otherwise.
+            peer.endpoint = endpoint_of(arrival.outbound, arrival.remote, &arrival.hello, None);
+        }
+        peer.relayed_via = arrival.relayed_via;
         peer.remote = arrival.remote;
         peer.outbound = arrival.outbound;
         peer.rekey_started = None;
@@ -280,7 +309,10 @@ impl Peers {
             | ControlMessage::TcpKeySwitch
             | ControlMessage::Close { .. }
             | ControlMessage::Fragment { .. }
-            | ControlMessage::Observed { .. } => None,
+            | ControlMessage::Observed { .. }
+            | ControlMessage::RelayTo { .. }
+            | ControlMessage::RelayFrom { .. }
+            | ControlMessage::PunchOffer { .. } => None,
         }
     }
 
@@ -356,6 +388,14 @@ impl Peers {
         self.peers.is_empty()
     }
 
+    /// Whether `peer` is connected by a direct TCP connection (a relay
+    /// forwards only to such neighbours: relays do not chain).
+    pub fn is_direct(&self, peer: PeerId) -> bool {
+        self.peers
+            .get(&peer)
+            .is_some_and(|p| p.relayed_via.is_none())
+    }
+
     /// The peer known at `addr`: where it listens or where its connection
     /// comes from.
     pub fn at_address(&self, addr: SocketAddr) -> Option<&Peer> {
@@ -380,6 +420,22 @@ impl Peers {
     /// Rekeys completed, over all peers.
     pub fn rekeys(&self) -> u64 {
         self.peers.values().map(|p| p.keys.rekeys()).sum()
+    }
+}
+
+/// Where a new record's UDP goes first. Inbound, the connection's source
+/// port is not where its UDP listens: use what it announced. Relayed, its
+/// listen address is behind a NAT: nowhere, until a punch finds a path.
+fn endpoint_of(
+    outbound: bool,
+    remote: SocketAddr,
+    hello: &Hello,
+    relayed_via: Option<PeerId>,
+) -> Option<SocketAddr> {
+    match relayed_via {
+        Some(_) => None,
+        None if outbound => Some(remote),
+        None => Some(hello.listen),
     }
 }
 
@@ -423,6 +479,7 @@ pub(crate) mod tests_support {
             remote: SocketAddr::from(([192, 0, 2, peer.0 as u8], 40_000 + connection as u16)),
             outbound,
             keys: new_keys(connection as u32),
+            relayed_via: None,
         }
     }
 }

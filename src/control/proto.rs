@@ -7,6 +7,7 @@
 //! only; a record is at most `MAX_RECORD` bytes and its length is checked
 //! before anything is allocated.
 
+use crate::id::PeerId;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -160,6 +161,32 @@ pub enum ControlMessage {
         /// Where the receiver's authenticated UDP comes from, as seen here.
         udp_from: Option<SocketAddr>,
     },
+    /// Asks the receiver to forward `bytes` to its neighbour `peer` as a
+    /// [`ControlMessage::RelayFrom`] (issue 16: control end to end through
+    /// a router both ends reach). The bytes are a piece of the two ends'
+    /// own Noise-sealed control stream: the relay can neither read nor
+    /// forge them.
+    RelayTo {
+        /// The router to forward to (a direct neighbour of the receiver).
+        peer: PeerId,
+        /// Opaque stream bytes.
+        bytes: Vec<u8>,
+    },
+    /// Bytes the sender forwards from its neighbour `peer` (stamped by the
+    /// relay from the connection they came on, never taken from the
+    /// sender of a `RelayTo`).
+    RelayFrom {
+        /// The router they came from.
+        peer: PeerId,
+        /// Opaque stream bytes.
+        bytes: Vec<u8>,
+    },
+    /// The sender's endpoints, in their advertised order, for hole
+    /// punching (sent end to end on a relayed control connection).
+    PunchOffer {
+        /// Listen address first, then the public ones.
+        candidates: Vec<SocketAddr>,
+    },
 }
 
 /// Largest plaintext piece put in one `Fragment` (leaves room for the
@@ -306,6 +333,30 @@ mod tests {
     fn golden_bytes_of_a_key_confirm() {
         let bytes = encode_message(&ControlMessage::KeyConfirm { session_index: 300 });
         assert_eq!(bytes, [1, 2, 251, 44, 1]);
+    }
+
+    #[test]
+    fn golden_bytes_of_the_relay_and_punch_messages() {
+        // Appended variants: the old discriminants are unchanged (7 is
+        // `Observed`), so a router from before them reads every older one.
+        let to = ControlMessage::RelayTo {
+            peer: PeerId(5),
+            bytes: vec![1, 2, 3],
+        };
+        assert_eq!(encode_message(&to), [1, 8, 5, 3, 1, 2, 3]);
+        let from = ControlMessage::RelayFrom {
+            peer: PeerId(5),
+            bytes: vec![],
+        };
+        assert_eq!(encode_message(&from), [1, 9, 5, 0]);
+        let offer = ControlMessage::PunchOffer {
+            candidates: vec![SocketAddr::from(([203, 0, 113, 20], 6783))],
+        };
+        let bytes = [1, 10, 1, 0, 203, 0, 113, 20, 251, 0x7f, 0x1a];
+        assert_eq!(encode_message(&offer), bytes);
+        assert_eq!(decode_message(&bytes).ok(), Some(offer));
+        // A relay message cannot smuggle an unbounded length past the cap.
+        assert!(decode_message(&[1, 8, 5, 253, 255, 255, 255, 255, 255, 255, 255, 127]).is_err());
     }
 
     #[tokio::test]

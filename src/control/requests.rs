@@ -87,7 +87,12 @@ impl Control {
 
     /// Where `id` is on the topology's shortest paths, and why not direct.
     fn path_to(&self, id: PeerId, now: Instant) -> status::Path {
-        let direct = || self.peers.get(id).map(status::Path::direct_to);
+        let direct = || {
+            self.peers.get(id).map(|p| match p.relayed_via {
+                Some(_) => status::Path::Punched,
+                None => status::Path::direct_to(p),
+            })
+        };
         match self.gossip.routes().route(id) {
             Some(route) if route.next_hop == id => {
                 direct().unwrap_or(status::Path::Direct { public: false })
@@ -107,6 +112,9 @@ impl Control {
     /// is not established (UDP or path MTU), or no dial of its endpoints
     /// has worked (the last error), or none was tried.
     fn why_not_direct(&self, id: PeerId, now: Instant) -> String {
+        if let Some(reason) = self.punch_failure(id) {
+            return reason.into();
+        }
         if self.peers.contains(id) {
             return match self.heartbeats.status(id, now) {
                 Some(l) if l.udp == super::heartbeat::UdpState::Blocked => "udp blocked".into(),
@@ -170,7 +178,7 @@ impl Control {
         let reachable = self.reachable_peers();
         let links = |id| self.heartbeats.status(id, now);
         let path_to = |id| self.path_to(id, now);
-        status::report(status::Parts {
+        let mut report = status::report(status::Parts {
             name: &self.config.name,
             id: self.me,
             short: self.short,
@@ -194,7 +202,9 @@ impl Control {
             gossip: self.gossip_traffic.clone(),
             api_requests: self.ipam.counters().0.clone(),
             api_latency: self.api_latency.clone(),
-        })
+        });
+        report.paths = self.path_counters();
+        report
     }
 }
 

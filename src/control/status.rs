@@ -189,6 +189,8 @@ pub fn report(parts: Parts<'_>) -> Status {
         api_latency: parts.api_latency,
         // Filled in by the daemon's host_firewall driver on the way out.
         firewall: Default::default(),
+        // Filled in by the control task (`Control::path_counters`).
+        paths: BTreeMap::new(),
     }
 }
 
@@ -228,6 +230,7 @@ pub fn connection(
         offload: offload.into(),
         rekeys: peer.keys.rekeys(),
         error: None,
+        control_via: peer.relayed_via.map(|v| v.to_string()),
     }
 }
 
@@ -252,6 +255,7 @@ pub fn pending(dial: &Dial, offload: &str) -> ConnectionStatus {
         offload: offload.into(),
         rekeys: 0,
         error: dial.error.clone(),
+        control_via: None,
     }
 }
 

@@ -27,6 +27,10 @@ pub enum Wake {
     Dial,
     /// The end of a `weft leave` grace period.
     Leave,
+    /// Looking for routers to open a relayed connection to.
+    Relay,
+    /// A punch probe round, window, offer wait or retry.
+    Punch,
 }
 
 /// The earliest of `deadlines`, but not before `now + MIN_SLEEP`; `None`

@@ -340,9 +340,15 @@ impl Heartbeats {
                 if !link.pinger && rtt_us != 0 {
                     link.rtt = Some(Duration::from_micros(u64::from(rtt_us)));
                 }
-                self.send(peer, Body::Pong { stamp, full: false }, now);
+                // A link with no endpoint yet (a punch in progress, issue
+                // 16) answers where the authenticated ping came from.
+                let to = link.endpoint.unwrap_or(from);
+                self.send_to(peer, Body::Pong { stamp, full: false }, to, now);
             }
-            Some(Body::Probe { stamp }) => self.send(peer, Body::Pong { stamp, full: true }, now),
+            Some(Body::Probe { stamp }) => {
+                let to = link.endpoint.unwrap_or(from);
+                self.send_to(peer, Body::Pong { stamp, full: true }, to, now);
+            }
             Some(Body::Pong { stamp, full }) => {
                 link.rtt = Some(now.saturating_duration_since(sent_at(stamp)));
                 if full {
@@ -528,14 +534,30 @@ impl Heartbeats {
         (now.saturating_duration_since(self.epoch).as_millis() as u64).max(1)
     }
 
+    /// Sends one authenticated ping to `peer` at `addr`, one of its
+    /// candidate endpoints (a punch probe, `crate::control::punch`): its
+    /// answer, like any authenticated heartbeat, is reported with the
+    /// address it came from, and measures the RTT.
+    pub fn probe(&mut self, peer: PeerId, addr: SocketAddr, now: Instant) {
+        let body = self.ping(peer, self.millis(now));
+        self.send_to(peer, body, addr, now);
+    }
+
     /// Seals `body` for `peer` and queues it; any heartbeat counts as this
     /// side's traffic on the link.
     fn send(&mut self, peer: PeerId, body: Body, now: Instant) {
+        if let Some(endpoint) = self.links.get(&peer).and_then(|l| l.endpoint) {
+            self.send_to(peer, body, endpoint, now);
+        }
+    }
+
+    /// [`Self::send`] to `endpoint`.
+    fn send_to(&mut self, peer: PeerId, body: Body, endpoint: SocketAddr, now: Instant) {
         let (me, mtu) = (self.me, self.mtu);
         let Some(link) = self.links.get_mut(&peer) else {
             return;
         };
-        let (Some(sender), Some(endpoint)) = (link.sender.as_ref(), link.endpoint) else {
+        let Some(sender) = link.sender.as_ref() else {
             return;
         };
         let counter = link

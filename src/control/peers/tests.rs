@@ -278,3 +278,69 @@ fn gossip_is_handed_back_with_its_sender() {
     assert_eq!(got, Some((high(), 2, vec![1, 2])));
     assert_eq!(p.handle_message(9, ControlMessage::RekeyRequest, t0), None);
 }
+
+#[test]
+fn a_direct_connection_outranks_a_relayed_one_both_ways() {
+    let now = Instant::now();
+    let relayed = |connection, outbound| {
+        let mut a = arrival(high(), connection, outbound, 7);
+        a.relayed_via = Some(PeerId(3));
+        a
+    };
+    // Relayed first, then a direct one of the same process: adopted, and
+    // its UDP goes where the direct connection says.
+    let mut p = Peers::new(low(), REKEY);
+    assert_eq!(p.handle_up(relayed(1, true), now), Arrived::New);
+    assert_eq!(
+        p.get(high()).unwrap().endpoint,
+        None,
+        "no UDP path until punched"
+    );
+    drain(&mut p);
+    assert_eq!(
+        p.handle_up(arrival(high(), 2, false, 7), now),
+        Arrived::Adopted
+    );
+    let sent = drain(&mut p);
+    assert!(
+        sent.iter().any(|(c, m)| *c == 1 && is_close(m)),
+        "relayed one closed"
+    );
+    let peer = p.get(high()).unwrap();
+    assert_eq!((peer.connection, peer.relayed_via), (2, None));
+    assert_eq!(peer.endpoint, Some(peer.hello.listen));
+    assert!(p.is_direct(high()));
+
+    // Direct first: a relayed one of the same process is refused, whoever
+    // opened it, and the direct one stays.
+    let mut p = Peers::new(high(), REKEY);
+    p.handle_up(arrival(low(), 1, false, 7), now);
+    drain(&mut p);
+    let mut late = arrival(low(), 2, true, 7);
+    late.relayed_via = Some(PeerId(3));
+    assert_eq!(p.handle_up(late, now), Arrived::Refused);
+    assert!(drain(&mut p).iter().any(|(c, m)| *c == 2 && is_close(m)));
+    assert_eq!(p.get(low()).unwrap().connection, 1);
+
+    // Two relayed ones through the same relay: the usual rule (the
+    // leading side's opening wins).
+    let mut p = Peers::new(low(), REKEY);
+    p.handle_up(relayed(1, true), now);
+    drain(&mut p);
+    assert_eq!(p.handle_up(relayed(2, false), now), Arrived::Refused);
+
+    // Through another relay (the first one went): the new one takes over
+    // the record, keys and UDP path, with no peer-down.
+    p.set_endpoint(high(), SocketAddr::from(([203, 0, 113, 40], 6783)));
+    let mut moved = relayed(3, true);
+    moved.relayed_via = Some(PeerId(4));
+    assert_eq!(p.handle_up(moved, now), Arrived::Adopted);
+    assert!(drain(&mut p).iter().any(|(c, m)| *c == 1 && is_close(m)));
+    let peer = p.get(high()).unwrap();
+    assert_eq!((peer.connection, peer.relayed_via), (3, Some(PeerId(4))));
+    assert_eq!(
+        peer.endpoint,
+        Some(SocketAddr::from(([203, 0, 113, 40], 6783)))
+    );
+    assert!(std::iter::from_fn(|| p.poll_event()).all(|e| !matches!(e, PeerEvent::Down { .. })));
+}

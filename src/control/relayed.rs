@@ -1,0 +1,371 @@
+//! Control connections end to end through a router both ends reach (issue
+//! 16, DESIGN.md "Endpoints, NAT and paths"): the driver side of
+//! [`super::relay`]. An `impl Control` block plus the session table.
+//!
+//! Two routers A, B with no direct connection and a common neighbour R:
+//! the side that [`PeerId::leads`] (the rule that also decides which dial
+//! wins) opens a relayed connection: the ordinary connection task
+//! ([`connection::run_relayed`]) on one end of an in-memory stream, whose
+//! other end a small pump task turns into `RelayTo { peer: B }` messages to
+//! R. R checks its [`RelayBudget`](super::relay::RelayBudget), stamps the
+//! origin from the connection the bytes came on and sends
+//! `RelayFrom { peer: A }` to B, which feeds them to its own relayed
+//! connection with A (opening one as responder). The Noise handshake,
+//! rekeys, gossip and IPAM then run unchanged; R forwards opaque records.
+//!
+//! The registry ranks such a connection below a direct one
+//! (`super::peers`); it goes when R goes (and is opened again through
+//! another common router); the pair's data takes the punched UDP path
+//! (`super::punch`, driven from `events.rs`) or stays relayed multi-hop.
+
+use super::Control;
+use super::connection::{self, ConnectionEvent, ConnectionId};
+use super::proto::ControlMessage;
+use super::relay::{self, RelayChoice, RelayDrop};
+use crate::id::PeerId;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// How often the leading side looks for routers to open a relayed
+/// connection to.
+pub const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How long a router must be known without a direct connection before a
+/// relayed one is opened (its dials get a chance first).
+pub const DIRECT_FIRST: Duration = Duration::from_secs(2);
+/// Most relayed connections at once (each costs a task pair and a share
+/// of a relay's budget).
+pub const MAX_SESSIONS: usize = 64;
+/// How long a connection whose relay went is kept open while its
+/// replacement through another relay comes up (it then adopts the peer's
+/// record, keys and UDP path: no peer-down, no detour for the data).
+pub const RETIRE_AFTER: Duration = Duration::from_secs(10);
+/// Largest piece of the stream put in one relay message.
+const CHUNK: usize = 16 * 1024;
+/// In-memory stream buffer per direction.
+const BUFFER: usize = 1024 * 1024;
+
+/// One relayed connection.
+#[derive(Debug)]
+pub struct Session {
+    /// The router at the other end.
+    pub peer: PeerId,
+    /// The router in the middle.
+    pub via: PeerId,
+    /// The connection task's ID.
+    pub connection: ConnectionId,
+    /// Whether this side opened it.
+    pub outbound: bool,
+    /// Bytes from the relay for the connection's stream.
+    incoming: mpsc::UnboundedSender<Vec<u8>>,
+}
+
+/// The relayed connections, by the router at the other end, and what was
+/// dropped.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    by_peer: HashMap<PeerId, Session>,
+    /// Connections whose relay went, kept until their replacement is up
+    /// (or [`RETIRE_AFTER`]).
+    retiring: Vec<(Session, Instant)>,
+    /// When each router was first seen without a direct connection.
+    unconnected_since: HashMap<PeerId, Instant>,
+    next_check: Option<Instant>,
+    /// Relay messages dropped at an end, by reason.
+    pub dropped: HashMap<&'static str, u64>,
+}
+
+impl Sessions {
+    /// The session whose connection task is `connection`.
+    pub fn by_connection(&self, connection: ConnectionId) -> Option<&Session> {
+        self.by_peer.values().find(|s| s.connection == connection)
+    }
+
+    /// The session with `peer`.
+    pub fn get(&self, peer: PeerId) -> Option<&Session> {
+        self.by_peer.get(&peer)
+    }
+
+    /// When to look for new relayed connections again.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_check
+    }
+
+    fn count(&mut self, reason: &'static str) {
+        *self.dropped.entry(reason).or_default() += 1;
+    }
+}
+
+/// The common router to relay through for `target`: a direct neighbour of
+/// ours whose signed entry lists a connection to `target`, by RTT
+/// ([`relay::choose`]). `neighbours` yields (router, its connections, RTT).
+pub fn pick<'a>(
+    target: PeerId,
+    neighbours: impl IntoIterator<Item = (PeerId, &'a [PeerId], Option<Duration>)>,
+) -> Option<RelayChoice> {
+    relay::choose(
+        neighbours
+            .into_iter()
+            .filter(|(id, connections, _)| *id != target && connections.contains(&target))
+            .map(|(id, _, rtt)| (id, rtt)),
+    )
+}
+
+/// Whether a `RelayFrom` of `origin`, arriving through `via` with no
+/// session for it, may open one as responder: `origin` leads (it is the
+/// side that opens), it has no connection with us and the table has room.
+pub fn accepts(me: PeerId, origin: PeerId, connected: bool, sessions: usize) -> bool {
+    origin.leads(me) && !connected && sessions < MAX_SESSIONS
+}
+
+impl Control {
+    /// Opens relayed connections to the routers this side leads that have
+    /// had no connection for [`DIRECT_FIRST`], through the best common
+    /// router; at most once per [`CHECK_EVERY`].
+    pub(super) fn drive_relayed(&mut self, now: Instant) {
+        if self.relayed.next_check.is_some_and(|at| at > now) {
+            return;
+        }
+        self.relayed.next_check = Some(now + CHECK_EVERY);
+        self.relayed
+            .retiring
+            .retain(|(_, since)| now.saturating_duration_since(*since) < RETIRE_AFTER);
+        let me = self.me;
+        let known: Vec<PeerId> = self
+            .gossip
+            .peers()
+            .map(|e| e.id)
+            .filter(|id| *id != me && !self.peers.contains(*id))
+            .collect();
+        self.relayed
+            .unconnected_since
+            .retain(|id, _| known.contains(id));
+        for id in known {
+            let since = *self.relayed.unconnected_since.entry(id).or_insert(now);
+            if !me.leads(id)
+                || now.saturating_duration_since(since) < DIRECT_FIRST
+                || self.relayed.by_peer.contains_key(&id)
+                || self.relayed.by_peer.len() >= MAX_SESSIONS
+            {
+                continue;
+            }
+            if let Some(choice) = self.relay_for(id, now) {
+                tracing::debug!(peer = %id, via = %choice.via, why = choice.why(), "opening a relayed control connection");
+                self.open_session(id, choice.via, true);
+            }
+        }
+    }
+
+    /// The best common router for a relayed connection with `target`.
+    fn relay_for(&self, target: PeerId, now: Instant) -> Option<RelayChoice> {
+        let neighbours: Vec<(PeerId, Vec<PeerId>, Option<Duration>)> = self
+            .peers
+            .iter()
+            .filter(|p| p.relayed_via.is_none())
+            .map(|p| {
+                let connections = self
+                    .gossip
+                    .entry(p.id)
+                    .map_or_else(Vec::new, |e| e.connections.iter().map(|c| c.peer).collect());
+                let rtt = self.heartbeats.status(p.id, now).and_then(|l| l.rtt);
+                (p.id, connections, rtt)
+            })
+            .collect();
+        pick(
+            target,
+            neighbours
+                .iter()
+                .map(|(r, c, rtt)| (*r, c.as_slice(), *rtt)),
+        )
+    }
+
+    /// Starts a relayed connection task with `peer` through `via`.
+    fn open_session(&mut self, peer: PeerId, via: PeerId, outbound: bool) {
+        let id = self.next_id();
+        let (near, far) = tokio::io::duplex(BUFFER);
+        let (incoming, incoming_rx) = mpsc::unbounded_channel();
+        let remote = self
+            .gossip
+            .entry(peer)
+            .and_then(|e| e.addresses.first().copied())
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        tokio::spawn(connection::run_relayed(
+            self.context.clone(),
+            id,
+            near,
+            remote,
+            outbound,
+            via,
+        ));
+        tokio::spawn(pump(far, id, incoming_rx, self.context.events.clone()));
+        self.relayed.by_peer.insert(
+            peer,
+            Session {
+                peer,
+                via,
+                connection: id,
+                outbound,
+                incoming,
+            },
+        );
+    }
+
+    /// `RelayTo` from the neighbour on `connection`: forward it as
+    /// `RelayFrom`, within the budget, to a direct neighbour only.
+    pub(super) fn handle_relay_to(
+        &mut self,
+        connection: ConnectionId,
+        to: PeerId,
+        bytes: Vec<u8>,
+        now: Instant,
+    ) {
+        let Some(from) = self.direct_neighbour_on(connection) else {
+            // Relays do not chain: nothing is forwarded for a relayed peer.
+            self.relayed.count(RelayDrop::UnknownTarget.as_str());
+            return;
+        };
+        let connected = self.peers.is_direct(to);
+        if self
+            .relay_budget
+            .admit(from, to, bytes.len(), connected, now)
+            .is_ok()
+        {
+            self.send_to_peer(to, ControlMessage::RelayFrom { peer: from, bytes });
+        }
+    }
+
+    /// `RelayFrom` through the neighbour on `connection`: bytes for the
+    /// relayed connection with `origin` (opened here as responder if
+    /// [`accepts`] says so).
+    pub(super) fn handle_relay_from(
+        &mut self,
+        connection: ConnectionId,
+        origin: PeerId,
+        bytes: Vec<u8>,
+    ) {
+        let Some(via) = self.direct_neighbour_on(connection) else {
+            self.relayed.count("relay_from_unknown_relay");
+            return;
+        };
+        let current = self
+            .relayed
+            .by_peer
+            .get(&origin)
+            .map(|s| (s.via, s.outbound));
+        match current {
+            Some((v, _)) if v == via => {}
+            // The opener moved to another relay: follow it.
+            Some((_, false)) => {
+                self.retire(origin, Instant::now());
+                self.open_session(origin, via, false);
+            }
+            Some(_) => {
+                self.relayed.count("relay_from_wrong_relay");
+                return;
+            }
+            None => {
+                let connected = self.peers.is_direct(origin);
+                if !accepts(self.me, origin, connected, self.relayed.by_peer.len()) {
+                    self.relayed.count("relay_from_refused");
+                    return;
+                }
+                self.open_session(origin, via, false);
+            }
+        }
+        if let Some(session) = self.relayed.by_peer.get(&origin) {
+            let _ = session.incoming.send(bytes);
+        }
+    }
+
+    /// The neighbour on `connection`, if that is a direct connection.
+    fn direct_neighbour_on(&self, connection: ConnectionId) -> Option<PeerId> {
+        self.peers
+            .iter()
+            .find(|p| p.connection == connection && p.relayed_via.is_none())
+            .map(|p| p.id)
+    }
+
+    /// Stream bytes of the relayed connection `id`: to its relay.
+    pub(super) fn handle_relay_out(&mut self, id: ConnectionId, bytes: Vec<u8>) {
+        let Some((peer, via)) = self.relayed.by_connection(id).map(|s| (s.peer, s.via)) else {
+            return;
+        };
+        self.send_to_peer(via, ControlMessage::RelayTo { peer, bytes });
+    }
+
+    /// The connection task `id` ended: its session goes (if it is one).
+    pub(super) fn relayed_ended(&mut self, id: ConnectionId) {
+        self.relayed.by_peer.retain(|_, s| s.connection != id);
+        self.relayed.retiring.retain(|(s, _)| s.connection != id);
+    }
+
+    /// Keeps the session with `peer` open, off the table, until its
+    /// replacement adopts the peer's record (the registry then closes it).
+    fn retire(&mut self, peer: PeerId, now: Instant) {
+        if let Some(session) = self.relayed.by_peer.remove(&peer) {
+            self.relayed.retiring.push((session, now));
+        }
+    }
+
+    /// The neighbour `via` went: every connection relayed through it is
+    /// retired, and the ones this side opened are opened again at once
+    /// through another common router (the other side follows); its pairs
+    /// are forgotten by the budget.
+    pub(super) fn relay_gone(&mut self, via: PeerId, now: Instant) {
+        self.relay_budget.forget(via);
+        let moved: Vec<(PeerId, bool)> = self
+            .relayed
+            .by_peer
+            .values()
+            .filter(|s| s.via == via)
+            .map(|s| (s.peer, s.outbound))
+            .collect();
+        for (peer, outbound) in moved {
+            self.retire(peer, now);
+            if let Some(choice) = outbound.then(|| self.relay_for(peer, now)).flatten() {
+                tracing::info!(peer = %peer, from = %via, to = %choice.via, "relay gone: moving the control connection to another common router");
+                self.open_session(peer, choice.via, true);
+            }
+        }
+    }
+}
+
+/// Pumps the far end of a relayed connection's stream: what the connection
+/// writes goes to the control task as `RelayOut`, what the relay delivers
+/// is written in. Ends when either side goes (the connection then sees its
+/// stream close).
+async fn pump(
+    far: tokio::io::DuplexStream,
+    id: ConnectionId,
+    mut incoming: mpsc::UnboundedReceiver<Vec<u8>>,
+    events: mpsc::UnboundedSender<ConnectionEvent>,
+) {
+    let (mut read, mut write) = tokio::io::split(far);
+    let mut buffer = vec![0u8; CHUNK];
+    loop {
+        tokio::select! {
+            read = read.read(&mut buffer) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let bytes = buffer[..n].to_vec();
+                    if events.send(ConnectionEvent::RelayOut { id, bytes }).is_err() {
+                        break;
+                    }
+                }
+            },
+            bytes = incoming.recv() => match bytes {
+                Some(bytes) => {
+                    if write.write_all(&bytes).await.is_err() {
+                        break;
+                    }
+                }
+                None => break,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
