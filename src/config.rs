@@ -132,6 +132,9 @@ pub struct RouterConfig {
     pub metrics_addr: Option<String>,
     /// `--peers-from-kube`: where to list Nodes for seeds, if at all.
     pub peers_from_kube: Option<crate::kube::KubeSettings>,
+    /// `--network-policy`: where to list and watch pods, namespaces and
+    /// NetworkPolicies, if at all (the same API server settings).
+    pub network_policy: Option<crate::kube::KubeSettings>,
     /// Masquerade pod traffic leaving the range (off with `--no-masq`).
     pub masquerade: bool,
     /// Ask for the TUN and UDP offloads (off with `WEFT_DISABLE_OFFLOAD`).

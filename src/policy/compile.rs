@@ -392,6 +392,11 @@ impl Cluster {
         self.policies.retain(|id, _| keep(id));
     }
 
+    /// How many policies are in force.
+    pub fn policy_count(&self) -> usize {
+        self.policies.len()
+    }
+
     /// Whether a policy of that name is in force.
     pub fn has_policy(&self, id: &PolicyId) -> bool {
         self.policies.contains_key(id)

@@ -75,6 +75,11 @@ impl PolicyState {
         &self.skipped
     }
 
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
     /// The cluster as compiled.
     pub fn cluster(&self) -> &Cluster {
         &self.cluster
