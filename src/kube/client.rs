@@ -142,14 +142,15 @@ impl ApiServer {
     }
 
     /// `GET path_query` as a stream of lines (a watch: one JSON event per
-    /// line, chunked), each handed to `on_line` without its newline until
-    /// it returns `false` or the stream ends. A line longer than `max_line`
-    /// is handed over cut at `max_line + 1` bytes (so the callback can tell)
+    /// line, chunked): `on_open` once the server accepted it, then each
+    /// line to `on_line` without its newline until it returns `false` or
+    /// the stream ends. A line longer than `max_line` is handed over cut at `max_line + 1` bytes (so the callback can tell)
     /// and ends the stream: memory stays bounded whatever the server sends.
     pub fn watch(
         &self,
         path_query: &str,
         max_line: usize,
+        on_open: impl FnOnce(),
         mut on_line: impl FnMut(&[u8]) -> bool,
     ) -> Result<StreamEnd, KubeError> {
         use std::io::{BufRead, Read};
@@ -159,6 +160,7 @@ impl ApiServer {
         if status != 200 {
             return Ok(StreamEnd::Status(status));
         }
+        on_open();
         let mut reader = std::io::BufReader::new(response.into_body().into_reader());
         let mut line = Vec::new();
         loop {

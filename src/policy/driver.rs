@@ -61,6 +61,7 @@ pub struct Published {
 }
 
 enum Event {
+    Open,
     Page(Result<(u16, Vec<u8>), KubeError>),
     Line(Vec<u8>),
     End(Result<StreamEnd, KubeError>),
@@ -183,6 +184,10 @@ fn handle(watcher: &mut Watcher, event: Event, now: Instant) -> Option<String> {
             watcher.handle_failure(None, now);
             Some(e.to_string())
         }
+        Event::Open => {
+            watcher.handle_stream_open();
+            Some(String::new())
+        }
         Event::Line(line) => match watcher.handle_watch_line(&line, now) {
             Ok(()) => Some(String::new()),
             // Lines of a stream the watcher already left (after an ERROR).
@@ -199,8 +204,8 @@ fn handle(watcher: &mut Watcher, event: Event, now: Instant) -> Option<String> {
 
 fn http_error(status: u16) -> String {
     match status {
-        401 => "HTTP 401: the service-account token was rejected (stale, or from another cluster); restart the pod".into(),
-        403 => "HTTP 403: forbidden; apply deploy/rbac.yaml (get/list/watch on pods, namespaces and networkpolicies)".into(),
+        401 => "the service-account token was rejected (401: stale, or from another cluster); restart the pod".into(),
+        403 => "forbidden (403): apply deploy/rbac.yaml (get/list/watch on pods, namespaces and networkpolicies)".into(),
         status => format!("HTTP {status}"),
     }
 }
@@ -311,7 +316,11 @@ fn spawn_request(
                 let _ = tx.blocking_send((index, generation, Event::Page(page)));
                 return;
             }
-            let end = server.watch(&path, MAX_EVENT_BYTES, |line| {
+            let opened = tx.clone();
+            let on_open = move || {
+                let _ = opened.blocking_send((index, generation, Event::Open));
+            };
+            let end = server.watch(&path, MAX_EVENT_BYTES, on_open, |line| {
                 current.load(Ordering::SeqCst) == generation
                     && tx
                         .blocking_send((index, generation, Event::Line(line.to_vec())))

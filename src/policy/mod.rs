@@ -15,6 +15,7 @@
 
 pub mod addrs;
 pub mod compile;
+pub mod conformance;
 pub mod driver;
 pub mod flatten;
 pub mod model;
