@@ -313,7 +313,7 @@ fn router_config(args: RouterArgs) -> anyhow::Result<RouterConfig> {
     }
     if args.kube_api.is_some() && !args.peers_from_kube && !args.network_policy {
         anyhow::bail!(
-            "--kube-api is only used with --peers-from-kube or --network-policy: add one of them"
+            "--kube-api is only used with --peers-from-kube or --network-policy: add --peers-from-kube or --network-policy"
         );
     }
     if let Some(url) = &args.kube_api

@@ -302,6 +302,16 @@ fn network_policy_is_enforced_on_real_packets_through_the_mesh() {
                 let text = policy_text(&m.routers[0], "x/a");
                 assert!(text.contains("default deny of x dropped"), "{text}");
                 assert!(text.contains("x/deny-ingress"), "{text}");
+                // The drop log names the pod, the default deny and the
+                // policy (counters read back every 5 s).
+                let logged = wait_until(Duration::from_secs(8), || {
+                    std::fs::read_to_string(m.routers[0].log_path()).is_ok_and(|log| {
+                        log.contains(
+                            "packets to x/a: default deny of x (isolated by x/deny-ingress)",
+                        )
+                    })
+                });
+                assert!(logged, "{}", m.routers[0].log_tail());
             }
             1 => {
                 let status = policy_status(&m.routers[0]);

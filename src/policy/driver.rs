@@ -18,12 +18,13 @@
 //! can get a reused address meanwhile (addresses come from this router).
 //! `weft reset` removes it.
 
-use super::nft::{Rendered, TABLE};
+use super::nft::{Counted, Rendered, TABLE};
 use super::state::{PolicyState, Resource};
 use super::status::{PodPolicies, PolicyStatus};
 use super::watch::{Get, MAX_EVENT_BYTES, Watcher};
 use crate::kube::client::{ApiServer, StreamEnd};
 use crate::kube::{KubeError, KubeSource};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,6 +36,9 @@ const MAX_PAGE: u64 = 32 * 1024 * 1024;
 
 /// How long before a failed apply is tried again.
 const APPLY_RETRY: Duration = Duration::from_secs(5);
+
+/// How often the default-deny counters are read back for the drop log.
+const DROP_LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// What the driver needs.
 #[derive(Clone, Debug)]
@@ -81,6 +85,8 @@ pub async fn run(task: PolicyTask, shared: Shared) {
     let mut dirty = false;
     let mut retry_at: Option<Instant> = None;
     let mut stale_since = [Some(SystemTime::now()); 3];
+    let mut drop_tick = tokio::time::interval(DROP_LOG_EVERY);
+    let mut drops_seen: BTreeMap<String, u64> = BTreeMap::new();
     loop {
         let now = Instant::now();
         for (i, watcher) in watchers.iter_mut().enumerate() {
@@ -101,6 +107,12 @@ pub async fn run(task: PolicyTask, shared: Shared) {
         let first = tokio::select! {
             event = rx.recv() => event,
             () = tokio::time::sleep_until(wake.into()) => None,
+            _ = drop_tick.tick() => {
+                if let Some(table) = &applied {
+                    log_drops(table, &state, &mut drops_seen).await;
+                }
+                None
+            }
         };
         let mut events: Vec<_> = first.into_iter().collect();
         while let Ok(event) = rx.try_recv() {
@@ -165,6 +177,55 @@ pub async fn run(task: PolicyTask, shared: Shared) {
             }
         }
         publish(&shared, &state, &stale_since, &listed, &errors);
+    }
+}
+
+/// The drop log: reads the default-deny counters back and logs, per pod
+/// and direction whose count grew, one line naming the pod, the direction,
+/// the namespace's default deny and the policies that isolate it. At most
+/// one line per pod and direction per [`DROP_LOG_EVERY`], whatever the
+/// rate; it needs no syslog (an nft `log` rule writes to the kernel log,
+/// which a network namespace other than the host's does not get).
+async fn log_drops(table: &Rendered, state: &PolicyState, seen: &mut BTreeMap<String, u64>) {
+    let counters = tokio::task::spawn_blocking(super::status::read_counters)
+        .await
+        .unwrap_or_default();
+    for (name, packets) in counters {
+        let Some(Counted::Denied(pod, dir)) = table.counters.get(&name) else {
+            continue;
+        };
+        // A whole replace (start, after a failure) starts counters at 0.
+        let before = seen
+            .insert(name, packets)
+            .filter(|b| *b <= packets)
+            .unwrap_or(0);
+        if packets == before {
+            continue;
+        }
+        let (namespace, name) = pod.split_once('/').unwrap_or(("", pod));
+        let policies = state
+            .cluster()
+            .pod(pod)
+            .map(|p| {
+                let rules = state.cluster().rules_for(p);
+                let direction = if *dir == "in" {
+                    rules.ingress
+                } else {
+                    rules.egress
+                };
+                direction
+                    .selected_by
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        let direction = if *dir == "in" { "to" } else { "from" };
+        tracing::info!(
+            "--network-policy: dropped {} packets {direction} {namespace}/{name}: default deny of {namespace} (isolated by {policies})",
+            packets - before
+        );
     }
 }
 

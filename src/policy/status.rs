@@ -91,7 +91,7 @@ pub fn snapshot(published: &Published) -> PolicyStatus {
 }
 
 /// The table's named counters: name → packets (empty if `nft` fails).
-fn read_counters() -> Vec<(String, u64)> {
+pub(crate) fn read_counters() -> Vec<(String, u64)> {
     let (family, table) = TABLE.split_once(' ').unwrap_or(("ip", TABLE));
     let Ok(out) = std::process::Command::new("nft")
         .args(["-j", "list", "counters", "table", family, table])
