@@ -140,7 +140,8 @@ pub async fn run(task: PolicyTask, shared: Shared) {
                 (Some(_), None) => Some(SystemTime::now()),
             };
         }
-        if listed.iter().all(|l| *l) && (dirty || retry_at.is_some_and(|at| at <= now)) {
+        let render = listed.iter().all(|l| *l) && (dirty || retry_at.is_some_and(|at| at <= now));
+        if render {
             dirty = false;
             retry_at = None;
             let rendered = state.render();
@@ -176,7 +177,7 @@ pub async fn run(task: PolicyTask, shared: Shared) {
                 published.applied.clone_from(&applied);
             }
         }
-        publish(&shared, &state, &stale_since, &listed, &errors);
+        publish(&shared, &state, &stale_since, &listed, &errors, render);
     }
 }
 
@@ -301,6 +302,7 @@ fn publish(
     stale_since: &[Option<SystemTime>; 3],
     listed: &[bool; 3],
     errors: &[Option<String>; 3],
+    pods_changed: bool,
 ) {
     let mut published = lock(shared);
     let status = &mut published.status;
@@ -316,11 +318,15 @@ fn publish(
         .filter_map(|(r, e)| Some(format!("{}: {}", r.path(), e.as_ref()?)))
         .collect();
     status.policies = state.cluster().policy_count();
+    if !pods_changed {
+        return;
+    }
+    let mut cache = super::compile::PeerCache::default();
     status.pods = state
         .cluster()
         .pods_on(state.node())
         .map(|pod| {
-            let rules = state.cluster().rules_for(pod);
+            let rules = state.cluster().rules_for_cached(pod, &mut cache);
             PodPolicies {
                 pod: pod.key(),
                 ips: pod
