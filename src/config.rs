@@ -135,6 +135,9 @@ pub struct RouterConfig {
     /// `--reclaim-after`: take over the ranges of routers unreachable that
     /// long (off by default; issue 20).
     pub reclaim_after: Option<Duration>,
+    /// `--network-policy`: where to list and watch pods, namespaces and
+    /// NetworkPolicies, if at all (the same API server settings).
+    pub network_policy: Option<crate::kube::KubeSettings>,
     /// Masquerade pod traffic leaving the range (off with `--no-masq`).
     pub masquerade: bool,
     /// Ask for the TUN and UDP offloads (off with `WEFT_DISABLE_OFFLOAD`).

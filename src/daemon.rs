@@ -186,6 +186,25 @@ async fn serve(
     tokio::spawn(crate::host_firewall::splice_status(
         spliced_rx, control_tx, firewall,
     ));
+    let api_tx = match &config.network_policy {
+        Some(kube) => {
+            let shared = crate::policy::driver::Shared::default();
+            tokio::spawn(crate::policy::driver::run(
+                crate::policy::driver::PolicyTask {
+                    source: kube.source.clone(),
+                    sa_dir: kube.sa_dir.clone(),
+                    node: config.name.clone(),
+                },
+                shared.clone(),
+            ));
+            let (policy_tx, policy_rx) = mpsc::channel(64);
+            tokio::spawn(crate::policy::status::splice_status(
+                policy_rx, api_tx, shared,
+            ));
+            policy_tx
+        }
+        None => api_tx,
+    };
     if let Some(listener) = metrics_listener {
         tokio::spawn(crate::metrics::serve(listener, api_tx.clone()));
     }

@@ -157,8 +157,14 @@ struct RouterArgs {
     /// re-listed every 30 s; needs the RBAC in deploy/rbac.yaml).
     #[arg(long, env = "WEFT_PEERS_FROM_KUBE")]
     peers_from_kube: bool,
-    /// The Kubernetes API URL for --peers-from-kube instead of the in-cluster
-    /// one (http:// sends no token: for tests and `kubectl proxy`).
+    /// Enforce Kubernetes NetworkPolicy on this node's pods (lists and
+    /// watches pods, namespaces and networkpolicies; needs the RBAC in
+    /// deploy/rbac.yaml).
+    #[arg(long, env = "WEFT_NETWORK_POLICY", value_parser = clap::builder::BoolishValueParser::new())]
+    network_policy: bool,
+    /// The Kubernetes API URL for --peers-from-kube and --network-policy
+    /// instead of the in-cluster one (http:// sends no token: for tests and
+    /// `kubectl proxy`).
     #[arg(long, env = "WEFT_KUBE_API")]
     kube_api: Option<String>,
     #[command(flatten)]
@@ -215,9 +221,11 @@ fn knob<T: std::str::FromStr>(value: Option<&str>) -> Option<T> {
 
 #[derive(Args)]
 struct StatusArgs {
-    /// peers, connections or ipam (default: a summary of all).
-    #[arg(value_parser = ["peers", "connections", "ipam"])]
+    /// peers, connections, ipam or policy (default: a summary of all).
+    #[arg(value_parser = ["peers", "connections", "ipam", "policy"])]
     section: Option<String>,
+    /// With `policy`: only this pod (NAMESPACE/NAME).
+    pod: Option<String>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -309,8 +317,18 @@ fn router_config(args: RouterArgs) -> anyhow::Result<RouterConfig> {
             "no cluster secret: pass --secret-file PATH (create one with: head -c 32 /dev/urandom | base64 > PATH), or --insecure for an experiment"
         );
     }
-    if args.kube_api.is_some() && !args.peers_from_kube {
-        anyhow::bail!("--kube-api is only used with --peers-from-kube: add --peers-from-kube");
+    if args.kube_api.is_some() && !args.peers_from_kube && !args.network_policy {
+        anyhow::bail!(
+            "--kube-api is only used with --peers-from-kube or --network-policy: add --peers-from-kube or --network-policy"
+        );
+    }
+    if let Some(url) = &args.kube_api
+        && !url.starts_with("http://")
+        && !url.starts_with("https://")
+    {
+        anyhow::bail!(
+            "--kube-api {url:?} is not an http:// or https:// URL (e.g. https://10.96.0.1:443)"
+        );
     }
     let range: Ipv4Cidr = args
         .ipalloc_range
@@ -332,6 +350,14 @@ fn router_config(args: RouterArgs) -> anyhow::Result<RouterConfig> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let rekey_after = knob::<u64>(knobs.rekey_interval_secs.as_deref())
         .map_or(weft::crypto::session::REKEY_AFTER, Duration::from_secs);
+    let source = match args.kube_api {
+        Some(url) => KubeSource::Url(url),
+        None => KubeSource::InCluster {
+            host: knobs.kubernetes_service_host,
+            port: knobs.kubernetes_service_port,
+        },
+    };
+    let kube = KubeSettings::new(source, knobs.kube_sa_dir, knobs.kube_resync_secs.as_deref());
     let workers = knob::<usize>(knobs.workers.as_deref())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     Ok(RouterConfig {
@@ -356,16 +382,8 @@ fn router_config(args: RouterArgs) -> anyhow::Result<RouterConfig> {
                 a
             }
         }),
-        peers_from_kube: args.peers_from_kube.then(|| {
-            let source = match args.kube_api {
-                Some(url) => KubeSource::Url(url),
-                None => KubeSource::InCluster {
-                    host: knobs.kubernetes_service_host,
-                    port: knobs.kubernetes_service_port,
-                },
-            };
-            KubeSettings::new(source, knobs.kube_sa_dir, knobs.kube_resync_secs.as_deref())
-        }),
+        peers_from_kube: args.peers_from_kube.then(|| kube.clone()),
+        network_policy: args.network_policy.then_some(kube),
         masquerade: !args.no_masq,
         offload: !offload::disabled_by(knobs.disable_offload.as_deref()),
         worker_priority: Priority::parse_or_default(knobs.worker_priority.as_deref()),
@@ -384,6 +402,17 @@ fn reset(iface: &str, state_dir: Option<&std::path::Path>) -> anyhow::Result<()>
         Err(e) => eprintln!(
             "weft: cannot remove nftables table {}: {e}",
             weft::nftables::TABLE
+        ),
+    }
+    match weft::nftables::run(&format!("delete table {}\n", weft::policy::nft::TABLE)) {
+        Ok(()) => removed.push(format!(
+            "nftables table {} (NetworkPolicy)",
+            weft::policy::nft::TABLE
+        )),
+        Err(e) if e.contains("No such file") || e.contains("cannot run") => {}
+        Err(e) => eprintln!(
+            "weft: cannot remove nftables table {}: {e}",
+            weft::policy::nft::TABLE
         ),
     }
     match weft::forward_policy::close() {
@@ -425,6 +454,22 @@ fn status(args: StatusArgs) -> anyhow::Result<()> {
         anyhow::bail!("{}", error.message);
     }
     let value = reply.result.unwrap_or_default();
+    if args.pod.is_some() && args.section.as_deref() != Some("policy") {
+        anyhow::bail!("a pod is only given with `weft status policy NAMESPACE/NAME`");
+    }
+    if args.section.as_deref() == Some("policy") && !args.json {
+        let Some(policy) = value.get("policy") else {
+            anyhow::bail!(
+                "this router does not enforce NetworkPolicy: start it with --network-policy"
+            );
+        };
+        let policy: weft::policy::status::PolicyStatus = serde_json::from_value(policy.clone())?;
+        print!(
+            "{}",
+            weft::policy::status::render_text(&policy, args.pod.as_deref())
+        );
+        return Ok(());
+    }
     if args.json {
         let shown = match args.section.as_deref() {
             Some(section) => value.get(section).cloned().unwrap_or_default(),

@@ -20,8 +20,9 @@ use tokio::sync::{mpsc, oneshot};
 
 type Labels = Vec<(String, String)>;
 
-/// Renders `status` as OpenMetrics text.
-pub fn render(status: &Status) -> String {
+/// Renders `status` (and the policy part, with `--network-policy`) as
+/// OpenMetrics text.
+pub fn render(status: &Status, policy: Option<&crate::policy::status::PolicyStatus>) -> String {
     let mut registry = Registry::with_prefix("weft");
     let gauge = |registry: &mut Registry, name: &str, help: &str, value: u64| {
         let g: Gauge = Gauge::default();
@@ -229,6 +230,9 @@ pub fn render(status: &Status) -> String {
             ),
         ]),
     );
+    if let Some(policy) = policy {
+        crate::policy::status::register_metrics(&mut registry, policy);
+    }
     let mut out = String::new();
     let _ = encode(&mut out, &registry);
     out
@@ -301,8 +305,13 @@ pub async fn serve(listener: TcpListener, calls: mpsc::Sender<ApiCall>) {
                         .await
                         .ok()
                         .and_then(|reply| reply.result)
-                        .and_then(|value| serde_json::from_value::<Status>(value).ok())
-                        .map(|status| render(&status)),
+                        .and_then(|value| {
+                            let policy = value
+                                .get("policy")
+                                .and_then(|p| serde_json::from_value(p.clone()).ok());
+                            let status = serde_json::from_value::<Status>(value).ok()?;
+                            Some(render(&status, policy.as_ref()))
+                        }),
                     Err(_) => None,
                 };
                 match body {

@@ -144,6 +144,14 @@ pub fn remove() -> Result<bool, NftError> {
     }
 }
 
+/// Applies `text` with `nft -f -` as one transaction, bounded by
+/// [`NFT_TIMEOUT`] (for another table's owner: `crate::policy::driver`).
+pub fn run(text: &str) -> Result<(), String> {
+    nft(&["-f", "-"], Some(text))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// Runs `nft ARGS` with `stdin` (if any), bounded by [`NFT_TIMEOUT`];
 /// returns what it printed (a listing is a few kilobytes: the pipe holds it
 /// until nft exits).

@@ -289,6 +289,33 @@ fn the_daemonset_gives_the_router_the_node_and_what_it_needs() {
     let rule = &role["rules"][0];
     assert_eq!(rule["resources"], serde_json::json!(["nodes"]));
     assert!(rule["verbs"].as_array().unwrap().contains(&"list".into()));
+    // --network-policy (in the args) watches pods, namespaces and
+    // networkpolicies; every rule is read-only.
+    let container = &pod["containers"][0];
+    assert!(
+        support::manifest::strings(&container["args"]).contains(&"--network-policy".to_string())
+    );
+    let granted: Vec<String> = role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| {
+            let group = r["apiGroups"][0].as_str().unwrap_or("").to_string();
+            support::manifest::strings(&r["resources"])
+                .into_iter()
+                .map(move |res| format!("{group}/{res}"))
+        })
+        .collect();
+    for needed in ["/pods", "/namespaces", "networking.k8s.io/networkpolicies"] {
+        assert!(granted.contains(&needed.to_string()), "{granted:?}");
+    }
+    for r in role["rules"].as_array().unwrap() {
+        assert_eq!(
+            r["verbs"],
+            serde_json::json!(["get", "list", "watch"]),
+            "read-only: {r}"
+        );
+    }
     let binding = find(&rbac, "ClusterRoleBinding");
     assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
     assert_eq!(binding["subjects"][0]["name"], pod["serviceAccountName"]);

@@ -448,6 +448,7 @@ fn kube_api_without_peers_from_kube_is_one_clear_line() {
             "http://192.0.2.1:8080",
         ])
         .env_remove("WEFT_PEERS_FROM_KUBE")
+        .env_remove("WEFT_NETWORK_POLICY")
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -25,7 +25,7 @@ use super::addrs::AddrSet;
 use super::flatten::{Direction, RawBox};
 use super::model::{IntOrString, Labels, Namespace, NetworkPolicy, ObjectError, Pod};
 use super::selector::Selector;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::Ipv4Addr;
 
@@ -327,6 +327,11 @@ pub struct Cluster {
     policies: BTreeMap<PolicyId, Policy>,
 }
 
+/// Peer sets by (policy, direction, rule), shared by the pods of one
+/// render: a rule's peers are the same whichever local pod it applies to.
+#[derive(Debug, Default)]
+pub struct PeerCache(HashMap<(PolicyId, bool, usize), AddrSet>);
+
 /// The compiled rules of one local pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodRules {
@@ -392,6 +397,11 @@ impl Cluster {
         self.policies.retain(|id, _| keep(id));
     }
 
+    /// How many policies are in force.
+    pub fn policy_count(&self) -> usize {
+        self.policies.len()
+    }
+
     /// Whether a policy of that name is in force.
     pub fn has_policy(&self, id: &PolicyId) -> bool {
         self.policies.contains_key(id)
@@ -416,13 +426,19 @@ impl Cluster {
 
     /// The rules of `pod`, both directions.
     pub fn rules_for(&self, pod: &PodInfo) -> PodRules {
+        self.rules_for_cached(pod, &mut PeerCache::default())
+    }
+
+    /// [`Self::rules_for`] with peer sets shared between the pods of one
+    /// render (`cache` must not outlive a change of the cluster).
+    pub fn rules_for_cached(&self, pod: &PodInfo, cache: &mut PeerCache) -> PodRules {
         PodRules {
-            ingress: self.direction(pod, true),
-            egress: self.direction(pod, false),
+            ingress: self.direction(pod, true, cache),
+            egress: self.direction(pod, false, cache),
         }
     }
 
-    fn direction(&self, pod: &PodInfo, ingress: bool) -> Direction {
+    fn direction(&self, pod: &PodInfo, ingress: bool, cache: &mut PeerCache) -> Direction {
         let mut selected_by = Vec::new();
         let mut boxes = Vec::new();
         for policy in self.policies.values() {
@@ -437,8 +453,12 @@ impl Cluster {
             }
             let index = selected_by.len();
             selected_by.push(policy.id.clone());
-            for rule in rules {
-                self.rule_boxes(policy, rule, pod, ingress, index, &mut boxes);
+            for (r, rule) in rules.iter().enumerate() {
+                let addrs = cache
+                    .0
+                    .entry((policy.id.clone(), ingress, r))
+                    .or_insert_with(|| self.peer_addrs(policy, rule));
+                self.rule_boxes(addrs, rule, pod, ingress, index, &mut boxes);
             }
         }
         Direction::flatten(selected_by, &boxes)
@@ -451,6 +471,8 @@ impl Cluster {
         };
         let mut addrs = AddrSet::empty();
         for peer in peers {
+            // A namespace selector is evaluated once per namespace.
+            let mut chosen: HashMap<&str, bool> = HashMap::new();
             let set = match peer {
                 Peer::Block(set) => set.clone(),
                 Peer::Pods { namespaces, pods } => AddrSet::from_addrs(
@@ -458,7 +480,9 @@ impl Cluster {
                         .values()
                         .filter(|p| match namespaces {
                             None => p.namespace == policy.id.namespace,
-                            Some(s) => s.matches(&self.namespace_labels(&p.namespace)),
+                            Some(s) => *chosen
+                                .entry(p.namespace.as_str())
+                                .or_insert_with(|| s.matches(&self.namespace_labels(&p.namespace))),
                         })
                         .filter(|p| pods.matches(&p.labels))
                         .flat_map(|p| p.ips.iter().copied()),
@@ -471,20 +495,19 @@ impl Cluster {
 
     fn rule_boxes(
         &self,
-        policy: &Policy,
+        addrs: &AddrSet,
         rule: &Rule,
         pod: &PodInfo,
         ingress: bool,
         index: usize,
         boxes: &mut Vec<RawBox>,
     ) {
-        let addrs = self.peer_addrs(policy, rule);
         if addrs.is_empty() {
             return;
         }
         let Some(ports) = &rule.ports else {
             boxes.push(RawBox {
-                addrs,
+                addrs: addrs.clone(),
                 ports: None,
                 policy: index,
             });

@@ -15,11 +15,14 @@
 
 pub mod addrs;
 pub mod compile;
+pub mod conformance;
+pub mod driver;
 pub mod flatten;
 pub mod model;
 pub mod nft;
 pub mod selector;
 pub mod state;
+pub mod status;
 #[cfg(test)]
 mod truth_table;
 pub mod watch;

@@ -47,14 +47,68 @@ pub struct LocalPod {
     pub egress: Direction,
 }
 
-/// The rendered table and what its chain names stand for (for counters
-/// and status).
+/// The rendered table and what its objects stand for (for counters,
+/// status and the next update).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rendered {
-    /// The text for `nft -f -`.
+    /// The text for `nft -f -` that replaces any previous table whole (the
+    /// first apply after start, when what is in the kernel is unknown).
     pub text: String,
-    /// Policy `i` counts in chains `pol_{i}_in` and `pol_{i}_out`.
+    /// The table's definitions alone (see [`Rendered::update_from`]).
+    body: String,
+    /// Policy `i` goes to chains `pol_{i}_in` and `pol_{i}_out`.
     pub policies: Vec<PolicyId>,
+    /// Named counters → what they count.
+    pub counters: BTreeMap<String, Counted>,
+    /// Names of the chains and maps defined (a later update deletes those
+    /// it no longer defines).
+    objects: Objects,
+}
+
+/// What one named counter counts.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Counted {
+    /// Packets a policy allowed (`in`: to its pods; `out`: from them).
+    Allowed(PolicyId, &'static str),
+    /// Packets dropped by a pod's default deny (`namespace/name`, direction).
+    Denied(String, &'static str),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Objects {
+    chains: Vec<String>,
+    maps: Vec<String>,
+}
+
+impl Rendered {
+    /// The text that turns the table `previous` left into this one in one
+    /// transaction, keeping the named counters of policies and pods that
+    /// stay (rules flushed and re-added, map elements replaced, objects no
+    /// longer used deleted). Only valid when `previous` is what the kernel
+    /// holds (the driver falls back to [`Rendered::text`] after a failure).
+    pub fn update_from(&self, previous: &Self) -> String {
+        let mut t = format!("flush table {TABLE}\n");
+        for map in &previous.objects.maps {
+            let _ = writeln!(t, "flush map {TABLE} {map}");
+        }
+        t.push_str(&self.body);
+        for chain in &previous.objects.chains {
+            if !self.objects.chains.contains(chain) {
+                let _ = writeln!(t, "delete chain {TABLE} {chain}");
+            }
+        }
+        for map in &previous.objects.maps {
+            if !self.objects.maps.contains(map) {
+                let _ = writeln!(t, "delete map {TABLE} {map}");
+            }
+        }
+        for counter in previous.counters.keys() {
+            if !self.counters.contains_key(counter) {
+                let _ = writeln!(t, "delete counter {TABLE} {counter}");
+            }
+        }
+        t
+    }
 }
 
 /// Text safe inside an nft double-quoted comment.
@@ -81,6 +135,18 @@ fn port_range((lo, hi): (u16, u16)) -> String {
     }
 }
 
+/// A counter's name from what it counts: stable across updates (so its
+/// numbers survive them), short (nft names are bounded), and free of the
+/// characters Kubernetes names may hold. FNV-1a, 64 bits.
+fn counter_name(kind: char, what: &str, dir: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in what.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{kind}{hash:016x}_{dir}")
+}
+
 /// Renders the whole table, replacing any previous one in the same
 /// transaction (no packet sees a half-built table).
 pub fn render(pods: &[LocalPod]) -> Rendered {
@@ -100,7 +166,9 @@ pub fn render(pods: &[LocalPod]) -> Rendered {
     }
     let policies: Vec<PolicyId> = index.keys().cloned().collect();
 
-    let mut t = format!("table {TABLE} {{}}\ndelete table {TABLE}\ntable {TABLE} {{\n");
+    let mut t = format!("table {TABLE} {{\n");
+    let mut objects = Objects::default();
+    let mut counters = BTreeMap::new();
     let mut ingress_elements = Vec::new();
     let mut egress_elements = Vec::new();
     for (p, pod) in pods.iter().enumerate() {
@@ -115,16 +183,31 @@ pub fn render(pods: &[LocalPod]) -> Rendered {
             for ip in &pod.ips {
                 elements.push(format!("{} : jump {chain}", Ipv4Addr::from(*ip)));
             }
-            render_pod_chain(&mut t, &chain, dir, pod, direction, &index);
+            let counter = counter_name('d', &pod.key, dir);
+            let _ = writeln!(t, "\tcounter {counter} {{\n\t}}");
+            counters.insert(counter.clone(), Counted::Denied(pod.key.clone(), dir));
+            render_pod_chain(&mut t, &chain, dir, pod, direction, &index, &counter);
+            objects.maps.push(format!("{chain}_any"));
+            objects.maps.push(format!("{chain}_ports"));
+            objects.chains.push(chain);
         }
     }
     for (i, id) in policies.iter().enumerate() {
         let comment = quoted(&id.to_string());
+        let (c_in, c_out) = (
+            counter_name('p', &id.to_string(), "in"),
+            counter_name('p', &id.to_string(), "out"),
+        );
         let _ = write!(
             t,
-            "\tchain pol_{i}_in {{\n\t\tcounter accept comment \"{comment}\"\n\t}}\n\
-             \tchain pol_{i}_out {{\n\t\tcounter comment \"{comment}\"\n\t}}\n"
+            "\tcounter {c_in} {{\n\t}}\n\tcounter {c_out} {{\n\t}}\n\
+             \tchain pol_{i}_in {{\n\t\tcounter name \"{c_in}\" accept comment \"{comment}\"\n\t}}\n\
+             \tchain pol_{i}_out {{\n\t\tcounter name \"{c_out}\" comment \"{comment}\"\n\t}}\n"
         );
+        counters.insert(c_in, Counted::Allowed(id.clone(), "in"));
+        counters.insert(c_out, Counted::Allowed(id.clone(), "out"));
+        objects.chains.push(format!("pol_{i}_in"));
+        objects.chains.push(format!("pol_{i}_out"));
     }
     for (name, elements) in [("ingress", ingress_elements), ("egress", egress_elements)] {
         let _ = writeln!(t, "\tmap {name} {{\n\t\ttype ipv4_addr : verdict;");
@@ -132,6 +215,7 @@ pub fn render(pods: &[LocalPod]) -> Rendered {
             let _ = writeln!(t, "\t\telements = {{ {} }}", elements.join(", "));
         }
         t.push_str("\t}\n");
+        objects.maps.push(name.into());
     }
     t.push_str(
         "\tchain forward {\n\
@@ -141,7 +225,13 @@ pub fn render(pods: &[LocalPod]) -> Rendered {
          \t\tip daddr vmap @ingress\n\
          \t}\n}\n",
     );
-    Rendered { text: t, policies }
+    Rendered {
+        text: format!("table {TABLE} {{}}\ndelete table {TABLE}\n{t}"),
+        body: t,
+        policies,
+        counters,
+        objects,
+    }
 }
 
 /// A pod's chain for one direction and its two maps.
@@ -152,6 +242,7 @@ fn render_pod_chain(
     pod: &LocalPod,
     direction: &Direction,
     index: &BTreeMap<PolicyId, usize>,
+    counter: &str,
 ) {
     // Ingress looks at the source; egress at the destination.
     let peer = if dir == "in" { "saddr" } else { "daddr" };
@@ -201,7 +292,7 @@ fn render_pod_chain(
         "\t}}\n\tchain {chain} {{\n\
          \t\tip {peer} vmap @{chain}_any\n\
          \t\tmeta l4proto . ip {peer} . th dport vmap @{chain}_ports\n\
-         \t\tcounter drop comment \"{} default deny of {}\"\n\
+         \t\tcounter name \"{counter}\" drop comment \"{} default deny of {}\"\n\
          \t}}\n",
         quoted(&pod.key),
         quoted(&pod.namespace),
@@ -320,13 +411,27 @@ mod tests {
             "{}",
             r.text
         );
+        let deny = counter_name('d', "x/a", "in");
         assert!(has_line(
             &r.text,
-            "counter drop comment \"x/a default deny of x\""
+            &format!("counter name \"{deny}\" drop comment \"x/a default deny of x\"")
         ));
-        assert!(has_line(&r.text, "counter accept comment \"x/allow-net\""));
+        let allow = counter_name('p', "x/allow-net", "in");
+        assert!(has_line(
+            &r.text,
+            &format!("counter name \"{allow}\" accept comment \"x/allow-net\"")
+        ));
         // An egress allow returns to the forward chain for the ingress check.
-        assert!(has_line(&r.text, "counter comment \"x/deny\""));
+        let out = counter_name('p', "x/deny", "out");
+        assert!(has_line(
+            &r.text,
+            &format!("counter name \"{out}\" comment \"x/deny\"")
+        ));
+        assert_eq!(r.counters[&deny], Counted::Denied("x/a".into(), "in"));
+        assert_eq!(
+            r.counters[&allow],
+            Counted::Allowed(id("x", "allow-net"), "in")
+        );
     }
 
     #[test]
@@ -334,10 +439,10 @@ mod tests {
         let mut p = pods();
         p[0].key = "x/a\" accept; drop \\".into();
         let r = render(&p);
-        assert!(has_line(
-            &r.text,
-            "counter drop comment \"x/a accept; drop  default deny of x\""
-        ));
+        assert!(r.text.lines().any(|l| {
+            l.trim()
+                .ends_with("drop comment \"x/a accept; drop  default deny of x\"")
+        }));
     }
 
     /// Applies the text in a network namespace of its own (root and nft
@@ -353,34 +458,41 @@ mod tests {
             eprintln!("SKIP the_kernel_accepts_the_table: not root");
             return;
         }
-        let r = render(&pods());
-        let mut child = std::process::Command::new("unshare")
-            .args([
-                "--net",
-                "sh",
-                "-c",
-                "nft -f - && nft list table ip weft_policy",
-            ])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
+        // Full, then an update that drops x/a's egress isolation (a chain,
+        // two maps and a counter go), then back: each one transaction.
+        let full = render(&pods());
+        let mut fewer = pods();
+        fewer[0].egress = Direction::default();
+        let fewer = render(&fewer);
+        let again = render(&pods());
+        let dir = std::env::temp_dir().join(format!("weft-nft-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let texts = [
+            full.text.clone(),
+            fewer.update_from(&full),
+            again.update_from(&fewer),
+        ];
+        let mut script = String::new();
+        for (i, text) in texts.iter().enumerate() {
+            let file = dir.join(format!("{i}.nft"));
+            std::fs::write(&file, text).unwrap();
+            script.push_str(&format!("nft -f {} && ", file.display()));
+        }
+        script.push_str("nft list table ip weft_policy");
+        let out = std::process::Command::new("unshare")
+            .args(["--net", "sh", "-c", &script])
+            .output()
             .unwrap();
-        use std::io::Write as _;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(r.text.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
         let listing = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
             "nft refused:\n{}\n{}",
             String::from_utf8_lossy(&out.stderr),
-            r.text
+            texts.join("\n----\n")
         );
         assert!(listing.contains("goto pol_1_in"), "{listing}");
+        assert!(listing.contains("chain pod_0_out"), "{listing}");
+        assert_eq!(listing.matches("10.32.1.1 : jump pod_0_in").count(), 1);
     }
 }

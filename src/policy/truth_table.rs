@@ -11,71 +11,37 @@
 #![allow(clippy::unwrap_used)]
 
 use super::compile::{Cluster, PodInfo, PodRules, PolicyId, Proto, compile_policy};
+use super::conformance::{
+    self, Action, Matrix, N, NAMESPACES, names, namespace_object, pod_labels, pod_object,
+    policy_object,
+};
 use super::model::{self, Namespace, NetworkPolicy, Pod};
-use std::fmt::Write;
-
-const NAMESPACES: [&str; 3] = ["x", "y", "z"];
-const PODS: [&str; 3] = ["a", "b", "c"];
-const N: usize = 9;
-
-/// `x/a` … `z/c`, in matrix order.
-fn names() -> Vec<String> {
-    NAMESPACES
-        .iter()
-        .flat_map(|ns| PODS.iter().map(move |p| format!("{ns}/{p}")))
-        .collect()
-}
 
 fn index(name: &str) -> usize {
-    names().iter().position(|n| n == name).unwrap()
+    conformance::index(name).unwrap()
 }
 
 /// 10.32.(namespace+1).(pod+1)
 fn ip_of(i: usize) -> u32 {
-    u32::from(std::net::Ipv4Addr::new(
-        10,
-        32,
-        (i / 3 + 1) as u8,
-        (i % 3 + 1) as u8,
-    ))
+    u32::from(ip4(i))
+}
+
+fn ip4(i: usize) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(10, 32, (i / 3 + 1) as u8, (i % 3 + 1) as u8)
 }
 
 fn ip_text(name: &str) -> String {
-    std::net::Ipv4Addr::from(ip_of(index(name))).to_string()
+    ip4(index(name)).to_string()
 }
 
 fn namespace_json(ns: &str, extra: &str) -> Namespace {
-    let json = format!(
-        r#"{{"kind":"Namespace","metadata":{{"name":"{ns}","labels":{{"ns":"{ns}","kubernetes.io/metadata.name":"{ns}"{extra}}}}}}}"#
-    );
-    model::parse(json.as_bytes()).unwrap()
+    model::parse(namespace_object(ns, extra).as_bytes()).unwrap()
 }
 
 /// A pod as the API server shows it, with upstream's four named ports.
 fn pod_json(i: usize, labels: &str) -> Pod {
-    let (ns, pod) = (NAMESPACES[i / 3], PODS[i % 3]);
-    let ip = std::net::Ipv4Addr::from(ip_of(i));
-    let mut ports = Vec::new();
-    for port in [80, 81] {
-        for proto in ["TCP", "UDP"] {
-            ports.push(format!(
-                r#"{{"name":"serve-{port}-{}","containerPort":{port},"protocol":"{proto}"}}"#,
-                proto.to_lowercase()
-            ));
-        }
-    }
-    let json = format!(
-        r#"{{"kind":"Pod","metadata":{{"name":"{pod}","namespace":"{ns}","labels":{{{labels}}}}},
-          "spec":{{"nodeName":"node-{}","containers":[{{"name":"c","ports":[{}]}}]}},
-          "status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}]}}}}"#,
-        i % 3 + 1,
-        ports.join(",")
-    );
-    model::parse(json.as_bytes()).unwrap()
-}
-
-fn pod_labels(i: usize) -> String {
-    format!(r#""pod":"{}""#, PODS[i % 3])
+    let node = format!("node-{}", i % 3 + 1);
+    model::parse(pod_object(i, ip4(i), &node, labels).as_bytes()).unwrap()
 }
 
 /// Nine pods, three namespaces, no policy.
@@ -92,66 +58,8 @@ fn cluster() -> Cluster {
 
 /// A policy from its `spec` JSON, through the real parser and compiler.
 fn add_policy(c: &mut Cluster, ns: &str, name: &str, spec: &str) {
-    let json = format!(
-        r#"{{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{{"name":"{name}","namespace":"{ns}"}},"spec":{spec}}}"#
-    );
-    let policy: NetworkPolicy = model::parse(json.as_bytes()).unwrap();
+    let policy: NetworkPolicy = model::parse(policy_object(ns, name, spec).as_bytes()).unwrap();
     c.upsert_policy(compile_policy(&policy).unwrap());
-}
-
-/// Upstream's `Reachability`: `m[from][to]`.
-#[derive(Clone, PartialEq, Eq)]
-struct Matrix([[bool; N]; N]);
-
-/// Which pods a filter picks: `""` all, `"x"` a namespace, `"x/a"` a pod.
-fn picks(filter: &str, i: usize) -> bool {
-    let name = &names()[i];
-    filter.is_empty() || filter == name || name.split('/').next() == Some(filter)
-}
-
-impl Matrix {
-    fn all_allowed() -> Self {
-        Self([[true; N]; N])
-    }
-
-    /// Upstream's `ExpectPeer` (and `Expect`, `ExpectAllIngress`,
-    /// `ExpectAllEgress` as filters).
-    fn expect(mut self, from: &str, to: &str, allowed: bool) -> Self {
-        for (f, row) in self.0.iter_mut().enumerate() {
-            for (t, cell) in row.iter_mut().enumerate() {
-                if picks(from, f) && picks(to, t) {
-                    *cell = allowed;
-                }
-            }
-        }
-        self
-    }
-
-    fn table(&self) -> String {
-        let names = names();
-        let mut out = String::from("-\t");
-        out.push_str(&names.join("\t"));
-        out.push('\n');
-        for (f, row) in self.0.iter().enumerate() {
-            out.push_str(&names[f]);
-            for (t, allowed) in row.iter().enumerate() {
-                let cell = if f == t {
-                    "-"
-                } else if *allowed {
-                    "."
-                } else {
-                    "X"
-                };
-                let _ = write!(out, "\t{cell}");
-            }
-            out.push('\n');
-        }
-        out
-    }
-
-    fn differs(&self, other: &Self) -> bool {
-        (0..N).any(|f| (0..N).any(|t| f != t && self.0[f][t] != other.0[f][t]))
-    }
 }
 
 /// What the compiled rules decide for every pair, and the policy names
@@ -711,6 +619,40 @@ fn label_changes_of_namespaces_and_pods_take_effect() {
         .expect("", "x/a", false)
         .expect("x/b", "x/a", true);
     check("pod x/b labelled", &c, TCP, 80, &expected);
+}
+
+/// The cases tests/policy.rs probes over the real mesh hold on the
+/// compiled rules too, with the same expected matrices.
+#[test]
+fn the_shared_conformance_cases_hold() {
+    for case in conformance::cases() {
+        let mut c = cluster();
+        for step in &case.steps {
+            for action in &step.actions {
+                match action {
+                    Action::Policy(ns, name, spec) => {
+                        let spec = conformance::expand(spec, ip4);
+                        add_policy(&mut c, ns, name, &spec);
+                    }
+                    Action::DeletePolicy(ns, name) => c.remove_policy(&PolicyId {
+                        namespace: ns.to_string(),
+                        name: name.to_string(),
+                    }),
+                    Action::PodLabels(pod, extra) => {
+                        let i = index(pod);
+                        let labels = format!("{}{extra}", pod_labels(i));
+                        c.upsert_pod(PodInfo::from_api(&pod_json(i, &labels)));
+                    }
+                    Action::NamespaceLabels(ns, extra) => {
+                        c.upsert_namespace(&namespace_json(ns, extra));
+                    }
+                }
+            }
+            for (proto, port, expected) in &step.probes {
+                check(case.name, &c, *proto, *port, expected);
+            }
+        }
+    }
 }
 
 #[test]

@@ -279,6 +279,15 @@ impl Watcher {
         Ok(())
     }
 
+    /// The watch stream was accepted (HTTP 200): the server answers again,
+    /// and the stream carries every change since the version it resumes
+    /// from, so the data is no longer stale.
+    pub fn handle_stream_open(&mut self) {
+        if self.phase == Phase::Watching {
+            self.succeeded();
+        }
+    }
+
     /// The watch stream ended cleanly (the server's timeout): watch again
     /// from the last version.
     pub fn handle_stream_end(&mut self) {
@@ -469,6 +478,17 @@ mod tests {
             t1,
         )
         .unwrap();
+        assert_eq!(w.stale_since(), None);
+    }
+
+    #[test]
+    fn an_accepted_watch_ends_the_staleness_without_waiting_for_an_event() {
+        let t0 = Instant::now();
+        let mut w = watching(t0);
+        w.handle_failure(None, t0);
+        assert!(w.stale_since().is_some());
+        w.poll_request(t0 + BACKOFF_MIN).unwrap();
+        w.handle_stream_open();
         assert_eq!(w.stale_since(), None);
     }
 

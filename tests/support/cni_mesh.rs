@@ -25,7 +25,13 @@ pub struct Mesh {
 }
 
 pub fn mesh(count: usize) -> Mesh {
-    let mut cluster = Cluster::new(count);
+    mesh_on(Cluster::new(count), |_| {})
+}
+
+/// [`mesh`] on nodes made beforehand, each router changed by `tweak`
+/// before it starts (extra flags, environment).
+pub fn mesh_on(mut cluster: Cluster, tweak: impl Fn(&mut Router)) -> Mesh {
+    let count = cluster.nodes.len();
     let names: Vec<String> = (0..count).map(|i| format!("n{i}")).collect();
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut routers: Vec<Router> = (0..count)
@@ -44,6 +50,7 @@ pub fn mesh(count: usize) -> Mesh {
         })
         .collect();
     for r in &mut routers {
+        tweak(r);
         r.start();
     }
     let up = wait_until(Duration::from_secs(15), || {
