@@ -382,4 +382,52 @@ mod tests {
             assert!(v3.handle_message(PeerId(1), &m.encode(), now).is_err());
         }
     }
+
+    /// The kinds of messages that carry the end of `c`'s quarantine to `a`
+    /// when both speak `version` (the one-time burst of tests/idle.rs): `c`
+    /// restarted without state with an address in use, learned the ring,
+    /// and its ranges were quarantined; when that ends its free count grows.
+    fn quarantine_end(version: u8) -> (Vec<&'static str>, u128) {
+        let now = Instant::now();
+        let mut a = node(1, version, now);
+        let range = AddrRange::parse("10.32.0.0/16").unwrap();
+        let init = Init::Seed((1..=8).map(PeerId).collect());
+        let mut cfg = Config::new(PeerId(3), range, init, TestCrypto::boxed(PeerId(3)));
+        cfg.ring_version = version;
+        let in_use = [crate::ipam::InUse {
+            addr: range.addr(16384 + 5).unwrap(),
+            key: None,
+        }];
+        let mut c = Node::new(cfg, MemStore::default(), &in_use, now).unwrap();
+        c.learn_test_keys(8);
+        assert!(c.ring().is_none());
+        a.handle_peer_up(PeerId(3), now);
+        let ring = outbox(&mut a).remove(0).1;
+        converse(&mut a, &mut c, ring, now);
+        c.handle_peer_up(PeerId(1), now);
+        let ring = outbox(&mut c).remove(0).1;
+        converse(&mut c, &mut a, ring, now);
+        assert_eq!(a.ring().unwrap().peer_records()[&PeerId(3)].free, 0);
+        // Past the quarantine (twice the 30 s convergence bound).
+        let later = now + Duration::from_secs(61);
+        c.handle_timeout(later).unwrap();
+        let digest = outbox(&mut c)
+            .into_iter()
+            .map(|(_, m)| m)
+            .find(|m| kind(m).ends_with("digest"))
+            .expect("a digest");
+        let kinds = converse(&mut c, &mut a, digest, later);
+        assert_eq!(summary(&a), summary(&c));
+        (kinds, a.ring().unwrap().peer_records()[&PeerId(3)].free)
+    }
+
+    #[test]
+    fn the_end_of_a_quarantine_reaches_a_neighbour_as_one_bucket_not_the_ring() {
+        let (before, free) = quarantine_end(3);
+        assert_eq!(before, ["digest", "digest", "ring"], "versions 2 and 3");
+        assert!(free > 8000, "{free}");
+        let (after, free) = quarantine_end(RING_DELTA_VERSION);
+        assert_eq!(after, ["delta-digest", "buckets", "delta"]);
+        assert!(free > 8000, "{free}");
+    }
 }
