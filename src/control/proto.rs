@@ -58,11 +58,12 @@ impl Versions {
             min: crate::gossip::message::TOPOLOGY_VERSION,
             max: crate::gossip::message::TOPOLOGY_VERSION,
         },
+        // 4: digests answered with bucket hashes and differing buckets;
         // 3: signed ring items; 2: periodic ring digests; 1: full rings.
-        // Older peers keep their link but get no IPAM messages (drive.rs).
+        // Peers below 3 keep their link but get no IPAM messages (drive.rs).
         ring: VersionRange {
             min: 1,
-            max: crate::ipam::message::RING_SIGNED_VERSION,
+            max: crate::ipam::message::RING_DELTA_VERSION,
         },
     };
 

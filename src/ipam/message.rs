@@ -3,7 +3,8 @@
 //! first, fields appended only, trailing bytes ignored, size capped by
 //! `crate::wire`).
 
-use super::digest::RingSummary;
+use super::delta::{DeltaError, RingDelta};
+use super::digest::{BucketDigest, RingSummary};
 use super::range::AddrRange;
 use super::ring::{GenesisId, Ring, RingError, RingWire};
 use crate::id::PeerId;
@@ -25,11 +26,20 @@ pub const RING_DIGEST_VERSION: u8 = 2;
 /// (DESIGN.md "Wire rules": the link stays up, IPAM with that peer stops,
 /// loudly, until it is upgraded).
 pub const RING_SIGNED_VERSION: u8 = 3;
+/// Ring channel version 4 added the bucket exchange (issue 14: send only
+/// what differs): [`Message::DeltaDigest`], [`Message::Buckets`] and
+/// [`Message::Delta`], which carry this version in their envelope and go
+/// only to peers whose handshake offers it. The older types keep version 3,
+/// so a version-3 peer reads everything it is sent.
+pub const RING_DELTA_VERSION: u8 = 4;
 
 const TYPE_RING: u8 = 1;
 const TYPE_PROPOSE: u8 = 2;
 const TYPE_DONATE_REQUEST: u8 = 3;
 const TYPE_DIGEST: u8 = 4;
+const TYPE_DELTA_DIGEST: u8 = 5;
+const TYPE_BUCKETS: u8 = 6;
+const TYPE_DELTA: u8 = 7;
 
 /// A voter's proposal to initialise the ring, its ballot: its view of the
 /// range, of how many voter slots there are (the seed list) and of the
@@ -92,6 +102,15 @@ pub enum Message {
     /// The periodic summary of the sender's ring (version 2): the receiver
     /// answers only if its own differs.
     Digest(RingSummary),
+    /// The periodic summary of a sender that reads [`Message::Buckets`] and
+    /// [`Message::Delta`] (version 4): a receiver whose ring differs
+    /// answers with its bucket hashes, not its ring.
+    DeltaDigest(RingSummary),
+    /// The receiver's bucket hashes (version 4): the sender of the digest
+    /// answers with the buckets that differ.
+    Buckets(BucketDigest),
+    /// The differing buckets of the sender's ring (version 4).
+    Delta(RingDelta),
 }
 
 /// Why an IPAM message was refused. Nothing was changed.
@@ -107,18 +126,28 @@ pub enum MessageError {
     /// A ring that decodes but breaks the ring's rules.
     #[error("invalid ring: {0}")]
     Ring(#[from] RingError),
+    /// A bucket digest or delta that decodes but is not well formed.
+    #[error("invalid ring delta: {0}")]
+    Delta(#[from] DeltaError),
 }
 
 impl Message {
     /// Encodes with the envelope.
     pub fn encode(&self) -> Vec<u8> {
-        let (kind, body) = match self {
-            Self::Ring(ring) => (TYPE_RING, wire::encode(&ring.to_wire())),
-            Self::Propose(p) => (TYPE_PROPOSE, wire::encode(p)),
-            Self::DonateRequest(r) => (TYPE_DONATE_REQUEST, wire::encode(r)),
-            Self::Digest(d) => (TYPE_DIGEST, wire::encode(d)),
+        let (version, kind, body) = match self {
+            Self::Ring(ring) => (
+                RING_SIGNED_VERSION,
+                TYPE_RING,
+                wire::encode(&ring.to_wire()),
+            ),
+            Self::Propose(p) => (RING_SIGNED_VERSION, TYPE_PROPOSE, wire::encode(p)),
+            Self::DonateRequest(r) => (RING_SIGNED_VERSION, TYPE_DONATE_REQUEST, wire::encode(r)),
+            Self::Digest(d) => (RING_SIGNED_VERSION, TYPE_DIGEST, wire::encode(d)),
+            Self::DeltaDigest(d) => (RING_DELTA_VERSION, TYPE_DELTA_DIGEST, wire::encode(d)),
+            Self::Buckets(b) => (RING_DELTA_VERSION, TYPE_BUCKETS, wire::encode(b)),
+            Self::Delta(d) => (RING_DELTA_VERSION, TYPE_DELTA, wire::encode(d)),
         };
-        let mut out = vec![RING_SIGNED_VERSION, kind];
+        let mut out = vec![version, kind];
         // Encoding plain data into a Vec cannot fail; an empty body would be refused by the peer.
         out.extend(body.unwrap_or_default());
         out
@@ -133,14 +162,29 @@ impl Message {
         if *version < RING_SIGNED_VERSION {
             return Err(MessageError::PreSigning(*version));
         }
-        if *version > RING_SIGNED_VERSION {
+        if *version > RING_DELTA_VERSION {
             return Err(DecodeError::UnsupportedVersion(*version).into());
         }
+        let delta = *version >= RING_DELTA_VERSION;
         Ok(match *kind {
             TYPE_RING => Self::Ring(Ring::from_wire(wire::decode::<RingWire>(body)?)?),
             TYPE_PROPOSE => Self::Propose(Proposal::decode(body)?),
             TYPE_DONATE_REQUEST => Self::DonateRequest(wire::decode(body)?),
             TYPE_DIGEST => Self::Digest(wire::decode(body)?),
+            TYPE_DELTA_DIGEST if delta => Self::DeltaDigest(wire::decode(body)?),
+            TYPE_BUCKETS if delta => {
+                let b: BucketDigest = wire::decode(body)?;
+                if !BucketDigest::valid_count(b.hashes.len()) {
+                    let count = u32::try_from(b.hashes.len()).unwrap_or(u32::MAX);
+                    return Err(DeltaError::BucketCount(count).into());
+                }
+                Self::Buckets(b)
+            }
+            TYPE_DELTA if delta => {
+                let d: RingDelta = wire::decode(body)?;
+                d.check()?;
+                Self::Delta(d)
+            }
             other => return Err(DecodeError::UnknownType(other).into()),
         })
     }
@@ -168,9 +212,85 @@ mod tests {
                 genesis: ring.genesis_id(),
             }),
             Message::Digest(RingSummary::of(&ring)),
+            Message::DeltaDigest(RingSummary::of(&ring)),
+            Message::Buckets(BucketDigest::of(&ring, 8)),
+            Message::Delta(RingDelta::cut(&ring, 8, &[0, 3])),
         ] {
             assert_eq!(Message::decode(&m.encode()).unwrap(), m);
         }
+    }
+
+    #[test]
+    fn the_bucket_exchange_travels_as_version_4_and_only_as_that() {
+        let range = AddrRange::parse("10.32.0.0/12").unwrap();
+        let ring = Ring::genesis(range, "voters", &[PeerId(1), PeerId(2)].into());
+        for m in [
+            Message::DeltaDigest(RingSummary::of(&ring)),
+            Message::Buckets(BucketDigest::of(&ring, 8)),
+            Message::Delta(RingDelta::cut(&ring, 8, &[1])),
+        ] {
+            let mut bytes = m.encode();
+            assert_eq!(bytes[0], RING_DELTA_VERSION);
+            // A version-3 envelope never carries these types.
+            bytes[0] = RING_SIGNED_VERSION;
+            assert!(Message::decode(&bytes).is_err());
+        }
+        // The older types keep the envelope a version-3 peer reads.
+        assert_eq!(Message::Ring(ring).encode()[0], RING_SIGNED_VERSION);
+    }
+
+    /// Also writes the version-4 seeds of the `ipam_message` fuzz corpus
+    /// when `WEFT_FUZZ_SEEDS=DIR` is set: deltas of the ring that target
+    /// patches them onto (voters 1, 2, 3 over 10.32.0.0/12).
+    #[test]
+    fn the_fuzz_seeds_of_the_bucket_exchange_round_trip() {
+        let range = AddrRange::parse("10.32.0.0/12").unwrap();
+        let base = Ring::genesis(range, "voters", &[PeerId(1), PeerId(2), PeerId(3)].into());
+        let mut changed = base.clone();
+        let (lo, hi) = changed.ranges_of(PeerId(2))[0];
+        assert!(changed.donate(PeerId(2), lo + 16, hi, PeerId(4)));
+        changed.set_record(PeerId(2), 10, 3);
+        changed.reclaim(PeerId(1), PeerId(3));
+        let n = crate::ipam::digest::MIN_BUCKETS;
+        let differing = BucketDigest::of(&base, n).differing(&changed);
+        let seeds = [
+            (
+                "delta-digest",
+                Message::DeltaDigest(RingSummary::of(&changed)),
+            ),
+            ("buckets", Message::Buckets(BucketDigest::of(&changed, n))),
+            (
+                "delta",
+                Message::Delta(RingDelta::cut(&changed, n, &differing)),
+            ),
+            (
+                "delta-all",
+                Message::Delta(RingDelta::cut(&changed, n, &[0, 1, 2, 3, 4, 5, 6, 7])),
+            ),
+        ];
+        for (name, m) in &seeds {
+            let bytes = m.encode();
+            assert_eq!(&Message::decode(&bytes).unwrap(), m);
+            if let Some(dir) = std::env::var_os("WEFT_FUZZ_SEEDS") {
+                std::fs::write(std::path::Path::new(&dir).join(name), &bytes).unwrap();
+            }
+        }
+        let Message::Delta(delta) = &seeds[2].1 else {
+            unreachable!()
+        };
+        assert_eq!(delta.patch(&base).unwrap(), changed);
+    }
+
+    #[test]
+    fn bucket_digests_of_an_invalid_count_and_unchecked_deltas_are_refused() {
+        let range = AddrRange::parse("10.32.0.0/12").unwrap();
+        let ring = Ring::genesis(range, "voters", &[PeerId(1), PeerId(2)].into());
+        let mut b = BucketDigest::of(&ring, 8);
+        b.hashes.pop();
+        assert!(Message::decode(&Message::Buckets(b).encode()).is_err());
+        let mut d = RingDelta::cut(&ring, 8, &[0, 1, 2, 3, 4, 5, 6, 7]);
+        d.indices = vec![];
+        assert!(Message::decode(&Message::Delta(d).encode()).is_err());
     }
 
     #[test]
@@ -203,6 +323,7 @@ mod tests {
         assert!(Message::decode(&[]).is_err());
         assert!(Message::decode(&[3]).is_err());
         assert!(Message::decode(&[4, 1, 0]).is_err());
+        assert!(Message::decode(&[5, 4, 0, 0, 0]).is_err());
         assert!(Message::decode(&[3, 99]).is_err());
         assert!(Message::decode(&[3, 1, 0, 4]).is_err());
     }

@@ -12,12 +12,15 @@
 //! - [`ring`]: the CRDT, its merge, validation and wire form.
 //! - [`space`]: the allocation table and the free-address search.
 //! - [`signed`]: who wrote what: the signed items, keys, the verifier.
-//! - [`digest`]: the ring's summary for anti-entropy.
+//! - [`digest`]: the ring's summary and bucket hashes for anti-entropy.
+//! - [`delta`]: the differing buckets of a ring, and rebuilding the
+//!   sender's ring from them.
 //! - [`message`]: the wire messages.
 //! - [`store`]: the `Store` trait, in-memory and file stores, the disk format.
 //! - [`allocator`]: the core.
 
 pub mod allocator;
+pub mod delta;
 pub mod digest;
 pub mod error;
 pub mod message;

@@ -35,7 +35,7 @@ use crate::control::proto::ControlMessage;
 use crate::crypto::data::DataKey;
 use crate::crypto::session::Keyset;
 use crate::id::{PeerId, ShortId};
-use crate::ipam::message::{Message, RING_DIGEST_VERSION};
+use crate::ipam::message::{Message, RING_DELTA_VERSION};
 use crate::ipam::{Allocator, Destination, MemStore};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -53,7 +53,7 @@ const TCP_HEADERS: usize = 52;
 /// its TCP segment's headers, and the pure ACK an idle receiver sends.
 const TCP_MESSAGE: usize = 18 + 4 + TCP_HEADERS + TCP_HEADERS;
 /// The ring version two current routers speak.
-const SPOKEN: u8 = crate::ipam::message::RING_SIGNED_VERSION;
+const SPOKEN: u8 = crate::ipam::message::RING_DELTA_VERSION;
 /// How often a link rekeys (DESIGN.md "Rekey").
 const REKEY_EVERY: Duration = Duration::from_secs(120);
 
@@ -164,7 +164,11 @@ fn topology_bytes_per_router(routers: usize) -> f64 {
 /// `churn`: one router in ten allocates or releases an address per interval.
 fn ring_bytes_per_router(routers: usize, churn: bool) -> f64 {
     let start = Instant::now();
-    let mut nodes = converged(routers, RING_DIGEST_VERSION, start);
+    let version = match std::env::var("WEFT_BENCH_RING") {
+        Ok(v) => v.parse().unwrap_or(RING_DELTA_VERSION),
+        Err(_) => RING_DELTA_VERSION,
+    };
+    let mut nodes = converged(routers, version, start);
     let neighbours = (routers - 1).min(CAP);
     let interval = Duration::from_secs(5);
     let rounds = 24;
@@ -217,8 +221,9 @@ fn ring_bytes_per_router(routers: usize, churn: bool) -> f64 {
     total / routers as f64 / (interval * rounds).as_secs_f64()
 }
 
-/// Delivers `bytes` from `i` to `j` and the replies back and forth (three
-/// hops at most: digest, digest, ring); returns the replies' cost.
+/// Delivers `bytes` from `i` to `j` and the replies back and forth (digest,
+/// digest, ring; or digest, bucket hashes, delta, delta back, and a retry);
+/// returns the replies' cost.
 fn converse(
     nodes: &mut [Allocator<MemStore>],
     i: usize,
@@ -230,7 +235,7 @@ fn converse(
 ) -> f64 {
     let mut cost = 0.0;
     let mut hop = (i, j, bytes);
-    for _ in 0..3 {
+    for _ in 0..6 {
         let (from, to, msg) = hop;
         let from_id = nodes[from].id();
         let _ = nodes[to].handle_message(from_id, &msg, now);
@@ -240,7 +245,11 @@ fn converse(
             if next.is_none()
                 && matches!(
                     Message::decode(&reply),
-                    Ok(Message::Digest(_) | Message::Ring(_))
+                    Ok(Message::Digest(_)
+                        | Message::Ring(_)
+                        | Message::DeltaDigest(_)
+                        | Message::Buckets(_)
+                        | Message::Delta(_))
                 )
             {
                 next = Some((to, from, reply));

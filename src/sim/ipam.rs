@@ -28,7 +28,8 @@ mod ops;
 
 use super::net::{NetConfig, Network};
 use crate::id::PeerId;
-use crate::ipam::message::RING_DIGEST_VERSION;
+use crate::ipam::digest::RingSummary;
+use crate::ipam::message::{RING_DELTA_VERSION, RING_DIGEST_VERSION};
 use crate::ipam::signed::TestCrypto;
 use crate::ipam::{AddrRange, Allocator, Config, Destination, Event, Init, MemStore};
 use rand::rngs::StdRng;
@@ -70,6 +71,9 @@ struct Stats {
     leaves: u64,
     donations: u64,
     messages: u64,
+    /// Whole rings and ring deltas delivered (ring version 4 sends deltas).
+    whole_rings: u64,
+    deltas: u64,
     /// Forged rings refused, by forgery (`hostile.rs`).
     forged_refused: BTreeMap<String, u64>,
     /// Donation requests refused by the drain limits.
@@ -167,20 +171,28 @@ impl Sim {
         self.ring_versions
             .get(&id)
             .copied()
-            .unwrap_or(RING_DIGEST_VERSION)
+            .unwrap_or(RING_DELTA_VERSION)
     }
 
-    /// Picks a joining or restarting router's build: old with `old_share`,
-    /// and an old one restarting is upgraded one time in two.
+    /// Picks a joining or restarting router's build: old with `old_share`
+    /// (pre-digest or answering digests with its whole ring, one time in
+    /// two), and an old one restarting is upgraded one time in two.
     fn pick_build(&mut self, id: PeerId) {
-        let old = if self.ring_version(id) < RING_DIGEST_VERSION {
+        let old = if self.ring_version(id) < RING_DELTA_VERSION {
             !self.rng.gen_bool(0.5)
         } else {
             !self.ring_versions.contains_key(&id)
                 && self.old_share > 0.0
                 && self.rng.gen_bool(self.old_share)
         };
-        let version = if old { 1 } else { RING_DIGEST_VERSION };
+        let kept = self.ring_versions.get(&id).copied();
+        let version = match old {
+            // An old build restarting without an upgrade stays the same build.
+            true if kept.is_some_and(|v| v < RING_DELTA_VERSION) => kept.unwrap_or(1),
+            true if self.rng.gen_bool(0.5) => 1,
+            true => RING_DIGEST_VERSION,
+            false => RING_DELTA_VERSION,
+        };
         self.ring_versions.insert(id, version);
     }
 
@@ -254,6 +266,11 @@ impl Sim {
             return;
         }
         self.stats.messages += 1;
+        match bytes.get(1) {
+            Some(1) => self.stats.whole_rings += 1,
+            Some(7) => self.stats.deltas += 1,
+            _ => {}
+        }
         let now = self.now;
         let Some(node) = self.nodes.get_mut(&to) else {
             return;
@@ -437,6 +454,17 @@ fn run_with(seed: u64, steps: u64, old_share: f64, hostile: bool) -> Stats {
     if rings.windows(2).any(|w| w[0] != w[1]) {
         sim.fail("rings did not converge after healing");
     }
+    // Records and tombstones too: the whole ring, as its summary says.
+    let summaries: Vec<RingSummary> = sim
+        .nodes
+        .values()
+        .filter_map(|n| n.ipam.ring().map(RingSummary::of))
+        .collect();
+    if summaries.windows(2).any(|w| w[0] != w[1]) {
+        sim.fail(format!(
+            "ring summaries differ after healing: {summaries:?}"
+        ));
+    }
     sim.stats
 }
 
@@ -462,6 +490,9 @@ fn random_joins_leaves_restarts_partitions_donations_and_reclaims_never_double_a
             stats.allocated > 100 && stats.donations > 0 && stats.reclaims > 0 && stats.leaves > 0,
             "{stats:?}"
         );
+        // The bucket exchange carried differences (whole rings still carry
+        // every change of ownership, and this cluster changes all the time).
+        assert!(stats.deltas > 0, "{stats:?}");
     }
 }
 

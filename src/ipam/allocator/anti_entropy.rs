@@ -1,17 +1,17 @@
 //! Anti-entropy by digest (DESIGN.md "Wire rules": digests first, full
 //! state only on mismatch, full state to a new neighbour). Every interval a
 //! router sends its [`RingSummary`] to the neighbours that speak ring
-//! version 2 and, for a mixed-version cluster, its full ring to the others.
+//! version 2 or later (as a `DeltaDigest` to those of version 4) and, for a
+//! mixed-version cluster, its full ring to the others.
 //!
 //! A receiver compares summaries: equal, nothing is sent; a different
 //! genesis, or a weight at least the sender's (it may have something the
 //! sender lacks), its full ring goes back; a lighter one sends its own
-//! digest, so that the heavier sender sends its ring. The full ring is the
-//! reply rather than the differing entries: a summary cannot say which
-//! entries differ without a per-range digest tree, and the reply only flows
-//! on a real difference, at most once per interval per link (idle cost is
-//! the digest alone). A router sent a ring that lacks something it has
-//! sends its ring back (`merge.rs`), so each exchange converges both ways.
+//! digest, so that the heavier sender sends its ring. A router sent a ring
+//! that lacks something it has sends its ring back (`merge.rs`), so each
+//! exchange converges both ways. That is the exchange with peers of ring
+//! versions 2 and 3; between version-4 routers the digest is answered with
+//! bucket hashes and only the differing buckets travel (`delta.rs`).
 //!
 //! Back-off (issue 14, "idle links cost almost nothing"): a round whose
 //! summary equals the one last sent sends nothing unless its wait is up;
@@ -28,7 +28,9 @@ use super::{Allocator, Destination};
 use crate::id::PeerId;
 use crate::ipam::digest::RingSummary;
 use crate::ipam::error::IpamError;
-use crate::ipam::message::{Message, MessageError, RING_DIGEST_VERSION, RING_WIRE_VERSION};
+use crate::ipam::message::{
+    Message, MessageError, RING_DELTA_VERSION, RING_DIGEST_VERSION, RING_WIRE_VERSION,
+};
 use crate::ipam::store::Store;
 use crate::wire::DecodeError;
 use std::time::{Duration, Instant};
@@ -97,14 +99,23 @@ impl<S: Store> Allocator<S> {
             if !self.backoff.send_now(summary, base, max, now) {
                 return;
             }
-            let digest = Message::Digest(summary).encode();
-            self.transmits.push_back((
-                Destination::Neighbours {
-                    min: RING_DIGEST_VERSION,
-                    max: u8::MAX,
-                },
-                digest,
-            ));
+            // Peers speaking the bucket exchange get its digest (`delta.rs`),
+            // those of versions 2 and 3 the digest they answer with a ring.
+            let (delta, digest) = match self.speaks_deltas() {
+                true => (Some(RING_DELTA_VERSION), RING_DELTA_VERSION - 1),
+                false => (None, u8::MAX),
+            };
+            if let Some(min) = delta {
+                let bytes = Message::DeltaDigest(summary).encode();
+                let to = Destination::Neighbours { min, max: u8::MAX };
+                self.transmits.push_back((to, bytes));
+            }
+            let bytes = Message::Digest(summary).encode();
+            let to = Destination::Neighbours {
+                min: RING_DIGEST_VERSION,
+                max: digest,
+            };
+            self.transmits.push_back((to, bytes));
         }
         self.send_ring(
             Destination::Neighbours {
@@ -113,6 +124,22 @@ impl<S: Store> Allocator<S> {
             },
             now,
         );
+    }
+
+    /// Our summary if it differs from a peer's `theirs` (our record
+    /// refreshed first); the next digest round is then brought forward.
+    pub(super) fn differs_from(
+        &mut self,
+        theirs: RingSummary,
+        now: Instant,
+    ) -> Option<RingSummary> {
+        self.refresh_record(now);
+        let ours = RingSummary::of(self.ring.as_ref()?);
+        if ours == theirs {
+            return None;
+        }
+        self.backoff.hurry(self.cfg.gossip_interval, now);
+        Some(ours)
     }
 
     /// A peer's digest: answer only if our ring differs (see the module docs).
@@ -132,15 +159,9 @@ impl<S: Store> Allocator<S> {
             self.transmits.push_back((Destination::Peer(from), nothing));
             return Ok(());
         }
-        self.refresh_record(now);
-        let Some(ring) = &self.ring else {
+        let Some(ours) = self.differs_from(theirs, now) else {
             return Ok(());
         };
-        let ours = RingSummary::of(ring);
-        if ours == theirs {
-            return Ok(());
-        }
-        self.backoff.hurry(self.cfg.gossip_interval, now);
         if ours.genesis != theirs.genesis || ours.weight >= theirs.weight {
             self.send_ring(Destination::Peer(from), now);
         } else {

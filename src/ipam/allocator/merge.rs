@@ -4,6 +4,7 @@
 //! either yielded to (this one holds no pods) or refused as a conflict.
 //! Every send of the ring carries a fresh record (free space, pods).
 
+use super::delta::SendBack;
 use super::{Alarm, Allocator, Destination, Event, Init, subtract};
 use crate::id::PeerId;
 use crate::ipam::error::IpamError;
@@ -21,10 +22,13 @@ impl<S: Store> Allocator<S> {
         self.relearn_until.is_some_and(|until| now < until)
     }
 
+    /// A peer's ring (whole, or rebuilt from a delta: `back` says how to
+    /// send it what it lacks).
     pub(super) fn on_ring(
         &mut self,
         from: PeerId,
         theirs: Ring,
+        back: SendBack,
         now: Instant,
     ) -> Result<(), IpamError> {
         if theirs.range() != self.cfg.range {
@@ -65,21 +69,30 @@ impl<S: Store> Allocator<S> {
         if !mine.would_change(&theirs) {
             // Nothing new here; if they lack something, send it back so the
             // exchange converges both ways (`anti_entropy.rs`).
-            if self.speaks_digests() && theirs.would_change(mine) {
-                self.send_ring(Destination::Peer(from), now);
-            }
+            self.send_back(from, &theirs, &back, now);
             return Ok(());
         }
         let me = (!self.relearning(now)).then_some(self.cfg.me);
         mine.validate_update(me, &self.reachable, &theirs)?;
         let mut joined = mine.clone();
         joined.join(&theirs);
-        let they_lack = self.speaks_digests() && theirs.would_change(&joined);
         self.apply_ring(from, joined, now)?;
-        if they_lack {
-            self.send_ring(Destination::Peer(from), now);
-        }
+        self.send_back(from, &theirs, &back, now);
         Ok(())
+    }
+
+    /// After merging `theirs` from `from`: sends what it lacks, whole or
+    /// as the differing buckets (`delta.rs`).
+    fn send_back(&mut self, from: PeerId, theirs: &Ring, back: &SendBack, now: Instant) {
+        match back {
+            SendBack::Ring => {
+                let lack = self.ring.as_ref().is_some_and(|r| theirs.would_change(r));
+                if self.speaks_digests() && lack {
+                    self.send_ring(Destination::Peer(from), now);
+                }
+            }
+            SendBack::Buckets(hashes) => self.send_differing(from, hashes, now),
+        }
     }
 
     /// Installs a merged ring and acts on what changed for this router.

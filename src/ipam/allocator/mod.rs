@@ -30,8 +30,10 @@
 //!   digest of the ring goes to the neighbours that speak ring version 2,
 //!   the full ring to the others; a receiver whose digest differs answers
 //!   (`anti_entropy.rs`), and a router sent a ring lacking what it has sends
-//!   its own back. Changes are still pushed whole at once, and a new
-//!   neighbour gets the full ring.
+//!   its own back. With ring version 4 the answer is bucket hashes, and
+//!   then only the buckets that differ travel (`delta.rs`). Changes of
+//!   ownership are still pushed whole at once, and a new neighbour gets
+//!   the full ring.
 //! - A router that finds itself tombstoned stops allocating and raises
 //!   [`Alarm::Tombstoned`]; one that loses a range holding allocations raises
 //!   [`Alarm::OwnershipLost`].
@@ -42,11 +44,12 @@
 //! the rest of the core is split by what it does, each an `impl` block of
 //! [`Allocator`]: `alloc.rs` (allocate, release), `init.rs` (the vote, the
 //! static split, a first ring), `merge.rs` (a peer's ring, conflicts),
-//! `anti_entropy.rs` (digests), `donation.rs`, `reclaim.rs` (rmpeer, tombstones), `leave.rs`,
+//! `anti_entropy.rs` (digests), `delta.rs` (the bucket exchange), `donation.rs`, `reclaim.rs` (rmpeer, tombstones), `leave.rs`,
 //! `persist.rs` (records for the store), `status.rs`; `events.rs` holds the
 //! output types.
 mod alloc;
 mod anti_entropy;
+mod delta;
 mod donation;
 mod events;
 mod init;
@@ -60,7 +63,7 @@ pub use events::{Alarm, Destination, DonationRefusal, Event, Timer};
 pub use status::{OwnedRange, Phase, Status};
 
 use super::error::IpamError;
-use super::message::{Message, RING_DIGEST_VERSION};
+use super::message::{Message, RING_DELTA_VERSION};
 use super::range::AddrRange;
 use super::ring::{GenesisId, Ring};
 use super::signed::{RingCrypto, Verifier};
@@ -106,9 +109,11 @@ pub struct Config {
     /// How long to wait for a donation before asking someone else.
     pub request_timeout: Duration,
     /// The newest ring channel version this allocator speaks:
-    /// [`RING_DIGEST_VERSION`] (periodic digests) by default; 1 behaves as
-    /// a router built before digests (full ring every interval, digests
-    /// refused), which the simulator uses for mixed-version clusters.
+    /// [`RING_DELTA_VERSION`] (digests answered by bucket hashes and the
+    /// differing buckets) by default; 2 or 3 behaves as a build that
+    /// answered digests with its whole ring, 1 as one built before digests
+    /// (full ring every interval, digests refused), which the simulator
+    /// uses for mixed-version clusters.
     pub ring_version: u8,
     /// The least time between two answered donation requests from one
     /// requester (`donation.rs`, drain limits).
@@ -132,7 +137,7 @@ impl Config {
             gossip_max: Duration::from_secs(30),
             convergence_bound: Duration::from_secs(30),
             request_timeout: Duration::from_secs(5),
-            ring_version: RING_DIGEST_VERSION,
+            ring_version: RING_DELTA_VERSION,
             donation_interval: Duration::from_secs(10),
             crypto,
         }
@@ -415,10 +420,13 @@ impl<S: Store> Allocator<S> {
         now: Instant,
     ) -> Result<(), IpamError> {
         match Message::decode(bytes)? {
-            Message::Ring(ring) => self.on_ring(from, ring, now),
+            Message::Ring(ring) => self.on_ring(from, ring, delta::SendBack::Ring, now),
             Message::Propose(proposal) => self.on_propose(from, proposal, now),
             Message::DonateRequest(request) => self.on_donate_request(from, request, now),
             Message::Digest(summary) => self.on_digest(from, summary, now),
+            Message::DeltaDigest(summary) => self.on_delta_digest(from, summary, now),
+            Message::Buckets(buckets) => self.on_buckets(from, buckets, now),
+            Message::Delta(delta) => self.on_delta(from, delta, now),
         }
     }
 
