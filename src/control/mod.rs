@@ -387,13 +387,18 @@ impl Control {
         }
     }
 
-    /// Sends `message` to `peer` over its connection.
+    /// Sends `message` to `peer` over its connection, unless the peer's
+    /// build is too old to know it (a mixed-version cluster mid-upgrade:
+    /// the feature is off for that link, the link stays up).
     fn send_to_peer(&self, peer: PeerId, message: ControlMessage) {
-        if let Some(link) = self
-            .peers
-            .get(peer)
-            .and_then(|p| self.links.get(&p.connection))
-        {
+        let Some(p) = self.peers.get(peer) else {
+            return;
+        };
+        if p.hello.versions.control.max < message.needs_version() {
+            tracing::debug!(peer = %p.hello.name, "not sent: the peer's build predates this control message");
+            return;
+        }
+        if let Some(link) = self.links.get(&p.connection) {
             let _ = link.send(ConnectionCommand::Send(message));
         }
     }

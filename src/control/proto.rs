@@ -53,7 +53,12 @@ impl Versions {
     /// What this build speaks.
     pub const OURS: Self = Self {
         data: VersionRange { min: 1, max: 1 },
-        control: VersionRange { min: 1, max: 1 },
+        // 2: `Observed`, `RelayTo`, `RelayFrom`, `PunchOffer` (issue 16);
+        // a peer speaking only 1 is sent none of them (`send_to_peer`).
+        control: VersionRange {
+            min: 1,
+            max: CONTROL_PATHS_VERSION,
+        },
         topology: VersionRange {
             min: crate::gossip::message::TOPOLOGY_VERSION,
             max: crate::gossip::message::TOPOLOGY_VERSION,
@@ -188,6 +193,24 @@ pub enum ControlMessage {
         /// Listen address first, then the public ones.
         candidates: Vec<SocketAddr>,
     },
+}
+
+/// The control version that brought endpoint reports, relayed control
+/// and punch offers: a build that does not know a variant fails the record
+/// and so the connection, so these go only to peers that speak it.
+pub const CONTROL_PATHS_VERSION: u8 = 2;
+
+impl ControlMessage {
+    /// The control version a peer must speak to be sent this message.
+    pub fn needs_version(&self) -> u8 {
+        match self {
+            Self::Observed { .. }
+            | Self::RelayTo { .. }
+            | Self::RelayFrom { .. }
+            | Self::PunchOffer { .. } => CONTROL_PATHS_VERSION,
+            _ => 1,
+        }
+    }
 }
 
 /// Largest plaintext piece put in one `Fragment` (leaves room for the
@@ -328,6 +351,39 @@ mod tests {
         assert!(decode_message(&[]).is_err());
         assert!(decode_message(&[9, 0]).is_err());
         assert!(decode_message(&[CONTROL_VERSION, 200, 1]).is_err());
+    }
+
+    #[test]
+    fn messages_an_old_build_cannot_decode_need_control_version_2() {
+        let old = ControlMessage::Close {
+            reason: String::new(),
+        };
+        assert_eq!(old.needs_version(), 1);
+        let new = [
+            ControlMessage::Observed {
+                dialled: None,
+                udp_from: None,
+            },
+            ControlMessage::RelayTo {
+                peer: PeerId(1),
+                bytes: vec![],
+            },
+            ControlMessage::RelayFrom {
+                peer: PeerId(1),
+                bytes: vec![],
+            },
+            ControlMessage::PunchOffer { candidates: vec![] },
+        ];
+        for m in new {
+            assert_eq!(m.needs_version(), CONTROL_PATHS_VERSION, "{m:?}");
+        }
+        const { assert!(Versions::OURS.control.max >= CONTROL_PATHS_VERSION) };
+        // A build of control version 1 still shares a version with this one.
+        let v1 = Versions {
+            control: VersionRange { min: 1, max: 1 },
+            ..Versions::OURS
+        };
+        assert_eq!(Versions::OURS.incompatible_channel(&v1), None);
     }
 
     #[test]

@@ -164,6 +164,8 @@ impl Control {
             .peers
             .iter()
             .filter(|p| p.relayed_via.is_none())
+            // A relay must know the relay messages (control version 2).
+            .filter(|p| p.hello.versions.control.max >= super::proto::CONTROL_PATHS_VERSION)
             .map(|p| {
                 let connections = self
                     .gossip
