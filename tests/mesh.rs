@@ -297,23 +297,28 @@ fn a_path_that_drops_full_size_packets_is_not_established_and_traffic_detours() 
         "nft",
         "table inet wefttestmtu { chain out { type filter hook output priority 0; ip daddr 192.0.2.12 udp dport 6783 meta length > 1000 drop; }; }",
     ]);
+    let conn_to_n2 = || {
+        m.routers[0].status().and_then(|s| {
+            s["connections"]
+                .as_array()?
+                .iter()
+                .find(|c| c["peer"] == "n2")
+                .cloned()
+        })
+    };
+    // The detour, for the reason the probes found (the link may say "not
+    // verified yet" while its first probes are out).
     let detoured = wait_until(Duration::from_secs(8), || {
         path_to(&m.routers[0], "n2").starts_with("relayed via n1")
+            && conn_to_n2().is_some_and(|c| c["pmtu"] == "pmtu too small")
     });
     assert!(
         detoured,
-        "no detour: path is {:?}",
-        path_to(&m.routers[0], "n2")
+        "no detour for pmtu: path is {:?}, connection {:?}",
+        path_to(&m.routers[0], "n2"),
+        conn_to_n2()
     );
-    let status = m.routers[0].status().unwrap();
-    let conn = status["connections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["peer"] == "n2")
-        .cloned()
-        .unwrap();
-    assert_eq!(conn["pmtu"], "pmtu too small", "{conn}");
+    let conn = conn_to_n2().unwrap();
     assert_eq!(conn["udp"], "ok", "{conn}");
     // Full-size pings between pods still arrive, over the detour.
     let (a, c) = (&m.cluster.pods[0], &m.cluster.pods[2]);
