@@ -20,7 +20,7 @@
 //! the status object (and so into metrics) on its way out of the control
 //! task. It does not own the rules' text: that is the two modules above.
 
-use crate::api::proto::{FirewallStatus, Reply, Request};
+use crate::api::proto::{FirewallStatus, Reply};
 use crate::api::server::ApiCall;
 use crate::cidr::Ipv4Cidr;
 use crate::forward_policy::{self, Backend, ForwardPolicyError};
@@ -29,7 +29,7 @@ use rtnetlink::sys::protocols::NETLINK_NETFILTER;
 use rtnetlink::sys::{AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 /// The nfnetlink multicast group of nftables ruleset changes
 /// (`NFNLGRP_NFTABLES` in linux/netfilter/nfnetlink.h).
@@ -82,30 +82,15 @@ pub fn start(rules: Rules) -> Shared {
 /// each `Status` reply on its way back (so `weft status` and metrics show
 /// it without the control task knowing about the host's firewall).
 pub async fn splice_status(
-    mut calls: mpsc::Receiver<ApiCall>,
+    calls: mpsc::Receiver<ApiCall>,
     control: mpsc::Sender<ApiCall>,
     shared: Shared,
 ) {
-    while let Some((request, reply)) = calls.recv().await {
-        if request != Request::Status {
-            if control.send((request, reply)).await.is_err() {
-                return;
-            }
-            continue;
-        }
-        let (tx, rx) = oneshot::channel();
-        if control.send((request, tx)).await.is_err() {
-            return;
-        }
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let Ok(mut answer) = rx.await else {
-                return;
-            };
-            add_firewall(&mut answer, &shared);
-            let _ = reply.send(answer);
-        });
-    }
+    crate::api::server::splice_status(calls, control, move |mut answer| {
+        add_firewall(&mut answer, &shared);
+        std::future::ready(answer)
+    })
+    .await;
 }
 
 fn add_firewall(answer: &mut Reply, shared: &Shared) {

@@ -15,6 +15,40 @@ const MAX_REQUEST: u64 = 64 * 1024;
 /// A request for the control task with the channel for its reply.
 pub type ApiCall = (Request, oneshot::Sender<Reply>);
 
+/// Passes API calls on to `next`, handing each `Status` reply to `amend` on
+/// its way back: a part of the router that is not the control task (the
+/// host firewall, NetworkPolicy) adds its own section to `weft status` and
+/// the metrics without the control task knowing about it. Each reply is
+/// amended in its own task, so a slow section never holds up other calls.
+pub async fn splice_status<F, Fut>(
+    mut calls: mpsc::Receiver<ApiCall>,
+    next: mpsc::Sender<ApiCall>,
+    amend: F,
+) where
+    F: Fn(Reply) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Reply> + Send + 'static,
+{
+    let amend = std::sync::Arc::new(amend);
+    while let Some((request, reply)) = calls.recv().await {
+        if request != Request::Status {
+            if next.send((request, reply)).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let (tx, rx) = oneshot::channel();
+        if next.send((request, tx)).await.is_err() {
+            return;
+        }
+        let amend = amend.clone();
+        tokio::spawn(async move {
+            if let Ok(answer) = rx.await {
+                let _ = reply.send(amend(answer).await);
+            }
+        });
+    }
+}
+
 /// Binds the socket at `path` (replacing a stale one; refusing if a live
 /// router answers there) with mode 0600 from the first moment it is
 /// reachable (DESIGN.md "Security model"): it is bound inside a fresh 0700

@@ -5,12 +5,12 @@
 
 use super::driver::{Published, Shared};
 use super::nft::{Counted, TABLE};
-use crate::api::proto::{Reply, Request};
+use crate::api::proto::Reply;
 use crate::api::server::ApiCall;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 /// The policy part of the status object.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -121,39 +121,27 @@ fn parse_counters(json: &[u8]) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// Passes API calls on to `next`, adding `policy` to status replies.
+/// Passes API calls on to `next`, adding `policy` to status replies (the
+/// counters are read with `nft`, off the runtime's threads).
 pub async fn splice_status(
-    mut calls: mpsc::Receiver<ApiCall>,
+    calls: mpsc::Receiver<ApiCall>,
     next: mpsc::Sender<ApiCall>,
     shared: Shared,
 ) {
-    while let Some((request, reply)) = calls.recv().await {
-        if request != Request::Status {
-            if next.send((request, reply)).await.is_err() {
-                return;
-            }
-            continue;
-        }
-        let (tx, rx) = oneshot::channel();
-        if next.send((request, tx)).await.is_err() {
-            return;
-        }
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let Ok(mut answer) = rx.await else {
-                return;
-            };
-            let published = shared
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone();
+    crate::api::server::splice_status(calls, next, move |mut answer| {
+        let published = shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        async move {
             let policy = tokio::task::spawn_blocking(move || snapshot(&published))
                 .await
                 .unwrap_or_default();
             add(&mut answer, &policy);
-            let _ = reply.send(answer);
-        });
-    }
+            answer
+        }
+    })
+    .await;
 }
 
 fn add(answer: &mut Reply, policy: &PolicyStatus) {
