@@ -250,6 +250,7 @@ impl Demo {
             println!();
         }
         if failures > 0 {
+            self.save_statuses();
             anyhow::bail!(
                 "{failures} pod pairs could not reach each other; router logs are in {}",
                 self.dir.display()
@@ -297,6 +298,21 @@ impl Demo {
                 );
             }
             std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Each router's status as JSON beside its log, for the failure report.
+    fn save_statuses(&self) {
+        for (name, _) in &self.routers {
+            let reply = client::call(
+                &self.dir.join(name).join("weft.sock"),
+                &Request::Status,
+                Duration::from_secs(3),
+            );
+            if let Ok(value) = reply.map(|r| r.result) {
+                let text = serde_json::to_string_pretty(&value).unwrap_or_default();
+                let _ = std::fs::write(self.dir.join(name).join("status.json"), text);
+            }
         }
     }
 

@@ -294,6 +294,31 @@ fn exhaustion_triggers_a_donation_and_allocation_continues() {
 }
 
 #[test]
+fn a_donation_between_two_routers_tells_the_third_that_owners_changed() {
+    let mut net = three("10.32.0.0/24");
+    net.events.clear();
+    for i in 0..150 {
+        allocate_retrying(&mut net, 1, &format!("pod-{i}"));
+    }
+    let donor = net
+        .events
+        .iter()
+        .find_map(|(id, e)| matches!(e, Event::RangeDonated { to: PeerId(1), .. }).then_some(*id))
+        .expect("router 1 got a donation");
+    let third = if donor == PeerId(2) {
+        PeerId(3)
+    } else {
+        PeerId(2)
+    };
+    assert!(
+        net.events
+            .iter()
+            .any(|(id, e)| *id == third && *e == Event::OwnersChanged),
+        "{third} merged a donation from {donor} to router 1 without saying owners changed"
+    );
+}
+
+#[test]
 fn two_separately_initialised_rings_refuse_to_merge_with_a_clear_error() {
     let mut net = Net::new();
     net.add(config(1, "10.32.0.0/16", Init::Seed([PeerId(1)].into())));

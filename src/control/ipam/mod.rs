@@ -342,6 +342,8 @@ impl IpamDriver {
                     tracing::warn!(%old, %new, "this router held no pods and joined the ring initialised elsewhere");
                     self.node_address = None;
                 }
+                // `changed` above: the routes and source checks follow.
+                Event::OwnersChanged => {}
                 Event::Alarm(alarm) => self.log_alarm(alarm),
             }
         }

@@ -78,6 +78,11 @@ pub enum Event {
         /// The ring joined.
         new: GenesisId,
     },
+    /// Who owns which range changed in a merged ring, ours or anyone's (a
+    /// donation between two other routers, say): the driver rebuilds its
+    /// routes and its inner-source checks at once, not at the next
+    /// unrelated change.
+    OwnersChanged,
     /// Something the operator must look at.
     Alarm(Alarm),
 }

@@ -119,6 +119,10 @@ impl<S: Store> Allocator<S> {
                 reclaimed_again.push(d);
             }
         }
+        let owners_changed = self
+            .ring
+            .as_ref()
+            .is_none_or(|old| !same_owners(old, &ring));
         let old_ring = self.ring.replace(ring);
         let old_quarantine = self.quarantine.clone();
         self.refresh_mine();
@@ -183,6 +187,9 @@ impl<S: Store> Allocator<S> {
                 self.avoid.insert(from, now + self.cfg.request_timeout * 4);
             }
             self.pending = None;
+        }
+        if owners_changed {
+            self.events.push_back(Event::OwnersChanged);
         }
         for d in reclaimed_again {
             self.events.push_back(Event::Reclaimed {
@@ -288,4 +295,13 @@ impl<S: Store> Allocator<S> {
             self.transmits.push_back((to, bytes));
         }
     }
+}
+
+/// Whether two rings give every range the same owner.
+fn same_owners(a: &Ring, b: &Ring) -> bool {
+    a.entries().len() == b.entries().len()
+        && a.entries()
+            .iter()
+            .zip(b.entries())
+            .all(|((ta, ea), (tb, eb))| ta == tb && ea.owner == eb.owner)
 }
