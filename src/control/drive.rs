@@ -24,13 +24,21 @@ impl Control {
                 .peers
                 .iter()
                 .filter(|p| signs(p))
-                .filter(|p| match destination {
-                    Destination::Peer(id) => p.id == id,
-                    Destination::Broadcast => true,
-                    Destination::Neighbours { min, max } => Versions::OURS
-                        .ring
-                        .common(p.hello.versions.ring)
-                        .is_some_and(|v| (min..=max).contains(&v)),
+                .filter(|p| {
+                    let speaks = |min, max| {
+                        Versions::OURS
+                            .ring
+                            .common(p.hello.versions.ring)
+                            .is_some_and(|v| (min..=max).contains(&v))
+                    };
+                    match destination {
+                        Destination::Peer(id) => p.id == id,
+                        Destination::Broadcast => true,
+                        Destination::Neighbours { min, max } => speaks(min, max),
+                        Destination::PeerSpeaking { peer, min } => {
+                            p.id == peer && speaks(min, u8::MAX)
+                        }
+                    }
                 })
                 .map(|p| p.id)
                 .collect();

@@ -63,12 +63,13 @@ impl Versions {
             min: crate::gossip::message::TOPOLOGY_VERSION,
             max: crate::gossip::message::TOPOLOGY_VERSION,
         },
+        // 5: writers' keys asked of the sender of a ring;
         // 4: digests answered with bucket hashes and differing buckets;
         // 3: signed ring items; 2: periodic ring digests; 1: full rings.
         // Peers below 3 keep their link but get no IPAM messages (drive.rs).
         ring: VersionRange {
             min: 1,
-            max: crate::ipam::message::RING_DELTA_VERSION,
+            max: crate::ipam::message::RING_NEWEST_VERSION,
         },
     };
 

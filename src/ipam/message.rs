@@ -32,6 +32,18 @@ pub const RING_SIGNED_VERSION: u8 = 3;
 /// only to peers whose handshake offers it. The older types keep version 3,
 /// so a version-3 peer reads everything it is sent.
 pub const RING_DELTA_VERSION: u8 = 4;
+/// Ring channel version 5 added the writers' key exchange
+/// ([`Message::WantKeys`], [`Message::Keys`]): a router that cannot check
+/// a ring item because it never met its writer (a router that left or died
+/// and dropped out of the topology before this one started) asks the
+/// sender for the key, which must hash to the writer's ID. Only to peers
+/// whose handshake offers version 5.
+pub const RING_KEYS_VERSION: u8 = 5;
+/// The newest ring channel version this build reads.
+pub const RING_NEWEST_VERSION: u8 = RING_KEYS_VERSION;
+/// The most writer IDs or keys one [`Message::WantKeys`] or
+/// [`Message::Keys`] carries.
+pub const MAX_KEYS: usize = 256;
 
 const TYPE_RING: u8 = 1;
 const TYPE_PROPOSE: u8 = 2;
@@ -40,6 +52,17 @@ const TYPE_DIGEST: u8 = 4;
 const TYPE_DELTA_DIGEST: u8 = 5;
 const TYPE_BUCKETS: u8 = 6;
 const TYPE_DELTA: u8 = 7;
+const TYPE_WANT_KEYS: u8 = 8;
+const TYPE_KEYS: u8 = 9;
+
+/// A writer's X25519 public key, which hashes to its ID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriterKey {
+    /// The writer.
+    pub id: PeerId,
+    /// Its public key.
+    pub public_key: [u8; 32],
+}
 
 /// A voter's proposal to initialise the ring, its ballot: its view of the
 /// range, of how many voter slots there are (the seed list) and of the
@@ -111,6 +134,12 @@ pub enum Message {
     Buckets(BucketDigest),
     /// The differing buckets of the sender's ring (version 4).
     Delta(RingDelta),
+    /// The writers of ring items the sender could not check, whose keys it
+    /// asks for (version 5; at most [`MAX_KEYS`]).
+    WantKeys(Vec<PeerId>),
+    /// The keys asked for that the sender knows (version 5; at most
+    /// [`MAX_KEYS`]).
+    Keys(Vec<WriterKey>),
 }
 
 /// Why an IPAM message was refused. Nothing was changed.
@@ -129,6 +158,9 @@ pub enum MessageError {
     /// A bucket digest or delta that decodes but is not well formed.
     #[error("invalid ring delta: {0}")]
     Delta(#[from] DeltaError),
+    /// A key request or answer with more than [`MAX_KEYS`] items.
+    #[error("ipam key message with {0} items (at most {MAX_KEYS})")]
+    TooManyKeys(usize),
 }
 
 impl Message {
@@ -146,6 +178,8 @@ impl Message {
             Self::DeltaDigest(d) => (RING_DELTA_VERSION, TYPE_DELTA_DIGEST, wire::encode(d)),
             Self::Buckets(b) => (RING_DELTA_VERSION, TYPE_BUCKETS, wire::encode(b)),
             Self::Delta(d) => (RING_DELTA_VERSION, TYPE_DELTA, wire::encode(d)),
+            Self::WantKeys(ids) => (RING_KEYS_VERSION, TYPE_WANT_KEYS, wire::encode(ids)),
+            Self::Keys(keys) => (RING_KEYS_VERSION, TYPE_KEYS, wire::encode(keys)),
         };
         let mut out = vec![version, kind];
         // Encoding plain data into a Vec cannot fail; an empty body would be refused by the peer.
@@ -162,10 +196,11 @@ impl Message {
         if *version < RING_SIGNED_VERSION {
             return Err(MessageError::PreSigning(*version));
         }
-        if *version > RING_DELTA_VERSION {
+        if *version > RING_NEWEST_VERSION {
             return Err(DecodeError::UnsupportedVersion(*version).into());
         }
         let delta = *version >= RING_DELTA_VERSION;
+        let keys = *version >= RING_KEYS_VERSION;
         Ok(match *kind {
             TYPE_RING => Self::Ring(Ring::from_wire(wire::decode::<RingWire>(body)?)?),
             TYPE_PROPOSE => Self::Propose(Proposal::decode(body)?),
@@ -185,8 +220,19 @@ impl Message {
                 d.check()?;
                 Self::Delta(d)
             }
+            TYPE_WANT_KEYS if keys => Self::WantKeys(bounded(wire::decode(body)?)?),
+            TYPE_KEYS if keys => Self::Keys(bounded(wire::decode(body)?)?),
             other => return Err(DecodeError::UnknownType(other).into()),
         })
+    }
+}
+
+/// A decoded list of keys or IDs, refused above [`MAX_KEYS`] (the wire's
+/// size cap already bounds the allocation).
+fn bounded<T>(items: Vec<T>) -> Result<Vec<T>, MessageError> {
+    match items.len() {
+        n if n > MAX_KEYS => Err(MessageError::TooManyKeys(n)),
+        _ => Ok(items),
     }
 }
 
@@ -215,6 +261,11 @@ mod tests {
             Message::DeltaDigest(RingSummary::of(&ring)),
             Message::Buckets(BucketDigest::of(&ring, 8)),
             Message::Delta(RingDelta::cut(&ring, 8, &[0, 3])),
+            Message::WantKeys(vec![PeerId(3), PeerId(4)]),
+            Message::Keys(vec![WriterKey {
+                id: PeerId(3),
+                public_key: [7; 32],
+            }]),
         ] {
             assert_eq!(Message::decode(&m.encode()).unwrap(), m);
         }
@@ -237,6 +288,32 @@ mod tests {
         }
         // The older types keep the envelope a version-3 peer reads.
         assert_eq!(Message::Ring(ring).encode()[0], RING_SIGNED_VERSION);
+    }
+
+    #[test]
+    fn the_key_exchange_travels_as_version_5_only_and_is_bounded() {
+        let want = Message::WantKeys(vec![PeerId(9)]);
+        let mut bytes = want.encode();
+        assert_eq!(bytes[0], RING_KEYS_VERSION);
+        bytes[0] = RING_DELTA_VERSION;
+        assert!(Message::decode(&bytes).is_err());
+        let keys = Message::Keys(vec![WriterKey {
+            id: PeerId(3),
+            public_key: [3; 32],
+        }]);
+        // The fuzz seeds of the `ipam_message` target when
+        // `WEFT_FUZZ_SEEDS=DIR` is set.
+        if let Some(dir) = std::env::var_os("WEFT_FUZZ_SEEDS") {
+            let dir = std::path::Path::new(&dir);
+            std::fs::write(dir.join("seed-want-keys"), want.encode()).unwrap();
+            std::fs::write(dir.join("seed-keys"), keys.encode()).unwrap();
+        }
+        assert_eq!(Message::decode(&keys.encode()).unwrap(), keys);
+        let many = Message::WantKeys((0..=MAX_KEYS as u64).map(PeerId).collect());
+        assert!(matches!(
+            Message::decode(&many.encode()),
+            Err(MessageError::TooManyKeys(n)) if n == MAX_KEYS + 1
+        ));
     }
 
     /// Also writes the version-4 seeds of the `ipam_message` fuzz corpus
@@ -323,7 +400,7 @@ mod tests {
         assert!(Message::decode(&[]).is_err());
         assert!(Message::decode(&[3]).is_err());
         assert!(Message::decode(&[4, 1, 0]).is_err());
-        assert!(Message::decode(&[5, 4, 0, 0, 0]).is_err());
+        assert!(Message::decode(&[RING_NEWEST_VERSION + 1, 4, 0, 0, 0]).is_err());
         assert!(Message::decode(&[3, 99]).is_err());
         assert!(Message::decode(&[3, 1, 0, 4]).is_err());
     }

@@ -42,6 +42,9 @@ pub trait RingCrypto: Send {
         message: &[u8],
         signature: &Signature,
     ) -> bool;
+    /// Whether `public_key` is `writer`'s: it hashes to the ID. A key that
+    /// a peer hands over for a writer is believed only if it does.
+    fn binds(&self, writer: PeerId, public_key: &[u8; 32]) -> bool;
 }
 
 impl fmt::Debug for dyn RingCrypto {
@@ -115,6 +118,26 @@ impl Verifier {
     /// handshake); a later key for the same ID replaces it.
     pub fn learn_key(&mut self, id: PeerId, public_key: [u8; 32]) {
         self.keys.insert(id, public_key);
+    }
+
+    /// `id`'s key, if known.
+    pub fn key(&self, id: PeerId) -> Option<[u8; 32]> {
+        self.keys.get(&id).copied()
+    }
+
+    /// Records a key a peer handed over for `id`, if `id` has none yet and
+    /// the key hashes to it; true if recorded.
+    pub fn learn_handed_key(
+        &mut self,
+        crypto: &dyn RingCrypto,
+        id: PeerId,
+        public_key: [u8; 32],
+    ) -> bool {
+        if self.keys.contains_key(&id) || !crypto.binds(id, &public_key) {
+            return false;
+        }
+        self.keys.insert(id, public_key);
+        true
     }
 
     /// Checks `writer`'s signature over `message`, from the cache when the
@@ -196,6 +219,10 @@ impl RingCrypto for TestCrypto {
 
     fn verify(&self, writer: PeerId, key: &[u8; 32], message: &[u8], sig: &Signature) -> bool {
         *key == Self::public_key(writer) && Self::mac(key, message) == *sig
+    }
+
+    fn binds(&self, writer: PeerId, key: &[u8; 32]) -> bool {
+        *key == Self::public_key(writer)
     }
 }
 

@@ -78,6 +78,8 @@ impl Net {
                         self.nodes.keys().copied().filter(|p| *p != from).collect()
                     }
                     Destination::Neighbours { .. } => vec![],
+                    // Every node here speaks the newest version.
+                    Destination::PeerSpeaking { peer, .. } => vec![peer],
                 };
                 for t in targets {
                     if let Some(node) = self.nodes.get_mut(&t)

@@ -253,6 +253,14 @@ impl Sim {
                     .copied()
                     .filter(|p| (min..=max).contains(&mine.min(self.ring_version(*p))))
                     .collect(),
+                Destination::PeerSpeaking { peer, min } => {
+                    let negotiated = mine.min(self.ring_version(peer));
+                    if negotiated >= min {
+                        vec![peer]
+                    } else {
+                        vec![]
+                    }
+                }
             };
             for t in targets {
                 self.net

@@ -90,6 +90,7 @@ fn idle_bytes_per_router(routers: usize, ring_version: u8) -> f64 {
                     neighbours
                 }
                 Destination::Neighbours { .. } => 0,
+                Destination::PeerSpeaking { min, .. } => usize::from(negotiated >= min),
             };
             total += copies * bytes.len();
             if copies > 0 && matches!(Message::decode(&bytes), Ok(Message::Digest(_))) {

@@ -35,13 +35,17 @@ impl RingCrypto for IdentityCrypto {
         message: &[u8],
         sig: &Signature,
     ) -> bool {
-        if PeerId::from_public_key(public_key) != writer {
+        if !self.binds(writer, public_key) {
             return false;
         }
         VerifyingKey::from_x25519(public_key).is_ok_and(|key| {
             key.verify(Domain::RingEntry, RING_SIGNED_VERSION, message, sig)
                 .is_ok()
         })
+    }
+
+    fn binds(&self, writer: PeerId, public_key: &[u8; 32]) -> bool {
+        PeerId::from_public_key(public_key) == writer
     }
 }
 

@@ -219,7 +219,10 @@ mod tests {
             Message::DeltaDigest(_) => "delta-digest",
             Message::Buckets(_) => "buckets",
             Message::Delta(_) => "delta",
-            Message::Propose(_) | Message::DonateRequest(_) => "other",
+            Message::Propose(_)
+            | Message::DonateRequest(_)
+            | Message::WantKeys(_)
+            | Message::Keys(_) => "other",
         }
     }
 

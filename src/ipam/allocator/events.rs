@@ -22,6 +22,14 @@ pub enum Destination {
         /// Highest negotiated version included.
         max: u8,
     },
+    /// One peer, if its negotiated ring version is at least `min` (a
+    /// message type older peers do not read); else nobody.
+    PeerSpeaking {
+        /// The peer.
+        peer: PeerId,
+        /// Lowest negotiated version it must speak.
+        min: u8,
+    },
 }
 
 /// Why the timer is armed.

@@ -9,7 +9,7 @@ use super::{Alarm, Allocator, Destination, Event, Init, subtract};
 use crate::id::PeerId;
 use crate::ipam::error::IpamError;
 use crate::ipam::message::Message;
-use crate::ipam::ring::{GenesisId, Ring, RingError};
+use crate::ipam::ring::{GenesisId, Ring};
 use crate::ipam::store::Store;
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -38,7 +38,7 @@ impl<S: Store> Allocator<S> {
                 theirs: theirs.range(),
             });
         }
-        self.check_signatures(&theirs)?;
+        self.check_signatures(from, &theirs, now)?;
         let Some(mine) = &self.ring else {
             // A ring learned from a peer quarantines our own ranges (a former
             // self may have given some away), unless it is the very genesis
@@ -258,24 +258,6 @@ impl<S: Store> Allocator<S> {
             theirs: other,
             peer: from,
         })
-    }
-
-    /// Checks the signatures of what `theirs` would change in our ring (all
-    /// of it if ours is of another genesis or missing). Nothing changes
-    /// but the verified-items cache.
-    pub(super) fn check_signatures(&mut self, theirs: &Ring) -> Result<(), IpamError> {
-        let base = self
-            .ring
-            .as_ref()
-            .filter(|r| r.genesis_id() == theirs.genesis_id());
-        let crypto = &*self.cfg.crypto;
-        let verifier = &mut self.verifier;
-        theirs.check_signatures(base, &mut |writer, message, sig| {
-            verifier
-                .check(crypto, writer, message, sig)
-                .map_err(RingError::from)
-        })?;
-        Ok(())
     }
 
     pub(super) fn refresh_record(&mut self, now: Instant) {

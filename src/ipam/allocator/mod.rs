@@ -53,6 +53,7 @@ mod delta;
 mod donation;
 mod events;
 mod init;
+mod keys;
 mod leave;
 mod merge;
 mod persist;
@@ -63,13 +64,14 @@ pub use events::{Alarm, Destination, DonationRefusal, Event, Timer};
 pub use status::{OwnedRange, Phase, Status};
 
 use super::error::IpamError;
-use super::message::{Message, RING_DELTA_VERSION};
+use super::message::{Message, MessageError, RING_KEYS_VERSION};
 use super::range::AddrRange;
 use super::ring::{GenesisId, Ring};
 use super::signed::{RingCrypto, Verifier};
 use super::space::{AllocKey, Allocations};
 use super::store::{PersistedAllocations, PersistedRing, Store};
 use crate::id::PeerId;
+use crate::wire::DecodeError;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -109,8 +111,10 @@ pub struct Config {
     /// How long to wait for a donation before asking someone else.
     pub request_timeout: Duration,
     /// The newest ring channel version this allocator speaks:
-    /// [`RING_DELTA_VERSION`] (digests answered by bucket hashes and the
-    /// differing buckets) by default; 2 or 3 behaves as a build that
+    /// [`RING_KEYS_VERSION`] (writers' keys asked of peers, `keys.rs`) by
+    /// default; [`RING_DELTA_VERSION`](super::message::RING_DELTA_VERSION) behaves as a build that asked for no
+    /// keys, with digests answered by bucket hashes and the differing
+    /// buckets; 2 or 3 behaves as a build that
     /// answered digests with its whole ring, 1 as one built before digests
     /// (full ring every interval, digests refused), which the simulator
     /// uses for mixed-version clusters.
@@ -137,7 +141,7 @@ impl Config {
             gossip_max: Duration::from_secs(30),
             convergence_bound: Duration::from_secs(30),
             request_timeout: Duration::from_secs(5),
-            ring_version: RING_DELTA_VERSION,
+            ring_version: RING_KEYS_VERSION,
             donation_interval: Duration::from_secs(10),
             crypto,
         }
@@ -183,6 +187,8 @@ pub struct Allocator<S: Store> {
     donated_to: BTreeMap<PeerId, donation::Grant>,
     /// The writers' keys and the signatures already checked.
     verifier: Verifier,
+    /// Key requests sent, per peer (`keys.rs`).
+    keys_asked: BTreeMap<PeerId, keys::KeysAsked>,
     next_gossip: Instant,
     /// Digest back-off (`anti_entropy.rs`).
     backoff: anti_entropy::Backoff,
@@ -292,6 +298,7 @@ impl<S: Store> Allocator<S> {
             avoid: BTreeMap::new(),
             donated_to: BTreeMap::new(),
             verifier: Verifier::default(),
+            keys_asked: BTreeMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         };
@@ -427,6 +434,18 @@ impl<S: Store> Allocator<S> {
             Message::DeltaDigest(summary) => self.on_delta_digest(from, summary, now),
             Message::Buckets(buckets) => self.on_buckets(from, buckets, now),
             Message::Delta(delta) => self.on_delta(from, delta, now),
+            Message::WantKeys(ids) if self.speaks_keys() => {
+                self.on_want_keys(from, &ids);
+                Ok(())
+            }
+            Message::Keys(keys) if self.speaks_keys() => {
+                self.on_keys(from, &keys, now);
+                Ok(())
+            }
+            // As a build before version 5 did: an unknown type.
+            Message::WantKeys(_) | Message::Keys(_) => {
+                Err(MessageError::from(DecodeError::UnknownType(bytes[1])).into())
+            }
         }
     }
 
@@ -445,6 +464,7 @@ impl<S: Store> Allocator<S> {
         self.next_gossip = now + self.cfg.gossip_interval;
         self.quarantine.retain(|q| q.2 > now);
         self.avoid.retain(|_, until| *until > now);
+        self.keys_asked.retain(|_, asked| !asked.expired(now));
         let interval = self.cfg.donation_interval;
         self.donated_to.retain(|_, g| g.live(now, interval));
         if self.ring.is_some() {
