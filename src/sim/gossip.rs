@@ -43,6 +43,8 @@ pub struct SimConfig {
     /// The share of dials that fail although the target is up (a SYN lost
     /// in a cold-start burst, issue 16).
     pub dial_failure: f64,
+    /// Keep a [`DialRecord`] of every dial (cold-start tests).
+    pub record_dials: bool,
     /// Check invariants after every step.
     pub check_invariants: bool,
     /// Give up (panic, printing the seed) after this many steps.
@@ -59,6 +61,7 @@ impl Default for SimConfig {
             maker: ConnectionMakerConfig::default(),
             establish_delay: Duration::from_millis(100),
             dial_failure: 0.0,
+            record_dials: false,
             check_invariants: true,
             max_steps: 50_000_000,
         }
@@ -74,6 +77,19 @@ pub enum Wire {
     Dial(SocketAddr),
     /// The heartbeat with the other end got through (harness event).
     Establish(usize),
+}
+
+/// One dial, as its outcome reached the dialler (`record_dials`).
+#[derive(Clone, Copy, Debug)]
+pub struct DialRecord {
+    /// When the outcome arrived (a simulated RTT after the dial).
+    pub at: Instant,
+    /// The dialling router.
+    pub from: usize,
+    /// The router at the dialled address, if any.
+    pub to: Option<usize>,
+    /// A connection came up (or already was, dialled from the other end).
+    pub ok: bool,
 }
 
 /// Peer IDs are already hash outputs: the invariant check looks one up per
@@ -129,6 +145,8 @@ pub struct GossipSim {
     pub decode_errors: u64,
     /// The seed (printed on failure).
     pub seed: u64,
+    /// Every dial, when `record_dials`.
+    pub dials: Vec<DialRecord>,
     config: SimConfig,
     links: HashSet<(usize, usize)>,
     udp_blocked: HashSet<(usize, usize)>,
@@ -184,6 +202,7 @@ impl GossipSim {
             steps: 0,
             decode_errors: 0,
             seed,
+            dials: Vec::new(),
             links: HashSet::new(),
             udp_blocked: HashSet::new(),
             timers: BinaryHeap::new(),
@@ -351,6 +370,14 @@ impl GossipSim {
                 && self.net.can_talk(a, *b)
                 && self.routers[*b].maker.accepts_inbound()
         });
+        if self.config.record_dials {
+            self.dials.push(DialRecord {
+                at: now,
+                from: a,
+                to: target,
+                ok: ok.is_some(),
+            });
+        }
         let Some(b) = ok else {
             self.routers[a].maker.dial_failed(addr, now);
             self.drain(a, true);

@@ -19,7 +19,7 @@
 //! Every namespace is a [`Netns`]: unique name, deleted on drop, and
 //! leftovers of killed runs are removed by `require_root`.
 
-use super::{Netns, Node, fresh_host, veth};
+use super::{Netns, Node, Router, fresh_host, veth};
 use std::net::Ipv4Addr;
 
 /// What a site's gateway does.
@@ -168,4 +168,46 @@ fn rules(kind: NatKind, nodes: &[Node], public: &[Ipv4Addr]) -> String {
            chain post {{ type nat hook postrouting priority srcnat; {post}}}; \
            {filter} }}"
     )
+}
+
+/// Issue 16's matrix (tests/nat.rs, tests/nat_bench.rs): nodes 0, 1 behind
+/// 1:1 NAT, 2, 3 behind masquerade, 4 behind symmetric NAT, 5 behind
+/// masquerade that drops unsolicited inbound.
+pub const MATRIX: [(NatKind, usize); 4] = [
+    (NatKind::OneToOne, 2),
+    (NatKind::Masquerade, 2),
+    (NatKind::Symmetric, 1),
+    (NatKind::MasqueradeDropInbound, 1),
+];
+
+/// One router per node of `world`, not started, each given the public
+/// addresses of the first site as its seeds, with the default
+/// `--ipalloc-init` (consensus among the seeds).
+pub fn seeded_routers(world: &World, bin: &std::path::Path, dir: &std::path::Path) -> Vec<Router> {
+    let seeds = world.sites[0].public.clone();
+    world
+        .nodes()
+        .map(|node| {
+            let mut r = Router::new(bin, node, dir, &seeds, &[]);
+            if let Some(i) = r.args.iter().position(|a| a == "--ipalloc-init") {
+                r.args.drain(i..i + 2);
+            }
+            r
+        })
+        .collect()
+}
+
+/// One pod per node of `world`, at its router's range start + 10.
+pub fn pod_per_node(world: &World, routers: &[Router]) -> Vec<super::Pod> {
+    routers
+        .iter()
+        .zip(world.nodes())
+        .enumerate()
+        .map(|(i, (r, node))| {
+            let ns = Netns::new(&format!("pod{i}"));
+            let addr = Ipv4Addr::from(u32::from(r.range_start()) + 10);
+            super::plumb_pod(&node.ns, &ns, &format!("veth{i}"), addr);
+            super::Pod { ns, addr, node: i }
+        })
+        .collect()
 }

@@ -41,9 +41,9 @@ pub fn order(mine: &[SocketAddr], theirs: &[SocketAddr]) -> Vec<SocketAddr> {
 /// site is reached at its listen address by TCP, so a peer that advertises
 /// only its listen address has no NAT mapping anyone believed: a symmetric
 /// NAT (a port per destination, never believed) or none observed yet. Its
-/// listen address is still probed, first, when it looks more like my site
-/// than any of its public ones (two routers of one site that found no
-/// direct TCP path).
+/// listen address is still probed, first, when it looks at least as much
+/// like my site as any of its public ones, or when it is behind my own
+/// gateway (two routers of one site that found no direct TCP path).
 pub fn usable(mine: &[SocketAddr], theirs: &[SocketAddr]) -> Vec<SocketAddr> {
     let Some((listen, public)) = theirs.split_first() else {
         return Vec::new();
@@ -52,10 +52,22 @@ pub fn usable(mine: &[SocketAddr], theirs: &[SocketAddr]) -> Vec<SocketAddr> {
         return Vec::new();
     }
     let best_public = public.iter().map(|c| likeness(mine, *c)).max();
+    // Behind my own gateway (one of my public addresses, another port) is
+    // my site, and a gateway without hairpin only lets the private address
+    // work: it goes first. A tie counts for the listen address too: 1:1
+    // NAT gives a site's routers neighbouring public addresses (issue 16's
+    // NAT simulation).
+    let my_gateway = public
+        .iter()
+        .any(|p| mine.iter().skip(1).any(|m| m.ip() == p.ip()));
     let mut all = Vec::with_capacity(theirs.len());
-    if Some(likeness(mine, *listen)) > best_public {
+    if my_gateway || Some(likeness(mine, *listen)) >= best_public {
         all.push(*listen);
     }
     all.extend_from_slice(public);
-    order(mine, &all)
+    let mut ordered = order(mine, &all);
+    if my_gateway && let Some(i) = ordered.iter().position(|c| c == listen) {
+        ordered[..=i].rotate_right(1);
+    }
+    ordered
 }

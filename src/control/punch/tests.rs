@@ -304,6 +304,15 @@ fn a_private_address_that_looks_like_my_site_is_probed_first_and_only_public_one
     // Same /26 site: the listen address goes first.
     let same_site = [addr("198.51.100.11:6783"), addr("203.0.113.9:1234")];
     assert_eq!(usable(&mine, &same_site), same_site.to_vec());
+    // Same site behind 1:1 NAT: public addresses neighbour like the
+    // private ones; a tie keeps the listen address, first.
+    let one_to_one = [addr("198.51.100.10:6783"), addr("203.0.113.11:6783")];
+    let neighbour = [addr("198.51.100.11:6783"), addr("203.0.113.12:6783")];
+    assert_eq!(usable(&one_to_one, &neighbour), neighbour.to_vec());
+    // Same masquerade gateway (my public address, another port): the
+    // listen address, first, although the public one is more alike.
+    let behind_mine = [addr("198.51.100.11:6783"), addr("203.0.113.1:40002")];
+    assert_eq!(usable(&mine, &behind_mine), behind_mine.to_vec());
     // Another site with a public endpoint: the public one is alike enough.
     let other = [addr("10.1.2.3:6783"), addr("203.0.113.9:1234")];
     assert_eq!(usable(&mine, &other), vec![addr("203.0.113.9:1234")]);

@@ -78,6 +78,17 @@ impl GossipSim {
         }
     }
 
+    /// Sets the share of dials that fail although the target is up (1.0:
+    /// a cluster-wide outage of the underlay).
+    pub fn set_dial_failure(&mut self, share: f64) {
+        self.config.dial_failure = share;
+    }
+
+    /// The longest one-way delay of the network.
+    pub fn net_max_delay(&self) -> std::time::Duration {
+        self.config.net.max_delay
+    }
+
     /// Router `i`'s gossip core (panics if crashed: a test bug).
     pub fn gossip(&self, i: usize) -> &Gossip {
         self.routers[i]
