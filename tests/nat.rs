@@ -101,7 +101,8 @@ fn six_routers_over_four_nat_sites_start_the_ring_and_reach_each_other() {
         } else if site_of(a) == 0 || site_of(b) == 0 {
             path == "direct (public)"
         } else if site_of(a) == 2 || site_of(b) == 2 {
-            path.starts_with("relayed via ")
+            // Both ends name the reason, the symmetric side too.
+            path.starts_with("relayed via ") && path.ends_with(" (symmetric NAT)")
         } else {
             path == "punched"
                 || (path.starts_with("relayed via ") && path.ends_with("(punch unanswered)"))

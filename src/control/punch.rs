@@ -330,6 +330,14 @@ impl Punch {
             self.fail(peer, PunchFailure::NoRendezvous, now);
             return;
         };
+        // Either side without a public endpoint (a symmetric NAT, never
+        // believed) makes the pair unpunchable: the peer would refuse our
+        // offer by the same rule, so both ends name the reason and nothing
+        // is sent.
+        if usable(theirs, mine).is_empty() {
+            self.fail(peer, PunchFailure::SymmetricNat, now);
+            return;
+        }
         let theirs = usable(mine, theirs);
         if theirs.is_empty() {
             self.fail(peer, PunchFailure::SymmetricNat, now);
