@@ -38,17 +38,7 @@ fn six_routers_over_four_nat_sites_start_the_ring_and_reach_each_other() {
     ]);
     let seeds: Vec<Ipv4Addr> = world.sites[0].public.clone();
     let dir = TempDir::new("nat");
-    let mut routers: Vec<Router> = world
-        .nodes()
-        .map(|node| {
-            let mut r = Router::new(Path::new(BIN), node, &dir.path, &seeds, &[]);
-            // The default initialisation: consensus among the seeds.
-            if let Some(i) = r.args.iter().position(|a| a == "--ipalloc-init") {
-                r.args.drain(i..i + 2);
-            }
-            r
-        })
-        .collect();
+    let mut routers = world.routers(Path::new(BIN), &dir.path, &seeds);
     let started = Instant::now();
     for r in &mut routers {
         r.start();
@@ -69,14 +59,7 @@ fn six_routers_over_four_nat_sites_start_the_ring_and_reach_each_other() {
     eprintln!("ring ready after {:?}", started.elapsed());
 
     // One pod per node, at its range start + 10.
-    let mut pods = Vec::new();
-    for (i, r) in routers.iter().enumerate() {
-        let node = world.nodes().nth(i).unwrap();
-        let ns = Netns::new(&format!("pod{i}"));
-        let addr = Ipv4Addr::from(u32::from(r.range_start()) + 10);
-        plumb_pod(&node.ns, &ns, &format!("veth{i}"), addr);
-        pods.push(Pod { ns, addr, node: i });
-    }
+    let pods = world.pods(&routers);
 
     // Every router reaches every other.
     for a in &pods {
@@ -118,7 +101,8 @@ fn six_routers_over_four_nat_sites_start_the_ring_and_reach_each_other() {
         } else if site_of(a) == 0 || site_of(b) == 0 {
             path == "direct (public)"
         } else if site_of(a) == 2 || site_of(b) == 2 {
-            path.starts_with("relayed via ")
+            // Both ends name the reason, the symmetric side too.
+            path.starts_with("relayed via ") && path.ends_with(" (symmetric NAT)")
         } else {
             path == "punched"
                 || (path.starts_with("relayed via ") && path.ends_with("(punch unanswered)"))

@@ -21,7 +21,7 @@ mod support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
-use support::nat::{MATRIX, World, pod_per_node, seeded_routers};
+use support::nat::{MATRIX, World};
 use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_weft");
@@ -34,7 +34,7 @@ fn nat_matrix_cold_start_times() {
     }
     let world = World::new(&MATRIX);
     let dir = TempDir::new("natbench");
-    let mut routers = seeded_routers(&world, Path::new(BIN), &dir.path);
+    let mut routers = world.routers(Path::new(BIN), &dir.path, &world.sites[0].public);
     let started = Instant::now();
     for r in &mut routers {
         r.start();
@@ -47,7 +47,7 @@ fn nat_matrix_cold_start_times() {
     );
     let ring = started.elapsed();
 
-    let pods = pod_per_node(&world, &routers);
+    let pods = world.pods(&routers);
     for a in &pods {
         for b in pods.iter().filter(|b| b.node != a.node) {
             assert!(

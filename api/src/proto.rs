@@ -420,6 +420,10 @@ pub struct ConnectionStatus {
     /// (issue 16); absent for a direct one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_via: Option<String>,
+    /// Where this peer's authenticated UDP last came from, which data to it
+    /// goes to (followed when its NAT rebinds; issue 16); absent before any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_endpoint: Option<String>,
 }
 
 /// An inclusive address range.

@@ -105,7 +105,11 @@ impl Control {
                 self.maker
                     .connected(peer, dialled.or(Some(arrival.hello.listen)), now);
                 self.count_handshake("ok");
-                if self.peers.handle_up(arrival, now) == peers::Arrived::OverCap {
+                let arrived = self.peers.handle_up(arrival, now);
+                if arrived == peers::Arrived::Adopted {
+                    self.endpoints.retell(peer);
+                }
+                if arrived == peers::Arrived::OverCap {
                     self.count_handshake("connection_cap");
                 } else if let Some(addr) = dialled {
                     // Tell it where it answered: behind 1:1 NAT that is an

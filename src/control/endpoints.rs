@@ -143,6 +143,13 @@ impl Endpoints {
         self.told_udp.insert(peer, from) != Some(from)
     }
 
+    /// `peer`'s record moved to a new connection (adopted): what it was
+    /// told may have gone down with the old one (a NAT rebinding breaks the
+    /// connection just as it moves the address), so it is told again.
+    pub fn retell(&mut self, peer: PeerId) {
+        self.told_udp.remove(&peer);
+    }
+
     /// What to advertise: the listen address, the operator's endpoints
     /// (`--advertise`, then the Kubernetes Node's), then the believed
     /// observed ones, at most [`MAX_ENDPOINTS`].

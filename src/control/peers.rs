@@ -234,12 +234,15 @@ impl Peers {
         Arrived::New
     }
 
-    /// A simultaneous dial within one process: keep the connection the
-    /// leading side dialled.
+    /// A second connection within one process. A simultaneous dial (each
+    /// side dialled): keep the connection the leading side dialled. The
+    /// same side dialling again: the new one wins, the dialler lost the old
+    /// one (a NAT that rebinds resets its end while ours, whose packets the
+    /// NAT now drops, looks alive for minutes; refusing would lock it out).
     fn keeps_existing(&self, peer: PeerId, existing_outbound: bool, new_outbound: bool) -> bool {
         let dialler = |outbound: bool| if outbound { self.me } else { peer };
         let (old, new) = (dialler(existing_outbound), dialler(new_outbound));
-        old == new || old.leads(new)
+        old != new && old.leads(new)
     }
 
     fn adopt(&mut self, arrival: Arrival, now: Instant) {

@@ -30,7 +30,7 @@
 //!    retry after a doubling wait capped at [`PunchConfig::retry_cap`]
 //!    (75–100 % of it, so a cluster-wide restart does not synchronise); the
 //!    pair stays relayed meanwhile. A punched path that stops answering
-//!    ([`Punch::handle_path_lost`]) is retried the same way.
+//!    ([`Punch::handle_path_lost`]) is retried at once, then the same way.
 //!
 //! Drain order after every input: [`Punch::poll_transmit`] until `None`
 //! (requests to rendezvous routers, then probes), then [`Punch::poll_event`]
@@ -330,6 +330,14 @@ impl Punch {
             self.fail(peer, PunchFailure::NoRendezvous, now);
             return;
         };
+        // Either side without a public endpoint (a symmetric NAT, never
+        // believed) makes the pair unpunchable: the peer would refuse our
+        // offer by the same rule, so both ends name the reason and nothing
+        // is sent.
+        if usable(theirs, mine).is_empty() {
+            self.fail(peer, PunchFailure::SymmetricNat, now);
+            return;
+        }
         let theirs = usable(mine, theirs);
         if theirs.is_empty() {
             self.fail(peer, PunchFailure::SymmetricNat, now);
@@ -419,11 +427,21 @@ impl Punch {
     }
 
     /// The punched path to `peer` stopped answering: relayed again, and a
-    /// new attempt after the back-off.
+    /// new attempt at once (a path that worked and broke is most often a
+    /// NAT that rebound, whose new mapping is there to punch; issue 16).
+    /// The back-off still doubles, so a path that keeps breaking is retried
+    /// ever more slowly once an attempt fails.
     pub fn handle_path_lost(&mut self, peer: PeerId, now: Instant) {
         // Also within the window, once an answer fixed the path.
         if matches!(self.state(peer), Some(PunchState::Punched { .. })) {
             self.fail(peer, PunchFailure::PathLost, now);
+            if let Some(Pair {
+                phase: Phase::Failed { retry_at, .. },
+                ..
+            }) = self.pairs.get_mut(&peer)
+            {
+                *retry_at = Some(now);
+            }
         }
     }
 

@@ -73,6 +73,9 @@ pub struct Sessions {
     /// When each router was first seen without a direct connection.
     unconnected_since: HashMap<PeerId, Instant>,
     next_check: Option<Instant>,
+    /// Openers to tell that the stream of the session they opened with us
+    /// broke: (opener, relay, since), sent once the relay is back.
+    resets: Vec<(PeerId, PeerId, Instant)>,
     /// Relay messages dropped at an end, by reason.
     pub dropped: HashMap<&'static str, u64>,
 }
@@ -132,6 +135,8 @@ impl Control {
         self.relayed
             .retiring
             .retain(|(_, since)| now.saturating_duration_since(*since) < RETIRE_AFTER);
+        self.reopen_orphans(now);
+        self.send_resets(now);
         let me = self.me;
         let known: Vec<PeerId> = self
             .gossip
@@ -158,12 +163,73 @@ impl Control {
         }
     }
 
+    /// Sessions this side opened that were retired with no replacement
+    /// (every common router's connection broke at once, as when this
+    /// side's NAT rebinds) are opened again through another common router
+    /// as soon as one is back: the new connection adopts the record (keys,
+    /// punched path) before [`RETIRE_AFTER`]. Not through the relay the
+    /// old one used: the far end would feed the new handshake to the old
+    /// session.
+    fn reopen_orphans(&mut self, now: Instant) {
+        let orphans: Vec<(PeerId, PeerId)> = self
+            .relayed
+            .retiring
+            .iter()
+            .filter(|(s, _)| s.outbound && !self.relayed.by_peer.contains_key(&s.peer))
+            .map(|(s, _)| (s.peer, s.via))
+            .collect();
+        for (peer, old_via) in orphans {
+            if self.relayed.by_peer.contains_key(&peer) {
+                continue;
+            }
+            if let Some(choice) = self.relay_avoiding(peer, Some(old_via), now) {
+                tracing::info!(peer = %peer, from = %old_via, to = %choice.via, "relay back: reopening the control connection through another common router");
+                self.open_session(peer, choice.via, true);
+            }
+        }
+    }
+
+    /// Tells each opener whose session with us lost its relay, once that
+    /// relay is a direct neighbour again, that the stream broke: an empty
+    /// `RelayTo` (forwarded as an empty `RelayFrom`, which a build without
+    /// this feeds to the session as nothing). Given up after
+    /// [`RETIRE_AFTER`]: the session has timed out by then.
+    fn send_resets(&mut self, now: Instant) {
+        let resets = std::mem::take(&mut self.relayed.resets);
+        for (opener, via, since) in resets {
+            if now.saturating_duration_since(since) >= RETIRE_AFTER {
+                continue;
+            }
+            if self.peers.is_direct(via) {
+                self.send_to_peer(
+                    via,
+                    ControlMessage::RelayTo {
+                        peer: opener,
+                        bytes: Vec::new(),
+                    },
+                );
+            } else {
+                self.relayed.resets.push((opener, via, since));
+            }
+        }
+    }
+
     /// The best common router for a relayed connection with `target`.
     fn relay_for(&self, target: PeerId, now: Instant) -> Option<RelayChoice> {
+        self.relay_avoiding(target, None, now)
+    }
+
+    /// [`Self::relay_for`], never through `avoid`.
+    fn relay_avoiding(
+        &self,
+        target: PeerId,
+        avoid: Option<PeerId>,
+        now: Instant,
+    ) -> Option<RelayChoice> {
         let neighbours: Vec<(PeerId, Vec<PeerId>, Option<Duration>)> = self
             .peers
             .iter()
-            .filter(|p| p.relayed_via.is_none())
+            .filter(|p| p.relayed_via.is_none() && Some(p.id) != avoid)
             // A relay must know the relay messages (control version 2).
             .filter(|p| p.hello.versions.control.max >= super::proto::CONTROL_PATHS_VERSION)
             .map(|p| {
@@ -251,6 +317,10 @@ impl Control {
             self.relayed.count("relay_from_unknown_relay");
             return;
         };
+        if bytes.is_empty() {
+            self.handle_relay_reset(origin, via);
+            return;
+        }
         let current = self
             .relayed
             .by_peer
@@ -278,6 +348,28 @@ impl Control {
         }
         if let Some(session) = self.relayed.by_peer.get(&origin) {
             let _ = session.incoming.send(bytes);
+        }
+    }
+
+    /// An empty `RelayFrom`: the far end of the session we opened with
+    /// `origin` through `via` lost bytes of its stream (its connection with
+    /// the relay broke) and dropped its side. Opened again at once; the
+    /// new connection adopts the record. Anything else is counted.
+    fn handle_relay_reset(&mut self, origin: PeerId, via: PeerId) {
+        let ours = self
+            .relayed
+            .by_peer
+            .get(&origin)
+            .is_some_and(|s| s.outbound && s.via == via);
+        if !ours {
+            self.relayed.count("relay_reset_refused");
+            return;
+        }
+        let now = Instant::now();
+        self.retire(origin, now);
+        if let Some(choice) = self.relay_for(origin, now) {
+            tracing::info!(peer = %origin, via = %choice.via, "the far end lost the relayed stream: reopening the control connection");
+            self.open_session(origin, choice.via, true);
         }
     }
 
@@ -312,9 +404,13 @@ impl Control {
     }
 
     /// The neighbour `via` went: every connection relayed through it is
-    /// retired, and the ones this side opened are opened again at once
-    /// through another common router (the other side follows); its pairs
-    /// are forgotten by the budget.
+    /// retired; the ones this side opened are opened again at once through
+    /// another common router (or, if none is left, by
+    /// [`Self::reopen_orphans`] once one is back) and the other side
+    /// follows; the opener of each of the others is told, once `via` is
+    /// back, that its stream lost bytes ([`Self::send_resets`]), in case
+    /// only our connection with the relay broke (our NAT rebound) and the
+    /// opener saw nothing. Its pairs are forgotten by the budget.
     pub(super) fn relay_gone(&mut self, via: PeerId, now: Instant) {
         self.relay_budget.forget(via);
         let moved: Vec<(PeerId, bool)> = self
@@ -326,6 +422,9 @@ impl Control {
             .collect();
         for (peer, outbound) in moved {
             self.retire(peer, now);
+            if !outbound {
+                self.relayed.resets.push((peer, via, now));
+            }
             if let Some(choice) = outbound.then(|| self.relay_for(peer, now)).flatten() {
                 tracing::info!(peer = %peer, from = %via, to = %choice.via, "relay gone: moving the control connection to another common router");
                 self.open_session(peer, choice.via, true);

@@ -231,6 +231,7 @@ pub fn connection(
         rekeys: peer.keys.rekeys(),
         error: None,
         control_via: peer.relayed_via.map(|v| v.to_string()),
+        udp_endpoint: peer.endpoint.map(|e| e.to_string()),
     }
 }
 
@@ -256,6 +257,7 @@ pub fn pending(dial: &Dial, offload: &str) -> ConnectionStatus {
         rekeys: 0,
         error: dial.error.clone(),
         control_via: None,
+        udp_endpoint: None,
     }
 }
 

@@ -19,8 +19,9 @@
 //! Every namespace is a [`Netns`]: unique name, deleted on drop, and
 //! leftovers of killed runs are removed by `require_root`.
 
-use super::{Netns, Node, Router, fresh_host, veth};
+use super::{Netns, Node, Pod, Router, fresh_host, plumb_pod, veth};
 use std::net::Ipv4Addr;
+use std::path::Path;
 
 /// What a site's gateway does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +84,37 @@ impl World {
     /// The internet's namespace (for captures).
     pub fn internet(&self) -> &Netns {
         &self.internet
+    }
+
+    /// One router per node (`bin`, state under `dir`), every one given
+    /// `seeds`, with the default `--ipalloc-init` (consensus among the
+    /// seeds); not started.
+    pub fn routers(&self, bin: &Path, dir: &Path, seeds: &[Ipv4Addr]) -> Vec<Router> {
+        self.nodes()
+            .map(|node| {
+                let mut r = Router::new(bin, node, dir, seeds, &[]);
+                if let Some(i) = r.args.iter().position(|a| a == "--ipalloc-init") {
+                    r.args.drain(i..i + 2);
+                }
+                r
+            })
+            .collect()
+    }
+
+    /// One pod per node, at its router's range start + 10 (the ring must
+    /// be ready).
+    pub fn pods(&self, routers: &[Router]) -> Vec<Pod> {
+        routers
+            .iter()
+            .zip(self.nodes())
+            .enumerate()
+            .map(|(i, (r, node))| {
+                let ns = Netns::new(&format!("pod{i}"));
+                let addr = Ipv4Addr::from(u32::from(r.range_start()) + 10);
+                plumb_pod(&node.ns, &ns, &format!("veth{i}"), addr);
+                Pod { ns, addr, node: i }
+            })
+            .collect()
     }
 }
 
@@ -180,34 +212,30 @@ pub const MATRIX: [(NatKind, usize); 4] = [
     (NatKind::MasqueradeDropInbound, 1),
 ];
 
-/// One router per node of `world`, not started, each given the public
-/// addresses of the first site as its seeds, with the default
-/// `--ipalloc-init` (consensus among the seeds).
-pub fn seeded_routers(world: &World, bin: &std::path::Path, dir: &std::path::Path) -> Vec<Router> {
-    let seeds = world.sites[0].public.clone();
-    world
-        .nodes()
-        .map(|node| {
-            let mut r = Router::new(bin, node, dir, &seeds, &[]);
-            if let Some(i) = r.args.iter().position(|a| a == "--ipalloc-init") {
-                r.args.drain(i..i + 2);
-            }
-            r
-        })
-        .collect()
-}
-
-/// One pod per node of `world`, at its router's range start + 10.
-pub fn pod_per_node(world: &World, routers: &[Router]) -> Vec<super::Pod> {
-    routers
-        .iter()
-        .zip(world.nodes())
-        .enumerate()
-        .map(|(i, (r, node))| {
-            let ns = Netns::new(&format!("pod{i}"));
-            let addr = Ipv4Addr::from(u32::from(r.range_start()) + 10);
-            super::plumb_pod(&node.ns, &ns, &format!("veth{i}"), addr);
-            super::Pod { ns, addr, node: i }
-        })
-        .collect()
+impl Site {
+    /// The gateway "restarts" (issue 16, rebinding): its masquerade moves to
+    /// `ports` (`"30000-30999"`) and its conntrack table is flushed, so every
+    /// flow through it, TCP and UDP, gets a new public port at its next
+    /// packet. Only for the masquerade kinds.
+    pub fn rebind(&self, ports: &str) {
+        assert!(
+            matches!(
+                self.kind,
+                NatKind::Masquerade | NatKind::MasqueradeDropInbound
+            ),
+            "rebind: {:?} has no port mapping to move",
+            self.kind
+        );
+        self.gateway
+            .ok(&["nft", "flush", "chain", "ip", "weftnat", "post"]);
+        self.gateway.ok(&[
+            "nft",
+            &format!(
+                "add rule ip weftnat post oifname \"wan\" meta l4proto {{ tcp, udp }} masquerade to :{ports}"
+            ),
+        ]);
+        self.gateway
+            .ok(&["nft", "add rule ip weftnat post oifname \"wan\" masquerade"]);
+        self.gateway.ok(&["conntrack", "-F"]);
+    }
 }

@@ -57,6 +57,35 @@ fn a_simultaneous_dial_keeps_the_connection_the_lower_id_dialled() {
 }
 
 #[test]
+fn the_same_side_dialling_again_replaces_its_old_connection() {
+    let now = Instant::now();
+    // The peer dialled us again (its NAT rebound and reset its end; ours
+    // still looks open): the new connection adopts the record, whichever
+    // side leads.
+    for me in [low(), high()] {
+        let other = if me == low() { high() } else { low() };
+        let mut p = Peers::new(me, REKEY);
+        p.handle_up(arrival(other, 1, false, 7), now);
+        drain(&mut p);
+        assert_eq!(
+            p.handle_up(arrival(other, 2, false, 7), now),
+            Arrived::Adopted
+        );
+        assert!(drain(&mut p).iter().any(|(c, m)| *c == 1 && is_close(m)));
+        assert_eq!(p.get(other).unwrap().connection, 2);
+        // And the same for our own second dial.
+        assert_eq!(
+            p.handle_up(arrival(other, 3, true, 7), now),
+            if me == low() {
+                Arrived::Adopted
+            } else {
+                Arrived::Refused
+            }
+        );
+    }
+}
+
+#[test]
 fn a_restarted_peer_replaces_the_old_record_with_fresh_keys() {
     let now = Instant::now();
     let mut p = Peers::new(low(), REKEY);
