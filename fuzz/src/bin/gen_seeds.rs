@@ -349,6 +349,8 @@ fn main() {
             IpamMessage::Propose(Proposal {
                 range,
                 voters: voters.iter().copied().collect(),
+                slots: voters.len() as u32,
+                locked: false,
             }),
         ),
         (
