@@ -60,14 +60,12 @@ async fn serve(
     identity: Identity,
     created: bool,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot listen on {}: {e} (is another router running? pick another --listen)",
-                config.listen
-            )
-        })?;
+    let listener = bind_control(config.listen).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {}: {e} (is another router running? pick another --listen)",
+            config.listen
+        )
+    })?;
     let api_listener = api::server::bind(&config.api)?;
     let metrics_listener = match &config.metrics_addr {
         Some(addr) => Some(crate::metrics::bind(addr).await?),
@@ -141,6 +139,7 @@ async fn serve(
         id = %identity.id(),
         listen = %config.listen,
         %advertised,
+        underlay = crate::underlay::Families::of_listen(config.listen).label(),
         mtu,
         mtu_source,
         identity = if created { "created" } else { "loaded" },
@@ -221,8 +220,10 @@ async fn serve(
             listen: advertised,
             seeds: config.seeds.clone(),
             advertise: config.advertise.clone(),
+            families: crate::underlay::Families::of_listen(config.listen),
             range: config.range,
             mtu,
+            mtu_source: mtu_source.clone(),
             rekey_after: config.rekey_after,
             forwarding: forwarding_rx,
         },
@@ -342,6 +343,25 @@ async fn watch_secrets(path: std::path::PathBuf, secrets: Arc<ArcSwap<ClusterSec
     }
 }
 
+/// The TCP control listener. `[::]` serves both families whatever
+/// net.ipv6.bindv6only says (as the UDP sockets do, router/udp.rs).
+fn bind_control(listen: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(listen),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    if listen.is_ipv6() && listen.ip().is_unspecified() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&listen.into())?;
+    socket.listen(1024)?;
+    tokio::net::TcpListener::from_std(socket.into())
+}
+
 /// The address peers should use: the listen address, or when it is
 /// unspecified, the local address the kernel would use toward the first seed
 /// (found with a connected UDP socket: nothing is sent).
@@ -359,15 +379,14 @@ async fn overlay_mtu(configured: Option<u32>, advertised: SocketAddr) -> (u32, S
     if let Some(mtu) = configured {
         return (mtu, "--mtu".into());
     }
-    let found = match advertised.ip() {
-        IpAddr::V4(local) => netlink::mtu_of_interface_with(local).await,
-        IpAddr::V6(_) => None,
-    };
+    let found = netlink::mtu_of_interface_with(advertised.ip()).await;
     match found {
         // Loopback's 65536 would make datagrams over UDP's limit.
         Some(underlay) if underlay >= 576 + ENCAPSULATION => (
             (underlay - ENCAPSULATION).min(65_000),
-            format!("underlay interface MTU {underlay} - {ENCAPSULATION}"),
+            format!(
+                "underlay interface MTU {underlay} - {ENCAPSULATION} (outer IP header counted as IPv6's 40, UDP 8, data header 16, tag 16)"
+            ),
         ),
         _ => (
             1420,
@@ -383,15 +402,25 @@ fn advertised_address(listen: SocketAddr, seeds: &[SocketAddr]) -> SocketAddr {
     if !listen.ip().is_unspecified() {
         return listen;
     }
-    let local = seeds.first().and_then(|seed| {
-        let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+    // A seed of a family the listen address serves (an IPv6-only router's
+    // local address toward an IPv4 seed would be no use).
+    let families = crate::underlay::Families::of_listen(listen);
+    let local = seeds.iter().find(|s| families.reach(**s)).and_then(|seed| {
+        let any: IpAddr = if seed.is_ipv4() {
+            Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        };
+        let socket = std::net::UdpSocket::bind((any, 0)).ok()?;
         socket.connect(seed).ok()?;
         socket.local_addr().ok()
     });
-    SocketAddr::new(
-        local.map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |l| l.ip()),
-        listen.port(),
-    )
+    let fallback = if listen.is_ipv4() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+    };
+    SocketAddr::new(local.map_or(fallback, |l| l.ip()), listen.port())
 }
 
 async fn shutdown_signal() {

@@ -37,4 +37,5 @@ pub mod router;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod status_text;
+pub mod underlay;
 pub mod wire;

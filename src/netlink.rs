@@ -278,14 +278,14 @@ pub async fn addresses_in_use(iface: &str, range: Ipv4Cidr) -> Vec<(Ipv4Addr, bo
 
 /// The MTU of the interface that holds `local` (the underlay address this
 /// router sends from), or `None` if no interface has it.
-pub async fn mtu_of_interface_with(local: Ipv4Addr) -> Option<u32> {
+pub async fn mtu_of_interface_with(local: IpAddr) -> Option<u32> {
     let (connection, handle, _) = rtnetlink::new_connection().ok()?;
     tokio::spawn(connection);
     let mut addresses = handle.address().get().execute();
     let mut index = None;
     while let Ok(Some(message)) = addresses.try_next().await {
         let holds = message.attributes.iter().any(|a| {
-            matches!(a, AddressAttribute::Address(IpAddr::V4(addr)) | AddressAttribute::Local(IpAddr::V4(addr)) if *addr == local)
+            matches!(a, AddressAttribute::Address(addr) | AddressAttribute::Local(addr) if *addr == local)
         });
         if holds {
             index = Some(message.header.index);

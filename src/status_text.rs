@@ -130,6 +130,9 @@ pub fn render(status: &Status, section: Option<&str>) -> String {
                 drops.join(" ")
             }
         );
+        if !d.underlay.is_empty() {
+            let _ = writeln!(out, "underlay: {}", d.underlay);
+        }
         if !d.forwarding.is_empty() {
             let _ = writeln!(out, "forwarding: {}", d.forwarding);
         }

@@ -15,34 +15,9 @@ use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_weft");
 
-fn status_mtu(r: &Router) -> Option<u64> {
-    r.status()?["dataplane"]["mtu"].as_u64()
-}
-
 fn link_mtu(ns: &Netns, dev: &str) -> u64 {
     let out = ns.ok(&["cat", &format!("/sys/class/net/{dev}/mtu")]);
     out.trim().parse().unwrap()
-}
-
-/// `ping -M do` (don't fragment) with a payload of `size` bytes, once.
-fn ping_df(pod: &Pod, to: std::net::Ipv4Addr, size: usize) -> String {
-    let out = pod.ns.exec(&[
-        "ping",
-        "-M",
-        "do",
-        "-c",
-        "1",
-        "-W",
-        "2",
-        "-s",
-        &size.to_string(),
-        &to.to_string(),
-    ]);
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[test]
@@ -59,7 +34,7 @@ fn the_cluster_uses_the_smallest_underlay_mtu_and_oversized_packets_get_frag_nee
         .ip(&["link", "set", "eth0", "mtu", "1400"]);
     let routers = start_routers(Path::new(BIN), &mut cluster, 2, |i| vec![1 - i], |_, _| {});
     let agreed = wait_until(Duration::from_secs(15), || {
-        routers.iter().all(|r| status_mtu(r) == Some(1320))
+        routers.iter().all(|r| r.mtu() == Some(1320))
             && cluster
                 .nodes
                 .iter()
@@ -68,8 +43,8 @@ fn the_cluster_uses_the_smallest_underlay_mtu_and_oversized_packets_get_frag_nee
     assert!(
         agreed,
         "the routers did not agree on MTU 1320: {:?} {:?}, weft0 {} {}\n{}",
-        status_mtu(&routers[0]),
-        status_mtu(&routers[1]),
+        routers[0].mtu(),
+        routers[1].mtu(),
         link_mtu(&cluster.nodes[0].ns, "weft0"),
         link_mtu(&cluster.nodes[1].ns, "weft0"),
         routers[0].log_tail()
@@ -79,12 +54,12 @@ fn the_cluster_uses_the_smallest_underlay_mtu_and_oversized_packets_get_frag_nee
 
     // The largest packet that fits: 1320 - 28 bytes of IP and ICMP header.
     assert!(
-        ping_df(a, b.addr, 1292).contains(" 0% packet loss"),
+        a.ping_df(b.addr, 1292).contains(" 0% packet loss"),
         "a packet of exactly the cluster MTU did not arrive"
     );
     // One byte more (the pod's own MTU is 1420): the node's kernel answers
     // at weft0.
-    let out = ping_df(a, b.addr, 1293);
+    let out = a.ping_df(b.addr, 1293);
     assert!(
         out.contains("mtu = 1320"),
         "no frag-needed at weft0:\n{out}"
@@ -98,7 +73,7 @@ fn the_cluster_uses_the_smallest_underlay_mtu_and_oversized_packets_get_frag_nee
         .ip(&["link", "set", "weft0", "mtu", "1420"]);
     // Forget the path MTU the pod learned above.
     a.ns.ip(&["route", "flush", "cache"]);
-    let out = ping_df(a, b.addr, 1350);
+    let out = a.ping_df(b.addr, 1350);
     assert!(
         out.contains("mtu = 1320"),
         "the router did not answer an oversized packet with frag-needed:\n{out}"

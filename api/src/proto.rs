@@ -516,6 +516,11 @@ pub struct DataplaneStatus {
     /// eth0, N pod interfaces)`, or `off (IFACE: why)` (src/forwarding.rs).
     #[serde(default)]
     pub forwarding: String,
+    /// The underlay families and where the MTU came from: `ipv6, mtu 1420 =
+    /// underlay interface MTU 1500 - 80` (issue 19; the 80 counts the
+    /// outer header as IPv6's 40 whatever the family, DESIGN.md "MTU").
+    #[serde(default)]
+    pub underlay: String,
     /// Counters.
     #[serde(flatten)]
     pub totals: DataplaneTotals,

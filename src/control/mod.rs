@@ -97,10 +97,14 @@ pub struct ControlConfig {
     pub seeds: Vec<SocketAddr>,
     /// Endpoints the operator gives besides `listen` (`--advertise`).
     pub advertise: Vec<SocketAddr>,
+    /// The underlay families the bound listen address serves.
+    pub families: crate::underlay::Families,
     /// The cluster range.
     pub range: Ipv4Cidr,
     /// Overlay MTU.
     pub mtu: u32,
+    /// Where `mtu` came from (`--mtu`, or the underlay interface).
+    pub mtu_source: String,
     /// Rekey interval (120 s unless shortened for tests).
     pub rekey_after: Duration,
     /// The latest IPv4 forwarding pass (daemon.rs re-checks it).
@@ -199,7 +203,15 @@ impl Control {
             now,
         );
         let short = gossip.short_id();
-        let maker = ConnectionMaker::new(vec![config.listen], config.seeds.clone(), rand::random());
+        let maker = ConnectionMaker::with_config(
+            vec![config.listen],
+            config.seeds.clone(),
+            rand::random(),
+            crate::gossip::connection_maker::ConnectionMakerConfig {
+                families: config.families,
+                ..Default::default()
+            },
+        );
         Self {
             peers: Peers::new(me, config.rekey_after),
             heartbeats: Heartbeats::new(epoch, short, config.mtu),
@@ -273,11 +285,13 @@ impl Control {
                 }
                 accepted = listener.accept() => {
                     if let Ok((stream, remote)) = accepted {
+                        let remote = crate::underlay::canonical(remote);
                         self.handle_accept(stream, remote, Instant::now());
                     }
                 }
                 received = self.udp.recv_from(&mut datagram) => {
                     if let Ok((len, from)) = received {
+                        let from = crate::underlay::canonical(from);
                         self.heartbeats.handle_datagram(Instant::now(), from, &mut datagram[..len]);
                     }
                 }

@@ -197,6 +197,12 @@ impl Control {
                 workers: self.dataplane.lanes(),
                 totals: self.dataplane.totals(),
                 forwarding: self.config.forwarding.borrow().summary(),
+                underlay: format!(
+                    "{}, announced mtu {} = {}",
+                    self.config.families.label(),
+                    self.config.mtu,
+                    self.config.mtu_source
+                ),
             },
             handshakes: self.handshakes.clone(),
             gossip: self.gossip_traffic.clone(),

@@ -51,6 +51,10 @@ pub struct ConnectionMakerConfig {
     pub dial_timeout: Duration,
     /// Most connections (up or being dialled) this router makes.
     pub max_connections: usize,
+    /// The underlay families this router has: a learned router's
+    /// addresses of another family are never dialled (issue 19: a pair
+    /// uses a family both have).
+    pub families: crate::underlay::Families,
 }
 
 impl Default for ConnectionMakerConfig {
@@ -62,6 +66,7 @@ impl Default for ConnectionMakerConfig {
             healthy_after: Duration::from_secs(60),
             dial_timeout: Duration::from_secs(15),
             max_connections: 200,
+            families: crate::underlay::Families::BOTH,
         }
     }
 }
@@ -208,7 +213,7 @@ impl ConnectionMaker {
         let mut addresses: Vec<SocketAddr> = addresses
             .iter()
             .copied()
-            .filter(|a| !self.is_own(*a))
+            .filter(|a| !self.is_own(*a) && self.config.families.reach(*a))
             .take(16)
             .collect();
         if addresses.is_empty() {

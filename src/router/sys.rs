@@ -290,16 +290,34 @@ pub(crate) fn force_buffers(socket: BorrowedFd<'_>, bytes: i32) -> io::Result<()
     Ok(())
 }
 
-/// Sets don't-fragment on an IPv4 UDP socket (IP_PMTUDISC_DO): a datagram
-/// larger than the path MTU is refused instead of fragmented, so full-size
-/// heartbeats prove the path carries full-size packets (DESIGN.md "MTU").
-pub(crate) fn set_dont_fragment(socket: BorrowedFd<'_>) -> io::Result<()> {
+/// Sets don't-fragment on a UDP socket (IP_PMTUDISC_DO, and on an IPv6
+/// socket IPV6_PMTUDISC_DO plus the IPv4 option for the v4-mapped peers of
+/// a dual-stack one): a datagram larger than the path MTU is refused
+/// instead of fragmented, so full-size heartbeats prove the path carries
+/// full-size packets (DESIGN.md "MTU").
+pub(crate) fn set_dont_fragment(socket: BorrowedFd<'_>, ipv6: bool) -> io::Result<()> {
+    if !ipv6 {
+        return setsockopt_int(
+            socket,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        );
+    }
     setsockopt_int(
+        socket,
+        libc::IPPROTO_IPV6,
+        libc::IPV6_MTU_DISCOVER,
+        libc::IPV6_PMTUDISC_DO,
+    )?;
+    // Refused only on an IPv6-only socket, which never sends IPv4.
+    let _ = setsockopt_int(
         socket,
         libc::IPPROTO_IP,
         libc::IP_MTU_DISCOVER,
         libc::IP_PMTUDISC_DO,
-    )
+    );
+    Ok(())
 }
 
 fn setsockopt_int(

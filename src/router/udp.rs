@@ -50,6 +50,10 @@ pub fn bind_group(
         )?;
         socket.set_reuse_port(true)?;
         socket.set_nonblocking(true)?;
+        if listen.is_ipv6() && listen.ip().is_unspecified() {
+            // `[::]` serves both families whatever net.ipv6.bindv6only says.
+            socket.set_only_v6(false)?;
+        }
         sys::force_buffers(socket.as_fd(), SOCKET_BUFFER)?;
         socket.bind(&listen.into())?;
         if sockets.is_empty() {
@@ -74,8 +78,6 @@ pub fn bind_group(
     let control = sockets
         .pop()
         .ok_or_else(|| io::Error::other("no control socket"))?;
-    if listen.is_ipv4() {
-        sys::set_dont_fragment(control.as_fd())?;
-    }
+    sys::set_dont_fragment(control.as_fd(), listen.is_ipv6())?;
     Ok((sockets, control, offloads))
 }

@@ -104,13 +104,13 @@ struct Sim {
 }
 
 impl Sim {
-    fn new(seed: u64, old_share: f64) -> Self {
+    fn new(seed: u64, old_share: f64, range: &str) -> Self {
         let mut sim = Self {
             seed,
             step: 0,
             rng: StdRng::seed_from_u64(seed),
             now: Instant::now(),
-            range: AddrRange::parse("10.32.0.0/22").unwrap(),
+            range: AddrRange::parse(range).unwrap(),
             voters: (1..=3).map(PeerId).collect(),
             nodes: BTreeMap::new(),
             dead: BTreeMap::new(),
@@ -439,7 +439,12 @@ fn run(seed: u64, steps: u64, old_share: f64) -> Stats {
 
 /// `hostile`: the fourth router to join is a hostile member (`hostile.rs`).
 fn run_with(seed: u64, steps: u64, old_share: f64, hostile: bool) -> Stats {
-    let mut sim = Sim::new(seed, old_share);
+    run_in("10.32.0.0/22", seed, steps, old_share, hostile)
+}
+
+/// [`run_with`] on the cluster range `range` (of either family).
+fn run_in(range: &str, seed: u64, steps: u64, old_share: f64, hostile: bool) -> Stats {
+    let mut sim = Sim::new(seed, old_share, range);
     if hostile {
         sim.hostile = Some(PeerId(sim.next_id));
         sim.join();
@@ -532,4 +537,27 @@ fn a_hostile_member_is_refused_every_forgery_and_the_invariants_hold() {
     assert!(stats.forged_refused.len() >= 5, "{stats:?}");
     assert!(stats.donation_refusals > 0, "{stats:?}");
     assert!(stats.allocated > 50, "{stats:?}");
+}
+
+/// The ring is family-agnostic (offsets are u128, issue 19): the same
+/// random joins, kills, restarts with and without state, partitions,
+/// allocations, donations, `rmpeer` reclaims and leaves on IPv6 ranges, a
+/// /118 as small as the IPv4 runs' /22 and a whole /64, with the same
+/// invariants and convergence after healing.
+#[test]
+fn the_same_churn_on_ipv6_ranges_never_double_allocates_and_converges() {
+    let steps = env_u64("WEFT_SIM_STEPS").unwrap_or(4_000);
+    let seed = env_u64("WEFT_SIM_SEED").unwrap_or(11);
+    for range in ["fd00:32::/118", "fd00:32::/64"] {
+        let stats = run_in(range, seed, steps, 0.0, false);
+        eprintln!("ipam sim ({range}): seed={seed} steps={steps} ok: {stats:?}");
+        assert!(
+            stats.allocated > 50
+                && stats.donations > 0
+                && stats.reclaims > 0
+                && stats.leaves > 0
+                && stats.restarts > 0,
+            "{range}: {stats:?}"
+        );
+    }
 }

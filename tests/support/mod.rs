@@ -404,6 +404,28 @@ impl Pod {
         false
     }
 
+    /// `ping -M do` (don't fragment) with a payload of `size` bytes, once:
+    /// its stdout and stderr.
+    pub fn ping_df(&self, to: Ipv4Addr, size: usize) -> String {
+        let out = self.ns.exec(&[
+            "ping",
+            "-M",
+            "do",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "-s",
+            &size.to_string(),
+            &to.to_string(),
+        ]);
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
     fn exec_ok(&self, args: &[&str]) -> bool {
         self.ns.exec(args).status.success()
     }
@@ -610,6 +632,11 @@ impl Router {
             self.status().map(|s| s["ipam"].clone())
         );
         start.unwrap()
+    }
+
+    /// The cluster MTU in `weft status`.
+    pub fn mtu(&self) -> Option<u64> {
+        self.status()?["dataplane"]["mtu"].as_u64()
     }
 
     pub fn established_peers(&self) -> usize {

@@ -67,6 +67,27 @@ fn entry(n: u8, version: u64, connections: &[u8]) -> SignedEntry {
     SignedEntry::sign(&entry, &SigningKey::from_identity(&identity))
 }
 
+/// Router `n`'s entry on a dual-stack underlay (issue 19): IPv6 first.
+fn entry_v6(n: u8) -> SignedEntry {
+    let identity = common::identity(n);
+    let public_key = identity.public_key();
+    let id = PeerId::from_public_key(&public_key);
+    let entry = TopologyEntry {
+        id,
+        version: 1,
+        name: format!("node-{n}"),
+        public_key,
+        addresses: vec![
+            format!("[2001:db8::{n}]:6783").parse().expect("addr"),
+            std::net::SocketAddr::from(([192, 0, 2, n], 6783)),
+        ],
+        short_id: ShortId::preferred(id),
+        mtu: 1420,
+        connections: Vec::new(),
+    };
+    SignedEntry::sign(&entry, &SigningKey::from_identity(&identity))
+}
+
 fn id_of(n: u8) -> PeerId {
     common::identity(n).id()
 }
@@ -130,6 +151,25 @@ fn main() {
     for (name, m) in &messages {
         write("control_message", name, &encode_message(m));
     }
+    // Issue 19: IPv6 underlay addresses (and a v4/v6 mix) in every
+    // message that carries a socket address.
+    let v6: std::net::SocketAddr = "[2001:db8::1]:6783".parse().expect("addr");
+    let v4 = std::net::SocketAddr::from(([192, 0, 2, 1], 6783));
+    write(
+        "control_message",
+        "observed-v6",
+        &encode_message(&ControlMessage::Observed {
+            dialled: Some(v6),
+            udp_from: Some(v4),
+        }),
+    );
+    write(
+        "control_message",
+        "punch-offer-v6",
+        &encode_message(&ControlMessage::PunchOffer {
+            candidates: vec![v6, v4],
+        }),
+    );
 
     // hello
     let hello = Hello {
@@ -260,6 +300,12 @@ fn main() {
             }),
         ),
         ("update", update.clone()),
+        (
+            "update-v6",
+            GossipMessage::Update(Update {
+                entries: vec![entry_v6(4)],
+            }),
+        ),
     ];
     for (name, m) in &gossip {
         write("gossip_message", name, &m.encode());

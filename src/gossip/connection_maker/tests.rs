@@ -185,3 +185,27 @@ fn dials_stop_at_the_connection_cap() {
     }
     assert_eq!(dialled, 3);
 }
+
+#[test]
+fn an_ipv6_only_router_dials_only_the_ipv6_addresses_of_a_dual_stack_one() {
+    let now = Instant::now();
+    let v6: SocketAddr = "[2001:db8::2]:6783".parse().unwrap();
+    let config = ConnectionMakerConfig {
+        families: crate::underlay::Families::of_listen("[2001:db8::1]:6783".parse().unwrap()),
+        ..ConnectionMakerConfig::default()
+    };
+    let own = vec!["[2001:db8::1]:6783".parse().unwrap()];
+    let mut m = ConnectionMaker::with_config(own, vec![], 1, config);
+    m.learn(PeerId(2), &[addr(2), v6], now);
+    let mut dialled = Vec::new();
+    let mut at = now;
+    for _ in 0..4 {
+        while let Some(a) = m.poll_dial(at) {
+            dialled.push(a);
+            m.dial_failed(a, at);
+        }
+        at = m.poll_timeout().unwrap();
+    }
+    assert!(!dialled.is_empty());
+    assert!(dialled.iter().all(|a| *a == v6), "dialled {dialled:?}");
+}
