@@ -208,9 +208,16 @@ async fn serve(
         tokio::spawn(crate::metrics::serve(listener, api_tx.clone()));
     }
     if let Some(kube) = &config.peers_from_kube {
+        let (names_tx, names_rx) = tokio::sync::watch::channel(None);
         tokio::spawn(crate::kube::run(
             crate::kube::seed_task(kube, &config.name, config.listen, &config.seeds),
             api_tx.clone(),
+            names_tx,
+        ));
+        tokio::spawn(crate::kube::lease_task::run(
+            kube.lease_task(&config.name),
+            api_tx.clone(),
+            names_rx,
         ));
     }
     tokio::spawn(api::server::serve(api_listener, config.api.clone(), api_tx));

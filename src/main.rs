@@ -206,6 +206,9 @@ struct Knobs {
     /// Seconds between node listings instead of 30 (tests).
     #[arg(long, env = "WEFT_KUBE_RESYNC_SECS", hide = true)]
     kube_resync_secs: Option<String>,
+    /// Seconds between renewals of the router's Lease instead of 10 (tests).
+    #[arg(long, env = "WEFT_KUBE_LEASE_SECS", hide = true)]
+    kube_lease_secs: Option<String>,
     /// The in-cluster API server's address (set by Kubernetes in every pod).
     #[arg(long, env = "KUBERNETES_SERVICE_HOST", hide = true)]
     kubernetes_service_host: Option<String>,
@@ -357,7 +360,8 @@ fn router_config(args: RouterArgs) -> anyhow::Result<RouterConfig> {
             port: knobs.kubernetes_service_port,
         },
     };
-    let kube = KubeSettings::new(source, knobs.kube_sa_dir, knobs.kube_resync_secs.as_deref());
+    let kube = KubeSettings::new(source, knobs.kube_sa_dir, knobs.kube_resync_secs.as_deref())
+        .with_lease_secs(knobs.kube_lease_secs.as_deref());
     let workers = knob::<usize>(knobs.workers.as_deref())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     Ok(RouterConfig {

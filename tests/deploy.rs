@@ -323,6 +323,34 @@ fn the_daemonset_gives_the_router_the_node_and_what_it_needs() {
         binding["subjects"][0]["namespace"],
         ds["metadata"]["namespace"]
     );
+    // The one write: the router's Lease, in its own namespace only.
+    let lease_role = find(&rbac, "Role");
+    assert_eq!(
+        lease_role["metadata"]["namespace"],
+        ds["metadata"]["namespace"]
+    );
+    assert_eq!(
+        lease_role["rules"],
+        serde_json::json!([{
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["get", "create", "update"],
+        }])
+    );
+    let lease_binding = find(&rbac, "RoleBinding");
+    assert_eq!(
+        lease_binding["metadata"]["namespace"],
+        ds["metadata"]["namespace"]
+    );
+    assert_eq!(lease_binding["roleRef"]["kind"], "Role");
+    assert_eq!(
+        lease_binding["roleRef"]["name"],
+        lease_role["metadata"]["name"]
+    );
+    assert_eq!(
+        lease_binding["subjects"][0]["name"],
+        pod["serviceAccountName"]
+    );
     let sa = yaml(&root().join("deploy/serviceaccount.yaml"));
     assert_eq!(
         find(&sa, "ServiceAccount")["metadata"]["name"],
@@ -907,7 +935,21 @@ fn the_daemonset_environment_starts_a_router_that_passes_its_readiness_probe() {
         "{}",
         text(&out)
     );
-    assert_eq!(said().matches("HTTP 403").count(), 1, "{}", said());
+    // Once per task: the node list's and the Lease's (the same RBAC).
+    assert_eq!(
+        said().matches("forbids listing nodes (HTTP 403)").count(),
+        1,
+        "{}",
+        said()
+    );
+    assert_eq!(
+        said()
+            .matches("forbids the router's Lease (HTTP 403)")
+            .count(),
+        1,
+        "{}",
+        said()
+    );
 
     // RBAC fixed: the list names this node; the default consensus forms a
     // ring of one and the probe passes.

@@ -91,6 +91,15 @@ pub enum Request {
     /// a router that waits for the node list before its first ring vote may
     /// go ahead. Result: `{}`.
     SeedsListed,
+    /// Sent by the router's own `--peers-from-kube` Lease task: the
+    /// routers whose Node was deleted and whose Lease expired (each call
+    /// replaces the previous list). The router reclaims one of them when it
+    /// is also unreachable and this router is the one to (lowest ID of the
+    /// live owners, which are most of them). Result: `{}`.
+    NodesGone {
+        /// Router (and node) names.
+        names: Vec<String>,
+    },
     /// The endpoints this router's Kubernetes Node gives it (its
     /// `ExternalIP`s and the `weft.dev/advertise` annotation, as
     /// `HOST:PORT`), advertised besides `--advertise`; each call replaces

@@ -223,5 +223,6 @@ fn request_changes_ownership(request: &Request) -> bool {
             | Request::Rmpeer { .. }
             | Request::Release { .. }
             | Request::Leave { .. }
+            | Request::NodesGone { .. }
     )
 }

@@ -123,22 +123,41 @@ impl ApiServer {
         })
     }
 
+    /// `method path` with a JSON `body` (`POST`/`PUT` of one object): the
+    /// status and at most `limit` bytes of the answer.
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        limit: u64,
+    ) -> Result<(u16, Vec<u8>), KubeError> {
+        let url = self.url(path);
+        let unreachable = |e: ureq::Error| KubeError::Unreachable {
+            url: url.clone(),
+            reason: e.to_string(),
+        };
+        let mut request = ureq::http::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("Accept", "application/json")
+            .header("Content-Type", "application/json");
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", &format!("Bearer {}", token.0));
+        }
+        let request = request
+            .body(body.to_vec())
+            .map_err(|e| unreachable(ureq::Error::Http(e)))?;
+        let response = self.agent.run(request).map_err(unreachable)?;
+        read(response, url, limit)
+    }
+
     /// `GET path_query`: the status and at most `limit` bytes of body (a
     /// longer body is an error, not buffered).
     pub fn get(&self, path_query: &str, limit: u64) -> Result<(u16, Vec<u8>), KubeError> {
         let url = self.url(path_query);
-        let mut response = self.call(&url)?;
-        let status = response.status().as_u16();
-        let body = response
-            .body_mut()
-            .with_config()
-            .limit(limit)
-            .read_to_vec()
-            .map_err(|e| KubeError::Unreachable {
-                url,
-                reason: e.to_string(),
-            })?;
-        Ok((status, body))
+        let response = self.call(&url)?;
+        read(response, url, limit)
     }
 
     /// `GET path_query` as a stream of lines (a watch: one JSON event per
@@ -187,6 +206,26 @@ impl ApiServer {
             }
         }
     }
+}
+
+/// The status and at most `limit` bytes of the body of `response` (from
+/// `url`): a longer body is an error, not buffered.
+fn read(
+    mut response: ureq::http::Response<ureq::Body>,
+    url: String,
+    limit: u64,
+) -> Result<(u16, Vec<u8>), KubeError> {
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(limit)
+        .read_to_vec()
+        .map_err(|e| KubeError::Unreachable {
+            url,
+            reason: e.to_string(),
+        })?;
+    Ok((status, body))
 }
 
 /// Lists every node (following `continue` pages). Blocking: call it from

@@ -14,6 +14,8 @@
 //! error type and the task that feeds the control task.
 
 pub mod client;
+pub mod lease;
+pub mod lease_task;
 pub mod nodes;
 
 pub use client::{KubeSource, list_nodes};
@@ -83,6 +85,11 @@ pub enum KubeError {
         "the Kubernetes API forbids listing nodes (HTTP 403): apply deploy/rbac.yaml (ClusterRole weft: get/list/watch nodes, bound to the weft service account)"
     )]
     Forbidden,
+    /// HTTP 403 on the router's Lease.
+    #[error(
+        "the Kubernetes API forbids the router's Lease (HTTP 403): apply deploy/rbac.yaml (Role weft: get/create/update leases in the router's namespace)"
+    )]
+    LeaseForbidden,
     /// Any other HTTP status.
     #[error("the Kubernetes API answered HTTP {status} to {url}")]
     Status {
@@ -109,6 +116,9 @@ pub struct KubeSettings {
     /// How often to list again (test hook `WEFT_KUBE_RESYNC_SECS`,
     /// normally [`RESYNC`]).
     pub every: Duration,
+    /// How often the router's Lease is renewed (test hook
+    /// `WEFT_KUBE_LEASE_SECS`, normally [`lease_task::RENEW`]).
+    pub lease_every: Duration,
 }
 
 impl KubeSettings {
@@ -123,6 +133,26 @@ impl KubeSettings {
                 .and_then(|s| s.parse::<u64>().ok())
                 .filter(|s| *s > 0)
                 .map_or(RESYNC, Duration::from_secs),
+            lease_every: lease_task::RENEW,
+        }
+    }
+
+    /// With the Lease renewed every `secs` seconds when that is a number
+    /// above zero (the test hook).
+    pub fn with_lease_secs(mut self, secs: Option<&str>) -> Self {
+        if let Some(secs) = secs.and_then(|s| s.parse::<u64>().ok()).filter(|s| *s > 0) {
+            self.lease_every = Duration::from_secs(secs);
+        }
+        self
+    }
+
+    /// The Lease task of the router `name`.
+    pub fn lease_task(&self, name: &str) -> lease_task::LeaseTask {
+        lease_task::LeaseTask {
+            source: self.source.clone(),
+            sa_dir: self.sa_dir.clone(),
+            name: name.to_string(),
+            every: self.lease_every,
         }
     }
 }
@@ -177,7 +207,13 @@ pub fn seed_task(
 /// Runs until the control task goes away: lists the nodes, feeds the
 /// changes as `Connect`/`Forget` calls, sleeps `every`. Errors are logged
 /// once per change of error (and once when it recovers), never fatal.
-pub async fn run(task: SeedTask, calls: mpsc::Sender<ApiCall>) {
+/// Each successful listing's node names go to `names` (the Lease task's
+/// view of which Nodes exist).
+pub async fn run(
+    task: SeedTask,
+    calls: mpsc::Sender<ApiCall>,
+    names: tokio::sync::watch::Sender<Option<std::collections::BTreeSet<String>>>,
+) {
     let mut seeds = KubeSeeds::new(task.fixed.iter().copied());
     let mut last_error: Option<KubeError> = None;
     let mut advertised: Option<Vec<SocketAddr>> = None;
@@ -207,6 +243,7 @@ pub async fn run(task: SeedTask, calls: mpsc::Sender<ApiCall>) {
                 continue;
             }
         };
+        names.send_replace(Some(nodes.iter().map(|n| n.name.clone()).collect()));
         // Its own Node's endpoints first: a peer behind another NAT may
         // only reach it there (issue 16). Sent on every change, and again
         // after an empty answer (the router may have restarted meanwhile:

@@ -4,7 +4,11 @@
 //! a version on. Faults on demand: `gone` (the next watch answers a 410
 //! ERROR event), `disconnect` (every open watch is cut), `stop`/`start`
 //! (the server is killed: its port refuses, then it comes back with the
-//! same objects and versions).
+//! same objects and versions). Nodes are listed and watched the same way;
+//! Leases (tests/node_reclaim.rs) are also read, created and replaced one
+//! by one under `/apis/coordination.k8s.io/v1/namespaces/NS/leases[/NAME]`
+//! as the real API does it: a PUT whose `resourceVersion` is not the
+//! current one answers 409 Conflict, a POST of an existing name 409 too.
 
 use super::in_netns;
 use std::collections::BTreeMap;
@@ -15,11 +19,22 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// The collections served.
-pub const COLLECTIONS: [&str; 3] = [
+pub const COLLECTIONS: [&str; 5] = [
     "/api/v1/namespaces",
     "/api/v1/pods",
     "/apis/networking.k8s.io/v1/networkpolicies",
+    NODES,
+    LEASES,
 ];
+
+/// The Nodes (keys `/NAME`).
+pub const NODES: &str = "/api/v1/nodes";
+
+/// The Leases of every namespace (keys `NS/NAME`).
+pub const LEASES: &str = "/apis/coordination.k8s.io/v1/leases";
+
+/// Where one namespace's Leases are read and written.
+const LEASES_IN: &str = "/apis/coordination.k8s.io/v1/namespaces/";
 
 #[derive(Default)]
 struct Store {
@@ -132,25 +147,16 @@ impl FakeApi {
 
     /// Creates or replaces an object (JSON text) in `path`.
     pub fn put(&self, path: &'static str, object: &str) {
-        let mut object: serde_json::Value = serde_json::from_str(object).expect("object JSON");
+        let object: serde_json::Value = serde_json::from_str(object).expect("object JSON");
         let (lock, cvar) = &*self.store;
-        let mut store = lock.lock().unwrap();
-        store.version += 1;
-        let version = store.version;
-        object["metadata"]["resourceVersion"] = version.to_string().into();
-        let key = key_of(&object);
-        let kind = if store.objects.entry(path).or_default().contains_key(&key) {
-            "MODIFIED"
-        } else {
-            "ADDED"
-        };
-        store
-            .objects
-            .entry(path)
-            .or_default()
-            .insert(key, object.clone());
-        store.events.push((version, path, kind, object));
+        store_put(&mut lock.lock().unwrap(), path, object);
         cvar.notify_all();
+    }
+
+    /// The object `key` (`namespace/name`) in `path`, if any.
+    pub fn get(&self, path: &'static str, key: &str) -> Option<serde_json::Value> {
+        let store = self.store.0.lock().unwrap();
+        store.objects.get(path)?.get(key).cloned()
     }
 
     /// The keys in `path` (`namespace/name`).
@@ -184,6 +190,106 @@ impl Drop for FakeApi {
     }
 }
 
+/// Stores `object` in `path` at the next version (its key from its
+/// metadata) and records the event; returns it as stored.
+fn store_put(
+    store: &mut Store,
+    path: &'static str,
+    mut object: serde_json::Value,
+) -> serde_json::Value {
+    store.version += 1;
+    let version = store.version;
+    object["metadata"]["resourceVersion"] = version.to_string().into();
+    let key = key_of(&object);
+    let kind = if store.objects.entry(path).or_default().contains_key(&key) {
+        "MODIFIED"
+    } else {
+        "ADDED"
+    };
+    store
+        .objects
+        .entry(path)
+        .or_default()
+        .insert(key, object.clone());
+    store.events.push((version, path, kind, object.clone()));
+    object
+}
+
+/// A Lease request under [`LEASES_IN`] (`rest`: `NS/leases[/NAME]`): the
+/// status and body to answer.
+fn serve_lease(
+    method: &str,
+    rest: &str,
+    body: &[u8],
+    store: &(Mutex<Store>, Condvar),
+) -> (u16, String) {
+    let status = |code: u16, reason: &str| {
+        let body = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code});
+        (code, body.to_string())
+    };
+    let mut parts = rest.split('/');
+    let (Some(ns), Some("leases")) = (parts.next(), parts.next()) else {
+        return status(404, "NotFound");
+    };
+    let name = parts.next();
+    let (lock, cvar) = store;
+    let mut guard = lock.lock().unwrap();
+    let current = |guard: &Store, name: &str| {
+        guard
+            .objects
+            .get(LEASES)
+            .and_then(|o| o.get(&format!("{ns}/{name}")))
+            .cloned()
+    };
+    let object: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let answer = match (method, name) {
+        ("GET", None) => {
+            let items: Vec<serde_json::Value> = guard
+                .objects
+                .get(LEASES)
+                .map(|o| {
+                    o.values()
+                        .filter(|l| l["metadata"]["namespace"] == ns)
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            let list = serde_json::json!({"kind": "LeaseList", "metadata": {"resourceVersion": guard.version.to_string()}, "items": items});
+            (200, list.to_string())
+        }
+        ("GET", Some(name)) => match current(&guard, name) {
+            Some(lease) => (200, lease.to_string()),
+            None => status(404, "NotFound"),
+        },
+        ("POST", None) => match object {
+            Some(o) if o["metadata"]["namespace"] == ns && o["metadata"]["name"].is_string() => {
+                let name = o["metadata"]["name"].as_str().unwrap_or("").to_string();
+                if current(&guard, &name).is_some() {
+                    status(409, "AlreadyExists")
+                } else {
+                    (201, store_put(&mut guard, LEASES, o).to_string())
+                }
+            }
+            _ => status(400, "BadRequest"),
+        },
+        ("PUT", Some(name)) => match (object, current(&guard, name)) {
+            (Some(o), Some(now)) if o["metadata"]["name"] == name => {
+                if o["metadata"]["resourceVersion"] == now["metadata"]["resourceVersion"] {
+                    (200, store_put(&mut guard, LEASES, o).to_string())
+                } else {
+                    status(409, "Conflict")
+                }
+            }
+            (Some(_), None) => status(404, "NotFound"),
+            _ => status(400, "BadRequest"),
+        },
+        _ => status(405, "MethodNotAllowed"),
+    };
+    drop(guard);
+    cvar.notify_all();
+    answer
+}
+
 /// One connection: a list (answered and closed) or a watch (streamed until
 /// the server stops, a disconnect, or its timeout).
 fn serve(
@@ -200,16 +306,37 @@ fn serve(
     if reader.read_line(&mut first).unwrap_or(0) == 0 {
         return;
     }
+    let mut length = 0usize;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
             break;
         }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap_or(0);
+        }
+    }
+    // Bounded: a Lease is small.
+    let mut body = vec![0u8; length.min(1 << 20)];
+    if std::io::Read::read_exact(&mut reader, &mut body).is_err() {
+        return;
     }
     requests.lock().unwrap().push(first.trim().to_string());
     let mut stream = reader.into_inner();
+    let method = first.split(' ').next().unwrap_or("");
     let target = first.split(' ').nth(1).unwrap_or("");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if let Some(rest) = path.strip_prefix(LEASES_IN) {
+        let (code, body) = serve_lease(method, rest, &body, store);
+        let _ = write!(
+            stream,
+            "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        return;
+    }
     let Some(path) = COLLECTIONS.iter().copied().find(|c| *c == path) else {
         let _ = write!(
             stream,
@@ -231,7 +358,8 @@ fn serve(
                 .get(path)
                 .map(|o| o.values().collect())
                 .unwrap_or_default();
-            serde_json::json!({"kind": "List", "metadata": {"resourceVersion": store.version.to_string()}, "items": items})
+            let kind = if path == NODES { "NodeList" } else { "List" };
+            serde_json::json!({"kind": kind, "metadata": {"resourceVersion": store.version.to_string()}, "items": items})
                 .to_string()
         };
         let _ = write!(

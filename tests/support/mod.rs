@@ -996,3 +996,6 @@ pub fn start_pair_on(mut cluster: Cluster, bin: &Path, env: &[(&str, &str)]) -> 
     );
     Pair { routers, cluster }
 }
+
+/// The last release's binary, built once (tests/mixed_versions.rs).
+pub mod old_release;

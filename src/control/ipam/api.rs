@@ -27,6 +27,10 @@ impl IpamDriver {
                 self.held = None;
                 return Some(Reply::ok(serde_json::json!({})));
             }
+            Request::NodesGone { names } => {
+                self.set_gone_nodes(names, now);
+                return Some(Reply::ok(serde_json::json!({})));
+            }
             Request::Ready => ("ready", self.ready(mtu)),
             Request::Allocate {
                 container_id,

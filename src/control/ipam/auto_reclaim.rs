@@ -22,6 +22,21 @@ use crate::id::PeerId;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+/// Whether `me` is the one router to reclaim unreachable owners now: the
+/// live owners (`me` and the `reachable` ones) are a strict majority of the
+/// ring's `owners`, and `me` is the lowest-ID of them. A router that owns
+/// nothing yet (waiting for a donation) never is. Shared by
+/// `--reclaim-after` and the Lease-driven reclaim (`node_reclaim.rs`).
+pub(super) fn is_the_reclaimer(
+    me: PeerId,
+    owners: &BTreeSet<PeerId>,
+    reachable: &BTreeSet<PeerId>,
+) -> bool {
+    let live = |id: &&PeerId| **id == me || reachable.contains(*id);
+    let live_owners: Vec<&PeerId> = owners.iter().filter(live).collect();
+    live_owners.len() * 2 > owners.len() && live_owners.first() == Some(&&me)
+}
+
 /// See the module docs.
 #[derive(Debug)]
 pub struct AutoReclaim {
@@ -58,12 +73,7 @@ impl AutoReclaim {
         for id in owners.iter().filter(|id| !live(id)) {
             self.unreachable_since.entry(*id).or_insert(now);
         }
-        let live_owners: Vec<PeerId> = owners.iter().copied().filter(live).collect();
-        let majority = live_owners.len() * 2 > owners.len();
-        // `me` reclaims only if it is the lowest-ID live owner; a router
-        // that owns nothing yet (waiting for a donation) never does.
-        let reclaimer = live_owners.first() == Some(&me);
-        if !majority || !reclaimer {
+        if !is_the_reclaimer(me, owners, reachable) {
             return Vec::new();
         }
         self.unreachable_since

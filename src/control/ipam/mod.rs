@@ -21,9 +21,11 @@ mod api;
 mod auto_reclaim;
 mod ballot;
 mod crypto;
+mod node_reclaim;
 
 pub use auto_reclaim::AutoReclaim;
 pub use ballot::{Ballot, PARTIAL_GRACE, SeedSlots};
+pub use node_reclaim::NodeReclaim;
 mod status;
 
 /// The link-local gateway every pod routes through (DESIGN.md "The picture").
@@ -62,6 +64,9 @@ pub struct IpamDriver {
     held: Option<String>,
     /// `--reclaim-after`: owners unreachable that long are reclaimed.
     auto_reclaim: Option<AutoReclaim>,
+    /// `--peers-from-kube`: routers whose Node was deleted and whose Lease
+    /// expired are reclaimed once unreachable.
+    node_reclaim: NodeReclaim,
     /// The routers reachable now (as last set).
     reachable: BTreeSet<PeerId>,
 }
@@ -116,6 +121,7 @@ impl IpamDriver {
             slots: SeedSlots::default(),
             held: None,
             auto_reclaim: None,
+            node_reclaim: NodeReclaim::default(),
             reachable: BTreeSet::new(),
         })
     }
@@ -235,9 +241,48 @@ impl IpamDriver {
         self.auto_reclaim = Some(AutoReclaim::new(after));
     }
 
-    /// `--reclaim-after`: takes over the ranges of owners unreachable for
-    /// that long, when this router is the one to (see `auto_reclaim`).
+    /// The Lease task's routers whose Node is deleted and whose Lease
+    /// expired (`Request::NodesGone`): reclaimed now if unreachable and
+    /// this router is the one to.
+    pub fn set_gone_nodes(&mut self, names: &[String], now: Instant) {
+        self.node_reclaim.set_gone(names.iter().cloned());
+        self.reclaim_the_long_gone(now);
+    }
+
+    /// `--peers-from-kube`: takes over the ranges of unreachable owners
+    /// whose Node is deleted and whose Lease expired, when this router is
+    /// the one to (see `node_reclaim`).
+    fn reclaim_deleted_nodes(&mut self, now: Instant) {
+        if self.node_reclaim.is_empty() {
+            return;
+        }
+        let Some(ring) = self.alloc.ring() else {
+            return;
+        };
+        let names = &self.names;
+        let due = self
+            .node_reclaim
+            .due(self.alloc.id(), &ring.owners(), &self.reachable, |id| {
+                names.get(&id).map(String::as_str)
+            });
+        for dead in due {
+            let name = self.label(dead);
+            match self.alloc.rmpeer(dead, false, now) {
+                Ok(addresses) => tracing::warn!(
+                    dead = %name,
+                    addresses,
+                    "Node deleted and its Lease expired: took over the ranges of its unreachable router"
+                ),
+                Err(e) => self.log_error("the reclaim of a deleted Node's router", &e, now),
+            }
+        }
+    }
+
+    /// `--reclaim-after` and the Lease-driven reclaim: takes over the
+    /// ranges of owners unreachable for that long, when this router is the
+    /// one to (see `auto_reclaim`).
     fn reclaim_the_long_gone(&mut self, now: Instant) {
+        self.reclaim_deleted_nodes(now);
         let (Some(auto), Some(ring)) = (self.auto_reclaim.as_mut(), self.alloc.ring()) else {
             return;
         };

@@ -1,0 +1,216 @@
+//! Lease-driven reclaim (issue 20): three routers with `--peers-from-kube`
+//! against a fake API server speaking the real Node and Lease APIs. Each
+//! holds a Lease it renews (and recovers from a 409); a killed router
+//! whose Node is still there, or whose Node is deleted while its Lease is
+//! still renewed (a router cut off from the mesh but not from the API), is
+//! not reclaimed; once its Node is deleted and its Lease expires, exactly
+//! one survivor takes its ranges; when it comes back with its state it
+//! finds its tombstone and yields.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+use support::fake_api::{FakeApi, LEASES, NODES};
+use support::ipam::{ipam, owned, routers, wait_ready};
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_weft");
+
+/// The Lease renewal period given to the routers (their Lease lasts four).
+const RENEW_SECS: u64 = 1;
+const LEASE: Duration = Duration::from_secs(RENEW_SECS * 4);
+/// The namespace the routers put their Leases in (no service-account dir).
+const NS: &str = "kube-system";
+const TOOK_OVER: &str = "Node deleted and its Lease expired: took over";
+
+fn log_of(r: &Router) -> String {
+    std::fs::read_to_string(r.log_path()).unwrap_or_default()
+}
+
+fn size(ranges: &[(u32, u32)]) -> u64 {
+    ranges.iter().map(|(a, b)| u64::from(b - a) + 1).sum()
+}
+
+fn node_object(name: &str, ip: Ipv4Addr) -> String {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name},
+        "status": {
+            "addresses": [{"type": "InternalIP", "address": ip.to_string()}],
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    })
+    .to_string()
+}
+
+/// A renewal of `name`'s Lease written by the test (the router cut off
+/// from the mesh that still reaches the API).
+fn lease_object(name: &str, renew: &str) -> String {
+    serde_json::json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"holderIdentity": name, "leaseDurationSeconds": LEASE.as_secs(), "renewTime": renew},
+    })
+    .to_string()
+}
+
+fn renew_time(api: &FakeApi, name: &str) -> Option<String> {
+    let lease = api.get(LEASES, &format!("{NS}/{name}"))?;
+    assert_eq!(lease["spec"]["holderIdentity"], name);
+    lease["spec"]["renewTime"].as_str().map(str::to_string)
+}
+
+fn reclaimers(rs: &[Router]) -> Vec<String> {
+    rs.iter()
+        .filter(|r| log_of(r).contains(TOOK_OVER))
+        .map(|r| r.name.clone())
+        .collect()
+}
+
+#[test]
+fn a_deleted_nodes_router_is_reclaimed_once_after_its_lease_expires_and_never_before() {
+    if !require_root(
+        "a_deleted_nodes_router_is_reclaimed_once_after_its_lease_expires_and_never_before",
+    ) {
+        return;
+    }
+    let cluster = Cluster::new(3);
+    let api_addr = SocketAddr::from((cluster.nodes[0].underlay, 8080));
+    let api = FakeApi::start(&cluster.nodes[0].ns.name, api_addr);
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        api.put(NODES, &node_object(&format!("n{i}"), node.underlay));
+    }
+    let mut rs = routers(BIN, &cluster, 3, |_| vec![0, 1, 2], None, "10.32.0.0/16");
+    for r in &mut rs {
+        r.args.extend([
+            "--peers-from-kube".into(),
+            "--kube-api".into(),
+            format!("http://{api_addr}"),
+        ]);
+        r.env
+            .push(("WEFT_KUBE_LEASE_SECS".into(), RENEW_SECS.to_string()));
+        r.env.push(("WEFT_KUBE_RESYNC_SECS".into(), "1".into()));
+        r.start();
+    }
+    wait_ready(&rs, Duration::from_secs(30));
+    let whole = 1u64 << 16;
+
+    // Every router creates its Lease and keeps renewing it.
+    let first: Vec<Option<String>> = ["n0", "n1", "n2"]
+        .iter()
+        .map(|n| {
+            assert!(
+                wait_until(Duration::from_secs(30), || renew_time(&api, n).is_some()),
+                "{n} holds no Lease: {}",
+                rs[0].log_tail()
+            );
+            renew_time(&api, n)
+        })
+        .collect();
+    for (i, n) in ["n0", "n1", "n2"].iter().enumerate() {
+        assert!(
+            wait_until(Duration::from_secs(30), || renew_time(&api, n) != first[i]),
+            "{n} does not renew its Lease"
+        );
+    }
+    // Someone else writes n0's Lease: n0's next PUT is stale (409), it
+    // reads the Lease again and renews over it.
+    let injected = "2000-01-01T00:00:00.000000Z";
+    api.put(LEASES, &lease_object("n0", injected));
+    assert!(
+        wait_until(Duration::from_secs(30), || renew_time(&api, "n0")
+            .is_some_and(|t| t != injected)),
+        "n0 did not renew over a conflicting write: {}",
+        rs[0].log_tail()
+    );
+
+    // n2 dies, its Node stays: however long its Lease is expired, nothing
+    // is reclaimed (a dead kubelet is not a deleted node).
+    rs[2].kill9();
+    let noticed = wait_until(Duration::from_secs(30), || {
+        rs[..2].iter().all(|r| {
+            ipam(r)["unreachable_ranges"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+        })
+    });
+    assert!(noticed, "{:#?}", ipam(&rs[0]));
+    std::thread::sleep(LEASE * 2 + Duration::from_secs(2));
+    assert!(
+        reclaimers(&rs[..2]).is_empty(),
+        "reclaimed with its Node present"
+    );
+
+    // Its Node is deleted while its Lease is still renewed (the router is
+    // cut off from the mesh, not from the API): not reclaimed.
+    let mut renewals = 0u32;
+    let mut renew_n2 = || {
+        renewals += 1;
+        api.put(
+            LEASES,
+            &lease_object(
+                "n2",
+                &format!("2026-01-01T00:00:{:02}.000000Z", renewals % 60),
+            ),
+        );
+    };
+    renew_n2();
+    let deleted = Instant::now();
+    api.delete(NODES, "/n2");
+    let until = Instant::now() + LEASE * 2 + Duration::from_secs(2);
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_secs(RENEW_SECS));
+        renew_n2();
+    }
+    assert!(
+        reclaimers(&rs[..2]).is_empty(),
+        "reclaimed while its Lease was renewed"
+    );
+    assert!(size(&owned(&rs[0])) + size(&owned(&rs[1])) < whole);
+
+    // Nobody renews it any more: one survivor takes n2's ranges once the
+    // Lease has expired.
+    let last_renewal = Instant::now();
+    let reclaimed = wait_until(Duration::from_secs(60), || {
+        size(&owned(&rs[0])) + size(&owned(&rs[1])) == whole
+    });
+    let taken_at = Instant::now();
+    let after_renewal = taken_at - last_renewal;
+    assert!(
+        reclaimed,
+        "n2's ranges were not reclaimed: {:#?}\n{:#?}\n{}",
+        ipam(&rs[0]),
+        ipam(&rs[1]),
+        rs[0].log_tail()
+    );
+    assert!(
+        after_renewal >= LEASE,
+        "reclaimed {after_renewal:?} after the last renewal, before the {LEASE:?} Lease expired"
+    );
+    // Give a second reclaimer every chance (two more rounds), then count.
+    std::thread::sleep(Duration::from_secs(RENEW_SECS * 3));
+    let by = reclaimers(&rs[..2]);
+    assert_eq!(by.len(), 1, "reclaimed by {by:?}");
+    let lines = log_of(rs.iter().find(|r| r.name == by[0]).unwrap())
+        .matches(TOOK_OVER)
+        .count();
+    assert_eq!(lines, 1, "{} reclaimed {lines} times", by[0]);
+    eprintln!(
+        "Lease {LEASE:?}: n2's ranges taken by {} {:?} after its Node was deleted, {after_renewal:?} after its Lease's last renewal",
+        by[0],
+        taken_at - deleted
+    );
+
+    // n2 comes back with its state: it finds its tombstone and yields.
+    rs[2].start();
+    let yielded = wait_until(Duration::from_secs(60), || {
+        rs[2]
+            .status()
+            .is_some_and(|s| s["ipam"]["state"] == "tombstoned")
+    });
+    assert!(yielded, "{:#?}\n{}", rs[2].status(), rs[2].log_tail());
+    assert_eq!(size(&owned(&rs[0])) + size(&owned(&rs[1])), whole);
+    assert!(owned(&rs[2]).is_empty(), "{:#?}", ipam(&rs[2]));
+}
