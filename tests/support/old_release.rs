@@ -49,6 +49,14 @@ pub fn last_release_weft() -> PathBuf {
     let _ = std::fs::remove_dir_all(&src);
     std::fs::create_dir_all(&src).unwrap();
     let repo = env!("CARGO_MANIFEST_DIR");
+    let present = Command::new("git")
+        .args(["-C", repo, "cat-file", "-e", &format!("{LAST_RELEASE}^{{commit}}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        present,
+        "the last release {LAST_RELEASE} is not in this clone's history: fetch it (git fetch --unshallow)"
+    );
     // `-m`: the files get the time of extraction, not the commit's, so
     // that cargo rebuilds the weft crates over the seeded ones of this build
     // (same names, same hashes) instead of taking them as fresh.
