@@ -263,6 +263,12 @@ pub struct PodInfo {
     pub ports: Vec<(String, Proto, u16)>,
     /// The node it runs on.
     pub node: String,
+    /// False for a local pod known only from its allocation (CNI ADD), not
+    /// yet from the API: see [`Cluster::rules_for`].
+    pub labels_known: bool,
+    /// The API shows no address yet for a pod that will have one (not
+    /// host-network, not finished): its allocation's address may stand in.
+    pub awaiting_ip: bool,
 }
 
 impl PodInfo {
@@ -299,9 +305,26 @@ impl PodInfo {
             namespace: pod.metadata.namespace.clone(),
             name: pod.metadata.name.clone(),
             labels: pod.metadata.labels.clone(),
+            awaiting_ip: ips.is_empty() && !pod.spec.host_network && !finished,
             ips,
             ports,
             node: pod.spec.node_name.clone(),
+            labels_known: true,
+        }
+    }
+
+    /// A pod of `node` known only from its address allocation (kubelet's
+    /// `K8S_POD_NAMESPACE`/`K8S_POD_NAME`): no labels, no ports yet.
+    pub fn allocated(namespace: &str, name: &str, ips: Vec<u32>, node: &str) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+            labels: Labels::new(),
+            ips,
+            ports: Vec::new(),
+            node: node.into(),
+            labels_known: false,
+            awaiting_ip: false,
         }
     }
 
@@ -367,6 +390,19 @@ impl Cluster {
         self.pods.insert(pod.key(), pod);
     }
 
+    /// Gives a pod the API shows without an address (`awaiting_ip`) the
+    /// addresses of its allocation on this node, or takes them back (`ips`
+    /// empty). Returns whether anything changed.
+    pub fn set_allocated_ips(&mut self, key: &str, ips: &[u32]) -> bool {
+        match self.pods.get_mut(key) {
+            Some(pod) if pod.awaiting_ip && pod.ips != ips => {
+                pod.ips = ips.to_vec();
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Removes a pod.
     pub fn remove_pod(&mut self, namespace: &str, name: &str) {
         self.pods.remove(&format!("{namespace}/{name}"));
@@ -425,6 +461,14 @@ impl Cluster {
     }
 
     /// The rules of `pod`, both directions.
+    ///
+    /// A pod whose labels are not known yet (`labels_known` false: a local
+    /// pod between CNI ADD and the API showing it) gets the rules that are
+    /// certainly no wider than its real ones: it is isolated in a direction
+    /// if any policy of its namespace applies to that direction (any may
+    /// select it), and allowed only what the policies selecting every pod
+    /// of the namespace allow (those certainly select it). Its named ports
+    /// are unknown, so rules on them allow nothing yet.
     pub fn rules_for(&self, pod: &PodInfo) -> PodRules {
         self.rules_for_cached(pod, &mut PeerCache::default())
     }
@@ -448,11 +492,16 @@ impl Cluster {
                 &policy.egress
             };
             let Some(rules) = rules else { continue };
-            if policy.id.namespace != pod.namespace || !policy.selects.matches(&pod.labels) {
+            if policy.id.namespace != pod.namespace
+                || (pod.labels_known && !policy.selects.matches(&pod.labels))
+            {
                 continue;
             }
             let index = selected_by.len();
             selected_by.push(policy.id.clone());
+            if !pod.labels_known && !policy.selects.is_everything() {
+                continue;
+            }
             for (r, rule) in rules.iter().enumerate() {
                 let addrs = cache
                     .0

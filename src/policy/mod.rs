@@ -18,6 +18,7 @@ pub mod compile;
 pub mod conformance;
 pub mod driver;
 pub mod flatten;
+pub mod local;
 pub mod model;
 pub mod nft;
 pub mod selector;
