@@ -23,11 +23,11 @@
 
 use super::addrs::AddrSet;
 use super::flatten::{Direction, RawBox};
-use super::model::{IntOrString, Labels, Namespace, NetworkPolicy, ObjectError, Pod};
+use super::model::{IntOrString, Labels, Namespace, NetworkPolicy, ObjectError};
+pub use super::pod::PodInfo;
 use super::selector::Selector;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::net::Ipv4Addr;
 
 /// The label the API server puts on every namespace (since 1.21); set here
 /// too, so that a namespace not yet seen still matches selectors on it.
@@ -73,7 +73,7 @@ impl Proto {
     }
 
     /// Parses Kubernetes' `protocol` (absent: TCP).
-    fn from_api(protocol: Option<&str>) -> Result<Self, String> {
+    pub(super) fn from_api(protocol: Option<&str>) -> Result<Self, String> {
         match protocol.unwrap_or("TCP") {
             "TCP" => Ok(Self::Tcp),
             "UDP" => Ok(Self::Udp),
@@ -248,99 +248,6 @@ fn compile_port(port: &super::model::PolicyPort) -> Result<PortMatch, String> {
     Ok(PortMatch { proto, port })
 }
 
-/// What the compiler knows of one pod.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodInfo {
-    /// Its namespace.
-    pub namespace: String,
-    /// Its name.
-    pub name: String,
-    /// Its labels.
-    pub labels: Labels,
-    /// Its IPv4 addresses (none: not a peer).
-    pub ips: Vec<u32>,
-    /// Its named container ports.
-    pub ports: Vec<(String, Proto, u16)>,
-    /// The node it runs on.
-    pub node: String,
-    /// False for a local pod known only from its allocation (CNI ADD), not
-    /// yet from the API: see [`Cluster::rules_for`].
-    pub labels_known: bool,
-    /// The API shows no address yet for a pod that will have one (not
-    /// host-network, not finished): its allocation's address may stand in.
-    pub awaiting_ip: bool,
-}
-
-impl PodInfo {
-    /// What a Pod object says. Host-network and finished pods get no
-    /// addresses: theirs are not theirs (the node's, or reused).
-    pub fn from_api(pod: &Pod) -> Self {
-        let finished = matches!(pod.status.phase.as_str(), "Succeeded" | "Failed");
-        let mut ips: Vec<u32> = if pod.spec.host_network || finished {
-            Vec::new()
-        } else {
-            std::iter::once(&pod.status.pod_ip)
-                .chain(pod.status.pod_ips.iter().map(|p| &p.ip))
-                .filter_map(|ip| ip.parse::<Ipv4Addr>().ok())
-                .map(u32::from)
-                .collect()
-        };
-        ips.sort_unstable();
-        ips.dedup();
-        let ports = pod
-            .spec
-            .containers
-            .iter()
-            .flat_map(|c| &c.ports)
-            .filter(|p| !p.name.is_empty())
-            .filter_map(|p| {
-                Some((
-                    p.name.clone(),
-                    Proto::from_api(p.protocol.as_deref()).ok()?,
-                    u16::try_from(p.container_port).ok()?,
-                ))
-            })
-            .collect();
-        Self {
-            namespace: pod.metadata.namespace.clone(),
-            name: pod.metadata.name.clone(),
-            labels: pod.metadata.labels.clone(),
-            awaiting_ip: ips.is_empty() && !pod.spec.host_network && !finished,
-            ips,
-            ports,
-            node: pod.spec.node_name.clone(),
-            labels_known: true,
-        }
-    }
-
-    /// A pod of `node` known only from its address allocation (kubelet's
-    /// `K8S_POD_NAMESPACE`/`K8S_POD_NAME`): no labels, no ports yet.
-    pub fn allocated(namespace: &str, name: &str, ips: Vec<u32>, node: &str) -> Self {
-        Self {
-            namespace: namespace.into(),
-            name: name.into(),
-            labels: Labels::new(),
-            ips,
-            ports: Vec::new(),
-            node: node.into(),
-            labels_known: false,
-            awaiting_ip: false,
-        }
-    }
-
-    /// `namespace/name`.
-    pub fn key(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
-    }
-
-    fn named_port(&self, name: &str, proto: Proto) -> Option<u16> {
-        self.ports
-            .iter()
-            .find(|(n, p, _)| n == name && *p == proto)
-            .map(|(_, _, port)| *port)
-    }
-}
-
 /// The cluster as the compiler sees it: every pod, namespace and checked
 /// policy, keyed by `namespace/name` (so an update replaces).
 #[derive(Clone, Debug, Default)]
@@ -453,11 +360,14 @@ impl Cluster {
         self.pods.get(key)
     }
 
-    fn namespace_labels(&self, name: &str) -> Labels {
-        self.namespaces
-            .get(name)
-            .cloned()
-            .unwrap_or_else(|| Labels::from([(NAMESPACE_NAME_LABEL.to_string(), name.to_string())]))
+    fn namespace_labels(&self, name: &str) -> std::borrow::Cow<'_, Labels> {
+        match self.namespaces.get(name) {
+            Some(labels) => std::borrow::Cow::Borrowed(labels),
+            None => std::borrow::Cow::Owned(Labels::from([(
+                NAMESPACE_NAME_LABEL.to_string(),
+                name.to_string(),
+            )])),
+        }
     }
 
     /// The rules of `pod`, both directions.
@@ -520,26 +430,60 @@ impl Cluster {
         };
         let mut addrs = AddrSet::empty();
         for peer in peers {
-            // A namespace selector is evaluated once per namespace.
-            let mut chosen: HashMap<&str, bool> = HashMap::new();
             let set = match peer {
                 Peer::Block(set) => set.clone(),
-                Peer::Pods { namespaces, pods } => AddrSet::from_addrs(
-                    self.pods
-                        .values()
-                        .filter(|p| match namespaces {
-                            None => p.namespace == policy.id.namespace,
-                            Some(s) => *chosen
-                                .entry(p.namespace.as_str())
-                                .or_insert_with(|| s.matches(&self.namespace_labels(&p.namespace))),
-                        })
-                        .filter(|p| pods.matches(&p.labels))
-                        .flat_map(|p| p.ips.iter().copied()),
-                ),
+                Peer::Pods { namespaces, pods } => {
+                    let mut ips = Vec::new();
+                    let mut take = |namespace: &str| {
+                        ips.extend(
+                            self.namespace_pods(namespace)
+                                .filter(|p| pods.matches(&p.labels))
+                                .flat_map(|p| p.ips.iter().copied()),
+                        );
+                    };
+                    match namespaces {
+                        None => take(&policy.id.namespace),
+                        Some(s) => {
+                            for namespace in self.pod_namespaces() {
+                                if s.matches(&self.namespace_labels(namespace)) {
+                                    take(namespace);
+                                }
+                            }
+                        }
+                    }
+                    AddrSet::from_addrs(ips)
+                }
             };
             addrs = addrs.union(&set);
         }
         addrs
+    }
+
+    /// The pods of one namespace: a range of the map, whose keys are
+    /// `namespace/name` (a namespace has no `/`; the filter keeps a pod
+    /// whose namespace would have one out of its neighbour's range).
+    fn namespace_pods<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a PodInfo> + 'a {
+        // '0' follows '/' in ASCII: the range is every key with the prefix.
+        self.pods
+            .range(format!("{namespace}/")..format!("{namespace}0"))
+            .map(|(_, p)| p)
+            .filter(move |p| p.namespace == namespace)
+    }
+
+    /// The namespaces that have pods, each once, jumping over each
+    /// namespace's range (a lookup per namespace, not a step per pod).
+    fn pod_namespaces(&self) -> Vec<&str> {
+        let mut namespaces = Vec::new();
+        let mut next = self.pods.values().next();
+        while let Some(pod) = next {
+            namespaces.push(pod.namespace.as_str());
+            next = self
+                .pods
+                .range(format!("{}0", pod.namespace)..)
+                .map(|(_, p)| p)
+                .next();
+        }
+        namespaces
     }
 
     fn rule_boxes(

@@ -21,6 +21,7 @@ pub mod flatten;
 pub mod local;
 pub mod model;
 pub mod nft;
+pub mod pod;
 pub mod selector;
 pub mod state;
 pub mod status;

@@ -429,6 +429,45 @@ mod tests {
     }
 
     #[test]
+    fn peers_are_found_by_namespace_even_where_names_share_a_prefix() {
+        let mut s = PolicyState::new("n1");
+        let in_ns = |ns: &str, ip: &str| {
+            json!({"metadata":{"name":"p","namespace":ns,"labels":{"app":"a"}},
+                   "spec":{"nodeName":"n2"},"status":{"phase":"Running","podIP":ip}})
+        };
+        s.apply(
+            Resource::Pods,
+            Change::Reset(vec![
+                pod("a", "n1", "10.32.0.1"),
+                in_ns("x", "10.32.1.1"),
+                in_ns("x-1", "10.32.1.2"),
+                in_ns("x0", "10.32.1.3"),
+                in_ns("w", "10.32.1.4"),
+            ]),
+        );
+        let from = |peer: serde_json::Value| {
+            json!({"metadata":{"name":"p","namespace":"x"},
+                   "spec":{"podSelector":{},"ingress":[{"from":[peer]}]}})
+        };
+        let own = from(json!({"podSelector":{"matchLabels":{"app":"a"}}}));
+        s.apply(Resource::NetworkPolicies, Change::Upsert(own));
+        let allowed: Vec<bool> = ["10.32.1.1", "10.32.1.2", "10.32.1.3", "10.32.1.4"]
+            .iter()
+            .map(|peer| ingress(&s, "x/a", peer, 80) != Decision::Denied)
+            .collect();
+        assert_eq!(allowed, [true, false, false, false]);
+        let not_x = json!({"namespaceSelector":{"matchExpressions":[
+            {"key":"kubernetes.io/metadata.name","operator":"NotIn","values":["x"]}]},
+            "podSelector":{"matchLabels":{"app":"a"}}});
+        s.apply(Resource::NetworkPolicies, Change::Upsert(from(not_x)));
+        let allowed: Vec<bool> = ["10.32.1.1", "10.32.1.2", "10.32.1.3", "10.32.1.4"]
+            .iter()
+            .map(|peer| ingress(&s, "x/a", peer, 80) != Decision::Denied)
+            .collect();
+        assert_eq!(allowed, [false, true, true, true]);
+    }
+
+    #[test]
     fn a_relist_forgets_what_is_gone() {
         let mut s = PolicyState::new("n1");
         s.apply(Resource::Pods, Change::Upsert(pod("a", "n1", "10.32.0.1")));
@@ -441,11 +480,11 @@ mod tests {
 
     /// Issue 18's scale point, measured (print with `--nocapture`): 1,000
     /// policies over 10,000 pods in 100 namespaces, this node's 100 pods
-    /// compiled, flattened and rendered. Ignored (a measurement): 1.7 s
-    /// (parse and store 0.07 s) on the shared 2-core machine with peer sets
-    /// cached per rule for a render and namespace selectors evaluated once
-    /// per namespace (33 s before); the 1 s goal is not met yet: each rule
-    /// still scans every pod once (see docs/ARCHITECTURE.md "Not yet").
+    /// compiled, flattened and rendered. Ignored (a measurement): 0.26 s
+    /// (parse and store 0.1 s) on the shared, loaded 2-core machine, with
+    /// peer sets cached per rule for a render and a rule's pods read
+    /// namespace by namespace (1.7 s when each rule scanned every pod, 33 s
+    /// before the cache); the goal is 1 s.
     #[test]
     #[ignore = "a measurement: run with --ignored --nocapture"]
     fn a_thousand_policies_over_ten_thousand_pods_compile_for_a_node_in_bounded_time() {
@@ -486,9 +525,6 @@ mod tests {
         );
         assert!(s.skipped().is_empty());
         assert!(rendered.text.contains("jump pod_99_in"));
-        assert!(
-            compiled < std::time::Duration::from_secs(10),
-            "{compiled:?}"
-        );
+        assert!(compiled < std::time::Duration::from_secs(1), "{compiled:?}");
     }
 }
