@@ -188,6 +188,7 @@ async fn serve(
     let api_tx = match &config.network_policy {
         Some(kube) => {
             let shared = crate::policy::driver::Shared::default();
+            let (local_tx, local_rx) = mpsc::channel(64);
             tokio::spawn(crate::policy::driver::run(
                 crate::policy::driver::PolicyTask {
                     source: kube.source.clone(),
@@ -195,10 +196,19 @@ async fn serve(
                     node: config.name.clone(),
                 },
                 shared.clone(),
+                local_rx,
+            ));
+            let (allocations_tx, allocations_rx) = mpsc::channel(64);
+            tokio::spawn(crate::policy::local::splice_allocations(
+                allocations_rx,
+                api_tx,
+                local_tx,
             ));
             let (policy_tx, policy_rx) = mpsc::channel(64);
             tokio::spawn(crate::policy::status::splice_status(
-                policy_rx, api_tx, shared,
+                policy_rx,
+                allocations_tx,
+                shared,
             ));
             policy_tx
         }

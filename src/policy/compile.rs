@@ -23,11 +23,11 @@
 
 use super::addrs::AddrSet;
 use super::flatten::{Direction, RawBox};
-use super::model::{IntOrString, Labels, Namespace, NetworkPolicy, ObjectError, Pod};
+use super::model::{IntOrString, Labels, Namespace, NetworkPolicy, ObjectError};
+pub use super::pod::PodInfo;
 use super::selector::Selector;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::net::Ipv4Addr;
 
 /// The label the API server puts on every namespace (since 1.21); set here
 /// too, so that a namespace not yet seen still matches selectors on it.
@@ -73,7 +73,7 @@ impl Proto {
     }
 
     /// Parses Kubernetes' `protocol` (absent: TCP).
-    fn from_api(protocol: Option<&str>) -> Result<Self, String> {
+    pub(super) fn from_api(protocol: Option<&str>) -> Result<Self, String> {
         match protocol.unwrap_or("TCP") {
             "TCP" => Ok(Self::Tcp),
             "UDP" => Ok(Self::Udp),
@@ -248,76 +248,6 @@ fn compile_port(port: &super::model::PolicyPort) -> Result<PortMatch, String> {
     Ok(PortMatch { proto, port })
 }
 
-/// What the compiler knows of one pod.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodInfo {
-    /// Its namespace.
-    pub namespace: String,
-    /// Its name.
-    pub name: String,
-    /// Its labels.
-    pub labels: Labels,
-    /// Its IPv4 addresses (none: not a peer).
-    pub ips: Vec<u32>,
-    /// Its named container ports.
-    pub ports: Vec<(String, Proto, u16)>,
-    /// The node it runs on.
-    pub node: String,
-}
-
-impl PodInfo {
-    /// What a Pod object says. Host-network and finished pods get no
-    /// addresses: theirs are not theirs (the node's, or reused).
-    pub fn from_api(pod: &Pod) -> Self {
-        let finished = matches!(pod.status.phase.as_str(), "Succeeded" | "Failed");
-        let mut ips: Vec<u32> = if pod.spec.host_network || finished {
-            Vec::new()
-        } else {
-            std::iter::once(&pod.status.pod_ip)
-                .chain(pod.status.pod_ips.iter().map(|p| &p.ip))
-                .filter_map(|ip| ip.parse::<Ipv4Addr>().ok())
-                .map(u32::from)
-                .collect()
-        };
-        ips.sort_unstable();
-        ips.dedup();
-        let ports = pod
-            .spec
-            .containers
-            .iter()
-            .flat_map(|c| &c.ports)
-            .filter(|p| !p.name.is_empty())
-            .filter_map(|p| {
-                Some((
-                    p.name.clone(),
-                    Proto::from_api(p.protocol.as_deref()).ok()?,
-                    u16::try_from(p.container_port).ok()?,
-                ))
-            })
-            .collect();
-        Self {
-            namespace: pod.metadata.namespace.clone(),
-            name: pod.metadata.name.clone(),
-            labels: pod.metadata.labels.clone(),
-            ips,
-            ports,
-            node: pod.spec.node_name.clone(),
-        }
-    }
-
-    /// `namespace/name`.
-    pub fn key(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
-    }
-
-    fn named_port(&self, name: &str, proto: Proto) -> Option<u16> {
-        self.ports
-            .iter()
-            .find(|(n, p, _)| n == name && *p == proto)
-            .map(|(_, _, port)| *port)
-    }
-}
-
 /// The cluster as the compiler sees it: every pod, namespace and checked
 /// policy, keyed by `namespace/name` (so an update replaces).
 #[derive(Clone, Debug, Default)]
@@ -365,6 +295,19 @@ impl Cluster {
     /// Adds or replaces a pod.
     pub fn upsert_pod(&mut self, pod: PodInfo) {
         self.pods.insert(pod.key(), pod);
+    }
+
+    /// Gives a pod the API shows without an address (`awaiting_ip`) the
+    /// addresses of its allocation on this node, or takes them back (`ips`
+    /// empty). Returns whether anything changed.
+    pub fn set_allocated_ips(&mut self, key: &str, ips: &[u32]) -> bool {
+        match self.pods.get_mut(key) {
+            Some(pod) if pod.awaiting_ip && pod.ips != ips => {
+                pod.ips = ips.to_vec();
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Removes a pod.
@@ -417,14 +360,25 @@ impl Cluster {
         self.pods.get(key)
     }
 
-    fn namespace_labels(&self, name: &str) -> Labels {
-        self.namespaces
-            .get(name)
-            .cloned()
-            .unwrap_or_else(|| Labels::from([(NAMESPACE_NAME_LABEL.to_string(), name.to_string())]))
+    fn namespace_labels(&self, name: &str) -> std::borrow::Cow<'_, Labels> {
+        match self.namespaces.get(name) {
+            Some(labels) => std::borrow::Cow::Borrowed(labels),
+            None => std::borrow::Cow::Owned(Labels::from([(
+                NAMESPACE_NAME_LABEL.to_string(),
+                name.to_string(),
+            )])),
+        }
     }
 
     /// The rules of `pod`, both directions.
+    ///
+    /// A pod whose labels are not known yet (`labels_known` false: a local
+    /// pod between CNI ADD and the API showing it) gets the rules that are
+    /// certainly no wider than its real ones: it is isolated in a direction
+    /// if any policy of its namespace applies to that direction (any may
+    /// select it), and allowed only what the policies selecting every pod
+    /// of the namespace allow (those certainly select it). Its named ports
+    /// are unknown, so rules on them allow nothing yet.
     pub fn rules_for(&self, pod: &PodInfo) -> PodRules {
         self.rules_for_cached(pod, &mut PeerCache::default())
     }
@@ -448,11 +402,16 @@ impl Cluster {
                 &policy.egress
             };
             let Some(rules) = rules else { continue };
-            if policy.id.namespace != pod.namespace || !policy.selects.matches(&pod.labels) {
+            if policy.id.namespace != pod.namespace
+                || (pod.labels_known && !policy.selects.matches(&pod.labels))
+            {
                 continue;
             }
             let index = selected_by.len();
             selected_by.push(policy.id.clone());
+            if !pod.labels_known && !policy.selects.is_everything() {
+                continue;
+            }
             for (r, rule) in rules.iter().enumerate() {
                 let addrs = cache
                     .0
@@ -471,26 +430,60 @@ impl Cluster {
         };
         let mut addrs = AddrSet::empty();
         for peer in peers {
-            // A namespace selector is evaluated once per namespace.
-            let mut chosen: HashMap<&str, bool> = HashMap::new();
             let set = match peer {
                 Peer::Block(set) => set.clone(),
-                Peer::Pods { namespaces, pods } => AddrSet::from_addrs(
-                    self.pods
-                        .values()
-                        .filter(|p| match namespaces {
-                            None => p.namespace == policy.id.namespace,
-                            Some(s) => *chosen
-                                .entry(p.namespace.as_str())
-                                .or_insert_with(|| s.matches(&self.namespace_labels(&p.namespace))),
-                        })
-                        .filter(|p| pods.matches(&p.labels))
-                        .flat_map(|p| p.ips.iter().copied()),
-                ),
+                Peer::Pods { namespaces, pods } => {
+                    let mut ips = Vec::new();
+                    let mut take = |namespace: &str| {
+                        ips.extend(
+                            self.namespace_pods(namespace)
+                                .filter(|p| pods.matches(&p.labels))
+                                .flat_map(|p| p.ips.iter().copied()),
+                        );
+                    };
+                    match namespaces {
+                        None => take(&policy.id.namespace),
+                        Some(s) => {
+                            for namespace in self.pod_namespaces() {
+                                if s.matches(&self.namespace_labels(namespace)) {
+                                    take(namespace);
+                                }
+                            }
+                        }
+                    }
+                    AddrSet::from_addrs(ips)
+                }
             };
             addrs = addrs.union(&set);
         }
         addrs
+    }
+
+    /// The pods of one namespace: a range of the map, whose keys are
+    /// `namespace/name` (a namespace has no `/`; the filter keeps a pod
+    /// whose namespace would have one out of its neighbour's range).
+    fn namespace_pods<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a PodInfo> + 'a {
+        // '0' follows '/' in ASCII: the range is every key with the prefix.
+        self.pods
+            .range(format!("{namespace}/")..format!("{namespace}0"))
+            .map(|(_, p)| p)
+            .filter(move |p| p.namespace == namespace)
+    }
+
+    /// The namespaces that have pods, each once, jumping over each
+    /// namespace's range (a lookup per namespace, not a step per pod).
+    fn pod_namespaces(&self) -> Vec<&str> {
+        let mut namespaces = Vec::new();
+        let mut next = self.pods.values().next();
+        while let Some(pod) = next {
+            namespaces.push(pod.namespace.as_str());
+            next = self
+                .pods
+                .range(format!("{}0", pod.namespace)..)
+                .map(|(_, p)| p)
+                .next();
+        }
+        namespaces
     }
 
     fn rule_boxes(

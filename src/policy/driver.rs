@@ -18,6 +18,7 @@
 //! can get a reused address meanwhile (addresses come from this router).
 //! `weft reset` removes it.
 
+use super::local::LocalUpdate;
 use super::nft::{Counted, Rendered, TABLE};
 use super::state::{PolicyState, Resource};
 use super::status::{PodPolicies, PolicyStatus};
@@ -29,7 +30,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// The largest list page taken (500 pods of a few KB each).
 const MAX_PAGE: u64 = 32 * 1024 * 1024;
@@ -72,8 +73,10 @@ enum Event {
 }
 
 /// Runs until the process ends. Never returns an error: problems are logged
-/// once per change and shown in status.
-pub async fn run(task: PolicyTask, shared: Shared) {
+/// once per change and shown in status. `local` brings this node's pod
+/// allocations ([`super::local`]); each new one is answered once the table
+/// in force covers it.
+pub async fn run(task: PolicyTask, shared: Shared, mut local: mpsc::Receiver<LocalUpdate>) {
     let (tx, mut rx) = mpsc::channel::<(usize, u64, Event)>(256);
     let start = Instant::now();
     let mut watchers = Resource::ALL.map(|r| Watcher::new(r.path(), start));
@@ -87,6 +90,8 @@ pub async fn run(task: PolicyTask, shared: Shared) {
     let mut stale_since = [Some(SystemTime::now()); 3];
     let mut drop_tick = tokio::time::interval(DROP_LOG_EVERY);
     let mut drops_seen: BTreeMap<String, u64> = BTreeMap::new();
+    let mut local_open = true;
+    let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
     loop {
         let now = Instant::now();
         for (i, watcher) in watchers.iter_mut().enumerate() {
@@ -106,6 +111,13 @@ pub async fn run(task: PolicyTask, shared: Shared) {
         }
         let first = tokio::select! {
             event = rx.recv() => event,
+            update = local.recv(), if local_open => {
+                match update {
+                    Some(update) => dirty |= take_local(&mut state, update, &mut waiting),
+                    None => local_open = false,
+                }
+                None
+            }
             () = tokio::time::sleep_until(wake.into()) => None,
             _ = drop_tick.tick() => {
                 if let Some(table) = &applied {
@@ -117,6 +129,9 @@ pub async fn run(task: PolicyTask, shared: Shared) {
         let mut events: Vec<_> = first.into_iter().collect();
         while let Ok(event) = rx.try_recv() {
             events.push(event);
+        }
+        while let Ok(update) = local.try_recv() {
+            dirty |= take_local(&mut state, update, &mut waiting);
         }
         let now = Instant::now();
         for (i, generation, event) in events {
@@ -178,7 +193,30 @@ pub async fn run(task: PolicyTask, shared: Shared) {
             }
         }
         publish(&shared, &state, &stale_since, &listed, &errors, render);
+        // Covered now: applied in this pass, or nothing this driver can
+        // apply yet (not listed; a previous run's table, if any, stays), or
+        // refused (logged and retried; the pod is not kept waiting for it).
+        for done in waiting.drain(..) {
+            let _ = done.send(());
+        }
     }
+}
+
+/// Takes an allocation update; returns whether the table must be rendered.
+fn take_local(
+    state: &mut PolicyState,
+    update: LocalUpdate,
+    waiting: &mut Vec<oneshot::Sender<()>>,
+) -> bool {
+    match update {
+        LocalUpdate::All(all) => state.set_allocations(all),
+        LocalUpdate::Added { pod, ip, done } => {
+            state.add_allocation(&pod, ip);
+            waiting.push(done);
+        }
+        LocalUpdate::Released(ip) => state.release_allocation(ip),
+    }
+    true
 }
 
 /// The drop log: reads the default-deny counters back and logs, per pod
@@ -323,8 +361,8 @@ fn publish(
     }
     let mut cache = super::compile::PeerCache::default();
     status.pods = state
-        .cluster()
-        .pods_on(state.node())
+        .local_pods()
+        .iter()
         .map(|pod| {
             let rules = state.cluster().rules_for_cached(pod, &mut cache);
             PodPolicies {

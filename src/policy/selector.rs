@@ -28,6 +28,12 @@ impl Selector {
         Self::default()
     }
 
+    /// Whether it selects everything (no requirement at all), whatever the
+    /// labels.
+    pub fn is_everything(&self) -> bool {
+        self.labels.is_empty() && self.expressions.is_empty()
+    }
+
     /// Checks an API selector. `Err` says which expression is invalid, as
     /// the API server's validation would (In/NotIn need values,
     /// Exists/DoesNotExist take none, no other operators).
