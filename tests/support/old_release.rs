@@ -50,7 +50,13 @@ pub fn last_release_weft() -> PathBuf {
     std::fs::create_dir_all(&src).unwrap();
     let repo = env!("CARGO_MANIFEST_DIR");
     let present = Command::new("git")
-        .args(["-C", repo, "cat-file", "-e", &format!("{LAST_RELEASE}^{{commit}}")])
+        .args([
+            "-C",
+            repo,
+            "cat-file",
+            "-e",
+            &format!("{LAST_RELEASE}^{{commit}}"),
+        ])
         .status()
         .is_ok_and(|s| s.success());
     assert!(
