@@ -33,6 +33,8 @@ pub mod store;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_lifecycle;
+#[cfg(test)]
 mod tests_security;
 #[cfg(test)]
 mod tests_voters;
