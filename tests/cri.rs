@@ -94,8 +94,7 @@ fn http_get(to: std::net::SocketAddr) -> std::io::Result<String> {
 
 fn percentile_ms(mut samples: Vec<Duration>, p: f64) -> f64 {
     samples.sort();
-    let i = ((samples.len() - 1) as f64 * p).round() as usize;
-    samples[i].as_secs_f64() * 1000.0
+    percentile(&samples, p).as_secs_f64() * 1000.0
 }
 
 /// Two nodes' containerds on the installed conflist, the image imported.

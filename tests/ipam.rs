@@ -51,10 +51,6 @@ fn allocate_patiently(r: &Router, container_id: &str, patience: Duration) -> Opt
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 #[test]
 fn three_routers_started_together_agree_on_one_ring_and_hand_out_distinct_addresses_across_a_kill_9()
  {

@@ -243,10 +243,6 @@ fn lists(api: &FakeApi) -> usize {
     requests.iter().filter(|r| r.contains("limit=")).count()
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 #[test]
 fn network_policy_is_enforced_on_real_packets_through_the_mesh() {
     if !require_root("policy") {

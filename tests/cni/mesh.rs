@@ -121,10 +121,6 @@ fn pods_plugged_by_the_plugin_on_two_nodes_reach_each_other_through_the_mesh() {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 #[test]
 fn two_hundred_add_del_cycles_leave_no_veth_route_or_allocation() {
     if !require_root("cni_cycles") {

@@ -196,3 +196,9 @@ pub fn counters(status: &serde_json::Value) -> BTreeMap<String, u64> {
     }
     map
 }
+
+/// The nearest-rank `p` quantile (0.0..=1.0) of samples sorted ascending,
+/// as every latency figure the tests print is taken.
+pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> T {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
