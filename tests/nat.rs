@@ -282,6 +282,17 @@ fn six_routers_over_four_nat_sites_start_the_ring_and_reach_each_other() {
             && path_to(&routers[m], &names[5]) == "punched"
             && path_to(&routers[5], &names[m]) == "punched"
     });
+    if !moved {
+        for r in &routers {
+            let s = r.status();
+            eprintln!(
+                "{}: paths {} connections {}",
+                r.name,
+                s.as_ref().map(|s| s["paths"].clone()).unwrap_or_default(),
+                s.map(|s| s["connections"].clone()).unwrap_or_default()
+            );
+        }
+    }
     assert!(
         moved,
         "control did not move to {}: via {:?}, paths {} / {}",

@@ -42,6 +42,16 @@ pub const MAX_SESSIONS: usize = 64;
 /// replacement through another relay comes up (it then adopts the peer's
 /// record, keys and UDP path: no peer-down, no detour for the data).
 pub const RETIRE_AFTER: Duration = Duration::from_secs(10);
+/// How long a relayed connection this side opened may take to come up.
+/// Past it the relay is taken for one that cannot forward to the target
+/// (its own connection to it is relayed too, or went: relays do not chain,
+/// and a gossip entry does not say which of a router's connections are
+/// direct) and another common router is tried. A handshake through a
+/// working relay takes a few RTTs.
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(4);
+/// How long a relay that did not bring a connection up is passed over for
+/// that target, while any other common router is left.
+pub const AVOID_FOR: Duration = Duration::from_secs(60);
 /// Largest piece of the stream put in one relay message.
 const CHUNK: usize = 16 * 1024;
 /// In-memory stream buffer per direction.
@@ -58,6 +68,10 @@ pub struct Session {
     pub connection: ConnectionId,
     /// Whether this side opened it.
     pub outbound: bool,
+    /// When it was opened, and whether its connection has come up since
+    /// (checked against [`SETUP_TIMEOUT`] for the ones this side opened).
+    opened: Instant,
+    up: bool,
     /// Bytes from the relay for the connection's stream.
     incoming: mpsc::UnboundedSender<Vec<u8>>,
 }
@@ -76,6 +90,9 @@ pub struct Sessions {
     /// Openers to tell that the stream of the session they opened with us
     /// broke: (opener, relay, since), sent once the relay is back.
     resets: Vec<(PeerId, PeerId, Instant)>,
+    /// (target, relay) pairs that did not bring a connection up, and until
+    /// when they are passed over.
+    avoid: HashMap<(PeerId, PeerId), Instant>,
     /// Relay messages dropped at an end, by reason.
     pub dropped: HashMap<&'static str, u64>,
 }
@@ -99,21 +116,63 @@ impl Sessions {
     fn count(&mut self, reason: &'static str) {
         *self.dropped.entry(reason).or_default() += 1;
     }
+
+    /// Whether `via` is passed over as the relay for `target` at `now`.
+    pub fn avoided(&self, target: PeerId, via: PeerId, now: Instant) -> bool {
+        self.avoid
+            .get(&(target, via))
+            .is_some_and(|until| *until > now)
+    }
+
+    /// Marks the sessions whose connection the registry now holds
+    /// (`is_up(peer, via)`) as up, and removes the ones this side opened
+    /// that are still not up [`SETUP_TIMEOUT`] after opening: dropping a
+    /// session closes its stream and so ends its connection task. Their
+    /// (target, relay) pairs are avoided for [`AVOID_FOR`]; returned so the
+    /// caller opens them again through another common router.
+    pub fn expire_unanswered(
+        &mut self,
+        now: Instant,
+        is_up: impl Fn(PeerId, PeerId) -> bool,
+    ) -> Vec<(PeerId, PeerId)> {
+        self.avoid.retain(|_, until| *until > now);
+        let mut expired = Vec::new();
+        for session in self.by_peer.values_mut().filter(|s| !s.up) {
+            session.up = is_up(session.peer, session.via);
+            if !session.up
+                && session.outbound
+                && now.saturating_duration_since(session.opened) >= SETUP_TIMEOUT
+            {
+                expired.push((session.peer, session.via));
+            }
+        }
+        for (peer, via) in &expired {
+            self.by_peer.remove(peer);
+            self.avoid.insert((*peer, *via), now + AVOID_FOR);
+        }
+        for _ in &expired {
+            self.count("relay_setup_timeout");
+        }
+        expired
+    }
 }
 
 /// The common router to relay through for `target`: a direct neighbour of
 /// ours whose signed entry lists a connection to `target`, by RTT
-/// ([`relay::choose`]). `neighbours` yields (router, its connections, RTT).
+/// ([`relay::choose`]), passing over the `avoided` ones while any other is
+/// left. `neighbours` yields (router, its connections, RTT).
 pub fn pick<'a>(
     target: PeerId,
     neighbours: impl IntoIterator<Item = (PeerId, &'a [PeerId], Option<Duration>)>,
+    avoided: impl Fn(PeerId) -> bool,
 ) -> Option<RelayChoice> {
-    relay::choose(
-        neighbours
-            .into_iter()
-            .filter(|(id, connections, _)| *id != target && connections.contains(&target))
-            .map(|(id, _, rtt)| (id, rtt)),
-    )
+    let common: Vec<(PeerId, Option<Duration>)> = neighbours
+        .into_iter()
+        .filter(|(id, connections, _)| *id != target && connections.contains(&target))
+        .map(|(id, _, rtt)| (id, rtt))
+        .collect();
+    relay::choose(common.iter().copied().filter(|(id, _)| !avoided(*id)))
+        .or_else(|| relay::choose(common))
 }
 
 /// Whether a `RelayFrom` of `origin`, arriving through `via` with no
@@ -137,6 +196,7 @@ impl Control {
             .retain(|(_, since)| now.saturating_duration_since(*since) < RETIRE_AFTER);
         self.reopen_orphans(now);
         self.send_resets(now);
+        self.reopen_unanswered(now);
         let me = self.me;
         let known: Vec<PeerId> = self
             .gossip
@@ -186,6 +246,26 @@ impl Control {
                 tracing::info!(peer = %peer, from = %old_via, to = %choice.via, "relay back: reopening the control connection through another common router");
                 self.open_session(peer, choice.via, true);
             }
+        }
+    }
+
+    /// Sessions this side opened that did not come up in
+    /// [`SETUP_TIMEOUT`] are opened again through another common router
+    /// (here, not by the loop below: a retired connection may still hold
+    /// the peer's record).
+    fn reopen_unanswered(&mut self, now: Instant) {
+        let peers = &self.peers;
+        let expired = self.relayed.expire_unanswered(now, |peer, via| {
+            peers
+                .iter()
+                .any(|p| p.id == peer && p.relayed_via == Some(via))
+        });
+        for (peer, via) in expired {
+            let Some(choice) = self.relay_for(peer, now) else {
+                continue;
+            };
+            tracing::info!(peer = %peer, from = %via, to = %choice.via, "relayed control connection not up in time: trying another common router");
+            self.open_session(peer, choice.via, true);
         }
     }
 
@@ -246,6 +326,7 @@ impl Control {
             neighbours
                 .iter()
                 .map(|(r, c, rtt)| (*r, c.as_slice(), *rtt)),
+            |via| self.relayed.avoided(target, via, now),
         )
     }
 
@@ -275,6 +356,8 @@ impl Control {
                 via,
                 connection: id,
                 outbound,
+                opened: Instant::now(),
+                up: false,
                 incoming,
             },
         );

@@ -18,6 +18,7 @@ fn the_relay_is_a_neighbour_connected_to_the_target_with_the_lowest_rtt() {
             (PeerId(2), &without[..], ms(1)),
             (PeerId(3), &with[..], ms(5)),
         ],
+        |_| false,
     )
     .expect("two common routers");
     assert_eq!(choice.via, PeerId(3), "lowest RTT among the common ones");
@@ -25,9 +26,9 @@ fn the_relay_is_a_neighbour_connected_to_the_target_with_the_lowest_rtt() {
         choice.of, 2,
         "the router not connected to the target is no option"
     );
-    assert!(pick(target, [(PeerId(2), &without[..], ms(1))]).is_none());
+    assert!(pick(target, [(PeerId(2), &without[..], ms(1))], |_| false).is_none());
     // The target itself is never its own relay.
-    assert!(pick(target, [(target, &with[..], ms(1))]).is_none());
+    assert!(pick(target, [(target, &with[..], ms(1))], |_| false).is_none());
 }
 
 #[test]
@@ -41,4 +42,73 @@ fn only_the_leading_side_opens_and_a_connected_or_full_table_refuses() {
     assert!(!accepts(low, high, false, 0));
     assert!(!accepts(high, low, true, 0), "already connected");
     assert!(!accepts(high, low, false, MAX_SESSIONS), "table full");
+}
+
+#[test]
+fn a_relay_that_did_not_bring_the_connection_up_is_passed_over_while_another_is_left() {
+    // A CI failure: the nearest common router (same site) listed
+    // a connection to the target that was itself relayed, so it refused to
+    // forward, and the opener chose it again every handshake timeout.
+    let target = PeerId(9);
+    let with = [target];
+    let neighbours = [
+        (PeerId(1), &with[..], ms(1)),
+        (PeerId(3), &with[..], ms(40)),
+    ];
+    let bad = |via| via == PeerId(1);
+    let choice = pick(target, neighbours, bad).expect("another common router");
+    assert_eq!(choice.via, PeerId(3), "the slower but untried relay");
+    // With nothing else left the avoided one is still better than none.
+    let only = pick(target, [(PeerId(1), &with[..], ms(1))], bad).expect("the only one");
+    assert_eq!(only.via, PeerId(1));
+}
+
+fn session(peer: PeerId, via: PeerId, outbound: bool, opened: Instant) -> Session {
+    Session {
+        peer,
+        via,
+        connection: peer.0,
+        outbound,
+        opened,
+        up: false,
+        incoming: mpsc::unbounded_channel().0,
+    }
+}
+
+#[test]
+fn an_opened_session_not_up_in_time_is_dropped_and_its_relay_avoided_for_that_target() {
+    let t0 = Instant::now();
+    let (target, other, relay) = (PeerId(9), PeerId(8), PeerId(1));
+    let mut sessions = Sessions::default();
+    for s in [
+        session(target, relay, true, t0),
+        // Came up: never expires.
+        session(other, relay, true, t0),
+        // Opened by the far end: its opener decides.
+        session(PeerId(7), relay, false, t0),
+    ] {
+        sessions.by_peer.insert(s.peer, s);
+    }
+    let up = |peer, _via| peer == other;
+    let early = t0 + SETUP_TIMEOUT - Duration::from_millis(1);
+    assert!(sessions.expire_unanswered(early, up).is_empty());
+    let late = t0 + SETUP_TIMEOUT;
+    assert_eq!(sessions.expire_unanswered(late, up), vec![(target, relay)]);
+    assert!(sessions.get(target).is_none(), "dropped: its task ends");
+    assert!(sessions.get(other).is_some() && sessions.get(PeerId(7)).is_some());
+    assert!(sessions.avoided(target, relay, late));
+    assert!(
+        !sessions.avoided(other, relay, late),
+        "only for that target"
+    );
+    assert!(!sessions.avoided(target, relay, late + AVOID_FOR));
+    assert_eq!(sessions.dropped.get("relay_setup_timeout"), Some(&1));
+    // Up once is up: a connection that later waits on a slow relay is the
+    // registry's to judge, not the setup timer's.
+    let down = |_, _| false;
+    assert!(
+        sessions
+            .expire_unanswered(late + AVOID_FOR, down)
+            .is_empty()
+    );
 }
