@@ -4,10 +4,10 @@
 # hairpin; default --ipalloc-init), each run a fresh world, timed from the routers' start to
 #   ring    every router knows the ring
 #   reach   every pod pings every other (pairs tried in turn)
-#   paths   the paths tests/nat.rs accepts (a masquerade router may stay relayed as
-#           `punch unanswered`, the known conntrack race, if the other is punched)
+#   paths   as direct, but a masquerade router may still be relayed as `punch
+#           unanswered` (the conntrack race before the swap) if the other is punched
 #   direct  every pair the NATs allow direct or punched, the symmetric ones relayed
-#           (`none`: not within 60 s of the start; counted, left out of the median)
+#           (`none`: not within 90 s of the start; counted, left out of the median)
 # and, with -t, 20 MB over a punched path and over a relayed one (Mbit/s and the ratio).
 # Prints the median and the max of each. The world is tests/nat_bench.rs (an ignored test:
 # namespaces named weft-*-<pid>-*, deleted on exit). Needs root, iproute2, nftables.

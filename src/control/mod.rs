@@ -218,7 +218,7 @@ impl Control {
             admission: Admission::new(),
             relayed: relayed::Sessions::default(),
             relay_budget: relay::RelayBudget::new(me, relay::RelayLimits::default()),
-            punch: punch::Punch::new(rand::random()),
+            punch: punch::Punch::new(me, rand::random()),
             config,
             me,
             short,

@@ -11,15 +11,17 @@
 //! candidates (the peers' signed entries) or the routes.
 //!
 //! The shape, for a pair A, B with no direct link:
-//! 1. A calls [`Punch::want`] with a router R connected to both, its own
-//!    candidates and B's; the core asks for `Request { via: R, to: B }`
-//!    carrying A's candidates, and waits [`PunchConfig::offer_timeout`]
-//!    for B's offer.
+//! 1. Both call [`Punch::want`] with a router R connected to both, their
+//!    own candidates and the other's. The one whose turn it is to request
+//!    (A; see "Who probes first") asks for `Request { via: R, to: B }`
+//!    carrying its candidates and waits [`PunchConfig::offer_timeout`] for
+//!    B's offer; B waits for A's request ([`PunchConfig::await_request`]).
 //! 2. B gets A's offer through R ([`Punch::handle_offer`]): it answers the
 //!    same way and starts probing at once; A starts probing when B's offer
-//!    arrives. Both probe every candidate of the other every 50–200 ms
-//!    (jitter from the seed) for [`PunchConfig::window`]: the first probes
-//!    open each NAT's mapping towards the other, later ones get through.
+//!    arrives, so B's probes leave first. Both probe every candidate of the
+//!    other every 50–200 ms (jitter from the seed) for
+//!    [`PunchConfig::window`]: the first probes open each NAT's mapping
+//!    towards the other, later ones get through.
 //! 3. The first authenticated answer fixes the path ([`PunchEvent::Punched`]);
 //!    an answer from another candidate with a lower RTT within the window
 //!    moves it ([`PunchEvent::Improved`]): the lowest measured RTT wins, not
@@ -31,6 +33,20 @@
 //!    (75–100 % of it, so a cluster-wide restart does not synchronise); the
 //!    pair stays relayed meanwhile. A punched path that stops answering
 //!    ([`Punch::handle_path_lost`]) is retried at once, then the same way.
+//!
+//! **Who probes first.** A Linux masquerade gateway that lets unsolicited
+//! inbound reach itself keeps a conntrack entry for a probe that arrives
+//! before its own router's first probe left; that router's flow to the
+//! prober then gets another source port and the punch cannot work while
+//! the entry lives (30 s after its last packet, `nf_conntrack_udp_timeout`).
+//! Such a side must probe first; neither side knows its gateway's kind. So
+//! the order is explicit and alternates: the first attempt's requester is
+//! the side that [`PeerId::leads`] (its peer probes first); after an
+//! unanswered window the sides swap, and the next attempt waits
+//! [`PunchConfig::quiet`] (longer than that timeout) so that stale entries
+//! at both gateways have expired. Two routers behind such gateways on both
+//! ends still race (each must probe first); ARCHITECTURE.md "Endpoints,
+//! NAT and paths".
 //!
 //! Drain order after every input: [`Punch::poll_transmit`] until `None`
 //! (requests to rendezvous routers, then probes), then [`Punch::poll_event`]
@@ -44,8 +60,10 @@
 mod candidates;
 #[cfg(test)]
 mod tests;
+mod types;
 
 pub use candidates::{order, usable};
+pub use types::{PunchCounters, PunchEvent, PunchFailure, PunchState, PunchTimer, PunchTransmit};
 
 use crate::id::PeerId;
 use rand::rngs::StdRng;
@@ -73,8 +91,18 @@ pub struct PunchConfig {
     /// The first wait after a failure; it doubles up to `retry_cap`.
     pub retry_initial: Duration,
     /// The longest wait between attempts (issue 16: a pair without a direct
-    /// path keeps trying at least every 30 s).
+    /// path keeps trying at least every 30 s), except after an unanswered
+    /// window (`quiet`).
     pub retry_cap: Duration,
+    /// After an unanswered window, no probe to the pair for this long
+    /// (100–115 % of it): longer than a NAT's UDP timeout for a flow that
+    /// was never answered (Linux: 30 s), so that the entries the failed
+    /// attempt left at both gateways are gone before the order swaps.
+    pub quiet: Duration,
+    /// How long the side that should answer waits for the peer's request
+    /// before it sends its own (twice that when it does not lead, so that
+    /// two sides both waiting end in an ordered attempt).
+    pub await_request: Duration,
 }
 
 impl Default for PunchConfig {
@@ -87,167 +115,21 @@ impl Default for PunchConfig {
             offer_timeout: Duration::from_secs(3),
             retry_initial: Duration::from_secs(5),
             retry_cap: Duration::from_secs(30),
+            quiet: Duration::from_secs(35),
+            await_request: Duration::from_secs(3),
         }
-    }
-}
-
-/// Why an attempt failed; `as_str` is the metric label and the reason in
-/// status (`relayed via NAME (reason)`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum PunchFailure {
-    /// No router is connected to both ends.
-    NoRendezvous = 0,
-    /// The peer advertises no endpoint but its listen address: its NAT
-    /// gives each destination another port (symmetric NAT), which is never
-    /// believed, or none was observed yet.
-    SymmetricNat = 1,
-    /// The peer never answered our request through the rendezvous.
-    NoOffer = 2,
-    /// Both sides probed for the whole window and no answer authenticated
-    /// (a NAT that filters by destination port on both sides, or a
-    /// symmetric one on the other side).
-    NoAnswer = 3,
-    /// A punched path stopped answering heartbeats.
-    PathLost = 4,
-}
-
-/// How many [`PunchFailure`]s there are.
-const FAILURES: usize = 5;
-
-impl PunchFailure {
-    /// Every reason, in counter order.
-    pub const ALL: [Self; FAILURES] = [
-        Self::NoRendezvous,
-        Self::SymmetricNat,
-        Self::NoOffer,
-        Self::NoAnswer,
-        Self::PathLost,
-    ];
-
-    /// The metric label, also the reason in status.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::NoRendezvous => "no common router",
-            Self::SymmetricNat => "symmetric NAT",
-            Self::NoOffer => "no punch offer",
-            Self::NoAnswer => "punch unanswered",
-            Self::PathLost => "punched path lost",
-        }
-    }
-}
-
-/// What to send.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PunchTransmit {
-    /// Send `via` a punch request for `to` carrying our candidates (it
-    /// forwards it as an offer from us; `super::relay` bounds it).
-    Request {
-        /// The rendezvous router.
-        via: PeerId,
-        /// The router to punch to.
-        to: PeerId,
-        /// Our advertised endpoints in their advertised order (listen
-        /// address first; see [`usable`]).
-        candidates: Vec<SocketAddr>,
-    },
-    /// Send one authenticated probe to `peer` at `addr` on the heartbeat
-    /// path (UDP, from the router's one data socket, so the NAT mapping it
-    /// opens is the one data will use).
-    Probe {
-        /// The peer.
-        peer: PeerId,
-        /// One of its candidates.
-        addr: SocketAddr,
-    },
-}
-
-/// What the control task must act on.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PunchEvent {
-    /// The first authenticated answer: data to `peer` may go to `addr`.
-    Punched {
-        /// The peer.
-        peer: PeerId,
-        /// The candidate that answered.
-        addr: SocketAddr,
-        /// The probe's round trip.
-        rtt: Duration,
-    },
-    /// A later answer within the window had a lower RTT: move to it.
-    Improved {
-        /// The peer.
-        peer: PeerId,
-        /// The better candidate.
-        addr: SocketAddr,
-        /// Its round trip.
-        rtt: Duration,
-    },
-    /// The attempt failed; the pair stays relayed for `reason`.
-    Failed {
-        /// The peer.
-        peer: PeerId,
-        /// Why.
-        reason: PunchFailure,
-    },
-    /// The wait after a failure is over: call [`Punch::want`] again with
-    /// fresh candidates and a rendezvous.
-    RetryDue {
-        /// The peer.
-        peer: PeerId,
-    },
-}
-
-/// Why the core wants to be woken.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PunchTimer {
-    /// The next probe round of some attempt.
-    Probe,
-    /// Some attempt's window (or offer wait) ends.
-    Deadline,
-    /// Some failed pair may be retried.
-    Retry,
-}
-
-/// Where a pair is, for status.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PunchState {
-    /// Waiting for the peer's offer through the rendezvous.
-    Requested,
-    /// Probing the peer's candidates.
-    Probing,
-    /// A path is fixed at `addr`.
-    Punched {
-        /// The candidate in use.
-        addr: SocketAddr,
-        /// Its lowest measured round trip.
-        rtt: Duration,
-    },
-    /// The last attempt failed; relayed until the next.
-    Failed(PunchFailure),
-}
-
-/// Attempts, successes and failures by reason since start.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PunchCounters {
-    /// Attempts started (by us or answering the peer's offer).
-    pub attempts: u64,
-    /// Attempts that fixed a path.
-    pub successes: u64,
-    /// Failures, indexed by [`PunchFailure`] as `usize`.
-    pub failures: [u64; FAILURES],
-}
-
-impl PunchCounters {
-    /// `(label, count)` for every failure reason.
-    pub fn failures(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        PunchFailure::ALL
-            .iter()
-            .map(|r| (r.as_str(), self.failures[*r as usize]))
     }
 }
 
 #[derive(Debug)]
 enum Phase {
+    /// Our turn to answer: waiting for the peer's request, ours at
+    /// `deadline` if none came.
+    Awaiting {
+        deadline: Instant,
+        via: PeerId,
+        mine: Vec<SocketAddr>,
+    },
     Requested {
         deadline: Instant,
     },
@@ -257,6 +139,8 @@ enum Phase {
         rounds: u32,
         deadline: Instant,
         best: Option<(SocketAddr, Duration)>,
+        /// We answered the peer's request, so our probes left first.
+        went_first: bool,
     },
     Punched {
         addr: SocketAddr,
@@ -268,16 +152,28 @@ enum Phase {
     },
 }
 
+/// Which side of the next attempt this router takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Turn {
+    /// Send the request; the peer answers and probes first.
+    Request,
+    /// Wait for the peer's request, answer it and probe first.
+    Answer,
+}
+
 #[derive(Debug)]
 struct Pair {
     phase: Phase,
     /// The next wait after a failure (doubles up to the cap).
     interval: Duration,
+    /// Our side of the next attempt.
+    turn: Turn,
 }
 
 /// See the module docs.
 #[derive(Debug)]
 pub struct Punch {
+    me: PeerId,
     config: PunchConfig,
     rng: StdRng,
     pairs: BTreeMap<PeerId, Pair>,
@@ -287,14 +183,16 @@ pub struct Punch {
 }
 
 impl Punch {
-    /// A core with the default timing; randomness from `seed`.
-    pub fn new(seed: u64) -> Self {
-        Self::with_config(PunchConfig::default(), seed)
+    /// The core of router `me` with the default timing; randomness from
+    /// `seed`.
+    pub fn new(me: PeerId, seed: u64) -> Self {
+        Self::with_config(me, PunchConfig::default(), seed)
     }
 
     /// A core with explicit timing (tests, the simulator).
-    pub fn with_config(config: PunchConfig, seed: u64) -> Self {
+    pub fn with_config(me: PeerId, config: PunchConfig, seed: u64) -> Self {
         Self {
+            me,
             config,
             rng: StdRng::seed_from_u64(seed),
             pairs: BTreeMap::new(),
@@ -343,9 +241,33 @@ impl Punch {
             self.fail(peer, PunchFailure::SymmetricNat, now);
             return;
         }
-        self.request(via, peer, mine);
-        let deadline = now + self.config.offer_timeout;
-        self.enter(peer, Phase::Requested { deadline });
+        // A lost path (a NAT that rebound) is punched again at once by
+        // both sides, whoever's turn it is: waiting for the peer would add
+        // seconds to every rebinding.
+        let lost = matches!(
+            self.pairs.get(&peer).map(|p| &p.phase),
+            Some(Phase::Failed {
+                reason: PunchFailure::PathLost,
+                ..
+            })
+        );
+        match self.turn_of(peer) {
+            Turn::Request => self.send_request(peer, via, mine, now),
+            _ if lost => self.send_request(peer, via, mine, now),
+            Turn::Answer => {
+                let wait = if self.me.leads(peer) { 1 } else { 2 };
+                let deadline = now + self.config.await_request * wait;
+                let mine = mine.to_vec();
+                self.enter(
+                    peer,
+                    Phase::Awaiting {
+                        deadline,
+                        via,
+                        mine,
+                    },
+                );
+            }
+        }
     }
 
     /// The peer's offer arrived through `via`: answer it (unless this is the
@@ -364,6 +286,8 @@ impl Punch {
             Some(Phase::Requested { .. }) => false,
             // Already probing or punched: a repeated offer changes nothing.
             Some(Phase::Probing { .. } | Phase::Punched { .. }) => return,
+            // The request we waited for (the attempt is counted).
+            Some(Phase::Awaiting { .. }) => true,
             Some(Phase::Failed { .. }) | None => {
                 self.counters.attempts += 1;
                 true
@@ -387,6 +311,7 @@ impl Punch {
                 rounds: 0,
                 deadline,
                 best: None,
+                went_first: answering,
             },
         );
         self.probe_due(now);
@@ -454,8 +379,17 @@ impl Punch {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.probe_due(now);
         let mut failed = Vec::new();
+        let mut requests = Vec::new();
         for (peer, pair) in &mut self.pairs {
             match &mut pair.phase {
+                Phase::Awaiting {
+                    deadline,
+                    via,
+                    mine,
+                    ..
+                } if *deadline <= now => {
+                    requests.push((*peer, *via, std::mem::take(mine)));
+                }
                 Phase::Requested { deadline, .. } if *deadline <= now => {
                     failed.push((*peer, PunchFailure::NoOffer));
                 }
@@ -472,6 +406,10 @@ impl Punch {
         }
         for (peer, reason) in failed {
             self.fail(peer, reason, now);
+        }
+        // No request came: ours, so the attempt happens in some order.
+        for (peer, via, mine) in requests {
+            self.send_request(peer, via, &mine, now);
         }
     }
 
@@ -490,7 +428,7 @@ impl Punch {
         self.pairs
             .values()
             .flat_map(|pair| match &pair.phase {
-                Phase::Requested { deadline, .. } => {
+                Phase::Awaiting { deadline, .. } | Phase::Requested { deadline, .. } => {
                     [Some((*deadline, PunchTimer::Deadline)), None]
                 }
                 Phase::Probing {
@@ -514,6 +452,7 @@ impl Punch {
     /// Where the pair with `peer` is, if punching was ever wanted.
     pub fn state(&self, peer: PeerId) -> Option<PunchState> {
         Some(match &self.pairs.get(&peer)?.phase {
+            Phase::Awaiting { .. } => PunchState::Awaiting,
             Phase::Requested { .. } => PunchState::Requested,
             Phase::Probing {
                 best: Some((addr, rtt)),
@@ -533,6 +472,26 @@ impl Punch {
         &self.counters
     }
 
+    /// Sends our request and waits for the peer's offer.
+    fn send_request(&mut self, peer: PeerId, via: PeerId, mine: &[SocketAddr], now: Instant) {
+        self.request(via, peer, mine);
+        let deadline = now + self.config.offer_timeout;
+        self.enter(peer, Phase::Requested { deadline });
+    }
+
+    /// Our side of the next attempt with `peer`: the first attempt's
+    /// requester is the side that leads, so its peer probes first.
+    fn turn_of(&self, peer: PeerId) -> Turn {
+        self.pairs.get(&peer).map_or(
+            if self.me.leads(peer) {
+                Turn::Request
+            } else {
+                Turn::Answer
+            },
+            |p| p.turn,
+        )
+    }
+
     /// Asks `via` to offer our endpoints to `peer` (as advertised: the
     /// receiver tells the listen address from the public ones by position).
     fn request(&mut self, via: PeerId, peer: PeerId, mine: &[SocketAddr]) {
@@ -543,10 +502,19 @@ impl Punch {
         });
     }
 
-    /// Moves the pair with `peer` to `phase`, keeping its back-off.
+    /// Moves the pair with `peer` to `phase`, keeping its back-off and
+    /// its turn.
     fn enter(&mut self, peer: PeerId, phase: Phase) {
         let interval = self.interval_of(peer);
-        self.pairs.insert(peer, Pair { phase, interval });
+        let turn = self.turn_of(peer);
+        self.pairs.insert(
+            peer,
+            Pair {
+                phase,
+                interval,
+                turn,
+            },
+        );
     }
 
     fn interval_of(&self, peer: PeerId) -> Duration {
@@ -594,8 +562,31 @@ impl Punch {
     fn fail(&mut self, peer: PeerId, reason: PunchFailure, now: Instant) {
         self.counters.failures[reason as usize] += 1;
         let interval = self.interval_of(peer);
-        // 75–100 %: jitter that never exceeds the interval (and so the cap).
-        let wait = interval.mul_f64(self.rng.gen_range(0.75..=1.0));
+        let went_first = match self.pairs.get(&peer).map(|p| &p.phase) {
+            Some(Phase::Probing { went_first, .. }) => Some(*went_first),
+            _ => None,
+        };
+        let (wait, turn) = match (reason, went_first) {
+            // Probes went both ways and none got through: maybe a gateway
+            // that let the other's probes in first (module docs). Swap the
+            // order and let every entry of this attempt expire first; the
+            // side to answer only waits for the request (its own comes
+            // after the other's latest, as a fallback).
+            (PunchFailure::NoAnswer, Some(went_first)) => {
+                let quiet = self.config.quiet;
+                if went_first {
+                    (quiet.mul_f64(self.rng.gen_range(1.0..=1.15)), Turn::Request)
+                } else {
+                    (quiet.mul_f64(1.15), Turn::Answer)
+                }
+            }
+            // 75–100 %: jitter that never exceeds the interval (and so the
+            // cap).
+            _ => (
+                interval.mul_f64(self.rng.gen_range(0.75..=1.0)),
+                self.turn_of(peer),
+            ),
+        };
         self.pairs.insert(
             peer,
             Pair {
@@ -604,6 +595,7 @@ impl Punch {
                     retry_at: Some(now + wait),
                 },
                 interval: (interval * 2).min(self.config.retry_cap),
+                turn,
             },
         );
         self.events.push_back(PunchEvent::Failed { peer, reason });

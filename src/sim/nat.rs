@@ -15,7 +15,14 @@
 //!   [`Filtering::AddressPort`] (only from an address and port the inside
 //!   host sent to: Linux conntrack), [`Filtering::DropUnsolicited`] (nothing
 //!   gets in that the inside did not start, not even to a 1:1 address).
-//! - hairpin: whether a host can reach a public address of its own gateway.
+//! - hairpin: whether a host can reach a public address of its own gateway;
+//! - unsolicited inbound kept ([`NatConfig::keeps_unsolicited`]): a Linux
+//!   gateway without an input drop delivers a packet no mapping admits to
+//!   itself and keeps a conntrack entry for it; until that entry expires
+//!   (the UDP timeout after its last packet), an inside host's flow to
+//!   that remote cannot keep its public port and gets another one (the
+//!   punching race of ARCHITECTURE.md "Endpoints, NAT and paths"). Time
+//!   comes from [`NatNet::set_now`]; without it entries never expire.
 //!
 //! A site without a gateway ([`NatNet::add_site`] with `None`) is the
 //! public internet: its hosts' addresses are reachable from everywhere. A
@@ -29,6 +36,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
 
 /// How a gateway picks the public address and port of an outbound flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +74,10 @@ pub struct NatConfig {
     pub filtering: Filtering,
     /// Inside hosts may reach the gateway's public addresses.
     pub hairpin: bool,
+    /// Unsolicited inbound reaches the gateway itself and leaves an entry
+    /// for this long after its last packet (see the module docs); `None`:
+    /// it is dropped and leaves nothing.
+    pub keeps_unsolicited: Option<Duration>,
 }
 
 /// Why [`NatNet::send`] delivered nothing.
@@ -104,6 +116,12 @@ struct Nat {
     /// Added to every preserved port after a rebind (a restarted gateway
     /// hands out other ports).
     shift: u16,
+    /// Entries for unsolicited inbound kept by the gateway:
+    /// `(public endpoint, remote)` → when the last packet arrived.
+    kept: BTreeMap<(SocketAddr, SocketAddr), Option<Instant>>,
+    /// Flows that could not keep their mapping because of a kept entry:
+    /// `(inside, remote)` → public port and when it was last used.
+    remapped: BTreeMap<(SocketAddr, SocketAddr), (u16, Option<Instant>)>,
 }
 
 impl Nat {
@@ -114,9 +132,65 @@ impl Nat {
             .unwrap_or(self.cfg.public)
     }
 
+    /// Whether an entry last refreshed `at` is still alive `now`.
+    fn alive(&self, at: Option<Instant>, now: Option<Instant>) -> bool {
+        match (self.cfg.keeps_unsolicited, at, now) {
+            (Some(timeout), Some(at), Some(now)) => now.saturating_duration_since(at) <= timeout,
+            _ => true,
+        }
+    }
+
     /// Maps an outbound packet, opening its permission.
-    fn outbound(&mut self, from: SocketAddr, to: SocketAddr, rng: &mut StdRng) -> SocketAddr {
-        let public = match self.cfg.mapping {
+    fn outbound(
+        &mut self,
+        from: SocketAddr,
+        to: SocketAddr,
+        rng: &mut StdRng,
+        now: Option<Instant>,
+    ) -> SocketAddr {
+        let public = self.mapped(from, to, rng);
+        let public = self.unclash(from, to, public, now);
+        self.allowed.insert((public, to));
+        public
+    }
+
+    /// A flow whose mapping clashes with a kept entry for the same remote
+    /// gets another port, kept while the flow is refreshed (Linux: the
+    /// reply tuple would equal the kept entry's original tuple).
+    fn unclash(
+        &mut self,
+        from: SocketAddr,
+        to: SocketAddr,
+        public: SocketAddr,
+        now: Option<Instant>,
+    ) -> SocketAddr {
+        if let Some((port, at)) = self.remapped.get(&(from, to)).copied() {
+            if self.alive(at, now) {
+                self.remapped.insert((from, to), (port, now));
+                return SocketAddr::new(public.ip(), port);
+            }
+            self.remapped.remove(&(from, to));
+            self.back.remove(&port);
+        }
+        let clash = self
+            .kept
+            .get(&(public, to))
+            .is_some_and(|at| self.alive(*at, now));
+        if !clash {
+            return public;
+        }
+        let mut port = public.port().wrapping_add(7919).max(1024);
+        while self.back.contains_key(&port) || port == public.port() {
+            port = port.checked_add(1).unwrap_or(1024);
+        }
+        self.back.insert(port, from);
+        self.remapped.insert((from, to), (port, now));
+        SocketAddr::new(public.ip(), port)
+    }
+
+    /// The mapping of a flow before any clash.
+    fn mapped(&mut self, from: SocketAddr, to: SocketAddr, rng: &mut StdRng) -> SocketAddr {
+        match self.cfg.mapping {
             Mapping::OneToOne => SocketAddr::new(self.public_of(from.ip()), from.port()),
             Mapping::PortPreserving | Mapping::Symmetric => {
                 let key = match self.cfg.mapping {
@@ -140,13 +214,26 @@ impl Nat {
                 };
                 SocketAddr::new(self.cfg.public, port)
             }
-        };
-        self.allowed.insert((public, to));
-        public
+        }
     }
 
-    /// The inside endpoint for an inbound packet, or why it is dropped.
-    fn inbound(&self, from: SocketAddr, to: SocketAddr) -> Result<SocketAddr, Dropped> {
+    /// The inside endpoint for an inbound packet, or why it is dropped; a
+    /// packet filtered at a gateway that keeps unsolicited inbound leaves
+    /// its entry.
+    fn inbound(
+        &mut self,
+        from: SocketAddr,
+        to: SocketAddr,
+        now: Option<Instant>,
+    ) -> Result<SocketAddr, Dropped> {
+        let verdict = self.admit(from, to);
+        if verdict == Err(Dropped::Filtered) && self.cfg.keeps_unsolicited.is_some() {
+            self.kept.insert((to, from), now);
+        }
+        verdict
+    }
+
+    fn admit(&self, from: SocketAddr, to: SocketAddr) -> Result<SocketAddr, Dropped> {
         let inside = if let Some((inside, _)) = self
             .one_to_one
             .iter()
@@ -179,6 +266,7 @@ pub struct NatNet {
     sites: Vec<Option<Nat>>,
     site_of: BTreeMap<IpAddr, usize>,
     rng: StdRng,
+    now: Option<Instant>,
 }
 
 impl NatNet {
@@ -188,6 +276,7 @@ impl NatNet {
             sites: Vec::new(),
             site_of: BTreeMap::new(),
             rng: StdRng::seed_from_u64(seed),
+            now: None,
         }
     }
 
@@ -201,6 +290,8 @@ impl NatNet {
             back: BTreeMap::new(),
             allowed: BTreeSet::new(),
             shift: 0,
+            kept: BTreeMap::new(),
+            remapped: BTreeMap::new(),
         }));
         self.sites.len() - 1
     }
@@ -229,6 +320,12 @@ impl NatNet {
         }
     }
 
+    /// The time of the next packets (entries of gateways that keep
+    /// unsolicited inbound expire by it); it must not go backwards.
+    pub fn set_now(&mut self, now: Instant) {
+        self.now = Some(now);
+    }
+
     /// What becomes of one packet from the host endpoint `from` to `to` (an
     /// inside address of the same site, or a public one).
     pub fn send(&mut self, from: SocketAddr, to: SocketAddr) -> Result<Delivered, Dropped> {
@@ -247,8 +344,9 @@ impl NatNet {
         {
             return Err(Dropped::NoHairpin);
         }
+        let now = self.now;
         let seen_from = match self.sites.get_mut(src_site).and_then(Option::as_mut) {
-            Some(nat) => nat.outbound(from, to, &mut self.rng),
+            Some(nat) => nat.outbound(from, to, &mut self.rng, now),
             None => from,
         };
         // A public host (a site without a gateway) or a gateway's address.
@@ -258,9 +356,9 @@ impl NatNet {
                 _ => Err(Dropped::Unreachable),
             };
         }
-        for nat in self.sites.iter().flatten() {
+        for nat in self.sites.iter_mut().flatten() {
             if nat.owns(to.ip()) {
-                let inside = nat.inbound(seen_from, to)?;
+                let inside = nat.inbound(seen_from, to, now)?;
                 return Ok(Delivered {
                     to: inside,
                     seen_from,
@@ -277,6 +375,8 @@ impl NatNet {
             nat.out.clear();
             nat.back.clear();
             nat.allowed.clear();
+            nat.kept.clear();
+            nat.remapped.clear();
             nat.shift = nat.shift.wrapping_add(1000);
         }
     }
@@ -306,6 +406,7 @@ mod tests {
             mapping,
             filtering,
             hairpin: false,
+            keeps_unsolicited: None,
         }));
         net.add_host(site, ip([10, 0, 0, 1]));
         net.add_host(site, ip([10, 0, 0, 2]));
@@ -352,6 +453,46 @@ mod tests {
         assert_eq!(
             net.send(ep([192, 0, 2, 1], 9999), public),
             Err(Dropped::Filtered)
+        );
+    }
+
+    #[test]
+    fn a_kept_unsolicited_packet_remaps_the_flow_to_its_sender_until_both_expire() {
+        let mut net = NatNet::new(7);
+        let internet = net.add_site(None);
+        net.add_host(internet, ip([192, 0, 2, 1]));
+        let site = net.add_site(Some(NatConfig {
+            public: ip([203, 0, 113, 10]),
+            mapping: Mapping::PortPreserving,
+            filtering: Filtering::AddressPort,
+            hairpin: false,
+            keeps_unsolicited: Some(Duration::from_secs(30)),
+        }));
+        net.add_host(site, ip([10, 0, 0, 1]));
+        let t0 = Instant::now();
+        let (remote, public) = (ep([192, 0, 2, 1], 6784), ep([203, 0, 113, 10], 6784));
+        net.set_now(t0);
+        // The remote's packet arrives before the inside host sent to it.
+        assert_eq!(net.send(remote, public), Err(Dropped::Filtered));
+        let out = net.send(INSIDE, remote).unwrap().seen_from;
+        assert_ne!(out, public, "the kept entry takes the port for this remote");
+        // The remote keeps sending to the public port: nothing gets in,
+        // and the entry is refreshed.
+        net.set_now(t0 + Duration::from_secs(20));
+        assert_eq!(net.send(remote, public), Err(Dropped::Filtered));
+        assert_eq!(net.send(INSIDE, remote).unwrap().seen_from, out);
+        // Both quiet for longer than the timeout: the port is kept again,
+        // and the remote's packets are replies.
+        net.set_now(t0 + Duration::from_secs(51));
+        assert_eq!(net.send(INSIDE, remote).unwrap().seen_from, public);
+        assert_eq!(net.send(remote, public).unwrap().to, INSIDE);
+        // A host that sent first is never remapped.
+        let other = ep([10, 0, 0, 1], 7000);
+        net.send(other, remote).unwrap();
+        net.send(remote, ep([203, 0, 113, 10], 7000)).unwrap();
+        assert_eq!(
+            net.send(other, remote).unwrap().seen_from,
+            ep([203, 0, 113, 10], 7000)
         );
     }
 

@@ -25,6 +25,7 @@ fn gateway(last: u8, mapping: Mapping, filtering: Filtering) -> Option<NatConfig
         mapping,
         filtering,
         hairpin: false,
+        keeps_unsolicited: None,
     })
 }
 

@@ -6,6 +6,7 @@
 use super::*;
 
 mod nats;
+mod order;
 
 const A: PeerId = PeerId(0xa);
 const B: PeerId = PeerId(0xb);
@@ -75,7 +76,7 @@ fn exchange(a: &mut Punch, b: &mut Punch, t0: Instant) -> (Vec<PunchTransmit>, V
 #[test]
 fn both_sides_probe_the_others_public_endpoint_once_offers_crossed_the_rendezvous() {
     let t0 = Instant::now();
-    let (mut a, mut b) = (Punch::new(1), Punch::new(2));
+    let (mut a, mut b) = (Punch::new(A, 1), Punch::new(B, 2));
     let (from_a, from_b) = exchange(&mut a, &mut b, t0);
     assert_eq!(probes_to(&from_a), vec![addr("203.0.113.2:50002")]);
     assert_eq!(probes_to(&from_b), vec![addr("203.0.113.1:40001")]);
@@ -93,7 +94,7 @@ fn both_sides_probe_the_others_public_endpoint_once_offers_crossed_the_rendezvou
 #[test]
 fn the_first_authenticated_answer_fixes_the_path_and_a_faster_one_moves_it() {
     let t0 = Instant::now();
-    let (mut a, mut b) = (Punch::new(1), Punch::new(2));
+    let (mut a, mut b) = (Punch::new(A, 1), Punch::new(B, 2));
     exchange(&mut a, &mut b, t0);
     let slow = addr("203.0.113.2:50002");
     let fast = addr("198.51.100.70:6783");
@@ -137,7 +138,7 @@ fn probe_rounds_are_fifty_to_two_hundred_ms_apart_and_bounded() {
         window: Duration::from_secs(3600),
         ..PunchConfig::default()
     };
-    let mut a = Punch::with_config(config.clone(), 7);
+    let mut a = Punch::with_config(A, config.clone(), 7);
     a.handle_offer(B, R, &a_eps(), &b_eps(), t0);
     transmits(&mut a);
     let (mut now, mut rounds, mut last) = (t0, 1, t0);
@@ -165,20 +166,22 @@ fn probe_rounds_are_fifty_to_two_hundred_ms_apart_and_bounded() {
 }
 
 #[test]
-fn an_unanswered_window_fails_and_retries_with_a_doubling_jittered_wait_capped_at_thirty_seconds() {
+fn an_unanswered_offer_retries_with_a_doubling_jittered_wait_capped_at_thirty_seconds() {
     let t0 = Instant::now();
-    let mut a = Punch::new(3);
+    let mut a = Punch::new(A, 3);
     let mut now = t0;
     let mut waits = Vec::new();
     for _ in 0..8 {
         a.want(B, Some(R), &a_eps(), &b_eps(), now);
-        a.handle_offer(B, R, &a_eps(), &b_eps(), now);
-        transmits(&mut a);
-        now += PunchConfig::default().window;
+        assert!(matches!(
+            transmits(&mut a).as_slice(),
+            [PunchTransmit::Request { .. }]
+        ));
+        now += PunchConfig::default().offer_timeout;
         a.handle_timeout(now);
         assert!(events(&mut a).contains(&PunchEvent::Failed {
             peer: B,
-            reason: PunchFailure::NoAnswer
+            reason: PunchFailure::NoOffer
         }));
         // Wanting again during the back-off changes nothing.
         a.want(B, Some(R), &a_eps(), &b_eps(), now);
@@ -199,14 +202,14 @@ fn an_unanswered_window_fails_and_retries_with_a_doubling_jittered_wait_capped_a
         secs[4..].windows(2).any(|w| w[0] != w[1]),
         "jittered: {secs:?}"
     );
-    assert_eq!(a.counters().failures[PunchFailure::NoAnswer as usize], 8);
+    assert_eq!(a.counters().failures[PunchFailure::NoOffer as usize], 8);
     assert_eq!(a.counters().attempts, 8);
 }
 
 #[test]
 fn a_request_the_peer_never_answers_fails_as_no_offer() {
     let t0 = Instant::now();
-    let mut a = Punch::new(4);
+    let mut a = Punch::new(A, 4);
     a.want(B, Some(R), &a_eps(), &b_eps(), t0);
     assert_eq!(
         a.poll_timeout().map(|(_, why)| why),
@@ -219,7 +222,7 @@ fn a_request_the_peer_never_answers_fails_as_no_offer() {
 #[test]
 fn without_a_common_router_or_a_public_endpoint_the_pair_stays_relayed_with_the_reason() {
     let t0 = Instant::now();
-    let mut a = Punch::new(5);
+    let mut a = Punch::new(A, 5);
     a.want(B, None, &a_eps(), &b_eps(), t0);
     assert_eq!(
         events(&mut a),
@@ -242,7 +245,7 @@ fn without_a_common_router_or_a_public_endpoint_the_pair_stays_relayed_with_the_
     );
     // And C itself, wanting A, names the same reason at once and sends
     // nothing (A would refuse its offer).
-    let mut sym = Punch::new(7);
+    let mut sym = Punch::new(c, 7);
     sym.want(A, Some(R), &[addr("198.51.100.130:6783")], &a_eps(), t0);
     assert_eq!(
         sym.state(A),
@@ -250,7 +253,7 @@ fn without_a_common_router_or_a_public_endpoint_the_pair_stays_relayed_with_the_
     );
     assert!(transmits(&mut sym).is_empty());
     // Offered by C, A neither answers nor probes.
-    let mut fresh = Punch::new(6);
+    let mut fresh = Punch::new(A, 6);
     fresh.handle_offer(c, R, &a_eps(), &[addr("198.51.100.130:6783")], t0);
     assert!(transmits(&mut fresh).is_empty());
     assert_eq!(
@@ -262,7 +265,7 @@ fn without_a_common_router_or_a_public_endpoint_the_pair_stays_relayed_with_the_
 #[test]
 fn a_flood_of_offers_while_probing_sends_nothing_more() {
     let t0 = Instant::now();
-    let (mut a, mut b) = (Punch::new(1), Punch::new(2));
+    let (mut a, mut b) = (Punch::new(A, 1), Punch::new(B, 2));
     exchange(&mut a, &mut b, t0);
     for _ in 0..10_000 {
         b.handle_offer(A, R, &b_eps(), &a_eps(), t0);
@@ -274,7 +277,7 @@ fn a_flood_of_offers_while_probing_sends_nothing_more() {
 #[test]
 fn a_lost_punched_path_is_counted_and_punched_again_after_the_back_off() {
     let t0 = Instant::now();
-    let (mut a, mut b) = (Punch::new(1), Punch::new(2));
+    let (mut a, mut b) = (Punch::new(A, 1), Punch::new(B, 2));
     exchange(&mut a, &mut b, t0);
     a.handle_answer(B, addr("203.0.113.2:50002"), Duration::from_millis(5));
     let mut now = t0 + PunchConfig::default().window;
@@ -300,7 +303,7 @@ fn a_lost_punched_path_is_counted_and_punched_again_after_the_back_off() {
 
 #[test]
 fn an_answer_from_a_router_never_offered_changes_nothing() {
-    let mut a = Punch::new(1);
+    let mut a = Punch::new(A, 1);
     a.handle_answer(B, addr("203.0.113.2:50002"), Duration::from_millis(1));
     assert_eq!(a.state(B), None);
     assert!(events(&mut a).is_empty());

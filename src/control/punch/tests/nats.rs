@@ -41,7 +41,7 @@ impl Side {
         }
         Self {
             id: PeerId(id),
-            core: Punch::new(seed),
+            core: Punch::new(PeerId(id), seed),
             nat,
             advertised,
             public_ip,
