@@ -75,7 +75,8 @@ async fn serve(
     let (mtu, mtu_source) = overlay_mtu(config.mtu, advertised).await;
     let epoch = Instant::now();
     let (worker_tx, worker_rx) = mpsc::unbounded_channel();
-    let short = ShortId::preferred(identity.id());
+    let my_id = identity.id();
+    let short = ShortId::preferred(my_id);
     let (dataplane, control_socket) = Dataplane::start(
         &DataplaneConfig {
             iface: config.iface.clone(),
@@ -225,7 +226,7 @@ async fn serve(
             names_tx,
         ));
         tokio::spawn(crate::kube::lease_task::run(
-            kube.lease_task(&config.name),
+            kube.lease_task(&config.name, my_id),
             api_tx.clone(),
             names_rx,
         ));

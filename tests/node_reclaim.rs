@@ -5,7 +5,8 @@
 //! still renewed (a router cut off from the mesh but not from the API), is
 //! not reclaimed; once its Node is deleted and its Lease expires, exactly
 //! one survivor takes its ranges; when it comes back with its state it
-//! finds its tombstone and yields.
+//! finds its tombstone and yields. Survivors that restart after the Node
+//! was deleted (they never listed it) find it by its Lease.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -69,20 +70,15 @@ fn reclaimers(rs: &[Router]) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn a_deleted_nodes_router_is_reclaimed_once_after_its_lease_expires_and_never_before() {
-    if !require_root(
-        "a_deleted_nodes_router_is_reclaimed_once_after_its_lease_expires_and_never_before",
-    ) {
-        return;
-    }
-    let cluster = Cluster::new(3);
+/// The fake API server with Nodes n0..n2 and three routers using it,
+/// ready; the whole range is 2^16 addresses.
+fn mesh(cluster: &Cluster) -> (FakeApi, Vec<Router>) {
     let api_addr = SocketAddr::from((cluster.nodes[0].underlay, 8080));
     let api = FakeApi::start(&cluster.nodes[0].ns.name, api_addr);
     for (i, node) in cluster.nodes.iter().enumerate() {
         api.put(NODES, &node_object(&format!("n{i}"), node.underlay));
     }
-    let mut rs = routers(BIN, &cluster, 3, |_| vec![0, 1, 2], None, "10.32.0.0/16");
+    let mut rs = routers(BIN, cluster, 3, |_| vec![0, 1, 2], None, "10.32.0.0/16");
     for r in &mut rs {
         r.args.extend([
             "--peers-from-kube".into(),
@@ -95,7 +91,45 @@ fn a_deleted_nodes_router_is_reclaimed_once_after_its_lease_expires_and_never_be
         r.start();
     }
     wait_ready(&rs, Duration::from_secs(30));
-    let whole = 1u64 << 16;
+    (api, rs)
+}
+
+const WHOLE: u64 = 1 << 16;
+
+/// Waits until the survivors `rs` own the whole range, gives a second
+/// reclaimer every chance (three more rounds), then checks that exactly
+/// one of them reclaimed, once. Returns when the ranges were whole and who.
+fn reclaimed_once(rs: &[Router]) -> (Instant, String) {
+    let reclaimed = wait_until(Duration::from_secs(60), || {
+        rs.iter().map(|r| size(&owned(r))).sum::<u64>() == WHOLE
+    });
+    let taken_at = Instant::now();
+    assert!(
+        reclaimed,
+        "n2's ranges were not reclaimed: {:#?}\n{:#?}\n{}",
+        ipam(&rs[0]),
+        ipam(&rs[1]),
+        rs[0].log_tail()
+    );
+    std::thread::sleep(Duration::from_secs(RENEW_SECS * 3));
+    let by = reclaimers(rs);
+    assert_eq!(by.len(), 1, "reclaimed by {by:?}");
+    let lines = log_of(rs.iter().find(|r| r.name == by[0]).unwrap())
+        .matches(TOOK_OVER)
+        .count();
+    assert_eq!(lines, 1, "{} reclaimed {lines} times", by[0]);
+    (taken_at, by[0].clone())
+}
+
+#[test]
+fn a_deleted_nodes_router_is_reclaimed_once_after_its_lease_expires_and_never_before() {
+    if !require_root(
+        "a_deleted_nodes_router_is_reclaimed_once_after_its_lease_expires_and_never_before",
+    ) {
+        return;
+    }
+    let cluster = Cluster::new(3);
+    let (api, mut rs) = mesh(&cluster);
 
     // Every router creates its Lease and keeps renewing it.
     let first: Vec<Option<String>> = ["n0", "n1", "n2"]
@@ -168,38 +202,19 @@ fn a_deleted_nodes_router_is_reclaimed_once_after_its_lease_expires_and_never_be
         reclaimers(&rs[..2]).is_empty(),
         "reclaimed while its Lease was renewed"
     );
-    assert!(size(&owned(&rs[0])) + size(&owned(&rs[1])) < whole);
+    assert!(size(&owned(&rs[0])) + size(&owned(&rs[1])) < WHOLE);
 
     // Nobody renews it any more: one survivor takes n2's ranges once the
     // Lease has expired.
     let last_renewal = Instant::now();
-    let reclaimed = wait_until(Duration::from_secs(60), || {
-        size(&owned(&rs[0])) + size(&owned(&rs[1])) == whole
-    });
-    let taken_at = Instant::now();
+    let (taken_at, by) = reclaimed_once(&rs[..2]);
     let after_renewal = taken_at - last_renewal;
-    assert!(
-        reclaimed,
-        "n2's ranges were not reclaimed: {:#?}\n{:#?}\n{}",
-        ipam(&rs[0]),
-        ipam(&rs[1]),
-        rs[0].log_tail()
-    );
     assert!(
         after_renewal >= LEASE,
         "reclaimed {after_renewal:?} after the last renewal, before the {LEASE:?} Lease expired"
     );
-    // Give a second reclaimer every chance (two more rounds), then count.
-    std::thread::sleep(Duration::from_secs(RENEW_SECS * 3));
-    let by = reclaimers(&rs[..2]);
-    assert_eq!(by.len(), 1, "reclaimed by {by:?}");
-    let lines = log_of(rs.iter().find(|r| r.name == by[0]).unwrap())
-        .matches(TOOK_OVER)
-        .count();
-    assert_eq!(lines, 1, "{} reclaimed {lines} times", by[0]);
     eprintln!(
-        "Lease {LEASE:?}: n2's ranges taken by {} {:?} after its Node was deleted, {after_renewal:?} after its Lease's last renewal",
-        by[0],
+        "Lease {LEASE:?}: n2's ranges taken by {by} {:?} after its Node was deleted, {after_renewal:?} after its Lease's last renewal",
         taken_at - deleted
     );
 
@@ -211,6 +226,50 @@ fn a_deleted_nodes_router_is_reclaimed_once_after_its_lease_expires_and_never_be
             .is_some_and(|s| s["ipam"]["state"] == "tombstoned")
     });
     assert!(yielded, "{:#?}\n{}", rs[2].status(), rs[2].log_tail());
-    assert_eq!(size(&owned(&rs[0])) + size(&owned(&rs[1])), whole);
+    assert_eq!(size(&owned(&rs[0])) + size(&owned(&rs[1])), WHOLE);
     assert!(owned(&rs[2]).is_empty(), "{:#?}", ipam(&rs[2]));
+}
+
+/// The survivors restart after n2's Node was deleted (a DaemonSet rollout
+/// right after `kubectl delete node`): none of them ever listed n2's Node,
+/// and their fresh topologies never saw n2. They find n2 by its Lease (the
+/// weft Lease list) and its name by the router ID the Lease carries; one
+/// of them reclaims once the Lease has gone unrenewed for its duration.
+#[test]
+fn routers_started_after_a_node_was_deleted_still_reclaim_its_router() {
+    if !require_root("routers_started_after_a_node_was_deleted_still_reclaim_its_router") {
+        return;
+    }
+    let cluster = Cluster::new(3);
+    let (api, mut rs) = mesh(&cluster);
+    for n in ["n0", "n1", "n2"] {
+        assert!(
+            wait_until(Duration::from_secs(30), || renew_time(&api, n).is_some()),
+            "{n} holds no Lease: {}",
+            rs[0].log_tail()
+        );
+    }
+    let lease = api.get(LEASES, &format!("{NS}/n2")).unwrap();
+    assert_eq!(
+        lease["metadata"]["annotations"]["weft.dev/router-id"],
+        rs[2].status().unwrap()["id"],
+        "{lease:#}"
+    );
+    for r in &mut rs {
+        r.kill9();
+    }
+    api.delete(NODES, "/n2");
+    let deleted = Instant::now();
+    rs[0].start();
+    rs[1].start();
+    wait_ready(&rs[..2], Duration::from_secs(30));
+    let (taken_at, by) = reclaimed_once(&rs[..2]);
+    let taken = taken_at - deleted;
+    assert!(
+        taken >= LEASE,
+        "reclaimed {taken:?} after the kill, before the {LEASE:?} Lease expired"
+    );
+    eprintln!(
+        "restarted survivors: n2's ranges taken by {by} {taken:?} after its Node was deleted"
+    );
 }

@@ -99,6 +99,11 @@ pub enum Request {
     NodesGone {
         /// Router (and node) names.
         names: Vec<String>,
+        /// The router ID (16 hex digits) each of those Leases names, when
+        /// it names one: a router started after the topology forgot the
+        /// dead router learns its name here.
+        #[serde(default)]
+        ids: Vec<(String, String)>,
     },
     /// The endpoints this router's Kubernetes Node gives it (its
     /// `ExternalIP`s and the `weft.dev/advertise` annotation, as

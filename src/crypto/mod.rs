@@ -11,6 +11,8 @@
 //! - [`replay`]: the per-lane replay window (check, decrypt, then mark);
 //! - [`session`]: the key schedule for one peer (next / current / previous, rekey and reject timers).
 //! - [`signing`]: XEdDSA signatures by the X25519 identity over entries a router originates;
+//! - [`rotation`]: identity key rotation: the signed announcement and the window in which peers
+//!   accept the old key as well as the new;
 //! - [`verifying_keys`]: the verifying keys derived so far, by public key (checking is repeated).
 //!
 //! Not here: rate limits and half-open caps on handshakes, the 10 s handshake deadline, choosing
@@ -24,6 +26,7 @@ pub mod freshness;
 pub mod handshake;
 pub mod identity;
 pub mod replay;
+pub mod rotation;
 pub mod secret;
 pub mod session;
 pub mod signing;

@@ -45,6 +45,9 @@ pub enum Domain {
     RingEntry,
     /// An IPAM message a router authors (donation requests and the like).
     IpamMessage,
+    /// A key rotation: each key of the pair names the other
+    /// (`crypto::rotation`).
+    IdentityRotation,
 }
 
 impl Domain {
@@ -54,6 +57,7 @@ impl Domain {
             Self::TopologyEntry => b"weft topology entry",
             Self::RingEntry => b"weft ring entry",
             Self::IpamMessage => b"weft ipam message",
+            Self::IdentityRotation => b"weft identity rotation",
         }
     }
 }

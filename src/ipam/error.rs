@@ -77,11 +77,6 @@ pub enum IpamError {
         "{0} pods still hold addresses on this router: drain the node first (kubectl drain), or pass --force to leave anyway"
     )]
     PodsRemain(u64),
-    /// `leave` while one of this router's ranges is still quarantined.
-    #[error(
-        "this router's ranges are quarantined for another {0:?} (it relearned the ring or took over a range): leave after that"
-    )]
-    Quarantined(std::time::Duration),
     /// `leave` with no reachable router to take the ranges.
     #[error("no other router is reachable to take this router's ranges; connect it first")]
     NoHeir,

@@ -400,3 +400,36 @@ fn leave_hands_every_range_to_live_peers_and_refuses_while_pods_remain() {
     );
     assert!(got.contains(&a), "the leaver's old address is usable again");
 }
+
+#[test]
+fn leave_while_quarantined_passes_the_quarantine_on_to_the_heir() {
+    let mut net = three("10.32.0.0/24");
+    net.nodes.remove(&PeerId(3));
+    net.node(1).set_reachable([PeerId(2)].into());
+    let now = net.now;
+    net.node(1).rmpeer(PeerId(3), false, now).unwrap();
+    net.pump();
+    let probe: IpAddr = "10.32.0.200".parse().unwrap();
+    let covers =
+        |ranges: &[(IpAddr, IpAddr)], a: IpAddr| ranges.iter().any(|(lo, hi)| *lo <= a && a <= *hi);
+    assert!(!covers(&net.get(1).allocatable_ranges(now), probe));
+    // Router 1 leaves with the reclaimed part still quarantined (a leave
+    // was refused here before).
+    let owned = net.get(1).status(now).owned_addresses;
+    assert_eq!(net.node(1).leave(false, now).unwrap(), owned);
+    net.pump();
+    let now = net.now;
+    assert_eq!(net.get(2).owner_of(probe), Some(PeerId(2)));
+    let was_ones: IpAddr = "10.32.0.10".parse().unwrap();
+    assert_eq!(net.get(2).owner_of(was_ones), Some(PeerId(2)));
+    // The heir allocates at once from what router 1 held unquarantined,
+    // never from the quarantined part until its quarantine is over.
+    let ranges = net.get(2).allocatable_ranges(now);
+    assert!(!covers(&ranges, probe), "{ranges:?}");
+    assert!(covers(&ranges, was_ones), "{ranges:?}");
+    assert!(net.get(2).quarantined_until(now).is_some());
+    net.advance(Duration::from_secs(11));
+    let now = net.now;
+    let ranges = net.get(2).allocatable_ranges(now);
+    assert!(covers(&ranges, probe), "quarantine over: {ranges:?}");
+}

@@ -16,6 +16,14 @@ use super::KubeError;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
 
+/// The label on every Lease a router writes: the Lease list is read with
+/// it as selector, so that a router finds the Leases of routers whose Node
+/// was deleted before it started (it never listed those Nodes).
+pub const LABEL: (&str, &str) = ("app.kubernetes.io/managed-by", "weft");
+
+/// The annotation naming the router ID (16 hex digits) that holds a Lease.
+pub const ID_ANNOTATION: &str = "weft.dev/router-id";
+
 /// The most a Lease's `leaseDurationSeconds` counts for (a larger value
 /// is read as this: a typo must not keep a dead node's space for ever).
 const MAX_DURATION: Duration = Duration::from_secs(3600);
@@ -32,6 +40,8 @@ pub struct LeaseView {
     pub marker: String,
     /// `spec.leaseDurationSeconds`, if given.
     pub duration: Option<Duration>,
+    /// The router ID the [`ID_ANNOTATION`] names, if any.
+    pub id: Option<String>,
 }
 
 /// The Lease object this router writes: `version` is the
@@ -39,11 +49,17 @@ pub struct LeaseView {
 pub fn lease_body(
     namespace: &str,
     name: &str,
+    id: &str,
     version: Option<&str>,
     duration: Duration,
     now: SystemTime,
 ) -> Vec<u8> {
-    let mut metadata = serde_json::json!({ "name": name, "namespace": namespace });
+    let mut metadata = serde_json::json!({
+        "name": name,
+        "namespace": namespace,
+        "labels": { LABEL.0: LABEL.1 },
+        "annotations": { ID_ANNOTATION: id },
+    });
     if let Some(version) = version {
         metadata["resourceVersion"] = version.into();
     }
@@ -68,6 +84,16 @@ pub fn parse_lease(body: &[u8]) -> Result<LeaseView, KubeError> {
     view(&value).ok_or_else(|| KubeError::BadList("a Lease without a name".into()))
 }
 
+/// A Lease list (`LeaseList`): the Leases in it that have a name.
+pub fn parse_lease_list(body: &[u8]) -> Result<Vec<LeaseView>, KubeError> {
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| KubeError::BadList(format!("a Lease list: {e}")))?;
+    let items = value["items"]
+        .as_array()
+        .ok_or_else(|| KubeError::BadList("a Lease list without items".into()))?;
+    Ok(items.iter().filter_map(view).collect())
+}
+
 fn view(value: &serde_json::Value) -> Option<LeaseView> {
     let metadata = &value["metadata"];
     let spec = &value["spec"];
@@ -85,6 +111,10 @@ fn view(value: &serde_json::Value) -> Option<LeaseView> {
         duration: spec["leaseDurationSeconds"]
             .as_u64()
             .map(|s| Duration::from_secs(s).min(MAX_DURATION)),
+        id: metadata["annotations"][ID_ANNOTATION]
+            .as_str()
+            .filter(|id| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(str::to_string),
     })
 }
 
@@ -105,6 +135,12 @@ pub struct LeaseObserver {
     leases: BTreeMap<String, (Option<String>, Instant, Duration)>,
     /// Every node name listed since this router started.
     ever_listed: BTreeSet<String>,
+    /// The names holding a weft Lease in the last Lease listing. One
+    /// without a Node is a candidate too, so that a router started after a
+    /// Node was deleted still counts it; unlike a Node it saw, such a name
+    /// counts only while its Lease exists (a router that never held a
+    /// Lease, e.g. one outside Kubernetes, is never gone by this rule).
+    with_lease: BTreeSet<String>,
     /// The last successful node listing.
     listed: Option<BTreeSet<String>>,
 }
@@ -117,6 +153,7 @@ impl LeaseObserver {
             default_duration,
             leases: BTreeMap::new(),
             ever_listed: BTreeSet::new(),
+            with_lease: BTreeSet::new(),
             listed: None,
         }
     }
@@ -128,24 +165,38 @@ impl LeaseObserver {
         self.listed = Some(names);
     }
 
-    /// The routers whose Lease to read: listed once, not in the last
-    /// listing, never `me`; at most [`MAX_CANDIDATES`], those counted the
-    /// longest first.
+    /// A successful listing of the weft Leases (their names).
+    pub fn observe_lease_list(&mut self, names: BTreeSet<String>) {
+        let ever_listed = &self.ever_listed;
+        self.leases
+            .retain(|name, _| ever_listed.contains(name) || names.contains(name));
+        self.with_lease = names;
+    }
+
+    /// The routers whose Lease to read: listed once as a Node or holding a
+    /// Lease, not in the last Node listing, never `me`; at most
+    /// [`MAX_CANDIDATES`], those counted the longest first.
     pub fn candidates(&self, me: &str) -> Vec<String> {
         let Some(listed) = &self.listed else {
             return Vec::new();
         };
         let mut names: Vec<&String> = self
             .ever_listed
-            .iter()
+            .union(&self.with_lease)
             .filter(|name| *name != me && !listed.contains(*name))
             .collect();
         names.sort_by_key(|name| self.leases.get(*name).map(|(_, since, _)| *since));
         names.into_iter().take(MAX_CANDIDATES).cloned().collect()
     }
 
-    /// A read of `name`'s Lease: `None` when it does not exist.
+    /// A read of `name`'s Lease: `None` when it does not exist (then a
+    /// name known only by its Lease stops being a candidate).
     pub fn observe_lease(&mut self, name: &str, lease: Option<&LeaseView>, now: Instant) {
+        if lease.is_none() && !self.ever_listed.contains(name) {
+            self.with_lease.remove(name);
+            self.leases.remove(name);
+            return;
+        }
         let marker = lease.map(|l| l.marker.clone());
         let duration = lease
             .and_then(|l| l.duration)
@@ -199,6 +250,7 @@ mod tests {
             version: "1".into(),
             marker: format!("{name}|{renew}"),
             duration: Some(D),
+            id: None,
         }
     }
 
@@ -219,12 +271,13 @@ mod tests {
     #[test]
     fn the_lease_written_parses_back_with_its_version_and_duration() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_228_061);
-        let body = lease_body("kube-system", "n1", Some("42"), D, now);
+        let body = lease_body("kube-system", "n1", "00000000000000aa", Some("42"), D, now);
         let view = parse_lease(&body).unwrap();
         assert_eq!(view.name, "n1");
         assert_eq!(view.version, "42");
         assert_eq!(view.marker, "n1|2026-12-02T16:14:21.000000Z");
         assert_eq!(view.duration, Some(D));
+        assert_eq!(view.id.as_deref(), Some("00000000000000aa"));
         let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(value["metadata"]["resourceVersion"], "42");
         assert_eq!(value["metadata"]["namespace"], "kube-system");
@@ -285,6 +338,57 @@ mod tests {
         o.observe_nodes(names(&["a", "b"]));
         assert!(o.gone("a", t0 + D * 20).is_empty());
         assert!(o.candidates("a").is_empty());
+    }
+
+    #[test]
+    fn a_node_deleted_before_this_router_started_counts_by_its_lease_only_while_it_exists() {
+        let t0 = Instant::now();
+        let mut o = LeaseObserver::new(D);
+        // Started after b's Node was deleted: the Node list never named b.
+        o.observe_nodes(names(&["a", "c"]));
+        assert!(o.candidates("a").is_empty());
+        // The Lease list names b (and the listed c, and a itself).
+        o.observe_lease_list(names(&["a", "b", "c"]));
+        assert_eq!(o.candidates("a"), vec!["b".to_string()]);
+        o.observe_lease("b", Some(&lease("b", "1")), t0);
+        assert!(o.gone("a", t0 + D - Duration::from_millis(1)).is_empty());
+        assert_eq!(o.gone("a", t0 + D), vec!["b".to_string()]);
+        // Its Lease is deleted: no Lease, no verdict (a router that never
+        // held one, outside Kubernetes, is never gone by this rule).
+        o.observe_lease("b", None, t0 + D);
+        assert!(o.gone("a", t0 + D * 10).is_empty());
+        assert!(o.candidates("a").is_empty());
+        // Listed again, then missing from the next Lease list: forgotten.
+        o.observe_lease_list(names(&["b"]));
+        o.observe_lease("b", Some(&lease("b", "1")), t0 + D * 10);
+        o.observe_lease_list(names(&[]));
+        assert!(o.gone("a", t0 + D * 20).is_empty());
+        // A Node this router saw keeps the old rule: its missing Lease
+        // counts from when it went.
+        o.observe_nodes(names(&["a"]));
+        assert_eq!(o.candidates("a"), vec!["c".to_string()]);
+        o.observe_lease("c", None, t0 + D * 20);
+        assert_eq!(o.gone("a", t0 + D * 21), vec!["c".to_string()]);
+    }
+
+    #[test]
+    fn a_lease_list_parses_to_its_named_leases_and_the_lease_written_carries_the_label() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_228_061);
+        let one: serde_json::Value = serde_json::from_slice(&lease_body(
+            "kube-system",
+            "n1",
+            "00000000000000aa",
+            None,
+            D,
+            now,
+        ))
+        .unwrap();
+        assert_eq!(one["metadata"]["labels"][LABEL.0], LABEL.1);
+        let list = serde_json::json!({"kind": "LeaseList", "items": [one, {"metadata": {}}]});
+        let views = parse_lease_list(list.to_string().as_bytes()).unwrap();
+        assert_eq!(views.len(), 1);
+        assert_eq!(views[0].name, "n1");
+        assert!(parse_lease_list(b"{}").is_err());
     }
 
     #[test]

@@ -6,12 +6,12 @@
 //! and tells the control task which routers are gone
 //! (`Request::NodesGone`). The control task decides whether to reclaim.
 
-use super::lease::{LeaseObserver, LeaseView, lease_body, parse_lease};
+use super::lease::{LABEL, LeaseObserver, LeaseView, lease_body, parse_lease, parse_lease_list};
 use super::{KubeError, KubeSource, client::ApiServer};
 use crate::api::proto::Request;
 use crate::api::server::ApiCall;
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
 
@@ -27,6 +27,12 @@ pub const DURATION_FACTOR: u32 = 4;
 /// says (`namespace`): the one deploy/ installs into.
 pub const DEFAULT_NAMESPACE: &str = "kube-system";
 
+/// The weft Leases are listed at the first round and every this many
+/// rounds after (a router started after a Node was deleted finds that
+/// router's Lease there); one list per router per few minutes keeps the
+/// API server's load from growing with the square of the cluster.
+const LIST_EVERY: u32 = 30;
+
 /// The most bytes of one Lease or Lease list read.
 const MAX_BODY: u64 = 4 * 1024 * 1024;
 
@@ -40,6 +46,8 @@ pub struct LeaseTask {
     pub sa_dir: PathBuf,
     /// The router's (and its node's, and its Lease's) name.
     pub name: String,
+    /// The router's ID (16 hex digits), annotated on its Lease.
+    pub id: String,
     /// How often to renew.
     pub every: Duration,
 }
@@ -69,6 +77,9 @@ pub async fn run(
     let mut version: Option<String> = None;
     let mut last_error: Option<KubeError> = None;
     let mut last_gone: Vec<String> = Vec::new();
+    let mut rounds: u32 = 0;
+    // Name → the router ID its Lease last named.
+    let mut ids: BTreeMap<String, String> = BTreeMap::new();
     let mut tick = tokio::time::interval(task.every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -80,30 +91,39 @@ pub async fn run(
         if let Some(listed) = listed {
             observer.observe_nodes(listed);
         }
-        let (source, sa_dir, ns, name, held, candidates) = (
-            task.source.clone(),
-            task.sa_dir.clone(),
+        let list = rounds.is_multiple_of(LIST_EVERY);
+        rounds = rounds.wrapping_add(1);
+        let (me, ns, held, candidates) = (
+            task.clone(),
             namespace.clone(),
-            task.name.clone(),
             version.clone(),
             observer.candidates(&task.name),
         );
-        let round = tokio::task::spawn_blocking(move || {
-            round(&source, &sa_dir, &ns, &name, held, duration, &candidates)
-        })
-        .await
-        .unwrap_or_else(|e| Round {
-            version: None,
-            leases: Vec::new(),
-            error: Some(KubeError::Unreachable {
-                url: String::new(),
-                reason: e.to_string(),
-            }),
-        });
+        let round =
+            tokio::task::spawn_blocking(move || round(&me, &ns, held, duration, &candidates, list))
+                .await
+                .unwrap_or_else(|e| Round {
+                    version: None,
+                    listed: None,
+                    leases: Vec::new(),
+                    error: Some(KubeError::Unreachable {
+                        url: String::new(),
+                        reason: e.to_string(),
+                    }),
+                });
         let now = Instant::now();
         version = round.version;
+        match round.listed {
+            Some(names) => observer.observe_lease_list(names),
+            // Listed again next round.
+            None if list => rounds = 0,
+            None => {}
+        }
         for (name, lease) in &round.leases {
             observer.observe_lease(name, lease.as_ref(), now);
+            if let Some(id) = lease.as_ref().and_then(|l| l.id.clone()) {
+                ids.insert(name.clone(), id);
+            }
         }
         match round.error {
             Some(error) if last_error.as_ref() != Some(&error) => {
@@ -118,6 +138,8 @@ pub async fn run(
             }
         }
         let gone = observer.gone(&task.name, now);
+        let candidates = observer.candidates(&task.name);
+        ids.retain(|name, _| gone.contains(name) || candidates.contains(name));
         if gone != last_gone {
             tracing::info!(
                 "--peers-from-kube: routers whose Node is deleted and whose Lease expired: [{}]",
@@ -127,7 +149,16 @@ pub async fn run(
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         if calls
-            .send((Request::NodesGone { names: gone }, tx))
+            .send((
+                Request::NodesGone {
+                    ids: gone
+                        .iter()
+                        .filter_map(|n| Some((n.clone(), ids.get(n)?.clone())))
+                        .collect(),
+                    names: gone,
+                },
+                tx,
+            ))
             .await
             .is_err()
         {
@@ -137,43 +168,71 @@ pub async fn run(
     }
 }
 
-/// What one round learned: the Lease's version now held, the Leases of
-/// the candidates read (`None`: it does not exist), the first error.
+/// What one round learned: the Lease's version now held, the names in the
+/// weft Lease list (when listed), the Leases of the candidates read
+/// (`None`: it does not exist), the first error.
 struct Round {
     version: Option<String>,
+    listed: Option<BTreeSet<String>>,
     leases: Vec<(String, Option<LeaseView>)>,
     error: Option<KubeError>,
 }
 
-/// Renews, then reads the `candidates`' Leases. Blocking.
+/// Renews, lists the weft Leases if `list`, then reads the `candidates`'
+/// Leases. Blocking.
 fn round(
-    source: &KubeSource,
-    sa_dir: &Path,
+    me: &LeaseTask,
     namespace: &str,
-    name: &str,
     held: Option<String>,
     duration: Duration,
     candidates: &[String],
+    list: bool,
 ) -> Round {
     let mut error = None;
-    let server = match ApiServer::new(source, sa_dir, false) {
+    let server = match ApiServer::new(&me.source, &me.sa_dir, false) {
         Ok(server) => server,
         Err(e) => {
             return Round {
                 version: held,
+                listed: None,
                 leases: Vec::new(),
                 error: Some(e),
             };
         }
     };
     let collection = format!("/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases");
-    let version = match renew(&server, &collection, namespace, name, held, duration) {
+    let version = match renew(
+        &server,
+        &collection,
+        namespace,
+        (&me.name, &me.id),
+        held,
+        duration,
+    ) {
         Ok(version) => Some(version),
         Err(e) => {
             error = Some(e);
             None
         }
     };
+    let mut listed = None;
+    if list {
+        let path = format!(
+            "{collection}?labelSelector={}%3D{}",
+            LABEL.0.replace('/', "%2F"),
+            LABEL.1
+        );
+        let read = server.get(&path, MAX_BODY).and_then(|(status, body)| {
+            check(&server, &path, status)?;
+            parse_lease_list(&body)
+        });
+        match read {
+            Ok(views) => listed = Some(views.into_iter().map(|v| v.name).collect()),
+            Err(e) => {
+                error.get_or_insert(e);
+            }
+        }
+    }
     let mut leases = Vec::new();
     for candidate in candidates {
         let path = format!("{collection}/{candidate}");
@@ -195,6 +254,7 @@ fn round(
     }
     Round {
         version,
+        listed,
         leases,
         error,
     }
@@ -207,7 +267,7 @@ fn renew(
     server: &ApiServer,
     collection: &str,
     namespace: &str,
-    name: &str,
+    (name, id): (&str, &str),
     mut held: Option<String>,
     duration: Duration,
 ) -> Result<String, KubeError> {
@@ -218,7 +278,7 @@ fn renew(
             Some(version) => server.send(
                 "PUT",
                 &item,
-                &lease_body(namespace, name, Some(version), duration, now),
+                &lease_body(namespace, name, id, Some(version), duration, now),
                 MAX_BODY,
             )?,
             None => {
@@ -231,7 +291,7 @@ fn renew(
                     404 => server.send(
                         "POST",
                         collection,
-                        &lease_body(namespace, name, None, duration, now),
+                        &lease_body(namespace, name, id, None, duration, now),
                         MAX_BODY,
                     )?,
                     status => (status, body),

@@ -87,7 +87,7 @@ pub enum KubeError {
     Forbidden,
     /// HTTP 403 on the router's Lease.
     #[error(
-        "the Kubernetes API forbids the router's Lease (HTTP 403): apply deploy/rbac.yaml (Role weft: get/create/update leases in the router's namespace)"
+        "the Kubernetes API forbids the router's Lease (HTTP 403): apply deploy/rbac.yaml (Role weft: get/list/create/update leases in the router's namespace)"
     )]
     LeaseForbidden,
     /// Any other HTTP status.
@@ -147,11 +147,12 @@ impl KubeSettings {
     }
 
     /// The Lease task of the router `name`.
-    pub fn lease_task(&self, name: &str) -> lease_task::LeaseTask {
+    pub fn lease_task(&self, name: &str, id: crate::id::PeerId) -> lease_task::LeaseTask {
         lease_task::LeaseTask {
             source: self.source.clone(),
             sa_dir: self.sa_dir.clone(),
             name: name.to_string(),
+            id: id.to_string(),
             every: self.lease_every,
         }
     }

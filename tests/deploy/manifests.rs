@@ -265,7 +265,7 @@ fn the_daemonset_gives_the_router_the_node_and_what_it_needs() {
         serde_json::json!([{
             "apiGroups": ["coordination.k8s.io"],
             "resources": ["leases"],
-            "verbs": ["get", "create", "update"],
+            "verbs": ["get", "list", "create", "update"],
         }])
     );
     let lease_binding = find(&rbac, "RoleBinding");

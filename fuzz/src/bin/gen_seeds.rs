@@ -512,6 +512,20 @@ fn main() {
         write("ipam_range", name, text.as_bytes());
     }
 
+    // identity_rotation
+    {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(20);
+        let old = weft::crypto::Identity::generate(&mut rng);
+        let new = weft::crypto::Identity::generate(&mut rng);
+        let rotation = weft::crypto::rotation::Rotation::sign(&old, &new, 1_796_228_061);
+        let bytes = rotation.encode();
+        write("identity_rotation", "valid", &bytes);
+        let mut bad = bytes;
+        bad[100] ^= 1;
+        write("identity_rotation", "bad-signature", &bad);
+    }
+
     cni_config();
     cni_reply();
     segment();

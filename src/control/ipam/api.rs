@@ -27,7 +27,12 @@ impl IpamDriver {
                 self.held = None;
                 return Some(Reply::ok(serde_json::json!({})));
             }
-            Request::NodesGone { names } => {
+            Request::NodesGone { names, ids } => {
+                for (name, id) in ids {
+                    if let Ok(id) = u64::from_str_radix(id, 16) {
+                        self.learn_name_if_unknown(PeerId(id), name);
+                    }
+                }
                 self.set_gone_nodes(names, now);
                 return Some(Reply::ok(serde_json::json!({})));
             }
@@ -191,12 +196,9 @@ impl IpamDriver {
             Err(IpamError::NotReady) => {
                 Reply::err(ErrorCode::NotReady, "the IPAM ring is not ready yet")
             }
-            Err(
-                e @ (IpamError::PodsRemain(_)
-                | IpamError::Quarantined(_)
-                | IpamError::NoHeir
-                | IpamError::Tombstoned(_)),
-            ) => Reply::err(ErrorCode::Refused, e.to_string()),
+            Err(e @ (IpamError::PodsRemain(_) | IpamError::NoHeir | IpamError::Tombstoned(_))) => {
+                Reply::err(ErrorCode::Refused, e.to_string())
+            }
             Err(e) => Reply::err(ErrorCode::Internal, e.to_string()),
         }
     }

@@ -221,6 +221,12 @@ impl IpamDriver {
         self.alloc.learn_key(id, public_key);
     }
 
+    /// A name from a Lease (`Request::NodesGone`): believed only for an
+    /// ID the topology never named (the topology is signed by the router).
+    pub fn learn_name_if_unknown(&mut self, id: PeerId, name: &str) {
+        self.names.entry(id).or_insert_with(|| name.to_string());
+    }
+
     /// Remembers router names (for `rmpeer NAME` and status).
     pub fn learn_name(&mut self, id: PeerId, name: &str) {
         if self.names.get(&id).map(String::as_str) != Some(name) {

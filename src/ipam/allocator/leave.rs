@@ -1,5 +1,16 @@
 //! `weft leave` (DESIGN.md "Leave"): a drained router hands every range it
 //! owns round the live routers, persists, then broadcasts the ring.
+//!
+//! A range still quarantined here (taken by a reclaim, or relearned after
+//! a restart without state: someone else may still hold addresses in it)
+//! is handed on quarantined. The entry that gives it carries the `reclaim`
+//! mark, and a router that gains a range through such an entry quarantines
+//! it for twice the convergence bound from when it learns it
+//! (`merge.rs`, `apply_ring`): never shorter than what was left here, so
+//! the heir keeps the deadline or a later one. The mark already exists on
+//! the ring wire and the rule in every release that signs rings, so old
+//! heirs quarantine it too and the ring wire version does not move; a
+//! separate message would race the ring's own gossip to the heir.
 
 use super::{Allocator, Destination, Event};
 use crate::id::PeerId;
@@ -13,9 +24,10 @@ impl<S: Store> Allocator<S> {
     /// node can go (`weft leave`, DESIGN.md "Leave"): the ranges go round the
     /// reachable routers in ID order, the ring is persisted, then broadcast.
     /// Refused while pods hold addresses here (unless `force`: their
-    /// addresses may then be handed out again elsewhere), while a reclaimed
-    /// range is still quarantined, or with no live peer to take them. The
-    /// node's own address goes with its range. Returns the addresses handed.
+    /// addresses may then be handed out again elsewhere) or with no live
+    /// peer to take them. Quarantined ranges go on quarantined (see the
+    /// module docs). The node's own address goes with its range. Returns
+    /// the addresses handed.
     pub fn leave(&mut self, force: bool, now: Instant) -> Result<u128, IpamError> {
         if let Some(by) = self.tombstoned {
             return Err(IpamError::Tombstoned(by));
@@ -23,9 +35,6 @@ impl<S: Store> Allocator<S> {
         let pods = self.allocs.pods();
         if pods > 0 && !force {
             return Err(IpamError::PodsRemain(pods));
-        }
-        if let Some(until) = self.quarantined_until(now) {
-            return Err(IpamError::Quarantined(until.saturating_duration_since(now)));
         }
         let me = self.cfg.me;
         let heirs: Vec<PeerId> = self
@@ -53,7 +62,11 @@ impl<S: Store> Allocator<S> {
                     .next()
                     .map_or(end, |(t, _)| (t - 1).min(end));
                 let heir = heirs[given.len() % heirs.len()];
-                if !ring.donate(me, lo, entry_end, heir) {
+                let quarantined = self
+                    .quarantine
+                    .iter()
+                    .any(|&(q_lo, q_hi, until)| until > now && q_lo <= entry_end && lo <= q_hi);
+                if !ring.hand_over(me, lo, entry_end, heir, quarantined) {
                     self.ring = Some(old_ring);
                     return Err(IpamError::NotReady);
                 }

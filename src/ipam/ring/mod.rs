@@ -463,6 +463,23 @@ impl Ring {
     /// inside one range owned by `me`, to `to`. Returns false (and changes
     /// nothing) if they do not.
     pub fn donate(&mut self, me: PeerId, start: u128, end: u128, to: PeerId) -> bool {
+        self.hand_over(me, start, end, to, false)
+    }
+
+    /// [`Self::donate`], with the given entry marked `reclaim` when
+    /// `untrusted`: `weft leave` hands a still-quarantined range on that
+    /// way, and every receiver (this build's and older ones alike)
+    /// quarantines a range it gains through a `reclaim` entry until the
+    /// cluster has converged, so the quarantine passes to the heir with no
+    /// new wire field (`allocator/leave.rs`).
+    pub fn hand_over(
+        &mut self,
+        me: PeerId,
+        start: u128,
+        end: u128,
+        to: PeerId,
+        untrusted: bool,
+    ) -> bool {
         self.assert_invariants();
         let Some((token, gov)) = self.governing(start).map(|(t, e)| (t, *e)) else {
             return false;
@@ -476,7 +493,7 @@ impl Ring {
             owner: to,
             version,
             writer: me,
-            reclaim: false,
+            reclaim: untrusted,
         };
         self.entries.insert(start, given);
         self.sigs.entries.remove(&start);

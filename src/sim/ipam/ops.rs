@@ -244,7 +244,7 @@ impl Sim {
                 self.refresh_reachability();
                 self.stats.leaves += 1;
             }
-            Err(IpamError::NotReady | IpamError::Quarantined(_) | IpamError::NoHeir) => {
+            Err(IpamError::NotReady | IpamError::NoHeir) => {
                 self.drain(id);
             }
             Err(e) => self.fail(format!("{id} leave: {e}")),
