@@ -203,8 +203,9 @@ pub enum ControlMessage {
 pub const CONTROL_PATHS_VERSION: u8 = 2;
 
 /// The control version that knows the IPv6 pod range's ring channel
-/// (`Channel::Ring6`, issue 19). An older build would hand that channel's
-/// bytes to its topology core and log them as bad gossip, so a peer below
+/// (`Channel::Ring6`, issue 19). An older build parses an unknown channel's
+/// bytes as a topology frame (one that happened to parse would be logged
+/// as bad gossip), so a peer below
 /// this version gets none: it keeps its link and the IPv4 ring, and takes
 /// no part in the IPv6 one.
 pub const CONTROL_RING6_VERSION: u8 = 3;
