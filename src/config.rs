@@ -6,6 +6,7 @@
 //! modules whose settings it carries (`kube`, `router`), never the reverse.
 
 use crate::cidr::Ipv4Cidr;
+pub use crate::pod_ranges::{Range6, parse_ranges};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -113,6 +114,8 @@ pub struct RouterConfig {
     pub secret_file: Option<PathBuf>,
     /// The cluster range.
     pub range: Ipv4Cidr,
+    /// The IPv6 pod range for dual-stack pods, if asked for (issue 19).
+    pub range6: Option<Range6>,
     /// How it is split.
     pub init: IpallocInit,
     /// State directory.

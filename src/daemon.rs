@@ -99,22 +99,55 @@ async fn serve(
     })?;
     // DESIGN.md: "Before an empty-state router claims anything, it rebuilds
     // its in-use set from the kernel."
-    let in_use = netlink::addresses_in_use(&config.iface, config.range).await;
+    let in_use: Vec<(std::net::IpAddr, bool)> =
+        netlink::addresses_in_use(&config.iface, config.range)
+            .await
+            .into_iter()
+            .map(|(addr, node)| (addr.into(), node))
+            .collect();
+    let range = crate::ipam::AddrRange::new(
+        std::net::Ipv4Addr::from(config.range.first()).into(),
+        config.range.prefix(),
+    )
+    .map_err(|e| anyhow::anyhow!("--ipalloc-range {}: {e}", config.range))?;
     let mut ipam = IpamDriver::open(
         &config.state_dir,
+        "ipam",
         &identity,
-        config.range,
+        range,
         config.init.clone(),
         &in_use,
         Instant::now(),
     )?;
-    if let Some(after) = config.reclaim_after {
-        ipam.reclaim_after(after);
-    }
-    if config.peers_from_kube.is_some() {
-        ipam.hold(
-            "waiting for the first Kubernetes node list (--peers-from-kube) to pick the voters",
-        );
+    // Dual-stack pods (issue 19): the IPv6 range gets a second allocator
+    // with its own ring, state files and channel. No IPv6 pod routes exist
+    // yet for it to find in the kernel.
+    let mut ipam6 = match config.range6 {
+        Some(range6) => {
+            let range6 =
+                crate::pod_ranges::resolve(range6, secrets.primary_id(), &config.state_dir)?;
+            tracing::info!(range = %range6, "IPv6 pod range");
+            Some(IpamDriver::open(
+                &config.state_dir,
+                "ipam6",
+                &identity,
+                range6,
+                config.init.clone(),
+                &[],
+                Instant::now(),
+            )?)
+        }
+        None => None,
+    };
+    for ipam in std::iter::once(&mut ipam).chain(ipam6.as_mut()) {
+        if let Some(after) = config.reclaim_after {
+            ipam.reclaim_after(after);
+        }
+        if config.peers_from_kube.is_some() {
+            ipam.hold(
+                "waiting for the first Kubernetes node list (--peers-from-kube) to pick the voters",
+            );
+        }
     }
     let plan = InterfacePlan {
         iface: config.iface.clone(),
@@ -249,7 +282,7 @@ async fn serve(
         dataplane,
         tokio::net::UdpSocket::from_std(control_socket)?,
         epoch,
-        ipam,
+        crate::control::ipam::PodIpam { ipam, ipam6 },
         kernel_tx,
     );
     control

@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod netlink;
 pub mod nftables;
 pub mod persist;
+pub mod pod_ranges;
 pub mod policy;
 pub mod router;
 #[cfg(any(test, feature = "sim"))]

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 use weft::api::client;
 use weft::api::proto::{Readiness, Reply, Request, Status};
-use weft::cidr::Ipv4Cidr;
 use weft::config::{IpallocInit, RouterConfig, resolve_peer};
 use weft::kube::{KubeSettings, KubeSource};
 use weft::router::{offload, priority::Priority};
@@ -119,9 +118,16 @@ struct RouterArgs {
     /// Run without a secret: anyone can join. For experiments only.
     #[arg(long, env = "WEFT_INSECURE")]
     insecure: bool,
-    /// The pod address range.
-    #[arg(long, env = "WEFT_IPALLOC_RANGE", default_value = "10.32.0.0/12")]
-    ipalloc_range: String,
+    /// The pod address range, once per family (repeatable; WEFT_IPALLOC_RANGE
+    /// is comma-separated): an IPv4 CIDR (default 10.32.0.0/12) and, for
+    /// dual-stack pods, an IPv6 one, or `ipv6` for a ULA /48 derived from
+    /// the cluster secret's ID.
+    #[arg(
+        long = "ipalloc-range",
+        env = "WEFT_IPALLOC_RANGE",
+        value_delimiter = ','
+    )]
+    ipalloc_range: Vec<String>,
     /// How the ring is first initialised: consensus (the routers at the seed
     /// addresses vote), consensus=N, seed=NAME1,NAME2,... or observer.
     #[arg(long, env = "WEFT_IPALLOC_INIT", default_value = "consensus")]
@@ -333,10 +339,7 @@ fn router_config(args: RouterArgs) -> anyhow::Result<RouterConfig> {
             "--kube-api {url:?} is not an http:// or https:// URL (e.g. https://10.96.0.1:443)"
         );
     }
-    let range: Ipv4Cidr = args
-        .ipalloc_range
-        .parse()
-        .map_err(|e| anyhow::anyhow!("--ipalloc-range: {e}"))?;
+    let (range, range6) = weft::config::parse_ranges(&args.ipalloc_range)?;
     let knobs = args.knobs;
     let name = match args.name.or(knobs.node_name) {
         Some(name) => name,
@@ -371,6 +374,7 @@ fn router_config(args: RouterArgs) -> anyhow::Result<RouterConfig> {
         advertise: args.advertise,
         secret_file: args.secret_file,
         range,
+        range6,
         init,
         state_dir: args.state_dir,
         api: args.api,

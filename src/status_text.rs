@@ -59,51 +59,9 @@ pub fn render(status: &Status, section: Option<&str>) -> String {
         }
     }
     if all || section == Some("ipam") {
-        let i = &status.ipam;
-        let ranges: Vec<String> = i
-            .owned_ranges
-            .iter()
-            .map(|r| format!("{}-{}", r.start, r.end))
-            .collect();
-        let _ = writeln!(
-            out,
-            "ipam: {} range {} ({}), owned {} addresses in {}, allocated {}, free {}, {} routers in the ring",
-            i.state,
-            i.range,
-            i.mode,
-            i.owned_addresses,
-            if ranges.is_empty() {
-                "no range".to_string()
-            } else {
-                ranges.join(" ")
-            },
-            i.allocated,
-            i.free,
-            i.ring_peers
-        );
-        if let Some(detail) = &i.detail {
-            let _ = writeln!(out, "  {detail}");
-        }
-        for r in &i.unreachable_ranges {
-            let _ = writeln!(
-                out,
-                "  unreachable router {} owns {}-{} (if it is gone for good: weft rmpeer {})",
-                r.owner, r.start, r.end, r.owner
-            );
-        }
-        if section == Some("ipam") {
-            for a in &i.allocations {
-                // The pod first (what an operator looks for), then the
-                // container ID and interface CNI keys it by.
-                let mut holder = match &a.pod {
-                    Some(p) => format!("{}/{} ", p.namespace, p.name),
-                    None => String::new(),
-                };
-                if let (Some(c), Some(f)) = (&a.container_id, &a.ifname) {
-                    holder.push_str(&format!("{c} {f}"));
-                }
-                let _ = writeln!(out, "  {:<16} {:<5} {holder}", a.address, a.kind);
-            }
+        ipam(&mut out, "ipam", &status.ipam, section == Some("ipam"));
+        if let Some(i) = &status.ipam6 {
+            ipam(&mut out, "ipam6", i, section == Some("ipam"));
         }
     }
     if all {
@@ -138,4 +96,54 @@ pub fn render(status: &Status, section: Option<&str>) -> String {
         }
     }
     out
+}
+
+/// One ring's lines: the IPv4 pod range's (`ipam`) or the IPv6 one's
+/// (`ipam6`, issue 19); with `allocations`, every address handed out.
+fn ipam(out: &mut String, label: &str, i: &crate::api::proto::IpamStatus, allocations: bool) {
+    let ranges: Vec<String> = i
+        .owned_ranges
+        .iter()
+        .map(|r| format!("{}-{}", r.start, r.end))
+        .collect();
+    let _ = writeln!(
+        out,
+        "{label}: {} range {} ({}), owned {} addresses in {}, allocated {}, free {}, {} routers in the ring",
+        i.state,
+        i.range,
+        i.mode,
+        i.owned_addresses,
+        if ranges.is_empty() {
+            "no range".to_string()
+        } else {
+            ranges.join(" ")
+        },
+        i.allocated,
+        i.free,
+        i.ring_peers
+    );
+    if let Some(detail) = &i.detail {
+        let _ = writeln!(out, "  {detail}");
+    }
+    for r in &i.unreachable_ranges {
+        let _ = writeln!(
+            out,
+            "  unreachable router {} owns {}-{} (if it is gone for good: weft rmpeer {})",
+            r.owner, r.start, r.end, r.owner
+        );
+    }
+    if allocations {
+        for a in &i.allocations {
+            // The pod first (what an operator looks for), then the
+            // container ID and interface CNI keys it by.
+            let mut holder = match &a.pod {
+                Some(p) => format!("{}/{} ", p.namespace, p.name),
+                None => String::new(),
+            };
+            if let (Some(c), Some(f)) = (&a.container_id, &a.ifname) {
+                holder.push_str(&format!("{c} {f}"));
+            }
+            let _ = writeln!(out, "  {:<16} {:<5} {holder}", a.address, a.kind);
+        }
+    }
 }

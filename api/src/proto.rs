@@ -287,6 +287,10 @@ pub struct Status {
     pub connections: Vec<ConnectionStatus>,
     /// Address management.
     pub ipam: IpamStatus,
+    /// The IPv6 pod range's address management, when dual-stack pods are
+    /// configured (issue 19); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipam6: Option<IpamStatus>,
     /// Data-plane counters.
     pub dataplane: DataplaneStatus,
     /// Handshake outcomes by result (`ok`, `refused`, `protocol`, ...).

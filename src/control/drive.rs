@@ -12,11 +12,37 @@ use crate::ipam::message::RING_SIGNED_VERSION;
 use std::time::{Duration, Instant};
 
 impl Control {
-    /// Sends what the allocator wants sent on the `Ring` channel and acts on
-    /// its events (a new node address or ownership table goes to the kernel
-    /// and the data plane).
+    /// Sends what the allocators want sent on the `Ring` (and `Ring6`)
+    /// channel and acts on their events (a new node address or ownership
+    /// table goes to the kernel and the data plane).
     pub(super) fn drive_ipam(&mut self, now: Instant) {
-        while let Some((destination, payload)) = self.ipam.poll_transmit() {
+        let transmits: Vec<_> = std::iter::from_fn(|| self.ipam.poll_transmit()).collect();
+        self.send_ring(Channel::Ring, transmits);
+        if let Some(ipam6) = self.ipam6.as_mut() {
+            let transmits: Vec<_> = std::iter::from_fn(|| ipam6.poll_transmit()).collect();
+            if ipam6.drain_events(now) {
+                self.dirty = true;
+            }
+            self.send_ring(Channel::Ring6, transmits);
+        }
+        if self.ipam.drain_events(now) {
+            self.dirty = true;
+            let own_address = self.ipam.node_address();
+            let owned = self.ipam.owned();
+            self.kernel.send_if_modified(|plan| {
+                let changed = plan.own_address != own_address || plan.owned != owned;
+                plan.own_address = own_address;
+                plan.owned = owned;
+                changed
+            });
+        }
+    }
+
+    /// Sends one allocator's messages on its channel: a ring message goes
+    /// to the peers whose ring version fits its destination (the IPv6
+    /// ring's also need `CONTROL_RING6_VERSION`, checked by `send_to_peer`).
+    fn send_ring(&mut self, channel: Channel, transmits: Vec<(Destination, Vec<u8>)>) {
+        for (destination, payload) in transmits {
             // Each peer's ring version is the highest both hellos contain; a
             // `Neighbours` message goes only to peers speaking one it names,
             // and nothing goes to a peer that cannot sign (ring version < 3).
@@ -42,27 +68,16 @@ impl Control {
                 })
                 .map(|p| p.id)
                 .collect();
-            self.count_gossip(Channel::Ring, "out", targets.len() as u64, payload.len());
+            self.count_gossip(channel, "out", targets.len() as u64, payload.len());
             for id in targets {
                 self.send_to_peer(
                     id,
                     ControlMessage::Gossip {
-                        channel: Channel::Ring.to_byte(),
+                        channel: channel.to_byte(),
                         payload: payload.clone(),
                     },
                 );
             }
-        }
-        if self.ipam.drain_events(now) {
-            self.dirty = true;
-            let own_address = self.ipam.node_address();
-            let owned = self.ipam.owned();
-            self.kernel.send_if_modified(|plan| {
-                let changed = plan.own_address != own_address || plan.owned != owned;
-                plan.own_address = own_address;
-                plan.owned = owned;
-                changed
-            });
         }
     }
 
@@ -100,6 +115,7 @@ impl Control {
         let name = match channel {
             Channel::Topology => "topology",
             Channel::Ring => "ring",
+            Channel::Ring6 => "ring6",
             Channel::Unknown(_) => "unknown",
         };
         let entry = self
@@ -143,8 +159,14 @@ impl Control {
                 GossipEvent::PeerAdded { id, name } => {
                     tracing::info!(peer = %name, %id, "learned a router");
                     self.ipam.learn_name(id, &name);
+                    if let Some(ipam6) = self.ipam6.as_mut() {
+                        ipam6.learn_name(id, &name);
+                    }
                     if let Some(entry) = self.gossip.entry(id) {
                         self.ipam.learn_key(id, entry.public_key);
+                        if let Some(ipam6) = self.ipam6.as_mut() {
+                            ipam6.learn_key(id, entry.public_key);
+                        }
                         let addresses = entry.addresses.clone();
                         self.maker.learn(id, &addresses, now);
                     }

@@ -37,6 +37,11 @@ impl Control {
                     };
                     self.ipam.learn_name(peer, &info.name);
                     self.ipam.learn_key(peer, p.public_key);
+                    if let Some(ipam6) = self.ipam6.as_mut() {
+                        ipam6.learn_name(peer, &info.name);
+                        ipam6.learn_key(peer, p.public_key);
+                        ipam6.handle_peer_up(peer, now);
+                    }
                     drive::warn_if_unsigned(p);
                     self.gossip.connection_up(info, outbound, now);
                     self.ipam.handle_peer_up(peer, now);
@@ -130,6 +135,13 @@ impl Control {
         self.count_gossip(Channel::from_byte(channel), "in", 1, payload.len());
         if channel == Channel::Ring.to_byte() {
             self.ipam.handle_message(from, &payload, now);
+            return;
+        }
+        if channel == Channel::Ring6.to_byte() {
+            // A router without an IPv6 range ignores the IPv6 ring.
+            if let Some(ipam6) = self.ipam6.as_mut() {
+                ipam6.handle_message(from, &payload, now);
+            }
             return;
         }
         let channel = Frame::parse(&payload).map(|f| f.channel);

@@ -125,6 +125,9 @@ pub struct Control {
     gossip: Gossip,
     maker: ConnectionMaker,
     ipam: IpamDriver,
+    /// The IPv6 pod range's allocator, a second instance on its own ring
+    /// channel, when dual-stack pods are configured (issue 19).
+    ipam6: Option<IpamDriver>,
     endpoints: Endpoints,
     /// Relayed control connections (issue 16).
     relayed: relayed::Sessions,
@@ -179,9 +182,10 @@ impl Control {
         dataplane: Dataplane,
         udp: UdpSocket,
         epoch: Instant,
-        ipam: IpamDriver,
+        ipams: ipam::PodIpam,
         kernel: watch::Sender<InterfacePlan>,
     ) -> Self {
+        let ipam::PodIpam { ipam, ipam6 } = ipams;
         let me = context.identity.id();
         let mut self_addresses = HashSet::new();
         self_addresses.insert(config.listen);
@@ -243,6 +247,7 @@ impl Control {
             last_admission_log: None,
             dirty: true,
             ipam,
+            ipam6,
             endpoints,
             kernel,
             gossip_traffic: BTreeMap::new(),
@@ -336,6 +341,11 @@ impl Control {
         if self.ipam.poll_timeout().is_some_and(|t| t <= now) {
             self.ipam.handle_timeout(now);
         }
+        if let Some(ipam6) = self.ipam6.as_mut()
+            && ipam6.poll_timeout().is_some_and(|t| t <= now)
+        {
+            ipam6.handle_timeout(now);
+        }
         let directory = Directory {
             me: self.me,
             name: &self.config.name,
@@ -346,6 +356,9 @@ impl Control {
         };
         self.ipam
             .resolve(&directory, &self.config.seeds, self.config.listen, now);
+        if let Some(ipam6) = self.ipam6.as_mut() {
+            ipam6.resolve(&directory, &self.config.seeds, self.config.listen, now);
+        }
         if self.peers.poll_timeout().is_some_and(|(t, _)| t <= now) {
             self.peers.handle_timeout(now);
         }
@@ -359,7 +372,14 @@ impl Control {
             now,
             [
                 (self.gossip.poll_timeout().map(|(t, _)| t), Wake::Gossip),
-                (self.ipam.poll_timeout(), Wake::Ipam),
+                (
+                    self.ipam
+                        .poll_timeout()
+                        .into_iter()
+                        .chain(self.ipam6.as_ref().and_then(IpamDriver::poll_timeout))
+                        .min(),
+                    Wake::Ipam,
+                ),
                 (self.peers.poll_timeout().map(|(t, _)| t), Wake::Keys),
                 (
                     self.heartbeats.poll_timeout().map(|(t, _)| t),

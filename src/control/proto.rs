@@ -7,6 +7,7 @@
 //! only; a record is at most `MAX_RECORD` bytes and its length is checked
 //! before anything is allocated.
 
+use crate::gossip::Channel;
 use crate::id::PeerId;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -57,7 +58,7 @@ impl Versions {
         // a peer speaking only 1 is sent none of them (`send_to_peer`).
         control: VersionRange {
             min: 1,
-            max: CONTROL_PATHS_VERSION,
+            max: CONTROL_RING6_VERSION,
         },
         topology: VersionRange {
             min: crate::gossip::message::TOPOLOGY_VERSION,
@@ -201,6 +202,14 @@ pub enum ControlMessage {
 /// and so the connection, so these go only to peers that speak it.
 pub const CONTROL_PATHS_VERSION: u8 = 2;
 
+/// The control version that knows the IPv6 pod range's ring channel
+/// (`Channel::Ring6`, issue 19). An older build parses an unknown channel's
+/// bytes as a topology frame (one that happened to parse would be logged
+/// as bad gossip), so a peer below
+/// this version gets none: it keeps its link and the IPv4 ring, and takes
+/// no part in the IPv6 one.
+pub const CONTROL_RING6_VERSION: u8 = 3;
+
 impl ControlMessage {
     /// The control version a peer must speak to be sent this message.
     pub fn needs_version(&self) -> u8 {
@@ -209,6 +218,9 @@ impl ControlMessage {
             | Self::RelayTo { .. }
             | Self::RelayFrom { .. }
             | Self::PunchOffer { .. } => CONTROL_PATHS_VERSION,
+            Self::Gossip { channel, .. } if *channel == Channel::Ring6.to_byte() => {
+                CONTROL_RING6_VERSION
+            }
             _ => 1,
         }
     }
@@ -385,6 +397,22 @@ mod tests {
             ..Versions::OURS
         };
         assert_eq!(Versions::OURS.incompatible_channel(&v1), None);
+    }
+
+    #[test]
+    fn the_ipv6_ring_goes_only_to_builds_that_know_its_channel() {
+        let ring6 = ControlMessage::Gossip {
+            channel: Channel::Ring6.to_byte(),
+            payload: vec![1],
+        };
+        assert_eq!(ring6.needs_version(), CONTROL_RING6_VERSION);
+        let ring = ControlMessage::Gossip {
+            channel: Channel::Ring.to_byte(),
+            payload: vec![1],
+        };
+        assert_eq!(ring.needs_version(), 1);
+        const { assert!(Versions::OURS.control.max >= CONTROL_RING6_VERSION) };
+        const { assert!(CONTROL_RING6_VERSION > CONTROL_PATHS_VERSION) };
     }
 
     #[test]

@@ -18,6 +18,19 @@ impl Control {
             self.ipam
                 .handle_api(&request, mtu, |name| gossip.name_holder(name), now)
         {
+            // The IPv6 ring follows the ring-wide requests (voters listed,
+            // Nodes gone, rmpeer, leave) once the IPv4 ring took them, so a
+            // refused leave leaves both rings as they were; the answer is
+            // the IPv4 ring's. Pod addresses are IPv4 only in this step.
+            if let Some(ipam6) = self.ipam6.as_mut()
+                && ring_wide(&request)
+                && reply.error.is_none()
+                && let Some(refused) =
+                    ipam6.handle_api(&request, mtu, |name| gossip.name_holder(name), now)
+                && let Some(error) = refused.error
+            {
+                tracing::warn!(error = %error.message, "the IPv6 ring refused a request the IPv4 ring took");
+            }
             self.api_latency.observe(now.elapsed().as_secs_f64());
             if request_changes_ownership(&request) {
                 self.drive_ipam(now);
@@ -191,6 +204,10 @@ impl Control {
             self_addresses: &self.self_addresses,
             known,
             ipam: self.ipam.status(|id| reachable.contains(&id), now),
+            ipam6: self
+                .ipam6
+                .as_ref()
+                .map(|ipam6| ipam6.status(|id| reachable.contains(&id), now)),
             dataplane: DataplaneStatus {
                 mtu: self.cluster_mtu(),
                 offload: self.dataplane.offload(),
@@ -212,6 +229,17 @@ impl Control {
         report.paths = self.path_counters();
         report
     }
+}
+
+/// Requests about the whole ring rather than one pod's address.
+fn ring_wide(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::SeedsListed
+            | Request::NodesGone { .. }
+            | Request::Rmpeer { .. }
+            | Request::Leave { .. }
+    )
 }
 
 /// Requests after which the allocator may have something to send at once

@@ -119,6 +119,8 @@ pub struct Parts<'a> {
     pub known: Vec<KnownRouter>,
     /// IPAM's own status.
     pub ipam: IpamStatus,
+    /// The IPv6 pod range's ring, when configured.
+    pub ipam6: Option<IpamStatus>,
     /// The data plane's own status.
     pub dataplane: DataplaneStatus,
     /// Handshake outcomes by label.
@@ -181,6 +183,7 @@ pub fn report(parts: Parts<'_>) -> Status {
         peers,
         connections,
         ipam: parts.ipam,
+        ipam6: parts.ipam6,
         dataplane: parts.dataplane,
         handshakes: parts.handshakes,
         rekeys: parts.peers.rekeys(),

@@ -94,6 +94,9 @@ impl Control {
             );
         }
         let reachable = self.reachable_peers();
+        if let Some(ipam6) = self.ipam6.as_mut() {
+            ipam6.set_reachable(reachable.clone(), now);
+        }
         self.ipam.set_reachable(reachable, now);
     }
 

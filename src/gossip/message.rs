@@ -40,6 +40,10 @@ pub enum Channel {
     Topology,
     /// The IPAM ring, carried by the same connections.
     Ring,
+    /// The ring of the IPv6 pod range (issue 19): the same allocator
+    /// messages for a second allocator; sent only to peers whose control
+    /// version knows it (`control::proto::CONTROL_RING6_VERSION`).
+    Ring6,
     /// A channel this build does not know (a newer peer): dropped by the driver.
     Unknown(u8),
 }
@@ -50,6 +54,7 @@ impl Channel {
         match self {
             Self::Topology => 1,
             Self::Ring => 2,
+            Self::Ring6 => 3,
             Self::Unknown(b) => b,
         }
     }
@@ -59,6 +64,7 @@ impl Channel {
         match b {
             1 => Self::Topology,
             2 => Self::Ring,
+            3 => Self::Ring6,
             other => Self::Unknown(other),
         }
     }

@@ -231,23 +231,35 @@ impl Store for MemStore {
     }
 }
 
-/// Files `ipam-ring` and `ipam-allocations` (mode 0600) in the state dir.
+/// Files `ipam-ring` and `ipam-allocations` (mode 0600) in the state dir;
+/// the IPv6 pod range's ring has its own pair, `ipam6-*` (issue 19).
 #[derive(Clone, Debug)]
 pub struct FileStore {
     dir: PathBuf,
+    prefix: &'static str,
 }
 
 impl FileStore {
     /// A store in `dir`, created (mode 0700) if missing.
     pub fn open(dir: &Path) -> io::Result<Self> {
+        Self::open_prefixed(dir, "ipam")
+    }
+
+    /// A store whose files are `PREFIX-ring` and `PREFIX-allocations`.
+    pub fn open_prefixed(dir: &Path, prefix: &'static str) -> io::Result<Self> {
         crate::persist::ensure_private_dir(dir)?;
         Ok(Self {
             dir: dir.to_path_buf(),
+            prefix,
         })
     }
 
+    fn file(&self, what: &str) -> PathBuf {
+        self.dir.join(format!("{}-{what}", self.prefix))
+    }
+
     fn read(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
-        match std::fs::read(self.dir.join(name)) {
+        match std::fs::read(self.file(name)) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -258,17 +270,17 @@ impl FileStore {
 impl Store for FileStore {
     fn load(&mut self) -> io::Result<Stored> {
         Ok(Stored {
-            ring: self.read("ipam-ring")?,
-            allocations: self.read("ipam-allocations")?,
+            ring: self.read("ring")?,
+            allocations: self.read("allocations")?,
         })
     }
 
     fn save_ring(&mut self, bytes: &[u8]) -> io::Result<()> {
-        crate::persist::write_atomic(&self.dir.join("ipam-ring"), bytes, 0o600)
+        crate::persist::write_atomic(&self.file("ring"), bytes, 0o600)
     }
 
     fn save_allocations(&mut self, bytes: &[u8]) -> io::Result<()> {
-        crate::persist::write_atomic(&self.dir.join("ipam-allocations"), bytes, 0o600)
+        crate::persist::write_atomic(&self.file("allocations"), bytes, 0o600)
     }
 }
 
@@ -287,6 +299,19 @@ mod tests {
         let loaded = FileStore::open(&dir).unwrap().load().unwrap();
         assert_eq!(loaded.ring.as_deref(), Some(&b"ring"[..]));
         assert_eq!(loaded.allocations.as_deref(), Some(&b"allocs"[..]));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_ipv6_store_keeps_its_own_files_beside_the_ipv4_one() {
+        let dir = std::env::temp_dir().join(format!("weft-ipam6-store-{}", std::process::id()));
+        let mut v4 = FileStore::open(&dir).unwrap();
+        let mut v6 = FileStore::open_prefixed(&dir, "ipam6").unwrap();
+        v4.save_ring(b"four").unwrap();
+        v6.save_ring(b"six").unwrap();
+        assert_eq!(v4.load().unwrap().ring.as_deref(), Some(&b"four"[..]));
+        assert_eq!(v6.load().unwrap().ring.as_deref(), Some(&b"six"[..]));
+        assert!(dir.join("ipam-ring").exists() && dir.join("ipam6-ring").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -121,7 +121,7 @@ impl IpamDriver {
             prefix_len: if addr.is_ipv4() { 32 } else { 128 },
             gateway: POD_GATEWAY.to_string(),
             mtu,
-            range: self.cidr.to_string(),
+            range: self.range.to_string(),
         }
     }
 

@@ -6,11 +6,11 @@
 //! `ipam` status object. It owns no socket: the control task carries its
 //! messages on the gossip `Ring` channel.
 
-use crate::cidr::Ipv4Cidr;
 use crate::config::IpallocInit;
 use crate::id::PeerId;
 use crate::ipam::{
-    Alarm, AllocKey, Allocator, Config, Destination, Event, FileStore, InUse, Init, IpamError,
+    AddrRange, Alarm, AllocKey, Allocator, Config, Destination, Event, FileStore, InUse, Init,
+    IpamError,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -42,17 +42,27 @@ pub trait PeerDirectory {
     fn name_of(&self, id: PeerId) -> Option<String>;
 }
 
+/// The pod ranges' allocators: the IPv4 one and, with dual-stack pods
+/// configured, the IPv6 one (issue 19), handed to the control task.
+pub struct PodIpam {
+    /// The IPv4 pod range's.
+    pub ipam: IpamDriver,
+    /// The IPv6 pod range's, if configured.
+    pub ipam6: Option<IpamDriver>,
+}
+
 /// The router's address management.
 pub struct IpamDriver {
     alloc: Allocator<FileStore>,
     mode: IpallocInit,
-    cidr: Ipv4Cidr,
+    range: AddrRange,
     /// Why initialisation waits, for status (unresolved names or seeds).
     waiting_for: Option<String>,
     /// Names learned from the topology, kept after the router is forgotten
     /// so that `rmpeer NAME` works for a router that is long gone.
     names: BTreeMap<PeerId, String>,
-    node_address: Option<Ipv4Addr>,
+    /// The node's own address in this range (IPv4: weft0's source address).
+    node_address: Option<IpAddr>,
     /// Allocator errors (malformed or refused ring messages) by kind.
     refused: BTreeMap<&'static str, u64>,
     /// API requests by `op/result`.
@@ -73,24 +83,23 @@ pub struct IpamDriver {
 
 impl IpamDriver {
     /// Opens the state in `state_dir` and starts the allocator, recording the
-    /// addresses the kernel shows in use.
+    /// addresses the kernel shows in use. `store` names the state files
+    /// (`ipam`, or `ipam6` for the IPv6 pod range's own ring: issue 19).
     pub fn open(
         state_dir: &Path,
+        store: &'static str,
         identity: &crate::crypto::Identity,
-        cidr: Ipv4Cidr,
+        range: AddrRange,
         mode: IpallocInit,
-        in_use: &[(Ipv4Addr, bool)],
+        in_use: &[(IpAddr, bool)],
         now: Instant,
     ) -> anyhow::Result<Self> {
-        let range =
-            crate::ipam::AddrRange::new(IpAddr::V4(Ipv4Addr::from(cidr.first())), cidr.prefix())
-                .map_err(|e| anyhow::anyhow!("--ipalloc-range {cidr}: {e}"))?;
         let init = match &mode {
             IpallocInit::Observer => Init::Observer,
             IpallocInit::Seed(_) => Init::Seed(BTreeSet::new()),
             IpallocInit::Consensus { .. } => Init::Voters(BTreeSet::new()),
         };
-        let store = FileStore::open(state_dir).map_err(|e| {
+        let store = FileStore::open_prefixed(state_dir, store).map_err(|e| {
             anyhow::anyhow!(
                 "cannot open the IPAM state in {}: {e} (pass a writable --state-dir)",
                 state_dir.display()
@@ -99,7 +108,7 @@ impl IpamDriver {
         let in_use: Vec<InUse> = in_use
             .iter()
             .map(|(addr, node)| InUse {
-                addr: IpAddr::V4(*addr),
+                addr: *addr,
                 key: node.then_some(AllocKey::Node),
             })
             .collect();
@@ -111,7 +120,7 @@ impl IpamDriver {
         Ok(Self {
             alloc,
             mode,
-            cidr,
+            range,
             waiting_for: None,
             names: BTreeMap::new(),
             node_address: None,
@@ -400,12 +409,11 @@ impl IpamDriver {
         }
         if self.node_address.is_none() && self.alloc.is_ready() {
             match self.alloc.allocate_node(now) {
-                Ok(IpAddr::V4(addr)) => {
+                Ok(addr) => {
                     tracing::info!(%addr, "node address allocated");
                     self.node_address = Some(addr);
                     changed = true;
                 }
-                Ok(IpAddr::V6(_)) => {}
                 Err(e) => {
                     // Out of space (a donation is on its way) or not yet.
                     if self
@@ -462,25 +470,53 @@ impl IpamDriver {
             .unwrap_or_else(|| id.to_string())
     }
 
-    /// The node's own address, once allocated.
+    /// The node's own IPv4 address, once allocated (none in an IPv6 ring).
     pub fn node_address(&self) -> Option<Ipv4Addr> {
+        match self.node_address {
+            Some(IpAddr::V4(addr)) => Some(addr),
+            _ => None,
+        }
+    }
+
+    /// The node's own address in this ring's range, once allocated.
+    pub fn node_ip(&self) -> Option<IpAddr> {
         self.node_address
     }
 
+    /// The pod range this driver allocates from.
+    pub fn range(&self) -> AddrRange {
+        self.range
+    }
+
     /// Every owned range of the ring as inclusive IPv4 bounds with its owner,
-    /// for the data plane's ownership table.
+    /// for the data plane's ownership table (empty for an IPv6 ring).
     pub fn owners(&self) -> Vec<(u32, u32, PeerId)> {
+        let IpAddr::V4(base) = self.range.base() else {
+            return Vec::new();
+        };
+        let base = u32::from(base);
+        let mut out: Vec<_> = self
+            .owner_offsets()
+            .into_iter()
+            .filter_map(|(lo, hi, owner)| {
+                let (lo, hi) = (u32::try_from(lo).ok()?, u32::try_from(hi).ok()?);
+                Some((base.wrapping_add(lo), base.wrapping_add(hi), owner))
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Every owned range of the ring as inclusive offsets from the range's
+    /// base with its owner, either family.
+    fn owner_offsets(&self) -> Vec<(u128, u128, PeerId)> {
         let Some(ring) = self.alloc.ring() else {
             return Vec::new();
         };
-        let base = self.cidr.first();
         let mut out = Vec::new();
         for owner in ring.owners() {
             for (lo, hi) in ring.ranges_of(owner) {
-                let (Ok(lo), Ok(hi)) = (u32::try_from(lo), u32::try_from(hi)) else {
-                    continue;
-                };
-                out.push((base.wrapping_add(lo), base.wrapping_add(hi), owner));
+                out.push((lo, hi, owner));
             }
         }
         out.sort_unstable();

@@ -5,7 +5,6 @@ use crate::api::proto::{AddressHolder, IpamStatus, OwnerRange, PodRef, RangeStat
 use crate::id::PeerId;
 use crate::ipam::{AllocKey, Phase, PodName};
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::time::Instant;
 
 impl IpamDriver {
@@ -59,14 +58,18 @@ impl IpamDriver {
             Phase::Tombstoned { .. } => "tombstoned",
         };
         let me = self.alloc.id();
-        let unreachable_ranges = self
-            .owners()
+        let unreachable: Vec<(u128, u128, PeerId)> = self
+            .owner_offsets()
             .into_iter()
             .filter(|(_, _, owner)| *owner != me && !reachable(*owner))
-            .map(|(lo, hi, owner)| OwnerRange {
+            .collect();
+        let text = |offset| self.range.addr(offset).map(|a| a.to_string());
+        let unreachable_ranges = unreachable
+            .iter()
+            .map(|&(lo, hi, owner)| OwnerRange {
                 owner: self.label(owner),
-                start: Ipv4Addr::from(lo).to_string(),
-                end: Ipv4Addr::from(hi).to_string(),
+                start: text(lo).unwrap_or_default(),
+                end: text(hi).unwrap_or_default(),
             })
             .collect();
         let mut allocations: Vec<AddressHolder> = self
@@ -93,13 +96,11 @@ impl IpamDriver {
             })
             .collect();
         allocations.sort_by(|a, b| a.address.cmp(&b.address));
-        let unreachable_share = self
-            .owners()
+        let unreachable_share = unreachable
             .iter()
-            .filter(|(_, _, owner)| *owner != me && !reachable(*owner))
-            .map(|(lo, hi, _)| f64::from(hi - lo) + 1.0)
+            .map(|(lo, hi, _)| (hi - lo) as f64 + 1.0)
             .sum::<f64>()
-            / self.cidr.size() as f64;
+            / self.range.size() as f64;
         IpamStatus {
             range: core.range,
             mode: self.mode.label().into(),

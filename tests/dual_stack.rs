@@ -1,0 +1,167 @@
+//! Dual-stack pods (issue 19), the first step: the IPv6 pod range on its own
+//! ring. Three routers given `--ipalloc-range` for IPv6 split it among
+//! themselves on a second ring (its own genesis, state files and gossip
+//! channel), keep their shares across a restart, and IPv4 pods keep
+//! working; a router without an IPv6 range meshes with dual-stack ones and
+//! keeps IPv4. IPv6 pod addresses through the CNI plugin and IPv6 in the
+//! data plane are later steps (docs/ARCHITECTURE.md "Dual-stack pods").
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::Ipv6Addr;
+use std::path::Path;
+use std::time::Duration;
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_weft");
+const RANGE6: &str = "fd00:32::/112";
+
+fn ipam6(r: &Router) -> serde_json::Value {
+    r.status().expect("status")["ipam6"].clone()
+}
+
+/// The router's IPv6 ranges as inclusive `u128` bounds.
+fn owned6(r: &Router) -> Vec<(u128, u128)> {
+    ipam6(r)["owned_ranges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            let start: Ipv6Addr = x["start"].as_str().unwrap().parse().unwrap();
+            let end: Ipv6Addr = x["end"].as_str().unwrap().parse().unwrap();
+            (u128::from(start), u128::from(end))
+        })
+        .collect()
+}
+
+fn ping_matrix(cluster: &Cluster, rs: &[Router]) {
+    for a in 0..cluster.pods.len() {
+        for b in 0..cluster.pods.len() {
+            if a != b {
+                let (from, to) = (&cluster.pods[a], cluster.pods[b].addr);
+                assert!(
+                    from.wait_ping(to, Duration::from_secs(20)),
+                    "IPv4: pod on n{a} cannot reach the pod on n{b}\n{}\n{}",
+                    rs[a].log_tail(),
+                    rs[b].log_tail()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn three_dual_stack_routers_split_the_ipv6_range_on_its_own_ring_and_keep_it_across_a_restart() {
+    if !require_root("three_dual_stack_routers_split_the_ipv6_range") {
+        return;
+    }
+    let mut cluster = Cluster::new(3);
+    let mut rs = start_routers(
+        Path::new(BIN),
+        &mut cluster,
+        3,
+        |i| (0..3).filter(|j| *j != i).collect(),
+        |_, r| r.args.extend(["--ipalloc-range".into(), RANGE6.into()]),
+    );
+    let ready = wait_until(Duration::from_secs(30), || {
+        rs.iter().all(|r| ipam6(r)["state"] == "ready")
+    });
+    let states: Vec<serde_json::Value> = rs.iter().map(ipam6).collect();
+    assert!(ready, "the IPv6 ring is not ready everywhere: {states:#?}");
+    for (r, s) in rs.iter().zip(&states) {
+        assert_eq!(s["range"], RANGE6, "{}", r.name);
+        assert_eq!(s["ring_peers"], 3, "{}: {s:#}", r.name);
+        let status = r.status().unwrap();
+        assert_ne!(
+            s["genesis"], status["ipam"]["genesis"],
+            "{}: the IPv6 ring is a ring of its own",
+            r.name
+        );
+        assert_eq!(status["ipam"]["range"], "10.32.0.0/12", "{}", r.name);
+        assert!(r.dir.join("state/ipam6-ring").exists(), "{}", r.name);
+    }
+    let genesis: std::collections::BTreeSet<String> = states
+        .iter()
+        .map(|s| s["genesis"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(genesis.len(), 1, "one IPv6 ring: {genesis:?}");
+    // The shares are disjoint and cover the range exactly.
+    let mut all: Vec<(u128, u128)> = rs.iter().flat_map(owned6).collect();
+    all.sort();
+    let base = u128::from("fd00:32::".parse::<Ipv6Addr>().unwrap());
+    assert_eq!(all.first().unwrap().0, base, "{all:x?}");
+    assert_eq!(all.last().unwrap().1, base + 0xffff, "{all:x?}");
+    for pair in all.windows(2) {
+        assert_eq!(pair[0].1 + 1, pair[1].0, "gap or overlap: {all:x?}");
+    }
+    // Each router took its node address from its own share of each range.
+    for r in &rs {
+        let s = ipam6(r);
+        assert_eq!(s["allocated"], 1, "{}: {s:#}", r.name);
+        let node: Ipv6Addr = s["allocations"][0]["address"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            owned6(r)
+                .iter()
+                .any(|(lo, hi)| (*lo..=*hi).contains(&u128::from(node))),
+            "{}: node address {node} outside its shares",
+            r.name
+        );
+    }
+    ping_matrix(&cluster, &rs);
+    // Persisted: a restarted router comes back with the same IPv6 shares.
+    let before = owned6(&rs[1]);
+    rs[1].terminate(Duration::from_secs(10));
+    rs[1].start();
+    let back = wait_until(Duration::from_secs(20), || {
+        ipam6(&rs[1])["state"] == "ready"
+    });
+    assert!(back, "{:#}", ipam6(&rs[1]));
+    assert_eq!(owned6(&rs[1]), before);
+    ping_matrix(&cluster, &rs);
+}
+
+#[test]
+fn a_router_without_an_ipv6_range_meshes_with_dual_stack_ones_and_keeps_ipv4() {
+    if !require_root("a_router_without_an_ipv6_range_meshes_with_dual_stack_ones") {
+        return;
+    }
+    let mut cluster = Cluster::new(3);
+    let rs = start_routers(
+        Path::new(BIN),
+        &mut cluster,
+        3,
+        |i| (0..3).filter(|j| *j != i).collect(),
+        |i, r| {
+            if i < 2 {
+                r.args.extend(["--ipalloc-range".into(), RANGE6.into()]);
+            }
+        },
+    );
+    let ready = wait_until(Duration::from_secs(30), || {
+        rs[..2].iter().all(|r| ipam6(r)["state"] == "ready")
+            && rs.iter().all(|r| r.established_peers() == 2)
+    });
+    assert!(
+        ready,
+        "{:#}\n{:#}\n{}",
+        ipam6(&rs[0]),
+        ipam6(&rs[1]),
+        rs[2].log_tail()
+    );
+    let status = rs[2].status().unwrap();
+    assert!(status.get("ipam6").is_none(), "{status:#}");
+    assert_eq!(status["ipam"]["state"], "ready");
+    ping_matrix(&cluster, &rs);
+    // The IPv4-only router ignores the IPv6 ring's messages without
+    // counting them as bad gossip.
+    assert_eq!(
+        status["handshakes"]["gossip_refused"].as_u64().unwrap_or(0),
+        0,
+        "{status:#}"
+    );
+}
