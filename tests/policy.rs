@@ -57,29 +57,10 @@ fn plug_pods(m: &Mesh) -> Pods {
         let stop = stop.clone();
         let ready = in_netns(&netns.name, move || listen(&stop, &AtomicUsize::new(0)));
         drop(ready);
-        ips.push(plug(m, node_of(i), name, &netns));
+        ips.push(plug_k8s_pod(m, node_of(i), name, &netns));
         ns.push(netns);
     }
     Pods { ns, ips, stop }
-}
-
-/// CNI ADD of pod `name` (`namespace/pod`) in `netns` on `node`, with the
-/// `K8S_POD_*` arguments kubelet passes: its address.
-fn plug(m: &Mesh, node: usize, name: &str, netns: &Netns) -> Ipv4Addr {
-    let (namespace, pod) = name.split_once('/').unwrap();
-    let mut add = Call::new("ADD", &format!("cid-{namespace}-{pod}"), &netns_path(netns));
-    add.extra_env.push((
-        "CNI_ARGS".into(),
-        format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod}"),
-    ));
-    let conf = net_conf("1.0.0", &m.routers[node].api());
-    let result = invoke(&m.cluster.nodes[node].ns, &add, &conf).ok();
-    result["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .trim_end_matches("/32")
-        .parse()
-        .unwrap()
 }
 
 /// The listeners of one pod, polled (non-blocking) until `stop`; `heard`
@@ -302,16 +283,7 @@ fn network_policy_is_enforced_on_real_packets_through_the_mesh() {
                 let text = policy_text(&m.routers[0], "x/a");
                 assert!(text.contains("default deny of x dropped"), "{text}");
                 assert!(text.contains("x/deny-ingress"), "{text}");
-                // The drop log names the pod, the default deny and the
-                // policy (counters read back every 5 s).
-                let logged = wait_until(Duration::from_secs(8), || {
-                    std::fs::read_to_string(m.routers[0].log_path()).is_ok_and(|log| {
-                        log.contains(
-                            "packets to x/a: default deny of x (isolated by x/deny-ingress)",
-                        )
-                    })
-                });
-                assert!(logged, "{}", m.routers[0].log_tail());
+                drops_are_logged_with_both_pods_and_the_port(&m, &pods);
             }
             1 => {
                 let status = policy_status(&m.routers[0]);
@@ -406,6 +378,41 @@ fn network_policy_is_enforced_on_real_packets_through_the_mesh() {
     a_new_pod_is_closed_until_the_api_shows_it(&api, &m, &pods);
 }
 
+/// The drop log (NFLOG): y/b (node 1) tries x/a (node 0) on TCP 81 and
+/// UDP 80 while x's default deny holds; x/a's router logs a line per
+/// attempt naming both pods with their addresses, the protocol and port,
+/// the direction and the deciding rule.
+fn drops_are_logged_with_both_pods_and_the_port(m: &Mesh, pods: &Pods) {
+    let status = policy_status(&m.routers[0]);
+    assert_eq!(status["drop_log"]["source"], "NFLOG group 6783", "{status}");
+    let yb = conformance::index("y/b").unwrap();
+    let (xa, from) = (pods.ips[0], pods.ips[yb]);
+    for (proto, port) in [(Proto::Tcp, 81), (Proto::Udp, 80)] {
+        let expected = format!(
+            "denied ingress to x/a ({xa}) from y/b ({from}) {} port {port}: default deny of x (isolated by x/deny-ingress)",
+            proto.as_str().to_uppercase()
+        );
+        // Tried until the line shows (bounded: 10 s), as the log lines are
+        // rate-limited and the probes of the matrix came just before.
+        let logged = wait_until(Duration::from_secs(10), || {
+            let to = SocketAddr::from((xa, port));
+            let denied = in_netns(&pods.ns[yb].name, move || {
+                !reaches(proto, to, Duration::from_millis(300))
+            });
+            assert!(denied.join().unwrap(), "y/b reached x/a:{port}");
+            std::fs::read_to_string(m.routers[0].log_path())
+                .is_ok_and(|log| log.contains(&expected))
+        });
+        assert!(
+            logged,
+            "no line {expected:?} in\n{}",
+            m.routers[0].log_tail()
+        );
+    }
+    let lines = policy_status(&m.routers[0])["drop_log"]["lines"].as_u64();
+    assert!(lines.unwrap_or(0) >= 2, "{}", policy_status(&m.routers[0]));
+}
+
 /// A new pod in a default-deny namespace, plugged by CNI ADD before the API
 /// server shows it: no packet reaches it in between (the router knows it
 /// from its allocation), and once the API shows it with its labels, what
@@ -424,7 +431,7 @@ fn a_new_pod_is_closed_until_the_api_shows_it(api: &FakeApi, m: &Mesh, pods: &Po
     let heard = Arc::new(AtomicUsize::new(0));
     let (stop, counter) = (pods.stop.clone(), heard.clone());
     drop(in_netns(&netns.name, move || listen(&stop, &counter)));
-    let ip = plug(m, 0, "x/d", &netns);
+    let ip = plug_k8s_pod(m, 0, "x/d", &netns);
     // The window: the address exists, the API does not show it. y/b (node
     // 1, which the policy will allow) and x/a (node 0) send all the while.
     let senders: Vec<_> = ["y/b", "x/a"]

@@ -360,6 +360,11 @@ impl Cluster {
         self.pods.get(key)
     }
 
+    /// The pod holding `ip` (a scan: for the rate-limited drop log only).
+    pub fn pod_with_ip(&self, ip: u32) -> Option<&PodInfo> {
+        self.pods.values().find(|p| p.ips.contains(&ip))
+    }
+
     fn namespace_labels(&self, name: &str) -> std::borrow::Cow<'_, Labels> {
         match self.namespaces.get(name) {
             Some(labels) => std::borrow::Cow::Borrowed(labels),

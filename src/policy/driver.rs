@@ -18,8 +18,10 @@
 //! can get a reused address meanwhile (addresses come from this router).
 //! `weft reset` removes it.
 
+use super::droplog::Budget;
 use super::local::LocalUpdate;
-use super::nft::{Counted, Rendered, TABLE};
+use super::nflog::Logged;
+use super::nft::{Rendered, TABLE};
 use super::state::{PolicyState, Resource};
 use super::status::{PodPolicies, PolicyStatus};
 use super::watch::{Get, MAX_EVENT_BYTES, Watcher};
@@ -38,8 +40,16 @@ const MAX_PAGE: u64 = 32 * 1024 * 1024;
 /// How long before a failed apply is tried again.
 const APPLY_RETRY: Duration = Duration::from_secs(5);
 
-/// How often the default-deny counters are read back for the drop log.
+mod drops;
+use drops::{log_drop, log_drops, start_drop_log};
+
+/// How often the default-deny counters are read back for the drop log
+/// when NFLOG is not available.
 const DROP_LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Logged drops queued between the NFLOG reader and the driver (more are
+/// counted as lost: the line budget would leave them out anyway).
+const DROP_QUEUE: usize = 256;
 
 /// What the driver needs.
 #[derive(Clone, Debug)]
@@ -92,6 +102,9 @@ pub async fn run(task: PolicyTask, shared: Shared, mut local: mpsc::Receiver<Loc
     let mut drops_seen: BTreeMap<String, u64> = BTreeMap::new();
     let mut local_open = true;
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
+    let (drop_tx, mut drops) = mpsc::channel::<Logged>(DROP_QUEUE);
+    let mut nflog_on = start_drop_log(drop_tx, &shared).await;
+    let mut budget = Budget::default();
     loop {
         let now = Instant::now();
         for (i, watcher) in watchers.iter_mut().enumerate() {
@@ -119,8 +132,15 @@ pub async fn run(task: PolicyTask, shared: Shared, mut local: mpsc::Receiver<Loc
                 None
             }
             () = tokio::time::sleep_until(wake.into()) => None,
+            logged = drops.recv(), if nflog_on => {
+                match logged {
+                    Some(logged) => log_drop(&logged, applied.as_ref(), &state, &shared, &mut budget),
+                    None => nflog_on = false,
+                }
+                None
+            }
             _ = drop_tick.tick() => {
-                if let Some(table) = &applied {
+                if !nflog_on && let Some(table) = &applied {
                     log_drops(table, &state, &mut drops_seen).await;
                 }
                 None
@@ -217,55 +237,6 @@ fn take_local(
         LocalUpdate::Released(ip) => state.release_allocation(ip),
     }
     true
-}
-
-/// The drop log: reads the default-deny counters back and logs, per pod
-/// and direction whose count grew, one line naming the pod, the direction,
-/// the namespace's default deny and the policies that isolate it. At most
-/// one line per pod and direction per [`DROP_LOG_EVERY`], whatever the
-/// rate; it needs no syslog (an nft `log` rule writes to the kernel log,
-/// which a network namespace other than the host's does not get).
-async fn log_drops(table: &Rendered, state: &PolicyState, seen: &mut BTreeMap<String, u64>) {
-    let counters = tokio::task::spawn_blocking(super::status::read_counters)
-        .await
-        .unwrap_or_default();
-    for (name, packets) in counters {
-        let Some(Counted::Denied(pod, dir)) = table.counters.get(&name) else {
-            continue;
-        };
-        // A whole replace (start, after a failure) starts counters at 0.
-        let before = seen
-            .insert(name, packets)
-            .filter(|b| *b <= packets)
-            .unwrap_or(0);
-        if packets == before {
-            continue;
-        }
-        let (namespace, name) = pod.split_once('/').unwrap_or(("", pod));
-        let policies = state
-            .cluster()
-            .pod(pod)
-            .map(|p| {
-                let rules = state.cluster().rules_for(p);
-                let direction = if *dir == "in" {
-                    rules.ingress
-                } else {
-                    rules.egress
-                };
-                direction
-                    .selected_by
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
-            .unwrap_or_default();
-        let direction = if *dir == "in" { "to" } else { "from" };
-        tracing::info!(
-            "--network-policy: dropped {} packets {direction} {namespace}/{name}: default deny of {namespace} (isolated by {policies})",
-            packets - before
-        );
-    }
 }
 
 /// Hands one event to its watcher; returns the error to report, if any

@@ -14,7 +14,8 @@
 //!    egress chain, which looks the destination up in two interval verdict
 //!    maps (addresses → policy for rules without ports; protocol · address ·
 //!    port → policy) and `goto`es the allowing policy's counter chain, which
-//!    returns to step 3; no entry: the pod's default-deny counter, drop;
+//!    returns to step 3; no entry: a rate-limited NFLOG copy for the drop
+//!    log (`super::droplog`), the pod's default-deny counter, drop;
 //! 3. `ip daddr vmap @ingress`: the same for an isolated local destination,
 //!    with the source looked up; the policy's chain counts and accepts.
 //!
@@ -292,8 +293,10 @@ fn render_pod_chain(
         "\t}}\n\tchain {chain} {{\n\
          \t\tip {peer} vmap @{chain}_any\n\
          \t\tmeta l4proto . ip {peer} . th dport vmap @{chain}_ports\n\
+         \t\t{}\n\
          \t\tcounter name \"{counter}\" drop comment \"{} default deny of {}\"\n\
          \t}}\n",
+        super::droplog::log_statement(counter),
         quoted(&pod.key),
         quoted(&pod.namespace),
     );

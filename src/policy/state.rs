@@ -253,6 +253,18 @@ impl PolicyState {
         pods
     }
 
+    /// Who holds `ip`: a pod the API shows with it, or a local pod
+    /// allocated it (`namespace/name`).
+    pub fn pod_with_ip(&self, ip: u32) -> Option<String> {
+        if let Some(pod) = self.cluster.pod_with_ip(ip) {
+            return Some(pod.key());
+        }
+        self.allocated
+            .iter()
+            .find(|(_, ips)| ips.contains(&ip))
+            .map(|(key, _)| key.clone())
+    }
+
     /// The table for this node's pods.
     pub fn render(&self) -> Rendered {
         let mut cache = super::compile::PeerCache::default();
@@ -488,28 +500,11 @@ mod tests {
     #[test]
     #[ignore = "a measurement: run with --ignored --nocapture"]
     fn a_thousand_policies_over_ten_thousand_pods_compile_for_a_node_in_bounded_time() {
-        let pods: Vec<serde_json::Value> = (0..10_000u32)
-            .map(|i| {
-                json!({"metadata":{"name":format!("p{i}"),"namespace":format!("ns{}", i % 100),
-                        "labels":{"app":format!("app{}", i % 10)}},
-                       "spec":{"nodeName":format!("node-{}", i / 100)},
-                       "status":{"phase":"Running","podIP":format!("10.32.{}.{}", i / 250, i % 250 + 1)}})
-            })
-            .collect();
-        let namespaces: Vec<serde_json::Value> = (0..100)
-            .map(|n| json!({"metadata":{"name":format!("ns{n}"),"labels":{"team":format!("t{}", n % 5)}}}))
-            .collect();
-        let policies: Vec<serde_json::Value> = (0..1_000)
-            .map(|k| {
-                json!({"metadata":{"name":format!("pol{k}"),"namespace":format!("ns{}", k % 100)},
-                       "spec":{"podSelector":{"matchLabels":{"app":format!("app{}", k % 10)}},
-                         "ingress":[{"from":[
-                            {"namespaceSelector":{"matchLabels":{"team":format!("t{}", k % 5)}},
-                             "podSelector":{"matchLabels":{"app":format!("app{}", (k + 1) % 10)}}},
-                            {"ipBlock":{"cidr":"192.0.2.0/24","except":["192.0.2.128/25"]}}],
-                           "ports":[{"port":80,"endPort":81},{"protocol":"UDP","port":53}]}]}})
-            })
-            .collect();
+        let case = crate::policy::scale::scale_case(
+            |i| std::net::Ipv4Addr::new(10, 32, (i / 250) as u8, (i % 250 + 1) as u8),
+            |i| format!("node-{}", i / 100),
+        );
+        let (namespaces, pods, policies) = (case.namespaces, case.pods, case.policies);
         let mut s = PolicyState::new("node-0");
         let start = std::time::Instant::now();
         s.apply(Resource::Namespaces, Change::Reset(namespaces));

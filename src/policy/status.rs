@@ -39,6 +39,26 @@ pub struct PolicyStatus {
     /// Packets allowed, per `namespace/name` of policy: (to its pods, from
     /// its pods), summed over this node's pods.
     pub allowed: BTreeMap<String, (u64, u64)>,
+    /// The drop log (absent from routers before it).
+    #[serde(default)]
+    pub drop_log: DropLogStatus,
+}
+
+/// Where the drop log comes from and what it wrote.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropLogStatus {
+    /// `NFLOG group 6783`, or why it fell back to the counters (lines
+    /// without the other end and the port).
+    pub source: String,
+    /// Lines written.
+    pub lines: u64,
+    /// Lines left out by the rate limit.
+    pub left_out: u64,
+    /// NFLOG messages that did not parse.
+    pub malformed: u64,
+    /// Logged packets lost before they were read (socket buffer or queue
+    /// full).
+    pub lost: u64,
 }
 
 /// One local pod and the policies that select it.
@@ -267,6 +287,14 @@ pub fn render_text(status: &PolicyStatus, pod: Option<&str>) -> String {
         "network policy: {state}; {} policies; table applied {} times ({} failed, last {:.1} ms)",
         status.policies, status.applies, status.apply_failures, status.last_apply_ms
     );
+    let log = &status.drop_log;
+    if !log.source.is_empty() {
+        let _ = writeln!(
+            out,
+            "  drop log: {}; {} lines, {} left out by the rate limit",
+            log.source, log.lines, log.left_out
+        );
+    }
     for line in status.api_errors.iter().chain(&status.error) {
         let _ = writeln!(out, "  error: {line}");
     }

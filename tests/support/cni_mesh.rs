@@ -2,8 +2,8 @@
 //! tests that plug pods with the CNI plugin or through a container runtime
 //! (tests/cni.rs, tests/cri.rs).
 
-use super::cni::{Call, invoke, net_conf};
-use super::{Cluster, Router, wait_until};
+use super::cni::{Call, invoke, net_conf, netns_path};
+use super::{Cluster, Netns, Router, wait_until};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 use weft::api::client::call;
@@ -87,4 +87,23 @@ pub fn allocations(r: &Router) -> Vec<Allocation> {
     assert!(reply.ok, "list failed: {reply:?}");
     let list: AllocationList = serde_json::from_value(reply.result.unwrap()).unwrap();
     list.allocations
+}
+
+/// CNI ADD of pod `name` (`namespace/pod`) in `netns` on `node`, with the
+/// `K8S_POD_*` arguments kubelet passes: its address.
+pub fn plug_k8s_pod(m: &Mesh, node: usize, name: &str, netns: &Netns) -> Ipv4Addr {
+    let (namespace, pod) = name.split_once('/').unwrap();
+    let mut add = Call::new("ADD", &format!("cid-{namespace}-{pod}"), &netns_path(netns));
+    add.extra_env.push((
+        "CNI_ARGS".into(),
+        format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod}"),
+    ));
+    let conf = net_conf("1.0.0", &m.routers[node].api());
+    let result = invoke(&m.cluster.nodes[node].ns, &add, &conf).ok();
+    result["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches("/32")
+        .parse()
+        .unwrap()
 }
