@@ -97,7 +97,7 @@ impl FakeApi {
             let listener = TcpListener::bind(addr).expect("bind the test API server");
             listener.set_nonblocking(true).unwrap();
             ready_tx.send(()).unwrap();
-            let deadline = Instant::now() + Duration::from_secs(300);
+            let deadline = Instant::now() + Duration::from_secs(900);
             while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
                 let Ok((stream, _)) = listener.accept() else {
                     std::thread::sleep(Duration::from_millis(5));
