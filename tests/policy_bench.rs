@@ -102,7 +102,7 @@ fn throughput_with_a_thousand_policies_against_none() {
     if !require_root("throughput_with_a_thousand_policies_against_none") {
         return;
     }
-    // Bounded: the test API server serves for 300 s.
+    // Bounded: the test API server serves for 900 s.
     let rounds = env_or("WEFT_POLICY_BENCH_ROUNDS", 5).clamp(1, 10);
     let secs = env_or("WEFT_POLICY_BENCH_SECONDS", 4).clamp(1, 8);
     let [namespaces, pods, policies] = [COLLECTIONS[0], COLLECTIONS[1], COLLECTIONS[2]];
@@ -111,10 +111,12 @@ fn throughput_with_a_thousand_policies_against_none() {
         .parse()
         .unwrap();
     let api = FakeApi::start(&cluster.nodes[0].ns.name, api_addr);
-    // Fake pods at 10.40.0.1 … 10.40.39.250 (the routers allocate from
-    // 10.32.0.0 up), 100 on each real node (n0, n1), the rest elsewhere.
+    // Fake pods at 10.48.0.1 … 10.48.39.250, outside the routers' range
+    // 10.32.0.0/12 (one router's share starts at 10.40.0.0, where
+    // the real pods would have clashed with fake ones), 100 on each real
+    // node (n0, n1), the rest elsewhere. Only nft rules see them.
     let case = scale::scale_case(
-        |i| Ipv4Addr::new(10, 40, (i / 250) as u8, (i % 250 + 1) as u8),
+        |i| Ipv4Addr::new(10, 48, (i / 250) as u8, (i % 250 + 1) as u8),
         |i| format!("n{}", i / 100),
     );
     for object in &case.namespaces {

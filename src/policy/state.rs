@@ -239,7 +239,11 @@ impl PolicyState {
 
     /// This node's pods: those the API places here, then those allocated
     /// here that the API does not show here (yet), with their allocation's
-    /// addresses and labels unknown.
+    /// addresses and labels unknown. An address is one pod's: the pod this
+    /// node's IPAM gave it, else the first in key order. The API can show
+    /// two (a deleted pod still terminating while its address went to a new
+    /// one, or a stale object); a table with the address twice is refused
+    /// whole by nft, which would leave every pod's policy unapplied.
     pub fn local_pods(&self) -> Vec<PodInfo> {
         let mut pods: Vec<PodInfo> = self.cluster.pods_on(&self.node).cloned().collect();
         let here: std::collections::BTreeSet<String> = pods.iter().map(PodInfo::key).collect();
@@ -249,6 +253,17 @@ impl PolicyState {
             }
             let (namespace, name) = key.split_once('/').unwrap_or(("", key));
             pods.push(PodInfo::allocated(namespace, name, ips.clone(), &self.node));
+        }
+        let mut holder: std::collections::BTreeMap<u32, String> = self
+            .allocated
+            .iter()
+            .flat_map(|(key, ips)| ips.iter().map(move |ip| (*ip, key.clone())))
+            .collect();
+        pods.sort_by_key(PodInfo::key);
+        for pod in &mut pods {
+            let key = pod.key();
+            pod.ips
+                .retain(|ip| holder.entry(*ip).or_insert_with(|| key.clone()) == &key);
         }
         pods
     }
@@ -488,6 +503,41 @@ mod tests {
         assert!(!s.render().text.contains("default deny of x"));
         s.apply(Resource::Pods, Change::Reset(vec![]));
         assert!(s.cluster().pod("x/a").is_none());
+    }
+
+    #[test]
+    fn an_address_two_pods_claim_goes_to_the_one_this_node_allocated_it_to() {
+        // x/old is still in the API with 10.32.0.3 (terminating), which the
+        // IPAM has given to x/new; x/stale claims 10.32.0.9 along with x/a,
+        // neither allocated here: the first in key order keeps it. Before,
+        // both got a map element each and nft refused the whole table.
+        let mut s = PolicyState::new("n1");
+        s.apply(
+            Resource::Pods,
+            Change::Reset(vec![
+                pod("old", "n1", "10.32.0.3"),
+                pod("new", "n1", "10.32.0.3"),
+                pod("stale", "n1", "10.32.0.9"),
+                pod("a", "n1", "10.32.0.9"),
+            ]),
+        );
+        s.add_allocation("x/new", ip("10.32.0.3"));
+        s.apply(Resource::NetworkPolicies, Change::Upsert(deny_all("deny")));
+        let ips = |key: &str| {
+            s.local_pods()
+                .into_iter()
+                .find(|p| p.key() == key)
+                .map(|p| p.ips)
+                .unwrap()
+        };
+        assert_eq!(ips("x/new"), vec![ip("10.32.0.3")]);
+        assert!(ips("x/old").is_empty());
+        assert_eq!(ips("x/a"), vec![ip("10.32.0.9")]);
+        assert!(ips("x/stale").is_empty());
+        let text = s.render().text;
+        for addr in ["10.32.0.3", "10.32.0.9"] {
+            assert_eq!(text.matches(&format!("{addr} : jump")).count(), 1, "{text}");
+        }
     }
 
     /// Issue 18's scale point, measured (print with `--nocapture`): 1,000
