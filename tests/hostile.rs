@@ -196,7 +196,9 @@ impl Arena {
 }
 
 // The attacks, by kind: garbage and idle or slow clients; handshake floods
-// and replays.
+// and replays; a secret holder flooding path messages (issue 16).
+#[path = "hostile/flood.rs"]
+mod flood;
 #[path = "hostile/garbage.rs"]
 mod garbage;
 #[path = "hostile/handshakes.rs"]
