@@ -203,3 +203,5 @@ mod flood;
 mod garbage;
 #[path = "hostile/handshakes.rs"]
 mod handshakes;
+#[path = "hostile/punch_flood.rs"]
+mod punch_flood;

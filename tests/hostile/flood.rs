@@ -82,7 +82,7 @@ impl Records {
 
 /// Reads and discards what the router sends the attacker (gossip, reports)
 /// until `stop`, so that the router's writes never stall its reads.
-fn drain_in_background(mut stream: TcpStream, stop: Arc<AtomicBool>) {
+pub(super) fn drain_in_background(mut stream: TcpStream, stop: Arc<AtomicBool>) {
     std::thread::spawn(move || {
         stream
             .set_read_timeout(Some(Duration::from_millis(500)))
@@ -225,7 +225,7 @@ fn flood(
 }
 
 /// A counting rule (no verdict) in `ns` for UDP it sends to `PROBE_NET`.
-fn count_probes(ns: &Netns) {
+pub(super) fn count_probes(ns: &Netns) {
     let range = format!("{}-{}", PROBE_NET.0, PROBE_NET.1);
     for cmd in [
         vec!["nft", "add", "table", "ip", "flood_count"],
@@ -258,7 +258,7 @@ fn count_probes(ns: &Netns) {
     }
 }
 
-fn probes_sent(ns: &Netns) -> u64 {
+pub(super) fn probes_sent(ns: &Netns) -> u64 {
     let out = ns.exec(&["nft", "list", "chain", "ip", "flood_count", "out"]);
     let text = String::from_utf8_lossy(&out.stdout);
     text.split_whitespace()
@@ -293,11 +293,11 @@ fn budget_used(samples: &[Sample], pick: impl Fn(&Sample) -> u64, per_second: f6
     worst
 }
 
-fn paths(router: &Router) -> serde_json::Value {
+pub(super) fn paths(router: &Router) -> serde_json::Value {
     router.status().expect("status")["paths"].clone()
 }
 
-fn counter(paths: &serde_json::Value, key: &str) -> u64 {
+pub(super) fn counter(paths: &serde_json::Value, key: &str) -> u64 {
     paths[key].as_u64().unwrap_or(0)
 }
 
