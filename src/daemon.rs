@@ -212,6 +212,7 @@ async fn serve(
         },
         session_indices: AtomicU32::new(rand::random::<u32>() & 0x00ff_ffff),
         events: connection_tx,
+        backlog: Default::default(),
         msg1_guard: std::sync::Mutex::new(crate::crypto::Msg1Guard::new()),
     });
     let (control_tx, api_rx) = mpsc::channel(64);

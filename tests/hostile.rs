@@ -196,8 +196,12 @@ impl Arena {
 }
 
 // The attacks, by kind: garbage and idle or slow clients; handshake floods
-// and replays.
+// and replays; a secret holder flooding path messages (issue 16).
+#[path = "hostile/flood.rs"]
+mod flood;
 #[path = "hostile/garbage.rs"]
 mod garbage;
 #[path = "hostile/handshakes.rs"]
 mod handshakes;
+#[path = "hostile/punch_flood.rs"]
+mod punch_flood;

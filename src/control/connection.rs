@@ -48,6 +48,9 @@ pub struct ConnectionContext {
     pub events: mpsc::UnboundedSender<ConnectionEvent>,
     /// The message-1 replay guard shared by all inbound handshakes.
     pub msg1_guard: std::sync::Mutex<Msg1Guard>,
+    /// Decoded messages waiting for the control task: over its bound,
+    /// connections stop reading (`super::backlog`).
+    pub backlog: super::backlog::Backlog,
 }
 
 impl ConnectionContext {
@@ -248,6 +251,8 @@ enum Input {
     Read(std::io::Result<usize>),
     Command(Option<ConnectionCommand>),
     Deadline,
+    /// A paused connection looks at the backlog again.
+    Resume,
 }
 
 /// How the task ended, for the control task.
@@ -314,9 +319,12 @@ impl Driver {
             }
             let limit = self.link.read_limit().min(buffer.len());
             let deadline = self.link.poll_timeout().map(|(at, _)| at);
+            // The control task is behind: leave the socket unread for now.
+            let paused = self.context.backlog.full();
             let input = tokio::select! {
                 // `read` is cancel-safe: nothing is lost if another branch wins.
-                read = read.read(&mut buffer[..limit]), if limit > 0 => Input::Read(read),
+                read = read.read(&mut buffer[..limit]), if limit > 0 && !paused => Input::Read(read),
+                () = tokio::time::sleep(super::backlog::PAUSE), if paused => Input::Resume,
                 command = recv(&mut self.commands), if self.commands.is_some() => {
                     Input::Command(command)
                 }
@@ -341,6 +349,7 @@ impl Driver {
                 Input::Command(Some(ConnectionCommand::Close(reason))) => self.link.close(&reason),
                 Input::Command(None) => return Ending::Down("control task gone".into()),
                 Input::Deadline => self.link.handle_timeout(now),
+                Input::Resume => {}
             }
         }
     }
@@ -408,6 +417,7 @@ impl Driver {
                     .send(ConnectionEvent::Rekeyed { id: self.id, keys });
             }
             LinkEvent::Message(message) => {
+                self.context.backlog.add(&message);
                 let _ = self.context.events.send(ConnectionEvent::Message {
                     id: self.id,
                     message,

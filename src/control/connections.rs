@@ -11,6 +11,7 @@ use super::connection::{
 };
 use super::peers::{self, Arrival};
 use super::proto::ControlMessage;
+use crate::id::PeerId;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -73,6 +74,19 @@ impl Control {
         *self.handshakes.entry(result.to_string()).or_default() += 1;
     }
 
+    /// Another router known at `addr`: a connected peer's listen or remote
+    /// address, or an address in another router's signed entry (so that a
+    /// peer cannot make this router take it for its own).
+    fn other_router_at(&self, addr: SocketAddr) -> Option<PeerId> {
+        let me = self.me;
+        self.peers.at_address(addr).map(|p| p.id).or_else(|| {
+            self.gossip
+                .peers()
+                .find(|e| e.id != me && e.addresses.contains(&addr))
+                .map(|e| e.id)
+        })
+    }
+
     /// Starts the dials the connection maker asks for.
     pub(super) fn drive_dials(&mut self, now: Instant) {
         while let Some(addr) = self.maker.poll_dial(now) {
@@ -131,7 +145,8 @@ impl Control {
             } => {
                 let from = self.peers.iter().find(|p| p.connection == id).map(|p| p.id);
                 if let Some(from) = from {
-                    self.endpoints.handle_report(from, dialled, udp_from);
+                    let owner = dialled.and_then(|a| self.other_router_at(a));
+                    self.endpoints.handle_report(from, dialled, udp_from, owner);
                     self.drain_endpoint_events(now);
                 }
             }

@@ -34,6 +34,11 @@ pub const BELIEVED_AFTER: usize = 2;
 /// Most endpoints a router advertises (the topology entry's bound).
 pub const MAX_ENDPOINTS: usize = 8;
 
+/// Most addresses learned to be this router's own from peers' `dialled`
+/// reports (a handful in any real topology: one per NAT in front of it and
+/// per DNS name); past it a claim is refused and counted.
+pub const MAX_MINE: usize = 16;
+
 /// What the control task must act on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EndpointEvent {
@@ -42,6 +47,24 @@ pub enum EndpointEvent {
     MineLearned(SocketAddr),
     /// The endpoints to advertise changed (see [`Endpoints::advertised`]).
     AdvertisedChanged,
+}
+
+/// Why a peer's `dialled` claim was refused (nothing changed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refused {
+    /// The address is another router's.
+    OtherRouter = 0,
+    /// [`MAX_MINE`] addresses are mine already.
+    TooMany = 1,
+}
+
+impl Refused {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::OtherRouter => "observed_refused/other_router",
+            Self::TooMany => "observed_refused/too_many",
+        }
+    }
 }
 
 /// What one peer last said about this router.
@@ -63,6 +86,7 @@ pub struct Endpoints {
     told_udp: HashMap<PeerId, SocketAddr>,
     advertised: Vec<SocketAddr>,
     events: VecDeque<EndpointEvent>,
+    refused: [u64; 2],
 }
 
 impl Endpoints {
@@ -78,6 +102,7 @@ impl Endpoints {
             told_udp: HashMap::new(),
             advertised: Vec::new(),
             events: VecDeque::new(),
+            refused: [0; 2],
         };
         e.advertised = e.compute();
         e
@@ -87,25 +112,56 @@ impl Endpoints {
     /// static key there) and where my authenticated UDP comes from. A
     /// `None` field keeps what it said before. Unusable addresses
     /// (unspecified, port 0) are ignored; nothing else changes then.
+    ///
+    /// `owner` is the router the control task knows at `dialled` (a
+    /// connected peer's listen or remote address, an address in another
+    /// router's signed entry). A `dialled` claim for an address another
+    /// router holds (that, or the one that answered my own dial there), or
+    /// one past [`MAX_MINE`], is refused and counted, and nothing changes:
+    /// one peer's word makes an address mine at once (module docs), so it
+    /// must not be able to take a router's address from it (this router
+    /// would stop dialling it and count it as itself among the voters) nor
+    /// grow the set without bound.
     pub fn handle_report(
         &mut self,
         from: PeerId,
         dialled: Option<SocketAddr>,
         udp_from: Option<SocketAddr>,
+        owner: Option<PeerId>,
     ) {
         let usable = |a: &SocketAddr| !a.ip().is_unspecified() && a.port() != 0;
+        if let Some(a) = dialled.filter(usable)
+            && let Err(reason) = self.claim(a, owner)
+        {
+            self.refused[reason as usize] += 1;
+            return;
+        }
         let report = self.reports.entry(from).or_default();
         if let Some(a) = dialled.filter(usable) {
             report.dialled = Some(a);
-            if a != self.listen && self.mine.insert(a) {
-                tracing::info!(address = %a, "a peer reached this router at an address of its own");
-                self.events.push_back(EndpointEvent::MineLearned(a));
-            }
         }
         if let Some(a) = udp_from.filter(usable) {
             report.udp_from = Some(a);
         }
         self.refresh();
+    }
+
+    /// Takes a peer's word that `a` is mine, unless `owner` or the router
+    /// that answered my dial there is another router, or the set is full.
+    fn claim(&mut self, a: SocketAddr, owner: Option<PeerId>) -> Result<(), Refused> {
+        if owner.or_else(|| self.answered_at(a)).is_some() {
+            return Err(Refused::OtherRouter);
+        }
+        if a == self.listen || self.mine.contains(&a) {
+            return Ok(());
+        }
+        if self.mine.len() >= MAX_MINE {
+            return Err(Refused::TooMany);
+        }
+        self.mine.insert(a);
+        tracing::info!(address = %a, "a peer reached this router at an address of its own");
+        self.events.push_back(EndpointEvent::MineLearned(a));
+        Ok(())
     }
 
     /// A peer went away: its reports no longer count, and it is told again
@@ -162,6 +218,13 @@ impl Endpoints {
         self.mine.iter().copied()
     }
 
+    /// Claims refused since start, by reason (status `paths`).
+    pub fn refused(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        [Refused::OtherRouter, Refused::TooMany]
+            .into_iter()
+            .map(|r| (r.as_str(), self.refused[r as usize]))
+    }
+
     /// The next event, if any.
     pub fn poll_event(&mut self) -> Option<EndpointEvent> {
         self.events.pop_front()
@@ -213,10 +276,16 @@ mod tests {
         std::iter::from_fn(|| e.poll_event()).collect()
     }
 
+    fn refused(e: &Endpoints, reason: &str) -> u64 {
+        e.refused()
+            .find(|(r, _)| *r == reason)
+            .map_or(0, |(_, n)| n)
+    }
+
     #[test]
     fn an_observed_address_from_a_single_peer_changes_nothing_advertised() {
         let mut e = Endpoints::new(LISTEN, vec![]);
-        e.handle_report(PeerId(1), None, Some(a(11, 6783)));
+        e.handle_report(PeerId(1), None, Some(a(11, 6783)), None);
         assert_eq!(e.advertised(), &[LISTEN]);
         assert!(drain(&mut e).is_empty());
     }
@@ -224,8 +293,8 @@ mod tests {
     #[test]
     fn an_address_two_peers_agree_on_is_advertised_after_the_operators() {
         let mut e = Endpoints::new(LISTEN, vec![a(99, 443)]);
-        e.handle_report(PeerId(1), None, Some(a(11, 6783)));
-        e.handle_report(PeerId(2), Some(a(11, 6783)), None);
+        e.handle_report(PeerId(1), None, Some(a(11, 6783)), None);
+        e.handle_report(PeerId(2), Some(a(11, 6783)), None, None);
         assert_eq!(e.advertised(), &[LISTEN, a(99, 443), a(11, 6783)]);
         assert!(drain(&mut e).contains(&EndpointEvent::AdvertisedChanged));
     }
@@ -249,7 +318,12 @@ mod tests {
     fn a_symmetric_nat_giving_each_peer_another_port_is_never_believed() {
         let mut e = Endpoints::new(LISTEN, vec![]);
         for p in 1..6 {
-            e.handle_report(PeerId(p), None, Some(a(30, 40_000 + u16::from(p as u8))));
+            e.handle_report(
+                PeerId(p),
+                None,
+                Some(a(30, 40_000 + u16::from(p as u8))),
+                None,
+            );
         }
         assert_eq!(e.advertised(), &[LISTEN]);
     }
@@ -257,8 +331,8 @@ mod tests {
     #[test]
     fn a_peer_that_dialled_me_at_an_address_makes_it_mine_once() {
         let mut e = Endpoints::new(LISTEN, vec![]);
-        e.handle_report(PeerId(1), Some(a(11, 6783)), None);
-        e.handle_report(PeerId(2), Some(a(11, 6783)), None);
+        e.handle_report(PeerId(1), Some(a(11, 6783)), None, None);
+        e.handle_report(PeerId(2), Some(a(11, 6783)), None, None);
         let events = drain(&mut e);
         let learned: Vec<_> = events
             .iter()
@@ -271,8 +345,8 @@ mod tests {
     #[test]
     fn a_peer_that_leaves_takes_its_vote_with_it() {
         let mut e = Endpoints::new(LISTEN, vec![]);
-        e.handle_report(PeerId(1), None, Some(a(11, 6783)));
-        e.handle_report(PeerId(2), None, Some(a(11, 6783)));
+        e.handle_report(PeerId(1), None, Some(a(11, 6783)), None);
+        e.handle_report(PeerId(2), None, Some(a(11, 6783)), None);
         assert_eq!(e.advertised().len(), 2);
         e.handle_peer_down(PeerId(2));
         assert_eq!(e.advertised(), &[LISTEN]);
@@ -281,7 +355,7 @@ mod tests {
     #[test]
     fn one_peer_reporting_many_addresses_counts_once_for_each() {
         let mut e = Endpoints::new(LISTEN, vec![]);
-        e.handle_report(PeerId(1), Some(a(11, 6783)), Some(a(11, 6783)));
+        e.handle_report(PeerId(1), Some(a(11, 6783)), Some(a(11, 6783)), None);
         assert_eq!(e.advertised(), &[LISTEN]);
     }
 
@@ -301,6 +375,48 @@ mod tests {
         assert!(e.observe_udp(PeerId(1), a(5, 7000)));
         e.handle_peer_down(PeerId(1));
         assert!(e.observe_udp(PeerId(1), a(5, 7000)));
+    }
+
+    #[test]
+    fn a_claim_that_another_routers_address_is_mine_changes_nothing_and_is_counted() {
+        let mut e = Endpoints::new(LISTEN, vec![]);
+        // I dialled a(12) and router 7 answered there: it is router 7's.
+        e.dialled(a(12, 6783), PeerId(7));
+        e.handle_report(PeerId(1), Some(a(12, 6783)), None, None);
+        assert!(
+            drain(&mut e).is_empty(),
+            "nothing learned, nothing advertised"
+        );
+        assert_eq!(e.mine().count(), 0);
+        // An address the control task knows as router 8's (its listen
+        // address, its signed entry).
+        e.handle_report(PeerId(1), Some(a(13, 6783)), None, Some(PeerId(8)));
+        assert!(drain(&mut e).is_empty());
+        assert_eq!(e.mine().count(), 0);
+        assert_eq!(refused(&e, "observed_refused/other_router"), 2);
+        // An address nobody holds is still taken from one peer.
+        e.handle_report(PeerId(1), Some(a(14, 6783)), None, None);
+        assert_eq!(drain(&mut e), vec![EndpointEvent::MineLearned(a(14, 6783))]);
+    }
+
+    #[test]
+    fn a_flood_of_dialled_claims_from_one_peer_learns_a_bounded_number_of_addresses() {
+        let mut e = Endpoints::new(LISTEN, vec![]);
+        for i in 0..10_000u32 {
+            let addr = a((i % 250) as u8, 1000 + (i / 250) as u16);
+            e.handle_report(PeerId(1), Some(addr), Some(addr), None);
+        }
+        assert!(e.mine().count() <= MAX_MINE, "{}", e.mine().count());
+        let learned = drain(&mut e)
+            .iter()
+            .filter(|ev| matches!(ev, EndpointEvent::MineLearned(_)))
+            .count();
+        assert_eq!(learned, e.mine().count());
+        assert_eq!(e.advertised(), &[LISTEN], "one peer is never believed");
+        assert_eq!(
+            refused(&e, "observed_refused/too_many"),
+            10_000 - e.mine().count() as u64
+        );
     }
 
     #[test]

@@ -37,6 +37,7 @@
 
 pub mod admission;
 pub mod attribution;
+pub mod backlog;
 pub mod connection;
 mod connections;
 mod directory;
@@ -283,7 +284,12 @@ impl Control {
             tokio::select! {
                 _ = &mut shutdown => break,
                 () = &mut timer => {}
-                Some(event) = inputs.connections.recv() => self.handle_connection_event(event, Instant::now()),
+                Some(event) = inputs.connections.recv() => {
+                    if let ConnectionEvent::Message { message, .. } = &event {
+                        self.context.backlog.done(message);
+                    }
+                    self.handle_connection_event(event, Instant::now());
+                }
                 Some(event) = inputs.workers.recv() => self.handle_worker_event(event, Instant::now()),
                 Some((request, reply)) = inputs.api.recv() => {
                     let _ = reply.send(self.handle_api(request));

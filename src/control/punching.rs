@@ -38,6 +38,9 @@ impl Control {
         now: Instant,
     ) {
         let Some(via) = self.peers.get(from).and_then(|p| p.relayed_via) else {
+            // Offers come only end to end on a relayed connection: one on a
+            // direct connection is a peer misbehaving; nothing is probed.
+            self.relayed.count("punch_offer_unexpected");
             return;
         };
         let mine = self.endpoints.advertised().to_vec();
@@ -112,10 +115,12 @@ impl Control {
         for (reason, n) in punch.failures() {
             out.insert(format!("punch_failed/{reason}"), n);
         }
-        out.insert(
-            "relay_forwarded".to_string(),
-            self.relay_budget.forwarded().0,
-        );
+        let (records, bytes) = self.relay_budget.forwarded();
+        out.insert("relay_forwarded".to_string(), records);
+        out.insert("relay_forwarded_bytes".to_string(), bytes);
+        for (reason, n) in self.endpoints.refused() {
+            out.insert(reason.to_string(), n);
+        }
         // Drop reasons are `relay_*` labels (`relay::RelayDrop`, and the
         // ends' own in `relayed.rs`).
         let ends = self.relayed.dropped.iter().map(|(r, n)| (*r, *n));

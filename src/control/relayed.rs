@@ -113,7 +113,7 @@ impl Sessions {
         self.next_check
     }
 
-    fn count(&mut self, reason: &'static str) {
+    pub(super) fn count(&mut self, reason: &'static str) {
         *self.dropped.entry(reason).or_default() += 1;
     }
 

@@ -43,7 +43,7 @@ fn advertised_after_reports(mapping: Mapping, peers: u8) -> Vec<SocketAddr> {
         let peer_ip = IpAddr::from([192, 0, 2, p]);
         net.add_host(internet, peer_ip);
         let seen = net.send(ep(x_ip, 6784), ep(peer_ip, 6784)).unwrap();
-        endpoints.handle_report(PeerId(u64::from(p)), None, Some(seen.seen_from));
+        endpoints.handle_report(PeerId(u64::from(p)), None, Some(seen.seen_from), None);
     }
     endpoints.advertised().to_vec()
 }
@@ -200,7 +200,7 @@ impl Cluster {
                     .answered
                     .insert(seed, answerer);
                 let e = self.endpoints.get_mut(&answerer).unwrap();
-                e.handle_report(id, Some(seed), None);
+                e.handle_report(id, Some(seed), None, None);
                 let mine: Vec<SocketAddr> = e.mine().collect();
                 self.known.get_mut(&answerer).unwrap().mine.extend(mine);
             }

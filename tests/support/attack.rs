@@ -234,14 +234,24 @@ pub fn intruder_handshake(
     stream.read_exact(&mut msg2).unwrap();
     let payload = hs.read_message(&msg2).unwrap();
     let theirs: Hello = weft::wire::decode(&payload).expect("the router's hello");
+    stream
+        .write_all(&intruder_msg3(&mut hs, "intruder", 7))
+        .unwrap();
+    (stream, theirs, hs.finish().unwrap())
+}
+
+/// The intruder's handshake message 3, length-prefixed as on the stream:
+/// its hello as `name` with short ID `short_id` (also its incarnation and
+/// session index), listening at 192.0.2.12:6783.
+pub fn intruder_msg3(hs: &mut Handshake, name: &str, short_id: u16) -> Vec<u8> {
     let hello = Hello {
         versions: Versions::OURS,
-        name: "intruder".into(),
-        short_id: 7,
+        name: name.into(),
+        short_id,
         listen: "192.0.2.12:6783".parse().unwrap(),
         mtu: 1420,
-        incarnation: 1,
-        session_index: 77,
+        incarnation: u64::from(short_id),
+        session_index: 70 + u32::from(short_id),
         cluster_range: "10.32.0.0/12".into(),
     };
     let msg3 = hs
@@ -249,8 +259,7 @@ pub fn intruder_handshake(
         .unwrap();
     let mut framed = (msg3.len() as u16).to_be_bytes().to_vec();
     framed.extend_from_slice(&msg3);
-    stream.write_all(&framed).unwrap();
-    (stream, theirs, hs.finish().unwrap())
+    framed
 }
 
 /// Two routers meshed on nodes 0 and 1 of a three-node cluster, one pod
