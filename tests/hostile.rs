@@ -33,10 +33,11 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const RSS_LIMIT_KB: u64 = 64 * 1024;
 
 /// Two good routers n0 and n1 with a pod each, established; node 2 is the
-/// attacker.
+/// attacker. Fields drop in order: the routers (printing their logs on
+/// failure) before the cluster, whose directory holds those logs.
 struct Arena {
-    cluster: Cluster,
     routers: Vec<Router>,
+    cluster: Cluster,
     pid: u32,
     rss_before: u64,
     seed: u64,
