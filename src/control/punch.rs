@@ -55,7 +55,10 @@
 //! Bounds: at most [`MAX_CANDIDATES`] candidates per peer, at most
 //! [`PunchConfig::max_rounds`] probe rounds per attempt, at most one attempt
 //! in progress per peer; an offer from a peer whose attempt was just
-//! answered is ignored, so a flood of offers costs nothing.
+//! answered is ignored, so a flood of offers costs nothing; an offer in the
+//! first half of the quiet period after an unanswered window is ignored
+//! and counted, so a relayed peer that floods offers and never answers
+//! gets one window of probes per half quiet period, not one per window.
 
 mod candidates;
 #[cfg(test)]
@@ -149,6 +152,8 @@ enum Phase {
     Failed {
         reason: PunchFailure,
         retry_at: Option<Instant>,
+        /// An offer before this is ignored (see [`Punch::handle_offer`]).
+        offers_from: Instant,
     },
 }
 
@@ -288,6 +293,14 @@ impl Punch {
             Some(Phase::Probing { .. } | Phase::Punched { .. }) => return,
             // The request we waited for (the attempt is counted).
             Some(Phase::Awaiting { .. }) => true,
+            // Within the quiet period after an unanswered window: the peer,
+            // if it follows the protocol, is quiet too (module docs), so
+            // this is a relayed peer flooding offers to keep us probing
+            // addresses of its choosing. Ignored and counted.
+            Some(Phase::Failed { offers_from, .. }) if now < *offers_from => {
+                self.counters.offers_early += 1;
+                return;
+            }
             Some(Phase::Failed { .. }) | None => {
                 self.counters.attempts += 1;
                 true
@@ -587,12 +600,21 @@ impl Punch {
                 self.turn_of(peer),
             ),
         };
+        // After an unanswered window both sides keep quiet for `quiet` or
+        // more; an offer in the first half of it cannot come from a peer
+        // that follows the protocol (half: the two windows end apart by the
+        // rendezvous' delay, and the other side's quiet starts first).
+        let offers_from = match reason {
+            PunchFailure::NoAnswer => now + self.config.quiet / 2,
+            _ => now,
+        };
         self.pairs.insert(
             peer,
             Pair {
                 phase: Phase::Failed {
                     reason,
                     retry_at: Some(now + wait),
+                    offers_from,
                 },
                 interval: (interval * 2).min(self.config.retry_cap),
                 turn,

@@ -112,6 +112,7 @@ impl Control {
         let mut out = std::collections::BTreeMap::new();
         out.insert("punch_attempts".to_string(), punch.attempts);
         out.insert("punch_successes".to_string(), punch.successes);
+        out.insert("punch_offer_early".to_string(), punch.offers_early);
         for (reason, n) in punch.failures() {
             out.insert(format!("punch_failed/{reason}"), n);
         }

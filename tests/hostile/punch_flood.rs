@@ -5,9 +5,10 @@
 //! and `RelayFrom`), then floods n0 with punch offers, packed many to a
 //! relay message, naming addresses of the test bridge where nobody
 //! listens. n0 must probe no more than its punch core allows: at most one
-//! attempt at a time, at most 64 rounds of at most 8 candidates each; the
-//! attempts are counted in status and the probes with an nftables counter
-//! in n0's namespace.
+//! attempt at a time, at most 64 rounds of at most 8 candidates each, and
+//! after an unanswered window no offer answered for half the quiet period;
+//! the attempts and ignored offers are counted in status and the probes
+//! with an nftables counter in n0's namespace.
 //!
 //! Bounded: 8 s of flood, at most 400 relay messages of 50 offers; every address is on
 //! the test's bridge.
@@ -19,11 +20,12 @@ use weft::control::proto::{ControlMessage, decode_message, encode_message};
 use weft::id::PeerId;
 
 /// The punch core's bounds (src/control/punch.rs `PunchConfig::default`,
-/// `MAX_CANDIDATES`): rounds per attempt, candidates per round, the
-/// shortest gap between rounds.
+/// `MAX_CANDIDATES`): rounds per attempt, candidates per round, and the
+/// shortest time from one attempt's start to the next one answered for an
+/// offer (a 5 s window, then half the 35 s quiet period).
 const MAX_ROUNDS: u64 = 64;
 const MAX_CANDIDATES: u64 = 8;
-const PROBE_MIN: Duration = Duration::from_millis(50);
+const ATTEMPT_SPACING: Duration = Duration::from_millis(5_000 + 17_500);
 
 /// A direct control connection: seals and frames records, reads and opens
 /// the peer's in order.
@@ -183,15 +185,20 @@ fn a_relayed_peer_flooding_punch_offers_gets_no_more_probes_than_the_punch_core_
     );
     assert!(offers >= 3_000, "the flood sent only {offers} offers");
     assert!(probes > 0, "the offers never reached the punch core");
-    // One attempt at a time, each at most MAX_ROUNDS rounds at least
-    // PROBE_MIN apart (so at least that long) of at most MAX_CANDIDATES.
-    let shortest = PROBE_MIN * MAX_ROUNDS as u32;
-    let windows = 1 + (window.as_secs_f64() / shortest.as_secs_f64()) as u64;
+    // One attempt at a time, each at most MAX_ROUNDS rounds of at most
+    // MAX_CANDIDATES, the next offer answered only ATTEMPT_SPACING after
+    // an attempt started: one window in this test's time.
+    let windows = 1 + (window.as_secs_f64() / ATTEMPT_SPACING.as_secs_f64()) as u64;
     let allowed = windows * MAX_ROUNDS * MAX_CANDIDATES;
     eprintln!("allowed: {allowed} probes ({windows} windows)");
     assert!(
         probes <= allowed,
         "{probes} probes in {window:?}: the punch core allows {allowed}"
+    );
+    let early = delta("punch_offer_early");
+    assert!(
+        early > 0,
+        "no offer was ignored as early after the unanswered window: {after}"
     );
     arena.assert_unharmed(ping, 2);
     drop(stream);

@@ -339,3 +339,46 @@ fn a_private_address_that_looks_like_my_site_is_probed_first_and_only_public_one
     assert_eq!(ordered.len(), MAX_CANDIDATES);
     assert_eq!(ordered[0], addr("203.0.113.1:7000"), "most alike first");
 }
+
+#[test]
+fn offers_in_the_first_half_of_the_quiet_period_are_ignored_and_counted() {
+    let t0 = Instant::now();
+    let (mut a, mut b) = (Punch::new(A, 1), Punch::new(B, 2));
+    exchange(&mut a, &mut b, t0);
+    // Nobody answers: B's window ends unanswered.
+    let config = PunchConfig::default();
+    let failed_at = t0 + config.window;
+    b.handle_timeout(failed_at);
+    assert_eq!(b.state(A), Some(PunchState::Failed(PunchFailure::NoAnswer)));
+    transmits(&mut b);
+    // A relayed peer that floods offers gets nothing probed for half the
+    // quiet period.
+    let mut now = failed_at;
+    while now < failed_at + config.quiet / 2 {
+        b.handle_offer(A, R, &b_eps(), &a_eps(), now);
+        now += Duration::from_millis(100);
+    }
+    assert!(transmits(&mut b).is_empty(), "nothing sent while quiet");
+    assert_eq!(b.counters().offers_early, 175);
+    assert_eq!(b.counters().attempts, 1);
+    // From then on an offer is answered: the peer's swapped attempt.
+    b.handle_offer(A, R, &b_eps(), &a_eps(), failed_at + config.quiet / 2);
+    let sent = transmits(&mut b);
+    assert!(matches!(sent.first(), Some(PunchTransmit::Request { .. })));
+    assert!(!probes_to(&sent).is_empty());
+    assert_eq!(b.counters().attempts, 2);
+}
+
+#[test]
+fn an_offer_after_a_failure_that_was_not_an_unanswered_window_is_answered_at_once() {
+    let t0 = Instant::now();
+    let mut a = Punch::new(A, 1);
+    a.want(B, Some(R), &a_eps(), &b_eps(), t0);
+    transmits(&mut a);
+    let failed_at = t0 + PunchConfig::default().offer_timeout;
+    a.handle_timeout(failed_at);
+    assert_eq!(a.state(B), Some(PunchState::Failed(PunchFailure::NoOffer)));
+    a.handle_offer(B, R, &a_eps(), &b_eps(), failed_at);
+    assert!(!probes_to(&transmits(&mut a)).is_empty());
+    assert_eq!(a.counters().offers_early, 0);
+}

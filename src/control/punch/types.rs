@@ -153,6 +153,8 @@ pub struct PunchCounters {
     pub successes: u64,
     /// Failures, indexed by [`PunchFailure`] as `usize`.
     pub failures: [u64; FAILURES],
+    /// Offers ignored in the quiet period after an unanswered window.
+    pub offers_early: u64,
 }
 
 impl PunchCounters {
