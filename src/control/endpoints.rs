@@ -39,6 +39,12 @@ pub const MAX_ENDPOINTS: usize = 8;
 /// per DNS name); past it a claim is refused and counted.
 pub const MAX_MINE: usize = 16;
 
+/// Most of those one peer may bring (its latest `dialled` report replaces
+/// the last, so an honest peer brings one, two across a NAT rebinding):
+/// past it that peer's claims are refused and counted, so one hostile peer
+/// cannot fill [`MAX_MINE`] before the true addresses arrive.
+pub const MINE_PER_PEER: usize = 2;
+
 /// What the control task must act on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EndpointEvent {
@@ -56,6 +62,8 @@ enum Refused {
     OtherRouter = 0,
     /// [`MAX_MINE`] addresses are mine already.
     TooMany = 1,
+    /// The peer brought [`MINE_PER_PEER`] addresses already.
+    PerPeer = 2,
 }
 
 impl Refused {
@@ -63,6 +71,7 @@ impl Refused {
         match self {
             Self::OtherRouter => "observed_refused/other_router",
             Self::TooMany => "observed_refused/too_many",
+            Self::PerPeer => "observed_refused/per_peer",
         }
     }
 }
@@ -82,11 +91,13 @@ pub struct Endpoints {
     from_kube: Vec<SocketAddr>,
     reports: BTreeMap<PeerId, Report>,
     mine: BTreeSet<SocketAddr>,
+    /// How many of `mine` each peer brought.
+    brought: HashMap<PeerId, usize>,
     answered: HashMap<SocketAddr, PeerId>,
     told_udp: HashMap<PeerId, SocketAddr>,
     advertised: Vec<SocketAddr>,
     events: VecDeque<EndpointEvent>,
-    refused: [u64; 2],
+    refused: [u64; 3],
 }
 
 impl Endpoints {
@@ -98,11 +109,12 @@ impl Endpoints {
             from_kube: Vec::new(),
             reports: BTreeMap::new(),
             mine: BTreeSet::new(),
+            brought: HashMap::new(),
             answered: HashMap::new(),
             told_udp: HashMap::new(),
             advertised: Vec::new(),
             events: VecDeque::new(),
-            refused: [0; 2],
+            refused: [0; 3],
         };
         e.advertised = e.compute();
         e
@@ -117,7 +129,8 @@ impl Endpoints {
     /// connected peer's listen or remote address, an address in another
     /// router's signed entry). A `dialled` claim for an address another
     /// router holds (that, or the one that answered my own dial there), or
-    /// one past [`MAX_MINE`], is refused and counted, and nothing changes:
+    /// one past [`MAX_MINE`] or this peer's [`MINE_PER_PEER`], is refused
+    /// and counted, and nothing changes:
     /// one peer's word makes an address mine at once (module docs), so it
     /// must not be able to take a router's address from it (this router
     /// would stop dialling it and count it as itself among the voters) nor
@@ -131,7 +144,7 @@ impl Endpoints {
     ) {
         let usable = |a: &SocketAddr| !a.ip().is_unspecified() && a.port() != 0;
         if let Some(a) = dialled.filter(usable)
-            && let Err(reason) = self.claim(a, owner)
+            && let Err(reason) = self.claim(from, a, owner)
         {
             self.refused[reason as usize] += 1;
             return;
@@ -146,9 +159,10 @@ impl Endpoints {
         self.refresh();
     }
 
-    /// Takes a peer's word that `a` is mine, unless `owner` or the router
-    /// that answered my dial there is another router, or the set is full.
-    fn claim(&mut self, a: SocketAddr, owner: Option<PeerId>) -> Result<(), Refused> {
+    /// Takes `from`'s word that `a` is mine, unless `owner` or the router
+    /// that answered my dial there is another router, or the set or its
+    /// share of it is full.
+    fn claim(&mut self, from: PeerId, a: SocketAddr, owner: Option<PeerId>) -> Result<(), Refused> {
         if owner.or_else(|| self.answered_at(a)).is_some() {
             return Err(Refused::OtherRouter);
         }
@@ -158,6 +172,11 @@ impl Endpoints {
         if self.mine.len() >= MAX_MINE {
             return Err(Refused::TooMany);
         }
+        let brought = self.brought.entry(from).or_default();
+        if *brought >= MINE_PER_PEER {
+            return Err(Refused::PerPeer);
+        }
+        *brought += 1;
         self.mine.insert(a);
         tracing::info!(address = %a, "a peer reached this router at an address of its own");
         self.events.push_back(EndpointEvent::MineLearned(a));
@@ -220,7 +239,7 @@ impl Endpoints {
 
     /// Claims refused since start, by reason (status `paths`).
     pub fn refused(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        [Refused::OtherRouter, Refused::TooMany]
+        [Refused::OtherRouter, Refused::TooMany, Refused::PerPeer]
             .into_iter()
             .map(|r| (r.as_str(), self.refused[r as usize]))
     }
@@ -406,7 +425,7 @@ mod tests {
             let addr = a((i % 250) as u8, 1000 + (i / 250) as u16);
             e.handle_report(PeerId(1), Some(addr), Some(addr), None);
         }
-        assert!(e.mine().count() <= MAX_MINE, "{}", e.mine().count());
+        assert_eq!(e.mine().count(), MINE_PER_PEER);
         let learned = drain(&mut e)
             .iter()
             .filter(|ev| matches!(ev, EndpointEvent::MineLearned(_)))
@@ -414,8 +433,35 @@ mod tests {
         assert_eq!(learned, e.mine().count());
         assert_eq!(e.advertised(), &[LISTEN], "one peer is never believed");
         assert_eq!(
+            refused(&e, "observed_refused/per_peer"),
+            10_000 - MINE_PER_PEER as u64
+        );
+    }
+
+    #[test]
+    fn one_peer_filling_its_share_leaves_room_for_the_true_address_from_another() {
+        let mut e = Endpoints::new(LISTEN, vec![]);
+        for i in 0..100 {
+            e.handle_report(PeerId(1), Some(a(100 + i, 6783)), None, None);
+        }
+        drain(&mut e);
+        e.handle_report(PeerId(2), Some(a(1, 6783)), None, None);
+        assert_eq!(drain(&mut e), vec![EndpointEvent::MineLearned(a(1, 6783))]);
+        assert!(e.mine().any(|m| m == a(1, 6783)));
+    }
+
+    #[test]
+    fn many_peers_still_fill_only_the_global_cap() {
+        let mut e = Endpoints::new(LISTEN, vec![]);
+        for p in 0..40u64 {
+            for i in 0..2u8 {
+                e.handle_report(PeerId(p), Some(a(i, 2000 + p as u16)), None, None);
+            }
+        }
+        assert_eq!(e.mine().count(), MAX_MINE);
+        assert_eq!(
             refused(&e, "observed_refused/too_many"),
-            10_000 - e.mine().count() as u64
+            80 - MAX_MINE as u64
         );
     }
 
