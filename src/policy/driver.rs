@@ -12,8 +12,12 @@
 //! Nothing is applied before all three resources have been listed once: a
 //! table built from pods without their policies would open them. Then the
 //! first apply replaces whatever table a previous run left (atomically: the
-//! old rules hold until the new ones are in); later applies keep the named
-//! counters ([`Rendered::update_from`]). The table is not removed when the
+//! old rules hold until the new ones are in); later applies are only what
+//! differs from the table last applied ([`Rendered::update_from`]: map
+//! elements, and the chains, maps and counters of pods and policies that
+//! come or go), so the named counters keep their numbers. If one fails (the
+//! table was deleted or changed by someone else), the table is replaced
+//! whole at once; if that fails too, again after [`APPLY_RETRY`]. The table is not removed when the
 //! router stops: a restarting router never leaves its pods open, and no pod
 //! can get a reused address meanwhile (addresses come from this router).
 //! `weft reset` removes it.
@@ -180,17 +184,23 @@ pub async fn run(task: PolicyTask, shared: Shared, mut local: mpsc::Receiver<Loc
             dirty = false;
             retry_at = None;
             let rendered = state.render();
-            let same = applied.as_ref().is_some_and(|a| a.text == rendered.text);
-            if !same {
-                let text = match &applied {
-                    Some(previous) => rendered.update_from(previous),
-                    None => rendered.text.clone(),
-                };
-                let began = Instant::now();
-                let result = tokio::task::spawn_blocking(move || crate::nftables::run(&text))
-                    .await
-                    .unwrap_or_else(|e| Err(e.to_string()));
-                let took = began.elapsed();
+            let text = match &applied {
+                Some(previous) => rendered.update_from(previous),
+                None => rendered.text(),
+            };
+            if !text.is_empty() {
+                let mut outcome = apply(text).await;
+                if let (Err(error), Some(_)) = (&outcome.0, &applied) {
+                    // The table is not what was last applied (deleted or
+                    // changed by someone else), or nft refused the diff:
+                    // replace it whole, now.
+                    tracing::warn!(
+                        "--network-policy: updating {TABLE} failed ({error}); replacing it whole"
+                    );
+                    lock(&shared).status.apply_failures += 1;
+                    outcome = apply(rendered.text()).await;
+                }
+                let (result, took) = outcome;
                 let mut published = lock(&shared);
                 match result {
                     Ok(()) => {
@@ -220,6 +230,16 @@ pub async fn run(task: PolicyTask, shared: Shared, mut local: mpsc::Receiver<Loc
             let _ = done.send(());
         }
     }
+}
+
+/// Runs one `nft -f -` transaction off the runtime: how it went, how long
+/// it took.
+async fn apply(text: String) -> (Result<(), String>, Duration) {
+    let began = Instant::now();
+    let result = tokio::task::spawn_blocking(move || crate::nftables::run(&text))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+    (result, began.elapsed())
 }
 
 /// Takes an allocation update; returns whether the table must be rendered.

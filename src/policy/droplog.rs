@@ -210,7 +210,7 @@ mod tests {
     fn the_rule_logs_its_counter_name_to_our_group() {
         let t = table();
         let p = prefix(&t, "in");
-        assert!(t.text.contains(&format!(
+        assert!(t.text().contains(&format!(
             "limit rate 10/second burst 20 packets log prefix \"{p}\" group 6783"
         )));
     }
