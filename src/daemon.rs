@@ -10,6 +10,7 @@ use crate::control::proto::{Hello, Versions};
 use crate::control::{Control, ControlConfig, ControlInputs};
 use crate::crypto::handshake;
 use crate::crypto::identity::Identity;
+use crate::crypto::identity_next;
 use crate::crypto::secret::ClusterSecrets;
 use crate::id::ShortId;
 use crate::netlink::{self, InterfacePlan};
@@ -44,6 +45,12 @@ pub fn run(config: RouterConfig) -> anyhow::Result<()> {
         )
     })?;
     let (identity, created) = Identity::load_or_create(&config.state_dir)?;
+    // An identity rotation a crash interrupted: run under the new key with
+    // the old one kept to finish the hand-over, or under the old key.
+    let (identity, previous) = match resume_rotation(&config.state_dir, &identity)? {
+        Some(pending) => (pending.identity.clone(), Some((identity, pending))),
+        None => (identity, None),
+    };
     let identity_file = config
         .state_dir
         .join(crate::crypto::identity::IDENTITY_FILE);
@@ -51,13 +58,54 @@ pub fn run(config: RouterConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve(config, secrets, identity, created))
+    runtime.block_on(serve(config, secrets, identity, previous, created))
+}
+
+/// Identity rotation, step 2 (docs/ARCHITECTURE.md): a start that finds
+/// `identity.next` completes the rotation when IPAM state was already
+/// handed over to the new ID (returned: the caller finishes it once the
+/// stores are open), and otherwise discards it, keeping the current key.
+fn resume_rotation(
+    state_dir: &std::path::Path,
+    current: &Identity,
+) -> anyhow::Result<Option<identity_next::Pending>> {
+    use crate::ipam::store::Store;
+    let Some(pending) = identity_next::Pending::load(state_dir)? else {
+        return Ok(None);
+    };
+    let new = pending.identity.id();
+    let handed_over = ["ipam", "ipam6"].into_iter().any(|prefix| {
+        crate::ipam::FileStore::open_prefixed(state_dir, prefix)
+            .and_then(|mut store| store.load())
+            .ok()
+            .and_then(|stored| stored.owner())
+            == Some(new)
+    });
+    match identity_next::decide(current, &pending, handed_over) {
+        identity_next::Resume::Complete if new != current.id() => {
+            tracing::info!(from = %current.id(), to = %new, "completing an interrupted identity rotation");
+            Ok(Some(pending))
+        }
+        identity_next::Resume::Complete => {
+            identity_next::discard(state_dir)?;
+            Ok(None)
+        }
+        identity_next::Resume::Discard => {
+            tracing::warn!(
+                kept = %current.id(),
+                "discarding an identity rotation interrupted before its hand-over was written"
+            );
+            identity_next::discard(state_dir)?;
+            Ok(None)
+        }
+    }
 }
 
 async fn serve(
     config: RouterConfig,
     secrets: ClusterSecrets,
     identity: Identity,
+    previous: Option<(Identity, identity_next::Pending)>,
     created: bool,
 ) -> anyhow::Result<()> {
     let listener = bind_control(config.listen).map_err(|e| {
@@ -114,6 +162,7 @@ async fn serve(
         &config.state_dir,
         "ipam",
         &identity,
+        previous.as_ref().map(|p| &p.0),
         range,
         config.init.clone(),
         &in_use,
@@ -131,6 +180,7 @@ async fn serve(
                 &config.state_dir,
                 "ipam6",
                 &identity,
+                previous.as_ref().map(|p| &p.0),
                 range6,
                 config.init.clone(),
                 &[],
@@ -139,6 +189,12 @@ async fn serve(
         }
         None => None,
     };
+    if let Some((old, pending)) = &previous {
+        // Every store is under the new ID now: the new key becomes the
+        // identity (the ring goes out only once the control loop runs).
+        pending.commit(&config.state_dir)?;
+        tracing::info!(from = %old.id(), to = %identity.id(), "identity rotation complete");
+    }
     for ipam in std::iter::once(&mut ipam).chain(ipam6.as_mut()) {
         if let Some(after) = config.reclaim_after {
             ipam.reclaim_after(after);
