@@ -544,3 +544,75 @@ async fn shutdown_signal() {
         _ = int.recv() => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::ipam::store::{PersistedAllocations, STATE_FORMAT};
+    use crate::ipam::{FileStore, Store};
+    use rand::SeedableRng;
+
+    /// A state dir with an identity, a pending rotation of it and, when
+    /// `owner` is set, an allocation record owned by it.
+    fn state(
+        name: &str,
+        owner: Option<bool>,
+    ) -> (std::path::PathBuf, Identity, identity_next::Pending) {
+        let dir = std::env::temp_dir().join(format!("weft-resume-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (old, _) = Identity::load_or_create(&dir).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let pending = identity_next::Pending::generate(&old, 1, &mut rng);
+        pending.write(&dir).unwrap();
+        if let Some(handed) = owner {
+            let me = if handed {
+                pending.identity.id()
+            } else {
+                old.id()
+            };
+            let record = PersistedAllocations {
+                format: STATE_FORMAT,
+                me,
+                allocations: vec![],
+                pods: vec![],
+            };
+            let mut store = FileStore::open_prefixed(&dir, "ipam").unwrap();
+            store.save_allocations(&record.encode()).unwrap();
+        }
+        (dir, old, pending)
+    }
+
+    #[test]
+    fn a_start_completes_a_rotation_whose_state_was_handed_over() {
+        let (dir, old, pending) = state("handed", Some(true));
+        let resumed = resume_rotation(&dir, &old).unwrap().unwrap();
+        assert_eq!(resumed.identity.id(), pending.identity.id());
+        // The file stays until the caller has opened every store.
+        assert!(dir.join(identity_next::NEXT_FILE).exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_start_discards_a_rotation_nothing_was_handed_over_for() {
+        for owner in [None, Some(false)] {
+            let (dir, old, _) = state("discard", owner);
+            assert!(resume_rotation(&dir, &old).unwrap().is_none());
+            assert!(!dir.join(identity_next::NEXT_FILE).exists());
+            let (kept, _) = Identity::load_or_create(&dir).unwrap();
+            assert_eq!(kept.id(), old.id());
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_start_after_the_key_was_replaced_only_removes_the_file() {
+        let (dir, _, pending) = state("replaced", Some(true));
+        pending.commit(&dir).unwrap();
+        pending.write(&dir).unwrap();
+        let (now, _) = Identity::load_or_create(&dir).unwrap();
+        assert!(resume_rotation(&dir, &now).unwrap().is_none());
+        assert!(!dir.join(identity_next::NEXT_FILE).exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
