@@ -10,6 +10,7 @@ use crate::control::proto::{Hello, Versions};
 use crate::control::{Control, ControlConfig, ControlInputs};
 use crate::crypto::handshake;
 use crate::crypto::identity::Identity;
+use crate::crypto::identity_next;
 use crate::crypto::secret::ClusterSecrets;
 use crate::id::ShortId;
 use crate::netlink::{self, InterfacePlan};
@@ -44,6 +45,12 @@ pub fn run(config: RouterConfig) -> anyhow::Result<()> {
         )
     })?;
     let (identity, created) = Identity::load_or_create(&config.state_dir)?;
+    // An identity rotation a crash interrupted: run under the new key with
+    // the old one kept to finish the hand-over, or under the old key.
+    let (identity, previous) = match resume_rotation(&config.state_dir, &identity)? {
+        Some(pending) => (pending.identity.clone(), Some((identity, pending))),
+        None => (identity, None),
+    };
     let identity_file = config
         .state_dir
         .join(crate::crypto::identity::IDENTITY_FILE);
@@ -51,13 +58,54 @@ pub fn run(config: RouterConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve(config, secrets, identity, created))
+    runtime.block_on(serve(config, secrets, identity, previous, created))
+}
+
+/// Identity rotation, step 2 (docs/ARCHITECTURE.md): a start that finds
+/// `identity.next` completes the rotation when IPAM state was already
+/// handed over to the new ID (returned: the caller finishes it once the
+/// stores are open), and otherwise discards it, keeping the current key.
+fn resume_rotation(
+    state_dir: &std::path::Path,
+    current: &Identity,
+) -> anyhow::Result<Option<identity_next::Pending>> {
+    use crate::ipam::store::Store;
+    let Some(pending) = identity_next::Pending::load(state_dir)? else {
+        return Ok(None);
+    };
+    let new = pending.identity.id();
+    let handed_over = ["ipam", "ipam6"].into_iter().any(|prefix| {
+        crate::ipam::FileStore::open_prefixed(state_dir, prefix)
+            .and_then(|mut store| store.load())
+            .ok()
+            .and_then(|stored| stored.owner())
+            == Some(new)
+    });
+    match identity_next::decide(current, &pending, handed_over) {
+        identity_next::Resume::Complete if new != current.id() => {
+            tracing::info!(from = %current.id(), to = %new, "completing an interrupted identity rotation");
+            Ok(Some(pending))
+        }
+        identity_next::Resume::Complete => {
+            identity_next::discard(state_dir)?;
+            Ok(None)
+        }
+        identity_next::Resume::Discard => {
+            tracing::warn!(
+                kept = %current.id(),
+                "discarding an identity rotation interrupted before its hand-over was written"
+            );
+            identity_next::discard(state_dir)?;
+            Ok(None)
+        }
+    }
 }
 
 async fn serve(
     config: RouterConfig,
     secrets: ClusterSecrets,
     identity: Identity,
+    previous: Option<(Identity, identity_next::Pending)>,
     created: bool,
 ) -> anyhow::Result<()> {
     let listener = bind_control(config.listen).map_err(|e| {
@@ -114,6 +162,7 @@ async fn serve(
         &config.state_dir,
         "ipam",
         &identity,
+        previous.as_ref().map(|p| &p.0),
         range,
         config.init.clone(),
         &in_use,
@@ -131,6 +180,7 @@ async fn serve(
                 &config.state_dir,
                 "ipam6",
                 &identity,
+                previous.as_ref().map(|p| &p.0),
                 range6,
                 config.init.clone(),
                 &[],
@@ -139,6 +189,12 @@ async fn serve(
         }
         None => None,
     };
+    if let Some((old, pending)) = &previous {
+        // Every store is under the new ID now: the new key becomes the
+        // identity (the ring goes out only once the control loop runs).
+        pending.commit(&config.state_dir)?;
+        tracing::info!(from = %old.id(), to = %identity.id(), "identity rotation complete");
+    }
     for ipam in std::iter::once(&mut ipam).chain(ipam6.as_mut()) {
         if let Some(after) = config.reclaim_after {
             ipam.reclaim_after(after);
@@ -486,5 +542,77 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::ipam::store::{PersistedAllocations, STATE_FORMAT};
+    use crate::ipam::{FileStore, Store};
+    use rand::SeedableRng;
+
+    /// A state dir with an identity, a pending rotation of it and, when
+    /// `owner` is set, an allocation record owned by it.
+    fn state(
+        name: &str,
+        owner: Option<bool>,
+    ) -> (std::path::PathBuf, Identity, identity_next::Pending) {
+        let dir = std::env::temp_dir().join(format!("weft-resume-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (old, _) = Identity::load_or_create(&dir).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let pending = identity_next::Pending::generate(&old, 1, &mut rng);
+        pending.write(&dir).unwrap();
+        if let Some(handed) = owner {
+            let me = if handed {
+                pending.identity.id()
+            } else {
+                old.id()
+            };
+            let record = PersistedAllocations {
+                format: STATE_FORMAT,
+                me,
+                allocations: vec![],
+                pods: vec![],
+            };
+            let mut store = FileStore::open_prefixed(&dir, "ipam").unwrap();
+            store.save_allocations(&record.encode()).unwrap();
+        }
+        (dir, old, pending)
+    }
+
+    #[test]
+    fn a_start_completes_a_rotation_whose_state_was_handed_over() {
+        let (dir, old, pending) = state("handed", Some(true));
+        let resumed = resume_rotation(&dir, &old).unwrap().unwrap();
+        assert_eq!(resumed.identity.id(), pending.identity.id());
+        // The file stays until the caller has opened every store.
+        assert!(dir.join(identity_next::NEXT_FILE).exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_start_discards_a_rotation_nothing_was_handed_over_for() {
+        for owner in [None, Some(false)] {
+            let (dir, old, _) = state("discard", owner);
+            assert!(resume_rotation(&dir, &old).unwrap().is_none());
+            assert!(!dir.join(identity_next::NEXT_FILE).exists());
+            let (kept, _) = Identity::load_or_create(&dir).unwrap();
+            assert_eq!(kept.id(), old.id());
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_start_after_the_key_was_replaced_only_removes_the_file() {
+        let (dir, _, pending) = state("replaced", Some(true));
+        pending.commit(&dir).unwrap();
+        pending.write(&dir).unwrap();
+        let (now, _) = Identity::load_or_create(&dir).unwrap();
+        assert!(resume_rotation(&dir, &now).unwrap().is_none());
+        assert!(!dir.join(identity_next::NEXT_FILE).exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

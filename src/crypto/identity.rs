@@ -58,7 +58,7 @@ impl Identity {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let identity = Self::generate(&mut rand::rngs::OsRng);
                 crate::persist::ensure_private_dir(state_dir)
-                    .and_then(|()| crate::persist::write_atomic(&path, &identity.encode(), 0o600))
+                    .and_then(|()| identity.write(&path))
                     .map_err(|source| IdentityError::Write {
                         path: path.clone(),
                         source,
@@ -84,16 +84,35 @@ impl Identity {
         self.secret.to_bytes()
     }
 
+    /// Writes the identity file format to `path` (0600, atomic, synced).
+    pub(crate) fn write(&self, path: &Path) -> std::io::Result<()> {
+        crate::persist::write_atomic(path, &self.encode(), 0o600)
+    }
+
     fn encode(&self) -> Zeroizing<Vec<u8>> {
         let mut text = Zeroizing::new(String::with_capacity(HEADER.len() + 66));
         text.push_str(HEADER);
         text.push('\n');
+        text.push_str(&self.encode_hex());
+        text.push('\n');
+        Zeroizing::new(text.as_bytes().to_vec())
+    }
+
+    /// The private key as 64 lower-case hex digits, in a wiped buffer.
+    pub(crate) fn encode_hex(&self) -> Zeroizing<String> {
+        let mut text = Zeroizing::new(String::with_capacity(64));
         for b in self.secret.as_bytes() {
             // Straight into the wiped buffer: no temporary string per byte.
             let _ = std::fmt::Write::write_fmt(&mut *text, format_args!("{b:02x}"));
         }
-        text.push('\n');
-        Zeroizing::new(text.as_bytes().to_vec())
+        text
+    }
+
+    /// The identity whose private key is the 64 hex digits `hex`.
+    pub(crate) fn decode_hex(hex: &str) -> Option<Self> {
+        let mut key = Zeroizing::new([0u8; 32]);
+        decode_hex(hex, &mut *key)?;
+        Some(Self::from_secret(StaticSecret::from(*key)))
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, &'static str> {
@@ -109,23 +128,22 @@ impl Identity {
         if lines.any(|l| !l.trim().is_empty()) {
             return Err("unexpected lines after the key");
         }
-        let key = Zeroizing::new(decode_hex_32(hex).ok_or("the key line is not 64 hex digits")?);
-        Ok(Self::from_secret(StaticSecret::from(*key)))
+        Self::decode_hex(hex).ok_or("the key line is not 64 hex digits")
     }
 }
 
-fn decode_hex_32(hex: &str) -> Option<[u8; 32]> {
+/// Fills `out` from exactly `2 * out.len()` hex digits.
+pub(crate) fn decode_hex(hex: &str, out: &mut [u8]) -> Option<()> {
     let digits = hex.as_bytes();
-    if digits.len() != 64 {
+    if digits.len() != 2 * out.len() {
         return None;
     }
-    let mut out = [0u8; 32];
     for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
         let hi = (pair[0] as char).to_digit(16)?;
         let lo = (pair[1] as char).to_digit(16)?;
         *byte = (hi * 16 + lo) as u8;
     }
-    Some(out)
+    Some(())
 }
 
 /// Lower-case hex for public values in `Debug` output.

@@ -7,12 +7,14 @@
 //!   topology channel's messages; the channel byte lets the driver route the
 //!   IPAM ring's frames to the ring core.
 //! - [`topology`]: entries, their checks, the table and its summary hash.
+//! - [`entry_rotation`]: the identity rotation appended to a router's entry.
 //! - [`core`]: [`Gossip`], the topology core.
 //! - [`routes`]: next hop per destination over established connections.
 //! - [`connection_maker`]: [`ConnectionMaker`], dialling and back-off.
 
 pub mod connection_maker;
 pub mod core;
+pub mod entry_rotation;
 pub mod message;
 pub mod routes;
 pub mod topology;

@@ -126,6 +126,9 @@ pub enum RefusedReason {
     TooManyAddresses(usize),
     /// More than [`MAX_CONNECTIONS`] connections.
     TooManyConnections(usize),
+    /// The appended identity rotation does not verify, or names another
+    /// key than the entry's as the successor (`entry_rotation.rs`).
+    BadRotation,
 }
 
 impl RefusedReason {
@@ -145,6 +148,7 @@ impl RefusedReason {
             Self::NameTooLong(_) => "name_too_long",
             Self::TooManyAddresses(_) => "too_many_addresses",
             Self::TooManyConnections(_) => "too_many_connections",
+            Self::BadRotation => "bad_rotation",
         }
     }
 }
@@ -173,7 +177,12 @@ impl SignedEntry {
     pub fn sign(entry: &TopologyEntry, key: &SigningKey) -> Self {
         // Encoding a plain struct into a Vec fails only over the size limit,
         // which MAX_CONNECTIONS and MAX_ADDRESSES keep an entry far below.
-        let bytes = wire::encode(entry).unwrap_or_default();
+        Self::sign_bytes(wire::encode(entry).unwrap_or_default(), key)
+    }
+
+    /// Signs bytes that start with my entry's encoding (appended fields
+    /// after it: `entry_rotation.rs`).
+    pub(super) fn sign_bytes(bytes: Vec<u8>, key: &SigningKey) -> Self {
         let signature = key.sign(Domain::TopologyEntry, TOPOLOGY_VERSION, &bytes);
         Self { bytes, signature }
     }

@@ -35,6 +35,8 @@ mod tests;
 #[cfg(test)]
 mod tests_lifecycle;
 #[cfg(test)]
+mod tests_rotation;
+#[cfg(test)]
 mod tests_security;
 #[cfg(test)]
 mod tests_voters;

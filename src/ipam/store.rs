@@ -50,6 +50,28 @@ pub struct Stored {
     pub allocations: Option<Vec<u8>>,
 }
 
+impl Stored {
+    /// The router these records belong to (the ring's, else the
+    /// allocations'), unchecked: a start resuming an identity rotation
+    /// asks whether the hand-over was written under the new ID.
+    pub fn owner(&self) -> Option<PeerId> {
+        let of = |bytes: &Option<Vec<u8>>, magic: &[u8; 4]| {
+            let body = bytes.as_deref()?.strip_prefix(magic.as_slice())?;
+            let (head, _): (OwnerHead, usize) =
+                bincode::serde::decode_from_slice(body, crate::wire::config()).ok()?;
+            Some(head.me)
+        };
+        of(&self.ring, RING_MAGIC).or_else(|| of(&self.allocations, ALLOC_MAGIC))
+    }
+}
+
+/// What both records start with.
+#[derive(Deserialize)]
+struct OwnerHead {
+    _format: u16,
+    me: PeerId,
+}
+
 /// The ring record: the ring plus the offsets still quarantined (their
 /// quarantine restarts in full after a restart, which errs on the safe side).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -341,6 +363,31 @@ mod tests {
             PersistedAllocations::decode(b"junk", PeerId(1)),
             Err(StateError::Magic)
         ));
+    }
+
+    #[test]
+    fn the_owner_of_stored_records_is_read_without_a_check() {
+        let rec = |me| PersistedAllocations {
+            format: STATE_FORMAT,
+            me,
+            allocations: vec![],
+            pods: vec![],
+        };
+        let stored = |allocations: Option<Vec<u8>>| Stored {
+            ring: None,
+            allocations,
+        };
+        assert_eq!(
+            stored(Some(rec(PeerId(9)).encode())).owner(),
+            Some(PeerId(9))
+        );
+        assert_eq!(
+            stored(Some(rec(PeerId(4)).encode())).owner(),
+            Some(PeerId(4))
+        );
+        assert_eq!(stored(None).owner(), None);
+        assert_eq!(stored(Some(b"junk".to_vec())).owner(), None);
+        assert_eq!(stored(Some(b"WFAL".to_vec())).owner(), None);
     }
 
     /// An allocation record as weft wrote it before pod names were

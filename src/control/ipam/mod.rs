@@ -85,15 +85,21 @@ impl IpamDriver {
     /// Opens the state in `state_dir` and starts the allocator, recording the
     /// addresses the kernel shows in use. `store` names the state files
     /// (`ipam`, or `ipam6` for the IPv6 pod range's own ring: issue 19).
+    /// `previous` is the key an interrupted identity rotation moves from
+    /// (`crypto::identity_next`): state still owned by it is handed over
+    /// to `identity` here, signed by `previous`, before anything is sent.
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         state_dir: &Path,
         store: &'static str,
         identity: &crate::crypto::Identity,
+        previous: Option<&crate::crypto::Identity>,
         range: AddrRange,
         mode: IpallocInit,
         in_use: &[(IpAddr, bool)],
         now: Instant,
     ) -> anyhow::Result<Self> {
+        let files = store;
         let init = match &mode {
             IpallocInit::Observer => Init::Observer,
             IpallocInit::Seed(_) => Init::Seed(BTreeSet::new()),
@@ -112,12 +118,20 @@ impl IpamDriver {
                 key: node.then_some(AllocKey::Node),
             })
             .collect();
-        let me = identity.id();
-        let crypto = Box::new(crypto::IdentityCrypto::new(identity));
+        let owner = {
+            use crate::ipam::store::Store;
+            store.clone().load().ok().and_then(|s| s.owner())
+        };
+        let signer = match previous {
+            Some(p) if owner == Some(p.id()) => p,
+            _ => identity,
+        };
+        let me = signer.id();
+        let crypto = Box::new(crypto::IdentityCrypto::new(signer));
         let mut alloc = Allocator::new(Config::new(me, range, init, crypto), store, &in_use, now)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        alloc.learn_key(me, identity.public_key());
-        Ok(Self {
+        alloc.learn_key(me, signer.public_key());
+        let mut this = Self {
             alloc,
             mode,
             range,
@@ -132,7 +146,30 @@ impl IpamDriver {
             auto_reclaim: None,
             node_reclaim: NodeReclaim::default(),
             reachable: BTreeSet::new(),
-        })
+        };
+        if me != identity.id() {
+            let handed = this.rotate(identity, now)?;
+            tracing::info!(
+                store = files,
+                from = %me,
+                to = %identity.id(),
+                addresses = handed,
+                "finished an interrupted identity rotation: ranges handed to the new ID"
+            );
+        }
+        Ok(this)
+    }
+
+    /// Identity key rotation (issue 20, step 3): every range of this
+    /// router's old ID goes to `new`'s ID, written and signed by the old
+    /// key, persisted, then broadcast; the allocator signs as `new` from
+    /// then on. Returns the addresses handed over.
+    pub fn rotate(&mut self, new: &crate::crypto::Identity, now: Instant) -> anyhow::Result<u128> {
+        self.alloc.learn_key(new.id(), new.public_key());
+        let crypto = Box::new(crypto::IdentityCrypto::new(new));
+        self.alloc
+            .rotate_to(new.id(), crypto, now)
+            .map_err(|e| anyhow::anyhow!("identity rotation: cannot hand the ranges over: {e}"))
     }
 
     /// Keeps `consensus` from choosing its voters until [`Request::SeedsListed`]

@@ -50,29 +50,19 @@ impl<S: Store> Allocator<S> {
             return Err(IpamError::NotReady);
         };
         let old_ring = ring.clone();
-        let mine = ring.ranges_of(me);
         let mut given = Vec::new();
-        for &(start, end) in &mine {
-            // A range may span several of our entries; donate entry by entry.
-            let mut lo = start;
-            while lo <= end {
-                let entry_end = ring
-                    .entries()
-                    .range(lo + 1..)
-                    .next()
-                    .map_or(end, |(t, _)| (t - 1).min(end));
-                let heir = heirs[given.len() % heirs.len()];
-                let quarantined = self
-                    .quarantine
-                    .iter()
-                    .any(|&(q_lo, q_hi, until)| until > now && q_lo <= entry_end && lo <= q_hi);
-                if !ring.hand_over(me, lo, entry_end, heir, quarantined) {
-                    self.ring = Some(old_ring);
-                    return Err(IpamError::NotReady);
-                }
-                given.push((heir, entry_end - lo + 1));
-                lo = entry_end + 1;
+        // A range may span several of our entries; donate entry by entry.
+        for (lo, entry_end) in super::rotate::owned_entries(ring, me) {
+            let heir = heirs[given.len() % heirs.len()];
+            let quarantined = self
+                .quarantine
+                .iter()
+                .any(|&(q_lo, q_hi, until)| until > now && q_lo <= entry_end && lo <= q_hi);
+            if !ring.hand_over(me, lo, entry_end, heir, quarantined) {
+                self.ring = Some(old_ring);
+                return Err(IpamError::NotReady);
             }
+            given.push((heir, entry_end - lo + 1));
         }
         let old_allocs = self.allocs.clone();
         self.allocs = Allocations::default();

@@ -44,7 +44,7 @@
 //! the rest of the core is split by what it does, each an `impl` block of
 //! [`Allocator`]: `alloc.rs` (allocate, release), `init.rs` (the vote, the
 //! static split, a first ring), `merge.rs` (a peer's ring, conflicts),
-//! `anti_entropy.rs` (digests), `delta.rs` (the bucket exchange), `donation.rs`, `reclaim.rs` (rmpeer, tombstones), `leave.rs`,
+//! `anti_entropy.rs` (digests), `delta.rs` (the bucket exchange), `donation.rs`, `reclaim.rs` (rmpeer, tombstones), `leave.rs`, `rotate.rs` (identity rotation's hand-over),
 //! `persist.rs` (records for the store), `status.rs`; `events.rs` holds the
 //! output types.
 mod alloc;
@@ -58,6 +58,7 @@ mod leave;
 mod merge;
 mod persist;
 mod reclaim;
+mod rotate;
 mod status;
 
 pub use events::{Alarm, Destination, DonationRefusal, Event, Timer};
