@@ -124,6 +124,11 @@ pub fn ipv4_key(addr: u32) -> AddrKey {
     0xffff_0000_0000 | AddrKey::from(addr)
 }
 
+/// Whether `key` lies in the IPv4-mapped block (`::ffff:0:0/96`).
+pub fn is_ipv4_key(key: AddrKey) -> bool {
+    key >> 32 == 0xffff
+}
+
 /// The [`AddrKey`] of an address of either family.
 pub fn addr_key(addr: std::net::IpAddr) -> AddrKey {
     match addr {

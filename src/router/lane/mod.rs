@@ -361,7 +361,10 @@ impl Lane {
             let Some(addresses) = packet::inner_addresses(&datagram[inner.clone()]) else {
                 return Verdict::Discard(Discard::NotIp);
             };
-            if !table.owned_by(addresses.src, header.src) {
+            // An IPv6 source in the IPv4-mapped block would match an IPv4
+            // range's keys: it is nobody's IPv6 address.
+            let mapped = addresses.ipv6 && packet::is_ipv4_key(addresses.src);
+            if mapped || !table.owned_by(addresses.src, header.src) {
                 return Verdict::Discard(Discard::SpoofedSource);
             }
             Verdict::Deliver { inner }
