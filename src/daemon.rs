@@ -211,8 +211,21 @@ async fn serve(
         own_address: None,
         range: config.range,
         owned: Vec::new(),
+        range6: ipam6.as_ref().map(IpamDriver::range),
+        own_address6: None,
     };
     netlink::configure(&plan).await?;
+    if ipam6.is_some() {
+        match netlink::ensure_ipv6_forwarding() {
+            Ok(true) => tracing::info!(
+                "turned IPv6 forwarding on (net.ipv6.conf.all.forwarding) for the IPv6 pods"
+            ),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot turn IPv6 forwarding on (net.ipv6.conf.all.forwarding): pods' IPv6 packets are not forwarded until it is on")
+            }
+        }
+    }
     let forwarding = netlink::ensure_forwarding(&config.iface).await;
     log_forwarding(&forwarding, None);
     let (forwarding_tx, forwarding_rx) = watch::channel(forwarding);

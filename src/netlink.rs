@@ -11,7 +11,7 @@
 use crate::cidr::Ipv4Cidr;
 use crate::forwarding::{self, Outcome, Report};
 use futures_util::TryStreamExt;
-use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use rtnetlink::packet_route::link::{
     AfSpecInet6, AfSpecUnspec, In6AddrGenMode, LinkAttribute, LinkFlags,
 };
@@ -20,7 +20,7 @@ use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType,
 };
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The route protocol number that tags weft's routes (`ip route show proto
 /// 87`); shared with the CNI plugin through the API crate.
@@ -40,6 +40,14 @@ pub struct InterfacePlan {
     pub range: Ipv4Cidr,
     /// Ranges this router owns (inclusive), made `unreachable`.
     pub owned: Vec<(u32, u32)>,
+    /// The IPv6 pod range (dual-stack pods, issue 19), routed to the
+    /// device as well; its owned ranges get no `unreachable` route yet (a
+    /// packet for an unallocated local IPv6 address reaches the TUN and is
+    /// dropped there as `owned_locally`: no loop either way).
+    pub range6: Option<crate::ipam::AddrRange>,
+    /// The node's own IPv6 overlay address (a /128 on the device, no DAD),
+    /// the source of the node's own IPv6 traffic to pods elsewhere.
+    pub own_address6: Option<Ipv6Addr>,
 }
 
 /// Applies `plan`, and removes what an earlier plan set up that this one
@@ -104,6 +112,9 @@ pub async fn configure(plan: &InterfacePlan) -> anyhow::Result<()> {
                 )
             })?;
     }
+    if let Some(range6) = plan.range6 {
+        configure_v6(&handle, index, plan, range6).await?;
+    }
     for route in weft_routes(&handle).await {
         if route.header.kind != RouteType::Unreachable {
             continue;
@@ -119,8 +130,61 @@ pub async fn configure(plan: &InterfacePlan) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The overlay is IPv4 for now: no IPv6 link-local address on the TUN, so
-/// no router solicitations or MLD reports into it. Set before the device
+/// The IPv6 side of [`configure`]: the node's own /128 without DAD (a TUN
+/// has no neighbours to collide with) and the IPv6 pod range to the device,
+/// from that address once there is one.
+async fn configure_v6(
+    handle: &Handle,
+    index: u32,
+    plan: &InterfacePlan,
+    range6: crate::ipam::AddrRange,
+) -> anyhow::Result<()> {
+    let IpAddr::V6(base) = range6.base() else {
+        anyhow::bail!("the IPv6 pod range {range6} is not IPv6");
+    };
+    if let Some(own) = plan.own_address6 {
+        let mut add = handle.address().add(index, IpAddr::V6(own), 128).replace();
+        let message = add.message_mut();
+        message.header.flags = AddressHeaderFlags::Nodad;
+        message
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        add.execute()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot add {own}/128 to {}: {e}", plan.iface))?;
+    }
+    let mut route = RouteMessageBuilder::<Ipv6Addr>::new()
+        .destination_prefix(base, range6.prefix())
+        .output_interface(index)
+        .protocol(RouteProtocol::Other(WEFT_ROUTE_PROTOCOL));
+    if let Some(own) = plan.own_address6 {
+        route = route.pref_source(own);
+    }
+    handle
+        .route()
+        .add(route.build())
+        .replace()
+        .execute()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot route {range6} to {}: {e}", plan.iface))
+}
+
+/// Turns IPv6 forwarding on for the node (`net.ipv6.conf.all.forwarding`,
+/// the only switch there is: the kernel takes no per-interface IPv6
+/// forwarding over netlink) when pods have IPv6 addresses; Kubernetes'
+/// dual-stack nodes need it on anyway. Note that a node forwarding IPv6
+/// ignores router advertisements on interfaces whose `accept_ra` is 1.
+/// Returns what happened, for the log.
+pub fn ensure_ipv6_forwarding() -> Result<bool, std::io::Error> {
+    const PATH: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+    if std::fs::read_to_string(PATH)?.trim() == "1" {
+        return Ok(false);
+    }
+    std::fs::write(PATH, "1").map(|()| true)
+}
+
+/// The TUN gets no IPv6 link-local address, so no router solicitations or
+/// MLD reports into it (IPv6 pod packets are routed to it without one). Set before the device
 /// first comes up, through netlink (`IFLA_INET6_ADDR_GEN_MODE` none): the
 /// kernel does not take IPv6 devconf such as `disable_ipv6` over netlink,
 /// and /proc/sys is read-only in the DaemonSet's pod. A kernel without IPv6

@@ -96,6 +96,13 @@ fn check_v6(range: AddrRange) -> anyhow::Result<()> {
             "--ipalloc-range {range} is link-local, loopback or multicast: use a ULA (fd00::/8) or a global range"
         );
     }
+    // 0000::/16 is reserved and holds the IPv4-mapped block, which the
+    // data plane's ownership table uses for IPv4 ranges (`AddrKey`).
+    if base.segments()[0] == 0 {
+        anyhow::bail!(
+            "--ipalloc-range {range} lies in the reserved ::/16 (IPv4-mapped addresses): use a ULA (fd00::/8) or a global range"
+        );
+    }
     Ok(())
 }
 
@@ -169,6 +176,8 @@ mod tests {
         assert!(parse_ranges(&strings(&["10.40.0.0/16", "10.50.0.0/16"])).is_err());
         assert!(parse_ranges(&strings(&["fd00::/48", "ipv6"])).is_err());
         assert!(parse_ranges(&strings(&["fe80::/64"])).is_err());
+        assert!(parse_ranges(&strings(&["::ffff:0:0/96"])).is_err());
+        assert!(parse_ranges(&strings(&["::/16"])).is_err());
         assert!(parse_ranges(&strings(&["fd00::1/48"])).is_err());
         assert!(parse_ranges(&strings(&["fd00::/124"])).is_err());
     }

@@ -130,13 +130,14 @@ fn a_secret_holder_cannot_send_in_another_routers_name() {
 #[test]
 #[ignore = "a measurement, not a check"]
 fn attribution_lookups_cost_nanoseconds() {
+    use weft::router::packet::ipv4_key;
     use weft::router::snapshot::{OwnedRange, Snapshot};
     let mut table = Snapshot::new(ShortId(1), 1420);
     // 1000 routers with 4 ranges each; 1000 relay pairs.
     let ranges = (0..4000u32)
         .map(|i| OwnedRange {
-            start: 0x0a20_0000 + i * 256,
-            end: 0x0a20_0000 + i * 256 + 255,
+            start: ipv4_key(0x0a20_0000 + i * 256),
+            end: ipv4_key(0x0a20_0000 + i * 256 + 255),
             owner: ShortId((i / 4) as u16 + 2),
         })
         .collect();
@@ -149,7 +150,7 @@ fn attribution_lookups_cost_nanoseconds() {
     let start = std::time::Instant::now();
     for i in 0..rounds {
         let origin = ShortId((i % 1000) as u16 + 2);
-        let src = 0x0a20_0000 + (i % 1000) * 1024 + 5;
+        let src = ipv4_key(0x0a20_0000 + (i % 1000) * 1024 + 5);
         let via = std::hint::black_box(origin);
         hits += u32::from(table.may_relay(origin, via) && table.owned_by(src, origin));
     }
@@ -165,7 +166,7 @@ fn attribution_lookups_cost_nanoseconds() {
     let start = std::time::Instant::now();
     for i in 0..rounds {
         let origin = std::hint::black_box(ShortId((i % 1000) as u16 + 2));
-        let src = 0x0a20_0000 + (i % 1000) * 1024 + 5;
+        let src = ipv4_key(0x0a20_0000 + (i % 1000) * 1024 + 5);
         hits += u32::from(table.owner_of(src) == Some(origin));
     }
     let before = start.elapsed().as_nanos() as f64 / f64::from(rounds);

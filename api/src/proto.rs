@@ -169,6 +169,26 @@ pub struct Allocation {
     pub mtu: u32,
     /// The cluster range, e.g. `10.32.0.0/12`.
     pub range: String,
+    /// The pod interface's IPv6 address, from the IPv6 ring under the same
+    /// `(container_id, ifname)`, when the router has an IPv6 pod range
+    /// (issue 19). Absent otherwise, and from older routers, so an IPv4
+    /// plugin or router is unaffected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<PodAddress>,
+}
+
+/// One more address of a pod interface, of another family than
+/// [`Allocation::address`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodAddress {
+    /// The address, e.g. `fd12:3456:789a::5`.
+    pub address: String,
+    /// Its prefix length on the interface (128).
+    pub prefix_len: u8,
+    /// The link-local gateway of the family's default route (`fe80::1`).
+    pub gateway: String,
+    /// The cluster range of the family.
+    pub range: String,
 }
 
 /// Result of [`Request::Release`].

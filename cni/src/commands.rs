@@ -6,10 +6,10 @@
 use crate::config::{Command, Env, NetConf, SUPPORTED, Version};
 use crate::error::{CniError, code};
 use crate::netns;
-use crate::plumb::{self, Plan};
+use crate::plumb::{self, Plan, Plan6};
 use crate::result::{self, Plugged};
 use serde_json::{Value, json};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::Duration;
@@ -195,6 +195,33 @@ pub fn plan_for(env: &Env, alloc: &Allocation, conf: &NetConf) -> Result<Plan, C
         (0, router) => return Err(bad("MTU", &router.to_string())),
         (ours, _) => ours,
     };
+    let v6 = match &alloc.ipv6 {
+        None => None,
+        Some(six) => {
+            // A pod address that is global or ULA unicast; a gateway that is
+            // link-local unicast (fe80::/10), as the pod's route needs.
+            let link_local = |a: &Ipv6Addr| (a.segments()[0] & 0xffc0) == 0xfe80;
+            let usable = |a: &Ipv6Addr| {
+                !(a.is_unspecified() || a.is_loopback() || a.is_multicast() || link_local(a))
+            };
+            let address: Ipv6Addr = six
+                .address
+                .parse()
+                .ok()
+                .filter(usable)
+                .ok_or_else(|| bad("IPv6 address", &six.address))?;
+            let gateway: Ipv6Addr = six
+                .gateway
+                .parse()
+                .ok()
+                .filter(|g: &Ipv6Addr| link_local(g) && !g.is_multicast())
+                .ok_or_else(|| bad("IPv6 gateway", &six.gateway))?;
+            if six.prefix_len != 128 {
+                return Err(bad("IPv6 prefix length", &six.prefix_len.to_string()));
+            }
+            Some(Plan6 { address, gateway })
+        }
+    };
     let (host_mac, pod_mac) = plumb::macs(&env.container_id, &env.ifname);
     Ok(Plan {
         host_ifname: plumb::host_ifname(&env.container_id, &env.ifname),
@@ -204,6 +231,7 @@ pub fn plan_for(env: &Env, alloc: &Allocation, conf: &NetConf) -> Result<Plan, C
         address,
         gateway,
         mtu,
+        v6,
     })
 }
 
@@ -287,6 +315,9 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
         address: format!("{}/{}", plan.address, alloc.prefix_len),
         gateway: plan.gateway.to_string(),
         mtu: plan.mtu,
+        ipv6: plan
+            .v6
+            .map(|v6| (format!("{}/128", v6.address), v6.gateway.to_string())),
     };
     Ok(result::render(
         conf.version,
@@ -350,16 +381,26 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let expected = format!("{}/{}", alloc.address, alloc.prefix_len);
     if let Some(prev) = &conf.prev_result {
         match result::address_for(prev, &env.ifname) {
-            Some(a) if a == expected => {}
-            Some(a) => {
-                return Err(CniError::Check(format!(
-                    "prevResult says {a}, the router says {expected}"
-                )));
-            }
+            Some(_) => {}
             None => {
                 return Err(CniError::Check(format!(
                     "prevResult has no address for {}",
                     env.ifname
+                )));
+            }
+        }
+        let listed = result::addresses_for(prev, &env.ifname);
+        let wanted = std::iter::once(expected).chain(
+            alloc
+                .ipv6
+                .iter()
+                .map(|six| format!("{}/{}", six.address, six.prefix_len)),
+        );
+        for want in wanted {
+            if !listed.contains(&want) {
+                return Err(CniError::Check(format!(
+                    "prevResult says {}, the router says {want}",
+                    listed.join(", ")
                 )));
             }
         }
@@ -443,6 +484,55 @@ mod tests {
             gateway: gateway.into(),
             mtu,
             range: "10.32.0.0/12".into(),
+            ipv6: None,
+        }
+    }
+
+    #[test]
+    fn an_ipv6_address_from_the_router_is_planned_and_checked() {
+        let env = Env::parse(|k| {
+            match k {
+                "CNI_COMMAND" => Some("ADD"),
+                "CNI_CONTAINERID" => Some("abc"),
+                "CNI_IFNAME" => Some("eth0"),
+                "CNI_NETNS" => Some("/x"),
+                _ => None,
+            }
+            .map(str::to_string)
+        })
+        .unwrap();
+        let conf = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","type":"weft"}"#).unwrap();
+        let six = |address: &str, gateway: &str, prefix_len: u8| {
+            let mut a = alloc("10.32.0.5", "169.254.1.1", 32, 1400);
+            a.ipv6 = Some(weft_api::proto::PodAddress {
+                address: address.into(),
+                prefix_len,
+                gateway: gateway.into(),
+                range: "fd00::/48".into(),
+            });
+            a
+        };
+        let plan = plan_for(&env, &six("fd00::5", "fe80::1", 128), &conf).unwrap();
+        let v6 = plan.v6.unwrap();
+        assert_eq!(v6.address, "fd00::5".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(v6.gateway, "fe80::1".parse::<Ipv6Addr>().unwrap());
+        assert!(
+            plan_for(&env, &alloc("10.32.0.5", "169.254.1.1", 32, 1400), &conf)
+                .unwrap()
+                .v6
+                .is_none()
+        );
+        for bad in [
+            six("fe80::5", "fe80::1", 128),
+            six("::", "fe80::1", 128),
+            six("ff02::1", "fe80::1", 128),
+            six("10.32.0.6", "fe80::1", 128),
+            six("fd00::5", "fd00::1", 128),
+            six("fd00::5", "ff02::1", 128),
+            six("fd00::5", "fe80::1", 64),
+        ] {
+            let e = plan_for(&env, &bad, &conf).unwrap_err();
+            assert_eq!(e.code(), code::ROUTER_INTERNAL, "{bad:?}");
         }
     }
 

@@ -7,17 +7,25 @@
 //! /32 route to the pod tagged with weft's route protocol, which the
 //! router's in-use scan reads back after a restart ("Identity, ownership and
 //! reclaim").
+//!
+//! Dual-stack (issue 19): with an IPv6 address the pod also gets it as a
+//! /128 (no DAD: usable at once), a default route via the link-local
+//! gateway `fe80::1` with a permanent neighbour entry (the host end's MAC),
+//! and the host a weft-tagged /128 route to the pod with a permanent
+//! neighbour entry for it (the pod end's MAC), so neither side waits for
+//! neighbour discovery on a link whose host end's own link-local address may
+//! still be tentative.
 
 use blake2::{Blake2s256, Digest};
 use futures_util::TryStreamExt;
-use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags};
 use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
 };
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::RawFd;
 use weft_api::WEFT_ROUTE_PROTOCOL;
 
@@ -87,6 +95,18 @@ pub struct Plan {
     pub gateway: Ipv4Addr,
     /// MTU of both ends.
     pub mtu: u32,
+    /// The pod's IPv6 address and gateway, when the router has an IPv6
+    /// pod range.
+    pub v6: Option<Plan6>,
+}
+
+/// The IPv6 half of a dual-stack [`Plan`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan6 {
+    /// The pod's address (a /128).
+    pub address: Ipv6Addr,
+    /// The link-local gateway (`fe80::1`).
+    pub gateway: Ipv6Addr,
 }
 
 /// Creates the veth pair with its pod end directly in the namespace `ns_fd`
@@ -188,6 +208,82 @@ pub(crate) async fn configure(host: &Handle, pod: &Handle, plan: &Plan) -> Resul
         .map_err(fail(format!(
             "cannot route {}/32 to {}",
             plan.address, plan.host_ifname
+        )))?;
+    if let Some(v6) = plan.v6 {
+        configure_v6(host, pod, plan, v6, pod_index, host_index).await?;
+    }
+    Ok(())
+}
+
+/// The IPv6 half of [`configure`] (see the module doc).
+async fn configure_v6(
+    host: &Handle,
+    pod: &Handle,
+    plan: &Plan,
+    v6: Plan6,
+    pod_index: u32,
+    host_index: u32,
+) -> Result<(), PlumbError> {
+    let mut add = pod
+        .address()
+        .add(pod_index, IpAddr::V6(v6.address), 128)
+        .replace();
+    let message = add.message_mut();
+    message.header.flags = AddressHeaderFlags::Nodad;
+    message
+        .attributes
+        .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    add.execute()
+        .await
+        .map_err(fail(format!("cannot add {}/128 in the pod", v6.address)))?;
+    let default = RouteMessageBuilder::<Ipv6Addr>::new()
+        .gateway(v6.gateway)
+        .output_interface(pod_index)
+        .build();
+    pod.route()
+        .add(default)
+        .replace()
+        .execute()
+        .await
+        .map_err(fail(format!(
+            "cannot add the pod's IPv6 default route via {}",
+            v6.gateway
+        )))?;
+    pod.neighbours()
+        .add(pod_index, IpAddr::V6(v6.gateway))
+        .link_layer_address(&plan.host_mac)
+        .state(NeighbourState::Permanent)
+        .replace()
+        .execute()
+        .await
+        .map_err(fail(format!(
+            "cannot add the pod's neighbour entry for {}",
+            v6.gateway
+        )))?;
+    let route = RouteMessageBuilder::<Ipv6Addr>::new()
+        .destination_prefix(v6.address, 128)
+        .output_interface(host_index)
+        .protocol(RouteProtocol::Other(WEFT_ROUTE_PROTOCOL))
+        .build();
+    host.route()
+        .add(route)
+        .replace()
+        .execute()
+        .await
+        .map_err(fail(format!(
+            "cannot route {}/128 to {}",
+            v6.address, plan.host_ifname
+        )))?;
+    host.neighbours()
+        .add(host_index, IpAddr::V6(v6.address))
+        .link_layer_address(&plan.pod_mac)
+        .state(NeighbourState::Permanent)
+        .replace()
+        .execute()
+        .await
+        .map_err(fail(format!(
+            "cannot add the host's neighbour entry for {}",
+            v6.address
         )))
 }
 
@@ -395,7 +491,101 @@ pub(crate) async fn verify(host: &Handle, pod: &Handle, plan: &Plan) -> Result<(
             plan.address, plan.host_ifname
         ));
     }
+    match plan.v6 {
+        Some(v6) => verify_v6(host, pod, plan, v6, pod_index, host_index).await,
+        None => Ok(()),
+    }
+}
+
+/// The IPv6 half of [`verify`].
+async fn verify_v6(
+    host: &Handle,
+    pod: &Handle,
+    plan: &Plan,
+    v6: Plan6,
+    pod_index: u32,
+    host_index: u32,
+) -> Result<(), String> {
+    let mut addrs = pod
+        .address()
+        .get()
+        .set_link_index_filter(pod_index)
+        .execute();
+    let mut found = false;
+    while let Some(msg) = addrs.try_next().await.map_err(|e| e.to_string())? {
+        let has = msg
+            .attributes
+            .iter()
+            .any(|a| matches!(a, AddressAttribute::Address(IpAddr::V6(a)) if *a == v6.address));
+        found |= has && msg.header.prefix_len == 128 && msg.header.index == pod_index;
+    }
+    if !found {
+        return Err(format!(
+            "{} in the pod does not have {}/128",
+            plan.pod_ifname, v6.address
+        ));
+    }
+    let pod_routes = routes6(pod).await.map_err(|e| e.to_string())?;
+    if !pod_routes
+        .iter()
+        .any(|r| r.prefix == 0 && r.gateway == Some(v6.gateway) && r.oif == Some(pod_index))
+    {
+        return Err(format!(
+            "the pod has no IPv6 default route via {} on {}",
+            v6.gateway, plan.pod_ifname
+        ));
+    }
+    let host_routes = routes6(host).await.map_err(|e| e.to_string())?;
+    if !host_routes.iter().any(|r| {
+        r.prefix == 128 && r.dst == Some(v6.address) && r.oif == Some(host_index) && r.weft
+    }) {
+        return Err(format!(
+            "the host has no weft route {}/128 via {}",
+            v6.address, plan.host_ifname
+        ));
+    }
     Ok(())
+}
+
+/// One IPv6 route, reduced to what [`verify_v6`] looks at.
+struct Route6 {
+    dst: Option<Ipv6Addr>,
+    prefix: u8,
+    gateway: Option<Ipv6Addr>,
+    oif: Option<u32>,
+    weft: bool,
+}
+
+/// The main table's IPv6 routes.
+async fn routes6(handle: &Handle) -> Result<Vec<Route6>, PlumbError> {
+    let mut stream = handle
+        .route()
+        .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+        .execute();
+    let mut out = Vec::new();
+    while let Some(msg) = stream
+        .try_next()
+        .await
+        .map_err(fail("cannot list IPv6 routes"))?
+    {
+        let mut r = Route6 {
+            dst: None,
+            prefix: msg.header.destination_prefix_length,
+            gateway: None,
+            oif: None,
+            weft: msg.header.protocol == RouteProtocol::Other(WEFT_ROUTE_PROTOCOL),
+        };
+        for a in &msg.attributes {
+            match a {
+                RouteAttribute::Destination(RouteAddress::Inet6(d)) => r.dst = Some(*d),
+                RouteAttribute::Gateway(RouteAddress::Inet6(g)) => r.gateway = Some(*g),
+                RouteAttribute::Oif(i) => r.oif = Some(*i),
+                _ => {}
+            }
+        }
+        out.push(r);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

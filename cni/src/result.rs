@@ -26,6 +26,9 @@ pub struct Plugged {
     pub gateway: String,
     /// The pod MTU.
     pub mtu: u32,
+    /// The pod's IPv6 address with its prefix (`fd00::5/128`) and its
+    /// link-local gateway (`fe80::1`), when dual-stack.
+    pub ipv6: Option<(String, String)>,
 }
 
 /// The result object for `version`, appended to `prev` when chained.
@@ -60,10 +63,20 @@ pub fn render(version: Version, plugged: &Plugged, prev: Option<&Value>) -> Valu
         "gateway": plugged.gateway,
         "interface": pod_index,
     }));
+    if let Some((address, gateway)) = &plugged.ipv6 {
+        ips.push(json!({
+            "address": address,
+            "gateway": gateway,
+            "interface": pod_index,
+        }));
+    }
     for ip in &mut ips {
         shape_ip(version, ip);
     }
     routes.push(json!({"dst": "0.0.0.0/0", "gw": plugged.gateway}));
+    if let Some((_, gateway)) = &plugged.ipv6 {
+        routes.push(json!({"dst": "::/0", "gw": gateway}));
+    }
     json!({
         "cniVersion": version.as_str(),
         "interfaces": interfaces,
@@ -87,6 +100,26 @@ fn shape_ip(version: Version, ip: &mut Value) {
             .is_some_and(|a| a.contains(':'));
         obj.insert("version".into(), json!(if v6 { "6" } else { "4" }));
     }
+}
+
+/// Every address a (previous) result gives interface `ifname` in a
+/// sandbox (the last such interface, as [`address_for`]): CHECK wants each
+/// of the router's addresses among them.
+pub fn addresses_for(result: &Value, ifname: &str) -> Vec<String> {
+    let Some(index) = result["interfaces"].as_array().and_then(|interfaces| {
+        interfaces.iter().rposition(|i| {
+            i["name"].as_str() == Some(ifname) && i.get("sandbox").is_some_and(|s| !s.is_null())
+        })
+    }) else {
+        return Vec::new();
+    };
+    result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|ip| ip["interface"].as_u64() == Some(index as u64))
+        .filter_map(|ip| ip["address"].as_str().map(str::to_string))
+        .collect()
 }
 
 /// The pod address in a (previous) result for interface `ifname` in a
@@ -120,7 +153,32 @@ mod tests {
             address: "10.32.0.5/32".into(),
             gateway: "169.254.1.1".into(),
             mtu: 1420,
+            ipv6: None,
         }
+    }
+
+    #[test]
+    fn a_dual_stack_result_has_both_addresses_and_both_default_routes() {
+        let mut p = plugged();
+        p.ipv6 = Some(("fd00::5/128".into(), "fe80::1".into()));
+        for v in [Version::V030, Version::V040, Version::V100, Version::V110] {
+            let r = render(v, &p, None);
+            let ips = r["ips"].as_array().unwrap();
+            assert_eq!(ips.len(), 2, "{v:?}");
+            assert_eq!(ips[1]["address"], "fd00::5/128");
+            assert_eq!(ips[1]["gateway"], "fe80::1");
+            assert_eq!(ips[1]["interface"], 1);
+            if v < Version::V100 {
+                assert_eq!(ips[0]["version"], "4");
+                assert_eq!(ips[1]["version"], "6");
+            } else {
+                assert!(ips[1].get("version").is_none());
+            }
+            assert_eq!(r["routes"][1]["dst"], "::/0");
+            assert_eq!(r["routes"][1]["gw"], "fe80::1");
+            assert_eq!(addresses_for(&r, "eth0"), ["10.32.0.5/32", "fd00::5/128"]);
+        }
+        assert!(addresses_for(&render(Version::V100, &p, None), "eth1").is_empty());
     }
 
     #[test]

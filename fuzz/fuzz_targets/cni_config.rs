@@ -111,6 +111,7 @@ fuzz_target!(|data: &[u8]| {
         address: "10.32.0.5/32".into(),
         gateway: "169.254.1.1".into(),
         mtu: 1420,
+        ipv6: None,
     };
     let r = render(conf.version, &plugged, conf.prev_result.as_ref());
     assert_eq!(r["cniVersion"], conf.version.as_str());

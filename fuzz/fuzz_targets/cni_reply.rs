@@ -17,7 +17,7 @@ use std::net::Ipv4Addr;
 use weft_api::proto::{Allocation, AllocationList, Readiness, Released, Reply};
 use weft_cni::commands::{interpret, plan_for, router_error};
 use weft_cni::config::{Env, NetConf};
-use weft_cni::result::{Plugged, address_for, render};
+use weft_cni::result::{Plugged, addresses_for, render};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&sel, line)) = data.split_first() else {
@@ -35,6 +35,7 @@ fuzz_target!(|data: &[u8]| {
             address: Ipv4Addr::new(b[5], b[6], b[7], b[8]).to_string(),
             gateway: Ipv4Addr::new(b[9], b[10], b[11], b[12]).to_string(),
             range: "10.32.0.0/12".into(),
+            ipv6: None,
         };
         return check_allocation(sel, &alloc);
     }
@@ -119,10 +120,25 @@ fn check_allocation(sel: u8, alloc: &Allocation) {
         address: address.clone(),
         gateway: plan.gateway.to_string(),
         mtu: plan.mtu,
+        ipv6: plan
+            .v6
+            .map(|v6| (format!("{}/128", v6.address), v6.gateway.to_string())),
     };
+    if let Some(v6) = plan.v6 {
+        // A pod address that is not link-local, multicast or unspecified;
+        // a link-local unicast gateway.
+        let link_local = |a: &std::net::Ipv6Addr| (a.segments()[0] & 0xffc0) == 0xfe80;
+        let a = v6.address;
+        assert!(!(a.is_unspecified() || a.is_multicast() || a.is_loopback() || link_local(&a)), "{a}");
+        assert!(link_local(&v6.gateway) && !v6.gateway.is_multicast(), "{}", v6.gateway);
+    }
     let r = render(conf.version, &plugged, None);
-    let back = address_for(&r, "eth0").expect("our address");
-    let (ip, len) = back.split_once('/').expect("address/prefix");
+    let back = addresses_for(&r, "eth0");
+    assert_eq!(back.len(), 1 + usize::from(plan.v6.is_some()));
+    let (ip, len) = back[0].split_once('/').expect("address/prefix");
     assert_eq!(ip.parse::<Ipv4Addr>().ok(), Some(plan.address));
     assert!(len.parse::<u8>().is_ok_and(|l| l <= 32));
+    if let Some(v6) = plan.v6 {
+        assert_eq!(back[1], format!("{}/128", v6.address));
+    }
 }

@@ -24,7 +24,7 @@ use weft::crypto::{COUNTER_LIMIT, DataKey};
 use weft::id::ShortId;
 use weft::router::datagram::{OVERHEAD, OpenError, seal_datagram};
 use weft::router::lane::{Discard, Lane, Verdict};
-use weft::router::packet::{CONTROL_LANE, DataHeader, HEADER_LEN, PacketType};
+use weft::router::packet::{CONTROL_LANE, DataHeader, HEADER_LEN, PacketType, ipv4_key};
 use weft::router::snapshot::{Link, Liveness, OwnedRange, RecvSession, SendKeys, Snapshot};
 
 #[path = "common.rs"]
@@ -35,16 +35,23 @@ const B: ShortId = ShortId(2);
 const C: ShortId = ShortId(3);
 const INDEX: u32 = 0x0000_0b0b;
 const A_RANGE: (u32, u32) = (0x0a20_0000, 0x0a20_00ff);
+/// A's IPv6 range, fd00::/120 (the model checks IPv6 sources against it).
+const A_RANGE6: (u128, u128) = (0xfd00 << 112, (0xfd00 << 112) | 0xff);
 
 /// B's table: receives from A under `INDEX`, relays to C.
 fn table(epoch: Instant) -> Snapshot {
     let mut t = Snapshot::new(B, 1420);
     let range = |start: u32, owner| OwnedRange {
-        start,
-        end: start + 255,
+        start: ipv4_key(start),
+        end: ipv4_key(start + 255),
         owner,
     };
     t.set_owners(vec![
+        OwnedRange {
+            start: A_RANGE6.0,
+            end: A_RANGE6.1,
+            owner: A,
+        },
         range(A_RANGE.0, A),
         range(0x0a20_0100, B),
         range(0x0a20_0200, C),
@@ -85,11 +92,19 @@ fn table(epoch: Instant) -> Snapshot {
 /// The verdict of a fresh, honest datagram carrying `inner`.
 fn expected(dst: ShortId, hop_limit: u8, inner: &[u8]) -> Result<(), Discard> {
     if dst == B {
-        let Some(h) = inner.first_chunk::<20>().filter(|h| h[0] >> 4 == 4) else {
-            return Err(Discard::NotIpv4);
+        let ours = match (inner.first().map(|b| b >> 4), inner.len()) {
+            (Some(4), 20..) => {
+                let src = u32::from_be_bytes([inner[12], inner[13], inner[14], inner[15]]);
+                (A_RANGE.0..=A_RANGE.1).contains(&src)
+            }
+            (Some(6), 40..) => {
+                let mut b = [0u8; 16];
+                b.copy_from_slice(&inner[8..24]);
+                (A_RANGE6.0..=A_RANGE6.1).contains(&u128::from_be_bytes(b))
+            }
+            _ => return Err(Discard::NotIp),
         };
-        let src = u32::from_be_bytes([h[12], h[13], h[14], h[15]]);
-        if !(A_RANGE.0..=A_RANGE.1).contains(&src) {
+        if !ours {
             return Err(Discard::SpoofedSource);
         }
         Ok(())

@@ -30,6 +30,7 @@
 
 use crate::gossip::core::Gossip;
 use crate::id::PeerId;
+use crate::router::packet::AddrKey;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::Hash;
 use std::time::{Duration, Instant};
@@ -133,7 +134,7 @@ impl<T: Copy + Eq + Hash + Ord> Grace<T> {
 #[derive(Debug, Default)]
 pub struct Attribution {
     relays: Grace<(PeerId, PeerId)>,
-    owners: Grace<(u32, u32, PeerId)>,
+    owners: Grace<(AddrKey, AddrKey, PeerId)>,
 }
 
 /// The output of [`Attribution::update`].
@@ -144,7 +145,7 @@ pub struct Attributed {
     pub relays: Vec<(PeerId, PeerId)>,
     /// `(first, last, owner)` ranges the owner no longer holds in our ring
     /// but did less than [`GRACE`] ago.
-    pub previous_owners: Vec<(u32, u32, PeerId)>,
+    pub previous_owners: Vec<(AddrKey, AddrKey, PeerId)>,
 }
 
 impl Attribution {
@@ -153,7 +154,7 @@ impl Attribution {
     pub fn update(
         &mut self,
         gossip: &Gossip,
-        owners: &[(u32, u32, PeerId)],
+        owners: &[(AddrKey, AddrKey, PeerId)],
         now: Instant,
     ) -> Attributed {
         let me = gossip.id();

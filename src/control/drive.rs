@@ -22,6 +22,15 @@ impl Control {
             let transmits: Vec<_> = std::iter::from_fn(|| ipam6.poll_transmit()).collect();
             if ipam6.drain_events(now) {
                 self.dirty = true;
+                let own6 = match ipam6.node_ip() {
+                    Some(std::net::IpAddr::V6(a)) => Some(a),
+                    _ => None,
+                };
+                self.kernel.send_if_modified(|plan| {
+                    let changed = plan.own_address6 != own6;
+                    plan.own_address6 = own6;
+                    changed
+                });
             }
             self.send_ring(Channel::Ring6, transmits);
         }

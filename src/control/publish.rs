@@ -20,6 +20,7 @@
 use super::attribution::Attributed;
 use super::peers::Peers;
 use crate::id::{PeerId, ShortId};
+use crate::router::packet::AddrKey;
 use crate::router::snapshot::{Link, Liveness, OwnedRange, RecvSession, SendKeys, Snapshot};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,8 +37,8 @@ pub struct Inputs<'a> {
     pub liveness: &'a HashMap<PeerId, Arc<Liveness>>,
     /// `(destination, next hop)` over established connections.
     pub routes: Vec<(PeerId, PeerId)>,
-    /// `(first, last, owner)` address ranges.
-    pub owners: Vec<(u32, u32, PeerId)>,
+    /// `(first, last, owner)` address ranges of both families.
+    pub owners: Vec<(AddrKey, AddrKey, PeerId)>,
     /// The short ID the data plane uses for a router (gossiped, else its hello).
     pub short_of: &'a dyn Fn(PeerId) -> Option<ShortId>,
     /// `(origin, neighbour)`: the neighbour may relay the origin's packets,
@@ -61,7 +62,7 @@ pub struct Published {
 /// `(first, last, owner)` ranges with the owners' short IDs (ranges of
 /// routers without one are left out).
 fn ranges(
-    ranges: &[(u32, u32, PeerId)],
+    ranges: &[(AddrKey, AddrKey, PeerId)],
     short_of: &dyn Fn(PeerId) -> Option<ShortId>,
 ) -> Vec<OwnedRange> {
     ranges

@@ -2,7 +2,7 @@
 //! `forget`, and the IPAM requests it hands to the IPAM driver): glue
 //! between the API server's requests and the cores, no state of its own.
 
-use super::{Control, LEAVE_GRACE, status};
+use super::{Control, LEAVE_GRACE, ipam, status};
 use crate::api::proto::{DataplaneStatus, ErrorCode, Reply, Request, Status};
 use crate::id::PeerId;
 use std::net::SocketAddr;
@@ -14,14 +14,23 @@ impl Control {
         let now = Instant::now();
         let mtu = self.cluster_mtu();
         let gossip = &self.gossip;
-        if let Some(reply) =
+        if let Some(mut reply) =
             self.ipam
                 .handle_api(&request, mtu, |name| gossip.name_holder(name), now)
         {
+            // A pod's requests go to both rings under one key and get one
+            // answer (`ipam::dual`).
+            if let Some(ipam6) = self.ipam6.as_mut()
+                && ipam::dual::per_pod(&request)
+                && let Some(v6) =
+                    ipam6.handle_api(&request, mtu, |name| gossip.name_holder(name), now)
+            {
+                reply = ipam::dual::join(&request, reply, v6);
+            }
             // The IPv6 ring follows the ring-wide requests (voters listed,
             // Nodes gone, rmpeer, leave) once the IPv4 ring took them, so a
             // refused leave leaves both rings as they were; the answer is
-            // the IPv4 ring's. Pod addresses are IPv4 only in this step.
+            // the IPv4 ring's.
             if let Some(ipam6) = self.ipam6.as_mut()
                 && ring_wide(&request)
                 && reply.error.is_none()

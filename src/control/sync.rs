@@ -5,6 +5,7 @@
 
 use super::Control;
 use super::heartbeat::LinkKeys;
+use super::ipam::IpamDriver;
 use super::peers::Peers;
 use super::publish;
 use crate::gossip::Gossip;
@@ -53,7 +54,8 @@ impl Control {
         self.heartbeats.set_mtu(mtu, now);
         let (gossip, peers) = (&self.gossip, &self.peers);
         let lookup = |id| short_of(me, my_short, gossip, peers, id);
-        let owners = self.ipam.owners();
+        let mut owners = self.ipam.owners();
+        owners.extend(self.ipam6.iter().flat_map(IpamDriver::owners));
         let attributed = self.attribution.update(gossip, &owners, now);
         let published = publish::snapshot(&publish::Inputs {
             me: my_short,

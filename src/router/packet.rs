@@ -112,6 +112,74 @@ impl DataHeader {
     }
 }
 
+/// An overlay address as one number for either family: an IPv6 address as
+/// itself, an IPv4 address as its IPv4-mapped IPv6 address (`::ffff:a.b.c.d`),
+/// so one sorted ownership table serves both rings (issue 19). The mapped
+/// block is never a pod range (`pod_ranges` refuses it), so keys of the two
+/// families never meet.
+pub type AddrKey = u128;
+
+/// The [`AddrKey`] of an IPv4 address.
+pub fn ipv4_key(addr: u32) -> AddrKey {
+    0xffff_0000_0000 | AddrKey::from(addr)
+}
+
+/// Whether `key` lies in the IPv4-mapped block (`::ffff:0:0/96`).
+pub fn is_ipv4_key(key: AddrKey) -> bool {
+    key >> 32 == 0xffff
+}
+
+/// The [`AddrKey`] of an address of either family.
+pub fn addr_key(addr: std::net::IpAddr) -> AddrKey {
+    match addr {
+        std::net::IpAddr::V4(a) => ipv4_key(u32::from(a)),
+        std::net::IpAddr::V6(a) => AddrKey::from(a),
+    }
+}
+
+/// The source and destination keys of an inner IPv4 or IPv6 packet, and
+/// whether it is IPv6; `None` unless the packet holds at least the fixed
+/// header its version nibble names. Only the fixed header is read (no
+/// extension header walk: routing needs only the addresses), so this
+/// cannot be led anywhere by hostile input.
+pub fn inner_addresses(packet: &[u8]) -> Option<InnerAddresses> {
+    match packet.first()? >> 4 {
+        4 => {
+            let (src, dst) = ipv4_addresses(packet)?;
+            Some(InnerAddresses {
+                src: ipv4_key(src),
+                dst: ipv4_key(dst),
+                ipv6: false,
+            })
+        }
+        6 => {
+            let h = packet.first_chunk::<40>()?;
+            let word = |at: usize| {
+                let mut b = [0u8; 16];
+                b.copy_from_slice(&h[at..at + 16]);
+                AddrKey::from_be_bytes(b)
+            };
+            Some(InnerAddresses {
+                src: word(8),
+                dst: word(24),
+                ipv6: true,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// What [`inner_addresses`] reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InnerAddresses {
+    /// The source's key.
+    pub src: AddrKey,
+    /// The destination's key.
+    pub dst: AddrKey,
+    /// An IPv6 packet (else IPv4).
+    pub ipv6: bool,
+}
+
 /// The IPv4 source and destination of an inner packet, if it is a
 /// well-formed-enough IPv4 packet to route.
 pub fn ipv4_addresses(packet: &[u8]) -> Option<(u32, u32)> {
@@ -126,6 +194,7 @@ pub fn ipv4_addresses(packet: &[u8]) -> Option<(u32, u32)> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -170,5 +239,42 @@ mod tests {
         assert_eq!(ipv4_addresses(&packet[..19]), None);
         packet[0] = 0x60;
         assert_eq!(ipv4_addresses(&packet), None);
+    }
+
+    #[test]
+    fn inner_addresses_key_both_families_apart() {
+        let mut v4 = [0u8; 20];
+        v4[0] = 0x45;
+        v4[12..16].copy_from_slice(&[10, 32, 0, 1]);
+        v4[16..20].copy_from_slice(&[10, 33, 0, 2]);
+        let got = inner_addresses(&v4).unwrap();
+        let mapped = |s: &str| addr_key(s.parse().unwrap());
+        assert_eq!(
+            (got.src, got.dst, got.ipv6),
+            (
+                mapped("::ffff:10.32.0.1"),
+                mapped("::ffff:10.33.0.2"),
+                false
+            )
+        );
+        assert_eq!(got.src, mapped("10.32.0.1"));
+
+        let mut v6 = [0u8; 40];
+        v6[0] = 0x60;
+        let src: std::net::Ipv6Addr = "fd00::1".parse().unwrap();
+        let dst: std::net::Ipv6Addr = "fd00:1::2".parse().unwrap();
+        v6[8..24].copy_from_slice(&src.octets());
+        v6[24..40].copy_from_slice(&dst.octets());
+        let got = inner_addresses(&v6).unwrap();
+        assert_eq!(
+            (got.src, got.dst, got.ipv6),
+            (u128::from(src), u128::from(dst), true)
+        );
+        // Short of the fixed header, or another version: nothing.
+        assert_eq!(inner_addresses(&v6[..39]), None);
+        assert_eq!(inner_addresses(&v4[..19]), None);
+        assert_eq!(inner_addresses(&[]), None);
+        v6[0] = 0x50;
+        assert_eq!(inner_addresses(&v6), None);
     }
 }

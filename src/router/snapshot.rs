@@ -7,6 +7,7 @@
 //! ID (short ID → next hop), never by their own view of the ranges.
 
 use super::idmap::IdMap;
+use super::packet::AddrKey;
 use crate::crypto::data::DataKey;
 use crate::id::ShortId;
 use std::net::SocketAddr;
@@ -14,14 +15,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-/// One range of the overlay owned by one router (inclusive bounds, IPv4 for
-/// now; the snapshot is rebuilt from the family-agnostic IPAM ring).
+/// One range of the overlay owned by one router (inclusive bounds as
+/// [`AddrKey`]s, so IPv4 and IPv6 ranges share one table; rebuilt from the
+/// family-agnostic IPAM rings).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OwnedRange {
     /// First address.
-    pub start: u32,
+    pub start: AddrKey,
     /// Last address.
-    pub end: u32,
+    pub end: AddrKey,
     /// The owner.
     pub owner: ShortId,
 }
@@ -120,7 +122,7 @@ impl Snapshot {
     }
 
     /// The router that owns `addr`.
-    pub fn owner_of(&self, addr: u32) -> Option<ShortId> {
+    pub fn owner_of(&self, addr: AddrKey) -> Option<ShortId> {
         let i = self.owners.partition_point(|r| r.start <= addr);
         let range = self.owners.get(i.checked_sub(1)?)?;
         (addr <= range.end).then_some(range.owner)
@@ -128,7 +130,7 @@ impl Snapshot {
 
     /// Whether `owner` may send from `addr`: it owns it now, or did until a
     /// few seconds ago. The inner-source check of every delivered packet.
-    pub fn owned_by(&self, addr: u32, owner: ShortId) -> bool {
+    pub fn owned_by(&self, addr: AddrKey, owner: ShortId) -> bool {
         self.owner_of(addr) == Some(owner)
             || self
                 .previous_owners
@@ -220,7 +222,7 @@ impl Snapshot {
 mod tests {
     use super::*;
 
-    fn range(start: u32, end: u32, owner: u16) -> OwnedRange {
+    fn range(start: AddrKey, end: AddrKey, owner: u16) -> OwnedRange {
         OwnedRange {
             start,
             end,

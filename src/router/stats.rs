@@ -17,8 +17,8 @@ pub enum DropReason {
     NoRoute,
     /// No usable keys for the next hop yet.
     NoSession,
-    /// The inner packet was not IPv4 (IPv6 is future work).
-    NotIpv4,
+    /// The inner packet was neither IPv4 nor IPv6.
+    NotIp,
     /// The inner source address is not in the sending router's ranges.
     SpoofedSource,
     /// The counter was seen before or is older than the window.
@@ -52,7 +52,7 @@ impl DropReason {
         Self::BadHeader,
         Self::NoRoute,
         Self::NoSession,
-        Self::NotIpv4,
+        Self::NotIp,
         Self::SpoofedSource,
         Self::Replay,
         Self::UnknownSession,
@@ -73,7 +73,7 @@ impl DropReason {
             Self::BadHeader => "bad_header",
             Self::NoRoute => "no_route",
             Self::NoSession => "no_session",
-            Self::NotIpv4 => "not_ipv4",
+            Self::NotIp => "not_ip",
             Self::SpoofedSource => "spoofed_source",
             Self::Replay => "replay",
             Self::UnknownSession => "unknown_session",

@@ -364,8 +364,8 @@ impl Worker {
         } else {
             (VnetHdr::default(), read)
         };
-        let Some((_src, dst)) = packet::ipv4_addresses(inner) else {
-            self.stats.count_drop(DropReason::NotIpv4);
+        let Some(addresses) = packet::inner_addresses(inner) else {
+            self.stats.count_drop(DropReason::NotIp);
             return;
         };
         let Ok(mut segments) = Segmenter::new(&hdr, inner) else {
@@ -379,12 +379,13 @@ impl Worker {
         }
         // Only TCP data is dropped to fight a standing queue (DESIGN.md
         // "The fast data path": RTT under load); see `aqm`.
-        let tcp_data = inner.len() > 576 && inner[9] == 6;
+        let next_header = if addresses.ipv6 { inner[6] } else { inner[9] };
+        let tcp_data = inner.len() > 576 && next_header == 6;
         if tcp_data && self.vnet && self.standing.should_drop(self.now) {
             self.stats.count_drop(DropReason::Aqm);
             return;
         }
-        let route = match lane::route_from_tun(table, dst) {
+        let route = match lane::route_from_tun(table, addresses.dst) {
             Ok(route) => route,
             Err(discard) => {
                 self.stats.count_drop(discard.reason());

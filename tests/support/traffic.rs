@@ -32,11 +32,23 @@ pub struct Transfer {
 /// Sends `bytes` (or as much as fits in `max_time`, if given) from pod
 /// `from` to pod `to` over TCP, hashing both ends with BLAKE2s.
 pub fn transfer(from: &Pod, to: &Pod, bytes: u64, max_time: Option<Duration>) -> Transfer {
+    transfer_between(&from.ns, &to.ns, to.addr.into(), bytes, max_time)
+}
+
+/// [`transfer`] from namespace `from` to `to_addr` in namespace `to`, of
+/// either family.
+pub fn transfer_between(
+    from: &Netns,
+    to: &Netns,
+    to_addr: std::net::IpAddr,
+    bytes: u64,
+    max_time: Option<Duration>,
+) -> Transfer {
     use blake2::{Blake2s256, Digest};
     let port = 5201 + (COUNTER.fetch_add(1, Ordering::Relaxed) % 100) as u16;
-    let listen = SocketAddr::from((to.addr, port));
+    let listen = SocketAddr::from((to_addr, port));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let server = in_netns(&to.ns.name, move || {
+    let server = in_netns(&to.name, move || {
         let listener = TcpListener::bind(listen).expect("bind");
         ready_tx.send(()).unwrap();
         let (mut stream, _) = listener.accept().expect("accept");
@@ -49,7 +61,7 @@ pub fn transfer(from: &Pod, to: &Pod, bytes: u64, max_time: Option<Duration>) ->
     ready_rx
         .recv_timeout(Duration::from_secs(5))
         .expect("listener ready");
-    let client = in_netns(&from.ns.name, move || {
+    let client = in_netns(&from.name, move || {
         let start = Instant::now();
         let mut stream =
             TcpStream::connect_timeout(&listen, Duration::from_secs(5)).expect("connect");

@@ -1,7 +1,7 @@
 //! The local API's address requests (the CNI plugin's interface and
 //! `weft` commands): allocate, release, gc, leave, rmpeer, readiness.
 
-use super::{IpamDriver, POD_GATEWAY};
+use super::{IpamDriver, POD_GATEWAY, POD_GATEWAY6};
 use crate::api::proto::{
     Allocation, AllocationList, ErrorCode, Left, PodRef, Readiness, Reclaimed, Released, Reply,
     Request,
@@ -119,9 +119,15 @@ impl IpamDriver {
             ifname: ifname.to_string(),
             address: addr.to_string(),
             prefix_len: if addr.is_ipv4() { 32 } else { 128 },
-            gateway: POD_GATEWAY.to_string(),
+            gateway: if addr.is_ipv4() {
+                POD_GATEWAY
+            } else {
+                POD_GATEWAY6
+            }
+            .to_string(),
             mtu,
             range: self.range.to_string(),
+            ipv6: None,
         }
     }
 

@@ -12,6 +12,7 @@ use crate::ipam::{
     AddrRange, Alarm, AllocKey, Allocator, Config, Destination, Event, FileStore, InUse, Init,
     IpamError,
 };
+use crate::router::packet::{AddrKey, addr_key, ipv4_key};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -21,6 +22,7 @@ mod api;
 mod auto_reclaim;
 mod ballot;
 mod crypto;
+pub mod dual;
 mod node_reclaim;
 
 pub use auto_reclaim::AutoReclaim;
@@ -30,6 +32,11 @@ mod status;
 
 /// The link-local gateway every pod routes through (DESIGN.md "The picture").
 pub const POD_GATEWAY: &str = "169.254.1.1";
+
+/// The IPv6 pods' link-local gateway: their default route goes `via
+/// fe80::1` with a permanent neighbour entry (the host end's MAC), as IPv4
+/// uses [`POD_GATEWAY`]; no address on the host carries it.
+pub const POD_GATEWAY6: &str = "fe80::1";
 
 /// What the driver needs to know about the rest of the router to resolve
 /// the initialisation mode: who is at an address, who holds a name.
@@ -525,19 +532,16 @@ impl IpamDriver {
         self.range
     }
 
-    /// Every owned range of the ring as inclusive IPv4 bounds with its owner,
-    /// for the data plane's ownership table (empty for an IPv6 ring).
-    pub fn owners(&self) -> Vec<(u32, u32, PeerId)> {
-        let IpAddr::V4(base) = self.range.base() else {
-            return Vec::new();
-        };
-        let base = u32::from(base);
+    /// Every owned range of the ring as inclusive address keys (IPv4
+    /// mapped, `router::packet::AddrKey`) with its owner, for the data
+    /// plane's ownership table; either family.
+    pub fn owners(&self) -> Vec<(AddrKey, AddrKey, PeerId)> {
+        let base = addr_key(self.range.base());
         let mut out: Vec<_> = self
             .owner_offsets()
             .into_iter()
             .filter_map(|(lo, hi, owner)| {
-                let (lo, hi) = (u32::try_from(lo).ok()?, u32::try_from(hi).ok()?);
-                Some((base.wrapping_add(lo), base.wrapping_add(hi), owner))
+                Some((base.checked_add(lo)?, base.checked_add(hi)?, owner))
             })
             .collect();
         out.sort_unstable();
@@ -560,13 +564,18 @@ impl IpamDriver {
         out
     }
 
-    /// This router's ranges (the kernel gets an `unreachable` route for each).
+    /// This router's IPv4 ranges (the kernel gets an `unreachable` route
+    /// for each); empty for an IPv6 ring.
     pub fn owned(&self) -> Vec<(u32, u32)> {
         let me = self.alloc.id();
+        let v4 = |key: AddrKey| {
+            key.checked_sub(ipv4_key(0))
+                .and_then(|a| u32::try_from(a).ok())
+        };
         self.owners()
             .into_iter()
             .filter(|(_, _, owner)| *owner == me)
-            .map(|(lo, hi, _)| (lo, hi))
+            .filter_map(|(lo, hi, _)| Some((v4(lo)?, v4(hi)?)))
             .collect()
     }
 }

@@ -86,9 +86,10 @@ pub enum Discard {
     /// hop limit is spent: it was for another router.
     #[error("hop limit exhausted")]
     HopLimit,
-    /// Authenticated (window marked), for us, but not an IPv4 packet.
-    #[error("inner packet is not IPv4")]
-    NotIpv4,
+    /// Authenticated (window marked), for us, but neither an IPv4 nor an
+    /// IPv6 packet.
+    #[error("inner packet is neither IPv4 nor IPv6")]
+    NotIp,
     /// Authenticated (window marked), for us, but its inner source is not
     /// in the ranges of the router it is attributed to (DESIGN.md "The data
     /// header", "Security model").
@@ -126,7 +127,7 @@ impl Discard {
             Self::Open(OpenError::Replay) => DropReason::Replay,
             Self::Open(OpenError::BadTag) => DropReason::BadTag,
             Self::HopLimit => DropReason::HopLimit,
-            Self::NotIpv4 => DropReason::NotIpv4,
+            Self::NotIp => DropReason::NotIp,
             Self::SpoofedSource => DropReason::SpoofedSource,
             Self::ForeignLane => DropReason::ForeignLane,
             Self::ImplausibleRelay => DropReason::ImplausibleRelay,
@@ -158,7 +159,7 @@ pub struct Route {
 /// looked up once here, in the ownership table, and stamped into the
 /// header; relays forward by the owner's short ID, never by their own view
 /// of the ranges (DESIGN.md "Who owns an address is who routes it").
-pub fn route_from_tun(table: &Snapshot, dst: u32) -> Result<Route, Discard> {
+pub fn route_from_tun(table: &Snapshot, dst: packet::AddrKey) -> Result<Route, Discard> {
     let owner = table.owner_of(dst).ok_or(Discard::NoRoute)?;
     if owner == table.me {
         return Err(Discard::OwnedLocally);
@@ -357,10 +358,13 @@ impl Lane {
             return Verdict::Discard(Discard::ImplausibleRelay);
         }
         if header.dst == table.me {
-            let Some((src, _dst)) = packet::ipv4_addresses(&datagram[inner.clone()]) else {
-                return Verdict::Discard(Discard::NotIpv4);
+            let Some(addresses) = packet::inner_addresses(&datagram[inner.clone()]) else {
+                return Verdict::Discard(Discard::NotIp);
             };
-            if !table.owned_by(src, header.src) {
+            // An IPv6 source in the IPv4-mapped block would match an IPv4
+            // range's keys: it is nobody's IPv6 address.
+            let mapped = addresses.ipv6 && packet::is_ipv4_key(addresses.src);
+            if mapped || !table.owned_by(addresses.src, header.src) {
                 return Verdict::Discard(Discard::SpoofedSource);
             }
             Verdict::Deliver { inner }

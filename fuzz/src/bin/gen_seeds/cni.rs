@@ -156,6 +156,7 @@ pub(super) fn cni_reply() {
         gateway: "169.254.1.1".into(),
         mtu: 1420,
         range: "10.32.0.0/12".into(),
+        ipv6: None,
     };
     let ok = |v: serde_json::Value| Reply {
         ok: true,

@@ -6,7 +6,7 @@
 use super::*;
 use crate::crypto::replay::WINDOW;
 use crate::router::datagram::OVERHEAD;
-use crate::router::packet::{CONTROL_LANE, HEADER_LEN, HOP_LIMIT, HeaderError};
+use crate::router::packet::{CONTROL_LANE, HEADER_LEN, HOP_LIMIT, HeaderError, ipv4_key};
 use crate::router::snapshot::{Link, Liveness, OwnedRange, RecvSession, SendKeys};
 
 const A: ShortId = ShortId(1);
@@ -20,6 +20,9 @@ const C_INDEX: u32 = 0x0000_0c0c;
 const A_POD: u32 = 0x0a20_0005;
 const B_POD: u32 = 0x0a20_0105;
 const C_POD: u32 = 0x0a20_0205;
+/// IPv6 pod ranges: A fd00:0:0:a::/64, B fd00:0:0:b::/64.
+const A_POD6: u128 = 0xfd00_0000_0000_000a_0000_0000_0000_0005;
+const B_POD6: u128 = 0xfd00_0000_0000_000b_0000_0000_0000_0005;
 
 fn from() -> SocketAddr {
     "192.0.2.1:6783".parse().unwrap()
@@ -47,14 +50,21 @@ fn send_keys(remote_index: u32, n: u8) -> Option<SendKeys> {
 
 fn owners(table: &mut Snapshot) {
     let range = |start: u32, owner| OwnedRange {
-        start,
-        end: start + 255,
+        start: ipv4_key(start),
+        end: ipv4_key(start + 255),
+        owner,
+    };
+    let range6 = |pod: u128, owner| OwnedRange {
+        start: pod >> 64 << 64,
+        end: pod | u128::from(u64::MAX),
         owner,
     };
     table.set_owners(vec![
         range(0x0a20_0000, A),
         range(0x0a20_0100, B),
         range(0x0a20_0200, C),
+        range6(A_POD6, A),
+        range6(B_POD6, B),
     ]);
 }
 
@@ -95,6 +105,18 @@ fn ipv4(src: u32, dst: u32) -> Vec<u8> {
     p[9] = 17;
     p[12..16].copy_from_slice(&src.to_be_bytes());
     p[16..20].copy_from_slice(&dst.to_be_bytes());
+    p
+}
+
+/// A 48-byte IPv6 packet from `src` to `dst`.
+fn ipv6(src: u128, dst: u128) -> Vec<u8> {
+    let mut p = vec![0u8; 48];
+    p[0] = 0x60;
+    p[4..6].copy_from_slice(&8u16.to_be_bytes());
+    p[6] = 17;
+    p[7] = 64;
+    p[8..24].copy_from_slice(&src.to_be_bytes());
+    p[24..40].copy_from_slice(&dst.to_be_bytes());
     p
 }
 

@@ -349,10 +349,21 @@ fn an_inner_source_outside_the_senders_ranges_is_spoofed() {
     let mut spoofed = a_to_b(0, 0, &ipv4(C_POD, B_POD));
     let verdict = lane.handle_datagram(&tb, &mut spoofed, from(), epoch);
     assert_eq!(verdict, Verdict::Discard(Discard::SpoofedSource));
-    let mut ipv6 = a_to_b(0, 1, &[0x60; 40]);
-    let verdict = lane.handle_datagram(&tb, &mut ipv6, from(), epoch);
-    assert_eq!(verdict, Verdict::Discard(Discard::NotIpv4));
-    assert_eq!(lane.highest(b_key(&tb), 0), Some(1), "both authenticated");
+    let mut not_ip = a_to_b(0, 1, &[0x50; 40]);
+    let verdict = lane.handle_datagram(&tb, &mut not_ip, from(), epoch);
+    assert_eq!(verdict, Verdict::Discard(Discard::NotIp));
+    // IPv6 sources are held to the sender's IPv6 ranges the same way, and
+    // an IPv4 range never covers an IPv6 source (nor the reverse).
+    let mut spoofed6 = a_to_b(0, 2, &ipv6(B_POD6, B_POD6));
+    let verdict = lane.handle_datagram(&tb, &mut spoofed6, from(), epoch);
+    assert_eq!(verdict, Verdict::Discard(Discard::SpoofedSource));
+    let mut mapped = a_to_b(0, 3, &ipv6(ipv4_key(A_POD), B_POD6));
+    let verdict = lane.handle_datagram(&tb, &mut mapped, from(), epoch);
+    assert_eq!(verdict, Verdict::Discard(Discard::SpoofedSource));
+    let mut honest6 = a_to_b(0, 4, &ipv6(A_POD6, B_POD6));
+    let verdict = lane.handle_datagram(&tb, &mut honest6, from(), epoch);
+    assert!(matches!(verdict, Verdict::Deliver { .. }), "{verdict:?}");
+    assert_eq!(lane.highest(b_key(&tb), 0), Some(4), "all authenticated");
 }
 
 #[test]
@@ -366,7 +377,7 @@ fn discard_labels_are_todays_drop_reason_labels() {
         (Discard::Open(OpenError::Replay), "replay"),
         (Discard::Open(OpenError::BadTag), "bad_tag"),
         (Discard::HopLimit, "hop_limit"),
-        (Discard::NotIpv4, "not_ipv4"),
+        (Discard::NotIp, "not_ip"),
         (Discard::SpoofedSource, "spoofed_source"),
         (Discard::NoRoute, "no_route"),
         (Discard::NoSession, "no_session"),

@@ -93,13 +93,26 @@ fn counters_and_windows_outlive_a_snapshot_without_their_key_and_die_with_it() {
 fn a_tun_packet_is_routed_to_the_owner_of_its_destination() {
     let ta = table_a(Instant::now());
     assert_eq!(
-        route_from_tun(&ta, C_POD),
+        route_from_tun(&ta, ipv4_key(C_POD)),
         Ok(Route {
             src: A,
             dst: C,
             hop_limit: HOP_LIMIT
         })
     );
-    assert_eq!(route_from_tun(&ta, A_POD), Err(Discard::OwnedLocally));
-    assert_eq!(route_from_tun(&ta, 0x0a30_0000), Err(Discard::NoRoute));
+    assert_eq!(
+        route_from_tun(&ta, ipv4_key(A_POD)),
+        Err(Discard::OwnedLocally)
+    );
+    assert_eq!(
+        route_from_tun(&ta, ipv4_key(0x0a30_0000)),
+        Err(Discard::NoRoute)
+    );
+    // IPv6 destinations go by the IPv6 ranges in the same table.
+    assert_eq!(route_from_tun(&ta, B_POD6).map(|r| r.dst), Ok(B));
+    assert_eq!(route_from_tun(&ta, A_POD6), Err(Discard::OwnedLocally));
+    assert_eq!(
+        route_from_tun(&ta, B_POD6 + (1 << 64)),
+        Err(Discard::NoRoute)
+    );
 }

@@ -1,0 +1,218 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::needless_range_loop)]
+//! Dual-stack pods across nodes (issue 19, third layer): three routers with
+//! an IPv6 pod range, one pod each plugged by the real CNI plugin, which
+//! gets an IPv4 and an IPv6 address; IPv6 and IPv4 ping matrices across
+//! nodes; a checksummed TCPv6 transfer between pods on different nodes;
+//! CHECK and DEL of both addresses.
+
+mod support;
+
+use serde_json::Value;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, Instant};
+use support::cni::*;
+use support::cni_mesh::*;
+use support::*;
+
+const RANGE6: &str = "fd00:32::/112";
+
+/// A pod plugged by the plugin: its namespace and both addresses.
+struct DualPod {
+    ns: Netns,
+    v4: Ipv4Addr,
+    v6: Ipv6Addr,
+    result: Value,
+}
+
+fn plug(m: &Mesh, node: usize, cid: &str) -> DualPod {
+    let ns = Netns::new("pod6");
+    let add = Call::new("ADD", cid, &netns_path(&ns));
+    let conf = net_conf("1.0.0", &m.routers[node].api());
+    let result = invoke(&m.cluster.nodes[node].ns, &add, &conf).ok();
+    let ips = result["ips"].as_array().expect("ips");
+    assert_eq!(ips.len(), 2, "a dual-stack result: {result:#}");
+    let address = |i: usize| ips[i]["address"].as_str().unwrap().to_string();
+    let (v4, len4) = address(0)
+        .split_once('/')
+        .map(|(a, l)| (a.to_string(), l.to_string()))
+        .unwrap();
+    let (v6, len6) = address(1)
+        .split_once('/')
+        .map(|(a, l)| (a.to_string(), l.to_string()))
+        .unwrap();
+    assert_eq!((len4.as_str(), len6.as_str()), ("32", "128"));
+    assert_eq!(ips[1]["gateway"], "fe80::1");
+    assert!(
+        result["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["dst"] == "::/0")
+    );
+    DualPod {
+        ns,
+        v4: v4.parse().unwrap(),
+        v6: v6.parse().unwrap(),
+        result,
+    }
+}
+
+fn ping(from: &Netns, to: IpAddr, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if from
+            .exec(&["ping", "-c", "1", "-W", "1", &to.to_string()])
+            .status
+            .success()
+        {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+fn ipam6_ready(r: &Router) -> bool {
+    r.status().is_some_and(|s| s["ipam6"]["state"] == "ready")
+}
+
+fn drops(r: &Router, label: &str) -> u64 {
+    counters(&r.status().unwrap())
+        .get(&format!("dropped.{label}"))
+        .copied()
+        .unwrap_or(0)
+}
+
+#[test]
+fn dual_stack_pods_plugged_by_the_plugin_talk_across_three_nodes() {
+    if !require_root("dual_stack_pods_plugged_by_the_plugin_talk_across_three_nodes") {
+        return;
+    }
+    let m = mesh_on(Cluster::new(3), |r| {
+        r.args.extend(["--ipalloc-range".into(), RANGE6.into()]);
+    });
+    let ready = wait_until(Duration::from_secs(30), || {
+        m.routers.iter().all(ipam6_ready)
+    });
+    assert!(
+        ready,
+        "the IPv6 ring is not ready: {}",
+        m.routers[0].log_tail()
+    );
+    let range6 = u128::from("fd00:32::".parse::<Ipv6Addr>().unwrap());
+    let pods: Vec<DualPod> = (0..3)
+        .map(|i| plug(&m, i, &format!("cid-dual-{i}")))
+        .collect();
+    for p in &pods {
+        assert_eq!(
+            u128::from(p.v6) >> 16,
+            range6 >> 16,
+            "{} not in {RANGE6}",
+            p.v6
+        );
+        // The pod's IPv6 address is usable at once: no DAD.
+        let shown = p.ns.ok(&["ip", "-6", "addr", "show", "dev", "eth0"]);
+        let line = shown
+            .lines()
+            .find(|l| l.contains(&format!("{}/128", p.v6)))
+            .unwrap_or_else(|| panic!("no {}/128: {shown}", p.v6));
+        assert!(
+            line.contains("nodad") && !line.contains("tentative"),
+            "{shown}"
+        );
+    }
+    let start = Instant::now();
+    for a in 0..3 {
+        for b in 0..3 {
+            if a == b {
+                continue;
+            }
+            for to in [IpAddr::V6(pods[b].v6), IpAddr::V4(pods[b].v4)] {
+                assert!(
+                    ping(&pods[a].ns, to, Duration::from_secs(20)),
+                    "pod on n{a} cannot reach {to} on n{b}\n{}\n{}",
+                    m.routers[a].log_tail(),
+                    m.routers[b].log_tail()
+                );
+            }
+        }
+    }
+    println!(
+        "ping matrix (IPv6 and IPv4, 3 nodes) in {:?}",
+        start.elapsed()
+    );
+
+    const BYTES: u64 = 20 * 1024 * 1024;
+    let t = transfer_between(
+        &pods[0].ns,
+        &pods[2].ns,
+        IpAddr::V6(pods[2].v6),
+        BYTES,
+        None,
+    );
+    assert_eq!(t.received, BYTES, "{t:?}");
+    assert_eq!(t.sent_sum, t.received_sum, "TCPv6 payload corrupted");
+    println!(
+        "TCPv6 20 MiB n0 -> n2 in {:?} ({:.0} Mbit/s)",
+        t.elapsed,
+        BYTES as f64 * 8.0 / t.elapsed.as_secs_f64() / 1e6
+    );
+    let t = transfer_between(
+        &pods[1].ns,
+        &pods[0].ns,
+        IpAddr::V4(pods[0].v4),
+        BYTES,
+        None,
+    );
+    assert_eq!(
+        (t.received, t.sent_sum),
+        (BYTES, t.received_sum),
+        "IPv4 alongside"
+    );
+    for r in &m.routers {
+        assert_eq!(drops(r, "not_ip"), 0, "{}", r.name);
+        assert_eq!(drops(r, "spoofed_source"), 0, "{}", r.name);
+    }
+
+    // CHECK with the ADD result, then DEL frees both addresses.
+    let node = &m.cluster.nodes[1].ns;
+    let mut conf = net_conf("1.0.0", &m.routers[1].api());
+    conf["prevResult"] = pods[1].result.clone();
+    invoke(
+        node,
+        &Call::new("CHECK", "cid-dual-1", &netns_path(&pods[1].ns)),
+        &conf,
+    )
+    .ok();
+    let held = allocations(&m.routers[1]);
+    let mine = held
+        .iter()
+        .find(|a| a.container_id == "cid-dual-1")
+        .unwrap();
+    assert_eq!(
+        mine.ipv6.as_ref().map(|s| s.address.clone()),
+        Some(pods[1].v6.to_string())
+    );
+    let conf = net_conf("1.0.0", &m.routers[1].api());
+    invoke(
+        node,
+        &Call::new("DEL", "cid-dual-1", &netns_path(&pods[1].ns)),
+        &conf,
+    )
+    .ok();
+    assert!(
+        allocations(&m.routers[1])
+            .iter()
+            .all(|a| a.container_id != "cid-dual-1"),
+        "DEL left an address behind"
+    );
+    let routes6 = node.ok(&["ip", "-6", "route", "show", "proto", "87"]);
+    assert!(!routes6.contains(&pods[1].v6.to_string()), "{routes6}");
+    // A second ADD of the same attachment after DEL works again.
+    let again = plug(&m, 1, "cid-dual-1b");
+    assert!(ping(
+        &pods[0].ns,
+        IpAddr::V6(again.v6),
+        Duration::from_secs(20)
+    ));
+}
