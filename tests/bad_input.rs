@@ -88,6 +88,28 @@ fn a_short_secret_is_refused_with_its_minimum_length() {
 }
 
 #[test]
+fn network_policy_with_ipv6_pods_is_refused_rather_than_left_open() {
+    let dir = TempDir::new("policy6");
+    let secret = dir.path.join("secret");
+    write_secret(&secret);
+    let args = with(
+        base_args(&dir.path),
+        &[
+            "--secret-file",
+            secret.to_str().unwrap(),
+            "--ipalloc-range",
+            "fd00:32::/48",
+            "--network-policy",
+            // Never reached: the configuration is refused first.
+            "--kube-api",
+            "http://127.0.0.1:9",
+        ],
+    );
+    let out = run_args(&args);
+    one_line_failure(&out, &["--network-policy", "IPv6"]);
+}
+
+#[test]
 fn a_bad_cidr_names_the_range_and_a_fix() {
     let dir = TempDir::new("badcidr");
     let secret = dir.path.join("secret");
