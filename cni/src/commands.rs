@@ -488,9 +488,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_ipv6_address_from_the_router_is_planned_and_checked() {
-        let env = Env::parse(|k| {
+    /// An ADD's environment for container `abc`, interface `eth0`.
+    fn add_env() -> Env {
+        Env::parse(|k| {
             match k {
                 "CNI_COMMAND" => Some("ADD"),
                 "CNI_CONTAINERID" => Some("abc"),
@@ -500,7 +500,12 @@ mod tests {
             }
             .map(str::to_string)
         })
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn an_ipv6_address_from_the_router_is_planned_and_checked() {
+        let env = add_env();
         let conf = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","type":"weft"}"#).unwrap();
         let six = |address: &str, gateway: &str, prefix_len: u8| {
             let mut a = alloc("10.32.0.5", "169.254.1.1", 32, 1400);
@@ -542,17 +547,7 @@ mod tests {
     // netlink, a "/99" into the result).
     #[test]
     fn an_unusable_allocation_from_the_router_is_a_router_error() {
-        let env = Env::parse(|k| {
-            match k {
-                "CNI_COMMAND" => Some("ADD"),
-                "CNI_CONTAINERID" => Some("abc"),
-                "CNI_IFNAME" => Some("eth0"),
-                "CNI_NETNS" => Some("/x"),
-                _ => None,
-            }
-            .map(str::to_string)
-        })
-        .unwrap();
+        let env = add_env();
         let conf = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","type":"weft"}"#).unwrap();
         let good = plan_for(&env, &alloc("10.32.0.5", "169.254.1.1", 32, 1400), &conf).unwrap();
         assert_eq!(good.mtu, 1400);

@@ -353,7 +353,7 @@ pub(crate) async fn remove_host_end(
     let Some(index) = link_index(host, name).await? else {
         return Ok(None);
     };
-    let address = routes(host)
+    let address = routes::<Ipv4Addr>(host)
         .await?
         .into_iter()
         .find(|r| r.oif == Some(index) && r.prefix == 32 && r.weft)
@@ -365,32 +365,65 @@ pub(crate) async fn remove_host_end(
     }
 }
 
-/// One IPv4 route, reduced to what we look at.
+/// One route, reduced to what CHECK and DEL look at.
 #[derive(Clone, Debug)]
-pub(crate) struct Route {
+pub(crate) struct Route<A = Ipv4Addr> {
     /// Destination (None = default).
-    pub(crate) dst: Option<Ipv4Addr>,
+    pub(crate) dst: Option<A>,
     /// Prefix length.
     pub(crate) prefix: u8,
     /// Gateway.
-    pub(crate) gateway: Option<Ipv4Addr>,
+    pub(crate) gateway: Option<A>,
     /// Output interface.
     pub(crate) oif: Option<u32>,
     /// Tagged with weft's protocol.
     pub(crate) weft: bool,
 }
 
-/// The main table's IPv4 routes.
-pub(crate) async fn routes(handle: &Handle) -> Result<Vec<Route>, PlumbError> {
-    let mut stream = handle
-        .route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-        .execute();
+/// An address family whose routes [`routes`] lists.
+pub(crate) trait Family: Copy + Sized {
+    /// The family's name in errors.
+    const NAME: &'static str;
+    /// A route dump request for the family's main table.
+    fn dump() -> RouteMessage;
+    /// The address, if `a` is of this family.
+    fn of(a: &RouteAddress) -> Option<Self>;
+}
+
+impl Family for Ipv4Addr {
+    const NAME: &'static str = "IPv4";
+    fn dump() -> RouteMessage {
+        RouteMessageBuilder::<Self>::new().build()
+    }
+    fn of(a: &RouteAddress) -> Option<Self> {
+        match a {
+            RouteAddress::Inet(a) => Some(*a),
+            _ => None,
+        }
+    }
+}
+
+impl Family for Ipv6Addr {
+    const NAME: &'static str = "IPv6";
+    fn dump() -> RouteMessage {
+        RouteMessageBuilder::<Self>::new().build()
+    }
+    fn of(a: &RouteAddress) -> Option<Self> {
+        match a {
+            RouteAddress::Inet6(a) => Some(*a),
+            _ => None,
+        }
+    }
+}
+
+/// The main table's routes of family `A`.
+pub(crate) async fn routes<A: Family>(handle: &Handle) -> Result<Vec<Route<A>>, PlumbError> {
+    let mut stream = handle.route().get(A::dump()).execute();
     let mut out = Vec::new();
     while let Some(msg) = stream
         .try_next()
         .await
-        .map_err(fail("cannot list routes"))?
+        .map_err(fail(format!("cannot list {} routes", A::NAME)))?
     {
         let mut r = Route {
             dst: None,
@@ -401,8 +434,8 @@ pub(crate) async fn routes(handle: &Handle) -> Result<Vec<Route>, PlumbError> {
         };
         for a in &msg.attributes {
             match a {
-                RouteAttribute::Destination(RouteAddress::Inet(d)) => r.dst = Some(*d),
-                RouteAttribute::Gateway(RouteAddress::Inet(g)) => r.gateway = Some(*g),
+                RouteAttribute::Destination(d) => r.dst = A::of(d),
+                RouteAttribute::Gateway(g) => r.gateway = A::of(g),
                 RouteAttribute::Oif(i) => r.oif = Some(*i),
                 _ => {}
             }
@@ -410,6 +443,29 @@ pub(crate) async fn routes(handle: &Handle) -> Result<Vec<Route>, PlumbError> {
         out.push(r);
     }
     Ok(out)
+}
+
+/// Whether the interface `index` has `address`/`prefix`.
+async fn has_address(
+    handle: &Handle,
+    index: u32,
+    address: IpAddr,
+    prefix: u8,
+) -> Result<bool, String> {
+    let mut addrs = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
+    let mut found = false;
+    while let Some(msg) = addrs.try_next().await.map_err(|e| e.to_string())? {
+        let has = msg
+            .attributes
+            .iter()
+            .any(|a| matches!(a, AddressAttribute::Address(a) if *a == address));
+        found |= has && msg.header.prefix_len == prefix && msg.header.index == index;
+    }
+    Ok(found)
 }
 
 /// CHECK: whether the attachment looks as ADD left it; the first
@@ -427,26 +483,13 @@ pub(crate) async fn verify(host: &Handle, pod: &Handle, plan: &Plan) -> Result<(
     if !pod_up {
         return Err(format!("{} in the pod is down", plan.pod_ifname));
     }
-    let mut addrs = pod
-        .address()
-        .get()
-        .set_link_index_filter(pod_index)
-        .execute();
-    let mut found = false;
-    while let Some(msg) = addrs.try_next().await.map_err(|e| e.to_string())? {
-        let has = msg
-            .attributes
-            .iter()
-            .any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(a)) if *a == plan.address));
-        found |= has && msg.header.prefix_len == 32 && msg.header.index == pod_index;
-    }
-    if !found {
+    if !has_address(pod, pod_index, IpAddr::V4(plan.address), 32).await? {
         return Err(format!(
             "{} in the pod does not have {}/32",
             plan.pod_ifname, plan.address
         ));
     }
-    let pod_routes = routes(pod).await.map_err(text)?;
+    let pod_routes = routes::<Ipv4Addr>(pod).await.map_err(text)?;
     if !pod_routes
         .iter()
         .any(|r| r.prefix == 0 && r.gateway == Some(plan.gateway) && r.oif == Some(pod_index))
@@ -482,7 +525,7 @@ pub(crate) async fn verify(host: &Handle, pod: &Handle, plan: &Plan) -> Result<(
             mac_string(&plan.host_mac)
         ));
     }
-    let host_routes = routes(host).await.map_err(text)?;
+    let host_routes = routes::<Ipv4Addr>(host).await.map_err(text)?;
     if !host_routes.iter().any(|r| {
         r.prefix == 32 && r.dst == Some(plan.address) && r.oif == Some(host_index) && r.weft
     }) {
@@ -506,26 +549,13 @@ async fn verify_v6(
     pod_index: u32,
     host_index: u32,
 ) -> Result<(), String> {
-    let mut addrs = pod
-        .address()
-        .get()
-        .set_link_index_filter(pod_index)
-        .execute();
-    let mut found = false;
-    while let Some(msg) = addrs.try_next().await.map_err(|e| e.to_string())? {
-        let has = msg
-            .attributes
-            .iter()
-            .any(|a| matches!(a, AddressAttribute::Address(IpAddr::V6(a)) if *a == v6.address));
-        found |= has && msg.header.prefix_len == 128 && msg.header.index == pod_index;
-    }
-    if !found {
+    if !has_address(pod, pod_index, IpAddr::V6(v6.address), 128).await? {
         return Err(format!(
             "{} in the pod does not have {}/128",
             plan.pod_ifname, v6.address
         ));
     }
-    let pod_routes = routes6(pod).await.map_err(|e| e.to_string())?;
+    let pod_routes = routes::<Ipv6Addr>(pod).await.map_err(|e| e.to_string())?;
     if !pod_routes
         .iter()
         .any(|r| r.prefix == 0 && r.gateway == Some(v6.gateway) && r.oif == Some(pod_index))
@@ -535,7 +565,7 @@ async fn verify_v6(
             v6.gateway, plan.pod_ifname
         ));
     }
-    let host_routes = routes6(host).await.map_err(|e| e.to_string())?;
+    let host_routes = routes::<Ipv6Addr>(host).await.map_err(|e| e.to_string())?;
     if !host_routes.iter().any(|r| {
         r.prefix == 128 && r.dst == Some(v6.address) && r.oif == Some(host_index) && r.weft
     }) {
@@ -545,47 +575,6 @@ async fn verify_v6(
         ));
     }
     Ok(())
-}
-
-/// One IPv6 route, reduced to what [`verify_v6`] looks at.
-struct Route6 {
-    dst: Option<Ipv6Addr>,
-    prefix: u8,
-    gateway: Option<Ipv6Addr>,
-    oif: Option<u32>,
-    weft: bool,
-}
-
-/// The main table's IPv6 routes.
-async fn routes6(handle: &Handle) -> Result<Vec<Route6>, PlumbError> {
-    let mut stream = handle
-        .route()
-        .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
-        .execute();
-    let mut out = Vec::new();
-    while let Some(msg) = stream
-        .try_next()
-        .await
-        .map_err(fail("cannot list IPv6 routes"))?
-    {
-        let mut r = Route6 {
-            dst: None,
-            prefix: msg.header.destination_prefix_length,
-            gateway: None,
-            oif: None,
-            weft: msg.header.protocol == RouteProtocol::Other(WEFT_ROUTE_PROTOCOL),
-        };
-        for a in &msg.attributes {
-            match a {
-                RouteAttribute::Destination(RouteAddress::Inet6(d)) => r.dst = Some(*d),
-                RouteAttribute::Gateway(RouteAddress::Inet6(g)) => r.gateway = Some(*g),
-                RouteAttribute::Oif(i) => r.oif = Some(*i),
-                _ => {}
-            }
-        }
-        out.push(r);
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
