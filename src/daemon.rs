@@ -122,7 +122,7 @@ async fn serve(
     let advertised = advertised_address(config.listen, &config.seeds);
     let (mtu, mtu_source) = overlay_mtu(config.mtu, advertised).await;
     let epoch = Instant::now();
-    let (worker_tx, worker_rx) = mpsc::unbounded_channel();
+    let (worker_tx, worker_rx) = mpsc::channel(crate::router::WORKER_EVENTS);
     let my_id = identity.id();
     let short = ShortId::preferred(my_id);
     let (dataplane, control_socket) = Dataplane::start(

@@ -117,6 +117,12 @@ pub fn render(status: &Status, policy: Option<&crate::policy::status::PolicyStat
         "Times a real-time worker stepped down to nice -10 after 2 ms of unbroken work (a saturated data plane)",
         d.busy_step_downs,
     );
+    counter(
+        &mut registry,
+        "worker_events_dropped",
+        "Endpoint and keyset reports from the data plane dropped because the control task's queue was full",
+        d.events_dropped,
+    );
     family(
         &mut registry,
         "dropped_packets",

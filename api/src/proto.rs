@@ -589,6 +589,10 @@ pub struct DataplaneTotals {
     /// without a break (a saturated data plane).
     #[serde(default)]
     pub busy_step_downs: u64,
+    /// Endpoint and keyset reports from the workers dropped because the
+    /// control task's queue was full.
+    #[serde(default)]
+    pub events_dropped: u64,
     /// Drops by reason label; reasons never seen are omitted.
     pub dropped: BTreeMap<String, u64>,
 }

@@ -170,7 +170,7 @@ pub struct ControlInputs {
     /// From connection tasks.
     pub connections: mpsc::UnboundedReceiver<ConnectionEvent>,
     /// From data-plane workers.
-    pub workers: mpsc::UnboundedReceiver<WorkerEvent>,
+    pub workers: mpsc::Receiver<WorkerEvent>,
     /// From the API server.
     pub api: mpsc::Receiver<ApiCall>,
 }

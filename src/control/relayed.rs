@@ -25,6 +25,8 @@ use super::relay::{self, RelayChoice, RelayDrop};
 use crate::id::PeerId;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -56,6 +58,11 @@ pub const AVOID_FOR: Duration = Duration::from_secs(60);
 const CHUNK: usize = 16 * 1024;
 /// In-memory stream buffer per direction.
 const BUFFER: usize = 1024 * 1024;
+/// Most relayed bytes waiting for one session's stream beyond [`BUFFER`].
+/// Its connection stops reading when the control task is behind
+/// (`super::backlog`) while the relay keeps delivering; past this the
+/// session is closed (its stream lost bytes) and the opener opens it again.
+pub const INCOMING_LIMIT: usize = 1024 * 1024;
 
 /// One relayed connection.
 #[derive(Debug)]
@@ -73,7 +80,63 @@ pub struct Session {
     opened: Instant,
     up: bool,
     /// Bytes from the relay for the connection's stream.
-    incoming: mpsc::UnboundedSender<Vec<u8>>,
+    incoming: Incoming,
+}
+
+/// The queue of relayed bytes for one session's stream, weighed so that it
+/// never holds more than [`INCOMING_LIMIT`].
+#[derive(Debug)]
+pub struct Incoming {
+    sender: mpsc::UnboundedSender<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+}
+
+/// The pump's end of an [`Incoming`].
+#[derive(Debug)]
+pub struct IncomingRx {
+    receiver: mpsc::UnboundedReceiver<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Incoming {
+    /// A queue and its receiving end.
+    pub fn new() -> (Self, IncomingRx) {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let rx = IncomingRx {
+            receiver,
+            queued: Arc::clone(&queued),
+        };
+        (Self { sender, queued }, rx)
+    }
+
+    /// Queues `bytes`; false (nothing queued) when that would go over
+    /// [`INCOMING_LIMIT`]. Bytes for a pump that is gone are dropped: its
+    /// connection is ending and takes the session with it.
+    pub fn push(&self, bytes: Vec<u8>) -> bool {
+        let n = bytes.len();
+        let room = self
+            .queued
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
+                (q + n <= INCOMING_LIMIT).then_some(q + n)
+            });
+        if room.is_err() {
+            return false;
+        }
+        if self.sender.send(bytes).is_err() {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+        }
+        true
+    }
+}
+
+impl IncomingRx {
+    /// The next bytes, their weight taken off; `None` once the session is gone.
+    pub async fn recv(&mut self) -> Option<Vec<u8>> {
+        let bytes = self.receiver.recv().await?;
+        self.queued.fetch_sub(bytes.len(), Ordering::Relaxed);
+        Some(bytes)
+    }
 }
 
 /// The relayed connections, by the router at the other end, and what was
@@ -334,7 +397,7 @@ impl Control {
     fn open_session(&mut self, peer: PeerId, via: PeerId, outbound: bool) {
         let id = self.next_id();
         let (near, far) = tokio::io::duplex(BUFFER);
-        let (incoming, incoming_rx) = mpsc::unbounded_channel();
+        let (incoming, incoming_rx) = Incoming::new();
         let remote = self
             .gossip
             .entry(peer)
@@ -429,8 +492,17 @@ impl Control {
                 self.open_session(origin, via, false);
             }
         }
-        if let Some(session) = self.relayed.by_peer.get(&origin) {
-            let _ = session.incoming.send(bytes);
+        let full = self
+            .relayed
+            .by_peer
+            .get(&origin)
+            .is_some_and(|session| !session.incoming.push(bytes));
+        if full {
+            // The stream cannot take bytes out of order or lose some: the
+            // session goes (its pump ends, the connection sees its stream
+            // close) and the opener opens it again.
+            self.relayed.count("relay_incoming_full");
+            self.relayed.by_peer.remove(&origin);
         }
     }
 
@@ -523,7 +595,7 @@ impl Control {
 async fn pump(
     far: tokio::io::DuplexStream,
     id: ConnectionId,
-    mut incoming: mpsc::UnboundedReceiver<Vec<u8>>,
+    mut incoming: IncomingRx,
     events: mpsc::UnboundedSender<ConnectionEvent>,
 ) {
     let (mut read, mut write) = tokio::io::split(far);

@@ -47,8 +47,14 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::Sender;
 use worker::{Worker, WorkerEvent};
+
+/// Room in the queue of worker reports for the control task. Reports are
+/// rare (a keyset confirmed, an endpoint moved, at most one per neighbour
+/// per `lane::ENDPOINT_REPORT_EVERY`), so a full queue means the control
+/// task is stuck; reports beyond it are dropped and counted.
+pub const WORKER_EVENTS: usize = 4096;
 
 /// How to start the data plane.
 #[derive(Clone, Debug)]
@@ -86,7 +92,7 @@ impl Dataplane {
     pub fn start(
         config: &DataplaneConfig,
         initial: Snapshot,
-        events: UnboundedSender<WorkerEvent>,
+        events: Sender<WorkerEvent>,
     ) -> io::Result<(Self, UdpSocket)> {
         let workers = config.workers.clamp(1, 64);
         let want = config.offload;

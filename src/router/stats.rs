@@ -114,6 +114,8 @@ pub struct WorkerStats {
     /// Times the worker left the real-time class after working for
     /// `priority::BUSY_LIMIT` without a break (a saturated data plane).
     pub busy_step_downs: AtomicU64,
+    /// Reports for the control task dropped because its queue was full.
+    pub events_dropped: AtomicU64,
     dropped: [AtomicU64; DropReason::ALL.len()],
 }
 
@@ -147,6 +149,7 @@ pub fn sum<'a>(workers: impl IntoIterator<Item = &'a WorkerStats>) -> DataplaneT
         totals.too_big_replies += w.too_big_replies.load(Ordering::Relaxed);
         totals.realtime_workers += w.realtime.load(Ordering::Relaxed);
         totals.busy_step_downs += w.busy_step_downs.load(Ordering::Relaxed);
+        totals.events_dropped += w.events_dropped.load(Ordering::Relaxed);
         for reason in DropReason::ALL {
             let n = w.dropped(reason);
             if n > 0 {

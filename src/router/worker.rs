@@ -41,7 +41,7 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{Sender, error::TrySendError};
 
 pub use super::lane::WorkerEvent;
 
@@ -70,7 +70,7 @@ pub struct Worker {
     udp: UdpSocket,
     table: Arc<ArcSwap<Snapshot>>,
     stats: Arc<WorkerStats>,
-    events: UnboundedSender<WorkerEvent>,
+    events: Sender<WorkerEvent>,
     stop: Arc<AtomicBool>,
     log_limit: LogLimit,
     offload: Arc<OffloadState>,
@@ -127,7 +127,7 @@ impl Worker {
         udp: UdpSocket,
         table: Arc<ArcSwap<Snapshot>>,
         stats: Arc<WorkerStats>,
-        events: UnboundedSender<WorkerEvent>,
+        events: Sender<WorkerEvent>,
         stop: Arc<AtomicBool>,
     ) -> Self {
         Self {
@@ -325,7 +325,11 @@ impl Worker {
                 }
             }
             while let Some(event) = self.lane.poll_event() {
-                let _ = self.events.send(event);
+                // Full: the control task is far behind; the event is dropped
+                // and counted (a later packet reports a move again).
+                if let Err(TrySendError::Full(_)) = self.events.try_send(event) {
+                    WorkerStats::add(&self.stats.events_dropped, 1);
+                }
             }
             self.flush_tun();
             self.flush_send();

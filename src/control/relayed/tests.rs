@@ -71,7 +71,7 @@ fn session(peer: PeerId, via: PeerId, outbound: bool, opened: Instant) -> Sessio
         outbound,
         opened,
         up: false,
-        incoming: mpsc::unbounded_channel().0,
+        incoming: Incoming::new().0,
     }
 }
 
@@ -111,4 +111,23 @@ fn an_opened_session_not_up_in_time_is_dropped_and_its_relay_avoided_for_that_ta
             .expire_unanswered(late + AVOID_FOR, down)
             .is_empty()
     );
+}
+
+#[tokio::test]
+async fn relayed_bytes_a_stalled_stream_has_not_taken_are_bounded_and_freed_as_it_reads() {
+    let (incoming, mut rx) = Incoming::new();
+    let piece = vec![0u8; 64 * 1024];
+    let mut queued = 0;
+    while incoming.push(piece.clone()) {
+        queued += piece.len();
+        assert!(queued <= INCOMING_LIMIT, "went over the limit");
+    }
+    assert_eq!(
+        queued, INCOMING_LIMIT,
+        "filled to the limit, not short of it"
+    );
+    // The pump reads one piece: room for exactly one more.
+    assert_eq!(rx.recv().await.map(|b| b.len()), Some(piece.len()));
+    assert!(incoming.push(piece.clone()));
+    assert!(!incoming.push(piece));
 }

@@ -52,7 +52,14 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::{Arc, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// Least time between two endpoint reports for one neighbour. A neighbour
+/// that holds its keys can send from two ports of its own in turn; without
+/// this every packet would be an event for the control task (issue 16:
+/// no queue a peer can grow). A real move (a NAT rebinding) is reported
+/// by the first packet from the new address once this has passed.
+pub const ENDPOINT_REPORT_EVERY: Duration = Duration::from_millis(250);
 
 /// What a worker tells the control task. Sent only on change, never per packet.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -222,7 +229,8 @@ pub struct Lane {
     counters: IdMap<KeyId, SendCounter>,
     /// Replay windows per (receive key, the sender's lane).
     windows: IdMap<(KeyId, u8), LaneWindow>,
-    reported_endpoints: IdMap<ShortId, SocketAddr>,
+    /// The address last reported per neighbour, and when.
+    reported_endpoints: IdMap<ShortId, (SocketAddr, Instant)>,
     /// Receiver indices of `next` keysets already reported confirmed, with
     /// the key each named then.
     reported_confirmations: IdMap<u32, KeyId>,
@@ -272,6 +280,17 @@ impl Lane {
                 .session(*session)
                 .is_some_and(|s| s.awaiting_confirmation && s.key.id() == *key)
         });
+    }
+
+    /// Whether a move of `peer` to `from` is news: not the address last
+    /// reported, and not within [`ENDPOINT_REPORT_EVERY`] of that report.
+    fn may_report(&self, peer: ShortId, from: SocketAddr, now: Instant) -> bool {
+        match self.reported_endpoints.get(&peer) {
+            None => true,
+            Some(&(address, at)) => {
+                address != from && now.saturating_duration_since(at) >= ENDPOINT_REPORT_EVERY
+            }
+        }
     }
 
     /// Whether this worker owns sender lane `lane` (the steering rule).
@@ -329,11 +348,8 @@ impl Lane {
             // Any authenticated packet counts as liveness (DESIGN.md
             // "Endpoints behind NAT").
             link.liveness.touch(now);
-            if newest
-                && link.endpoint != Some(from)
-                && self.reported_endpoints.get(&peer) != Some(&from)
-            {
-                self.reported_endpoints.insert(peer, from);
+            if newest && link.endpoint != Some(from) && self.may_report(peer, from, now) {
+                self.reported_endpoints.insert(peer, (from, now));
                 self.events.push_back(WorkerEvent::EndpointMoved {
                     peer,
                     address: from,

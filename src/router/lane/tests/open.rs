@@ -342,6 +342,38 @@ fn only_a_newest_packet_from_a_new_address_moves_the_endpoint_once() {
 }
 
 #[test]
+fn a_neighbour_sending_from_two_addresses_in_turn_is_reported_at_most_every_interval() {
+    let epoch = Instant::now();
+    let tb = table_b(epoch, false);
+    let mut lane = any_lane();
+    let inner = ipv4(A_POD, B_POD);
+    let one: SocketAddr = "198.51.100.7:40000".parse().unwrap();
+    let two: SocketAddr = "198.51.100.7:40001".parse().unwrap();
+    // 1,000 packets in 100 ms, alternating: one report, not one per packet.
+    let mut reports = 0;
+    for counter in 0..1000u64 {
+        let at = epoch + std::time::Duration::from_micros(counter * 100);
+        let address = if counter % 2 == 0 { one } else { two };
+        lane.handle_datagram(&tb, &mut a_to_b(0, counter + 10, &inner), address, at);
+        while lane.poll_event().is_some() {
+            reports += 1;
+        }
+    }
+    assert_eq!(reports, 1);
+    // Once the interval has passed, a packet from the other address is news.
+    let later =
+        epoch + crate::router::lane::ENDPOINT_REPORT_EVERY + std::time::Duration::from_millis(1);
+    lane.handle_datagram(&tb, &mut a_to_b(0, 2000, &inner), two, later);
+    assert_eq!(
+        lane.poll_event(),
+        Some(WorkerEvent::EndpointMoved {
+            peer: A,
+            address: two
+        })
+    );
+}
+
+#[test]
 fn an_inner_source_outside_the_senders_ranges_is_spoofed() {
     let epoch = Instant::now();
     let tb = table_b(epoch, false);
