@@ -142,6 +142,8 @@ fn dual_stack_pods_plugged_by_the_plugin_talk_across_three_nodes() {
         start.elapsed()
     );
 
+    packet_too_big_from_the_router(&m, &pods[0], &pods[1]);
+
     const BYTES: u64 = 20 * 1024 * 1024;
     let t = transfer_between(
         &pods[0].ns,
@@ -215,4 +217,69 @@ fn dual_stack_pods_plugged_by_the_plugin_talk_across_three_nodes() {
         IpAddr::V6(again.v6),
         Duration::from_secs(20)
     ));
+}
+
+/// An IPv6 packet that gets past weft0 too big for the overlay (weft0's
+/// MTU raised behind the router's back, as in the moment before a smaller
+/// cluster MTU reaches it) gets an ICMPv6 Packet Too Big from the router
+/// naming the overlay MTU, instead of vanishing. MTUs are put back after.
+fn packet_too_big_from_the_router(m: &Mesh, from: &DualPod, to: &DualPod) {
+    let node = &m.cluster.nodes[0].ns;
+    let mtu: usize = node
+        .ok(&["cat", "/sys/class/net/weft0/mtu"])
+        .trim()
+        .parse()
+        .unwrap();
+    let host_veth = from.result["interfaces"][0]["name"]
+        .as_str()
+        .expect("the host side's name")
+        .to_string();
+    let set = |ns: &Netns, dev: &str, value: usize| {
+        ns.ip(&["link", "set", dev, "mtu", &value.to_string()]);
+    };
+    set(node, "weft0", mtu + 80);
+    set(node, &host_veth, mtu + 80);
+    set(&from.ns, "eth0", mtu + 80);
+    let before = m.routers[0].status().unwrap()["dataplane"]["too_big_replies"]
+        .as_u64()
+        .unwrap_or(0);
+    // 40 bytes of IPv6 and 8 of ICMPv6 header: 40 bytes over the MTU.
+    let size = (mtu + 40 - 48).to_string();
+    let out = from.ns.exec(&[
+        "ping",
+        "-6",
+        "-M",
+        "do",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        "-s",
+        &size,
+        &to.v6.to_string(),
+    ]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = m.routers[0].status().unwrap()["dataplane"]["too_big_replies"]
+        .as_u64()
+        .unwrap_or(0);
+    set(&from.ns, "eth0", mtu);
+    set(node, &host_veth, mtu);
+    set(node, "weft0", mtu);
+    from.ns.ip(&["-6", "route", "flush", "cache"]);
+    assert!(
+        text.contains(&format!("mtu={mtu}")) || text.contains(&format!("mtu = {mtu}")),
+        "no Packet Too Big naming {mtu}:\n{text}"
+    );
+    assert!(
+        after > before,
+        "the router did not answer: {before} -> {after}"
+    );
+    println!(
+        "ICMPv6 Packet Too Big from the router: {}",
+        text.lines().find(|l| l.contains("mtu")).unwrap_or("")
+    );
 }

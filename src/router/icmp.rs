@@ -1,6 +1,7 @@
-//! "Fragmentation needed" written back into the TUN for an inner packet too
-//! big for the overlay (DESIGN.md "MTU": "an inner packet too big for the
-//! path gets an ICMP frag-needed … written back into the TUN (rate-limited)").
+//! "Fragmentation needed" (IPv4) or "Packet Too Big" (IPv6) written back
+//! into the TUN for an inner packet too big for the overlay (DESIGN.md
+//! "MTU": "an inner packet too big for the path gets an ICMP frag-needed …
+//! written back into the TUN (rate-limited)").
 //!
 //! Without it such a packet would vanish and a TCP connection with don't-
 //! fragment set would stall (a PMTU black hole). The kernel normally stops
@@ -21,6 +22,65 @@ const IP_HEADER_LEN: usize = 20;
 const ICMP_HEADER_LEN: usize = 8;
 /// RFC 1812 4.3.2.3: quote as much as fits in a 576-byte reply.
 const MAX_REPLY_LEN: usize = 576;
+/// ICMPv6 "Packet Too Big" (RFC 4443 3.2).
+const PACKET_TOO_BIG: u8 = 2;
+const PROTO_ICMPV6: u8 = 58;
+const IPV6_HEADER_LEN: usize = 40;
+/// RFC 4443 2.4(c): an error quotes as much as fits in the IPv6 minimum MTU.
+const MAX_REPLY_LEN_V6: usize = 1280;
+
+/// The reply that tells the sender of `packet` (read from the TUN, either
+/// family) the overlay `mtu`: [`frag_needed`] or [`packet_too_big`].
+pub fn too_big(packet: &[u8], mtu: usize) -> Option<Vec<u8>> {
+    match packet.first()? >> 4 {
+        4 => frag_needed(packet, u16::try_from(mtu).unwrap_or(u16::MAX)),
+        6 => packet_too_big(packet, u32::try_from(mtu).unwrap_or(u32::MAX)),
+        _ => None,
+    }
+}
+
+/// The ICMPv6 Packet Too Big reply to `packet` (an IPv6 packet read from
+/// the TUN) announcing `mtu`, or `None` if none may be sent: not IPv6, an
+/// ICMPv6 error itself (RFC 4443 2.4(e)), or a source that is not a unicast
+/// host. IPv6 routers never fragment, so there is no don't-fragment bit to
+/// look at: every oversized packet gets one. From the packet's destination,
+/// as for IPv4, so it passes reverse-path filtering on weft0.
+pub fn packet_too_big(packet: &[u8], mtu: u32) -> Option<Vec<u8>> {
+    if packet.len() < IPV6_HEADER_LEN || packet[0] >> 4 != 6 {
+        return None;
+    }
+    let src: [u8; 16] = packet[8..24].try_into().ok()?;
+    let src_ip = std::net::Ipv6Addr::from(src);
+    if src_ip.is_unspecified() || src_ip.is_multicast() || src_ip.is_loopback() {
+        return None;
+    }
+    if packet[6] == PROTO_ICMPV6 {
+        // Types below 128 are errors; only informational ones may provoke one.
+        if *packet.get(IPV6_HEADER_LEN)? < 128 {
+            return None;
+        }
+    }
+    let quoted = packet
+        .len()
+        .min(MAX_REPLY_LEN_V6 - IPV6_HEADER_LEN - ICMP_HEADER_LEN);
+    let icmp_len = ICMP_HEADER_LEN + quoted;
+    let mut reply = vec![0u8; IPV6_HEADER_LEN + icmp_len];
+    reply[0] = 0x60;
+    let payload16 = icmp_len as u16; // ≤ 1240
+    reply[4..6].copy_from_slice(&payload16.to_be_bytes());
+    reply[6] = PROTO_ICMPV6;
+    reply[7] = 64; // hop limit
+    reply[8..24].copy_from_slice(&packet[24..40]);
+    reply[24..40].copy_from_slice(&src);
+    let pseudo = checksum::pseudo_header(&reply, PROTO_ICMPV6, icmp_len)?;
+    let icmp = &mut reply[IPV6_HEADER_LEN..];
+    icmp[0] = PACKET_TOO_BIG;
+    icmp[4..8].copy_from_slice(&mtu.to_be_bytes());
+    icmp[ICMP_HEADER_LEN..].copy_from_slice(&packet[..quoted]);
+    let icmp_sum = checksum::finish(checksum::sum(icmp, pseudo));
+    icmp[2..4].copy_from_slice(&icmp_sum.to_be_bytes());
+    Some(reply)
+}
 
 /// The ICMPv4 frag-needed reply to `packet` (an IPv4 packet read from the
 /// TUN) announcing `mtu`, or `None` if none may be sent: not IPv4, DF not
@@ -210,6 +270,65 @@ mod tests {
             frag_needed(&[0x65; 40], 1380).is_none(),
             "IPv6 version nibble"
         );
+    }
+
+    /// An IPv6 packet of `len` bytes from fd00::5 to fd00:1::9.
+    fn packet6(len: usize, next_header: u8) -> Vec<u8> {
+        let mut p = vec![0u8; len];
+        p[0] = 0x60;
+        p[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
+        p[6] = next_header;
+        p[7] = 64;
+        p[8..24].copy_from_slice(&"fd00::5".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        p[24..40].copy_from_slice(&"fd00:1::9".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        for (i, b) in p[40..].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        p
+    }
+
+    #[test]
+    fn an_oversized_ipv6_packet_gets_a_valid_packet_too_big_from_its_destination() {
+        let big = packet6(1500, 6);
+        let reply = too_big(&big, 1380).unwrap();
+        assert_eq!(reply.len(), MAX_REPLY_LEN_V6);
+        assert_eq!(reply[0] >> 4, 6);
+        assert_eq!(usize::from(u16::from_be_bytes([reply[4], reply[5]])), 1240);
+        assert_eq!(reply[6], PROTO_ICMPV6);
+        assert_eq!(&reply[8..24], &big[24..40], "from the destination");
+        assert_eq!(&reply[24..40], &big[8..24], "to the source");
+        let icmp = &reply[40..];
+        assert_eq!((icmp[0], icmp[1]), (2, 0));
+        assert_eq!(
+            u32::from_be_bytes([icmp[4], icmp[5], icmp[6], icmp[7]]),
+            1380
+        );
+        assert_eq!(&icmp[8..], &big[..1232]);
+        // The checksum covers the pseudo header: summed again it is zero.
+        let pseudo = checksum::pseudo_header(&reply, PROTO_ICMPV6, icmp.len()).unwrap();
+        assert_eq!(checksum::finish(checksum::sum(icmp, pseudo)), 0);
+        // A small one is quoted whole.
+        let small = packet6(100, 17);
+        assert_eq!(&too_big(&small, 1380).unwrap()[48..], &small[..]);
+    }
+
+    #[test]
+    fn no_packet_too_big_for_icmpv6_errors_or_non_unicast_sources() {
+        let mut error = packet6(1500, PROTO_ICMPV6);
+        error[40] = 1; // destination unreachable
+        assert!(packet_too_big(&error, 1380).is_none());
+        error[40] = 128; // echo request
+        assert!(packet_too_big(&error, 1380).is_some());
+        for src in ["::", "ff02::1", "::1"] {
+            let mut p = packet6(1500, 6);
+            p[8..24].copy_from_slice(&src.parse::<std::net::Ipv6Addr>().unwrap().octets());
+            assert!(packet_too_big(&p, 1380).is_none(), "{src}");
+        }
+        for len in 0..80 {
+            let junk: Vec<u8> = (0..len).map(|i| (i * 53 + 7) as u8 | 0x60).collect();
+            let _ = too_big(&junk, 1380);
+        }
+        assert!(too_big(&[], 1380).is_none());
     }
 
     #[test]

@@ -406,8 +406,7 @@ impl Worker {
     /// (`icmp`), rate-limited, so that its path MTU drops instead of the
     /// connection stalling.
     fn reply_too_big(&mut self, inner: &[u8], mtu: usize) {
-        let mtu = u16::try_from(mtu).unwrap_or(u16::MAX);
-        let Some(reply) = icmp::frag_needed(inner, mtu) else {
+        let Some(reply) = icmp::too_big(inner, mtu) else {
             return;
         };
         if !self.too_big_replies.allow(self.now) {
