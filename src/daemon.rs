@@ -215,21 +215,15 @@ async fn serve(
         own_address6: None,
     };
     netlink::configure(&plan).await?;
-    if ipam6.is_some() {
-        match netlink::ensure_ipv6_forwarding() {
-            Ok(true) => tracing::info!(
-                "turned IPv6 forwarding on (net.ipv6.conf.all.forwarding) for the IPv6 pods"
-            ),
-            Ok(false) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot turn IPv6 forwarding on (net.ipv6.conf.all.forwarding): pods' IPv6 packets are not forwarded until it is on")
-            }
-        }
-    }
-    let forwarding = netlink::ensure_forwarding(&config.iface).await;
+    let ipv6_pods = ipam6.is_some();
+    let forwarding = check_forwarding(&config.iface, ipv6_pods).await;
     log_forwarding(&forwarding, None);
     let (forwarding_tx, forwarding_rx) = watch::channel(forwarding);
-    tokio::spawn(keep_forwarding(config.iface.clone(), forwarding_tx));
+    tokio::spawn(keep_forwarding(
+        config.iface.clone(),
+        ipv6_pods,
+        forwarding_tx,
+    ));
     let firewall = crate::host_firewall::start(crate::host_firewall::Rules {
         range: config.range,
         iface: config.iface.clone(),
@@ -397,15 +391,30 @@ const FORWARDING_RECHECK: std::time::Duration = std::time::Duration::from_secs(1
 
 /// Keeps IPv4 forwarding on where the data path needs it (an uplink that
 /// appears later, a sysctl reload), publishing each pass for `weft status`.
-async fn keep_forwarding(iface: String, reports: watch::Sender<crate::forwarding::Report>) {
+async fn keep_forwarding(
+    iface: String,
+    ipv6_pods: bool,
+    reports: watch::Sender<crate::forwarding::Report>,
+) {
     let mut every = tokio::time::interval(FORWARDING_RECHECK);
     every.tick().await;
     loop {
         every.tick().await;
-        let report = netlink::ensure_forwarding(&iface).await;
+        let report = check_forwarding(&iface, ipv6_pods).await;
         log_forwarding(&report, Some(&reports.borrow()));
         reports.send_replace(report);
     }
+}
+
+/// One forwarding pass: IPv4 per interface, and the node's IPv6 forwarding
+/// when pods have IPv6 addresses (turned on when it is off and /proc/sys
+/// is writable; in the DaemonSet's pod it is not, and status says so).
+async fn check_forwarding(iface: &str, ipv6_pods: bool) -> crate::forwarding::Report {
+    let mut report = netlink::ensure_forwarding(iface).await;
+    if ipv6_pods {
+        report.ipv6 = Some(netlink::ensure_ipv6_forwarding());
+    }
+    report
 }
 
 /// Logs a forwarding pass: at start what is on and what the router turned
@@ -430,6 +439,16 @@ fn log_forwarding(
     }
     if let Some(line) = report.warning()
         && previous.and_then(crate::forwarding::Report::warning) != Some(line.clone())
+    {
+        tracing::warn!("{line}");
+    }
+    if report.ipv6 == Some(crate::forwarding::Outcome::TurnedOn) {
+        tracing::info!(
+            "turned IPv6 forwarding on (net.ipv6.conf.all.forwarding) for the IPv6 pods"
+        );
+    }
+    if let Some(line) = report.ipv6_warning()
+        && previous.and_then(crate::forwarding::Report::ipv6_warning) != Some(line.clone())
     {
         tracing::warn!("{line}");
     }

@@ -74,6 +74,9 @@ pub struct Report {
     pub interfaces: Vec<Interface>,
     /// Why the pass could not run at all (no netlink socket, say).
     pub error: Option<String>,
+    /// The node's IPv6 forwarding (`net.ipv6.conf.all.forwarding`), when
+    /// pods have IPv6 addresses; `None` otherwise.
+    pub ipv6: Option<Outcome>,
 }
 
 impl Report {
@@ -82,6 +85,7 @@ impl Report {
         Self {
             interfaces: Vec::new(),
             error: Some(error.into()),
+            ipv6: None,
         }
     }
 
@@ -168,6 +172,26 @@ impl Report {
             names.join(", "),
             failed[0].1,
             settings.join(" ")
+        ))
+    }
+
+    /// `on`, or `off (why)` for IPv6 forwarding: the `dataplane.forwarding6`
+    /// field of `weft status`; `None` without IPv6 pods.
+    pub fn ipv6_summary(&self) -> Option<String> {
+        Some(match self.ipv6.as_ref()? {
+            Outcome::WasOn | Outcome::TurnedOn => "on".into(),
+            Outcome::Failed(why) => format!("off ({why})"),
+        })
+    }
+
+    /// The one line to log when IPv6 forwarding is off and the router
+    /// cannot turn it on (in the DaemonSet's pod /proc/sys is read-only).
+    pub fn ipv6_warning(&self) -> Option<String> {
+        let Some(Outcome::Failed(why)) = &self.ipv6 else {
+            return None;
+        };
+        Some(format!(
+            "IPv6 forwarding is off on this node and the router cannot turn it on ({why}): pods' IPv6 packets are not forwarded; set net.ipv6.conf.all.forwarding=1 on the node (Kubernetes dual-stack nodes need it anyway)"
         ))
     }
 
@@ -328,6 +352,7 @@ mod tests {
                 interface("weftbbb", Role::Pod, Outcome::TurnedOn),
             ],
             error: None,
+            ipv6: None,
         };
         assert!(report.is_on());
         assert_eq!(report.summary(), "on (weft0, eth0, 2 pod interfaces)");
@@ -344,6 +369,7 @@ mod tests {
                 interface("eth0", Role::Underlay, Outcome::Failed(reason.clone())),
             ],
             error: None,
+            ipv6: None,
         };
         assert!(!report.is_on());
         assert_eq!(report.summary(), format!("off (eth0: {reason})"));
@@ -352,6 +378,32 @@ mod tests {
         assert_eq!(
             line,
             "IPv4 forwarding is off on eth0 and the router cannot turn it on (no permission: the router lacks CAP_NET_ADMIN in this network namespace): pod traffic coming in there is dropped; give the router CAP_NET_ADMIN in the node's network namespace, or set net.ipv4.conf.eth0.forwarding=1 on the node"
+        );
+    }
+
+    #[test]
+    fn ipv6_forwarding_is_reported_only_with_ipv6_pods_and_off_says_what_to_set() {
+        assert_eq!(Report::default().ipv6_summary(), None);
+        assert_eq!(Report::default().ipv6_warning(), None);
+        let on = Report {
+            ipv6: Some(Outcome::TurnedOn),
+            ..Report::default()
+        };
+        assert_eq!(on.ipv6_summary().as_deref(), Some("on"));
+        assert_eq!(on.ipv6_warning(), None);
+        let off = Report {
+            ipv6: Some(Outcome::Failed("Read-only file system".into())),
+            ..Report::default()
+        };
+        assert_eq!(
+            off.ipv6_summary().as_deref(),
+            Some("off (Read-only file system)")
+        );
+        let line = off.ipv6_warning().unwrap();
+        assert!(!line.contains('\n'));
+        assert!(
+            line.contains("set net.ipv6.conf.all.forwarding=1 on the node"),
+            "{line}"
         );
     }
 

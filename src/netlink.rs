@@ -174,13 +174,17 @@ async fn configure_v6(
 /// forwarding over netlink) when pods have IPv6 addresses; Kubernetes'
 /// dual-stack nodes need it on anyway. Note that a node forwarding IPv6
 /// ignores router advertisements on interfaces whose `accept_ra` is 1.
-/// Returns what happened, for the log.
-pub fn ensure_ipv6_forwarding() -> Result<bool, std::io::Error> {
+/// Returns what happened, for the log and `weft status`.
+pub fn ensure_ipv6_forwarding() -> forwarding::Outcome {
     const PATH: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
-    if std::fs::read_to_string(PATH)?.trim() == "1" {
-        return Ok(false);
+    match std::fs::read_to_string(PATH) {
+        Ok(v) if v.trim() == "1" => forwarding::Outcome::WasOn,
+        Ok(_) => match std::fs::write(PATH, "1") {
+            Ok(()) => forwarding::Outcome::TurnedOn,
+            Err(e) => forwarding::Outcome::Failed(format!("cannot write {PATH}: {e}")),
+        },
+        Err(e) => forwarding::Outcome::Failed(format!("cannot read {PATH}: {e}")),
     }
-    std::fs::write(PATH, "1").map(|()| true)
 }
 
 /// The TUN gets no IPv6 link-local address, so no router solicitations or

@@ -94,6 +94,9 @@ pub fn render(status: &Status, section: Option<&str>) -> String {
         if !d.forwarding.is_empty() {
             let _ = writeln!(out, "forwarding: {}", d.forwarding);
         }
+        if !d.forwarding6.is_empty() {
+            let _ = writeln!(out, "forwarding6: {}", d.forwarding6);
+        }
     }
     out
 }

@@ -3,7 +3,8 @@
 //! themselves on a second ring (its own genesis, state files and gossip
 //! channel), keep their shares across a restart, and IPv4 pods keep
 //! working; a router without an IPv6 range meshes with dual-stack ones and
-//! keeps IPv4. IPv6 pod addresses through the CNI plugin and IPv6 in the
+//! keeps IPv4; IPv6 forwarding is reported per router (off, with what to
+//! set, where /proc/sys is read-only). IPv6 pod addresses through the CNI plugin and IPv6 in the
 //! data plane are later steps (docs/ARCHITECTURE.md "Dual-stack pods").
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -140,6 +141,9 @@ fn a_router_without_an_ipv6_range_meshes_with_dual_stack_ones_and_keeps_ipv4() {
             if i < 2 {
                 r.args.extend(["--ipalloc-range".into(), RANGE6.into()]);
             }
+            if i == 1 {
+                read_only_proc_sys(r);
+            }
         },
     );
     let ready = wait_until(Duration::from_secs(30), || {
@@ -153,6 +157,25 @@ fn a_router_without_an_ipv6_range_meshes_with_dual_stack_ones_and_keeps_ipv4() {
         ipam6(&rs[1]),
         rs[2].log_tail()
     );
+    // IPv6 forwarding: turned on where /proc/sys is writable, reported off
+    // (with what to set) where it is read-only, as in the DaemonSet's pod;
+    // not reported without IPv6 pods.
+    let forwarding6 = |r: &Router| r.status().unwrap()["dataplane"]["forwarding6"].clone();
+    assert_eq!(forwarding6(&rs[0]), "on");
+    let off = forwarding6(&rs[1]);
+    assert!(
+        off.as_str()
+            .is_some_and(|s| s.starts_with("off (") && s.contains("Read-only")),
+        "{off}"
+    );
+    assert!(
+        rs[1]
+            .log_tail()
+            .contains("set net.ipv6.conf.all.forwarding=1 on the node"),
+        "{}",
+        rs[1].log_tail()
+    );
+    assert!(forwarding6(&rs[2]).is_null());
     let status = rs[2].status().unwrap();
     assert!(status.get("ipam6").is_none(), "{status:#}");
     assert_eq!(status["ipam"]["state"], "ready");
@@ -164,4 +187,22 @@ fn a_router_without_an_ipv6_range_meshes_with_dual_stack_ones_and_keeps_ipv4() {
         0,
         "{status:#}"
     );
+}
+
+/// Runs `r` with /proc/sys read-only, as the container runtime mounts it in
+/// the DaemonSet's pod: a private mount namespace, /proc/sys bound onto
+/// itself read-only, then the router exec'd (same PID, stopped by it).
+fn read_only_proc_sys(r: &mut Router) {
+    r.wrapper = [
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec \"$0\" \"$@\"",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
 }

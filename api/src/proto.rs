@@ -554,6 +554,10 @@ pub struct DataplaneStatus {
     /// eth0, N pod interfaces)`, or `off (IFACE: why)` (src/forwarding.rs).
     #[serde(default)]
     pub forwarding: String,
+    /// The node's IPv6 forwarding when pods have IPv6 addresses: `on`, or
+    /// `off (why)`; empty without an IPv6 pod range.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub forwarding6: String,
     /// The underlay families and where the MTU came from: `ipv6, mtu 1420 =
     /// underlay interface MTU 1500 - 80` (issue 19; the 80 counts the
     /// outer header as IPv6's 40 whatever the family, DESIGN.md "MTU").

@@ -223,6 +223,12 @@ impl Control {
                 workers: self.dataplane.lanes(),
                 totals: self.dataplane.totals(),
                 forwarding: self.config.forwarding.borrow().summary(),
+                forwarding6: self
+                    .config
+                    .forwarding
+                    .borrow()
+                    .ipv6_summary()
+                    .unwrap_or_default(),
                 underlay: format!(
                     "{}, announced mtu {} = {}",
                     self.config.families.label(),

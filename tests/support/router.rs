@@ -25,6 +25,9 @@ pub struct Router {
     pub dir: PathBuf,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// A command the router process is started through (it must exec the
+    /// router, so that the PID stays the router's); empty by default.
+    pub wrapper: Vec<String>,
     child: Option<Child>,
     starts: u32,
 }
@@ -68,6 +71,7 @@ impl Router {
             dir: own,
             args,
             env: Vec::new(),
+            wrapper: Vec::new(),
             child: None,
             starts: 0,
         }
@@ -90,6 +94,7 @@ impl Router {
             .unwrap();
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.ns_name])
+            .args(&self.wrapper)
             .arg(&self.bin)
             .args(&self.args)
             .env(
