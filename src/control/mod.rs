@@ -427,6 +427,19 @@ impl Control {
         }
     }
 
+    /// A verified rotation the topology learned (feeds `Successors` in
+    /// step 5).
+    fn learn_rotation(
+        &mut self,
+        old: PeerId,
+        new: PeerId,
+        _rotation: &crate::crypto::rotation::Rotation,
+        _now: Instant,
+    ) {
+        tracing::info!(%old, %new, "a router moved to a new identity key");
+        self.dirty = true;
+    }
+
     /// Sends `message` to `peer` over its connection, unless the peer's
     /// build is too old to know it (a mixed-version cluster mid-upgrade:
     /// the feature is off for that link, the link stays up).
