@@ -5,7 +5,8 @@
 //! ID with the same name, short ID and ranges, its peers know it only by
 //! the new ID, and once the window (shortened here with
 //! `WEFT_IDENTITY_ROTATION_WINDOW_SECS`) is over a router started with a
-//! copy of the old `identity.key` is refused.
+//! copy of the old `identity.key` is refused. And `--identity-max-age`: a
+//! router restarted with a key older than the limit rotates it once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -195,5 +196,57 @@ fn a_rotated_router_keeps_its_flows_name_and_ranges_and_its_old_key_is_refused_a
         "{} MB intact across the rotation (longest stall {stall:?}, new ID meshed and the \
          flow moving {rotated_in:?} after the command); old key refused after the {WINDOW_SECS} s window",
         end.sent.0 >> 20
+    );
+}
+
+#[test]
+fn an_identity_older_than_its_max_age_is_rotated_once_at_start() {
+    if !require_root("an_identity_older_than_its_max_age_is_rotated_once_at_start") {
+        return;
+    }
+    let mut p = start_pair(Path::new(BIN), &[]);
+    let r = &mut p.routers[1];
+    let before = r.status().unwrap();
+    let old_id = before["id"].as_str().unwrap().to_string();
+    let created = r.dir.join("state/identity.created");
+    let made: u64 = std::fs::read_to_string(&created)
+        .expect("identity.created written at the first start")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(made > 1000);
+    // Restarted with a key made long ago and --identity-max-age 1d.
+    assert!(r.terminate(Duration::from_secs(10)).is_some());
+    std::fs::write(&created, "1000\n").unwrap();
+    r.args
+        .extend(["--identity-max-age".to_string(), "1d".to_string()]);
+    r.start();
+    let rotated = wait_until(Duration::from_secs(30), || {
+        r.status()
+            .is_some_and(|s| s["id"].as_str().is_some_and(|id| id != old_id))
+            && r.established_peers() == 1
+    });
+    assert!(rotated, "the old key was not rotated:\n{}", r.log_tail());
+    let after = r.status().unwrap();
+    let new_id = after["id"].as_str().unwrap().to_string();
+    assert_eq!(after["name"], before["name"]);
+    assert_eq!(after["short_id"], before["short_id"]);
+    assert_eq!(
+        after["ipam"]["owned_ranges"],
+        before["ipam"]["owned_ranges"]
+    );
+    // The new key counts from its rotation: no second rotation.
+    let made: u64 = std::fs::read_to_string(&created)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(made > 1000, "identity.created not renewed by the rotation");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(r.status().unwrap()["id"].as_str(), Some(new_id.as_str()));
+    let (a, b) = (&p.cluster.pods[0], &p.cluster.pods[1]);
+    assert!(
+        a.wait_ping(b.addr, Duration::from_secs(10)),
+        "pods not connected after the rotation"
     );
 }
