@@ -585,16 +585,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reclaim_after_takes_seconds_minutes_or_hours_and_refuses_the_rest() {
+    fn durations_take_seconds_minutes_hours_or_days_and_refuse_the_rest() {
         assert_eq!(config(&[]).reclaim_after, None);
         let c = config(&["--reclaim-after", "30m"]);
         assert_eq!(c.reclaim_after, Some(Duration::from_secs(1800)));
         assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-        for bad in ["", "0s", "10d", "m", "-5s", "1.5h"] {
+        assert_eq!(parse_duration("10d"), Ok(Duration::from_secs(864_000)));
+        for bad in ["", "0s", "10w", "m", "-5s", "1.5h"] {
             let e = parse_duration(bad).unwrap_err();
-            assert!(e.contains("e.g. 90s, 30m or 2h"), "{bad:?}: {e}");
+            assert!(e.contains("e.g. 90s, 30m, 2h or 90d"), "{bad:?}: {e}");
         }
+    }
+
+    #[test]
+    fn identity_max_age_is_off_by_default_and_the_window_knob_shortens_the_window() {
+        let c = config(&[]);
+        assert_eq!(c.identity_max_age, None);
+        assert_eq!(c.rotation_window, weft::crypto::rotation::DEFAULT_WINDOW);
+        let c = config(&["--identity-max-age", "90d"]);
+        assert_eq!(c.identity_max_age, Some(Duration::from_secs(90 * 86_400)));
+        let c = config(&["--identity-rotation-window-secs", "8"]);
+        assert_eq!(c.rotation_window, Duration::from_secs(8));
     }
 
     fn config(args: &[&str]) -> RouterConfig {
