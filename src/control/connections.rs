@@ -85,8 +85,16 @@ impl Control {
                 let _ = commands.send(ConnectionCommand::Close(
                     "the identity key was retired by a rotation".into(),
                 ));
-                tracing::warn!(%peer, successor = %self.rotations.current(peer),
-                    "refused a connection: its identity key was retired by a rotation and the window is over");
+                // At most once a second, as every refused handshake.
+                if self
+                    .last_refusal_log
+                    .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+                {
+                    self.last_refusal_log = Some(now);
+                    tracing::warn!(%peer, successor = %self.rotations.current(peer),
+                        refused = self.handshakes.get("retired_key").copied().unwrap_or(0),
+                        "refused a connection: its identity key was retired by a rotation and the window is over");
+                }
                 false
             }
             rotation::Arrival::Accept { replaces } => {
