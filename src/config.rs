@@ -149,6 +149,13 @@ pub struct RouterConfig {
     pub worker_priority: crate::router::priority::Priority,
     /// The TUN queue length on the offload path (`WEFT_TUN_TXQUEUELEN`).
     pub tun_txqueuelen: Option<i32>,
+    /// `--identity-max-age`: rotate the identity key at start (once the
+    /// ring is known) when it is older than this (issue 20).
+    pub identity_max_age: Option<Duration>,
+    /// How long a peer's retired identity key is still accepted after a
+    /// rotation is learned (`WEFT_IDENTITY_ROTATION_WINDOW_SECS`, tests;
+    /// `crypto::rotation::DEFAULT_WINDOW` otherwise).
+    pub rotation_window: Duration,
 }
 
 impl RouterConfig {

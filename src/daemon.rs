@@ -51,6 +51,7 @@ pub fn run(config: RouterConfig) -> anyhow::Result<()> {
         Some(pending) => (pending.identity.clone(), Some((identity, pending))),
         None => (identity, None),
     };
+    let rotate_at_start = identity_due(&config, created, previous.is_some())?;
     let identity_file = config
         .state_dir
         .join(crate::crypto::identity::IDENTITY_FILE);
@@ -58,7 +59,79 @@ pub fn run(config: RouterConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve(config, secrets, identity, previous, created))
+    let stopped = runtime.block_on(serve(
+        config,
+        secrets,
+        identity,
+        previous,
+        Start {
+            created,
+            rotate_at_start,
+        },
+    ))?;
+    drop(runtime);
+    if stopped == crate::control::Stopped::Rotated {
+        return Err(restart());
+    }
+    Ok(())
+}
+
+/// What the start found about the identity.
+struct Start {
+    /// `identity.key` was made by this start.
+    created: bool,
+    /// `--identity-max-age` says the key is due for a rotation.
+    rotate_at_start: bool,
+}
+
+/// `--identity-max-age`: whether the key is older than the limit (never
+/// right after a rotation, so a start rotates at most once). A key made by
+/// this start or by the rotation it completes counts from now.
+fn identity_due(config: &RouterConfig, created: bool, rotated: bool) -> anyhow::Result<bool> {
+    use crate::crypto::identity_age;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let cannot = |e: std::io::Error| {
+        anyhow::anyhow!(
+            "cannot write {} in {}: {e}",
+            identity_age::CREATED_FILE,
+            config.state_dir.display()
+        )
+    };
+    if created || rotated {
+        identity_age::record(&config.state_dir, now).map_err(cannot)?;
+        return Ok(false);
+    }
+    let made = identity_age::created(&config.state_dir, now).map_err(cannot)?;
+    let Some(max_age) = config.identity_max_age else {
+        return Ok(false);
+    };
+    let due = identity_age::due(made, now, max_age);
+    if due {
+        tracing::info!(age_secs = now.saturating_sub(made), max_age = ?max_age,
+            "the identity key is older than --identity-max-age: rotating it once the address ring is known");
+    }
+    Ok(due)
+}
+
+/// `weft rotate-identity` wrote `identity.next` and handed the ranges
+/// over: this process becomes a fresh start of the same command, which
+/// completes the rotation (`resume_rotation`) and runs under the new key.
+/// The same PID (a supervisor sees no exit), weft0 and its routes stay, as
+/// over any restart. Returns only if the exec failed.
+fn restart() -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    let mut args = std::env::args_os();
+    let arg0 = args.next().unwrap_or_else(|| "weft".into());
+    tracing::info!("restarting under the new identity key");
+    let error = std::process::Command::new("/proc/self/exe")
+        .arg0(arg0)
+        .args(args)
+        .exec();
+    anyhow::anyhow!(
+        "cannot restart under the new identity key ({error}); start the router again: it completes the rotation"
+    )
 }
 
 /// Identity rotation, step 2 (docs/ARCHITECTURE.md): a start that finds
@@ -106,8 +179,8 @@ async fn serve(
     secrets: ClusterSecrets,
     identity: Identity,
     previous: Option<(Identity, identity_next::Pending)>,
-    created: bool,
-) -> anyhow::Result<()> {
+    start: Start,
+) -> anyhow::Result<crate::control::Stopped> {
     let listener = bind_control(config.listen).map_err(|e| {
         anyhow::anyhow!(
             "cannot listen on {}: {e} (is another router running? pick another --listen)",
@@ -124,7 +197,9 @@ async fn serve(
     let epoch = Instant::now();
     let (worker_tx, worker_rx) = mpsc::channel(crate::router::WORKER_EVENTS);
     let my_id = identity.id();
-    let short = ShortId::preferred(my_id);
+    // After a rotation the router keeps its old short ID (the topology
+    // entry's announcement is what lets it, `Gossip::with_rotation`).
+    let short = ShortId::preferred(previous.as_ref().map_or(my_id, |(old, _)| old.id()));
     let (dataplane, control_socket) = Dataplane::start(
         &DataplaneConfig {
             iface: config.iface.clone(),
@@ -239,7 +314,7 @@ async fn serve(
         underlay = crate::underlay::Families::of_listen(config.listen).label(),
         mtu,
         mtu_source,
-        identity = if created { "created" } else { "loaded" },
+        identity = if start.created { "created" } else { "loaded" },
         workers = dataplane.lanes(),
         "router starting"
     );
@@ -341,6 +416,10 @@ async fn serve(
             mtu_source: mtu_source.clone(),
             rekey_after: config.rekey_after,
             forwarding: forwarding_rx,
+            rotation_window: config.rotation_window,
+            state_dir: config.state_dir.clone(),
+            rotated_from: previous.map(|(old, pending)| (pending.rotation, Arc::new(old))),
+            rotate_at_start: start.rotate_at_start,
         },
         context,
         dataplane,
@@ -349,7 +428,7 @@ async fn serve(
         crate::control::ipam::PodIpam { ipam, ipam6 },
         kernel_tx,
     );
-    control
+    let stopped = control
         .run(
             listener,
             ControlInputs {
@@ -362,7 +441,7 @@ async fn serve(
         .await;
     let _ = std::fs::remove_file(&config.api);
     tracing::info!("router stopped");
-    Ok(())
+    Ok(stopped)
 }
 
 /// Applies each new kernel plan (node address, owned ranges) from the

@@ -86,6 +86,14 @@ enum Command {
         #[arg(long, env = "WEFT_API", default_value = weft::api::DEFAULT_SOCKET)]
         api: PathBuf,
     },
+    /// Move this router to a new identity key, keeping its name, address
+    /// ranges and connections' flows (it restarts itself under the new
+    /// key; peers accept the old key for a window, then refuse it).
+    RotateIdentity {
+        /// The router's API socket.
+        #[arg(long, env = "WEFT_API", default_value = weft::api::DEFAULT_SOCKET)]
+        api: PathBuf,
+    },
     /// Remove a seed address from a running router.
     Forget {
         /// HOST:PORT given earlier.
@@ -159,6 +167,11 @@ struct RouterArgs {
     /// one router of it.
     #[arg(long, env = "WEFT_RECLAIM_AFTER", value_parser = parse_duration)]
     reclaim_after: Option<Duration>,
+    /// Move this router to a new identity key at start (once the address
+    /// ring is known) when its key is older than this (e.g. 90d; off by
+    /// default), as `weft rotate-identity` does: at most once per start.
+    #[arg(long, env = "WEFT_IDENTITY_MAX_AGE", value_parser = parse_duration)]
+    identity_max_age: Option<Duration>,
     /// Also take seeds from the Kubernetes Node list (in-cluster API access;
     /// re-listed every 30 s; needs the RBAC in deploy/rbac.yaml).
     #[arg(long, env = "WEFT_PEERS_FROM_KUBE")]
@@ -215,6 +228,10 @@ struct Knobs {
     /// Seconds between renewals of the router's Lease instead of 10 (tests).
     #[arg(long, env = "WEFT_KUBE_LEASE_SECS", hide = true)]
     kube_lease_secs: Option<String>,
+    /// Seconds a peer's retired identity key stays accepted after a
+    /// rotation instead of 600 (tests).
+    #[arg(long, env = "WEFT_IDENTITY_ROTATION_WINDOW_SECS", hide = true)]
+    identity_rotation_window_secs: Option<String>,
     /// The in-cluster API server's address (set by Kubernetes in every pod).
     #[arg(long, env = "KUBERNETES_SERVICE_HOST", hide = true)]
     kubernetes_service_host: Option<String>,
@@ -302,6 +319,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!(
                 "handed {} addresses to the other routers; the router stops in a moment",
                 result["addresses"]
+            );
+            Ok(())
+        }
+        Command::RotateIdentity { api } => {
+            let reply = call(&api, &Request::RotateIdentity)?;
+            if let Some(error) = reply.error {
+                anyhow::bail!("{}", error.message);
+            }
+            let result = reply.result.unwrap_or_default();
+            println!(
+                "moved from identity {} to {}; the router restarts under the new key in a moment",
+                result["old"].as_str().unwrap_or("?"),
+                result["new"].as_str().unwrap_or("?")
             );
             Ok(())
         }
@@ -396,6 +426,9 @@ fn router_config(args: RouterArgs) -> anyhow::Result<RouterConfig> {
         offload: !offload::disabled_by(knobs.disable_offload.as_deref()),
         worker_priority: Priority::parse_or_default(knobs.worker_priority.as_deref()),
         tun_txqueuelen: knob::<i32>(knobs.tun_txqueuelen.as_deref()),
+        identity_max_age: args.identity_max_age,
+        rotation_window: knob::<u64>(knobs.identity_rotation_window_secs.as_deref())
+            .map_or(weft::crypto::rotation::DEFAULT_WINDOW, Duration::from_secs),
     })
 }
 
@@ -521,16 +554,17 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => 1,
         "m" => 60,
         "h" => 3600,
+        "d" => 86_400,
         _ => {
             return Err(format!(
-                "{text:?} is not a duration: use e.g. 90s, 30m or 2h"
+                "{text:?} is not a duration: use e.g. 90s, 30m, 2h or 90d"
             ));
         }
     };
     match number.parse::<u64>() {
         Ok(n) if n > 0 => Ok(Duration::from_secs(n.saturating_mul(scale))),
         _ => Err(format!(
-            "{text:?} is not a duration: use e.g. 90s, 30m or 2h"
+            "{text:?} is not a duration: use e.g. 90s, 30m, 2h or 90d"
         )),
     }
 }
@@ -551,16 +585,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reclaim_after_takes_seconds_minutes_or_hours_and_refuses_the_rest() {
+    fn durations_take_seconds_minutes_hours_or_days_and_refuse_the_rest() {
         assert_eq!(config(&[]).reclaim_after, None);
         let c = config(&["--reclaim-after", "30m"]);
         assert_eq!(c.reclaim_after, Some(Duration::from_secs(1800)));
         assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-        for bad in ["", "0s", "10d", "m", "-5s", "1.5h"] {
+        assert_eq!(parse_duration("10d"), Ok(Duration::from_secs(864_000)));
+        for bad in ["", "0s", "10w", "m", "-5s", "1.5h"] {
             let e = parse_duration(bad).unwrap_err();
-            assert!(e.contains("e.g. 90s, 30m or 2h"), "{bad:?}: {e}");
+            assert!(e.contains("e.g. 90s, 30m, 2h or 90d"), "{bad:?}: {e}");
         }
+    }
+
+    #[test]
+    fn identity_max_age_is_off_by_default_and_the_window_knob_shortens_the_window() {
+        let c = config(&[]);
+        assert_eq!(c.identity_max_age, None);
+        assert_eq!(c.rotation_window, weft::crypto::rotation::DEFAULT_WINDOW);
+        let c = config(&["--identity-max-age", "90d"]);
+        assert_eq!(c.identity_max_age, Some(Duration::from_secs(90 * 86_400)));
+        let c = config(&["--identity-rotation-window-secs", "8"]);
+        assert_eq!(c.rotation_window, Duration::from_secs(8));
     }
 
     fn config(args: &[&str]) -> RouterConfig {

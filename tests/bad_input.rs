@@ -141,6 +141,29 @@ fn status_without_a_router_says_it_is_not_running() {
 }
 
 #[test]
+fn a_bad_identity_max_age_is_one_line_with_an_example() {
+    let dir = TempDir::new("maxage");
+    let secret = dir.path.join("secret");
+    write_secret(&secret);
+    let args = with(
+        base_args(&dir.path),
+        &["--secret-file", secret.to_str().unwrap()],
+    );
+    for bad in ["soon", "0d", "5w", "12y"] {
+        let out = run_args(&with(args.clone(), &["--identity-max-age", bad]));
+        one_line_failure(&out, &["--identity-max-age", "90d"]);
+    }
+}
+
+#[test]
+fn rotate_identity_without_a_router_says_it_is_not_running() {
+    let dir = TempDir::new("norotate");
+    let sock = dir.path.join("none.sock");
+    let out = weft(&["rotate-identity", "--api", sock.to_str().unwrap()]);
+    one_line_failure(&out, &["cannot reach the weft router", "none.sock"]);
+}
+
+#[test]
 fn a_port_already_in_use_is_reported_with_the_address() {
     if !require_root("port_in_use") {
         return;

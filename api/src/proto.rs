@@ -122,6 +122,13 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    /// Moves this router to a new static identity key without losing its
+    /// name, ranges or pods' flows (`weft rotate-identity`, issue 20):
+    /// the new key and its signed announcement are written, the ranges
+    /// handed to the new ID, then the router restarts itself under the new
+    /// key (the pods' traffic waits out the restart, as over an upgrade).
+    /// Result: [`Rotated`].
+    RotateIdentity,
 }
 
 /// A Kubernetes pod as kubelet names it to a CNI plugin in `CNI_ARGS`
@@ -212,6 +219,15 @@ pub struct Reclaimed {
     pub peer: String,
     /// How many addresses this router took over.
     pub addresses: u64,
+}
+
+/// Result of [`Request::RotateIdentity`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rotated {
+    /// The ID (hex) the router leaves.
+    pub old: String,
+    /// The ID (hex) it runs under after its restart.
+    pub new: String,
 }
 
 /// Result of [`Request::Leave`].

@@ -5,12 +5,12 @@
 //! protocol rule of its own: admission, the registry and the connection
 //! maker decide.
 
-use super::Control;
 use super::connection::{
     self, ConnectionCommand, ConnectionEvent, ConnectionId, HandshakeFailure, PeerUp,
 };
 use super::peers::{self, Arrival};
 use super::proto::ControlMessage;
+use super::{Control, rotation};
 use crate::id::PeerId;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -51,6 +51,10 @@ impl Control {
         let expected = self.relayed.by_connection(up.id).map(|s| s.peer);
         let (arrival, commands) = arrival_of(up);
         let id = arrival.connection;
+        if !self.admit_rotated(arrival.peer, &commands, now) {
+            self.relayed_ended(id);
+            return;
+        }
         if expected != Some(arrival.peer) {
             tracing::warn!(peer = %arrival.peer, ?expected, "a relayed connection reached another router than asked; closing it");
             let _ = commands.send(ConnectionCommand::Close("not the router asked for".into()));
@@ -61,6 +65,52 @@ impl Control {
         self.count_handshake("ok_relayed");
         if self.peers.handle_up(arrival, now) == peers::Arrived::OverCap {
             self.count_handshake("connection_cap");
+        }
+    }
+
+    /// Identity rotation (`rotation.rs`): a connection from a key whose
+    /// window is over is closed, as one without the cluster secret would
+    /// be; one from a successor closes the links still on the keys it
+    /// moved from. Whether the connection may go on.
+    fn admit_rotated(
+        &mut self,
+        peer: PeerId,
+        commands: &mpsc::UnboundedSender<ConnectionCommand>,
+        now: Instant,
+    ) -> bool {
+        let linked: Vec<PeerId> = self.peers.iter().map(|p| p.id).collect();
+        match self.rotations.arrival(peer, linked, now) {
+            rotation::Arrival::Refuse => {
+                self.count_handshake("retired_key");
+                let _ = commands.send(ConnectionCommand::Close(
+                    "the identity key was retired by a rotation".into(),
+                ));
+                // At most once a second, as every refused handshake.
+                if self
+                    .last_refusal_log
+                    .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+                {
+                    self.last_refusal_log = Some(now);
+                    tracing::warn!(%peer, successor = %self.rotations.current(peer),
+                        refused = self.handshakes.get("retired_key").copied().unwrap_or(0),
+                        "refused a connection: its identity key was retired by a rotation and the window is over");
+                }
+                false
+            }
+            rotation::Arrival::Accept { replaces } => {
+                for old in replaces {
+                    if let Some(link) = self
+                        .peers
+                        .get(old)
+                        .and_then(|p| self.links.get(&p.connection))
+                    {
+                        let _ = link.send(ConnectionCommand::Close(
+                            "replaced by its successor identity key".into(),
+                        ));
+                    }
+                }
+                true
+            }
         }
     }
 
@@ -106,10 +156,14 @@ impl Control {
             ConnectionEvent::Up(up) => {
                 let (arrival, commands) = arrival_of(up);
                 let id = arrival.connection;
+                self.admission.finished(id);
+                if !self.admit_rotated(arrival.peer, &commands, now) {
+                    self.dialing.remove(&id);
+                    return;
+                }
                 // A direct connection ends any punching (it outranks the
                 // relayed one it replaces).
                 self.punch.forget(arrival.peer);
-                self.admission.finished(id);
                 self.links.insert(id, commands);
                 let dialled = self.dialing.remove(&id);
                 if let Some(addr) = dialled {

@@ -186,6 +186,9 @@ impl Control {
                     self.maker.unlearn(id);
                     self.dirty = true;
                 }
+                GossipEvent::Rotated { old, new, rotation } => {
+                    self.learn_rotation(old, new, &rotation, now);
+                }
                 GossipEvent::ShortIdChanged { old, new } => {
                     tracing::info!(old = old.0, new = new.0, "short ID changed after a clash");
                     self.short = new;

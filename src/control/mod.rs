@@ -11,8 +11,10 @@
 //! `drive.rs` pumps the gossip and IPAM cores, `connections.rs` handles
 //! the connection tasks' lifecycle, `events.rs` acts on the cores' events,
 //! `sync.rs` publishes the snapshot and syncs the heartbeat keys,
-//! `requests.rs` answers API calls; all are `impl Control` blocks of this
-//! driver.
+//! `requests.rs` answers API calls, `rotate.rs` runs `weft
+//! rotate-identity`; all are `impl Control` blocks of this driver.
+//! [`rotation::Rotations`] (sans-IO) says which peers' identity keys are
+//! retired, and when their windows end.
 //!
 //! It waits on one `select!` over: connection events, data-plane worker
 //! events, heartbeats on the control socket, API calls, new TCP connections
@@ -32,7 +34,8 @@
 //!
 //! Timers: there is no fixed tick. After each pass the loop sleeps until the
 //! earliest `poll_timeout` of gossip, IPAM, the registry (key expiry, rekey
-//! policy), the heartbeats, the connection maker and a pending leave
+//! policy), the heartbeats, the connection maker, a pending leave or
+//! rotation restart and the end of a retired key's window
 //! ([`timers::next_wake`], never sooner than 1 ms after a pass).
 
 pub mod admission;
@@ -55,6 +58,8 @@ mod punching;
 pub mod relay;
 pub mod relayed;
 mod requests;
+mod rotate;
+pub mod rotation;
 pub mod status;
 mod sync;
 pub mod timers;
@@ -62,6 +67,7 @@ pub mod timers;
 use crate::api::proto::{LatencyHistogram, TrafficCount};
 use crate::api::server::ApiCall;
 use crate::cidr::Ipv4Cidr;
+use crate::crypto::identity::Identity;
 use crate::gossip::{ConnectionMaker, Gossip, GossipConfig, PeerInfo};
 use crate::id::{PeerId, ShortId};
 use crate::netlink::InterfacePlan;
@@ -87,6 +93,10 @@ use tokio::sync::{mpsc, watch};
 /// ranges away reaches its peers (and they pass it on) before it goes.
 const LEAVE_GRACE: Duration = Duration::from_secs(2);
 
+/// How long after `weft rotate-identity` the router restarts under its new
+/// key: time for the ring hand-over, signed by the old key, to go out.
+const ROTATE_GRACE: Duration = Duration::from_millis(500);
+
 /// What the control task needs from the command line.
 #[derive(Clone, Debug)]
 pub struct ControlConfig {
@@ -110,6 +120,29 @@ pub struct ControlConfig {
     pub rekey_after: Duration,
     /// The latest IPv4 forwarding pass (daemon.rs re-checks it).
     pub forwarding: watch::Receiver<crate::forwarding::Report>,
+    /// How long a peer's retired identity key is still accepted after this
+    /// router learns of its rotation (`crypto::rotation::DEFAULT_WINDOW`
+    /// unless shortened for tests).
+    pub rotation_window: Duration,
+    /// Where the identity and `identity.next` live (`weft rotate-identity`).
+    pub state_dir: std::path::PathBuf,
+    /// This process runs under the key a rotation just moved it to: the
+    /// announcement and the old key (to sign the old ID's tombstone).
+    pub rotated_from: Option<(crate::crypto::rotation::Rotation, Arc<Identity>)>,
+    /// `--identity-max-age` found the key too old: rotate once the ring is
+    /// known.
+    pub rotate_at_start: bool,
+}
+
+/// Why [`Control::run`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// SIGTERM/SIGINT, or `weft leave`.
+    Shutdown,
+    /// `weft rotate-identity` (or `--identity-max-age`) handed this
+    /// router's ranges to its new key and wrote `identity.next`: the
+    /// caller starts the router again, which completes the rotation.
+    Rotated,
 }
 
 /// The control task's state: the cores, and the I/O handles they need.
@@ -160,6 +193,11 @@ pub struct Control {
     api_latency: LatencyHistogram,
     /// After a successful `weft leave`: when to stop.
     leaving: Option<Instant>,
+    /// Verified identity rotations of peers and their windows.
+    rotations: rotation::Rotations,
+    /// After a successful `weft rotate-identity`: when to restart under
+    /// the new key.
+    rotating: Option<Instant>,
     /// What the kernel should look like (node address, owned ranges); a
     /// task in the daemon applies each new plan.
     kernel: watch::Sender<InterfacePlan>,
@@ -207,6 +245,12 @@ impl Control {
             rand::random(),
             now,
         );
+        let gossip = match &config.rotated_from {
+            Some((rotation, old)) => {
+                gossip.with_rotation(*rotation, &crate::crypto::SigningKey::from_identity(old))
+            }
+            None => gossip,
+        };
         let short = gossip.short_id();
         let maker = ConnectionMaker::with_config(
             vec![config.listen],
@@ -217,6 +261,7 @@ impl Control {
                 ..Default::default()
             },
         );
+        let config_window = config.rotation_window;
         Self {
             peers: Peers::new(me, config.rekey_after),
             heartbeats: Heartbeats::new(epoch, short, config.mtu),
@@ -254,17 +299,21 @@ impl Control {
             gossip_traffic: BTreeMap::new(),
             api_latency: LatencyHistogram::default(),
             leaving: None,
+            rotations: rotation::Rotations::new(config_window),
+            rotating: None,
         }
     }
 
-    /// Runs until `shutdown` resolves; then stops the data plane.
+    /// Runs until `shutdown` resolves (or `weft leave` or `weft
+    /// rotate-identity` ends it); then stops the data plane. Says why.
     pub async fn run(
         mut self,
         listener: TcpListener,
         mut inputs: ControlInputs,
         shutdown: impl std::future::Future<Output = ()>,
-    ) {
+    ) -> Stopped {
         tokio::pin!(shutdown);
+        let mut stopped = Stopped::Shutdown;
         let mut datagram = vec![0u8; 65_536];
         self.publish(Instant::now());
         self.pump(Instant::now());
@@ -273,6 +322,10 @@ impl Control {
         loop {
             let now = Instant::now();
             if self.leaving.is_some_and(|at| now >= at) {
+                break;
+            }
+            if self.rotating.is_some_and(|at| now >= at) {
+                stopped = Stopped::Rotated;
                 break;
             }
             // Sleep until the earliest deadline of any core; an hour when
@@ -309,9 +362,14 @@ impl Control {
             }
             self.pump(Instant::now());
         }
-        self.peers.close_all("router shutting down");
+        let reason = match stopped {
+            Stopped::Shutdown => "router shutting down",
+            Stopped::Rotated => "router restarting under a new identity key",
+        };
+        self.peers.close_all(reason);
         self.send_commands();
         self.dataplane.stop();
+        stopped
     }
 
     /// Drains every core in the order the module doc gives.
@@ -368,6 +426,16 @@ impl Control {
         if self.peers.poll_timeout().is_some_and(|(t, _)| t <= now) {
             self.peers.handle_timeout(now);
         }
+        for old in self.rotations.handle_timeout(now) {
+            self.close_retired(old);
+        }
+        if self.config.rotate_at_start && !self.ipam.owners().is_empty() {
+            self.config.rotate_at_start = false;
+            let reply = self.rotate_identity(now);
+            if let Some(error) = reply.error {
+                tracing::warn!(error = %error.message, "--identity-max-age: the rotation failed; the key stays until the next start");
+            }
+        }
     }
 
     /// The earliest deadline of any core (DESIGN.md "Sans-IO cores": no
@@ -394,7 +462,8 @@ impl Control {
                 (self.maker.poll_timeout(), Wake::Dial),
                 (self.relayed.poll_timeout(), Wake::Relay),
                 (self.punch.poll_timeout().map(|(t, _)| t), Wake::Punch),
-                (self.leaving, Wake::Leave),
+                (self.leaving.or(self.rotating), Wake::Leave),
+                (self.rotations.poll_timeout(now), Wake::Keys),
             ],
         )
     }
@@ -423,6 +492,39 @@ impl Control {
             {
                 // The kernel knows the path is smaller than a probe.
                 self.heartbeats.handle_too_big(to, Instant::now());
+            }
+        }
+    }
+
+    /// A verified rotation the topology learned: its old key is accepted
+    /// for the window, then refused.
+    fn learn_rotation(
+        &mut self,
+        old: PeerId,
+        new: PeerId,
+        rotation: &crate::crypto::rotation::Rotation,
+        now: Instant,
+    ) {
+        match self.rotations.learn(rotation, now) {
+            Ok(_) => tracing::info!(
+                %old, %new, window = ?self.config.rotation_window,
+                "a router moved to a new identity key; its old key is accepted until the window ends"
+            ),
+            Err(e) => tracing::warn!(%old, %new, "identity rotation not tracked: {e}"),
+        }
+        self.maker.unlearn(old);
+        self.dirty = true;
+    }
+
+    /// A retired key's window ended: its link, if any is left, closes.
+    fn close_retired(&mut self, old: PeerId) {
+        if let Some(peer) = self.peers.get(old) {
+            tracing::warn!(peer = %peer.hello.name, id = %old, "closing a link still on a retired identity key (its window ended)");
+            let connection = peer.connection;
+            if let Some(link) = self.links.get(&connection) {
+                let _ = link.send(ConnectionCommand::Close(
+                    "the identity key was retired".into(),
+                ));
             }
         }
     }

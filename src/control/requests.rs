@@ -103,6 +103,7 @@ impl Control {
                     ),
                 }
             }
+            Request::RotateIdentity => self.rotate_identity(now),
             _ => Reply::err(ErrorCode::BadRequest, "unknown request"),
         }
     }

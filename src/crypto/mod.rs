@@ -2,6 +2,7 @@
 //! sockets, no threads; the drivers feed bytes and `now` in.
 //!
 //! - [`identity`]: the router's static X25519 key, persisted in the state dir, and its [`crate::id::PeerId`];
+//! - [`identity_age`]: when the identity key was made (`--identity-max-age`);
 //! - [`identity_next`]: a rotation in progress on disk (`identity.next`) and how a start resumes it;
 //! - [`secret`]: the cluster secret file (one or two secrets) → Noise PSKs and their public IDs;
 //! - [`handshake`]: `Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s` over the TCP control connection, and the
@@ -26,6 +27,7 @@ pub mod frame;
 pub mod freshness;
 pub mod handshake;
 pub mod identity;
+pub mod identity_age;
 pub mod identity_next;
 pub mod replay;
 pub mod rotation;

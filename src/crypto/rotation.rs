@@ -251,6 +251,14 @@ impl Successors {
         at
     }
 
+    /// The old IDs that moved to `new` (a key rotated once has one).
+    pub fn predecessors(&self, new: PeerId) -> impl Iterator<Item = PeerId> + '_ {
+        self.by_old
+            .iter()
+            .filter(move |(_, (next, _, _))| *next == new)
+            .map(|(old, _)| *old)
+    }
+
     /// The earliest end of a window not yet reported (when to call
     /// [`Self::handle_timeout`]).
     pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {

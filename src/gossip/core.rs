@@ -48,6 +48,9 @@
 mod anti_entropy;
 mod getters;
 mod merge;
+mod rotation;
+
+pub use self::rotation::tombstone;
 
 use super::message::{Message, MessageError, Update};
 use super::routes::Routes;
@@ -159,6 +162,17 @@ pub enum GossipEvent {
         /// The new value.
         new: ShortId,
     },
+    /// A router moved from key `old` to key `new` (a verified
+    /// announcement, learned the first time): `old`'s entry left the table
+    /// and `new` holds its name. Feed it to `crypto::rotation::Successors`.
+    Rotated {
+        /// The retired ID.
+        old: PeerId,
+        /// Its successor.
+        new: PeerId,
+        /// The announcement.
+        rotation: Box<crate::crypto::rotation::Rotation>,
+    },
     /// Entries or routes changed: rebuild forwarding snapshots from
     /// [`Gossip::routes`] and [`Gossip::peers`].
     TopologyChanged,
@@ -215,6 +229,12 @@ pub struct Gossip {
     neighbours: BTreeMap<PeerId, Neighbour>,
     unreachable_since: HashMap<PeerId, Instant>,
     tombstones: HashMap<PeerId, Tombstone>,
+    /// Retired IDs (identity rotation, `rotation.rs`), kept for the life of
+    /// the process, bounded.
+    retired: BTreeMap<PeerId, rotation::Retirement>,
+    /// The announcement of the rotation that made my key, carried by every
+    /// version of my entry.
+    my_rotation: Option<crate::crypto::rotation::Rotation>,
     routes: OnceCell<Routes>,
     neighbours_dirty: bool,
     reach_dirty: bool,
@@ -276,6 +296,8 @@ impl Gossip {
             neighbours: BTreeMap::new(),
             unreachable_since: HashMap::new(),
             tombstones: HashMap::new(),
+            retired: BTreeMap::new(),
+            my_rotation: None,
             routes: OnceCell::new(),
             neighbours_dirty: false,
             reach_dirty: false,
@@ -327,6 +349,11 @@ impl Gossip {
             };
             self.transmits
                 .push_back((peer.id, Message::Update(update).encode()));
+        }
+        // Retired keys: a restarted router learns them from its neighbours.
+        let retired = self.tombstones_to_hand();
+        if !retired.is_empty() {
+            self.send_entries(peer.id, retired);
         }
         self.after_input(now);
     }
@@ -499,7 +526,7 @@ impl Gossip {
 
     /// Signs and stores a new version of my entry, to be pushed.
     fn install_mine(&mut self, entry: TopologyEntry) {
-        let signed = SignedEntry::sign(&entry, &self.signer);
+        let signed = SignedEntry::sign_rotated(&entry, self.my_rotation.as_ref(), &self.signer);
         self.table.insert(entry, signed);
         self.self_dirty = true;
         self.changed();
@@ -570,3 +597,6 @@ fn jitter(rng: &mut StdRng, base: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod tests_rotation;

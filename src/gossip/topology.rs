@@ -129,6 +129,15 @@ pub enum RefusedReason {
     /// The appended identity rotation does not verify, or names another
     /// key than the entry's as the successor (`entry_rotation.rs`).
     BadRotation,
+    /// The announcement's old key already moved to another key (`successor`):
+    /// one old key has one successor, a second one means the old key was
+    /// stolen (`gossip/core/rotation.rs`).
+    RotationConflict {
+        /// The successor known first.
+        successor: PeerId,
+    },
+    /// `crypto::rotation::MAX_TRACKED` retirements are held already.
+    TooManyRotations,
 }
 
 impl RefusedReason {
@@ -149,6 +158,8 @@ impl RefusedReason {
             Self::TooManyAddresses(_) => "too_many_addresses",
             Self::TooManyConnections(_) => "too_many_connections",
             Self::BadRotation => "bad_rotation",
+            Self::RotationConflict { .. } => "rotation_conflict",
+            Self::TooManyRotations => "too_many_rotations",
         }
     }
 }

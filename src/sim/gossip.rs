@@ -467,7 +467,9 @@ impl GossipSim {
                 }
                 GossipEvent::PeerRemoved { id, .. } => learned.push((id, None)),
                 GossipEvent::EntryRefused { .. } => refused += 1,
-                GossipEvent::ShortIdChanged { .. } | GossipEvent::TopologyChanged => {}
+                GossipEvent::ShortIdChanged { .. }
+                | GossipEvent::Rotated { .. }
+                | GossipEvent::TopologyChanged => {}
             }
         }
         let version = g.my_entry().version;

@@ -87,7 +87,8 @@ impl IpamDriver {
             Request::Status
             | Request::Connect { .. }
             | Request::Forget { .. }
-            | Request::Advertise { .. } => return None,
+            | Request::Advertise { .. }
+            | Request::RotateIdentity => return None,
         };
         let result = match &reply.error {
             None => "ok",

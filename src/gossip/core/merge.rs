@@ -25,6 +25,19 @@ impl Gossip {
             Ok(claim) => claim,
             Err(reason) => return self.refuse(from, PeerId(0), "", reason),
         };
+        let rotation = match signed.rotation() {
+            Ok(rotation) => rotation,
+            Err(reason) => return self.refuse(from, claim.id, &claim.name, reason),
+        };
+        if let Some(rotation) = rotation
+            && rotation.old == claim.public_key
+        {
+            return self.merge_tombstone(from, claim, signed, rotation);
+        }
+        if self.retired.contains_key(&claim.id) && claim.id != self.me {
+            // A retired key's entry: stale, or its holder after the move.
+            return;
+        }
         if claim.id == self.me {
             return self.merge_mine(from, claim, signed);
         }
@@ -49,8 +62,13 @@ impl Gossip {
             };
             return self.refuse(from, claim.id, &claim.name, reason);
         }
+        let predecessor = match self.check_successor(&claim, rotation.as_ref()) {
+            Ok(predecessor) => predecessor,
+            Err(reason) => return self.refuse(from, claim.id, &claim.name, reason),
+        };
         if let Some(&holder) = self.names.get(&claim.name)
             && holder != claim.id
+            && Some(holder) != predecessor
         {
             let reason = RefusedReason::NameClash { holder };
             return self.refuse(from, claim.id, &claim.name, reason);
@@ -67,6 +85,12 @@ impl Gossip {
         }
         self.changed();
         self.relays.push((id, from));
+        if let (Some(old), Some(rotation)) = (predecessor, rotation)
+            && let Err(reason) = self.retire(old, id, rotation, None)
+        {
+            // Checked above; only the table's bound can refuse it here.
+            self.refuse(from, id, "", reason);
+        }
         if short == self.short_id() && id < self.me {
             self.pick_short_id();
         }

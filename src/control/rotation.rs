@@ -1,0 +1,161 @@
+//! Identity key rotation at the connections (issue 20, step 5;
+//! docs/ARCHITECTURE.md "Identity key rotation"): what a verified rotation
+//! means for the links. Sans-IO: the control loop feeds the rotations the
+//! topology verified, asks at each connection's arrival, and closes what
+//! [`Rotations::handle_timeout`] names.
+//!
+//! - A connection from a retired key inside its window is accepted (an old
+//!   link that has not moved yet); one past its window is refused, as a
+//!   router without the cluster secret is.
+//! - A connection from a successor replaces the links still on the keys it
+//!   moved from (the rotated router restarted its connections under the
+//!   new key; its old ones are closed, once).
+//! - When a window ends, the links still on that key are closed, once.
+
+use crate::crypto::rotation::{Admit, Rotation, RotationError, Successors};
+use crate::id::PeerId;
+use std::time::{Duration, Instant};
+
+/// What to do with a connection that finished its handshake.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Arrival {
+    /// Refuse it: its key was retired and its window is over.
+    Refuse,
+    /// Take it; close the links of `replaces` (keys it moved from).
+    Accept {
+        /// The retired IDs whose links this connection supersedes.
+        replaces: Vec<PeerId>,
+    },
+}
+
+/// The verified rotations and their windows.
+#[derive(Debug)]
+pub struct Rotations {
+    successors: Successors,
+}
+
+impl Rotations {
+    /// Accepting each retired key for `window` after it is learned.
+    pub fn new(window: Duration) -> Self {
+        Self {
+            successors: Successors::new(window),
+        }
+    }
+
+    /// A rotation the topology verified (or this router's own).
+    pub fn learn(
+        &mut self,
+        rotation: &Rotation,
+        now: Instant,
+    ) -> Result<(PeerId, PeerId), RotationError> {
+        self.successors.learn(rotation, now)
+    }
+
+    /// Judges a connection from `peer` at `now`, given the peers that have
+    /// a link now (`linked`).
+    pub fn arrival(
+        &self,
+        peer: PeerId,
+        linked: impl IntoIterator<Item = PeerId>,
+        now: Instant,
+    ) -> Arrival {
+        if self.successors.admit(peer, now) == Admit::Retired {
+            return Arrival::Refuse;
+        }
+        let moved: Vec<PeerId> = self.successors.predecessors(peer).collect();
+        let replaces = linked.into_iter().filter(|id| moved.contains(id)).collect();
+        Arrival::Accept { replaces }
+    }
+
+    /// When [`Self::handle_timeout`] is next due.
+    pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
+        self.successors.poll_timeout(now)
+    }
+
+    /// The retired IDs whose window ended since the last call (once each):
+    /// the caller closes their links.
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<PeerId> {
+        let mut ended = Vec::new();
+        self.successors.handle_timeout(now, &mut ended);
+        ended
+    }
+
+    /// The router `id` is now (following rotations).
+    pub fn current(&self, id: PeerId) -> PeerId {
+        self.successors.current(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::crypto::Identity;
+    use rand::SeedableRng;
+
+    fn identity(seed: u64) -> Identity {
+        Identity::generate(&mut rand::rngs::StdRng::seed_from_u64(seed))
+    }
+
+    const WINDOW: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn an_old_key_is_taken_inside_its_window_and_refused_after_it() {
+        let (old, new, other) = (identity(1), identity(2), identity(3));
+        let t0 = Instant::now();
+        let mut r = Rotations::new(WINDOW);
+        assert_eq!(
+            r.learn(&Rotation::sign(&old, &new, 5), t0),
+            Ok((old.id(), new.id()))
+        );
+        let inside = t0 + WINDOW / 2;
+        assert_eq!(
+            r.arrival(old.id(), [], inside),
+            Arrival::Accept { replaces: vec![] }
+        );
+        assert_eq!(r.current(old.id()), new.id());
+        let after = t0 + WINDOW;
+        assert_eq!(r.arrival(old.id(), [], after), Arrival::Refuse);
+        // Keys no rotation concerns are untouched.
+        assert_eq!(
+            r.arrival(other.id(), [old.id()], after),
+            Arrival::Accept { replaces: vec![] }
+        );
+    }
+
+    #[test]
+    fn the_successor_replaces_the_links_still_on_the_old_key() {
+        let (old, new, other) = (identity(1), identity(2), identity(3));
+        let t0 = Instant::now();
+        let mut r = Rotations::new(WINDOW);
+        r.learn(&Rotation::sign(&old, &new, 5), t0).unwrap();
+        assert_eq!(
+            r.arrival(new.id(), [other.id(), old.id()], t0),
+            Arrival::Accept {
+                replaces: vec![old.id()]
+            }
+        );
+        assert_eq!(
+            r.arrival(new.id(), [other.id()], t0),
+            Arrival::Accept { replaces: vec![] }
+        );
+    }
+
+    #[test]
+    fn a_window_end_is_reported_once_and_a_replay_does_not_extend_it() {
+        let (old, new) = (identity(1), identity(2));
+        let t0 = Instant::now();
+        let mut r = Rotations::new(WINDOW);
+        let rotation = Rotation::sign(&old, &new, 5);
+        r.learn(&rotation, t0).unwrap();
+        assert_eq!(r.poll_timeout(t0), Some(t0 + WINDOW));
+        assert_eq!(r.handle_timeout(t0 + WINDOW / 2), vec![]);
+        r.learn(&rotation, t0 + WINDOW / 2).unwrap();
+        assert_eq!(r.handle_timeout(t0 + WINDOW), vec![old.id()]);
+        assert_eq!(r.handle_timeout(t0 + 2 * WINDOW), vec![]);
+        assert_eq!(r.poll_timeout(t0 + 2 * WINDOW), None);
+        // A second successor of the same key is refused.
+        let stolen = Rotation::sign(&old, &identity(4), 6);
+        assert_eq!(r.learn(&stolen, t0 + WINDOW), Err(RotationError::Conflict));
+    }
+}

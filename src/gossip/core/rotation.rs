@@ -1,0 +1,221 @@
+//! Identity key rotation in the topology (issue 20, step 4;
+//! docs/ARCHITECTURE.md "Identity key rotation"). A router that moved from
+//! an old key to a new one shows up as two signed entries:
+//! - the **successor**: the new ID's entry carrying the verified
+//!   announcement ([`checked_rotation`]); it keeps the old ID's name (the
+//!   announcement is the proof that it is the same router, so the name
+//!   rule does not treat it as a clash) and its short ID;
+//! - the **tombstone**: the old ID's entry, signed by the old key, carrying
+//!   the same announcement (its key is the announcement's old key). It
+//!   retires the old ID: its entry leaves the table, later copies of it are
+//!   dropped, and it is handed to every new neighbour, so a router that
+//!   restarts learns that the old key moved on.
+//!
+//! One old key has one successor: a second announcement naming another
+//! key is refused ([`RefusedReason::RotationConflict`]). The retirements
+//! held are bounded by [`MAX_TRACKED`].
+
+use super::{Gossip, GossipEvent};
+use crate::crypto::SigningKey;
+use crate::crypto::rotation::{MAX_TRACKED, Rotation};
+use crate::gossip::entry_rotation::checked_rotation;
+use crate::gossip::topology::{RefusedReason, SignedEntry, TopologyEntry};
+use crate::id::{PeerId, ShortId};
+
+/// A retired ID: whom it moved to, and its tombstone once known.
+#[derive(Clone, Debug)]
+pub(super) struct Retirement {
+    pub(super) successor: PeerId,
+    pub(super) rotation: Rotation,
+    pub(super) tombstone: Option<SignedEntry>,
+}
+
+/// The tombstone of `rotation`'s old key: an entry of the old ID with no
+/// addresses and no connections, signed by the old key, carrying the
+/// announcement. Its version is the announcement's second of issue, above
+/// any version a router reaches by counting changes and within
+/// `MAX_VERSION_JUMP` of zero, so older builds (which ignore the
+/// announcement) also take it over the old ID's last entry and then reap
+/// the unreachable ID.
+pub fn tombstone(
+    rotation: &Rotation,
+    name: &str,
+    mtu: u16,
+    old_key: &SigningKey,
+) -> (TopologyEntry, SignedEntry) {
+    let id = PeerId::from_public_key(&rotation.old);
+    let entry = TopologyEntry {
+        id,
+        version: rotation.issued.max(1),
+        name: name.to_string(),
+        public_key: rotation.old,
+        addresses: Vec::new(),
+        short_id: ShortId::preferred(id),
+        mtu,
+        connections: Vec::new(),
+    };
+    let signed = SignedEntry::sign_rotated(&entry, Some(rotation), old_key);
+    (entry, signed)
+}
+
+impl Gossip {
+    /// This router runs under the key `rotation` moved it to: my entry
+    /// carries the announcement from now on and takes the old ID's short
+    /// ID, and the old ID's tombstone (signed with `old_key`) is held and
+    /// handed to every neighbour. Call right after [`Gossip::new`].
+    pub fn with_rotation(mut self, rotation: Rotation, old_key: &SigningKey) -> Self {
+        let Ok((old, new)) = rotation.verify() else {
+            return self;
+        };
+        if new != self.me {
+            return self;
+        }
+        let mut entry = self.my_entry().clone();
+        entry.short_id = ShortId::preferred(old);
+        self.my_rotation = Some(rotation);
+        let (_, signed) = tombstone(&rotation, &entry.name, entry.mtu, old_key);
+        self.retired.insert(
+            old,
+            Retirement {
+                successor: new,
+                rotation,
+                tombstone: Some(signed),
+            },
+        );
+        self.install_mine(entry);
+        self
+    }
+
+    /// The router `old` moved to, if this core knows `old` is retired.
+    pub fn successor_of(&self, old: PeerId) -> Option<PeerId> {
+        self.retired.get(&old).map(|r| r.successor)
+    }
+
+    /// The tombstones held, to hand a new neighbour (a restarted router
+    /// learns every retirement from its first neighbour).
+    pub(super) fn tombstones_to_hand(&self) -> Vec<SignedEntry> {
+        self.retired
+            .values()
+            .filter_map(|r| r.tombstone.clone())
+            .collect()
+    }
+
+    /// An entry whose key is its announcement's old key: the old ID's
+    /// tombstone. Believed only if the old key signed it and the
+    /// announcement verifies; learned once.
+    pub(super) fn merge_tombstone(
+        &mut self,
+        from: PeerId,
+        claim: TopologyEntry,
+        signed: SignedEntry,
+        rotation: Rotation,
+    ) {
+        if claim.id == self.me
+            || self
+                .retired
+                .get(&claim.id)
+                .is_some_and(|r| r.tombstone.is_some())
+        {
+            // Known, or my own key retired by another holder of it: a
+            // retired key has nothing to adopt.
+            return;
+        }
+        if let Err(reason) = signed.verify_with(&claim, &mut self.verifying_keys) {
+            return self.refuse(from, claim.id, &claim.name, reason);
+        }
+        let Ok((old, new)) = rotation.verify() else {
+            return self.refuse(from, claim.id, &claim.name, RefusedReason::BadRotation);
+        };
+        if let Err(reason) = self.retire(old, new, rotation, Some(signed.clone())) {
+            return self.refuse(from, claim.id, &claim.name, reason);
+        }
+        // Spread it once, as it was signed, to every other neighbour.
+        let to: Vec<PeerId> = self
+            .neighbours
+            .keys()
+            .copied()
+            .filter(|n| *n != from)
+            .collect();
+        for n in to {
+            self.send_entries(n, vec![signed.clone()]);
+        }
+    }
+
+    /// The announcement a successor's entry carries, checked: `Ok(None)`
+    /// for an entry that carries none, `Ok(Some(old))` for a verified one
+    /// that does not contradict a known retirement.
+    pub(super) fn check_successor(
+        &self,
+        claim: &TopologyEntry,
+        rotation: Option<&Rotation>,
+    ) -> Result<Option<PeerId>, RefusedReason> {
+        let Some(rotation) = rotation else {
+            return Ok(None);
+        };
+        let known = self.retired.values().find(|r| r.successor == claim.id);
+        if let Some(known) = known
+            && known.rotation == *rotation
+        {
+            // Verified when first learned: later versions of the entry
+            // carry the same bytes.
+            return Ok(Some(PeerId::from_public_key(&rotation.old)));
+        }
+        let old = checked_rotation(claim, rotation)?;
+        self.conflict(old, claim.id)?;
+        Ok(Some(old))
+    }
+
+    /// Whether `old` already moved to another key than `new`.
+    fn conflict(&self, old: PeerId, new: PeerId) -> Result<(), RefusedReason> {
+        match self.retired.get(&old) {
+            Some(r) if r.successor != new => Err(RefusedReason::RotationConflict {
+                successor: r.successor,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Retires `old` in favour of `new` (verified by the caller): its entry
+    /// leaves the table, its name passes to `new`, and the driver hears of
+    /// the rotation the first time.
+    pub(super) fn retire(
+        &mut self,
+        old: PeerId,
+        new: PeerId,
+        rotation: Rotation,
+        tombstone: Option<SignedEntry>,
+    ) -> Result<(), RefusedReason> {
+        self.conflict(old, new)?;
+        let first = !self.retired.contains_key(&old);
+        if first && self.retired.len() >= MAX_TRACKED {
+            return Err(RefusedReason::TooManyRotations);
+        }
+        let held = self.retired.entry(old).or_insert(Retirement {
+            successor: new,
+            rotation,
+            tombstone: None,
+        });
+        if held.tombstone.is_none() {
+            held.tombstone = tombstone;
+        }
+        self.tombstones.remove(&old);
+        self.unreachable_since.remove(&old);
+        if old != self.me
+            && let Some((entry, _)) = self.table.remove(old)
+        {
+            if self.names.get(&entry.name) == Some(&old) {
+                self.names.remove(&entry.name);
+            }
+            self.changed();
+        }
+        if first {
+            self.emit(GossipEvent::Rotated {
+                old,
+                new,
+                rotation: Box::new(rotation),
+            });
+            self.changed();
+        }
+        Ok(())
+    }
+}
