@@ -232,6 +232,7 @@ async fn serve(
     tokio::spawn(keep_forwarding(config.iface.clone(), forwarding_tx));
     let firewall = crate::host_firewall::start(crate::host_firewall::Rules {
         range: config.range,
+        range6: ipam6.as_ref().map(IpamDriver::range),
         iface: config.iface.clone(),
         masquerade: config.masquerade,
     });

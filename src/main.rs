@@ -405,8 +405,8 @@ fn reset(iface: &str, state_dir: Option<&std::path::Path>) -> anyhow::Result<()>
         .build()?;
     let mut removed = runtime.block_on(weft::netlink::reset(iface))?;
     match weft::nftables::remove() {
-        Ok(true) => removed.push(format!("nftables table {}", weft::nftables::TABLE)),
-        Ok(false) | Err(weft::nftables::NftError::Spawn(_)) => {}
+        Ok(tables) => removed.extend(tables.iter().map(|t| format!("nftables table {t}"))),
+        Err(weft::nftables::NftError::Spawn(_)) => {}
         Err(e) => eprintln!(
             "weft: cannot remove nftables table {}: {e}",
             weft::nftables::TABLE

@@ -3,12 +3,14 @@
 //! an IPv6 pod range, one pod each plugged by the real CNI plugin, which
 //! gets an IPv4 and an IPv6 address; IPv6 and IPv4 ping matrices across
 //! nodes; a checksummed TCPv6 transfer between pods on different nodes;
-//! CHECK and DEL of both addresses.
+//! a pod forging IPv6 sources (a local pod's, a remote pod's, one outside
+//! the range) is dropped at its node by `table ip6 weft`, its own address
+//! passes; CHECK and DEL of both addresses.
 
 mod support;
 
 use serde_json::Value;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
 use std::time::{Duration, Instant};
 use support::cni::*;
 use support::cni_mesh::*;
@@ -81,6 +83,56 @@ fn drops(r: &Router, label: &str) -> u64 {
         .get(&format!("dropped.{label}"))
         .copied()
         .unwrap_or(0)
+}
+
+/// The packets the IPv6 anti-spoofing rules have dropped on `node`.
+fn antispoof6_drops(node: &Netns) -> u64 {
+    let text = node.ok(&["nft", "list", "table", "ip6", "weft"]);
+    let counts: Vec<u64> = text
+        .lines()
+        .filter(|l| l.contains("fib saddr . iif oif missing"))
+        .map(|line| {
+            line.split_whitespace()
+                .skip_while(|w| *w != "packets")
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no counter in {line:?}"))
+        })
+        .collect();
+    assert_eq!(counts.len(), 2, "the antispoof rules of:\n{text}");
+    counts.iter().sum()
+}
+
+/// Sends 5 UDP datagrams carrying `tag` from `from` (an address on `pod`'s
+/// eth0) to `to`:7102 and returns how many of them `receiver` (bound to
+/// [::]:7102 in the destination pod) got within 2 s.
+fn udp6_through(
+    pod: &Netns,
+    from: Ipv6Addr,
+    to: Ipv6Addr,
+    receiver: &UdpSocket,
+    tag: &str,
+) -> usize {
+    let payload = tag.to_string();
+    let sent = in_netns(&pod.name, move || {
+        let socket = UdpSocket::bind((from, 0)).expect("bind in pod");
+        for _ in 0..5 {
+            let _ = socket.send_to(payload.as_bytes(), (to, 7102));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let mut got = 0;
+    let mut buf = [0u8; 64];
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        if let Ok((n, _)) = receiver.recv_from(&mut buf)
+            && &buf[..n] == tag.as_bytes()
+        {
+            got += 1;
+        }
+    }
+    sent.join().unwrap();
+    got
 }
 
 #[test]
@@ -173,6 +225,45 @@ fn dual_stack_pods_plugged_by_the_plugin_talk_across_three_nodes() {
         assert_eq!(drops(r, "not_ip"), 0, "{}", r.name);
         assert_eq!(drops(r, "spoofed_source"), 0, "{}", r.name);
     }
+
+    // IPv6 anti-spoofing: pod 0 forges the source of a second pod on its
+    // node (which the data plane cannot tell from its own: same router's
+    // range), of the pod on n2, and one outside the range; all are dropped
+    // at n0 and counted, the pod's own address passes.
+    let neighbour = plug(&m, 0, "cid-dual-0b");
+    let receiver = in_netns(&pods[1].ns.name, || {
+        UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 7102)).expect("bind receiver")
+    })
+    .join()
+    .unwrap();
+    receiver
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let node0 = &m.cluster.nodes[0].ns;
+    let before = antispoof6_drops(node0);
+    let outside: Ipv6Addr = "2001:db8::77".parse().unwrap();
+    let forgeries = [neighbour.v6, pods[2].v6, outside];
+    for forged in forgeries {
+        let addr = format!("{forged}/128");
+        pods[0]
+            .ns
+            .ip(&["-6", "addr", "add", &addr, "dev", "eth0", "nodad"]);
+        let got = udp6_through(&pods[0].ns, forged, pods[1].v6, &receiver, "forged");
+        assert_eq!(got, 0, "datagrams forged from {forged} got through");
+        pods[0].ns.ip(&["-6", "addr", "del", &addr, "dev", "eth0"]);
+    }
+    let after = antispoof6_drops(node0);
+    assert!(
+        after >= before + 5 * forgeries.len() as u64,
+        "the IPv6 antispoof counters went from {before} to {after}"
+    );
+    let honest = udp6_through(&pods[0].ns, pods[0].v6, pods[1].v6, &receiver, "honest");
+    assert!(honest >= 4, "{honest} of 5 honest datagrams got through");
+    assert!(ping(
+        &neighbour.ns,
+        IpAddr::V6(pods[1].v6),
+        Duration::from_secs(10)
+    ));
 
     // CHECK with the ADD result, then DEL frees both addresses.
     let node = &m.cluster.nodes[1].ns;
