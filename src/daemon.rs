@@ -212,6 +212,7 @@ async fn serve(
         range: config.range,
         owned: Vec::new(),
         range6: ipam6.as_ref().map(IpamDriver::range),
+        owned6: Vec::new(),
         own_address6: None,
     };
     netlink::configure(&plan).await?;

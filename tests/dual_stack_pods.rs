@@ -5,7 +5,8 @@
 //! nodes; a checksummed TCPv6 transfer between pods on different nodes;
 //! a pod forging IPv6 sources (a local pod's, a remote pod's, one outside
 //! the range) is dropped at its node by `table ip6 weft`, its own address
-//! passes; CHECK and DEL of both addresses.
+//! passes; each node's owned IPv6 ranges are `unreachable` routes; CHECK
+//! and DEL of both addresses.
 
 mod support;
 
@@ -173,6 +174,44 @@ fn dual_stack_pods_plugged_by_the_plugin_talk_across_three_nodes() {
             "{shown}"
         );
     }
+    // Each node makes its own IPv6 ranges `unreachable` (as the IPv4
+    // ones), and no two nodes claim the same block.
+    let unreachable6 = |i: usize| -> Vec<String> {
+        m.cluster.nodes[i]
+            .ns
+            .ok(&[
+                "ip",
+                "-6",
+                "route",
+                "show",
+                "type",
+                "unreachable",
+                "proto",
+                "87",
+            ])
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1).map(String::from))
+            .collect()
+    };
+    let shown = wait_until(Duration::from_secs(10), || {
+        (0..3).all(|i| !unreachable6(i).is_empty())
+    });
+    assert!(shown, "{:?}", (0..3).map(unreachable6).collect::<Vec<_>>());
+    let mut all6 = Vec::new();
+    for i in 0..3 {
+        for block in unreachable6(i) {
+            assert!(
+                block.starts_with("fd00:32::"),
+                "n{i}: {block} outside {RANGE6}"
+            );
+            all6.push(block);
+        }
+    }
+    let count = all6.len();
+    all6.sort();
+    all6.dedup();
+    assert_eq!(all6.len(), count, "a block on two nodes: {all6:?}");
+
     let start = Instant::now();
     for a in 0..3 {
         for b in 0..3 {
@@ -297,8 +336,16 @@ fn dual_stack_pods_plugged_by_the_plugin_talk_across_three_nodes() {
             .all(|a| a.container_id != "cid-dual-1"),
         "DEL left an address behind"
     );
+    // No host route to it left (the node's `unreachable` blocks stay: a
+    // block may start at the pod's address, so match the route's own).
     let routes6 = node.ok(&["ip", "-6", "route", "show", "proto", "87"]);
-    assert!(!routes6.contains(&pods[1].v6.to_string()), "{routes6}");
+    let v6 = pods[1].v6.to_string();
+    assert!(
+        !routes6
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(v6.as_str())),
+        "{routes6}"
+    );
     // A second ADD of the same attachment after DEL works again.
     let again = plug(&m, 1, "cid-dual-1b");
     assert!(ping(
