@@ -183,13 +183,6 @@ impl RouterConfig {
         if self.iface.is_empty() || self.iface.len() > 15 {
             anyhow::bail!("--iface {:?} must be 1 to 15 characters", self.iface);
         }
-        if self.range6.is_some() && self.network_policy.is_some() {
-            // The policy table is `ip` family: IPv6 pods would be open
-            // whatever the policies say. Refuse rather than fail open.
-            anyhow::bail!(
-                "--network-policy does not enforce on IPv6 pods yet: drop the IPv6 --ipalloc-range (dual-stack pods) or --network-policy"
-            );
-        }
         if self.range.prefix() > 30 {
             anyhow::bail!(
                 "--ipalloc-range {} is too small: use a /30 or larger (default 10.32.0.0/12)",

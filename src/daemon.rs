@@ -287,6 +287,7 @@ async fn serve(
         range: config.range,
         owned: Vec::new(),
         range6: ipam6.as_ref().map(IpamDriver::range),
+        owned6: Vec::new(),
         own_address6: None,
     };
     netlink::configure(&plan).await?;
@@ -301,6 +302,7 @@ async fn serve(
     ));
     let firewall = crate::host_firewall::start(crate::host_firewall::Rules {
         range: config.range,
+        range6: ipam6.as_ref().map(IpamDriver::range),
         iface: config.iface.clone(),
         masquerade: config.masquerade,
     });

@@ -24,6 +24,7 @@ use crate::api::proto::{FirewallStatus, Reply};
 use crate::api::server::ApiCall;
 use crate::cidr::Ipv4Cidr;
 use crate::forward_policy::{self, Backend, ForwardPolicyError};
+use crate::ipam::AddrRange;
 use crate::nftables;
 use rtnetlink::sys::protocols::NETLINK_NETFILTER;
 use rtnetlink::sys::{AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket};
@@ -62,6 +63,8 @@ pub type Shared = Arc<Mutex<FirewallStatus>>;
 pub struct Rules {
     /// The cluster range.
     pub range: Ipv4Cidr,
+    /// The IPv6 pod range, if any (its anti-spoofing twin table).
+    pub range6: Option<AddrRange>,
     /// The TUN device.
     pub iface: String,
     /// Masquerade pod traffic leaving the range.
@@ -176,7 +179,7 @@ async fn settle(socket: &TokioSocket) {
 
 /// Re-applies the table if it is gone or incomplete.
 fn repair_table(rules: &Rules, shared: &Shared) {
-    match nftables::present(rules.range, rules.masquerade) {
+    match nftables::present(rules.range, rules.range6, rules.masquerade) {
         Ok(true) => {}
         Ok(false) => apply_table(rules, shared, true),
         Err(e) => tracing::debug!(error = %e, "cannot list the nftables table"),
@@ -185,7 +188,7 @@ fn repair_table(rules: &Rules, shared: &Shared) {
 
 /// Applies the table; `repair` counts and logs it as a re-apply.
 fn apply_table(rules: &Rules, shared: &Shared, repair: bool) {
-    let result = nftables::apply(rules.range, &rules.iface, rules.masquerade);
+    let result = nftables::apply(rules.range, rules.range6, &rules.iface, rules.masquerade);
     let mut status = shared.lock().unwrap_or_else(|e| e.into_inner());
     match result {
         Ok(()) => {

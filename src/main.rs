@@ -438,23 +438,19 @@ fn reset(iface: &str, state_dir: Option<&std::path::Path>) -> anyhow::Result<()>
         .build()?;
     let mut removed = runtime.block_on(weft::netlink::reset(iface))?;
     match weft::nftables::remove() {
-        Ok(true) => removed.push(format!("nftables table {}", weft::nftables::TABLE)),
-        Ok(false) | Err(weft::nftables::NftError::Spawn(_)) => {}
+        Ok(tables) => removed.extend(tables.iter().map(|t| format!("nftables table {t}"))),
+        Err(weft::nftables::NftError::Spawn(_)) => {}
         Err(e) => eprintln!(
             "weft: cannot remove nftables table {}: {e}",
             weft::nftables::TABLE
         ),
     }
-    match weft::nftables::run(&format!("delete table {}\n", weft::policy::nft::TABLE)) {
-        Ok(()) => removed.push(format!(
-            "nftables table {} (NetworkPolicy)",
-            weft::policy::nft::TABLE
-        )),
-        Err(e) if e.contains("No such file") || e.contains("cannot run") => {}
-        Err(e) => eprintln!(
-            "weft: cannot remove nftables table {}: {e}",
-            weft::policy::nft::TABLE
-        ),
+    for table in [weft::policy::nft::TABLE, weft::policy::nft::OLD_TABLE] {
+        match weft::nftables::run(&format!("delete table {table}\n")) {
+            Ok(()) => removed.push(format!("nftables table {table} (NetworkPolicy)")),
+            Err(e) if e.contains("No such file") || e.contains("cannot run") => {}
+            Err(e) => eprintln!("weft: cannot remove nftables table {table}: {e}"),
+        }
     }
     match weft::forward_policy::close() {
         Ok(0) | Err(weft::forward_policy::ForwardPolicyError::Spawn(_)) => {}

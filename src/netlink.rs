@@ -1,6 +1,7 @@
 //! Kernel configuration through rtnetlink: the TUN device's MTU and state,
-//! the node's own /32 on it, the cluster range routed into it, and an
-//! `unreachable` route per owned range so that a packet for an unallocated
+//! the node's own /32 on it, the cluster range routed into it (and the IPv6
+//! pod range, with the node's /128), and an `unreachable` route per owned
+//! range of either family so that a packet for an unallocated
 //! local address is answered with ICMP instead of looping through the TUN
 //! (DESIGN.md "No loops, no leaks"). Every call is idempotent (`replace`),
 //! so a restarted router reconciles instead of failing. Also the per-interface
@@ -41,10 +42,11 @@ pub struct InterfacePlan {
     /// Ranges this router owns (inclusive), made `unreachable`.
     pub owned: Vec<(u32, u32)>,
     /// The IPv6 pod range (dual-stack pods, issue 19), routed to the
-    /// device as well; its owned ranges get no `unreachable` route yet (a
-    /// packet for an unallocated local IPv6 address reaches the TUN and is
-    /// dropped there as `owned_locally`: no loop either way).
+    /// device as well.
     pub range6: Option<crate::ipam::AddrRange>,
+    /// IPv6 ranges this router owns (inclusive), made `unreachable` like
+    /// the IPv4 ones.
+    pub owned6: Vec<(u128, u128)>,
     /// The node's own IPv6 overlay address (a /128 on the device, no DAD),
     /// the source of the node's own IPv6 traffic to pods elsewhere.
     pub own_address6: Option<Ipv6Addr>,
@@ -94,32 +96,16 @@ pub async fn configure(plan: &InterfacePlan) -> anyhow::Result<()> {
         .flat_map(|(start, end)| cidr_blocks(*start, *end))
         .collect();
     for (base, prefix) in &wanted {
-        let unreachable = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(Ipv4Addr::from(*base), *prefix)
-            .kind(RouteType::Unreachable)
-            .protocol(RouteProtocol::Other(WEFT_ROUTE_PROTOCOL))
-            .build();
-        handle
-            .route()
-            .add(unreachable)
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot add the unreachable route for {}/{prefix}: {e}",
-                    Ipv4Addr::from(*base)
-                )
-            })?;
+        add_unreachable(&handle, IpAddr::V4(Ipv4Addr::from(*base)), *prefix).await?;
     }
     if let Some(range6) = plan.range6 {
         configure_v6(&handle, index, plan, range6).await?;
     }
-    for route in weft_routes(&handle).await {
+    for route in weft_routes(&handle, false).await {
         if route.header.kind != RouteType::Unreachable {
             continue;
         }
-        let Some(dst) = route_destination(&route) else {
+        let Some(IpAddr::V4(dst)) = route_destination(&route) else {
             continue;
         };
         let block = (u32::from(dst), route.header.destination_prefix_length);
@@ -166,7 +152,52 @@ async fn configure_v6(
         .replace()
         .execute()
         .await
-        .map_err(|e| anyhow::anyhow!("cannot route {range6} to {}: {e}", plan.iface))
+        .map_err(|e| anyhow::anyhow!("cannot route {range6} to {}: {e}", plan.iface))?;
+    let wanted: Vec<(u128, u8)> = plan
+        .owned6
+        .iter()
+        .flat_map(|(start, end)| blocks(*start, *end, 128))
+        .collect();
+    for (block, prefix) in &wanted {
+        add_unreachable(handle, IpAddr::V6(Ipv6Addr::from(*block)), *prefix).await?;
+    }
+    for route in weft_routes(handle, true).await {
+        if route.header.kind != RouteType::Unreachable {
+            continue;
+        }
+        let Some(IpAddr::V6(dst)) = route_destination(&route) else {
+            continue;
+        };
+        let block = (u128::from(dst), route.header.destination_prefix_length);
+        if range6.offset(IpAddr::V6(dst)).is_some() && !wanted.contains(&block) {
+            let _ = handle.route().del(route).execute().await;
+        }
+    }
+    Ok(())
+}
+
+/// Adds (or keeps) the `unreachable` route for `base/prefix`, tagged with
+/// weft's protocol.
+async fn add_unreachable(handle: &Handle, base: IpAddr, prefix: u8) -> anyhow::Result<()> {
+    let message = match base {
+        IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(a, prefix)
+            .kind(RouteType::Unreachable)
+            .protocol(RouteProtocol::Other(WEFT_ROUTE_PROTOCOL))
+            .build(),
+        IpAddr::V6(a) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(a, prefix)
+            .kind(RouteType::Unreachable)
+            .protocol(RouteProtocol::Other(WEFT_ROUTE_PROTOCOL))
+            .build(),
+    };
+    handle
+        .route()
+        .add(message)
+        .replace()
+        .execute()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot add the unreachable route for {base}/{prefix}: {e}"))
 }
 
 /// Turns IPv6 forwarding on for the node (`net.ipv6.conf.all.forwarding`,
@@ -329,11 +360,11 @@ pub async fn addresses_in_use(iface: &str, range: Ipv4Cidr) -> Vec<(Ipv4Addr, bo
             }
         }
     }
-    for route in weft_routes(&handle).await {
+    for route in weft_routes(&handle, false).await {
         if route.header.kind != RouteType::Unicast || route.header.destination_prefix_length != 32 {
             continue;
         }
-        if let Some(dst) = route_destination(&route)
+        if let Some(IpAddr::V4(dst)) = route_destination(&route)
             && range.contains(u32::from(dst))
         {
             found.push((dst, false));
@@ -388,11 +419,13 @@ async fn remove_stale_addresses(handle: &Handle, index: u32, keep: Option<Ipv4Ad
     }
 }
 
-async fn weft_routes(handle: &Handle) -> Vec<RouteMessage> {
-    let mut routes = handle
-        .route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-        .execute();
+async fn weft_routes(handle: &Handle, v6: bool) -> Vec<RouteMessage> {
+    let query = if v6 {
+        RouteMessageBuilder::<Ipv6Addr>::new().build()
+    } else {
+        RouteMessageBuilder::<Ipv4Addr>::new().build()
+    };
+    let mut routes = handle.route().get(query).execute();
     let mut tagged = Vec::new();
     while let Ok(Some(route)) = routes.try_next().await {
         if route.header.protocol == RouteProtocol::Other(WEFT_ROUTE_PROTOCOL) {
@@ -402,9 +435,10 @@ async fn weft_routes(handle: &Handle) -> Vec<RouteMessage> {
     tagged
 }
 
-fn route_destination(route: &RouteMessage) -> Option<Ipv4Addr> {
+fn route_destination(route: &RouteMessage) -> Option<IpAddr> {
     route.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(*d),
+        RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(IpAddr::V4(*d)),
+        RouteAttribute::Destination(RouteAddress::Inet6(d)) => Some(IpAddr::V6(*d)),
         _ => None,
     })
 }
@@ -425,7 +459,9 @@ pub async fn reset(iface: &str) -> anyhow::Result<Vec<String>> {
             .map_err(|e| anyhow::anyhow!("cannot remove {iface}: {e}"))?;
         removed.push(format!("interface {iface}"));
     }
-    for route in weft_routes(&handle).await {
+    let mut tagged = weft_routes(&handle, false).await;
+    tagged.extend(weft_routes(&handle, true).await);
+    for route in tagged {
         let label = format!(
             "route {:?}/{}",
             route
@@ -456,21 +492,33 @@ async fn link_index(handle: &Handle, name: &str) -> anyhow::Result<u32> {
 
 /// The smallest list of CIDR blocks covering `start..=end` exactly.
 pub fn cidr_blocks(start: u32, end: u32) -> Vec<(u32, u8)> {
+    blocks(u128::from(start), u128::from(end), 32)
+        .into_iter()
+        .map(|(base, prefix)| (base as u32, prefix))
+        .collect()
+}
+
+/// [`cidr_blocks`] for addresses of `bits` bits (32 or 128), as `u128`.
+fn blocks(start: u128, end: u128, bits: u32) -> Vec<(u128, u8)> {
+    // The last address of the block of 2^size at `base` (aligned to it).
+    let last = |base: u128, size: u32| base | u128::MAX.checked_shr(128 - size).unwrap_or(0);
     let mut blocks = Vec::new();
-    let mut cursor = u64::from(start);
-    let end = u64::from(end);
+    let mut cursor = start;
     while cursor <= end {
         let align = if cursor == 0 {
-            32
+            bits
         } else {
-            cursor.trailing_zeros().min(32)
+            cursor.trailing_zeros().min(bits)
         };
         let mut size_bits = align;
-        while size_bits > 0 && cursor + (1u64 << size_bits) - 1 > end {
+        while size_bits > 0 && last(cursor, size_bits) > end {
             size_bits -= 1;
         }
-        blocks.push((cursor as u32, (32 - size_bits) as u8));
-        cursor += 1u64 << size_bits;
+        blocks.push((cursor, (bits - size_bits) as u8));
+        match last(cursor, size_bits).checked_add(1) {
+            Some(next) => cursor = next,
+            None => break,
+        }
     }
     blocks
 }
@@ -494,5 +542,22 @@ mod tests {
         }
         assert_eq!(cidr_blocks(5, 5), vec![(5, 32)]);
         assert_eq!(cidr_blocks(0, u32::MAX), vec![(0, 0)]);
+    }
+
+    #[test]
+    fn ipv6_blocks_cover_a_range_exactly() {
+        let base = u128::from(Ipv6Addr::new(0xfd00, 0x32, 0, 0, 0, 0, 0, 0));
+        assert_eq!(blocks(base, base + 0xffff, 128), vec![(base, 112)]);
+        let (start, end) = (base + 3, base + 0x1_0004);
+        let got = blocks(start, end, 128);
+        let covered: u128 = got.iter().map(|(_, p)| 1u128 << (128 - p)).sum();
+        assert_eq!(covered, end - start + 1);
+        for (block, prefix) in &got {
+            assert_eq!(block % (1u128 << (128 - prefix)), 0, "block aligned");
+        }
+        assert_eq!(got.first(), Some(&(start, 128)));
+        assert_eq!(blocks(u128::MAX, u128::MAX, 128), vec![(u128::MAX, 128)]);
+        assert_eq!(blocks(0, u128::MAX, 128), vec![(0, 0)]);
+        assert_eq!(blocks(7, 6, 128), vec![]);
     }
 }

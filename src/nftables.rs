@@ -2,7 +2,9 @@
 //! "Egress and forwarding"): accept forwarding within the cluster range,
 //! masquerade pod traffic leaving the range through a non-weft interface
 //! (unless `--no-masq`), and drop packets from a pod whose source is not
-//! that pod's address.
+//! that pod's address. With an IPv6 pod range (issue 19) its twin
+//! `table ip6 weft` ([`render6`]) does the same checks for IPv6 sources, in
+//! the same transaction.
 //!
 //! The text is rendered by a pure function and handed to `nft -f -` in the
 //! current network namespace (the router runs in the node's). It replaces
@@ -10,12 +12,19 @@
 //! of stacking rules, and no packet sees a half-built table.
 
 use crate::cidr::Ipv4Cidr;
+use crate::ipam::AddrRange;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The table's family and name, as nft spells them.
 pub const TABLE: &str = "ip weft";
+
+/// The IPv6 twin, there only with an IPv6 pod range: an `ip6` table beside
+/// the `ip` one rather than one `inet` table, so that the IPv4 table stays
+/// what it was (upgrades, `present`, and hosts without IPv6 are untouched)
+/// and IPv4 packets never meet an IPv6 rule.
+pub const TABLE6: &str = "ip6 weft";
 
 /// The host ends of pod veths, as nft matches them: the CNI plugin names
 /// them `weft` + 11 hex digits (`weft_cni::plumb::host_ifname`).
@@ -57,33 +66,12 @@ pub enum NftError {
 ///   route fails the check —, anything outside the range); and a packet
 ///   with a source in `range` on any interface but `tun`. The host routes
 ///   each local pod's /32 to its veth, so only the pod's own address
-///   passes. ARP is not IP and is untouched; IPv6 is not in this `ip`
-///   table (pods get no IPv6 address from the plugin yet).
+///   passes. ARP is not IP and is untouched; IPv6 is in the `ip6` twin
+///   ([`render6`]).
 /// - `postrouting` (only when `masquerade`) rewrites the source of pod
 ///   traffic leaving the range through any interface but `tun`.
 pub fn render(range: Ipv4Cidr, tun: &str, masquerade: bool) -> Result<String, NftError> {
-    let valid = (1..=15).contains(&tun.len())
-        && tun
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if !valid {
-        return Err(NftError::BadInterface(tun.to_string()));
-    }
-    let mut text = format!(
-        "table {TABLE} {{}}\n\
-         delete table {TABLE}\n\
-         table {TABLE} {{\n\
-         \tchain forward {{\n\
-         \t\ttype filter hook forward priority filter; policy accept;\n\
-         \t\tip saddr {range} accept\n\
-         \t\tip daddr {range} accept\n\
-         \t}}\n\
-         \tchain antispoof {{\n\
-         \t\ttype filter hook prerouting priority raw - 1; policy accept;\n\
-         \t\tiifname {POD_VETH_PATTERN} iifname != \"{tun}\" fib saddr . iif oif missing counter drop\n\
-         \t\tiifname != \"{tun}\" ip saddr {range} fib saddr . iif oif missing counter drop\n\
-         \t}}\n"
-    );
+    let mut text = checks(TABLE, "ip", &range.to_string(), tun)?;
     if masquerade {
         text.push_str(&format!(
             "\tchain postrouting {{\n\
@@ -96,52 +84,136 @@ pub fn render(range: Ipv4Cidr, tun: &str, masquerade: bool) -> Result<String, Nf
     Ok(text)
 }
 
+/// The start of `table` (`family` its match keyword, `ip` or `ip6`) up to
+/// its last chain: replaced whole, its `forward` and `antispoof` chains.
+fn checks(table: &str, family: &str, range: &str, tun: &str) -> Result<String, NftError> {
+    check_interface(tun)?;
+    Ok(format!(
+        "table {table} {{}}\n\
+         delete table {table}\n\
+         table {table} {{\n\
+         \tchain forward {{\n\
+         \t\ttype filter hook forward priority filter; policy accept;\n\
+         \t\t{family} saddr {range} accept\n\
+         \t\t{family} daddr {range} accept\n\
+         \t}}\n\
+         \tchain antispoof {{\n\
+         \t\ttype filter hook prerouting priority raw - 1; policy accept;\n\
+         \t\tiifname {POD_VETH_PATTERN} iifname != \"{tun}\" fib saddr . iif oif missing counter drop\n\
+         \t\tiifname != \"{tun}\" {family} saddr {range} fib saddr . iif oif missing counter drop\n\
+         \t}}\n"
+    ))
+}
+
+fn check_interface(tun: &str) -> Result<(), NftError> {
+    let valid = (1..=15).contains(&tun.len())
+        && tun
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(NftError::BadInterface(tun.to_string()))
+    }
+}
+
+/// The ruleset text of the IPv6 twin, `table ip6 weft`, replaced whole like
+/// the IPv4 one: forwarding within `range6` accepted, and the same two
+/// strict reverse-path checks for IPv6 sources. The host routes each local
+/// pod's /128 to its veth, so only the pod's own address passes; a pod's
+/// link-local source passes too (nft looks a link-local address up on the
+/// interface it came in on, where the host end has fe80::/64), which
+/// neighbour discovery needs. No masquerade: IPv6 pod addresses are not
+/// rewritten (NPTv6 is not built).
+pub fn render6(range6: AddrRange, tun: &str) -> Result<String, NftError> {
+    let mut text = checks(TABLE6, "ip6", &range6.to_string(), tun)?;
+    text.push_str("}\n");
+    Ok(text)
+}
+
 /// Replaces `table ip weft` in the current network namespace with the
-/// rules [`render`] gives. Idempotent.
-pub fn apply(range: Ipv4Cidr, tun: &str, masquerade: bool) -> Result<(), NftError> {
-    let text = render(range, tun, masquerade)?;
+/// rules [`render`] gives, and with an IPv6 pod range `table ip6 weft` with
+/// those of [`render6`], in one transaction. Idempotent.
+pub fn apply(
+    range: Ipv4Cidr,
+    range6: Option<AddrRange>,
+    tun: &str,
+    masquerade: bool,
+) -> Result<(), NftError> {
+    let mut text = render(range, tun, masquerade)?;
+    if let Some(range6) = range6 {
+        text.push_str(&render6(range6, tun)?);
+    }
     nft(&["-f", "-"], Some(&text)).map(|_| ())
 }
 
-/// Whether `table ip weft` is in place in the current network namespace
-/// with every rule [`render`] gives (someone else's firewall reload or an
-/// `nft flush ruleset` removes it; issue 17).
-pub fn present(range: Ipv4Cidr, masquerade: bool) -> Result<bool, NftError> {
-    match nft(&["list", "table", "ip", "weft"], None) {
-        Ok(listing) => Ok(complete(&listing, range, masquerade)),
-        Err(NftError::Refused(text)) if text.contains("No such file or directory") => Ok(false),
+/// Whether `table ip weft` (and with an IPv6 pod range `table ip6 weft`) is
+/// in place in the current network namespace with every rule [`render`]
+/// (and [`render6`]) gives (someone else's firewall reload or an `nft flush
+/// ruleset` removes it; issue 17).
+pub fn present(
+    range: Ipv4Cidr,
+    range6: Option<AddrRange>,
+    masquerade: bool,
+) -> Result<bool, NftError> {
+    let listing = |family: &str| match nft(&["list", "table", family, "weft"], None) {
+        Ok(listing) => Ok(Some(listing)),
+        Err(NftError::Refused(text)) if text.contains("No such file or directory") => Ok(None),
         Err(e) => Err(e),
+    };
+    let Some(v4) = listing("ip")? else {
+        return Ok(false);
+    };
+    if !complete(&v4, range, masquerade) {
+        return Ok(false);
     }
+    match range6 {
+        None => Ok(true),
+        Some(range6) => Ok(listing("ip6")?.is_some_and(|v6| complete6(&v6, range6))),
+    }
+}
+
+/// Whether an `nft list table ip6 weft` listing holds all of the twin's
+/// rules.
+fn complete6(listing: &str, range6: AddrRange) -> bool {
+    has_checks(listing, "ip6", &range6.to_string())
 }
 
 /// Whether an `nft list table ip weft` listing holds all of the table's
 /// rules (nft prints them normalised, with counters: match the stable parts).
 fn complete(listing: &str, range: Ipv4Cidr, masquerade: bool) -> bool {
+    has_checks(listing, "ip", &range.to_string())
+        && (!masquerade || listing.lines().any(|l| l.contains("masquerade")))
+}
+
+/// Whether a listing holds every rule [`checks`] gives.
+fn has_checks(listing: &str, family: &str, range: &str) -> bool {
     let has = |parts: &[&str]| {
         listing
             .lines()
             .any(|line| parts.iter().all(|part| line.contains(part)))
     };
-    let (saddr, daddr) = (
-        format!("ip saddr {range} accept"),
-        format!("ip daddr {range} accept"),
-    );
-    let range_rpf = format!("ip saddr {range} fib");
+    let saddr = format!("{family} saddr {range} accept");
+    let daddr = format!("{family} daddr {range} accept");
+    let range_rpf = format!("{family} saddr {range} fib");
     has(&[&saddr])
         && has(&[&daddr])
         && has(&[&range_rpf, "fib saddr . iif oif missing", "drop"])
         && has(&["iifname \"weft*\"", "fib saddr . iif oif missing", "drop"])
-        && (!masquerade || has(&["masquerade"]))
 }
 
-/// Deletes `table ip weft` from the current network namespace. Returns
-/// whether there was one.
-pub fn remove() -> Result<bool, NftError> {
-    match nft(&["delete", "table", "ip", "weft"], None) {
-        Ok(_) => Ok(true),
-        Err(NftError::Refused(text)) if text.contains("No such file or directory") => Ok(false),
-        Err(e) => Err(e),
+/// Deletes `table ip weft` and its IPv6 twin `table ip6 weft` from the
+/// current network namespace. Returns the tables there were.
+pub fn remove() -> Result<Vec<&'static str>, NftError> {
+    let mut removed = Vec::new();
+    for (table, family) in [(TABLE, "ip"), (TABLE6, "ip6")] {
+        match nft(&["delete", "table", family, "weft"], None) {
+            Ok(_) => removed.push(table),
+            Err(NftError::Refused(text)) if text.contains("No such file or directory") => {}
+            Err(e) => return Err(e),
+        }
     }
+    Ok(removed)
 }
 
 /// Applies `text` with `nft -f -` as one transaction, bounded by
@@ -323,6 +395,65 @@ mod tests {
             let text = render(range(), "weft0", masq).unwrap();
             assert_eq!(text.matches('{').count(), text.matches('}').count());
         }
+    }
+
+    fn range6() -> AddrRange {
+        AddrRange::parse("fd00:32::/48").unwrap()
+    }
+
+    #[test]
+    fn the_ipv6_twin_checks_every_pod_source_and_range_sources_off_the_tun() {
+        let text = render6(range6(), "tun7").unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            &lines[..3],
+            &[
+                "table ip6 weft {}",
+                "delete table ip6 weft",
+                "table ip6 weft {"
+            ]
+        );
+        assert_lines(
+            &text,
+            &[
+                "type filter hook forward priority filter; policy accept;",
+                "ip6 saddr fd00:32::/48 accept",
+                "ip6 daddr fd00:32::/48 accept",
+                "type filter hook prerouting priority raw - 1; policy accept;",
+                "iifname \"weft*\" iifname != \"tun7\" fib saddr . iif oif missing counter drop",
+                "iifname != \"tun7\" ip6 saddr fd00:32::/48 fib saddr . iif oif missing counter drop",
+            ],
+        );
+        assert_eq!(text.matches('{').count(), text.matches('}').count());
+        assert!(!text.contains("masquerade"));
+        assert!(
+            !text.contains("ip saddr"),
+            "IPv4 rules in the ip6 twin: {text}"
+        );
+        assert!(matches!(
+            render6(range6(), "a b"),
+            Err(NftError::BadInterface(_))
+        ));
+    }
+
+    #[test]
+    fn an_ipv6_listing_missing_any_rule_or_of_another_range_is_incomplete() {
+        let text = render6(range6(), "weft0").unwrap();
+        assert!(complete6(&text, range6()));
+        for rule in ["\"weft*\"", "ip6 daddr", "ip6 saddr fd00:32::/48 fib"] {
+            let without: String = text
+                .lines()
+                .filter(|l| !l.contains(rule))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            assert!(!complete6(&without, range6()), "without {rule}");
+        }
+        assert!(!complete6(&text, AddrRange::parse("fd00:33::/48").unwrap()));
+        // The IPv4 table is not its twin.
+        assert!(!complete6(
+            &render(range(), "weft0", true).unwrap(),
+            range6()
+        ));
     }
 
     #[test]

@@ -88,7 +88,10 @@ fn a_short_secret_is_refused_with_its_minimum_length() {
 }
 
 #[test]
-fn network_policy_with_ipv6_pods_is_refused_rather_than_left_open() {
+fn network_policy_with_ipv6_pods_is_accepted_now_that_it_enforces_on_both_families() {
+    // The policy table is `inet` (issue 18 on dual-stack pods): the
+    // combination passes validation, and the one line is about the next
+    // thing wrong, an IPv4 range too small.
     let dir = TempDir::new("policy6");
     let secret = dir.path.join("secret");
     write_secret(&secret);
@@ -99,6 +102,8 @@ fn network_policy_with_ipv6_pods_is_refused_rather_than_left_open() {
             secret.to_str().unwrap(),
             "--ipalloc-range",
             "fd00:32::/48",
+            "--ipalloc-range",
+            "10.32.0.0/31",
             "--network-policy",
             // Never reached: the configuration is refused first.
             "--kube-api",
@@ -106,7 +111,9 @@ fn network_policy_with_ipv6_pods_is_refused_rather_than_left_open() {
         ],
     );
     let out = run_args(&args);
-    one_line_failure(&out, &["--network-policy", "IPv6"]);
+    one_line_failure(&out, &["10.32.0.0/31", "too small"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("IPv6 pods"), "{stderr}");
 }
 
 #[test]

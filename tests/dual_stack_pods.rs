@@ -3,12 +3,15 @@
 //! an IPv6 pod range, one pod each plugged by the real CNI plugin, which
 //! gets an IPv4 and an IPv6 address; IPv6 and IPv4 ping matrices across
 //! nodes; a checksummed TCPv6 transfer between pods on different nodes;
-//! CHECK and DEL of both addresses.
+//! a pod forging IPv6 sources (a local pod's, a remote pod's, one outside
+//! the range) is dropped at its node by `table ip6 weft`, its own address
+//! passes; each node's owned IPv6 ranges are `unreachable` routes; CHECK
+//! and DEL of both addresses.
 
 mod support;
 
 use serde_json::Value;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
 use std::time::{Duration, Instant};
 use support::cni::*;
 use support::cni_mesh::*;
@@ -83,6 +86,56 @@ fn drops(r: &Router, label: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The packets the IPv6 anti-spoofing rules have dropped on `node`.
+fn antispoof6_drops(node: &Netns) -> u64 {
+    let text = node.ok(&["nft", "list", "table", "ip6", "weft"]);
+    let counts: Vec<u64> = text
+        .lines()
+        .filter(|l| l.contains("fib saddr . iif oif missing"))
+        .map(|line| {
+            line.split_whitespace()
+                .skip_while(|w| *w != "packets")
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no counter in {line:?}"))
+        })
+        .collect();
+    assert_eq!(counts.len(), 2, "the antispoof rules of:\n{text}");
+    counts.iter().sum()
+}
+
+/// Sends 5 UDP datagrams carrying `tag` from `from` (an address on `pod`'s
+/// eth0) to `to`:7102 and returns how many of them `receiver` (bound to
+/// [::]:7102 in the destination pod) got within 2 s.
+fn udp6_through(
+    pod: &Netns,
+    from: Ipv6Addr,
+    to: Ipv6Addr,
+    receiver: &UdpSocket,
+    tag: &str,
+) -> usize {
+    let payload = tag.to_string();
+    let sent = in_netns(&pod.name, move || {
+        let socket = UdpSocket::bind((from, 0)).expect("bind in pod");
+        for _ in 0..5 {
+            let _ = socket.send_to(payload.as_bytes(), (to, 7102));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let mut got = 0;
+    let mut buf = [0u8; 64];
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        if let Ok((n, _)) = receiver.recv_from(&mut buf)
+            && &buf[..n] == tag.as_bytes()
+        {
+            got += 1;
+        }
+    }
+    sent.join().unwrap();
+    got
+}
+
 #[test]
 fn dual_stack_pods_plugged_by_the_plugin_talk_across_three_nodes() {
     if !require_root("dual_stack_pods_plugged_by_the_plugin_talk_across_three_nodes") {
@@ -121,6 +174,44 @@ fn dual_stack_pods_plugged_by_the_plugin_talk_across_three_nodes() {
             "{shown}"
         );
     }
+    // Each node makes its own IPv6 ranges `unreachable` (as the IPv4
+    // ones), and no two nodes claim the same block.
+    let unreachable6 = |i: usize| -> Vec<String> {
+        m.cluster.nodes[i]
+            .ns
+            .ok(&[
+                "ip",
+                "-6",
+                "route",
+                "show",
+                "type",
+                "unreachable",
+                "proto",
+                "87",
+            ])
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1).map(String::from))
+            .collect()
+    };
+    let shown = wait_until(Duration::from_secs(10), || {
+        (0..3).all(|i| !unreachable6(i).is_empty())
+    });
+    assert!(shown, "{:?}", (0..3).map(unreachable6).collect::<Vec<_>>());
+    let mut all6 = Vec::new();
+    for i in 0..3 {
+        for block in unreachable6(i) {
+            assert!(
+                block.starts_with("fd00:32::"),
+                "n{i}: {block} outside {RANGE6}"
+            );
+            all6.push(block);
+        }
+    }
+    let count = all6.len();
+    all6.sort();
+    all6.dedup();
+    assert_eq!(all6.len(), count, "a block on two nodes: {all6:?}");
+
     let start = Instant::now();
     for a in 0..3 {
         for b in 0..3 {
@@ -176,6 +267,45 @@ fn dual_stack_pods_plugged_by_the_plugin_talk_across_three_nodes() {
         assert_eq!(drops(r, "spoofed_source"), 0, "{}", r.name);
     }
 
+    // IPv6 anti-spoofing: pod 0 forges the source of a second pod on its
+    // node (which the data plane cannot tell from its own: same router's
+    // range), of the pod on n2, and one outside the range; all are dropped
+    // at n0 and counted, the pod's own address passes.
+    let neighbour = plug(&m, 0, "cid-dual-0b");
+    let receiver = in_netns(&pods[1].ns.name, || {
+        UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 7102)).expect("bind receiver")
+    })
+    .join()
+    .unwrap();
+    receiver
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let node0 = &m.cluster.nodes[0].ns;
+    let before = antispoof6_drops(node0);
+    let outside: Ipv6Addr = "2001:db8::77".parse().unwrap();
+    let forgeries = [neighbour.v6, pods[2].v6, outside];
+    for forged in forgeries {
+        let addr = format!("{forged}/128");
+        pods[0]
+            .ns
+            .ip(&["-6", "addr", "add", &addr, "dev", "eth0", "nodad"]);
+        let got = udp6_through(&pods[0].ns, forged, pods[1].v6, &receiver, "forged");
+        assert_eq!(got, 0, "datagrams forged from {forged} got through");
+        pods[0].ns.ip(&["-6", "addr", "del", &addr, "dev", "eth0"]);
+    }
+    let after = antispoof6_drops(node0);
+    assert!(
+        after >= before + 5 * forgeries.len() as u64,
+        "the IPv6 antispoof counters went from {before} to {after}"
+    );
+    let honest = udp6_through(&pods[0].ns, pods[0].v6, pods[1].v6, &receiver, "honest");
+    assert!(honest >= 4, "{honest} of 5 honest datagrams got through");
+    assert!(ping(
+        &neighbour.ns,
+        IpAddr::V6(pods[1].v6),
+        Duration::from_secs(10)
+    ));
+
     // CHECK with the ADD result, then DEL frees both addresses.
     let node = &m.cluster.nodes[1].ns;
     let mut conf = net_conf("1.0.0", &m.routers[1].api());
@@ -208,8 +338,16 @@ fn dual_stack_pods_plugged_by_the_plugin_talk_across_three_nodes() {
             .all(|a| a.container_id != "cid-dual-1"),
         "DEL left an address behind"
     );
+    // No host route to it left (the node's `unreachable` blocks stay: a
+    // block may start at the pod's address, so match the route's own).
     let routes6 = node.ok(&["ip", "-6", "route", "show", "proto", "87"]);
-    assert!(!routes6.contains(&pods[1].v6.to_string()), "{routes6}");
+    let v6 = pods[1].v6.to_string();
+    assert!(
+        !routes6
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(v6.as_str())),
+        "{routes6}"
+    );
     // A second ADD of the same attachment after DEL works again.
     let again = plug(&m, 1, "cid-dual-1b");
     assert!(ping(

@@ -10,7 +10,7 @@
 mod support;
 
 use serde_json::Value;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -502,4 +502,168 @@ fn a_new_pod_is_closed_until_the_api_shows_it(api: &FakeApi, m: &Mesh, pods: &Po
     let conf = net_conf("1.0.0", &m.routers[0].api());
     invoke(&m.cluster.nodes[0].ns, &del, &conf).ok();
     api.delete(POD_PATH, "x/d");
+}
+
+/// A dual-stack pod plugged with the `K8S_POD_*` arguments: both addresses.
+fn plug_dual_pod(m: &Mesh, node: usize, name: &str, netns: &Netns) -> (Ipv4Addr, Ipv6Addr) {
+    let result = plug_k8s_pod_result(m, node, name, netns);
+    let address = |i: usize| {
+        let text = result["ips"][i]["address"].as_str().unwrap();
+        text.split_once('/').unwrap().0.to_string()
+    };
+    (address(0).parse().unwrap(), address(1).parse().unwrap())
+}
+
+/// Whether a TCP connection from inside `from` to `to` is accepted (0.5 s).
+fn connects(from: &Netns, to: SocketAddr) -> bool {
+    in_netns(&from.name, move || {
+        TcpStream::connect_timeout(&to, Duration::from_millis(500)).is_ok()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Probes until `from` reaches `to` or not as `open` says (10 s at most).
+#[track_caller]
+fn expect_reach(case: &str, from: &Netns, to: SocketAddr, open: bool) {
+    let settled = wait_until(Duration::from_secs(10), || connects(from, to) == open);
+    assert!(
+        settled,
+        "{case}: {to} should be {}",
+        if open { "open" } else { "closed" }
+    );
+}
+
+/// Dual-stack pods (issue 19) under NetworkPolicy: x/a and x/c on n0, x/b
+/// on n1, each with an IPv4 and an IPv6 address from the CNI plugin. A
+/// default deny of x and an allow from x/b into x/a hold over both
+/// families (pod selectors name both addresses), across nodes and on one
+/// node; an ipBlock of x/c's IPv6 /128 opens x/a to x/c over IPv6 only.
+#[test]
+fn dual_stack_pods_are_enforced_on_both_addresses() {
+    if !require_root("policy_dual_stack") {
+        return;
+    }
+    let cluster = Cluster::new(2);
+    let api_addr: SocketAddr = format!("{}:6443", cluster.nodes[0].underlay)
+        .parse()
+        .unwrap();
+    let api = FakeApi::start(&cluster.nodes[0].ns.name, api_addr);
+    let m = mesh_on(cluster, |r| {
+        r.args.extend([
+            "--network-policy".into(),
+            "--kube-api".into(),
+            format!("http://{api_addr}"),
+            "--ipalloc-range".into(),
+            "fd00:32::/112".into(),
+        ]);
+    });
+    let ready = wait_until(Duration::from_secs(30), || {
+        m.routers
+            .iter()
+            .all(|r| r.status().is_some_and(|s| s["ipam6"]["state"] == "ready"))
+    });
+    assert!(
+        ready,
+        "the IPv6 ring is not ready: {}",
+        m.routers[0].log_tail()
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_drop = StopOnDrop(stop.clone());
+    let mut pods = Vec::new();
+    for (name, node) in [("x/a", 0), ("x/b", 1), ("x/c", 0)] {
+        let netns = Netns::new(&format!("d{}", &name[2..]));
+        let flag = stop.clone();
+        // TCP 80 on [::] takes both families (bindv6only is 0).
+        drop(in_netns(&netns.name, move || {
+            let listener = TcpListener::bind((Ipv6Addr::UNSPECIFIED, 80)).unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !flag.load(Ordering::SeqCst) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((s, _)) => drop(s),
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        }));
+        let (v4, v6) = plug_dual_pod(&m, node, name, &netns);
+        let pod = &name[2..];
+        api.put(
+            POD_PATH,
+            &format!(
+                r#"{{"kind":"Pod","metadata":{{"name":"{pod}","namespace":"x","labels":{{"pod":"{pod}"}}}},"spec":{{"nodeName":"n{node}"}},"status":{{"phase":"Running","podIP":"{v4}","podIPs":[{{"ip":"{v4}"}},{{"ip":"{v6}"}}]}}}}"#
+            ),
+        );
+        pods.push((netns, v4, v6));
+    }
+    api.put(NAMESPACE_PATH, &namespace_object("x", ""));
+    let [(_, a4, a6), (b, _, _), (c, _, c6)] = &pods[..] else {
+        unreachable!()
+    };
+    let (to_a4, to_a6) = (SocketAddr::from((*a4, 80)), SocketAddr::from((*a6, 80)));
+    for (from, who) in [(b, "x/b"), (c, "x/c")] {
+        expect_reach(&format!("no policy, {who} over IPv4"), from, to_a4, true);
+        expect_reach(&format!("no policy, {who} over IPv6"), from, to_a6, true);
+    }
+
+    api.put(
+        POLICY_PATH,
+        &policy_object(
+            "x",
+            "deny-ingress",
+            r#"{"podSelector":{},"policyTypes":["Ingress"]}"#,
+        ),
+    );
+    api.put(
+        POLICY_PATH,
+        &policy_object(
+            "x",
+            "allow-a-from-b",
+            r#"{"podSelector":{"matchLabels":{"pod":"a"}},"ingress":[{"from":[{"podSelector":{"matchLabels":{"pod":"b"}}}]}]}"#,
+        ),
+    );
+    // x/c (same node as x/a) is shut out on both families first, so that
+    // x/b's opens below are the allow, not a table not yet applied.
+    expect_reach("default deny, x/c over IPv6", c, to_a6, false);
+    expect_reach("default deny, x/c over IPv4", c, to_a4, false);
+    expect_reach("allow from x/b, over IPv6 across nodes", b, to_a6, true);
+    expect_reach("allow from x/b, over IPv4 across nodes", b, to_a4, true);
+    let status = policy_status(&m.routers[0]);
+    let xa = pod_entry(&status, "x/a");
+    assert!(xa["denied_in"].as_u64().unwrap_or(0) >= 2, "{status}");
+    let ips: Vec<&str> = xa["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        ips.contains(&a4.to_string().as_str()) && ips.contains(&a6.to_string().as_str()),
+        "{status}"
+    );
+
+    // An ipBlock is of one family: x/c's IPv6 /128 lets it in over IPv6,
+    // not over IPv4.
+    api.put(
+        POLICY_PATH,
+        &policy_object(
+            "x",
+            "allow-a-from-c-v6",
+            &format!(
+                r#"{{"podSelector":{{"matchLabels":{{"pod":"a"}}}},"ingress":[{{"from":[{{"ipBlock":{{"cidr":"{c6}/128"}}}}]}}]}}"#
+            ),
+        ),
+    );
+    expect_reach("ipBlock of x/c's IPv6, over IPv6", c, to_a6, true);
+    expect_reach("ipBlock of x/c's IPv6, over IPv4", c, to_a4, false);
+    stop.store(true, Ordering::SeqCst);
+}
+
+/// Sets the flag when dropped (the listeners stop even on a failure).
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }

@@ -88,7 +88,7 @@ fn median(values: &mut [f64]) -> f64 {
 /// Whether node 0's table sends the server's packets through its chain
 /// (its address in the `ingress` verdict map).
 fn server_isolated(node: &Netns, server: Ipv4Addr) -> bool {
-    let out = node.exec(&["nft", "list", "map", "ip", "weft_policy", "ingress"]);
+    let out = node.exec(&["nft", "list", "map", "inet", "weft_policy", "ingress"]);
     String::from_utf8_lossy(&out.stdout).contains(&format!("{server} : jump"))
 }
 

@@ -26,9 +26,11 @@ impl Control {
                     Some(std::net::IpAddr::V6(a)) => Some(a),
                     _ => None,
                 };
+                let owned6 = ipam6.owned6();
                 self.kernel.send_if_modified(|plan| {
-                    let changed = plan.own_address6 != own6;
+                    let changed = plan.own_address6 != own6 || plan.owned6 != owned6;
                     plan.own_address6 = own6;
+                    plan.owned6 = owned6;
                     changed
                 });
             }

@@ -14,14 +14,16 @@
 //!   no peers means every address; no ports means every port and protocol;
 //! - a named port is looked up in the containerPorts of the destination pod:
 //!   for ingress the local pod, for egress each peer pod;
-//! - pods in the host's network, finished pods and pods without an IPv4
-//!   address are not peers (they have no identity of their own).
+//! - pods in the host's network, finished pods and pods without an address
+//!   are not peers (they have no identity of their own); a dual-stack pod is
+//!   its addresses of both families, an ipBlock only addresses of its own
+//!   family (`super::addrs`).
 //!
 //! Traffic from the node to its own pods (kubelet probes) never reaches the
 //! forward hook that enforces these rules, so it passes, as Kubernetes
 //! expects. Pure: no clock, no I/O.
 
-use super::addrs::AddrSet;
+use super::addrs::{Addr, AddrSet};
 use super::flatten::{Direction, RawBox};
 use super::model::{IntOrString, Labels, Namespace, NetworkPolicy, ObjectError};
 pub use super::pod::PodInfo;
@@ -204,7 +206,7 @@ fn compile_peer(peer: &super::model::PolicyPeer) -> Result<Peer, String> {
                     Some(_) => {
                         return Err(format!("except {except:?} is not inside {:?}", block.cidr));
                     }
-                    None => return Err(format!("except {except:?} is not IPv4 like its block")),
+                    None => return Err(format!("except {except:?} is not a block")),
                 }
             }
             Ok(Peer::Block(left))
@@ -300,7 +302,7 @@ impl Cluster {
     /// Gives a pod the API shows without an address (`awaiting_ip`) the
     /// addresses of its allocation on this node, or takes them back (`ips`
     /// empty). Returns whether anything changed.
-    pub fn set_allocated_ips(&mut self, key: &str, ips: &[u32]) -> bool {
+    pub fn set_allocated_ips(&mut self, key: &str, ips: &[Addr]) -> bool {
         match self.pods.get_mut(key) {
             Some(pod) if pod.awaiting_ip && pod.ips != ips => {
                 pod.ips = ips.to_vec();
@@ -361,7 +363,7 @@ impl Cluster {
     }
 
     /// The pod holding `ip` (a scan: for the rate-limited drop log only).
-    pub fn pod_with_ip(&self, ip: u32) -> Option<&PodInfo> {
+    pub fn pod_with_ip(&self, ip: Addr) -> Option<&PodInfo> {
         self.pods.values().find(|p| p.ips.contains(&ip))
     }
 
@@ -530,7 +532,7 @@ impl Cluster {
                 }
                 // Egress: each destination pod has its own number for the name.
                 PortRef::Named(name) => {
-                    let mut by_number: BTreeMap<u16, Vec<u32>> = BTreeMap::new();
+                    let mut by_number: BTreeMap<u16, Vec<Addr>> = BTreeMap::new();
                     for peer in self.pods.values() {
                         if let Some(n) = peer.named_port(name, m.proto) {
                             by_number

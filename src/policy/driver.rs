@@ -250,8 +250,10 @@ fn take_local(
 ) -> bool {
     match update {
         LocalUpdate::All(all) => state.set_allocations(all),
-        LocalUpdate::Added { pod, ip, done } => {
-            state.add_allocation(&pod, ip);
+        LocalUpdate::Added { pod, ips, done } => {
+            for ip in ips {
+                state.add_allocation(&pod, ip);
+            }
             waiting.push(done);
         }
         LocalUpdate::Released(ip) => state.release_allocation(ip),
@@ -361,7 +363,7 @@ fn publish(
                 ips: pod
                     .ips
                     .iter()
-                    .map(|ip| std::net::Ipv4Addr::from(*ip).to_string())
+                    .map(|ip| super::addrs::ip(*ip).to_string())
                     .collect(),
                 ingress: rules
                     .ingress

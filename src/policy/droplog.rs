@@ -178,7 +178,7 @@ mod tests {
         render(&[LocalPod {
             key: "x/a".into(),
             namespace: "x".into(),
-            ips: vec![u32::from(Ipv4Addr::new(10, 32, 0, 2))],
+            ips: vec![crate::policy::addrs::v4(Ipv4Addr::new(10, 32, 0, 2))],
             ingress: deny.clone(),
             egress: deny,
         }])

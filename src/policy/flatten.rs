@@ -7,7 +7,7 @@
 //! "Enforcement"). [`Direction::decide`] is the same decision in Rust: the
 //! truth tables test it, so they test what nftables is given. Pure.
 
-use super::addrs::AddrSet;
+use super::addrs::{Addr, AddrSet};
 use super::compile::{PolicyId, Proto};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -27,7 +27,7 @@ pub struct RawBox {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AddrEntry {
     /// First and last address.
-    pub addrs: (u32, u32),
+    pub addrs: (Addr, Addr),
     /// Index into `selected_by`.
     pub policy: usize,
 }
@@ -38,7 +38,7 @@ pub struct PortEntry {
     /// The protocol.
     pub proto: Proto,
     /// First and last address.
-    pub addrs: (u32, u32),
+    pub addrs: (Addr, Addr),
     /// First and last port.
     pub ports: (u16, u16),
     /// Index into `selected_by`.
@@ -78,20 +78,15 @@ impl Decision {
 impl Direction {
     /// Flattens the boxes of the policies in `selected_by`.
     pub fn flatten(selected_by: Vec<PolicyId>, boxes: &[RawBox]) -> Self {
-        let any: Vec<(u64, u64, usize)> = boxes
+        let any: Segments = boxes
             .iter()
             .filter(|b| b.ports.is_none())
-            .flat_map(|b| {
-                b.addrs
-                    .ranges()
-                    .iter()
-                    .map(|&(lo, hi)| (u64::from(lo), u64::from(hi), b.policy))
-            })
+            .flat_map(|b| b.addrs.ranges().iter().map(|&(lo, hi)| (lo, hi, b.policy)))
             .collect();
         let any_port = sweep_first(&any)
             .into_iter()
             .map(|(lo, hi, policy)| AddrEntry {
-                addrs: (lo as u32, hi as u32),
+                addrs: (lo, hi),
                 policy,
             })
             .collect();
@@ -117,11 +112,11 @@ impl Direction {
 
     /// The decision for a packet whose other end is `peer`; `transport` is
     /// its protocol and destination port, `None` for other protocols.
-    pub fn decide(&self, peer: u32, transport: Option<(Proto, u16)>) -> Decision {
+    pub fn decide(&self, peer: Addr, transport: Option<(Proto, u16)>) -> Decision {
         if !self.is_isolated() {
             return Decision::Open;
         }
-        let within = |(lo, hi): (u32, u32), a: u32| (lo..=hi).contains(&a);
+        let within = |(lo, hi): (Addr, Addr), a: Addr| (lo..=hi).contains(&a);
         if let Some(e) = self.any_port.iter().find(|e| within(e.addrs, peer)) {
             return Decision::Allowed(e.policy);
         }
@@ -136,21 +131,46 @@ impl Direction {
     }
 }
 
+/// A point of the line one past an address: `(false, a)` is `a`, `(true, 0)`
+/// is one past [`Addr::MAX`] (an interval's exclusive end can be there).
+type Point = (bool, Addr);
+
+fn at(a: Addr) -> Point {
+    (false, a)
+}
+
+/// The point just after `a`.
+fn after(a: Addr) -> Point {
+    match a.checked_add(1) {
+        Some(next) => (false, next),
+        None => (true, 0),
+    }
+}
+
+/// The last address before `p` (`p` is never the line's start here: it
+/// follows an event).
+fn before(p: Point) -> Addr {
+    match p {
+        (true, _) => Addr::MAX,
+        (false, a) => a.saturating_sub(1),
+    }
+}
+
 /// Disjoint, merged segments of the union of `segments` (inclusive), each
 /// with the least policy index covering it.
-fn sweep_first(segments: &[(u64, u64, usize)]) -> Segments {
-    let mut events: Vec<(u64, bool, usize)> = Vec::with_capacity(segments.len() * 2);
+fn sweep_first(segments: &[(Addr, Addr, usize)]) -> Segments {
+    let mut events: Vec<(Point, bool, usize)> = Vec::with_capacity(segments.len() * 2);
     for &(lo, hi, policy) in segments {
-        events.push((lo, true, policy));
-        events.push((hi + 1, false, policy));
+        events.push((at(lo), true, policy));
+        events.push((after(hi), false, policy));
     }
     events.sort_unstable();
     let mut active: BTreeMap<usize, usize> = BTreeMap::new();
-    let mut out: Vec<(u64, u64, usize)> = Vec::new();
+    let mut out: Segments = Vec::new();
     let mut i = 0;
     while i < events.len() {
-        let at = events[i].0;
-        while i < events.len() && events[i].0 == at {
+        let here = events[i].0;
+        while i < events.len() && events[i].0 == here {
             let (_, start, policy) = events[i];
             let count = active.entry(policy).or_insert(0);
             if start {
@@ -167,29 +187,30 @@ fn sweep_first(segments: &[(u64, u64, usize)]) -> Segments {
         else {
             continue;
         };
+        let lo = here.1;
         match out.last_mut() {
-            Some(last) if last.1 + 1 == at && last.2 == policy => last.1 = next - 1,
-            _ => out.push((at, next - 1, policy)),
+            Some(last) if after(last.1) == here && last.2 == policy => last.1 = before(next),
+            _ => out.push((lo, before(next), policy)),
         }
     }
     out
 }
 
 /// Disjoint segments `(first, last, policy)`, inclusive.
-type Segments = Vec<(u64, u64, usize)>;
+type Segments = Vec<(Addr, Addr, usize)>;
 
 /// First address, last address, and the port map of the addresses between.
-type Piece = (u64, u64, Segments);
+type Piece = (Addr, Addr, Segments);
 
 /// The protocol's entries: addresses cut where the set of boxes covering
 /// them changes; within each piece, ports swept like addresses; neighbouring
 /// pieces with the same port map merged.
 fn flatten_ports(proto: Proto, boxes: &[&RawBox]) -> Vec<PortEntry> {
-    let mut events: Vec<(u64, bool, usize)> = Vec::new();
+    let mut events: Vec<(Point, bool, usize)> = Vec::new();
     for (i, b) in boxes.iter().enumerate() {
         for &(lo, hi) in b.addrs.ranges() {
-            events.push((u64::from(lo), true, i));
-            events.push((u64::from(hi) + 1, false, i));
+            events.push((at(lo), true, i));
+            events.push((after(hi), false, i));
         }
     }
     events.sort_unstable();
@@ -197,8 +218,8 @@ fn flatten_ports(proto: Proto, boxes: &[&RawBox]) -> Vec<PortEntry> {
     let mut pieces: Vec<Piece> = Vec::new();
     let mut i = 0;
     while i < events.len() {
-        let at = events[i].0;
-        while i < events.len() && events[i].0 == at {
+        let here = events[i].0;
+        while i < events.len() && events[i].0 == here {
             let (_, start, b) = events[i];
             if start {
                 active.insert(b);
@@ -213,17 +234,17 @@ fn flatten_ports(proto: Proto, boxes: &[&RawBox]) -> Vec<PortEntry> {
         if active.is_empty() {
             continue;
         }
-        let ports: Vec<(u64, u64, usize)> = active
+        let ports: Segments = active
             .iter()
             .filter_map(|&b| {
                 let (_, lo, hi) = boxes[b].ports?;
-                Some((u64::from(lo), u64::from(hi), boxes[b].policy))
+                Some((Addr::from(lo), Addr::from(hi), boxes[b].policy))
             })
             .collect();
         let map = sweep_first(&ports);
         match pieces.last_mut() {
-            Some(last) if last.1 + 1 == at && last.2 == map => last.1 = next - 1,
-            _ => pieces.push((at, next - 1, map)),
+            Some(last) if after(last.1) == here && last.2 == map => last.1 = before(next),
+            _ => pieces.push((here.1, before(next), map)),
         }
     }
     pieces
@@ -231,7 +252,7 @@ fn flatten_ports(proto: Proto, boxes: &[&RawBox]) -> Vec<PortEntry> {
         .flat_map(|(lo, hi, map)| {
             map.into_iter().map(move |(plo, phi, policy)| PortEntry {
                 proto,
-                addrs: (lo as u32, hi as u32),
+                addrs: (lo, hi),
                 ports: (plo as u16, phi as u16),
                 policy,
             })

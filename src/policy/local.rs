@@ -12,10 +12,12 @@
 //! across a restart are read from `weft status` (the pod names kubelet gave
 //! them). A release (CNI DEL, GC) frees the address in the driver's view.
 
+use super::addrs::{Addr, addr, ip};
 use crate::api::proto::{Allocation, AllocationList, Released, Reply, Request};
 use crate::api::server::ApiCall;
-use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -28,19 +30,20 @@ pub const ACK_WAIT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub enum LocalUpdate {
     /// Every pod allocation: `namespace/name` → addresses (at start).
-    All(BTreeMap<String, Vec<u32>>),
-    /// A pod got an address; `done` is answered once the table in force
-    /// covers it (or nothing more can be done: not synced, `nft` refused).
+    All(BTreeMap<String, Vec<Addr>>),
+    /// A pod got an address, or one of each family (dual-stack); `done` is
+    /// answered once the table in force covers them (or nothing more can
+    /// be done: not synced, `nft` refused).
     Added {
         /// `namespace/name`.
         pod: String,
-        /// Its address.
-        ip: u32,
+        /// Its addresses.
+        ips: Vec<Addr>,
         /// Answered when enforced.
         done: oneshot::Sender<()>,
     },
     /// An address was freed.
-    Released(u32),
+    Released(Addr),
 }
 
 /// Passes API calls on to `next`, telling `driver` about allocations and
@@ -50,7 +53,13 @@ pub async fn splice_allocations(
     next: mpsc::Sender<ApiCall>,
     driver: mpsc::Sender<LocalUpdate>,
 ) {
+    // A release answer names only the IPv4 address; the IPv6 address of
+    // the same allocation goes with it.
+    let partners: Partners = Arc::default();
     if let Some(all) = ask(&next, Request::Status).await.map(|r| from_status(&r)) {
+        for ips in all.values() {
+            pair(&partners, ips);
+        }
         let _ = driver.send(LocalUpdate::All(all)).await;
     }
     while let Some((request, reply)) = calls.recv().await {
@@ -76,18 +85,30 @@ pub async fn splice_allocations(
             let Ok(answer) = rx.await else { continue };
             for ip in released(&answer) {
                 let _ = driver.send(LocalUpdate::Released(ip)).await;
+                let partner = partners
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&ip);
+                if let Some(partner) = partner {
+                    let _ = driver.send(LocalUpdate::Released(partner)).await;
+                }
             }
             let _ = reply.send(answer);
             continue;
         };
         let driver = driver.clone();
+        let partners = partners.clone();
         tokio::spawn(async move {
             let Ok(answer) = rx.await else { return };
-            if let Some(ip) = result::<Allocation>(&answer).and_then(|a| v4(&a.address)) {
+            let ips = result::<Allocation>(&answer)
+                .map(|a| addresses(&a))
+                .unwrap_or_default();
+            pair(&partners, &ips);
+            if !ips.is_empty() {
                 let (done, enforced) = oneshot::channel();
                 let sent = driver.send(LocalUpdate::Added {
                     pod: pod.clone(),
-                    ip,
+                    ips,
                     done,
                 });
                 if sent.await.is_ok() && tokio::time::timeout(ACK_WAIT, enforced).await.is_err() {
@@ -98,6 +119,24 @@ pub async fn splice_allocations(
             }
             let _ = reply.send(answer);
         });
+    }
+}
+
+/// The IPv6 address of each dual-stack allocation, by its IPv4 address.
+type Partners = Arc<Mutex<HashMap<Addr, Addr>>>;
+
+/// Remembers the pair if `ips` is one address of each family.
+fn pair(partners: &Partners, ips: &[Addr]) {
+    if let [a, b] = ips[..] {
+        let (v4, v6) = match (ip(a).is_ipv4(), ip(b).is_ipv4()) {
+            (true, false) => (a, b),
+            (false, true) => (b, a),
+            _ => return,
+        };
+        partners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(v4, v6);
     }
 }
 
@@ -115,41 +154,50 @@ fn result<T: serde::de::DeserializeOwned>(reply: &Reply) -> Option<T> {
     serde_json::from_value(reply.result.clone()?).ok()
 }
 
-fn v4(address: &str) -> Option<u32> {
-    address.parse::<Ipv4Addr>().ok().map(u32::from)
+fn parse(address: &str) -> Option<Addr> {
+    address.parse::<IpAddr>().ok().map(addr)
+}
+
+/// An allocation's addresses: the IPv4 one, then the IPv6 one if any.
+fn addresses(a: &Allocation) -> Vec<Addr> {
+    parse(&a.address)
+        .into_iter()
+        .chain(a.ipv6.as_ref().and_then(|six| parse(&six.address)))
+        .collect()
 }
 
 /// The addresses a `release` or `gc` answer freed.
-fn released(reply: &Reply) -> Vec<u32> {
+fn released(reply: &Reply) -> Vec<Addr> {
     if let Some(one) = result::<Released>(reply) {
-        return v4(&one.address).into_iter().collect();
+        return parse(&one.address).into_iter().collect();
     }
     result::<AllocationList>(reply)
-        .map(|list| {
-            list.allocations
-                .iter()
-                .filter_map(|a| v4(&a.address))
-                .collect()
-        })
+        .map(|list| list.allocations.iter().flat_map(addresses).collect())
         .unwrap_or_default()
 }
 
-/// The named pod allocations in a status answer (`ipam.allocations`).
-fn from_status(reply: &Reply) -> BTreeMap<String, Vec<u32>> {
-    let mut all: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-    let allocations = reply
-        .result
-        .as_ref()
-        .and_then(|r| r.pointer("/ipam/allocations"))
-        .and_then(|a| a.as_array())
-        .cloned()
-        .unwrap_or_default();
+/// The named pod allocations in a status answer (`ipam.allocations` and
+/// `ipam6.allocations`).
+fn from_status(reply: &Reply) -> BTreeMap<String, Vec<Addr>> {
+    let mut all: BTreeMap<String, Vec<Addr>> = BTreeMap::new();
+    let allocations: Vec<serde_json::Value> = ["/ipam/allocations", "/ipam6/allocations"]
+        .iter()
+        .flat_map(|path| {
+            reply
+                .result
+                .as_ref()
+                .and_then(|r| r.pointer(path))
+                .and_then(|a| a.as_array())
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
     for holder in allocations {
         let field = |f: &str| holder.pointer(f).and_then(|v| v.as_str());
         let (Some(namespace), Some(name), Some(ip)) = (
             field("/pod/namespace"),
             field("/pod/name"),
-            field("/address").and_then(v4),
+            field("/address").and_then(parse),
         ) else {
             continue;
         };
@@ -178,9 +226,14 @@ mod tests {
                         {"address":"10.32.0.1","kind":"node"}]}})),
                     Request::Allocate { container_id, .. } => {
                         n += 1;
-                        Reply::ok(json!({"container_id":container_id,"ifname":"eth0",
+                        let mut a = json!({"container_id":container_id,"ifname":"eth0",
                             "address":format!("10.32.0.{n}"),"prefix_len":32,
-                            "gateway":"169.254.1.1","mtu":1400,"range":"10.32.0.0/12"}))
+                            "gateway":"169.254.1.1","mtu":1400,"range":"10.32.0.0/12"});
+                        if container_id.starts_with("dual") {
+                            a["ipv6"] = json!({"address":format!("fd00::{n}"),"prefix_len":128,
+                                "gateway":"fe80::1","range":"fd00::/112"});
+                        }
+                        Reply::ok(a)
                     }
                     Request::Release { .. } => Reply::ok(json!({"address":"10.32.0.1"})),
                     _ => Reply::ok(json!({})),
@@ -188,6 +241,10 @@ mod tests {
                 let _ = reply.send(answer);
             }
         });
+    }
+
+    fn v4(n: u8) -> Addr {
+        crate::policy::addrs::v4(std::net::Ipv4Addr::new(10, 32, 0, n))
     }
 
     fn allocate(name: &str) -> Request {
@@ -212,14 +269,14 @@ mod tests {
         let Some(LocalUpdate::All(all)) = driver_rx.recv().await else {
             panic!("no snapshot first")
         };
-        assert_eq!(all, BTreeMap::from([("x/old".into(), vec![0x0a20_0007])]));
+        assert_eq!(all, BTreeMap::from([("x/old".into(), vec![v4(7)])]));
 
         let (reply_tx, mut reply_rx) = oneshot::channel();
         calls_tx.send((allocate("a"), reply_tx)).await.unwrap();
-        let Some(LocalUpdate::Added { pod, ip, done }) = driver_rx.recv().await else {
+        let Some(LocalUpdate::Added { pod, ips, done }) = driver_rx.recv().await else {
             panic!("no allocation")
         };
-        assert_eq!((pod.as_str(), ip), ("x/a", 0x0a20_0001));
+        assert_eq!((pod.as_str(), ips), ("x/a", vec![v4(1)]));
         tokio::task::yield_now().await;
         assert!(reply_rx.try_recv().is_err(), "answered before enforced");
         done.send(()).unwrap();
@@ -235,8 +292,43 @@ mod tests {
         calls_tx.send((release, reply_tx)).await.unwrap();
         assert!(matches!(
             driver_rx.recv().await,
-            Some(LocalUpdate::Released(0x0a20_0001))
+            Some(LocalUpdate::Released(a)) if a == v4(1)
         ));
+        assert!(reply_rx.await.unwrap().error.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_dual_stack_allocation_adds_both_addresses_and_its_release_frees_both() {
+        let (calls_tx, calls_rx) = mpsc::channel(4);
+        let (next_tx, next_rx) = mpsc::channel(4);
+        let (driver_tx, mut driver_rx) = mpsc::channel(4);
+        control(next_rx);
+        tokio::spawn(splice_allocations(calls_rx, next_tx, driver_tx));
+        assert!(matches!(driver_rx.recv().await, Some(LocalUpdate::All(_))));
+        let (reply_tx, reply_rx) = oneshot::channel();
+        calls_tx.send((allocate("dual"), reply_tx)).await.unwrap();
+        let Some(LocalUpdate::Added { pod, ips, done }) = driver_rx.recv().await else {
+            panic!("no allocation")
+        };
+        let six = addr("fd00::1".parse().unwrap());
+        assert_eq!((pod.as_str(), ips), ("x/dual", vec![v4(1), six]));
+        done.send(()).unwrap();
+        assert!(reply_rx.await.unwrap().error.is_none());
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let release = Request::Release {
+            container_id: "dual".into(),
+            ifname: "eth0".into(),
+            address: None,
+        };
+        calls_tx.send((release, reply_tx)).await.unwrap();
+        let mut freed = Vec::new();
+        for _ in 0..2 {
+            let Some(LocalUpdate::Released(a)) = driver_rx.recv().await else {
+                panic!("no release")
+            };
+            freed.push(a);
+        }
+        assert_eq!(freed, vec![v4(1), six]);
         assert!(reply_rx.await.unwrap().error.is_none());
     }
 }

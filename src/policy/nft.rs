@@ -4,38 +4,50 @@
 //! kernel holds, only what differs from it ([`Rendered::update_from`],
 //! `table`), each as one transaction.
 //!
-//! Its own table, `table ip weft_policy`, not `table ip weft`: the router
+//! Its own table, `table inet weft_policy`, not `table ip weft`: the router
 //! replaces that table whole whenever someone else's firewall reload breaks
 //! it (`crate::host_firewall`), and the policy table has another owner, its
 //! own update rhythm and its own counters. Both hook `forward`; a drop in
 //! either drops.
 //!
+//! Family `inet`, so that one table holds both families of a dual-stack pod
+//! (issue 19): a pod's chains and a policy's counters are shared by its
+//! IPv4 and IPv6 traffic; only the maps are per family (`egress`/`egress6`,
+//! `…_any`/`…_any6`, `…_ports`/`…_ports6`), since an nft map has one key
+//! type. An ipBlock lands only in the maps of its family.
+//!
 //! Per packet, whatever the number of policies and pods:
 //! 1. `ct state established,related accept` (replies of allowed traffic);
-//! 2. `ip saddr vmap @egress`: an isolated local source jumps to its pod's
-//!    egress chain, which looks the destination up in two interval verdict
-//!    maps (addresses → policy for rules without ports; protocol · address ·
+//! 2. `ip saddr vmap @egress` (`ip6 saddr vmap @egress6`): an isolated
+//!    local source jumps to its pod's egress chain, which looks the
+//!    destination up in two interval verdict maps of the packet's family
+//!    (addresses → policy for rules without ports; protocol · address ·
 //!    port → policy) and `goto`es the allowing policy's counter chain, which
 //!    returns to step 3; no entry: a rate-limited NFLOG copy for the drop
 //!    log (`super::droplog`), the pod's default-deny counter, drop;
-//! 3. `ip daddr vmap @ingress`: the same for an isolated local destination,
-//!    with the source looked up; the policy's chain counts and accepts.
+//! 3. `ip daddr vmap @ingress` (`ip6 daddr vmap @ingress6`): the same for
+//!    an isolated local destination, with the source looked up; the
+//!    policy's chain counts and accepts.
 //!
 //! Ingress is enforced on the destination's node and egress on the source's
 //! (each router renders only its own pods), so traffic between nodes is
 //! checked at both ends. Traffic from the node to its own pods goes through
 //! `output`, not `forward`, and is never filtered (kubelet probes).
 
+use super::addrs::{Addr, V4_FIRST, V4_LAST, ip};
 use super::compile::PolicyId;
 use super::flatten::Direction;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
 
 mod table;
 use table::Table;
 
 /// The table, as nft spells it.
-pub const TABLE: &str = "ip weft_policy";
+pub const TABLE: &str = "inet weft_policy";
+
+/// The IPv4-only table of earlier versions, deleted with the first full
+/// apply (an upgraded router must not leave its rules behind).
+pub const OLD_TABLE: &str = "ip weft_policy";
 
 /// One local pod and its compiled rules.
 #[derive(Clone, Debug)]
@@ -44,8 +56,8 @@ pub struct LocalPod {
     pub key: String,
     /// Its namespace (the default deny is the namespace's).
     pub namespace: String,
-    /// Its addresses.
-    pub ips: Vec<u32>,
+    /// Its addresses of both families (`super::addrs`).
+    pub ips: Vec<Addr>,
     /// Who may send to it.
     pub ingress: Direction,
     /// Where it may send.
@@ -103,11 +115,37 @@ fn quoted(text: &str) -> String {
         .collect()
 }
 
-fn addr_range((lo, hi): (u32, u32)) -> String {
-    if lo == hi {
-        Ipv4Addr::from(lo).to_string()
+/// An address range as nft elements, per family: the IPv4 part (in the
+/// mapped block) and the IPv6 parts around it (`super::addrs`).
+fn addr_ranges((lo, hi): (Addr, Addr)) -> (Vec<String>, Vec<String>) {
+    let text = |lo: Addr, hi: Addr| {
+        if lo == hi {
+            ip(lo).to_string()
+        } else {
+            format!("{}-{}", ip(lo), ip(hi))
+        }
+    };
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    if lo < V4_FIRST {
+        v6.push(text(lo, hi.min(V4_FIRST - 1)));
+    }
+    if lo <= V4_LAST && hi >= V4_FIRST {
+        v4.push(text(lo.max(V4_FIRST), hi.min(V4_LAST)));
+    }
+    if hi > V4_LAST {
+        v6.push(text(lo.max(V4_LAST + 1), hi));
+    }
+    (v4, v6)
+}
+
+/// The name of a per-family map: the IPv4 one is `name`, the IPv6 one
+/// `name6`.
+fn family_map(name: &str, v6: bool) -> String {
+    if v6 {
+        format!("{name}6")
     } else {
-        format!("{}-{}", Ipv4Addr::from(lo), Ipv4Addr::from(hi))
+        name.to_string()
     }
 }
 
@@ -178,9 +216,14 @@ pub fn render(pods: &[LocalPod]) -> Rendered {
                 continue;
             }
             let chain = format!("pod_{stem}_{dir}");
-            let elements = table.dispatch.entry(dispatch.into()).or_default();
-            for ip in &pod.ips {
-                elements.insert(Ipv4Addr::from(*ip).to_string(), format!("jump {chain}"));
+            for addr in &pod.ips {
+                let address = ip(*addr);
+                let map = family_map(dispatch, address.is_ipv6());
+                table
+                    .dispatch
+                    .entry(map)
+                    .or_default()
+                    .insert(address.to_string(), format!("jump {chain}"));
             }
             let counter = format!("d{stem}_{dir}");
             table.counters.insert(counter.clone());
@@ -220,7 +263,25 @@ pub fn render(pods: &[LocalPod]) -> Rendered {
     }
 }
 
-/// A pod's chain for one direction and its two maps.
+/// Puts the elements of one entry (`verdict` `None`: none) into the maps of
+/// their families ([IPv4, IPv6]), each key made by `key` from an address
+/// range.
+fn put(
+    maps: &mut [table::Elements; 2],
+    addrs: (Addr, Addr),
+    verdict: Option<String>,
+    key: impl Fn(&str) -> String,
+) {
+    let Some(verdict) = verdict else { return };
+    let (v4, v6) = addr_ranges(addrs);
+    for (map, ranges) in maps.iter_mut().zip([v4, v6]) {
+        for range in ranges {
+            map.insert(key(&range), verdict.clone());
+        }
+    }
+}
+
+/// A pod's chain for one direction and its four maps (two per family).
 fn render_pod(
     table: &mut Table,
     chain: &str,
@@ -239,31 +300,30 @@ fn render_pod(
         let stem = policy_stems.get(&id.to_string())?;
         Some(format!("goto pol_{stem}_{dir}"))
     };
-    let any = direction
-        .any_port
-        .iter()
-        .filter_map(|e| Some((addr_range(e.addrs), target(e.policy)?)))
-        .collect();
-    let ports = direction
-        .by_port
-        .iter()
-        .filter_map(|e| {
-            let key = format!(
-                "{} . {} . {}",
-                e.proto.as_str(),
-                addr_range(e.addrs),
-                port_range(e.ports),
-            );
-            Some((key, target(e.policy)?))
-        })
-        .collect();
-    table.pod_maps.insert(format!("{chain}_any"), any);
-    table.pod_maps.insert(format!("{chain}_ports"), ports);
+    // Per family: [IPv4, IPv6].
+    let mut any: [table::Elements; 2] = Default::default();
+    let mut ports: [table::Elements; 2] = Default::default();
+    for e in &direction.any_port {
+        put(&mut any, e.addrs, target(e.policy), |a| a.to_string());
+    }
+    for e in &direction.by_port {
+        put(&mut ports, e.addrs, target(e.policy), |a| {
+            format!("{} . {a} . {}", e.proto.as_str(), port_range(e.ports))
+        });
+    }
+    let [any4, any6] = any;
+    let [ports4, ports6] = ports;
+    table.pod_maps.insert(format!("{chain}_any"), any4);
+    table.pod_maps.insert(format!("{chain}_any6"), any6);
+    table.pod_maps.insert(format!("{chain}_ports"), ports4);
+    table.pod_maps.insert(format!("{chain}_ports6"), ports6);
     table.pod_chains.insert(
         chain.to_string(),
         vec![
             format!("ip {peer} vmap @{chain}_any"),
+            format!("ip6 {peer} vmap @{chain}_any6"),
             format!("meta l4proto . ip {peer} . th dport vmap @{chain}_ports"),
+            format!("meta l4proto . ip6 {peer} . th dport vmap @{chain}_ports6"),
             super::droplog::log_statement(counter),
             format!(
                 "counter name \"{counter}\" drop comment \"{} default deny of {}\"",
@@ -292,8 +352,8 @@ mod tests {
         }
     }
 
-    fn ip(s: &str) -> u32 {
-        u32::from(s.parse::<Ipv4Addr>().unwrap())
+    fn ip(s: &str) -> Addr {
+        crate::policy::addrs::addr(s.parse().unwrap())
     }
 
     /// x/a isolated both ways: ingress from y's pods on TCP 80-81 (allow-y),
@@ -346,7 +406,8 @@ mod tests {
     fn the_table_is_replaced_in_one_transaction_with_conntrack_first() {
         let text = render(&pods()).text();
         assert!(text.starts_with(
-            "table ip weft_policy {}\ndelete table ip weft_policy\ntable ip weft_policy {\n"
+            "table ip weft_policy {}\ndelete table ip weft_policy\n\
+             table inet weft_policy {}\ndelete table inet weft_policy\ntable inet weft_policy {\n"
         ));
         let forward: Vec<&str> = text
             .lines()
@@ -354,12 +415,14 @@ mod tests {
             .map(str::trim)
             .collect();
         assert_eq!(
-            &forward[1..5],
+            &forward[1..7],
             &[
                 "type filter hook forward priority filter - 5; policy accept;",
                 "ct state established,related accept",
                 "ip saddr vmap @egress",
+                "ip6 saddr vmap @egress6",
                 "ip daddr vmap @ingress",
+                "ip6 daddr vmap @ingress6",
             ]
         );
         assert_eq!(text.matches('{').count(), text.matches('}').count());
@@ -443,5 +506,85 @@ mod tests {
         let alone = super::stems(["x/b".to_string()].into(), fnv);
         let with = super::stems(["x/a", "x/b", "y/c"].map(String::from).into(), fnv);
         assert_eq!(alone["x/b"], with["x/b"]);
+    }
+
+    #[test]
+    fn a_dual_stack_pod_is_dispatched_by_both_addresses_to_one_chain() {
+        let mut p = pods();
+        p[0].ips.push(ip("fd00:32::1:1"));
+        let text = render(&p).text();
+        let chain = named("pod_", "x/a", "in");
+        assert!(text.contains(&format!("elements = {{ 10.32.1.1 : jump {chain} }}")));
+        assert!(text.contains(&format!("elements = {{ fd00:32::1:1 : jump {chain} }}")));
+        assert!(
+            text.contains("map ingress6 {\n\t\ttype ipv6_addr : verdict;"),
+            "{text}"
+        );
+        // One chain per pod and direction, whatever its families.
+        assert_eq!(text.matches(&format!("chain {chain} {{")).count(), 1);
+        assert!(has_line(&text, &format!("ip6 saddr vmap @{chain}_any6")));
+        assert!(has_line(
+            &text,
+            &format!("meta l4proto . ip6 saddr . th dport vmap @{chain}_ports6")
+        ));
+    }
+
+    #[test]
+    fn peers_land_in_the_maps_of_their_family_only() {
+        let mut p = pods();
+        let both = AddrSet::parse_cidr("10.32.2.0/24")
+            .unwrap()
+            .unwrap()
+            .union(&AddrSet::parse_cidr("fd00:32::2:0/120").unwrap().unwrap());
+        p[0].ingress = Direction::flatten(
+            vec![id("x", "web")],
+            &[
+                RawBox {
+                    addrs: both,
+                    ports: Some((Proto::Tcp, 80, 80)),
+                    policy: 0,
+                },
+                // Every address of both families: split around the IPv4 block.
+                RawBox {
+                    addrs: AddrSet::all(),
+                    ports: Some((Proto::Udp, 53, 53)),
+                    policy: 0,
+                },
+            ],
+        );
+        let text = render(&p).text();
+        let goto = format!("goto {}", named("pol_", "x/web", "in"));
+        let map = |suffix: &str| {
+            let name = format!("map {}{suffix} {{", named("pod_", "x/a", "in"));
+            let at = text
+                .find(&name)
+                .unwrap_or_else(|| panic!("no {name} in {text}"));
+            text[at..].split("\t}\n").next().unwrap().to_string()
+        };
+        let (v4, v6) = (map("_ports"), map("_ports6"));
+        assert!(
+            v4.contains(&format!("tcp . 10.32.2.0-10.32.2.255 . 80 : {goto}")),
+            "{v4}"
+        );
+        assert!(
+            v4.contains(&format!("udp . 0.0.0.0-255.255.255.255 . 53 : {goto}")),
+            "{v4}"
+        );
+        assert!(!v4.contains("fd00"), "{v4}");
+        assert!(
+            v6.contains(&format!("tcp . fd00:32::2:0-fd00:32::2:ff . 80 : {goto}")),
+            "{v6}"
+        );
+        assert!(
+            v6.contains(&format!("udp . ::-::fffe:ffff:ffff . 53 : {goto}")),
+            "{v6}"
+        );
+        assert!(
+            v6.contains(&format!(
+                "udp . ::1:0:0:0-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff . 53 : {goto}"
+            )),
+            "{v6}"
+        );
+        assert!(!v6.contains("10.32"), "{v6}");
     }
 }

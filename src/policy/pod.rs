@@ -2,9 +2,10 @@
 //! server's Pod object, or, for a local pod the API does not show yet, from
 //! its address allocation (see `super::state`).
 
+use super::addrs::{Addr, addr};
 use super::compile::Proto;
 use super::model::{Labels, Pod};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// What the compiler knows of one pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -15,8 +16,8 @@ pub struct PodInfo {
     pub name: String,
     /// Its labels.
     pub labels: Labels,
-    /// Its IPv4 addresses (none: not a peer).
-    pub ips: Vec<u32>,
+    /// Its addresses of both families (`super::addrs`; none: not a peer).
+    pub ips: Vec<Addr>,
     /// Its named container ports.
     pub ports: Vec<(String, Proto, u16)>,
     /// The node it runs on.
@@ -34,13 +35,13 @@ impl PodInfo {
     /// addresses: theirs are not theirs (the node's, or reused).
     pub fn from_api(pod: &Pod) -> Self {
         let finished = matches!(pod.status.phase.as_str(), "Succeeded" | "Failed");
-        let mut ips: Vec<u32> = if pod.spec.host_network || finished {
+        let mut ips: Vec<Addr> = if pod.spec.host_network || finished {
             Vec::new()
         } else {
             std::iter::once(&pod.status.pod_ip)
                 .chain(pod.status.pod_ips.iter().map(|p| &p.ip))
-                .filter_map(|ip| ip.parse::<Ipv4Addr>().ok())
-                .map(u32::from)
+                .filter_map(|ip| ip.parse::<IpAddr>().ok())
+                .map(addr)
                 .collect()
         };
         ips.sort_unstable();
@@ -73,7 +74,7 @@ impl PodInfo {
 
     /// A pod of `node` known only from its address allocation (kubelet's
     /// `K8S_POD_NAMESPACE`/`K8S_POD_NAME`): no labels, no ports yet.
-    pub fn allocated(namespace: &str, name: &str, ips: Vec<u32>, node: &str) -> Self {
+    pub fn allocated(namespace: &str, name: &str, ips: Vec<Addr>, node: &str) -> Self {
         Self {
             namespace: namespace.into(),
             name: name.into(),

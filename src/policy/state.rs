@@ -15,6 +15,7 @@
 //! API shows its labels it gets the narrow rules of
 //! [`Cluster::rules_for`](super::compile::Cluster::rules_for).
 
+use super::addrs::Addr;
 use super::compile::{Cluster, PodInfo, PolicyId, compile_policy};
 use super::model::{self, Namespace, NetworkPolicy, ObjectError, Pod};
 use super::nft::{self, LocalPod, Rendered};
@@ -63,7 +64,7 @@ pub struct PolicyState {
     cluster: Cluster,
     skipped: BTreeMap<String, String>,
     /// This node's pod allocations: `namespace/name` → addresses.
-    allocated: BTreeMap<String, Vec<u32>>,
+    allocated: BTreeMap<String, Vec<Addr>>,
 }
 
 impl PolicyState {
@@ -79,7 +80,7 @@ impl PolicyState {
 
     /// Replaces what is known of this node's pod allocations (at start,
     /// from `weft status`): `namespace/name` → addresses.
-    pub fn set_allocations(&mut self, all: BTreeMap<String, Vec<u32>>) {
+    pub fn set_allocations(&mut self, all: BTreeMap<String, Vec<Addr>>) {
         for key in self.allocated.keys() {
             if !all.contains_key(key) {
                 self.cluster.set_allocated_ips(key, &[]);
@@ -93,7 +94,7 @@ impl PolicyState {
 
     /// A pod of this node got `ip` (CNI ADD). An address belongs to one pod
     /// at a time: whoever had it before loses it.
-    pub fn add_allocation(&mut self, pod: &str, ip: u32) {
+    pub fn add_allocation(&mut self, pod: &str, ip: Addr) {
         self.release_allocation(ip);
         let ips = self.allocated.entry(pod.to_string()).or_default();
         ips.push(ip);
@@ -104,7 +105,7 @@ impl PolicyState {
     }
 
     /// `ip` was freed (CNI DEL, GC).
-    pub fn release_allocation(&mut self, ip: u32) {
+    pub fn release_allocation(&mut self, ip: Addr) {
         let mut emptied = Vec::new();
         for (key, ips) in &mut self.allocated {
             if ips.contains(&ip) {
@@ -254,7 +255,7 @@ impl PolicyState {
             let (namespace, name) = key.split_once('/').unwrap_or(("", key));
             pods.push(PodInfo::allocated(namespace, name, ips.clone(), &self.node));
         }
-        let mut holder: std::collections::BTreeMap<u32, String> = self
+        let mut holder: std::collections::BTreeMap<Addr, String> = self
             .allocated
             .iter()
             .flat_map(|(key, ips)| ips.iter().map(move |ip| (*ip, key.clone())))
@@ -270,7 +271,7 @@ impl PolicyState {
 
     /// Who holds `ip`: a pod the API shows with it, or a local pod
     /// allocated it (`namespace/name`).
-    pub fn pod_with_ip(&self, ip: u32) -> Option<String> {
+    pub fn pod_with_ip(&self, ip: Addr) -> Option<String> {
         if let Some(pod) = self.cluster.pod_with_ip(ip) {
             return Some(pod.key());
         }
@@ -385,8 +386,8 @@ mod tests {
         assert!(s.skipped().is_empty());
     }
 
-    fn ip(s: &str) -> u32 {
-        u32::from(s.parse::<std::net::Ipv4Addr>().unwrap())
+    fn ip(s: &str) -> Addr {
+        crate::policy::addrs::addr(s.parse().unwrap())
     }
 
     /// Ingress of the local pod `key` from `peer` on TCP `port`.

@@ -22,8 +22,8 @@ fn index(name: &str) -> usize {
 }
 
 /// 10.32.(namespace+1).(pod+1)
-fn ip_of(i: usize) -> u32 {
-    u32::from(ip4(i))
+fn ip_of(i: usize) -> crate::policy::addrs::Addr {
+    crate::policy::addrs::v4(ip4(i))
 }
 
 fn ip4(i: usize) -> std::net::Ipv4Addr {
@@ -65,6 +65,16 @@ fn add_policy(c: &mut Cluster, ns: &str, name: &str, spec: &str) {
 /// What the compiled rules decide for every pair, and the policy names
 /// that decided the drops (for the message).
 fn observed(c: &Cluster, proto: Proto, port: u16) -> Matrix {
+    observed_at(c, proto, port, ip_of)
+}
+
+/// [`observed`] with pod `i` at `ip_of(i)`.
+fn observed_at(
+    c: &Cluster,
+    proto: Proto,
+    port: u16,
+    ip_of: fn(usize) -> crate::policy::addrs::Addr,
+) -> Matrix {
     let rules: Vec<PodRules> = names()
         .iter()
         .map(|n| c.rules_for(c.pod(n).unwrap()))
@@ -663,4 +673,107 @@ fn a_mismatch_prints_both_tables() {
     let message = *result.unwrap_err().downcast::<String>().unwrap();
     assert!(message.contains("expected\n-\tx/a\tx/b"), "{message}");
     assert!(message.contains("x/a\t-\t.\t.\t.\tX"), "{message}");
+}
+
+/// fd00:32::(namespace+1):(pod+1), the IPv6 address of pod `i` in
+/// [`dual_cluster`].
+fn ip6_of(i: usize) -> crate::policy::addrs::Addr {
+    let ip = std::net::Ipv6Addr::new(
+        0xfd00,
+        0x32,
+        0,
+        0,
+        0,
+        0,
+        (i / 3 + 1) as u16,
+        (i % 3 + 1) as u16,
+    );
+    crate::policy::addrs::Addr::from(ip)
+}
+
+/// [`cluster`] with dual-stack pods: each also has [`ip6_of`].
+fn dual_cluster() -> Cluster {
+    let mut c = cluster();
+    for name in names() {
+        let mut pod = c.pod(&name).unwrap().clone();
+        pod.ips.push(ip6_of(index(&name)));
+        c.upsert_pod(pod);
+    }
+    c
+}
+
+#[track_caller]
+fn check_both(case: &str, c: &Cluster, v4: &Matrix, v6: &Matrix) {
+    check(case, c, TCP, 80, v4);
+    let got = observed_at(c, TCP, 80, ip6_of);
+    assert!(
+        !got.differs(v6),
+        "{case} over IPv6: expected\n{}observed\n{}",
+        v6.table(),
+        got.table()
+    );
+}
+
+#[test]
+fn pod_selectors_select_both_addresses_of_dual_stack_pods() {
+    let mut c = dual_cluster();
+    add_policy(
+        &mut c,
+        "x",
+        "deny-ingress",
+        r#"{"podSelector":{},"policyTypes":["Ingress"]}"#,
+    );
+    add_policy(
+        &mut c,
+        "x",
+        "allow-from-y-b",
+        r#"{"podSelector":{},"ingress":[{"from":[{"namespaceSelector":{"matchLabels":{"ns":"y"}},"podSelector":{"matchLabels":{"pod":"b"}}}]}]}"#,
+    );
+    let expected = Matrix::all_allowed()
+        .expect("", "x", false)
+        .expect("y/b", "x", true);
+    check_both("allow from y/b, dual-stack", &c, &expected, &expected);
+}
+
+#[test]
+fn an_ipblock_applies_only_to_its_own_family() {
+    // x/a may send only to y/b's IPv4 /32: over IPv6 it reaches no one.
+    let mut c = dual_cluster();
+    add_policy(
+        &mut c,
+        "x",
+        "to-y-b-v4",
+        &egress_of_a_to(&format!("{}/32", ip_text("y/b")), None),
+    );
+    let only_v4 = Matrix::all_allowed()
+        .expect("x/a", "", false)
+        .expect("x/a", "y/b", true);
+    let nowhere = Matrix::all_allowed().expect("x/a", "", false);
+    check_both("IPv4 block", &c, &only_v4, &nowhere);
+
+    // The same with y/b's IPv6 /128: the other way round.
+    let mut c = dual_cluster();
+    let six = crate::policy::addrs::ip(ip6_of(index("y/b")));
+    add_policy(
+        &mut c,
+        "x",
+        "to-y-b-v6",
+        &egress_of_a_to(&format!("{six}/128"), None),
+    );
+    check_both("IPv6 block", &c, &nowhere, &only_v4);
+
+    // 0.0.0.0/0 is every IPv4 address and no IPv6 one; ::/0 except y/b the
+    // reverse.
+    let mut c = dual_cluster();
+    add_policy(&mut c, "x", "all-v4", &egress_of_a_to("0.0.0.0/0", None));
+    check_both("0.0.0.0/0", &c, &Matrix::all_allowed(), &nowhere);
+    let mut c = dual_cluster();
+    add_policy(
+        &mut c,
+        "x",
+        "all-v6-but-y-b",
+        &egress_of_a_to("::/0", Some(&format!("{six}/128"))),
+    );
+    let all_but = Matrix::all_allowed().expect("x/a", "y/b", false);
+    check_both("::/0 except y/b", &c, &nowhere, &all_but);
 }

@@ -92,6 +92,18 @@ pub fn allocations(r: &Router) -> Vec<Allocation> {
 /// CNI ADD of pod `name` (`namespace/pod`) in `netns` on `node`, with the
 /// `K8S_POD_*` arguments kubelet passes: its address.
 pub fn plug_k8s_pod(m: &Mesh, node: usize, name: &str, netns: &Netns) -> Ipv4Addr {
+    let result = plug_k8s_pod_result(m, node, name, netns);
+    result["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches("/32")
+        .parse()
+        .unwrap()
+}
+
+/// [`plug_k8s_pod`]'s ADD, returning the plugin's whole result (a
+/// dual-stack pod's has both addresses).
+pub fn plug_k8s_pod_result(m: &Mesh, node: usize, name: &str, netns: &Netns) -> serde_json::Value {
     let (namespace, pod) = name.split_once('/').unwrap();
     let mut add = Call::new("ADD", &format!("cid-{namespace}-{pod}"), &netns_path(netns));
     add.extra_env.push((
@@ -99,11 +111,5 @@ pub fn plug_k8s_pod(m: &Mesh, node: usize, name: &str, netns: &Netns) -> Ipv4Add
         format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod}"),
     ));
     let conf = net_conf("1.0.0", &m.routers[node].api());
-    let result = invoke(&m.cluster.nodes[node].ns, &add, &conf).ok();
-    result["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .trim_end_matches("/32")
-        .parse()
-        .unwrap()
+    invoke(&m.cluster.nodes[node].ns, &add, &conf).ok()
 }

@@ -564,6 +564,21 @@ impl IpamDriver {
         out
     }
 
+    /// This router's IPv6 ranges (the kernel gets an `unreachable` route
+    /// for each); empty for an IPv4 ring.
+    pub fn owned6(&self) -> Vec<(u128, u128)> {
+        let me = self.alloc.id();
+        self.owners()
+            .into_iter()
+            .filter(|(lo, hi, owner)| {
+                *owner == me
+                    && !crate::router::packet::is_ipv4_key(*lo)
+                    && !crate::router::packet::is_ipv4_key(*hi)
+            })
+            .map(|(lo, hi, _)| (lo, hi))
+            .collect()
+    }
+
     /// This router's IPv4 ranges (the kernel gets an `unreachable` route
     /// for each); empty for an IPv6 ring.
     pub fn owned(&self) -> Vec<(u32, u32)> {

@@ -88,7 +88,7 @@ struct Lookup<'a> {
 
 impl Names for Lookup<'_> {
     fn pod_with_ip(&self, ip: std::net::Ipv4Addr) -> Option<String> {
-        self.state.pod_with_ip(u32::from(ip))
+        self.state.pod_with_ip(crate::policy::addrs::v4(ip))
     }
 
     fn isolated_by(&self, pod: &str, dir: &str) -> Vec<String> {

@@ -5,10 +5,10 @@
 
 #![allow(clippy::unwrap_used)]
 use super::{LocalPod, Rendered, render};
-use crate::policy::addrs::AddrSet;
+use crate::policy::addrs::{Addr, AddrSet, v4};
 use crate::policy::compile::{PolicyId, Proto};
 use crate::policy::flatten::{Direction, RawBox};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -67,7 +67,7 @@ fn apply_all(scratch: &Scratch, texts: &[String]) -> Result<String, String> {
         let file = scratch.file(&format!("{i}.nft"), text);
         script.push_str(&format!("nft -f {file}\n"));
     }
-    script.push_str("nft -j list table ip weft_policy\n");
+    script.push_str(&format!("nft -j list table {}\n", super::TABLE));
     in_netns(&script)
 }
 
@@ -116,22 +116,32 @@ fn id(name: &str) -> PolicyId {
     }
 }
 
-fn ip(c: u8, d: u8) -> u32 {
-    u32::from(Ipv4Addr::new(10, 32, c, d))
+fn ip(c: u8, d: u8) -> Addr {
+    v4(Ipv4Addr::new(10, 32, c, d))
 }
 
-/// `n` pods of x; pod `i` at 10.32.1.`i`, isolated both ways by policy
-/// `p{i % 3}`, which lets in the pods `i % 3` apart on TCP 80-81 and 10.0.0.0/8
-/// less 10.32.0.0/16 on any port, and lets out to UDP 53.
+fn ip6(d: u8) -> Addr {
+    Addr::from(Ipv6Addr::new(0xfd00, 0x32, 0, 0, 0, 0, 1, u16::from(d)))
+}
+
+fn block(cidr: &str) -> AddrSet {
+    AddrSet::parse_cidr(cidr).unwrap().unwrap()
+}
+
+/// `n` dual-stack pods of x; pod `i` at 10.32.1.`i` and fd00:32::1:`i`,
+/// isolated both ways by policy `p{i % 3}`, which lets in the pods `i % 3`
+/// apart (both addresses) on TCP 80-81 and 10.0.0.0/8 less 10.32.0.0/16
+/// and fd00::/8 less fd00:32::/48 on any port, and lets out to UDP 53.
 fn pods(n: u8, shift: u8) -> Vec<LocalPod> {
     (1..=n)
         .map(|i| {
             let policy = format!("p{}", (i + shift) % 3);
-            let peers = (1..=n).filter(|j| j % 3 == i % 3).map(|j| ip(1, j));
-            let net = AddrSet::parse_cidr("10.0.0.0/8")
-                .unwrap()
-                .unwrap()
-                .subtract(&AddrSet::parse_cidr("10.32.0.0/16").unwrap().unwrap());
+            let peers = (1..=n)
+                .filter(|j| j % 3 == i % 3)
+                .flat_map(|j| [ip(1, j), ip6(j)]);
+            let net = block("10.0.0.0/8")
+                .subtract(&block("10.32.0.0/16"))
+                .union(&block("fd00::/8").subtract(&block("fd00:32::/48")));
             let ingress = Direction::flatten(
                 vec![id(&policy)],
                 &[
@@ -158,7 +168,7 @@ fn pods(n: u8, shift: u8) -> Vec<LocalPod> {
             LocalPod {
                 key: format!("x/p{i}"),
                 namespace: "x".into(),
-                ips: vec![ip(1, i)],
+                ips: vec![ip(1, i), ip6(i)],
                 ingress,
                 egress,
             }
@@ -232,7 +242,7 @@ fn a_diff_against_a_table_someone_deleted_fails() {
     let scratch = Scratch::new("nft-gone");
     let texts = [
         before.text(),
-        "delete table ip weft_policy\nadd table ip weft_policy\n".to_string(),
+        format!("delete table {0}\nadd table {0}\n", super::TABLE),
     ];
     apply_all(&scratch, &texts).unwrap();
     let texts = [
@@ -292,7 +302,7 @@ fn one_new_pod_at_the_scale_point_full_against_incremental() {
          a=$(date +%s%N); nft -f {after_file}; b=$(date +%s%N); echo full $((b - a))\n\
          nft -f {before_file}\n\
          a=$(date +%s%N); nft -f {diff_file}; b=$(date +%s%N); echo diff $((b - a))\n\
-         nft -f {back_file}\ndone\nnft list table ip weft_policy | wc -l\n"
+         nft -f {back_file}\ndone\nnft list table inet weft_policy | wc -l\n"
     );
     let out = in_netns(&script).unwrap();
     let times = |kind: &str| {

@@ -7,12 +7,14 @@
 //! that a transaction creates bottom-up and deletes top-down:
 //! 1. named counters;
 //! 2. policy chains (`pol_*`: count, accept or return), on the counters;
-//! 3. pod maps (`pod_*_any`, `pod_*_ports`: peer → `goto pol_*`);
+//! 3. pod maps (`pod_*_any`, `pod_*_ports`, and their IPv6 twins `…6`:
+//!    peer → `goto pol_*`);
 //! 4. pod chains (`pod_*_in`, `pod_*_out`), on the pod maps and counters;
-//! 5. the dispatch maps `ingress` and `egress` (address → `jump pod_*`);
+//! 5. the dispatch maps `ingress`, `egress`, `ingress6`, `egress6`
+//!    (address → `jump pod_*`);
 //! 6. the base chain `forward`, on the dispatch maps (never changes).
 
-use super::TABLE;
+use super::{OLD_TABLE, TABLE};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
@@ -30,33 +32,39 @@ pub(super) struct Table {
     pub(super) pod_maps: BTreeMap<String, Elements>,
     /// Pod chains → their rules.
     pub(super) pod_chains: BTreeMap<String, Vec<String>>,
-    /// `egress` and `ingress` → their elements.
+    /// `egress`, `egress6`, `ingress`, `ingress6` → their elements.
     pub(super) dispatch: BTreeMap<String, Elements>,
 }
 
 /// The dispatch maps: always there, only their elements change.
-pub(super) const DISPATCH: [&str; 2] = ["egress", "ingress"];
+pub(super) const DISPATCH: [&str; 4] = ["egress", "egress6", "ingress", "ingress6"];
 
 /// The base chain: established traffic first, then the egress check of an
 /// isolated local source, then the ingress check of an isolated local
-/// destination.
+/// destination; each on the map of the packet's family (an `ip` match does
+/// not match an IPv6 packet, and the other way round).
 const FORWARD: &str = "\tchain forward {\n\
     \t\ttype filter hook forward priority filter - 5; policy accept;\n\
     \t\tct state established,related accept\n\
     \t\tip saddr vmap @egress\n\
+    \t\tip6 saddr vmap @egress6\n\
     \t\tip daddr vmap @ingress\n\
+    \t\tip6 daddr vmap @ingress6\n\
     \t}\n";
 
 /// A map's declaration, which its name decides: a pod's peer map on
 /// addresses alone (`_any`), on protocol · address · port (`_ports`), or a
-/// dispatch map on exact addresses.
+/// dispatch map on exact addresses; IPv6 when the name ends in `6`.
 pub(super) fn map_spec(name: &str) -> &'static str {
-    if name.ends_with("_ports") {
-        "type inet_proto . ipv4_addr . inet_service : verdict; flags interval;"
-    } else if name.ends_with("_any") {
-        "type ipv4_addr : verdict; flags interval;"
-    } else {
-        "type ipv4_addr : verdict;"
+    let v6 = name.ends_with('6');
+    let name = name.strip_suffix('6').unwrap_or(name);
+    match (name.ends_with("_ports"), name.ends_with("_any"), v6) {
+        (true, _, false) => "type inet_proto . ipv4_addr . inet_service : verdict; flags interval;",
+        (true, _, true) => "type inet_proto . ipv6_addr . inet_service : verdict; flags interval;",
+        (_, true, false) => "type ipv4_addr : verdict; flags interval;",
+        (_, true, true) => "type ipv6_addr : verdict; flags interval;",
+        (_, _, false) => "type ipv4_addr : verdict;",
+        (_, _, true) => "type ipv6_addr : verdict;",
     }
 }
 
@@ -75,8 +83,12 @@ impl Table {
     /// The text that replaces any table of that name whole, in one
     /// transaction (the old rules hold until the new are in): for the first
     /// apply after start, and whenever what the kernel holds is not known.
+    /// The IPv4-only table of earlier versions goes in the same transaction.
     pub(super) fn replace_text(&self) -> String {
-        let mut t = format!("table {TABLE} {{}}\ndelete table {TABLE}\ntable {TABLE} {{\n");
+        let mut t = format!(
+            "table {OLD_TABLE} {{}}\ndelete table {OLD_TABLE}\n\
+             table {TABLE} {{}}\ndelete table {TABLE}\ntable {TABLE} {{\n"
+        );
         for counter in &self.counters {
             let _ = writeln!(t, "\tcounter {counter} {{\n\t}}");
         }

@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used)]
 use super::super::{LocalPod, Rendered, TABLE, render};
 use super::*;
-use crate::policy::addrs::AddrSet;
+use crate::policy::addrs::{Addr, AddrSet};
 use crate::policy::compile::{PolicyId, Proto};
 use crate::policy::flatten::{Direction, RawBox};
 use proptest::prelude::*;
@@ -168,8 +168,21 @@ fn id(name: &str) -> PolicyId {
     }
 }
 
-fn ip(last: u8) -> u32 {
-    u32::from(std::net::Ipv4Addr::new(10, 32, 2, last))
+fn ip(last: u8) -> Addr {
+    crate::policy::addrs::v4(std::net::Ipv4Addr::new(10, 32, 2, last))
+}
+
+fn ip6(last: u8) -> Addr {
+    Addr::from(std::net::Ipv6Addr::new(
+        0xfd00,
+        0x32,
+        0,
+        0,
+        0,
+        0,
+        2,
+        u16::from(last),
+    ))
 }
 
 /// A pod of x isolated for ingress by `allows` (policy, peers, TCP ports),
@@ -360,8 +373,9 @@ fn a_pod_that_stops_being_isolated_loses_its_objects_and_keeps_nothing_dangling(
 
 /// One step's pods: for each of five pods, absent or present with
 /// up to three allows (policy, first and last peer, ports or any) per
-/// direction; pod `i` is at 10.32.2.`i + 1`, plus 10.32.2.`i + 20` if
-/// `extra`.
+/// direction; pod `i` is at 10.32.2.`i + 1`, plus fd00:32::2:`i + 1` if
+/// `extra` (dual-stack). Peers with an odd first byte are IPv6 ones, and
+/// first byte 23 is every address of both families.
 type Spec = Vec<Option<(bool, Vec<(u8, u8, u8, u8)>, Vec<(u8, u8, u8, u8)>)>>;
 
 fn allows() -> impl Strategy<Value = Vec<(u8, u8, u8, u8)>> {
@@ -379,7 +393,11 @@ fn direction(allows: &[(u8, u8, u8, u8)]) -> Direction {
     let boxes: Vec<RawBox> = allows
         .iter()
         .map(|&(policy, first, len, ports)| RawBox {
-            addrs: AddrSet::from_ranges([(ip(first), ip(first + len))]),
+            addrs: match first {
+                23 => AddrSet::all(),
+                f if f % 2 == 1 => AddrSet::from_ranges([(ip6(f), ip6(f + len))]),
+                f => AddrSet::from_ranges([(ip(f), ip(f + len))]),
+            },
             ports: match ports {
                 0 => None,
                 1 => Some((Proto::Tcp, 80, 81)),
@@ -403,7 +421,7 @@ fn pods_of(spec: &Spec) -> Vec<LocalPod> {
             let i = i as u8;
             let mut ips = vec![ip(i + 1)];
             if *extra {
-                ips.push(ip(i + 20));
+                ips.push(ip6(i + 1));
             }
             Some(LocalPod {
                 key: format!("x/p{i}"),
