@@ -156,11 +156,7 @@ pub fn present(
     range6: Option<AddrRange>,
     masquerade: bool,
 ) -> Result<bool, NftError> {
-    let listing = |family: &str| match nft(&["list", "table", family, "weft"], None) {
-        Ok(listing) => Ok(Some(listing)),
-        Err(NftError::Refused(text)) if text.contains("No such file or directory") => Ok(None),
-        Err(e) => Err(e),
-    };
+    let listing = |family: &str| listing(&["list", "table", family, "weft"]);
     let Some(v4) = listing("ip")? else {
         return Ok(false);
     };
@@ -222,6 +218,15 @@ pub fn run(text: &str) -> Result<(), String> {
     nft(&["-f", "-"], Some(text))
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+/// What `nft ARGS` lists, or `None` when the object is not there.
+pub fn listing(args: &[&str]) -> Result<Option<String>, NftError> {
+    match nft(args, None) {
+        Ok(listing) => Ok(Some(listing)),
+        Err(NftError::Refused(text)) if text.contains("No such file or directory") => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Runs `nft ARGS` with `stdin` (if any), bounded by [`NFT_TIMEOUT`];

@@ -320,6 +320,19 @@ fn network_policy_is_enforced_on_real_packets_through_the_mesh() {
     assert!(stale, "{}", policy_status(&m.routers[0]));
     assert!(policy_text(&m.routers[0], "x/a").contains("stale since"));
     expect_matrix(&pods, "API server down", Proto::Tcp, 80, &denied);
+    // Someone deletes the table (`nft flush ruleset`, a firewall reload):
+    // the router puts it back from what it holds, API server or not.
+    let node0 = &m.cluster.nodes[0].ns;
+    node0.ok(&["nft", "delete", "table", "inet", "weft_policy"]);
+    let back = wait_until(Duration::from_secs(5), || {
+        node0
+            .exec(&["nft", "list", "chain", "inet", "weft_policy", "forward"])
+            .status
+            .success()
+    });
+    assert!(back, "the deleted policy table was not put back within 5 s");
+    assert!(policy_status(&m.routers[0])["repaired"].as_u64().unwrap_or(0) >= 1);
+    expect_matrix(&pods, "table deleted and put back", Proto::Tcp, 80, &denied);
     api.delete(POLICY_PATH, "x/deny-ingress");
     api.resume();
     expect_matrix(

@@ -50,6 +50,11 @@ use drops::{log_drop, log_drops, start_drop_log};
 /// How often the default-deny counters are read back for the drop log
 /// when NFLOG is not available.
 const DROP_LOG_EVERY: Duration = Duration::from_secs(5);
+/// How often the applied table is checked for being still in place: a
+/// table someone deleted leaves every pod open (it would otherwise be put
+/// back only at the next change). One `nft list chain` of the base chain,
+/// a few milliseconds.
+const TABLE_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// Logged drops queued between the NFLOG reader and the driver (more are
 /// counted as lost: the line budget would leave them out anyway).
@@ -103,6 +108,7 @@ pub async fn run(task: PolicyTask, shared: Shared, mut local: mpsc::Receiver<Loc
     let mut retry_at: Option<Instant> = None;
     let mut stale_since = [Some(SystemTime::now()); 3];
     let mut drop_tick = tokio::time::interval(DROP_LOG_EVERY);
+    let mut table_tick = tokio::time::interval(TABLE_CHECK_EVERY);
     let mut drops_seen: BTreeMap<String, u64> = BTreeMap::new();
     let mut local_open = true;
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
@@ -140,6 +146,17 @@ pub async fn run(task: PolicyTask, shared: Shared, mut local: mpsc::Receiver<Loc
                 match logged {
                     Some(logged) => log_drop(&logged, applied.as_ref(), &state, &shared, &mut budget),
                     None => nflog_on = false,
+                }
+                None
+            }
+            _ = table_tick.tick(), if applied.is_some() => {
+                if !table_in_place().await {
+                    tracing::warn!(
+                        "--network-policy: {TABLE} was deleted or emptied by someone else (nft flush ruleset? a firewall reload?); putting it back"
+                    );
+                    lock(&shared).status.repaired += 1;
+                    applied = None;
+                    dirty = true;
                 }
                 None
             }
@@ -240,6 +257,22 @@ async fn apply(text: String) -> (Result<(), String>, Duration) {
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
     (result, began.elapsed())
+}
+
+/// Whether the table's base chain is in the kernel with its dispatch
+/// rules. An `nft` that cannot run counts as in place: the apply path
+/// reports that, and a check must not turn into an apply loop.
+async fn table_in_place() -> bool {
+    let (family, name) = TABLE.split_once(' ').unwrap_or(("inet", TABLE));
+    tokio::task::spawn_blocking(move || {
+        crate::nftables::listing(&["list", "chain", family, name, super::nft::BASE_CHAIN])
+    })
+    .await
+    .map_or(true, |listing| match listing {
+        Ok(Some(text)) => super::nft::base_chain_whole(&text),
+        Ok(None) => false,
+        Err(_) => true,
+    })
 }
 
 /// Takes an allocation update; returns whether the table must be rendered.

@@ -45,6 +45,21 @@ use table::Table;
 /// The table, as nft spells it.
 pub const TABLE: &str = "inet weft_policy";
 
+/// The base chain, hooked on `forward`: without it nothing is enforced.
+pub const BASE_CHAIN: &str = "forward";
+
+/// Whether an `nft list chain` listing of [`BASE_CHAIN`] still has its hook
+/// and every dispatch rule (`nft flush chain` leaves it empty).
+pub fn base_chain_whole(listing: &str) -> bool {
+    let rule = |map: &str| {
+        let ending = format!("vmap @{map}");
+        listing
+            .lines()
+            .any(|line| line.trim_end().ends_with(&ending))
+    };
+    listing.contains("hook forward") && table::DISPATCH.iter().all(|map| rule(map))
+}
+
 /// The IPv4-only table of earlier versions, deleted with the first full
 /// apply (an upgraded router must not leave its rules behind).
 pub const OLD_TABLE: &str = "ip weft_policy";
@@ -400,6 +415,28 @@ mod tests {
 
     fn has_line(text: &str, line: &str) -> bool {
         text.lines().any(|l| l.trim() == line)
+    }
+
+    #[test]
+    fn the_base_chain_is_whole_only_with_its_hook_and_every_dispatch_rule() {
+        let text = render(&pods()).text();
+        let chain: String = text
+            .lines()
+            .skip_while(|l| !l.contains("chain forward"))
+            .take_while(|l| l.trim() != "}")
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(base_chain_whole(&chain), "{chain}");
+        // As nft lists a flushed chain: the hook, no rules.
+        let flushed: String = chain.lines().take(2).map(|l| format!("{l}\n")).collect();
+        assert!(!base_chain_whole(&flushed));
+        // One dispatch rule gone (the IPv6 one must not pass for the IPv4 one).
+        let without: String = chain
+            .lines()
+            .filter(|l| !l.ends_with("vmap @egress"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(!base_chain_whole(&without), "{without}");
     }
 
     #[test]

@@ -24,6 +24,10 @@ pub struct PolicyStatus {
     pub applies: u64,
     /// Applies `nft` refused (retried, replacing the table whole).
     pub apply_failures: u64,
+    /// Times the table was found deleted or its base chain emptied by
+    /// someone else (`nft flush ruleset`, a firewall reload) and put back.
+    #[serde(default)]
+    pub repaired: u64,
     /// How long the last apply took (`nft -f`), milliseconds.
     pub last_apply_ms: f64,
     /// Why the last apply failed, if it did.
@@ -224,6 +228,13 @@ pub fn register_metrics(registry: &mut prometheus_client::registry::Registry, p:
         "Updates of the policy table nft refused",
         failures,
     );
+    let repaired: Counter = Counter::default();
+    repaired.inc_by(p.repaired);
+    registry.register(
+        "policy_table_repaired",
+        "Times the policy table was found deleted or emptied by someone else and put back",
+        repaired,
+    );
     type Labels = Vec<(String, String)>;
     let packets = Family::<Labels, Counter>::default();
     let (allowed_in, allowed_out) = p
@@ -287,6 +298,13 @@ pub fn render_text(status: &PolicyStatus, pod: Option<&str>) -> String {
         "network policy: {state}; {} policies; table applied {} times ({} failed, last {:.1} ms)",
         status.policies, status.applies, status.apply_failures, status.last_apply_ms
     );
+    if status.repaired > 0 {
+        let _ = writeln!(
+            out,
+            "  table put back {} times after someone else deleted it",
+            status.repaired
+        );
+    }
     let log = &status.drop_log;
     if !log.source.is_empty() {
         let _ = writeln!(
