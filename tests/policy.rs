@@ -639,6 +639,27 @@ fn dual_stack_pods_are_enforced_on_both_addresses() {
     // x/b's opens below are the allow, not a table not yet applied.
     expect_reach("default deny, x/c over IPv6", c, to_a6, false);
     expect_reach("default deny, x/c over IPv4", c, to_a4, false);
+    // The drop log names both pods by their IPv6 addresses, the port and
+    // the deciding rule, as for IPv4 (tried until the line shows, bounded:
+    // the log lines are rate-limited).
+    let expected = format!(
+        "denied ingress to x/a ({a6}) from x/c ({c6}) TCP port 80: default deny of x (isolated by "
+    );
+    let logged = wait_until(Duration::from_secs(10), || {
+        let denied = in_netns(&c.name, move || {
+            !reaches(Proto::Tcp, to_a6, Duration::from_millis(300))
+        });
+        assert!(denied.join().unwrap(), "x/c reached x/a over IPv6");
+        std::fs::read_to_string(m.routers[0].log_path()).is_ok_and(|log| {
+            log.lines()
+                .any(|l| l.contains(&expected) && l.contains("x/deny-ingress"))
+        })
+    });
+    assert!(
+        logged,
+        "no line {expected:?}… x/deny-ingress in\n{}",
+        m.routers[0].log_tail()
+    );
     expect_reach("allow from x/b, over IPv6 across nodes", b, to_a6, true);
     expect_reach("allow from x/b, over IPv4 across nodes", b, to_a4, true);
     let status = policy_status(&m.routers[0]);

@@ -16,9 +16,9 @@
 //! 20, over all pods), and the next line says how many were left out.
 //! Pure: the driver owns the socket thread and the clock.
 
-use super::nflog::{Ipv4Header, Logged};
+use super::nflog::{IpHeader, Logged};
 use super::nft::{Counted, Rendered};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// Lines per second, sustained.
@@ -75,15 +75,16 @@ impl Budget {
 /// What the line needs from the router's view: whose address is whose and
 /// which policies isolate a local pod.
 pub trait Names {
-    /// The pod (`namespace/name`) holding `ip`, if any is known.
-    fn pod_with_ip(&self, ip: Ipv4Addr) -> Option<String>;
+    /// The pod (`namespace/name`) holding `ip` (IPv4 or IPv6), if any is
+    /// known.
+    fn pod_with_ip(&self, ip: IpAddr) -> Option<String>;
     /// The policies isolating local pod `pod` in direction `dir` (`in`,
     /// `out`).
     fn isolated_by(&self, pod: &str, dir: &str) -> Vec<String>;
 }
 
 /// The line for one logged drop, or `None` when the packet is not one of
-/// ours (another prefix) or carries no IPv4 header.
+/// ours (another prefix) or carries no IP header.
 pub fn describe(logged: &Logged, table: Option<&Rendered>, names: &impl Names) -> Option<String> {
     let packet = logged.packet?;
     // The prefix is the pod's default-deny counter; a prefix from a table
@@ -104,7 +105,7 @@ pub fn describe(logged: &Logged, table: Option<&Rendered>, names: &impl Names) -
         (packet.src, packet.dst)
     };
     let pod = pod.or_else(|| names.pod_with_ip(local));
-    let name = |who: &Option<String>, ip: Ipv4Addr| match who {
+    let name = |who: &Option<String>, ip: IpAddr| match who {
         Some(pod) => format!("{pod} ({ip})"),
         None => ip.to_string(),
     };
@@ -129,10 +130,11 @@ pub fn describe(logged: &Logged, table: Option<&Rendered>, names: &impl Names) -
     ))
 }
 
-/// `TCP port 80`, `ICMP`, `protocol 47`.
-fn protocol_and_port(packet: &Ipv4Header) -> String {
+/// `TCP port 80`, `ICMP`, `ICMPv6`, `protocol 47`.
+fn protocol_and_port(packet: &IpHeader) -> String {
     let name = match packet.protocol {
         1 => "ICMP",
+        58 => "ICMPv6",
         6 => "TCP",
         17 => "UDP",
         132 => "SCTP",
@@ -151,14 +153,21 @@ mod tests {
     use crate::policy::compile::PolicyId;
     use crate::policy::flatten::Direction;
     use crate::policy::nft::{LocalPod, render};
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     struct Cluster;
 
+    /// x/a's and y/b's IPv6 addresses (their IPv4 ones: 10.32.0.2, .7).
+    const A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x32, 0, 0, 0, 0, 0, 2);
+    const B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x32, 0, 0, 0, 0, 0, 7);
+
     impl Names for Cluster {
-        fn pod_with_ip(&self, ip: Ipv4Addr) -> Option<String> {
-            match ip.octets() {
-                [10, 32, 0, 2] => Some("x/a".into()),
-                [10, 32, 0, 7] => Some("y/b".into()),
+        fn pod_with_ip(&self, ip: IpAddr) -> Option<String> {
+            match ip {
+                IpAddr::V4(v4) if v4.octets() == [10, 32, 0, 2] => Some("x/a".into()),
+                IpAddr::V4(v4) if v4.octets() == [10, 32, 0, 7] => Some("y/b".into()),
+                IpAddr::V6(A6) => Some("x/a".into()),
+                IpAddr::V6(B6) => Some("y/b".into()),
                 _ => None,
             }
         }
@@ -178,7 +187,10 @@ mod tests {
         render(&[LocalPod {
             key: "x/a".into(),
             namespace: "x".into(),
-            ips: vec![crate::policy::addrs::v4(Ipv4Addr::new(10, 32, 0, 2))],
+            ips: vec![
+                crate::policy::addrs::v4(Ipv4Addr::new(10, 32, 0, 2)),
+                crate::policy::addrs::addr(A6.into()),
+            ],
             ingress: deny.clone(),
             egress: deny,
         }])
@@ -194,14 +206,20 @@ mod tests {
             .unwrap()
     }
 
-    fn logged(prefix: &str, src: [u8; 4], dst: [u8; 4], protocol: u8, port: u16) -> Logged {
+    fn logged(
+        prefix: &str,
+        src: impl Into<IpAddr>,
+        dst: impl Into<IpAddr>,
+        protocol: u8,
+        port: u16,
+    ) -> Logged {
         Logged {
             prefix: prefix.into(),
-            packet: Some(Ipv4Header {
+            packet: Some(IpHeader {
                 src: src.into(),
                 dst: dst.into(),
                 protocol,
-                ports: (protocol != 1).then_some((40000, port)),
+                ports: matches!(protocol, 6 | 17 | 132).then_some((40000, port)),
             }),
         }
     }
@@ -247,6 +265,36 @@ mod tests {
             &Cluster,
         );
         assert!(icmp.unwrap().contains("to 192.0.2.9 ICMP: default deny"));
+    }
+
+    /// A dual-stack pod's IPv6 drops name the same pods and rule as its
+    /// IPv4 ones, with the IPv6 addresses.
+    #[test]
+    fn an_ipv6_drop_names_both_pods_the_port_and_the_deciding_rule() {
+        let t = table();
+        let line = describe(
+            &logged(&prefix(&t, "in"), B6, A6, 6, 80),
+            Some(&t),
+            &Cluster,
+        );
+        assert_eq!(
+            line.unwrap(),
+            "denied ingress to x/a (fd00:32::2) from y/b (fd00:32::7) TCP port 80: default deny of x (isolated by x/a-in-deny, x/other)"
+        );
+        let outside = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 9);
+        let udp = describe(
+            &logged(&prefix(&t, "out"), A6, outside, 17, 53),
+            Some(&t),
+            &Cluster,
+        );
+        assert_eq!(
+            udp.unwrap(),
+            "denied egress from x/a (fd00:32::2) to 2001:db8::9 UDP port 53: default deny of x (isolated by x/a-out-deny, x/other)"
+        );
+        let icmp = describe(&logged("d0123_out", A6, outside, 58, 0), None, &Cluster);
+        assert!(icmp.unwrap().starts_with(
+            "denied egress from x/a (fd00:32::2) to 2001:db8::9 ICMPv6: default deny of x"
+        ));
     }
 
     #[test]

@@ -11,12 +11,12 @@
 //! not (only the host's namespace writes it).
 //!
 //! The codec is pure and hostile-input safe ([`config_request`],
-//! [`parse`], [`parse_ipv4`]): the kernel is the only sender on this
+//! [`parse`], [`parse_ip`]): the kernel is the only sender on this
 //! socket, but a decoder never trusts lengths. Nothing panics, nothing is
 //! allocated beyond the input's size; what does not parse is counted and
 //! skipped. [`Socket`] is the thin I/O around it.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The NFLOG group the table logs to and the router binds: 6783, weft's
 /// port. One socket per network namespace may bind a group; a second
@@ -24,8 +24,15 @@ use std::net::Ipv4Addr;
 pub const GROUP: u16 = 6783;
 
 /// Bytes of each packet copied to the log: an IPv4 header of any length
-/// (60 at most) and the ports after it.
-pub const COPY_RANGE: u32 = 64;
+/// (60 at most) and the ports after it, or the IPv6 header (40) with room
+/// for common extension headers (hop-by-hop, a routing header, a fragment
+/// header: 8–24 bytes each) before the ports.
+pub const COPY_RANGE: u32 = 128;
+
+/// The most IPv6 extension headers walked before the upper layer: more is
+/// not a packet worth naming (each is 8 bytes at least, so the copy range
+/// bounds the walk anyway; this says so without arithmetic).
+const MAX_EXTENSION_HEADERS: usize = 8;
 
 /// The longest prefix kept (the kernel's own bound is 64 with its NUL).
 pub const MAX_PREFIX: usize = 63;
@@ -54,18 +61,20 @@ pub struct Logged {
     /// The rule's prefix (printable ASCII only, at most [`MAX_PREFIX`]).
     pub prefix: String,
     /// The packet's addresses and ports; `None` if the payload is missing
-    /// or is not IPv4.
-    pub packet: Option<Ipv4Header>,
+    /// or is neither IPv4 nor IPv6.
+    pub packet: Option<IpHeader>,
 }
 
-/// What the drop log needs of a packet.
+/// What the drop log needs of a packet, IPv4 or IPv6.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ipv4Header {
+pub struct IpHeader {
     /// Source address.
-    pub src: Ipv4Addr,
+    pub src: IpAddr,
     /// Destination address.
-    pub dst: Ipv4Addr,
-    /// IP protocol number (6 TCP, 17 UDP, 132 SCTP, 1 ICMP …).
+    pub dst: IpAddr,
+    /// IP protocol number (6 TCP, 17 UDP, 132 SCTP, 1 ICMP, 58 ICMPv6 …);
+    /// for IPv6 the upper layer after the extension headers, or the
+    /// extension header the walk stopped at (cut off, or too many).
     pub protocol: u8,
     /// Source and destination port, for TCP, UDP and SCTP when the bytes
     /// are there (not in a later fragment).
@@ -203,7 +212,7 @@ fn parse_packet(body: &[u8]) -> Option<Logged> {
                     .map(|b| char::from(*b))
                     .collect();
             }
-            NFULA_PAYLOAD => logged.packet = parse_ipv4(data),
+            NFULA_PAYLOAD => logged.packet = parse_ip(data),
             _ => {}
         }
         attributes = attributes.get(pad(len).min(attributes.len())..)?;
@@ -211,8 +220,18 @@ fn parse_packet(body: &[u8]) -> Option<Logged> {
     Some(logged)
 }
 
+/// The addresses, protocol and ports of an IPv4 or IPv6 packet's first
+/// bytes, by the version nibble.
+pub fn parse_ip(bytes: &[u8]) -> Option<IpHeader> {
+    match bytes.first()? >> 4 {
+        4 => parse_ipv4(bytes),
+        6 => parse_ipv6(bytes),
+        _ => None,
+    }
+}
+
 /// The addresses, protocol and ports of an IPv4 packet's first bytes.
-pub fn parse_ipv4(bytes: &[u8]) -> Option<Ipv4Header> {
+pub fn parse_ipv4(bytes: &[u8]) -> Option<IpHeader> {
     let first = *bytes.first()?;
     let header_len = usize::from(first & 0x0f) * 4;
     if first >> 4 != 4 || header_len < 20 {
@@ -225,21 +244,89 @@ pub fn parse_ipv4(bytes: &[u8]) -> Option<Ipv4Header> {
     let (src, dst) = (octets(12)?, octets(16)?);
     let protocol = *bytes.get(9)?;
     let fragment_offset = u16::from_be_bytes(bytes.get(6..8)?.try_into().ok()?) & 0x1fff;
-    let ports = match protocol {
-        6 | 17 | 132 if fragment_offset == 0 => bytes.get(header_len..header_len + 4).map(|p| {
-            (
-                u16::from_be_bytes([p[0], p[1]]),
-                u16::from_be_bytes([p[2], p[3]]),
-            )
-        }),
-        _ => None,
-    };
-    Some(Ipv4Header {
-        src,
-        dst,
+    Some(IpHeader {
+        src: src.into(),
+        dst: dst.into(),
         protocol,
-        ports,
+        ports: (fragment_offset == 0)
+            .then(|| ports(protocol, bytes.get(header_len..)?))
+            .flatten(),
     })
+}
+
+/// The addresses, upper-layer protocol and ports of an IPv6 packet's first
+/// bytes: the fixed 40-byte header, then the extension headers a pod's
+/// packet commonly carries (hop-by-hop options, routing, fragment,
+/// destination options), each length checked against the bytes there.
+/// A later fragment has no ports; an extension header cut off (or past
+/// [`MAX_EXTENSION_HEADERS`]) ends the walk with its own number as the
+/// protocol and no ports. Other headers (ESP, AH, no next header …) are the
+/// protocol as they are.
+pub fn parse_ipv6(bytes: &[u8]) -> Option<IpHeader> {
+    if bytes.first()? >> 4 != 6 {
+        return None;
+    }
+    let address = |at: usize| -> Option<Ipv6Addr> {
+        let b: [u8; 16] = bytes.get(at..at + 16)?.try_into().ok()?;
+        Some(Ipv6Addr::from(b))
+    };
+    let (src, dst) = (address(8)?, address(24)?);
+    let mut header = IpHeader {
+        src: src.into(),
+        dst: dst.into(),
+        protocol: *bytes.get(6)?,
+        ports: None,
+    };
+    let mut at = 40usize;
+    let mut walked = 0;
+    loop {
+        let (next, len) = match header.protocol {
+            0 | 43 | 44 | 60 if walked == MAX_EXTENSION_HEADERS => return Some(header),
+            // Hop-by-hop, routing, destination options: next header, then
+            // the length in 8-byte units past the first 8.
+            0 | 43 | 60 => match bytes.get(at..at.saturating_add(2)) {
+                Some(&[next, units]) => (next, (usize::from(units) + 1) * 8),
+                _ => return Some(header),
+            },
+            // Fragment: 8 bytes; past the first fragment, no upper-layer
+            // header follows, but the next header still names it.
+            44 => {
+                let Some(fragment) = bytes.get(at..at.saturating_add(8)) else {
+                    return Some(header);
+                };
+                let offset = u16::from_be_bytes([fragment[2], fragment[3]]) >> 3;
+                if offset != 0 {
+                    header.protocol = fragment[0];
+                    return Some(header);
+                }
+                (fragment[0], 8)
+            }
+            upper => {
+                header.ports = bytes.get(at..).and_then(|rest| ports(upper, rest));
+                return Some(header);
+            }
+        };
+        // The whole extension header must be there before its next
+        // header is believed.
+        let Some(end) = at.checked_add(len).filter(|end| *end <= bytes.len()) else {
+            return Some(header);
+        };
+        at = end;
+        header.protocol = next;
+        walked += 1;
+    }
+}
+
+/// Source and destination port at the start of `upper`, for TCP, UDP and
+/// SCTP (the same place in all three) when the four bytes are there.
+fn ports(protocol: u8, upper: &[u8]) -> Option<(u16, u16)> {
+    match (protocol, upper) {
+        (6 | 17 | 132, [s0, s1, d0, d1, ..]) => Some((
+            u16::from_be_bytes([*s0, *s1]),
+            u16::from_be_bytes([*d0, *d1]),
+        )),
+        _ => None,
+    }
 }
 
 /// A netlink socket bound to one NFLOG group.

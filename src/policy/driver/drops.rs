@@ -87,8 +87,8 @@ struct Lookup<'a> {
 }
 
 impl Names for Lookup<'_> {
-    fn pod_with_ip(&self, ip: std::net::Ipv4Addr) -> Option<String> {
-        self.state.pod_with_ip(crate::policy::addrs::v4(ip))
+    fn pod_with_ip(&self, ip: std::net::IpAddr) -> Option<String> {
+        self.state.pod_with_ip(crate::policy::addrs::addr(ip))
     }
 
     fn isolated_by(&self, pod: &str, dir: &str) -> Vec<String> {
