@@ -331,7 +331,12 @@ fn network_policy_is_enforced_on_real_packets_through_the_mesh() {
             .success()
     });
     assert!(back, "the deleted policy table was not put back within 5 s");
-    assert!(policy_status(&m.routers[0])["repaired"].as_u64().unwrap_or(0) >= 1);
+    assert!(
+        policy_status(&m.routers[0])["repaired"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1
+    );
     expect_matrix(&pods, "table deleted and put back", Proto::Tcp, 80, &denied);
     api.delete(POLICY_PATH, "x/deny-ingress");
     api.resume();
