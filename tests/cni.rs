@@ -7,8 +7,7 @@
 
 mod support;
 
-use serde_json::{Value, json};
-use std::net::Ipv4Addr;
+use serde_json::json;
 use std::time::{Duration, Instant};
 use support::cni::*;
 use support::cni_mesh::*;

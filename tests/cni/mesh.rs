@@ -3,15 +3,6 @@
 
 use super::*;
 
-fn address_of(result: &Value) -> Ipv4Addr {
-    result["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .trim_end_matches("/32")
-        .parse()
-        .unwrap()
-}
-
 /// An IPv4 devconf value in node `ns` (`ip_forward` or `conf/IFACE/KEY`).
 fn ipv4_setting(ns: &Netns, key: &str) -> String {
     ns.ok(&["cat", &format!("/proc/sys/net/ipv4/{key}")])

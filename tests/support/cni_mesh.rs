@@ -92,7 +92,11 @@ pub fn allocations(r: &Router) -> Vec<Allocation> {
 /// CNI ADD of pod `name` (`namespace/pod`) in `netns` on `node`, with the
 /// `K8S_POD_*` arguments kubelet passes: its address.
 pub fn plug_k8s_pod(m: &Mesh, node: usize, name: &str, netns: &Netns) -> Ipv4Addr {
-    let result = plug_k8s_pod_result(m, node, name, netns);
+    address_of(&plug_k8s_pod_result(m, node, name, netns))
+}
+
+/// The IPv4 address of a CNI ADD result (its first `ips` entry).
+pub fn address_of(result: &serde_json::Value) -> Ipv4Addr {
     result["ips"][0]["address"]
         .as_str()
         .unwrap()
