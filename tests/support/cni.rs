@@ -101,18 +101,6 @@ pub fn net_conf(version: &str, socket: &Path) -> Value {
     })
 }
 
-/// The conflist a runtime reads from its config dir.
-pub fn conflist(socket: &Path) -> Value {
-    json!({
-        "cniVersion": "1.0.0",
-        "name": "weft",
-        "plugins": [
-            {"type": "weft", "socket": socket.display().to_string(), "mtu": 0},
-            {"type": "portmap", "capabilities": {"portMappings": true}},
-        ],
-    })
-}
-
 /// One plugin run.
 #[derive(Debug)]
 pub struct Outcome {
@@ -254,6 +242,20 @@ pub fn weft_veths(node: &Netns) -> Vec<String> {
 pub fn pod_routes(node: &Netns) -> Vec<String> {
     let out = run_timeout(
         Command::new("ip").args(["-n", &node.name, "route", "show", "proto", "87"]),
+        10,
+    )
+    .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(" dev weft") && !l.contains("dev weft0"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The IPv6 /128 routes tagged with weft's protocol that go to a pod veth.
+pub fn pod_routes6(node: &Netns) -> Vec<String> {
+    let out = run_timeout(
+        Command::new("ip").args(["-n", &node.name, "-6", "route", "show", "proto", "87"]),
         10,
     )
     .unwrap();

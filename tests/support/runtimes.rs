@@ -3,7 +3,8 @@
 //! CNI backend, containerd with `ctr run --cni`, each with its config and
 //! state under a test directory and run in one node's network namespace.
 
-use super::cni::{conflist, plugin_dir};
+use super::cni::plugin_bin;
+use super::cri::entrypoint_cni_dirs;
 use super::{Netns, run_timeout};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -78,18 +79,12 @@ pub struct Podman {
 
 impl Podman {
     /// Configures podman under `dir` with the weft network `weft` talking
-    /// to `socket`, and imports the busybox image as `weft-busybox`.
+    /// to `socket` (the conflist the image's entrypoint installs), and
+    /// imports the busybox image as `weft-busybox`.
     pub fn new(dir: &Path, node: &Netns, socket: &Path, rootfs_tar: &Path) -> Self {
         std::fs::create_dir_all(dir).unwrap();
         let d = dir.display();
-        let net_d = dir.join("net.d");
-        std::fs::create_dir_all(&net_d).unwrap();
-        let bin = plugin_dir(dir);
-        std::fs::write(
-            net_d.join("weft.conflist"),
-            serde_json::to_string_pretty(&conflist(socket)).unwrap(),
-        )
-        .unwrap();
+        let (bin, net_d) = entrypoint_cni_dirs(dir, &plugin_bin(), socket);
         // runc (crun fails on this kernel's cgroup layout); ulimits at or
         // below the hard limits; no static_dir (podman's exit command does
         // not carry it, and every --rm would then wait 20 s for conmon).
@@ -155,13 +150,27 @@ impl Podman {
     /// A container's address on eth0, read inside it.
     pub fn address(&self, name: &str) -> std::net::Ipv4Addr {
         let text = self.ok(&["exec", name, "ip", "-o", "-4", "addr", "show", "eth0"]);
-        text.split_whitespace()
-            .skip_while(|w| *w != "inet")
-            .nth(1)
-            .and_then(|a| a.split('/').next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {text:?}"))
+        eth0_address(&text, "inet").unwrap_or_else(|| panic!("no address in {text:?}"))
     }
+
+    /// A container's global IPv6 address on eth0, read inside it (its
+    /// link-local one is skipped).
+    pub fn address6(&self, name: &str) -> std::net::Ipv6Addr {
+        let text = self.ok(&[
+            "exec", name, "ip", "-o", "-6", "addr", "show", "eth0", "scope", "global",
+        ]);
+        eth0_address(&text, "inet6").unwrap_or_else(|| panic!("no IPv6 address in {text:?}"))
+    }
+}
+
+/// The first address after `family` (`inet`, `inet6`) in `ip -o addr`
+/// output.
+pub fn eth0_address<A: std::str::FromStr>(text: &str, family: &str) -> Option<A> {
+    text.split_whitespace()
+        .skip_while(|w| *w != family)
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
 }
 
 impl Drop for Podman {
@@ -187,11 +196,11 @@ pub fn busybox_oci_archive(dir: &Path, node: &Netns, socket: &Path) -> PathBuf {
     archive
 }
 
-/// containerd with its state under `dir`, and `ctr run --rm --cni`. ctr
-/// reads the lexically first conflist of /etc/cni/net.d and plugins from
-/// /opt/cni/bin, so each ctr runs in a private mount namespace where those
-/// two are bind mounts of directories under `dir` (the host's stay as they
-/// are).
+/// containerd with its state under `dir`, and `ctr run --rm --cni` on the
+/// conflist the image's entrypoint installs. ctr reads the lexically first
+/// conflist of /etc/cni/net.d and plugins from /opt/cni/bin, so each ctr
+/// runs in a private mount namespace where those two are bind mounts of
+/// directories under `dir` (the host's stay as they are).
 pub struct Containerd {
     pub dir: PathBuf,
     pub node_ns: String,
@@ -201,15 +210,9 @@ pub struct Containerd {
 impl Containerd {
     /// Starts containerd (in the node's namespace), imports `oci_archive`.
     pub fn start(dir: &Path, node: &Netns, socket: &Path, oci_archive: &Path) -> Self {
-        std::fs::create_dir_all(dir.join("netd")).unwrap();
         std::fs::create_dir_all(dir.join("opt/cni")).unwrap();
-        let bin = plugin_dir(dir);
+        let (bin, _) = entrypoint_cni_dirs(dir, &plugin_bin(), socket);
         let _ = std::os::unix::fs::symlink(&bin, dir.join("opt/cni/bin"));
-        std::fs::write(
-            dir.join("netd/10-weft.conflist"),
-            conflist(socket).to_string(),
-        )
-        .unwrap();
         let d = dir.display();
         std::fs::write(
             dir.join("config.toml"),
@@ -282,7 +285,7 @@ pub fn ctr_run_cni(
 ) -> std::process::Output {
     let d = dir.display();
     let script = format!(
-        "set -e; mount --bind {d}/netd /etc/cni/net.d; mount --bind {d}/opt /opt; \
+        "set -e; mount --bind {d}/net.d /etc/cni/net.d; mount --bind {d}/opt /opt; \
          exec nsenter --net=/run/netns/{node_ns} ctr -a {d}/containerd.sock -n weft run --rm --cni \
          --snapshotter native \"$@\""
     );
