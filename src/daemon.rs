@@ -220,19 +220,14 @@ async fn serve(
         Some(libc::EADDRINUSE) => anyhow::anyhow!("UDP port {} is already in use: pick another --listen", config.listen),
         _ => anyhow::anyhow!("cannot start the data plane on {} / {}: {e}", config.iface, config.listen),
     })?;
-    // DESIGN.md: "Before an empty-state router claims anything, it rebuilds
-    // its in-use set from the kernel."
-    let in_use: Vec<(std::net::IpAddr, bool)> =
-        netlink::addresses_in_use(&config.iface, config.range)
-            .await
-            .into_iter()
-            .map(|(addr, node)| (addr.into(), node))
-            .collect();
     let range = crate::ipam::AddrRange::new(
         std::net::Ipv4Addr::from(config.range.first()).into(),
         config.range.prefix(),
     )
     .map_err(|e| anyhow::anyhow!("--ipalloc-range {}: {e}", config.range))?;
+    // DESIGN.md: "Before an empty-state router claims anything, it rebuilds
+    // its in-use set from the kernel."
+    let in_use = netlink::addresses_in_use(&config.iface, range).await;
     let mut ipam = IpamDriver::open(
         &config.state_dir,
         "ipam",
@@ -244,13 +239,14 @@ async fn serve(
         Instant::now(),
     )?;
     // Dual-stack pods (issue 19): the IPv6 range gets a second allocator
-    // with its own ring, state files and channel. No IPv6 pod routes exist
-    // yet for it to find in the kernel.
+    // with its own ring, state files and channel, and the same rebuild from
+    // the kernel (the /128 routes of pods that outlived the router's state).
     let mut ipam6 = match config.range6 {
         Some(range6) => {
             let range6 =
                 crate::pod_ranges::resolve(range6, secrets.primary_id(), &config.state_dir)?;
             tracing::info!(range = %range6, "IPv6 pod range");
+            let in_use6 = netlink::addresses_in_use(&config.iface, range6).await;
             Some(IpamDriver::open(
                 &config.state_dir,
                 "ipam6",
@@ -258,7 +254,7 @@ async fn serve(
                 previous.as_ref().map(|p| &p.0),
                 range6,
                 config.init.clone(),
-                &[],
+                &in_use6,
                 Instant::now(),
             )?)
         }

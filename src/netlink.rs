@@ -334,15 +334,19 @@ async fn main_routes(handle: &Handle) -> Result<Vec<forwarding::Route>, rtnetlin
     Ok(out)
 }
 
-/// Addresses in the cluster range that the kernel shows in use on this node
-/// (DESIGN.md: "Before an empty-state router claims anything, it rebuilds
-/// its in-use set from the kernel"): the node address on `iface` (`true`),
-/// and every weft-tagged /32 route to a pod (`false`).
-pub async fn addresses_in_use(iface: &str, range: Ipv4Cidr) -> Vec<(Ipv4Addr, bool)> {
+/// Addresses in a pod range of either family that the kernel shows in use
+/// on this node (DESIGN.md: "Before an empty-state router claims anything,
+/// it rebuilds its in-use set from the kernel"): the node address on
+/// `iface` (`true`), and every weft-tagged host route to a pod (`false`),
+/// a /32 for an IPv4 range and a /128 for an IPv6 one, so that pods which
+/// outlived their router's state keep both addresses.
+pub async fn addresses_in_use(iface: &str, range: crate::ipam::AddrRange) -> Vec<(IpAddr, bool)> {
     let Ok((connection, handle, _)) = rtnetlink::new_connection() else {
         return Vec::new();
     };
     tokio::spawn(connection);
+    let v6 = range.base().is_ipv6();
+    let host_prefix = if v6 { 128 } else { 32 };
     let mut found = Vec::new();
     if let Ok(index) = link_index(&handle, iface).await {
         let mut addresses = handle
@@ -352,20 +356,22 @@ pub async fn addresses_in_use(iface: &str, range: Ipv4Cidr) -> Vec<(Ipv4Addr, bo
             .execute();
         while let Ok(Some(message)) = addresses.try_next().await {
             for attribute in &message.attributes {
-                if let AddressAttribute::Address(IpAddr::V4(addr)) = attribute
-                    && range.contains(u32::from(*addr))
+                if let AddressAttribute::Address(addr) = attribute
+                    && range.offset(*addr).is_some()
                 {
                     found.push((*addr, true));
                 }
             }
         }
     }
-    for route in weft_routes(&handle, false).await {
-        if route.header.kind != RouteType::Unicast || route.header.destination_prefix_length != 32 {
+    for route in weft_routes(&handle, v6).await {
+        if route.header.kind != RouteType::Unicast
+            || route.header.destination_prefix_length != host_prefix
+        {
             continue;
         }
-        if let Some(IpAddr::V4(dst)) = route_destination(&route)
-            && range.contains(u32::from(dst))
+        if let Some(dst) = route_destination(&route)
+            && range.offset(dst).is_some()
         {
             found.push((dst, false));
         }

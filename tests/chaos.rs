@@ -299,6 +299,7 @@ fn five_routers_under_kills_cuts_and_loss_converge_and_lose_nothing() {
                     container_id: a.container.clone(),
                     ifname: "eth0".into(),
                     address: Some(a.address.clone()),
+                    address6: None,
                 };
                 match api_call(&routers[i], &request) {
                     Some(Reply { ok: true, .. }) => released.push(a),

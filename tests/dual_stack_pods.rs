@@ -421,3 +421,112 @@ fn packet_too_big_from_the_router(m: &Mesh, from: &DualPod, to: &DualPod) {
         text.lines().find(|l| l.contains("mtu")).unwrap_or("")
     );
 }
+
+/// The IPv6 ring's allocations on `r` as `weft status` lists them:
+/// (address, kind), kind `node`, `pod` or `held`.
+fn ipam6_holders(r: &Router) -> Vec<(String, String)> {
+    r.status().unwrap()["ipam6"]["allocations"]
+        .as_array()
+        .expect("ipam6.allocations")
+        .iter()
+        .map(|a| {
+            (
+                a["address"].as_str().unwrap().to_string(),
+                a["kind"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Stops router `i` (SIGTERM), runs `meanwhile`, starts it again and waits
+/// until its IPv6 ring is ready and it is meshed again.
+fn restart(m: &mut Mesh, i: usize, meanwhile: impl FnOnce(&Router)) {
+    let peers = m.routers.len() - 1;
+    let r = &mut m.routers[i];
+    assert!(
+        r.terminate(Duration::from_secs(10)).is_some(),
+        "{}",
+        r.log_tail()
+    );
+    meanwhile(r);
+    r.start();
+    let back = wait_until(Duration::from_secs(30), || {
+        ipam6_ready(r) && r.established_peers() == peers
+    });
+    assert!(back, "{} did not come back:\n{}", r.name, r.log_tail());
+}
+
+#[test]
+fn a_dual_stack_pod_keeps_its_ipv6_address_across_router_restarts_even_without_the_ipv6_state() {
+    if !require_root("dual_stack_pod_survives_router_restarts") {
+        return;
+    }
+    let mut m = mesh_on(Cluster::new(2), |r| {
+        r.args.extend(["--ipalloc-range".into(), RANGE6.into()]);
+    });
+    let ready = wait_until(Duration::from_secs(30), || {
+        m.routers.iter().all(ipam6_ready)
+    });
+    assert!(ready, "no IPv6 ring: {}", m.routers[0].log_tail());
+    let survivor = plug(&m, 0, "cid-survivor");
+    let peer = plug(&m, 1, "cid-peer");
+    let reachable =
+        |from: &DualPod, to: &DualPod| ping(&from.ns, IpAddr::V6(to.v6), Duration::from_secs(20));
+    assert!(reachable(&survivor, &peer) && reachable(&peer, &survivor));
+
+    // A plain restart: state kept, the pod's /128 route never taken down.
+    restart(&mut m, 0, |_| {});
+    assert!(reachable(&peer, &survivor), "after a restart");
+    assert!(reachable(&survivor, &peer), "after a restart");
+    assert!(
+        ipam6_holders(&m.routers[0]).contains(&(survivor.v6.to_string(), "pod".into())),
+        "{:?}",
+        ipam6_holders(&m.routers[0])
+    );
+
+    // The IPv6 ring's state lost (its files deleted while the router is
+    // down): the router finds the pod's /128 route in the kernel at start
+    // and holds its address, so it is never handed out again.
+    restart(&mut m, 0, |r| {
+        let state = r.dir.join("state");
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&state).unwrap().flatten() {
+            if entry.file_name().to_string_lossy().starts_with("ipam6-") {
+                std::fs::remove_file(entry.path()).unwrap();
+                removed += 1;
+            }
+        }
+        assert!(removed > 0, "no ipam6-* files in {}", state.display());
+    });
+    let holders = ipam6_holders(&m.routers[0]);
+    assert!(
+        holders.contains(&(survivor.v6.to_string(), "held".into())),
+        "the pod's IPv6 address is not held after the state loss: {holders:?}"
+    );
+    assert!(reachable(&peer, &survivor), "after the state loss");
+    assert!(reachable(&survivor, &peer), "after the state loss");
+
+    // DEL frees both addresses (the IPv6 one by the address the plugin
+    // read off the veth's /128 route), and leaves nothing behind.
+    let node = &m.cluster.nodes[0].ns;
+    let conf = net_conf("1.0.0", &m.routers[0].api());
+    invoke(
+        node,
+        &Call::new("DEL", "cid-survivor", &netns_path(&survivor.ns)),
+        &conf,
+    )
+    .ok();
+    let holders = ipam6_holders(&m.routers[0]);
+    assert!(
+        holders.iter().all(|(_, kind)| kind == "node"),
+        "left in the IPv6 ring: {holders:?}"
+    );
+    assert!(
+        allocations(&m.routers[0]).is_empty(),
+        "{:?}",
+        allocations(&m.routers[0])
+    );
+    assert!(pod_routes(node).is_empty(), "{:?}", pod_routes(node));
+    assert!(pod_routes6(node).is_empty(), "{:?}", pod_routes6(node));
+    assert!(weft_veths(node).is_empty(), "{:?}", weft_veths(node));
+}

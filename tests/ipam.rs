@@ -311,6 +311,7 @@ fn bad_address_requests_are_refused_with_a_clear_error_and_change_nothing() {
             container_id: "never-allocated".into(),
             ifname: "eth0".into(),
             address: None,
+            address6: None,
         },
     );
     let error = reply.error.unwrap();
@@ -434,6 +435,7 @@ fn a_drained_router_leaves_its_ranges_to_the_others_and_stops() {
             container_id: "pod-on-n2".into(),
             ifname: "eth0".into(),
             address: None,
+            address6: None,
         },
     );
     assert!(released.ok, "{:?}", released.error);

@@ -43,9 +43,9 @@ pub enum Request {
         pod: Option<PodRef>,
     },
     /// Frees a pod interface's address (CNI DEL): result [`Released`].
-    /// Something never allocated answers `not_found`. `address`, when given,
-    /// also frees an address the router found in use in the kernel at start
-    /// without knowing its holder.
+    /// Something never allocated answers `not_found`. `address` (and
+    /// `address6`), when given, also frees an address the router found in
+    /// use in the kernel at start without knowing its holder.
     Release {
         /// `CNI_CONTAINERID`.
         container_id: String,
@@ -54,6 +54,10 @@ pub enum Request {
         /// The address the plugin put on the interface, if known.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         address: Option<String>,
+        /// The interface's IPv6 address, if it had one (a dual-stack pod):
+        /// frees it in the IPv6 ring the same way. Older routers ignore it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        address6: Option<String>,
     },
     /// The address held by a pod interface (CNI CHECK): result
     /// [`Allocation`], or `not_found`.

@@ -334,6 +334,7 @@ fn release(conf: &NetConf, env: &Env, address: Option<Ipv4Addr>) {
             container_id: env.container_id.clone(),
             ifname: env.ifname.clone(),
             address: address.map(|a| a.to_string()),
+            address6: None,
         },
     );
 }
@@ -344,7 +345,7 @@ fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let rt = runtime()?;
     let host = host_netlink(&rt)?;
     let name = plumb::host_ifname(&env.container_id, &env.ifname);
-    let address = rt
+    let (address, address6) = rt
         .block_on(plumb::remove_host_end(&host, &name))
         .map_err(|e| CniError::Netlink(e.to_string()))?;
     let released = ask::<Released>(
@@ -353,6 +354,7 @@ fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
             container_id: env.container_id.clone(),
             ifname: env.ifname.clone(),
             address: address.map(|a| a.to_string()),
+            address6: address6.map(|a| a.to_string()),
         },
     )?;
     match released {

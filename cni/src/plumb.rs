@@ -343,26 +343,43 @@ async fn link(handle: &Handle, name: &str) -> Result<Option<LinkState>, PlumbErr
     }
 }
 
+/// The pod's addresses, read from the weft-tagged host routes through its
+/// veth before the veth goes.
+pub(crate) type HostEndAddresses = (Option<Ipv4Addr>, Option<Ipv6Addr>);
+
 /// Removes the host end `name` (its peer and every route through it go with
-/// it). Returns the pod address found on its weft-tagged /32 route first,
-/// if any. Nothing there is not an error.
+/// it). Returns the pod addresses found on its weft-tagged /32 and /128
+/// routes first, if any. Nothing there is not an error.
 pub(crate) async fn remove_host_end(
     host: &Handle,
     name: &str,
-) -> Result<Option<Ipv4Addr>, PlumbError> {
+) -> Result<HostEndAddresses, PlumbError> {
     let Some(index) = link_index(host, name).await? else {
-        return Ok(None);
+        return Ok((None, None));
     };
-    let address = routes::<Ipv4Addr>(host)
-        .await?
-        .into_iter()
-        .find(|r| r.oif == Some(index) && r.prefix == 32 && r.weft)
-        .and_then(|r| r.dst);
+    let address = (
+        host_route_to(host, index, 32).await?,
+        host_route_to(host, index, 128).await?,
+    );
     match host.link().del(index).execute().await {
         Ok(()) => Ok(address),
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(address),
         Err(e) => Err(fail(format!("cannot remove {name}"))(e)),
     }
+}
+
+/// The destination of the weft-tagged host route (`prefix` bits: 32 or
+/// 128, of family `A`) through interface `index`, if there is one.
+async fn host_route_to<A: Family>(
+    host: &Handle,
+    index: u32,
+    prefix: u8,
+) -> Result<Option<A>, PlumbError> {
+    Ok(routes::<A>(host)
+        .await?
+        .into_iter()
+        .find(|r| r.oif == Some(index) && r.prefix == prefix && r.weft)
+        .and_then(|r| r.dst))
 }
 
 /// One route, reduced to what CHECK and DEL look at.

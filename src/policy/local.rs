@@ -288,6 +288,7 @@ mod tests {
             container_id: "a".into(),
             ifname: "eth0".into(),
             address: None,
+            address6: None,
         };
         calls_tx.send((release, reply_tx)).await.unwrap();
         assert!(matches!(
@@ -319,6 +320,7 @@ mod tests {
             container_id: "dual".into(),
             ifname: "eth0".into(),
             address: None,
+            address6: None,
         };
         calls_tx.send((release, reply_tx)).await.unwrap();
         let mut freed = Vec::new();

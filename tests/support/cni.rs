@@ -240,22 +240,17 @@ pub fn weft_veths(node: &Netns) -> Vec<String> {
 
 /// The /32 routes tagged with weft's protocol that go to a pod veth.
 pub fn pod_routes(node: &Netns) -> Vec<String> {
-    let out = run_timeout(
-        Command::new("ip").args(["-n", &node.name, "route", "show", "proto", "87"]),
-        10,
-    )
-    .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(" dev weft") && !l.contains("dev weft0"))
-        .map(str::to_string)
-        .collect()
+    tagged_pod_routes(node, "-4")
 }
 
 /// The IPv6 /128 routes tagged with weft's protocol that go to a pod veth.
 pub fn pod_routes6(node: &Netns) -> Vec<String> {
+    tagged_pod_routes(node, "-6")
+}
+
+fn tagged_pod_routes(node: &Netns, family: &str) -> Vec<String> {
     let out = run_timeout(
-        Command::new("ip").args(["-n", &node.name, "-6", "route", "show", "proto", "87"]),
+        Command::new("ip").args(["-n", &node.name, family, "route", "show", "proto", "87"]),
         10,
     )
     .unwrap();

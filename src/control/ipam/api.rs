@@ -54,9 +54,15 @@ impl IpamDriver {
                 container_id,
                 ifname,
                 address,
+                address6,
             } => (
                 "release",
-                self.release(container_id, ifname, address.as_deref(), now),
+                self.release(
+                    container_id,
+                    ifname,
+                    [address.as_deref(), address6.as_deref()],
+                    now,
+                ),
             ),
             Request::Lookup {
                 container_id,
@@ -152,7 +158,7 @@ impl IpamDriver {
         &mut self,
         container_id: &str,
         ifname: &str,
-        address: Option<&str>,
+        addresses: [Option<&str>; 2],
         now: Instant,
     ) -> Reply {
         match self.alloc.release(container_id, ifname, now) {
@@ -160,13 +166,16 @@ impl IpamDriver {
                 address: addr.to_string(),
             }),
             Err(AllocError::NotFound { .. }) => {
-                // An address found in the kernel at start, holder unknown.
-                if let Some(addr) = address.and_then(|a| a.parse::<IpAddr>().ok())
-                    && let Ok(addr) = self.alloc.release_held(addr)
-                {
-                    return to_reply(&Released {
-                        address: addr.to_string(),
-                    });
+                // An address found in the kernel at start, holder unknown:
+                // the one of this ring's family (the other is not in it).
+                for addr in addresses.iter().flatten() {
+                    if let Ok(addr) = addr.parse::<IpAddr>()
+                        && let Ok(addr) = self.alloc.release_held(addr)
+                    {
+                        return to_reply(&Released {
+                            address: addr.to_string(),
+                        });
+                    }
                 }
                 Reply::err(
                     ErrorCode::NotFound,

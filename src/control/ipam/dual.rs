@@ -129,6 +129,7 @@ mod tests {
             container_id: "c".into(),
             ifname: "eth0".into(),
             address: None,
+            address6: None,
         }
     }
 
