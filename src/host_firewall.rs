@@ -76,6 +76,9 @@ pub struct Rules {
 pub fn start(rules: Rules) -> Shared {
     let shared: Shared = Arc::new(Mutex::new(FirewallStatus::default()));
     apply_table(&rules, &shared, false);
+    if rules.range6.is_none() {
+        remove_stale_twin();
+    }
     let backend = open_forward(&rules, &shared, false);
     tokio::spawn(keep(rules, shared.clone(), backend));
     shared
@@ -174,6 +177,20 @@ async fn settle(socket: &TokioSocket) {
         {
             return;
         }
+    }
+}
+
+/// Removes `table ip6 weft` left by an earlier run with an IPv6 pod range:
+/// nothing would keep or report it now, and its forward accepts would
+/// still let a range through that this router no longer routes.
+fn remove_stale_twin() {
+    match nftables::remove_twin() {
+        Ok(true) => tracing::info!(
+            table = nftables::TABLE6,
+            "removed the IPv6 table an earlier run left (no IPv6 pod range now)"
+        ),
+        Ok(false) => {}
+        Err(e) => tracing::debug!(error = %e, "cannot remove {}", nftables::TABLE6),
     }
 }
 

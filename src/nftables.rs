@@ -203,13 +203,28 @@ fn has_checks(listing: &str, family: &str, range: &str) -> bool {
 pub fn remove() -> Result<Vec<&'static str>, NftError> {
     let mut removed = Vec::new();
     for (table, family) in [(TABLE, "ip"), (TABLE6, "ip6")] {
-        match nft(&["delete", "table", family, "weft"], None) {
-            Ok(_) => removed.push(table),
-            Err(NftError::Refused(text)) if text.contains("No such file or directory") => {}
-            Err(e) => return Err(e),
+        if delete_table(family)? {
+            removed.push(table);
         }
     }
     Ok(removed)
+}
+
+/// Deletes the IPv6 twin `table ip6 weft` alone, for a router started
+/// without an IPv6 pod range after one that had it; `true` if it was
+/// there. Not part of [`apply`]'s transaction, so that a kernel without
+/// nftables' `ip6` family never costs the IPv4 table.
+pub fn remove_twin() -> Result<bool, NftError> {
+    delete_table("ip6")
+}
+
+/// `nft delete table FAMILY weft`; `false` when there was none.
+fn delete_table(family: &str) -> Result<bool, NftError> {
+    match nft(&["delete", "table", family, "weft"], None) {
+        Ok(_) => Ok(true),
+        Err(NftError::Refused(text)) if text.contains("No such file or directory") => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Applies `text` with `nft -f -` as one transaction, bounded by

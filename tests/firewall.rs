@@ -157,3 +157,54 @@ fn a_forward_drop_set_by_iptables_legacy_is_opened_and_named_in_status() {
     assert!(out.contains("2 iptables FORWARD rules"), "{out}");
     assert_eq!(ours(node1, "iptables-legacy"), 0);
 }
+
+#[test]
+fn a_router_restarted_without_an_ipv6_range_removes_the_ip6_table_it_left() {
+    if !require_root("a_router_restarted_without_an_ipv6_range_removes_the_ip6_table_it_left") {
+        return;
+    }
+    let cluster = Cluster::new(1);
+    let node = &cluster.nodes[0];
+    let mut router = Router::new(Path::new(BIN), node, &cluster.dir.path, &[], &["n0"]);
+    let plain = router.args.clone();
+    router
+        .args
+        .extend(["--ipalloc-range".into(), "fd00:32::/112".into()]);
+    router.start();
+    let ip6_table = || node.ns.exec(&["nft", "list", "table", "ip6", "weft"]);
+    let applied = wait_until(Duration::from_secs(10), || {
+        String::from_utf8_lossy(&ip6_table().stdout).contains("ip6 saddr fd00:32::/112 accept")
+    });
+    assert!(applied, "no table ip6 weft: {}", router.log_tail());
+    assert!(router.terminate(Duration::from_secs(10)).is_some());
+    // The table outlives the router (as the IPv4 one does).
+    assert!(ip6_table().status.success());
+
+    router.args = plain;
+    router.start();
+    let gone = wait_until(Duration::from_secs(10), || !ip6_table().status.success());
+    assert!(
+        gone,
+        "table ip6 weft left:\n{}",
+        String::from_utf8_lossy(&ip6_table().stdout)
+    );
+    assert!(table_complete(&node.ns), "the IPv4 table must stay");
+    assert!(
+        router
+            .log_tail()
+            .contains("removed the IPv6 table an earlier run left"),
+        "{}",
+        router.log_tail()
+    );
+    // A restart with nothing to remove says nothing about it.
+    assert!(router.terminate(Duration::from_secs(10)).is_some());
+    router.start();
+    assert!(table_complete(&node.ns));
+    let said = std::fs::read_to_string(router.log_path()).unwrap();
+    assert_eq!(
+        said.matches("removed the IPv6 table an earlier run left")
+            .count(),
+        1,
+        "{said}"
+    );
+}
