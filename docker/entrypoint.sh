@@ -5,6 +5,8 @@
 # onto the host, then becomes `weft router FLAGS...` (exec: same PID, so
 # SIGTERM from the kubelet reaches the router itself).
 # `weft-entrypoint COMMAND ...` (status, connect, ...) just runs `weft COMMAND`.
+# `weft-entrypoint node-sysctls` is the DaemonSet's init container: it sets
+# the node's sysctls the router cannot set from its own container (below).
 #
 # Every install is atomic and idempotent: the file is written beside its
 # destination and renamed over it, and only when its content changed, so a
@@ -23,6 +25,8 @@
 #                       the router reads the same variable
 #   WEFT_INSTALL_CNI    0 to skip installing (1)
 #   WEFT_BIN            the weft binary                (weft, on PATH)
+#   WEFT_IPALLOC_RANGE  node-sysctls: the pod ranges (the router's variable)
+#   WEFT_PROC_SYS       node-sysctls: where /proc/sys is (/proc/sys)
 set -eu
 
 log() {
@@ -103,8 +107,38 @@ CONF
     rm -f "$staged"
 }
 
+# node_sysctls: with an IPv6 pod range (an item of WEFT_IPALLOC_RANGE with a
+# colon, or `ipv6`), turn on net.ipv6.conf.all.forwarding. Linux takes it only
+# through /proc/sys (no per-interface switch for IPv6 over netlink, unlike the
+# IPv4 forwarding the router sets itself), and /proc/sys is read-only in the
+# router's unprivileged container; this runs privileged, writes that one
+# file, and exits. Without an IPv6 range it writes nothing. If the write is
+# refused it says so and exits 0: the router still starts, serves IPv4, and
+# reports `forwarding6: off (...)` with the setting to make.
+node_sysctls() {
+    ranges=$(printf '%s' "${WEFT_IPALLOC_RANGE:-}" | tr -d ' \t')
+    case ",$ranges," in
+        *:* | *,ipv6,*) ;;
+        *)
+            log "no IPv6 pod range in '${WEFT_IPALLOC_RANGE:-}': no sysctl to set"
+            return 0
+            ;;
+    esac
+    file=${WEFT_PROC_SYS:-/proc/sys}/net/ipv6/conf/all/forwarding
+    if [ "$(cat "$file" 2>/dev/null)" = 1 ]; then
+        log "net.ipv6.conf.all.forwarding is 1 already"
+    elif (echo 1 >"$file") 2>/dev/null; then
+        log "set net.ipv6.conf.all.forwarding=1 for the IPv6 pod range"
+    else
+        log "cannot write $file (not privileged?): pods' IPv6 is not forwarded until net.ipv6.conf.all.forwarding=1 is set on the node"
+    fi
+}
+
 weft=${WEFT_BIN:-weft}
 case ${1-} in
+    node-sysctls)
+        node_sysctls
+        ;;
     -* | '')
         if [ "${WEFT_INSTALL_CNI:-1}" != 0 ]; then
             install_cni

@@ -10,12 +10,17 @@
 //! Secret's environment — all read from deploy/, so that the manifest and
 //! this test cannot drift.
 //!
-//! Checked: the plugin and conflist land on each node; the routers mesh
-//! with the shipped ConfigMap unedited; the DaemonSet's readiness probe
-//! (`runc exec`, as the kubelet's exec probe) fails until the ring can
-//! allocate and passes after; pods plugged in by the installed plugin with
-//! the installed conflist reach each other across nodes with forwarding
-//! initially off, and `weft status ipam` names them; SIGTERM stops a
+//! Checked: the DaemonSet's init container, run privileged as the manifest
+//! says before the router, turns the node's IPv6 forwarding on (the
+//! router's own container cannot: read-only `/proc/sys`), and the routers
+//! then report `dataplane.forwarding6: on`; the plugin and conflist land on
+//! each node; the routers mesh with the shipped ConfigMap, its
+//! ipalloc-range made dual-stack (`,ipv6`) and nothing else edited; the
+//! DaemonSet's readiness probe (`runc exec`, as the kubelet's exec probe)
+//! fails until the ring can allocate and passes after; dual-stack pods
+//! plugged in by the installed plugin with the installed conflist reach
+//! each other across nodes over IPv4 and IPv6 with forwarding initially
+//! off, and `weft status ipam` names them; SIGTERM stops a
 //! router in well under the grace period and a restarted container keeps
 //! the pods reachable; the image and the binaries are under their size
 //! goals (printed).
@@ -156,6 +161,17 @@ fn the_image_runs_as_the_daemonset_says_and_pods_reach_each_other() {
     let probe = manifest::strings(&container["readinessProbe"]["exec"]["command"]);
     let mut argv = vec![stage.entrypoint.clone()];
     argv.extend(manifest::strings(&container["args"]));
+    assert_eq!(container["securityContext"]["privileged"], false);
+    // The shipped ConfigMap with its ipalloc-range made dual-stack as
+    // deploy/README.md says (`,ipv6`: a ULA /48 derived from the secret).
+    let mut data = manifest::config_data();
+    let ranges = format!("{},ipv6", data["ipalloc-range"].as_str().unwrap());
+    data["ipalloc-range"] = ranges.into();
+    // The init container that turns IPv6 forwarding on, privileged.
+    let init = &spec["initContainers"][0];
+    assert_eq!(init["securityContext"]["privileged"], true);
+    let mut init_argv = vec![stage.entrypoint.clone()];
+    init_argv.extend(manifest::strings(&init["args"]));
 
     let cluster = Cluster::new(3);
     let kube = fake_kube::FakeApi::start(
@@ -189,7 +205,59 @@ fn the_image_runs_as_the_daemonset_says_and_pods_reach_each_other() {
                 volumes.push((v["name"].as_str().unwrap().to_string(), local));
             }
         }
-        let mut env = manifest::container_env(&node.name, &node.underlay.to_string());
+        // The kubelet runs the init container to completion first. The
+        // node's IPv6 forwarding starts off; the router's container could
+        // not change it (read-only /proc/sys).
+        node.ns.sysctl("net.ipv6.conf.all.forwarding", "0");
+        let init_id = format!("weft-t{}-{}-init-{}", std::process::id(), i, node.name);
+        let init_bundle = dir.path.join(format!("init-bundle-{i}"));
+        fs::create_dir_all(&init_bundle).unwrap();
+        let init_env = manifest::env_of(init, &node.name, &node.underlay.to_string(), &data);
+        let init_config = oci_config(
+            &spec,
+            init,
+            &init_env,
+            &init_argv,
+            &rootfs,
+            &image_bin,
+            &[],
+            &format!("/{init_id}"),
+        );
+        fs::write(
+            init_bundle.join("config.json"),
+            serde_json::to_vec_pretty(&init_config).unwrap(),
+        )
+        .unwrap();
+        let mut init_runner = PodRunner {
+            id: init_id,
+            node_ns: node.ns.name.clone(),
+            state: dir.path.join("runc"),
+            bundle: init_bundle,
+            host: host.clone(),
+            log: dir.path.join(format!("init-{i}.log")),
+            child: None,
+        };
+        init_runner.start();
+        let exited = init_runner.wait(Duration::from_secs(20));
+        assert!(
+            exited.is_some_and(|s| s.success()),
+            "init container on {}: {exited:?}\n{}",
+            node.name,
+            init_runner.said()
+        );
+        assert!(
+            init_runner
+                .said()
+                .contains("set net.ipv6.conf.all.forwarding=1"),
+            "{}",
+            init_runner.said()
+        );
+        let forwarding6 = node
+            .ns
+            .ok(&["sysctl", "-n", "net.ipv6.conf.all.forwarding"]);
+        assert_eq!(forwarding6.trim(), "1", "after the init container");
+
+        let mut env = manifest::env_of(container, &node.name, &node.underlay.to_string(), &data);
         env.push(("WEFT_KUBE_API".into(), "http://192.0.2.10:8080".into()));
         env.push(("WEFT_KUBE_RESYNC_SECS".into(), "1".into()));
         let id = format!("weft-t{}-{}-{}", std::process::id(), i, node.name);
@@ -197,6 +265,7 @@ fn the_image_runs_as_the_daemonset_says_and_pods_reach_each_other() {
         fs::create_dir_all(&bundle).unwrap();
         let config = oci_config(
             &spec,
+            container,
             &env,
             &argv,
             &rootfs,
@@ -271,6 +340,15 @@ fn the_image_runs_as_the_daemonset_says_and_pods_reach_each_other() {
         assert!(meshed, "{} not meshed: {:?}", p.id, p.status());
     }
     eprintln!("{test}: meshed and ready at {:?}", started.elapsed());
+    // The routers see the IPv6 forwarding the init container set.
+    for p in &pods {
+        let status = p.status().unwrap();
+        assert_eq!(
+            status["dataplane"]["forwarding6"], "on",
+            "{}: {}",
+            p.id, status["dataplane"]
+        );
+    }
 
     // Pods, plugged in by the installed plugin, named as kubelet names them.
     let mut pod_ns = Vec::new();
@@ -291,13 +369,17 @@ fn the_image_runs_as_the_daemonset_says_and_pods_reach_each_other() {
         );
         assert!(out.status.success(), "ADD on {}: {}", p.id, text(&out));
         let result: Value = serde_json::from_slice(&out.stdout).unwrap();
-        let ip = result["ips"][0]["address"]
-            .as_str()
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string();
+        let address = |k: usize| {
+            result["ips"][k]["address"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no address {k} in {result}"))
+                .split('/')
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        let (ip, ip6) = (address(0), address(1));
+        assert!(ip6.contains(':'), "a dual-stack pod: {result}");
         let named = p.status().unwrap()["ipam"]["allocations"]
             .as_array()
             .unwrap()
@@ -307,14 +389,17 @@ fn the_image_runs_as_the_daemonset_says_and_pods_reach_each_other() {
             });
         assert!(named, "weft status ipam does not name web-{i} at {ip}");
         pod_ns.push(ns);
-        pod_ips.push(ip);
+        pod_ips.push([ip, ip6]);
     }
+    // Both families: IPv6 between nodes needs the node's forwarding.
     let ping = |from: usize, to: usize, within: Duration| {
-        wait_until(within, || {
-            pod_ns[from]
-                .exec(&["ping", "-c", "1", "-W", "1", &pod_ips[to]])
-                .status
-                .success()
+        pod_ips[to].iter().all(|target| {
+            wait_until(within, || {
+                pod_ns[from]
+                    .exec(&["ping", "-c", "1", "-W", "1", target])
+                    .status
+                    .success()
+            })
         })
     };
     for (a, b) in [(0, 1), (1, 2), (2, 0)] {

@@ -186,6 +186,50 @@ fn the_entrypoint_refuses_bad_settings_in_one_line_and_starts_nothing() {
     assert!(host.exec_log().is_empty());
 }
 
+#[test]
+fn node_sysctls_turns_ipv6_forwarding_on_only_for_an_ipv6_range_and_never_blocks_the_router() {
+    let host = FakeHost::new();
+    let proc_sys = host.path("proc/sys");
+    let file = proc_sys.join("net/ipv6/conf/all/forwarding");
+    fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let proc_env = proc_sys.display().to_string();
+    for (ranges, wanted) in [
+        ("10.32.0.0/12", "0"),
+        ("", "0"),
+        ("ipv6x", "0"),
+        ("10.32.0.0/12,fd00:32::/48", "1"),
+        ("10.32.0.0/12, ipv6", "1"),
+        ("ipv6", "1"),
+    ] {
+        fs::write(&file, "0\n").unwrap();
+        let (out, _) = host.run(
+            &["node-sysctls"],
+            &[("WEFT_PROC_SYS", &proc_env), ("WEFT_IPALLOC_RANGE", ranges)],
+        );
+        assert!(out.status.success(), "{ranges}: {}", text(&out));
+        assert_eq!(
+            fs::read_to_string(&file).unwrap().trim(),
+            wanted,
+            "{ranges}"
+        );
+        assert!(host.exec_log().is_empty(), "no router, no install");
+        assert!(!host.plugin().exists());
+    }
+    // Refused (no such file here, read-only /proc/sys on a node): one line
+    // with the setting to make, and success, so the router still starts.
+    let (out, _) = host.run(
+        &["node-sysctls"],
+        &[
+            ("WEFT_PROC_SYS", "/nonexistent/proc/sys"),
+            ("WEFT_IPALLOC_RANGE", "ipv6"),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert!(said.contains("net.ipv6.conf.all.forwarding=1"), "{said}");
+}
+
 // ---- the DaemonSet's environment, end to end ----
 
 /// The container's environment as the kubelet would make it for node

@@ -127,6 +127,26 @@ fn the_daemonset_gives_the_router_the_node_and_what_it_needs() {
     // Readiness is the router's own "can a pod get an address?", not merely
     // "does the socket answer".
     assert_eq!(probe[..2], [Value::from("weft"), Value::from("ready")]);
+    // The one privileged part: the init container that sets IPv6
+    // forwarding, same image, no volumes, the router's pod ranges.
+    let inits = pod["initContainers"].as_array().unwrap();
+    assert_eq!(inits.len(), 1, "{inits:?}");
+    let init = &inits[0];
+    assert_eq!(init["image"], container["image"]);
+    assert_eq!(init["args"], serde_json::json!(["node-sysctls"]));
+    assert_eq!(init["securityContext"]["privileged"], true);
+    assert!(init.get("volumeMounts").is_none(), "{init}");
+    let range_of = |c: &Value| {
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "WEFT_IPALLOC_RANGE")
+            .map(|e| e["valueFrom"].clone())
+    };
+    assert!(range_of(init).is_some());
+    assert_eq!(range_of(init), range_of(container));
+    assert_eq!(container["securityContext"]["privileged"], false);
 
     // Host paths, and where they are mounted.
     let volumes = pod["volumes"].as_array().unwrap();

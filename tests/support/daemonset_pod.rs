@@ -154,6 +154,22 @@ impl PodRunner {
         self.child = Some(cmd.spawn().expect("runc run"));
     }
 
+    /// Waits up to `timeout` for the container to exit (an init
+    /// container); its exit status, `None` if it still runs.
+    pub fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                let _ = run_timeout(self.runc().args(["delete", "--force", &self.id]), 10);
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// The kubelet's exec probe: `runc exec` of `argv`.
     pub fn exec(&self, argv: &[String]) -> Output {
         run_timeout(self.runc().arg("exec").arg(&self.id).args(argv), 10).unwrap()
@@ -215,10 +231,62 @@ impl Drop for PodRunner {
     }
 }
 
-/// The OCI runtime config the kubelet (through containerd) would give the
-/// DaemonSet's container on a node, from deploy/daemonset.yaml.
+/// The capabilities by number (linux/capability.h, up to
+/// CAP_CHECKPOINT_RESTORE); a privileged container gets each of them that
+/// the runtime itself holds (its bounding set), as containerd gives.
+const ALL_CAPS: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// The OCI runtime config the kubelet (through containerd) would give
+/// `container` of the DaemonSet's pod `spec` (its router container, or its
+/// init container) on a node, from deploy/daemonset.yaml. A privileged
+/// container gets what containerd gives one: every capability, a writable
+/// `/sys` and `/proc/sys`, nothing masked.
+#[allow(clippy::too_many_arguments)]
 pub fn oci_config(
     spec: &Value,
+    container: &Value,
     env: &[(String, String)],
     argv: &[String],
     rootfs: &Path,
@@ -226,19 +294,38 @@ pub fn oci_config(
     volumes: &[(String, PathBuf)],
     cgroup: &str,
 ) -> Value {
-    let container = &spec["containers"][0];
     assert_eq!(spec["hostNetwork"], true, "the test runs a hostNetwork pod");
     let sc = &container["securityContext"];
-    assert_eq!(sc["privileged"], false);
-    assert_eq!(
-        manifest::strings(&sc["capabilities"]["drop"]),
-        ["ALL"],
-        "the test gives exactly the capabilities added"
-    );
-    let caps: Vec<String> = manifest::strings(&sc["capabilities"]["add"])
-        .iter()
-        .map(|c| format!("CAP_{c}"))
-        .collect();
+    let privileged = sc["privileged"] == true;
+    let caps: Vec<String> = if privileged {
+        let status = fs::read_to_string("/proc/self/status").unwrap();
+        let bounding = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapBnd:"))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .expect("CapBnd in /proc/self/status");
+        ALL_CAPS
+            .iter()
+            .enumerate()
+            .filter(|(bit, _)| bounding & (1 << bit) != 0)
+            .map(|(_, c)| format!("CAP_{c}"))
+            .collect()
+    } else {
+        assert_eq!(
+            manifest::strings(&sc["capabilities"]["drop"]),
+            ["ALL"],
+            "the test gives exactly the capabilities added"
+        );
+        manifest::strings(&sc["capabilities"]["add"])
+            .iter()
+            .map(|c| format!("CAP_{c}"))
+            .collect()
+    };
+    let sys_options = if privileged {
+        json!(["nosuid", "noexec", "nodev"])
+    } else {
+        json!(["nosuid", "noexec", "nodev", "ro"])
+    };
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
@@ -246,7 +333,7 @@ pub fn oci_config(
         json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
         // Not privileged: containerd mounts sysfs read-only.
-        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": sys_options}),
         // The image's COPY into /usr/local/bin (an empty directory in the
         // base): the binaries and the entrypoint, read-only.
         json!({"destination": "/usr/local/bin", "type": "bind", "source": image_bin, "options": ["rbind", "ro"]}),
@@ -254,7 +341,7 @@ pub fn oci_config(
     let by_name = |name: &str| -> Option<&PathBuf> {
         volumes.iter().find(|(n, _)| n == name).map(|(_, p)| p)
     };
-    for m in container["volumeMounts"].as_array().unwrap() {
+    for m in container["volumeMounts"].as_array().into_iter().flatten() {
         let name = m["name"].as_str().unwrap();
         let volume = spec["volumes"]
             .as_array()
@@ -311,11 +398,11 @@ pub fn oci_config(
             // containerd's defaults: deny every device but runc's own list
             // (which allows tun: deploy/README.md "/dev/net/tun").
             "resources": {"devices": [{"allow": false, "access": "rwm"}]},
-            "maskedPaths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+            "maskedPaths": if privileged { json!([]) } else { json!(["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
                 "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
-                "/sys/firmware"],
-            "readonlyPaths": ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
-                "/proc/sysrq-trigger"],
+                "/sys/firmware"]) },
+            "readonlyPaths": if privileged { json!([]) } else { json!(["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
+                "/proc/sysrq-trigger"]) },
         },
     })
 }

@@ -65,9 +65,22 @@ pub fn strings(v: &Value) -> Vec<String> {
 /// The weft container's environment as the kubelet makes it on node
 /// `node_name` whose address is `host_ip`.
 pub fn container_env(node_name: &str, host_ip: &str) -> Vec<(String, String)> {
-    let spec = pod_spec();
-    let container = &spec["containers"][0];
-    let data = config_data();
+    env_of(
+        &pod_spec()["containers"][0],
+        node_name,
+        host_ip,
+        &config_data(),
+    )
+}
+
+/// `container`'s environment as the kubelet makes it on node `node_name`
+/// whose address is `host_ip`, with the ConfigMap's `data`.
+pub fn env_of(
+    container: &Value,
+    node_name: &str,
+    host_ip: &str,
+    data: &Value,
+) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = Vec::new();
     for e in container["env"].as_array().unwrap() {
         let name = e["name"].as_str().unwrap().to_string();
