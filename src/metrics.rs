@@ -99,6 +99,16 @@ pub fn render(status: &Status, policy: Option<&crate::policy::status::PolicyStat
         "direction",
         vec![("in".into(), d.bytes_in), ("out".into(), d.bytes_out)],
     );
+    family(
+        &mut registry,
+        "coalesced_segments",
+        "Inner TCP segments written to the TUN merged into super-packets, by family",
+        "family",
+        vec![
+            ("ipv4".into(), d.coalesced_v4),
+            ("ipv6".into(), d.coalesced_v6),
+        ],
+    );
     counter(
         &mut registry,
         "forwarded_packets",

@@ -10,74 +10,12 @@
 
 mod support;
 
-use serde_json::Value;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
+use std::net::{IpAddr, Ipv6Addr, UdpSocket};
 use std::time::{Duration, Instant};
 use support::cni::*;
 use support::cni_mesh::*;
+use support::dual_pods::*;
 use support::*;
-
-const RANGE6: &str = "fd00:32::/112";
-
-/// A pod plugged by the plugin: its namespace and both addresses.
-struct DualPod {
-    ns: Netns,
-    v4: Ipv4Addr,
-    v6: Ipv6Addr,
-    result: Value,
-}
-
-fn plug(m: &Mesh, node: usize, cid: &str) -> DualPod {
-    let ns = Netns::new("pod6");
-    let add = Call::new("ADD", cid, &netns_path(&ns));
-    let conf = net_conf("1.0.0", &m.routers[node].api());
-    let result = invoke(&m.cluster.nodes[node].ns, &add, &conf).ok();
-    let ips = result["ips"].as_array().expect("ips");
-    assert_eq!(ips.len(), 2, "a dual-stack result: {result:#}");
-    let address = |i: usize| ips[i]["address"].as_str().unwrap().to_string();
-    let (v4, len4) = address(0)
-        .split_once('/')
-        .map(|(a, l)| (a.to_string(), l.to_string()))
-        .unwrap();
-    let (v6, len6) = address(1)
-        .split_once('/')
-        .map(|(a, l)| (a.to_string(), l.to_string()))
-        .unwrap();
-    assert_eq!((len4.as_str(), len6.as_str()), ("32", "128"));
-    assert_eq!(ips[1]["gateway"], "fe80::1");
-    assert!(
-        result["routes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|r| r["dst"] == "::/0")
-    );
-    DualPod {
-        ns,
-        v4: v4.parse().unwrap(),
-        v6: v6.parse().unwrap(),
-        result,
-    }
-}
-
-fn ping(from: &Netns, to: IpAddr, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if from
-            .exec(&["ping", "-c", "1", "-W", "1", &to.to_string()])
-            .status
-            .success()
-        {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
-
-fn ipam6_ready(r: &Router) -> bool {
-    r.status().is_some_and(|s| s["ipam6"]["state"] == "ready")
-}
 
 fn drops(r: &Router, label: &str) -> u64 {
     counters(&r.status().unwrap())
@@ -141,17 +79,7 @@ fn dual_stack_pods_plugged_by_the_plugin_talk_across_three_nodes() {
     if !require_root("dual_stack_pods_plugged_by_the_plugin_talk_across_three_nodes") {
         return;
     }
-    let m = mesh_on(Cluster::new(3), |r| {
-        r.args.extend(["--ipalloc-range".into(), RANGE6.into()]);
-    });
-    let ready = wait_until(Duration::from_secs(30), || {
-        m.routers.iter().all(ipam6_ready)
-    });
-    assert!(
-        ready,
-        "the IPv6 ring is not ready: {}",
-        m.routers[0].log_tail()
-    );
+    let m = dual_stack_mesh(3, |_| {});
     let range6 = u128::from("fd00:32::".parse::<Ipv6Addr>().unwrap());
     let pods: Vec<DualPod> = (0..3)
         .map(|i| plug(&m, i, &format!("cid-dual-{i}")))
@@ -236,32 +164,10 @@ fn dual_stack_pods_plugged_by_the_plugin_talk_across_three_nodes() {
     packet_too_big_from_the_router(&m, &pods[0], &pods[1]);
 
     const BYTES: u64 = 20 * 1024 * 1024;
-    let t = transfer_between(
-        &pods[0].ns,
-        &pods[2].ns,
-        IpAddr::V6(pods[2].v6),
-        BYTES,
-        None,
-    );
-    assert_eq!(t.received, BYTES, "{t:?}");
-    assert_eq!(t.sent_sum, t.received_sum, "TCPv6 payload corrupted");
-    println!(
-        "TCPv6 20 MiB n0 -> n2 in {:?} ({:.0} Mbit/s)",
-        t.elapsed,
-        BYTES as f64 * 8.0 / t.elapsed.as_secs_f64() / 1e6
-    );
-    let t = transfer_between(
-        &pods[1].ns,
-        &pods[0].ns,
-        IpAddr::V4(pods[0].v4),
-        BYTES,
-        None,
-    );
-    assert_eq!(
-        (t.received, t.sent_sum),
-        (BYTES, t.received_sum),
-        "IPv4 alongside"
-    );
+    let to = IpAddr::V6(pods[2].v6);
+    checked_transfer(&pods[0], &pods[2], to, BYTES, "TCPv6 n0 -> n2");
+    let to = IpAddr::V4(pods[0].v4);
+    checked_transfer(&pods[1], &pods[0], to, BYTES, "TCPv4 alongside, n1 -> n0");
     for r in &m.routers {
         assert_eq!(drops(r, "not_ip"), 0, "{}", r.name);
         assert_eq!(drops(r, "spoofed_source"), 0, "{}", r.name);
@@ -355,71 +261,6 @@ fn dual_stack_pods_plugged_by_the_plugin_talk_across_three_nodes() {
         IpAddr::V6(again.v6),
         Duration::from_secs(20)
     ));
-}
-
-/// An IPv6 packet that gets past weft0 too big for the overlay (weft0's
-/// MTU raised behind the router's back, as in the moment before a smaller
-/// cluster MTU reaches it) gets an ICMPv6 Packet Too Big from the router
-/// naming the overlay MTU, instead of vanishing. MTUs are put back after.
-fn packet_too_big_from_the_router(m: &Mesh, from: &DualPod, to: &DualPod) {
-    let node = &m.cluster.nodes[0].ns;
-    let mtu: usize = node
-        .ok(&["cat", "/sys/class/net/weft0/mtu"])
-        .trim()
-        .parse()
-        .unwrap();
-    let host_veth = from.result["interfaces"][0]["name"]
-        .as_str()
-        .expect("the host side's name")
-        .to_string();
-    let set = |ns: &Netns, dev: &str, value: usize| {
-        ns.ip(&["link", "set", dev, "mtu", &value.to_string()]);
-    };
-    set(node, "weft0", mtu + 80);
-    set(node, &host_veth, mtu + 80);
-    set(&from.ns, "eth0", mtu + 80);
-    let before = m.routers[0].status().unwrap()["dataplane"]["too_big_replies"]
-        .as_u64()
-        .unwrap_or(0);
-    // 40 bytes of IPv6 and 8 of ICMPv6 header: 40 bytes over the MTU.
-    let size = (mtu + 40 - 48).to_string();
-    let out = from.ns.exec(&[
-        "ping",
-        "-6",
-        "-M",
-        "do",
-        "-c",
-        "1",
-        "-W",
-        "2",
-        "-s",
-        &size,
-        &to.v6.to_string(),
-    ]);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let after = m.routers[0].status().unwrap()["dataplane"]["too_big_replies"]
-        .as_u64()
-        .unwrap_or(0);
-    set(&from.ns, "eth0", mtu);
-    set(node, &host_veth, mtu);
-    set(node, "weft0", mtu);
-    from.ns.ip(&["-6", "route", "flush", "cache"]);
-    assert!(
-        text.contains(&format!("mtu={mtu}")) || text.contains(&format!("mtu = {mtu}")),
-        "no Packet Too Big naming {mtu}:\n{text}"
-    );
-    assert!(
-        after > before,
-        "the router did not answer: {before} -> {after}"
-    );
-    println!(
-        "ICMPv6 Packet Too Big from the router: {}",
-        text.lines().find(|l| l.contains("mtu")).unwrap_or("")
-    );
 }
 
 /// The IPv6 ring's allocations on `r` as `weft status` lists them:

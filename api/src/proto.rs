@@ -617,6 +617,14 @@ pub struct DataplaneTotals {
     /// control task's queue was full.
     #[serde(default)]
     pub events_dropped: u64,
+    /// Inner TCP/IPv4 segments written to the TUN merged into
+    /// super-packets (receive coalescing).
+    #[serde(default)]
+    pub coalesced_v4: u64,
+    /// Inner TCP/IPv6 segments written to the TUN merged into
+    /// super-packets.
+    #[serde(default)]
+    pub coalesced_v6: u64,
     /// Drops by reason label; reasons never seen are omitted.
     pub dropped: BTreeMap<String, u64>,
 }

@@ -1,6 +1,7 @@
 //! The coalescer on hostile and on well-formed decrypted packets. Arbitrary
 //! bytes must never panic it. Well-formed TCP segments built from the input
-//! (four flows, any order, gaps, short segments, PSH/FIN) must come out,
+//! (four flows, two over IPv4 and two over IPv6, any order, gaps, short
+//! segments, PSH/FIN, IPv6 flow-label and hop-limit changes) must come out,
 //! once the writes are cut again at their virtio `gso_size`, as exactly the
 //! segments that went in, per flow and in order, with valid checksums.
 #![no_main]
@@ -37,12 +38,51 @@ fn tcp4(flow: u8, seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
     p
 }
 
-/// (flow, seq, flags, payload) of a TCP/IPv4 segment.
-fn key(p: &[u8]) -> (u8, u32, u8, Vec<u8>) {
-    let flow = (u16::from_be_bytes([p[20], p[21]]) - 1000) as u8;
-    let seq = u32::from_be_bytes([p[24], p[25], p[26], p[27]]);
-    (flow, seq, p[33] & !0x08, p[40..].to_vec())
+/// A TCP/IPv6 segment fd00::1 → fd00::2 of `flow` with the given first
+/// word's low bits (traffic class and flow label) and hop limit.
+fn tcp6(flow: u8, seq: u32, flags: u8, label: u8, hops: u8, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 60 + payload.len()];
+    p[..4].copy_from_slice(&[0x60, 0, 0, label]);
+    p[4..6].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+    p[6] = 6;
+    p[7] = hops;
+    p[8] = 0xfd;
+    p[23] = 1;
+    p[24] = 0xfd;
+    p[39] = 2;
+    p[40..42].copy_from_slice(&(1000 + u16::from(flow)).to_be_bytes());
+    p[42..44].copy_from_slice(&2000u16.to_be_bytes());
+    p[44..48].copy_from_slice(&seq.to_be_bytes());
+    p[48..52].copy_from_slice(&7u32.to_be_bytes());
+    p[52] = 5 << 4;
+    p[53] = flags;
+    p[54..56].copy_from_slice(&1000u16.to_be_bytes());
+    p[60..].copy_from_slice(payload);
+    let pseudo = pseudo_header(&p, 6, p.len() - 40).unwrap();
+    let c = finish(sum(&p[40..], pseudo));
+    p[56..58].copy_from_slice(&c.to_be_bytes());
+    p
 }
+
+/// The IP header length of a segment built here.
+fn l3(p: &[u8]) -> usize {
+    if p[0] >> 4 == 6 { 40 } else { 20 }
+}
+
+/// (flow, seq, flags, IPv6 first word and hop limit, payload) of a segment.
+fn key(p: &[u8]) -> (u8, u32, u8, [u8; 5], Vec<u8>) {
+    let t = l3(p);
+    let flow = (u16::from_be_bytes([p[t], p[t + 1]]) - 1000) as u8;
+    let seq = u32::from_be_bytes([p[t + 4], p[t + 5], p[t + 6], p[t + 7]]);
+    let ip6 = if t == 40 {
+        [p[0], p[1], p[2], p[3], p[7]]
+    } else {
+        [0; 5]
+    };
+    (flow, seq, p[t + 13] & !0x08, ip6, p[t + 20..].to_vec())
+}
+
+type Key = (u8, u32, u8, [u8; 5], Vec<u8>);
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
@@ -77,7 +117,15 @@ fuzz_target!(|data: &[u8]| {
         let flags = [0x10, 0x10, 0x18, 0x11, 0x12, 0x10 | 0x80][usize::from(r[3] % 6)];
         let payload: Vec<u8> = (0..len).map(|i| (i as u8) ^ r[3]).collect();
         next_seq[usize::from(flow)] = seq.wrapping_add(len as u32);
-        let p = tcp4(flow, seq, flags, &payload);
+        // Flows 2 and 3 are IPv6; a record's top bits change the flow
+        // label or the hop limit now and then.
+        let p = if flow >= 2 {
+            let label = u8::from(r[3] & 0x40 != 0);
+            let hops = 64 - u8::from(r[3] & 0x20 != 0);
+            tcp6(flow, seq, flags, label, hops, &payload)
+        } else {
+            tcp4(flow, seq, flags, &payload)
+        };
         if c.push(&p, &mut |b: &[u8]| writes.push(b.to_vec())) == Push::PassThrough {
             let mut w = vec![0u8; VNET_HDR_LEN];
             w.extend_from_slice(&p);
@@ -87,21 +135,26 @@ fuzz_target!(|data: &[u8]| {
     }
     c.flush(&mut |b: &[u8]| writes.push(b.to_vec()));
     assert!(c.is_empty());
-    let mut got: BTreeMap<u8, Vec<(u8, u32, u8, Vec<u8>)>> = BTreeMap::new();
+    let mut got: BTreeMap<u8, Vec<Key>> = BTreeMap::new();
     for w in &writes {
         let hdr = VnetHdr::parse(w).unwrap();
         let mut s = Segmenter::new(&hdr, &w[VNET_HDR_LEN..]).unwrap();
         let mut buf = vec![0u8; s.max_segment_len()];
         while let Some(n) = s.next_into(&mut buf) {
             let seg = &buf[..n];
-            assert_eq!(fold(sum(&seg[..20], 0)), 0xffff);
-            let pseudo = pseudo_header(seg, 6, n - 20).unwrap();
-            assert_eq!(fold(sum(&seg[20..], pseudo)), 0xffff);
+            let t = l3(seg);
+            if t == 20 {
+                assert_eq!(fold(sum(&seg[..20], 0)), 0xffff);
+            } else {
+                assert_eq!(usize::from(u16::from_be_bytes([seg[4], seg[5]])), n - 40);
+            }
+            let pseudo = pseudo_header(seg, 6, n - t).unwrap();
+            assert_eq!(fold(sum(&seg[t..], pseudo)), 0xffff);
             let k = key(seg);
             got.entry(k.0).or_default().push(k);
         }
     }
-    let mut want: BTreeMap<u8, Vec<(u8, u32, u8, Vec<u8>)>> = BTreeMap::new();
+    let mut want: BTreeMap<u8, Vec<Key>> = BTreeMap::new();
     for p in &input {
         let k = key(p);
         want.entry(k.0).or_default().push(k);

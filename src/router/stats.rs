@@ -116,6 +116,10 @@ pub struct WorkerStats {
     pub busy_step_downs: AtomicU64,
     /// Reports for the control task dropped because its queue was full.
     pub events_dropped: AtomicU64,
+    /// Inner TCP/IPv4 segments written to the TUN inside super-packets.
+    pub coalesced_v4: AtomicU64,
+    /// Inner TCP/IPv6 segments written to the TUN inside super-packets.
+    pub coalesced_v6: AtomicU64,
     dropped: [AtomicU64; DropReason::ALL.len()],
 }
 
@@ -150,6 +154,8 @@ pub fn sum<'a>(workers: impl IntoIterator<Item = &'a WorkerStats>) -> DataplaneT
         totals.realtime_workers += w.realtime.load(Ordering::Relaxed);
         totals.busy_step_downs += w.busy_step_downs.load(Ordering::Relaxed);
         totals.events_dropped += w.events_dropped.load(Ordering::Relaxed);
+        totals.coalesced_v4 += w.coalesced_v4.load(Ordering::Relaxed);
+        totals.coalesced_v6 += w.coalesced_v6.load(Ordering::Relaxed);
         for reason in DropReason::ALL {
             let n = w.dropped(reason);
             if n > 0 {

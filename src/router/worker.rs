@@ -353,6 +353,9 @@ impl Worker {
         if let Some(c) = &mut self.coalescer {
             let (tun, stats) = (&self.tun, &self.stats);
             c.flush(&mut |b: &[u8]| tun_write(tun, stats, b));
+            let merged = c.take_merged();
+            WorkerStats::add(&stats.coalesced_v4, merged.v4);
+            WorkerStats::add(&stats.coalesced_v6, merged.v6);
         }
     }
 

@@ -497,6 +497,7 @@ pub use traffic::*;
 pub mod cni;
 pub mod cni_mesh;
 pub mod cri;
+pub mod dual_pods;
 
 /// Two nodes, a router each seeded with the other, one pod each, the
 /// connection established. Routers drop first (printing their logs on
