@@ -259,20 +259,26 @@ async fn apply(text: String) -> (Result<(), String>, Duration) {
     (result, began.elapsed())
 }
 
-/// Whether the table's base chain is in the kernel with its dispatch
-/// rules. An `nft` that cannot run counts as in place: the apply path
-/// reports that, and a check must not turn into an apply loop.
+/// Whether the table's base chain and the family chains it jumps to are
+/// in the kernel with their rules (one `nft list chain` each: nft 1.0.6
+/// cannot list several chains in one `nft -f`). An `nft` that cannot run
+/// counts as in place: the apply path reports that, and a check must not
+/// turn into an apply loop.
 async fn table_in_place() -> bool {
     let (family, name) = TABLE.split_once(' ').unwrap_or(("inet", TABLE));
     tokio::task::spawn_blocking(move || {
-        crate::nftables::listing(&["list", "chain", family, name, super::nft::BASE_CHAIN])
+        let mut listing = String::new();
+        for chain in super::nft::FIXED_CHAINS {
+            match crate::nftables::listing(&["list", "chain", family, name, chain]) {
+                Ok(Some(text)) => listing.push_str(&text),
+                Ok(None) => return false,
+                Err(_) => return true,
+            }
+        }
+        super::nft::base_chain_whole(&listing)
     })
     .await
-    .map_or(true, |listing| match listing {
-        Ok(Some(text)) => super::nft::base_chain_whole(&text),
-        Ok(None) => false,
-        Err(_) => true,
-    })
+    .unwrap_or(true)
 }
 
 /// Takes an allocation update; returns whether the table must be rendered.

@@ -18,14 +18,16 @@
 //!
 //! Per packet, whatever the number of policies and pods:
 //! 1. `ct state established,related accept` (replies of allowed traffic);
-//! 2. `ip saddr vmap @egress` (`ip6 saddr vmap @egress6`): an isolated
-//!    local source jumps to its pod's egress chain, which looks the
+//! 2. `meta nfproto vmap { ipv4 : jump forward4, ipv6 : jump forward6 }`:
+//!    one branch on the family, so a packet meets only its family's rules;
+//! 3. `ip saddr vmap @egress` (`ip6 saddr vmap @egress6` in `forward6`): an
+//!    isolated local source jumps to its pod's egress chain, which looks the
 //!    destination up in two interval verdict maps of the packet's family
 //!    (addresses → policy for rules without ports; protocol · address ·
 //!    port → policy) and `goto`es the allowing policy's counter chain, which
-//!    returns to step 3; no entry: a rate-limited NFLOG copy for the drop
+//!    returns to step 4; no entry: a rate-limited NFLOG copy for the drop
 //!    log (`super::droplog`), the pod's default-deny counter, drop;
-//! 3. `ip daddr vmap @ingress` (`ip6 daddr vmap @ingress6`): the same for
+//! 4. `ip daddr vmap @ingress` (`ip6 daddr vmap @ingress6`): the same for
 //!    an isolated local destination, with the source looked up; the
 //!    policy's chain counts and accepts.
 //!
@@ -45,19 +47,24 @@ use table::Table;
 /// The table, as nft spells it.
 pub const TABLE: &str = "inet weft_policy";
 
-/// The base chain, hooked on `forward`: without it nothing is enforced.
-pub const BASE_CHAIN: &str = "forward";
+/// The chains that must be whole for anything to be enforced: the base
+/// chain, hooked on `forward`, and the two family chains it jumps to.
+pub const FIXED_CHAINS: [&str; 3] = table::FIXED_CHAINS;
 
-/// Whether an `nft list chain` listing of [`BASE_CHAIN`] still has its hook
-/// and every dispatch rule (`nft flush chain` leaves it empty).
+/// Whether the `nft list chain` listings of [`FIXED_CHAINS`], one after
+/// the other, still have the hook, the family branch and every dispatch
+/// rule (`nft flush chain` leaves a chain empty).
 pub fn base_chain_whole(listing: &str) -> bool {
-    let rule = |map: &str| {
-        let ending = format!("vmap @{map}");
+    let has = |ending: &str| {
         listing
             .lines()
-            .any(|line| line.trim_end().ends_with(&ending))
+            .any(|line| line.trim_end().ends_with(ending))
     };
-    listing.contains("hook forward") && table::DISPATCH.iter().all(|map| rule(map))
+    listing.contains("hook forward")
+        && has(table::FAMILY_BRANCH)
+        && table::DISPATCH
+            .iter()
+            .all(|map| has(&format!("vmap @{map}")))
 }
 
 /// The IPv4-only table of earlier versions, deleted with the first full
@@ -417,26 +424,51 @@ mod tests {
         text.lines().any(|l| l.trim() == line)
     }
 
-    #[test]
-    fn the_base_chain_is_whole_only_with_its_hook_and_every_dispatch_rule() {
-        let text = render(&pods()).text();
-        let chain: String = text
-            .lines()
-            .skip_while(|l| !l.contains("chain forward"))
+    /// The lines of chain `name` in `text`, from its `chain` line to the
+    /// last rule, as `nft list chain` prints them.
+    fn chain_lines(text: &str, name: &str) -> Vec<String> {
+        let head = format!("chain {name} {{");
+        text.lines()
+            .skip_while(|l| l.trim() != head)
             .take_while(|l| l.trim() != "}")
             .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
+    #[test]
+    fn the_base_chain_is_whole_only_with_its_hook_the_family_branch_and_every_dispatch_rule() {
+        let text = render(&pods()).text();
+        let chains: Vec<Vec<String>> = FIXED_CHAINS
+            .iter()
+            .map(|name| chain_lines(&text, name))
             .collect();
-        assert!(base_chain_whole(&chain), "{chain}");
-        // As nft lists a flushed chain: the hook, no rules.
-        let flushed: String = chain.lines().take(2).map(|l| format!("{l}\n")).collect();
-        assert!(!base_chain_whole(&flushed));
-        // One dispatch rule gone (the IPv6 one must not pass for the IPv4 one).
-        let without: String = chain
-            .lines()
-            .filter(|l| !l.ends_with("vmap @egress"))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        assert!(!base_chain_whole(&without), "{without}");
+        assert!(chains.iter().all(|lines| lines.len() >= 3), "{text}");
+        let whole = chains.concat().concat();
+        assert!(base_chain_whole(&whole), "{whole}");
+        // The base chain alone (what was listed before the family chains).
+        assert!(!base_chain_whole(&chains[0].concat()));
+        // Each chain as nft lists it flushed: its head, no rules.
+        for flushed in 0..chains.len() {
+            let kept = if flushed == 0 { 2 } else { 1 };
+            let listing: String = chains
+                .iter()
+                .enumerate()
+                .map(|(i, lines)| {
+                    let n = if i == flushed { kept } else { lines.len() };
+                    lines[..n].concat()
+                })
+                .collect();
+            assert!(!base_chain_whole(&listing), "{listing}");
+        }
+        // One rule gone (the IPv6 one must not pass for the IPv4 one).
+        for gone in ["vmap @egress", table::FAMILY_BRANCH] {
+            let without: String = whole
+                .lines()
+                .filter(|l| !l.ends_with(gone))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            assert!(!base_chain_whole(&without), "{without}");
+        }
     }
 
     #[test]
@@ -446,22 +478,33 @@ mod tests {
             "table ip weft_policy {}\ndelete table ip weft_policy\n\
              table inet weft_policy {}\ndelete table inet weft_policy\ntable inet weft_policy {\n"
         ));
-        let forward: Vec<&str> = text
-            .lines()
-            .skip_while(|l| !l.contains("chain forward"))
-            .map(str::trim)
-            .collect();
+        let rules = |name: &str| -> Vec<String> {
+            chain_lines(&text, name)
+                .iter()
+                .skip(1)
+                .map(|l| l.trim().to_string())
+                .collect()
+        };
         assert_eq!(
-            &forward[1..7],
-            &[
+            rules("forward"),
+            [
                 "type filter hook forward priority filter - 5; policy accept;",
                 "ct state established,related accept",
-                "ip saddr vmap @egress",
-                "ip6 saddr vmap @egress6",
-                "ip daddr vmap @ingress",
-                "ip6 daddr vmap @ingress6",
+                "meta nfproto vmap { ipv4 : jump forward4, ipv6 : jump forward6 }",
             ]
         );
+        assert_eq!(
+            rules("forward4"),
+            ["ip saddr vmap @egress", "ip daddr vmap @ingress"]
+        );
+        assert_eq!(
+            rules("forward6"),
+            ["ip6 saddr vmap @egress6", "ip6 daddr vmap @ingress6"]
+        );
+        // The family chains are defined before the base chain jumps to them.
+        let at = |head: &str| text.find(head).unwrap_or(usize::MAX);
+        assert!(at("chain forward4 {") < at("chain forward {"));
+        assert!(at("chain forward6 {") < at("chain forward {"));
         assert_eq!(text.matches('{').count(), text.matches('}').count());
     }
 

@@ -12,7 +12,8 @@
 //! 4. pod chains (`pod_*_in`, `pod_*_out`), on the pod maps and counters;
 //! 5. the dispatch maps `ingress`, `egress`, `ingress6`, `egress6`
 //!    (address → `jump pod_*`);
-//! 6. the base chain `forward`, on the dispatch maps (never changes).
+//! 6. the family chains `forward4` and `forward6`, on the dispatch maps,
+//!    and the base chain `forward` that jumps to them (never change).
 
 use super::{OLD_TABLE, TABLE};
 use std::collections::{BTreeMap, BTreeSet};
@@ -39,18 +40,34 @@ pub(super) struct Table {
 /// The dispatch maps: always there, only their elements change.
 pub(super) const DISPATCH: [&str; 4] = ["egress", "egress6", "ingress", "ingress6"];
 
-/// The base chain: established traffic first, then the egress check of an
-/// isolated local source, then the ingress check of an isolated local
-/// destination; each on the map of the packet's family (an `ip` match does
-/// not match an IPv6 packet, and the other way round).
+/// The base chain: established traffic first, then one branch on the
+/// packet's family, so an IPv4 packet never meets the IPv6 rules nor the
+/// other way round (one lookup in an anonymous verdict map, not four rule
+/// evaluations).
 const FORWARD: &str = "\tchain forward {\n\
     \t\ttype filter hook forward priority filter - 5; policy accept;\n\
     \t\tct state established,related accept\n\
+    \t\tmeta nfproto vmap { ipv4 : jump forward4, ipv6 : jump forward6 }\n\
+    \t}\n";
+
+/// The family chains the base chain jumps to: the egress check of an
+/// isolated local source, then the ingress check of an isolated local
+/// destination, each on the map of the chain's family.
+const FAMILY_CHAINS: &str = "\tchain forward4 {\n\
     \t\tip saddr vmap @egress\n\
-    \t\tip6 saddr vmap @egress6\n\
     \t\tip daddr vmap @ingress\n\
+    \t}\n\
+    \tchain forward6 {\n\
+    \t\tip6 saddr vmap @egress6\n\
     \t\tip6 daddr vmap @ingress6\n\
     \t}\n";
+
+/// The chains [`FORWARD`] and [`FAMILY_CHAINS`] define, base chain first.
+pub(super) const FIXED_CHAINS: [&str; 3] = ["forward", "forward4", "forward6"];
+
+/// The base chain's family branch, as nft lists it back.
+pub(super) const FAMILY_BRANCH: &str =
+    "meta nfproto vmap { ipv4 : jump forward4, ipv6 : jump forward6 }";
 
 /// A map's declaration, which its name decides: a pod's peer map on
 /// addresses alone (`_any`), on protocol · address · port (`_ports`), or a
@@ -118,6 +135,7 @@ impl Table {
         for (name, elements) in &self.dispatch {
             map(&mut t, name, elements);
         }
+        t.push_str(FAMILY_CHAINS);
         t.push_str(FORWARD);
         t.push_str("}\n");
         t
