@@ -369,3 +369,71 @@ fn a_containerd_killed_mid_add_leaves_nothing_after_kubelet_style_cleanup() {
     drop(cri);
     rts.clear();
 }
+
+#[test]
+fn kubelet_gets_both_pod_ips_ipv4_first_and_dual_stack_pods_reach_each_other_over_both() {
+    if !require_root("cri_dual") || !require_tools("cri_dual", TOOLS) {
+        return;
+    }
+    let m = dual_stack_mesh(2, "fd00:32::/112");
+    let dir = TempDir::new("cri-dual");
+    let logs = dir.path.join("pods");
+    let rts = runtimes(&m, &dir.path, &plugin_bin(), &[]);
+    let mut cris: Vec<Cri> = rts
+        .iter()
+        .map(|r| Cri::connect(&r.socket()).expect("CRI client"))
+        .collect();
+    let mut pods = Vec::new();
+    for i in 0..2 {
+        let name = format!("dual-{i}");
+        let cfg = pod_config("default", &name, &format!("uid-dual-{i}"), None, &logs);
+        let cri = &mut cris[i];
+        let sandbox = cri
+            .run_sandbox(&cfg)
+            .unwrap_or_else(|e| panic!("RunPodSandbox {name}: {e}\n{}", rts[i].log_tail()));
+        // What kubelet turns into status.podIPs: the IPv4 address first,
+        // then the IPv6 one.
+        let network = cri
+            .sandbox_status(&sandbox)
+            .expect("PodSandboxStatus")
+            .network
+            .expect("a network status");
+        let v4: Ipv4Addr = network.ip.parse().expect("IPv4 first");
+        let more: Vec<&str> = network
+            .additional_ips
+            .iter()
+            .map(|p| p.ip.as_str())
+            .collect();
+        assert_eq!(more.len(), 1, "{name}: {more:?}");
+        let v6: std::net::Ipv6Addr = more[0].parse().expect("then IPv6");
+        assert!(v6.segments()[..7] == [0xfd00, 0x32, 0, 0, 0, 0, 0], "{v6}");
+        let held = allocations(&m.routers[i]);
+        assert!(
+            held.iter().any(|a| a.address == v4.to_string()
+                && a.ipv6.as_ref().is_some_and(|x| x.address == v6.to_string())),
+            "{name}: {v4} {v6}, the router holds {held:?}"
+        );
+        let app = container_config(&cfg, "app", &["sleep", "300"]);
+        let container = cri
+            .start_container(&sandbox, app, &cfg)
+            .unwrap_or_else(|e| panic!("container in {name}: {e}\n{}", rts[i].log_tail()));
+        pods.push((sandbox, container, v4.to_string(), v6.to_string()));
+    }
+    for (from, to) in [(0, 1), (1, 0)] {
+        for (ping, target) in [("ping", &pods[to].2), ("ping6", &pods[to].3)] {
+            let ok = wait_until(Duration::from_secs(10), || {
+                cris[from]
+                    .exec_sync(&pods[from].1, &[ping, "-c", "1", "-W", "1", target])
+                    .is_ok_and(|(code, _)| code == 0)
+            });
+            assert!(ok, "dual-{from} cannot reach dual-{to} at {target}");
+        }
+    }
+    for (i, (sandbox, _, _, _)) in pods.iter().enumerate() {
+        cris[i].stop_sandbox(sandbox).expect("StopPodSandbox");
+        cris[i].remove_sandbox(sandbox).expect("RemovePodSandbox");
+        assert_nothing_left(&m, i, std::slice::from_ref(sandbox));
+        let ns = &m.cluster.nodes[i].ns;
+        assert!(pod_routes6(ns).is_empty(), "{:?}", pod_routes6(ns));
+    }
+}

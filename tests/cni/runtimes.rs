@@ -237,15 +237,7 @@ fn dual_stack_podman_and_ctr_containers_get_both_addresses_and_reach_each_other_
         return;
     }
     let started = Instant::now();
-    let m = mesh_on(Cluster::new(2), |r| {
-        r.args.extend(["--ipalloc-range".into(), RANGE6.into()]);
-    });
-    let ready = wait_until(Duration::from_secs(30), || {
-        m.routers
-            .iter()
-            .all(|r| r.status().is_some_and(|s| s["ipam6"]["state"] == "ready"))
-    });
-    assert!(ready, "no IPv6 ring: {}", m.routers[0].log_tail());
+    let m = dual_stack_mesh(2, RANGE6);
     let dir = TempDir::new("dual-rt");
     let rootfs = busybox_rootfs_tar(&dir.path);
     let podmans: Vec<Podman> = (0..2)
