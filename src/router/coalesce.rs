@@ -14,7 +14,8 @@
 //! that are not TCP data pass through untouched (the caller writes them),
 //! and so do IPv4 packets with options or fragments and IPv6 packets with
 //! extension headers: the kernel's segmenter could not cut those back the
-//! way they came.
+//! way they came. As such an IPv6 packet's ports are not looked for, it
+//! first flushes every held IPv6 flow between its two addresses.
 //!
 //! Checksums of the merged segments are not re-verified: each arrived under
 //! an authenticated AEAD tag from a peer router whose segmenter computed them.
@@ -181,6 +182,7 @@ impl Coalescer {
     /// (virtio header included) for any flow that has to be flushed first.
     pub fn push(&mut self, packet: &[u8], write: &mut impl FnMut(&[u8])) -> Push {
         let Some(seg) = parse(packet) else {
+            self.flush_behind_extension_headers(packet, write);
             return Push::PassThrough;
         };
         if let Some(i) = self
@@ -222,6 +224,25 @@ impl Coalescer {
         slot.closed = seg.flags & TCP_PSH != 0;
         slot.started = self.tick;
         Push::Held
+    }
+
+    /// An IPv6 packet whose Next Header is an extension header may belong
+    /// to a TCP flow held here (its ports lie behind headers we do not
+    /// walk): every held IPv6 flow between the same two addresses goes
+    /// first, so that flow's order is kept.
+    fn flush_behind_extension_headers(&mut self, p: &[u8], write: &mut impl FnMut(&[u8])) {
+        const EXTENSIONS: [u8; 10] = [0, 43, 44, 50, 51, 60, 135, 139, 140, 253];
+        let Some(addresses) = p.get(8..40) else {
+            return;
+        };
+        if p[0] >> 4 != 6 || !EXTENSIONS.contains(&p[6]) {
+            return;
+        }
+        for slot in &mut self.slots {
+            if slot.len > 0 && slot.key[0] == 6 && slot.key[1..33] == *addresses {
+                Self::flush_slot(slot, &mut self.merged, write);
+            }
+        }
     }
 
     fn try_append(&mut self, i: usize, p: &[u8], seg: &Tcp) -> bool {
@@ -580,6 +601,10 @@ mod tests {
 
     #[test]
     fn ipv6_with_an_extension_header_or_a_wrong_length_passes_through_after_its_flow() {
+        // A held flow between other addresses is not flushed by either.
+        let mut elsewhere = tcp6(0, 1, 0x10, &data(500, 4));
+        elsewhere[39] = 9;
+        fix6(&mut elsewhere);
         let first = tcp6(0, 1, 0x10, &data(500, 1));
         // A hop-by-hop header (8 bytes of PadN) before the TCP header.
         let plain = tcp6(500, 1, 0x10, &data(500, 2));
@@ -599,18 +624,18 @@ mod tests {
                 c.push(&first, &mut |b: &[u8]| out.push(b.to_vec())),
                 Push::Held
             );
+            let mut other = Coalescer::new(2);
+            let mut none = |_: &[u8]| panic!("a flow between other addresses was flushed");
+            assert_eq!(other.push(&elsewhere, &mut none), Push::Held);
+            assert_eq!(other.push(&odd, &mut none), Push::PassThrough);
+            assert!(!other.is_empty());
             let pushed = c.push(&odd, &mut |b: &[u8]| out.push(b.to_vec()));
-            if odd[6] == PROTO_TCP {
-                // Same flow, not mergeable: the held one goes first.
-                assert_eq!(pushed, Push::PassThrough);
-                assert_eq!(out.len(), 1);
-                assert_eq!(&out[0][VNET_HDR_LEN..], &first[..]);
-            } else {
-                // Not recognised as TCP at all: passed through untouched,
-                // the held flow waits for its flush.
-                assert_eq!(pushed, Push::PassThrough);
-                assert!(out.is_empty());
-            }
+            // Not mergeable (or not even found to be TCP): written now,
+            // after the held segment of what may be its flow.
+            assert_eq!(pushed, Push::PassThrough);
+            assert_eq!(out.len(), 1);
+            assert_eq!(&out[0][VNET_HDR_LEN..], &first[..]);
+            assert!(c.is_empty());
         }
     }
 
