@@ -48,34 +48,15 @@ TMP=$(mktemp -d "/tmp/${PFX}-XXXX")
 RESULTS="$TMP/results"
 : >"$RESULTS"
 
-log() { echo "[bench] $*" >&2; }
-die() { echo "[bench] error: $*" >&2; exit 1; }
-t() { timeout "$CMD_TIMEOUT" "$@"; }
-nsx() { local ns=$1; shift; timeout "$CMD_TIMEOUT" ip netns exec "$ns" "$@"; }
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 
-# Kill what we started (by PID), then every process still inside our namespaces, then the
-# namespaces themselves. Never touches anything else.
-kill_ns_procs() {
-  local ns=$1 i p
-  for i in 1 2 3; do
-    p=$(t ip netns pids "$ns" 2>/dev/null || true)
-    [[ -z $p ]] && return 0
-    # shellcheck disable=SC2086
-    kill -9 $p 2>/dev/null || true
-    sleep 0.1
-  done
-}
 cleanup() {
   set +e
-  local pid ns
-  for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
+  teardown_run "${PIDS[@]}"
   if [[ -n ${BENCH_LOG_DIR:-} ]]; then
     mkdir -p "$BENCH_LOG_DIR" && cp "$RESULTS" "$TMP"/n?/log "$BENCH_LOG_DIR/" 2>/dev/null
   fi
-  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^${PFX}-"); do
-    kill_ns_procs "$ns"
-    t ip netns del "$ns"
-  done
   rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -85,9 +66,9 @@ trap 'exit 130' INT TERM
 for tool in ip iperf3 jq nsenter; do
   command -v "$tool" >/dev/null || die "$tool is missing (apt-get install iproute2 iperf3 jq util-linux)"
 done
+cleanup_stale
 
 # ---------------------------------------------------------------- topology
-mkns() { t ip netns add "$1"; t ip -n "$1" link set lo up; }
 N=("$PFX-n0" "$PFX-n1")
 mkns "${N[0]}"; mkns "${N[1]}"
 t ip -n "${N[0]}" link add eth0 type veth peer name eth0 netns "${N[1]}"

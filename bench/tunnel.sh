@@ -62,58 +62,22 @@ TMP=$(mktemp -d "/tmp/${PFX}-XXXX")
 RESULTS="$TMP/results"
 : >"$RESULTS"
 
-log() { echo "[bench] $*" >&2; }
-die() { echo "[bench] error: $*" >&2; exit 1; }
-t() { timeout "$CMD_TIMEOUT" "$@"; }
-nsx() { local ns=$1; shift; timeout "$CMD_TIMEOUT" ip netns exec "$ns" "$@"; }
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 
-# Kill what we started (by PID), then every process still inside our namespaces, then the
-# namespaces themselves. Never touches anything else.
-kill_ns_procs() {
-  local ns=$1 i p
-  for i in 1 2 3; do
-    p=$(t ip netns pids "$ns" 2>/dev/null || true)
-    [[ -z $p ]] && return 0
-    # shellcheck disable=SC2086
-    kill -9 $p 2>/dev/null || true
-    sleep 0.1
-  done
-}
 cleanup() {
   set +e
-  local pid ns s
-  for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
+  local s
+  teardown_run "${PIDS[@]}"
   for s in "${WG_SOCKETS[@]}"; do rm -f "$s"; done
   if [[ -n ${BENCH_LOG_DIR:-} ]]; then # keep the routers' logs and the raw results
     mkdir -p "$BENCH_LOG_DIR" && cp "$RESULTS" "$BENCH_LOG_DIR/results" 2>/dev/null
     for s in weft0 weft1 weft-alt0 weft-alt1; do cp "$TMP/$s/log" "$BENCH_LOG_DIR/$s.log" 2>/dev/null; done
   fi
-  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^${PFX}-"); do
-    kill_ns_procs "$ns"
-    t ip netns del "$ns"
-  done
   rm -rf "$TMP"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-# Leftovers of killed runs: weft-b-<pid>-* whose pid is gone.
-cleanup_stale() {
-  local ns pid
-  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^weft-b-[0-9]+-' || true); do
-    pid=${ns#weft-b-}; pid=${pid%%-*}
-    [[ -d /proc/$pid ]] && continue
-    log "removing stale namespace $ns"
-    kill_ns_procs "$ns"
-    t ip netns del "$ns" || true
-  done
-  for d in /tmp/weft-b-*; do
-    [[ -d $d ]] || continue
-    pid=${d#/tmp/weft-b-}; pid=${pid%%-*}
-    [[ $pid =~ ^[0-9]+$ && ! -d /proc/$pid ]] && rm -rf "$d"
-  done
-  return 0
-}
 
 [[ $(id -u) -eq 0 ]] || die "needs root (network namespaces)"
 for tool in ip iperf3 jq ping getconf; do
@@ -122,7 +86,6 @@ done
 cleanup_stale
 
 # ---------------------------------------------------------------- topology
-mkns() { t ip netns add "$1"; t ip -n "$1" link set lo up; }
 
 NODES=()
 mknodes() { # NS0 NS1: two nodes joined by a veth underlay, 192.0.2.10 and .11

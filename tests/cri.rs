@@ -375,7 +375,7 @@ fn kubelet_gets_both_pod_ips_ipv4_first_and_dual_stack_pods_reach_each_other_ove
     if !require_root("cri_dual") || !require_tools("cri_dual", TOOLS) {
         return;
     }
-    let m = dual_stack_mesh(2, "fd00:32::/112");
+    let m = support::dual_pods::dual_stack_mesh(2, |_| {});
     let dir = TempDir::new("cri-dual");
     let logs = dir.path.join("pods");
     let rts = runtimes(&m, &dir.path, &plugin_bin(), &[]);

@@ -302,13 +302,7 @@ fn a_dual_stack_pod_keeps_its_ipv6_address_across_router_restarts_even_without_t
     if !require_root("dual_stack_pod_survives_router_restarts") {
         return;
     }
-    let mut m = mesh_on(Cluster::new(2), |r| {
-        r.args.extend(["--ipalloc-range".into(), RANGE6.into()]);
-    });
-    let ready = wait_until(Duration::from_secs(30), || {
-        m.routers.iter().all(ipam6_ready)
-    });
-    assert!(ready, "no IPv6 ring: {}", m.routers[0].log_tail());
+    let mut m = dual_stack_mesh(2, |_| {});
     let survivor = plug(&m, 0, "cid-survivor");
     let peer = plug(&m, 1, "cid-peer");
     let reachable =

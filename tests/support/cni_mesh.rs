@@ -77,21 +77,6 @@ pub fn mesh_on(mut cluster: Cluster, tweak: impl Fn(&mut Router)) -> Mesh {
     Mesh { routers, cluster }
 }
 
-/// [`mesh`] of `count` dual-stack routers (`range6` their IPv6 pod range),
-/// their IPv6 rings ready too.
-pub fn dual_stack_mesh(count: usize, range6: &str) -> Mesh {
-    let m = mesh_on(Cluster::new(count), |r| {
-        r.args.extend(["--ipalloc-range".into(), range6.into()]);
-    });
-    let ready = wait_until(Duration::from_secs(30), || {
-        m.routers
-            .iter()
-            .all(|r| r.status().is_some_and(|s| s["ipam6"]["state"] == "ready"))
-    });
-    assert!(ready, "no IPv6 ring: {}", m.routers[0].log_tail());
-    m
-}
-
 pub fn allocations(r: &Router) -> Vec<Allocation> {
     let reply = call(
         &r.api(),
