@@ -2,8 +2,11 @@
 //! share an underlay bridge (192.0.2.0/24), run one real `weft router` each,
 //! get one pod each plugged in by the CNI plugin, then the demo pings every
 //! pod from every other, measures throughput and prints `weft status`.
+//! With `--ipv6` the pods are dual-stack (the routers also split an IPv6
+//! ULA range derived from the cluster secret) and the matrix is pinged over
+//! both families.
 //! The demo does nothing to a node that a real node would not have: the
-//! routers and the plugin turn on what they need (IPv4 forwarding).
+//! routers and the plugin turn on what they need (IPv4 and IPv6 forwarding).
 //!
 //! Everything it creates is named `weft-demo-<pid>-*` and removed at the end
 //! (and leftovers of killed runs at the start), unless `--keep`. A failed
@@ -13,15 +16,15 @@ use crate::api::client;
 use crate::api::proto::{Request, Status};
 use std::ffi::OsStr;
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const PREFIX: &str = "weft-demo-";
 
-/// Runs the demo with `nodes` nodes.
-pub fn run(nodes: usize, keep: bool) -> anyhow::Result<()> {
+/// Runs the demo with `nodes` nodes; dual-stack pods with `ipv6`.
+pub fn run(nodes: usize, keep: bool, ipv6: bool) -> anyhow::Result<()> {
     if !(2..=8).contains(&nodes) {
         anyhow::bail!("--nodes must be 2 to 8");
     }
@@ -34,6 +37,11 @@ pub fn run(nodes: usize, keep: bool) -> anyhow::Result<()> {
     {
         anyhow::bail!("weft demo creates network namespaces: run it as root (sudo)");
     }
+    if ipv6 && !Path::new("/proc/sys/net/ipv6").exists() {
+        anyhow::bail!(
+            "weft demo --ipv6 needs IPv6 in the kernel (/proc/sys/net/ipv6 is missing: boot without ipv6.disable=1), or run it without --ipv6"
+        );
+    }
     if let Some(line) = missing_tools_line(&missing_tools(std::env::var_os("PATH").as_deref())) {
         anyhow::bail!(line);
     }
@@ -44,7 +52,7 @@ pub fn run(nodes: usize, keep: bool) -> anyhow::Result<()> {
         )
     })?;
     remove_leftovers();
-    let mut demo = Demo::new()?;
+    let mut demo = Demo::new(ipv6)?;
     let result = demo.build_and_show(nodes, &plugin);
     if keep && result.is_ok() {
         demo.keep();
@@ -123,10 +131,19 @@ struct Demo {
     kept: bool,
     /// Keep the log directory when cleaning up (the demo failed).
     keep_logs: bool,
+    /// Dual-stack pods (`--ipv6`).
+    ipv6: bool,
+}
+
+/// A plugged pod: its namespace and addresses (IPv6 with `--ipv6`).
+struct Pod {
+    ns: String,
+    v4: Ipv4Addr,
+    v6: Option<Ipv6Addr>,
 }
 
 impl Demo {
-    fn new() -> anyhow::Result<Self> {
+    fn new(ipv6: bool) -> anyhow::Result<Self> {
         let tag = format!("{PREFIX}{}", std::process::id());
         let dir = std::env::temp_dir().join(&tag);
         std::fs::create_dir_all(&dir)?;
@@ -137,6 +154,7 @@ impl Demo {
             routers: Vec::new(),
             kept: false,
             keep_logs: false,
+            ipv6,
         })
     }
 
@@ -211,6 +229,11 @@ impl Demo {
             for seed in &seeds {
                 cmd.args(["--peer", seed]);
             }
+            if self.ipv6 {
+                // The default IPv4 range stays; `ipv6` adds the ULA /48
+                // derived from the cluster secret.
+                cmd.args(["--ipalloc-range", crate::pod_ranges::DERIVED_KEYWORD]);
+            }
             let child = cmd
                 .env_remove("WEFT_PEERS")
                 .stdin(Stdio::null())
@@ -229,25 +252,16 @@ impl Demo {
         for (i, status) in statuses.iter().enumerate() {
             let pod = self.netns(&format!("pod{i}"))?;
             let api = self.dir.join(&status.name).join("weft.sock");
-            let addr = cni_add(plugin, &node_ns[i], &pod, &api, &format!("demo-pod{i}"))?;
-            pods.push((pod, addr));
+            let (v4, v6) = cni_add(plugin, &node_ns[i], &pod, &api, &format!("demo-pod{i}"))?;
+            if self.ipv6 && v6.is_none() {
+                anyhow::bail!("CNI ADD for {pod} returned no IPv6 address with --ipv6");
+            }
+            pods.push(Pod { ns: pod, v4, v6 });
         }
 
-        println!("\nping matrix (from row to column, through the encrypted mesh):");
-        print!("{:>14}", "");
-        for (_, addr) in &pods {
-            print!("{:>14}", addr.to_string());
-        }
-        println!();
-        let mut failures = 0;
-        for (from, from_addr) in &pods {
-            print!("{:>14}", from_addr.to_string());
-            for (_, to) in &pods {
-                let ok = from_addr == to || ping(from, *to);
-                failures += usize::from(!ok);
-                print!("{:>14}", if ok { "ok" } else { "FAIL" });
-            }
-            println!();
+        let mut failures = ping_matrix(&pods, |p| Some(IpAddr::V4(p.v4)), "");
+        if self.ipv6 {
+            failures += ping_matrix(&pods, |p| p.v6.map(IpAddr::V6), " over IPv6");
         }
         if failures > 0 {
             self.save_statuses();
@@ -256,7 +270,10 @@ impl Demo {
                 self.dir.display()
             );
         }
-        self.throughput(&pods[0], &pods[1]);
+        self.throughput(&pods[0], &pods[1], IpAddr::V4(pods[1].v4));
+        if let Some(v6) = pods[1].v6 {
+            self.throughput(&pods[0], &pods[1], IpAddr::V6(v6));
+        }
         println!("\n$ weft status   (on {})", names[0]);
         let status = self.status(&names[0])?;
         print!("{}", crate::status_text::render(&status, None));
@@ -280,7 +297,12 @@ impl Demo {
             let ready = statuses
                 .iter()
                 .flatten()
-                .filter(|s| s.ipam.state == "ready" && !s.ipam.owned_ranges.is_empty())
+                .filter(|s| {
+                    let owns = |i: &crate::api::proto::IpamStatus| {
+                        i.state == "ready" && !i.owned_ranges.is_empty()
+                    };
+                    owns(&s.ipam) && (!self.ipv6 || s.ipam6.as_ref().is_some_and(owns))
+                })
                 .count();
             print!(
                 "\r  mesh forming: {established}/{wanted} connections established, {ready}/{count} routers own addresses "
@@ -326,17 +348,21 @@ impl Demo {
         Ok(serde_json::from_value(value)?)
     }
 
-    fn throughput(&self, from: &(String, Ipv4Addr), to: &(String, Ipv4Addr)) {
+    /// iperf3 from pod `from` to pod `to` at `to_addr` (either family).
+    fn throughput(&self, from: &Pod, to: &Pod, to_addr: IpAddr) {
         if Command::new("iperf3").arg("--version").output().is_err() {
             println!("\n(install iperf3 for a throughput figure: apt-get install -y iperf3)");
             return;
         }
         println!(
-            "\nthroughput, {} → {} (iperf3, TCP, 3 s, encrypted):",
-            from.1, to.1
+            "\nthroughput, {} → {to_addr} (iperf3, TCP, 3 s, encrypted):",
+            match to_addr {
+                IpAddr::V4(_) => IpAddr::V4(from.v4),
+                IpAddr::V6(_) => from.v6.map_or(IpAddr::V4(from.v4), IpAddr::V6),
+            }
         );
         let server = Command::new("ip")
-            .args(["netns", "exec", &to.0, "iperf3", "-s", "-1"])
+            .args(["netns", "exec", &to.ns, "iperf3", "-s", "-1"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn();
@@ -347,10 +373,10 @@ impl Demo {
                 "ip",
                 "netns",
                 "exec",
-                &from.0,
+                &from.ns,
                 "iperf3",
                 "-c",
-                &to.1.to_string(),
+                &to_addr.to_string(),
                 "-t",
                 "3",
             ])
@@ -380,7 +406,7 @@ impl Demo {
         }
         println!("  ip netns list | grep {}", self.tag);
         println!(
-            "  ip netns exec {}-pod0 ping 10.…   # any pod address above",
+            "  ip netns exec {}-pod0 ping 10.…   # any pod address above (IPv6 too with --ipv6)",
             self.tag
         );
         println!("remove it all with: weft demo --clean");
@@ -455,7 +481,41 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ping(ns: &str, to: Ipv4Addr) -> bool {
+/// Prints the matrix of pings between `pods` at the address `addr` gives,
+/// row to column; returns how many pairs failed.
+fn ping_matrix(pods: &[Pod], addr: impl Fn(&Pod) -> Option<IpAddr>, family: &str) -> usize {
+    let addrs: Vec<Option<IpAddr>> = pods.iter().map(&addr).collect();
+    let width = addrs
+        .iter()
+        .flatten()
+        .map(|a| a.to_string().len() + 2)
+        .fold(14, usize::max);
+    println!("\nping matrix{family} (from row to column, through the encrypted mesh):");
+    print!("{:>width$}", "");
+    for a in &addrs {
+        print!("{:>width$}", a.map_or("-".into(), |a| a.to_string()));
+    }
+    println!();
+    let mut failures = 0;
+    for (from, from_addr) in pods.iter().zip(&addrs) {
+        print!(
+            "{:>width$}",
+            from_addr.map_or("-".into(), |a| a.to_string())
+        );
+        for to in &addrs {
+            let ok = match to {
+                Some(to) => from_addr.as_ref() == Some(to) || ping(&from.ns, *to),
+                None => false,
+            };
+            failures += usize::from(!ok);
+            print!("{:>width$}", if ok { "ok" } else { "FAIL" });
+        }
+        println!();
+    }
+    failures
+}
+
+fn ping(ns: &str, to: IpAddr) -> bool {
     (0..3).any(|_| {
         Command::new("ip")
             .args([
@@ -490,14 +550,15 @@ fn cni_plugin() -> Option<PathBuf> {
 }
 
 /// Plugs pod namespace `pod` into node `node` with the CNI plugin (ADD, the
-/// address from the router at `api`); returns the pod's address.
+/// address from the router at `api`); returns the pod's IPv4 address and,
+/// from a dual-stack router, its IPv6 one.
 fn cni_add(
     plugin: &Path,
     node: &str,
     pod: &str,
     api: &Path,
     container_id: &str,
-) -> anyhow::Result<Ipv4Addr> {
+) -> anyhow::Result<(Ipv4Addr, Option<Ipv6Addr>)> {
     let conf = serde_json::json!({
         "cniVersion": "1.0.0", "name": "weft", "type": "weft",
         "socket": api.display().to_string(), "mtu": 0,
@@ -525,11 +586,23 @@ fn cni_add(
             result["msg"].as_str().unwrap_or("no CNI error on stdout")
         );
     }
-    result["ips"][0]["address"]
-        .as_str()
-        .and_then(|a| a.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("CNI ADD for {pod} returned no address: {result}"))
+    let addresses: Vec<IpAddr> = result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
+        .collect();
+    let v4 = addresses.iter().find_map(|a| match a {
+        IpAddr::V4(a) => Some(*a),
+        IpAddr::V6(_) => None,
+    });
+    let v6 = addresses.iter().find_map(|a| match a {
+        IpAddr::V6(a) => Some(*a),
+        IpAddr::V4(_) => None,
+    });
+    let v4 =
+        v4.ok_or_else(|| anyhow::anyhow!("CNI ADD for {pod} returned no IPv4 address: {result}"))?;
+    Ok((v4, v6))
 }
 
 #[cfg(test)]

@@ -51,6 +51,10 @@ enum Command {
         /// Remove everything earlier demos left (also after --keep).
         #[arg(long)]
         clean: bool,
+        /// Dual-stack pods: the routers also split an IPv6 ULA range, and
+        /// the pods are pinged over both families.
+        #[arg(long)]
+        ipv6: bool,
     },
     /// Remove weft0, weft's routes and (with --state) the state directory.
     Reset {
@@ -300,7 +304,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             weft::demo::remove_all();
             Ok(())
         }
-        Command::Demo { nodes, keep, .. } => weft::demo::run(nodes, keep),
+        Command::Demo {
+            nodes, keep, ipv6, ..
+        } => weft::demo::run(nodes, keep, ipv6),
         Command::Reset {
             state,
             iface,

@@ -48,6 +48,49 @@ fn the_demo_pings_every_pod_from_every_other_and_cleans_up() {
 }
 
 #[test]
+fn the_ipv6_demo_pings_every_pod_over_both_families() {
+    if !require_root("demo_ipv6") {
+        return;
+    }
+    let out = run_timeout(
+        Command::new(env!("CARGO_BIN_EXE_weft")).args(["demo", "--nodes", "2", "--ipv6"]),
+        120,
+    )
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo --ipv6 failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let matrix = |title: &str| -> Vec<String> {
+        stdout
+            .lines()
+            .skip_while(|l| !l.starts_with(title))
+            .skip(1)
+            .take(3)
+            .map(str::to_string)
+            .collect()
+    };
+    let v4 = matrix("ping matrix (");
+    let v6 = matrix("ping matrix over IPv6 (");
+    assert_eq!(v6.len(), 3, "no IPv6 ping matrix in:\n{stdout}");
+    // The header row holds the pods' addresses: IPv4 in one, IPv6 (ULA) in the other.
+    let count = |row: &str, v6: bool| {
+        row.split_whitespace()
+            .filter_map(|t| t.parse::<std::net::IpAddr>().ok())
+            .filter(|a| a.is_ipv6() == v6)
+            .count()
+    };
+    assert_eq!(count(&v4[0], false), 2, "{}", v4[0]);
+    assert_eq!(count(&v6[0], true), 2, "{}", v6[0]);
+    for row in v4[1..].iter().chain(&v6[1..]) {
+        assert_eq!(row.matches("ok").count(), 2, "row not all green: {row}");
+    }
+    assert!(!stdout.contains("FAIL"));
+}
+
+#[test]
 fn a_demo_without_ping_says_so_in_one_line_and_creates_nothing() {
     if !require_root("demo_tools") {
         return;
