@@ -101,6 +101,20 @@ pub fn render(status: &Status, policy: Option<&crate::policy::status::PolicyStat
     );
     family(
         &mut registry,
+        "ipv6_packets",
+        "The IPv6 share of weft_packets, by direction (IPv4 is the rest)",
+        "direction",
+        vec![("in".into(), d.packets_in6), ("out".into(), d.packets_out6)],
+    );
+    family(
+        &mut registry,
+        "ipv6_bytes",
+        "The IPv6 share of weft_bytes, by direction (IPv4 is the rest)",
+        "direction",
+        vec![("in".into(), d.bytes_in6), ("out".into(), d.bytes_out6)],
+    );
+    family(
+        &mut registry,
         "coalesced_segments",
         "Inner TCP segments written to the TUN merged into super-packets, by family",
         "family",

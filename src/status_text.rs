@@ -88,6 +88,16 @@ pub fn render(status: &Status, section: Option<&str>) -> String {
                 drops.join(" ")
             }
         );
+        if d.totals.packets_in6 + d.totals.packets_out6 > 0 {
+            let _ = writeln!(
+                out,
+                "  of which IPv6: in {} pkts / {} B, out {} pkts / {} B",
+                d.totals.packets_in6,
+                d.totals.bytes_in6,
+                d.totals.packets_out6,
+                d.totals.bytes_out6,
+            );
+        }
         if !d.underlay.is_empty() {
             let _ = writeln!(out, "underlay: {}", d.underlay);
         }

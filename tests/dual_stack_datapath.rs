@@ -33,9 +33,12 @@ fn pod_mtu(pod: &DualPod) -> usize {
 }
 
 fn coalesced_v6(r: &Router) -> u64 {
-    r.status().unwrap()["dataplane"]["coalesced_v6"]
-        .as_u64()
-        .unwrap_or(0)
+    dataplane(r, "coalesced_v6")
+}
+
+/// A counter of `weft status`'s data plane (0 when absent).
+fn dataplane(r: &Router, key: &str) -> u64 {
+    r.status().unwrap()["dataplane"][key].as_u64().unwrap_or(0)
 }
 
 /// One ping of a `size`-byte IPv6 packet (40 IPv6 + 8 ICMPv6 + payload),
@@ -175,6 +178,11 @@ fn ipv6_pod_traffic(fast: bool) {
 
     const BYTES: u64 = 100 * 1000 * 1000;
     let before = coalesced_v6(&m.routers[2]);
+    let sent6 = dataplane(&m.routers[0], "bytes_out6");
+    let (got6, got) = (
+        dataplane(&m.routers[2], "bytes_in6"),
+        dataplane(&m.routers[2], "bytes_in"),
+    );
     let path = if fast { "offload" } else { "fallback" };
     let to = IpAddr::V6(pods[2].v6);
     checked_transfer(
@@ -183,6 +191,17 @@ fn ipv6_pod_traffic(fast: bool) {
         to,
         BYTES,
         &format!("TCPv6 n0 -> n2, {path}"),
+    );
+    // Status splits the data plane's counters per family: the transfer is
+    // in the IPv6 share on both ends, and in the totals.
+    let sent6 = dataplane(&m.routers[0], "bytes_out6") - sent6;
+    let (got6, got) = (
+        dataplane(&m.routers[2], "bytes_in6") - got6,
+        dataplane(&m.routers[2], "bytes_in") - got,
+    );
+    assert!(
+        sent6 >= BYTES && got6 >= BYTES && got >= got6,
+        "IPv6 bytes: {sent6} out of n0, {got6} into n2 (of {got} in all)"
     );
     let merged = coalesced_v6(&m.routers[2]) - before;
     println!("{merged} TCPv6 segments coalesced at n2");

@@ -103,6 +103,11 @@ fn metrics_scraped_during_traffic_parse_and_their_counters_move() {
         before[inn],
         after[inn]
     );
+    // IPv4 pods only: the IPv6 share stays 0 (and is exposed).
+    for direction in ["in", "out"] {
+        let key = format!(r#"weft_ipv6_packets_total{{direction="{direction}"}}"#);
+        assert_eq!(after.get(&key), Some(&0.0), "{key}");
+    }
     assert_eq!(after["weft_peers"], 1.0);
     assert_eq!(after[r#"weft_connections{state="established"}"#], 1.0);
     assert!(after[r#"weft_handshakes_total{result="ok"}"#] >= 1.0);

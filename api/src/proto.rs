@@ -600,6 +600,18 @@ pub struct DataplaneTotals {
     pub bytes_in: u64,
     /// Inner bytes of `packets_out`.
     pub bytes_out: u64,
+    /// The IPv6 share of `packets_in` (IPv4 is the rest).
+    #[serde(default)]
+    pub packets_in6: u64,
+    /// The IPv6 share of `packets_out`.
+    #[serde(default)]
+    pub packets_out6: u64,
+    /// The IPv6 share of `bytes_in`.
+    #[serde(default)]
+    pub bytes_in6: u64,
+    /// The IPv6 share of `bytes_out`.
+    #[serde(default)]
+    pub bytes_out6: u64,
     /// Packets relayed for other routers.
     pub forwarded: u64,
     /// ICMP "fragmentation needed" replies written to the TUN for packets

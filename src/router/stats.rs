@@ -104,6 +104,14 @@ pub struct WorkerStats {
     pub bytes_in: AtomicU64,
     /// Inner bytes of `packets_out`.
     pub bytes_out: AtomicU64,
+    /// The IPv6 share of `packets_in` (the rest is IPv4).
+    pub packets_in6: AtomicU64,
+    /// The IPv6 share of `packets_out`.
+    pub packets_out6: AtomicU64,
+    /// The IPv6 share of `bytes_in`.
+    pub bytes_in6: AtomicU64,
+    /// The IPv6 share of `bytes_out`.
+    pub bytes_out6: AtomicU64,
     /// Packets relayed for other routers.
     pub forwarded: AtomicU64,
     /// ICMP "fragmentation needed" replies written to the TUN for packets
@@ -149,6 +157,10 @@ pub fn sum<'a>(workers: impl IntoIterator<Item = &'a WorkerStats>) -> DataplaneT
         totals.packets_out += w.packets_out.load(Ordering::Relaxed);
         totals.bytes_in += w.bytes_in.load(Ordering::Relaxed);
         totals.bytes_out += w.bytes_out.load(Ordering::Relaxed);
+        totals.packets_in6 += w.packets_in6.load(Ordering::Relaxed);
+        totals.packets_out6 += w.packets_out6.load(Ordering::Relaxed);
+        totals.bytes_in6 += w.bytes_in6.load(Ordering::Relaxed);
+        totals.bytes_out6 += w.bytes_out6.load(Ordering::Relaxed);
         totals.forwarded += w.forwarded.load(Ordering::Relaxed);
         totals.too_big_replies += w.too_big_replies.load(Ordering::Relaxed);
         totals.realtime_workers += w.realtime.load(Ordering::Relaxed);
@@ -181,8 +193,11 @@ mod tests {
         b.count_drop(DropReason::Replay);
         b.count_drop(DropReason::BadTag);
         WorkerStats::add(&a.packets_in, 3);
+        WorkerStats::add(&b.packets_in, 2);
+        WorkerStats::add(&b.packets_in6, 2);
         let totals = sum([&a, &b]);
-        assert_eq!(totals.packets_in, 3);
+        assert_eq!(totals.packets_in, 5);
+        assert_eq!(totals.packets_in6, 2);
         assert_eq!(totals.dropped.get("replay"), Some(&2));
         assert_eq!(totals.dropped.get("bad_tag"), Some(&1));
         assert!(!totals.dropped.contains_key("no_route"));

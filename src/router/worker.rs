@@ -402,6 +402,10 @@ impl Worker {
         if let Some((n, bytes)) = self.send_segments(table, route, &mut segments) {
             WorkerStats::add(&self.stats.packets_out, n as u64);
             WorkerStats::add(&self.stats.bytes_out, bytes as u64);
+            if addresses.ipv6 {
+                WorkerStats::add(&self.stats.packets_out6, n as u64);
+                WorkerStats::add(&self.stats.bytes_out6, bytes as u64);
+            }
         }
     }
 
@@ -516,6 +520,10 @@ impl Worker {
     fn deliver(&mut self, datagram: &mut [u8], inner: Range<usize>) {
         WorkerStats::add(&self.stats.packets_in, 1);
         WorkerStats::add(&self.stats.bytes_in, inner.len() as u64);
+        if datagram.get(inner.start).is_some_and(|b| b >> 4 == 6) {
+            WorkerStats::add(&self.stats.packets_in6, 1);
+            WorkerStats::add(&self.stats.bytes_in6, inner.len() as u64);
+        }
         let (tun, stats) = (&self.tun, &self.stats);
         let Some(coalescer) = &mut self.coalescer else {
             tun_write(tun, stats, &datagram[inner]);
