@@ -11,16 +11,7 @@ fn podman_containers_on_two_nodes_get_weft_addresses_reach_each_other_and_releas
     let m = mesh(2);
     let dir = TempDir::new("podman");
     let rootfs = busybox_rootfs_tar(&dir.path);
-    let podmans: Vec<Podman> = (0..2)
-        .map(|i| {
-            Podman::new(
-                &dir.path.join(format!("n{i}")),
-                &m.cluster.nodes[i].ns,
-                &m.routers[i].api(),
-                &rootfs,
-            )
-        })
-        .collect();
+    let podmans = podman_per_node(&m, &dir, &rootfs);
     let mut addrs = Vec::new();
     for (i, p) in podmans.iter().enumerate() {
         p.ok(&[
@@ -237,16 +228,7 @@ fn dual_stack_podman_and_ctr_containers_get_both_addresses_and_reach_each_other_
     let m = dual_stack_mesh(2, |_| {});
     let dir = TempDir::new("dual-rt");
     let rootfs = busybox_rootfs_tar(&dir.path);
-    let podmans: Vec<Podman> = (0..2)
-        .map(|i| {
-            Podman::new(
-                &dir.path.join(format!("n{i}")),
-                &m.cluster.nodes[i].ns,
-                &m.routers[i].api(),
-                &rootfs,
-            )
-        })
-        .collect();
+    let podmans = podman_per_node(&m, &dir, &rootfs);
     // d0 on n0 pings; d1 on n1 serves HTTP on both families ([::]:8080).
     let web = "echo weft-dual >/tmp/index.html && exec httpd -f -p 8080 -h /tmp";
     let mut addrs: Vec<(String, String)> = Vec::new();
@@ -400,4 +382,19 @@ fn dual_stack_podman_and_ctr_containers_get_both_addresses_and_reach_each_other_
         podman_done.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
+}
+
+/// One podman per node of `m`, each under its own directory of `dir`, on
+/// that node's router.
+fn podman_per_node(m: &Mesh, dir: &TempDir, rootfs: &std::path::Path) -> Vec<Podman> {
+    (0..m.routers.len())
+        .map(|i| {
+            Podman::new(
+                &dir.path.join(format!("n{i}")),
+                &m.cluster.nodes[i].ns,
+                &m.routers[i].api(),
+                rootfs,
+            )
+        })
+        .collect()
 }
