@@ -7,7 +7,7 @@
 //! reload, `nft flush ruleset`, another CNI's cleanup) and forwarding,
 //! anti-spoofing and masquerade would be gone until a restart. So the driver
 //! subscribes to the kernel's nftables change notifications (netlink
-//! `NFNLGRP_NFTABLES`, what `nft monitor` reads): on a change, after a short
+//! `NFNLGRP_NFTABLES`, [`crate::nft_changes`]): on a change, after a short
 //! settle, it checks that the table and rules are whole and re-applies them
 //! if not: one warning and one count each time. No busy tick: with no
 //! changes it sleeps. Changes by `iptables-legacy` send no nftables
@@ -25,20 +25,12 @@ use crate::api::server::ApiCall;
 use crate::cidr::Ipv4Cidr;
 use crate::forward_policy::{self, Backend, ForwardPolicyError};
 use crate::ipam::AddrRange;
+use crate::nft_changes::{settle, subscribe};
 use crate::nftables;
-use rtnetlink::sys::protocols::NETLINK_NETFILTER;
-use rtnetlink::sys::{AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket};
+use rtnetlink::sys::AsyncSocketExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
-
-/// The nfnetlink multicast group of nftables ruleset changes
-/// (`NFNLGRP_NFTABLES` in linux/netfilter/nfnetlink.h).
-const NFNLGRP_NFTABLES: u32 = 7;
-
-/// How long changes may keep coming before the rules are checked (a
-/// firewall reload is many messages).
-const SETTLE: Duration = Duration::from_millis(200);
 
 /// The least time between two checks, however busy the ruleset (kube-proxy
 /// rewrites its chains often).
@@ -156,27 +148,6 @@ async fn keep(rules: Rules, shared: Shared, mut backend: Option<Backend>) {
         .await
         .unwrap_or(backend);
         tokio::time::sleep(MIN_GAP).await;
-    }
-}
-
-/// A netlink socket on the nftables change group.
-fn subscribe() -> std::io::Result<TokioSocket> {
-    let mut socket = TokioSocket::new(NETLINK_NETFILTER)?;
-    socket.socket_mut().bind(&SocketAddr::new(0, 0))?;
-    socket.socket_ref().add_membership(NFNLGRP_NFTABLES)?;
-    Ok(socket)
-}
-
-/// Lets a burst of changes finish: drains messages until none came for
-/// [`SETTLE`] (at most a few seconds' worth).
-async fn settle(socket: &TokioSocket) {
-    for _ in 0..1000 {
-        if tokio::time::timeout(SETTLE, socket.recv_from_full())
-            .await
-            .is_err()
-        {
-            return;
-        }
     }
 }
 

@@ -30,6 +30,7 @@ pub mod kube;
 pub mod logging;
 pub mod metrics;
 pub mod netlink;
+pub mod nft_changes;
 pub mod nftables;
 pub mod persist;
 pub mod pod_ranges;
