@@ -9,29 +9,33 @@
 # (with / none). The world is tests/policy_bench.rs (an ignored test: namespaces named
 # weft-t<pid>-*, deleted on exit). Needs root, iproute2, nftables.
 #
-# Usage: bench/policy.sh [-n ROUNDS] [-s SECONDS]      (defaults 5 and 4; at most 10 and 8)
+# -p split pins each node to a CPU of its own (router and its pod's thread), as two machines.
+# Usage: bench/policy.sh [-n ROUNDS] [-s SECONDS] [-p split]   (defaults 5, 4, unpinned; at most 10 and 8)
 set -euo pipefail
 
 ROUNDS=5
 SECONDS_PER=4
-while getopts "n:s:h" opt; do
+PIN=
+while getopts "n:s:p:h" opt; do
   case $opt in
     n) ROUNDS=$OPTARG ;;
     s) SECONDS_PER=$OPTARG ;;
-    *) sed -n '2,11p' "$0"; exit 2 ;;
+    p) PIN=$OPTARG ;;
+    *) sed -n '2,12p' "$0"; exit 2 ;;
   esac
 done
 [[ $ROUNDS =~ ^[0-9]+$ && $ROUNDS -ge 1 && $ROUNDS -le 10 ]] || { echo "-n must be 1..10" >&2; exit 2; }
 [[ $SECONDS_PER =~ ^[0-9]+$ && $SECONDS_PER -ge 1 && $SECONDS_PER -le 8 ]] || { echo "-s must be 1..8" >&2; exit 2; }
+[[ -z $PIN || $PIN == split ]] || { echo "-p takes only split" >&2; exit 2; }
 [[ $(id -u) -eq 0 ]] || { echo "needs root (network namespaces)" >&2; exit 1; }
 
 cd "$(dirname "$0")/.."
 cargo test --release --locked --test policy_bench --no-run >&2
-out=$(WEFT_REQUIRE_ROOT_TESTS=1 WEFT_POLICY_BENCH_ROUNDS=$ROUNDS WEFT_POLICY_BENCH_SECONDS=$SECONDS_PER \
+out=$(WEFT_REQUIRE_ROOT_TESTS=1 WEFT_POLICY_BENCH_ROUNDS=$ROUNDS WEFT_POLICY_BENCH_SECONDS=$SECONDS_PER WEFT_POLICY_BENCH_PIN=$PIN \
   cargo test --release --locked --test policy_bench -- --ignored --nocapture --exact \
   throughput_with_a_thousand_policies_against_none 2>&1) \
   || { echo "$out" | tail -40 >&2; echo "the bench failed" >&2; exit 1; }
-echo "weft NetworkPolicy throughput: $(uname -r), $(nproc) CPUs, $ROUNDS rounds of $SECONDS_PER s"
+echo "weft NetworkPolicy throughput: $(uname -r), $(nproc) CPUs, $ROUNDS rounds of $SECONDS_PER s${PIN:+, pinned: $PIN}"
 grep '^round ' <<<"$out" | sed 's/^/  /'
 line=$(grep '^policy-bench ' <<<"$out")
 echo "  median Mbit/s: none $(grep -o 'none=[^ ]*' <<<"$line" | cut -d= -f2)," \

@@ -17,6 +17,12 @@
 //!
 //! `WEFT_POLICY_BENCH_ROUNDS` (default 5, at most 10) rounds of
 //! `WEFT_POLICY_BENCH_SECONDS` (default 4, at most 8) seconds per stream.
+//! `WEFT_POLICY_BENCH_PIN=split` puts each node on a CPU of its own, as two
+//! machines would be: node 0's router and the server's thread on CPU 0,
+//! node 1's router and the client's thread on CPU 1 (unpinned, the
+//! scheduler's placement of four busy threads on two CPUs picks between two
+//! throughput modes from round to round, ~700 and ~1,800 Mbit/s on a quiet
+//! machine, whatever the policies).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -24,6 +30,7 @@ mod support;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use support::cni_mesh::*;
 use support::fake_api::{COLLECTIONS, FakeApi};
@@ -42,12 +49,35 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The CPUs (node 0's, node 1's) when `WEFT_POLICY_BENCH_PIN=split`.
+fn pinned() -> Option<[&'static str; 2]> {
+    (std::env::var("WEFT_POLICY_BENCH_PIN").as_deref() == Ok("split")).then_some(["0", "1"])
+}
+
+/// Pins the calling thread to `cpu` (`taskset` on its thread ID).
+fn pin_this_thread(cpu: &str) {
+    let me = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
+    let tid = me
+        .file_name()
+        .expect("a thread ID")
+        .to_string_lossy()
+        .into_owned();
+    let out = Command::new("taskset")
+        .args(["-p", "-c", cpu, &tid])
+        .output()
+        .expect("taskset");
+    assert!(out.status.success(), "taskset: {out:?}");
+}
+
 /// Streams from `from` to `to:80` for `secs`: Mbit/s as the receiver saw
 /// it (bytes over the time from accept to the end of the stream).
 fn stream(from: &Netns, to_ns: &Netns, to: Ipv4Addr, secs: u64) -> f64 {
     let listen = SocketAddr::from((to, PORT));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let server = in_netns(&to_ns.name, move || {
+        if let Some([cpu, _]) = pinned() {
+            pin_this_thread(cpu);
+        }
         let listener = TcpListener::bind(listen).expect("bind port 80");
         ready_tx.send(()).unwrap();
         let (mut s, _) = listener.accept().expect("accept");
@@ -65,6 +95,9 @@ fn stream(from: &Netns, to_ns: &Netns, to: Ipv4Addr, secs: u64) -> f64 {
     });
     ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
     let client = in_netns(&from.name, move || {
+        if let Some([_, cpu]) = pinned() {
+            pin_this_thread(cpu);
+        }
         let mut s = TcpStream::connect_timeout(&listen, Duration::from_secs(5)).expect("connect");
         s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
         let block = vec![0x5au8; 64 * 1024];
@@ -130,6 +163,10 @@ fn throughput_with_a_thousand_policies_against_none() {
         api.put(pods, &object.to_string());
     }
     let m = mesh_on(cluster, |r| {
+        if let Some(cpus) = pinned() {
+            let cpu = if r.name == "n0" { cpus[0] } else { cpus[1] };
+            r.wrapper = vec!["taskset".into(), "-c".into(), cpu.into()];
+        }
         r.args.push("--network-policy".into());
         r.args.push("--kube-api".into());
         r.args.push(format!("http://{api_addr}"));
