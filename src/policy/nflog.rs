@@ -244,6 +244,10 @@ pub fn parse_ipv4(bytes: &[u8]) -> Option<IpHeader> {
     let (src, dst) = (octets(12)?, octets(16)?);
     let protocol = *bytes.get(9)?;
     let fragment_offset = u16::from_be_bytes(bytes.get(6..8)?.try_into().ok()?) & 0x1fff;
+    // An authentication header is reported as the protocol, as nft sees
+    // it: for IPv4 the transport header nft matches (`th`, `meta l4proto`)
+    // is whatever follows the IP header, AH included; for IPv6 the kernel
+    // skips it (`ipv6_find_hdr`), and so does [`parse_ipv6`].
     Some(IpHeader {
         src: src.into(),
         dst: dst.into(),
@@ -254,13 +258,26 @@ pub fn parse_ipv4(bytes: &[u8]) -> Option<IpHeader> {
     })
 }
 
+/// The IP protocol number of the authentication header.
+const AH: u8 = 51;
+
+/// An authentication header's next header and whole length, from its
+/// first two bytes (the length field counts 4-byte units past the first 8).
+fn ah_lengths(at: &[u8]) -> Option<(u8, usize)> {
+    match at.get(..2)? {
+        &[next, units] => Some((next, (usize::from(units) + 2) * 4)),
+        _ => None,
+    }
+}
+
 /// The addresses, upper-layer protocol and ports of an IPv6 packet's first
 /// bytes: the fixed 40-byte header, then the extension headers a pod's
 /// packet commonly carries (hop-by-hop options, routing, fragment,
-/// destination options), each length checked against the bytes there.
+/// destination options, and authentication), each length checked against
+/// the bytes there.
 /// A later fragment has no ports; an extension header cut off (or past
 /// [`MAX_EXTENSION_HEADERS`]) ends the walk with its own number as the
-/// protocol and no ports. Other headers (ESP, AH, no next header …) are the
+/// protocol and no ports. Other headers (ESP, no next header …) are the
 /// protocol as they are.
 pub fn parse_ipv6(bytes: &[u8]) -> Option<IpHeader> {
     if bytes.first()? >> 4 != 6 {
@@ -281,12 +298,16 @@ pub fn parse_ipv6(bytes: &[u8]) -> Option<IpHeader> {
     let mut walked = 0;
     loop {
         let (next, len) = match header.protocol {
-            0 | 43 | 44 | 60 if walked == MAX_EXTENSION_HEADERS => return Some(header),
+            0 | 43 | 44 | 51 | 60 if walked == MAX_EXTENSION_HEADERS => return Some(header),
             // Hop-by-hop, routing, destination options: next header, then
             // the length in 8-byte units past the first 8.
             0 | 43 | 60 => match bytes.get(at..at.saturating_add(2)) {
                 Some(&[next, units]) => (next, (usize::from(units) + 1) * 8),
                 _ => return Some(header),
+            },
+            AH => match ah_lengths(bytes.get(at..).unwrap_or_default()) {
+                Some(lengths) => lengths,
+                None => return Some(header),
             },
             // Fragment: 8 bytes; past the first fragment, no upper-layer
             // header follows, but the next header still names it.

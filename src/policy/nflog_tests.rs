@@ -229,7 +229,8 @@ proptest! {
 }
 
 /// An IPv6 extension header: its kind, length in 8-byte units past the
-/// first 8 (fragment headers are always 8), and for a fragment header its
+/// first 8 (fragment headers are always 8; an authentication header's in
+/// 4-byte units past the first 8), and for a fragment header its
 /// offset-and-flags field.
 type Extension = (u8, u8, u16);
 
@@ -250,7 +251,13 @@ fn ipv6(chain: &[Extension], upper: u8, tail: &[u8]) -> Vec<u8> {
     b[24..40].copy_from_slice(&DST6.octets());
     for (i, (kind, units, fragment)) in chain.iter().enumerate() {
         let next = chain.get(i + 1).map_or(upper, |e| e.0);
-        if *kind == 44 {
+        if *kind == 51 {
+            // Authentication: 4-byte units past the first 8.
+            let mut e = vec![0u8; (usize::from(*units) + 2) * 4];
+            e[0] = next;
+            e[1] = *units;
+            b.extend_from_slice(&e);
+        } else if *kind == 44 {
             let mut f = [0u8; 8];
             f[0] = next;
             f[2..4].copy_from_slice(&fragment.to_be_bytes());
@@ -306,6 +313,26 @@ fn ipv6_ports_come_after_the_extension_headers() {
     // A later fragment: the protocol, no ports (those bytes are data).
     let later = parse_ip(&ipv6(&[(44, 0, 8 << 3)], 6, &PORTS)).unwrap();
     assert_eq!((later.protocol, later.ports), (6, None));
+}
+
+#[test]
+fn ipv6_ports_come_after_an_authentication_header_as_nft_sees_them() {
+    // IPv6: hop-by-hop (8 bytes), AH with a 12-byte ICV (24 bytes), TCP.
+    let packet = ipv6(&[(0, 0, 0), (51, 4, 0)], 6, &PORTS);
+    assert_eq!(packet.len(), 40 + 8 + 24 + 4);
+    let p = parse_ip(&packet).unwrap();
+    assert_eq!((p.protocol, p.ports), (6, Some((12345, 81))));
+    // Cut inside the AH: the walk stops at it, no ports.
+    let cut = parse_ip(&packet[..40 + 8 + 10]).unwrap();
+    assert_eq!((cut.protocol, cut.ports), (51, None));
+    // IPv4: AH is the protocol, no ports, as nft's `th` and `meta l4proto`
+    // see it there (the kernel skips AH only for IPv6).
+    let mut ah = vec![0u8; 24];
+    ah[0] = 17;
+    ah[1] = 4;
+    ah.extend_from_slice(&PORTS);
+    let v4 = parse_ip(&ipv4(5, 51, 0, &ah)).unwrap();
+    assert_eq!((v4.protocol, v4.ports), (51, None));
 }
 
 #[test]
