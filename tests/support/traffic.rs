@@ -117,7 +117,11 @@ pub fn read_hashed(
     }
 }
 
-/// A bounded tcpdump in a namespace writing a pcap file.
+/// A bounded tcpdump in a namespace writing a pcap file. In immediate
+/// mode: libpcap's TPACKET_V3 ring otherwise hands packets over in blocks
+/// up to a second late, and a packet still in an unfinished block when the
+/// capture is stopped is never written, so a check for "no such packet"
+/// could pass on packets of its last second.
 pub struct Capture {
     child: Child,
     pub path: PathBuf,
@@ -127,8 +131,20 @@ impl Capture {
     pub fn start(ns: &Netns, iface: &str, filter: &str, path: PathBuf, max_packets: u32) -> Self {
         let child = Command::new("ip")
             .args([
-                "netns", "exec", &ns.name, "timeout", "120", "tcpdump", "-U", "-n", "-s", "0",
-                "-i", iface, "-c",
+                "netns",
+                "exec",
+                &ns.name,
+                "timeout",
+                "120",
+                "tcpdump",
+                "--immediate-mode",
+                "-U",
+                "-n",
+                "-s",
+                "0",
+                "-i",
+                iface,
+                "-c",
             ])
             .arg(max_packets.to_string())
             .arg("-w")
