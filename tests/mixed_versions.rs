@@ -38,7 +38,9 @@ fn ping(cluster: &Cluster, a: usize, b: usize) -> Child {
 
 /// Ends a ping with SIGINT (`timeout` passes it on; ping prints what it
 /// has and its summary) and returns the sequence numbers lost among those
-/// sent.
+/// sent. The last one sent may still be on its way when SIGINT comes (ping
+/// counts it as transmitted and exits at once), so it is judged only if its
+/// reply came: CI lost exactly that ping once, 0.1 s before the SIGINT.
 fn lost_pings(child: Child) -> Vec<u32> {
     let _ = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -54,7 +56,7 @@ fn lost_pings(child: Child) -> Vec<u32> {
         .lines()
         .find_map(|l| l.split(" packets transmitted").next()?.trim().parse().ok())
         .expect("ping's summary");
-    (1..=sent).filter(|s| !replied.contains(s)).collect()
+    (1..sent).filter(|s| !replied.contains(s)).collect()
 }
 
 fn all_pairs() -> impl Iterator<Item = (usize, usize)> {
