@@ -197,9 +197,13 @@ async fn serve(
     let epoch = Instant::now();
     let (worker_tx, worker_rx) = mpsc::channel(crate::router::WORKER_EVENTS);
     let my_id = identity.id();
-    // After a rotation the router keeps its old short ID (the topology
-    // entry's announcement is what lets it, `Gossip::with_rotation`).
-    let short = ShortId::preferred(previous.as_ref().map_or(my_id, |(old, _)| old.id()));
+    // After a rotation the router keeps the short ID its old key held (the
+    // topology entry's announcement is what lets it, `Gossip::with_rotation`).
+    let short = previous
+        .as_ref()
+        .map_or(ShortId::preferred(my_id), |(_, pending)| {
+            pending.carried_short()
+        });
     let (dataplane, control_socket) = Dataplane::start(
         &DataplaneConfig {
             iface: config.iface.clone(),
@@ -416,7 +420,8 @@ async fn serve(
             forwarding: forwarding_rx,
             rotation_window: config.rotation_window,
             state_dir: config.state_dir.clone(),
-            rotated_from: previous.map(|(old, pending)| (pending.rotation, Arc::new(old))),
+            rotated_from: previous
+                .map(|(old, pending)| (pending.rotation, Arc::new(old), pending.carried_short())),
             rotate_at_start: start.rotate_at_start,
         },
         context,

@@ -1,12 +1,15 @@
 //! Identity key rotation under load (issue 20, step 7; docs/ARCHITECTURE.md
-//! "Identity key rotation"): three routers, a paced, checksummed TCP flow
-//! from a pod on n0 to a pod on n1, and `weft rotate-identity` on n1. The
-//! flow survives intact (no reset, every byte), n1 comes back under a new
-//! ID with the same name, short ID and ranges, its peers know it only by
-//! the new ID, and once the window (shortened here with
-//! `WEFT_IDENTITY_ROTATION_WINDOW_SECS`) is over a router started with a
-//! copy of the old `identity.key` is refused. And `--identity-max-age`: a
-//! router restarted with a key older than the limit rotates it once.
+//! "Identity key rotation"): three routers, paced, checksummed TCP flows
+//! into (from n0) and out of (to n2) a pod on n1, pings from n0's pod, and
+//! `weft rotate-identity` on n1. Both flows survive intact (every byte, no
+//! TCP reset seen at n1's pod: a capture that must see the reset of a
+//! closed port proves it would), the longest stall and the ping loss are
+//! printed, n1 comes back under a new ID with the same name, short ID and
+//! ranges, its peers know it only by the new ID, and once the window
+//! (shortened here with `WEFT_IDENTITY_ROTATION_WINDOW_SECS`) is over a
+//! router started with a copy of the old `identity.key` is refused. And
+//! `--identity-max-age`: a router restarted with a key older than the
+//! limit rotates it once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -25,6 +28,56 @@ const RATE: u64 = 4 << 20;
 
 /// The window in which peers still accept n1's old key.
 const WINDOW_SECS: u64 = 8;
+
+/// A port nothing listens on in n1's pod: the reset it answers with is
+/// the capture's proof that it sees resets.
+const CLOSED_PORT: u16 = 5399;
+
+/// The TCP resets among `frames` (Ethernet, IPv4): those to or from
+/// [`CLOSED_PORT`], and the others.
+fn rotation_resets(frames: &[&[u8]]) -> (usize, usize) {
+    let (mut probe, mut other) = (0, 0);
+    for f in frames {
+        if f.len() < 14 + 20 || f[12..14] != [0x08, 0x00] || f[14 + 9] != 6 {
+            continue;
+        }
+        let tcp = 14 + usize::from(f[14] & 0x0f) * 4;
+        if f.len() < tcp + 14 || f[tcp + 13] & 0x04 == 0 {
+            continue;
+        }
+        let port = |at: usize| u16::from_be_bytes([f[at], f[at + 1]]);
+        if port(tcp) == CLOSED_PORT || port(tcp + 2) == CLOSED_PORT {
+            probe += 1;
+        } else {
+            other += 1;
+        }
+    }
+    (probe, other)
+}
+
+/// `(sent, received)` from ping's summary line.
+fn rotation_ping_counts(out: &str) -> (u64, u64) {
+    let line = out
+        .lines()
+        .find(|l| l.contains("transmitted"))
+        .unwrap_or("");
+    let num = |word: &str| {
+        line.split(',')
+            .find(|part| part.contains(word))
+            .and_then(|part| part.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    (num("transmitted"), num("received"))
+}
+
+/// How many times `router`'s log says a connection went down.
+fn rotation_downs(router: &Router) -> usize {
+    std::fs::read_to_string(router.log_path())
+        .unwrap_or_default()
+        .matches("connection down")
+        .count()
+}
 
 /// `(name, id)` of every peer `status` lists.
 fn peers(status: &serde_json::Value) -> Vec<(String, String)> {
@@ -65,23 +118,53 @@ fn a_rotated_router_keeps_its_flows_name_and_ranges_and_its_old_key_is_refused_a
         "the three routers did not mesh"
     );
     let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
-    assert!(
-        a.wait_ping(b.addr, Duration::from_secs(5)),
-        "pods not connected"
-    );
+    let b_addr = b.addr;
+    for (from, to) in [(0, 1), (1, 2)] {
+        let (p, q) = (&cluster.pods[from], &cluster.pods[to]);
+        assert!(
+            p.wait_ping(q.addr, Duration::from_secs(5)),
+            "pods on n{from} and n{to} not connected"
+        );
+    }
     let before = routers[1].status().unwrap();
     let old_id = before["id"].as_str().unwrap().to_string();
     let old_key = cluster.dir.path.join("old-identity.key");
     std::fs::copy(routers[1].dir.join("state/identity.key"), &old_key).unwrap();
 
-    let flow = Flow::start(a, b, 5311, RATE, Duration::from_secs(120));
-    assert!(
-        wait_until(Duration::from_secs(5), || flow.received() > RATE / 2),
-        "the flow did not start"
+    let c = &cluster.pods[2];
+    let resets = Capture::start(
+        &b.ns,
+        "eth0",
+        "tcp[tcpflags] & tcp-rst != 0",
+        cluster.dir.path.join("rst.pcap"),
+        100,
     );
+    let into = Flow::start(a, b, 5311, RATE, Duration::from_secs(100));
+    let out_of = Flow::start(b, c, 5312, RATE, Duration::from_secs(100));
+    assert!(
+        wait_until(Duration::from_secs(5), || into.received() > RATE / 2
+            && out_of.received() > RATE / 2),
+        "the flows did not start"
+    );
+    let downs_before = [rotation_downs(&routers[0]), rotation_downs(&routers[2])];
     let done = AtomicBool::new(false);
-    let (stall, rotated_in) = std::thread::scope(|s| {
-        let watch = s.spawn(|| flow.longest_stall(&done));
+    let (stalls, rotated_in, pings) = std::thread::scope(|s| {
+        let watch_into = s.spawn(|| into.longest_stall(&done));
+        let watch_out = s.spawn(|| out_of.longest_stall(&done));
+        // 20 s of pings at 5 a second from n0's pod, across the rotation.
+        let pinger = s.spawn(|| {
+            let out = a.ns.exec(&[
+                "ping",
+                "-i",
+                "0.2",
+                "-c",
+                "100",
+                "-W",
+                "1",
+                &b.addr.to_string(),
+            ]);
+            rotation_ping_counts(&String::from_utf8_lossy(&out.stdout))
+        });
         let started = Instant::now();
         let out = run_timeout(
             Command::new(BIN)
@@ -109,17 +192,68 @@ fn a_rotated_router_keeps_its_flows_name_and_ranges_and_its_old_key_is_refused_a
             "n1 did not come back under a new ID:\n{}",
             routers[1].log_tail()
         );
-        let at = flow.received();
+        let (at_into, at_out) = (into.received(), out_of.received());
         assert!(
-            wait_until(Duration::from_secs(20), || flow.received() > at + RATE),
-            "the flow did not move after the rotation"
+            wait_until(Duration::from_secs(20), || into.received() > at_into + RATE
+                && out_of.received() > at_out + RATE),
+            "the flows did not move after the rotation"
         );
         let rotated_in = started.elapsed();
+        let pings = pinger.join().unwrap();
         done.store(true, Ordering::Relaxed);
-        (watch.join().unwrap(), rotated_in)
+        (
+            [watch_into.join().unwrap(), watch_out.join().unwrap()],
+            rotated_in,
+            pings,
+        )
     });
-    let end = flow.finish().expect("the flow survived the rotation");
-    assert_eq!(end.received, end.sent, "bytes lost or corrupted");
+    let mut ends = Vec::new();
+    for (flow, way) in [(into, "into"), (out_of, "out of")] {
+        let end = flow
+            .finish()
+            .unwrap_or_else(|e| panic!("the flow {way} n1 broke in the rotation: {e}"));
+        assert_eq!(end.received, end.sent, "bytes {way} n1 lost or corrupted");
+        ends.push(end.sent.0 >> 20);
+    }
+    assert!(pings.0 >= 100, "ping did not run: {pings:?}");
+    // The capture sees resets: the closed port's must be there.
+    let refused = in_netns(&a.ns.name, move || {
+        std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from((b_addr, CLOSED_PORT)),
+            Duration::from_secs(3),
+        )
+        .map(|_| ())
+        .map_err(|e| e.kind())
+    })
+    .join()
+    .unwrap();
+    assert_eq!(refused, Err(std::io::ErrorKind::ConnectionRefused));
+    // tcpdump hands packets over in blocks (up to a second late): wait for
+    // the probe's reset to be written before stopping it.
+    let read_pcap = || std::fs::read(&resets.path).unwrap_or_default();
+    wait_until(Duration::from_secs(5), || {
+        rotation_resets(&pcap_frames(&read_pcap())).0 > 0
+    });
+    let pcap = read_pcap();
+    resets.finish();
+    let frames = pcap_frames(&pcap);
+    let (probe, other) = rotation_resets(&frames);
+    assert_eq!(
+        other,
+        0,
+        "a TCP reset crossed n1's pod during the rotation ({} frames)",
+        frames.len()
+    );
+    assert!(
+        probe > 0,
+        "the reset capture saw nothing, not even the closed port's ({} bytes, {} frames)",
+        pcap.len(),
+        frames.len()
+    );
+    let downs = [
+        rotation_downs(&routers[0]) - downs_before[0],
+        rotation_downs(&routers[2]) - downs_before[1],
+    ];
 
     let after = routers[1].status().unwrap();
     let new_id = after["id"].as_str().unwrap().to_string();
@@ -193,9 +327,11 @@ fn a_rotated_router_keeps_its_flows_name_and_ranges_and_its_old_key_is_refused_a
         r.kill9();
     }
     eprintln!(
-        "{} MB intact across the rotation (longest stall {stall:?}, new ID meshed and the \
-         flow moving {rotated_in:?} after the command); old key refused after the {WINDOW_SECS} s window",
-        end.sent.0 >> 20
+        "{} MB into and {} MB out of n1's pod intact across the rotation, no TCP reset \
+         (longest stall in {:?}, out {:?}; new ID meshed and both flows moving {rotated_in:?} \
+         after the command); pings from n0's pod: {} of {} answered; \"connection down\" \
+         on n0 {}, on n2 {} (links move by a restart); old key refused after the {WINDOW_SECS} s window",
+        ends[0], ends[1], stalls[0], stalls[1], pings.1, pings.0, downs[0], downs[1],
     );
 }
 

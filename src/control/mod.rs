@@ -127,8 +127,9 @@ pub struct ControlConfig {
     /// Where the identity and `identity.next` live (`weft rotate-identity`).
     pub state_dir: std::path::PathBuf,
     /// This process runs under the key a rotation just moved it to: the
-    /// announcement and the old key (to sign the old ID's tombstone).
-    pub rotated_from: Option<(crate::crypto::rotation::Rotation, Arc<Identity>)>,
+    /// announcement, the old key (to sign the old ID's tombstone) and the
+    /// short ID the old key held.
+    pub rotated_from: Option<(crate::crypto::rotation::Rotation, Arc<Identity>, ShortId)>,
     /// `--identity-max-age` found the key too old: rotate once the ring is
     /// known.
     pub rotate_at_start: bool,
@@ -246,9 +247,11 @@ impl Control {
             now,
         );
         let gossip = match &config.rotated_from {
-            Some((rotation, old)) => {
-                gossip.with_rotation(*rotation, &crate::crypto::SigningKey::from_identity(old))
-            }
+            Some((rotation, old, short)) => gossip.with_rotation(
+                *rotation,
+                &crate::crypto::SigningKey::from_identity(old),
+                *short,
+            ),
             None => gossip,
         };
         let short = gossip.short_id();

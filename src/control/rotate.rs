@@ -25,7 +25,10 @@ impl Control {
         let issued = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let pending = Pending::generate(&old, issued, &mut rand::rngs::OsRng);
+        let mut pending = Pending::generate(&old, issued, &mut rand::rngs::OsRng);
+        // The short ID this key holds now (a clash may have moved it): the
+        // new key carries it.
+        pending.short = Some(self.gossip.short_id());
         let state_dir = self.config.state_dir.clone();
         if let Err(e) = pending.write(&state_dir) {
             return Reply::err(

@@ -12,7 +12,7 @@
 
 use super::identity::{Hex, Identity, IdentityError, decode_hex};
 use super::rotation::{ROTATION_LEN, Rotation};
-use crate::id::PeerId;
+use crate::id::{PeerId, ShortId};
 use std::path::Path;
 use zeroize::Zeroizing;
 
@@ -20,6 +20,9 @@ use zeroize::Zeroizing;
 pub const NEXT_FILE: &str = "identity.next";
 /// First line of the file; bump the version if the format changes.
 const HEADER: &str = "weft-identity-next v1";
+/// Starts the optional line after the announcement that names the short
+/// ID the old key held (files without it still load).
+const SHORT_PREFIX: &str = "short-id ";
 
 /// The successor key and the announcement naming it.
 #[derive(Clone, Debug)]
@@ -28,6 +31,10 @@ pub struct Pending {
     pub identity: Identity,
     /// The announcement: the old key hands over to [`Self::identity`].
     pub rotation: Rotation,
+    /// The short ID the old key held when it rotated (a clash may have
+    /// moved it off `ShortId::preferred(old)`): the new key carries it.
+    /// `None` in a file written before this was kept.
+    pub short: Option<ShortId>,
 }
 
 /// What a start does with an `identity.next` it found.
@@ -51,7 +58,18 @@ impl Pending {
     ) -> Self {
         let identity = Identity::generate(rng);
         let rotation = Rotation::sign(old, &identity, issued);
-        Self { identity, rotation }
+        Self {
+            identity,
+            rotation,
+            short: None,
+        }
+    }
+
+    /// The short ID the new key takes: the one the old key held, or (a
+    /// file that does not say) the old ID's preferred one.
+    pub fn carried_short(&self) -> ShortId {
+        self.short
+            .unwrap_or_else(|| ShortId::preferred(self.old_id()))
     }
 
     /// The ID the rotation moves from.
@@ -91,8 +109,12 @@ impl Pending {
 
     fn encode(&self) -> Zeroizing<Vec<u8>> {
         let key = self.identity.encode_hex();
+        let short = self
+            .short
+            .map(|s| format!("{SHORT_PREFIX}{}\n", s.0))
+            .unwrap_or_default();
         let text = Zeroizing::new(format!(
-            "{HEADER}\n{}\n{:?}\n",
+            "{HEADER}\n{}\n{:?}\n{short}",
             key.as_str(),
             Hex(&self.rotation.encode())
         ));
@@ -113,8 +135,17 @@ impl Pending {
             &mut announced,
         )
         .ok_or("the announcement line is not hex of the right length")?;
-        if lines.any(|l| !l.is_empty()) {
-            return Err("unexpected lines after the announcement");
+        let mut rest = lines.filter(|l| !l.is_empty());
+        let short = match rest.next() {
+            None => None,
+            Some(line) => Some(ShortId(
+                line.strip_prefix(SHORT_PREFIX)
+                    .and_then(|n| n.parse().ok())
+                    .ok_or("the line after the announcement is not \"short-id N\" (N < 65536)")?,
+            )),
+        };
+        if rest.next().is_some() {
+            return Err("unexpected lines after the short ID");
         }
         let rotation = Rotation::decode(&announced).map_err(|_| "the announcement is malformed")?;
         let (_, new) = rotation
@@ -123,7 +154,11 @@ impl Pending {
         if new != identity.id() {
             return Err("the announcement names another key than the file's");
         }
-        Ok(Self { identity, rotation })
+        Ok(Self {
+            identity,
+            rotation,
+            short,
+        })
     }
 }
 
@@ -194,6 +229,28 @@ mod tests {
     }
 
     #[test]
+    fn the_short_id_the_old_key_held_is_kept_and_a_file_without_it_falls_back() {
+        let dir = temp_dir("short");
+        let (old, _) = Identity::load_or_create(&dir).unwrap();
+        let mut pending = Pending::generate(&old, 7, &mut rng(5));
+        // A file without the line (as written before it was kept).
+        pending.write(&dir).unwrap();
+        let back = Pending::load(&dir).unwrap().unwrap();
+        assert_eq!(back.short, None);
+        assert_eq!(back.carried_short(), ShortId::preferred(old.id()));
+        // The old key moved after a clash: the value it holds comes back.
+        let moved = ShortId::candidate(old.id(), 3);
+        assert_ne!(moved, ShortId::preferred(old.id()));
+        pending.short = Some(moved);
+        pending.write(&dir).unwrap();
+        let back = Pending::load(&dir).unwrap().unwrap();
+        assert_eq!(back.short, Some(moved));
+        assert_eq!(back.carried_short(), moved);
+        assert_eq!(back.identity.id(), pending.identity.id());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn commit_makes_the_new_key_the_identity_and_removes_the_file() {
         let dir = temp_dir("commit");
         let (old, _) = Identity::load_or_create(&dir).unwrap();
@@ -252,6 +309,8 @@ mod tests {
             format!("{}\n{}\n", lines[0], lines[1]),
             format!("{}\n{}\n{}\n", lines[0], lines[1], &lines[2][2..]),
             format!("{good}extra\n"),
+            format!("{good}short-id 65536\n"),
+            format!("{good}short-id 12\nshort-id 13\n"),
             swapped,
             forged,
         ];

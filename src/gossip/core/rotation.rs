@@ -4,7 +4,8 @@
 //! - the **successor**: the new ID's entry carrying the verified
 //!   announcement ([`checked_rotation`]); it keeps the old ID's name (the
 //!   announcement is the proof that it is the same router, so the name
-//!   rule does not treat it as a clash) and its short ID;
+//!   rule does not treat it as a clash) and the short ID the old key held
+//!   (carried by the rotated router, [`Gossip::with_rotation`]);
 //! - the **tombstone**: the old ID's entry, signed by the old key, carrying
 //!   the same announcement (its key is the announcement's old key). It
 //!   retires the old ID: its entry leaves the table, later copies of it are
@@ -60,10 +61,18 @@ pub fn tombstone(
 
 impl Gossip {
     /// This router runs under the key `rotation` moved it to: my entry
-    /// carries the announcement from now on and takes the old ID's short
-    /// ID, and the old ID's tombstone (signed with `old_key`) is held and
-    /// handed to every neighbour. Call right after [`Gossip::new`].
-    pub fn with_rotation(mut self, rotation: Rotation, old_key: &SigningKey) -> Self {
+    /// carries the announcement from now on and takes `short`, the short
+    /// ID the old key held (not `ShortId::preferred(old)`: a clash may have
+    /// moved the old key, and its preferred value is then another
+    /// router's), and the old ID's tombstone (signed with `old_key`) is
+    /// held and handed to every neighbour. Call right after
+    /// [`Gossip::new`].
+    pub fn with_rotation(
+        mut self,
+        rotation: Rotation,
+        old_key: &SigningKey,
+        short: ShortId,
+    ) -> Self {
         let Ok((old, new)) = rotation.verify() else {
             return self;
         };
@@ -71,7 +80,7 @@ impl Gossip {
             return self;
         }
         let mut entry = self.my_entry().clone();
-        entry.short_id = ShortId::preferred(old);
+        entry.short_id = short;
         self.my_rotation = Some(rotation);
         let (_, signed) = tombstone(&rotation, &entry.name, entry.mtu, old_key);
         self.retired.insert(

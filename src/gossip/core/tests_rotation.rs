@@ -43,18 +43,23 @@ fn update(entries: Vec<SignedEntry>) -> Vec<u8> {
     Message::Update(Update { entries }).encode()
 }
 
+/// A fresh core for `owner` under `name` (seed 9).
+fn core(owner: &Identity, name: &str, now: Instant) -> Gossip {
+    Gossip::new(
+        info(owner, name),
+        SigningKey::from_identity(owner),
+        GossipConfig::default(),
+        9,
+        now,
+    )
+}
+
 /// A core ("me") with one neighbour, which knows router "x" under `old`
 /// at version 5 with short ID 4242; drained.
 fn core_knowing_x(old: &Identity) -> (Gossip, PeerId, Instant) {
     let now = Instant::now();
     let me = identity(1);
-    let mut g = Gossip::new(
-        info(&me, "me"),
-        SigningKey::from_identity(&me),
-        GossipConfig::default(),
-        9,
-        now,
-    );
+    let mut g = core(&me, "me", now);
     let n = identity(2);
     g.connection_up(info(&n, "neighbour"), true, now);
     let x = entry(old, "x", 5, ShortId(4242));
@@ -266,14 +271,11 @@ fn a_rotated_router_announces_under_the_old_short_id_and_hands_its_tombstone() {
     let (old, new) = (identity(10), identity(11));
     let now = Instant::now();
     let rotation = Rotation::sign(&old, &new, 1_796_000_000);
-    let mut g = Gossip::new(
-        info(&new, "x"),
-        SigningKey::from_identity(&new),
-        GossipConfig::default(),
-        9,
-        now,
-    )
-    .with_rotation(rotation, &SigningKey::from_identity(&old));
+    let mut g = core(&new, "x", now).with_rotation(
+        rotation,
+        &SigningKey::from_identity(&old),
+        ShortId::preferred(old.id()),
+    );
     assert_eq!(g.short_id(), ShortId::preferred(old.id()));
     let mine = g.table.signed(new.id()).unwrap().clone();
     assert_eq!(mine.rotation(), Ok(Some(rotation)));
@@ -302,4 +304,60 @@ fn a_rotated_router_announces_under_the_old_short_id_and_hands_its_tombstone() {
     g.set_mtu(1400, now);
     let mine = g.table.signed(new.id()).unwrap();
     assert_eq!(mine.rotation(), Ok(Some(rotation)));
+}
+
+#[test]
+fn a_short_id_the_old_key_moved_to_after_a_clash_is_carried_and_clashes_with_nobody() {
+    let (old, new) = (identity(20), identity(21));
+    let now = Instant::now();
+    // "y" won a clash on the old key's preferred value; the old key moved
+    // to its first candidate.
+    let y = identity(22);
+    let preferred = ShortId::preferred(old.id());
+    let moved = ShortId::candidate(old.id(), 1);
+    assert_ne!(moved, preferred);
+    let me = identity(1);
+    let mut peer = core(&me, "me", now);
+    let n = identity(2);
+    peer.connection_up(info(&n, "neighbour"), true, now);
+    let x = entry(&old, "x", 5, moved);
+    let y_entry = entry(&y, "y", 3, preferred);
+    let known = vec![signed(&old, &x, None), signed(&y, &y_entry, None)];
+    peer.handle_message(n.id(), &update(known.clone()), now)
+        .unwrap();
+    drain(&mut peer);
+    assert!(peer.short_id_clashes().is_empty());
+
+    // The rotated router carries the value its old key held.
+    let rotation = Rotation::sign(&old, &new, 1_796_000_000);
+    let mut g =
+        core(&new, "x", now).with_rotation(rotation, &SigningKey::from_identity(&old), moved);
+    assert_eq!(g.short_id(), moved);
+    // It learns "y" (and its own old entry) and keeps its value.
+    g.connection_up(info(&n, "neighbour"), true, now);
+    g.handle_message(n.id(), &update(known), now).unwrap();
+    let events = drain(&mut g);
+    assert_eq!(g.short_id(), moved, "{events:?}");
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, GossipEvent::ShortIdChanged { .. })),
+        "{events:?}"
+    );
+
+    // A peer takes the successor at the carried value: no clash with "y",
+    // the value still names the same router, "y" keeps its own.
+    let mine = g.table.signed(new.id()).unwrap().clone();
+    peer.handle_message(n.id(), &update(vec![mine]), now)
+        .unwrap();
+    assert_eq!(refusals(&drain(&mut peer)), vec![]);
+    assert_eq!(peer.name_holder("x"), Some(new.id()));
+    assert_eq!(peer.entry(new.id()).unwrap().short_id, moved);
+    assert!(
+        peer.short_id_clashes().is_empty(),
+        "{:?}",
+        peer.short_id_clashes()
+    );
+    assert_eq!(peer.peer_by_short(moved), Some(new.id()));
+    assert_eq!(peer.peer_by_short(preferred), Some(y.id()));
 }
