@@ -14,6 +14,49 @@ use std::time::Duration;
 /// The default port for TCP control and UDP data.
 pub const DEFAULT_PORT: u16 = 6783;
 
+/// Whether IPv6 pod traffic leaving the IPv6 pod range through a non-weft
+/// interface gets the node's address as its source (`--masquerade6`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Masquerade6 {
+    /// On for a unique local range (fc00::/7), off for a global one: a ULA
+    /// source cannot be answered from outside the cluster, so pods could
+    /// not reach anything off it, while a global range is routable and
+    /// its pods keep their own addresses (the operator routes it).
+    #[default]
+    Auto,
+    /// Always.
+    On,
+    /// Never: the outside sees the pods' own addresses.
+    Off,
+}
+
+impl Masquerade6 {
+    /// Whether to masquerade for the IPv6 pod range `range6`.
+    pub fn applies_to(self, range6: crate::ipam::AddrRange) -> bool {
+        match self {
+            Self::On => true,
+            Self::Off => false,
+            Self::Auto => match range6.base() {
+                std::net::IpAddr::V6(base) => base.is_unique_local() && range6.prefix() >= 7,
+                std::net::IpAddr::V4(_) => false,
+            },
+        }
+    }
+}
+
+impl std::str::FromStr for Masquerade6 {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "on" => Ok(Self::On),
+            "off" => Ok(Self::Off),
+            _ => Err(format!("{s:?}: expected auto, on or off")),
+        }
+    }
+}
+
 /// How the IPAM ring is initialised (DESIGN.md "Ring initialisation").
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IpallocInit {
@@ -143,6 +186,8 @@ pub struct RouterConfig {
     pub network_policy: Option<crate::kube::KubeSettings>,
     /// Masquerade pod traffic leaving the range (off with `--no-masq`).
     pub masquerade: bool,
+    /// Masquerade IPv6 pod traffic leaving the IPv6 range (`--masquerade6`).
+    pub masquerade6: Masquerade6,
     /// Ask for the TUN and UDP offloads (off with `WEFT_DISABLE_OFFLOAD`).
     pub offload: bool,
     /// The data-plane workers' scheduling class (`WEFT_WORKER_PRIORITY`).
@@ -196,6 +241,22 @@ impl RouterConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn masquerade6_auto_is_on_for_a_ula_range_and_off_for_a_global_one() {
+        let range = |text: &str| crate::ipam::AddrRange::parse(text).expect("a range");
+        let auto: Masquerade6 = "auto".parse().expect("valid");
+        assert!(auto.applies_to(range("fd00:32::/48")));
+        assert!(auto.applies_to(range("fc00:1::/64")));
+        assert!(!auto.applies_to(range("2001:db8:32::/48")));
+        assert!(!auto.applies_to(range("fe80::/64")));
+        let on: Masquerade6 = "on".parse().expect("valid");
+        let off: Masquerade6 = "off".parse().expect("valid");
+        assert!(on.applies_to(range("2001:db8:32::/48")));
+        assert!(!off.applies_to(range("fd00:32::/48")));
+        assert!("yes".parse::<Masquerade6>().is_err());
+        assert_eq!(Masquerade6::default(), Masquerade6::Auto);
+    }
 
     #[test]
     fn ipalloc_init_parses_every_mode_and_refuses_the_rest() {

@@ -305,6 +305,9 @@ async fn serve(
         range6: ipam6.as_ref().map(IpamDriver::range),
         iface: config.iface.clone(),
         masquerade: config.masquerade,
+        masquerade6: ipam6
+            .as_ref()
+            .is_some_and(|i| config.masquerade6.applies_to(i.range())),
     });
     let (kernel_tx, kernel_rx) = watch::channel(plan);
     tokio::spawn(apply_kernel_plans(kernel_rx));

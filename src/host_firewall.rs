@@ -61,6 +61,9 @@ pub struct Rules {
     pub iface: String,
     /// Masquerade pod traffic leaving the range.
     pub masquerade: bool,
+    /// Masquerade IPv6 pod traffic leaving the IPv6 range (`--masquerade6`
+    /// resolved against it).
+    pub masquerade6: bool,
 }
 
 /// Applies the rules once (logging what happened) and starts the task that
@@ -167,7 +170,12 @@ fn remove_stale_twin() {
 
 /// Re-applies the table if it is gone or incomplete.
 fn repair_table(rules: &Rules, shared: &Shared) {
-    match nftables::present(rules.range, rules.range6, rules.masquerade) {
+    match nftables::present(
+        rules.range,
+        rules.range6,
+        rules.masquerade,
+        rules.masquerade6,
+    ) {
         Ok(true) => {}
         Ok(false) => apply_table(rules, shared, true),
         Err(e) => tracing::debug!(error = %e, "cannot list the nftables table"),
@@ -176,7 +184,13 @@ fn repair_table(rules: &Rules, shared: &Shared) {
 
 /// Applies the table; `repair` counts and logs it as a re-apply.
 fn apply_table(rules: &Rules, shared: &Shared, repair: bool) {
-    let result = nftables::apply(rules.range, rules.range6, &rules.iface, rules.masquerade);
+    let result = nftables::apply(
+        rules.range,
+        rules.range6,
+        &rules.iface,
+        rules.masquerade,
+        rules.masquerade6,
+    );
     let mut status = shared.lock().unwrap_or_else(|e| e.into_inner());
     match result {
         Ok(()) => {
@@ -192,6 +206,7 @@ fn apply_table(rules: &Rules, shared: &Shared, repair: bool) {
                 tracing::info!(
                     table = nftables::TABLE,
                     masquerade = rules.masquerade,
+                    masquerade6 = rules.range6.is_some().then_some(rules.masquerade6),
                     "nftables table applied"
                 );
             }

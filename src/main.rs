@@ -165,6 +165,12 @@ struct RouterArgs {
     /// 1/0, true/false, yes/no, on/off).
     #[arg(long, env = "WEFT_NO_MASQ", value_parser = clap::builder::BoolishValueParser::new())]
     no_masq: bool,
+    /// Masquerade IPv6 pod traffic leaving the IPv6 pod range through a
+    /// non-weft interface: `auto` (on for a unique local range, fc00::/7,
+    /// which nothing outside the cluster can answer; off for a global
+    /// one), `on` or `off`.
+    #[arg(long, env = "WEFT_MASQUERADE6", default_value = "auto")]
+    masquerade6: weft::config::Masquerade6,
     /// Take over the address ranges of a router that has been unreachable
     /// this long, as `weft rmpeer` would (e.g. 30m; off by default). Only
     /// the side of a partition holding most of the routers does, and only
@@ -429,6 +435,7 @@ fn router_config(args: RouterArgs) -> anyhow::Result<RouterConfig> {
         peers_from_kube: args.peers_from_kube.then(|| kube.clone()),
         network_policy: args.network_policy.then_some(kube),
         masquerade: !args.no_masq,
+        masquerade6: args.masquerade6,
         offload: !offload::disabled_by(knobs.disable_offload.as_deref()),
         worker_priority: Priority::parse_or_default(knobs.worker_priority.as_deref()),
         tun_txqueuelen: knob::<i32>(knobs.tun_txqueuelen.as_deref()),

@@ -154,6 +154,24 @@ pub fn render(status: &Status, policy: Option<&crate::policy::status::PolicyStat
         "reason",
         d.dropped.iter().map(|(k, v)| (k.clone(), *v)).collect(),
     );
+    // A second family rather than a label on the first: its series stay as
+    // they were, and drops of no known family (a bad tag) have no place here.
+    let by_family = Family::<Labels, Counter>::default();
+    for (family, drops) in [("ipv4", &d.dropped4), ("ipv6", &d.dropped6)] {
+        for (reason, n) in drops {
+            by_family
+                .get_or_create(&vec![
+                    ("family".to_string(), family.to_string()),
+                    ("reason".to_string(), reason.clone()),
+                ])
+                .inc_by(*n);
+        }
+    }
+    registry.register(
+        "family_dropped_packets",
+        "The share of weft_dropped_packets whose inner packet the router read, by family and reason (drops it could not read, such as bad_tag, are in no family)",
+        by_family,
+    );
     gauge(
         &mut registry,
         "ipam_owned_addresses",

@@ -75,7 +75,7 @@ pub async fn configure(plan: &InterfacePlan) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("cannot add {own}/32 to {}: {e}", plan.iface))?;
     }
-    remove_stale_addresses(&handle, index, plan.own_address).await;
+    remove_stale_addresses(&handle, index, plan).await;
     let mut range = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(Ipv4Addr::from(plan.range.first()), plan.range.prefix())
         .output_interface(index)
@@ -101,6 +101,7 @@ pub async fn configure(plan: &InterfacePlan) -> anyhow::Result<()> {
     if let Some(range6) = plan.range6 {
         configure_v6(&handle, index, plan, range6).await?;
     }
+    remove_stale_routes6(&handle, index, plan).await;
     for route in weft_routes(&handle, false).await {
         if route.header.kind != RouteType::Unreachable {
             continue;
@@ -153,27 +154,94 @@ async fn configure_v6(
         .execute()
         .await
         .map_err(|e| anyhow::anyhow!("cannot route {range6} to {}: {e}", plan.iface))?;
-    let wanted: Vec<(u128, u8)> = plan
-        .owned6
-        .iter()
-        .flat_map(|(start, end)| blocks(*start, *end, 128))
-        .collect();
-    for (block, prefix) in &wanted {
+    for (block, prefix) in &wanted6(plan) {
         add_unreachable(handle, IpAddr::V6(Ipv6Addr::from(*block)), *prefix).await?;
     }
+    Ok(())
+}
+
+/// The IPv6 blocks `plan` makes `unreachable`.
+fn wanted6(plan: &InterfacePlan) -> Vec<(u128, u8)> {
+    plan.owned6
+        .iter()
+        .flat_map(|(start, end)| blocks(*start, *end, 128))
+        .collect()
+}
+
+/// Removes the IPv6 routes weft made that `plan` no longer has: every one
+/// when the router runs without an IPv6 pod range (after a run with one),
+/// else a range route or `unreachable` block of another range or given
+/// away. Routes of pods (to their veths, tagged by the CNI plugin) stay.
+async fn remove_stale_routes6(handle: &Handle, index: u32, plan: &InterfacePlan) {
+    let wanted = wanted6(plan);
     for route in weft_routes(handle, true).await {
-        if route.header.kind != RouteType::Unreachable {
-            continue;
-        }
         let Some(IpAddr::V6(dst)) = route_destination(&route) else {
             continue;
         };
-        let block = (u128::from(dst), route.header.destination_prefix_length);
-        if range6.offset(IpAddr::V6(dst)).is_some() && !wanted.contains(&block) {
+        let made = WeftRoute6 {
+            unreachable: route.header.kind == RouteType::Unreachable,
+            on_tun: route
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index)),
+            block: (u128::from(dst), route.header.destination_prefix_length),
+        };
+        if made.stale(plan.range6, &wanted) {
             let _ = handle.route().del(route).execute().await;
         }
     }
-    Ok(())
+}
+
+/// A route tagged with weft's protocol, as [`remove_stale_routes6`] judges it.
+#[derive(Clone, Copy, Debug)]
+struct WeftRoute6 {
+    /// An `unreachable` route (for an owned block).
+    unreachable: bool,
+    /// Through the TUN (the range route).
+    on_tun: bool,
+    /// Destination and prefix length.
+    block: (u128, u8),
+}
+
+impl WeftRoute6 {
+    /// Whether the router made this route and the plan no longer has it.
+    fn stale(self, range6: Option<crate::ipam::AddrRange>, wanted: &[(u128, u8)]) -> bool {
+        let in_range = |range6: crate::ipam::AddrRange| {
+            range6
+                .offset(IpAddr::V6(Ipv6Addr::from(self.block.0)))
+                .is_some()
+                && self.block.1 >= range6.prefix()
+        };
+        match range6 {
+            None => self.unreachable || self.on_tun,
+            Some(range6) if self.unreachable => !in_range(range6) || !wanted.contains(&self.block),
+            Some(range6) => {
+                self.on_tun && self.block != (ipv6_bits(range6.base()), range6.prefix())
+            }
+        }
+    }
+}
+
+fn ipv6_bits(address: IpAddr) -> u128 {
+    match address {
+        IpAddr::V6(a) => u128::from(a),
+        IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
+    }
+}
+
+/// Whether an address on the TUN is left from an earlier plan: IPv4 but not
+/// the node's /32; IPv6 with no IPv6 pod range now, outside it, or not the
+/// node's /128 once that is known (until then one in the range is kept, so
+/// a restart does not take the node's IPv6 source away meanwhile).
+fn stale_address(address: IpAddr, plan: &InterfacePlan) -> bool {
+    match address {
+        IpAddr::V4(a) => Some(a) != plan.own_address,
+        IpAddr::V6(a) => match (plan.range6, plan.own_address6) {
+            (None, _) => true,
+            (Some(_), Some(own)) => a != own,
+            (Some(range6), None) => range6.offset(IpAddr::V6(a)).is_none(),
+        },
+    }
 }
 
 /// Adds (or keeps) the `unreachable` route for `base/prefix`, tagged with
@@ -405,7 +473,7 @@ pub async fn mtu_of_interface_with(local: IpAddr) -> Option<u32> {
     })
 }
 
-async fn remove_stale_addresses(handle: &Handle, index: u32, keep: Option<Ipv4Addr>) {
+async fn remove_stale_addresses(handle: &Handle, index: u32, plan: &InterfacePlan) {
     let mut addresses = handle
         .address()
         .get()
@@ -413,10 +481,11 @@ async fn remove_stale_addresses(handle: &Handle, index: u32, keep: Option<Ipv4Ad
         .execute();
     let mut stale = Vec::new();
     while let Ok(Some(message)) = addresses.try_next().await {
-        let is_v4_other = message.attributes.iter().any(
-            |a| matches!(a, AddressAttribute::Address(IpAddr::V4(addr)) if Some(*addr) != keep),
-        );
-        if is_v4_other {
+        let is_stale = message
+            .attributes
+            .iter()
+            .any(|a| matches!(a, AddressAttribute::Address(addr) if stale_address(*addr, plan)));
+        if is_stale {
             stale.push(message);
         }
     }
@@ -532,6 +601,74 @@ fn blocks(start: u128, end: u128, bits: u32) -> Vec<(u128, u8)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn plan(range6: Option<&str>, own6: Option<Ipv6Addr>) -> InterfacePlan {
+        InterfacePlan {
+            iface: "weft0".into(),
+            mtu: 1420,
+            own_address: Some(Ipv4Addr::new(10, 32, 0, 1)),
+            range: "10.32.0.0/12".parse().expect("a range"),
+            owned: Vec::new(),
+            range6: range6.map(|r| crate::ipam::AddrRange::parse(r).expect("a range")),
+            owned6: Vec::new(),
+            own_address6: own6,
+        }
+    }
+
+    fn v6(text: &str) -> Ipv6Addr {
+        text.parse().expect("an address")
+    }
+
+    #[test]
+    fn without_an_ipv6_range_every_ipv6_route_weft_made_is_stale_but_pod_routes() {
+        let range_route = WeftRoute6 {
+            unreachable: false,
+            on_tun: true,
+            block: (u128::from(v6("fd00:32::")), 112),
+        };
+        let block = WeftRoute6 {
+            unreachable: true,
+            on_tun: false,
+            block: (u128::from(v6("fd00:32::")), 113),
+        };
+        let pod = WeftRoute6 {
+            unreachable: false,
+            on_tun: false,
+            block: (u128::from(v6("fd00:32::5")), 128),
+        };
+        assert!(range_route.stale(None, &[]));
+        assert!(block.stale(None, &[]));
+        assert!(!pod.stale(None, &[]));
+        // With the same range: the range route and owned blocks stay.
+        let range6 = crate::ipam::AddrRange::parse("fd00:32::/112").ok();
+        assert!(!range_route.stale(range6, &[]));
+        assert!(!block.stale(range6, &[block.block]));
+        assert!(block.stale(range6, &[]), "a block given away");
+        assert!(!pod.stale(range6, &[]));
+        // Another range now: the old range route and blocks go.
+        let other = crate::ipam::AddrRange::parse("fd00:33::/112").ok();
+        assert!(range_route.stale(other, &[]));
+        assert!(block.stale(other, &[block.block]));
+    }
+
+    #[test]
+    fn ipv6_addresses_on_the_tun_go_with_the_range_and_follow_the_nodes_own() {
+        let own = v6("fd00:32::1");
+        let a = IpAddr::V6(own);
+        assert!(stale_address(a, &plan(None, None)));
+        assert!(!stale_address(a, &plan(Some("fd00:32::/112"), Some(own))));
+        assert!(stale_address(
+            a,
+            &plan(Some("fd00:32::/112"), Some(v6("fd00:32::2")))
+        ));
+        // Not yet known at start: kept while in the range.
+        assert!(!stale_address(a, &plan(Some("fd00:32::/112"), None)));
+        assert!(stale_address(a, &plan(Some("fd00:33::/112"), None)));
+        // IPv4 as before: only the node's /32 stays.
+        let p = plan(None, None);
+        assert!(!stale_address(IpAddr::V4(Ipv4Addr::new(10, 32, 0, 1)), &p));
+        assert!(stale_address(IpAddr::V4(Ipv4Addr::new(10, 32, 0, 2)), &p));
+    }
 
     #[test]
     fn cidr_blocks_cover_a_range_exactly() {

@@ -73,15 +73,21 @@ pub enum NftError {
 pub fn render(range: Ipv4Cidr, tun: &str, masquerade: bool) -> Result<String, NftError> {
     let mut text = checks(TABLE, "ip", &range.to_string(), tun)?;
     if masquerade {
-        text.push_str(&format!(
-            "\tchain postrouting {{\n\
-             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-             \t\tip saddr {range} ip daddr != {range} oifname != \"{tun}\" masquerade\n\
-             \t}}\n"
-        ));
+        text.push_str(&masquerade_chain("ip", &range.to_string(), tun));
     }
     text.push_str("}\n");
     Ok(text)
+}
+
+/// The `postrouting` chain that gives pod traffic leaving `range` through
+/// any interface but `tun` the outgoing interface's address as its source.
+fn masquerade_chain(family: &str, range: &str, tun: &str) -> String {
+    format!(
+        "\tchain postrouting {{\n\
+         \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+         \t\t{family} saddr {range} {family} daddr != {range} oifname != \"{tun}\" masquerade\n\
+         \t}}\n"
+    )
 }
 
 /// The start of `table` (`family` its match keyword, `ip` or `ip6`) up to
@@ -123,10 +129,16 @@ fn check_interface(tun: &str) -> Result<(), NftError> {
 /// pod's /128 to its veth, so only the pod's own address passes; a pod's
 /// link-local source passes too (nft looks a link-local address up on the
 /// interface it came in on, where the host end has fe80::/64), which
-/// neighbour discovery needs. No masquerade: IPv6 pod addresses are not
-/// rewritten (NPTv6 is not built).
-pub fn render6(range6: AddrRange, tun: &str) -> Result<String, NftError> {
+/// neighbour discovery needs. With `masquerade6` (`--masquerade6`, on by
+/// default for a unique local range) IPv6 pod traffic leaving `range6`
+/// through any interface but `tun` is masqueraded like the IPv4 one (NAT66
+/// to the node's address, not NPTv6: that needs a routed prefix per node as
+/// long as the pods', which a node seldom has).
+pub fn render6(range6: AddrRange, tun: &str, masquerade6: bool) -> Result<String, NftError> {
     let mut text = checks(TABLE6, "ip6", &range6.to_string(), tun)?;
+    if masquerade6 {
+        text.push_str(&masquerade_chain("ip6", &range6.to_string(), tun));
+    }
     text.push_str("}\n");
     Ok(text)
 }
@@ -139,10 +151,11 @@ pub fn apply(
     range6: Option<AddrRange>,
     tun: &str,
     masquerade: bool,
+    masquerade6: bool,
 ) -> Result<(), NftError> {
     let mut text = render(range, tun, masquerade)?;
     if let Some(range6) = range6 {
-        text.push_str(&render6(range6, tun)?);
+        text.push_str(&render6(range6, tun, masquerade6)?);
     }
     nft(&["-f", "-"], Some(&text)).map(|_| ())
 }
@@ -155,6 +168,7 @@ pub fn present(
     range: Ipv4Cidr,
     range6: Option<AddrRange>,
     masquerade: bool,
+    masquerade6: bool,
 ) -> Result<bool, NftError> {
     let listing = |family: &str| listing(&["list", "table", family, "weft"]);
     let Some(v4) = listing("ip")? else {
@@ -165,14 +179,17 @@ pub fn present(
     }
     match range6 {
         None => Ok(true),
-        Some(range6) => Ok(listing("ip6")?.is_some_and(|v6| complete6(&v6, range6))),
+        Some(range6) => Ok(listing("ip6")?.is_some_and(|v6| complete6(&v6, range6, masquerade6))),
     }
 }
 
 /// Whether an `nft list table ip6 weft` listing holds all of the twin's
-/// rules.
-fn complete6(listing: &str, range6: AddrRange) -> bool {
+/// rules, and a masquerade rule exactly when `masquerade6` asks for one
+/// (with `--masquerade6 off`, a masquerade rule there is as wrong as a
+/// missing one with `on`).
+fn complete6(listing: &str, range6: AddrRange, masquerade6: bool) -> bool {
     has_checks(listing, "ip6", &range6.to_string())
+        && masquerade6 == listing.lines().any(|l| l.contains("masquerade"))
 }
 
 /// Whether an `nft list table ip weft` listing holds all of the table's
@@ -423,7 +440,7 @@ mod tests {
 
     #[test]
     fn the_ipv6_twin_checks_every_pod_source_and_range_sources_off_the_tun() {
-        let text = render6(range6(), "tun7").unwrap();
+        let text = render6(range6(), "tun7", false).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             &lines[..3],
@@ -451,29 +468,63 @@ mod tests {
             "IPv4 rules in the ip6 twin: {text}"
         );
         assert!(matches!(
-            render6(range6(), "a b"),
+            render6(range6(), "a b", true),
             Err(NftError::BadInterface(_))
         ));
     }
 
     #[test]
     fn an_ipv6_listing_missing_any_rule_or_of_another_range_is_incomplete() {
-        let text = render6(range6(), "weft0").unwrap();
-        assert!(complete6(&text, range6()));
+        let text = render6(range6(), "weft0", false).unwrap();
+        assert!(complete6(&text, range6(), false));
         for rule in ["\"weft*\"", "ip6 daddr", "ip6 saddr fd00:32::/48 fib"] {
             let without: String = text
                 .lines()
                 .filter(|l| !l.contains(rule))
                 .map(|l| format!("{l}\n"))
                 .collect();
-            assert!(!complete6(&without, range6()), "without {rule}");
+            assert!(!complete6(&without, range6(), false), "without {rule}");
         }
-        assert!(!complete6(&text, AddrRange::parse("fd00:33::/48").unwrap()));
+        assert!(!complete6(
+            &text,
+            AddrRange::parse("fd00:33::/48").unwrap(),
+            false
+        ));
         // The IPv4 table is not its twin.
         assert!(!complete6(
             &render(range(), "weft0", true).unwrap(),
-            range6()
+            range6(),
+            true
         ));
+    }
+
+    #[test]
+    fn masquerade6_rewrites_ipv6_pod_traffic_leaving_the_range_off_the_tun() {
+        let with = render6(range6(), "weft0", true).unwrap();
+        assert_lines(
+            &with,
+            &[
+                "type nat hook postrouting priority srcnat; policy accept;",
+                "ip6 saddr fd00:32::/48 ip6 daddr != fd00:32::/48 oifname != \"weft0\" masquerade",
+            ],
+        );
+        assert_eq!(with.matches('{').count(), with.matches('}').count());
+        let without = render6(range6(), "weft0", false).unwrap();
+        assert!(!without.contains("postrouting"));
+        assert!(with.starts_with(without.strip_suffix("}\n").unwrap()));
+        // The IPv4 table's masquerade is its own switch.
+        assert!(!render(range(), "weft0", false).unwrap().contains("ip6"));
+    }
+
+    #[test]
+    fn an_ipv6_listing_is_whole_only_with_the_masquerade_asked_for() {
+        let with = render6(range6(), "weft0", true).unwrap();
+        let without = render6(range6(), "weft0", false).unwrap();
+        assert!(complete6(&with, range6(), true));
+        assert!(complete6(&without, range6(), false));
+        // Flushed by someone else: repaired. Left over with `off`: replaced.
+        assert!(!complete6(&without, range6(), true));
+        assert!(!complete6(&with, range6(), false));
     }
 
     #[test]

@@ -98,6 +98,12 @@ pub fn render(status: &Status, section: Option<&str>) -> String {
                 d.totals.bytes_out6,
             );
         }
+        for (label, drops) in [("IPv4", &d.totals.dropped4), ("IPv6", &d.totals.dropped6)] {
+            if !drops.is_empty() {
+                let list: Vec<String> = drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let _ = writeln!(out, "  dropped {label}: {}", list.join(" "));
+            }
+        }
         if !d.underlay.is_empty() {
             let _ = writeln!(out, "underlay: {}", d.underlay);
         }

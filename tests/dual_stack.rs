@@ -206,3 +206,201 @@ fn read_only_proc_sys(r: &mut Router) {
     .map(|s| s.to_string())
     .collect();
 }
+
+/// What weft made for IPv6 on `node`'s weft0: its IPv6 addresses and the
+/// IPv6 routes tagged with weft's protocol, as `ip` prints them.
+fn v6host_weft_ipv6(node: &Netns) -> (String, String) {
+    (
+        node.ok(&["ip", "-6", "-o", "addr", "show", "dev", "weft0"]),
+        node.ok(&["ip", "-6", "route", "show", "proto", "87"]),
+    )
+}
+
+#[test]
+fn a_router_restarted_without_its_ipv6_range_removes_the_ipv6_routes_address_and_table() {
+    if !require_root("a_router_restarted_without_its_ipv6_range_removes_its_ipv6") {
+        return;
+    }
+    let mut cluster = Cluster::new(2);
+    let mut rs = start_routers(
+        Path::new(BIN),
+        &mut cluster,
+        2,
+        |i| vec![1 - i],
+        |_, r| r.args.extend(["--ipalloc-range".into(), RANGE6.into()]),
+    );
+    let ready = wait_until(Duration::from_secs(30), || {
+        rs.iter().all(|r| ipam6(r)["state"] == "ready")
+    });
+    assert!(ready, "{:#}", ipam6(&rs[0]));
+    let node = &cluster.nodes[0].ns;
+    let made = |(addr, routes): &(String, String)| {
+        addr.contains("inet6 fd00:32::")
+            && routes.contains("unreachable fd00:32::")
+            && routes
+                .lines()
+                .any(|l| l.starts_with("fd00:32::/112 dev weft0"))
+    };
+    let full = wait_until(Duration::from_secs(10), || made(&v6host_weft_ipv6(node)));
+    assert!(full, "{:?}", v6host_weft_ipv6(node));
+    let table = |ns: &Netns| {
+        ns.exec(&["nft", "list", "table", "ip6", "weft"])
+            .status
+            .success()
+    };
+    assert!(table(node));
+    // Stopped, the router leaves them (weft0 is persistent, as over any
+    // restart): what the next start must clean.
+    assert!(rs[0].terminate(Duration::from_secs(10)).is_some());
+    assert!(
+        made(&v6host_weft_ipv6(node)),
+        "{:?}",
+        v6host_weft_ipv6(node)
+    );
+    let at = rs[0].args.iter().position(|a| a == RANGE6).unwrap();
+    rs[0].args.drain(at - 1..=at);
+    rs[0].start();
+    let back = wait_until(Duration::from_secs(20), || {
+        rs[0]
+            .status()
+            .is_some_and(|s| s["ipam"]["state"] == "ready")
+    });
+    assert!(back, "{}", rs[0].log_tail());
+    assert!(rs[0].status().unwrap().get("ipam6").is_none());
+    let cleaned = wait_until(Duration::from_secs(10), || {
+        let (addr, routes) = v6host_weft_ipv6(node);
+        !addr.contains("fd00:32") && !routes.contains("fd00:32")
+    });
+    assert!(cleaned, "left over: {:?}", v6host_weft_ipv6(node));
+    assert!(!table(node), "table ip6 weft left over");
+    // IPv4 is untouched: the node's /32 and pods on both nodes.
+    let addr4 = node.ok(&["ip", "-4", "-o", "addr", "show", "dev", "weft0"]);
+    assert!(addr4.contains("inet 10."), "{addr4}");
+    ping_matrix(&cluster, &rs);
+}
+
+/// `GET /metrics` from the router listening on `addr`:6782 in `ns`.
+fn v6host_scrape(ns: &str, addr: std::net::Ipv4Addr) -> String {
+    use std::io::{Read, Write};
+    in_netns(ns, move || {
+        let target = std::net::SocketAddr::from((addr, 6782));
+        let mut s = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(5)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    })
+    .join()
+    .unwrap()
+}
+
+/// The value of the sample `line_start` in a scrape, 0 when absent.
+fn v6host_sample(scrape: &str, line_start: &str) -> u64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(line_start))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn spoofed_sources_are_dropped_by_the_receiving_router_and_counted_by_family() {
+    if !require_root("spoofed_sources_are_counted_by_family") {
+        return;
+    }
+    let mut cluster = Cluster::new(2);
+    let underlay1 = cluster.nodes[1].underlay;
+    let rs = start_routers(
+        Path::new(BIN),
+        &mut cluster,
+        2,
+        |i| vec![1 - i],
+        |i, r| {
+            r.args.extend(["--ipalloc-range".into(), RANGE6.into()]);
+            if i == 1 {
+                r.args
+                    .extend(["--metrics-addr".into(), format!("{underlay1}:6782")]);
+            }
+        },
+    );
+    let ready = wait_until(Duration::from_secs(30), || {
+        rs.iter().all(|r| ipam6(r)["state"] == "ready")
+    });
+    assert!(ready, "{:#}", ipam6(&rs[1]));
+    ping_matrix(&cluster, &rs);
+    // Node 0 sends into weft0 from addresses router 1 owns (its own
+    // output, which the anti-spoofing table does not see): router 0 carries
+    // them as its own, router 1 finds the sources outside router 0's ranges.
+    let node0 = &cluster.nodes[0].ns;
+    let stolen4 = std::net::Ipv4Addr::from(u32::from(rs[1].range_start()) + 100);
+    let stolen6 = Ipv6Addr::from(owned6(&rs[1])[0].0 + 100);
+    let target6: Ipv6Addr = ipam6(&rs[1])["allocations"][0]["address"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    node0.ip(&["addr", "add", &format!("{stolen4}/32"), "dev", "lo"]);
+    node0.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{stolen6}/128"),
+        "dev",
+        "lo",
+        "nodad",
+    ]);
+    let by_family = |family: &str| {
+        rs[1].status().unwrap()["dataplane"][format!("dropped{family}")]["spoofed_source"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let (before4, before6) = (by_family("4"), by_family("6"));
+    let total_before = rs[1].dropped("spoofed_source");
+    let ping = |from: String, to: String, count: &str| {
+        node0.exec(&[
+            "ping", "-c", count, "-i", "0.2", "-W", "1", "-I", &from, &to,
+        ]);
+    };
+    ping(stolen6.to_string(), target6.to_string(), "5");
+    let counted6 = wait_until(Duration::from_secs(5), || by_family("6") >= before6 + 5);
+    assert!(counted6, "{:#}", rs[1].status().unwrap()["dataplane"]);
+    assert_eq!(by_family("4"), before4, "IPv6 drops counted as IPv4");
+    ping(stolen4.to_string(), cluster.pods[1].addr.to_string(), "3");
+    let counted4 = wait_until(Duration::from_secs(5), || by_family("4") >= before4 + 3);
+    assert!(counted4, "{:#}", rs[1].status().unwrap()["dataplane"]);
+    let (after4, after6) = (by_family("4"), by_family("6"));
+    // The total still counts every one of them.
+    assert!(
+        rs[1].dropped("spoofed_source") - total_before >= (after4 - before4) + (after6 - before6),
+        "{:#}",
+        rs[1].status().unwrap()["dataplane"]
+    );
+    let text = v6host_scrape(&cluster.nodes[1].ns.name, underlay1);
+    let sample = |family: &str| {
+        v6host_sample(
+            &text,
+            &format!(
+                "weft_family_dropped_packets_total{{family=\"{family}\",reason=\"spoofed_source\"}}"
+            ),
+        )
+    };
+    assert!(sample("ipv6") >= after6, "{text}");
+    assert!(sample("ipv4") >= after4, "{text}");
+    assert!(
+        v6host_sample(
+            &text,
+            "weft_dropped_packets_total{reason=\"spoofed_source\"}"
+        ) >= sample("ipv4") + sample("ipv6"),
+        "{text}"
+    );
+    let human =
+        cluster.nodes[1]
+            .ns
+            .ok(&[BIN, "status", "--api", &rs[1].api().display().to_string()]);
+    assert!(
+        human.contains("dropped IPv6: ") && human.contains("spoofed_source="),
+        "{human}"
+    );
+}

@@ -20,72 +20,25 @@ const OUTSIDE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 const PORT: u16 = 7001;
 
 /// A host outside the cluster, joined to `node` by a veth on
-/// 198.51.100.0/24 and with no route to the pod range. The veth goes with
-/// the namespaces.
+/// 198.51.100.0/24 and with no route to the pod range.
 fn outside_host(node: &Netns) -> Netns {
-    let outside = Netns::new("outside");
-    let veth = format!(
-        "link add ext0 type veth peer name eth0 netns {}",
-        outside.name
-    );
-    node.ip(&veth.split_whitespace().collect::<Vec<_>>());
-    node.ip(&["addr", "add", &format!("{NODE_SIDE}/24"), "dev", "ext0"]);
-    node.ip(&["link", "set", "ext0", "up"]);
-    outside.ip(&["addr", "add", &format!("{OUTSIDE}/24"), "dev", "eth0"]);
-    outside.ip(&["link", "set", "eth0", "up"]);
-    outside
+    support::egress_echo::outside_host(node, "ext0", (NODE_SIDE.into(), OUTSIDE.into()), 24)
 }
 
-/// The outside host's UDP socket at 198.51.100.2:7001 (polled with a
-/// 300 ms timeout by [`exchange`]).
+/// The outside host's UDP socket at 198.51.100.2:7001.
 fn outside_socket(outside: &Netns) -> UdpSocket {
-    let socket = in_netns(&outside.name, || {
-        UdpSocket::bind((OUTSIDE, PORT)).expect("bind outside")
-    })
-    .join()
-    .unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
-    socket
+    support::egress_echo::outside_socket(outside, (OUTSIDE, PORT).into())
 }
 
 /// Sends `payload` from `from` (an address on the pod's eth0) to the
-/// outside socket, echoing back every datagram the outside gets within
-/// 3 s. Returns the sources the outside saw with this payload and the reply
-/// the pod got, if any.
+/// outside socket: the sources the outside saw and the reply the pod got.
 fn exchange(
     pod: &Pod,
     outside: &UdpSocket,
     from: Ipv4Addr,
     payload: &'static str,
 ) -> (Vec<SocketAddr>, Option<String>) {
-    let sender = in_netns(&pod.ns.name, move || {
-        let socket = UdpSocket::bind((from, 0)).expect("bind in pod");
-        socket
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let mut buf = [0u8; 128];
-        for _ in 0..10 {
-            let _ = socket.send_to(payload.as_bytes(), (OUTSIDE, PORT));
-            if let Ok(n) = socket.recv(&mut buf) {
-                return Some(String::from_utf8_lossy(&buf[..n]).into_owned());
-            }
-        }
-        None
-    });
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 128];
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while std::time::Instant::now() < deadline && !sender.is_finished() {
-        if let Ok((n, peer)) = outside.recv_from(&mut buf)
-            && &buf[..n] == payload.as_bytes()
-        {
-            seen.push(peer);
-            let _ = outside.send_to(peer.ip().to_string().as_bytes(), peer);
-        }
-    }
-    (seen, sender.join().unwrap())
+    support::egress_echo::udp_echo_exchange(&pod.ns.name, from.into(), outside, payload)
 }
 
 /// The packets the `antispoof` rules have dropped on `node`.

@@ -292,3 +292,92 @@ fn a_mixed_cluster_uses_per_pair_a_family_both_routers_have() {
         }
     }
 }
+
+/// The IPv6 fragments that came in on `ns`'s eth0, counted by a table of
+/// the test's own (`v6host_frag`) ahead of any reassembly.
+fn v6host_fragments_in(ns: &Netns) -> u64 {
+    let text = ns.ok(&["nft", "list", "table", "netdev", "v6host_frag"]);
+    text.lines()
+        .find(|l| l.contains("counter"))
+        .and_then(|l| {
+            l.split_whitespace()
+                .skip_while(|w| *w != "packets")
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no counter in:\n{text}"))
+}
+
+#[test]
+fn data_over_an_ipv6_underlay_is_never_fragmented_when_the_path_shrinks() {
+    if !require_root("ipv6_underlay_dont_fragment") {
+        return;
+    }
+    let mut cluster = Cluster::new(2);
+    for i in 0..2 {
+        ipv6_underlay(&cluster, i, false);
+    }
+    let routers = start_routers(
+        Path::new(BIN),
+        &mut cluster,
+        2,
+        |_| Vec::new(),
+        |i, r| on_ipv6(r, i, 2, &format!("[{}]:6783", v6(i)), &[]),
+    );
+    wait_full_mesh(&routers);
+    let agreed = wait_until(Duration::from_secs(20), || {
+        routers.iter().all(|r| r.mtu() == Some(1420))
+    });
+    assert!(agreed, "the cluster MTU is not 1420");
+    let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
+    assert!(a.wait_ping(b.addr, Duration::from_secs(20)), "no ping");
+    // Full size fits the 1500-byte underlay exactly: 1420 + 80.
+    assert!(
+        a.ping_df(b.addr, 1392).contains(" 0% packet loss"),
+        "a packet of exactly the cluster MTU did not arrive"
+    );
+    // Let the path-MTU probes of the link's first seconds pass (answered
+    // at 0, 2 and 6 s; the next is 16 s later), so the shrunken path is
+    // met by data first.
+    std::thread::sleep(Duration::from_secs(7));
+    let node1 = &cluster.nodes[1].ns;
+    node1.ok(&[
+        "nft",
+        "add table netdev v6host_frag { chain in { type filter hook ingress device eth0 priority -500; ip6 nexthdr 44 counter; }; }",
+    ]);
+    // The path to node 1 shrinks to 1400 bytes behind the routers' backs
+    // (a tunnel or a smaller link on the way; the MTU stays 1420).
+    cluster.nodes[0].ns.ip(&[
+        "-6",
+        "route",
+        "replace",
+        &format!("{}/128", v6(1)),
+        "dev",
+        "eth0",
+        "mtu",
+        "1400",
+    ]);
+    let too_big = routers[0].dropped("too_big");
+    let out = a.ping_df(b.addr, 1392);
+    let fragments = v6host_fragments_in(node1);
+    // The link is still up (no probe met the small path yet): the test
+    // saw data, not a dead link.
+    assert!(
+        a.ping_df(b.addr, 1000).contains(" 0% packet loss"),
+        "the link went down meanwhile: {:?}",
+        established(&routers[0])
+    );
+    assert_eq!(
+        fragments, 0,
+        "the outer datagram was fragmented on the wire ({fragments} fragments); ping: {out}"
+    );
+    assert!(
+        !out.contains(" 0% packet loss"),
+        "an oversized outer datagram arrived: {out}"
+    );
+    assert!(
+        routers[0].dropped("too_big") > too_big,
+        "the refused datagram is not counted: {:#}",
+        routers[0].status().unwrap()["dataplane"]
+    );
+}

@@ -639,4 +639,13 @@ pub struct DataplaneTotals {
     pub coalesced_v6: u64,
     /// Drops by reason label; reasons never seen are omitted.
     pub dropped: BTreeMap<String, u64>,
+    /// The share of `dropped` whose inner packet was IPv4, by reason: drops
+    /// of a packet the router read (from the TUN, or opened from a peer).
+    /// What could not be read (a bad tag, a replay, a failed batch send)
+    /// has no family and is only in `dropped`.
+    #[serde(default)]
+    pub dropped4: BTreeMap<String, u64>,
+    /// The share of `dropped` whose inner packet was IPv6, by reason.
+    #[serde(default)]
+    pub dropped6: BTreeMap<String, u64>,
 }

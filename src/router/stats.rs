@@ -129,6 +129,40 @@ pub struct WorkerStats {
     /// Inner TCP/IPv6 segments written to the TUN inside super-packets.
     pub coalesced_v6: AtomicU64,
     dropped: [AtomicU64; DropReason::ALL.len()],
+    /// The IPv4 and IPv6 shares of `dropped`, where the family is known.
+    dropped_by_family: [[AtomicU64; DropReason::ALL.len()]; 2],
+}
+
+/// The inner packet's family, for the drops that can name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// IPv4.
+    V4,
+    /// IPv6.
+    V6,
+}
+
+impl Family {
+    /// The family an IP packet's first byte names, if either.
+    pub fn of(packet: &[u8]) -> Option<Self> {
+        match packet.first()? >> 4 {
+            4 => Some(Self::V4),
+            6 => Some(Self::V6),
+            _ => None,
+        }
+    }
+
+    /// `ipv6` as the parsers report it.
+    pub fn from_ipv6(ipv6: bool) -> Self {
+        if ipv6 { Self::V6 } else { Self::V4 }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Self::V4 => 0,
+            Self::V6 => 1,
+        }
+    }
 }
 
 impl WorkerStats {
@@ -137,9 +171,22 @@ impl WorkerStats {
         self.dropped[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one drop of a packet of `family` (in the total too).
+    pub fn count_drop_of(&self, reason: DropReason, family: Option<Family>) {
+        self.count_drop(reason);
+        if let Some(family) = family {
+            self.dropped_by_family[family.index()][reason.index()].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Drops so far for `reason`.
     pub fn dropped(&self, reason: DropReason) -> u64 {
         self.dropped[reason.index()].load(Ordering::Relaxed)
+    }
+
+    /// Drops so far for `reason` of packets of `family`.
+    pub fn dropped_of(&self, reason: DropReason, family: Family) -> u64 {
+        self.dropped_by_family[family.index()][reason.index()].load(Ordering::Relaxed)
     }
 
     /// Adds to a counter (one writer; relaxed is enough for statistics).
@@ -169,12 +216,15 @@ pub fn sum<'a>(workers: impl IntoIterator<Item = &'a WorkerStats>) -> DataplaneT
         totals.coalesced_v4 += w.coalesced_v4.load(Ordering::Relaxed);
         totals.coalesced_v6 += w.coalesced_v6.load(Ordering::Relaxed);
         for reason in DropReason::ALL {
-            let n = w.dropped(reason);
-            if n > 0 {
-                *totals
-                    .dropped
-                    .entry(reason.as_str().to_string())
-                    .or_default() += n;
+            let label = reason.as_str();
+            for (map, n) in [
+                (&mut totals.dropped, w.dropped(reason)),
+                (&mut totals.dropped4, w.dropped_of(reason, Family::V4)),
+                (&mut totals.dropped6, w.dropped_of(reason, Family::V6)),
+            ] {
+                if n > 0 {
+                    *map.entry(label.to_string()).or_default() += n;
+                }
             }
         }
     }
@@ -201,6 +251,35 @@ mod tests {
         assert_eq!(totals.dropped.get("replay"), Some(&2));
         assert_eq!(totals.dropped.get("bad_tag"), Some(&1));
         assert!(!totals.dropped.contains_key("no_route"));
+    }
+
+    #[test]
+    fn drops_of_a_known_family_count_in_the_total_and_in_that_familys_share() {
+        let a = WorkerStats::default();
+        let b = WorkerStats::default();
+        a.count_drop_of(DropReason::SpoofedSource, Some(Family::V6));
+        b.count_drop_of(DropReason::SpoofedSource, Some(Family::V6));
+        b.count_drop_of(DropReason::SpoofedSource, Some(Family::V4));
+        b.count_drop_of(DropReason::TooBig, Some(Family::V4));
+        a.count_drop_of(DropReason::BadTag, None);
+        let totals = sum([&a, &b]);
+        assert_eq!(totals.dropped.get("spoofed_source"), Some(&3));
+        assert_eq!(totals.dropped6.get("spoofed_source"), Some(&2));
+        assert_eq!(totals.dropped4.get("spoofed_source"), Some(&1));
+        assert_eq!(totals.dropped4.get("too_big"), Some(&1));
+        assert!(!totals.dropped6.contains_key("too_big"));
+        assert_eq!(totals.dropped.get("bad_tag"), Some(&1));
+        assert!(!totals.dropped4.contains_key("bad_tag"));
+        assert!(!totals.dropped6.contains_key("bad_tag"));
+    }
+
+    #[test]
+    fn the_family_is_the_first_nibble() {
+        assert_eq!(Family::of(&[0x45, 0]), Some(Family::V4));
+        assert_eq!(Family::of(&[0x60]), Some(Family::V6));
+        assert_eq!(Family::of(&[0x00]), None);
+        assert_eq!(Family::of(&[]), None);
+        assert_eq!(Family::from_ipv6(true), Family::V6);
     }
 
     #[test]

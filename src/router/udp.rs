@@ -55,6 +55,11 @@ pub fn bind_group(
             socket.set_only_v6(false)?;
         }
         sys::force_buffers(socket.as_fd(), SOCKET_BUFFER)?;
+        // Every socket, not only the control one whose full-size probes
+        // measure the path: a data datagram over the path MTU is refused
+        // (EMSGSIZE, counted `too_big`) rather than fragmented (IPv6
+        // fragments are dropped on many paths, silently; DESIGN.md "MTU").
+        sys::set_dont_fragment(socket.as_fd(), listen.is_ipv6())?;
         socket.bind(&listen.into())?;
         if sockets.is_empty() {
             sys::attach_lane_steering(socket.as_fd(), workers as u32, LANE_OFFSET, CONTROL_LANE)?;
@@ -78,6 +83,5 @@ pub fn bind_group(
     let control = sockets
         .pop()
         .ok_or_else(|| io::Error::other("no control socket"))?;
-    sys::set_dont_fragment(control.as_fd(), listen.is_ipv6())?;
     Ok((sockets, control, offloads))
 }

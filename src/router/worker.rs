@@ -29,7 +29,7 @@ use super::packet::{self, DataHeader, HEADER_LEN};
 use super::priority::{self, BusyGuard, Priority, Step};
 use super::segment::Segmenter;
 use super::snapshot::Snapshot;
-use super::stats::{DropReason, WorkerStats};
+use super::stats::{DropReason, Family, WorkerStats};
 use super::sys::{self, RecvMeta};
 use super::vnet::{VNET_HDR_LEN, VnetHdr};
 use arc_swap::ArcSwap;
@@ -375,12 +375,13 @@ impl Worker {
             self.stats.count_drop(DropReason::NotIp);
             return;
         };
+        let family = Some(Family::from_ipv6(addresses.ipv6));
         let Ok(mut segments) = Segmenter::new(&hdr, inner) else {
-            self.stats.count_drop(DropReason::BadSegment);
+            self.stats.count_drop_of(DropReason::BadSegment, family);
             return;
         };
         if segments.max_segment_len() > table.mtu {
-            self.stats.count_drop(DropReason::TooBig);
+            self.stats.count_drop_of(DropReason::TooBig, family);
             self.reply_too_big(inner, table.mtu);
             return;
         }
@@ -389,17 +390,17 @@ impl Worker {
         let next_header = if addresses.ipv6 { inner[6] } else { inner[9] };
         let tcp_data = inner.len() > 576 && next_header == 6;
         if tcp_data && self.vnet && self.standing.should_drop(self.now) {
-            self.stats.count_drop(DropReason::Aqm);
+            self.stats.count_drop_of(DropReason::Aqm, family);
             return;
         }
         let route = match lane::route_from_tun(table, addresses.dst) {
             Ok(route) => route,
             Err(discard) => {
-                self.stats.count_drop(discard.reason());
+                self.stats.count_drop_of(discard.reason(), family);
                 return;
             }
         };
-        if let Some((n, bytes)) = self.send_segments(table, route, &mut segments) {
+        if let Some((n, bytes)) = self.send_segments(table, route, &mut segments, family) {
             WorkerStats::add(&self.stats.packets_out, n as u64);
             WorkerStats::add(&self.stats.bytes_out, bytes as u64);
             if addresses.ipv6 {
@@ -431,18 +432,19 @@ impl Worker {
     }
 
     /// Cuts every segment of `segments` into the send batch, sealed for the
-    /// next hop along `route`, each with its own counter. Returns the number
-    /// of segments and inner bytes queued.
+    /// next hop along `route`, each with its own counter (drops counted
+    /// for `family`). Returns the number of segments and inner bytes queued.
     fn send_segments(
         &mut self,
         table: &Snapshot,
         route: Route,
         segments: &mut Segmenter<'_>,
+        family: Option<Family>,
     ) -> Option<(usize, usize)> {
         let mut sealer = match self.lane.sealer(table, route, segments.remaining()) {
             Ok(sealer) => sealer,
             Err(discard) => {
-                self.stats.count_drop(discard.reason());
+                self.stats.count_drop_of(discard.reason(), family);
                 return None;
             }
         };
@@ -460,7 +462,7 @@ impl Worker {
             };
             let Some(sealed) = sealer.seal(tail, len) else {
                 // More segments than `remaining` said: never reuse a counter.
-                self.stats.count_drop(DropReason::NoSession);
+                self.stats.count_drop_of(DropReason::NoSession, family);
                 break;
             };
             self.send.commit(endpoint, sealed, gso);
@@ -493,17 +495,23 @@ impl Worker {
         match verdict {
             Verdict::Deliver { inner } => self.deliver(buffer, inner),
             Verdict::Relay { route, inner } => {
+                let family = Family::of(&buffer[inner.clone()]);
                 let Ok(mut one) = Segmenter::new(&VnetHdr::default(), &buffer[inner]) else {
                     return;
                 };
-                if self.send_segments(table, route, &mut one).is_some() {
+                if self.send_segments(table, route, &mut one, family).is_some() {
                     WorkerStats::add(&self.stats.forwarded, 1);
                 }
             }
             // Heartbeats travel on the control lane to the control task.
             Verdict::Control => self.stats.count_drop(DropReason::BadHeader),
             Verdict::Discard(discard) => {
-                self.stats.count_drop(discard.reason());
+                // Opened in place: the inner packet follows the header.
+                let family = discard
+                    .opened()
+                    .then(|| Family::of(buffer.get(HEADER_LEN..).unwrap_or_default()))
+                    .flatten();
+                self.stats.count_drop_of(discard.reason(), family);
                 if discard == Discard::Open(OpenError::UnknownSession) && self.log_limit.allow(now)
                 {
                     let session = DataHeader::parse(buffer).map(|h| h.session).ok();

@@ -139,6 +139,12 @@ pub fn packet_too_big_from_the_router(m: &Mesh, from: &DualPod, to: &DualPod) {
     let before = m.routers[0].status().unwrap()["dataplane"]["too_big_replies"]
         .as_u64()
         .unwrap_or(0);
+    let too_big6 = || {
+        m.routers[0].status().unwrap()["dataplane"]["dropped6"]["too_big"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let dropped_before = too_big6();
     // 40 bytes of IPv6 and 8 of ICMPv6 header: 40 bytes over the MTU.
     let size = (mtu + 40 - 48).to_string();
     let out = from.ns.exec(&[
@@ -173,6 +179,12 @@ pub fn packet_too_big_from_the_router(m: &Mesh, from: &DualPod, to: &DualPod) {
     assert!(
         after > before,
         "the router did not answer: {before} -> {after}"
+    );
+    // The oversized packet is dropped as IPv6.
+    assert!(
+        too_big6() > dropped_before,
+        "not counted as an IPv6 drop: {:#}",
+        m.routers[0].status().unwrap()["dataplane"]
     );
     println!(
         "ICMPv6 Packet Too Big from the router: {}",

@@ -18,6 +18,7 @@
 pub mod attack;
 pub mod chaos;
 pub mod daemonset_pod;
+pub mod egress_echo;
 pub mod fake_api;
 pub mod fake_kube;
 pub mod flow;

@@ -126,6 +126,15 @@ pub enum Discard {
 }
 
 impl Discard {
+    /// Whether the datagram was authenticated and decrypted in place before
+    /// it was discarded (its inner packet readable, as for delivery).
+    pub fn opened(self) -> bool {
+        matches!(
+            self,
+            Self::HopLimit | Self::NotIp | Self::SpoofedSource | Self::ImplausibleRelay
+        )
+    }
+
     /// The drop counter this discard goes to.
     pub fn reason(self) -> DropReason {
         match self {
