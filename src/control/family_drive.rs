@@ -4,20 +4,22 @@
 
 use super::Control;
 use super::family::{Family, FamilyEvent};
+use super::proto::CONTROL_FAMILY_VERSION;
 use crate::id::PeerId;
 use crate::underlay::Families;
 use std::net::SocketAddr;
 use std::time::Instant;
 
 impl Control {
-    /// Tracks every direct peer that advertises both families (when this
-    /// router serves both), runs the core's timers, sends its probes and
+    /// Tracks every direct peer that advertises both families and knows
+    /// the family probes (when this router serves both), runs the core's timers, sends its probes and
     /// moves endpoints as it decides.
     pub(super) fn drive_family(&mut self, now: Instant) {
         let both = self.config.families == Families::BOTH;
         for p in self.peers.iter() {
             let advertised = self.gossip.entry(p.id).map(|e| e.addresses.as_slice());
-            match (both, p.relayed_via, p.endpoint, advertised) {
+            let knows = p.hello.versions.control.max >= CONTROL_FAMILY_VERSION;
+            match (both && knows, p.relayed_via, p.endpoint, advertised) {
                 (true, None, Some(endpoint), Some(advertised)) => {
                     self.family_choice.track(p.id, endpoint, advertised, now);
                 }
