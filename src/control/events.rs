@@ -170,10 +170,12 @@ impl Control {
                 self.peers.confirm(None, local_index, now);
             }
             WorkerEvent::EndpointMoved { peer, address } => {
-                if let Some(id) = self.peers.by_short(peer)
-                    && self.on_data_family(id, address)
-                {
-                    self.peers.set_endpoint(id, address);
+                if let Some(id) = self.peers.by_short(peer) {
+                    if self.on_data_family(id, address) {
+                        self.peers.set_endpoint(id, address);
+                    } else {
+                        self.family_choice.peer_data_elsewhere(id, now);
+                    }
                 }
             }
         }

@@ -287,6 +287,18 @@ impl FamilyChoice {
         self.decide(peer, now);
     }
 
+    /// `peer`'s data arrives over the family its data from here does not
+    /// take: it chose otherwise, most likely because this path broke for
+    /// it. Probes both families at once and keeps the fast pace, so a
+    /// broken path is left within two probes even where the other side's
+    /// data keeps the heartbeats' liveness up.
+    pub fn peer_data_elsewhere(&mut self, peer: PeerId, now: Instant) {
+        if let Some(t) = self.peers.get_mut(&peer) {
+            t.next_probe = t.next_probe.min(now);
+            t.last_unrest = now;
+        }
+    }
+
     /// Loses overdue probes and sends the probes that are due.
     pub fn handle_timeout(&mut self, now: Instant) {
         let peers: Vec<PeerId> = self.peers.keys().copied().collect();
@@ -295,7 +307,9 @@ impl FamilyChoice {
                 continue;
             };
             let mut lost = false;
-            for path in &mut t.paths {
+            let current = t.current;
+            for family in [Family::V4, Family::V6] {
+                let path = t.path_mut(family);
                 if path
                     .outstanding
                     .is_some_and(|(_, at)| now >= at + PROBE_LOST_AFTER)
@@ -303,10 +317,12 @@ impl FamilyChoice {
                     path.outstanding = None;
                     path.lost_in_a_row = path.lost_in_a_row.saturating_add(1);
                     lost = true;
+                    // A dead other family is probed at the steady pace;
+                    // a loss on the path itself keeps the fast one.
+                    if family == current {
+                        t.last_unrest = now;
+                    }
                 }
-            }
-            if lost {
-                t.last_unrest = now;
             }
             if now >= t.next_probe {
                 let steady = now.saturating_duration_since(t.last_unrest) >= STEADY_AFTER;

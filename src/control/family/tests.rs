@@ -223,3 +223,43 @@ fn the_registry_endpoint_decides_the_current_family_without_a_switch() {
     core.track(PEER, v6(), &[v6()], now);
     assert!(!core.tracks(PEER));
 }
+
+#[test]
+fn an_other_family_that_never_answers_is_probed_at_the_steady_pace() {
+    let mut d = Driver::new(v4());
+    d.run(STEADY_AFTER.as_secs_f64() + 5.0, Some(ms(1.0)), None);
+    let before = d.probes.iter().filter(|a| **a == v6()).count();
+    d.run(30.0, Some(ms(1.0)), None);
+    let probes = d.probes.iter().filter(|a| **a == v6()).count() - before;
+    assert!((5..=7).contains(&probes), "{probes} probes in 30 s");
+    assert!(d.switches.is_empty());
+    assert!(
+        d.core
+            .describe(PEER)
+            .unwrap()
+            .ends_with("ipv6 not answering")
+    );
+}
+
+#[test]
+fn the_peers_data_over_the_other_family_makes_a_steady_pair_look_at_once() {
+    let mut d = Driver::new(v4());
+    d.run(8.0, Some(ms(30.0)), Some(ms(0.4)));
+    assert_eq!(d.endpoint, v6());
+    d.run(
+        STEADY_AFTER.as_secs_f64() + 5.0,
+        Some(ms(30.0)),
+        Some(ms(0.4)),
+    );
+    // IPv6 breaks; the peer saw it first and its data now comes over IPv4.
+    let hinted = d.now;
+    d.core.peer_data_elsewhere(PEER, d.now);
+    d.run(4.0, Some(ms(30.0)), None);
+    let (to, _, at) = d.switches.last().unwrap().clone();
+    assert_eq!(to, v4());
+    assert!(
+        at - hinted <= PROBE_EVERY + PROBE_LOST_AFTER,
+        "{:?}",
+        at - hinted
+    );
+}
