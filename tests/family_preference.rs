@@ -140,6 +140,13 @@ fn family_pref_paths(routers: &[Router]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `status.paths.family_switches` of `r`.
+fn family_pref_switches(r: &Router) -> u64 {
+    r.status().unwrap()["paths"]["family_switches"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
 fn family_pref_on(r: &Router, peer: &str, family: &str, endpoint: &str) -> bool {
     let (f, e) = family_pref_path(r, peer);
     f.starts_with(&format!("{family}:")) && e.starts_with(endpoint)
@@ -259,15 +266,11 @@ fn a_dual_stack_pair_moves_to_the_faster_family_and_back_when_it_breaks() {
         on_v6 < 5.0,
         "pod pings still take {on_v6:.2} ms on the IPv6 path"
     );
-    for r in &routers {
-        let s = r.status().unwrap();
-        assert!(
-            s["paths"]["family_switches"].as_u64().unwrap_or(0) >= 1,
-            "{}: {}",
-            r.name,
-            s["paths"]
-        );
-    }
+    // At least one end moved by its own measurement; the other may have
+    // followed the first's packets before it tracked the pair (a peer
+    // not yet tracked roams to where its newest packet came from).
+    let moves: Vec<u64> = routers.iter().map(family_pref_switches).collect();
+    assert!(moves.iter().sum::<u64>() >= 1, "switches {moves:?}");
 
     // 2. IPv6 breaks: back to IPv4 within a few seconds, pings go on.
     let pinger = {
@@ -306,15 +309,10 @@ fn a_dual_stack_pair_moves_to_the_faster_family_and_back_when_it_breaks() {
         family_pref_median(tail) > 25.0,
         "the last pings do not look like the delayed IPv4 path: {rtts:?}"
     );
-    for r in &routers {
-        assert!(
-            r.status().unwrap()["paths"]["family_switches"]
-                .as_u64()
-                .unwrap_or(0)
-                >= 2,
-            "{}",
-            r.name
-        );
+    // Both ends track the pair by now: each moved back itself.
+    for (r, before) in routers.iter().zip(&moves) {
+        let after = family_pref_switches(r);
+        assert!(after > *before, "{}: switches {before} -> {after}", r.name);
     }
     drop(routers);
     stop.store(true, Ordering::Relaxed);
