@@ -42,7 +42,7 @@ pub fn render(status: &Status, section: Option<&str>) -> String {
             let rtt = c.rtt_ms.map_or("-".to_string(), |r| format!("{r:.2}ms"));
             let _ = writeln!(
                 out,
-                "  {:<20} {:<22} {:<12} {:<8} udp={:<10} rtt={:<9} path={} rekeys={}{}",
+                "  {:<20} {:<22} {:<12} {:<8} udp={:<10} rtt={:<9} path={} rekeys={}{}{}",
                 c.peer,
                 c.address,
                 c.state,
@@ -51,6 +51,10 @@ pub fn render(status: &Status, section: Option<&str>) -> String {
                 rtt,
                 c.path,
                 c.rekeys,
+                c.family
+                    .as_ref()
+                    .map(|f| format!(" family=\"{f}\""))
+                    .unwrap_or_default(),
                 c.error
                     .as_ref()
                     .map(|e| format!(" error={e}"))

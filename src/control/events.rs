@@ -94,7 +94,7 @@ impl Control {
                     from,
                     newest,
                 } => {
-                    if newest {
+                    if newest && self.on_data_family(peer, from) {
                         self.peers.set_endpoint(peer, from);
                         if self.endpoints.observe_udp(peer, from) {
                             self.send_to_peer(
@@ -109,12 +109,16 @@ impl Control {
                     self.peers.confirm(Some(peer), local_index, now);
                     self.punch_answer(peer, from, now);
                 }
+                HeartbeatEvent::Pong { peer, from, stamp } => {
+                    self.family_choice.handle_pong(peer, from, stamp, now);
+                }
                 HeartbeatEvent::Established { peer, established } => {
                     if let Some(p) = self.peers.get(peer) {
                         tracing::info!(peer = %p.hello.name, established, "connection state changed");
                     }
                     if !established {
                         self.punch_path_down(peer, now);
+                        self.family_choice.current_down(peer, now);
                     }
                     self.gossip.set_established(peer, established, now);
                     self.dirty = true;
@@ -167,7 +171,11 @@ impl Control {
             }
             WorkerEvent::EndpointMoved { peer, address } => {
                 if let Some(id) = self.peers.by_short(peer) {
-                    self.peers.set_endpoint(id, address);
+                    if self.on_data_family(id, address) {
+                        self.peers.set_endpoint(id, address);
+                    } else {
+                        self.family_choice.peer_data_elsewhere(id, now);
+                    }
                 }
             }
         }

@@ -47,6 +47,8 @@ mod directory;
 mod drive;
 pub mod endpoints;
 mod events;
+pub mod family;
+mod family_drive;
 pub mod heartbeat;
 pub mod ipam;
 pub mod link;
@@ -170,6 +172,8 @@ pub struct Control {
     relay_budget: relay::RelayBudget,
     /// Hole punching for relayed peers.
     punch: punch::Punch,
+    /// Which family each dual-stack peer's data takes (issue 19).
+    family_choice: family::FamilyChoice,
     /// Each connection task's command channel.
     links: HashMap<ConnectionId, mpsc::UnboundedSender<ConnectionCommand>>,
     /// Each peer's liveness cell, shared with the data plane.
@@ -272,6 +276,7 @@ impl Control {
             relayed: relayed::Sessions::default(),
             relay_budget: relay::RelayBudget::new(me, relay::RelayLimits::default()),
             punch: punch::Punch::new(me, rand::random()),
+            family_choice: family::FamilyChoice::default(),
             config,
             me,
             short,
@@ -385,6 +390,7 @@ impl Control {
         self.drive_dials(now);
         self.drive_relayed(now);
         self.drive_punch(now);
+        self.drive_family(now);
         if self.peers.take_changed() || self.dirty {
             self.publish(now);
         }
@@ -465,6 +471,7 @@ impl Control {
                 (self.maker.poll_timeout(), Wake::Dial),
                 (self.relayed.poll_timeout(), Wake::Relay),
                 (self.punch.poll_timeout().map(|(t, _)| t), Wake::Punch),
+                (self.family_choice.poll_timeout(), Wake::Family),
                 (self.leaving.or(self.rotating), Wake::Leave),
                 (self.rotations.poll_timeout(now), Wake::Keys),
             ],

@@ -55,10 +55,11 @@ impl Versions {
     pub const OURS: Self = Self {
         data: VersionRange { min: 1, max: 1 },
         // 2: `Observed`, `RelayTo`, `RelayFrom`, `PunchOffer` (issue 16);
-        // a peer speaking only 1 is sent none of them (`send_to_peer`).
+        // a peer speaking only 1 is sent none of them (`send_to_peer`);
+        // 3: the IPv6 ring's channel; 4: family probes (no new message).
         control: VersionRange {
             min: 1,
-            max: CONTROL_RING6_VERSION,
+            max: CONTROL_FAMILY_VERSION,
         },
         topology: VersionRange {
             min: crate::gossip::message::TOPOLOGY_VERSION,
@@ -209,6 +210,13 @@ pub const CONTROL_PATHS_VERSION: u8 = 2;
 /// this version gets none: it keeps its link and the IPv4 ring, and takes
 /// no part in the IPv6 one.
 pub const CONTROL_RING6_VERSION: u8 = 3;
+
+/// The control version of builds that take a heartbeat over a dual-stack
+/// peer's other family as a probe (`control::family`, issue 19) rather
+/// than a move of its endpoint. No message needs it: only peers that speak
+/// it are probed over their other family, as an older build would move its
+/// endpoint to and fro with every probe.
+pub const CONTROL_FAMILY_VERSION: u8 = 4;
 
 impl ControlMessage {
     /// The control version a peer must speak to be sent this message.

@@ -79,7 +79,9 @@ impl Control {
                 PunchTransmit::Request { to, candidates, .. } => {
                     self.send_to_peer(to, ControlMessage::PunchOffer { candidates });
                 }
-                PunchTransmit::Probe { peer, addr } => self.heartbeats.probe(peer, addr, now),
+                PunchTransmit::Probe { peer, addr } => {
+                    self.heartbeats.probe(peer, addr, now);
+                }
             }
         }
         while let Some(event) = self.punch.poll_event() {
@@ -113,6 +115,7 @@ impl Control {
         out.insert("punch_attempts".to_string(), punch.attempts);
         out.insert("punch_successes".to_string(), punch.successes);
         out.insert("punch_offer_early".to_string(), punch.offers_early);
+        out.insert("family_switches".to_string(), self.family_choice.switches());
         for (reason, n) in punch.failures() {
             out.insert(format!("punch_failed/{reason}"), n);
         }

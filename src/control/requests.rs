@@ -243,6 +243,10 @@ impl Control {
             api_latency: self.api_latency.clone(),
         });
         report.paths = self.path_counters();
+        for c in &mut report.connections {
+            let peer = self.peers.iter().find(|p| p.hello.name == c.peer);
+            c.family = peer.and_then(|p| self.family_choice.describe(p.id));
+        }
         report
     }
 }

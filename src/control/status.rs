@@ -235,6 +235,8 @@ pub fn connection(
         error: None,
         control_via: peer.relayed_via.map(|v| v.to_string()),
         udp_endpoint: peer.endpoint.map(|e| e.to_string()),
+        // Filled in by the control task (`FamilyChoice::describe`).
+        family: None,
     }
 }
 
@@ -261,6 +263,7 @@ pub fn pending(dial: &Dial, offload: &str) -> ConnectionStatus {
         error: dial.error.clone(),
         control_via: None,
         udp_endpoint: None,
+        family: None,
     }
 }
 

@@ -31,6 +31,8 @@ pub enum Wake {
     Relay,
     /// A punch probe round, window, offer wait or retry.
     Punch,
+    /// A dual-stack peer's family probe is due or lost.
+    Family,
 }
 
 /// The earliest of `deadlines`, but not before `now + MIN_SLEEP`; `None`

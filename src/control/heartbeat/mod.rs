@@ -47,6 +47,7 @@ mod wire;
 #[cfg(test)]
 mod tests;
 
+use crate::control::family::Family;
 use crate::crypto::replay::ReplayWindow;
 use crate::crypto::session::Keyset;
 use crate::id::{PeerId, ShortId};
@@ -105,6 +106,17 @@ pub enum HeartbeatEvent {
         /// packet may move the peer's endpoint (DESIGN.md "Endpoints behind
         /// NAT"), so a delayed or reordered one cannot move it back.
         newest: bool,
+    },
+    /// An authenticated pong (not a probe's full-size answer) from `peer`,
+    /// from `from`, echoing `stamp`: the family choice's RTT sample
+    /// (`crate::control::family`) when it answers one of its probes.
+    Pong {
+        /// Which peer.
+        peer: PeerId,
+        /// Where it came from.
+        from: SocketAddr,
+        /// The stamp of the ping it answers.
+        stamp: u64,
     },
     /// The connection became established or stopped being so.
     Established {
@@ -326,7 +338,16 @@ impl Heartbeats {
         let local_index = opened.header().session;
         let newest = opened.is_newest();
         let body = opened.body();
-        link.last_rx = link.last_rx.max(Some(now));
+        // A dual-stack peer's packet over the family its data does not
+        // take (a probe of `crate::control::family`, or its answer) says
+        // nothing of this path: no liveness, no RTT, and it is answered
+        // where it came from.
+        let on_path = link
+            .endpoint
+            .is_none_or(|e| Family::of(e) == Family::of(from));
+        if on_path {
+            link.last_rx = link.last_rx.max(Some(now));
+        }
         self.events.push_back(HeartbeatEvent::Authenticated {
             peer,
             local_index,
@@ -337,22 +358,28 @@ impl Heartbeats {
         match Body::decode(body) {
             Some(Body::Ping { stamp, rtt_us }) => {
                 // The pinging side measures; the other side learns it here.
-                if !link.pinger && rtt_us != 0 {
+                if !link.pinger && rtt_us != 0 && on_path {
                     link.rtt = Some(Duration::from_micros(u64::from(rtt_us)));
                 }
                 // A link with no endpoint yet (a punch in progress, issue
                 // 16) answers where the authenticated ping came from.
-                let to = link.endpoint.unwrap_or(from);
+                let to = link.endpoint.filter(|_| on_path).unwrap_or(from);
                 self.send_to(peer, Body::Pong { stamp, full: false }, to, now);
             }
             Some(Body::Probe { stamp }) => {
-                let to = link.endpoint.unwrap_or(from);
+                let to = link.endpoint.filter(|_| on_path).unwrap_or(from);
                 self.send_to(peer, Body::Pong { stamp, full: true }, to, now);
             }
             Some(Body::Pong { stamp, full }) => {
-                link.rtt = Some(now.saturating_duration_since(sent_at(stamp)));
-                if full {
-                    link.pmtu.answered(now);
+                if on_path {
+                    link.rtt = Some(now.saturating_duration_since(sent_at(stamp)));
+                    if full {
+                        link.pmtu.answered(now);
+                    }
+                }
+                if !full {
+                    self.events
+                        .push_back(HeartbeatEvent::Pong { peer, from, stamp });
                 }
             }
             Some(Body::Keepalive {
@@ -538,9 +565,12 @@ impl Heartbeats {
     /// candidate endpoints (a punch probe, `crate::control::punch`): its
     /// answer, like any authenticated heartbeat, is reported with the
     /// address it came from, and measures the RTT.
-    pub fn probe(&mut self, peer: PeerId, addr: SocketAddr, now: Instant) {
-        let body = self.ping(peer, self.millis(now));
+    /// Returns the ping's stamp, which its pong echoes.
+    pub fn probe(&mut self, peer: PeerId, addr: SocketAddr, now: Instant) -> u64 {
+        let stamp = self.millis(now);
+        let body = self.ping(peer, stamp);
         self.send_to(peer, body, addr, now);
+        stamp
     }
 
     /// Seals `body` for `peer` and queues it; any heartbeat counts as this
@@ -578,7 +608,13 @@ impl Heartbeats {
         };
         counter.next += 1;
         let datagram = wire::seal(&sender.key, &header, body.encode(mtu));
-        link.last_tx = Some(now);
+        // Only what goes over the path counts as this side's traffic on it.
+        if link
+            .endpoint
+            .is_none_or(|e| Family::of(e) == Family::of(endpoint))
+        {
+            link.last_tx = Some(now);
+        }
         self.transmits.push_back((endpoint, datagram));
     }
 }

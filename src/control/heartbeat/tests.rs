@@ -558,3 +558,64 @@ fn when_the_pings_stop_arriving_the_answering_side_notices_within_the_liveness_t
     assert_eq!(s.udp, UdpState::Blocked);
     assert!(!s.established);
 }
+
+/// A dual-stack pair whose data takes IPv4: the family choice's ping over
+/// IPv6 is answered over IPv6, its pong is reported with its stamp, and
+/// neither counts as the IPv4 path's liveness or RTT.
+#[test]
+fn a_probe_over_the_other_family_is_answered_there_and_proves_nothing_of_the_path() {
+    let t0 = Instant::now();
+    let (mut a, mut b) = pair(t0);
+    let b_v6: SocketAddr = "[2001:db8::2]:6783".parse().unwrap();
+    let a_v6: SocketAddr = "[2001:db8::1]:6783".parse().unwrap();
+    let stamp = a.probe(B, b_v6, t0);
+    let (to, mut d) = a.poll_transmit().unwrap();
+    assert_eq!(to, b_v6);
+    assert!(
+        a.links[&B].last_tx.is_none(),
+        "not traffic on the IPv4 path"
+    );
+    b.handle_datagram(t0, a_v6, &mut d);
+    assert!(matches!(
+        b.poll_event(),
+        Some(HeartbeatEvent::Authenticated { from, .. }) if from == a_v6
+    ));
+    assert_eq!(b.status(A, t0).unwrap().udp, UdpState::Unverified);
+    let (to, mut d) = b.poll_transmit().unwrap();
+    assert_eq!(to, a_v6, "answered where the ping came from");
+    let later = t0 + Duration::from_millis(3);
+    a.handle_datagram(later, b_v6, &mut d);
+    assert!(matches!(
+        a.poll_event(),
+        Some(HeartbeatEvent::Authenticated { .. })
+    ));
+    assert_eq!(
+        a.poll_event(),
+        Some(HeartbeatEvent::Pong {
+            peer: B,
+            from: b_v6,
+            stamp
+        })
+    );
+    let status = a.status(B, later).unwrap();
+    assert_eq!(status.udp, UdpState::Unverified);
+    assert_eq!(status.rtt, None);
+    // The same over IPv4, the path itself: liveness and RTT as before.
+    let stamp = a.probe(B, addr(2), later);
+    let (_, mut d) = a.poll_transmit().unwrap();
+    b.handle_datagram(later, addr(1), &mut d);
+    while b.poll_event().is_some() {}
+    let (to, mut d) = b.poll_transmit().unwrap();
+    assert_eq!(to, addr(1));
+    let end = later + Duration::from_millis(2);
+    a.handle_datagram(end, addr(2), &mut d);
+    let events: Vec<_> = std::iter::from_fn(|| a.poll_event()).collect();
+    assert!(events.contains(&HeartbeatEvent::Pong {
+        peer: B,
+        from: addr(2),
+        stamp
+    }));
+    let status = a.status(B, end).unwrap();
+    assert_eq!(status.udp, UdpState::Ok);
+    assert!(status.rtt.is_some());
+}
