@@ -1,5 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! Routers on an IPv6 underlay carrying IPv4 pods (issue 19, first layer):
+//! Routers on an IPv6 underlay carrying IPv4 pods, and dual-stack pods
+//! plugged by the plugin (issue 19):
 //! they listen and dial on IPv6, their topology entries, endpoints and
 //! hellos carry IPv6 socket addresses, the data plane sends and receives on
 //! an IPv6 UDP socket, and the MTU comes from the IPv6 underlay interface
@@ -13,7 +14,7 @@
 
 mod support;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::time::Duration;
 use support::*;
@@ -379,5 +380,72 @@ fn data_over_an_ipv6_underlay_is_never_fragmented_when_the_path_shrinks() {
         routers[0].dropped("too_big") > too_big,
         "the refused datagram is not counted: {:#}",
         routers[0].status().unwrap()["dataplane"]
+    );
+}
+
+#[test]
+fn three_routers_on_an_ipv6_only_underlay_carry_dual_stack_pods_plugged_by_the_plugin() {
+    if !require_root("ipv6_underlay_dual_stack_pods") {
+        return;
+    }
+    cleanup_leftovers();
+    let cluster = Cluster::new(3);
+    for i in 0..3 {
+        ipv6_underlay(&cluster, i, false);
+    }
+    let m = cni_mesh::mesh_on(cluster, |r| {
+        // The harness seeds by IPv4, which these nodes no longer have.
+        while let Some(at) = r.args.iter().position(|a| a == "--peer") {
+            r.args.drain(at..at + 2);
+        }
+        let i: usize = r.name[1..].parse().unwrap();
+        on_ipv6(r, i, 3, &format!("[{}]:6783", v6(i)), &[]);
+        r.args
+            .extend(["--ipalloc-range".into(), dual_pods::RANGE6.into()]);
+    });
+    let ready = wait_until(Duration::from_secs(30), || {
+        m.routers.iter().all(dual_pods::ipam6_ready)
+    });
+    assert!(
+        ready,
+        "the IPv6 ring is not ready: {}",
+        m.routers[0].log_tail()
+    );
+    for r in &m.routers {
+        for (peer, address) in established(r) {
+            assert!(
+                address.starts_with("[2001:db8::"),
+                "{} reaches {peer} at {address}, not over IPv6",
+                r.name
+            );
+        }
+    }
+    let pods: Vec<_> = (0..3)
+        .map(|i| dual_pods::plug(&m, i, &format!("v6only{i}")))
+        .collect();
+    for (a, from) in pods.iter().enumerate() {
+        for (b, to) in pods.iter().enumerate().filter(|(b, _)| *b != a) {
+            for addr in [IpAddr::V4(to.v4), IpAddr::V6(to.v6)] {
+                assert!(
+                    dual_pods::ping(&from.ns, addr, Duration::from_secs(20)),
+                    "pod n{a} cannot reach pod n{b} at {addr} over the IPv6-only underlay\n{}",
+                    m.routers[a].log_tail()
+                );
+            }
+        }
+    }
+    dual_pods::checked_transfer(
+        &pods[0],
+        &pods[2],
+        IpAddr::V6(pods[2].v6),
+        20 << 20,
+        "TCPv6 over an IPv6-only underlay, n0 -> n2",
+    );
+    dual_pods::checked_transfer(
+        &pods[2],
+        &pods[1],
+        IpAddr::V4(pods[1].v4),
+        20 << 20,
+        "TCPv4 over an IPv6-only underlay, n2 -> n1",
     );
 }
