@@ -279,23 +279,6 @@ fn a_router_restarted_without_its_ipv6_range_removes_the_ipv6_routes_address_and
     ping_matrix(&cluster, &rs);
 }
 
-/// `GET /metrics` from the router listening on `addr`:6782 in `ns`.
-fn v6host_scrape(ns: &str, addr: std::net::Ipv4Addr) -> String {
-    use std::io::{Read, Write};
-    in_netns(ns, move || {
-        let target = std::net::SocketAddr::from((addr, 6782));
-        let mut s = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(5)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    })
-    .join()
-    .unwrap()
-}
-
 /// The value of the sample `line_start` in a scrape, 0 when absent.
 fn v6host_sample(scrape: &str, line_start: &str) -> u64 {
     scrape
@@ -377,7 +360,7 @@ fn spoofed_sources_are_dropped_by_the_receiving_router_and_counted_by_family() {
         "{:#}",
         rs[1].status().unwrap()["dataplane"]
     );
-    let text = v6host_scrape(&cluster.nodes[1].ns.name, underlay1);
+    let text = scrape_metrics(&cluster.nodes[1].ns.name, underlay1);
     let sample = |family: &str| {
         v6host_sample(
             &text,

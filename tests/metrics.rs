@@ -5,30 +5,13 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_weft");
-
-fn scrape(ns: &str) -> String {
-    in_netns(ns, || {
-        let mut s =
-            TcpStream::connect_timeout(&"192.0.2.10:6782".parse().unwrap(), Duration::from_secs(5))
-                .unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    })
-    .join()
-    .unwrap()
-}
 
 /// Parses `name{labels} value` sample lines; comments must be # HELP, # TYPE,
 /// # UNIT or # EOF, and the text must end with # EOF.
@@ -84,11 +67,11 @@ fn metrics_scraped_during_traffic_parse_and_their_counters_move() {
         .iter()
         .all(|r| r.established_peers() == 1)));
     let ns = cluster.nodes[0].ns.name.clone();
-    let before = parse(&scrape(&ns));
+    let before = parse(&scrape_metrics(&ns, Ipv4Addr::new(192, 0, 2, 10)));
     let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
     assert!(a.wait_ping(b.addr, Duration::from_secs(5)));
     assert!(a.ping(b.addr, 5));
-    let after = parse(&scrape(&ns));
+    let after = parse(&scrape_metrics(&ns, Ipv4Addr::new(192, 0, 2, 10)));
     let out = r#"weft_packets_total{direction="out"}"#;
     let inn = r#"weft_packets_total{direction="in"}"#;
     assert!(
@@ -147,7 +130,7 @@ fn metrics_scraped_during_traffic_parse_and_their_counters_move() {
         .unwrap();
         assert!(reply.ok, "{:?}", reply.error);
     }
-    let scraped = parse(&scrape(&ns));
+    let scraped = parse(&scrape_metrics(&ns, Ipv4Addr::new(192, 0, 2, 10)));
     assert_eq!(
         scraped[r#"weft_cni_requests_total{op="allocate",result="ok"}"#],
         3.0

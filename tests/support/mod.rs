@@ -471,6 +471,23 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// `GET /metrics` from the router serving metrics on `addr`:6782 inside
+/// `ns`: the whole HTTP response.
+pub fn scrape_metrics(ns: &str, addr: Ipv4Addr) -> String {
+    in_netns(ns, move || {
+        let target = SocketAddr::from((addr, 6782));
+        let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(5)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    })
+    .join()
+    .unwrap()
+}
+
 /// Runs `f` on a thread that has entered namespace `ns` (setns moves only
 /// the calling thread, so the test's other threads stay where they are).
 pub fn in_netns<T: Send + 'static>(
