@@ -30,13 +30,7 @@ fn antispoof6_drops(node: &Netns) -> u64 {
     let counts: Vec<u64> = text
         .lines()
         .filter(|l| l.contains("fib saddr . iif oif missing"))
-        .map(|line| {
-            line.split_whitespace()
-                .skip_while(|w| *w != "packets")
-                .nth(1)
-                .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("no counter in {line:?}"))
-        })
+        .map(|line| nft_packets(line).unwrap_or_else(|| panic!("no counter in {line:?}")))
         .collect();
     assert_eq!(counts.len(), 2, "the antispoof rules of:\n{text}");
     counts.iter().sum()

@@ -51,13 +51,7 @@ fn antispoof_drops(node: &Netns) -> u64 {
     assert!(!lines.is_empty(), "no antispoof rule in:\n{text}");
     lines
         .iter()
-        .map(|line| {
-            line.split_whitespace()
-                .skip_while(|w| *w != "packets")
-                .nth(1)
-                .and_then(|n| n.parse::<u64>().ok())
-                .unwrap_or_else(|| panic!("no counter in {line:?}"))
-        })
+        .map(|line| nft_packets(line).unwrap_or_else(|| panic!("no counter in {line:?}")))
         .sum()
 }
 

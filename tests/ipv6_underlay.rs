@@ -58,6 +58,19 @@ fn on_ipv6(r: &mut Router, i: usize, count: usize, listen: &str, extra: &[String
     }
 }
 
+/// Every established connection of every router is over the IPv6 underlay.
+fn every_link_over_ipv6(routers: &[Router]) {
+    for r in routers {
+        for (peer, address) in established(r) {
+            assert!(
+                address.starts_with("[2001:db8::"),
+                "{} reaches {peer} at {address}, not over IPv6",
+                r.name
+            );
+        }
+    }
+}
+
 /// `(peer name, address)` of every established connection of `r`.
 fn established(r: &Router) -> Vec<(String, String)> {
     let Some(s) = r.status() else {
@@ -132,14 +145,8 @@ fn three_routers_on_an_ipv6_only_underlay_carry_ipv4_pods() {
         |i, r| on_ipv6(r, i, 3, &format!("[{}]:6783", v6(i)), &[]),
     );
     wait_full_mesh(&routers);
+    every_link_over_ipv6(&routers);
     for r in &routers {
-        for (peer, address) in established(r) {
-            assert!(
-                address.starts_with("[2001:db8::"),
-                "{} reaches {peer} at {address}, not over IPv6",
-                r.name
-            );
-        }
         let status = r.status().unwrap();
         let underlay = status["dataplane"]["underlay"].as_str().unwrap_or("");
         assert!(underlay.starts_with("ipv6, "), "{}: {underlay}", r.name);
@@ -298,15 +305,7 @@ fn a_mixed_cluster_uses_per_pair_a_family_both_routers_have() {
 /// the test's own (`v6host_frag`) ahead of any reassembly.
 fn v6host_fragments_in(ns: &Netns) -> u64 {
     let text = ns.ok(&["nft", "list", "table", "netdev", "v6host_frag"]);
-    text.lines()
-        .find(|l| l.contains("counter"))
-        .and_then(|l| {
-            l.split_whitespace()
-                .skip_while(|w| *w != "packets")
-                .nth(1)
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or_else(|| panic!("no counter in:\n{text}"))
+    nft_packets(&text).unwrap_or_else(|| panic!("no counter in:\n{text}"))
 }
 
 #[test]
@@ -411,15 +410,7 @@ fn three_routers_on_an_ipv6_only_underlay_carry_dual_stack_pods_plugged_by_the_p
         "the IPv6 ring is not ready: {}",
         m.routers[0].log_tail()
     );
-    for r in &m.routers {
-        for (peer, address) in established(r) {
-            assert!(
-                address.starts_with("[2001:db8::"),
-                "{} reaches {peer} at {address}, not over IPv6",
-                r.name
-            );
-        }
-    }
+    every_link_over_ipv6(&m.routers);
     let pods: Vec<_> = (0..3)
         .map(|i| dual_pods::plug(&m, i, &format!("v6only{i}")))
         .collect();

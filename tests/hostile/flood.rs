@@ -261,11 +261,7 @@ pub(super) fn count_probes(ns: &Netns) {
 pub(super) fn probes_sent(ns: &Netns) -> u64 {
     let out = ns.exec(&["nft", "list", "chain", "ip", "flood_count", "out"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .skip_while(|w| *w != "packets")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .expect("the probe counter")
+    nft_packets(&text).expect("the probe counter")
 }
 
 /// The victim's relay counters at one moment (read between `asked` and

@@ -471,6 +471,15 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// The packet count of the first `counter packets N bytes M` in `text`
+/// (a line or a listing of `nft`).
+pub fn nft_packets(text: &str) -> Option<u64> {
+    text.split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+}
+
 /// `GET /metrics` from the router serving metrics on `addr`:6782 inside
 /// `ns`: the whole HTTP response.
 pub fn scrape_metrics(ns: &str, addr: Ipv4Addr) -> String {
