@@ -28,6 +28,9 @@ const FALLBACK_MTU: u32 = 1420;
 const MIN_MTU: u32 = 576;
 /// See [`MIN_MTU`].
 const MAX_MTU: u32 = 65535;
+/// IPv6's minimum link MTU (RFC 8200 section 5): Linux turns IPv6 off on
+/// an interface below it.
+const IPV6_MIN_MTU: u32 = 1280;
 
 /// Runs `env.command` on `stdin`; `Ok(Some(json))` is printed on stdout.
 pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
@@ -222,6 +225,9 @@ pub fn plan_for(env: &Env, alloc: &Allocation, conf: &NetConf) -> Result<Plan, C
             Some(Plan6 { address, gateway })
         }
     };
+    if v6.is_some() && mtu < IPV6_MIN_MTU {
+        return Err(ipv6_mtu_too_small(conf.mtu, mtu));
+    }
     let (host_mac, pod_mac) = plumb::macs(&env.container_id, &env.ifname);
     Ok(Plan {
         host_ifname: plumb::host_ifname(&env.container_id, &env.ifname),
@@ -233,6 +239,24 @@ pub fn plan_for(env: &Env, alloc: &Allocation, conf: &NetConf) -> Result<Plan, C
         mtu,
         v6,
     })
+}
+
+/// A pod with an IPv6 address and an MTU under IPv6's minimum would have
+/// its IPv6 turned off by the kernel: refused (the ADD is undone) rather
+/// than plugged with IPv4 alone, which a dual-stack cluster would take for
+/// a working pod (docs/ARCHITECTURE.md "IPv6's minimum MTU").
+fn ipv6_mtu_too_small(configured: u32, mtu: u32) -> CniError {
+    if configured != 0 {
+        return CniError::Config(format!(
+            "\"mtu\": {mtu} is below {IPV6_MIN_MTU}, the smallest MTU IPv6 allows, and the router gave the pod an IPv6 address: set \"mtu\" to 0 (the router's) or {IPV6_MIN_MTU} or more"
+        ));
+    }
+    CniError::Router {
+        code: code::ROUTER_INTERNAL,
+        message: format!(
+            "the router answered MTU {mtu} with an IPv6 address, below IPv6's minimum {IPV6_MIN_MTU}: upgrade the router (it keeps pods at {IPV6_MIN_MTU} or more), or drop its IPv6 range"
+        ),
+    }
 }
 
 fn open_netns(env: &Env) -> Result<(std::fs::File, &Path), CniError> {
@@ -541,6 +565,42 @@ mod tests {
             let e = plan_for(&env, &bad, &conf).unwrap_err();
             assert_eq!(e.code(), code::ROUTER_INTERNAL, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn an_ipv6_pod_under_1280_is_refused_not_plugged() {
+        let env = add_env();
+        let dual = |mtu: u32| {
+            let mut a = alloc("10.32.0.5", "169.254.1.1", 32, mtu);
+            a.ipv6 = Some(weft_api::proto::PodAddress {
+                address: "fd00::5".into(),
+                prefix_len: 128,
+                gateway: "fe80::1".into(),
+                range: "fd00::/48".into(),
+            });
+            a
+        };
+        let ask = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","type":"weft"}"#).unwrap();
+        assert_eq!(plan_for(&env, &dual(1280), &ask).unwrap().mtu, 1280);
+        let e = plan_for(&env, &dual(1200), &ask).unwrap_err();
+        assert_eq!(e.code(), code::ROUTER_INTERNAL);
+        assert!(e.to_string().contains("MTU 1200"), "{e}");
+        // IPv4 alone keeps working at 1200.
+        assert_eq!(
+            plan_for(&env, &alloc("10.32.0.5", "169.254.1.1", 32, 1200), &ask)
+                .unwrap()
+                .mtu,
+            1200
+        );
+        let small =
+            NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","type":"weft","mtu":1200}"#)
+                .unwrap();
+        let e = plan_for(&env, &dual(1420), &small).unwrap_err();
+        assert_eq!(e.code(), code::INVALID_CONFIG);
+        assert!(
+            e.to_string().contains("\"mtu\": 1200 is below 1280") && !e.to_string().contains('\n'),
+            "{e}"
+        );
     }
 
     // The prefix length found by fuzz target cni_reply (from the seeds, in

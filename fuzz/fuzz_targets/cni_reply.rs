@@ -9,8 +9,8 @@
 //!
 //! Oracle: no panic; a reply that is not the expected type is a router
 //! error (101); an accepted allocation gives a plan the kernel takes (an
-//! MTU in 576..=65535, a usable unicast address and gateway, a prefix of at
-//! most 32) and a result whose address reads back as `address/prefix`.
+//! MTU in 576..=65535, 1280 or more with an IPv6 address, a usable unicast
+//! address and gateway, a prefix of at most 32) and a result whose address reads back as `address/prefix`.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use std::net::Ipv4Addr;
@@ -125,6 +125,8 @@ fn check_allocation(sel: u8, alloc: &Allocation) {
             .map(|v6| (format!("{}/128", v6.address), v6.gateway.to_string())),
     };
     if let Some(v6) = plan.v6 {
+        // IPv6 is off on a link under 1280.
+        assert!(plan.mtu >= 1280, "an IPv6 pod at mtu {}", plan.mtu);
         // A pod address that is not link-local, multicast or unspecified;
         // a link-local unicast gateway.
         let link_local = |a: &std::net::Ipv6Addr| (a.segments()[0] & 0xffc0) == 0xfe80;
