@@ -225,6 +225,15 @@ impl RouterConfig {
                 "--mtu {mtu} is out of range: use 576 to 65000, or auto (1420 suits a 1500-byte underlay)"
             );
         }
+        if let Some(mtu) = self.mtu
+            && let Some(refusal) = crate::control::mtu::start_refusal(
+                mtu,
+                crate::control::mtu::MtuOrigin::Flag,
+                self.range6.is_some(),
+            )
+        {
+            anyhow::bail!(refusal);
+        }
         if self.iface.is_empty() || self.iface.len() > 15 {
             anyhow::bail!("--iface {:?} must be 1 to 15 characters", self.iface);
         }

@@ -6,6 +6,7 @@ use crate::api;
 use crate::config::RouterConfig;
 use crate::control::connection::ConnectionContext;
 use crate::control::ipam::IpamDriver;
+use crate::control::mtu::{self, MtuOrigin};
 use crate::control::proto::{Hello, Versions};
 use crate::control::{Control, ControlConfig, ControlInputs};
 use crate::crypto::handshake;
@@ -193,7 +194,11 @@ async fn serve(
         None => None,
     };
     let advertised = advertised_address(config.listen, &config.seeds);
-    let (mtu, mtu_source) = overlay_mtu(config.mtu, advertised).await;
+    let (mtu, mtu_source, origin) = overlay_mtu(config.mtu, advertised).await;
+    // IPv6 turns itself off on weft0 and the pods' veths under 1280.
+    if let Some(refusal) = mtu::start_refusal(mtu, origin, config.range6.is_some()) {
+        anyhow::bail!(refusal);
+    }
     let epoch = Instant::now();
     let (worker_tx, worker_rx) = mpsc::channel(crate::router::WORKER_EVENTS);
     let my_id = identity.id();
@@ -283,6 +288,7 @@ async fn serve(
     let plan = InterfacePlan {
         iface: config.iface.clone(),
         mtu,
+        ipv4_route_mtu: None,
         own_address: None,
         range: config.range,
         owned: Vec::new(),
@@ -600,9 +606,9 @@ const ENCAPSULATION: u32 =
 /// underlay interface's MTU less [`ENCAPSULATION`] (1420 if the interface
 /// cannot be found). Logged with "router starting", so that a router that
 /// fails to start says only why.
-async fn overlay_mtu(configured: Option<u32>, advertised: SocketAddr) -> (u32, String) {
+async fn overlay_mtu(configured: Option<u32>, advertised: SocketAddr) -> (u32, String, MtuOrigin) {
     if let Some(mtu) = configured {
-        return (mtu, "--mtu".into());
+        return (mtu, "--mtu".into(), MtuOrigin::Flag);
     }
     let found = netlink::mtu_of_interface_with(advertised.ip()).await;
     match found {
@@ -612,6 +618,10 @@ async fn overlay_mtu(configured: Option<u32>, advertised: SocketAddr) -> (u32, S
             format!(
                 "underlay interface MTU {underlay} - {ENCAPSULATION} (outer IP header counted as IPv6's 40, UDP 8, data header 16, tag 16)"
             ),
+            MtuOrigin::Underlay {
+                interface: underlay,
+                encapsulation: ENCAPSULATION,
+            },
         ),
         _ => (
             1420,
@@ -619,6 +629,7 @@ async fn overlay_mtu(configured: Option<u32>, advertised: SocketAddr) -> (u32, S
                 "default: no interface holds {} (pass --mtu to choose)",
                 advertised.ip()
             ),
+            MtuOrigin::Default,
         ),
     }
 }

@@ -247,6 +247,16 @@ pub fn render(status: &Status, policy: Option<&crate::policy::status::PolicyStat
     );
     gauge(
         &mut registry,
+        "ipv6_mtu_floor_peers",
+        "Routers announcing an MTU under IPv6's minimum 1280 while this router keeps weft0 and its pods at 1280 (weft status names them); 0 otherwise",
+        status
+            .dataplane
+            .ipv6_mtu_floor
+            .as_ref()
+            .map_or(0, |f| f.peers.len() as u64),
+    );
+    gauge(
+        &mut registry,
         "ipv4_forwarding",
         "1 when IPv4 forwarding is on for every interface the data path needs (weft0, the underlay, pod veths); 0 when it is off or unknown somewhere (weft status says where and why)",
         u64::from(status.dataplane.forwarding.starts_with("on")),

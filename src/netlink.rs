@@ -18,7 +18,7 @@ use rtnetlink::packet_route::link::{
 };
 use rtnetlink::packet_route::route::RouteHeader;
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType,
+    RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteType,
 };
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -32,8 +32,12 @@ pub use crate::api::WEFT_ROUTE_PROTOCOL;
 pub struct InterfacePlan {
     /// Device name.
     pub iface: String,
-    /// Overlay MTU.
+    /// Overlay MTU (weft0's).
     pub mtu: u32,
+    /// An MTU of the IPv4 range route below weft0's, when weft0 stays at
+    /// IPv6's minimum over a smaller cluster MTU (`control::mtu`): the
+    /// kernel then answers frag-needed for IPv4 packets over it.
+    pub ipv4_route_mtu: Option<u32>,
     /// The node's own overlay address (a /32 on the device), once the IPAM
     /// ring has given it one; until then the range is routed without `src`.
     pub own_address: Option<Ipv4Addr>,
@@ -83,9 +87,15 @@ pub async fn configure(plan: &InterfacePlan) -> anyhow::Result<()> {
     if let Some(own) = plan.own_address {
         range = range.pref_source(own);
     }
+    let mut range = range.build();
+    if let Some(mtu) = plan.ipv4_route_mtu {
+        range
+            .attributes
+            .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
+    }
     handle
         .route()
-        .add(range.build())
+        .add(range)
         .replace()
         .execute()
         .await
@@ -606,6 +616,7 @@ mod tests {
         InterfacePlan {
             iface: "weft0".into(),
             mtu: 1420,
+            ipv4_route_mtu: None,
             own_address: Some(Ipv4Addr::new(10, 32, 0, 1)),
             range: "10.32.0.0/12".parse().expect("a range"),
             owned: Vec::new(),

@@ -108,6 +108,9 @@ pub fn render(status: &Status, section: Option<&str>) -> String {
                 let _ = writeln!(out, "  dropped {label}: {}", list.join(" "));
             }
         }
+        if let Some(floor) = &d.ipv6_mtu_floor {
+            let _ = writeln!(out, "ipv6 mtu floor: {}", floor.summary);
+        }
         if !d.underlay.is_empty() {
             let _ = writeln!(out, "underlay: {}", d.underlay);
         }

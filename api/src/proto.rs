@@ -582,6 +582,11 @@ pub struct DataplaneStatus {
     /// `off (why)`; empty without an IPv6 pod range.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub forwarding6: String,
+    /// Present while this router keeps weft0 and its pods at IPv6's
+    /// minimum MTU although routers announce less (issue 19; the cluster
+    /// minimum `mtu` then applies to IPv4 only); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_mtu_floor: Option<Ipv6MtuFloor>,
     /// The underlay families and where the MTU came from: `ipv6, mtu 1420 =
     /// underlay interface MTU 1500 - 80` (issue 19; the 80 counts the
     /// outer header as IPv6's 40 whatever the family, DESIGN.md "MTU").
@@ -590,6 +595,26 @@ pub struct DataplaneStatus {
     /// Counters.
     #[serde(flatten)]
     pub totals: DataplaneTotals,
+}
+
+/// Why weft0 and the pods stay above the cluster MTU (`dataplane.ipv6_mtu_floor`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ipv6MtuFloor {
+    /// weft0's MTU and the MTU new pods get (IPv6's minimum, 1280).
+    pub mtu: u32,
+    /// The routers announcing less, smallest MTU first.
+    pub peers: Vec<PeerMtu>,
+    /// One line saying what that means.
+    pub summary: String,
+}
+
+/// A router's announced MTU.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerMtu {
+    /// The router's name.
+    pub name: String,
+    /// The MTU it announces.
+    pub mtu: u32,
 }
 
 /// The data-plane counters summed over all workers (and the control task's

@@ -3,6 +3,7 @@
 //! snapshot's dirty flag. Part of the control loop's drain order (mod.rs).
 
 use super::Control;
+use super::mtu::OverlayMtu;
 use super::peers::Peer;
 use super::proto::{ControlMessage, Versions};
 use crate::gossip::{Channel, GossipEvent};
@@ -92,26 +93,46 @@ impl Control {
         }
     }
 
-    /// The overlay MTU of the whole cluster (DESIGN.md "MTU"): the smallest
-    /// any router announces, ours included, so that a packet fits every path.
-    pub(super) fn cluster_mtu(&self) -> u32 {
-        self.config.mtu.min(u32::from(self.gossip.cluster_mtu()))
+    /// The MTUs this router uses (DESIGN.md "MTU"; `mtu`): the smallest
+    /// any router announces, ours included, so that a packet fits every
+    /// path, with weft0 and pods kept at IPv6's minimum when this router
+    /// has an IPv6 pod range.
+    pub(super) fn overlay_mtu(&self) -> OverlayMtu {
+        let me = self.me;
+        OverlayMtu::decide(
+            self.config.mtu,
+            self.gossip
+                .peers()
+                .filter(|e| e.id != me)
+                .map(|e| (e.name.as_str(), u32::from(e.mtu))),
+            self.ipam6.is_some(),
+        )
     }
 
-    /// Makes weft0 follow the cluster MTU (the kernel then answers
+    /// Makes weft0 follow the overlay MTU (the kernel then answers
     /// oversized forwarded packets itself; the data plane's `icmp` covers
-    /// the moments in between), and says when it changes.
-    pub(super) fn follow_cluster_mtu(&mut self, mtu: u32) {
+    /// the moments in between), and says when it changes; a peer that
+    /// would pull it under IPv6's minimum is named in a warning.
+    pub(super) fn follow_overlay_mtu(&mut self, mtu: &OverlayMtu) {
+        let route_mtu = mtu.ipv4_route_mtu();
         self.kernel.send_if_modified(|plan| {
-            if plan.mtu == mtu {
+            if plan.mtu == mtu.link && plan.ipv4_route_mtu == route_mtu {
                 return false;
             }
-            tracing::info!(
-                from = plan.mtu,
-                to = mtu,
-                "cluster MTU changed: the smallest MTU any router announces (pods created from now on get it)"
-            );
-            plan.mtu = mtu;
+            match mtu.floor_summary() {
+                Some(floor) => tracing::warn!(
+                    cluster = mtu.cluster,
+                    weft0 = mtu.link,
+                    "IPv6 MTU floor: {floor}"
+                ),
+                None => tracing::info!(
+                    from = plan.mtu,
+                    to = mtu.link,
+                    "cluster MTU changed: the smallest MTU any router announces (pods created from now on get it)"
+                ),
+            }
+            plan.mtu = mtu.link;
+            plan.ipv4_route_mtu = route_mtu;
             true
         });
     }

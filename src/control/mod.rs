@@ -52,6 +52,7 @@ mod family_drive;
 pub mod heartbeat;
 pub mod ipam;
 pub mod link;
+pub mod mtu;
 pub mod peers;
 pub mod proto;
 pub mod publish;

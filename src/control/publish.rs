@@ -29,8 +29,11 @@ use std::sync::Arc;
 pub struct Inputs<'a> {
     /// This router's short ID.
     pub me: ShortId,
-    /// The cluster's overlay MTU.
+    /// The cluster's overlay MTU: the largest IPv4 inner packet.
     pub mtu: u32,
+    /// The largest IPv6 inner packet: `mtu`, or IPv6's minimum when that
+    /// is lower and this router has an IPv6 range (`control::mtu`).
+    pub mtu6: u32,
     /// The connected peers and their keys.
     pub peers: &'a Peers,
     /// Each peer's liveness cell, shared with the data plane.
@@ -81,6 +84,7 @@ fn ranges(
 pub fn snapshot(inputs: &Inputs<'_>) -> Published {
     let short_of = inputs.short_of;
     let mut snapshot = Snapshot::new(inputs.me, inputs.mtu as usize);
+    snapshot.mtu6 = inputs.mtu6 as usize;
     for &(origin, via) in &inputs.attributed.relays {
         if let (Some(origin), Some(via)) = (short_of(origin), short_of(via)) {
             snapshot.allow_relay(origin, via);
@@ -181,6 +185,7 @@ mod tests {
         Inputs {
             me: ShortId(1),
             mtu: 1420,
+            mtu6: 1420,
             peers: &w.peers,
             liveness: &w.liveness,
             routes,

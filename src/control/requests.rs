@@ -2,8 +2,11 @@
 //! `forget`, and the IPAM requests it hands to the IPAM driver): glue
 //! between the API server's requests and the cores, no state of its own.
 
+use super::mtu::OverlayMtu;
 use super::{Control, LEAVE_GRACE, ipam, status};
-use crate::api::proto::{DataplaneStatus, ErrorCode, Reply, Request, Status};
+use crate::api::proto::{
+    DataplaneStatus, ErrorCode, Ipv6MtuFloor, PeerMtu, Reply, Request, Status,
+};
 use crate::id::PeerId;
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -12,7 +15,8 @@ impl Control {
     /// Answers one API request.
     pub(super) fn handle_api(&mut self, request: Request) -> Reply {
         let now = Instant::now();
-        let mtu = self.cluster_mtu();
+        // Pods get weft0's MTU: never under IPv6's minimum with an IPv6 range.
+        let mtu = self.overlay_mtu().link;
         let gossip = &self.gossip;
         if let Some(mut reply) =
             self.ipam
@@ -199,6 +203,7 @@ impl Control {
             })
             .collect();
         let reachable = self.reachable_peers();
+        let overlay_mtu = self.overlay_mtu();
         let links = |id| self.heartbeats.status(id, now);
         let path_to = |id| self.path_to(id, now);
         let mut report = status::report(status::Parts {
@@ -219,7 +224,8 @@ impl Control {
                 .as_ref()
                 .map(|ipam6| ipam6.status(|id| reachable.contains(&id), now)),
             dataplane: DataplaneStatus {
-                mtu: self.cluster_mtu(),
+                mtu: overlay_mtu.cluster,
+                ipv6_mtu_floor: ipv6_mtu_floor(&overlay_mtu),
                 offload: self.dataplane.offload(),
                 workers: self.dataplane.lanes(),
                 totals: self.dataplane.totals(),
@@ -249,6 +255,23 @@ impl Control {
         }
         report
     }
+}
+
+/// `dataplane.ipv6_mtu_floor`: present while weft0 stays at IPv6's
+/// minimum over routers announcing less.
+fn ipv6_mtu_floor(mtu: &OverlayMtu) -> Option<Ipv6MtuFloor> {
+    Some(Ipv6MtuFloor {
+        mtu: mtu.link,
+        peers: mtu
+            .below_ipv6
+            .iter()
+            .map(|p| PeerMtu {
+                name: p.name.clone(),
+                mtu: p.mtu,
+            })
+            .collect(),
+        summary: mtu.floor_summary()?,
+    })
 }
 
 /// Requests about the whole ring rather than one pod's address.

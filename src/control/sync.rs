@@ -49,9 +49,9 @@ impl Control {
                 self.peers.set_short(id, s);
             }
         }
-        let mtu = self.cluster_mtu();
-        self.follow_cluster_mtu(mtu);
-        self.heartbeats.set_mtu(mtu, now);
+        let mtu = self.overlay_mtu();
+        self.follow_overlay_mtu(&mtu);
+        self.heartbeats.set_mtu(mtu.cluster, now);
         let (gossip, peers) = (&self.gossip, &self.peers);
         let lookup = |id| short_of(me, my_short, gossip, peers, id);
         let mut owners = self.ipam.owners();
@@ -59,7 +59,8 @@ impl Control {
         let attributed = self.attribution.update(gossip, &owners, now);
         let published = publish::snapshot(&publish::Inputs {
             me: my_short,
-            mtu,
+            mtu: mtu.cluster,
+            mtu6: mtu.link,
             peers,
             liveness: &self.liveness,
             routes: gossip

@@ -97,8 +97,11 @@ pub struct RecvSession {
 pub struct Snapshot {
     /// This router's short ID.
     pub me: ShortId,
-    /// The overlay MTU: inner packets larger than this are dropped.
+    /// The overlay MTU: IPv4 inner packets larger than this are dropped.
     pub mtu: usize,
+    /// The same for IPv6 inner packets: `mtu`, unless the cluster's is
+    /// under IPv6's 1,280-byte minimum (`control::mtu`).
+    pub mtu6: usize,
     owners: Vec<OwnedRange>,
     next_hops: IdMap<ShortId, ShortId>,
     links: IdMap<ShortId, Link>,
@@ -117,6 +120,7 @@ impl Snapshot {
         Self {
             me,
             mtu,
+            mtu6: mtu,
             ..Self::default()
         }
     }

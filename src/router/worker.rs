@@ -380,9 +380,14 @@ impl Worker {
             self.stats.count_drop_of(DropReason::BadSegment, family);
             return;
         };
-        if segments.max_segment_len() > table.mtu {
+        let mtu = if addresses.ipv6 {
+            table.mtu6
+        } else {
+            table.mtu
+        };
+        if segments.max_segment_len() > mtu {
             self.stats.count_drop_of(DropReason::TooBig, family);
-            self.reply_too_big(inner, table.mtu);
+            self.reply_too_big(inner, mtu);
             return;
         }
         // Only TCP data is dropped to fight a standing queue (DESIGN.md

@@ -33,7 +33,7 @@ pub mod traffic;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -410,28 +410,36 @@ impl Pod {
     /// `ping -M do` (don't fragment) with a payload of `size` bytes, once:
     /// its stdout and stderr.
     pub fn ping_df(&self, to: Ipv4Addr, size: usize) -> String {
-        let out = self.ns.exec(&[
-            "ping",
-            "-M",
-            "do",
-            "-c",
-            "1",
-            "-W",
-            "2",
-            "-s",
-            &size.to_string(),
-            &to.to_string(),
-        ]);
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
+        mtu_ping_df(&self.ns, IpAddr::V4(to), size, 1)
     }
 
     fn exec_ok(&self, args: &[&str]) -> bool {
         self.ns.exec(args).status.success()
     }
+}
+
+/// `ping -M do` (don't fragment) from `ns` to `to` with a payload of
+/// `size` bytes, `count` times 0.2 s apart: its stdout and stderr.
+pub fn mtu_ping_df(ns: &Netns, to: IpAddr, size: usize, count: u32) -> String {
+    let out = ns.exec(&[
+        "ping",
+        "-M",
+        "do",
+        "-c",
+        &count.to_string(),
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        "-s",
+        &size.to_string(),
+        &to.to_string(),
+    ]);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// A temporary directory removed on drop.
