@@ -5,7 +5,8 @@
 //! underlay too small), and when a router announcing less joins, the
 //! dual-stack routers keep weft0 and their pods at 1280: IPv6 pods keep
 //! talking across nodes with 1,280-byte packets, IPv4 over the cluster
-//! minimum gets frag-needed, and status and the log name the small router.
+//! minimum gets frag-needed, and status, the log and a metric name the
+//! small router.
 
 mod support;
 
@@ -123,6 +124,8 @@ fn two_dual_stack_routers_of_three() -> (Mesh, Vec<DualPod>) {
                 &["n0", "n1"],
             );
             r.args.extend(["--ipalloc-range".into(), RANGE6.into()]);
+            let metrics = format!("{}:6782", cluster.nodes[i].underlay);
+            r.args.extend(["--metrics-addr".into(), metrics]);
             r
         })
         .collect();
@@ -233,6 +236,20 @@ fn a_peer_with_a_small_mtu_joining_keeps_ipv6_pods_working_at_1280() {
                 .any(|l| l.contains("IPv6 MTU floor") && l.contains("n2 announces 1200"))
         });
         assert!(logged, "no log line naming n2:\n{}", r.log_tail());
+    }
+
+    for i in 0..2 {
+        let node = &m.cluster.nodes[i];
+        let metrics = scrape_metrics(&node.ns.name, node.underlay);
+        assert!(
+            metrics.lines().any(|l| l == "weft_ipv6_mtu_floor_peers 1"),
+            "n{i}: {}",
+            metrics
+                .lines()
+                .filter(|l| l.contains("mtu"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
     }
 
     // A pod plugged now gets 1280, and its IPv6 works.
