@@ -17,30 +17,42 @@ use support::cni_mesh::{Mesh, weft_bin};
 use support::dual_pods::*;
 use support::*;
 
-/// `weft router ARGS` in `ns` (or here), which must exit on its own with
-/// an error: its stderr.
-fn refused(ns: Option<&Netns>, args: &[&str]) -> String {
-    let mut cmd = match ns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", &ns.name]).arg(weft_bin());
-            c
-        }
-        None => Command::new(weft_bin()),
-    };
-    cmd.arg("router").args(args).env_remove("RUST_LOG");
+/// `weft router` on a fresh node (never in this host's namespace, should
+/// the refusal ever regress) whose underlay interface has MTU `underlay`,
+/// with its files in a temporary directory and `extra` flags; it must exit
+/// on its own with an error: its stderr. No weft0 may be left behind.
+fn refused(underlay: u32, extra: &[&str]) -> String {
+    let cluster = Cluster::new(1);
+    let node = &cluster.nodes[0];
+    node.ns
+        .ip(&["link", "set", "eth0", "mtu", &underlay.to_string()]);
+    let dir = TempDir::new("v6mtu");
+    let secret = dir.path.join("secret");
+    write_secret(&secret);
+    let path = |name: &str| dir.path.join(name).display().to_string();
+    let listen = format!("{}:6783", node.underlay);
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &node.ns.name])
+        .arg(weft_bin())
+        .args(["router", "--name", "n0", "--listen", &listen])
+        .args(["--secret-file", &path("secret")])
+        .args(["--state-dir", &path("state"), "--api", &path("weft.sock")])
+        .args(extra)
+        .env_remove("RUST_LOG");
     let out = run_timeout(&mut cmd, 20).expect("run weft router");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "started with {args:?}:\n{err}");
+    assert!(!out.status.success(), "started with {extra:?}:\n{err}");
+    let links = node.ns.ok(&["ip", "-o", "link", "show"]);
+    assert!(!links.contains("weft0"), "{links}");
     err
 }
 
 #[test]
 fn a_router_with_an_ipv6_range_refuses_an_mtu_under_1280_in_one_line() {
-    let err = refused(
-        None,
-        &["--insecure", "--mtu", "1200", "--ipalloc-range", RANGE6],
-    );
+    if !require_root("a_router_with_an_ipv6_range_refuses_an_mtu_under_1280_in_one_line") {
+        return;
+    }
+    let err = refused(1500, &["--mtu", "1200", "--ipalloc-range", RANGE6]);
     assert!(
         err.contains("--mtu 1200 is below 1280")
             && err.contains("pass --mtu 1280 or more, or drop the IPv6 range")
@@ -54,33 +66,8 @@ fn a_router_with_an_ipv6_range_refuses_an_underlay_too_small_for_1280() {
     if !require_root("a_router_with_an_ipv6_range_refuses_an_underlay_too_small_for_1280") {
         return;
     }
-    let cluster = Cluster::new(1);
-    let node = &cluster.nodes[0];
     // 1300 - 80 bytes of encapsulation = 1220.
-    node.ns.ip(&["link", "set", "eth0", "mtu", "1300"]);
-    let dir = TempDir::new("v6mtu");
-    let secret = dir.path.join("secret");
-    write_secret(&secret);
-    let listen = format!("{}:6783", node.underlay);
-    let state = dir.path.join("state");
-    let api = dir.path.join("weft.sock");
-    let err = refused(
-        Some(&node.ns),
-        &[
-            "--name",
-            "n0",
-            "--listen",
-            &listen,
-            "--secret-file",
-            secret.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--api",
-            api.to_str().unwrap(),
-            "--ipalloc-range",
-            RANGE6,
-        ],
-    );
+    let err = refused(1300, &["--ipalloc-range", RANGE6]);
     let line = err
         .lines()
         .find(|l| l.contains("below 1280"))
@@ -90,9 +77,6 @@ fn a_router_with_an_ipv6_range_refuses_an_underlay_too_small_for_1280() {
             && line.contains("raise the underlay interface's MTU to 1360 or more"),
         "{err}"
     );
-    // Nothing was set up: no weft0.
-    let links = node.ns.ok(&["ip", "-o", "link", "show"]);
-    assert!(!links.contains("weft0"), "{links}");
 }
 
 /// Whether five pings from `from` to `to` (`size` bytes of payload,
