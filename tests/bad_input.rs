@@ -11,7 +11,7 @@ use support::*;
 const BIN: &str = env!("CARGO_BIN_EXE_weft");
 
 fn weft(args: &[&str]) -> Output {
-    run_timeout(Command::new(BIN).args(args).env_remove("RUST_LOG"), 20).expect("run weft")
+    run_timeout(confined_command(BIN).args(args).env_remove("RUST_LOG"), 20).expect("run weft")
 }
 
 /// Asserts a failed run whose stderr is exactly one line mentioning every

@@ -455,13 +455,18 @@ fn a_router_lists_nodes_in_cluster_over_https_with_the_cluster_ca_and_token() {
 
 #[test]
 fn kube_api_without_peers_from_kube_is_one_clear_line() {
-    let out = Command::new(BIN)
+    let dir = TempDir::new("kubeflag");
+    let out = confined_command(BIN)
         .args([
             "router",
             "--insecure",
             "--kube-api",
             "http://192.0.2.1:8080",
         ])
+        .arg("--state-dir")
+        .arg(dir.path.join("state"))
+        .arg("--api")
+        .arg(dir.path.join("weft.sock"))
         .env_remove("WEFT_PEERS_FROM_KUBE")
         .env_remove("WEFT_NETWORK_POLICY")
         .output()

@@ -94,10 +94,16 @@ fn the_cluster_uses_the_smallest_underlay_mtu_and_oversized_packets_get_frag_nee
     assert_eq!(t.received_sum, t.sent_sum, "checksum mismatch");
 }
 
-/// Runs `weft router --insecure --mtu VALUE`; it must fail, and its stderr is returned.
+/// Runs `weft router --insecure --mtu VALUE` in a namespace of its own, its
+/// files in a temporary directory; it must fail, and its stderr is returned.
 fn router_with_mtu(value: &str) -> String {
-    let out = std::process::Command::new(BIN)
+    let dir = TempDir::new("badmtu");
+    let out = confined_command(BIN)
         .args(["router", "--insecure", "--mtu", value])
+        .arg("--state-dir")
+        .arg(dir.path.join("state"))
+        .arg("--api")
+        .arg(dir.path.join("weft.sock"))
         .output()
         .unwrap();
     assert!(!out.status.success(), "--mtu {value} was accepted");

@@ -101,6 +101,20 @@ fn kill_pids_in(ns: &str) {
     }
 }
 
+/// `bin` as a command that, when run as root, gets a network namespace of
+/// its own that dies with it (`unshare --net`): for tests that expect a
+/// `weft router` to refuse its flags, so that a regression that lets one
+/// start creates its weft0, routes and rules there, never in this host's.
+pub fn confined_command(bin: &str) -> Command {
+    if unsafe_free_geteuid() == 0 {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--net", "--"]).arg(bin);
+        cmd
+    } else {
+        Command::new(bin)
+    }
+}
+
 /// Runs a command with a timeout (seconds), capturing output.
 pub fn run_timeout(cmd: &mut Command, secs: u64) -> std::io::Result<Output> {
     let program = cmd.get_program().to_owned();
