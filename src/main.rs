@@ -318,9 +318,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             iface,
             state_dir,
         } => reset(&iface, state.then_some(state_dir.as_path())),
-        Command::Connect { address, api } => {
-            print_reply(call(&api, &Request::Connect { address })?)
-        }
+        Command::Connect { address, api } => print_reply(call(
+            &api,
+            &Request::Connect {
+                address,
+                also: None,
+            },
+        )?),
         Command::Forget { address, api } => print_reply(call(&api, &Request::Forget { address })?),
         Command::Leave { force, api } => {
             let reply = call(&api, &Request::Leave { force })?;

@@ -238,6 +238,7 @@ fn separately_initialised_clusters_refuse_to_merge_and_an_empty_ring_yields() {
             r,
             &Request::Connect {
                 address: format!("{}:6783", cluster.nodes[to].underlay),
+                also: None,
             },
         );
         assert!(reply.ok);

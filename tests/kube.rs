@@ -38,24 +38,24 @@ fn the_recorded_kubeadm_node_list_yields_one_seed_per_node() {
     assert_eq!(names, ["cp-1", "worker-1", "worker-2"]);
     let ready: Vec<bool> = page.nodes.iter().map(|n| n.ready).collect();
     assert_eq!(ready, [true, true, false]);
-    // InternalIP wins over ExternalIP (worker-1); worker-2 has only an
+    // InternalIP first, then ExternalIP (worker-1); worker-2 has only an
     // ExternalIP; the NotReady node is kept (its router may be what makes
     // it Ready); the Hostname entries are not addresses.
     let seeds = seeds_from_nodes(&page.nodes, 6783, true);
     assert_eq!(
         seeds,
-        BTreeSet::from([
-            addr("192.0.2.10:6783"),
-            addr("192.0.2.11:6783"),
-            addr("192.0.2.12:6783"),
-        ])
+        vec![
+            vec![addr("192.0.2.10:6783")],
+            vec![addr("192.0.2.11:6783"), addr("198.51.100.11:6783")],
+            vec![addr("192.0.2.12:6783")],
+        ]
     );
     assert!(seeds_from_nodes(&page.nodes, 6783, false).is_empty());
 }
 
 #[test]
 fn a_deleted_node_turns_into_one_forget() {
-    let mut seeds = KubeSeeds::new([]);
+    let mut seeds = KubeSeeds::new([], []);
     let three = seeds_from_nodes(&parse_node_list(THREE_NODES).unwrap().nodes, 6783, true);
     assert_eq!(seeds.update(three).add.len(), 3);
     let two = seeds_from_nodes(&parse_node_list(TWO_NODES).unwrap().nodes, 6783, true);

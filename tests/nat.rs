@@ -15,7 +15,7 @@ mod support;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use support::nat::{NatKind, World};
+use support::nat::{NatKind, World, nat_pods_reach_each_other};
 use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_weft");
@@ -62,20 +62,7 @@ fn six_routers_over_four_nat_sites_start_the_ring_and_reach_each_other() {
     let pods = world.pods(&routers);
 
     // Every router reaches every other.
-    for a in &pods {
-        for b in &pods {
-            if a.node != b.node {
-                assert!(
-                    a.wait_ping(b.addr, Duration::from_secs(20)),
-                    "{} cannot reach {}: paths {:?} / {:?}",
-                    names[a.node],
-                    names[b.node],
-                    path_to(&routers[a.node], &names[b.node]),
-                    path_to(&routers[b.node], &names[a.node]),
-                );
-            }
-        }
-    }
+    nat_pods_reach_each_other(&routers, &pods, Duration::from_secs(20));
     eprintln!("full reachability after {:?}", started.elapsed());
 
     // Paths: direct where 1:1 NAT allows (or the same site), punched where

@@ -19,6 +19,12 @@ pub enum Request {
     Connect {
         /// `HOST:PORT`.
         address: String,
+        /// Other `HOST:PORT`s of the same router (`--peers-from-kube`: a
+        /// Node's other addresses): candidates of the one seed, which
+        /// stays one voter slot named `address`. Absent: the seed's
+        /// candidates are left as they are; given: they are replaced.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        also: Option<Vec<String>>,
     },
     /// Remove a seed address at run time.
     Forget {

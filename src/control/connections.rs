@@ -141,7 +141,8 @@ impl Control {
     pub(super) fn drive_dials(&mut self, now: Instant) {
         while let Some(addr) = self.maker.poll_dial(now) {
             if self.self_addresses.contains(&addr) {
-                self.maker.forget(addr);
+                // Mine: not a candidate of any seed or router either.
+                self.maker.add_own(addr);
                 continue;
             }
             let id = self.next_id();
@@ -249,7 +250,7 @@ impl Control {
                 }
                 if let Some(addr) = self.dialing.remove(&id) {
                     if reason == HandshakeFailure::SelfConnection {
-                        self.maker.forget(addr);
+                        self.maker.add_own(addr);
                     } else {
                         self.maker.dial_failed(addr, now);
                         self.dial_errors.insert(addr, format!("{reason:?}"));

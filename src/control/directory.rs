@@ -2,14 +2,17 @@
 //! are identities (DESIGN.md "Endpoints, NAT and paths", issue 16), so an
 //! address resolves first to the router that answered a dial to it, or to
 //! this router when a peer reached it there, and only then to a router
-//! that listens there or lists it as an endpoint.
+//! that listens there or lists it as an endpoint. A seed given with other
+//! addresses of its router (`--peers-from-kube`: a Node's InternalIP and
+//! ExternalIP) resolves through any of them: one slot, one voter, whichever
+//! address reached it.
 
 use super::endpoints::Endpoints;
 use super::ipam::PeerDirectory;
 use super::peers::Peers;
 use crate::gossip::Gossip;
 use crate::id::PeerId;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
 /// Looks routers up by address and name for the IPAM driver.
@@ -17,27 +20,22 @@ pub(super) struct Directory<'a> {
     pub(super) me: PeerId,
     pub(super) name: &'a str,
     pub(super) self_addresses: &'a HashSet<SocketAddr>,
+    /// The other addresses of each seed's router.
+    pub(super) seed_also: &'a HashMap<SocketAddr, Vec<SocketAddr>>,
     pub(super) endpoints: &'a Endpoints,
     pub(super) peers: &'a Peers,
     pub(super) gossip: &'a Gossip,
 }
 
 impl PeerDirectory for Directory<'_> {
-    /// Identity first (issue 16): the router that answered a dial to
-    /// `addr`, or this one when a peer reached it there; then a connected
-    /// peer's listen or remote address, then the endpoints entries list.
+    /// The router at `addr`, else at one of the other addresses it was
+    /// given with as a seed (in their order).
     fn id_at(&self, addr: SocketAddr) -> Option<PeerId> {
-        if self.self_addresses.contains(&addr) {
-            return Some(self.me);
-        }
-        if let Some(id) = self.endpoints.answered_at(addr) {
-            return Some(id);
-        }
-        self.peers.at_address(addr).map(|p| p.id).or_else(|| {
-            self.gossip
-                .peers()
-                .find(|e| e.addresses.contains(&addr))
-                .map(|e| e.id)
+        self.id_at_one(addr).or_else(|| {
+            self.seed_also
+                .get(&addr)?
+                .iter()
+                .find_map(|a| self.id_at_one(*a))
         })
     }
 
@@ -50,6 +48,26 @@ impl PeerDirectory for Directory<'_> {
 
     fn name_of(&self, id: PeerId) -> Option<String> {
         self.gossip.entry(id).map(|e| e.name.clone())
+    }
+}
+
+impl Directory<'_> {
+    /// Identity first (issue 16): the router that answered a dial to
+    /// `addr`, or this one when a peer reached it there; then a connected
+    /// peer's listen or remote address, then the endpoints entries list.
+    fn id_at_one(&self, addr: SocketAddr) -> Option<PeerId> {
+        if self.self_addresses.contains(&addr) {
+            return Some(self.me);
+        }
+        if let Some(id) = self.endpoints.answered_at(addr) {
+            return Some(id);
+        }
+        self.peers.at_address(addr).map(|p| p.id).or_else(|| {
+            self.gossip
+                .peers()
+                .find(|e| e.addresses.contains(&addr))
+                .map(|e| e.id)
+        })
     }
 }
 
@@ -81,6 +99,15 @@ mod tests {
         self_addresses: &HashSet<SocketAddr>,
         addr: SocketAddr,
     ) -> Option<PeerId> {
+        lookup_seed(endpoints, self_addresses, &HashMap::new(), addr)
+    }
+
+    fn lookup_seed(
+        endpoints: &Endpoints,
+        self_addresses: &HashSet<SocketAddr>,
+        seed_also: &HashMap<SocketAddr, Vec<SocketAddr>>,
+        addr: SocketAddr,
+    ) -> Option<PeerId> {
         let identity = my_identity();
         let me = identity.id();
         let peers = Peers::new(me, Duration::from_secs(120));
@@ -96,6 +123,7 @@ mod tests {
             me,
             name: "a",
             self_addresses,
+            seed_also,
             endpoints,
             peers: &peers,
             gossip: &gossip,
@@ -122,5 +150,24 @@ mod tests {
             lookup(&endpoints, &mine, public(11)),
             Some(my_identity().id())
         );
+    }
+
+    /// A Node seeded by its InternalIP in another site, reached at its
+    /// ExternalIP: its slot is that router, once, and no other seed's.
+    #[test]
+    fn a_seed_resolves_through_the_other_addresses_it_was_given_with() {
+        let internal = SocketAddr::from(([198, 51, 100, 74], 6783));
+        let mut endpoints = Endpoints::new(LISTEN, vec![]);
+        endpoints.dialled(public(12), PeerId(7));
+        let also: HashMap<SocketAddr, Vec<SocketAddr>> = [(internal, vec![public(12)])].into();
+        let none = HashSet::new();
+        assert_eq!(
+            lookup_seed(&endpoints, &none, &also, internal),
+            Some(PeerId(7))
+        );
+        assert_eq!(lookup(&endpoints, &none, internal), None);
+        // An address given with no seed resolves only as itself.
+        let other = SocketAddr::from(([198, 51, 100, 75], 6783));
+        assert_eq!(lookup_seed(&endpoints, &none, &also, other), None);
     }
 }

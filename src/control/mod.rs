@@ -183,6 +183,9 @@ pub struct Control {
     dialing: HashMap<ConnectionId, SocketAddr>,
     dial_errors: HashMap<SocketAddr, String>,
     self_addresses: HashSet<SocketAddr>,
+    /// The other addresses of a seed's router (`Request::Connect`'s
+    /// `also`; `--peers-from-kube`): by seed, for its voter slot.
+    seed_also: HashMap<SocketAddr, Vec<SocketAddr>>,
     next_connection: ConnectionId,
     handshakes: BTreeMap<String, u64>,
     last_gossip_log: Option<Instant>,
@@ -295,6 +298,7 @@ impl Control {
             attribution: attribution::Attribution::default(),
             short_clashes: Vec::new(),
             self_addresses,
+            seed_also: HashMap::new(),
             next_connection: 1,
             handshakes: BTreeMap::new(),
             last_refusal_log: None,
@@ -424,6 +428,7 @@ impl Control {
             me: self.me,
             name: &self.config.name,
             self_addresses: &self.self_addresses,
+            seed_also: &self.seed_also,
             endpoints: &self.endpoints,
             peers: &self.peers,
             gossip: &self.gossip,

@@ -62,22 +62,32 @@ impl Control {
                 Ok(value) => Reply::ok(value),
                 Err(e) => Reply::err(ErrorCode::Internal, e.to_string()),
             },
-            Request::Connect { address } => match address.parse::<SocketAddr>() {
-                Ok(addr) => {
-                    if !self.config.seeds.contains(&addr) {
-                        self.config.seeds.push(addr);
+            Request::Connect { address, also } => {
+                let also: Option<Result<Vec<SocketAddr>, _>> =
+                    also.map(|also| also.iter().map(|a| a.parse::<SocketAddr>()).collect());
+                match (address.parse::<SocketAddr>(), also) {
+                    (Ok(addr), None) => {
+                        self.add_seed(addr, None, now);
+                        Reply::ok(serde_json::json!({ "seeds": self.seed_strings() }))
                     }
-                    self.maker.add_seed(addr, Instant::now());
-                    Reply::ok(serde_json::json!({ "seeds": self.seed_strings() }))
+                    (Ok(addr), Some(Ok(also))) => {
+                        self.add_seed(addr, Some(also), now);
+                        Reply::ok(serde_json::json!({ "seeds": self.seed_strings() }))
+                    }
+                    (Ok(_), Some(Err(_))) => Reply::err(
+                        ErrorCode::BadRequest,
+                        "the other addresses of a seed are not all HOST:PORT (e.g. 203.0.113.10:6783)",
+                    ),
+                    (Err(_), _) => Reply::err(
+                        ErrorCode::BadRequest,
+                        format!("{address:?} is not HOST:PORT (e.g. 192.0.2.10:6783)"),
+                    ),
                 }
-                Err(_) => Reply::err(
-                    ErrorCode::BadRequest,
-                    format!("{address:?} is not HOST:PORT (e.g. 192.0.2.10:6783)"),
-                ),
-            },
+            }
             Request::Forget { address } => match address.parse::<SocketAddr>() {
                 Ok(addr) => {
                     self.config.seeds.retain(|s| *s != addr);
+                    self.seed_also.remove(&addr);
                     self.maker.forget(addr);
                     Reply::ok(serde_json::json!({ "seeds": self.seed_strings() }))
                 }
@@ -166,6 +176,26 @@ impl Control {
             return "dialling".into();
         }
         "no direct connection".into()
+    }
+
+    /// A seed from `weft connect` or the Node list: one voter slot named
+    /// `addr`; `also`, when given, replaces the other addresses its router
+    /// is dialled at and known by (`Directory::id_at`).
+    fn add_seed(&mut self, addr: SocketAddr, also: Option<Vec<SocketAddr>>, now: Instant) {
+        if !self.config.seeds.contains(&addr) {
+            self.config.seeds.push(addr);
+        }
+        match also {
+            None => self.maker.add_seed(addr, now),
+            Some(also) => {
+                self.maker.add_seed_with(addr, &also, now);
+                if also.is_empty() {
+                    self.seed_also.remove(&addr);
+                } else {
+                    self.seed_also.insert(addr, also);
+                }
+            }
+        }
     }
 
     fn seed_strings(&self) -> Vec<String> {

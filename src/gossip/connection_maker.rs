@@ -23,7 +23,12 @@
 //!   recognised and never dialled (also when it is learned later, through
 //!   [`ConnectionMaker::add_own`]: my public address behind 1:1 NAT); a
 //!   seed address listed in a learned router's entry belongs to it, so the
-//!   seed is not dialled while that router is connected.
+//!   seed is not dialled while that router is connected;
+//! - a seed may come with other addresses of the same router
+//!   ([`ConnectionMaker::add_seed_with`]; `--peers-from-kube`: a Node's
+//!   InternalIP and ExternalIP): they are the candidates of one target,
+//!   tried in the same most-alike-first order as a learned router's, so
+//!   one router is dialled at one address at a time, whichever works.
 //!
 //! Use: feed `learn`/`unlearn` from gossip events, `connected`/`disconnected`
 //! /`dial_failed` from the driver, then call `poll_dial(now)` until `None` and
@@ -117,6 +122,8 @@ pub struct ConnectionMaker {
     targets: BTreeMap<Key, Target>,
     /// Which router answered at a seed address (so it is not dialled twice).
     seed_owner: HashMap<SocketAddr, PeerId>,
+    /// The other addresses a seed was given with, to that seed.
+    seed_also: HashMap<SocketAddr, SocketAddr>,
     connected: HashSet<PeerId>,
     rng: StdRng,
     now_hint: Option<Instant>,
@@ -140,41 +147,88 @@ impl ConnectionMaker {
             own: own_addresses.into_iter().collect(),
             targets: BTreeMap::new(),
             seed_owner: HashMap::new(),
+            seed_also: HashMap::new(),
             connected: HashSet::new(),
             rng: StdRng::seed_from_u64(seed),
             now_hint: None,
         };
         for s in seeds {
-            maker.add_seed_at(s, None);
+            maker.add_seed_at(s, None, None);
         }
         maker
     }
 
     /// Adds a seed (`weft connect`), dialled at once. My own address is ignored.
     pub fn add_seed(&mut self, addr: SocketAddr, now: Instant) {
-        self.add_seed_at(addr, Some(now));
+        self.add_seed_at(addr, None, Some(now));
     }
 
-    fn add_seed_at(&mut self, addr: SocketAddr, now: Option<Instant>) {
+    /// Adds the seed `addr` (or changes it) with `also`, other addresses
+    /// of the same router: one target whose candidates are tried
+    /// most-alike first, one at a time. The seed keeps its name `addr`
+    /// (`forget`, the voter slot). My own addresses are left out; a seed
+    /// at my own address is ignored.
+    pub fn add_seed_with(&mut self, addr: SocketAddr, also: &[SocketAddr], now: Instant) {
+        self.add_seed_at(addr, Some(also), Some(now));
+    }
+
+    fn add_seed_at(&mut self, addr: SocketAddr, also: Option<&[SocketAddr]>, now: Option<Instant>) {
         if self.is_own(addr) {
             return;
         }
-        self.targets
-            .entry(Key::Seed(addr))
-            .or_insert_with(|| Target {
-                addresses: vec![addr],
-                next_address: 0,
-                seed: true,
-                interval: self.config.initial,
-                state: State::Idle { next_try: now },
-            });
+        let fresh = Target {
+            addresses: vec![addr],
+            next_address: 0,
+            seed: true,
+            interval: self.config.initial,
+            state: State::Idle { next_try: now },
+        };
+        let Some(also) = also else {
+            self.targets.entry(Key::Seed(addr)).or_insert(fresh);
+            return;
+        };
+        let mut addresses = vec![addr];
+        for a in also.iter().take(15) {
+            if !addresses.contains(a) && !self.is_own(*a) && self.config.families.reach(*a) {
+                addresses.push(*a);
+            }
+        }
+        addresses.sort_by_key(|a| std::cmp::Reverse(self.likeness(*a)));
+        self.seed_also.retain(|_, seed| *seed != addr);
+        for a in addresses.iter().filter(|a| **a != addr) {
+            self.seed_also.insert(*a, addr);
+        }
+        let target = self.targets.entry(Key::Seed(addr)).or_insert(fresh);
+        // Given again: keep trying first the address that was next.
+        let current = (target.addresses.len() > 1)
+            .then(|| target.addresses.get(target.next_address).copied())
+            .flatten();
+        target.next_address = current
+            .and_then(|c| addresses.iter().position(|a| *a == c))
+            .unwrap_or(0);
+        target.addresses = addresses;
     }
 
-    /// Removes a seed (`weft forget`). A router learned at that address
-    /// from the topology is still dialled as a learned router.
+    /// Removes a seed (`weft forget`), with the other addresses it was
+    /// given with. A router learned at that address from the topology is
+    /// still dialled as a learned router.
     pub fn forget(&mut self, addr: SocketAddr) {
         self.targets.remove(&Key::Seed(addr));
         self.seed_owner.remove(&addr);
+        self.seed_also.retain(|_, seed| *seed != addr);
+    }
+
+    /// The seeds (by name) that have `addr` among their candidates.
+    fn seeds_at(&self, addr: SocketAddr) -> Vec<SocketAddr> {
+        let named = self.targets.contains_key(&Key::Seed(addr)).then_some(addr);
+        let beside = self.seed_also.get(&addr).copied().filter(|seed| {
+            *seed != addr
+                && self
+                    .targets
+                    .get(&Key::Seed(*seed))
+                    .is_some_and(|t| t.addresses.contains(&addr))
+        });
+        named.into_iter().chain(beside).collect()
     }
 
     /// The current seeds.
@@ -192,8 +246,8 @@ impl ConnectionMaker {
         if !self.own.insert(addr) {
             return;
         }
-        self.targets.remove(&Key::Seed(addr));
-        self.seed_owner.remove(&addr);
+        self.forget(addr);
+        self.seed_also.remove(&addr);
         for t in self.targets.values_mut() {
             if let Some(i) = t.addresses.iter().position(|a| *a == addr) {
                 t.addresses.remove(i);
@@ -221,8 +275,8 @@ impl ConnectionMaker {
             return;
         }
         for a in &addresses {
-            if self.targets.contains_key(&Key::Seed(*a)) {
-                self.seed_owner.insert(*a, peer);
+            for seed in self.seeds_at(*a) {
+                self.seed_owner.insert(seed, peer);
             }
         }
         // Stable: equally alike addresses keep the entry's order.
@@ -268,11 +322,9 @@ impl ConnectionMaker {
     pub fn connected(&mut self, peer: PeerId, dialled: Option<SocketAddr>, now: Instant) {
         self.connected.insert(peer);
         if let Some(addr) = dialled {
-            if self.targets.contains_key(&Key::Seed(addr)) {
-                self.seed_owner.insert(addr, peer);
-            }
-            if let Some(t) = self.targets.get_mut(&Key::Seed(addr)) {
-                t.state = State::Connected { since: now };
+            // Any candidate of a seed: the router answered there.
+            for seed in self.seeds_at(addr) {
+                self.seed_owner.insert(seed, peer);
             }
         }
         for (addr, owner) in &self.seed_owner {

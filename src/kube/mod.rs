@@ -2,9 +2,11 @@
 //! "Operator contract"; issue 6, "the step beyond a static list").
 //!
 //! Every 30 s the router lists the cluster's Nodes, takes each node's
-//! InternalIP (else its ExternalIP) of the listen address's family, makes
-//! `HOST:PORT` with its own port, and hands the new addresses to the control
-//! task as seeds (`Request::Connect`), and forgets (`Request::Forget`) the
+//! addresses of the listen address's family (annotated, InternalIP,
+//! ExternalIP: [`KubeNode::candidates`]), makes `HOST:PORT` with its own
+//! port, and hands each new node to the control task as one seed with its
+//! other addresses beside it (`Request::Connect` with `also`: dialled at
+//! whichever works, one voter slot), and forgets (`Request::Forget`) the
 //! seeds of nodes that are gone. It goes through the same API channel as
 //! `weft connect`, so the control task needs no special path.
 //!
@@ -19,7 +21,7 @@ pub mod lease_task;
 pub mod nodes;
 
 pub use client::{KubeSource, list_nodes};
-pub use nodes::{KubeNode, KubeSeeds, NodePage, SeedDiff, parse_node_list, seeds_from_nodes};
+pub use nodes::{KubeNode, KubeSeeds, NodePage, Seed, SeedDiff, parse_node_list, seeds_from_nodes};
 
 use crate::api::proto::Request;
 use crate::api::server::ApiCall;
@@ -169,9 +171,11 @@ pub struct SeedTask {
     pub port: u16,
     /// Whether the router listens on IPv4 (picks the address family).
     pub ipv4: bool,
-    /// The `--peer` seeds and the router's own address: never given by
-    /// this task, never forgotten.
+    /// The `--peer` seeds: never forgotten by this task.
     pub fixed: Vec<SocketAddr>,
+    /// The router's own address, if it listens on one: a node listing it
+    /// is this router's.
+    pub own: Option<SocketAddr>,
     /// How often to list again.
     pub every: Duration,
     /// This router's name, which is its Node's name in a DaemonSet
@@ -193,13 +197,9 @@ pub fn seed_task(
         sa_dir: settings.sa_dir.clone(),
         port: listen.port(),
         ipv4: listen.is_ipv4(),
-        // The router's own address is in the list too (its node is):
-        // neither given nor forgotten, like a --peer seed.
-        fixed: seeds
-            .iter()
-            .copied()
-            .chain((!listen.ip().is_unspecified()).then_some(listen))
-            .collect(),
+        fixed: seeds.to_vec(),
+        // The router's own address is in the list too (its node is).
+        own: (!listen.ip().is_unspecified()).then_some(listen),
         every: settings.every,
         node_name: name.to_string(),
     }
@@ -215,7 +215,7 @@ pub async fn run(
     calls: mpsc::Sender<ApiCall>,
     names: tokio::sync::watch::Sender<Option<std::collections::BTreeSet<String>>>,
 ) {
-    let mut seeds = KubeSeeds::new(task.fixed.iter().copied());
+    let mut seeds = KubeSeeds::new(task.fixed.iter().copied(), task.own);
     let mut last_error: Option<KubeError> = None;
     let mut advertised: Option<Vec<SocketAddr>> = None;
     let mut tick = tokio::time::interval(task.every);
@@ -279,19 +279,32 @@ pub async fn run(
         if !diff.add.is_empty() || !diff.remove.is_empty() {
             // The addresses go in the message, not in fields, so that the
             // line reads (and greps) the same with or without colours.
+            let added: Vec<SocketAddr> = diff.add.iter().map(|s| s.address).collect();
+            let also: Vec<String> = diff
+                .add
+                .iter()
+                .filter(|s| !s.also.is_empty())
+                .map(|s| format!("{} also at {}", s.address, list(&s.also)))
+                .collect();
             tracing::info!(
                 nodes = nodes.len(),
                 not_ready = nodes.iter().filter(|n| !n.ready).count(),
-                "--peers-from-kube: seeds added {} removed {}",
-                list(&diff.add),
-                list(&diff.remove)
+                "--peers-from-kube: seeds added {} removed {}{}",
+                list(&added),
+                list(&diff.remove),
+                if also.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", also.join("; "))
+                }
             );
         }
-        for addr in diff.add {
+        for seed in diff.add {
             call(
                 &calls,
                 Request::Connect {
-                    address: addr.to_string(),
+                    address: seed.address.to_string(),
+                    also: Some(seed.also.iter().map(ToString::to_string).collect()),
                 },
             )
             .await;

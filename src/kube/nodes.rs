@@ -9,13 +9,19 @@
 //! paths"; issue 16): its `ExternalIP` addresses and the annotation
 //! [`ADVERTISE_ANNOTATION`] (`weft.dev/advertise`: comma-separated `IP` or
 //! `IP:PORT`, for an address Kubernetes does not know, such as a 1:1 NAT's
-//! public one). [`KubeNode::endpoints`] gives them with the router's port;
-//! the annotation's first entry is also where others dial the node
-//! ([`KubeNode::seed_address`]): the operator says so.
+//! public one). [`KubeNode::endpoints`] gives them with the router's port.
+//!
+//! Where others dial a node: every one of its addresses is a candidate
+//! ([`KubeNode::candidates`]: the annotated ones, the InternalIPs, the
+//! ExternalIPs), handed over as one seed named by the first, with the
+//! others beside it. The router tries them most-alike first (a node of
+//! its own site at its InternalIP, one in another site, whose InternalIP
+//! it cannot reach, at its ExternalIP next) and counts the node as one
+//! voter whichever answered. No annotation is needed for that.
 
 use super::KubeError;
 use serde::Deserialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 /// One Node as far as seeding goes.
@@ -58,19 +64,29 @@ fn parse_advertise(value: &str) -> Vec<(IpAddr, Option<u16>)> {
 }
 
 impl KubeNode {
-    /// The address to dial: the first annotated endpoint of the wanted
-    /// family, else the first InternalIP of it, else the first ExternalIP;
-    /// `None` when the node has none. (The port of an annotated endpoint
-    /// is not used here: seeds share the router's port.)
-    pub fn seed_address(&self, ipv4: bool) -> Option<IpAddr> {
-        let family = |a: &&IpAddr| a.is_ipv4() == ipv4;
-        self.advertise
+    /// The addresses the router on this node may be dialled at, of the
+    /// wanted family: the annotated endpoints (with their port, else
+    /// `port`), then the InternalIPs, then the ExternalIPs (with `port`),
+    /// each once. The first names the node's seed: the annotation's first
+    /// entry when there is one (the operator says so), else its
+    /// InternalIP. Empty when the node has none.
+    pub fn candidates(&self, port: u16, ipv4: bool) -> Vec<SocketAddr> {
+        let annotated = self
+            .advertise
             .iter()
-            .map(|(ip, _)| ip)
-            .find(family)
-            .or_else(|| self.internal.iter().find(family))
-            .or_else(|| self.external.iter().find(family))
-            .copied()
+            .map(|(ip, p)| SocketAddr::new(*ip, p.unwrap_or(port)));
+        let listed = self
+            .internal
+            .iter()
+            .chain(&self.external)
+            .map(|ip| SocketAddr::new(*ip, port));
+        let mut out: Vec<SocketAddr> = Vec::new();
+        for addr in annotated.chain(listed) {
+            if addr.is_ipv4() == ipv4 && !out.contains(&addr) {
+                out.push(addr);
+            }
+        }
+        out
     }
 
     /// Where the router on this node can be reached besides its listen
@@ -206,21 +222,31 @@ pub fn parse_node_list(body: &[u8]) -> Result<NodePage, KubeError> {
     })
 }
 
-/// The seed addresses for `nodes`: each node's [`KubeNode::seed_address`]
-/// with `port`. Nodes with no address of the family are left out.
-pub fn seeds_from_nodes(nodes: &[KubeNode], port: u16, ipv4: bool) -> BTreeSet<SocketAddr> {
+/// Each node's [`KubeNode::candidates`], for the nodes that have some.
+pub fn seeds_from_nodes(nodes: &[KubeNode], port: u16, ipv4: bool) -> Vec<Vec<SocketAddr>> {
     nodes
         .iter()
-        .filter_map(|n| n.seed_address(ipv4))
-        .map(|ip| SocketAddr::new(ip, port))
+        .map(|n| n.candidates(port, ipv4))
+        .filter(|c| !c.is_empty())
         .collect()
+}
+
+/// One node's seed: the address it is named by (its voter slot, what
+/// `Forget` names) and the other addresses of its router.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seed {
+    /// The seed.
+    pub address: SocketAddr,
+    /// The other candidates (`Request::Connect`'s `also`).
+    pub also: Vec<SocketAddr>,
 }
 
 /// What to tell the control task after a listing.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SeedDiff {
-    /// New seeds (`Request::Connect`).
-    pub add: Vec<SocketAddr>,
+    /// New seeds, and seeds whose other addresses changed
+    /// (`Request::Connect`).
+    pub add: Vec<Seed>,
     /// Seeds of nodes that are gone (`Request::Forget`).
     pub remove: Vec<SocketAddr>,
 }
@@ -229,48 +255,87 @@ pub struct SeedDiff {
 /// into the changes only. Static `--peer` seeds are never forgotten.
 #[derive(Clone, Debug, Default)]
 pub struct KubeSeeds {
-    given: BTreeSet<SocketAddr>,
+    /// Seed → its other addresses.
+    given: BTreeMap<SocketAddr, Vec<SocketAddr>>,
     fixed: BTreeSet<SocketAddr>,
+    own: BTreeSet<SocketAddr>,
 }
 
 impl KubeSeeds {
-    /// Starts with nothing given; `fixed` are the `--peer` seeds.
-    pub fn new(fixed: impl IntoIterator<Item = SocketAddr>) -> Self {
+    /// Starts with nothing given; `fixed` are the `--peer` seeds, `own`
+    /// this router's addresses (a node listing one of them is this one,
+    /// whatever its name).
+    pub fn new(
+        fixed: impl IntoIterator<Item = SocketAddr>,
+        own: impl IntoIterator<Item = SocketAddr>,
+    ) -> Self {
         Self {
-            given: BTreeSet::new(),
+            given: BTreeMap::new(),
             fixed: fixed.into_iter().collect(),
+            own: own.into_iter().collect(),
         }
     }
 
     /// The seeds given so far.
     pub fn given(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        self.given.iter().copied()
+        self.given.keys().copied()
     }
 
-    /// Takes a full listing's seeds and returns what changed. An empty
-    /// listing changes nothing: the node running this router is always in a
-    /// real list, so an empty one is a glitch, not every node deleted.
-    pub fn update(&mut self, listed: BTreeSet<SocketAddr>) -> SeedDiff {
+    /// Takes a full listing (each node's candidates) and returns what
+    /// changed. An address listed by more than one node (a masquerading
+    /// gateway's given as every node's ExternalIP) names none of them and
+    /// is left out. A node with one of this router's addresses is left
+    /// out; a node with a `--peer` seed's address is that seed, which gets
+    /// the node's other addresses (one node, one seed, one voter slot). An
+    /// empty listing changes nothing: the node running this router is
+    /// always in a real list, so an empty one is a glitch, not every node
+    /// deleted.
+    pub fn update(&mut self, listed: Vec<Vec<SocketAddr>>) -> SeedDiff {
         if listed.is_empty() {
             return SeedDiff::default();
         }
-        let diff = SeedDiff {
-            add: listed
-                .difference(&self.given)
-                .filter(|a| !self.fixed.contains(a))
+        let mut listings: BTreeMap<SocketAddr, usize> = BTreeMap::new();
+        for a in listed.iter().flatten() {
+            *listings.entry(*a).or_default() += 1;
+        }
+        let mut now: BTreeMap<SocketAddr, Vec<SocketAddr>> = BTreeMap::new();
+        for mut candidates in listed {
+            candidates.retain(|a| listings.get(a) == Some(&1));
+            if candidates.iter().any(|a| self.own.contains(a)) {
+                continue;
+            }
+            let Some(address) = candidates
+                .iter()
+                .find(|a| self.fixed.contains(a))
+                .or(candidates.first())
                 .copied()
+            else {
+                continue;
+            };
+            let also = candidates.into_iter().filter(|a| *a != address).collect();
+            now.insert(address, also);
+        }
+        let diff = SeedDiff {
+            add: now
+                .iter()
+                .filter(|(a, also)| self.given.get(*a) != Some(*also))
+                // A `--peer` seed the control task has already.
+                .filter(|(a, also)| {
+                    !(self.fixed.contains(*a) && also.is_empty() && !self.given.contains_key(*a))
+                })
+                .map(|(a, also)| Seed {
+                    address: *a,
+                    also: also.clone(),
+                })
                 .collect(),
             remove: self
                 .given
-                .difference(&listed)
-                .filter(|a| !self.fixed.contains(a))
+                .keys()
+                .filter(|a| !now.contains_key(*a) && !self.fixed.contains(*a))
                 .copied()
                 .collect(),
         };
-        self.given = listed
-            .into_iter()
-            .filter(|a| !self.fixed.contains(a))
-            .collect();
+        self.given = now;
         diff
     }
 }
@@ -292,8 +357,8 @@ mod tests {
             external: vec!["203.0.113.7".parse().expect("ip")],
             advertise: vec![],
         };
-        assert_eq!(node.seed_address(true), "203.0.113.7".parse().ok());
-        assert_eq!(node.seed_address(false), None);
+        assert_eq!(node.candidates(6783, true), vec![addr("203.0.113.7:6783")]);
+        assert!(node.candidates(6783, false).is_empty());
     }
 
     #[test]
@@ -308,12 +373,12 @@ mod tests {
             external: vec![],
             advertise: vec![],
         };
-        assert_eq!(node.seed_address(true), "192.0.2.5".parse().ok());
-        assert_eq!(node.seed_address(false), "fd00::5".parse().ok());
+        assert_eq!(node.candidates(6783, true), vec![addr("192.0.2.5:6783")]);
+        assert_eq!(node.candidates(6783, false), vec![addr("[fd00::5]:6783")]);
     }
 
     #[test]
-    fn a_nodes_external_ips_and_annotation_are_its_endpoints_and_the_annotation_is_dialled() {
+    fn a_nodes_external_ips_and_annotation_are_its_endpoints_and_its_candidates_first() {
         let body = br#"{"kind":"NodeList","items":[{
             "metadata":{"name":"edge","annotations":{
                 "weft.dev/advertise":"203.0.113.20:7000, not-an-ip, 203.0.113.21,2001:db8::1, 203.0.113.22:0"}},
@@ -335,41 +400,140 @@ mod tests {
             node.endpoints(6783, false),
             vec![addr("[2001:db8::1]:6783")]
         );
-        assert_eq!(node.seed_address(true), "203.0.113.20".parse().ok());
+        // Every address is a candidate, the annotated ones first (with
+        // their port), the annotation's first naming the seed.
+        assert_eq!(
+            node.candidates(6783, true),
+            vec![
+                addr("203.0.113.20:7000"),
+                addr("203.0.113.21:6783"),
+                addr("10.0.0.5:6783"),
+                addr("198.51.100.5:6783"),
+            ]
+        );
     }
 
     #[test]
-    fn a_node_without_the_annotation_is_dialled_at_its_internal_ip_and_advertises_its_external_ones()
-     {
+    fn a_node_without_the_annotation_is_named_by_its_internal_ip_and_advertises_its_external_ones()
+    {
         let body = br#"{"kind":"NodeList","items":[{"metadata":{"name":"n"},
             "status":{"addresses":[
                 {"type":"InternalIP","address":"10.0.0.5"},
                 {"type":"ExternalIP","address":"198.51.100.5"}]}}]}"#;
         let node = &parse_node_list(body).expect("a node list").nodes[0];
-        assert_eq!(node.seed_address(true), "10.0.0.5".parse().ok());
+        assert_eq!(
+            node.candidates(6783, true),
+            vec![addr("10.0.0.5:6783"), addr("198.51.100.5:6783")]
+        );
         assert_eq!(node.endpoints(6783, true), vec![addr("198.51.100.5:6783")]);
+    }
+
+    fn seed(address: &str, also: &[&str]) -> Seed {
+        Seed {
+            address: addr(address),
+            also: also.iter().map(|a| addr(a)).collect(),
+        }
+    }
+
+    fn one(a: &str) -> Vec<SocketAddr> {
+        vec![addr(a)]
     }
 
     #[test]
     fn a_listing_turns_into_connects_and_forgets_of_the_changes_only() {
-        let mut seeds = KubeSeeds::new([addr("192.0.2.9:6783")]);
-        let first = seeds.update([addr("192.0.2.1:6783"), addr("192.0.2.9:6783")].into());
-        assert_eq!(first.add, vec![addr("192.0.2.1:6783")]);
+        let mut seeds = KubeSeeds::new([addr("192.0.2.9:6783")], []);
+        let first = seeds.update(vec![one("192.0.2.1:6783"), one("192.0.2.9:6783")]);
+        assert_eq!(first.add, vec![seed("192.0.2.1:6783", &[])]);
         assert!(first.remove.is_empty());
-        let same = seeds.update([addr("192.0.2.1:6783"), addr("192.0.2.9:6783")].into());
+        let same = seeds.update(vec![one("192.0.2.1:6783"), one("192.0.2.9:6783")]);
         assert_eq!(same, SeedDiff::default());
-        let moved = seeds.update([addr("192.0.2.2:6783")].into());
-        assert_eq!(moved.add, vec![addr("192.0.2.2:6783")]);
+        let moved = seeds.update(vec![one("192.0.2.2:6783")]);
+        assert_eq!(moved.add, vec![seed("192.0.2.2:6783", &[])]);
         // The --peer seed 192.0.2.9 is not forgotten when its node goes.
         assert_eq!(moved.remove, vec![addr("192.0.2.1:6783")]);
     }
 
     #[test]
     fn an_empty_listing_forgets_nothing() {
-        let mut seeds = KubeSeeds::new([]);
-        seeds.update([addr("192.0.2.1:6783")].into());
-        assert_eq!(seeds.update(BTreeSet::new()), SeedDiff::default());
+        let mut seeds = KubeSeeds::new([], []);
+        seeds.update(vec![one("192.0.2.1:6783")]);
+        assert_eq!(seeds.update(Vec::new()), SeedDiff::default());
         assert_eq!(seeds.given().count(), 1);
+    }
+
+    /// Two sites behind NAT, no annotation: each node is one seed named by
+    /// its InternalIP, with its ExternalIP beside it; this router's own
+    /// node (found by address, whatever its name) is none.
+    #[test]
+    fn a_node_is_one_seed_with_its_other_addresses_beside_it() {
+        let body = br#"{"kind":"NodeList","items":[
+            {"metadata":{"name":"a0"},"status":{"addresses":[
+                {"type":"InternalIP","address":"198.51.100.10"},
+                {"type":"ExternalIP","address":"203.0.113.11"}]}},
+            {"metadata":{"name":"b0"},"status":{"addresses":[
+                {"type":"InternalIP","address":"198.51.100.74"},
+                {"type":"Hostname","address":"b0"}]}},
+            {"metadata":{"name":"c0"},"status":{"addresses":[
+                {"type":"InternalIP","address":"198.51.100.138"},
+                {"type":"ExternalIP","address":"203.0.113.31"}]}}]}"#;
+        let nodes = parse_node_list(body).expect("a node list").nodes;
+        let listed = seeds_from_nodes(&nodes, 6783, true);
+        assert_eq!(listed.len(), 3);
+        let mut seeds = KubeSeeds::new([], [addr("198.51.100.74:6783")]);
+        let diff = seeds.update(listed.clone());
+        assert_eq!(
+            diff.add,
+            vec![
+                seed("198.51.100.10:6783", &["203.0.113.11:6783"]),
+                seed("198.51.100.138:6783", &["203.0.113.31:6783"]),
+            ]
+        );
+        assert_eq!(seeds.update(listed), SeedDiff::default());
+        // c0 loses its ExternalIP: the seed is given again, without it.
+        let diff = seeds.update(vec![
+            vec![addr("198.51.100.10:6783"), addr("203.0.113.11:6783")],
+            one("198.51.100.138:6783"),
+        ]);
+        assert_eq!(diff.add, vec![seed("198.51.100.138:6783", &[])]);
+        assert!(diff.remove.is_empty());
+    }
+
+    /// A masquerade site whose Nodes all give the gateway's address as
+    /// ExternalIP: that address is no one node's, so it is no candidate
+    /// (it would tie two nodes, and two voter slots, to one router).
+    #[test]
+    fn an_address_listed_by_two_nodes_is_a_candidate_of_neither() {
+        let gateway = addr("203.0.113.20:6783");
+        let mut seeds = KubeSeeds::new([], []);
+        let diff = seeds.update(vec![
+            vec![addr("198.51.100.74:6783"), gateway],
+            vec![addr("198.51.100.75:6783"), gateway],
+            vec![gateway],
+        ]);
+        assert_eq!(
+            diff.add,
+            vec![
+                seed("198.51.100.74:6783", &[]),
+                seed("198.51.100.75:6783", &[])
+            ]
+        );
+    }
+
+    /// The operator seeds by public address (`--peer`) and lists Nodes
+    /// too: the node at that address is that seed, not a second slot.
+    #[test]
+    fn a_node_at_a_peer_seeds_address_is_that_seed_with_its_other_addresses() {
+        let public = addr("203.0.113.11:6783");
+        let mut seeds = KubeSeeds::new([public], []);
+        let diff = seeds.update(vec![vec![addr("198.51.100.10:6783"), public]]);
+        assert_eq!(
+            diff.add,
+            vec![seed("203.0.113.11:6783", &["198.51.100.10:6783"])]
+        );
+        // Its node goes: the --peer seed stays.
+        let diff = seeds.update(vec![one("198.51.100.74:6783")]);
+        assert_eq!(diff.add, vec![seed("198.51.100.74:6783", &[])]);
+        assert!(diff.remove.is_empty());
     }
 
     #[test]

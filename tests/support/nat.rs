@@ -19,9 +19,10 @@
 //! Every namespace is a [`Netns`]: unique name, deleted on drop, and
 //! leftovers of killed runs are removed by `require_root`.
 
-use super::{Netns, Node, Pod, Router, fresh_host, plumb_pod, veth};
+use super::{Netns, Node, Pod, Router, fresh_host, path_to, plumb_pod, veth};
 use std::net::Ipv4Addr;
 use std::path::Path;
+use std::time::Duration;
 
 /// What a site's gateway does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,6 +116,26 @@ impl World {
                 Pod { ns, addr, node: i }
             })
             .collect()
+    }
+}
+
+/// Asserts that every pod pings every other within `timeout` each (pod
+/// `i` on `routers[i]`'s node), naming both paths when one does not.
+pub fn nat_pods_reach_each_other(routers: &[Router], pods: &[Pod], timeout: Duration) {
+    let names: Vec<&str> = routers.iter().map(|r| r.name.as_str()).collect();
+    for a in pods {
+        for b in pods {
+            if a.node != b.node {
+                assert!(
+                    a.wait_ping(b.addr, timeout),
+                    "{} cannot reach {}: paths {:?} / {:?}",
+                    names[a.node],
+                    names[b.node],
+                    path_to(&routers[a.node], names[b.node]),
+                    path_to(&routers[b.node], names[a.node]),
+                );
+            }
+        }
     }
 }
 

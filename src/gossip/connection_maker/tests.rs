@@ -209,3 +209,64 @@ fn an_ipv6_only_router_dials_only_the_ipv6_addresses_of_a_dual_stack_one() {
     assert!(!dialled.is_empty());
     assert!(dialled.iter().all(|a| *a == v6), "dialled {dialled:?}");
 }
+
+/// A Node in another site behind 1:1 NAT (`--peers-from-kube`): its
+/// InternalIP looks more like mine and fails; its ExternalIP is tried
+/// next, and once it answered the router is not dialled at the other.
+#[test]
+fn a_seed_with_other_addresses_is_one_target_tried_most_alike_first() {
+    let now = Instant::now();
+    let me = SocketAddr::from(([198, 51, 100, 74], 6783));
+    let internal = SocketAddr::from(([198, 51, 100, 10], 6783));
+    let external = SocketAddr::from(([203, 0, 113, 11], 6783));
+    let mut m = ConnectionMaker::new(vec![me], vec![], 1);
+    m.add_seed_with(internal, &[external], now);
+    assert_eq!(m.seeds().collect::<Vec<_>>(), vec![internal]);
+    // One address at a time: never both dials at once.
+    assert_eq!(m.poll_dial(now), Some(internal));
+    assert_eq!(m.poll_dial(now), None);
+    m.dial_failed(internal, now);
+    let t = m.poll_timeout().unwrap();
+    assert!(t - now <= Duration::from_secs(1), "{:?}", t - now);
+    assert_eq!(m.poll_dial(t), Some(external));
+    m.connected(PeerId(7), Some(external), t);
+    // Its entry lists its private listen address only: still its seed.
+    m.learn(PeerId(7), &[internal], t);
+    assert_eq!(m.poll_dial(t + Duration::from_secs(60)), None);
+    // It goes: the address that worked is tried first.
+    m.disconnected(PeerId(7), t + Duration::from_secs(61));
+    let mut dialled = Vec::new();
+    let mut at = t + Duration::from_secs(61);
+    while dialled.len() < 2 {
+        at = m.poll_timeout().unwrap().max(at);
+        if let Some(a) = m.poll_dial(at) {
+            dialled.push(a);
+            m.dial_failed(a, at);
+        }
+    }
+    assert!(dialled.contains(&external), "{dialled:?}");
+    assert_eq!(dialled.iter().filter(|a| **a == internal).count(), 1);
+}
+
+#[test]
+fn a_seed_given_again_with_other_addresses_keeps_its_place_and_a_same_site_one_goes_first() {
+    let now = Instant::now();
+    let me = SocketAddr::from(([198, 51, 100, 11], 6783));
+    let internal = SocketAddr::from(([198, 51, 100, 10], 6783));
+    let external = SocketAddr::from(([203, 0, 113, 11], 6783));
+    let mut m = ConnectionMaker::new(vec![me], vec![], 1);
+    // Named by its ExternalIP, reachable at its InternalIP in my site.
+    m.add_seed_with(external, &[internal, me], now);
+    assert_eq!(m.poll_dial(now), Some(internal));
+    m.dial_failed(internal, now);
+    // Given again (the next listing): the next candidate stays next.
+    m.add_seed_with(external, &[internal], now);
+    let t = m.poll_timeout().unwrap();
+    assert_eq!(m.poll_dial(t), Some(external));
+    // My own address among them was never a candidate.
+    m.dial_failed(external, t);
+    let t = m.poll_timeout().unwrap();
+    assert_eq!(m.poll_dial(t), Some(internal));
+    m.forget(external);
+    assert_eq!(m.seeds().count(), 0);
+}
