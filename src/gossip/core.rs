@@ -232,6 +232,8 @@ pub struct Gossip {
     /// Retired IDs (identity rotation, `rotation.rs`), kept for the life of
     /// the process, bounded.
     retired: BTreeMap<PeerId, rotation::Retirement>,
+    /// Bumped on every change of `retired` (the driver saves it).
+    retirement_changes: u64,
     /// The announcement of the rotation that made my key, carried by every
     /// version of my entry.
     my_rotation: Option<crate::crypto::rotation::Rotation>,
@@ -297,6 +299,7 @@ impl Gossip {
             unreachable_since: HashMap::new(),
             tombstones: HashMap::new(),
             retired: BTreeMap::new(),
+            retirement_changes: 0,
             my_rotation: None,
             routes: OnceCell::new(),
             neighbours_dirty: false,
