@@ -230,7 +230,8 @@ pub struct Gossip {
     unreachable_since: HashMap<PeerId, Instant>,
     tombstones: HashMap<PeerId, Tombstone>,
     /// Retired IDs (identity rotation, `rotation.rs`), kept for the life of
-    /// the process, bounded.
+    /// the process, bounded; the driver saves them across restarts
+    /// (`control::retired_keys`).
     retired: BTreeMap<PeerId, rotation::Retirement>,
     /// Bumped on every change of `retired` (the driver saves it).
     retirement_changes: u64,
