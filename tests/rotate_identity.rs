@@ -101,22 +101,7 @@ fn a_rotated_router_keeps_its_flows_name_and_ranges_and_its_old_key_is_refused_a
     if !require_root("a_rotated_router_keeps_its_flows_name_and_ranges") {
         return;
     }
-    let window = WINDOW_SECS.to_string();
-    let mut cluster = Cluster::new(4);
-    let mut routers = start_routers(
-        Path::new(BIN),
-        &mut cluster,
-        3,
-        |i| (0..3).filter(|j| *j != i).collect(),
-        |_, r| {
-            r.env = vec![("WEFT_IDENTITY_ROTATION_WINDOW_SECS".into(), window.clone())];
-        },
-    );
-    let meshed = |routers: &[Router]| routers.iter().all(|r| r.established_peers() == 2);
-    assert!(
-        wait_until(Duration::from_secs(15), || meshed(&routers)),
-        "the three routers did not mesh"
-    );
+    let (cluster, mut routers) = rotation_mesh();
     let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
     let b_addr = b.addr;
     for (from, to) in [(0, 1), (1, 2)] {
@@ -166,32 +151,8 @@ fn a_rotated_router_keeps_its_flows_name_and_ranges_and_its_old_key_is_refused_a
             rotation_ping_counts(&String::from_utf8_lossy(&out.stdout))
         });
         let started = Instant::now();
-        let out = run_timeout(
-            Command::new(BIN)
-                .args(["rotate-identity", "--api"])
-                .arg(routers[1].api()),
-            20,
-        )
-        .unwrap();
-        assert!(
-            out.status.success(),
-            "weft rotate-identity: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let said = String::from_utf8_lossy(&out.stdout).to_string();
+        let said = rotation_rotate(&routers, &old_id);
         assert!(said.contains(&old_id), "{said}");
-        // Back under a new ID, meshed again, the flow moving.
-        let back = wait_until(Duration::from_secs(30), || {
-            routers[1]
-                .status()
-                .is_some_and(|s| s["id"].as_str().is_some_and(|id| id != old_id))
-                && meshed(&routers)
-        });
-        assert!(
-            back,
-            "n1 did not come back under a new ID:\n{}",
-            routers[1].log_tail()
-        );
         let (at_into, at_out) = (into.received(), out_of.received());
         assert!(
             wait_until(Duration::from_secs(20), || into.received() > at_into + RATE
@@ -280,47 +241,8 @@ fn a_rotated_router_keeps_its_flows_name_and_ranges_and_its_old_key_is_refused_a
 
     // After the window: a router holding the old key is refused.
     std::thread::sleep(Duration::from_secs(WINDOW_SECS + 1));
-    let names = ["n0", "n1", "n2", "n3"];
-    let mut thief = Router::new(
-        Path::new(BIN),
-        &cluster.nodes[3],
-        &cluster.dir.path,
-        &[cluster.nodes[0].underlay, cluster.nodes[2].underlay],
-        &names,
-    );
-    let state = thief.dir.join("state");
-    std::fs::create_dir_all(&state).unwrap();
-    std::fs::copy(&old_key, state.join("identity.key")).unwrap();
-    std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    thief.start();
-    assert_eq!(
-        thief.status().unwrap()["id"].as_str(),
-        Some(old_id.as_str())
-    );
-    let refused = |r: &Router| {
-        r.status()
-            .and_then(|s| s["handshakes"]["retired_key"].as_u64())
-            .unwrap_or(0)
-    };
-    let seen = wait_until(Duration::from_secs(20), || {
-        refused(&routers[0]) > 0 && refused(&routers[2]) > 0
-    });
-    assert!(
-        seen,
-        "the old key was not refused:\n{}\n{}",
-        routers[0].log_tail(),
-        thief.log_tail()
-    );
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(thief.established_peers(), 0, "the old key got a link");
-    for i in [0, 2] {
-        assert!(
-            !peers(&routers[i].status().unwrap())
-                .iter()
-                .any(|(_, id)| *id == old_id),
-            "n{i} lists the old ID again"
-        );
-    }
+    let mut thief = rotation_thief(&cluster, &old_key, &old_id, &[0, 2]);
+    rotation_thief_refused(&thief, &[&routers[0], &routers[2]], &old_id);
     assert!(a.ping(b.addr, 3), "pods not connected at the end");
     thief.kill9();
     for r in &mut routers {
@@ -385,4 +307,169 @@ fn an_identity_older_than_its_max_age_is_rotated_once_at_start() {
         a.wait_ping(b.addr, Duration::from_secs(10)),
         "pods not connected after the rotation"
     );
+}
+
+/// A router on node 3 started with a copy of the old `identity.key`,
+/// seeded with `seeds`; it runs under the old ID.
+fn rotation_thief(cluster: &Cluster, old_key: &Path, old_id: &str, seeds: &[usize]) -> Router {
+    let names = ["n0", "n1", "n2", "n3"];
+    let seeds: Vec<_> = seeds.iter().map(|i| cluster.nodes[*i].underlay).collect();
+    let mut thief = Router::new(
+        Path::new(BIN),
+        &cluster.nodes[3],
+        &cluster.dir.path,
+        &seeds,
+        &names,
+    );
+    let state = thief.dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::copy(old_key, state.join("identity.key")).unwrap();
+    std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    thief.start();
+    assert_eq!(thief.status().unwrap()["id"].as_str(), Some(old_id));
+    thief
+}
+
+/// Every one of `routers` refuses the thief's old key (counted as
+/// `handshakes.retired_key`), the thief gets no link and nobody lists the
+/// old ID.
+fn rotation_thief_refused(thief: &Router, routers: &[&Router], old_id: &str) {
+    let refused = |r: &Router| {
+        r.status()
+            .and_then(|s| s["handshakes"]["retired_key"].as_u64())
+            .unwrap_or(0)
+    };
+    let seen = wait_until(Duration::from_secs(20), || {
+        routers.iter().all(|r| refused(r) > 0)
+    });
+    let counts: Vec<_> = routers
+        .iter()
+        .map(|r| (r.name.clone(), refused(r)))
+        .collect();
+    assert!(
+        seen,
+        "the old key was not refused by every router ({counts:?}):\n{}\n{}",
+        routers[0].log_tail(),
+        thief.log_tail()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(thief.established_peers(), 0, "the old key got a link");
+    for r in routers {
+        assert!(
+            !peers(&r.status().unwrap())
+                .iter()
+                .any(|(_, id)| *id == old_id),
+            "{} lists the old ID again",
+            r.name
+        );
+    }
+}
+
+#[test]
+fn a_retired_key_stays_refused_after_the_whole_cluster_restarts() {
+    if !require_root("a_retired_key_stays_refused_after_the_whole_cluster_restarts") {
+        return;
+    }
+    let (cluster, mut routers) = rotation_mesh();
+    let old_id = routers[1].status().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let old_key = cluster.dir.path.join("old-identity.key");
+    std::fs::copy(routers[1].dir.join("state/identity.key"), &old_key).unwrap();
+    rotation_rotate(&routers, &old_id);
+    let new_id = routers[1].status().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::thread::sleep(Duration::from_secs(WINDOW_SECS + 1));
+
+    // The whole cluster restarts (SIGTERM, same state dirs): nobody keeps
+    // the retirement in memory.
+    for r in &mut routers {
+        assert!(
+            r.terminate(Duration::from_secs(10)).is_some(),
+            "{} did not stop on SIGTERM",
+            r.name
+        );
+    }
+    for r in &mut routers {
+        r.start();
+    }
+    assert!(
+        wait_until(Duration::from_secs(20), || rotation_meshed(&routers)),
+        "the restarted routers did not mesh"
+    );
+    assert_eq!(
+        routers[1].status().unwrap()["id"].as_str(),
+        Some(new_id.as_str())
+    );
+    let mut thief = rotation_thief(&cluster, &old_key, &old_id, &[0, 1, 2]);
+    rotation_thief_refused(&thief, &routers.iter().collect::<Vec<_>>(), &old_id);
+    let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
+    assert!(
+        a.wait_ping(b.addr, Duration::from_secs(10)),
+        "pods not connected after the restart"
+    );
+    thief.kill9();
+    for r in &mut routers {
+        r.kill9();
+    }
+    eprintln!(
+        "old key of n1 refused by n0, n1 and n2 after the {WINDOW_SECS} s window and a restart of every router"
+    );
+}
+
+/// Three routers meshed (the window shortened to [`WINDOW_SECS`]), a pod
+/// on each, node 3 left free.
+fn rotation_mesh() -> (Cluster, Vec<Router>) {
+    let window = WINDOW_SECS.to_string();
+    let mut cluster = Cluster::new(4);
+    let routers = start_routers(
+        Path::new(BIN),
+        &mut cluster,
+        3,
+        |i| (0..3).filter(|j| *j != i).collect(),
+        |_, r| {
+            r.env = vec![("WEFT_IDENTITY_ROTATION_WINDOW_SECS".into(), window.clone())];
+        },
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || rotation_meshed(&routers)),
+        "the three routers did not mesh"
+    );
+    (cluster, routers)
+}
+
+fn rotation_meshed(routers: &[Router]) -> bool {
+    routers.iter().all(|r| r.established_peers() == 2)
+}
+
+/// `weft rotate-identity` on n1, then waits until n1 is back under a new
+/// ID and meshed again; what the command printed.
+fn rotation_rotate(routers: &[Router], old_id: &str) -> String {
+    let out = run_timeout(
+        Command::new(BIN)
+            .args(["rotate-identity", "--api"])
+            .arg(routers[1].api()),
+        20,
+    )
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "weft rotate-identity: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let back = wait_until(Duration::from_secs(30), || {
+        routers[1]
+            .status()
+            .is_some_and(|s| s["id"].as_str().is_some_and(|id| id != old_id))
+            && rotation_meshed(routers)
+    });
+    assert!(
+        back,
+        "n1 did not come back under a new ID:\n{}",
+        routers[1].log_tail()
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
 }

@@ -51,6 +51,7 @@ pub mod family;
 mod family_drive;
 pub mod heartbeat;
 pub mod ipam;
+mod keep_retired;
 pub mod link;
 pub mod mtu;
 pub mod peers;
@@ -61,6 +62,7 @@ mod punching;
 pub mod relay;
 pub mod relayed;
 mod requests;
+pub mod retired_keys;
 mod rotate;
 pub mod rotation;
 pub mod status;
@@ -204,6 +206,9 @@ pub struct Control {
     leaving: Option<Instant>,
     /// Verified identity rotations of peers and their windows.
     rotations: rotation::Rotations,
+    /// The change counts of the retirements last saved to the state dir
+    /// (`keep_retired.rs`).
+    retired_saved: Option<(u64, u64)>,
     /// After a successful `weft rotate-identity`: when to restart under
     /// the new key.
     rotating: Option<Instant>,
@@ -273,7 +278,7 @@ impl Control {
             },
         );
         let config_window = config.rotation_window;
-        Self {
+        let mut control = Self {
             peers: Peers::new(me, config.rekey_after),
             heartbeats: Heartbeats::new(epoch, short, config.mtu),
             admission: Admission::new(),
@@ -313,8 +318,12 @@ impl Control {
             api_latency: LatencyHistogram::default(),
             leaving: None,
             rotations: rotation::Rotations::new(config_window),
+            retired_saved: None,
             rotating: None,
-        }
+        };
+        // Before any connection: a retired key must not get in between.
+        control.restore_retired(now);
+        control
     }
 
     /// Runs until `shutdown` resolves (or `weft leave` or `weft
@@ -407,6 +416,7 @@ impl Control {
         }
         self.send_commands();
         self.send_heartbeats();
+        self.save_retired(now);
     }
 
     /// Runs the timers that are due of the cores other than the heartbeats
@@ -521,13 +531,17 @@ impl Control {
         rotation: &crate::crypto::rotation::Rotation,
         now: Instant,
     ) {
-        match self.rotations.learn(rotation, now) {
+        match self
+            .rotations
+            .learn(rotation, now, keep_retired::unix_now())
+        {
             Ok(_) => tracing::info!(
                 %old, %new, window = ?self.config.rotation_window,
                 "a router moved to a new identity key; its old key is accepted until the window ends"
             ),
             Err(e) => tracing::warn!(%old, %new, "identity rotation not tracked: {e}"),
         }
+        self.learn_retired_key(old, rotation.old);
         self.maker.unlearn(old);
         self.dirty = true;
     }

@@ -14,6 +14,7 @@
 
 use crate::crypto::rotation::{Admit, Rotation, RotationError, Successors};
 use crate::id::PeerId;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// What to do with a connection that finished its handshake.
@@ -32,6 +33,24 @@ pub enum Arrival {
 #[derive(Debug)]
 pub struct Rotations {
     successors: Successors,
+    window: Duration,
+    /// Each tracked rotation and the wall-clock second this router learned
+    /// it: what the state dir keeps (`retired_keys.rs`).
+    kept: BTreeMap<PeerId, (Rotation, u64)>,
+    /// Bumped when what [`Self::kept`] reports changes (a rotation learned,
+    /// a window ended): the driver saves then.
+    changes: u64,
+}
+
+/// A tracked rotation as the state dir keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kept {
+    /// The verified announcement.
+    pub rotation: Rotation,
+    /// Wall-clock seconds when this router learned it.
+    pub learned_unix: u64,
+    /// Its window is over: the old key is refused.
+    pub ended: bool,
 }
 
 impl Rotations {
@@ -39,16 +58,84 @@ impl Rotations {
     pub fn new(window: Duration) -> Self {
         Self {
             successors: Successors::new(window),
+            window,
+            kept: BTreeMap::new(),
+            changes: 0,
         }
     }
 
-    /// A rotation the topology verified (or this router's own).
+    /// A rotation the topology verified, learned at `now` (`unix`: the
+    /// same moment in wall-clock seconds, saved so a restart knows how
+    /// much of the window is left).
     pub fn learn(
         &mut self,
         rotation: &Rotation,
         now: Instant,
+        unix: u64,
     ) -> Result<(PeerId, PeerId), RotationError> {
-        self.successors.learn(rotation, now)
+        let ids = self.successors.learn(rotation, now)?;
+        self.keep(ids.0, rotation, unix);
+        Ok(ids)
+    }
+
+    /// This router's own rotation (the start that completed it): nobody
+    /// else holds the old key, so it is refused at once, no window.
+    pub fn retire_own(
+        &mut self,
+        rotation: &Rotation,
+        now: Instant,
+        unix: u64,
+    ) -> Result<(PeerId, PeerId), RotationError> {
+        let ids = self.successors.restore(rotation, None, now)?;
+        self.keep(ids.0, rotation, unix);
+        Ok(ids)
+    }
+
+    /// A rotation the state dir kept across a restart: learned at
+    /// `learned_unix`, its window over (`ended`) or ending at
+    /// `learned_unix` + window; `unix` is now in wall-clock seconds. A
+    /// clock that went back gives at most a full window again, never more.
+    pub fn restore(
+        &mut self,
+        kept: &Kept,
+        now: Instant,
+        unix: u64,
+    ) -> Result<(PeerId, PeerId), RotationError> {
+        let ends = kept.learned_unix.saturating_add(self.window.as_secs());
+        let left = (!kept.ended && ends > unix).then(|| Duration::from_secs(ends - unix));
+        let ids = self.successors.restore(&kept.rotation, left, now)?;
+        self.keep(ids.0, &kept.rotation, kept.learned_unix);
+        Ok(ids)
+    }
+
+    fn keep(&mut self, old: PeerId, rotation: &Rotation, unix: u64) {
+        if let std::collections::btree_map::Entry::Vacant(slot) = self.kept.entry(old) {
+            slot.insert((*rotation, unix));
+            self.changes += 1;
+        }
+    }
+
+    /// Every tracked rotation as the state dir keeps it, at `now`.
+    pub fn kept(&self, now: Instant) -> Vec<(PeerId, Kept)> {
+        self.kept
+            .iter()
+            .map(|(old, (rotation, learned_unix))| {
+                let ended = self.successors.admit(*old, now) == Admit::Retired;
+                (
+                    *old,
+                    Kept {
+                        rotation: *rotation,
+                        learned_unix: *learned_unix,
+                        ended,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Changes when what [`Self::kept`] reports does (other than time).
+    pub fn changes(&self) -> u64 {
+        self.changes
     }
 
     /// Judges a connection from `peer` at `now`, given the peers that have
@@ -77,6 +164,9 @@ impl Rotations {
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<PeerId> {
         let mut ended = Vec::new();
         self.successors.handle_timeout(now, &mut ended);
+        if !ended.is_empty() {
+            self.changes += 1;
+        }
         ended
     }
 
@@ -105,7 +195,7 @@ mod tests {
         let t0 = Instant::now();
         let mut r = Rotations::new(WINDOW);
         assert_eq!(
-            r.learn(&Rotation::sign(&old, &new, 5), t0),
+            r.learn(&Rotation::sign(&old, &new, 5), t0, 100),
             Ok((old.id(), new.id()))
         );
         let inside = t0 + WINDOW / 2;
@@ -128,7 +218,7 @@ mod tests {
         let (old, new, other) = (identity(1), identity(2), identity(3));
         let t0 = Instant::now();
         let mut r = Rotations::new(WINDOW);
-        r.learn(&Rotation::sign(&old, &new, 5), t0).unwrap();
+        r.learn(&Rotation::sign(&old, &new, 5), t0, 100).unwrap();
         assert_eq!(
             r.arrival(new.id(), [other.id(), old.id()], t0),
             Arrival::Accept {
@@ -147,15 +237,18 @@ mod tests {
         let t0 = Instant::now();
         let mut r = Rotations::new(WINDOW);
         let rotation = Rotation::sign(&old, &new, 5);
-        r.learn(&rotation, t0).unwrap();
+        r.learn(&rotation, t0, 100).unwrap();
         assert_eq!(r.poll_timeout(t0), Some(t0 + WINDOW));
         assert_eq!(r.handle_timeout(t0 + WINDOW / 2), vec![]);
-        r.learn(&rotation, t0 + WINDOW / 2).unwrap();
+        r.learn(&rotation, t0 + WINDOW / 2, 115).unwrap();
         assert_eq!(r.handle_timeout(t0 + WINDOW), vec![old.id()]);
         assert_eq!(r.handle_timeout(t0 + 2 * WINDOW), vec![]);
         assert_eq!(r.poll_timeout(t0 + 2 * WINDOW), None);
         // A second successor of the same key is refused.
         let stolen = Rotation::sign(&old, &identity(4), 6);
-        assert_eq!(r.learn(&stolen, t0 + WINDOW), Err(RotationError::Conflict));
+        assert_eq!(
+            r.learn(&stolen, t0 + WINDOW, 130),
+            Err(RotationError::Conflict)
+        );
     }
 }

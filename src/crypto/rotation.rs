@@ -190,9 +190,9 @@ pub enum Admit {
 pub struct Successors {
     window: Duration,
     /// Old ID → (new ID, end of the window, its end reported). Retired
-    /// keys stay (refused) for the life of the process; the signed
-    /// topology tombstone of the old ID is what refuses them after a
-    /// restart (see the design).
+    /// keys stay (refused) for the life of the process; across a restart
+    /// the router's state dir brings them back (`control::retired_keys`,
+    /// [`Self::restore`]).
     by_old: BTreeMap<PeerId, (PeerId, Instant, bool)>,
 }
 
@@ -225,6 +225,29 @@ impl Successors {
             }
         }
         Ok((old, new))
+    }
+
+    /// A rotation saved before a restart (`control::retired_keys`):
+    /// verified again, with what was `left` of its window (`None`: the
+    /// window had ended, the old key is refused at once and its end is not
+    /// reported again). A rotation already known keeps what it has.
+    pub fn restore(
+        &mut self,
+        rotation: &Rotation,
+        left: Option<Duration>,
+        now: Instant,
+    ) -> Result<(PeerId, PeerId), RotationError> {
+        let (old, new) = rotation.verify()?;
+        match self.by_old.get(&old) {
+            Some((known, _, _)) if *known != new => Err(RotationError::Conflict),
+            Some(_) => Ok((old, new)),
+            None if self.by_old.len() >= MAX_TRACKED => Err(RotationError::Full),
+            None => {
+                let until = now + left.unwrap_or_default().min(self.window);
+                self.by_old.insert(old, (new, until, left.is_none()));
+                Ok((old, new))
+            }
+        }
     }
 
     /// How to take the key whose ID is `id` at `now`.

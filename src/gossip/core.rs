@@ -230,8 +230,11 @@ pub struct Gossip {
     unreachable_since: HashMap<PeerId, Instant>,
     tombstones: HashMap<PeerId, Tombstone>,
     /// Retired IDs (identity rotation, `rotation.rs`), kept for the life of
-    /// the process, bounded.
+    /// the process, bounded; the driver saves them across restarts
+    /// (`control::retired_keys`).
     retired: BTreeMap<PeerId, rotation::Retirement>,
+    /// Bumped on every change of `retired` (the driver saves it).
+    retirement_changes: u64,
     /// The announcement of the rotation that made my key, carried by every
     /// version of my entry.
     my_rotation: Option<crate::crypto::rotation::Rotation>,
@@ -297,6 +300,7 @@ impl Gossip {
             unreachable_since: HashMap::new(),
             tombstones: HashMap::new(),
             retired: BTreeMap::new(),
+            retirement_changes: 0,
             my_rotation: None,
             routes: OnceCell::new(),
             neighbours_dirty: false,

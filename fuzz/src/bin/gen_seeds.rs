@@ -524,6 +524,36 @@ fn main() {
         let mut bad = bytes;
         bad[100] ^= 1;
         write("identity_rotation", "bad-signature", &bad);
+
+        // retired_keys: a file with a tombstone, one without, and empty.
+        use weft::control::retired_keys::{Record, encode};
+        use weft::control::rotation::Kept;
+        let (_, grave) = weft::gossip::core::tombstone(
+            &rotation,
+            "node-a",
+            1420,
+            &weft::crypto::SigningKey::from_identity(&old),
+        );
+        let kept = Kept {
+            rotation,
+            learned_unix: 1_796_228_100,
+            ended: false,
+        };
+        let records = [
+            Record {
+                kept,
+                tombstone: Some(grave),
+            },
+            Record {
+                kept: Kept {
+                    ended: true,
+                    ..kept
+                },
+                tombstone: None,
+            },
+        ];
+        write("retired_keys", "two", &encode(&records));
+        write("retired_keys", "empty", &encode(&[]));
     }
 
     cni_config();

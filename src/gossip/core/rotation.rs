@@ -91,8 +91,66 @@ impl Gossip {
                 tombstone: Some(signed),
             },
         );
+        self.retirement_changes += 1;
         self.install_mine(entry);
         self
+    }
+
+    /// Each retired ID held, its announcement and its tombstone once
+    /// known: what the state dir keeps across a restart
+    /// (`control::retired_keys`).
+    pub fn retirements(&self) -> impl Iterator<Item = (PeerId, &Rotation, Option<&SignedEntry>)> {
+        self.retired
+            .iter()
+            .map(|(old, r)| (*old, &r.rotation, r.tombstone.as_ref()))
+    }
+
+    /// Changes whenever [`Self::retirements`] does: the driver saves then.
+    pub fn retirement_changes(&self) -> u64 {
+        self.retirement_changes
+    }
+
+    /// A retirement the state dir kept across a restart, checked as if it
+    /// came from the network: the announcement verifies, and the tombstone,
+    /// if any, is the old key's own entry carrying it. Back in the table of
+    /// retirements without an event (the driver restores its windows
+    /// itself); if it made my key, my entry carries it again.
+    pub fn restore_retirement(
+        &mut self,
+        rotation: Rotation,
+        tombstone: Option<SignedEntry>,
+    ) -> Result<(), RefusedReason> {
+        let (old, new) = rotation.verify().map_err(|_| RefusedReason::BadRotation)?;
+        if old == self.me {
+            // My own key retired: nothing to hand or to refuse here.
+            return Err(RefusedReason::BadRotation);
+        }
+        if let Some(signed) = &tombstone {
+            let claim = signed.claim()?;
+            if claim.public_key != rotation.old || signed.rotation()? != Some(rotation) {
+                return Err(RefusedReason::BadRotation);
+            }
+            signed.verify_with(&claim, &mut self.verifying_keys)?;
+        }
+        self.conflict(old, new)?;
+        if !self.retired.contains_key(&old) && self.retired.len() >= MAX_TRACKED {
+            return Err(RefusedReason::TooManyRotations);
+        }
+        let held = self.retired.entry(old).or_insert(Retirement {
+            successor: new,
+            rotation,
+            tombstone: None,
+        });
+        if held.tombstone.is_none() {
+            held.tombstone = tombstone;
+        }
+        self.retirement_changes += 1;
+        if new == self.me && self.my_rotation.is_none() {
+            self.my_rotation = Some(rotation);
+            let entry = self.my_entry().clone();
+            self.install_mine(entry);
+        }
+        Ok(())
     }
 
     /// The router `old` moved to, if this core knows `old` is retired.
@@ -204,8 +262,12 @@ impl Gossip {
             rotation,
             tombstone: None,
         });
-        if held.tombstone.is_none() {
+        if held.tombstone.is_none() && tombstone.is_some() {
             held.tombstone = tombstone;
+            self.retirement_changes += 1;
+        }
+        if first {
+            self.retirement_changes += 1;
         }
         self.tombstones.remove(&old);
         self.unreachable_since.remove(&old);

@@ -361,3 +361,107 @@ fn a_short_id_the_old_key_moved_to_after_a_clash_is_carried_and_clashes_with_nob
     assert_eq!(peer.peer_by_short(moved), Some(new.id()));
     assert_eq!(peer.peer_by_short(preferred), Some(y.id()));
 }
+
+/// The tombstones `g` hands a new neighbour, by ID.
+fn tombstones_handed(g: &mut Gossip, now: Instant) -> Vec<PeerId> {
+    drain(g);
+    g.connection_up(info(&identity(3), "newcomer"), true, now);
+    let mut ids = Vec::new();
+    while let Some((_, frame)) = g.poll_transmit() {
+        if let Ok(Message::Update(u)) = Message::decode(&frame) {
+            for e in u.entries {
+                if let (Ok(claim), Ok(Some(r))) = (e.claim(), e.rotation())
+                    && r.old == claim.public_key
+                {
+                    ids.push(claim.id);
+                }
+            }
+        }
+    }
+    ids
+}
+
+/// A rotation from `seed`'s key to `seed + 1`'s, and the old ID's
+/// tombstone, as a router saves them.
+fn saved_retirement(seed: u64) -> (Identity, Identity, Rotation, SignedEntry) {
+    let (old, new) = (identity(seed), identity(seed + 1));
+    let rotation = Rotation::sign(&old, &new, 1_796_000_000);
+    let (_, grave) = tombstone(&rotation, "x", 1420, &SigningKey::from_identity(&old));
+    (old, new, rotation, grave)
+}
+
+#[test]
+fn a_saved_retirement_is_restored_checked_and_handed_on_after_a_restart() {
+    let (old, new, rotation, grave) = saved_retirement(30);
+    let now = Instant::now();
+    // A peer restarted: a fresh core restores what it saved.
+    let (mut g, n, _) = {
+        let me = identity(1);
+        let mut g = core(&me, "me", now);
+        let n = identity(2);
+        g.connection_up(info(&n, "neighbour"), true, now);
+        (g, n.id(), now)
+    };
+    let before = g.retirement_changes();
+    assert_eq!(g.restore_retirement(rotation, Some(grave.clone())), Ok(()));
+    assert_ne!(g.retirement_changes(), before);
+    assert_eq!(g.successor_of(old.id()), Some(new.id()));
+    // No event: the driver restores the window itself.
+    assert!(
+        !drain(&mut g)
+            .iter()
+            .any(|e| matches!(e, GossipEvent::Rotated { .. }))
+    );
+    // The old key's entry, replayed by its holder, is not taken.
+    let x = entry(&old, "x", 9, ShortId(4242));
+    g.handle_message(n, &update(vec![signed(&old, &x, None)]), now)
+        .unwrap();
+    drain(&mut g);
+    assert!(g.entry(old.id()).is_none());
+    assert_eq!(tombstones_handed(&mut g, now), vec![old.id()]);
+    let saved: Vec<_> = g
+        .retirements()
+        .map(|(id, r, t)| (id, *r, t.cloned()))
+        .collect();
+    assert_eq!(saved, vec![(old.id(), rotation, Some(grave.clone()))]);
+
+    // Forged or mismatched records are refused and change nothing.
+    let mut fresh = core(&identity(1), "me", now);
+    let other = Rotation::sign(&old, &identity(32), 1_796_000_001);
+    assert_eq!(
+        fresh.restore_retirement(other, Some(grave.clone())),
+        Err(RefusedReason::BadRotation),
+        "a tombstone carrying another announcement"
+    );
+    let mut bent = grave.clone();
+    bent.bytes[20] ^= 1;
+    assert!(fresh.restore_retirement(rotation, Some(bent)).is_err());
+    let mut bad = rotation.encode();
+    bad[100] ^= 1;
+    let bad = Rotation::decode(&bad).unwrap();
+    assert_eq!(
+        fresh.restore_retirement(bad, None),
+        Err(RefusedReason::BadRotation)
+    );
+    assert_eq!(fresh.retirements().count(), 0);
+    // A second successor of a key already retired is a conflict.
+    assert_eq!(fresh.restore_retirement(rotation, None), Ok(()));
+    assert!(matches!(
+        fresh.restore_retirement(other, None),
+        Err(RefusedReason::RotationConflict { .. })
+    ));
+}
+
+#[test]
+fn a_rotated_router_restarted_without_its_old_key_still_carries_its_announcement() {
+    let (old, new, rotation, grave) = saved_retirement(40);
+    let now = Instant::now();
+    let mut g = core(&new, "x", now);
+    assert_eq!(g.restore_retirement(rotation, Some(grave)), Ok(()));
+    let mine = g.table.signed(new.id()).unwrap();
+    assert_eq!(mine.rotation(), Ok(Some(rotation)));
+    assert_eq!(tombstones_handed(&mut g, now), vec![old.id()]);
+    // A core holding the old key does not retire itself from a file.
+    let mut thief = core(&old, "x", now);
+    assert!(thief.restore_retirement(rotation, None).is_err());
+}
