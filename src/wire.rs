@@ -49,11 +49,17 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, bincode::error::Encode
 /// Decodes a `T` from the start of `bytes`, ignoring trailing bytes (so that
 /// newer peers may append fields).
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    decode_prefix(bytes).map(|(value, _read)| value)
+}
+
+/// Decodes a `T` from the start of `bytes` and says how many bytes it
+/// took, so that a field appended after a whole encoded value (a ring's
+/// titles after the ring) can be decoded from the rest.
+pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), DecodeError> {
     if bytes.len() > MAX_MESSAGE {
         return Err(DecodeError::Malformed("message too large".into()));
     }
     bincode::serde::decode_from_slice(bytes, config())
-        .map(|(value, _read)| value)
         .map_err(|e| DecodeError::Malformed(e.to_string()))
 }
 

@@ -65,6 +65,8 @@ impl Versions {
             min: crate::gossip::message::TOPOLOGY_VERSION,
             max: crate::gossip::message::TOPOLOGY_VERSION,
         },
+        // 6: signed titles after a full ring's entries (older peers
+        // ignore them as trailing bytes);
         // 5: writers' keys asked of the sender of a ring;
         // 4: digests answered with bucket hashes and differing buckets;
         // 3: signed ring items; 2: periodic ring digests; 1: full rings.

@@ -6,7 +6,7 @@
 use super::delta::{DeltaError, RingDelta};
 use super::digest::{BucketDigest, RingSummary};
 use super::range::AddrRange;
-use super::ring::{GenesisId, Ring, RingError, RingWire};
+use super::ring::{GenesisId, Ring, RingError, RingWire, TitlesWire};
 use crate::id::PeerId;
 use crate::wire::{self, DecodeError};
 use serde::{Deserialize, Serialize};
@@ -39,8 +39,15 @@ pub const RING_DELTA_VERSION: u8 = 4;
 /// sender for the key, which must hash to the writer's ID. Only to peers
 /// whose handshake offers version 5.
 pub const RING_KEYS_VERSION: u8 = 5;
+/// Ring channel version 6 added signed titles (issue 15): a full ring's
+/// body is followed by the titles of its entries (`ring/title.rs`), which
+/// older decoders ignore as trailing bytes; the envelope keeps version 3
+/// so that every signed peer reads it. A ring with titles comes from a
+/// version-6 sender, and its jumps over another router's range need one;
+/// a ring without them is judged as before and its jumps counted.
+pub const RING_TITLES_VERSION: u8 = 6;
 /// The newest ring channel version this build reads.
-pub const RING_NEWEST_VERSION: u8 = RING_KEYS_VERSION;
+pub const RING_NEWEST_VERSION: u8 = RING_TITLES_VERSION;
 /// The most writer IDs or keys one [`Message::WantKeys`] or
 /// [`Message::Keys`] carries.
 pub const MAX_KEYS: usize = 256;
@@ -167,11 +174,7 @@ impl Message {
     /// Encodes with the envelope.
     pub fn encode(&self) -> Vec<u8> {
         let (version, kind, body) = match self {
-            Self::Ring(ring) => (
-                RING_SIGNED_VERSION,
-                TYPE_RING,
-                wire::encode(&ring.to_wire()),
-            ),
+            Self::Ring(ring) => (RING_SIGNED_VERSION, TYPE_RING, encode_ring(ring)),
             Self::Propose(p) => (RING_SIGNED_VERSION, TYPE_PROPOSE, wire::encode(p)),
             Self::DonateRequest(r) => (RING_SIGNED_VERSION, TYPE_DONATE_REQUEST, wire::encode(r)),
             Self::Digest(d) => (RING_SIGNED_VERSION, TYPE_DIGEST, wire::encode(d)),
@@ -202,7 +205,7 @@ impl Message {
         let delta = *version >= RING_DELTA_VERSION;
         let keys = *version >= RING_KEYS_VERSION;
         Ok(match *kind {
-            TYPE_RING => Self::Ring(Ring::from_wire(wire::decode::<RingWire>(body)?)?),
+            TYPE_RING => Self::Ring(decode_ring(body)?),
             TYPE_PROPOSE => Self::Propose(Proposal::decode(body)?),
             TYPE_DONATE_REQUEST => Self::DonateRequest(wire::decode(body)?),
             TYPE_DIGEST => Self::Digest(wire::decode(body)?),
@@ -225,6 +228,29 @@ impl Message {
             other => return Err(DecodeError::UnknownType(other).into()),
         })
     }
+}
+
+/// A ring's body: the ring, then its titles unless it is sent as a
+/// sender below ring version 6 sends it ([`RING_TITLES_VERSION`]).
+fn encode_ring(ring: &Ring) -> Result<Vec<u8>, bincode::error::EncodeError> {
+    let mut body = wire::encode(&ring.to_wire())?;
+    if !ring.untitled() {
+        body.extend(wire::encode(&ring.titles_wire())?);
+    }
+    Ok(body)
+}
+
+/// Reads [`encode_ring`]'s body: nothing after the ring means a sender
+/// that sends no titles.
+fn decode_ring(body: &[u8]) -> Result<Ring, MessageError> {
+    let (ring, read) = wire::decode_prefix::<RingWire>(body)?;
+    let ring = Ring::from_wire(ring)?;
+    let rest = body.get(read..).unwrap_or_default();
+    let titles = match rest {
+        [] => None,
+        rest => Some(wire::decode::<TitlesWire>(rest)?),
+    };
+    Ok(ring.with_titles(titles)?)
 }
 
 /// A decoded list of keys or IDs, refused above [`MAX_KEYS`] (the wire's
@@ -355,7 +381,12 @@ mod tests {
         let Message::Delta(delta) = &seeds[2].1 else {
             unreachable!()
         };
-        assert_eq!(delta.patch(&base).unwrap(), changed);
+        // Buckets carry no titles (yet): the rebuilt ring is the sender's
+        // but for them.
+        assert_eq!(
+            delta.patch(&base).unwrap().without_titles(),
+            changed.without_titles()
+        );
     }
 
     #[test]

@@ -129,16 +129,20 @@ fn one_requester_takes_at_most_three_quarters_of_the_donors_free_space_per_windo
     assert!(kept >= 85 - 64, "router 1 kept {kept}");
 }
 
+/// Router 1's first entry in `ring`, with its token.
+fn routers_1_entry(ring: &super::Ring) -> (u128, Entry) {
+    ring.entries()
+        .iter()
+        .find(|(_, e)| e.owner == PeerId(1))
+        .map(|(t, e)| (*t, *e))
+        .unwrap()
+}
+
 #[test]
 fn an_entry_naming_another_writer_than_its_signer_is_refused_and_changes_nothing() {
     let mut net = three("10.32.0.0/24");
     let before = net.node(2).ring().unwrap().clone();
-    let (token, gov) = before
-        .entries()
-        .iter()
-        .find(|(_, e)| e.owner == PeerId(1))
-        .map(|(t, e)| (*t, *e))
-        .unwrap();
+    let (token, gov) = routers_1_entry(&before);
     let mut forged = before.clone();
     let entry = Entry {
         owner: PeerId(3),
@@ -178,4 +182,89 @@ fn own_changes_leave_signed_and_verify_at_every_peer_once() {
         .handle_message(PeerId(1), &Message::Ring(ring).encode(), now)
         .unwrap();
     assert_eq!(net.node(2).signature_checks(), checks);
+}
+
+/// Three voters; router 2 requires titles of a titled peer's jumps.
+fn three_with_titles_required_at_2(required: bool) -> Net {
+    let mut net = Net::new();
+    for i in 1..=3 {
+        let mut cfg = super::tests::config(i, "10.32.0.0/24", super::tests::voters(&[1, 2, 3]));
+        cfg.require_titles = required && i == 2;
+        net.add(cfg);
+    }
+    net.settle();
+    net
+}
+
+/// Issue 15's last hole: member 3 gives router 1's range to a fourth
+/// router at 1's version plus two, sent only to router 2, which never saw
+/// 1's history (a bounded jump, which an honest donation it missed would
+/// look like without titles).
+fn give_away_routers_1_range(net: &mut Net) -> Result<(), IpamError> {
+    let before = net.node(2).ring().unwrap().clone();
+    let (token, gov) = routers_1_entry(&before);
+    let mut forged = before;
+    let entry = Entry {
+        owner: PeerId(4),
+        version: gov.version + 2,
+        writer: PeerId(3),
+        reclaim: false,
+    };
+    forged.insert_signed(token, entry, &TestCrypto::new(PeerId(3)));
+    let now = net.now;
+    net.node(2)
+        .handle_message(PeerId(3), &Message::Ring(forged).encode(), now)
+}
+
+#[test]
+fn a_member_giving_another_routers_range_away_is_refused_where_titles_are_required() {
+    let mut net = three_with_titles_required_at_2(true);
+    let before = net.node(2).ring().unwrap().clone();
+    let err = give_away_routers_1_range(&mut net).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            IpamError::Misbehaved(RingError::Title {
+                reason: super::ring::TitleError::Missing,
+                ..
+            })
+        ),
+        "{err}"
+    );
+    assert_eq!(net.node(2).ring().unwrap(), &before);
+    // Where titles are not required (the default, and every build before
+    // them) the same ring is accepted, and counted.
+    let mut net = three_with_titles_required_at_2(false);
+    give_away_routers_1_range(&mut net).unwrap();
+    let events: Vec<Event> = std::iter::from_fn(|| net.node(2).poll_event()).collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::JumpsWithoutTitle { count: 1, .. })),
+        "{events:?}"
+    );
+    assert!(net.node(2).ring().unwrap().owners().contains(&PeerId(4)));
+}
+
+#[test]
+fn honest_donations_pass_where_every_router_requires_titles() {
+    let mut net = Net::new();
+    for i in 1..=3 {
+        let mut cfg = super::tests::config(i, "10.32.0.0/24", super::tests::voters(&[1, 2, 3]));
+        cfg.require_titles = true;
+        net.add(cfg);
+    }
+    net.settle();
+    // 3 asks 1, then 2 asks 3.
+    request(&mut net, 3, 1);
+    net.pump();
+    net.now += Duration::from_secs(3);
+    request(&mut net, 2, 3);
+    net.pump();
+    assert!(net.errors.is_empty(), "{:?}", net.errors);
+    let rings: Vec<_> = (1..=3)
+        .map(|i| net.node(i).ring().unwrap().clone())
+        .collect();
+    assert!(rings.windows(2).all(|w| w[0].entries() == w[1].entries()));
+    assert!(!rings[0].titles().is_empty(), "donations carry titles");
 }

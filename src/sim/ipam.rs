@@ -29,7 +29,7 @@ mod ops;
 use super::net::{NetConfig, Network};
 use crate::id::PeerId;
 use crate::ipam::digest::RingSummary;
-use crate::ipam::message::{RING_DELTA_VERSION, RING_DIGEST_VERSION};
+use crate::ipam::message::{RING_DELTA_VERSION, RING_DIGEST_VERSION, RING_TITLES_VERSION};
 use crate::ipam::signed::TestCrypto;
 use crate::ipam::{AddrRange, Allocator, Config, Destination, Event, Init, MemStore};
 use rand::rngs::StdRng;
@@ -171,7 +171,7 @@ impl Sim {
         self.ring_versions
             .get(&id)
             .copied()
-            .unwrap_or(RING_DELTA_VERSION)
+            .unwrap_or(RING_TITLES_VERSION)
     }
 
     /// Picks a joining or restarting router's build: old with `old_share`
@@ -191,7 +191,7 @@ impl Sim {
             true if kept.is_some_and(|v| v < RING_DELTA_VERSION) => kept.unwrap_or(1),
             true if self.rng.gen_bool(0.5) => 1,
             true => RING_DIGEST_VERSION,
-            false => RING_DELTA_VERSION,
+            false => RING_TITLES_VERSION,
         };
         self.ring_versions.insert(id, version);
     }

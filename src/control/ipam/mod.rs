@@ -381,6 +381,7 @@ impl IpamDriver {
                 }
                 IpamError::Misbehaved(RingError::Signature(_)) => "bad_signature",
                 IpamError::Misbehaved(RingError::Jump { .. }) => "version_jump",
+                IpamError::Misbehaved(RingError::Title { reason, .. }) => reason.counter(),
                 IpamError::Misbehaved(RingError::TombstoneOfLive { .. }) => "tombstone_of_live",
                 IpamError::Misbehaved(_) => "misbehaved",
                 IpamError::GenesisMismatch { .. } => "genesis_mismatch",
@@ -438,6 +439,10 @@ impl IpamDriver {
                 Event::DonationRefused { requester, reason } => {
                     *self.refused.entry(reason.as_str()).or_default() += 1;
                     tracing::debug!(requester = %self.label(requester), reason = reason.as_str(), "donation request refused");
+                }
+                Event::JumpsWithoutTitle { from, count } => {
+                    *self.refused.entry("jump_without_title").or_default() += count;
+                    tracing::debug!(from = %self.label(from), count, "ring merged with version jumps that came without titles");
                 }
                 Event::Reclaimed { dead, addresses } => {
                     tracing::warn!(dead = %self.label(dead), addresses, "reclaimed a dead router's addresses");

@@ -136,7 +136,12 @@ impl<S: Store> Allocator<S> {
             self.ask_for_the_ring(from, delta.genesis);
             return Ok(());
         }
-        let theirs = delta.patch(mine).map_err(MessageError::from)?;
+        // Buckets carry no titles yet: the rebuilt ring is judged as a
+        // ring from a sender that sends none (its jumps counted).
+        let theirs = delta
+            .patch(mine)
+            .map_err(MessageError::from)?
+            .without_titles();
         if hashes_of(&theirs, delta.buckets()) != delta.hashes {
             // Our ring changed in a bucket the sender did not send since it
             // saw our hashes (a merge with another peer, a restart): the

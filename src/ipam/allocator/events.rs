@@ -71,6 +71,18 @@ pub enum Event {
         /// Which limit.
         reason: DonationRefusal,
     },
+    /// A peer's ring was merged with version jumps over other routers'
+    /// ranges that came without a title proving their writer's right (the
+    /// peer sends none, ring version below 6, or the title was lost on the
+    /// way; `ring/title.rs`). The driver counts them as
+    /// `jump_without_title`, so an operator sees when the last such peer
+    /// is gone.
+    JumpsWithoutTitle {
+        /// The sender.
+        from: PeerId,
+        /// How many entries.
+        count: u64,
+    },
     /// `rmpeer` (or a follow-up) took over a dead router's ranges.
     Reclaimed {
         /// The dead router.

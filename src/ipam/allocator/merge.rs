@@ -8,7 +8,7 @@ use super::delta::SendBack;
 use super::{Alarm, Allocator, Destination, Event, Init, subtract};
 use crate::id::PeerId;
 use crate::ipam::error::IpamError;
-use crate::ipam::message::Message;
+use crate::ipam::message::{Message, RING_TITLES_VERSION};
 use crate::ipam::ring::{GenesisId, Ring};
 use crate::ipam::store::Store;
 use std::collections::BTreeMap;
@@ -20,6 +20,12 @@ impl<S: Store> Allocator<S> {
     /// quarantine of that ring ends.
     pub(super) fn relearning(&self, now: Instant) -> bool {
         self.relearn_until.is_some_and(|until| now < until)
+    }
+
+    /// True when this allocator sends titles with its ring and requires
+    /// them of a titled peer's jumps (`ring/title.rs`).
+    pub(super) fn speaks_titles(&self) -> bool {
+        self.cfg.ring_version >= RING_TITLES_VERSION
     }
 
     /// A peer's ring (whole, or rebuilt from a delta: `back` says how to
@@ -73,7 +79,14 @@ impl<S: Store> Allocator<S> {
             return Ok(());
         }
         let me = (!self.relearning(now)).then_some(self.cfg.me);
-        mine.validate_update(me, &self.reachable, &theirs)?;
+        let require_titles = self.cfg.require_titles && self.speaks_titles() && !theirs.untitled();
+        let judged = mine.judge_update(me, &self.reachable, &theirs, require_titles)?;
+        if judged.untitled_jumps > 0 {
+            self.events.push_back(Event::JumpsWithoutTitle {
+                from,
+                count: judged.untitled_jumps,
+            });
+        }
         let mut joined = mine.clone();
         joined.join(&theirs);
         self.apply_ring(from, joined, now)?;
@@ -273,7 +286,11 @@ impl<S: Store> Allocator<S> {
         self.refresh_record(now);
         self.sign_own();
         if let Some(ring) = &self.ring {
-            let bytes = Message::Ring(ring.clone()).encode();
+            let ring = match self.speaks_titles() {
+                true => ring.clone(),
+                false => ring.clone().without_titles(),
+            };
+            let bytes = Message::Ring(ring).encode();
             self.transmits.push_back((to, bytes));
         }
     }

@@ -65,7 +65,7 @@ pub use events::{Alarm, Destination, DonationRefusal, Event, Timer};
 pub use status::{OwnedRange, Phase, Status};
 
 use super::error::IpamError;
-use super::message::{Message, MessageError, RING_KEYS_VERSION};
+use super::message::{Message, MessageError, RING_TITLES_VERSION};
 use super::range::AddrRange;
 use super::ring::{GenesisId, Ring};
 use super::signed::{RingCrypto, Verifier};
@@ -112,14 +112,22 @@ pub struct Config {
     /// How long to wait for a donation before asking someone else.
     pub request_timeout: Duration,
     /// The newest ring channel version this allocator speaks:
-    /// [`RING_KEYS_VERSION`] (writers' keys asked of peers, `keys.rs`) by
-    /// default; [`RING_DELTA_VERSION`](super::message::RING_DELTA_VERSION) behaves as a build that asked for no
+    /// [`RING_TITLES_VERSION`] (signed titles sent with a ring and required
+    /// of a titled peer's jumps, `ring/title.rs`) by default;
+    /// [`RING_KEYS_VERSION`](super::message::RING_KEYS_VERSION) (writers' keys asked of peers, `keys.rs`)
+    /// sends no titles and judges jumps as before them; [`RING_DELTA_VERSION`](super::message::RING_DELTA_VERSION) behaves as a build that asked for no
     /// keys, with digests answered by bucket hashes and the differing
     /// buckets; 2 or 3 behaves as a build that
     /// answered digests with its whole ring, 1 as one built before digests
     /// (full ring every interval, digests refused), which the simulator
     /// uses for mixed-version clusters.
     pub ring_version: u8,
+    /// Refuse a version jump over another router's range that comes
+    /// without a title proving its writer's right, from a peer that sends
+    /// titles (`ring/title.rs`). Off by default: titles do not yet survive
+    /// the bucket exchange or a restart, so an honest jump can lack one;
+    /// such jumps are counted as `jump_without_title` meanwhile.
+    pub require_titles: bool,
     /// The least time between two answered donation requests from one
     /// requester (`donation.rs`, drain limits).
     pub donation_interval: Duration,
@@ -142,7 +150,8 @@ impl Config {
             gossip_max: Duration::from_secs(30),
             convergence_bound: Duration::from_secs(30),
             request_timeout: Duration::from_secs(5),
-            ring_version: RING_KEYS_VERSION,
+            ring_version: RING_TITLES_VERSION,
+            require_titles: false,
             donation_interval: Duration::from_secs(10),
             crypto,
         }

@@ -25,11 +25,15 @@ use std::fmt;
 mod sigs;
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod tests_title;
+mod title;
 mod validate;
 mod wire;
 
-pub use validate::MAX_VERSION_JUMP;
-pub use wire::RingWire;
+pub use title::{Link, MAX_TITLE_LINKS, TitleError};
+pub use validate::{Judged, MAX_VERSION_JUMP};
+pub use wire::{RingWire, TitlesWire};
 
 /// Identifies one initialisation of the ring. Two rings with different
 /// genesis IDs were initialised separately and never merge.
@@ -128,6 +132,10 @@ pub enum RingError {
     /// Malformed: a version above [`MAX_VERSION`].
     #[error("ring version {0} is above the ceiling")]
     VersionTooHigh(u64),
+    /// Malformed: a title that is empty, longer than
+    /// [`MAX_TITLE_LINKS`], or with a link out of range.
+    #[error("ring title at offset {0} is malformed")]
+    BadTitle(u128),
     /// Malformed: the founding does not hash to the genesis ID.
     #[error("ring founding does not match its genesis ID")]
     BadFounding,
@@ -147,6 +155,16 @@ pub enum RingError {
         from: u64,
         /// Theirs.
         to: u64,
+    },
+    /// Misbehaving: a version jump over another router's range that gives
+    /// it away, from a peer that sends titles, without one that proves the
+    /// writer held it (`title.rs`).
+    #[error("ring entry at offset {token} jumps over another router's range: {reason}; refused")]
+    Title {
+        /// The token of the offending entry.
+        token: u128,
+        /// What is wrong with its title.
+        reason: title::TitleError,
     },
     /// Misbehaving: a new tombstone of a router this router can reach (a
     /// reclaim of a live router; `rmpeer` is for dead ones).
@@ -217,6 +235,12 @@ pub struct Ring {
     tombstones: BTreeSet<(PeerId, PeerId)>,
     peers: BTreeMap<PeerId, PeerRecord>,
     sigs: Sigs,
+    /// The titles of entries whose owner is not their writer (and of the
+    /// part a donor keeps), by token (`title.rs`).
+    titles: BTreeMap<u128, Vec<title::Link>>,
+    /// Decoded from a sender that sends no titles (ring version below 6):
+    /// its jumps are judged as before titles, and counted.
+    untitled: bool,
 }
 
 impl Ring {
@@ -252,6 +276,8 @@ impl Ring {
             tombstones: BTreeSet::new(),
             peers: BTreeMap::new(),
             sigs: Sigs::default(),
+            titles: BTreeMap::new(),
+            untitled: false,
         };
         ring.assert_invariants();
         ring
@@ -424,6 +450,15 @@ impl Ring {
                 }
             };
             take(&mut self.sigs.entries, &other.sigs.entries, *token, won);
+            match other.titles.get(token) {
+                Some(title) if won || !self.titles.contains_key(token) => {
+                    self.titles.insert(*token, title.clone());
+                }
+                None if won => {
+                    self.titles.remove(token);
+                }
+                _ => {}
+            }
         }
         for t in &other.tombstones {
             let won = self.tombstones.insert(*t);
@@ -489,6 +524,7 @@ impl Ring {
         }
         let range_end = self.end_of(token);
         let version = gov.version + 1;
+        let title = self.title_from(token, &gov);
         let given = Entry {
             owner: to,
             version,
@@ -497,6 +533,7 @@ impl Ring {
         };
         self.entries.insert(start, given);
         self.sigs.entries.remove(&start);
+        self.titles.insert(start, title.clone());
         if end < range_end {
             let kept = Entry {
                 owner: me,
@@ -506,6 +543,7 @@ impl Ring {
             };
             self.entries.insert(end + 1, kept);
             self.sigs.entries.remove(&(end + 1));
+            self.titles.insert(end + 1, title);
         }
         self.assert_invariants();
         true
@@ -526,6 +564,7 @@ impl Ring {
                 };
                 taken.push(*token);
                 self.sigs.entries.remove(token);
+                self.titles.remove(token);
             }
         }
         self.tombstones.insert((dead, me));

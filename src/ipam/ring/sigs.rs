@@ -8,7 +8,7 @@ use super::Entry;
 use super::{Ring, RingError};
 use crate::id::PeerId;
 use crate::ipam::signed::{
-    RingCrypto, Signature, entry_message, record_message, tombstone_message,
+    RingCrypto, SignError, Signature, entry_message, record_message, tombstone_message,
 };
 
 /// Checks one writer's signature over one message (the allocator's
@@ -31,6 +31,16 @@ impl Ring {
             if *by == me && !self.sigs.tombstones.contains_key(&(*dead, *by)) {
                 let sig = crypto.sign(&tombstone_message(genesis, *dead, *by));
                 self.sigs.tombstones.insert((*dead, *by), sig);
+            }
+        }
+        // A title link is one of our entries that was not signed yet when
+        // the title was built (two changes between sends).
+        for links in self.titles.values_mut() {
+            for link in links.iter_mut() {
+                if link.entry.writer == me && link.entry.version > 1 && link.signature.is_none() {
+                    let message = entry_message(genesis, link.token, &link.entry);
+                    link.signature = Some(crypto.sign(&message));
+                }
             }
         }
         if let Some(r) = self.peers.get(&me)
@@ -73,6 +83,19 @@ impl Ring {
                 entry_message(genesis, *token, e),
                 &sig(self.sigs.entries.get(token)),
             )?;
+            for link in self.titles.get(token).into_iter().flatten() {
+                if link.entry.version == 1 {
+                    if founded.entries.get(&link.token) != Some(&link.entry) {
+                        return Err(SignError::BadSignature(link.entry.writer).into());
+                    }
+                    continue;
+                }
+                check(
+                    link.entry.writer,
+                    entry_message(genesis, link.token, &link.entry),
+                    &sig(link.signature.as_ref()),
+                )?;
+            }
         }
         for t in &self.tombstones {
             if base.is_some_and(|b| b.tombstones.contains(t)) {

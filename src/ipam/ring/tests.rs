@@ -156,7 +156,21 @@ fn golden_bytes_of_the_ring_encoding() {
         1, 2, 1, 190, 1, 0, // record of peer 2: version 1, free 190, pods 1, unsigned
     ];
     assert_eq!(bytes, expected, "ring wire format changed: {bytes:?}");
+    // Ring version 6 appends the titles: token 64's is the genesis entry
+    // its writer held it by.
+    let titles = crate::wire::encode(&r.titles_wire()).unwrap();
+    let expected: Vec<u8> = vec![
+        1,  // 1 title
+        64, // for token 64
+        1,  // 1 link
+        0, 1, 1, 1, 0, 0, // token 0: owner 1, version 1, writer 1, no reclaim, unsigned
+    ];
+    assert_eq!(titles, expected, "titles wire format changed: {titles:?}");
     let back = Ring::from_wire(crate::wire::decode(&bytes).unwrap()).unwrap();
+    assert_eq!(back.clone().with_titles(None).unwrap().titles().len(), 0);
+    let back = back
+        .with_titles(Some(crate::wire::decode(&titles).unwrap()))
+        .unwrap();
     assert_eq!(back, r);
 }
 

@@ -26,12 +26,22 @@
 //! is for routers dead for a convergence bound (DESIGN.md "Reclaim"), and a
 //! hostile member must not reclaim a live one.
 
-use super::{Entry, Ring, RingError};
+use super::{Entry, Ring, RingError, TitleError};
 use crate::id::PeerId;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The largest version jump accepted over another router's range.
 pub const MAX_VERSION_JUMP: u64 = 32;
+
+/// What [`Ring::judge_update`] let through that an operator should see.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Judged {
+    /// Jumps over another router's range accepted without a title (from a
+    /// sender that sends none, or when titles are not required).
+    pub untitled_jumps: u64,
+    /// Jumps accepted on a title that proved the writer's right.
+    pub titled_jumps: u64,
+}
 
 impl Ring {
     /// Refuses a peer's ring if joining it would let a router change a range
@@ -43,13 +53,30 @@ impl Ring {
     /// bounded jump (see the module docs); our own ranges do not when `me`
     /// is given, since we know our own history (pass `None` while
     /// relearning after a restart without state). A new tombstone of a
-    /// router in `live` is refused. Changes nothing.
+    /// router in `live` is refused. Changes nothing. Titles are not
+    /// required ([`Ring::judge_update`] says when they are).
     pub fn validate_update(
         &self,
         me: Option<PeerId>,
         live: &BTreeSet<PeerId>,
         other: &Self,
     ) -> Result<(), RingError> {
+        self.judge_update(me, live, other, false).map(|_| ())
+    }
+
+    /// [`Ring::validate_update`], with a bounded jump that gives another
+    /// router's range away accepted only on a title that proves its
+    /// writer's right (`title.rs`) when `require_titles` (the allocator
+    /// speaks ring version 6 and `other` came with titles); otherwise such
+    /// jumps are accepted as before and counted.
+    pub fn judge_update(
+        &self,
+        me: Option<PeerId>,
+        live: &BTreeSet<PeerId>,
+        other: &Self,
+        require_titles: bool,
+    ) -> Result<Judged, RingError> {
+        let mut judged = Judged::default();
         if other.range != self.range {
             return Err(RingError::RangeMismatch {
                 ours: self.range,
@@ -82,13 +109,33 @@ impl Ring {
                 .chain(other.tombstones.iter())
                 .any(|(_, by)| *by == w)
         };
-        let jump_allowed = |gov: &Entry, theirs: &Entry| {
+        // A gift (owner not writer) needs its title when titles are
+        // required; a reclaim carries its tombstone instead.
+        let title = |token: u128, theirs: &Entry| -> Result<(), TitleError> {
+            if !require_titles || theirs.owner == theirs.writer {
+                return Ok(());
+            }
+            self.title_proves(token, theirs, other.title(token), &tombstone)
+        };
+        // A gift needs its title (when required); a reclaim by a tombstone
+        // holder its tombstone; a write by the owner for itself (the part
+        // a donor keeps) passes only on a title, when titles are sent.
+        let jump_allowed = |gov: &Entry, token: u128, theirs: &Entry| {
             Some(gov.owner) != me
                 && theirs.version > gov.version.saturating_add(1)
                 && theirs.version - gov.version <= MAX_VERSION_JUMP
-                && (theirs.owner != theirs.writer || (theirs.reclaim && reclaimer(theirs.writer)))
+                && if theirs.owner != theirs.writer {
+                    title(token, theirs).is_ok()
+                } else if theirs.reclaim && reclaimer(theirs.writer) {
+                    true
+                } else {
+                    require_titles
+                        && self
+                            .title_proves(token, theirs, other.title(token), &tombstone)
+                            .is_ok()
+                }
         };
-        let allowed_under = |gov: &Entry, theirs: &Entry| {
+        let allowed_under = |gov: &Entry, token: u128, theirs: &Entry| {
             let w = theirs.writer;
             w == gov.owner
                 || tombstone(gov.owner, w)
@@ -105,7 +152,7 @@ impl Ring {
                     && theirs.version == gov.version.saturating_add(1)
                     && w > gov.owner
                     && same_dead(gov.writer, w))
-                || jump_allowed(gov, theirs)
+                || jump_allowed(gov, token, theirs)
         };
         // The part a donor keeps when it gives away the start of its range
         // (`Ring::donate`): written by the same router, at the same version,
@@ -149,10 +196,21 @@ impl Ring {
                 .next_back()
                 .filter(|(t, _)| self.governing(*token).is_none_or(|(g, _)| **t >= g))
                 .is_some_and(|(_, prev)| {
-                    allowed_under(prev, theirs) || kept_by_same_split(prev, theirs)
+                    allowed_under(prev, *token, theirs) || kept_by_same_split(prev, theirs)
                 });
-            if !chained && !allowed_under(gov, theirs) {
-                if theirs.version > gov.version.saturating_add(1) {
+            if !chained && !allowed_under(gov, *token, theirs) {
+                let jump = theirs.version > gov.version.saturating_add(1);
+                if jump
+                    && theirs.version - gov.version <= MAX_VERSION_JUMP
+                    && Some(gov.owner) != me
+                    && let Err(reason) = title(*token, theirs)
+                {
+                    return Err(RingError::Title {
+                        token: *token,
+                        reason,
+                    });
+                }
+                if jump {
                     return Err(RingError::Jump {
                         token: *token,
                         from: gov.version,
@@ -165,8 +223,24 @@ impl Ring {
                     owner: gov.owner,
                 });
             }
+            // A gift over a range another router owns in our view, more
+            // than one version up: accepted on a title, or counted.
+            if !chained
+                && theirs.owner != theirs.writer
+                && gov.owner != theirs.writer
+                && theirs.version > gov.version.saturating_add(1)
+            {
+                let proved = require_titles
+                    || self
+                        .title_proves(*token, theirs, other.title(*token), &tombstone)
+                        .is_ok();
+                match proved {
+                    true => judged.titled_jumps += 1,
+                    false => judged.untitled_jumps += 1,
+                }
+            }
             accepted.insert(*token, *theirs);
         }
-        Ok(())
+        Ok(judged)
     }
 }

@@ -4,7 +4,8 @@
 //! travels with its writer's signature (none for genesis entries); whether those verify is the allocator's check
 //! (`sigs.rs`), which needs the writers' keys.
 
-use super::{Entry, Founding, GenesisId, PeerRecord, Ring, RingError, Sigs};
+use super::title::{Link, MAX_TITLE_LINKS};
+use super::{Entry, Founding, GenesisId, MAX_VERSION, PeerRecord, Ring, RingError, Sigs};
 use crate::id::PeerId;
 use crate::ipam::range::AddrRange;
 use crate::ipam::signed::Signature;
@@ -104,8 +105,68 @@ impl Ring {
             tombstones: tombs.into_iter().collect(),
             peers: wire.peers.into_iter().map(|(p, r, _)| (p, r)).collect(),
             sigs,
+            titles: Default::default(),
+            untitled: false,
         };
         ring.check_invariants()?;
         Ok(ring)
+    }
+}
+
+/// The titles that follow a ring in ring wire version 6: `(token, links)`,
+/// strictly ascending by token, each token one of the ring's, each title
+/// 1 to [`MAX_TITLE_LINKS`] links (`title.rs`). Appended after the
+/// [`RingWire`] so that older decoders, which ignore trailing bytes, read
+/// the ring as before.
+pub type TitlesWire = Vec<(u128, Vec<Link>)>;
+
+impl Ring {
+    /// The titles' wire form.
+    pub fn titles_wire(&self) -> TitlesWire {
+        self.titles
+            .iter()
+            .map(|(t, links)| (*t, links.clone()))
+            .collect()
+    }
+
+    /// This ring with the titles a version-6 sender sent (`Some`), checked
+    /// for shape, or marked as from a sender that sends none (`None`).
+    pub fn with_titles(mut self, titles: Option<TitlesWire>) -> Result<Self, RingError> {
+        let Some(titles) = titles else {
+            self.titles.clear();
+            self.untitled = true;
+            return Ok(self);
+        };
+        let mut last = None;
+        for (token, links) in &titles {
+            if last.is_some_and(|l| l >= *token) || !self.entries.contains_key(token) {
+                return Err(RingError::NotSorted(*token));
+            }
+            last = Some(*token);
+            if links.is_empty() || links.len() > MAX_TITLE_LINKS {
+                return Err(RingError::BadTitle(*token));
+            }
+            for link in links {
+                let v = link.entry.version;
+                if link.token >= self.range.size() || v == 0 || v > MAX_VERSION {
+                    return Err(RingError::BadTitle(*token));
+                }
+            }
+        }
+        self.titles = titles.into_iter().collect();
+        self.untitled = false;
+        Ok(self)
+    }
+
+    /// True if this ring came from a sender that sends no titles.
+    pub fn untitled(&self) -> bool {
+        self.untitled
+    }
+
+    /// This ring as a sender below ring version 6 sends it: no titles.
+    pub fn without_titles(mut self) -> Self {
+        self.titles.clear();
+        self.untitled = true;
+        self
     }
 }
