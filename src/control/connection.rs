@@ -416,6 +416,15 @@ impl Driver {
                     .events
                     .send(ConnectionEvent::Rekeyed { id: self.id, keys });
             }
+            LinkEvent::PeerRotated { old, new, .. } => {
+                tracing::info!(%old, %new, "peer switched its identity key on a live connection");
+            }
+            LinkEvent::IdentitySwitched => {
+                tracing::debug!(
+                    connection = self.id,
+                    "our identity switch completed on this connection"
+                );
+            }
             LinkEvent::Message(message) => {
                 self.context.backlog.add(&message);
                 let _ = self.context.events.send(ConnectionEvent::Message {

@@ -21,7 +21,7 @@
 //!   [`ControlLink::handle_timeout`], [`ControlLink::admit_msg1`], and
 //!   [`ControlLink::abort`] for the driver's I/O errors.
 //! - Commands: [`ControlLink::send`], [`ControlLink::rekey`],
-//!   [`ControlLink::close`].
+//!   [`ControlLink::switch_identity`], [`ControlLink::close`].
 //! - Output, in this drain order after every input: [`ControlLink::poll_transmit`]
 //!   until `None` (write the bytes in order), then [`ControlLink::poll_event`]
 //!   until `None` (answering [`LinkEvent::Msg1Authenticated`] may queue bytes:
@@ -47,13 +47,14 @@ mod error;
 mod handshake;
 mod interface;
 mod rekey;
+mod switch;
 #[cfg(test)]
 mod tests;
 
 pub use error::{HandshakeFailure, LinkError};
 pub use interface::{
     CloseReason, Established, HANDSHAKE_TIMEOUT, LinkConfig, LinkEvent, NewKeys, READ_CHUNK,
-    REKEY_TIMEOUT, SessionIndices, Timer,
+    REKEY_TIMEOUT, SessionIndices, SwitchOutcome, Timer,
 };
 
 use super::proto::{self, ControlMessage, MAX_HANDSHAKE_MESSAGE, MAX_RECORD};
@@ -108,6 +109,8 @@ struct Records {
     pending_opener: Option<(FrameOpener, Instant)>,
     rekey: Option<Rekey>,
     reassembly: proto::Reassembly,
+    /// Whether the peer's build follows a live identity switch.
+    live_rotation: bool,
 }
 
 /// A rekey handshake in progress.
@@ -115,6 +118,9 @@ struct Rekey {
     handshake: Handshake,
     local_index: u32,
     initiator: bool,
+    /// Made under the identity of a switch in progress: its hello carries
+    /// the announcement and its completion completes the switch.
+    switching: bool,
 }
 
 /// How handling a record or command ends the link.
@@ -143,6 +149,9 @@ pub struct ControlLink {
     timers: [Option<Instant>; TIMERS],
     /// Handshakes started, to derive per-handshake seeds.
     handshakes: u64,
+    /// Our identity switch, from its start until a rekey under the new key
+    /// completes.
+    switch: Option<switch::Switch>,
 }
 
 impl fmt::Debug for ControlLink {
@@ -207,6 +216,7 @@ impl ControlLink {
             events: VecDeque::new(),
             timers,
             handshakes: 0,
+            switch: None,
         }
     }
 

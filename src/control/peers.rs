@@ -11,6 +11,7 @@
 //! simultaneous dial) is asked only of [`PeerId::leads`].
 //!
 //! Inputs: [`Peers::handle_up`], [`Peers::handle_rekeyed`],
+//! [`Peers::rekey_in_place`] and [`Peers::set_me`] (a live identity switch),
 //! [`Peers::handle_down`], [`Peers::handle_message`], [`Peers::confirm`],
 //! [`Peers::set_endpoint`], [`Peers::handle_timeout`]. Outputs, drained in
 //! this order after every input: [`Peers::poll_event`], then — only after the
@@ -29,8 +30,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 mod rekey;
+mod rotated;
 
 pub use rekey::keyset_of;
+pub use rotated::InPlace;
 
 /// One connected router.
 #[derive(Debug)]

@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+mod rekey_hello;
+
+pub use rekey_hello::{decode_rekey_hello, encode_rekey_hello};
+
 /// The control protocol version this router speaks.
 pub const CONTROL_VERSION: u8 = 1;
 /// Largest sealed record on the wire (64 KiB of plaintext plus the tag).
@@ -56,10 +60,11 @@ impl Versions {
         data: VersionRange { min: 1, max: 1 },
         // 2: `Observed`, `RelayTo`, `RelayFrom`, `PunchOffer` (issue 16);
         // a peer speaking only 1 is sent none of them (`send_to_peer`);
-        // 3: the IPv6 ring's channel; 4: family probes (no new message).
+        // 3: the IPv6 ring's channel; 4: family probes (no new message);
+        // 5: the live identity switch (a rotation in the rekey hello).
         control: VersionRange {
             min: 1,
-            max: CONTROL_FAMILY_VERSION,
+            max: CONTROL_LIVE_ROTATION_VERSION,
         },
         topology: VersionRange {
             min: crate::gossip::message::TOPOLOGY_VERSION,
@@ -219,6 +224,15 @@ pub const CONTROL_RING6_VERSION: u8 = 3;
 /// it are probed over their other family, as an older build would move its
 /// endpoint to and fro with every probe.
 pub const CONTROL_FAMILY_VERSION: u8 = 4;
+
+/// The control version of builds that follow a peer's identity switch on a
+/// live link (issue 20): they read the [`crate::crypto::rotation::Rotation`]
+/// appended to a rekey hello and accept the rekey under the successor key.
+/// No message needs it (an older build ignores the appended bytes, then
+/// refuses the rekey under another key and closes the link): a router
+/// that rotates switches live only on links to peers that speak it and
+/// closes the others, to be re-dialled under the new key.
+pub const CONTROL_LIVE_ROTATION_VERSION: u8 = 5;
 
 impl ControlMessage {
     /// The control version a peer must speak to be sent this message.

@@ -87,6 +87,12 @@ pub enum LinkError {
     /// changed: the link ended.
     #[error("rekey under another static key than the connection's")]
     RekeyUnderOtherKey,
+    /// A rekey under another static key with an identity announcement that
+    /// does not hand the link's key over to that key (forged, someone
+    /// else's, or for another key). State changed: the link sent `Close`
+    /// and ended.
+    #[error("rekey under a new key refused: its announcement {0}")]
+    BadRotation(&'static str),
 
     // Refused by policy.
     /// Message 1 named a secret we do not hold or failed to authenticate
@@ -146,6 +152,11 @@ pub enum LinkError {
     /// ended. No state change.
     #[error("the control link is not established")]
     NotEstablished,
+    /// `switch_identity` with an announcement that does not move our key
+    /// to the given identity, or while an earlier switch is not complete.
+    /// No state change.
+    #[error("identity switch refused: {0}")]
+    SwitchRefused(&'static str),
     /// snow refused to start or continue a handshake of ours (a bug or a
     /// broken RNG). State changed: the link ended.
     #[error("{0}")]

@@ -123,6 +123,7 @@ impl ControlLink {
             pending_opener: None,
             rekey: None,
             reassembly: proto::Reassembly::default(),
+            live_rotation: hello.versions.control.max >= proto::CONTROL_LIVE_ROTATION_VERSION,
         };
         self.timers[Timer::Handshake as usize] = None;
         self.arm_key_expiry(&records);

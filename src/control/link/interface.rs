@@ -6,6 +6,7 @@ use crate::control::proto::{ControlMessage, Hello};
 use crate::crypto::data::DataKey;
 use crate::crypto::handshake::Msg1Stamp;
 use crate::crypto::identity::Identity;
+use crate::crypto::rotation::Rotation;
 use crate::crypto::secret::ClusterSecrets;
 use crate::id::PeerId;
 use std::fmt;
@@ -103,6 +104,24 @@ pub enum LinkEvent {
     Up(Established),
     /// A rekey handshake completed: new UDP keys.
     Rekeyed(NewKeys),
+    /// The peer switched its static key live (issue 20): a rekey under the
+    /// key `rotation` names as the successor of the link's key, verified.
+    /// The link now names the peer `new`; reported before the rekey's
+    /// [`LinkEvent::Rekeyed`]. For the registry
+    /// (`Peers::rekey_in_place`) and the table of retired keys.
+    PeerRotated {
+        /// The ID the link knew the peer by.
+        old: PeerId,
+        /// Its ID from now on.
+        new: PeerId,
+        /// The announcement it carried.
+        rotation: Rotation,
+    },
+    /// Our own switch
+    /// ([`ControlLink::switch_identity`](super::ControlLink::switch_identity))
+    /// completed: a rekey under the new key finished, so the peer knows us
+    /// by it (reported before that rekey's [`LinkEvent::Rekeyed`]).
+    IdentitySwitched,
     /// A control message for the control task.
     Message(ControlMessage),
     /// The link ended in order (final).
@@ -120,4 +139,17 @@ pub enum Timer {
     Rekey = 1,
     /// The oldest record key in use reaches [`REJECT_AFTER`](super::REJECT_AFTER).
     KeyExpiry = 2,
+}
+
+/// What [`ControlLink::switch_identity`](super::ControlLink::switch_identity) did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SwitchOutcome {
+    /// The link runs under the new key: a rekey carrying the announcement
+    /// started (or starts once the one in progress ends, or answers the
+    /// peer's next); [`LinkEvent::IdentitySwitched`] follows.
+    Switching,
+    /// The peer's build cannot follow a live switch (control version below
+    /// [`CONTROL_LIVE_ROTATION_VERSION`](crate::control::proto::CONTROL_LIVE_ROTATION_VERSION)):
+    /// the link sent `Close` and ended, to be re-dialled under the new key.
+    Closed,
 }

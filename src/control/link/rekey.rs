@@ -6,8 +6,9 @@ use super::{
     ControlLink, LinkError, LinkEvent, NewKeys, REKEY_TIMEOUT, Records, Rekey, Stop, Timer,
     check_index, queue_records,
 };
-use crate::control::proto::{ControlMessage, RekeyHello};
+use crate::control::proto::{self, ControlMessage, RekeyHello};
 use crate::crypto::handshake::{Handshake, SessionKeys};
+use crate::crypto::rotation::Rotation;
 use std::time::{Duration, Instant};
 
 impl ControlLink {
@@ -25,6 +26,7 @@ impl ControlLink {
             handshake,
             local_index: 0,
             initiator: true,
+            switching: self.switch.is_some(),
         });
         self.timers[Timer::Rekey as usize] = Some(now + REKEY_TIMEOUT);
         let step1 = ControlMessage::Rekey {
@@ -51,7 +53,7 @@ impl ControlLink {
                     // Both sides started: the leader's rekey wins. A rekey we
                     // only answered is one the peer has given up on, since it
                     // starts no second one while the first is in progress.
-                    if ours.initiator && self.me.leads(records.peer) {
+                    if ours.initiator && self.leads(records.peer) {
                         tracing::debug!(peer = %records.peer, "both sides started a rekey; ours wins");
                         return Ok(());
                     }
@@ -75,14 +77,16 @@ impl ControlLink {
                         return Err(LinkError::RekeyRefused(e).into());
                     }
                 };
+                // Made under the current identity: the new one during a switch.
+                let switching = self.switch.is_some();
                 let local_index = self.indices.next_index();
-                let msg2 = handshake
-                    .write_message(&rekey_hello_bytes(local_index))
-                    .map_err(LinkError::Local)?;
+                let hello = proto::encode_rekey_hello(local_index, self.rotation_for(switching));
+                let msg2 = handshake.write_message(&hello).map_err(LinkError::Local)?;
                 records.rekey = Some(Rekey {
                     handshake,
                     local_index,
                     initiator: false,
+                    switching,
                 });
                 self.timers[Timer::Rekey as usize] = Some(now + REKEY_TIMEOUT);
                 let step2 = ControlMessage::Rekey {
@@ -98,18 +102,26 @@ impl ControlLink {
                     return Ok(());
                 };
                 self.timers[Timer::Rekey as usize] = None;
-                let theirs = read_rekey_hello(&mut rekey.handshake, message)?;
+                let (theirs, rotation) = read_rekey_hello(&mut rekey.handshake, message)?;
+                // The responder's static key came in message 2: checked
+                // before we answer.
+                let remote = rekey.handshake.remote_public_key();
+                let moved = self.check_rekey_key(records, remote, rotation)?;
                 rekey.local_index = self.indices.next_index();
+                let hello = proto::encode_rekey_hello(
+                    rekey.local_index,
+                    self.rotation_for(rekey.switching),
+                );
                 let msg3 = rekey
                     .handshake
-                    .write_message(&rekey_hello_bytes(rekey.local_index))
+                    .write_message(&hello)
                     .map_err(LinkError::Local)?;
                 let step3 = ControlMessage::Rekey {
                     step: 3,
                     message: msg3,
                 };
                 queue_records(&mut self.transmit, records, &step3);
-                self.complete_rekey(records, rekey, theirs.session_index, now)
+                self.complete_rekey(records, rekey, theirs.session_index, moved, now)
             }
             3 => {
                 let Some(mut rekey) = records.rekey.take_if(|r| !r.initiator) else {
@@ -117,8 +129,10 @@ impl ControlLink {
                     return Ok(());
                 };
                 self.timers[Timer::Rekey as usize] = None;
-                let theirs = read_rekey_hello(&mut rekey.handshake, message)?;
-                self.complete_rekey(records, rekey, theirs.session_index, now)
+                let (theirs, rotation) = read_rekey_hello(&mut rekey.handshake, message)?;
+                let remote = rekey.handshake.remote_public_key();
+                let moved = self.check_rekey_key(records, remote, rotation)?;
+                self.complete_rekey(records, rekey, theirs.session_index, moved, now)
             }
             _ => Err(LinkError::UnknownRekeyStep { step }.into()),
         }
@@ -126,17 +140,23 @@ impl ControlLink {
 
     /// Installs a rekey's keys: the UDP keys go out as an event; our TCP
     /// send key switches after our `TcpKeySwitch` marker, the receive key
-    /// when the peer's marker arrives (TLS 1.3 KeyUpdate).
+    /// when the peer's marker arrives (TLS 1.3 KeyUpdate). The peer's key
+    /// was checked (`check_rekey_key`): `moved` is its switch, if any.
     pub(super) fn complete_rekey(
         &mut self,
         records: &mut Records,
         rekey: Rekey,
         remote_index: u32,
+        moved: Option<super::switch::Moved>,
         now: Instant,
     ) -> Result<(), Stop> {
         check_index(remote_index)?;
-        if rekey.handshake.remote_public_key() != Some(records.peer_key) {
-            return Err(LinkError::RekeyUnderOtherKey.into());
+        if let Some(moved) = moved {
+            self.apply_move(records, moved);
+        }
+        let switching = rekey.switching;
+        if switching {
+            self.end_switch();
         }
         let SessionKeys {
             tcp_send,
@@ -156,17 +176,20 @@ impl ControlLink {
         records.sealer_created = now;
         records.pending_opener = Some((tcp_recv, now));
         self.arm_key_expiry(records);
-        Ok(())
+        if switching {
+            Ok(())
+        } else {
+            self.start_waiting_switch(records, now)
+        }
     }
 }
 
-fn rekey_hello_bytes(session_index: u32) -> Vec<u8> {
-    crate::wire::encode(&RekeyHello { session_index }).unwrap_or_default()
-}
-
-fn read_rekey_hello(handshake: &mut Handshake, message: &[u8]) -> Result<RekeyHello, LinkError> {
+fn read_rekey_hello(
+    handshake: &mut Handshake,
+    message: &[u8],
+) -> Result<(RekeyHello, Option<Rotation>), LinkError> {
     let payload = handshake
         .read_message(message)
         .map_err(|e| LinkError::BadRekey(e.to_string()))?;
-    crate::wire::decode(&payload).map_err(|e| LinkError::BadRekey(e.to_string()))
+    proto::decode_rekey_hello(&payload).map_err(|e| LinkError::BadRekey(e.to_string()))
 }

@@ -12,6 +12,7 @@ use crate::sim::link::{
 
 mod hostile;
 mod rekey;
+mod switch;
 
 const SECRET: &[u8] = b"the cluster secret of these tests, 32+ bytes";
 const OTHER_SECRET: &[u8] = b"another cluster's secret, also 32+ bytes long";
@@ -53,6 +54,16 @@ fn messages(events: Vec<LinkEvent>) -> Vec<ControlMessage> {
             other => panic!("not a message: {other:?}"),
         })
         .collect()
+}
+
+/// One record each way arrives, once (under whatever keys are current).
+fn records_flow_both_ways(pair: &mut LinkPair) {
+    pair.links[0].send(&gossip(vec![7])).unwrap();
+    pair.links[1].send(&gossip(vec![8])).unwrap();
+    pair.flush();
+    pair.settle(1000);
+    assert_eq!(messages(pair.take_events(1)), [gossip(vec![7])]);
+    assert_eq!(messages(pair.take_events(0)), [gossip(vec![8])]);
 }
 
 fn rekeyed(events: Vec<LinkEvent>) -> Vec<NewKeys> {

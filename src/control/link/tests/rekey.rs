@@ -25,12 +25,7 @@ fn a_rekey_started_by_either_side_installs_one_matching_keyset_on_each() {
         assert_ne!(a[0].local_index, first[0].local_index);
     }
     // Records still flow under the switched TCP keys.
-    pair.links[0].send(&gossip(vec![7])).unwrap();
-    pair.links[1].send(&gossip(vec![8])).unwrap();
-    pair.flush();
-    pair.settle(100);
-    assert_eq!(messages(pair.take_events(1)), [gossip(vec![7])]);
-    assert_eq!(messages(pair.take_events(0)), [gossip(vec![8])]);
+    records_flow_both_ways(&mut pair);
 }
 
 #[test]
