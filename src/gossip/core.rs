@@ -6,7 +6,9 @@
 //! - input: [`Gossip::handle_message`], [`Gossip::handle_timeout`];
 //! - commands from the driver: [`Gossip::connection_up`],
 //!   [`Gossip::set_established`], [`Gossip::connection_down`],
-//!   [`Gossip::set_mtu`], [`Gossip::set_addresses`];
+//!   [`Gossip::set_mtu`], [`Gossip::set_addresses`], and for a live
+//!   identity rotation [`Gossip::rotate`] (mine) and
+//!   [`Gossip::neighbour_rotated`] (a neighbour's link moved);
 //! - output: [`Gossip::poll_transmit`], [`Gossip::poll_event`],
 //!   [`Gossip::poll_timeout`];
 //! - getters: [`Gossip::routes`], [`Gossip::peers`], …
@@ -47,6 +49,7 @@
 
 mod anti_entropy;
 mod getters;
+mod live_rotation;
 mod merge;
 mod rotation;
 
@@ -512,9 +515,8 @@ impl Gossip {
             .collect()
     }
 
-    /// Rebuilds my connection list from the neighbours and bumps my version.
-    fn update_my_entry(&mut self) {
-        self.neighbours_dirty = false;
+    /// My connections as my entry lists them: at most `MAX_CONNECTIONS`.
+    fn capped_connections(&self) -> Vec<ConnectionInfo> {
         let mut connections = self.my_connections();
         if connections.len() > MAX_CONNECTIONS {
             // Keep the established ones: they are the ones routes use.
@@ -522,8 +524,14 @@ impl Gossip {
             connections.truncate(MAX_CONNECTIONS);
             connections.sort_by_key(|c| c.peer);
         }
+        connections
+    }
+
+    /// Rebuilds my connection list from the neighbours and bumps my version.
+    fn update_my_entry(&mut self) {
+        self.neighbours_dirty = false;
         let mut entry = self.my_entry().clone();
-        entry.connections = connections;
+        entry.connections = self.capped_connections();
         entry.version += 1;
         self.install_mine(entry);
     }
@@ -604,3 +612,6 @@ mod tests;
 
 #[cfg(test)]
 mod tests_rotation;
+
+#[cfg(test)]
+mod tests_live_rotation;

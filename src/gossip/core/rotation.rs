@@ -196,15 +196,20 @@ impl Gossip {
         if let Err(reason) = self.retire(old, new, rotation, Some(signed.clone())) {
             return self.refuse(from, claim.id, &claim.name, reason);
         }
-        // Spread it once, as it was signed, to every other neighbour.
+        // Spread it once, as it was signed, with the successor's entry (so
+        // no router holds the retirement without the router's new ID), to
+        // every other neighbour the successor has not told itself.
+        let successor = self.table.get(new);
         let to: Vec<PeerId> = self
             .neighbours
             .keys()
             .copied()
-            .filter(|n| *n != from)
+            .filter(|n| *n != from && successor.is_none_or(|e| e.connection(*n).is_none()))
             .collect();
+        let mut entries: Vec<SignedEntry> = self.table.signed(new).cloned().into_iter().collect();
+        entries.push(signed);
         for n in to {
-            self.send_entries(n, vec![signed.clone()]);
+            self.send_entries(n, entries.clone());
         }
     }
 
@@ -243,8 +248,8 @@ impl Gossip {
     }
 
     /// Retires `old` in favour of `new` (verified by the caller): its entry
-    /// leaves the table, its name passes to `new`, and the driver hears of
-    /// the rotation the first time.
+    /// leaves the table once `new`'s is there, its name passes to `new`, and
+    /// the driver hears of the rotation the first time.
     pub(super) fn retire(
         &mut self,
         old: PeerId,
@@ -270,10 +275,14 @@ impl Gossip {
             self.retirement_changes += 1;
         }
         self.tombstones.remove(&old);
-        self.unreachable_since.remove(&old);
+        // The old entry stays until the successor's is known: routes follow
+        // the router under whichever ID the table holds (`aliases`), so it
+        // is never without one.
         if old != self.me
+            && self.table.get(new).is_some()
             && let Some((entry, _)) = self.table.remove(old)
         {
+            self.unreachable_since.remove(&old);
             if self.names.get(&entry.name) == Some(&old) {
                 self.names.remove(&entry.name);
             }
