@@ -254,6 +254,7 @@ impl Control {
             crate::crypto::SigningKey::from_identity(&context.identity),
             GossipConfig {
                 mtu: u16::try_from(config.mtu).unwrap_or(u16::MAX),
+                retirement_window: config.rotation_window,
                 ..GossipConfig::default()
             },
             rand::random(),
@@ -453,6 +454,9 @@ impl Control {
         }
         for old in self.rotations.handle_timeout(now) {
             self.close_retired(old);
+        }
+        for old in self.rotations.prune(now, keep_retired::unix_now()) {
+            self.gossip.forget_retirement(old);
         }
         if self.config.rotate_at_start && !self.ipam.owners().is_empty() {
             self.config.rotate_at_start = false;

@@ -113,6 +113,10 @@ pub struct GossipConfig {
     pub reap_interval: Duration,
     /// How long an entry may be unreachable before it is dropped.
     pub gc_timeout: Duration,
+    /// A retired ID's window (identity rotation): at the bound of the
+    /// retirements held, only one learned longer ago than this may make
+    /// room for a new one.
+    pub retirement_window: Duration,
 }
 
 impl Default for GossipConfig {
@@ -126,6 +130,7 @@ impl Default for GossipConfig {
             push_interval: Duration::from_millis(500),
             reap_interval: Duration::from_secs(1),
             gc_timeout: Duration::from_secs(60),
+            retirement_window: crate::crypto::rotation::DEFAULT_WINDOW,
         }
     }
 }
@@ -261,6 +266,8 @@ pub struct Gossip {
     next_reap: Instant,
     push_at: Option<Instant>,
     last_push: Option<Instant>,
+    /// The latest `now` an input brought (when a retirement is learned).
+    clock: Instant,
 }
 
 impl Gossip {
@@ -322,6 +329,7 @@ impl Gossip {
             next_reap: now + config.reap_interval,
             push_at: None,
             last_push: None,
+            clock: now,
             config,
         }
     }
@@ -335,6 +343,7 @@ impl Gossip {
         if peer.id == self.me {
             return;
         }
+        self.clock = self.clock.max(now);
         self.neighbours.insert(
             peer.id,
             Neighbour {
@@ -411,6 +420,7 @@ impl Gossip {
         bytes: &[u8],
         now: Instant,
     ) -> Result<(), GossipError> {
+        self.clock = self.clock.max(now);
         if !self.neighbours.contains_key(&from) {
             return Err(GossipError::NotConnected(from));
         }
@@ -443,6 +453,7 @@ impl Gossip {
 
     /// Runs whatever timers are due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.clock = self.clock.max(now);
         if self.push_at.is_some_and(|t| t <= now) {
             self.flush_push(now);
         }

@@ -12,7 +12,7 @@
 use super::rotation::{Retirement, tombstone};
 use super::{Gossip, PeerInfo};
 use crate::crypto::SigningKey;
-use crate::crypto::rotation::{MAX_TRACKED, Rotation};
+use crate::crypto::rotation::Rotation;
 use crate::gossip::aliases::Aliases;
 use crate::gossip::message::{Message, Update};
 use crate::gossip::topology::{RefusedReason, TopologyEntry};
@@ -47,9 +47,8 @@ impl Gossip {
         if !keys_match {
             return Err(RefusedReason::BadRotation);
         }
-        if self.retired.len() >= MAX_TRACKED {
-            return Err(RefusedReason::TooManyRotations);
-        }
+        self.clock = self.clock.max(now);
+        self.make_room_for_retirement()?;
         let was = self.my_entry().clone();
         let (_, grave) = tombstone(&rotation, &was.name, was.mtu, old_key);
         let addresses = if me.addresses.is_empty() {
@@ -80,6 +79,7 @@ impl Gossip {
                 successor: new,
                 rotation,
                 tombstone: Some(grave.clone()),
+                learned: now,
             },
         );
         self.retirement_changes += 1;
@@ -119,6 +119,7 @@ impl Gossip {
         if verified != (old, new) || old == self.me || new == self.me {
             return Err(RefusedReason::BadRotation);
         }
+        self.clock = self.clock.max(now);
         self.retire(old, new, rotation, None)?;
         if let Some(was) = self.neighbours.remove(&old) {
             let moved = self.neighbours.entry(new).or_insert_with(|| was.clone());

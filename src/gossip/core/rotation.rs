@@ -22,6 +22,7 @@ use crate::crypto::rotation::{MAX_TRACKED, Rotation};
 use crate::gossip::entry_rotation::checked_rotation;
 use crate::gossip::topology::{RefusedReason, SignedEntry, TopologyEntry};
 use crate::id::{PeerId, ShortId};
+use std::time::Instant;
 
 /// A retired ID: whom it moved to, and its tombstone once known.
 #[derive(Clone, Debug)]
@@ -29,6 +30,9 @@ pub(super) struct Retirement {
     pub(super) successor: PeerId,
     pub(super) rotation: Rotation,
     pub(super) tombstone: Option<SignedEntry>,
+    /// When this core learned it (the oldest ended one makes room at the
+    /// bound).
+    pub(super) learned: Instant,
 }
 
 /// The tombstone of `rotation`'s old key: an entry of the old ID with no
@@ -89,6 +93,7 @@ impl Gossip {
                 successor: new,
                 rotation,
                 tombstone: Some(signed),
+                learned: self.clock,
             },
         );
         self.retirement_changes += 1;
@@ -133,13 +138,14 @@ impl Gossip {
             signed.verify_with(&claim, &mut self.verifying_keys)?;
         }
         self.conflict(old, new)?;
-        if !self.retired.contains_key(&old) && self.retired.len() >= MAX_TRACKED {
-            return Err(RefusedReason::TooManyRotations);
+        if !self.retired.contains_key(&old) {
+            self.make_room_for_retirement()?;
         }
         let held = self.retired.entry(old).or_insert(Retirement {
             successor: new,
             rotation,
             tombstone: None,
+            learned: self.clock,
         });
         if held.tombstone.is_none() {
             held.tombstone = tombstone;
@@ -151,6 +157,35 @@ impl Gossip {
             self.install_mine(entry);
         }
         Ok(())
+    }
+
+    /// At the bound, the retirement learned first goes if its window is
+    /// over (`GossipConfig::retirement_window`); while every window is
+    /// open, a new one is refused.
+    pub(super) fn make_room_for_retirement(&mut self) -> Result<(), RefusedReason> {
+        if self.retired.len() < MAX_TRACKED {
+            return Ok(());
+        }
+        let window = self.config.retirement_window;
+        let oldest = self
+            .retired
+            .iter()
+            .filter(|(_, r)| r.learned + window <= self.clock)
+            .min_by_key(|(old, r)| (r.learned, **old))
+            .map(|(old, _)| *old)
+            .ok_or(RefusedReason::TooManyRotations)?;
+        self.forget_retirement(oldest);
+        Ok(())
+    }
+
+    /// Drops the retirement of `old` (the driver's run-time pruning past
+    /// the retention, `control::rotation::Rotations::prune`): its
+    /// tombstone is no longer handed out, and a copy of its entry is
+    /// judged as any entry again.
+    pub fn forget_retirement(&mut self, old: PeerId) {
+        if self.retired.remove(&old).is_some() {
+            self.retirement_changes += 1;
+        }
     }
 
     /// The router `old` moved to, if this core knows `old` is retired.
@@ -259,13 +294,14 @@ impl Gossip {
     ) -> Result<(), RefusedReason> {
         self.conflict(old, new)?;
         let first = !self.retired.contains_key(&old);
-        if first && self.retired.len() >= MAX_TRACKED {
-            return Err(RefusedReason::TooManyRotations);
+        if first {
+            self.make_room_for_retirement()?;
         }
         let held = self.retired.entry(old).or_insert(Retirement {
             successor: new,
             rotation,
             tombstone: None,
+            learned: self.clock,
         });
         if held.tombstone.is_none() && tombstone.is_some() {
             held.tombstone = tombstone;

@@ -5,7 +5,9 @@
 //! the link's rekey comes first.
 #![allow(clippy::unwrap_used)]
 
-use super::tests_rotation::{core, drain, entry, identity, info, refusals, signed, update};
+use super::tests_rotation::{
+    core, core_knowing_x, drain, entry, identity, info, refusals, signed, update,
+};
 use super::*;
 use crate::crypto::Identity;
 use crate::crypto::rotation::Rotation;
@@ -260,4 +262,46 @@ fn a_router_two_hops_away_routes_the_new_id_over_entries_that_still_name_the_old
     assert_eq!(refusals(&drain(&mut g)), vec![]);
     let route = g.routes().route(new.id()).unwrap();
     assert_eq!((route.next_hop, route.hops), (a.id(), 2));
+}
+
+#[test]
+fn a_full_table_of_retirements_drops_the_oldest_ended_one_never_an_open_one() {
+    let (old, new) = (identity(10), identity(11));
+    let (mut g, n, t0) = core_knowing_x(&old);
+    let filler = Rotation::sign(&identity(30), &identity(31), 1);
+    for i in 0..crate::crypto::rotation::MAX_TRACKED as u64 {
+        let learned = t0 + Duration::from_secs(i % 3);
+        let r = super::rotation::Retirement {
+            successor: PeerId(u64::MAX),
+            rotation: filler,
+            tombstone: None,
+            learned,
+        };
+        g.retired.insert(PeerId(i), r);
+    }
+    let rotation = Rotation::sign(&old, &new, 1_796_000_000);
+    let (_, grave) = tombstone(&rotation, "x", 1420, &SigningKey::from_identity(&old));
+    // Every window open: refused, nothing dropped.
+    g.handle_message(n, &update(vec![grave.clone()]), t0 + Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(
+        refusals(&drain(&mut g)),
+        vec![RefusedReason::TooManyRotations]
+    );
+    assert_eq!(g.successor_of(old.id()), None);
+    // Windows over: the first learned (lowest ID among them) makes room.
+    let later = t0 + GossipConfig::default().retirement_window + Duration::from_secs(1);
+    g.handle_message(n, &update(vec![grave]), later).unwrap();
+    assert_eq!(refusals(&drain(&mut g)), vec![]);
+    assert_eq!(g.successor_of(old.id()), Some(new.id()));
+    assert_eq!(g.successor_of(PeerId(0)), None);
+    assert_eq!(g.successor_of(PeerId(3)), Some(PeerId(u64::MAX)));
+    assert_eq!(g.successor_of(PeerId(1)), Some(PeerId(u64::MAX)));
+    assert_eq!(g.retired.len(), crate::crypto::rotation::MAX_TRACKED);
+    // The driver's pruning drops one by ID.
+    let changes = g.retirement_changes();
+    g.forget_retirement(old.id());
+    assert_eq!(g.successor_of(old.id()), None);
+    assert!(g.retirement_changes() > changes);
+    assert!(g.tombstones_to_hand().is_empty());
 }

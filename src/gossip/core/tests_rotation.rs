@@ -60,7 +60,7 @@ pub(super) fn core(owner: &Identity, name: &str, now: Instant) -> Gossip {
 
 /// A core ("me") with one neighbour, which knows router "x" under `old`
 /// at version 5 with short ID 4242; drained.
-fn core_knowing_x(old: &Identity) -> (Gossip, PeerId, Instant) {
+pub(super) fn core_knowing_x(old: &Identity) -> (Gossip, PeerId, Instant) {
     let now = Instant::now();
     let me = identity(1);
     let mut g = core(&me, "me", now);
