@@ -135,6 +135,9 @@ pub struct ControlConfig {
     /// announcement, the old key (to sign the old ID's tombstone) and the
     /// short ID the old key held.
     pub rotated_from: Option<(crate::crypto::rotation::Rotation, Arc<Identity>, ShortId)>,
+    /// The short ID this key carried from a rotation at an earlier start
+    /// (`crypto::carried_short`), announced instead of the preferred one.
+    pub carried_short: Option<ShortId>,
     /// `--identity-max-age` found the key too old: rotate once the ring is
     /// known.
     pub rotate_at_start: bool,
@@ -266,7 +269,10 @@ impl Control {
                 &crate::crypto::SigningKey::from_identity(old),
                 *short,
             ),
-            None => gossip,
+            None => match config.carried_short {
+                Some(short) => gossip.with_short_id(short),
+                None => gossip,
+            },
         };
         let short = gossip.short_id();
         let maker = ConnectionMaker::with_config(

@@ -101,6 +101,19 @@ impl Gossip {
         self
     }
 
+    /// My entry announces `short` (the value a rotation carried to this
+    /// key at an earlier start) instead of the preferred one; the clash
+    /// rule still moves it if a lower ID holds it. Call right after
+    /// [`Gossip::new`].
+    pub fn with_short_id(mut self, short: ShortId) -> Self {
+        let mut entry = self.my_entry().clone();
+        if entry.short_id != short {
+            entry.short_id = short;
+            self.install_mine(entry);
+        }
+        self
+    }
+
     /// Each retired ID held, its announcement and its tombstone once
     /// known: what the state dir keeps across a restart
     /// (`control::retired_keys`).

@@ -305,3 +305,15 @@ fn a_full_table_of_retirements_drops_the_oldest_ended_one_never_an_open_one() {
     assert!(g.retirement_changes() > changes);
     assert!(g.tombstones_to_hand().is_empty());
 }
+
+#[test]
+fn a_carried_short_id_is_announced_after_a_plain_restart() {
+    let now = Instant::now();
+    let x = identity(11);
+    let g = core(&x, "x", now).with_short_id(ShortId(4242));
+    assert_eq!(g.short_id(), ShortId(4242));
+    assert_eq!(
+        g.table.signed(x.id()).unwrap().claim().unwrap().short_id,
+        ShortId(4242)
+    );
+}
