@@ -9,6 +9,7 @@ use crate::control::ipam::IpamDriver;
 use crate::control::mtu::{self, MtuOrigin};
 use crate::control::proto::{Hello, Versions};
 use crate::control::{Control, ControlConfig, ControlInputs};
+use crate::crypto::carried_short;
 use crate::crypto::handshake;
 use crate::crypto::identity::Identity;
 use crate::crypto::identity_next;
@@ -204,11 +205,21 @@ async fn serve(
     let my_id = identity.id();
     // After a rotation the router keeps the short ID its old key held (the
     // topology entry's announcement is what lets it, `Gossip::with_rotation`).
-    let short = previous
-        .as_ref()
-        .map_or(ShortId::preferred(my_id), |(_, pending)| {
-            pending.carried_short()
-        });
+    // It is saved (`crypto::carried_short`) so a plain restart keeps it.
+    let carried = match &previous {
+        Some((_, pending)) => {
+            let short = pending.carried_short();
+            if let Err(e) = carried_short::save(&config.state_dir, my_id, short) {
+                tracing::warn!(
+                    path = %carried_short::path(&config.state_dir).display(),
+                    "cannot save the carried short ID ({e}); the next restart announces the preferred one"
+                );
+            }
+            Some(short)
+        }
+        None => carried_short::load(&config.state_dir, my_id),
+    };
+    let short = carried.unwrap_or(ShortId::preferred(my_id));
     let (dataplane, control_socket) = Dataplane::start(
         &DataplaneConfig {
             iface: config.iface.clone(),
@@ -431,6 +442,7 @@ async fn serve(
             state_dir: config.state_dir.clone(),
             rotated_from: previous
                 .map(|(old, pending)| (pending.rotation, Arc::new(old), pending.carried_short())),
+            carried_short: carried,
             rotate_at_start: start.rotate_at_start,
         },
         context,

@@ -135,6 +135,9 @@ pub struct ControlConfig {
     /// announcement, the old key (to sign the old ID's tombstone) and the
     /// short ID the old key held.
     pub rotated_from: Option<(crate::crypto::rotation::Rotation, Arc<Identity>, ShortId)>,
+    /// The short ID this key carried from a rotation at an earlier start
+    /// (`crypto::carried_short`), announced instead of the preferred one.
+    pub carried_short: Option<ShortId>,
     /// `--identity-max-age` found the key too old: rotate once the ring is
     /// known.
     pub rotate_at_start: bool,
@@ -254,6 +257,7 @@ impl Control {
             crate::crypto::SigningKey::from_identity(&context.identity),
             GossipConfig {
                 mtu: u16::try_from(config.mtu).unwrap_or(u16::MAX),
+                retirement_window: config.rotation_window,
                 ..GossipConfig::default()
             },
             rand::random(),
@@ -265,7 +269,10 @@ impl Control {
                 &crate::crypto::SigningKey::from_identity(old),
                 *short,
             ),
-            None => gossip,
+            None => match config.carried_short {
+                Some(short) => gossip.with_short_id(short),
+                None => gossip,
+            },
         };
         let short = gossip.short_id();
         let maker = ConnectionMaker::with_config(
@@ -453,6 +460,9 @@ impl Control {
         }
         for old in self.rotations.handle_timeout(now) {
             self.close_retired(old);
+        }
+        for old in self.rotations.prune(now, keep_retired::unix_now()) {
+            self.gossip.forget_retirement(old);
         }
         if self.config.rotate_at_start && !self.ipam.owners().is_empty() {
             self.config.rotate_at_start = false;

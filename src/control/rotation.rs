@@ -12,10 +12,14 @@
 //!   new key; its old ones are closed, once).
 //! - When a window ends, the links still on that key are closed, once.
 
-use crate::crypto::rotation::{Admit, Rotation, RotationError, Successors};
+use super::retired_keys::RETAIN;
+use crate::crypto::rotation::{Admit, MAX_TRACKED, Rotation, RotationError, Successors};
 use crate::id::PeerId;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+
+/// How often [`Rotations::prune`] looks for rotations past [`RETAIN`].
+pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// What to do with a connection that finished its handshake.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +44,8 @@ pub struct Rotations {
     /// Bumped when what [`Self::kept`] reports changes (a rotation learned,
     /// a window ended): the driver saves then.
     changes: u64,
+    /// When [`Self::prune`] next looks (`None`: at its first call).
+    next_prune: Option<Instant>,
 }
 
 /// A tracked rotation as the state dir keeps it.
@@ -61,6 +67,7 @@ impl Rotations {
             window,
             kept: BTreeMap::new(),
             changes: 0,
+            next_prune: None,
         }
     }
 
@@ -112,7 +119,42 @@ impl Rotations {
         if let std::collections::btree_map::Entry::Vacant(slot) = self.kept.entry(old) {
             slot.insert((*rotation, unix));
             self.changes += 1;
+            // At the bound the table made room by dropping the oldest
+            // ended window: forget it here too.
+            if self.kept.len() > MAX_TRACKED {
+                let successors = &self.successors;
+                self.kept.retain(|old, _| successors.contains(*old));
+            }
         }
+    }
+
+    /// Drops the rotations learned more than [`RETAIN`] before `unix`
+    /// whose window is over (run-time pruning; a start drops them too):
+    /// at most once per [`PRUNE_EVERY`], whenever the driver calls it.
+    /// Returns the old IDs dropped (the driver drops them from the gossip
+    /// core too, `Gossip::forget_retirement`).
+    pub fn prune(&mut self, now: Instant, unix: u64) -> Vec<PeerId> {
+        if self.next_prune.is_some_and(|t| now < t) {
+            return Vec::new();
+        }
+        self.next_prune = Some(now + PRUNE_EVERY);
+        let expired: Vec<PeerId> = self
+            .kept
+            .iter()
+            .filter(|(old, (_, learned))| {
+                unix.saturating_sub(*learned) > RETAIN.as_secs()
+                    && self.successors.admit(**old, now) == Admit::Retired
+            })
+            .map(|(old, _)| *old)
+            .collect();
+        for old in &expired {
+            self.kept.remove(old);
+            self.successors.forget(*old);
+        }
+        if !expired.is_empty() {
+            self.changes += 1;
+        }
+        expired
     }
 
     /// Every tracked rotation as the state dir keeps it, at `now`.
@@ -188,6 +230,53 @@ mod tests {
     }
 
     const WINDOW: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn rotations_past_a_year_are_pruned_at_run_time_and_open_windows_never() {
+        let t0 = Instant::now();
+        let window = Duration::from_secs(4 * 3600);
+        let mut r = Rotations::new(window);
+        let year = RETAIN.as_secs();
+        let unix = 10 * year;
+        let (a, b, c, d, e, f) = (
+            identity(1),
+            identity(2),
+            identity(3),
+            identity(4),
+            identity(5),
+            identity(6),
+        );
+        let ended = |rotation, learned_unix| Kept {
+            rotation,
+            learned_unix,
+            ended: true,
+        };
+        // Learned over a year ago, and a year ago to the second (both
+        // restored, windows over) …
+        r.restore(&ended(Rotation::sign(&a, &b, 5), unix - year - 1), t0, unix)
+            .unwrap();
+        r.restore(&ended(Rotation::sign(&c, &d, 5), unix - year), t0, unix)
+            .unwrap();
+        // … and one whose window is open although the clock says it was
+        // learned long ago.
+        r.learn(&Rotation::sign(&e, &f, 5), t0, 0).unwrap();
+        let before = r.changes();
+        assert_eq!(r.prune(t0, unix), vec![a.id()]);
+        assert!(r.changes() > before);
+        // Forgotten: the key is judged as any key again.
+        assert_eq!(
+            r.arrival(a.id(), [], t0),
+            Arrival::Accept { replaces: vec![] }
+        );
+        assert_eq!(r.arrival(c.id(), [], t0), Arrival::Refuse);
+        // Not again before PRUNE_EVERY, then the next one past a year.
+        assert_eq!(r.prune(t0 + PRUNE_EVERY / 2, unix + 10), vec![]);
+        assert_eq!(r.prune(t0 + PRUNE_EVERY, unix + 10), vec![c.id()]);
+        assert_eq!(r.kept(t0 + PRUNE_EVERY).len(), 1);
+        // The open window goes only once it is over.
+        assert_eq!(r.prune(t0 + window, unix + 10), vec![e.id()]);
+        assert!(r.kept(t0 + window).is_empty());
+    }
 
     #[test]
     fn an_old_key_is_taken_inside_its_window_and_refused_after_it() {

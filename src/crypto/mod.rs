@@ -20,6 +20,7 @@
 //! Not here: rate limits and half-open caps on handshakes, the 10 s handshake deadline, choosing
 //! session indices, who starts a rekey, and the data header's layout: those belong to the drivers.
 
+pub mod carried_short;
 #[cfg(test)]
 pub(crate) mod cpu_time;
 pub mod data;

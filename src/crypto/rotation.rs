@@ -190,9 +190,10 @@ pub enum Admit {
 pub struct Successors {
     window: Duration,
     /// Old ID → (new ID, end of the window, its end reported). Retired
-    /// keys stay (refused) for the life of the process; across a restart
-    /// the router's state dir brings them back (`control::retired_keys`,
-    /// [`Self::restore`]).
+    /// keys stay (refused) until the driver forgets them past their
+    /// retention ([`Self::forget`]) or, at the bound, the oldest ended one
+    /// makes room; across a restart the router's state dir brings them
+    /// back (`control::retired_keys`, [`Self::restore`]).
     by_old: BTreeMap<PeerId, (PeerId, Instant, bool)>,
 }
 
@@ -219,8 +220,8 @@ impl Successors {
         match self.by_old.get(&old) {
             Some((known, _, _)) if *known != new => return Err(RotationError::Conflict),
             Some(_) => {}
-            None if self.by_old.len() >= MAX_TRACKED => return Err(RotationError::Full),
             None => {
+                self.make_room(now)?;
                 self.by_old.insert(old, (new, now + self.window, false));
             }
         }
@@ -241,13 +242,42 @@ impl Successors {
         match self.by_old.get(&old) {
             Some((known, _, _)) if *known != new => Err(RotationError::Conflict),
             Some(_) => Ok((old, new)),
-            None if self.by_old.len() >= MAX_TRACKED => Err(RotationError::Full),
             None => {
+                self.make_room(now)?;
                 let until = now + left.unwrap_or_default().min(self.window);
                 self.by_old.insert(old, (new, until, left.is_none()));
                 Ok((old, new))
             }
         }
+    }
+
+    /// At the bound, the rotation whose window ended first goes (the
+    /// oldest learned), so a long-lived cluster keeps rotating; one whose
+    /// window is still open is never dropped: then the new one is refused.
+    fn make_room(&mut self, now: Instant) -> Result<(), RotationError> {
+        if self.by_old.len() < MAX_TRACKED {
+            return Ok(());
+        }
+        let oldest = self
+            .by_old
+            .iter()
+            .filter(|(_, (_, until, _))| *until <= now)
+            .min_by_key(|(old, (_, until, _))| (*until, **old))
+            .map(|(old, _)| *old)
+            .ok_or(RotationError::Full)?;
+        self.by_old.remove(&oldest);
+        Ok(())
+    }
+
+    /// Drops the rotation of `old` (kept past its retention); returns
+    /// whether it was held.
+    pub fn forget(&mut self, old: PeerId) -> bool {
+        self.by_old.remove(&old).is_some()
+    }
+
+    /// Whether the rotation of `old` is held.
+    pub fn contains(&self, old: PeerId) -> bool {
+        self.by_old.contains_key(&old)
     }
 
     /// How to take the key whose ID is `id` at `now`.

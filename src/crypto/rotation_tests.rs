@@ -124,8 +124,13 @@ fn the_table_is_bounded() {
     // Filling it takes MAX_TRACKED signatures; check the bound by its
     // effect with the table pre-filled through learn's own path.
     let new = Identity::generate(&mut rng);
+    // Every window still open: nothing may go, the new one is refused.
+    let open = t0 + Duration::from_secs(60);
     for i in 0..MAX_TRACKED as u64 {
-        s.by_old.insert(PeerId(i), (PeerId(u64::MAX), t0, false));
+        s.by_old.insert(
+            PeerId(i),
+            (PeerId(u64::MAX), open + Duration::from_secs(i), false),
+        );
     }
     let old = Identity::generate(&mut rng);
     assert_eq!(
@@ -133,4 +138,12 @@ fn the_table_is_bounded() {
         Err(RotationError::Full)
     );
     assert_eq!(s.by_old.len(), MAX_TRACKED);
+    // Once some windows ended, the one that ended first makes room, and
+    // only it.
+    let later = open + Duration::from_secs(2);
+    assert!(s.learn(&Rotation::sign(&old, &new, 1), later).is_ok());
+    assert_eq!(s.by_old.len(), MAX_TRACKED);
+    assert!(!s.contains(PeerId(0)));
+    assert!(s.contains(PeerId(1)) && s.contains(PeerId(2)));
+    assert!(s.contains(old.id()));
 }

@@ -6,7 +6,9 @@
 //! - input: [`Gossip::handle_message`], [`Gossip::handle_timeout`];
 //! - commands from the driver: [`Gossip::connection_up`],
 //!   [`Gossip::set_established`], [`Gossip::connection_down`],
-//!   [`Gossip::set_mtu`], [`Gossip::set_addresses`];
+//!   [`Gossip::set_mtu`], [`Gossip::set_addresses`], and for a live
+//!   identity rotation [`Gossip::rotate`] (mine) and
+//!   [`Gossip::neighbour_rotated`] (a neighbour's link moved);
 //! - output: [`Gossip::poll_transmit`], [`Gossip::poll_event`],
 //!   [`Gossip::poll_timeout`];
 //! - getters: [`Gossip::routes`], [`Gossip::peers`], …
@@ -47,6 +49,7 @@
 
 mod anti_entropy;
 mod getters;
+mod live_rotation;
 mod merge;
 mod rotation;
 
@@ -110,6 +113,10 @@ pub struct GossipConfig {
     pub reap_interval: Duration,
     /// How long an entry may be unreachable before it is dropped.
     pub gc_timeout: Duration,
+    /// A retired ID's window (identity rotation): at the bound of the
+    /// retirements held, only one learned longer ago than this may make
+    /// room for a new one.
+    pub retirement_window: Duration,
 }
 
 impl Default for GossipConfig {
@@ -123,6 +130,7 @@ impl Default for GossipConfig {
             push_interval: Duration::from_millis(500),
             reap_interval: Duration::from_secs(1),
             gc_timeout: Duration::from_secs(60),
+            retirement_window: crate::crypto::rotation::DEFAULT_WINDOW,
         }
     }
 }
@@ -258,6 +266,8 @@ pub struct Gossip {
     next_reap: Instant,
     push_at: Option<Instant>,
     last_push: Option<Instant>,
+    /// The latest `now` an input brought (when a retirement is learned).
+    clock: Instant,
 }
 
 impl Gossip {
@@ -319,6 +329,7 @@ impl Gossip {
             next_reap: now + config.reap_interval,
             push_at: None,
             last_push: None,
+            clock: now,
             config,
         }
     }
@@ -332,6 +343,7 @@ impl Gossip {
         if peer.id == self.me {
             return;
         }
+        self.clock = self.clock.max(now);
         self.neighbours.insert(
             peer.id,
             Neighbour {
@@ -408,6 +420,7 @@ impl Gossip {
         bytes: &[u8],
         now: Instant,
     ) -> Result<(), GossipError> {
+        self.clock = self.clock.max(now);
         if !self.neighbours.contains_key(&from) {
             return Err(GossipError::NotConnected(from));
         }
@@ -440,6 +453,7 @@ impl Gossip {
 
     /// Runs whatever timers are due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.clock = self.clock.max(now);
         if self.push_at.is_some_and(|t| t <= now) {
             self.flush_push(now);
         }
@@ -512,9 +526,8 @@ impl Gossip {
             .collect()
     }
 
-    /// Rebuilds my connection list from the neighbours and bumps my version.
-    fn update_my_entry(&mut self) {
-        self.neighbours_dirty = false;
+    /// My connections as my entry lists them: at most `MAX_CONNECTIONS`.
+    fn capped_connections(&self) -> Vec<ConnectionInfo> {
         let mut connections = self.my_connections();
         if connections.len() > MAX_CONNECTIONS {
             // Keep the established ones: they are the ones routes use.
@@ -522,8 +535,14 @@ impl Gossip {
             connections.truncate(MAX_CONNECTIONS);
             connections.sort_by_key(|c| c.peer);
         }
+        connections
+    }
+
+    /// Rebuilds my connection list from the neighbours and bumps my version.
+    fn update_my_entry(&mut self) {
+        self.neighbours_dirty = false;
         let mut entry = self.my_entry().clone();
-        entry.connections = connections;
+        entry.connections = self.capped_connections();
         entry.version += 1;
         self.install_mine(entry);
     }
@@ -604,3 +623,6 @@ mod tests;
 
 #[cfg(test)]
 mod tests_rotation;
+
+#[cfg(test)]
+mod tests_live_rotation;

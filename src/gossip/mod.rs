@@ -9,9 +9,11 @@
 //! - [`topology`]: entries, their checks, the table and its summary hash.
 //! - [`entry_rotation`]: the identity rotation appended to a router's entry.
 //! - [`core`]: [`Gossip`], the topology core.
+//! - [`aliases`]: a rotated router's IDs as one node for routes.
 //! - [`routes`]: next hop per destination over established connections.
 //! - [`connection_maker`]: [`ConnectionMaker`], dialling and back-off.
 
+pub mod aliases;
 pub mod connection_maker;
 pub mod core;
 pub mod entry_rotation;

@@ -7,6 +7,7 @@
 //! router still lists its old connections). The hop limit of 8 is enforced by
 //! the data plane, not here.
 
+use super::aliases::Aliases;
 use super::topology::{ConnectionInfo, Table};
 use crate::id::PeerId;
 use std::collections::{HashMap, VecDeque};
@@ -32,6 +33,20 @@ impl Routes {
     /// `mine` is my live connection list (newer than my entry in `table`,
     /// whose next version waits for the rate-limited push).
     pub fn compute(me: PeerId, mine: &[ConnectionInfo], table: &Table) -> Self {
+        Self::compute_aliased(me, mine, table, &Aliases::default())
+    }
+
+    /// As [`Self::compute`], with a rotated router's IDs as one node
+    /// ([`Aliases`]): a connection to any of its IDs leads to the ID the
+    /// table holds it under, and that is the destination; a direct peer's
+    /// next hop stays the ID my connection list names (the link as the
+    /// driver knows it).
+    pub fn compute_aliased(
+        me: PeerId,
+        mine: &[ConnectionInfo],
+        table: &Table,
+        aliases: &Aliases,
+    ) -> Self {
         let mut routes = HashMap::new();
         let mut queue = VecDeque::new();
         queue.push_back((me, None::<PeerId>, 0u32));
@@ -47,30 +62,31 @@ impl Routes {
                 }
             };
             for c in connections.iter().filter(|c| c.established) {
-                if seen.contains(&c.peer) {
+                let peer = aliases.canonical(c.peer);
+                if seen.contains(&peer) {
                     continue;
                 }
-                let back = if c.peer == me {
-                    mine.binary_search_by_key(&node, |m| m.peer)
-                        .ok()
-                        .and_then(|i| mine.get(i))
+                let back = if peer == me {
+                    find(mine, node, aliases)
                 } else {
-                    table.get(c.peer).and_then(|other| other.connection(node))
+                    table
+                        .get(peer)
+                        .and_then(|other| find(&other.connections, node, aliases))
                 };
                 let mutual = back.is_some_and(|back| back.established);
                 if !mutual {
                     continue;
                 }
-                seen.insert(c.peer);
+                seen.insert(peer);
                 let next_hop = first_hop.unwrap_or(c.peer);
                 routes.insert(
-                    c.peer,
+                    peer,
                     Route {
                         next_hop,
                         hops: hops + 1,
                     },
                 );
-                queue.push_back((c.peer, Some(next_hop), hops + 1));
+                queue.push_back((peer, Some(next_hop), hops + 1));
             }
         }
         Self { table: routes }
@@ -100,4 +116,21 @@ impl Routes {
     pub fn is_empty(&self) -> bool {
         self.table.is_empty()
     }
+}
+
+/// The established connection to `node` (under any of its IDs) in `list`,
+/// sorted by peer.
+fn find<'a>(
+    list: &'a [ConnectionInfo],
+    node: PeerId,
+    aliases: &Aliases,
+) -> Option<&'a ConnectionInfo> {
+    std::iter::once(node)
+        .chain(aliases.aliases_of(node).iter().copied())
+        .find_map(|id| {
+            list.binary_search_by_key(&id, |c| c.peer)
+                .ok()
+                .and_then(|i| list.get(i))
+                .filter(|c| c.established)
+        })
 }

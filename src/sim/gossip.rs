@@ -24,6 +24,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 mod faults;
+mod rotation;
 
 /// What a simulation looks like.
 #[derive(Clone, Debug)]
@@ -45,6 +46,8 @@ pub struct SimConfig {
     pub dial_failure: f64,
     /// Keep a [`DialRecord`] of every dial (cold-start tests).
     pub record_dials: bool,
+    /// Count the entries sent, per owner ([`GossipSim::entries_sent`]).
+    pub record_entries: bool,
     /// Check invariants after every step.
     pub check_invariants: bool,
     /// Give up (panic, printing the seed) after this many steps.
@@ -62,6 +65,7 @@ impl Default for SimConfig {
             establish_delay: Duration::from_millis(100),
             dial_failure: 0.0,
             record_dials: false,
+            record_entries: false,
             check_invariants: true,
             max_steps: 50_000_000,
         }
@@ -77,6 +81,9 @@ pub enum Wire {
     Dial(SocketAddr),
     /// The heartbeat with the other end got through (harness event).
     Establish(usize),
+    /// The sender's link moved to its new key (the rekey of an identity
+    /// rotation reached the receiver).
+    Rekeyed(Box<crate::crypto::rotation::Rotation>),
 }
 
 /// One dial, as its outcome reached the dialler (`record_dials`).
@@ -147,12 +154,17 @@ pub struct GossipSim {
     pub seed: u64,
     /// Every dial, when `record_dials`.
     pub dials: Vec<DialRecord>,
+    /// Entries sent in updates, per ID, when `record_entries`.
+    pub entries_sent: HashMap<PeerId, u64>,
     config: SimConfig,
     links: HashSet<(usize, usize)>,
     udp_blocked: HashSet<(usize, usize)>,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     addr_of: HashMap<SocketAddr, usize>,
     idx_of: HashMap<PeerId, usize, BuildHasherDefault<IdHasher>>,
+    /// `(to, from)` → the ID `to` still names `from` by (a rotation whose
+    /// rekey has not reached `to` yet).
+    known_as: HashMap<(usize, usize), PeerId>,
     max_version: Vec<u64>,
     maker_deadline: Vec<Option<Instant>>,
     seeds: Vec<SocketAddr>,
@@ -203,6 +215,7 @@ impl GossipSim {
             decode_errors: 0,
             seed,
             dials: Vec::new(),
+            entries_sent: HashMap::new(),
             links: HashSet::new(),
             udp_blocked: HashSet::new(),
             timers: BinaryHeap::new(),
@@ -212,6 +225,7 @@ impl GossipSim {
                 .map(|(i, p)| (p.addresses[0], i))
                 .collect(),
             idx_of: infos.iter().enumerate().map(|(i, p)| (p.id, i)).collect(),
+            known_as: HashMap::new(),
             max_version: vec![0; config.routers],
             maker_deadline: vec![None; config.routers],
             seeds,
@@ -341,7 +355,7 @@ impl GossipSim {
                 if !self.links.contains(&(from.min(to), from.max(to))) {
                     return;
                 }
-                let from_id = self.id(from);
+                let from_id = self.known_id(to, from);
                 let now = self.now;
                 if let Some(g) = self.routers[to].gossip.as_mut()
                     && g.handle_message(from_id, &bytes, now).is_err()
@@ -351,6 +365,7 @@ impl GossipSim {
                 self.drain(to, false);
             }
             Wire::Dial(addr) => self.dial_outcome(to, addr),
+            Wire::Rekeyed(rotation) => self.rekeyed(from, to, &rotation),
             Wire::Establish(other) => {
                 let key = (to.min(other), to.max(other));
                 if self.links.contains(&key) && !self.udp_blocked.contains(&key) {
@@ -404,7 +419,7 @@ impl GossipSim {
     fn set_established(&mut self, a: usize, b: usize, established: bool) {
         let now = self.now;
         for (x, y) in [(a, b), (b, a)] {
-            let peer = self.id(y);
+            let peer = self.known_id(x, y);
             if let Some(g) = self.routers[x].gossip.as_mut() {
                 g.set_established(peer, established, now);
             }
@@ -416,7 +431,8 @@ impl GossipSim {
         self.links.remove(&(a.min(b), a.max(b)));
         let now = self.now;
         for (x, y) in [(a, b), (b, a)] {
-            let peer = self.id(y);
+            let peer = self.known_id(x, y);
+            self.known_as.remove(&(x, y));
             if let Some(g) = self.routers[x].gossip.as_mut() {
                 g.connection_down(peer, now);
                 self.routers[x].maker.disconnected(peer, now);
@@ -498,6 +514,9 @@ impl GossipSim {
             };
             self.bytes_sent[i] += bytes.len() as u64;
             self.frames_sent[i] += 1;
+            if self.config.record_entries {
+                self.count_entries(&bytes);
+            }
             self.net.send(now, i, j, Wire::Gossip(bytes));
         }
         for addr in dials {
@@ -510,6 +529,16 @@ impl GossipSim {
         }
         if self.config.check_invariants {
             self.check(i);
+        }
+    }
+
+    fn count_entries(&mut self, frame: &[u8]) {
+        if let Ok(crate::gossip::message::Message::Update(u)) =
+            crate::gossip::message::Message::decode(frame)
+        {
+            for e in u.entries.iter().filter_map(|e| e.claim().ok()) {
+                *self.entries_sent.entry(e.id).or_default() += 1;
+            }
         }
     }
 

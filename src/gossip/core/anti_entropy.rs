@@ -201,16 +201,22 @@ impl Gossip {
     /// reachable routers claim. A dead router's own stale claims are never
     /// followed unless someone live claims it.
     fn reachable(&self) -> HashSet<PeerId> {
+        let aliases = self.aliases();
         let mut seen = HashSet::from([self.me]);
-        let mut stack: Vec<PeerId> = self.neighbours.keys().copied().collect();
+        let mut stack: Vec<PeerId> = self
+            .neighbours
+            .keys()
+            .map(|n| aliases.canonical(*n))
+            .collect();
         seen.extend(stack.iter().copied());
         while let Some(id) = stack.pop() {
             let Some(entry) = self.table.get(id) else {
                 continue;
             };
             for c in &entry.connections {
-                if seen.insert(c.peer) {
-                    stack.push(c.peer);
+                let peer = aliases.canonical(c.peer);
+                if seen.insert(peer) {
+                    stack.push(peer);
                 }
             }
         }

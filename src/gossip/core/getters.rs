@@ -3,7 +3,7 @@
 
 use super::Gossip;
 use crate::gossip::routes::Routes;
-use crate::gossip::topology::TopologyEntry;
+use crate::gossip::topology::{SignedEntry, TopologyEntry};
 use crate::id::{PeerId, ShortId};
 
 impl Gossip {
@@ -15,8 +15,14 @@ impl Gossip {
     /// Next hop per destination over established connections (computed
     /// lazily after each change).
     pub fn routes(&self) -> &Routes {
-        self.routes
-            .get_or_init(|| Routes::compute(self.me, &self.my_connections(), &self.table))
+        self.routes.get_or_init(|| {
+            Routes::compute_aliased(
+                self.me,
+                &self.my_connections(),
+                &self.table,
+                &self.aliases(),
+            )
+        })
     }
 
     /// Every known entry, mine included, by id.
@@ -27,6 +33,11 @@ impl Gossip {
     /// The entry for `id`.
     pub fn entry(&self, id: PeerId) -> Option<&TopologyEntry> {
         self.table.get(id)
+    }
+
+    /// The entry for `id` as its owner signed it.
+    pub fn signed_entry(&self, id: PeerId) -> Option<&SignedEntry> {
+        self.table.signed(id)
     }
 
     /// My own entry.

@@ -22,6 +22,7 @@ use crate::crypto::rotation::{MAX_TRACKED, Rotation};
 use crate::gossip::entry_rotation::checked_rotation;
 use crate::gossip::topology::{RefusedReason, SignedEntry, TopologyEntry};
 use crate::id::{PeerId, ShortId};
+use std::time::Instant;
 
 /// A retired ID: whom it moved to, and its tombstone once known.
 #[derive(Clone, Debug)]
@@ -29,6 +30,9 @@ pub(super) struct Retirement {
     pub(super) successor: PeerId,
     pub(super) rotation: Rotation,
     pub(super) tombstone: Option<SignedEntry>,
+    /// When this core learned it (the oldest ended one makes room at the
+    /// bound).
+    pub(super) learned: Instant,
 }
 
 /// The tombstone of `rotation`'s old key: an entry of the old ID with no
@@ -89,10 +93,24 @@ impl Gossip {
                 successor: new,
                 rotation,
                 tombstone: Some(signed),
+                learned: self.clock,
             },
         );
         self.retirement_changes += 1;
         self.install_mine(entry);
+        self
+    }
+
+    /// My entry announces `short` (the value a rotation carried to this
+    /// key at an earlier start) instead of the preferred one; the clash
+    /// rule still moves it if a lower ID holds it. Call right after
+    /// [`Gossip::new`].
+    pub fn with_short_id(mut self, short: ShortId) -> Self {
+        let mut entry = self.my_entry().clone();
+        if entry.short_id != short {
+            entry.short_id = short;
+            self.install_mine(entry);
+        }
         self
     }
 
@@ -133,13 +151,14 @@ impl Gossip {
             signed.verify_with(&claim, &mut self.verifying_keys)?;
         }
         self.conflict(old, new)?;
-        if !self.retired.contains_key(&old) && self.retired.len() >= MAX_TRACKED {
-            return Err(RefusedReason::TooManyRotations);
+        if !self.retired.contains_key(&old) {
+            self.make_room_for_retirement()?;
         }
         let held = self.retired.entry(old).or_insert(Retirement {
             successor: new,
             rotation,
             tombstone: None,
+            learned: self.clock,
         });
         if held.tombstone.is_none() {
             held.tombstone = tombstone;
@@ -151,6 +170,35 @@ impl Gossip {
             self.install_mine(entry);
         }
         Ok(())
+    }
+
+    /// At the bound, the retirement learned first goes if its window is
+    /// over (`GossipConfig::retirement_window`); while every window is
+    /// open, a new one is refused.
+    pub(super) fn make_room_for_retirement(&mut self) -> Result<(), RefusedReason> {
+        if self.retired.len() < MAX_TRACKED {
+            return Ok(());
+        }
+        let window = self.config.retirement_window;
+        let oldest = self
+            .retired
+            .iter()
+            .filter(|(_, r)| r.learned + window <= self.clock)
+            .min_by_key(|(old, r)| (r.learned, **old))
+            .map(|(old, _)| *old)
+            .ok_or(RefusedReason::TooManyRotations)?;
+        self.forget_retirement(oldest);
+        Ok(())
+    }
+
+    /// Drops the retirement of `old` (the driver's run-time pruning past
+    /// the retention, `control::rotation::Rotations::prune`): its
+    /// tombstone is no longer handed out, and a copy of its entry is
+    /// judged as any entry again.
+    pub fn forget_retirement(&mut self, old: PeerId) {
+        if self.retired.remove(&old).is_some() {
+            self.retirement_changes += 1;
+        }
     }
 
     /// The router `old` moved to, if this core knows `old` is retired.
@@ -196,15 +244,20 @@ impl Gossip {
         if let Err(reason) = self.retire(old, new, rotation, Some(signed.clone())) {
             return self.refuse(from, claim.id, &claim.name, reason);
         }
-        // Spread it once, as it was signed, to every other neighbour.
+        // Spread it once, as it was signed, with the successor's entry (so
+        // no router holds the retirement without the router's new ID), to
+        // every other neighbour the successor has not told itself.
+        let successor = self.table.get(new);
         let to: Vec<PeerId> = self
             .neighbours
             .keys()
             .copied()
-            .filter(|n| *n != from)
+            .filter(|n| *n != from && successor.is_none_or(|e| e.connection(*n).is_none()))
             .collect();
+        let mut entries: Vec<SignedEntry> = self.table.signed(new).cloned().into_iter().collect();
+        entries.push(signed);
         for n in to {
-            self.send_entries(n, vec![signed.clone()]);
+            self.send_entries(n, entries.clone());
         }
     }
 
@@ -243,8 +296,8 @@ impl Gossip {
     }
 
     /// Retires `old` in favour of `new` (verified by the caller): its entry
-    /// leaves the table, its name passes to `new`, and the driver hears of
-    /// the rotation the first time.
+    /// leaves the table once `new`'s is there, its name passes to `new`, and
+    /// the driver hears of the rotation the first time.
     pub(super) fn retire(
         &mut self,
         old: PeerId,
@@ -254,13 +307,14 @@ impl Gossip {
     ) -> Result<(), RefusedReason> {
         self.conflict(old, new)?;
         let first = !self.retired.contains_key(&old);
-        if first && self.retired.len() >= MAX_TRACKED {
-            return Err(RefusedReason::TooManyRotations);
+        if first {
+            self.make_room_for_retirement()?;
         }
         let held = self.retired.entry(old).or_insert(Retirement {
             successor: new,
             rotation,
             tombstone: None,
+            learned: self.clock,
         });
         if held.tombstone.is_none() && tombstone.is_some() {
             held.tombstone = tombstone;
@@ -270,10 +324,14 @@ impl Gossip {
             self.retirement_changes += 1;
         }
         self.tombstones.remove(&old);
-        self.unreachable_since.remove(&old);
+        // The old entry stays until the successor's is known: routes follow
+        // the router under whichever ID the table holds (`aliases`), so it
+        // is never without one.
         if old != self.me
+            && self.table.get(new).is_some()
             && let Some((entry, _)) = self.table.remove(old)
         {
+            self.unreachable_since.remove(&old);
             if self.names.get(&entry.name) == Some(&old) {
                 self.names.remove(&entry.name);
             }

@@ -8,11 +8,11 @@ use crate::crypto::Identity;
 use crate::crypto::rotation::Rotation;
 use crate::gossip::message::{Message, Update};
 
-fn identity(seed: u64) -> Identity {
+pub(super) fn identity(seed: u64) -> Identity {
     Identity::generate(&mut StdRng::seed_from_u64(seed))
 }
 
-fn info(identity: &Identity, name: &str) -> PeerInfo {
+pub(super) fn info(identity: &Identity, name: &str) -> PeerInfo {
     PeerInfo {
         id: identity.id(),
         name: name.into(),
@@ -22,7 +22,7 @@ fn info(identity: &Identity, name: &str) -> PeerInfo {
 }
 
 /// `owner`'s entry at `version` under `name`, announcing `short`.
-fn entry(owner: &Identity, name: &str, version: u64, short: ShortId) -> TopologyEntry {
+pub(super) fn entry(owner: &Identity, name: &str, version: u64, short: ShortId) -> TopologyEntry {
     TopologyEntry {
         id: owner.id(),
         version,
@@ -35,16 +35,20 @@ fn entry(owner: &Identity, name: &str, version: u64, short: ShortId) -> Topology
     }
 }
 
-fn signed(owner: &Identity, e: &TopologyEntry, rotation: Option<&Rotation>) -> SignedEntry {
+pub(super) fn signed(
+    owner: &Identity,
+    e: &TopologyEntry,
+    rotation: Option<&Rotation>,
+) -> SignedEntry {
     SignedEntry::sign_rotated(e, rotation, &SigningKey::from_identity(owner))
 }
 
-fn update(entries: Vec<SignedEntry>) -> Vec<u8> {
+pub(super) fn update(entries: Vec<SignedEntry>) -> Vec<u8> {
     Message::Update(Update { entries }).encode()
 }
 
 /// A fresh core for `owner` under `name` (seed 9).
-fn core(owner: &Identity, name: &str, now: Instant) -> Gossip {
+pub(super) fn core(owner: &Identity, name: &str, now: Instant) -> Gossip {
     Gossip::new(
         info(owner, name),
         SigningKey::from_identity(owner),
@@ -56,7 +60,7 @@ fn core(owner: &Identity, name: &str, now: Instant) -> Gossip {
 
 /// A core ("me") with one neighbour, which knows router "x" under `old`
 /// at version 5 with short ID 4242; drained.
-fn core_knowing_x(old: &Identity) -> (Gossip, PeerId, Instant) {
+pub(super) fn core_knowing_x(old: &Identity) -> (Gossip, PeerId, Instant) {
     let now = Instant::now();
     let me = identity(1);
     let mut g = core(&me, "me", now);
@@ -71,12 +75,12 @@ fn core_knowing_x(old: &Identity) -> (Gossip, PeerId, Instant) {
 }
 
 /// Drains transmits and events; returns the events.
-fn drain(g: &mut Gossip) -> Vec<GossipEvent> {
+pub(super) fn drain(g: &mut Gossip) -> Vec<GossipEvent> {
     while g.poll_transmit().is_some() {}
     std::iter::from_fn(|| g.poll_event()).collect()
 }
 
-fn refusals(events: &[GossipEvent]) -> Vec<RefusedReason> {
+pub(super) fn refusals(events: &[GossipEvent]) -> Vec<RefusedReason> {
     events
         .iter()
         .filter_map(|e| match e {
@@ -155,12 +159,25 @@ fn the_tombstone_retires_the_old_id_and_goes_to_every_new_neighbour() {
             .iter()
             .any(|e| matches!(e, GossipEvent::Rotated { old: o, .. } if *o == old.id()))
     );
-    assert!(g.entry(old.id()).is_none());
-    assert_eq!(g.name_holder("x"), None);
+    // The successor's entry is not here yet: the old one stays, so the
+    // router keeps a route under the ID the table knows.
+    assert!(g.entry(old.id()).is_some());
+    assert_eq!(g.name_holder("x"), Some(old.id()));
     // Learned once: a replay is no second event.
     g.handle_message(n, &update(vec![grave.clone()]), now)
         .unwrap();
     assert_eq!(drain(&mut g), vec![]);
+    // The successor arrives: the old entry leaves, the name moves.
+    let successor = entry(&new, "x", 1, ShortId(4242));
+    g.handle_message(
+        n,
+        &update(vec![signed(&new, &successor, Some(&rotation))]),
+        now,
+    )
+    .unwrap();
+    assert_eq!(refusals(&drain(&mut g)), vec![]);
+    assert!(g.entry(old.id()).is_none());
+    assert_eq!(g.name_holder("x"), Some(new.id()));
     // A router that connects (a restart after the window) is handed it.
     let later = identity(3);
     g.connection_up(info(&later, "later"), true, now);
