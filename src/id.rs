@@ -59,9 +59,68 @@ impl ShortId {
     }
 }
 
+/// A table keyed by router ID that follows a live identity rotation
+/// (issue 20, docs/ARCHITECTURE.md "the live key switch"): the router kept
+/// its link, so what was known of it moves from the old ID to the new one
+/// instead of being dropped and learned again.
+pub trait FollowRotation {
+    /// Moves `old`'s entry to `new`. An entry `new` already has is newer
+    /// (learned under the new key) and stays; `old`'s is then dropped.
+    fn follow_rotation(&mut self, old: PeerId, new: PeerId);
+}
+
+impl<V, S: std::hash::BuildHasher> FollowRotation for std::collections::HashMap<PeerId, V, S> {
+    fn follow_rotation(&mut self, old: PeerId, new: PeerId) {
+        if let Some(value) = self.remove(&old) {
+            self.entry(new).or_insert(value);
+        }
+    }
+}
+
+impl<V> FollowRotation for std::collections::BTreeMap<PeerId, V> {
+    fn follow_rotation(&mut self, old: PeerId, new: PeerId) {
+        if let Some(value) = self.remove(&old) {
+            self.entry(new).or_insert(value);
+        }
+    }
+}
+
+impl<S: std::hash::BuildHasher> FollowRotation for std::collections::HashSet<PeerId, S> {
+    fn follow_rotation(&mut self, old: PeerId, new: PeerId) {
+        if self.remove(&old) {
+            self.insert(new);
+        }
+    }
+}
+
+impl FollowRotation for std::collections::BTreeSet<PeerId> {
+    fn follow_rotation(&mut self, old: PeerId, new: PeerId) {
+        if self.remove(&old) {
+            self.insert(new);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::{BTreeMap, HashMap, HashSet};
+
+    #[test]
+    fn a_rotation_moves_an_entry_and_keeps_one_the_new_id_already_has() {
+        let (old, new, other) = (PeerId(1), PeerId(2), PeerId(3));
+        let mut map = HashMap::from([(old, "old"), (other, "other")]);
+        map.follow_rotation(old, new);
+        assert_eq!(map, HashMap::from([(new, "old"), (other, "other")]));
+        let mut both = BTreeMap::from([(old, "old"), (new, "new")]);
+        both.follow_rotation(old, new);
+        assert_eq!(both, BTreeMap::from([(new, "new")]));
+        let mut set = HashSet::from([old]);
+        set.follow_rotation(old, new);
+        assert_eq!(set, HashSet::from([new]));
+        set.follow_rotation(other, old);
+        assert_eq!(set, HashSet::from([new]), "an unknown ID moves nothing");
+    }
 
     #[test]
     fn peer_id_is_stable_and_key_dependent() {

@@ -24,7 +24,7 @@
 //! A report is only ever about its receiver (the sender tells me where *I*
 //! come from), so no router can make a claim about another through it.
 
-use crate::id::PeerId;
+use crate::id::{FollowRotation, PeerId};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 
@@ -183,6 +183,19 @@ impl Endpoints {
         Ok(())
     }
 
+    /// `old` moved to the identity key of `new` on a live link (issue 20):
+    /// its reports of our addresses stand, as the same router's.
+    pub fn follow_rotation(&mut self, old: PeerId, new: PeerId) {
+        self.reports.follow_rotation(old, new);
+        self.brought.follow_rotation(old, new);
+        self.told_udp.follow_rotation(old, new);
+        for answered in self.answered.values_mut() {
+            if *answered == old {
+                *answered = new;
+            }
+        }
+    }
+
     /// A peer went away: its reports no longer count, and it is told again
     /// when it returns.
     pub fn handle_peer_down(&mut self, peer: PeerId) {
@@ -331,6 +344,21 @@ mod tests {
         assert_eq!(e.advertised(), &[LISTEN, a(99, 443), a(22, 6783)]);
         e.set_from_kube(vec![]);
         assert_eq!(e.advertised(), &[LISTEN, a(99, 443)]);
+    }
+
+    #[test]
+    fn a_rotated_peer_is_one_witness_not_two() {
+        let mut e = Endpoints::new(LISTEN, vec![]);
+        e.handle_report(PeerId(1), None, Some(a(11, 6783)), None);
+        e.follow_rotation(PeerId(1), PeerId(3));
+        // The same router under its new key says it again: still one word.
+        e.handle_report(PeerId(3), None, Some(a(11, 6783)), None);
+        assert_eq!(e.advertised(), &[LISTEN]);
+        e.handle_report(PeerId(2), None, Some(a(11, 6783)), None);
+        assert_eq!(e.advertised(), &[LISTEN, a(11, 6783)]);
+        // Its report went with it: gone when it goes.
+        e.handle_peer_down(PeerId(3));
+        assert_eq!(e.advertised(), &[LISTEN]);
     }
 
     #[test]

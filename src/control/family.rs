@@ -23,7 +23,7 @@
 //! registry holds it ([`FamilyChoice::track`]): a new connection that puts
 //! it elsewhere wins, without counting as a switch.
 
-use crate::id::PeerId;
+use crate::id::{FollowRotation, PeerId};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -223,6 +223,12 @@ impl FamilyChoice {
         if alt.endpoint.is_none() {
             alt.endpoint = Some(other);
         }
+    }
+
+    /// `old` moved to the identity key of `new` on a live link (issue 20):
+    /// the paths measured are the same router's.
+    pub fn follow_rotation(&mut self, old: PeerId, new: PeerId) {
+        self.peers.follow_rotation(old, new);
     }
 
     /// `peer` is no longer a tracked dual-stack neighbour.

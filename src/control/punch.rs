@@ -68,7 +68,7 @@ mod types;
 pub use candidates::{order, usable};
 pub use types::{PunchCounters, PunchEvent, PunchFailure, PunchState, PunchTimer, PunchTransmit};
 
-use crate::id::PeerId;
+use crate::id::{FollowRotation, PeerId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, VecDeque};
@@ -381,6 +381,18 @@ impl Punch {
                 *retry_at = Some(now);
             }
         }
+    }
+
+    /// `old` moved to the identity key of `new` on a live link (issue 20):
+    /// an attempt under way goes on with the same router.
+    pub fn follow_rotation(&mut self, old: PeerId, new: PeerId) {
+        self.pairs.follow_rotation(old, new);
+    }
+
+    /// This router moved to the identity key of `me` (issue 20): whose
+    /// turn an attempt's next step is follows the new ID.
+    pub fn set_me(&mut self, me: PeerId) {
+        self.me = me;
     }
 
     /// `peer` has a direct link now, or left: forget the pair.

@@ -22,7 +22,7 @@ use super::Control;
 use super::connection::{self, ConnectionEvent, ConnectionId};
 use super::proto::ControlMessage;
 use super::relay::{self, RelayChoice, RelayDrop};
-use crate::id::PeerId;
+use crate::id::{FollowRotation, PeerId};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -169,6 +169,38 @@ impl Sessions {
     /// The session with `peer`.
     pub fn get(&self, peer: PeerId) -> Option<&Session> {
         self.by_peer.get(&peer)
+    }
+
+    /// `old` moved to the identity key of `new` on a live link (issue 20):
+    /// relayed connections to it, or through it, are the same streams.
+    pub fn follow_rotation(&mut self, old: PeerId, new: PeerId) {
+        let rename = |id: &mut PeerId| {
+            if *id == old {
+                *id = new;
+            }
+        };
+        self.by_peer.follow_rotation(old, new);
+        for session in self
+            .by_peer
+            .values_mut()
+            .chain(self.retiring.iter_mut().map(|(s, _)| s))
+        {
+            rename(&mut session.peer);
+            rename(&mut session.via);
+        }
+        self.unconnected_since.follow_rotation(old, new);
+        for (opener, relay, _) in &mut self.resets {
+            rename(opener);
+            rename(relay);
+        }
+        self.avoid = std::mem::take(&mut self.avoid)
+            .into_iter()
+            .map(|((mut target, mut via), until)| {
+                rename(&mut target);
+                rename(&mut via);
+                ((target, via), until)
+            })
+            .collect();
     }
 
     /// When to look for new relayed connections again.

@@ -34,7 +34,7 @@
 //! /`dial_failed` from the driver, then call `poll_dial(now)` until `None` and
 //! sleep until `poll_timeout()`.
 
-use crate::id::PeerId;
+use crate::id::{FollowRotation, PeerId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -336,6 +336,21 @@ impl ConnectionMaker {
         }
         if let Some(t) = self.targets.get_mut(&Key::Peer(peer)) {
             t.state = State::Connected { since: now };
+        }
+    }
+
+    /// `old` moved to the identity key of `new` on a live link (issue 20):
+    /// the connection stays, so the plan keeps it connected under the new
+    /// ID and the seeds it answered at stay its.
+    pub fn follow_rotation(&mut self, old: PeerId, new: PeerId) {
+        self.connected.follow_rotation(old, new);
+        for owner in self.seed_owner.values_mut() {
+            if *owner == old {
+                *owner = new;
+            }
+        }
+        if let Some(target) = self.targets.remove(&Key::Peer(old)) {
+            self.targets.entry(Key::Peer(new)).or_insert(target);
         }
     }
 

@@ -50,7 +50,7 @@ mod tests;
 use crate::control::family::Family;
 use crate::crypto::replay::ReplayWindow;
 use crate::crypto::session::Keyset;
-use crate::id::{PeerId, ShortId};
+use crate::id::{FollowRotation, PeerId, ShortId};
 use crate::router::datagram::open_datagram;
 use crate::router::packet::{CONTROL_LANE, DataHeader, PacketType};
 use link::{Counter, Link, Pmtu, Receiver, Sender};
@@ -239,6 +239,13 @@ impl Heartbeats {
                 pmtu: Pmtu::new(first_tx),
             },
         );
+    }
+
+    /// `old` moved to the identity key of `new` on a live link (issue 20):
+    /// its link state (keys' counters, windows, RTT, path MTU) is the
+    /// same link's and moves with it.
+    pub fn follow_rotation(&mut self, old: PeerId, new: PeerId) {
+        self.links.follow_rotation(old, new);
     }
 
     /// `peer`'s connection went: its counters and windows go with it.

@@ -619,3 +619,26 @@ fn a_probe_over_the_other_family_is_answered_there_and_proves_nothing_of_the_pat
     assert_eq!(status.udp, UdpState::Ok);
     assert!(status.rtt.is_some());
 }
+
+#[test]
+fn a_link_followed_through_a_rotation_stays_established_under_the_new_id() {
+    let t0 = Instant::now();
+    let (mut a, mut b) = pair(t0);
+    let wire = Wire::new(|_, _| false);
+    run(&mut a, &mut b, &wire, t0, t0 + secs(2.0));
+    let before = a.status(B, t0 + secs(2.0)).unwrap();
+    let b2 = PeerId(3);
+    a.follow_rotation(B, b2);
+    assert!(a.status(B, t0 + secs(2.0)).is_none());
+    let after = a.status(b2, t0 + secs(2.0)).unwrap();
+    assert_eq!(
+        (after.udp, after.pmtu, after.rtt),
+        (before.udp, before.pmtu, before.rtt)
+    );
+    let changes = run(&mut a, &mut b, &wire, t0 + secs(2.0), t0 + secs(30.0));
+    assert!(
+        changes.iter().all(|(_, established)| *established),
+        "the link went down across the rotation: {changes:?}"
+    );
+    assert!(a.status(b2, t0 + secs(30.0)).unwrap().established);
+}

@@ -113,6 +113,29 @@ fn an_opened_session_not_up_in_time_is_dropped_and_its_relay_avoided_for_that_ta
     );
 }
 
+#[test]
+fn sessions_to_and_through_a_rotated_router_follow_it_to_its_new_id() {
+    let t0 = Instant::now();
+    let (target, relay, new) = (PeerId(9), PeerId(1), PeerId(5));
+    let mut sessions = Sessions::default();
+    for s in [
+        session(target, relay, true, t0),
+        session(relay, PeerId(2), true, t0),
+    ] {
+        sessions.by_peer.insert(s.peer, s);
+    }
+    sessions.avoid.insert((PeerId(7), relay), t0 + AVOID_FOR);
+    sessions.follow_rotation(relay, new);
+    assert_eq!(sessions.get(target).map(|s| s.via), Some(new));
+    assert!(sessions.get(relay).is_none());
+    assert_eq!(
+        sessions.get(new).map(|s| (s.peer, s.via)),
+        Some((new, PeerId(2)))
+    );
+    assert!(sessions.avoided(PeerId(7), new, t0));
+    assert!(!sessions.avoided(PeerId(7), relay, t0));
+}
+
 #[tokio::test]
 async fn relayed_bytes_a_stalled_stream_has_not_taken_are_bounded_and_freed_as_it_reads() {
     let (incoming, mut rx) = Incoming::new();

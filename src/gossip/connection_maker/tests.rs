@@ -270,3 +270,31 @@ fn a_seed_given_again_with_other_addresses_keeps_its_place_and_a_same_site_one_g
     m.forget(external);
     assert_eq!(m.seeds().count(), 0);
 }
+
+#[test]
+fn a_router_that_rotated_its_key_on_a_live_link_stays_connected_and_keeps_its_seed() {
+    let now = Instant::now();
+    let mut m = ConnectionMaker::new(vec![], vec![addr(2)], 1);
+    assert_eq!(m.poll_dial(now), Some(addr(2)));
+    m.connected(PeerId(2), Some(addr(2)), now);
+    m.learn(PeerId(2), &[addr(2)], now);
+    m.follow_rotation(PeerId(2), PeerId(5));
+    m.unlearn(PeerId(2));
+    m.learn(PeerId(5), &[addr(2)], now);
+    let later = now + Duration::from_secs(120);
+    assert_eq!(
+        m.poll_dial(later),
+        None,
+        "the live link is not dialled again"
+    );
+    // When the link does go, the seed is the new ID's and is dialled again.
+    m.disconnected(PeerId(5), later);
+    let mut t = later;
+    while m.poll_dial(t) != Some(addr(2)) {
+        t = m.poll_timeout().unwrap();
+        assert!(
+            t < later + Duration::from_secs(60),
+            "the seed was not dialled again"
+        );
+    }
+}
