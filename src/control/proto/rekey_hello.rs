@@ -40,12 +40,7 @@ pub fn encode_rekey_hello(session_index: u32, rotation: Option<&Rotation>) -> Ve
 /// Decodes a rekey hello and the rotation it may carry (decoded, not
 /// verified: the link checks it against the keys it knows). Never panics.
 pub fn decode_rekey_hello(bytes: &[u8]) -> Result<(RekeyHello, Option<Rotation>), DecodeError> {
-    if bytes.len() > crate::wire::MAX_MESSAGE {
-        return Err(DecodeError::Malformed("message too large".into()));
-    }
-    let (hello, read): (RekeyHello, usize) =
-        bincode::serde::decode_from_slice(bytes, crate::wire::config())
-            .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let (hello, read): (RekeyHello, usize) = crate::wire::decode_prefix(bytes)?;
     let rest = bytes.get(read..).unwrap_or_default();
     if rest.is_empty() {
         return Ok((hello, None));
