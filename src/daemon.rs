@@ -357,7 +357,7 @@ async fn serve(
         tokio::spawn(watch_secrets(path, secrets.clone()));
     }
     let context = Arc::new(ConnectionContext {
-        identity: Arc::new(identity),
+        identity: ArcSwap::from_pointee(identity),
         secrets,
         prologue: handshake::prologue(&config.range.to_string()),
         hello: Hello {

@@ -15,6 +15,7 @@ pub use super::link::{HANDSHAKE_TIMEOUT, HandshakeFailure, NewKeys};
 use super::proto::{ControlMessage, Hello};
 use crate::crypto::freshness::Msg1Guard;
 use crate::crypto::identity::Identity;
+use crate::crypto::rotation::Rotation;
 use crate::crypto::secret::ClusterSecrets;
 use crate::id::PeerId;
 use arc_swap::ArcSwap;
@@ -34,8 +35,10 @@ pub type ConnectionId = u64;
 
 /// What every connection task needs, shared.
 pub struct ConnectionContext {
-    /// Our static identity.
-    pub identity: Arc<Identity>,
+    /// Our static identity: swapped by a live identity switch (issue 20),
+    /// so a connection starting after it uses the new key (one whose
+    /// handshake straddles it is closed before `Up`).
+    pub identity: ArcSwap<Identity>,
     /// The cluster secrets (reloadable).
     pub secrets: Arc<ArcSwap<ClusterSecrets>>,
     /// The Noise prologue (binds the cluster range).
@@ -126,6 +129,26 @@ pub enum ConnectionEvent {
         /// The next bytes of its stream.
         bytes: Vec<u8>,
     },
+    /// The peer switched its static key on this live connection (issue
+    /// 20), reported before the rekey's `Rekeyed`: the registry moves its
+    /// record from `old` to `new` in place.
+    PeerRotated {
+        /// Which connection.
+        id: ConnectionId,
+        /// The ID the connection knew the peer by.
+        old: PeerId,
+        /// Its ID from now on.
+        new: PeerId,
+        /// The verified announcement its rekey carried.
+        rotation: Rotation,
+    },
+    /// Our own switch (`ConnectionCommand::SwitchIdentity`) completed on
+    /// this connection: the peer knows us by the new key (before the
+    /// rekey's `Rekeyed`).
+    IdentitySwitched {
+        /// Which connection.
+        id: ConnectionId,
+    },
     /// The connection ended (after `Up`).
     Down {
         /// Which connection.
@@ -144,6 +167,15 @@ pub enum ConnectionCommand {
     Rekey,
     /// Send `Close` and end the connection.
     Close(String),
+    /// Move the link to our successor key live (issue 20): a rekey under
+    /// `identity` carrying `rotation` starts; a peer too old to follow gets
+    /// `Close` and the connection ends (re-dialled under the new key).
+    SwitchIdentity {
+        /// The new static identity.
+        identity: Arc<Identity>,
+        /// The announcement moving our current key to it.
+        rotation: Box<Rotation>,
+    },
 }
 
 /// Dials `remote` and runs the connection until it ends.
@@ -271,42 +303,63 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
     outbound: bool,
     relayed_via: Option<PeerId>,
 ) {
-    let secrets = context.secrets.load_full();
-    let config = LinkConfig {
-        identity: (*context.identity).clone(),
-        secrets: (*secrets).clone(),
-        prologue: context.prologue.clone(),
-        hello: context.hello.clone(),
-        seed: None,
-    };
-    let indices = Box::new(ContextIndices(context.clone()));
-    let now = std::time::Instant::now();
-    let link = if outbound {
-        ControlLink::initiator(config, indices, now, wall_clock())
-    } else {
-        ControlLink::responder(config, indices, now)
-    };
-    let mut driver = Driver {
-        context: context.clone(),
-        id,
-        remote,
-        outbound,
-        relayed_via,
-        link,
-        secrets,
-        commands: None,
-    };
-    let ending = driver.serve(stream).await;
-    let event = match ending {
-        Ending::HandshakeFailed(reason) => ConnectionEvent::HandshakeFailed {
+    Driver::new(context, id, remote, outbound, relayed_via)
+        .run(stream)
+        .await;
+}
+
+impl Driver {
+    /// The driver of a new link under the identity the context holds now.
+    fn new(
+        context: Arc<ConnectionContext>,
+        id: ConnectionId,
+        remote: SocketAddr,
+        outbound: bool,
+        relayed_via: Option<PeerId>,
+    ) -> Self {
+        let secrets = context.secrets.load_full();
+        let config = LinkConfig {
+            identity: (**context.identity.load()).clone(),
+            secrets: (*secrets).clone(),
+            prologue: context.prologue.clone(),
+            hello: context.hello.clone(),
+            seed: None,
+        };
+        let indices = Box::new(ContextIndices(context.clone()));
+        let now = std::time::Instant::now();
+        let link = if outbound {
+            ControlLink::initiator(config, indices, now, wall_clock())
+        } else {
+            ControlLink::responder(config, indices, now)
+        };
+        Self {
+            context,
             id,
             remote,
             outbound,
-            reason,
-        },
-        Ending::Down(reason) => ConnectionEvent::Down { id, reason },
-    };
-    let _ = context.events.send(event);
+            relayed_via,
+            link,
+            secrets,
+            commands: None,
+        }
+    }
+
+    /// Serves the link on `stream` until it ends, then tells the control task.
+    async fn run<S: AsyncRead + AsyncWrite>(mut self, stream: S) {
+        let event = match self.serve(stream).await {
+            Ending::HandshakeFailed(reason) => ConnectionEvent::HandshakeFailed {
+                id: self.id,
+                remote: self.remote,
+                outbound: self.outbound,
+                reason,
+            },
+            Ending::Down(reason) => ConnectionEvent::Down {
+                id: self.id,
+                reason,
+            },
+        };
+        let _ = self.context.events.send(event);
+    }
 }
 
 impl Driver {
@@ -347,6 +400,9 @@ impl Driver {
                     let _ = self.link.rekey(now, wall_clock());
                 }
                 Input::Command(Some(ConnectionCommand::Close(reason))) => self.link.close(&reason),
+                Input::Command(Some(ConnectionCommand::SwitchIdentity { identity, rotation })) => {
+                    self.switch_identity(now, &identity, *rotation);
+                }
                 Input::Command(None) => return Ending::Down("control task gone".into()),
                 Input::Deadline => self.link.handle_timeout(now),
                 Input::Resume => {}
@@ -389,6 +445,14 @@ impl Driver {
                     .admit(&stamp, wall_clock());
                 self.link.admit_msg1(std::time::Instant::now(), verdict);
             }
+            LinkEvent::Up(_) if self.context.identity.load().id() != self.link.me() => {
+                // Our key was switched while this handshake ran under the
+                // old one: the control task has moved on to the new ID and
+                // would send this link no switch. Closed before `Up`; the
+                // dialler re-dials under the new key.
+                self.link
+                    .close("identity key switched during the handshake; re-dial");
+            }
             LinkEvent::Up(established) => {
                 let (commands_tx, commands) = mpsc::unbounded_channel();
                 self.commands = Some(commands);
@@ -416,14 +480,23 @@ impl Driver {
                     .events
                     .send(ConnectionEvent::Rekeyed { id: self.id, keys });
             }
-            LinkEvent::PeerRotated { old, new, .. } => {
-                tracing::info!(%old, %new, "peer switched its identity key on a live connection");
+            LinkEvent::PeerRotated { old, new, rotation } => {
+                let _ = self.context.events.send(ConnectionEvent::PeerRotated {
+                    id: self.id,
+                    old,
+                    new,
+                    rotation,
+                });
             }
             LinkEvent::IdentitySwitched => {
                 tracing::debug!(
                     connection = self.id,
                     "our identity switch completed on this connection"
                 );
+                let _ = self
+                    .context
+                    .events
+                    .send(ConnectionEvent::IdentitySwitched { id: self.id });
             }
             LinkEvent::Message(message) => {
                 self.context.backlog.add(&message);
@@ -448,6 +521,30 @@ impl Driver {
             }
         }
         None
+    }
+
+    /// Starts the link's live switch to `identity`. A refusal (an earlier
+    /// switch incomplete, an announcement for another key) leaves the link
+    /// on its key: logged, since the control task only sends a switch it
+    /// made for this router's current key.
+    fn switch_identity(
+        &mut self,
+        now: std::time::Instant,
+        identity: &Identity,
+        rotation: Rotation,
+    ) {
+        self.refresh_secrets();
+        match self
+            .link
+            .switch_identity(now, wall_clock(), identity.clone(), rotation)
+        {
+            Ok(outcome) => {
+                tracing::debug!(connection = self.id, ?outcome, "identity switch started");
+            }
+            Err(e) => {
+                tracing::warn!(connection = self.id, error = %e, "identity switch refused on this connection");
+            }
+        }
     }
 
     /// Hands the link the reloaded secrets, if the file changed.
@@ -475,3 +572,6 @@ async fn recv(
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests;

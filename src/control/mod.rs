@@ -242,7 +242,8 @@ impl Control {
         kernel: watch::Sender<InterfacePlan>,
     ) -> Self {
         let ipam::PodIpam { ipam, ipam6 } = ipams;
-        let me = context.identity.id();
+        let identity = context.identity.load_full();
+        let me = identity.id();
         let mut self_addresses = HashSet::new();
         self_addresses.insert(config.listen);
         let now = Instant::now();
@@ -251,10 +252,10 @@ impl Control {
             PeerInfo {
                 id: me,
                 name: config.name.clone(),
-                public_key: context.identity.public_key(),
+                public_key: identity.public_key(),
                 addresses: endpoints.advertised().to_vec(),
             },
-            crate::crypto::SigningKey::from_identity(&context.identity),
+            crate::crypto::SigningKey::from_identity(&identity),
             GossipConfig {
                 mtu: u16::try_from(config.mtu).unwrap_or(u16::MAX),
                 retirement_window: config.rotation_window,

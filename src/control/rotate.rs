@@ -21,7 +21,7 @@ impl Control {
                 "the router is already restarting (a rotation or a leave is under way)",
             );
         }
-        let old = self.context.identity.clone();
+        let old = self.context.identity.load_full();
         let issued = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
