@@ -524,9 +524,9 @@ impl Driver {
     }
 
     /// Starts the link's live switch to `identity`. A refusal (an earlier
-    /// switch incomplete, an announcement for another key) leaves the link
-    /// on its key: logged, since the control task only sends a switch it
-    /// made for this router's current key.
+    /// switch incomplete, an announcement for another key) would leave the
+    /// link on a key the control task no longer names: it is closed, to be
+    /// re-dialled under the new key.
     fn switch_identity(
         &mut self,
         now: std::time::Instant,
@@ -542,7 +542,9 @@ impl Driver {
                 tracing::debug!(connection = self.id, ?outcome, "identity switch started");
             }
             Err(e) => {
-                tracing::warn!(connection = self.id, error = %e, "identity switch refused on this connection");
+                tracing::warn!(connection = self.id, error = %e, "identity switch refused on this connection; closing it to be re-dialled");
+                self.link
+                    .close("identity key switched; re-dial under the new key");
             }
         }
     }

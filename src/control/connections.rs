@@ -257,25 +257,21 @@ impl Control {
                     }
                 }
             }
-            ConnectionEvent::PeerRotated { id, old, new, .. } => {
-                // The registry does not follow a peer's live switch yet:
-                // the link is closed and re-dialled under the new key, as
-                // after the restart path's exec.
-                tracing::info!(%old, %new, "peer switched its identity key live; re-dialling it under the new key");
-                if let Some(link) = self.links.get(&id) {
-                    let _ = link.send(ConnectionCommand::Close(
-                        "identity key switched; re-dial under the new key".into(),
-                    ));
-                }
-            }
+            ConnectionEvent::PeerRotated {
+                id,
+                old,
+                new,
+                rotation,
+            } => self.peer_switched(id, old, new, rotation, now),
             ConnectionEvent::IdentitySwitched { id } => {
-                tracing::debug!(
-                    connection = id,
-                    "our identity switch completed on a connection"
-                );
+                self.switching.remove(&id);
+                if self.switching.is_empty() {
+                    tracing::info!("identity rotation: every connection runs under the new key");
+                }
             }
             ConnectionEvent::Down { id, reason } => {
                 self.links.remove(&id);
+                self.switching.remove(&id);
                 self.relayed_ended(id);
                 self.peers.handle_down(id, &reason);
             }

@@ -66,6 +66,7 @@ pub mod retired_keys;
 mod rotate;
 pub mod rotation;
 pub mod status;
+mod switched;
 mod sync;
 pub mod timers;
 
@@ -215,6 +216,9 @@ pub struct Control {
     /// After a successful `weft rotate-identity`: when to restart under
     /// the new key.
     rotating: Option<Instant>,
+    /// Connections whose live identity switch has not completed yet: a
+    /// second rotation waits for them (a link mid-switch refuses another).
+    switching: HashSet<ConnectionId>,
     /// What the kernel should look like (node address, owned ranges); a
     /// task in the daemon applies each new plan.
     kernel: watch::Sender<InterfacePlan>,
@@ -328,6 +332,7 @@ impl Control {
             rotations: rotation::Rotations::new(config_window),
             retired_saved: None,
             rotating: None,
+            switching: HashSet::new(),
         };
         // Before any connection: a retired key must not get in between.
         control.restore_retired(now);

@@ -188,6 +188,12 @@ impl RelayBudget {
         verdict
     }
 
+    /// Our own identity switched (issue 20): records to or from the new
+    /// ID are ours, not forwarded.
+    pub fn set_me(&mut self, me: PeerId) {
+        self.me = me;
+    }
+
     /// Forget the pairs `peer` is in (it left).
     pub fn forget(&mut self, peer: PeerId) {
         self.pairs.retain(|(a, b), _| *a != peer && *b != peer);

@@ -52,8 +52,17 @@ impl Control {
         let mtu = self.overlay_mtu();
         self.follow_overlay_mtu(&mtu);
         self.heartbeats.set_mtu(mtu.cluster, now);
-        let (gossip, peers) = (&self.gossip, &self.peers);
-        let lookup = |id| short_of(me, my_short, gossip, peers, id);
+        let (gossip, peers, rotations) = (&self.gossip, &self.peers, &self.rotations);
+        // A rotated router's old ID (a ring not yet taken over to the new
+        // one still names it) is the same router: its successor's slot.
+        let lookup = |id| {
+            short_of(me, my_short, gossip, peers, id).or_else(|| {
+                let current = rotations.current(id);
+                (current != id)
+                    .then(|| short_of(me, my_short, gossip, peers, current))
+                    .flatten()
+            })
+        };
         let mut owners = self.ipam.owners();
         owners.extend(self.ipam6.iter().flat_map(IpamDriver::owners));
         let attributed = self.attribution.update(gossip, &owners, now);

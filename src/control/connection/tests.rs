@@ -229,3 +229,29 @@ async fn a_handshake_that_straddles_the_switch_is_closed_before_up() {
         other => panic!("A: {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_switch_the_link_refuses_closes_the_connection_to_be_redialled() {
+    let (mut a, mut b) = (side(1), side(2));
+    let (a_up, _b_up) = linked(&mut a, &mut b).await;
+    let new = successor(true);
+    // An announcement for another key than the link's.
+    let stranger = link_config(3, SECRET).identity;
+    let rotation = Rotation::sign(&stranger, &new, 1_800_000_000);
+    a_up.commands
+        .send(ConnectionCommand::SwitchIdentity {
+            identity: Arc::new(new),
+            rotation: Box::new(rotation),
+        })
+        .unwrap();
+    assert!(matches!(
+        a.next().await,
+        ConnectionEvent::Down { id: 1, .. }
+    ));
+    match b.next().await {
+        ConnectionEvent::Down { id: 0, reason } => {
+            assert!(reason.contains("identity key switched"), "{reason}");
+        }
+        other => panic!("B: {other:?}"),
+    }
+}
