@@ -339,6 +339,38 @@ fn an_identity_older_than_its_max_age_is_rotated_once_at_start() {
     );
 }
 
+#[test]
+fn a_rotation_before_the_ring_is_known_is_refused_in_one_line() {
+    if !require_root("a_rotation_before_the_ring_is_known_is_refused_in_one_line") {
+        return;
+    }
+    // Seed mode with n1 as a seed that never starts: no ring.
+    let cluster = Cluster::new(1);
+    let mut r = Router::new(
+        Path::new(BIN),
+        &cluster.nodes[0],
+        &cluster.dir.path,
+        &[],
+        &["n0", "n1"],
+    );
+    r.start();
+    let id = r.status().unwrap()["id"].as_str().unwrap().to_string();
+    let out = run_timeout(
+        Command::new(BIN)
+            .args(["rotate-identity", "--api"])
+            .arg(r.api()),
+        20,
+    )
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
+    assert!(!out.status.success(), "rotated before the ring was known");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("ring is not known"), "{stderr}");
+    assert_eq!(r.status().unwrap()["id"].as_str(), Some(id.as_str()));
+    assert!(!r.dir.join("state/identity.next").exists());
+    r.kill9();
+}
+
 /// A router on node 3 started with a copy of the old `identity.key`,
 /// seeded with `seeds`; it runs under the old ID.
 fn rotation_thief(cluster: &Cluster, old_key: &Path, old_id: &str, seeds: &[usize]) -> Router {
