@@ -412,6 +412,7 @@ async fn serve(
     if let Some(listener) = metrics_listener {
         tokio::spawn(crate::metrics::serve(listener, api_tx.clone()));
     }
+    let (own_id_tx, own_id_rx) = tokio::sync::watch::channel(my_id);
     if let Some(kube) = &config.peers_from_kube {
         let (names_tx, names_rx) = tokio::sync::watch::channel(None);
         tokio::spawn(crate::kube::run(
@@ -420,7 +421,7 @@ async fn serve(
             names_tx,
         ));
         tokio::spawn(crate::kube::lease_task::run(
-            kube.lease_task(&config.name, my_id),
+            kube.lease_task(&config.name, own_id_rx),
             api_tx.clone(),
             names_rx,
         ));
@@ -444,6 +445,7 @@ async fn serve(
                 .map(|(old, pending)| (pending.rotation, Arc::new(old), pending.carried_short())),
             carried_short: carried,
             rotate_at_start: start.rotate_at_start,
+            own_id: own_id_tx,
         },
         context,
         dataplane,

@@ -6,7 +6,8 @@
 //! not reclaimed; once its Node is deleted and its Lease expires, exactly
 //! one survivor takes its ranges; when it comes back with its state it
 //! finds its tombstone and yields. Survivors that restart after the Node
-//! was deleted (they never listed it) find it by its Lease.
+//! was deleted (they never listed it) find it by its Lease. A live identity
+//! switch renames the Lease without a restart.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -271,5 +272,63 @@ fn routers_started_after_a_node_was_deleted_still_reclaim_its_router() {
     );
     eprintln!(
         "restarted survivors: n2's ranges taken by {by} {taken:?} after its Node was deleted"
+    );
+}
+
+/// A live identity switch (`weft rotate-identity` without a restart)
+/// renames the router's Lease: the Lease task reads the ID from the
+/// control task, so peers reclaiming by Lease name the key in use.
+#[test]
+fn a_live_identity_switch_renames_the_routers_lease() {
+    if !require_root("a_live_identity_switch_renames_the_routers_lease") {
+        return;
+    }
+    let cluster = Cluster::new(3);
+    let (api, rs) = mesh(&cluster);
+    let annotated = || {
+        api.get(LEASES, &format!("{NS}/n1")).and_then(|l| {
+            l["metadata"]["annotations"]["weft.dev/router-id"]
+                .as_str()
+                .map(str::to_string)
+        })
+    };
+    let old_id = rs[1].status().unwrap()["id"].as_str().unwrap().to_string();
+    assert!(
+        wait_until(Duration::from_secs(30), || annotated().as_deref()
+            == Some(old_id.as_str())),
+        "n1's Lease does not name {old_id}: {:?}\n{}",
+        annotated(),
+        rs[1].log_tail()
+    );
+    let out = run_timeout(
+        std::process::Command::new(BIN)
+            .args(["rotate-identity", "--api"])
+            .arg(rs[1].api()),
+        20,
+    )
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "weft rotate-identity: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new_id = wait_until(Duration::from_secs(30), || {
+        rs[1]
+            .status()
+            .is_some_and(|s| s["id"].as_str() != Some(old_id.as_str()))
+    })
+    .then(|| rs[1].status().unwrap()["id"].as_str().unwrap().to_string())
+    .unwrap_or_else(|| panic!("n1 kept its ID {old_id}:\n{}", rs[1].log_tail()));
+    assert!(
+        wait_until(Duration::from_secs(10), || annotated().as_deref()
+            == Some(new_id.as_str())),
+        "n1's Lease still names {:?}, not its new ID {new_id}\n{}",
+        annotated(),
+        rs[1].log_tail()
+    );
+    assert!(
+        !log_of(&rs[1]).contains("restarting under the new identity key"),
+        "n1 restarted to rotate; the switch was to be live:\n{}",
+        rs[1].log_tail()
     );
 }

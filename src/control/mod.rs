@@ -142,6 +142,10 @@ pub struct ControlConfig {
     /// `--identity-max-age` found the key too old: rotate once the ring is
     /// known.
     pub rotate_at_start: bool,
+    /// Where this router's current ID is published, for the tasks that
+    /// name it outside the control task (the Lease): a live identity
+    /// switch sends the new one.
+    pub own_id: watch::Sender<PeerId>,
 }
 
 /// Why [`Control::run`] returned.

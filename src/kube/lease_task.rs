@@ -10,6 +10,7 @@ use super::lease::{LABEL, LeaseObserver, LeaseView, lease_body, parse_lease, par
 use super::{KubeError, KubeSource, client::ApiServer};
 use crate::api::proto::Request;
 use crate::api::server::ApiCall;
+use crate::id::PeerId;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
@@ -46,8 +47,9 @@ pub struct LeaseTask {
     pub sa_dir: PathBuf,
     /// The router's (and its node's, and its Lease's) name.
     pub name: String,
-    /// The router's ID (16 hex digits), annotated on its Lease.
-    pub id: String,
+    /// The router's ID, annotated on its Lease: a watch, as a live
+    /// identity switch changes it while the task runs.
+    pub id: watch::Receiver<PeerId>,
     /// How often to renew.
     pub every: Duration,
 }
@@ -93,24 +95,26 @@ pub async fn run(
         }
         let list = rounds.is_multiple_of(LIST_EVERY);
         rounds = rounds.wrapping_add(1);
+        let id = task.id.borrow().to_string();
         let (me, ns, held, candidates) = (
             task.clone(),
             namespace.clone(),
             version.clone(),
             observer.candidates(&task.name),
         );
-        let round =
-            tokio::task::spawn_blocking(move || round(&me, &ns, held, duration, &candidates, list))
-                .await
-                .unwrap_or_else(|e| Round {
-                    version: None,
-                    listed: None,
-                    leases: Vec::new(),
-                    error: Some(KubeError::Unreachable {
-                        url: String::new(),
-                        reason: e.to_string(),
-                    }),
-                });
+        let round = tokio::task::spawn_blocking(move || {
+            round(&me, &id, &ns, held, duration, &candidates, list)
+        })
+        .await
+        .unwrap_or_else(|e| Round {
+            version: None,
+            listed: None,
+            leases: Vec::new(),
+            error: Some(KubeError::Unreachable {
+                url: String::new(),
+                reason: e.to_string(),
+            }),
+        });
         let now = Instant::now();
         version = round.version;
         match round.listed {
@@ -182,6 +186,7 @@ struct Round {
 /// Leases. Blocking.
 fn round(
     me: &LeaseTask,
+    id: &str,
     namespace: &str,
     held: Option<String>,
     duration: Duration,
@@ -205,7 +210,7 @@ fn round(
         &server,
         &collection,
         namespace,
-        (&me.name, &me.id),
+        (&me.name, id),
         held,
         duration,
     ) {

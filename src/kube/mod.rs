@@ -149,12 +149,16 @@ impl KubeSettings {
     }
 
     /// The Lease task of the router `name`.
-    pub fn lease_task(&self, name: &str, id: crate::id::PeerId) -> lease_task::LeaseTask {
+    pub fn lease_task(
+        &self,
+        name: &str,
+        id: tokio::sync::watch::Receiver<crate::id::PeerId>,
+    ) -> lease_task::LeaseTask {
         lease_task::LeaseTask {
             source: self.source.clone(),
             sa_dir: self.sa_dir.clone(),
             name: name.to_string(),
-            id: id.to_string(),
+            id,
             every: self.lease_every,
         }
     }
