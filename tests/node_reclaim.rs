@@ -300,13 +300,7 @@ fn a_live_identity_switch_renames_the_routers_lease() {
         annotated(),
         rs[1].log_tail()
     );
-    let out = run_timeout(
-        std::process::Command::new(BIN)
-            .args(["rotate-identity", "--api"])
-            .arg(rs[1].api()),
-        20,
-    )
-    .unwrap();
+    let out = rs[1].rotate_identity();
     assert!(
         out.status.success(),
         "weft rotate-identity: {}",

@@ -17,7 +17,6 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use support::flow::Flow;
@@ -355,13 +354,7 @@ fn a_rotation_before_the_ring_is_known_is_refused_in_one_line() {
     );
     r.start();
     let id = r.status().unwrap()["id"].as_str().unwrap().to_string();
-    let out = run_timeout(
-        Command::new(BIN)
-            .args(["rotate-identity", "--api"])
-            .arg(r.api()),
-        20,
-    )
-    .unwrap();
+    let out = r.rotate_identity();
     let stderr = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
     assert!(!out.status.success(), "rotated before the ring was known");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -510,13 +503,7 @@ fn rotation_meshed(routers: &[Router]) -> bool {
 /// `weft rotate-identity` on n1, then waits until n1 is back under a new
 /// ID and meshed again; what the command printed.
 fn rotation_rotate(routers: &[Router], old_id: &str) -> String {
-    let out = run_timeout(
-        Command::new(BIN)
-            .args(["rotate-identity", "--api"])
-            .arg(routers[1].api()),
-        20,
-    )
-    .unwrap();
+    let out = routers[1].rotate_identity();
     assert!(
         out.status.success(),
         "weft rotate-identity: {}",

@@ -132,6 +132,8 @@ impl Control {
             tracing::warn!(?reason, "the topology refused our own key switch");
         }
         self.me = me;
+        // The Lease names the key in use (the Lease task reads this).
+        self.config.own_id.send_replace(me);
         self.peers.set_me(me);
         self.punch.set_me(me);
         self.relay_budget.set_me(me);

@@ -81,6 +81,18 @@ impl Router {
         self.dir.join("weft.sock")
     }
 
+    /// `weft rotate-identity` against this router's API, with this
+    /// router's binary (20 s at most).
+    pub fn rotate_identity(&self) -> std::process::Output {
+        super::run_timeout(
+            std::process::Command::new(&self.bin)
+                .args(["rotate-identity", "--api"])
+                .arg(self.api()),
+            20,
+        )
+        .unwrap()
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("router.log")
     }
