@@ -306,13 +306,13 @@ fn a_live_identity_switch_renames_the_routers_lease() {
         "weft rotate-identity: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let new_id = wait_until(Duration::from_secs(30), || {
+    let switched = wait_until(Duration::from_secs(30), || {
         rs[1]
             .status()
             .is_some_and(|s| s["id"].as_str() != Some(old_id.as_str()))
-    })
-    .then(|| rs[1].status().unwrap()["id"].as_str().unwrap().to_string())
-    .unwrap_or_else(|| panic!("n1 kept its ID {old_id}:\n{}", rs[1].log_tail()));
+    });
+    assert!(switched, "n1 kept its ID {old_id}:\n{}", rs[1].log_tail());
+    let new_id = rs[1].status().unwrap()["id"].as_str().unwrap().to_string();
     assert!(
         wait_until(Duration::from_secs(10), || annotated().as_deref()
             == Some(new_id.as_str())),
