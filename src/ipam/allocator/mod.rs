@@ -260,6 +260,7 @@ impl<S: Store> Allocator<S> {
             if loaded.range() != cfg.range {
                 return Err(IpamError::RangeChanged {
                     saved: loaded.range(),
+                .and_then(|r| r.with_titles(Some(record.titles)))
                     configured: cfg.range,
                 });
             }
