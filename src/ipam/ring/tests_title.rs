@@ -287,7 +287,8 @@ fn a_join_takes_the_title_with_the_winning_entry() {
     mine.join(&second);
     assert_eq!(mine.title(64), second.title(64));
     assert_eq!(mine.title(96), second.title(96));
-    // A reclaim carries its tombstone, not a title.
+    // A reclaim's title is the reclaimed entry and its title.
+    let before = mine.entries()[&64];
     mine.reclaim(PeerId(2), PeerId(4));
-    assert_eq!(mine.title(64), None);
+    assert_eq!(mine.title(64).unwrap()[0].entry, before);
 }

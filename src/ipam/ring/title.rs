@@ -152,7 +152,12 @@ impl Ring {
         let in_chain = |t: u128, e: &Entry| title.iter().any(|l| l.token == t && l.entry == *e);
         let mut entitled = entry;
         for link in title {
-            if link.entry.owner != entitled.writer {
+            // A reclaim is entitled by the entry of the router its writer
+            // holds a tombstone of.
+            let by_reclaim = entitled.reclaim
+                && entitled.owner == entitled.writer
+                && reclaimed(link.entry.owner, entitled.writer);
+            if link.entry.owner != entitled.writer && !by_reclaim {
                 return Err(TitleError::OwnerNotWriter);
             }
             if link.entry.version >= entitled.version {
