@@ -16,9 +16,18 @@
 //! the sender's, not from its rebuilt guess (which holds the receiver's own
 //! later changes): items that belong together (a reclaimed entry and its
 //! tombstone) then always travel together or are already there.
+//!
+//! Ring version 6 (issue 15): the titles of the delta's entries follow its
+//! body ([`RingDelta::titles`]), as a full ring's follow the ring; an older
+//! decoder ignores them as trailing bytes, and a delta with nothing after
+//! its body comes from a sender that sends none (the rebuilt ring is then
+//! judged as untitled, as before). Without them an entry learned through
+//! buckets lost its title, and a later gift whose chain ended at it could
+//! not be proven (seen with titles required: WEFT_SIM_SEED=1 and 11).
 
 use super::digest::{BucketDigest, entry_bucket, hashes_of, record_bucket, tombstone_bucket};
-use super::ring::{Entry, GenesisId, PeerRecord, Ring, RingError, RingWire};
+use super::ring::{Entry, GenesisId, MAX_TITLE_LINKS, MAX_VERSION, PeerRecord, Ring, RingError};
+use super::ring::{RingWire, TitlesWire};
 use super::signed::Signature;
 use crate::id::PeerId;
 use serde::{Deserialize, Serialize};
@@ -40,6 +49,12 @@ pub struct RingDelta {
     pub tombstones: Vec<(PeerId, PeerId, Option<Signature>)>,
     /// Their free-space records, strictly ascending by peer.
     pub peers: Vec<(PeerId, PeerRecord, Option<Signature>)>,
+    /// The titles of their entries (ring version 6), as [`TitlesWire`]:
+    /// strictly ascending, each at a token of `entries`. Not part of the
+    /// bincode body: encoded after it (`message.rs`), so that an older
+    /// decoder ignores it; `None` from a sender that sends no titles.
+    #[serde(skip)]
+    pub titles: Option<TitlesWire>,
 }
 
 /// Why a delta was refused. Nothing changed.
@@ -57,6 +72,10 @@ pub enum DeltaError {
     /// Items not strictly ascending.
     #[error("ring delta items are not sorted")]
     NotSorted,
+    /// A title not at one of the delta's entries, out of order, empty,
+    /// longer than [`MAX_TITLE_LINKS`] or with a version out of range.
+    #[error("ring delta carries a malformed title at offset {0}")]
+    Title(u128),
 }
 
 fn ascending<K: Ord>(keys: impl Iterator<Item = K>) -> bool {
@@ -71,10 +90,18 @@ fn ascending<K: Ord>(keys: impl Iterator<Item = K>) -> bool {
 }
 
 impl RingDelta {
-    /// The buckets `indices` (ascending, each below `buckets`) of `ring`.
+    /// The buckets `indices` (ascending, each below `buckets`) of `ring`,
+    /// with the titles of their entries unless `ring` is untitled.
     pub fn cut(ring: &Ring, buckets: usize, indices: &[u32]) -> Self {
         let wanted: BTreeSet<u32> = indices.iter().copied().collect();
         let wire = ring.to_wire();
+        let titles = (!ring.untitled()).then(|| {
+            ring.titles()
+                .iter()
+                .filter(|(t, _)| wanted.contains(&entry_bucket(**t, buckets)))
+                .map(|(t, links)| (*t, links.clone()))
+                .collect()
+        });
         Self {
             genesis: ring.genesis_id(),
             hashes: hashes_of(ring, buckets),
@@ -94,7 +121,14 @@ impl RingDelta {
                 .into_iter()
                 .filter(|p| wanted.contains(&record_bucket(p.0, buckets)))
                 .collect(),
+            titles,
         }
+    }
+
+    /// This delta as a sender below ring version 6 sends it: no titles.
+    pub fn without_titles(mut self) -> Self {
+        self.titles = None;
+        self
     }
 
     /// How many buckets the sender's ring was cut into.
@@ -137,13 +171,38 @@ impl RingDelta {
         if stray {
             return Err(DeltaError::Stray);
         }
+        self.check_titles()
+    }
+
+    /// The titles' shape: ascending, each at one of the delta's entries, 1
+    /// to [`MAX_TITLE_LINKS`] links, versions 1 to [`MAX_VERSION`]. Link
+    /// tokens are checked against the range when the ring is rebuilt
+    /// ([`RingDelta::patch`], `Ring::with_titles`).
+    fn check_titles(&self) -> Result<(), DeltaError> {
+        let Some(titles) = &self.titles else {
+            return Ok(());
+        };
+        if !ascending(titles.iter().map(|t| t.0)) {
+            return Err(DeltaError::NotSorted);
+        }
+        for (token, links) in titles {
+            let here = self.entries.binary_search_by_key(token, |e| e.0).is_ok();
+            let versions_ok = links
+                .iter()
+                .all(|l| l.entry.version != 0 && l.entry.version <= MAX_VERSION);
+            if !here || links.is_empty() || links.len() > MAX_TITLE_LINKS || !versions_ok {
+                return Err(DeltaError::Title(*token));
+            }
+        }
         Ok(())
     }
 
     /// The sender's ring as far as we can tell: `base` with the listed
-    /// buckets replaced by the delta's. Checked as any ring from the wire
-    /// (order, start, versions, founding); `base` must be of the delta's
-    /// genesis (the caller checks).
+    /// buckets replaced by the delta's, titles included (`base`'s outside
+    /// them, the delta's inside; none at all, an untitled ring, if the
+    /// delta came without titles). Checked as any ring from the wire
+    /// (order, start, versions, founding, titles' shape); `base` must be
+    /// of the delta's genesis (the caller checks).
     pub fn patch(&self, base: &Ring) -> Result<Ring, RingError> {
         let n = self.buckets();
         let listed = |b: u32| self.indices.binary_search(&b).is_ok();
@@ -158,7 +217,19 @@ impl RingDelta {
         wire.peers.retain(|p| !listed(record_bucket(p.0, n)));
         wire.peers.extend(self.peers.iter().copied());
         wire.peers.sort_by_key(|p| p.0);
-        Ring::from_wire(wire)
+        let ring = Ring::from_wire(wire)?;
+        let Some(sent) = &self.titles else {
+            return Ok(ring.without_titles());
+        };
+        let mut titles: TitlesWire = base
+            .titles()
+            .iter()
+            .filter(|(t, _)| !listed(entry_bucket(**t, n)))
+            .map(|(t, links)| (*t, links.clone()))
+            .collect();
+        titles.extend(sent.iter().cloned());
+        titles.sort_by_key(|t| t.0);
+        ring.with_titles(Some(titles))
     }
 }
 
@@ -232,6 +303,68 @@ mod tests {
         let mut bad = RingDelta::cut(&r, n, &(0..n as u32).collect::<Vec<_>>());
         bad.peers.reverse();
         assert_eq!(bad.check(), Err(DeltaError::NotSorted));
+    }
+
+    #[test]
+    fn a_delta_carries_its_entries_titles_and_an_untitled_one_rebuilds_an_untitled_ring() {
+        let old = ring();
+        let mut new = old.clone();
+        assert!(new.donate(PeerId(1), 100, 109, PeerId(9)));
+        assert!(new.title(100).is_some() && new.title(110).is_some());
+        let n = bucket_count(&old);
+        let differing = BucketDigest::of(&old, n).differing(&new);
+        let delta = RingDelta::cut(&new, n, &differing);
+        delta.check().unwrap();
+        let sent: Vec<u128> = delta.titles.iter().flatten().map(|t| t.0).collect();
+        assert_eq!(sent, [100, 110]);
+        assert_eq!(delta.patch(&old).unwrap(), new);
+        // A sender below version 6: the rebuilt ring is judged as untitled.
+        let untitled = delta.without_titles().patch(&old).unwrap();
+        assert!(untitled.untitled() && untitled.titles().is_empty());
+        // The receiver's own titles outside the listed buckets stay.
+        let mut newer = new.clone();
+        newer.set_record(PeerId(5), 1, 1);
+        let differing = BucketDigest::of(&new, n).differing(&newer);
+        let rebuilt = RingDelta::cut(&newer, n, &differing).patch(&new).unwrap();
+        assert_eq!(rebuilt.titles(), new.titles());
+    }
+
+    #[test]
+    fn malformed_delta_titles_are_refused() {
+        let old = ring();
+        let mut new = old.clone();
+        assert!(new.donate(PeerId(1), 100, 109, PeerId(9)));
+        let n = bucket_count(&old);
+        let good = RingDelta::cut(&new, n, &BucketDigest::of(&old, n).differing(&new));
+        let titles = good.titles.clone().unwrap();
+        let with = |t: TitlesWire| RingDelta {
+            titles: Some(t),
+            ..good.clone()
+        };
+        let mut stray = titles.clone();
+        stray[0].0 = 101;
+        assert_eq!(with(stray).check(), Err(DeltaError::Title(101)));
+        let mut empty = titles.clone();
+        empty[0].1.clear();
+        assert_eq!(with(empty).check(), Err(DeltaError::Title(100)));
+        let mut long = titles.clone();
+        long[0].1 = vec![long[0].1[0]; MAX_TITLE_LINKS + 1];
+        assert_eq!(with(long).check(), Err(DeltaError::Title(100)));
+        let mut zero = titles.clone();
+        zero[0].1[0].entry.version = 0;
+        assert_eq!(with(zero).check(), Err(DeltaError::Title(100)));
+        let mut high = titles.clone();
+        high[0].1[0].entry.version = MAX_VERSION + 1;
+        assert_eq!(with(high).check(), Err(DeltaError::Title(100)));
+        let mut unsorted = titles.clone();
+        unsorted.reverse();
+        assert_eq!(with(unsorted).check(), Err(DeltaError::NotSorted));
+        // A link outside the range passes the shape check and fails the patch.
+        let mut outside = titles;
+        outside[0].1[0].token = old.range().size();
+        let outside = with(outside);
+        outside.check().unwrap();
+        assert_eq!(outside.patch(&old), Err(RingError::BadTitle(100)));
     }
 
     #[test]

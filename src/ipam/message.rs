@@ -180,7 +180,7 @@ impl Message {
             Self::Digest(d) => (RING_SIGNED_VERSION, TYPE_DIGEST, wire::encode(d)),
             Self::DeltaDigest(d) => (RING_DELTA_VERSION, TYPE_DELTA_DIGEST, wire::encode(d)),
             Self::Buckets(b) => (RING_DELTA_VERSION, TYPE_BUCKETS, wire::encode(b)),
-            Self::Delta(d) => (RING_DELTA_VERSION, TYPE_DELTA, wire::encode(d)),
+            Self::Delta(d) => (RING_DELTA_VERSION, TYPE_DELTA, encode_delta(d)),
             Self::WantKeys(ids) => (RING_KEYS_VERSION, TYPE_WANT_KEYS, wire::encode(ids)),
             Self::Keys(keys) => (RING_KEYS_VERSION, TYPE_KEYS, wire::encode(keys)),
         };
@@ -219,7 +219,7 @@ impl Message {
                 Self::Buckets(b)
             }
             TYPE_DELTA if delta => {
-                let d: RingDelta = wire::decode(body)?;
+                let d = decode_delta(body)?;
                 d.check()?;
                 Self::Delta(d)
             }
@@ -251,6 +251,27 @@ fn decode_ring(body: &[u8]) -> Result<Ring, MessageError> {
         rest => Some(wire::decode::<TitlesWire>(rest)?),
     };
     Ok(ring.with_titles(titles)?)
+}
+
+/// A delta's body: the delta, then the titles of its entries if it has
+/// them (ring version 6, as [`encode_ring`]).
+fn encode_delta(delta: &RingDelta) -> Result<Vec<u8>, bincode::error::EncodeError> {
+    let mut body = wire::encode(delta)?;
+    if let Some(titles) = &delta.titles {
+        body.extend(wire::encode(titles)?);
+    }
+    Ok(body)
+}
+
+/// Reads [`encode_delta`]'s body: nothing after the delta means a sender
+/// that sends no titles. Shape checks are [`RingDelta::check`]'s.
+fn decode_delta(body: &[u8]) -> Result<RingDelta, MessageError> {
+    let (mut delta, read) = wire::decode_prefix::<RingDelta>(body)?;
+    delta.titles = match body.get(read..).unwrap_or_default() {
+        [] => None,
+        rest => Some(wire::decode::<TitlesWire>(rest)?),
+    };
+    Ok(delta)
 }
 
 /// A decoded list of keys or IDs, refused above [`MAX_KEYS`] (the wire's
@@ -381,12 +402,39 @@ mod tests {
         let Message::Delta(delta) = &seeds[2].1 else {
             unreachable!()
         };
-        // Buckets carry no titles (yet): the rebuilt ring is the sender's
-        // but for them.
+        // Buckets carry their entries' titles: the rebuilt ring is the
+        // sender's, titles included.
+        assert!(delta.titles.as_ref().is_some_and(|t| !t.is_empty()));
+        assert_eq!(delta.patch(&base).unwrap(), changed);
+    }
+
+    #[test]
+    fn a_deltas_titles_follow_its_body_and_an_older_decoder_ignores_them() {
+        let range = AddrRange::parse("10.32.0.0/12").unwrap();
+        let base = Ring::genesis(range, "voters", &[PeerId(1), PeerId(2), PeerId(3)].into());
+        let mut changed = base.clone();
+        let (lo, hi) = changed.ranges_of(PeerId(2))[0];
+        assert!(changed.donate(PeerId(2), lo + 16, hi, PeerId(4)));
+        let n = crate::ipam::digest::MIN_BUCKETS;
+        let delta = RingDelta::cut(&changed, n, &BucketDigest::of(&base, n).differing(&changed));
+        let titled = Message::Delta(delta.clone()).encode();
+        let untitled = Message::Delta(delta.clone().without_titles()).encode();
+        assert!(titled.len() > untitled.len() && titled.starts_with(&untitled));
+        // A version-4 or -5 decoder reads the body and ignores the titles.
+        let old: RingDelta = wire::decode(&titled[2..]).unwrap();
+        assert_eq!(old, delta.clone().without_titles());
         assert_eq!(
-            delta.patch(&base).unwrap().without_titles(),
-            changed.without_titles()
+            Message::decode(&untitled).unwrap(),
+            Message::Delta(delta.clone().without_titles())
         );
+        // Titles that do not decode refuse the delta.
+        let mut bad = untitled.clone();
+        bad.extend([1, 0xff]);
+        assert!(Message::decode(&bad).is_err());
+        if let Some(dir) = std::env::var_os("WEFT_FUZZ_SEEDS") {
+            std::fs::write(std::path::Path::new(&dir).join("delta-titled"), &titled).unwrap();
+        }
+        assert_eq!(Message::decode(&titled).unwrap(), Message::Delta(delta));
     }
 
     #[test]

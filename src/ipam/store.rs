@@ -14,7 +14,7 @@
 //! record that ends before a field was added as having it empty. The format
 //! number changes only for a change an older weft must refuse.
 
-use super::ring::RingWire;
+use super::ring::{RingWire, TitlesWire};
 use super::space::{AllocKey, PodName};
 use crate::id::PeerId;
 use serde::{Deserialize, Serialize};
@@ -23,9 +23,20 @@ use std::path::{Path, PathBuf};
 
 /// The on-disk format of the allocation record written by this version.
 pub const STATE_FORMAT: u16 = 1;
-/// The ring record's format: 2 holds the signed ring (ring wire version 3).
-/// A format-1 ring (unsigned) is refused with [`StateError::UnsignedRing`].
-pub const RING_FORMAT: u16 = 2;
+/// The ring record's format: 3 adds the ring's signed titles (issue 15,
+/// `ring/title.rs`) after the quarantined ranges; 2 held the signed ring
+/// (ring wire version 3) and still loads, with no titles. A format-1 ring
+/// (unsigned) is refused with [`StateError::UnsignedRing`].
+///
+/// A change an older weft must refuse, hence the new number: a build that
+/// sends titles but saved none would load the ring, drop them, and send
+/// its entries on untitled, so that a gift whose chain ends at one of them
+/// could no longer be proven (what kept `require_titles` off). Rolling
+/// back to such a build means moving `ipam-ring` aside (the allocations
+/// stay) so that it relearns the ring, titles included, from the cluster.
+pub const RING_FORMAT: u16 = 3;
+/// The ring record format before titles: loads with none.
+pub const RING_FORMAT_UNTITLED: u16 = 2;
 const RING_MAGIC: &[u8; 4] = b"WFRG";
 const ALLOC_MAGIC: &[u8; 4] = b"WFAL";
 
@@ -84,6 +95,19 @@ pub struct PersistedRing {
     pub ring: RingWire,
     /// Quarantined `(start, end)` offsets.
     pub quarantined: Vec<(u128, u128)>,
+    /// The ring's titles (format 3; none in a format-2 record).
+    pub titles: TitlesWire,
+}
+
+/// The ring record's fields as format 2 had them: what every ring record
+/// starts with. [`PersistedRing::decode`] reads this, then the titles of a
+/// format-3 record from what follows.
+#[derive(Deserialize)]
+struct RingHead {
+    format: u16,
+    me: PeerId,
+    ring: RingWire,
+    quarantined: Vec<(u128, u128)>,
 }
 
 /// The allocation record.
@@ -170,20 +194,37 @@ impl PersistedRing {
         encode_record(RING_MAGIC, self)
     }
 
-    /// Decodes and checks the format and the owner ID.
+    /// Decodes and checks the format and the owner ID. A format-2 record
+    /// (before titles) has none; a format-3 record must hold them.
     pub fn decode(bytes: &[u8], me: PeerId) -> Result<Self, StateError> {
         // The format leads the body: read it alone first, so that an
         // unsigned ring gets its own answer rather than "corrupt".
         let format: u16 = decode_record(RING_MAGIC, bytes)?;
-        if format < RING_FORMAT {
+        if format < RING_FORMAT_UNTITLED {
             return Err(StateError::UnsignedRing);
         }
         if format > RING_FORMAT {
             return Err(StateError::Format(format));
         }
-        let record: Self = decode_record(RING_MAGIC, bytes)?;
-        check(0, me, record.me)?;
-        Ok(record)
+        let body = bytes
+            .strip_prefix(RING_MAGIC.as_slice())
+            .ok_or(StateError::Magic)?;
+        let corrupt = |e: &dyn std::fmt::Display| StateError::Corrupt(e.to_string());
+        let (head, read): (RingHead, usize) =
+            crate::wire::decode_prefix(body).map_err(|e| corrupt(&e))?;
+        check(0, me, head.me)?;
+        let titles = match format {
+            RING_FORMAT_UNTITLED => TitlesWire::new(),
+            _ => crate::wire::decode(body.get(read..).unwrap_or_default())
+                .map_err(|e| corrupt(&e))?,
+        };
+        Ok(Self {
+            format: head.format,
+            me: head.me,
+            ring: head.ring,
+            quarantined: head.quarantined,
+            titles,
+        })
     }
 }
 
@@ -388,6 +429,74 @@ mod tests {
         assert_eq!(stored(None).owner(), None);
         assert_eq!(stored(Some(b"junk".to_vec())).owner(), None);
         assert_eq!(stored(Some(b"WFAL".to_vec())).owner(), None);
+    }
+
+    #[test]
+    fn a_ring_record_keeps_its_titles_and_a_format_2_one_loads_with_none() {
+        use crate::ipam::range::AddrRange;
+        use crate::ipam::ring::Ring;
+        let range = AddrRange::parse("10.32.0.0/12").unwrap();
+        let mut ring = Ring::genesis(range, "voters", &[PeerId(1), PeerId(2)].into());
+        let (lo, hi) = ring.ranges_of(PeerId(1))[0];
+        assert!(ring.donate(PeerId(1), lo + 8, hi, PeerId(3)));
+        let me = PeerId(1);
+        let rec = PersistedRing {
+            format: RING_FORMAT,
+            me,
+            ring: ring.to_wire(),
+            quarantined: vec![(1, 2)],
+            titles: ring.titles_wire(),
+        };
+        let bytes = rec.encode();
+        let back = PersistedRing::decode(&bytes, me).unwrap();
+        assert!(!back.titles.is_empty());
+        assert_eq!(back.quarantined, [(1, 2)]);
+        let loaded = Ring::from_wire(back.ring).unwrap();
+        assert_eq!(loaded.with_titles(Some(back.titles)).unwrap(), ring);
+        // Titles cut short are corrupt, not absent.
+        assert!(matches!(
+            PersistedRing::decode(&bytes[..bytes.len() - 1], me),
+            Err(StateError::Corrupt(_))
+        ));
+        // A record as format 2 wrote it (the same fields, no titles).
+        #[derive(Serialize)]
+        struct Format2 {
+            format: u16,
+            me: PeerId,
+            ring: RingWire,
+            quarantined: Vec<(u128, u128)>,
+        }
+        let old = encode_record(
+            RING_MAGIC,
+            &Format2 {
+                format: RING_FORMAT_UNTITLED,
+                me,
+                ring: ring.to_wire(),
+                quarantined: vec![(1, 2)],
+            },
+        );
+        let back = PersistedRing::decode(&old, me).unwrap();
+        assert_eq!((back.format, back.titles.len()), (2, 0));
+        assert_eq!(back.quarantined, [(1, 2)]);
+        assert_eq!(
+            Ring::from_wire(back.ring).unwrap().entries(),
+            ring.entries()
+        );
+        // A format-2 reader refuses format 3 (its format check).
+        let format: u16 = decode_record(RING_MAGIC, &bytes).unwrap();
+        assert_eq!(format, 3);
+        assert!(matches!(
+            PersistedRing::decode(&bytes, PeerId(2)),
+            Err(StateError::OtherRouter { .. })
+        ));
+        let newer = PersistedRing {
+            format: RING_FORMAT + 1,
+            ..rec
+        };
+        assert!(matches!(
+            PersistedRing::decode(&newer.encode(), me),
+            Err(StateError::Format(4))
+        ));
     }
 
     /// An allocation record as weft wrote it before pod names were

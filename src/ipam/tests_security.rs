@@ -268,3 +268,26 @@ fn honest_donations_pass_where_every_router_requires_titles() {
     assert!(rings.windows(2).all(|w| w[0].entries() == w[1].entries()));
     assert!(!rings[0].titles().is_empty(), "donations carry titles");
 }
+
+#[test]
+fn a_router_restarted_from_its_store_keeps_the_titles_it_held() {
+    // Titles are required by default.
+    let mut net = three("10.32.0.0/24");
+    request(&mut net, 3, 1);
+    net.pump();
+    // The donor and the recipient saved the ring their ranges changed in
+    // (a ring is saved when this router's own ranges change).
+    for id in [1, 3] {
+        let before = net.node(id).ring().unwrap().clone();
+        assert!(!before.titles().is_empty());
+        let store = net.nodes.remove(&PeerId(id)).unwrap().into_store();
+        let cfg = super::tests::config(id, "10.32.0.0/24", super::tests::voters(&[1, 2, 3]));
+        assert!(cfg.require_titles);
+        let back = super::Allocator::new(cfg, store, &[], net.now).unwrap();
+        assert_eq!(
+            back.ring().unwrap().titles(),
+            before.titles(),
+            "router {id}"
+        );
+    }
+}

@@ -76,6 +76,8 @@ struct Stats {
     deltas: u64,
     /// Forged rings refused, by forgery (`hostile.rs`).
     forged_refused: BTreeMap<String, u64>,
+    /// Forged rings refused for their title, by counter (`title_*`).
+    title_refused: BTreeMap<String, u64>,
     /// Donation requests refused by the drain limits.
     donation_refusals: u64,
 }
@@ -99,6 +101,10 @@ struct Sim {
     /// restart upgrades one half the time (a rolling upgrade).
     old_share: f64,
     ring_versions: BTreeMap<PeerId, u8>,
+    /// The two older builds an old router is, half the time each: ring
+    /// versions 1 and 2 by default (pre-digest, digest), 4 and 5 (buckets
+    /// and keys, no titles) for a cluster upgrading to titles.
+    old_builds: [u8; 2],
     /// The hostile member, if any (`hostile.rs`).
     hostile: Option<PeerId>,
 }
@@ -130,6 +136,7 @@ impl Sim {
             stats: Stats::default(),
             old_share,
             ring_versions: BTreeMap::new(),
+            old_builds: [1, RING_DIGEST_VERSION],
             hostile: None,
         };
         for _ in 0..3 {
@@ -178,7 +185,7 @@ impl Sim {
     /// (pre-digest or answering digests with its whole ring, one time in
     /// two), and an old one restarting is upgraded one time in two.
     fn pick_build(&mut self, id: PeerId) {
-        let old = if self.ring_version(id) < RING_DELTA_VERSION {
+        let old = if self.ring_version(id) < RING_TITLES_VERSION {
             !self.rng.gen_bool(0.5)
         } else {
             !self.ring_versions.contains_key(&id)
@@ -188,9 +195,11 @@ impl Sim {
         let kept = self.ring_versions.get(&id).copied();
         let version = match old {
             // An old build restarting without an upgrade stays the same build.
-            true if kept.is_some_and(|v| v < RING_DELTA_VERSION) => kept.unwrap_or(1),
-            true if self.rng.gen_bool(0.5) => 1,
-            true => RING_DIGEST_VERSION,
+            true if kept.is_some_and(|v| v < RING_TITLES_VERSION) => {
+                kept.unwrap_or(self.old_builds[0])
+            }
+            true if self.rng.gen_bool(0.5) => self.old_builds[0],
+            true => self.old_builds[1],
             false => RING_TITLES_VERSION,
         };
         self.ring_versions.insert(id, version);
@@ -449,36 +458,43 @@ fn run_in(range: &str, seed: u64, steps: u64, old_share: f64, hostile: bool) -> 
         sim.hostile = Some(PeerId(sim.next_id));
         sim.join();
     }
-    for step in 0..steps {
-        sim.step = step;
-        sim.one_step();
-        sim.check();
+    sim.run(steps)
+}
+
+impl Sim {
+    /// Runs `steps` random steps, heals, settles and checks convergence.
+    fn run(mut self, steps: u64) -> Stats {
+        for step in 0..steps {
+            self.step = step;
+            self.one_step();
+            self.check();
+        }
+        // Heal and settle: everyone converges on one ring.
+        self.partition = None;
+        self.refresh_reachability();
+        self.run_for(BOUND * 4);
+        self.check();
+        let rings: Vec<_> = self
+            .nodes
+            .values()
+            .filter_map(|n| n.ipam.ring().map(|r| r.entries().clone()))
+            .collect();
+        if rings.windows(2).any(|w| w[0] != w[1]) {
+            self.fail("rings did not converge after healing");
+        }
+        // Records and tombstones too: the whole ring, as its summary says.
+        let summaries: Vec<RingSummary> = self
+            .nodes
+            .values()
+            .filter_map(|n| n.ipam.ring().map(RingSummary::of))
+            .collect();
+        if summaries.windows(2).any(|w| w[0] != w[1]) {
+            self.fail(format!(
+                "ring summaries differ after healing: {summaries:?}"
+            ));
+        }
+        std::mem::take(&mut self.stats)
     }
-    // Heal and settle: everyone converges on one ring.
-    sim.partition = None;
-    sim.refresh_reachability();
-    sim.run_for(BOUND * 4);
-    sim.check();
-    let rings: Vec<_> = sim
-        .nodes
-        .values()
-        .filter_map(|n| n.ipam.ring().map(|r| r.entries().clone()))
-        .collect();
-    if rings.windows(2).any(|w| w[0] != w[1]) {
-        sim.fail("rings did not converge after healing");
-    }
-    // Records and tombstones too: the whole ring, as its summary says.
-    let summaries: Vec<RingSummary> = sim
-        .nodes
-        .values()
-        .filter_map(|n| n.ipam.ring().map(RingSummary::of))
-        .collect();
-    if summaries.windows(2).any(|w| w[0] != w[1]) {
-        sim.fail(format!(
-            "ring summaries differ after healing: {summaries:?}"
-        ));
-    }
-    sim.stats
 }
 
 /// A number from the environment (`WEFT_SIM_SEED`, `WEFT_SIM_STEPS`).
@@ -522,6 +538,27 @@ fn a_cluster_mixing_pre_digest_and_digest_routers_never_double_allocates_and_con
     assert!(stats.allocated > 50 && stats.joins > 3, "{stats:?}");
 }
 
+/// A rolling upgrade to titles: half the routers join as builds that send
+/// no titles (ring versions 4 and 5: buckets, keys), old ones restarting
+/// are upgraded half the time; every titled router requires titles (the
+/// default) of titled rings and judges an older peer's as before. Same
+/// invariants, no honest message refused, convergence after healing.
+#[test]
+fn a_cluster_upgrading_to_titles_never_refuses_an_honest_ring_and_converges() {
+    let steps = env_u64("WEFT_SIM_STEPS").unwrap_or(4_000);
+    let seeds: Vec<u64> = match env_u64("WEFT_SIM_SEED") {
+        Some(seed) => vec![seed],
+        None => vec![1, 11],
+    };
+    for seed in seeds {
+        let mut sim = Sim::new(seed, 0.5, "10.32.0.0/22");
+        sim.old_builds = [RING_DELTA_VERSION, crate::ipam::message::RING_KEYS_VERSION];
+        let stats = sim.run(steps);
+        eprintln!("ipam sim (upgrading to titles): seed={seed} ok: {stats:?}");
+        assert!(stats.allocated > 50 && stats.joins > 3, "{stats:?}");
+    }
+}
+
 /// A hostile member forges ring entries in other routers' names, takes
 /// their ranges with and without version jumps, saturates a version,
 /// tombstones a live router, rewrites a record and floods donation
@@ -535,6 +572,19 @@ fn a_hostile_member_is_refused_every_forgery_and_the_invariants_hold() {
     let stats = run_with(seed, steps, 0.0, true);
     eprintln!("ipam sim (hostile member): seed={seed} ok: {stats:?}");
     assert!(stats.forged_refused.len() >= 5, "{stats:?}");
+    // The give-away, with and without a self-made title, refused by title
+    // wherever it was sent (titles are required by default).
+    for kind in ["GiveAway", "GiveAwayTitled"] {
+        assert!(stats.forged_refused.get(kind) > Some(&0), "{stats:?}");
+    }
+    assert!(
+        stats.title_refused.get("title_missing") > Some(&0),
+        "{stats:?}"
+    );
+    assert!(
+        stats.title_refused.get("title_unconnected") > Some(&0),
+        "{stats:?}"
+    );
     assert!(stats.donation_refusals > 0, "{stats:?}");
     assert!(stats.allocated > 50, "{stats:?}");
 }

@@ -136,12 +136,10 @@ impl<S: Store> Allocator<S> {
             self.ask_for_the_ring(from, delta.genesis);
             return Ok(());
         }
-        // Buckets carry no titles yet: the rebuilt ring is judged as a
-        // ring from a sender that sends none (its jumps counted).
-        let theirs = delta
-            .patch(mine)
-            .map_err(MessageError::from)?
-            .without_titles();
+        // A delta with titles (ring version 6) rebuilds a titled ring,
+        // judged as a full one; one without comes from a sender that sends
+        // none and is judged as before titles (its jumps counted).
+        let theirs = delta.patch(mine).map_err(MessageError::from)?;
         if hashes_of(&theirs, delta.buckets()) != delta.hashes {
             // Our ring changed in a bucket the sender did not send since it
             // saw our hashes (a merge with another peer, a restart): the
@@ -179,7 +177,12 @@ impl<S: Store> Allocator<S> {
             self.send_ring(Destination::Peer(to), now);
             return;
         }
-        let delta = Message::Delta(RingDelta::cut(ring, buckets, differing)).encode();
+        let delta = RingDelta::cut(ring, buckets, differing);
+        let delta = match self.speaks_titles() {
+            true => delta,
+            false => delta.without_titles(),
+        };
+        let delta = Message::Delta(delta).encode();
         self.transmits.push_back((Destination::Peer(to), delta));
     }
 
@@ -255,11 +258,13 @@ mod tests {
 
     /// Two version-4 routers of an eight-router ring, converged.
     fn pair() -> (Node, Node, Instant) {
+        pair_at(RING_DELTA_VERSION)
+    }
+
+    /// Two routers of ring `version` of an eight-router ring, converged.
+    fn pair_at(version: u8) -> (Node, Node, Instant) {
         let now = Instant::now();
-        let (mut a, mut b) = (
-            node(1, RING_DELTA_VERSION, now),
-            node(2, RING_DELTA_VERSION, now),
-        );
+        let (mut a, mut b) = (node(1, version, now), node(2, version, now));
         a.handle_peer_up(PeerId(2), now);
         let first = outbox(&mut a).remove(0).1;
         converse(&mut a, &mut b, first, now);
@@ -389,6 +394,30 @@ mod tests {
         ] {
             assert!(v3.handle_message(PeerId(1), &m.encode(), now).is_err());
         }
+    }
+
+    #[test]
+    fn a_gift_learned_through_buckets_keeps_its_title() {
+        let (mut a, mut b, now) = pair_at(crate::ipam::message::RING_TITLES_VERSION);
+        // Router 3 asks a for a donation; b learns it through buckets only.
+        let genesis = a.ring().unwrap().genesis_id();
+        let ask = Message::DonateRequest(crate::ipam::message::DonateRequest { genesis });
+        a.handle_message(PeerId(3), &ask.encode(), now).unwrap();
+        outbox(&mut a);
+        let (token, _) = a
+            .ring()
+            .unwrap()
+            .entries()
+            .iter()
+            .find(|(_, e)| e.owner == PeerId(3) && e.writer == PeerId(1))
+            .map(|(t, e)| (*t, *e))
+            .expect("a gift to 3");
+        let title = a.ring().unwrap().title(token).expect("titled").to_vec();
+        let digest = delta_digest(&mut a, now);
+        let kinds = converse(&mut a, &mut b, digest, now);
+        assert_eq!(kinds, ["delta-digest", "buckets", "delta"]);
+        assert_eq!(summary(&a), summary(&b));
+        assert_eq!(b.ring().unwrap().title(token), Some(&title[..]));
     }
 
     /// The kinds of messages that carry the end of `c`'s quarantine to `a`

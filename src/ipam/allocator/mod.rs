@@ -124,9 +124,13 @@ pub struct Config {
     pub ring_version: u8,
     /// Refuse a version jump over another router's range that comes
     /// without a title proving its writer's right, from a peer that sends
-    /// titles (`ring/title.rs`). Off by default: titles do not yet survive
-    /// the bucket exchange or a restart, so an honest jump can lack one;
-    /// such jumps are counted as `jump_without_title` meanwhile.
+    /// titles (`ring/title.rs`). On by default. A ring from a peer below
+    /// [`RING_TITLES_VERSION`] (whole or rebuilt from buckets, with no
+    /// titles after it) is judged as before titles whatever this says,
+    /// its jumps accepted and counted as `jump_without_title`, so that an
+    /// older router still interoperates (docs/ARCHITECTURE.md "Signed
+    /// titles"). Off, titled jumps are accepted and counted too (every
+    /// build before titles behaved so).
     pub require_titles: bool,
     /// The least time between two answered donation requests from one
     /// requester (`donation.rs`, drain limits).
@@ -151,7 +155,7 @@ impl Config {
             convergence_bound: Duration::from_secs(30),
             request_timeout: Duration::from_secs(5),
             ring_version: RING_TITLES_VERSION,
-            require_titles: false,
+            require_titles: true,
             donation_interval: Duration::from_secs(10),
             crypto,
         }
@@ -256,6 +260,7 @@ impl<S: Store> Allocator<S> {
         if let Some(bytes) = stored.ring {
             let record = PersistedRing::decode(&bytes, cfg.me)?;
             let loaded = Ring::from_wire(record.ring)
+                .and_then(|r| r.with_titles(Some(record.titles)))
                 .map_err(|e| super::store::StateError::Corrupt(e.to_string()))?;
             if loaded.range() != cfg.range {
                 return Err(IpamError::RangeChanged {

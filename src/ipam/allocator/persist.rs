@@ -24,6 +24,7 @@ impl<S: Store> Allocator<S> {
             me: self.cfg.me,
             ring: ring.to_wire(),
             quarantined: self.quarantine.iter().map(|q| (q.0, q.1)).collect(),
+            titles: ring.titles_wire(),
         };
         self.store.save_ring(&record.encode())
     }

@@ -553,19 +553,31 @@ impl Ring {
     /// the tombstone `(dead, me)`. Returns the tokens taken.
     pub fn reclaim(&mut self, me: PeerId, dead: PeerId) -> Vec<u128> {
         self.assert_invariants();
+        let dead_entries: Vec<(u128, Entry)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.owner == dead)
+            .map(|(t, e)| (*t, *e))
+            .collect();
         let mut taken = Vec::new();
-        for (token, entry) in self.entries.iter_mut() {
-            if entry.owner == dead {
-                *entry = Entry {
+        for (token, old) in dead_entries {
+            // The reclaim's title is the dead router's entry and its title
+            // (`title.rs`: a reclaim link is entitled by the entry of the
+            // router its writer holds a tombstone of), so that a later
+            // gift's chain reaches back past the reclaim.
+            let title = self.title_from(token, &old);
+            self.entries.insert(
+                token,
+                Entry {
                     owner: me,
-                    version: entry.version + 1,
+                    version: old.version + 1,
                     writer: me,
                     reclaim: true,
-                };
-                taken.push(*token);
-                self.sigs.entries.remove(token);
-                self.titles.remove(token);
-            }
+                },
+            );
+            taken.push(token);
+            self.sigs.entries.remove(&token);
+            self.titles.insert(token, title);
         }
         self.tombstones.insert((dead, me));
         self.sigs.tombstones.remove(&(dead, me));

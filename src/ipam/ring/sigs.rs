@@ -129,6 +129,16 @@ impl Ring {
         self.sigs.entries.insert(token, sig);
     }
 
+    /// Sets (or, with `None`, drops) the title of the entry at `token`
+    /// (tests and the hostile router).
+    #[cfg(any(test, feature = "sim"))]
+    pub fn set_title(&mut self, token: u128, title: Option<Vec<super::title::Link>>) {
+        match title {
+            Some(links) => self.titles.insert(token, links),
+            None => self.titles.remove(&token),
+        };
+    }
+
     /// A record as `crypto`'s owner signed it (tests and the hostile router).
     #[cfg(any(test, feature = "sim"))]
     pub fn insert_record_signed(

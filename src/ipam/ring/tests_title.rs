@@ -103,25 +103,28 @@ fn a_router_that_saw_only_the_first_split_accepts_the_second() {
 }
 
 #[test]
-fn a_chain_is_cut_at_four_links_and_a_router_that_missed_more_refuses() {
-    let mut ring = genesis();
-    // 1 gives [64, 127] to 3, which passes it on to 4, 5, 6, 7, 8.
-    ring = give(&ring, 1, 64, 127, 3);
-    for (me, to) in [(3, 4), (4, 5), (5, 6), (6, 7), (7, 8)] {
-        ring = give(&ring, me, 64, 127, to);
-    }
-    assert_eq!(ring.title(64).unwrap().len(), MAX_TITLE_LINKS);
-    let err = judge(&genesis(), &ring).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            RingError::Title {
-                token: 64,
-                reason: TitleError::Unconnected
-            }
-        ),
-        "{err}"
-    );
+fn a_chain_is_cut_at_the_jump_bound_and_a_router_that_missed_more_refuses() {
+    // 1 gives [64, 127] to 3; 3 and 4 then pass it back and forth, each
+    // hop one version up.
+    let hops = |n: u64| {
+        let mut ring = give(&genesis(), 1, 64, 127, 3);
+        for i in 0..n {
+            let (me, to) = if i % 2 == 0 { (3, 4) } else { (4, 3) };
+            ring = give(&ring, me, 64, 127, to);
+        }
+        ring
+    };
+    // A router that saw only the genesis accepts up to the jump bound:
+    // the title reaches back to 1's gift.
+    let within = hops(MAX_VERSION_JUMP - 1);
+    assert_eq!(within.entries()[&64].version, 1 + MAX_VERSION_JUMP);
+    assert_eq!(within.title(64).unwrap().len(), MAX_TITLE_LINKS);
+    assert_eq!(judge(&genesis(), &within).unwrap().titled_jumps, 1);
+    // One more hop: the title is cut, and the jump is beyond the bound.
+    let beyond = hops(MAX_VERSION_JUMP);
+    assert_eq!(beyond.title(64).unwrap().len(), MAX_TITLE_LINKS);
+    let err = judge(&genesis(), &beyond).unwrap_err();
+    assert!(matches!(err, RingError::Jump { token: 64, .. }), "{err}");
 }
 
 /// The attack: member 3 gives B's (2's) range to 4 at B's version
@@ -206,7 +209,7 @@ fn forged_title_links_are_refused_by_reason() {
     assert_eq!(reason(link(65, entry(3, 1, 2))), TitleError::TokenAbove);
     let (_, mut long) = splits();
     let mut chain = long.title(64).unwrap().to_vec();
-    chain.extend([chain[1]; 3]);
+    chain.extend(vec![chain[1]; MAX_TITLE_LINKS]);
     long.titles.insert(64, chain);
     assert!(matches!(
         judge(&genesis(), &long),
@@ -284,7 +287,8 @@ fn a_join_takes_the_title_with_the_winning_entry() {
     mine.join(&second);
     assert_eq!(mine.title(64), second.title(64));
     assert_eq!(mine.title(96), second.title(96));
-    // A reclaim carries its tombstone, not a title.
+    // A reclaim's title is the reclaimed entry and its title.
+    let before = mine.entries()[&64];
     mine.reclaim(PeerId(2), PeerId(4));
-    assert_eq!(mine.title(64), None);
+    assert_eq!(mine.title(64).unwrap()[0].entry, before);
 }

@@ -4,12 +4,21 @@
 //! learn it by gossip) and floods donation requests. Every forgery must be
 //! refused and change nothing at the receiver; the simulator's invariants
 //! keep being checked after every step.
+//!
+//! The give-away (issue 15's last hole, closed by signed titles): the
+//! member writes an entry giving a victim's range to a third router, a
+//! bounded jump (2 to `MAX_VERSION_JUMP` versions) above the receiver's,
+//! with no title or with one it signed itself. Titles are required by
+//! default, so every honest router refuses it, counted by its title
+//! counter (`title_missing`, `title_unconnected`), and the victim keeps
+//! its range.
 
 use super::{Sim, TestCrypto};
 use crate::id::PeerId;
 use crate::ipam::message::{DonateRequest, Message};
-use crate::ipam::ring::{Entry, PeerRecord};
-use crate::ipam::{Event, Ring};
+use crate::ipam::ring::{Entry, Link, MAX_VERSION_JUMP, PeerRecord, RingError};
+use crate::ipam::signed::{RingCrypto, entry_message};
+use crate::ipam::{Event, IpamError, Ring};
 use rand::Rng;
 
 /// The forgeries, one per attack of the issue.
@@ -27,9 +36,17 @@ enum Forgery {
     TombstoneOfLive,
     /// The victim's free-space record rewritten (a donor-choice lure).
     Record,
+    /// The victim's range given to a third router, a bounded jump up,
+    /// without a title.
+    GiveAway,
+    /// The same with a title the forger signed itself (its own entry one
+    /// version below), which does not reach the receiver's view.
+    GiveAwayTitled,
 }
 
-const FORGERIES: [Forgery; 6] = [
+const FORGERIES: [Forgery; 8] = [
+    Forgery::GiveAway,
+    Forgery::GiveAwayTitled,
     Forgery::Impersonation,
     Forgery::Takeover,
     Forgery::Jump,
@@ -74,7 +91,16 @@ impl Sim {
             return;
         }
         let victim = victims[self.rng.gen_range(0..victims.len())];
-        let Some(forged) = forge(&base, kind, m, victim) else {
+        // The third router a give-away names: any other than the victim
+        // and the forger.
+        let third = honest
+            .iter()
+            .copied()
+            .filter(|p| *p != victim)
+            .nth(self.rng.gen_range(0..honest.len().saturating_sub(1).max(1)))
+            .unwrap_or(receiver);
+        let jump = self.rng.gen_range(2..=MAX_VERSION_JUMP);
+        let Some(forged) = forge(&base, kind, m, victim, (third, jump)) else {
             return;
         };
         let now = self.now;
@@ -87,6 +113,15 @@ impl Sim {
             Err(e) => {
                 if node.ipam.ring() != Some(&base) || node.ipam.poll_transmit().is_some() {
                     self.fail(format!("{receiver} refused {kind:?} but changed: {e}"));
+                }
+                if let IpamError::Misbehaved(RingError::Title { reason, .. }) = &e {
+                    *self
+                        .stats
+                        .title_refused
+                        .entry(reason.counter().to_string())
+                        .or_default() += 1;
+                } else if matches!(kind, Forgery::GiveAway | Forgery::GiveAwayTitled) {
+                    self.fail(format!("{receiver} refused {kind:?} but not by title: {e}"));
                 }
                 *self
                     .stats
@@ -129,8 +164,15 @@ impl Sim {
     }
 }
 
-/// `base` (the receiver's ring) with one forged item, signed by `m`.
-fn forge(base: &Ring, kind: Forgery, m: PeerId, victim: PeerId) -> Option<Ring> {
+/// `base` (the receiver's ring) with one forged item, signed by `m`; a
+/// give-away names `(third, jump)`.
+fn forge(
+    base: &Ring,
+    kind: Forgery,
+    m: PeerId,
+    victim: PeerId,
+    (third, jump): (PeerId, u64),
+) -> Option<Ring> {
     let crypto = TestCrypto::new(m);
     let (token, gov) = base
         .entries()
@@ -160,6 +202,25 @@ fn forge(base: &Ring, kind: Forgery, m: PeerId, victim: PeerId) -> Option<Ring> 
                 };
                 ring.insert_signed(*t, entry, &crypto);
             }
+        }
+        Forgery::GiveAway | Forgery::GiveAwayTitled => {
+            let given = Entry {
+                owner: third,
+                version: gov.version + jump,
+                writer: m,
+                reclaim: false,
+            };
+            ring.insert_signed(token, given, &crypto);
+            let title = matches!(kind, Forgery::GiveAwayTitled).then(|| {
+                let mine = taken(given.version - 1, m);
+                let signature = crypto.sign(&entry_message(base.genesis_id(), token, &mine));
+                vec![Link {
+                    token,
+                    entry: mine,
+                    signature: Some(signature),
+                }]
+            });
+            ring.set_title(token, title);
         }
         Forgery::Record => {
             let old = base
