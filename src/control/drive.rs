@@ -237,13 +237,15 @@ impl Control {
     }
 }
 
+/// The ring version both hellos contain, if any.
+pub(super) fn ring_version(peer: &Peer) -> Option<u8> {
+    Versions::OURS.ring.common(peer.hello.versions.ring)
+}
+
 /// Whether `peer` speaks the signed ring (version 3): the IPAM channel is
 /// open only with such peers (`crate::ipam::message::RING_SIGNED_VERSION`).
 fn signs(peer: &Peer) -> bool {
-    Versions::OURS
-        .ring
-        .common(peer.hello.versions.ring)
-        .is_some_and(|v| v >= RING_SIGNED_VERSION)
+    ring_version(peer).is_some_and(|v| v >= RING_SIGNED_VERSION)
 }
 
 /// Says, once per connection, that IPAM with a pre-signing peer is off.

@@ -35,22 +35,27 @@ impl Control {
                         public_key: p.public_key,
                         addresses: vec![p.hello.listen],
                     };
+                    let ring = drive::ring_version(p);
                     self.ipam.learn_name(peer, &info.name);
                     self.ipam.learn_key(peer, p.public_key);
                     if let Some(ipam6) = self.ipam6.as_mut() {
                         ipam6.learn_name(peer, &info.name);
                         ipam6.learn_key(peer, p.public_key);
-                        ipam6.handle_peer_up(peer, now);
+                        ipam6.handle_peer_up(peer, ring, now);
                     }
                     drive::warn_if_unsigned(p);
                     self.gossip.connection_up(info, outbound, now);
-                    self.ipam.handle_peer_up(peer, now);
+                    self.ipam.handle_peer_up(peer, ring, now);
                     self.liveness
                         .insert(peer, Arc::new(Liveness::new(self.epoch)));
                     self.heartbeats.add(peer, outbound, now);
                     self.start_punch(peer, now);
                 }
                 PeerEvent::Down { peer } => {
+                    self.ipam.handle_peer_down(peer);
+                    if let Some(ipam6) = self.ipam6.as_mut() {
+                        ipam6.handle_peer_down(peer);
+                    }
                     self.relay_gone(peer, now);
                     self.punch.forget(peer);
                     self.endpoints.handle_peer_down(peer);

@@ -201,6 +201,14 @@ fn three_with_titles_required_at_2(required: bool) -> Net {
 /// 1's history (a bounded jump, which an honest donation it missed would
 /// look like without titles).
 fn give_away_routers_1_range(net: &mut Net) -> Result<(), IpamError> {
+    give_away_routers_1_range_as(net, |ring| ring)
+}
+
+/// The same give-away, its ring passed through `shape` before sending.
+fn give_away_routers_1_range_as(
+    net: &mut Net,
+    shape: impl FnOnce(super::Ring) -> super::Ring,
+) -> Result<(), IpamError> {
     let before = net.node(2).ring().unwrap().clone();
     let (token, gov) = routers_1_entry(&before);
     let mut forged = before;
@@ -213,14 +221,11 @@ fn give_away_routers_1_range(net: &mut Net) -> Result<(), IpamError> {
     forged.insert_signed(token, entry, &TestCrypto::new(PeerId(3)));
     let now = net.now;
     net.node(2)
-        .handle_message(PeerId(3), &Message::Ring(forged).encode(), now)
+        .handle_message(PeerId(3), &Message::Ring(shape(forged)).encode(), now)
 }
 
-#[test]
-fn a_member_giving_another_routers_range_away_is_refused_where_titles_are_required() {
-    let mut net = three_with_titles_required_at_2(true);
-    let before = net.node(2).ring().unwrap().clone();
-    let err = give_away_routers_1_range(&mut net).unwrap_err();
+/// The refusal of a jump that needed a title and came with none.
+fn assert_missing_title(err: &IpamError) {
     assert!(
         matches!(
             err,
@@ -231,11 +236,10 @@ fn a_member_giving_another_routers_range_away_is_refused_where_titles_are_requir
         ),
         "{err}"
     );
-    assert_eq!(net.node(2).ring().unwrap(), &before);
-    // Where titles are not required (the default, and every build before
-    // them) the same ring is accepted, and counted.
-    let mut net = three_with_titles_required_at_2(false);
-    give_away_routers_1_range(&mut net).unwrap();
+}
+
+/// Router 2 accepted one jump without a title, and said so.
+fn assert_one_jump_without_title(net: &mut Net) {
     let events: Vec<Event> = std::iter::from_fn(|| net.node(2).poll_event()).collect();
     assert!(
         events
@@ -243,6 +247,20 @@ fn a_member_giving_another_routers_range_away_is_refused_where_titles_are_requir
             .any(|e| matches!(e, Event::JumpsWithoutTitle { count: 1, .. })),
         "{events:?}"
     );
+}
+
+#[test]
+fn a_member_giving_another_routers_range_away_is_refused_where_titles_are_required() {
+    let mut net = three_with_titles_required_at_2(true);
+    let before = net.node(2).ring().unwrap().clone();
+    let err = give_away_routers_1_range(&mut net).unwrap_err();
+    assert_missing_title(&err);
+    assert_eq!(net.node(2).ring().unwrap(), &before);
+    // Where titles are not required (the default, and every build before
+    // them) the same ring is accepted, and counted.
+    let mut net = three_with_titles_required_at_2(false);
+    give_away_routers_1_range(&mut net).unwrap();
+    assert_one_jump_without_title(&mut net);
     assert!(net.node(2).ring().unwrap().owners().contains(&PeerId(4)));
 }
 
@@ -290,4 +308,32 @@ fn a_router_restarted_from_its_store_keeps_the_titles_it_held() {
             "router {id}"
         );
     }
+}
+
+#[test]
+fn a_peer_that_negotiated_titles_cannot_shed_the_check_by_sending_none() {
+    use super::message::RING_TITLES_VERSION;
+    let mut net = three_with_titles_required_at_2(true);
+    net.node(2)
+        .set_peer_ring_version(PeerId(3), Some(RING_TITLES_VERSION));
+    let before = net.node(2).ring().unwrap().clone();
+    // Its ring without the titles' trailing bytes, as a build before
+    // titles sends it: its hello said otherwise.
+    let err = give_away_routers_1_range_as(&mut net, super::Ring::without_titles).unwrap_err();
+    assert_missing_title(&err);
+    assert_eq!(net.node(2).ring().unwrap(), &before);
+    // A peer whose connection runs ring version 5 (a build before titles)
+    // is judged as before them: its jump is accepted, and counted.
+    let mut net = three_with_titles_required_at_2(true);
+    net.node(2).set_peer_ring_version(PeerId(3), Some(5));
+    give_away_routers_1_range_as(&mut net, super::Ring::without_titles).unwrap();
+    assert_one_jump_without_title(&mut net);
+    // And when it goes down and comes back speaking titles, they are
+    // required of it again.
+    let mut net = three_with_titles_required_at_2(true);
+    net.node(2).set_peer_ring_version(PeerId(3), Some(5));
+    net.node(2).set_peer_ring_version(PeerId(3), None);
+    net.node(2)
+        .set_peer_ring_version(PeerId(3), Some(RING_TITLES_VERSION));
+    assert!(give_away_routers_1_range_as(&mut net, super::Ring::without_titles).is_err());
 }

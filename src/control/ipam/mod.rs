@@ -361,9 +361,22 @@ impl IpamDriver {
         }
     }
 
-    /// A new neighbour gets the full ring (or our proposal).
-    pub fn handle_peer_up(&mut self, peer: PeerId, now: Instant) {
+    /// A new neighbour gets the full ring (or our proposal); `ring` is the
+    /// ring version negotiated with it (titles required from it or not).
+    pub fn handle_peer_up(&mut self, peer: PeerId, ring: Option<u8>, now: Instant) {
+        self.alloc.set_peer_ring_version(peer, ring);
         self.alloc.handle_peer_up(peer, now);
+    }
+
+    /// A neighbour's connection ended (or it moved to a new ID).
+    pub fn handle_peer_down(&mut self, peer: PeerId) {
+        self.alloc.set_peer_ring_version(peer, None);
+    }
+
+    /// The ring version negotiated with `peer` (a neighbour that moved to
+    /// a new ID keeps its connection's version).
+    pub fn set_peer_ring_version(&mut self, peer: PeerId, ring: Option<u8>) {
+        self.alloc.set_peer_ring_version(peer, ring);
     }
 
     /// One message from the `Ring` channel. Refusals are counted and logged

@@ -79,7 +79,11 @@ impl<S: Store> Allocator<S> {
             return Ok(());
         }
         let me = (!self.relearning(now)).then_some(self.cfg.me);
-        let require_titles = self.cfg.require_titles && self.speaks_titles() && !theirs.untitled();
+        // A ring without titles is judged as before them only from a peer
+        // whose connection negotiated a version without them.
+        let require_titles = self.cfg.require_titles
+            && self.speaks_titles()
+            && (!theirs.untitled() || self.titled_peers.contains(&from));
         let judged = mine.judge_update(me, &self.reachable, &theirs, require_titles)?;
         if judged.untitled_jumps > 0 {
             self.events.push_back(Event::JumpsWithoutTitle {

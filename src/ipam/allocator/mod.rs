@@ -203,6 +203,11 @@ pub struct Allocator<S: Store> {
     verifier: Verifier,
     /// Key requests sent, per peer (`keys.rs`).
     keys_asked: BTreeMap<PeerId, keys::KeysAsked>,
+    /// Connected peers whose negotiated ring version carries titles
+    /// (`set_peer_ring_version`): a ring from one of them that arrives
+    /// without titles is judged as requiring them, so a secret holder
+    /// cannot shed the check by dropping the titles' trailing bytes.
+    titled_peers: BTreeSet<PeerId>,
     next_gossip: Instant,
     /// Digest back-off (`anti_entropy.rs`).
     backoff: anti_entropy::Backoff,
@@ -314,6 +319,7 @@ impl<S: Store> Allocator<S> {
             donated_to: BTreeMap::new(),
             verifier: Verifier::default(),
             keys_asked: BTreeMap::new(),
+            titled_peers: BTreeSet::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         };
@@ -430,6 +436,17 @@ impl<S: Store> Allocator<S> {
         } else if self.may_vote {
             let bytes = self.proposal().encode();
             self.transmits.push_back((Destination::Peer(peer), bytes));
+        }
+    }
+
+    /// The ring version negotiated with `peer` on its connection (`None`:
+    /// it went down). What its hello offered decides, not what a message
+    /// carries: a peer that agreed to titles must send them.
+    pub fn set_peer_ring_version(&mut self, peer: PeerId, version: Option<u8>) {
+        if version.is_some_and(|v| v >= RING_TITLES_VERSION) {
+            self.titled_peers.insert(peer);
+        } else {
+            self.titled_peers.remove(&peer);
         }
     }
 

@@ -46,8 +46,14 @@ impl Sim {
         let peers: Vec<PeerId> = self.nodes.keys().copied().filter(|p| *p != id).collect();
         for p in peers {
             if self.connected(id, p) {
-                self.nodes.get_mut(&p).unwrap().ipam.handle_peer_up(id, now);
-                self.nodes.get_mut(&id).unwrap().ipam.handle_peer_up(p, now);
+                // As the driver does: the version both hellos contain.
+                let common = Some(self.ring_version(id).min(self.ring_version(p)));
+                let them = &mut self.nodes.get_mut(&p).unwrap().ipam;
+                them.set_peer_ring_version(id, common);
+                them.handle_peer_up(id, now);
+                let us = &mut self.nodes.get_mut(&id).unwrap().ipam;
+                us.set_peer_ring_version(p, common);
+                us.handle_peer_up(p, now);
                 self.drain(p);
             }
         }
