@@ -23,20 +23,14 @@ use std::path::{Path, PathBuf};
 
 /// The on-disk format of the allocation record written by this version.
 pub const STATE_FORMAT: u16 = 1;
-/// The ring record's format: 3 adds the ring's signed titles (issue 15,
-/// `ring/title.rs`) after the quarantined ranges; 2 held the signed ring
-/// (ring wire version 3) and still loads, with no titles. A format-1 ring
-/// (unsigned) is refused with [`StateError::UnsignedRing`].
+/// The ring record's format: 2 holds the signed ring (ring wire version 3).
+/// A format-1 ring (unsigned) is refused with [`StateError::UnsignedRing`].
 ///
-/// A change an older weft must refuse, hence the new number: a build that
-/// sends titles but saved none would load the ring, drop them, and send
-/// its entries on untitled, so that a gift whose chain ends at one of them
-/// could no longer be proven (what kept `require_titles` off). Rolling
-/// back to such a build means moving `ipam-ring` aside (the allocations
-/// stay) so that it relearns the ring, titles included, from the cluster.
-pub const RING_FORMAT: u16 = 3;
-/// The ring record format before titles: loads with none.
-pub const RING_FORMAT_UNTITLED: u16 = 2;
+/// The ring's signed titles (issue 15, `ring/title.rs`) are a field
+/// appended after the quarantined ranges, not a new format: a build
+/// before them reads the ring and ignores the rest, so a node can still
+/// be rolled back; a record that ends before them has none.
+pub const RING_FORMAT: u16 = 2;
 const RING_MAGIC: &[u8; 4] = b"WFRG";
 const ALLOC_MAGIC: &[u8; 4] = b"WFAL";
 
@@ -95,13 +89,13 @@ pub struct PersistedRing {
     pub ring: RingWire,
     /// Quarantined `(start, end)` offsets.
     pub quarantined: Vec<(u128, u128)>,
-    /// The ring's titles (format 3; none in a format-2 record).
+    /// The ring's titles (none in a record written before them).
     pub titles: TitlesWire,
 }
 
-/// The ring record's fields as format 2 had them: what every ring record
-/// starts with. [`PersistedRing::decode`] reads this, then the titles of a
-/// format-3 record from what follows.
+/// The ring record's fields before titles: what every ring record starts
+/// with. [`PersistedRing::decode`] reads this, then the titles from what
+/// follows, if anything does.
 #[derive(Deserialize)]
 struct RingHead {
     format: u16,
@@ -194,13 +188,14 @@ impl PersistedRing {
         encode_record(RING_MAGIC, self)
     }
 
-    /// Decodes and checks the format and the owner ID. A format-2 record
-    /// (before titles) has none; a format-3 record must hold them.
+    /// Decodes and checks the format and the owner ID. A record that ends
+    /// after the quarantined ranges (written before titles) has none;
+    /// titles that are there must decode.
     pub fn decode(bytes: &[u8], me: PeerId) -> Result<Self, StateError> {
         // The format leads the body: read it alone first, so that an
         // unsigned ring gets its own answer rather than "corrupt".
         let format: u16 = decode_record(RING_MAGIC, bytes)?;
-        if format < RING_FORMAT_UNTITLED {
+        if format < RING_FORMAT {
             return Err(StateError::UnsignedRing);
         }
         if format > RING_FORMAT {
@@ -213,10 +208,9 @@ impl PersistedRing {
         let (head, read): (RingHead, usize) =
             crate::wire::decode_prefix(body).map_err(|e| corrupt(&e))?;
         check(0, me, head.me)?;
-        let titles = match format {
-            RING_FORMAT_UNTITLED => TitlesWire::new(),
-            _ => crate::wire::decode(body.get(read..).unwrap_or_default())
-                .map_err(|e| corrupt(&e))?,
+        let titles = match body.get(read..).unwrap_or_default() {
+            [] => TitlesWire::new(),
+            rest => crate::wire::decode(rest).map_err(|e| corrupt(&e))?,
         };
         Ok(Self {
             format: head.format,
@@ -432,7 +426,7 @@ mod tests {
     }
 
     #[test]
-    fn a_ring_record_keeps_its_titles_and_a_format_2_one_loads_with_none() {
+    fn a_ring_record_keeps_its_titles_and_reads_both_ways_with_a_build_before_them() {
         use crate::ipam::range::AddrRange;
         use crate::ipam::ring::Ring;
         let range = AddrRange::parse("10.32.0.0/12").unwrap();
@@ -458,9 +452,11 @@ mod tests {
             PersistedRing::decode(&bytes[..bytes.len() - 1], me),
             Err(StateError::Corrupt(_))
         ));
-        // A record as format 2 wrote it (the same fields, no titles).
-        #[derive(Serialize)]
-        struct Format2 {
+        // A record as a build before titles wrote it (the same fields,
+        // none after), and such a build reading ours: it takes the ring
+        // and ignores the titles, so a node can be rolled back.
+        #[derive(Serialize, Deserialize)]
+        struct BeforeTitles {
             format: u16,
             me: PeerId,
             ring: RingWire,
@@ -468,23 +464,26 @@ mod tests {
         }
         let old = encode_record(
             RING_MAGIC,
-            &Format2 {
-                format: RING_FORMAT_UNTITLED,
+            &BeforeTitles {
+                format: RING_FORMAT,
                 me,
                 ring: ring.to_wire(),
                 quarantined: vec![(1, 2)],
             },
         );
         let back = PersistedRing::decode(&old, me).unwrap();
-        assert_eq!((back.format, back.titles.len()), (2, 0));
+        assert_eq!((back.format, back.titles.len()), (RING_FORMAT, 0));
         assert_eq!(back.quarantined, [(1, 2)]);
         assert_eq!(
             Ring::from_wire(back.ring).unwrap().entries(),
             ring.entries()
         );
-        // A format-2 reader refuses format 3 (its format check).
-        let format: u16 = decode_record(RING_MAGIC, &bytes).unwrap();
-        assert_eq!(format, 3);
+        let read_by_old: BeforeTitles = decode_record(RING_MAGIC, &bytes).unwrap();
+        assert_eq!(read_by_old.format, RING_FORMAT);
+        assert_eq!(
+            Ring::from_wire(read_by_old.ring).unwrap().entries(),
+            ring.entries()
+        );
         assert!(matches!(
             PersistedRing::decode(&bytes, PeerId(2)),
             Err(StateError::OtherRouter { .. })
@@ -495,7 +494,7 @@ mod tests {
         };
         assert!(matches!(
             PersistedRing::decode(&newer.encode(), me),
-            Err(StateError::Format(4))
+            Err(StateError::Format(3))
         ));
     }
 
