@@ -17,6 +17,7 @@ use crate::api::proto::{ErrorCode, Reply, Rotated};
 use crate::crypto::SigningKey;
 use crate::crypto::identity::Identity;
 use crate::crypto::identity_next::{self, Pending};
+use crate::crypto::rotation::MAX_TRACKED;
 use crate::crypto::{carried_short, identity_age};
 use crate::gossip::PeerInfo;
 use std::sync::Arc;
@@ -44,6 +45,14 @@ impl Control {
             return Reply::err(
                 ErrorCode::Refused,
                 "the ring is not known yet: rotate once this router has joined it",
+            );
+        }
+        if !self.gossip.has_room_for_retirement(now) {
+            return Reply::err(
+                ErrorCode::Refused,
+                format!(
+                    "the topology already tracks {MAX_TRACKED} retired keys whose windows are open: rotate once the oldest window ends"
+                ),
             );
         }
         let old = self.context.identity.load_full();
@@ -81,12 +90,13 @@ impl Control {
         } else if let Err(e) = pending.commit(&state_dir) {
             tracing::warn!(error = %e, "cannot make the new identity key current; restarting to complete the rotation");
             self.restart_to_rotate(now, old_id, new_id);
-        } else {
-            self.switch_live(&old, &pending, now);
+        } else if self.switch_live(&old, &pending, now) {
             // The new entry (and with it the new key) goes out before the
             // ring hand-over, on the same links: peers then take the ring
             // at once instead of refusing items from an unknown key.
             self.drain_gossip(now);
+        } else {
+            self.restart_to_rotate(now, old_id, new_id);
         }
         self.drive_ipam(now);
         match serde_json::to_value(Rotated {
@@ -107,13 +117,13 @@ impl Control {
     }
 
     /// The new key is the identity on disk: every part of the running
-    /// router moves to it, then every connection rekeys under it.
-    fn switch_live(&mut self, old: &Identity, pending: &Pending, now: Instant) {
+    /// router moves to it, then every connection rekeys under it. False
+    /// (nothing moved) if the topology refuses our own switch, which
+    /// `rotate_identity` checked it would not: the caller restarts instead.
+    fn switch_live(&mut self, old: &Identity, pending: &Pending, now: Instant) -> bool {
         let new = Arc::new(pending.identity.clone());
         let rotation = pending.rotation;
         let me = new.id();
-        // New connections from here on handshake under the new key.
-        self.context.identity.store(new.clone());
         let info = PeerInfo {
             id: me,
             name: self.config.name.clone(),
@@ -129,8 +139,14 @@ impl Control {
             &SigningKey::from_identity(old),
             now,
         ) {
-            tracing::warn!(?reason, "the topology refused our own key switch");
+            tracing::warn!(
+                ?reason,
+                "the topology refused our own key switch; restarting under the new key instead"
+            );
+            return false;
         }
+        // New connections from here on handshake under the new key.
+        self.context.identity.store(new.clone());
         self.me = me;
         // The Lease names the key in use (the Lease task reads this).
         self.config.own_id.send_replace(me);
@@ -161,5 +177,6 @@ impl Control {
         self.dirty = true;
         tracing::info!(from = %old.id(), to = %me, links = self.links.len(),
             "identity rotation: new key current; switching every connection to it live");
+        true
     }
 }

@@ -176,19 +176,33 @@ impl Gossip {
     /// over (`GossipConfig::retirement_window`); while every window is
     /// open, a new one is refused.
     pub(super) fn make_room_for_retirement(&mut self) -> Result<(), RefusedReason> {
+        if let Some(oldest) = self.retirement_to_evict(self.clock)? {
+            self.forget_retirement(oldest);
+        }
+        Ok(())
+    }
+
+    /// True if one more retirement can be recorded at `now`: our own key
+    /// switch checks this before anything is written, so that it is
+    /// refused whole rather than half done.
+    pub fn has_room_for_retirement(&self, now: Instant) -> bool {
+        self.retirement_to_evict(self.clock.max(now)).is_ok()
+    }
+
+    /// The retirement a new one would replace at `clock` (`None`: there
+    /// is room), or [`RefusedReason::TooManyRotations`] if the table is
+    /// full of open windows.
+    fn retirement_to_evict(&self, clock: Instant) -> Result<Option<PeerId>, RefusedReason> {
         if self.retired.len() < MAX_TRACKED {
-            return Ok(());
+            return Ok(None);
         }
         let window = self.config.retirement_window;
-        let oldest = self
-            .retired
+        self.retired
             .iter()
-            .filter(|(_, r)| r.learned + window <= self.clock)
+            .filter(|(_, r)| r.learned + window <= clock)
             .min_by_key(|(old, r)| (r.learned, **old))
-            .map(|(old, _)| *old)
-            .ok_or(RefusedReason::TooManyRotations)?;
-        self.forget_retirement(oldest);
-        Ok(())
+            .map(|(old, _)| Some(*old))
+            .ok_or(RefusedReason::TooManyRotations)
     }
 
     /// Drops the retirement of `old` (the driver's run-time pruning past

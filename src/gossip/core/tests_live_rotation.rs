@@ -281,7 +281,9 @@ fn a_full_table_of_retirements_drops_the_oldest_ended_one_never_an_open_one() {
     }
     let rotation = Rotation::sign(&old, &new, 1_796_000_000);
     let (_, grave) = tombstone(&rotation, "x", 1420, &SigningKey::from_identity(&old));
-    // Every window open: refused, nothing dropped.
+    // Every window open: refused, nothing dropped (and our own switch
+    // would be refused before it starts).
+    assert!(!g.has_room_for_retirement(t0 + Duration::from_secs(5)));
     g.handle_message(n, &update(vec![grave.clone()]), t0 + Duration::from_secs(5))
         .unwrap();
     assert_eq!(
@@ -291,6 +293,7 @@ fn a_full_table_of_retirements_drops_the_oldest_ended_one_never_an_open_one() {
     assert_eq!(g.successor_of(old.id()), None);
     // Windows over: the first learned (lowest ID among them) makes room.
     let later = t0 + GossipConfig::default().retirement_window + Duration::from_secs(1);
+    assert!(g.has_room_for_retirement(later));
     g.handle_message(n, &update(vec![grave]), later).unwrap();
     assert_eq!(refusals(&drain(&mut g)), vec![]);
     assert_eq!(g.successor_of(old.id()), Some(new.id()));
