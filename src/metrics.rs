@@ -196,6 +196,12 @@ pub fn render(status: &Status, policy: Option<&crate::policy::status::PolicyStat
         "Share of the range owned by unreachable routers, in parts per million (weft rmpeer reclaims it)",
         (status.ipam.unreachable_share * 1e6) as u64,
     );
+    gauge(
+        &mut registry,
+        "ipam_titles_required",
+        "1 once every member's jumps over another router's range need a signed title (0 during an upgrade from a build before titles)",
+        u64::from(status.ipam.titles_required),
+    );
     let gossip_messages = Family::<Labels, Counter>::default();
     let gossip_bytes = Family::<Labels, Counter>::default();
     for (key, traffic) in &status.gossip {

@@ -151,6 +151,16 @@ fn ipam(out: &mut String, label: &str, i: &crate::api::proto::IpamStatus, alloca
     if let Some(detail) = &i.detail {
         let _ = writeln!(out, "  {detail}");
     }
+    if i.state == "ready" && !i.titles_required {
+        let seen = match i.titles_waiting_for.as_slice() {
+            [] => "every owner speaks them".to_string(),
+            owners => format!("not seen speaking them: {}", owners.join(", ")),
+        };
+        let _ = writeln!(
+            out,
+            "  titles not required of every member yet (the ring is from a build before them; {seen}): once every router runs this build, restart with --require-titles"
+        );
+    }
     for r in &i.unreachable_ranges {
         let _ = writeln!(
             out,

@@ -95,6 +95,8 @@ fn metrics_scraped_during_traffic_parse_and_their_counters_move() {
     assert_eq!(after[r#"weft_connections{state="established"}"#], 1.0);
     assert!(after[r#"weft_handshakes_total{result="ok"}"#] >= 1.0);
     assert!(after["weft_ipam_owned_addresses"] > 0.0);
+    // A ring this build initialised requires titles from its birth.
+    assert_eq!(after["weft_ipam_titles_required"], 1.0);
     // The router turned forwarding on (the node started with it off).
     assert_eq!(after["weft_ipv4_forwarding"], 1.0);
     // The active data path is exposed as an info metric whose `offload`

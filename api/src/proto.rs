@@ -539,6 +539,16 @@ pub struct IpamStatus {
     /// Every address this router has handed out.
     #[serde(default)]
     pub allocations: Vec<AddressHolder>,
+    /// Every member's version jumps over another router's range need a
+    /// signed title, whatever ring version its connection negotiated (the
+    /// ring's latch is set); false while an upgrade from a build before
+    /// titles is not over.
+    #[serde(default)]
+    pub titles_required: bool,
+    /// The range owners the latch waits for (names, or hex IDs): neither
+    /// this router nor a neighbour whose connection negotiated titles.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub titles_waiting_for: Vec<String>,
 }
 
 /// A range and the router that owns it.

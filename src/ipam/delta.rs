@@ -27,7 +27,7 @@
 
 use super::digest::{BucketDigest, entry_bucket, hashes_of, record_bucket, tombstone_bucket};
 use super::ring::{Entry, GenesisId, MAX_TITLE_LINKS, MAX_VERSION, PeerRecord, Ring, RingError};
-use super::ring::{RingWire, TitlesWire};
+use super::ring::{Marks, RingWire, TitlesWire};
 use super::signed::Signature;
 use crate::id::PeerId;
 use serde::{Deserialize, Serialize};
@@ -55,6 +55,10 @@ pub struct RingDelta {
     /// decoder ignores it; `None` from a sender that sends no titles.
     #[serde(skip)]
     pub titles: Option<TitlesWire>,
+    /// The sender's ring's [`Marks`], encoded after the titles (absent
+    /// with them, and from a build before marks: all false).
+    #[serde(skip)]
+    pub marks: Marks,
 }
 
 /// Why a delta was refused. Nothing changed.
@@ -121,6 +125,7 @@ impl RingDelta {
                 .into_iter()
                 .filter(|p| wanted.contains(&record_bucket(p.0, buckets)))
                 .collect(),
+            marks: titles.as_ref().map(|_| ring.marks()).unwrap_or_default(),
             titles,
         }
     }
@@ -221,6 +226,7 @@ impl RingDelta {
         let Some(sent) = &self.titles else {
             return Ok(ring.without_titles());
         };
+        let ring = ring.with_marks(self.marks);
         let mut titles: TitlesWire = base
             .titles()
             .iter()

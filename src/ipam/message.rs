@@ -6,7 +6,7 @@
 use super::delta::{DeltaError, RingDelta};
 use super::digest::{BucketDigest, RingSummary};
 use super::range::AddrRange;
-use super::ring::{GenesisId, Ring, RingError, RingWire, TitlesWire};
+use super::ring::{GenesisId, Marks, Ring, RingError, RingWire, TitlesWire};
 use crate::id::PeerId;
 use crate::wire::{self, DecodeError};
 use serde::{Deserialize, Serialize};
@@ -230,35 +230,50 @@ impl Message {
     }
 }
 
-/// A ring's body: the ring, then its titles unless it is sent as a
-/// sender below ring version 6 sends it ([`RING_TITLES_VERSION`]).
+/// A ring's body: the ring, then its titles and [`Marks`] unless it is
+/// sent as a sender below ring version 6 sends it
+/// ([`RING_TITLES_VERSION`]). A version-6 build from before the marks
+/// reads the titles and ignores what follows them.
 fn encode_ring(ring: &Ring) -> Result<Vec<u8>, bincode::error::EncodeError> {
     let mut body = wire::encode(&ring.to_wire())?;
     if !ring.untitled() {
         body.extend(wire::encode(&ring.titles_wire())?);
+        body.extend(wire::encode(&ring.marks())?);
     }
     Ok(body)
 }
 
 /// Reads [`encode_ring`]'s body: nothing after the ring means a sender
-/// that sends no titles.
+/// that sends no titles; nothing after the titles, no marks.
 fn decode_ring(body: &[u8]) -> Result<Ring, MessageError> {
     let (ring, read) = wire::decode_prefix::<RingWire>(body)?;
     let ring = Ring::from_wire(ring)?;
-    let rest = body.get(read..).unwrap_or_default();
-    let titles = match rest {
-        [] => None,
-        rest => Some(wire::decode::<TitlesWire>(rest)?),
-    };
-    Ok(ring.with_titles(titles)?)
+    let (titles, marks) = decode_titles(body.get(read..).unwrap_or_default())?;
+    Ok(ring.with_titles(titles)?.with_marks(marks))
 }
 
-/// A delta's body: the delta, then the titles of its entries if it has
-/// them (ring version 6, as [`encode_ring`]).
+/// The titles and marks after a ring or a delta (both absent from a
+/// sender below ring version 6; marks absent from a build before them).
+fn decode_titles(rest: &[u8]) -> Result<(Option<TitlesWire>, Marks), MessageError> {
+    if rest.is_empty() {
+        return Ok((None, Marks::default()));
+    }
+    let (titles, read) = wire::decode_prefix::<TitlesWire>(rest)?;
+    let marks = match rest.get(read..).unwrap_or_default() {
+        [] => Marks::default(),
+        marks => wire::decode(marks)?,
+    };
+    Ok((Some(titles), marks))
+}
+
+/// A delta's body: the delta, then the titles of its entries and the
+/// sender's [`Marks`] if it has titles (ring version 6, as
+/// [`encode_ring`]).
 fn encode_delta(delta: &RingDelta) -> Result<Vec<u8>, bincode::error::EncodeError> {
     let mut body = wire::encode(delta)?;
     if let Some(titles) = &delta.titles {
         body.extend(wire::encode(titles)?);
+        body.extend(wire::encode(&delta.marks)?);
     }
     Ok(body)
 }
@@ -267,10 +282,7 @@ fn encode_delta(delta: &RingDelta) -> Result<Vec<u8>, bincode::error::EncodeErro
 /// that sends no titles. Shape checks are [`RingDelta::check`]'s.
 fn decode_delta(body: &[u8]) -> Result<RingDelta, MessageError> {
     let (mut delta, read) = wire::decode_prefix::<RingDelta>(body)?;
-    delta.titles = match body.get(read..).unwrap_or_default() {
-        [] => None,
-        rest => Some(wire::decode::<TitlesWire>(rest)?),
-    };
+    (delta.titles, delta.marks) = decode_titles(body.get(read..).unwrap_or_default())?;
     Ok(delta)
 }
 
@@ -435,6 +447,66 @@ mod tests {
             std::fs::write(std::path::Path::new(&dir).join("delta-titled"), &titled).unwrap();
         }
         assert_eq!(Message::decode(&titled).unwrap(), Message::Delta(delta));
+    }
+
+    fn latched_titles(m: &Message) -> TitlesWire {
+        match m {
+            Message::Ring(r) => r.titles_wire(),
+            Message::Delta(d) => d.titles.clone().unwrap(),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn the_titles_latch_rides_after_the_titles_and_a_build_before_it_ignores_it() {
+        let range = AddrRange::parse("10.32.0.0/12").unwrap();
+        let base = Ring::genesis(range, "voters", &[PeerId(1), PeerId(2), PeerId(3)].into());
+        let mut latched = base.clone();
+        let (lo, hi) = latched.ranges_of(PeerId(2))[0];
+        assert!(latched.donate(PeerId(2), lo + 16, hi, PeerId(4)));
+        assert!(latched.require_titles());
+        let n = crate::ipam::digest::MIN_BUCKETS;
+        let delta = RingDelta::cut(&latched, n, &BucketDigest::of(&base, n).differing(&latched));
+        for m in [
+            Message::Ring(latched.clone()),
+            Message::Delta(delta.clone()),
+        ] {
+            let bytes = m.encode();
+            assert_eq!(Message::decode(&bytes).unwrap(), m);
+            // The same message from a build before the latch (titles,
+            // nothing after them) reads as unlatched.
+            let mut was = m.clone();
+            match &mut was {
+                Message::Ring(r) => *r = r.clone().with_marks(Marks::default()),
+                Message::Delta(d) => d.marks = Marks::default(),
+                _ => unreachable!(),
+            }
+            let marks = wire::encode(&Marks::default()).unwrap().len();
+            let before = &bytes[..bytes.len() - marks];
+            assert_eq!(Message::decode(before).unwrap(), was);
+            // A build before the latch decodes our titles and stops there.
+            let titles_at = bytes.len() - marks - wire::encode(&latched_titles(&m)).unwrap().len();
+            let (_, read) = wire::decode_prefix::<TitlesWire>(&bytes[titles_at..]).unwrap();
+            assert_eq!(titles_at + read + marks, bytes.len());
+            // Marks that do not decode refuse the message.
+            let mut bad = before.to_vec();
+            bad.push(2);
+            assert!(Message::decode(&bad).is_err());
+            if let Some(dir) = std::env::var_os("WEFT_FUZZ_SEEDS") {
+                let name = match m {
+                    Message::Ring(_) => "ring-latched",
+                    _ => "delta-latched",
+                };
+                std::fs::write(std::path::Path::new(&dir).join(name), &bytes).unwrap();
+            }
+        }
+        assert_eq!(delta.patch(&base).unwrap(), latched);
+        // A sender without titles sends no latch either.
+        let old = Message::Ring(latched.clone().without_titles()).encode();
+        let Message::Ring(read) = Message::decode(&old).unwrap() else {
+            unreachable!()
+        };
+        assert!(read.untitled() && !read.titles_required());
     }
 
     #[test]

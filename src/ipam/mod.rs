@@ -39,11 +39,13 @@ mod tests_rotation;
 #[cfg(test)]
 mod tests_security;
 #[cfg(test)]
+mod tests_titles_latch;
+#[cfg(test)]
 mod tests_voters;
 
 pub use allocator::{
     Alarm, Allocator, Config, Destination, DonationRefusal, Event, InUse, Init, OwnedRange, Phase,
-    Status, Timer,
+    Status, Timer, TitlesLatch,
 };
 pub use error::{AllocError, IpamError};
 pub use range::AddrRange;

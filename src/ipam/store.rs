@@ -14,7 +14,7 @@
 //! record that ends before a field was added as having it empty. The format
 //! number changes only for a change an older weft must refuse.
 
-use super::ring::{RingWire, TitlesWire};
+use super::ring::{Marks, RingWire, TitlesWire};
 use super::space::{AllocKey, PodName};
 use crate::id::PeerId;
 use serde::{Deserialize, Serialize};
@@ -91,6 +91,8 @@ pub struct PersistedRing {
     pub quarantined: Vec<(u128, u128)>,
     /// The ring's titles (none in a record written before them).
     pub titles: TitlesWire,
+    /// The ring's marks (all false in a record written before them).
+    pub marks: Marks,
 }
 
 /// The ring record's fields before titles: what every ring record starts
@@ -208,9 +210,16 @@ impl PersistedRing {
         let (head, read): (RingHead, usize) =
             crate::wire::decode_prefix(body).map_err(|e| corrupt(&e))?;
         check(0, me, head.me)?;
-        let titles = match body.get(read..).unwrap_or_default() {
-            [] => TitlesWire::new(),
-            rest => crate::wire::decode(rest).map_err(|e| corrupt(&e))?,
+        let (titles, marks) = match body.get(read..).unwrap_or_default() {
+            [] => (TitlesWire::new(), Marks::default()),
+            rest => {
+                let (titles, read) = crate::wire::decode_prefix(rest).map_err(|e| corrupt(&e))?;
+                let marks = match rest.get(read..).unwrap_or_default() {
+                    [] => Marks::default(),
+                    marks => crate::wire::decode(marks).map_err(|e| corrupt(&e))?,
+                };
+                (titles, marks)
+            }
         };
         Ok(Self {
             format: head.format,
@@ -218,6 +227,7 @@ impl PersistedRing {
             ring: head.ring,
             quarantined: head.quarantined,
             titles,
+            marks,
         })
     }
 }
@@ -433,6 +443,7 @@ mod tests {
         let mut ring = Ring::genesis(range, "voters", &[PeerId(1), PeerId(2)].into());
         let (lo, hi) = ring.ranges_of(PeerId(1))[0];
         assert!(ring.donate(PeerId(1), lo + 8, hi, PeerId(3)));
+        assert!(ring.require_titles());
         let me = PeerId(1);
         let rec = PersistedRing {
             format: RING_FORMAT,
@@ -440,16 +451,24 @@ mod tests {
             ring: ring.to_wire(),
             quarantined: vec![(1, 2)],
             titles: ring.titles_wire(),
+            marks: ring.marks(),
         };
         let bytes = rec.encode();
         let back = PersistedRing::decode(&bytes, me).unwrap();
         assert!(!back.titles.is_empty());
+        assert!(back.marks.titles_required);
         assert_eq!(back.quarantined, [(1, 2)]);
         let loaded = Ring::from_wire(back.ring).unwrap();
-        assert_eq!(loaded.with_titles(Some(back.titles)).unwrap(), ring);
+        let loaded = loaded.with_titles(Some(back.titles)).unwrap();
+        assert_eq!(loaded.with_marks(back.marks), ring);
+        // A record written before the marks (titles, nothing after): none.
+        let marks_len = crate::wire::encode(&ring.marks()).unwrap().len();
+        let before_marks = PersistedRing::decode(&bytes[..bytes.len() - marks_len], me).unwrap();
+        assert_eq!(before_marks.marks, Marks::default());
+        assert!(!before_marks.titles.is_empty());
         // Titles cut short are corrupt, not absent.
         assert!(matches!(
-            PersistedRing::decode(&bytes[..bytes.len() - 1], me),
+            PersistedRing::decode(&bytes[..bytes.len() - marks_len - 1], me),
             Err(StateError::Corrupt(_))
         ));
         // A record as a build before titles wrote it (the same fields,

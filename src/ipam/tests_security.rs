@@ -205,7 +205,7 @@ fn give_away_routers_1_range(net: &mut Net) -> Result<(), IpamError> {
 }
 
 /// The same give-away, its ring passed through `shape` before sending.
-fn give_away_routers_1_range_as(
+pub(super) fn give_away_routers_1_range_as(
     net: &mut Net,
     shape: impl FnOnce(super::Ring) -> super::Ring,
 ) -> Result<(), IpamError> {
@@ -225,7 +225,7 @@ fn give_away_routers_1_range_as(
 }
 
 /// The refusal of a jump that needed a title and came with none.
-fn assert_missing_title(err: &IpamError) {
+pub(super) fn assert_missing_title(err: &IpamError) {
     assert!(
         matches!(
             err,
@@ -239,7 +239,7 @@ fn assert_missing_title(err: &IpamError) {
 }
 
 /// Router 2 accepted one jump without a title, and said so.
-fn assert_one_jump_without_title(net: &mut Net) {
+pub(super) fn assert_one_jump_without_title(net: &mut Net) {
     let events: Vec<Event> = std::iter::from_fn(|| net.node(2).poll_event()).collect();
     assert!(
         events
@@ -311,29 +311,18 @@ fn a_router_restarted_from_its_store_keeps_the_titles_it_held() {
 }
 
 #[test]
-fn a_peer_that_negotiated_titles_cannot_shed_the_check_by_sending_none() {
+fn a_latched_ring_requires_titles_whatever_the_peer_negotiated_or_sends() {
     use super::message::RING_TITLES_VERSION;
-    let mut net = three_with_titles_required_at_2(true);
-    net.node(2)
-        .set_peer_ring_version(PeerId(3), Some(RING_TITLES_VERSION));
-    let before = net.node(2).ring().unwrap().clone();
-    // Its ring without the titles' trailing bytes, as a build before
-    // titles sends it: its hello said otherwise.
-    let err = give_away_routers_1_range_as(&mut net, super::Ring::without_titles).unwrap_err();
-    assert_missing_title(&err);
-    assert_eq!(net.node(2).ring().unwrap(), &before);
-    // A peer whose connection runs ring version 5 (a build before titles)
-    // is judged as before them: its jump is accepted, and counted.
-    let mut net = three_with_titles_required_at_2(true);
-    net.node(2).set_peer_ring_version(PeerId(3), Some(5));
-    give_away_routers_1_range_as(&mut net, super::Ring::without_titles).unwrap();
-    assert_one_jump_without_title(&mut net);
-    // And when it goes down and comes back speaking titles, they are
-    // required of it again.
-    let mut net = three_with_titles_required_at_2(true);
-    net.node(2).set_peer_ring_version(PeerId(3), Some(5));
-    net.node(2).set_peer_ring_version(PeerId(3), None);
-    net.node(2)
-        .set_peer_ring_version(PeerId(3), Some(RING_TITLES_VERSION));
-    assert!(give_away_routers_1_range_as(&mut net, super::Ring::without_titles).is_err());
+    // Router 2 initialised the ring, so it is latched
+    // (`tests_titles_latch.rs`).
+    for negotiated in [Some(RING_TITLES_VERSION), Some(5), None] {
+        let mut net = three_with_titles_required_at_2(true);
+        net.node(2).set_peer_ring_version(PeerId(3), negotiated);
+        let before = net.node(2).ring().unwrap().clone();
+        // Its ring without the titles' trailing bytes, as a build before
+        // titles sends it.
+        let err = give_away_routers_1_range_as(&mut net, super::Ring::without_titles).unwrap_err();
+        assert_missing_title(&err);
+        assert_eq!(net.node(2).ring().unwrap(), &before, "{negotiated:?}");
+    }
 }

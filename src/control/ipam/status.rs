@@ -122,6 +122,13 @@ impl IpamDriver {
             unreachable_share,
             unreachable_ranges,
             allocations,
+            titles_required: self.alloc.titles_required_of_all(),
+            titles_waiting_for: self
+                .alloc
+                .titles_waiting_for()
+                .into_iter()
+                .map(|p| self.label(p))
+                .collect(),
         }
     }
 

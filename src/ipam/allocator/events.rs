@@ -2,6 +2,7 @@
 //! goes ([`Destination`]), why its one timer is armed ([`Timer`]), and
 //! events and alarms for the log and the operator ([`Event`], [`Alarm`]).
 
+use super::titles_latch::TitlesLatch;
 use crate::id::PeerId;
 use crate::ipam::ring::GenesisId;
 
@@ -82,6 +83,14 @@ pub enum Event {
         from: PeerId,
         /// How many entries.
         count: u64,
+    },
+    /// This router now requires titles of every member's jumps, whatever
+    /// version its connection negotiated (`titles_latch.rs`).
+    TitlesRequired {
+        /// Why.
+        why: TitlesLatch,
+        /// The latch is on disk (else only in memory until the next save).
+        saved: bool,
     },
     /// `rmpeer` (or a follow-up) took over a dead router's ranges.
     Reclaimed {

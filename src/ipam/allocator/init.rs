@@ -86,7 +86,7 @@ impl<S: Store> Allocator<S> {
         if !self.allocs.is_empty() {
             return Ok(());
         }
-        let ring = Ring::genesis(self.cfg.range, "seed", &owners);
+        let ring = self.genesis_ring("seed", &owners);
         self.adopt(ring, false, now)?;
         self.send_ring(Destination::Broadcast, now);
         Ok(())
@@ -154,7 +154,7 @@ impl<S: Store> Allocator<S> {
         let Init::Voters(voters) = &self.cfg.init else {
             return Ok(());
         };
-        let ring = Ring::genesis(self.cfg.range, "voters", voters);
+        let ring = self.genesis_ring("voters", voters);
         self.adopt(ring, false, now)?;
         self.send_ring(Destination::Broadcast, now);
         Ok(())
@@ -239,6 +239,7 @@ impl<S: Store> Allocator<S> {
         self.may_vote = false;
         self.events.push_back(Event::RingReady { genesis });
         self.check_tombstone();
+        self.latch_titles_if_asked();
         Ok(())
     }
 }

@@ -5,7 +5,7 @@
 //! Every send of the ring carries a fresh record (free space, pods).
 
 use super::delta::SendBack;
-use super::{Alarm, Allocator, Destination, Event, Init, subtract};
+use super::{Alarm, Allocator, Destination, Event, Init, TitlesLatch, subtract};
 use crate::id::PeerId;
 use crate::ipam::error::IpamError;
 use crate::ipam::message::{Message, RING_TITLES_VERSION};
@@ -22,8 +22,8 @@ impl<S: Store> Allocator<S> {
         self.relearn_until.is_some_and(|until| now < until)
     }
 
-    /// True when this allocator sends titles with its ring and requires
-    /// them of a titled peer's jumps (`ring/title.rs`).
+    /// True when this allocator sends titles with its ring and, once the
+    /// ring is latched, requires them (`ring/title.rs`, `titles_latch.rs`).
     pub(super) fn speaks_titles(&self) -> bool {
         self.cfg.ring_version >= RING_TITLES_VERSION
     }
@@ -45,6 +45,16 @@ impl<S: Store> Allocator<S> {
             });
         }
         self.check_signatures(from, &theirs, now)?;
+        // A latch that comes with a ring of our genesis is ours too, before
+        // judging: setting it only makes this router stricter.
+        if theirs.titles_required()
+            && self
+                .ring
+                .as_ref()
+                .is_some_and(|r| r.genesis_id() == theirs.genesis_id())
+        {
+            self.latch_titles(TitlesLatch::Peer(from));
+        }
         let Some(mine) = &self.ring else {
             // A ring learned from a peer quarantines our own ranges (a former
             // self may have given some away), unless it is the very genesis
@@ -79,11 +89,13 @@ impl<S: Store> Allocator<S> {
             return Ok(());
         }
         let me = (!self.relearning(now)).then_some(self.cfg.me);
-        // A ring without titles is judged as before them only from a peer
-        // whose connection negotiated a version without them.
-        let require_titles = self.cfg.require_titles
-            && self.speaks_titles()
-            && (!theirs.untitled() || self.titled_peers.contains(&from));
+        // Titles are required once the ring's latch is set: from birth in a
+        // ring this build initialised, after `--require-titles` in one from
+        // a build before them (`titles_latch.rs`). Until then every jump is
+        // judged as before titles, whoever sends it, and counted: a titled
+        // router relays entries an older build wrote, which have none.
+        let require_titles =
+            self.cfg.require_titles && self.speaks_titles() && mine.titles_required();
         let judged = mine.judge_update(me, &self.reachable, &theirs, require_titles)?;
         if judged.untitled_jumps > 0 {
             self.events.push_back(Event::JumpsWithoutTitle {

@@ -60,9 +60,11 @@ mod persist;
 mod reclaim;
 mod rotate;
 mod status;
+mod titles_latch;
 
 pub use events::{Alarm, Destination, DonationRefusal, Event, Timer};
 pub use status::{OwnedRange, Phase, Status};
+pub use titles_latch::TitlesLatch;
 
 use super::error::IpamError;
 use super::message::{Message, MessageError, RING_TITLES_VERSION};
@@ -123,15 +125,20 @@ pub struct Config {
     /// uses for mixed-version clusters.
     pub ring_version: u8,
     /// Refuse a version jump over another router's range that comes
-    /// without a title proving its writer's right, from a peer that sends
-    /// titles (`ring/title.rs`). On by default. A ring from a peer below
-    /// [`RING_TITLES_VERSION`] (whole or rebuilt from buckets, with no
-    /// titles after it) is judged as before titles whatever this says,
-    /// its jumps accepted and counted as `jump_without_title`, so that an
-    /// older router still interoperates (docs/ARCHITECTURE.md "Signed
-    /// titles"). Off, titled jumps are accepted and counted too (every
-    /// build before titles behaved so).
+    /// without a title proving its writer's right (`ring/title.rs`), from
+    /// every peer, once the ring's titles latch is set: at birth in a ring
+    /// this build initialises, by `--require-titles` in one a build before
+    /// titles initialised (`titles_latch.rs`). Until then jumps are
+    /// accepted and counted as `jump_without_title`, so that older
+    /// routers interoperate during the upgrade (docs/ARCHITECTURE.md
+    /// "Signed titles"). On by default; off, this router neither sets nor
+    /// enforces the latch (every build before titles behaved so).
     pub require_titles: bool,
+    /// Require titles of every member now, whatever version its
+    /// connection negotiated (`--require-titles`; `titles_latch.rs`). Off
+    /// by default: a ring this build initialises is latched at birth; one
+    /// from a build before titles waits for the operator.
+    pub require_titles_of_all: bool,
     /// The least time between two answered donation requests from one
     /// requester (`donation.rs`, drain limits).
     pub donation_interval: Duration,
@@ -156,6 +163,7 @@ impl Config {
             request_timeout: Duration::from_secs(5),
             ring_version: RING_TITLES_VERSION,
             require_titles: true,
+            require_titles_of_all: false,
             donation_interval: Duration::from_secs(10),
             crypto,
         }
@@ -204,9 +212,8 @@ pub struct Allocator<S: Store> {
     /// Key requests sent, per peer (`keys.rs`).
     keys_asked: BTreeMap<PeerId, keys::KeysAsked>,
     /// Connected peers whose negotiated ring version carries titles
-    /// (`set_peer_ring_version`): a ring from one of them that arrives
-    /// without titles is judged as requiring them, so a secret holder
-    /// cannot shed the check by dropping the titles' trailing bytes.
+    /// (`set_peer_ring_version`): status names the owners not among them
+    /// while the titles latch is not set (`titles_latch.rs`).
     titled_peers: BTreeSet<PeerId>,
     next_gossip: Instant,
     /// Digest back-off (`anti_entropy.rs`).
@@ -266,6 +273,7 @@ impl<S: Store> Allocator<S> {
             let record = PersistedRing::decode(&bytes, cfg.me)?;
             let loaded = Ring::from_wire(record.ring)
                 .and_then(|r| r.with_titles(Some(record.titles)))
+                .map(|r| r.with_marks(record.marks))
                 .map_err(|e| super::store::StateError::Corrupt(e.to_string()))?;
             if loaded.range() != cfg.range {
                 return Err(IpamError::RangeChanged {
@@ -357,7 +365,7 @@ impl<S: Store> Allocator<S> {
             // addresses still in use: the cluster has moved on; learn it.
             // An empty set means the driver has not resolved the names yet.
             if this.allocs.is_empty() && !owners.is_empty() {
-                let ring = Ring::genesis(this.cfg.range, "seed", owners);
+                let ring = this.genesis_ring("seed", owners);
                 this.adopt(ring, false, now)?;
             }
         } else {
@@ -440,8 +448,9 @@ impl<S: Store> Allocator<S> {
     }
 
     /// The ring version negotiated with `peer` on its connection (`None`:
-    /// it went down). What its hello offered decides, not what a message
-    /// carries: a peer that agreed to titles must send them.
+    /// it went down), for [`Allocator::titles_waiting_for`]. It does not
+    /// decide whether titles are required of the peer: the ring's latch
+    /// does, for every peer alike (`titles_latch.rs`).
     pub fn set_peer_ring_version(&mut self, peer: PeerId, version: Option<u8>) {
         if version.is_some_and(|v| v >= RING_TITLES_VERSION) {
             self.titled_peers.insert(peer);

@@ -25,6 +25,7 @@ impl<S: Store> Allocator<S> {
             ring: ring.to_wire(),
             quarantined: self.quarantine.iter().map(|q| (q.0, q.1)).collect(),
             titles: ring.titles_wire(),
+            marks: ring.marks(),
         };
         self.store.save_ring(&record.encode())
     }

@@ -33,7 +33,7 @@ mod wire;
 
 pub use title::{Link, MAX_TITLE_LINKS, TitleError};
 pub use validate::{Judged, MAX_VERSION_JUMP};
-pub use wire::{RingWire, TitlesWire};
+pub use wire::{Marks, RingWire, TitlesWire};
 
 /// Identifies one initialisation of the ring. Two rings with different
 /// genesis IDs were initialised separately and never merge.
@@ -238,9 +238,14 @@ pub struct Ring {
     /// The titles of entries whose owner is not their writer (and of the
     /// part a donor keeps), by token (`title.rs`).
     titles: BTreeMap<u128, Vec<title::Link>>,
-    /// Decoded from a sender that sends no titles (ring version below 6):
-    /// its jumps are judged as before titles, and counted.
+    /// Decoded from a sender that sends no titles (ring version below 6);
+    /// sent on as such.
     untitled: bool,
+    /// The titles latch: every member's jumps need titles, whatever ring
+    /// version its connection negotiated (set at birth by this build, or
+    /// by the operator after an upgrade). Merged by OR, so no member can
+    /// clear it by posing as an older build (`allocator/titles_latch.rs`).
+    titles_required: bool,
 }
 
 impl Ring {
@@ -278,6 +283,7 @@ impl Ring {
             sigs: Sigs::default(),
             titles: BTreeMap::new(),
             untitled: false,
+            titles_required: false,
         };
         ring.assert_invariants();
         ring
@@ -460,6 +466,7 @@ impl Ring {
                 _ => {}
             }
         }
+        self.titles_required |= other.titles_required;
         for t in &other.tombstones {
             let won = self.tombstones.insert(*t);
             take(&mut self.sigs.tombstones, &other.sigs.tombstones, *t, won);

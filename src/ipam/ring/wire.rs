@@ -107,6 +107,7 @@ impl Ring {
             sigs,
             titles: Default::default(),
             untitled: false,
+            titles_required: false,
         };
         ring.check_invariants()?;
         Ok(ring)
@@ -169,4 +170,39 @@ impl Ring {
         self.untitled = true;
         self
     }
+
+    /// True once the cluster requires titles of every member
+    /// (`allocator/titles_latch.rs`).
+    pub fn titles_required(&self) -> bool {
+        self.titles_required
+    }
+
+    /// Requires titles of every member from now on; nothing clears it.
+    /// Returns true if it was not required before.
+    pub fn require_titles(&mut self) -> bool {
+        !std::mem::replace(&mut self.titles_required, true)
+    }
+
+    /// This ring with the latch as its sender sent it (`Marks`).
+    pub fn with_marks(mut self, marks: Marks) -> Self {
+        self.titles_required = marks.titles_required;
+        self
+    }
+
+    /// The marks that follow this ring's titles.
+    pub fn marks(&self) -> Marks {
+        Marks {
+            titles_required: self.titles_required,
+        }
+    }
+}
+
+/// What follows a ring's titles on the wire and on disk (appended after
+/// [`TitlesWire`], so that a decoder from before it, which ignores
+/// trailing bytes, reads the ring and titles as before; absent, all
+/// false). Append fields only.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Marks {
+    /// [`Ring::titles_required`].
+    pub titles_required: bool,
 }
