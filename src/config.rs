@@ -181,9 +181,6 @@ pub struct RouterConfig {
     /// `--reclaim-after`: take over the ranges of routers unreachable that
     /// long (off by default; issue 20).
     pub reclaim_after: Option<Duration>,
-    /// `--require-titles`: require titles of every member at once
-    /// (`ipam/allocator/titles_latch.rs`).
-    pub require_titles: bool,
     /// `--network-policy`: where to list and watch pods, namespaces and
     /// NetworkPolicies, if at all (the same API server settings).
     pub network_policy: Option<crate::kube::KubeSettings>,

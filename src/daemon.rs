@@ -290,9 +290,6 @@ async fn serve(
         if let Some(after) = config.reclaim_after {
             ipam.reclaim_after(after);
         }
-        if config.require_titles {
-            ipam.require_titles_of_all();
-        }
         if config.peers_from_kube.is_some() {
             ipam.hold(
                 "waiting for the first Kubernetes node list (--peers-from-kube) to pick the voters",

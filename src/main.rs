@@ -177,13 +177,6 @@ struct RouterArgs {
     /// one router of it.
     #[arg(long, env = "WEFT_RECLAIM_AFTER", value_parser = parse_duration)]
     reclaim_after: Option<Duration>,
-    /// Require signed titles of every member's address-range hand-overs
-    /// now, instead of once every router owning a range is seen to speak
-    /// them (the end of an upgrade from a build before titles). Pass it
-    /// once every router runs this build; a ring this build initialises
-    /// requires them from the start anyway.
-    #[arg(long, env = "WEFT_REQUIRE_TITLES")]
-    require_titles: bool,
     /// Move this router to a new identity key at start (once the address
     /// ring is known) when its key is older than this (e.g. 90d; off by
     /// default), as `weft rotate-identity` does: at most once per start.
@@ -435,7 +428,6 @@ fn router_config(args: RouterArgs) -> anyhow::Result<RouterConfig> {
         mtu: parse_mtu(&args.mtu)?,
         rekey_after,
         reclaim_after: args.reclaim_after,
-        require_titles: args.require_titles,
         workers,
         metrics_addr: args.metrics_addr.map(|a| {
             if a.starts_with(':') {

@@ -199,7 +199,7 @@ pub fn render(status: &Status, policy: Option<&crate::policy::status::PolicyStat
     gauge(
         &mut registry,
         "ipam_titles_required",
-        "1 once every member's jumps over another router's range need a signed title (0 during an upgrade from a build before titles)",
+        "1 when every member's jumps over another router's range need a signed title (0 in a ring a build before titles initialised)",
         u64::from(status.ipam.titles_required),
     );
     let gossip_messages = Family::<Labels, Counter>::default();

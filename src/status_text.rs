@@ -158,7 +158,7 @@ fn ipam(out: &mut String, label: &str, i: &crate::api::proto::IpamStatus, alloca
         };
         let _ = writeln!(
             out,
-            "  titles not required of every member yet (the ring is from a build before them; {seen}): once every router runs this build, restart with --require-titles"
+            "  titles not required of every member (the ring is from a build before them; {seen}): a router holding the secret can still give another's range away by posing as an older build (counted as jump_without_title); a ring this build initialises closes that"
         );
     }
     for r in &i.unreachable_ranges {

@@ -138,9 +138,9 @@ fn routers_of_the_last_release_upgrade_one_by_one_losing_no_ping_beyond_each_res
     }
 
     // The ring is the last release's, which had no titles latch: titles
-    // are not required of every member yet, and every owner is now seen
-    // speaking them. The operator restarts n0 with --require-titles, and
-    // the latch spreads to every router.
+    // are not required of every member (its history has hand-overs
+    // without them), every owner is now seen speaking them, and status
+    // says what that leaves open.
     for r in &rs {
         let ipam = r.status().unwrap()["ipam"].clone();
         assert_eq!(ipam["titles_required"], false, "{}: {ipam}", r.name);
@@ -150,32 +150,14 @@ fn routers_of_the_last_release_upgrade_one_by_one_losing_no_ping_beyond_each_res
             r.name
         );
     }
-    let status = rs[0].terminate(Duration::from_secs(10));
+    let out = std::process::Command::new(&rs[0].bin)
+        .args(["status", "ipam", "--api"])
+        .arg(rs[0].api())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        status.is_some_and(|s| s.success()),
-        "n0 SIGTERM: {status:?}"
-    );
-    rs[0].args.push("--require-titles".into());
-    rs[0].start();
-    let began = Instant::now();
-    let latched = wait_until(Duration::from_secs(30), || {
-        rs.iter().all(|r| {
-            r.status()
-                .is_some_and(|s| s["ipam"]["titles_required"] == true)
-        })
-    });
-    assert!(
-        latched,
-        "the titles latch did not spread:\n{}",
-        rs[1].log_tail()
-    );
-    eprintln!(
-        "--require-titles on n0: every router requires titles {:?} after n0's restart began",
-        began.elapsed()
-    );
-    assert!(
-        rs[1]
-            .log_tail()
-            .contains("the ring now requires titles of every member")
+        text.contains("titles not required of every member"),
+        "{text}"
     );
 }

@@ -541,12 +541,13 @@ pub struct IpamStatus {
     pub allocations: Vec<AddressHolder>,
     /// Every member's version jumps over another router's range need a
     /// signed title, whatever ring version its connection negotiated (the
-    /// ring's latch is set); false while an upgrade from a build before
-    /// titles is not over.
+    /// ring's latch is set); false in a ring a build before titles
+    /// initialised.
     #[serde(default)]
     pub titles_required: bool,
-    /// The range owners the latch waits for (names, or hex IDs): neither
-    /// this router nor a neighbour whose connection negotiated titles.
+    /// While titles are not required: the range owners not seen speaking
+    /// them (names, or hex IDs), neither this router nor a neighbour whose
+    /// connection negotiated titles.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub titles_waiting_for: Vec<String>,
 }

@@ -45,7 +45,7 @@ mod tests_voters;
 
 pub use allocator::{
     Alarm, Allocator, Config, Destination, DonationRefusal, Event, InUse, Init, OwnedRange, Phase,
-    Status, Timer, TitlesLatch,
+    Status, Timer,
 };
 pub use error::{AllocError, IpamError};
 pub use range::AddrRange;

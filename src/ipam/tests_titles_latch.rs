@@ -1,8 +1,7 @@
 //! The titles latch (issue 15's last hole; `allocator/titles_latch.rs`): a
-//! member posing as a build before titles has its untitled jumps accepted
-//! (and counted) only in a ring a build before titles initialised, until
-//! the operator ends the upgrade; in a ring this build initialises, never.
-//! No ring takes the latch back.
+//! member posing as a build before titles has its untitled jumps refused
+//! in a ring this build initialised, and accepted (counted) only in a ring
+//! a build before titles initialised. No ring takes the latch back.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use super::message::{Message, RING_TITLES_VERSION};
@@ -12,7 +11,7 @@ use super::tests::{Net, config, three, voters};
 use super::tests_security::{
     assert_missing_title, assert_one_jump_without_title, give_away_routers_1_range_as,
 };
-use super::{Allocator, Config, Event, Ring, TitlesLatch};
+use super::{Allocator, Config, Event, Ring};
 use crate::id::PeerId;
 use std::collections::BTreeSet;
 
@@ -43,13 +42,13 @@ fn upgraded_three() -> Net {
     net
 }
 
-/// Why `id` latched, from its events (drained).
-fn latched_because(net: &mut Net, id: u64) -> Vec<TitlesLatch> {
+/// Who `id` took the latch from, from its events (drained).
+fn latched_from(net: &mut Net, id: u64) -> Vec<PeerId> {
     std::iter::from_fn(|| net.node(id).poll_event())
         .filter_map(|e| match e {
-            Event::TitlesRequired { why, saved } => {
+            Event::TitlesRequired { from, saved } => {
                 assert!(saved, "the latch is saved with the ring");
-                Some(why)
+                Some(from)
             }
             _ => None,
         })
@@ -84,10 +83,17 @@ fn a_ring_this_build_initialises_refuses_a_member_posing_as_older_from_birth() {
     let err = give_away_routers_1_range_as(&mut net, Ring::without_titles).unwrap_err();
     assert_missing_title(&err);
     assert_eq!(net.node(2).ring().unwrap(), &before);
+    // A restart keeps the latch (it is in the ring record), with no
+    // connection told yet.
+    restart(&mut net, 2, |_| {});
+    assert!(latched(&mut net, 2));
+    net.node(2).set_peer_ring_version(PeerId(3), Some(5));
+    let err = give_away_routers_1_range_as(&mut net, Ring::without_titles).unwrap_err();
+    assert_missing_title(&err);
 }
 
 #[test]
-fn a_ring_from_before_titles_waits_for_the_operator_then_refuses_the_pose() {
+fn a_ring_from_before_titles_is_never_latched_and_accepts_the_pose_counted() {
     let mut net = upgraded_three();
     for i in 1..=3 {
         assert!(!latched(&mut net, i), "router {i}");
@@ -97,59 +103,38 @@ fn a_ring_from_before_titles_waits_for_the_operator_then_refuses_the_pose() {
         net.node(2).titles_waiting_for(),
         BTreeSet::from([PeerId(3)])
     );
-    // Every owner seen speaking titles does not set it by itself (an older
-    // build owning nothing yet, or behind a partition, is not seen).
+    // Every owner seen speaking titles does not set it (the history has
+    // hand-overs without titles, which a router that missed one would
+    // refuse for good).
     net.node(2).set_peer_ring_version(PeerId(3), None);
     net.node(2)
         .set_peer_ring_version(PeerId(3), Some(RING_TITLES_VERSION));
     assert!(net.node(2).titles_waiting_for().is_empty());
     assert!(!latched(&mut net, 2));
-    // The hole while the upgrade runs, as before the latch: member 3,
-    // posing as a build before titles, gives router 1's range away; it is
-    // accepted, and counted.
-    let mut upgrading = upgraded_three();
-    connect_2(&mut upgrading, 5);
-    give_away_routers_1_range_as(&mut upgrading, Ring::without_titles).unwrap();
-    assert_one_jump_without_title(&mut upgrading);
-    // The operator ends the upgrade: the same pose is refused.
-    let _ = latched_because(&mut net, 2);
-    net.node(2).require_titles_of_all();
-    assert_eq!(latched_because(&mut net, 2), [TitlesLatch::Operator]);
-    net.node(2).set_peer_ring_version(PeerId(3), None);
+    // The hole left there: member 3, posing as a build before titles,
+    // gives router 1's range away; it is accepted, and counted.
     net.node(2).set_peer_ring_version(PeerId(3), Some(5));
-    let before = net.node(2).ring().unwrap().clone();
-    let err = give_away_routers_1_range_as(&mut net, Ring::without_titles).unwrap_err();
-    assert_missing_title(&err);
-    assert_eq!(net.node(2).ring().unwrap(), &before);
-    // A restart without the flag keeps the latch (it is in the ring
-    // record), with no connection told yet.
-    restart(&mut net, 2, |_| {});
-    assert!(latched(&mut net, 2));
-    net.node(2).set_peer_ring_version(PeerId(3), Some(5));
-    let err = give_away_routers_1_range_as(&mut net, Ring::without_titles).unwrap_err();
-    assert_missing_title(&err);
+    give_away_routers_1_range_as(&mut net, Ring::without_titles).unwrap();
+    assert_one_jump_without_title(&mut net);
 }
 
 #[test]
-fn the_operators_latch_spreads_and_no_ring_without_it_clears_it() {
+fn a_latch_from_a_peers_ring_spreads_and_no_ring_without_it_clears_it() {
+    // Voters of two builds initialised the same ring: router 1's copy
+    // carries the latch, 2's and 3's do not.
     let mut net = upgraded_three();
-    net.node(1).require_titles_of_all();
-    assert_eq!(latched_because(&mut net, 1), [TitlesLatch::Operator]);
+    let mut latched_ring = net.node(1).ring().unwrap().clone();
+    assert!(latched_ring.require_titles());
+    let now = net.now;
+    net.node(2)
+        .handle_message(PeerId(1), &Message::Ring(latched_ring).encode(), now)
+        .unwrap();
+    assert!(latched(&mut net, 2));
+    assert_eq!(latched_from(&mut net, 2), [PeerId(1)]);
     net.pump();
-    for i in [2, 3] {
-        assert!(latched(&mut net, i), "router {i} learned the latch");
-    }
     assert!(
-        net.events.iter().any(|(id, e)| *id == PeerId(2)
-            && matches!(
-                e,
-                Event::TitlesRequired {
-                    why: TitlesLatch::Peer(PeerId(1)),
-                    ..
-                }
-            )),
-        "{:?}",
-        net.events
+        latched(&mut net, 3),
+        "router 3 learned it from 2's broadcast"
     );
     // 3 sends 2 its ring with the latch cleared, and as a build before
     // titles sends it: 2 stays latched, and refuses the give-away.
@@ -170,25 +155,8 @@ fn the_operators_latch_spreads_and_no_ring_without_it_clears_it() {
     net.node(2).set_peer_ring_version(PeerId(3), Some(5));
     let err = give_away_routers_1_range_as(&mut net, Ring::without_titles).unwrap_err();
     assert_missing_title(&err);
-}
-
-#[test]
-fn the_operators_latch_waits_for_the_ring_and_a_router_off_titles_takes_no_part() {
-    // Given before the ring is known (a joining observer): set when it is.
-    let mut net = upgraded_three();
-    let mut cfg = config(4, "10.32.0.0/24", super::Init::Observer);
-    cfg.require_titles_of_all = true;
-    net.add(cfg);
-    let now = net.now;
-    net.node(1).handle_peer_up(PeerId(4), now);
-    net.pump();
-    assert!(latched(&mut net, 4));
-    // A router that does not require titles never latches, nor reports
-    // anyone to wait for.
-    let mut net = upgraded_three();
+    // A router that does not require titles takes no part.
     restart(&mut net, 2, |c| c.require_titles = false);
-    net.node(2).require_titles_of_all();
-    connect_2(&mut net, 5);
     assert!(!net.node(2).titles_required_of_all());
     assert!(net.node(2).titles_waiting_for().is_empty());
 }

@@ -487,34 +487,6 @@ impl Sim {
         }
     }
 
-    /// Ends a rolling upgrade as the README tells an operator to: every
-    /// router still on an older build is restarted with its state as this
-    /// build, none joins any more, then one router is given
-    /// `--require-titles` (`titles_latch.rs`).
-    fn finish_upgrade_and_require_titles(&mut self) {
-        self.old_share = 0.0;
-        let old: Vec<PeerId> = self
-            .nodes
-            .keys()
-            .copied()
-            .filter(|id| self.ring_version(*id) < RING_TITLES_VERSION)
-            .collect();
-        for id in self.ring_versions.values_mut() {
-            *id = RING_TITLES_VERSION;
-        }
-        for id in old {
-            self.restart(id, true);
-        }
-        if let Some(id) = self.pick_live() {
-            self.nodes
-                .get_mut(&id)
-                .unwrap()
-                .ipam
-                .require_titles_of_all();
-            self.drain(id);
-        }
-    }
-
     /// Runs `steps` random steps, heals, settles and checks convergence.
     fn run(mut self, steps: u64) -> Stats {
         self.steps(steps);
@@ -622,19 +594,11 @@ fn a_cluster_upgrading_to_titles_never_refuses_an_honest_ring_and_converges() {
             .all(|n| n.ipam.ring().is_none_or(|r| !r.titles_required()));
         assert!(
             unlatched,
-            "a ring an older build initialised is not latched by itself"
+            "a ring an older build initialised is never latched"
         );
-        // The upgrade ends and the operator requires titles: the churn goes
-        // on with titles required of everyone, and no honest ring is refused.
-        sim.finish_upgrade_and_require_titles();
-        let restarts = sim.stats.restarts;
-        sim.steps(steps / 2);
-        let latched = sim.nodes.values().any(|n| n.ipam.titles_required_of_all());
         let stats = sim.run(0);
-        assert!(latched, "the operator's latch was lost");
         eprintln!("ipam sim (upgrading to titles): seed={seed} ok: {stats:?}");
         assert!(stats.allocated > 50 && stats.joins > 3, "{stats:?}");
-        assert!(stats.restarts > restarts, "{stats:?}");
     }
 }
 

@@ -10,7 +10,7 @@ use crate::config::IpallocInit;
 use crate::id::PeerId;
 use crate::ipam::{
     AddrRange, Alarm, AllocKey, Allocator, Config, Destination, Event, FileStore, InUse, Init,
-    IpamError, TitlesLatch,
+    IpamError,
 };
 use crate::router::packet::{AddrKey, addr_key, ipv4_key};
 use std::collections::{BTreeMap, BTreeSet};
@@ -295,12 +295,6 @@ impl IpamDriver {
         self.reclaim_the_long_gone(now);
     }
 
-    /// `--require-titles`: titles are required of every member from now
-    /// on (`ipam/allocator/titles_latch.rs`).
-    pub fn require_titles_of_all(&mut self) {
-        self.alloc.require_titles_of_all();
-    }
-
     /// Turns on `--reclaim-after`.
     pub fn reclaim_after(&mut self, after: Duration) {
         self.auto_reclaim = Some(AutoReclaim::new(after));
@@ -463,12 +457,8 @@ impl IpamDriver {
                     *self.refused.entry("jump_without_title").or_default() += count;
                     tracing::debug!(from = %self.label(from), count, "ring merged with version jumps that came without titles");
                 }
-                Event::TitlesRequired { why, saved } => {
-                    let why = match why {
-                        TitlesLatch::Operator => "--require-titles".to_string(),
-                        TitlesLatch::Peer(p) => format!("{}'s ring requires them", self.label(p)),
-                    };
-                    tracing::info!(%why, saved, "the ring now requires titles of every member: a router posing as a build before them can no longer give another's range away");
+                Event::TitlesRequired { from, saved } => {
+                    tracing::info!(from = %self.label(from), saved, "the ring now requires titles of every member (a peer's copy of it did): a router posing as a build before them can no longer give another's range away");
                 }
                 Event::Reclaimed { dead, addresses } => {
                     tracing::warn!(dead = %self.label(dead), addresses, "reclaimed a dead router's addresses");

@@ -2,7 +2,6 @@
 //! goes ([`Destination`]), why its one timer is armed ([`Timer`]), and
 //! events and alarms for the log and the operator ([`Event`], [`Alarm`]).
 
-use super::titles_latch::TitlesLatch;
 use crate::id::PeerId;
 use crate::ipam::ring::GenesisId;
 
@@ -85,10 +84,11 @@ pub enum Event {
         count: u64,
     },
     /// This router now requires titles of every member's jumps, whatever
-    /// version its connection negotiated (`titles_latch.rs`).
+    /// version its connection negotiated: a peer's ring of our genesis
+    /// carried the latch (`titles_latch.rs`).
     TitlesRequired {
-        /// Why.
-        why: TitlesLatch,
+        /// The peer.
+        from: PeerId,
         /// The latch is on disk (else only in memory until the next save).
         saved: bool,
     },

@@ -239,7 +239,6 @@ impl<S: Store> Allocator<S> {
         self.may_vote = false;
         self.events.push_back(Event::RingReady { genesis });
         self.check_tombstone();
-        self.latch_titles_if_asked();
         Ok(())
     }
 }

@@ -5,7 +5,7 @@
 //! Every send of the ring carries a fresh record (free space, pods).
 
 use super::delta::SendBack;
-use super::{Alarm, Allocator, Destination, Event, Init, TitlesLatch, subtract};
+use super::{Alarm, Allocator, Destination, Event, Init, subtract};
 use crate::id::PeerId;
 use crate::ipam::error::IpamError;
 use crate::ipam::message::{Message, RING_TITLES_VERSION};
@@ -53,7 +53,7 @@ impl<S: Store> Allocator<S> {
                 .as_ref()
                 .is_some_and(|r| r.genesis_id() == theirs.genesis_id())
         {
-            self.latch_titles(TitlesLatch::Peer(from));
+            self.latch_titles(from);
         }
         let Some(mine) = &self.ring else {
             // A ring learned from a peer quarantines our own ranges (a former
@@ -90,10 +90,10 @@ impl<S: Store> Allocator<S> {
         }
         let me = (!self.relearning(now)).then_some(self.cfg.me);
         // Titles are required once the ring's latch is set: from birth in a
-        // ring this build initialised, after `--require-titles` in one from
-        // a build before them (`titles_latch.rs`). Until then every jump is
-        // judged as before titles, whoever sends it, and counted: a titled
-        // router relays entries an older build wrote, which have none.
+        // ring this build initialised (`titles_latch.rs`). In a ring from a
+        // build before them every jump is judged as before titles, whoever
+        // sends it, and counted: a titled router relays entries an older
+        // build wrote, which have none.
         let require_titles =
             self.cfg.require_titles && self.speaks_titles() && mine.titles_required();
         let judged = mine.judge_update(me, &self.reachable, &theirs, require_titles)?;

@@ -64,7 +64,6 @@ mod titles_latch;
 
 pub use events::{Alarm, Destination, DonationRefusal, Event, Timer};
 pub use status::{OwnedRange, Phase, Status};
-pub use titles_latch::TitlesLatch;
 
 use super::error::IpamError;
 use super::message::{Message, MessageError, RING_TITLES_VERSION};
@@ -127,18 +126,12 @@ pub struct Config {
     /// Refuse a version jump over another router's range that comes
     /// without a title proving its writer's right (`ring/title.rs`), from
     /// every peer, once the ring's titles latch is set: at birth in a ring
-    /// this build initialises, by `--require-titles` in one a build before
-    /// titles initialised (`titles_latch.rs`). Until then jumps are
-    /// accepted and counted as `jump_without_title`, so that older
-    /// routers interoperate during the upgrade (docs/ARCHITECTURE.md
+    /// this build initialises (`titles_latch.rs`). In a ring a build before
+    /// titles initialised, jumps are accepted and counted as
+    /// `jump_without_title`, so that older routers interoperate (docs/ARCHITECTURE.md
     /// "Signed titles"). On by default; off, this router neither sets nor
     /// enforces the latch (every build before titles behaved so).
     pub require_titles: bool,
-    /// Require titles of every member now, whatever version its
-    /// connection negotiated (`--require-titles`; `titles_latch.rs`). Off
-    /// by default: a ring this build initialises is latched at birth; one
-    /// from a build before titles waits for the operator.
-    pub require_titles_of_all: bool,
     /// The least time between two answered donation requests from one
     /// requester (`donation.rs`, drain limits).
     pub donation_interval: Duration,
@@ -163,7 +156,6 @@ impl Config {
             request_timeout: Duration::from_secs(5),
             ring_version: RING_TITLES_VERSION,
             require_titles: true,
-            require_titles_of_all: false,
             donation_interval: Duration::from_secs(10),
             crypto,
         }

@@ -242,9 +242,9 @@ pub struct Ring {
     /// sent on as such.
     untitled: bool,
     /// The titles latch: every member's jumps need titles, whatever ring
-    /// version its connection negotiated (set at birth by this build, or
-    /// by the operator after an upgrade). Merged by OR, so no member can
-    /// clear it by posing as an older build (`allocator/titles_latch.rs`).
+    /// version its connection negotiated (set at birth by this build).
+    /// Merged by OR, so no member can clear it by posing as an older build
+    /// (`allocator/titles_latch.rs`).
     titles_required: bool,
 }
 
