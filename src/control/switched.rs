@@ -56,19 +56,16 @@ impl Control {
         self.maker.follow_rotation(old, new);
         self.liveness.follow_rotation(old, new);
         self.relay_budget.forget(old);
-        self.ipam.handle_peer_down(old);
-        if let Some(ipam6) = self.ipam6.as_mut() {
-            ipam6.handle_peer_down(old);
-        }
-        if let Some(p) = self.peers.get(new) {
-            let (name, ring) = (p.hello.name.clone(), super::drive::ring_version(p));
-            self.ipam.learn_name(new, &name);
-            self.ipam.learn_key(new, rotation.new);
-            self.ipam.set_peer_ring_version(new, ring);
-            if let Some(ipam6) = self.ipam6.as_mut() {
-                ipam6.learn_name(new, &name);
-                ipam6.learn_key(new, rotation.new);
-                ipam6.set_peer_ring_version(new, ring);
+        let known = self
+            .peers
+            .get(new)
+            .map(|p| (p.hello.name.clone(), super::drive::ring_version(p)));
+        for ipam in std::iter::once(&mut self.ipam).chain(self.ipam6.as_mut()) {
+            ipam.handle_peer_down(old);
+            if let Some((name, ring)) = &known {
+                ipam.learn_name(new, name);
+                ipam.learn_key(new, rotation.new);
+                ipam.set_peer_ring_version(new, *ring);
             }
         }
         // The retired-keys record, the window and the old key for IPAM,

@@ -6,7 +6,9 @@
 use super::delta::{DeltaError, RingDelta};
 use super::digest::{BucketDigest, RingSummary};
 use super::range::AddrRange;
-use super::ring::{GenesisId, Marks, Ring, RingError, RingWire, TitlesWire};
+use super::ring::{
+    GenesisId, Marks, Ring, RingError, RingWire, TitlesWire, decode_titles_and_marks,
+};
 use crate::id::PeerId;
 use crate::wire::{self, DecodeError};
 use serde::{Deserialize, Serialize};
@@ -255,15 +257,10 @@ fn decode_ring(body: &[u8]) -> Result<Ring, MessageError> {
 /// The titles and marks after a ring or a delta (both absent from a
 /// sender below ring version 6; marks absent from a build before them).
 fn decode_titles(rest: &[u8]) -> Result<(Option<TitlesWire>, Marks), MessageError> {
-    if rest.is_empty() {
-        return Ok((None, Marks::default()));
-    }
-    let (titles, read) = wire::decode_prefix::<TitlesWire>(rest)?;
-    let marks = match rest.get(read..).unwrap_or_default() {
-        [] => Marks::default(),
-        marks => wire::decode(marks)?,
-    };
-    Ok((Some(titles), marks))
+    Ok(match decode_titles_and_marks(rest)? {
+        Some((titles, marks)) => (Some(titles), marks),
+        None => (None, Marks::default()),
+    })
 }
 
 /// A delta's body: the delta, then the titles of its entries and the

@@ -14,7 +14,7 @@
 //! record that ends before a field was added as having it empty. The format
 //! number changes only for a change an older weft must refuse.
 
-use super::ring::{Marks, RingWire, TitlesWire};
+use super::ring::{Marks, RingWire, TitlesWire, decode_titles_and_marks};
 use super::space::{AllocKey, PodName};
 use crate::id::PeerId;
 use serde::{Deserialize, Serialize};
@@ -210,17 +210,9 @@ impl PersistedRing {
         let (head, read): (RingHead, usize) =
             crate::wire::decode_prefix(body).map_err(|e| corrupt(&e))?;
         check(0, me, head.me)?;
-        let (titles, marks) = match body.get(read..).unwrap_or_default() {
-            [] => (TitlesWire::new(), Marks::default()),
-            rest => {
-                let (titles, read) = crate::wire::decode_prefix(rest).map_err(|e| corrupt(&e))?;
-                let marks = match rest.get(read..).unwrap_or_default() {
-                    [] => Marks::default(),
-                    marks => crate::wire::decode(marks).map_err(|e| corrupt(&e))?,
-                };
-                (titles, marks)
-            }
-        };
+        let (titles, marks) = decode_titles_and_marks(body.get(read..).unwrap_or_default())
+            .map_err(|e| corrupt(&e))?
+            .unwrap_or_default();
         Ok(Self {
             format: head.format,
             me: head.me,

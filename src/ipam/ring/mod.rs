@@ -33,7 +33,7 @@ mod wire;
 
 pub use title::{Link, MAX_TITLE_LINKS, TitleError};
 pub use validate::{Judged, MAX_VERSION_JUMP};
-pub use wire::{Marks, RingWire, TitlesWire};
+pub use wire::{Marks, RingWire, TitlesWire, decode_titles_and_marks};
 
 /// Identifies one initialisation of the ring. Two rings with different
 /// genesis IDs were initialised separately and never merge.

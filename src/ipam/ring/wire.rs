@@ -206,3 +206,21 @@ pub struct Marks {
     /// [`Ring::titles_required`].
     pub titles_required: bool,
 }
+
+/// Reads what follows a ring's body, a delta's, or the ring record's
+/// fields (ring version 6): the titles, then the [`Marks`]. Nothing at all
+/// is `None` (a sender or record from before titles); titles with nothing
+/// after them carry default marks (a build before the latch).
+pub fn decode_titles_and_marks(
+    rest: &[u8],
+) -> Result<Option<(TitlesWire, Marks)>, crate::wire::DecodeError> {
+    if rest.is_empty() {
+        return Ok(None);
+    }
+    let (titles, read) = crate::wire::decode_prefix::<TitlesWire>(rest)?;
+    let marks = match rest.get(read..).unwrap_or_default() {
+        [] => Marks::default(),
+        marks => crate::wire::decode(marks)?,
+    };
+    Ok(Some((titles, marks)))
+}
